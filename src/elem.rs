@@ -1,0 +1,168 @@
+//! Element types the kernels read (scales, zeros) and write (outputs): `f32`, `f16`, `bf16`.
+//!
+//! [`Elem`] is sealed: the three IEEE-style types are the whole set. Kernels compute in `f32`
+//! and store through [`Elem::store_tile`], which writes `f32` in place and converts whole
+//! tiles to `f16`/`bf16` with `half`'s slice conversions (F16C at run time when the CPU has it).
+//! The scalar [`Elem::from_f32`] / [`Elem::to_f32`] are what the naive reference uses; both
+//! round to nearest even, so the two routes give identical bits.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+/// Largest tile (in elements) a kernel hands to [`Elem::store_tile`].
+pub const TILE: usize = 2048;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// The data types of scales, zeros and outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (the upper half of a binary32).
+    Bf16,
+}
+
+impl DType {
+    /// Size of one element in bytes.
+    pub const fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        })
+    }
+}
+
+/// A floating-point element a kernel reads or writes: `f32`, [`half::f16`] or [`half::bf16`].
+///
+/// ```
+/// use quant_kernels::Elem;
+/// use half::f16;
+/// let mut out = [f16::ZERO; 3];
+/// f16::store_tile(&mut out, |buf| buf.copy_from_slice(&[0.5, -1.0, 65504.0]));
+/// assert_eq!(out.map(f16::to_f32), [0.5, -1.0, 65504.0]);
+/// assert_eq!(<f16 as Elem>::from_f32(1.0 / 3.0).to_bits(), 0x3555);
+/// ```
+pub trait Elem:
+    sealed::Sealed + Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static
+{
+    /// The runtime tag of this type.
+    const DTYPE: DType;
+
+    /// Widen one value to `f32` (exact for all three types).
+    fn to_f32(self) -> f32;
+
+    /// Round one `f32` to this type (round to nearest, ties to even; NaN stays NaN).
+    fn from_f32(x: f32) -> Self;
+
+    /// Widen a slice into a caller buffer of the same length.
+    fn slice_to_f32(src: &[Self], dst: &mut [f32]);
+
+    /// Let `fill` write `dst.len()` (at most [`TILE`]) `f32` values, then store them in `dst`.
+    ///
+    /// For `f32` the closure writes straight into `dst`; for `f16`/`bf16` it writes into a stack
+    /// tile that is converted in one slice call.
+    fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32]));
+}
+
+impl Elem for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline]
+    fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
+        fill(dst);
+    }
+}
+
+/// Implements [`Elem`] for a `half` type; the two differ only in the type name and tag.
+macro_rules! half_elem {
+    ($t:ty, $tag:expr) => {
+        impl Elem for $t {
+            const DTYPE: DType = $tag;
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                <$t>::to_f32(self)
+            }
+            #[inline(always)]
+            fn from_f32(x: f32) -> Self {
+                <$t>::from_f32(x)
+            }
+            #[inline]
+            fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
+                src.convert_to_f32_slice(dst);
+            }
+            #[inline(always)]
+            fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
+                debug_assert!(dst.len() <= TILE);
+                let mut buf = [0.0f32; TILE];
+                let buf = &mut buf[..dst.len()];
+                fill(buf);
+                dst.convert_from_f32_slice(buf);
+            }
+        }
+    };
+}
+half_elem!(f16, DType::F16);
+half_elem!(bf16, DType::Bf16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tile store (slice conversion, F16C where present) and the scalar conversion agree bit
+    /// for bit, including ties, subnormals, overflow and NaN.
+    #[test]
+    fn tile_store_equals_scalar_rounding() {
+        let mut xs: Vec<f32> = vec![
+            0.0, -0.0, 1.0, 65504.0, 65520.0, 1e-8, -6.1e-5, 3.0e38, f32::INFINITY, f32::NAN,
+        ];
+        let mut s = 0x1234_5678u32;
+        for _ in 0..5000 {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            xs.push(f32::from_bits(s));
+        }
+        for chunk in xs.chunks(TILE) {
+            let mut h = vec![f16::ZERO; chunk.len()];
+            f16::store_tile(&mut h, |b| b.copy_from_slice(chunk));
+            let mut b16 = vec![bf16::ZERO; chunk.len()];
+            bf16::store_tile(&mut b16, |b| b.copy_from_slice(chunk));
+            for (i, &x) in chunk.iter().enumerate() {
+                let (sh, sb) = (<f16 as Elem>::from_f32(x), <bf16 as Elem>::from_f32(x));
+                if x.is_nan() {
+                    assert!(h[i].is_nan() && b16[i].is_nan());
+                } else {
+                    assert_eq!(h[i].to_bits(), sh.to_bits(), "f16 of {x:e}");
+                    assert_eq!(b16[i].to_bits(), sb.to_bits(), "bf16 of {x:e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The crate's error type.
+//!
+//! Every public entry point validates its arguments before any work and returns one of these
+//! variants; inner kernels only `debug_assert!`. Variants carry the numbers that were wrong so a
+//! caller can report them without parsing a message.
+
+/// Shorthand for `Result<T, quant_kernels::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong at the API boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A bit width the scheme does not pack.
+    #[error("unsupported bit width {0} (expected one of 1, 2, 3, 4, 8)")]
+    UnsupportedBits(u8),
+
+    /// An axis other than 0 or 1.
+    #[error("unsupported axis {0} (expected 0 or 1)")]
+    UnsupportedAxis(u8),
+
+    /// A buffer whose length does not match the shape it is used with.
+    #[error("{what}: expected {expected} elements, got {got}")]
+    LengthMismatch {
+        /// Which argument was wrong (e.g. `"scales"`).
+        what: &'static str,
+        /// The length the shape implies.
+        expected: usize,
+        /// The length passed.
+        got: usize,
+    },
+
+    /// A group size that is zero or does not divide the number of elements.
+    #[error("group size {group} does not divide {len} elements")]
+    GroupSize {
+        /// The group size passed.
+        group: usize,
+        /// The element count it must divide.
+        len: usize,
+    },
+
+    /// A shape whose element count does not fit in `usize`.
+    #[error("shape {rows}x{cols} overflows usize")]
+    ShapeOverflow {
+        /// Rows of the shape.
+        rows: usize,
+        /// Columns of the shape.
+        cols: usize,
+    },
+
+    /// The packed axis of a code matrix is not a multiple of what the bit width packs per word.
+    #[error("{bits}-bit packing needs the packed axis ({rows} rows) to be a multiple of {multiple}")]
+    PackRows {
+        /// The bit width.
+        bits: u8,
+        /// Rows of the code matrix (the packed axis).
+        rows: usize,
+        /// The multiple the bit width requires.
+        multiple: usize,
+    },
+
+    /// A code that does not fit in the bit width it is packed with.
+    #[error("code {code} at index {index} does not fit in {bits} bits")]
+    CodeOutOfRange {
+        /// Flat index of the offending code.
+        index: usize,
+        /// The code value.
+        code: u8,
+        /// The bit width.
+        bits: u8,
+    },
+}

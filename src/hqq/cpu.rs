@@ -1,0 +1,119 @@
+//! The fast HQQ dequantization: SIMD inner loops (ISA chosen at run time) over tiles, rayon over
+//! disjoint parts of the output.
+//!
+//! Plane `j` of the packed matrix decodes to code rows `j*P .. (j+1)*P` (`P` = packed rows), so
+//! code row `r` reads packed row `r % P` at shift `P::shift(r / P)`: one division per row, none
+//! per element.
+//!
+//! * axis 1 (zero/scale per code row): rows are short (`g`), so consecutive rows of one plane are
+//!   processed as one contiguous tile, rayon over chunks of rows.
+//! * axis 0 (zero/scale per code column): rows are long (`numel / g`), so each thread takes a
+//!   column stripe of every row and widens each tile of zeros/scales once for all rows.
+
+use super::{Axis, Geometry};
+use crate::elem::{Elem, TILE};
+use crate::lanes::{self, Kernel, affine_lanes, affine_splat};
+use crate::pack::Packing;
+use crate::par::{self, Parallelism};
+
+pub(crate) fn dequant<P: Packing, S: Elem, O: Elem>(
+    geo: &Geometry,
+    words: &[P::Word],
+    scales: &[S],
+    zeros: &[S],
+    out: &mut [O],
+    par: Parallelism,
+) {
+    debug_assert_eq!(out.len(), geo.rows * geo.cols);
+    match geo.axis {
+        Axis::One => par::row_chunks(out, geo.cols, par, |row0, out| {
+            lanes::dispatch(RowParams::<P, S, O> { geo, words, scales, zeros, row0, out })
+        }),
+        Axis::Zero => par::col_stripes(out, geo.cols, TILE, par, |col0, rows| {
+            lanes::dispatch(ColParams::<P, S, O> { geo, words, scales, zeros, col0, rows })
+        }),
+    }
+}
+
+/// Axis 1: rows `row0..` of the code matrix, one zero/scale per row, `out` contiguous.
+struct RowParams<'a, P: Packing, S, O> {
+    geo: &'a Geometry,
+    words: &'a [P::Word],
+    scales: &'a [S],
+    zeros: &'a [S],
+    row0: usize,
+    out: &'a mut [O],
+}
+
+impl<P: Packing, S: Elem, O: Elem> Kernel for RowParams<'_, P, S, O> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let Self { geo, words, scales, zeros, row0, out } = self;
+        let (c, prows) = (geo.cols, geo.prows);
+        let nrows = out.len() / c;
+        // Rows per tile: as many whole rows as fit, or one row cut into column tiles.
+        let per_tile = (TILE / c).max(1);
+        let (mut z, mut s) = ([0f32; TILE], [0f32; TILE]);
+        let mut r = 0;
+        while r < nrows {
+            let row = row0 + r;
+            let (plane, p) = (row / prows, row % prows);
+            let end = nrows.min(r + per_tile).min((plane + 1) * prows - row0);
+            let k = end - r;
+            S::slice_to_f32(&zeros[row..row + k], &mut z[..k]);
+            S::slice_to_f32(&scales[row..row + k], &mut s[..k]);
+            let shift = P::shift(plane);
+            let decode = |w| P::extract(w, shift);
+            if c <= TILE {
+                let src = &words[p * c..(p + k) * c];
+                O::store_tile(&mut out[r * c..end * c], |buf| {
+                    for (i, (dst, src)) in buf.chunks_exact_mut(c).zip(src.chunks_exact(c)).enumerate() {
+                        affine_splat(src, decode, z[i], s[i], dst);
+                    }
+                });
+            } else {
+                let (src, dst) = (&words[p * c..(p + 1) * c], &mut out[r * c..end * c]);
+                for (src, dst) in src.chunks(TILE).zip(dst.chunks_mut(TILE)) {
+                    O::store_tile(dst, |buf| affine_splat(src, decode, z[0], s[0], buf));
+                }
+            }
+            r = end;
+        }
+    }
+}
+
+/// Axis 0: columns `col0..` of every code row, one zero/scale per column.
+struct ColParams<'a, 'b, P: Packing, S, O> {
+    geo: &'a Geometry,
+    words: &'a [P::Word],
+    scales: &'a [S],
+    zeros: &'a [S],
+    col0: usize,
+    rows: &'a mut [&'b mut [O]],
+}
+
+impl<P: Packing, S: Elem, O: Elem> Kernel for ColParams<'_, '_, P, S, O> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let Self { geo, words, scales, zeros, col0, rows } = self;
+        let (c, prows) = (geo.cols, geo.prows);
+        let width = rows.first().map_or(0, |r| r.len());
+        let (mut z, mut s) = ([0f32; TILE], [0f32; TILE]);
+        for t0 in (0..width).step_by(TILE) {
+            let n = TILE.min(width - t0);
+            let g0 = col0 + t0;
+            S::slice_to_f32(&zeros[g0..g0 + n], &mut z[..n]);
+            S::slice_to_f32(&scales[g0..g0 + n], &mut s[..n]);
+            for (row, dst) in rows.iter_mut().enumerate() {
+                let (plane, p) = (row / prows, row % prows);
+                let shift = P::shift(plane);
+                let src = &words[p * c + g0..p * c + g0 + n];
+                O::store_tile(&mut dst[t0..t0 + n], |buf| {
+                    affine_lanes(src, |w| P::extract(w, shift), &z[..n], &s[..n], buf)
+                });
+            }
+        }
+    }
+}

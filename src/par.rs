@@ -1,0 +1,116 @@
+//! Splitting work over threads: disjoint row chunks or column stripes of a row-major output,
+//! never a cross-thread reduction, so results do not depend on the thread count or timing.
+
+use rayon::prelude::*;
+
+/// Outputs smaller than this many elements stay on the calling thread.
+pub const MIN_PARALLEL_ELEMS: usize = 1 << 16;
+
+/// Whether a kernel may use rayon's thread pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parallelism {
+    /// One thread (the caller's).
+    Serial,
+    /// rayon's current pool, when the output has at least [`MIN_PARALLEL_ELEMS`] elements.
+    #[default]
+    Rayon,
+}
+
+impl Parallelism {
+    /// How many tasks to split `elems` output elements into: 1 when serial or small, else a
+    /// few per pool thread (for balance) with at least `MIN_PARALLEL_ELEMS / 4` elements each.
+    pub fn tasks(self, elems: usize) -> usize {
+        match self {
+            Parallelism::Rayon if elems >= MIN_PARALLEL_ELEMS => {
+                let threads = rayon::current_num_threads().max(1);
+                (threads * 4).min(elems / (MIN_PARALLEL_ELEMS / 4)).max(1)
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// Call `f(first_row, chunk)` over disjoint chunks of whole rows of a `[rows, row_len]`
+/// row-major `out`, in parallel when `par` allows it.
+pub(crate) fn row_chunks<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    par: Parallelism,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if out.is_empty() || row_len == 0 {
+        return;
+    }
+    let rows = out.len() / row_len;
+    let tasks = par.tasks(out.len()).min(rows);
+    if tasks <= 1 {
+        return f(0, out);
+    }
+    let per = rows.div_ceil(tasks);
+    out.par_chunks_mut(per * row_len)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * per, chunk));
+}
+
+/// Call `f(first_col, pieces)` over disjoint column stripes of a `[rows, row_len]` row-major
+/// `out`; `pieces[r]` is row `r`'s part of the stripe. Stripe widths are multiples of `align`
+/// (except the last) so kernels keep whole tiles.
+pub(crate) fn col_stripes<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    align: usize,
+    par: Parallelism,
+    f: impl Fn(usize, &mut [&mut [T]]) + Sync,
+) {
+    if out.is_empty() || row_len == 0 {
+        return;
+    }
+    let align = align.max(1);
+    let tasks = par.tasks(out.len()).min(row_len.div_ceil(align));
+    let width = row_len.div_ceil(tasks).div_ceil(align) * align;
+    let stripes = row_len.div_ceil(width);
+    let rows = out.len() / row_len;
+    let mut pieces: Vec<Vec<&mut [T]>> = (0..stripes).map(|_| Vec::with_capacity(rows)).collect();
+    for row in out.chunks_exact_mut(row_len) {
+        for (stripe, piece) in pieces.iter_mut().zip(row.chunks_mut(width)) {
+            stripe.push(piece);
+        }
+    }
+    if stripes == 1 {
+        return f(0, &mut pieces[0]);
+    }
+    pieces
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut stripe)| f(i * width, &mut stripe));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_and_stripes_cover_every_element_once() {
+        for (rows, cols) in [(1usize, 1usize), (3, 5), (64, 4099), (1000, 300), (7, 100_000)] {
+            for par in [Parallelism::Serial, Parallelism::Rayon] {
+                let mut out = vec![0u32; rows * cols];
+                row_chunks(&mut out, cols, par, |r0, chunk| {
+                    for (i, v) in chunk.iter_mut().enumerate() {
+                        *v += (r0 * cols + i) as u32 + 1;
+                    }
+                });
+                assert!(out.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+                let mut out = vec![0u32; rows * cols];
+                col_stripes(&mut out, cols, 64, par, |c0, pieces| {
+                    assert_eq!(pieces.len(), rows);
+                    for (r, piece) in pieces.iter_mut().enumerate() {
+                        for (j, v) in piece.iter_mut().enumerate() {
+                            *v += (r * cols + c0 + j) as u32 + 1;
+                        }
+                    }
+                });
+                assert!(out.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+            }
+        }
+    }
+}

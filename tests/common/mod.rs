@@ -1,0 +1,63 @@
+//! Fixture loading shared by the integration tests.
+#![allow(dead_code)]
+
+use half::f16;
+use safetensors::{Dtype, SafeTensors};
+
+/// A fixture file from `tests/fixtures/`, read whole.
+pub fn fixture(path: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// One tensor: dtype, shape, little-endian bytes.
+pub struct T {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl T {
+    pub fn get(st: &SafeTensors<'_>, name: &str) -> T {
+        let v = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        T { dtype: v.dtype(), shape: v.shape().to_vec(), bytes: v.data().to_vec() }
+    }
+    pub fn u8s(&self) -> Vec<u8> {
+        assert_eq!(self.dtype, Dtype::U8);
+        self.bytes.clone()
+    }
+    pub fn i32s(&self) -> Vec<i32> {
+        self.bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+    pub fn f32s(&self) -> Vec<f32> {
+        assert_eq!(self.dtype, Dtype::F32);
+        self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+    pub fn f16s(&self) -> Vec<f16> {
+        assert_eq!(self.dtype, Dtype::F16);
+        self.bytes.chunks_exact(2).map(|b| f16::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+    pub fn i64s(&self) -> Vec<i64> {
+        self.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+}
+
+/// A deterministic generator (SplitMix64) so test inputs need no extra dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn f32_in(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
