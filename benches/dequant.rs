@@ -1,1 +1,141 @@
-fn main(){}
+//! HQQ dequantization throughput, 4096x4096 (and 4096x14336 for 4-bit), next to a memcpy of the
+//! output size measured in the same run with the same threads.
+//!
+//! `Throughput::Bytes` = bytes read (packed codes + f16 scales and zeros) + bytes written
+//! (output); memcpy counts its size twice (read + write). See BENCHMARKING.md of the project.
+//!
+//! ```text
+//! cargo bench --bench dequant                 # full run (~3 min on 2 cores)
+//! cargo bench --bench dequant -- --quick      # CI-sized run
+//! ```
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use half::{bf16, f16};
+use quant_kernels::hqq::{self, Axis, HqqLayout};
+use quant_kernels::pack::Word;
+use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing, Parallelism, lanes};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Duration;
+
+struct Input<P: Packing> {
+    layout: HqqLayout,
+    words: Vec<P::Word>,
+    scales: Vec<f16>,
+    zeros: Vec<f16>,
+}
+
+fn input<P: Packing>(rows: usize, cols: usize, g: usize, axis: Axis) -> Input<P> {
+    let layout = HqqLayout::new(rows, cols, g, axis).unwrap();
+    let (pr, pc) = layout.packed_shape(P::BITS).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let words = (0..pr * pc)
+        .map(|_| P::Word::from_bits(next() as u32 & if P::PER_WORD == 10 { 0x3fff_ffff } else { 0xff }))
+        .collect();
+    let n = layout.groups();
+    let scales = (0..n).map(|i| f16::from_f32(0.001 + (i % 97) as f32 * 1e-4)).collect();
+    let zeros = (0..n).map(|i| f16::from_f32((i % 13) as f32 * 0.5)).collect();
+    Input { layout, words, scales, zeros }
+}
+
+fn bytes_read<P: Packing>(inp: &Input<P>) -> usize {
+    inp.words.len() * std::mem::size_of::<P::Word>() + 2 * inp.scales.len() * 2
+}
+
+fn dequant_case<P: Packing, O: Elem>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    inp: &Input<P>,
+) {
+    let n = inp.layout.numel();
+    let mut out = vec![O::default(); n];
+    let bytes = bytes_read(inp) + n * std::mem::size_of::<O>();
+    g.throughput(Throughput::Bytes(bytes as u64));
+    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        g.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter(|| {
+                hqq::dequant_into::<P, f16, O>(
+                    black_box(&inp.words),
+                    &inp.scales,
+                    &inp.zeros,
+                    &inp.layout,
+                    black_box(&mut out),
+                    par,
+                )
+                .unwrap()
+            })
+        });
+    }
+}
+
+/// memcpy of `bytes`, on one thread and split into the same number of tasks the kernels use.
+fn memcpy_case(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, bytes: usize) {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    g.throughput(Throughput::Bytes(2 * bytes as u64));
+    g.bench_function(BenchmarkId::new("memcpy", "serial"), |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&src)))
+    });
+    let chunk = bytes.div_ceil(Parallelism::Rayon.tasks(bytes));
+    g.bench_function(BenchmarkId::new("memcpy", "threaded"), |b| {
+        b.iter(|| {
+            dst.par_chunks_mut(chunk)
+                .zip(black_box(&src).par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        })
+    });
+}
+
+fn out_group<O: Elem>(c: &mut Criterion) {
+    let (rows, cols) = (4096, 4096);
+    let mut g = c.benchmark_group(format!("dequant_4096x4096_to_{}", O::DTYPE));
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    memcpy_case(&mut g, rows * cols * std::mem::size_of::<O>());
+    dequant_case::<B8, O>(&mut g, "8bit_g64_ax0", &input::<B8>(rows, cols, 64, Axis::Zero));
+    dequant_case::<B4, O>(&mut g, "4bit_g64_ax0", &input::<B4>(rows, cols, 64, Axis::Zero));
+    dequant_case::<B4, O>(&mut g, "4bit_g64_ax1", &input::<B4>(rows, cols, 64, Axis::One));
+    dequant_case::<B3, O>(&mut g, "3bit_g64_ax0", &input::<B3>(rows, cols, 64, Axis::Zero));
+    dequant_case::<B2, O>(&mut g, "2bit_g64_ax0", &input::<B2>(rows, cols, 64, Axis::Zero));
+    dequant_case::<B1, O>(&mut g, "1bit_g64_ax0", &input::<B1>(rows, cols, 64, Axis::Zero));
+    g.finish();
+}
+
+fn model_shape(c: &mut Criterion) {
+    let (rows, cols) = (4096, 14336);
+    let mut g = c.benchmark_group("dequant_4096x14336_to_f16");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    memcpy_case(&mut g, rows * cols * 2);
+    dequant_case::<B4, f16>(&mut g, "4bit_g64_ax0", &input::<B4>(rows, cols, 64, Axis::Zero));
+    dequant_case::<B4, bf16>(&mut g, "4bit_g64_ax0_bf16", &input::<B4>(rows, cols, 64, Axis::Zero));
+    g.finish();
+}
+
+/// The naive oracle, to show the serial SIMD path's factor over it.
+fn reference(c: &mut Criterion) {
+    let inp = input::<B4>(4096, 4096, 64, Axis::Zero);
+    let n = inp.layout.numel();
+    let mut out = vec![f16::ZERO; n];
+    let mut g = c.benchmark_group("dequant_4096x4096_reference");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Bytes((bytes_read(&inp) + 2 * n) as u64));
+    g.bench_function(BenchmarkId::new("4bit_g64_ax0_f16", "naive"), |b| {
+        b.iter(|| {
+            hqq::dequant_reference_into::<B4, f16, f16>(&inp.words, &inp.scales, &inp.zeros, &inp.layout, &mut out)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn announce(_: &mut Criterion) {
+    eprintln!("ISA: {}; rayon threads: {}", lanes::isa(), rayon::current_num_threads());
+}
+
+criterion_group!(benches, announce, out_group::<f16>, out_group::<f32>, model_shape, reference);
+criterion_main!(benches);

@@ -10,7 +10,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// Largest tile (in elements) a kernel hands to [`Elem::store_tile`].
-pub const TILE: usize = 2048;
+pub const TILE: usize = 1024;
 
 mod sealed {
     pub trait Sealed {}
@@ -75,11 +75,22 @@ pub trait Elem:
     /// Widen a slice into a caller buffer of the same length.
     fn slice_to_f32(src: &[Self], dst: &mut [f32]);
 
+    /// Round a slice of `f32` into `dst` (same length), as [`Elem::from_f32`] does per element.
+    fn slice_from_f32(src: &[f32], dst: &mut [Self]);
+
     /// Let `fill` write `dst.len()` (at most [`TILE`]) `f32` values, then store them in `dst`.
     ///
     /// For `f32` the closure writes straight into `dst`; for `f16`/`bf16` it writes into a stack
-    /// tile that is converted in one slice call.
-    fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32]));
+    /// tile that is rounded with [`Elem::slice_from_f32`]. Inlined into SIMD kernels, so the
+    /// rounding runs with the kernel's instruction set.
+    #[inline(always)]
+    fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
+        debug_assert!(dst.len() <= TILE);
+        let mut buf = [0.0f32; TILE];
+        let buf = &mut buf[..dst.len()];
+        fill(buf);
+        Self::slice_from_f32(buf, dst);
+    }
 }
 
 impl Elem for f32 {
@@ -97,41 +108,94 @@ impl Elem for f32 {
         dst.copy_from_slice(src);
     }
     #[inline(always)]
+    fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
     fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
         fill(dst);
     }
 }
 
-/// Implements [`Elem`] for a `half` type; the two differ only in the type name and tag.
-macro_rules! half_elem {
-    ($t:ty, $tag:expr) => {
-        impl Elem for $t {
-            const DTYPE: DType = $tag;
-            #[inline(always)]
-            fn to_f32(self) -> f32 {
-                <$t>::to_f32(self)
-            }
-            #[inline(always)]
-            fn from_f32(x: f32) -> Self {
-                <$t>::from_f32(x)
-            }
-            #[inline]
-            fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
-                src.convert_to_f32_slice(dst);
-            }
-            #[inline(always)]
-            fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
-                debug_assert!(dst.len() <= TILE);
-                let mut buf = [0.0f32; TILE];
-                let buf = &mut buf[..dst.len()];
-                fill(buf);
-                dst.convert_from_f32_slice(buf);
-            }
-        }
-    };
+impl Elem for f16 {
+    const DTYPE: DType = DType::F16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline]
+    fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
+        f32_to_f16(src, dst);
+    }
 }
-half_elem!(f16, DType::F16);
-half_elem!(bf16, DType::Bf16);
+
+impl Elem for bf16 {
+    const DTYPE: DType = DType::Bf16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[inline]
+    fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
+        f32_to_bf16(src, dst);
+    }
+}
+
+/// `f32` -> `f16`, round to nearest even: 16 lanes at a time with AVX-512's `vcvtps2ph` when the
+/// CPU has it (through pulp's safe feature token), else `half`'s slice conversion (F16C 8 lanes,
+/// or software). Both round exactly like `f16::from_f32`; NaN stays a quiet NaN with the same
+/// sign and top payload bits.
+#[inline(always)]
+fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = pulp::x86::V4::try_new() {
+        use core::arch::x86_64::{__m256i, __m512};
+        let (s16, s_tail) = pulp::as_arrays::<16, f32>(src);
+        let (d16, d_tail) = pulp::as_arrays_mut::<16, f16>(dst);
+        for (s, d) in s16.iter().zip(d16.iter_mut()) {
+            let a: __m512 = bytemuck::cast(*s);
+            // imm 0: round to nearest even, exceptions as MXCSR says (masked by default).
+            let h: __m256i = v4.avx512f._mm512_cvtps_ph::<0>(a);
+            *d = bytemuck::cast(h);
+        }
+        d_tail.convert_from_f32_slice(s_tail);
+        return;
+    }
+    dst.convert_from_f32_slice(src);
+}
+
+/// `f32` -> `bf16`, round to nearest even (NaN: quiet, sign and top payload kept), in plain
+/// integer code the compiler vectorizes for the kernel's instruction set. Same bits as
+/// `bf16::from_f32`.
+#[inline(always)]
+fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
+    let n = dst.len();
+    let src = &src[..n];
+    for i in 0..n {
+        let u = src[i].to_bits();
+        let rounded = (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16;
+        let nan = ((u >> 16) as u16) | 0x0040;
+        let is_nan = (u & 0x7fff_ffff) > 0x7f80_0000;
+        dst[i] = bf16::from_bits(if is_nan { nan } else { rounded });
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,12 @@ use crate::lanes::{self, Kernel, affine_lanes, affine_splat};
 use crate::pack::Packing;
 use crate::par::{self, Parallelism};
 
+/// Columns whose zeros/scales an axis-0 kernel widens at once (2 x 256 KiB of `f32`).
+const SPAN: usize = 16 * 1024;
+
+/// Code rows an axis-0 kernel writes side by side.
+const ROWS_PER_PASS: usize = 8;
+
 pub(crate) fn dequant<P: Packing, S: Elem, O: Elem>(
     geo: &Geometry,
     words: &[P::Word],
@@ -100,19 +106,31 @@ impl<P: Packing, S: Elem, O: Elem> Kernel for ColParams<'_, '_, P, S, O> {
         let Self { geo, words, scales, zeros, col0, rows } = self;
         let (c, prows) = (geo.cols, geo.prows);
         let width = rows.first().map_or(0, |r| r.len());
-        let (mut z, mut s) = ([0f32; TILE], [0f32; TILE]);
-        for t0 in (0..width).step_by(TILE) {
-            let n = TILE.min(width - t0);
+        // Zeros/scales are widened once per span of columns. Rows are then written in blocks of
+        // ROWS_PER_PASS, tile by tile: enough columns per row for long write runs, few rows at
+        // once so the CPU tracks every write stream, and each tile of zeros/scales reused by the
+        // whole block while it sits in L1.
+        let span = SPAN.min(width);
+        let (mut z, mut s) = (vec![0f32; span], vec![0f32; span]);
+        for t0 in (0..width).step_by(SPAN) {
+            let n = SPAN.min(width - t0);
             let g0 = col0 + t0;
-            S::slice_to_f32(&zeros[g0..g0 + n], &mut z[..n]);
-            S::slice_to_f32(&scales[g0..g0 + n], &mut s[..n]);
-            for (row, dst) in rows.iter_mut().enumerate() {
-                let (plane, p) = (row / prows, row % prows);
-                let shift = P::shift(plane);
-                let src = &words[p * c + g0..p * c + g0 + n];
-                O::store_tile(&mut dst[t0..t0 + n], |buf| {
-                    affine_lanes(src, |w| P::extract(w, shift), &z[..n], &s[..n], buf)
-                });
+            let (z, s) = (&mut z[..n], &mut s[..n]);
+            S::slice_to_f32(&zeros[g0..g0 + n], z);
+            S::slice_to_f32(&scales[g0..g0 + n], s);
+            for p in 0..prows {
+                let words = &words[p * c + g0..p * c + g0 + n];
+                for k in (0..n).step_by(TILE) {
+                    let m = TILE.min(n - k);
+                    let src = &words[k..k + m];
+                    for plane in 0..P::PER_WORD {
+                        let Some(dst) = rows.get_mut(plane * prows + p) else { break };
+                        let shift = P::shift(plane);
+                        O::store_tile(&mut dst[t0 + k..t0 + k + m], |buf| {
+                            affine_lanes(src, |w| P::extract(w, shift), &z[k..k + m], &s[k..k + m], buf)
+                        });
+                    }
+                }
             }
         }
     }
