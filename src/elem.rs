@@ -75,6 +75,12 @@ pub trait Elem:
     /// Widen a slice into a caller buffer of the same length.
     fn slice_to_f32(src: &[Self], dst: &mut [f32]);
 
+    /// The slice itself when `Self` is `f32` (no widening needed), else `None`.
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        let _ = src;
+        None
+    }
+
     /// Round a slice of `f32` into `dst` (same length), as [`Elem::from_f32`] does per element.
     fn slice_from_f32(src: &[f32], dst: &mut [Self]);
 
@@ -106,6 +112,10 @@ impl Elem for f32 {
     #[inline]
     fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        Some(src)
     }
     #[inline(always)]
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {

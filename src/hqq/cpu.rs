@@ -8,7 +8,8 @@
 //! * axis 1 (zero/scale per code row): rows are short (`g`), so consecutive rows of one plane are
 //!   processed as one contiguous tile, rayon over chunks of rows.
 //! * axis 0 (zero/scale per code column): rows are long (`numel / g`), so each thread takes a
-//!   column stripe of every row and widens each tile of zeros/scales once for all rows.
+//!   column stripe of every row, widens a span of zeros/scales once for all rows, and decodes
+//!   every plane of a packed tile while it is in L1.
 
 use super::{Axis, Geometry};
 use crate::elem::{Elem, TILE};
@@ -16,11 +17,8 @@ use crate::lanes::{self, Kernel, affine_lanes, affine_splat};
 use crate::pack::Packing;
 use crate::par::{self, Parallelism};
 
-/// Columns whose zeros/scales an axis-0 kernel widens at once (2 x 256 KiB of `f32`).
+/// Columns whose zeros/scales an axis-0 kernel widens at once (2 x 64 KiB of `f32`).
 const SPAN: usize = 16 * 1024;
-
-/// Code rows an axis-0 kernel writes side by side.
-const ROWS_PER_PASS: usize = 8;
 
 pub(crate) fn dequant<P: Packing, S: Elem, O: Elem>(
     geo: &Geometry,
@@ -106,18 +104,25 @@ impl<P: Packing, S: Elem, O: Elem> Kernel for ColParams<'_, '_, P, S, O> {
         let Self { geo, words, scales, zeros, col0, rows } = self;
         let (c, prows) = (geo.cols, geo.prows);
         let width = rows.first().map_or(0, |r| r.len());
-        // Zeros/scales are widened once per span of columns. Rows are then written in blocks of
-        // ROWS_PER_PASS, tile by tile: enough columns per row for long write runs, few rows at
-        // once so the CPU tracks every write stream, and each tile of zeros/scales reused by the
-        // whole block while it sits in L1.
-        let span = SPAN.min(width);
-        let (mut z, mut s) = (vec![0f32; span], vec![0f32; span]);
-        for t0 in (0..width).step_by(SPAN) {
-            let n = SPAN.min(width - t0);
+        // Zeros/scales are widened once per span of columns (L2-sized). Then, packed row by
+        // packed row and tile by tile, the tile of words is decoded once per plane while it and
+        // the tile of zeros/scales sit in L1: one read stream and `PER_WORD` write streams.
+        // f32 zeros/scales are used in place; f16/bf16 ones are widened span by span.
+        let direct = S::as_f32(zeros).zip(S::as_f32(scales));
+        let span = if direct.is_some() { width } else { SPAN.min(width) };
+        let mut buf = vec![0f32; if direct.is_some() { 0 } else { 2 * span }];
+        for t0 in (0..width).step_by(span.max(1)) {
+            let n = span.min(width - t0);
             let g0 = col0 + t0;
-            let (z, s) = (&mut z[..n], &mut s[..n]);
-            S::slice_to_f32(&zeros[g0..g0 + n], z);
-            S::slice_to_f32(&scales[g0..g0 + n], s);
+            let (z, s): (&[f32], &[f32]) = match direct {
+                Some((z, s)) => (&z[g0..g0 + n], &s[g0..g0 + n]),
+                None => {
+                    let (z, s) = buf.split_at_mut(span);
+                    S::slice_to_f32(&zeros[g0..g0 + n], &mut z[..n]);
+                    S::slice_to_f32(&scales[g0..g0 + n], &mut s[..n]);
+                    (&z[..n], &s[..n])
+                }
+            };
             for p in 0..prows {
                 let words = &words[p * c + g0..p * c + g0 + n];
                 for k in (0..n).step_by(TILE) {
