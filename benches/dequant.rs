@@ -126,8 +126,14 @@ fn reference(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((bytes_read(&inp) + 2 * n) as u64));
     g.bench_function(BenchmarkId::new("4bit_g64_ax0_f16", "naive"), |b| {
         b.iter(|| {
-            hqq::dequant_reference_into::<B4, f16, f16>(&inp.words, &inp.scales, &inp.zeros, &inp.layout, &mut out)
-                .unwrap()
+            hqq::dequant_reference_into::<B4, f16, f16>(
+                &inp.words,
+                &inp.scales,
+                &inp.zeros,
+                &inp.layout,
+                &mut out,
+            )
+            .unwrap()
         })
     });
     g.finish();

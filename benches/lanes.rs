@@ -65,8 +65,15 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(2 * COLS as u64));
     g.bench_function("pulp_dispatch", |b| {
         b.iter(|| {
-            hqq::dequant_into::<B4, f32, f32>(black_box(&words), &s, &z, &layout, &mut out, Parallelism::Serial)
-                .unwrap()
+            hqq::dequant_into::<B4, f32, f32>(
+                black_box(&words),
+                &s,
+                &z,
+                &layout,
+                &mut out,
+                Parallelism::Serial,
+            )
+            .unwrap()
         })
     });
     g.bench_function("wide_f32x8", |b| b.iter(|| wide(black_box(&words), &z, &s, &mut out)));

@@ -10,7 +10,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// Largest tile (in elements) a kernel hands to [`Elem::store_tile`].
-pub const TILE: usize = 1024;
+pub const TILE: usize = 2048;
 
 mod sealed {
     pub trait Sealed {}
@@ -56,7 +56,8 @@ impl std::fmt::Display for DType {
 /// use quant_kernels::Elem;
 /// use half::f16;
 /// let mut out = [f16::ZERO; 3];
-/// f16::store_tile(&mut out, |buf| buf.copy_from_slice(&[0.5, -1.0, 65504.0]));
+/// let mut scratch = [0f32; quant_kernels::elem::TILE];
+/// f16::store_tile(&mut out, &mut scratch, |buf| buf.copy_from_slice(&[0.5, -1.0, 65504.0]));
 /// assert_eq!(out.map(f16::to_f32), [0.5, -1.0, 65504.0]);
 /// assert_eq!(<f16 as Elem>::from_f32(1.0 / 3.0).to_bits(), 0x3555);
 /// ```
@@ -84,16 +85,26 @@ pub trait Elem:
     /// Round a slice of `f32` into `dst` (same length), as [`Elem::from_f32`] does per element.
     fn slice_from_f32(src: &[f32], dst: &mut [Self]);
 
+    /// Load 16 values as AVX-512 `f32` lanes (kernels' x86-64-v4 path; not public API).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    fn load16(v4: pulp::x86::V4, x: &[Self; 16]) -> core::arch::x86_64::__m512;
+
+    /// Round 16 AVX-512 `f32` lanes to this type, as [`Elem::from_f32`] does (not public API).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    fn store16(v4: pulp::x86::V4, x: core::arch::x86_64::__m512, out: &mut [Self; 16]);
+
     /// Let `fill` write `dst.len()` (at most [`TILE`]) `f32` values, then store them in `dst`.
     ///
-    /// For `f32` the closure writes straight into `dst`; for `f16`/`bf16` it writes into a stack
-    /// tile that is rounded with [`Elem::slice_from_f32`]. Inlined into SIMD kernels, so the
-    /// rounding runs with the kernel's instruction set.
+    /// For `f32` the closure writes straight into `dst`; for `f16`/`bf16` it writes into
+    /// `scratch` (the caller's, reused across tiles) which is then rounded with
+    /// [`Elem::slice_from_f32`]. Inlined into SIMD kernels, so the rounding runs with the
+    /// kernel's instruction set.
     #[inline(always)]
-    fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
+    fn store_tile(dst: &mut [Self], scratch: &mut [f32; TILE], fill: impl FnOnce(&mut [f32])) {
         debug_assert!(dst.len() <= TILE);
-        let mut buf = [0.0f32; TILE];
-        let buf = &mut buf[..dst.len()];
+        let buf = &mut scratch[..dst.len()];
         fill(buf);
         Self::slice_from_f32(buf, dst);
     }
@@ -117,12 +128,22 @@ impl Elem for f32 {
     fn as_f32(src: &[Self]) -> Option<&[f32]> {
         Some(src)
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn load16(_: pulp::x86::V4, x: &[Self; 16]) -> core::arch::x86_64::__m512 {
+        bytemuck::cast(*x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn store16(_: pulp::x86::V4, x: core::arch::x86_64::__m512, out: &mut [Self; 16]) {
+        *out = bytemuck::cast(x);
+    }
     #[inline(always)]
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
     #[inline(always)]
-    fn store_tile(dst: &mut [Self], fill: impl FnOnce(&mut [f32])) {
+    fn store_tile(dst: &mut [Self], _scratch: &mut [f32; TILE], fill: impl FnOnce(&mut [f32])) {
         fill(dst);
     }
 }
@@ -145,6 +166,17 @@ impl Elem for f16 {
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
         f32_to_f16(src, dst);
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn load16(v4: pulp::x86::V4, x: &[Self; 16]) -> core::arch::x86_64::__m512 {
+        v4.avx512f._mm512_cvtph_ps(bytemuck::cast(*x))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn store16(v4: pulp::x86::V4, x: core::arch::x86_64::__m512, out: &mut [Self; 16]) {
+        // imm 0: round to nearest even.
+        *out = bytemuck::cast(v4.avx512f._mm512_cvtps_ph::<0>(x));
+    }
 }
 
 impl Elem for bf16 {
@@ -165,6 +197,18 @@ impl Elem for bf16 {
     fn slice_from_f32(src: &[f32], dst: &mut [Self]) {
         f32_to_bf16(src, dst);
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn load16(v4: pulp::x86::V4, x: &[Self; 16]) -> core::arch::x86_64::__m512 {
+        let wide = v4.avx512f._mm512_cvtepu16_epi32(bytemuck::cast(*x));
+        v4.avx512f._mm512_castsi512_ps(v4.avx512f._mm512_slli_epi32::<16>(wide))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn store16(_: pulp::x86::V4, x: core::arch::x86_64::__m512, out: &mut [Self; 16]) {
+        let lanes: [f32; 16] = bytemuck::cast(x);
+        f32_to_bf16(&lanes, out);
+    }
 }
 
 /// `f32` -> `f16`, round to nearest even: 16 lanes at a time with AVX-512's `vcvtps2ph` when the
@@ -175,7 +219,7 @@ impl Elem for bf16 {
 fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     debug_assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    if let Some(v4) = pulp::x86::V4::try_new() {
+    if let Some(v4) = crate::lanes::v4::token() {
         use core::arch::x86_64::{__m256i, __m512};
         let (s16, s_tail) = pulp::as_arrays::<16, f32>(src);
         let (d16, d_tail) = pulp::as_arrays_mut::<16, f16>(dst);
@@ -215,9 +259,8 @@ mod tests {
     /// for bit, including ties, subnormals, overflow and NaN.
     #[test]
     fn tile_store_equals_scalar_rounding() {
-        let mut xs: Vec<f32> = vec![
-            0.0, -0.0, 1.0, 65504.0, 65520.0, 1e-8, -6.1e-5, 3.0e38, f32::INFINITY, f32::NAN,
-        ];
+        let mut xs: Vec<f32> =
+            vec![0.0, -0.0, 1.0, 65504.0, 65520.0, 1e-8, -6.1e-5, 3.0e38, f32::INFINITY, f32::NAN];
         let mut s = 0x1234_5678u32;
         for _ in 0..5000 {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -225,9 +268,10 @@ mod tests {
         }
         for chunk in xs.chunks(TILE) {
             let mut h = vec![f16::ZERO; chunk.len()];
-            f16::store_tile(&mut h, |b| b.copy_from_slice(chunk));
+            let mut scratch = [0f32; TILE];
+            f16::store_tile(&mut h, &mut scratch, |b| b.copy_from_slice(chunk));
             let mut b16 = vec![bf16::ZERO; chunk.len()];
-            bf16::store_tile(&mut b16, |b| b.copy_from_slice(chunk));
+            bf16::store_tile(&mut b16, &mut scratch, |b| b.copy_from_slice(chunk));
             for (i, &x) in chunk.iter().enumerate() {
                 let (sh, sb) = (<f16 as Elem>::from_f32(x), <bf16 as Elem>::from_f32(x));
                 if x.is_nan() {

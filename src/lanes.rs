@@ -1,7 +1,7 @@
 //! The `f32` lanes SIMD code runs on: run-time ISA dispatch and the affine inner loops.
 //!
 //! A user who embeds the crate builds it without special `RUSTFLAGS`, so the ISA is chosen at
-//! run time: [`dispatch`] runs a [`Kernel`] inside a function compiled for the best instruction
+//! run time: `dispatch` runs a `Kernel` inside a function compiled for the best instruction
 //! set the CPU reports (through `pulp`: AVX-512 = x86-64-v4, AVX2+FMA = x86-64-v3, or the
 //! baseline), and the plain loops below, inlined into it, are vectorized for that ISA by the
 //! compiler. [`isa`] names what ran; benches and the CLI print it.
@@ -9,7 +9,7 @@
 //! The loops compute `(q - z) * s` as a subtraction and a multiplication, each rounded to `f32`:
 //! no fused multiply-add, so every ISA gives the same bits as the scalar reference.
 
-/// The instruction set [`dispatch`] runs kernels with on this CPU.
+/// The instruction set `dispatch` runs kernels with on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     /// x86-64-v4: AVX-512 F/BW/CD/DQ/VL (512-bit lanes).
@@ -36,13 +36,30 @@ impl std::fmt::Display for Isa {
     }
 }
 
-/// The ISA [`dispatch`] selects on this CPU (detected once, then cached by `std`).
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make every kernel in this process run the build's baseline code (no run-time ISA
+/// selection, no AVX-512 loops), so tests can check that path on a machine that has better.
+/// Both routes give identical bits; this only changes speed.
+#[doc(hidden)]
+pub fn force_baseline(on: bool) {
+    BASELINE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn baseline_forced() -> bool {
+    BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The ISA `dispatch` selects on this CPU (detected once, then cached by `std`).
 ///
 /// ```
 /// let isa = quant_kernels::lanes::isa();
 /// println!("kernels run with {isa}");
 /// ```
 pub fn isa() -> Isa {
+    if baseline_forced() {
+        return Isa::Baseline;
+    }
     match pulp::Arch::new() {
         #[cfg(target_arch = "x86_64")]
         pulp::Arch::V4(_) => Isa::X86V4Avx512,
@@ -52,7 +69,7 @@ pub fn isa() -> Isa {
     }
 }
 
-/// A unit of work to run under [`dispatch`]. Implementations mark `run` `#[inline(always)]` so
+/// A unit of work to run under `dispatch`. Implementations mark `run` `#[inline(always)]` so
 /// that its loops are compiled inside the ISA-specific function.
 pub(crate) trait Kernel {
     /// What the kernel returns.
@@ -74,6 +91,9 @@ impl<K: Kernel> pulp::WithSimd for Dispatched<K> {
 /// Run `k` compiled for the best ISA of this CPU (see [`isa`]).
 #[inline]
 pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
+    if baseline_forced() {
+        return pulp::Arch::Scalar.dispatch(Dispatched(k));
+    }
     pulp::Arch::new().dispatch(Dispatched(k))
 }
 
@@ -106,5 +126,77 @@ pub(crate) fn affine_splat<W: Copy>(
     let words = &words[..n];
     for i in 0..n {
         out[i] = (decode(words[i]) as f32 - zero) * scale;
+    }
+}
+
+/// The x86-64-v4 (AVX-512) loops: 16 `f32` lanes per register, codes widened from their words,
+/// zeros/scales loaded and outputs stored in their own dtype (`vcvtph2ps` / `vcvtps2ph` for
+/// `f16`), so no widened copies or scratch tiles. Same operations and roundings as the portable
+/// loops above: `(q - z) * s` as a subtraction and a multiplication.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod v4 {
+    use crate::elem::Elem;
+    use crate::pack::Word;
+    pub(crate) use pulp::x86::V4;
+
+    /// The V4 token when this CPU has AVX-512 (x86-64-v4), else `None`.
+    #[inline(always)]
+    pub(crate) fn token() -> Option<V4> {
+        if super::baseline_forced() { None } else { V4::try_new() }
+    }
+
+    /// `out[i] = ((words[i] >> shift) & mask - zero[i]) * scale[i]`, per-lane zero and scale.
+    #[inline(always)]
+    pub(crate) fn affine_lanes<W: Word, S: Elem, O: Elem>(
+        v4: V4,
+        words: &[W],
+        shift: u32,
+        mask: u32,
+        zero: &[S],
+        scale: &[S],
+        out: &mut [O],
+    ) {
+        let n = out.len();
+        let (w16, wt) = pulp::as_arrays::<16, W>(&words[..n]);
+        let (z16, zt) = pulp::as_arrays::<16, S>(&zero[..n]);
+        let (s16, st) = pulp::as_arrays::<16, S>(&scale[..n]);
+        let (o16, ot) = pulp::as_arrays_mut::<16, O>(out);
+        let f = v4.avx512f;
+        let (sh, mk) = (f._mm512_set1_epi32(shift as i32), f._mm512_set1_epi32(mask as i32));
+        for (((w, z), s), o) in w16.iter().zip(z16).zip(s16).zip(o16.iter_mut()) {
+            let q = f._mm512_and_si512(f._mm512_srlv_epi32(W::widen16(v4, w), sh), mk);
+            let y =
+                f._mm512_mul_ps(f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), S::load16(v4, z)), S::load16(v4, s));
+            O::store16(v4, y, o);
+        }
+        for (((w, z), s), o) in wt.iter().zip(zt).zip(st).zip(ot.iter_mut()) {
+            *o = O::from_f32((((w.bits() >> shift) & mask) as f32 - z.to_f32()) * s.to_f32());
+        }
+    }
+
+    /// `out[i] = ((words[i] >> shift) & mask - zero) * scale`: one zero and scale.
+    #[inline(always)]
+    pub(crate) fn affine_splat<W: Word, O: Elem>(
+        v4: V4,
+        words: &[W],
+        shift: u32,
+        mask: u32,
+        zero: f32,
+        scale: f32,
+        out: &mut [O],
+    ) {
+        let n = out.len();
+        let (w16, wt) = pulp::as_arrays::<16, W>(&words[..n]);
+        let (o16, ot) = pulp::as_arrays_mut::<16, O>(out);
+        let f = v4.avx512f;
+        let (sh, mk) = (f._mm512_set1_epi32(shift as i32), f._mm512_set1_epi32(mask as i32));
+        let (z, s) = (f._mm512_set1_ps(zero), f._mm512_set1_ps(scale));
+        for (w, o) in w16.iter().zip(o16.iter_mut()) {
+            let q = f._mm512_and_si512(f._mm512_srlv_epi32(W::widen16(v4, w), sh), mk);
+            O::store16(v4, f._mm512_mul_ps(f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), z), s), o);
+        }
+        for (w, o) in wt.iter().zip(ot.iter_mut()) {
+            *o = O::from_f32((((w.bits() >> shift) & mask) as f32 - zero) * scale);
+        }
     }
 }

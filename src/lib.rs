@@ -42,6 +42,9 @@ pub mod lanes;
 pub mod pack;
 pub mod par;
 
+#[doc(hidden)]
+pub mod fuzz_checks;
+
 pub use elem::{DType, Elem};
 pub use error::{Error, Result};
 pub use pack::{B1, B2, B3, B4, B8, Bits, Packing};

@@ -77,13 +77,16 @@ mod sealed {
 }
 
 /// A storage word: `u8` or `i32`.
-pub trait Word:
-    sealed::Sealed + bytemuck::Pod + Default + PartialEq + Send + Sync + std::fmt::Debug
-{
+pub trait Word: sealed::Sealed + bytemuck::Pod + Default + PartialEq + Send + Sync + std::fmt::Debug {
     /// The word's bits, zero-extended.
     fn bits(self) -> u32;
     /// A word with these bits (truncating).
     fn from_bits(bits: u32) -> Self;
+
+    /// 16 words zero-extended to AVX-512 `u32` lanes (kernels' x86-64-v4 path; not public API).
+    #[doc(hidden)]
+    #[cfg(target_arch = "x86_64")]
+    fn widen16(v4: pulp::x86::V4, w: &[Self; 16]) -> core::arch::x86_64::__m512i;
 }
 
 impl Word for u8 {
@@ -95,6 +98,11 @@ impl Word for u8 {
     fn from_bits(bits: u32) -> Self {
         bits as u8
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen16(v4: pulp::x86::V4, w: &[Self; 16]) -> core::arch::x86_64::__m512i {
+        v4.avx512f._mm512_cvtepu8_epi32(bytemuck::cast(*w))
+    }
 }
 
 impl Word for i32 {
@@ -105,6 +113,11 @@ impl Word for i32 {
     #[inline(always)]
     fn from_bits(bits: u32) -> Self {
         bits as i32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn widen16(_: pulp::x86::V4, w: &[Self; 16]) -> core::arch::x86_64::__m512i {
+        bytemuck::cast(*w)
     }
 }
 
@@ -142,14 +155,10 @@ pub trait Packing: sealed::Sealed + Copy + Send + Sync + 'static {
     fn packed_rows(rows: usize) -> Result<usize> {
         if Self::PADS {
             Ok(rows.div_ceil(Self::PER_WORD))
-        } else if rows % Self::PER_WORD == 0 {
+        } else if rows.is_multiple_of(Self::PER_WORD) {
             Ok(rows / Self::PER_WORD)
         } else {
-            Err(Error::PackRows {
-                bits: Self::BITS.get(),
-                rows,
-                multiple: Self::PER_WORD,
-            })
+            Err(Error::PackRows { bits: Self::BITS.get(), rows, multiple: Self::PER_WORD })
         }
     }
 }
@@ -215,12 +224,7 @@ pub(crate) fn pack_planes<P: Packing>(codes: &[u8], rows: usize, cols: usize) ->
 }
 
 /// Unpack `rows` code rows (padding rows dropped) from planar words into `out` (`rows * cols`).
-pub(crate) fn unpack_planes_into<P: Packing>(
-    words: &[P::Word],
-    rows: usize,
-    cols: usize,
-    out: &mut [u8],
-) {
+pub(crate) fn unpack_planes_into<P: Packing>(words: &[P::Word], rows: usize, cols: usize, out: &mut [u8]) {
     let prows = P::packed_rows(rows).unwrap_or(0);
     debug_assert_eq!(words.len(), prows * cols);
     debug_assert_eq!(out.len(), rows * cols);
@@ -252,10 +256,7 @@ mod tests {
     #[test]
     fn packed_rows_checks_the_multiple() {
         assert_eq!(B4::packed_rows(26), Ok(13));
-        assert_eq!(
-            B4::packed_rows(25),
-            Err(Error::PackRows { bits: 4, rows: 25, multiple: 2 })
-        );
+        assert_eq!(B4::packed_rows(25), Err(Error::PackRows { bits: 4, rows: 25, multiple: 2 }));
         assert_eq!(B3::packed_rows(25), Ok(3));
         assert_eq!(B3::packed_rows(0), Ok(0));
         assert!(B1::packed_rows(12).is_err());

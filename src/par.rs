@@ -47,9 +47,7 @@ pub(crate) fn row_chunks<T: Send>(
         return f(0, out);
     }
     let per = rows.div_ceil(tasks);
-    out.par_chunks_mut(per * row_len)
-        .enumerate()
-        .for_each(|(i, chunk)| f(i * per, chunk));
+    out.par_chunks_mut(per * row_len).enumerate().for_each(|(i, chunk)| f(i * per, chunk));
 }
 
 /// Call `f(first_col, pieces)` over disjoint column stripes of a `[rows, row_len]` row-major
@@ -79,10 +77,7 @@ pub(crate) fn col_stripes<T: Send>(
     if stripes == 1 {
         return f(0, &mut pieces[0]);
     }
-    pieces
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(i, mut stripe)| f(i * width, &mut stripe));
+    pieces.into_par_iter().enumerate().for_each(|(i, mut stripe)| f(i * width, &mut stripe));
 }
 
 #[cfg(test)]

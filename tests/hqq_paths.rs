@@ -69,8 +69,14 @@ fn three_paths<P: Packing, S: Elem, O: Elem>(inp: &Input<P>, layout: &HqqLayout)
         assert!(
             bits_eq(&fast, &naive),
             "{}-bit {:?} {}x{} g{} {:?} {}->{}",
-            P::BITS.get(), par, layout.rows(), layout.cols(), layout.group_size(), layout.axis(),
-            S::DTYPE, O::DTYPE
+            P::BITS.get(),
+            par,
+            layout.rows(),
+            layout.cols(),
+            layout.group_size(),
+            layout.axis(),
+            S::DTYPE,
+            O::DTYPE
         );
     }
 }
@@ -94,7 +100,8 @@ fn same_error<P: Packing>(layout: &HqqLayout, err: &Error) {
     let params = vec![0f32; layout.groups()];
     let mut out = vec![0f32; layout.numel()];
     let e1 = hqq::dequant_reference_into::<P, f32, f32>(&words, &params, &params, layout, &mut out);
-    let e2 = hqq::dequant_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Serial);
+    let e2 =
+        hqq::dequant_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Serial);
     let e3 = hqq::dequant_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Rayon);
     assert_eq!(e1.as_ref(), Err(err));
     assert_eq!(e2.as_ref(), Err(err));
@@ -122,7 +129,10 @@ fn shape_table<P: Packing>() {
             }
         }
     }
-    eprintln!("{}-bit: {ran} shape/axis/seed cases x 9 dtype pairs equal, {rejected} rejected", P::BITS.get());
+    eprintln!(
+        "{}-bit: {ran} shape/axis/seed cases x 9 dtype pairs equal, {rejected} rejected",
+        P::BITS.get()
+    );
     assert!(ran >= 30, "too few shapes ran for {}-bit", P::BITS.get());
 }
 

@@ -18,11 +18,8 @@ use safetensors::SafeTensors;
 fn bitpack_matches_hqq() {
     let bytes = fixture("hqq/bitpack.safetensors");
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut cases: Vec<String> = st
-        .names()
-        .iter()
-        .filter_map(|n| n.strip_suffix(".codes").map(str::to_owned))
-        .collect();
+    let mut cases: Vec<String> =
+        st.names().iter().filter_map(|n| n.strip_suffix(".codes").map(str::to_owned)).collect();
     cases.sort();
     assert_eq!(cases.len(), 8, "{cases:?}");
     for case in cases {
@@ -57,8 +54,7 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let json = SafeTensors::read_metadata(&fixture("hqq/quant.safetensors")).unwrap().1;
-    let cases: serde_json::Value =
-        serde_json::from_str(&json.metadata().as_ref().unwrap()["cases"]).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&json.metadata().as_ref().unwrap()["cases"]).unwrap();
     let mut out: Vec<Case> = cases
         .as_object()
         .unwrap()
@@ -109,13 +105,7 @@ fn dequant_all_paths<S: Elem, O: Elem>(
     naive
 }
 
-fn reference<P: Packing, S: Elem, O: Elem>(
-    w: &[P::Word],
-    s: &[S],
-    z: &[S],
-    l: &HqqLayout,
-    out: &mut [O],
-) {
+fn reference<P: Packing, S: Elem, O: Elem>(w: &[P::Word], s: &[S], z: &[S], l: &HqqLayout, out: &mut [O]) {
     hqq::dequant_reference_into::<P, S, O>(w, s, z, l, out).unwrap();
 }
 
@@ -174,8 +164,11 @@ fn quantize_cases_match_hqq() {
             (T::get(&st, &format!("{name}.scale")).f32s(), T::get(&st, &format!("{name}.zero")).f32s());
         let want = T::get(&st, &format!("{name}.deq")).f32s();
         let got: Vec<f32> = dequant_all_paths(&packed, &s32, &z32, &layout);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                   want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{name}: deq");
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "{name}: deq"
+        );
         let got: Vec<bf16> = dequant_all_paths(&packed, &s32, &z32, &layout);
         assert!(got.iter().zip(&want).all(|(g, w)| *g == bf16::from_f32(*w)), "{name}: bf16");
         let got: Vec<f16> = dequant_all_paths(&packed, &s32, &z32, &layout);
@@ -212,10 +205,7 @@ fn quantize_cases_match_hqq() {
 fn unpackable_row_counts_are_errors() {
     for (bits, rows) in [(4u8, 3usize), (2, 6), (1, 12), (1, 1)] {
         let codes = vec![0u8; rows * 5];
-        assert!(matches!(
-            hqq::pack_hqq(&codes, rows, 5, bits),
-            Err(quant_kernels::Error::PackRows { .. })
-        ));
+        assert!(matches!(hqq::pack_hqq(&codes, rows, 5, bits), Err(quant_kernels::Error::PackRows { .. })));
     }
     assert!(hqq::pack_hqq(&[8], 1, 1, 3).is_err(), "code 8 does not fit in 3 bits");
     assert!(hqq::pack_hqq(&[0; 4], 2, 2, 5).is_err());

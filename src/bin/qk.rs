@@ -43,7 +43,9 @@ fn main() -> ExitCode {
         None => demo(),
         Some("demo") if args.len() == 1 => demo(),
         Some("-h" | "--help") => {
-            println!("usage: qk [demo]\n\nRuns the HQQ pack/dequantize demo on embedded hqq outputs and times 4-bit\ndequantization of a 4096x4096 weight next to memcpy.");
+            println!(
+                "usage: qk [demo]\n\nRuns the HQQ pack/dequantize demo on embedded hqq outputs and times 4-bit\ndequantization of a 4096x4096 weight next to memcpy."
+            );
             Ok(())
         }
         Some(_) => Err(CliError::Usage(args.join(" "))),
@@ -67,7 +69,10 @@ fn demo() -> Result<(), CliError> {
     let st = SafeTensors::deserialize(HQQ_CASES).map_err(|e| CliError::Data(e.to_string()))?;
     let get = |name: &str| st.tensor(name).map_err(|e| CliError::Data(format!("{name}: {e}")));
     println!("HQQ pack + dequantize of hqq 0.2.8 outputs (embedded):");
-    println!("{:<22} {:>5} {:>6} {:>4} {:>10} {:>14} {:>12}", "case", "bits", "group", "axis", "packed==hqq", "max|ours-hqq|", "max|w-W|");
+    println!(
+        "{:<22} {:>5} {:>6} {:>4} {:>10} {:>14} {:>12}",
+        "case", "bits", "group", "axis", "packed==hqq", "max|ours-hqq|", "max|w-W|"
+    );
     for &(case, weight, rows, cols, bits, group, axis) in DEMO {
         let layout = HqqLayout::new(rows, cols, group, axis)?;
         let (cr, cc) = layout.code_shape();
@@ -121,14 +126,21 @@ fn throughput() -> Result<(), CliError> {
             .for_each(|(d, s)| d.copy_from_slice(s))
     });
     let memcpy_gbps = 2.0 * out_bytes as f64 / memcpy.as_secs_f64() / 1e9;
-    println!("  {:<28} {:>9.3} ms {:>7.1} GB/s", "memcpy (threaded)", memcpy.as_secs_f64() * 1e3, memcpy_gbps);
+    println!(
+        "  {:<28} {:>9.3} ms {:>7.1} GB/s",
+        "memcpy (threaded)",
+        memcpy.as_secs_f64() * 1e3,
+        memcpy_gbps
+    );
     let bytes = (n / 2 + 4 * (n / g) + out_bytes) as f64;
     for axis in [Axis::Zero, Axis::One] {
         let layout = HqqLayout::new(rows, cols, g, axis)?;
         for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
             let mut err = None;
             let t = best(10, || {
-                if let Err(e) = hqq::dequant_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par) {
+                if let Err(e) =
+                    hqq::dequant_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par)
+                {
                     err = Some(e);
                 }
             });

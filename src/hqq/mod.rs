@@ -84,10 +84,8 @@ impl HqqLayout {
     /// A layout for a `[rows, cols]` weight; `group_size` must be non-zero and divide
     /// `rows * cols`.
     pub fn new(rows: usize, cols: usize, group_size: usize, axis: Axis) -> Result<Self> {
-        let numel = rows
-            .checked_mul(cols)
-            .ok_or(Error::ShapeOverflow { rows, cols })?;
-        if group_size == 0 || numel % group_size != 0 {
+        let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+        if group_size == 0 || !numel.is_multiple_of(group_size) {
             return Err(Error::GroupSize { group: group_size, len: numel });
         }
         Ok(Self { rows, cols, group_size, axis })
@@ -153,11 +151,7 @@ pub(crate) struct Geometry {
 }
 
 fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::LengthMismatch { what, expected, got })
-    }
+    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
 /// Validate every length of a dequantization call against `layout` and the width `P`.
@@ -250,9 +244,7 @@ impl Packed {
 /// ```
 pub fn pack_hqq(codes: &[u8], rows: usize, cols: usize, bits: u8) -> Result<Packed> {
     let bits = Bits::try_from(bits)?;
-    let numel = rows
-        .checked_mul(cols)
-        .ok_or(Error::ShapeOverflow { rows, cols })?;
+    let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
     expect_len("codes", numel, codes.len())?;
     if let Some(index) = codes.iter().position(|&c| c > bits.max_code()) {
         return Err(Error::CodeOutOfRange { index, code: codes[index], bits: bits.get() });
@@ -275,10 +267,13 @@ fn pack_checked<P: Packing>(codes: &[u8], rows: usize, cols: usize) -> Result<Ve
 /// Unpack to the `[rows, cols]` code matrix (3-bit padding rows dropped), like hqq's
 /// `BitPack.unpack_*` followed by hqq's `[:rows]` slice.
 pub fn unpack_hqq(packed: &Packed) -> Result<Vec<u8>> {
-    let mut out = vec![0u8; packed.rows.checked_mul(packed.cols).ok_or(Error::ShapeOverflow {
-        rows: packed.rows,
-        cols: packed.cols,
-    })?];
+    let mut out = vec![
+        0u8;
+        packed
+            .rows
+            .checked_mul(packed.cols)
+            .ok_or(Error::ShapeOverflow { rows: packed.rows, cols: packed.cols })?
+    ];
     unpack_hqq_into(packed, &mut out)?;
     Ok(out)
 }
@@ -297,9 +292,7 @@ pub fn unpack_hqq_into(packed: &Packed, out: &mut [u8]) -> Result<()> {
 }
 
 fn unpack_checked<P: Packing>(words: &[P::Word], rows: usize, cols: usize, out: &mut [u8]) -> Result<()> {
-    let numel = rows
-        .checked_mul(cols)
-        .ok_or(Error::ShapeOverflow { rows, cols })?;
+    let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
     let prows = P::packed_rows(rows)?;
     expect_len("packed", prows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?, words.len())?;
     expect_len("out", numel, out.len())?;
@@ -340,7 +333,7 @@ pub fn dequant<P: Packing, S: Elem, O: Elem>(
 }
 
 /// The naive oracle: [`dequant_into`]'s checks, then one element at a time, no SIMD, no threads
-/// (see [`reference`]).
+/// (see [`mod@reference`]).
 pub fn dequant_reference_into<P: Packing, S: Elem, O: Elem>(
     words: &[P::Word],
     scales: &[S],

@@ -1,0 +1,6 @@
+#![no_main]
+//! HQQ pack/unpack/dequantize on arbitrary shapes and lengths: typed errors, never panics; fast
+//! paths equal the reference whenever a call succeeds.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    quant_kernels::fuzz_checks::hqq_api(data);
+});

@@ -1,0 +1,79 @@
+//! Bodies of the cargo-fuzz targets in `fuzz/`, kept in the library so a plain `cargo test`
+//! replays the committed inputs in `fuzz/regressions/` (no libFuzzer needed). Not public API.
+
+use crate::hqq::{self, Axis, HqqLayout, Packed, PackedWords};
+use crate::{B1, B2, B3, B4, B8, Bits, Parallelism};
+use half::f16;
+
+/// The HQQ API boundary on arbitrary shapes, widths and (mis)matched lengths: every call must
+/// return `Ok` or a typed `Err`, never panic; when it returns `Ok`, the fast paths must equal
+/// the reference and unpack(pack(codes)) must equal the codes.
+///
+/// Input: `bits, axis, rows, cols, group, d_words, d_params, d_out` (one byte each; the `d_*`
+/// perturb the lengths), then the bytes used as packed words / codes. Returns whether the
+/// dequantization call succeeded (so tests can see that both outcomes are exercised).
+pub fn hqq_api(data: &[u8]) -> bool {
+    let [bits, axis, rows, cols, group, dw, dp, dout, rest @ ..] = data else { return false };
+    let (rows, cols, group) = (*rows as usize, *cols as usize, *group as usize);
+    let Ok(layout) = HqqLayout::new(rows, cols, group, Axis::try_from(axis % 3).unwrap_or(Axis::One)) else {
+        return false;
+    };
+    let bump = |len: usize, d: u8| match d % 4 {
+        0 => len,
+        1 => len + 1,
+        2 => len.saturating_sub(1),
+        _ => d as usize,
+    };
+    let (cr, cc) = layout.code_shape();
+    let (pr, _) = layout.packed_shape(Bits::try_from(*bits).unwrap_or(Bits::B4)).unwrap_or((cr, cc));
+    let nwords = bump(pr * cc, *dw);
+    let word = |i: usize| rest.get(i % rest.len().max(1)).copied().unwrap_or(0);
+    let params: Vec<f16> =
+        (0..bump(layout.groups(), *dp)).map(|i| f16::from_bits(word(i) as u16 * 97)).collect();
+    let mut out = vec![0f32; bump(layout.numel(), *dout)];
+    let mut reference = out.clone();
+    let r = match bits {
+        3 => {
+            let w: Vec<i32> = (0..nwords)
+                .map(|i| i32::from_le_bytes([word(i), word(i + 1), word(i + 2), word(i + 3)]))
+                .collect();
+            check::<B3>(&w, &params, &layout, &mut out, &mut reference)
+        }
+        _ => {
+            let w: Vec<u8> = (0..nwords).map(word).collect();
+            match bits {
+                8 => check::<B8>(&w, &params, &layout, &mut out, &mut reference),
+                4 => check::<B4>(&w, &params, &layout, &mut out, &mut reference),
+                2 => check::<B2>(&w, &params, &layout, &mut out, &mut reference),
+                1 => check::<B1>(&w, &params, &layout, &mut out, &mut reference),
+                _ => Err(crate::Error::UnsupportedBits(*bits)),
+            }
+        }
+    };
+    // Packing round trip on the same bytes, masked to the width.
+    let b = Bits::try_from(*bits).unwrap_or(Bits::B8);
+    let codes: Vec<u8> = (0..cr * cc).map(|i| word(i) & b.max_code()).collect();
+    if let Ok(p) = hqq::pack_hqq(&codes, cr, cc, b.get()) {
+        assert_eq!(hqq::unpack_hqq(&p).ok(), Some(codes), "pack/unpack round trip");
+    }
+    let bogus = Packed { bits: b, rows: cr, cols: cc, words: PackedWords::U8(rest.to_vec()) };
+    let _ = hqq::unpack_hqq(&bogus);
+    r.is_ok()
+}
+
+fn check<P: crate::Packing>(
+    words: &[P::Word],
+    params: &[f16],
+    layout: &HqqLayout,
+    out: &mut [f32],
+    reference: &mut [f32],
+) -> crate::Result<()> {
+    let fast = hqq::dequant_into::<P, f16, f32>(words, params, params, layout, out, Parallelism::Rayon);
+    let naive = hqq::dequant_reference_into::<P, f16, f32>(words, params, params, layout, reference);
+    assert_eq!(fast, naive, "fast and reference paths validate differently");
+    if fast.is_ok() {
+        let same = out.iter().zip(reference.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "fast path differs from the reference");
+    }
+    fast
+}

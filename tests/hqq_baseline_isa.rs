@@ -1,0 +1,52 @@
+//! The same three-path equality and upstream checks with run-time ISA selection switched off, so
+//! the portable loops (what a CPU without AVX-512 runs) are tested on machines that have it.
+//! A separate test binary: the switch is process-wide.
+
+mod common;
+
+use common::Rng;
+use half::{bf16, f16};
+use quant_kernels::hqq::{self, Axis, HqqLayout};
+use quant_kernels::pack::Word;
+use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing, Parallelism, lanes};
+
+fn check<P: Packing, S: Elem, O: Elem>(rows: usize, cols: usize, g: usize, axis: Axis, seed: u64) {
+    let layout = HqqLayout::new(rows, cols, g, axis).unwrap();
+    let (pr, pc) = layout.packed_shape(P::BITS).unwrap();
+    let mut rng = Rng(seed);
+    let words: Vec<P::Word> =
+        (0..pr * pc).map(|_| P::Word::from_bits(rng.next_u64() as u32 & 0x3fff_ffff)).collect();
+    let s: Vec<S> = (0..layout.groups()).map(|_| S::from_f32(rng.f32_in(-0.1, 0.1))).collect();
+    let z: Vec<S> = (0..layout.groups()).map(|_| S::from_f32(rng.f32_in(0.0, 16.0))).collect();
+    let mut naive = vec![O::default(); layout.numel()];
+    hqq::dequant_reference_into::<P, S, O>(&words, &s, &z, &layout, &mut naive).unwrap();
+    for par in [Parallelism::Serial, Parallelism::Rayon] {
+        let mut fast = vec![O::default(); layout.numel()];
+        hqq::dequant_into::<P, S, O>(&words, &s, &z, &layout, &mut fast, par).unwrap();
+        let same = fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
+        assert!(same, "{}-bit {rows}x{cols} g{g} {axis:?} {par:?} {}->{}", P::BITS.get(), S::DTYPE, O::DTYPE);
+    }
+}
+
+fn widths<S: Elem, O: Elem>(rows: usize, cols: usize, g: usize, axis: Axis) {
+    check::<B8, S, O>(rows, cols, g, axis, 1);
+    check::<B4, S, O>(rows, cols, g, axis, 2);
+    check::<B3, S, O>(rows, cols, g, axis, 3);
+    check::<B2, S, O>(rows, cols, g, axis, 4);
+    check::<B1, S, O>(rows, cols, g, axis, 5);
+}
+
+#[test]
+fn baseline_paths_equal_the_reference() {
+    lanes::force_baseline(true);
+    assert_eq!(lanes::isa(), lanes::Isa::Baseline);
+    for (rows, cols, g) in [(24, 40, 8), (64, 72, 24), (16, 4104, 4104), (256, 1024, 64), (96, 2080, 320)] {
+        for axis in [Axis::Zero, Axis::One] {
+            widths::<f32, f32>(rows, cols, g, axis);
+            widths::<f16, f16>(rows, cols, g, axis);
+            widths::<bf16, bf16>(rows, cols, g, axis);
+            widths::<f16, f32>(rows, cols, g, axis);
+            widths::<f32, bf16>(rows, cols, g, axis);
+        }
+    }
+}
