@@ -9,6 +9,8 @@
 //! whole build targets the CPU; users who embed the crate do not build that way.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::{B4, Parallelism, lanes};
 use std::hint::black_box;
@@ -78,6 +80,37 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("wide_f32x8", |b| b.iter(|| wide(black_box(&words), &z, &s, &mut out)));
     g.bench_function("plain_loop", |b| b.iter(|| plain(black_box(&words), &z, &s, &mut out)));
+    g.finish();
+
+    // The same with f16 zeros/scales and f16 output, the common serving case: the kernel keeps
+    // everything in registers; wide needs widened f32 params and a half slice conversion after.
+    let (z16, s16): (Vec<f16>, Vec<f16>) =
+        (z.iter().map(|&x| f16::from_f32(x)).collect(), s.iter().map(|&x| f16::from_f32(x)).collect());
+    let mut out16 = vec![f16::ZERO; 2 * COLS];
+    let mut g = c.benchmark_group("lanes_4bit_affine_64k_f16");
+    g.throughput(Throughput::Elements(2 * COLS as u64));
+    g.bench_function("pulp_dispatch", |b| {
+        b.iter(|| {
+            hqq::dequant_into::<B4, f16, f16>(
+                black_box(&words),
+                &s16,
+                &z16,
+                &layout,
+                &mut out16,
+                Parallelism::Serial,
+            )
+            .unwrap()
+        })
+    });
+    let (mut zw, mut sw) = (vec![0f32; COLS], vec![0f32; COLS]);
+    g.bench_function("wide_f32x8", |b| {
+        b.iter(|| {
+            z16.convert_to_f32_slice(&mut zw);
+            s16.convert_to_f32_slice(&mut sw);
+            wide(black_box(&words), &zw, &sw, &mut out);
+            out16.convert_from_f32_slice(&out);
+        })
+    });
     g.finish();
 }
 

@@ -46,6 +46,11 @@ pub mod par;
 pub mod fuzz_checks;
 
 pub use elem::{DType, Elem};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use error::{Error, Result};
 pub use pack::{B1, B2, B3, B4, B8, Bits, Packing};
 pub use par::Parallelism;
