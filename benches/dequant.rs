@@ -139,9 +139,82 @@ fn reference(c: &mut Criterion) {
     g.finish();
 }
 
+/// GPU kernels (feature `cuda`): 4096x4096 dequantization with f16 (and f32) scales/zeros and
+/// output of the same type, next to a device-to-device copy of the output size; timed with a
+/// stream synchronization inside `iter_custom`. Skipped with a message when no GPU is present.
+#[cfg(feature = "cuda")]
+fn cuda_group(c: &mut Criterion) {
+    use quant_kernels::cuda::{CudaElem, Gpu, hqq_dequant_cuda};
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => return eprintln!("CUDA benches skipped: {e}"),
+    };
+    eprintln!("GPU: {}", gpu.name().unwrap_or_default());
+    fn case<P: Packing, T: CudaElem>(
+        g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        gpu: &Gpu,
+        name: &str,
+        axis: Axis,
+    ) where
+        P::Word: quant_kernels::cuda::DeviceRepr,
+    {
+        let inp = input::<P>(4096, 4096, 64, axis);
+        let s: Vec<T> = inp.scales.iter().map(|x| T::from_f32(x.to_f32())).collect();
+        let z: Vec<T> = inp.zeros.iter().map(|x| T::from_f32(x.to_f32())).collect();
+        let (w, s, z) = (gpu.upload(&inp.words).unwrap(), gpu.upload(&s).unwrap(), gpu.upload(&z).unwrap());
+        let n = inp.layout.numel();
+        let mut out = gpu.zeros::<T>(n).unwrap();
+        let t = std::mem::size_of::<T>();
+        let bytes = inp.words.len() * std::mem::size_of::<P::Word>() + 2 * inp.scales.len() * t + n * t;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
+            b.iter_custom(|iters| {
+                gpu.synchronize().unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    hqq_dequant_cuda::<P, T>(gpu, &w, &s, &z, &inp.layout, &mut out).unwrap();
+                }
+                gpu.synchronize().unwrap();
+                start.elapsed()
+            })
+        });
+    }
+    let mut g = c.benchmark_group("dequant_4096x4096_cuda");
+    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for (elem, bytes) in [("f16", 2usize), ("f32", 4)] {
+        let n = 4096 * 4096 * bytes;
+        let src = gpu.zeros::<u8>(n).unwrap();
+        let mut dst = gpu.zeros::<u8>(n).unwrap();
+        g.throughput(Throughput::Bytes(2 * n as u64));
+        g.bench_function(BenchmarkId::new(format!("memcpy_dtod_{elem}"), "cuda"), |b| {
+            b.iter_custom(|iters| {
+                gpu.synchronize().unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    gpu.stream().memcpy_dtod(&src, &mut dst).unwrap();
+                }
+                gpu.synchronize().unwrap();
+                start.elapsed()
+            })
+        });
+    }
+    case::<B8, f16>(&mut g, &gpu, "8bit_g64_ax0_f16", Axis::Zero);
+    case::<B4, f16>(&mut g, &gpu, "4bit_g64_ax0_f16", Axis::Zero);
+    case::<B4, f16>(&mut g, &gpu, "4bit_g64_ax1_f16", Axis::One);
+    case::<B3, f16>(&mut g, &gpu, "3bit_g64_ax0_f16", Axis::Zero);
+    case::<B2, f16>(&mut g, &gpu, "2bit_g64_ax0_f16", Axis::Zero);
+    case::<B1, f16>(&mut g, &gpu, "1bit_g64_ax0_f16", Axis::Zero);
+    case::<B4, bf16>(&mut g, &gpu, "4bit_g64_ax0_bf16", Axis::Zero);
+    case::<B4, f32>(&mut g, &gpu, "4bit_g64_ax0_f32", Axis::Zero);
+    g.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_group(_: &mut Criterion) {}
+
 fn announce(_: &mut Criterion) {
     eprintln!("ISA: {}; rayon threads: {}", lanes::isa(), rayon::current_num_threads());
 }
 
-criterion_group!(benches, announce, out_group::<f16>, out_group::<f32>, model_shape, reference);
+criterion_group!(benches, announce, out_group::<f16>, out_group::<f32>, model_shape, reference, cuda_group);
 criterion_main!(benches);

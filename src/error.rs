@@ -69,4 +69,25 @@ pub enum Error {
         /// The bit width.
         bits: u8,
     },
+
+    /// A size that does not fit the 32-bit index a GPU kernel takes.
+    #[error("{what} = {value} exceeds the GPU kernels' limit {max}")]
+    TooLarge {
+        /// Which size.
+        what: &'static str,
+        /// Its value.
+        value: usize,
+        /// The largest value supported.
+        max: usize,
+    },
+
+    /// No CUDA driver library (`libcuda`) could be loaded on this machine.
+    #[cfg(feature = "cuda")]
+    #[error("no CUDA driver found (libcuda could not be loaded)")]
+    CudaUnavailable,
+
+    /// The CUDA driver returned an error.
+    #[cfg(feature = "cuda")]
+    #[error("CUDA driver error: {0:?}")]
+    Cuda(#[from] cudarc::driver::DriverError),
 }

@@ -35,6 +35,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod elem;
 pub mod error;
 pub mod hqq;

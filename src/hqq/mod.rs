@@ -155,7 +155,7 @@ fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
 }
 
 /// Validate every length of a dequantization call against `layout` and the width `P`.
-fn check<P: Packing>(
+pub(crate) fn check<P: Packing>(
     layout: &HqqLayout,
     words: usize,
     scales: usize,

@@ -1,0 +1,23 @@
+//! Compiles ../ptx/*.cu as C++20 against cuda_cpu_shim.h (threads and blocks become loops).
+fn main() {
+    let kernels = ["../ptx/hqq.cu"];
+    let mut b = cc::Build::new();
+    b.cpp(true)
+        .std("c++20")
+        .include(".")
+        .include("../ptx")
+        .flag("-x")
+        .flag("c++") // g++ would take *.cu for a linker input
+        .flag("-ffp-contract=off") // no FMA contraction: bit-exact against the Rust reference
+        .flag("-fno-strict-aliasing") // the kernels view buffers as aligned vector structs
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-unknown-pragmas") // #pragma unroll is for NVRTC
+        .opt_level(2);
+    for k in kernels {
+        b.file(k);
+        println!("cargo:rerun-if-changed={k}");
+    }
+    println!("cargo:rerun-if-changed=../ptx/common.cuh");
+    println!("cargo:rerun-if-changed=cuda_cpu_shim.h");
+    b.compile("qk_cuda_emu");
+}

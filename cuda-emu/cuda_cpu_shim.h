@@ -1,0 +1,52 @@
+// cuda_cpu_shim.h: compile the CUDA C kernels of ../ptx as plain C++ for CPU emulation.
+// Launches run every (block, thread) of the grid in turn on the calling thread, so only kernels
+// without __syncthreads/shuffles can run here (the HQQ dequantization kernels are such).
+// __half / __nv_bfloat16 are 16-bit storage structs converted with round-to-nearest-even, the
+// same rounding as the GPU intrinsics and the crate's CPU paths.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+
+struct qk_uint3 { unsigned x, y, z; };
+struct qk_dim3 { unsigned x = 1, y = 1, z = 1; };
+inline qk_uint3 threadIdx, blockIdx;
+inline qk_dim3 blockDim, gridDim;
+inline std::mutex qk_launch_mutex;  // the indices are global: one emulated launch at a time
+
+struct __half { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t bits; };
+
+inline float __half2float(__half h) { _Float16 v; std::memcpy(&v, &h.bits, 2); return (float)v; }
+inline __half __float2half_rn(float f) { _Float16 h = (_Float16)f; __half r; std::memcpy(&r.bits, &h, 2); return r; }
+inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = (uint32_t)b.bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{(uint16_t)((u >> 16) | 0x40)};  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __nv_bfloat16{(uint16_t)(u >> 16)};
+}
+
+template <typename F>
+inline void cpu_launch_serial(qk_dim3 grid, qk_dim3 block, F body) {
+    std::lock_guard<std::mutex> lock(qk_launch_mutex);
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                blockIdx = {bx, by, bz};
+                for (unsigned tz = 0; tz < block.z; ++tz)
+                    for (unsigned ty = 0; ty < block.y; ++ty)
+                        for (unsigned tx = 0; tx < block.x; ++tx) {
+                            threadIdx = {tx, ty, tz};
+                            body();
+                        }
+            }
+}

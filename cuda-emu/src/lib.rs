@@ -1,0 +1,337 @@
+//! The CUDA C kernels of `../ptx`, compiled for the CPU (see `build.rs` and
+//! `cuda_cpu_shim.h`), behind safe wrappers that check buffer lengths like the crate's CUDA
+//! launchers do. Used by this crate's tests to hold the kernel sources to the CPU reference in
+//! plain `cargo test`, without a GPU.
+//!
+//! The FFI calls are the only `unsafe` here; each has a `// SAFETY:` note.
+
+use half::{bf16, f16};
+
+unsafe extern "C" {
+    // ptx/hqq.cu: (packed, scales, zeros, out, rows, cols, prows, axis, grid, block)
+    fn cpu_hqq_dequant_1b_f32(
+        p: *const u8,
+        s: *const f32,
+        z: *const f32,
+        o: *mut f32,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_1b_f16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_1b_bf16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_2b_f32(
+        p: *const u8,
+        s: *const f32,
+        z: *const f32,
+        o: *mut f32,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_2b_f16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_2b_bf16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_3b_f32(
+        p: *const i32,
+        s: *const f32,
+        z: *const f32,
+        o: *mut f32,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_3b_f16(
+        p: *const i32,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_3b_bf16(
+        p: *const i32,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_4b_f32(
+        p: *const u8,
+        s: *const f32,
+        z: *const f32,
+        o: *mut f32,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_4b_f16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_4b_bf16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_8b_f32(
+        p: *const u8,
+        s: *const f32,
+        z: *const f32,
+        o: *mut f32,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_8b_f16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_hqq_dequant_8b_bf16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        o: *mut u16,
+        r: i32,
+        c: i32,
+        pr: i32,
+        a: i32,
+        g: u32,
+        b: u32,
+    );
+}
+
+/// The shape arguments of an HQQ dequantization launch (code matrix, packed rows, axis).
+#[derive(Debug, Clone, Copy)]
+pub struct HqqShape {
+    /// Code-matrix rows (unpadded).
+    pub rows: usize,
+    /// Code-matrix columns.
+    pub cols: usize,
+    /// Packed rows.
+    pub prows: usize,
+    /// 0 or 1.
+    pub axis: i32,
+    /// Number of zeros/scales.
+    pub groups: usize,
+}
+
+type Entry<W, R> = unsafe extern "C" fn(*const W, *const R, *const R, *mut R, i32, i32, i32, i32, u32, u32);
+
+/// Storage element of the emulated kernels' params and outputs (`f32`, `f16`, `bf16`), with
+/// its entries.
+pub trait EmuElem: Copy + Default {
+    /// The bits the C side reads and writes (`f32` for f32, `u16` for the 16-bit types).
+    type Raw: Copy + Default;
+    /// To the C representation.
+    fn raw(self) -> Self::Raw;
+    /// From the C representation.
+    fn from_raw(r: Self::Raw) -> Self;
+    /// `hqq_dequant_{1,2,4,8}b_{elem}`.
+    const HQQ_U8: [Entry<u8, Self::Raw>; 4];
+    /// `hqq_dequant_3b_{elem}`.
+    const HQQ_3B: Entry<i32, Self::Raw>;
+}
+
+impl EmuElem for f32 {
+    type Raw = f32;
+    fn raw(self) -> f32 {
+        self
+    }
+    fn from_raw(r: f32) -> Self {
+        r
+    }
+    const HQQ_U8: [Entry<u8, f32>; 4] =
+        [cpu_hqq_dequant_1b_f32, cpu_hqq_dequant_2b_f32, cpu_hqq_dequant_4b_f32, cpu_hqq_dequant_8b_f32];
+    const HQQ_3B: Entry<i32, f32> = cpu_hqq_dequant_3b_f32;
+}
+
+impl EmuElem for f16 {
+    type Raw = u16;
+    fn raw(self) -> u16 {
+        self.to_bits()
+    }
+    fn from_raw(r: u16) -> Self {
+        f16::from_bits(r)
+    }
+    const HQQ_U8: [Entry<u8, u16>; 4] =
+        [cpu_hqq_dequant_1b_f16, cpu_hqq_dequant_2b_f16, cpu_hqq_dequant_4b_f16, cpu_hqq_dequant_8b_f16];
+    const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_f16;
+}
+
+impl EmuElem for bf16 {
+    type Raw = u16;
+    fn raw(self) -> u16 {
+        self.to_bits()
+    }
+    fn from_raw(r: u16) -> Self {
+        bf16::from_bits(r)
+    }
+    const HQQ_U8: [Entry<u8, u16>; 4] =
+        [cpu_hqq_dequant_1b_bf16, cpu_hqq_dequant_2b_bf16, cpu_hqq_dequant_4b_bf16, cpu_hqq_dequant_8b_bf16];
+    const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_bf16;
+}
+
+/// Run an emulated HQQ dequantization entry over `grid` x `block` threads.
+///
+/// # Panics
+/// When a buffer length does not match `shape`, a size exceeds `i32`, or the grid is empty
+/// (a test helper: misuse is a bug in the test).
+fn run<W: Copy, T: EmuElem>(
+    entry: Entry<W, T::Raw>,
+    packed: &[W],
+    scales: &[T],
+    zeros: &[T],
+    shape: HqqShape,
+    grid: u32,
+    block: u32,
+) -> Vec<T> {
+    assert_eq!(packed.len(), shape.prows * shape.cols, "packed");
+    assert_eq!(scales.len(), shape.groups, "scales");
+    assert_eq!(zeros.len(), shape.groups, "zeros");
+    assert!(grid > 0 && block > 0);
+    let i = |v: usize| i32::try_from(v).expect("size fits i32");
+    let s: Vec<T::Raw> = scales.iter().map(|x| x.raw()).collect();
+    let z: Vec<T::Raw> = zeros.iter().map(|x| x.raw()).collect();
+    let mut out = vec![T::Raw::default(); shape.rows * shape.cols];
+    // SAFETY: the entry reads packed[0..prows*cols], scales/zeros at indices < groups (a column
+    // on axis 0, a row on axis 1: both < groups by the layout) and writes out[0..rows*cols];
+    // every length was checked above and the buffers outlive the (synchronous) call.
+    unsafe {
+        entry(
+            packed.as_ptr(),
+            s.as_ptr(),
+            z.as_ptr(),
+            out.as_mut_ptr(),
+            i(shape.rows),
+            i(shape.cols),
+            i(shape.prows),
+            shape.axis,
+            grid,
+            block,
+        )
+    };
+    out.into_iter().map(T::from_raw).collect()
+}
+
+/// The emulated `hqq_dequant_{bits}b_{elem}` for a `u8` width (1, 2, 4 or 8).
+pub fn hqq_dequant_u8<T: EmuElem>(
+    bits: u8,
+    packed: &[u8],
+    scales: &[T],
+    zeros: &[T],
+    shape: HqqShape,
+    grid: u32,
+    block: u32,
+) -> Vec<T> {
+    let k = match bits {
+        1 => 0,
+        2 => 1,
+        4 => 2,
+        8 => 3,
+        b => panic!("no u8 entry for {b} bits"),
+    };
+    run::<u8, T>(T::HQQ_U8[k], packed, scales, zeros, shape, grid, block)
+}
+
+/// The emulated `hqq_dequant_3b_{elem}`.
+pub fn hqq_dequant_3b<T: EmuElem>(
+    packed: &[i32],
+    scales: &[T],
+    zeros: &[T],
+    shape: HqqShape,
+    grid: u32,
+    block: u32,
+) -> Vec<T> {
+    run::<i32, T>(T::HQQ_3B, packed, scales, zeros, shape, grid, block)
+}

@@ -1,0 +1,239 @@
+//! GPU kernels (feature `cuda`): the CUDA C sources in `ptx/`, compiled ahead of time to PTX
+//! that is embedded here and JIT-compiled by the driver (minimum architecture sm_80), launched
+//! through the CUDA driver API (`cudarc`, loaded at run time).
+//!
+//! A binary built with this feature still starts and runs every CPU path on a machine without a
+//! GPU or driver: [`Gpu::new`] returns [`Error::CudaUnavailable`] instead of panicking.
+//!
+//! Every launcher checks lengths and shapes with the same validation as the CPU path, then makes
+//! one `unsafe` launch whose `// SAFETY:` note says why the kernel stays in bounds. Results equal
+//! the CPU reference bit for bit (f32) or with the same rounding (f16/bf16): the kernels compute
+//! `(q - z) * s` in f32 without fused multiply-add (`--fmad=false`).
+//!
+//! ```no_run
+//! # #[cfg(feature = "cuda")] {
+//! use quant_kernels::cuda::{Gpu, hqq_dequant_cuda_host};
+//! use quant_kernels::hqq::{Axis, HqqLayout};
+//! let gpu = Gpu::new(0)?;
+//! let layout = HqqLayout::new(2, 4, 4, Axis::One)?;
+//! let w = hqq_dequant_cuda_host::<quant_kernels::B4, f32>(
+//!     &gpu, &[0x0f, 0x1e, 0x2d, 0x3c], &[0.5, 0.25], &[1.0, 8.0], &layout)?;
+//! assert_eq!(w, [-0.5, 0.0, 0.5, 1.0, 1.75, 1.5, 1.25, 1.0]);
+//! # }
+//! # Ok::<(), quant_kernels::Error>(())
+//! ```
+#![allow(unsafe_code)]
+
+use crate::elem::{DType, Elem};
+use crate::error::{Error, Result};
+use crate::hqq::{self, HqqLayout};
+use crate::pack::{Bits, Packing};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use std::sync::{Arc, OnceLock};
+
+pub use cudarc::driver::CudaSlice as DeviceBuffer;
+pub use cudarc::driver::DeviceRepr;
+
+/// The PTX files compiled from `ptx/*.cu` (NVRTC 12.4, `compute_80`), embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PtxFile {
+    /// `ptx/hqq.ptx`: HQQ dequantization.
+    Hqq,
+}
+
+impl PtxFile {
+    /// Every PTX file.
+    pub const ALL: [PtxFile; 1] = [PtxFile::Hqq];
+
+    /// The PTX text.
+    pub fn source(self) -> &'static str {
+        match self {
+            PtxFile::Hqq => include_str!("../../ptx/hqq.ptx"),
+        }
+    }
+
+    /// The kernel entries this crate launches from the file, with their parameter counts.
+    pub fn entries(self) -> Vec<(&'static str, usize)> {
+        match self {
+            PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
+        }
+    }
+}
+
+/// `hqq_dequant_{bits}b_{elem}` entries, by width (1, 2, 3, 4, 8) and element (f32, f16, bf16).
+const HQQ_DEQUANT: [[&str; 3]; 5] = [
+    ["hqq_dequant_1b_f32", "hqq_dequant_1b_f16", "hqq_dequant_1b_bf16"],
+    ["hqq_dequant_2b_f32", "hqq_dequant_2b_f16", "hqq_dequant_2b_bf16"],
+    ["hqq_dequant_3b_f32", "hqq_dequant_3b_f16", "hqq_dequant_3b_bf16"],
+    ["hqq_dequant_4b_f32", "hqq_dequant_4b_f16", "hqq_dequant_4b_bf16"],
+    ["hqq_dequant_8b_f32", "hqq_dequant_8b_f16", "hqq_dequant_8b_bf16"],
+];
+/// (packed, scales, zeros, out, rows, cols, prows, axis)
+const HQQ_DEQUANT_PARAMS: usize = 8;
+
+/// The HQQ dequantization entry for a width and element type.
+pub fn hqq_dequant_entry(bits: Bits, elem: DType) -> &'static str {
+    let b = match bits {
+        Bits::B1 => 0,
+        Bits::B2 => 1,
+        Bits::B3 => 2,
+        Bits::B4 => 3,
+        Bits::B8 => 4,
+    };
+    let e = match elem {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+    };
+    HQQ_DEQUANT[b][e]
+}
+
+/// True when the CUDA driver library can be loaded; never panics.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda by its usual names and drops the handle.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// A GPU: its context, a stream, and the PTX modules loaded so far (each at most once).
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: [OnceLock<Arc<CudaModule>>; PtxFile::ALL.len()],
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("ordinal", &self.ctx.ordinal()).finish()
+    }
+}
+
+impl Gpu {
+    /// Open GPU `ordinal`: [`Error::CudaUnavailable`] without a driver, [`Error::Cuda`] when the
+    /// driver fails (e.g. no such device).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::CudaUnavailable);
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.default_stream();
+        Ok(Self { ctx, stream, modules: Default::default() })
+    }
+
+    /// The device's name as the driver reports it.
+    pub fn name(&self) -> Result<String> {
+        Ok(self.ctx.name()?)
+    }
+
+    /// The stream kernels are launched on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Copy a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    /// A zeroed device buffer of `len` elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        Ok(self.stream.alloc_zeros(len)?)
+    }
+
+    /// Copy a device buffer back to the host (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        Ok(self.stream.clone_dtoh(dev)?)
+    }
+
+    /// Wait until everything launched on the stream has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    fn function(&self, file: PtxFile, entry: &str) -> Result<CudaFunction> {
+        let slot = &self.modules[file as usize];
+        let module = match slot.get() {
+            Some(m) => m.clone(),
+            None => {
+                let m = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(file.source()))?;
+                slot.get_or_init(|| m).clone()
+            }
+        };
+        Ok(module.load_function(entry)?)
+    }
+}
+
+/// Element types the GPU kernels read and write: `f32`, `f16`, `bf16`.
+pub trait CudaElem: Elem + DeviceRepr + ValidAsZeroBits {}
+impl CudaElem for f32 {}
+impl CudaElem for half::f16 {}
+impl CudaElem for half::bf16 {}
+
+fn to_i32(what: &'static str, value: usize) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Error::TooLarge { what, value, max: i32::MAX as usize })
+}
+
+/// Dequantize HQQ weights of width `P` on the GPU: `out = (q - zeros) * scales`, same layout
+/// and checks as [`crate::hqq::dequant_into`] (scales, zeros and output share the type `T`).
+/// Asynchronous: the work is queued on `gpu`'s stream.
+pub fn hqq_dequant_cuda<P: Packing, T: CudaElem>(
+    gpu: &Gpu,
+    packed: &CudaSlice<P::Word>,
+    scales: &CudaSlice<T>,
+    zeros: &CudaSlice<T>,
+    layout: &HqqLayout,
+    out: &mut CudaSlice<T>,
+) -> Result<()>
+where
+    P::Word: DeviceRepr,
+{
+    let geo = hqq::check::<P>(layout, packed.len(), scales.len(), zeros.len(), out.len())?;
+    let words = geo.prows * geo.cols;
+    // The kernel gives each thread 8 words when the column count allows aligned vectors.
+    let items = if geo.cols % 8 == 0 { words / 8 } else { words };
+    if words == 0 {
+        return Ok(());
+    }
+    let (rows, cols, prows) =
+        (to_i32("code rows", geo.rows)?, to_i32("code cols", geo.cols)?, to_i32("packed rows", geo.prows)?);
+    let axis: i32 = match geo.axis {
+        hqq::Axis::Zero => 0,
+        hqq::Axis::One => 1,
+    };
+    let f = gpu.function(PtxFile::Hqq, hqq_dequant_entry(P::BITS, T::DTYPE))?;
+    const BLOCK: u32 = 256;
+    let blocks = items.div_ceil(BLOCK as usize).min(1 << 20) as u32; // grid-stride beyond that
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(packed).arg(scales).arg(zeros).arg(out).arg(&rows).arg(&cols).arg(&prows).arg(&axis);
+    // SAFETY: the entry's signature is (const W*, const T*, const T*, T*, int, int, int, int) with W
+    // = P::Word and T as chosen by `hqq_dequant_entry(P::BITS, T::DTYPE)`, matching the argument
+    // list above. `check` proved packed.len() == prows*cols, scales/zeros len == groups and
+    // out.len() == rows*cols, and the kernel only reads packed[t] for t < prows*cols, params at a
+    // column < cols (axis 0) or row < rows (axis 1), and writes out[r*cols + c] for r < rows,
+    // c < cols. Its 8-wide vector accesses are taken only when cols % 8 == 0, so every vector
+    // starts at a multiple of 8 elements from a cudaMalloc base (256-byte aligned): aligned. The buffers are borrowed until the launch is queued; cudarc records the stream
+    // events that keep them alive until the kernel has finished.
+    unsafe { launch.launch(cfg) }?;
+    Ok(())
+}
+
+/// [`hqq_dequant_cuda`] from and to host slices: upload, launch, synchronize, download.
+pub fn hqq_dequant_cuda_host<P: Packing, T: CudaElem>(
+    gpu: &Gpu,
+    packed: &[P::Word],
+    scales: &[T],
+    zeros: &[T],
+    layout: &HqqLayout,
+) -> Result<Vec<T>>
+where
+    P::Word: DeviceRepr,
+{
+    hqq::check::<P>(layout, packed.len(), scales.len(), zeros.len(), layout.numel())?;
+    let (p, s, z) = (gpu.upload(packed)?, gpu.upload(scales)?, gpu.upload(zeros)?);
+    let mut out = gpu.zeros::<T>(layout.numel())?;
+    hqq_dequant_cuda::<P, T>(gpu, &p, &s, &z, layout, &mut out)?;
+    gpu.download(&out)
+}

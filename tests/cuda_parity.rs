@@ -1,0 +1,127 @@
+//! GPU kernels (feature `cuda`).
+//!
+//! * CPU-only: every entry the Rust launch table names is a `.entry` of the embedded PTX with the
+//!   expected parameter count, and the PTX targets the stated ISA version and architecture.
+//! * On a GPU (skipped with a printed reason when no driver or device is present): the real
+//!   kernels equal the CPU reference for every width x element type x axis over a shape table.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::Rng;
+use half::{bf16, f16};
+use quant_kernels::cuda::{self, CudaElem, Gpu, PtxFile};
+use quant_kernels::hqq::{self, Axis, HqqLayout};
+use quant_kernels::pack::Word;
+use quant_kernels::{B1, B2, B3, B4, B8, Error, Packing};
+
+/// `(name, number of .param)` of every `.entry` in a PTX text.
+fn ptx_entries(ptx: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut lines = ptx.lines();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.trim().strip_prefix(".visible .entry ") {
+            let name = rest.trim_end_matches('(').to_owned();
+            let mut params = 0;
+            for l in lines.by_ref() {
+                let l = l.trim();
+                if l.starts_with(".param") {
+                    params += 1;
+                }
+                if l.starts_with(')') {
+                    break;
+                }
+            }
+            out.push((name, params));
+        }
+    }
+    out
+}
+
+#[test]
+fn launch_table_matches_the_embedded_ptx() {
+    for file in PtxFile::ALL {
+        let ptx = file.source();
+        assert!(ptx.contains("\n.version 8.4\n"), "{file:?}: PTX ISA must be 8.4 (NVRTC 12.4)");
+        assert!(ptx.contains("\n.target sm_80\n"), "{file:?}: minimum architecture sm_80");
+        let entries = ptx_entries(ptx);
+        let wanted = file.entries();
+        assert!(!wanted.is_empty());
+        for (name, params) in wanted {
+            let found = entries.iter().find(|(n, _)| n == name);
+            assert_eq!(found.map(|e| e.1), Some(params), "{file:?}: entry {name}");
+        }
+    }
+}
+
+#[test]
+fn no_driver_is_an_error_not_a_panic() {
+    match Gpu::new(0) {
+        Ok(_) => assert!(cuda::driver_present()),
+        Err(Error::CudaUnavailable) => assert!(!cuda::driver_present()),
+        Err(Error::Cuda(e)) => eprintln!("driver present, no usable device: {e:?}"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("skipping GPU parity: {e}");
+            None
+        }
+    }
+}
+
+fn parity<P: Packing, T: CudaElem>(gpu: &Gpu, rows: usize, cols: usize, g: usize, axis: Axis, seed: u64)
+where
+    P::Word: quant_kernels::cuda::DeviceRepr,
+{
+    let layout = HqqLayout::new(rows, cols, g, axis).unwrap();
+    let Ok((pr, pc)) = layout.packed_shape(P::BITS) else { return };
+    let mut rng = Rng(seed);
+    let words: Vec<P::Word> =
+        (0..pr * pc).map(|_| P::Word::from_bits(rng.next_u64() as u32 & 0x3fff_ffff)).collect();
+    let s: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(-0.1, 0.1))).collect();
+    let z: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(0.0, 16.0))).collect();
+    let mut want = vec![T::default(); layout.numel()];
+    hqq::dequant_reference_into::<P, T, T>(&words, &s, &z, &layout, &mut want).unwrap();
+    let got = cuda::hqq_dequant_cuda_host::<P, T>(gpu, &words, &s, &z, &layout).unwrap();
+    let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
+    assert!(same, "{}-bit {rows}x{cols} g{g} {axis:?} {}", P::BITS.get(), T::DTYPE);
+}
+
+fn all_widths<T: CudaElem>(gpu: &Gpu, rows: usize, cols: usize, g: usize, axis: Axis) {
+    parity::<B8, T>(gpu, rows, cols, g, axis, 1);
+    parity::<B4, T>(gpu, rows, cols, g, axis, 2);
+    parity::<B3, T>(gpu, rows, cols, g, axis, 3);
+    parity::<B2, T>(gpu, rows, cols, g, axis, 4);
+    parity::<B1, T>(gpu, rows, cols, g, axis, 5);
+}
+
+#[test]
+fn hqq_dequant_matches_the_cpu_reference() {
+    let Some(gpu) = gpu() else { return };
+    eprintln!("GPU: {}", gpu.name().unwrap_or_default());
+    for (rows, cols, g) in [
+        (0, 64, 64),
+        (1, 1, 1),
+        (7, 13, 7),
+        (24, 40, 8),
+        (17, 48, 16),
+        (16, 4104, 4104),
+        (96, 2080, 320),
+        (4096, 4096, 64),
+    ] {
+        for axis in [Axis::Zero, Axis::One] {
+            all_widths::<f32>(&gpu, rows, cols, g, axis);
+            all_widths::<f16>(&gpu, rows, cols, g, axis);
+            all_widths::<bf16>(&gpu, rows, cols, g, axis);
+        }
+    }
+    // Wrong lengths are rejected before any launch.
+    let layout = HqqLayout::new(8, 16, 8, Axis::Zero).unwrap();
+    let e = cuda::hqq_dequant_cuda_host::<B4, f32>(&gpu, &[0u8; 63], &[0.0; 16], &[0.0; 16], &layout);
+    assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 64, got: 63 }));
+}
