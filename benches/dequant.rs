@@ -116,6 +116,54 @@ fn model_shape(c: &mut Criterion) {
     g.finish();
 }
 
+/// GPTQ 4096x4096, 4-bit, group 128 -> f16 (plain and act-order), next to memcpy.
+fn gptq_group(c: &mut Criterion) {
+    use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
+    let l = GptqLayout::new(4096, 4096, 4, 128).unwrap();
+    let (qr, qc) = l.qweight_shape();
+    let (zr, zc) = l.qzeros_shape();
+    let qweight: Vec<i32> = (0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
+    let qzeros: Vec<i32> = (0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
+    let scales: Vec<f16> = (0..l.groups() * l.n()).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
+    let plain = l.default_g_idx();
+    // Act-order: a fixed pseudo-random permutation of the plain assignment.
+    let mut act = plain.clone();
+    let mut x = 0x9e37_79b9u64;
+    for i in (1..act.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        act.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let n = l.k() * l.n();
+    let mut out = vec![f16::ZERO; n];
+    let mut g = c.benchmark_group("gptq_4096x4096_to_f16");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    memcpy_case(&mut g, 2 * n);
+    let bytes = 4 * (qweight.len() + qzeros.len() + plain.len()) + 2 * scales.len() + 2 * n;
+    g.throughput(Throughput::Bytes(bytes as u64));
+    for (name, g_idx) in [("4bit_g128", &plain), ("4bit_g128_act_order", &act)] {
+        for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+            g.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter(|| {
+                    gptq::gptq_dequantize_into(
+                        black_box(&qweight),
+                        &qzeros,
+                        &scales,
+                        Some(g_idx),
+                        &l,
+                        ZeroFormat::V1,
+                        black_box(&mut out),
+                        par,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// The naive oracle, to show the serial SIMD path's factor over it.
 fn reference(c: &mut Criterion) {
     let inp = input::<B4>(4096, 4096, 64, Axis::Zero);
@@ -216,5 +264,14 @@ fn announce(_: &mut Criterion) {
     eprintln!("ISA: {}; rayon threads: {}", lanes::isa(), rayon::current_num_threads());
 }
 
-criterion_group!(benches, announce, out_group::<f16>, out_group::<f32>, model_shape, reference, cuda_group);
+criterion_group!(
+    benches,
+    announce,
+    out_group::<f16>,
+    out_group::<f32>,
+    model_shape,
+    gptq_group,
+    reference,
+    cuda_group
+);
 criterion_main!(benches);

@@ -70,6 +70,32 @@ pub enum Error {
         bits: u8,
     },
 
+    /// A dimension that must be a multiple of something (e.g. GPTQ's K for its packing).
+    #[error("{what} = {value} must be a multiple of {multiple}")]
+    NotMultiple {
+        /// Which dimension.
+        what: &'static str,
+        /// Its value.
+        value: usize,
+        /// The required multiple.
+        multiple: usize,
+    },
+
+    /// A group index (GPTQ `g_idx`) outside `0..groups`.
+    #[error("g_idx[{index}] = {value} is outside 0..{groups}")]
+    GroupIndex {
+        /// Position in `g_idx`.
+        index: usize,
+        /// The value found.
+        value: i64,
+        /// Number of groups.
+        groups: usize,
+    },
+
+    /// A group size that is neither -1 (one group) nor positive.
+    #[error("invalid group size {0} (expected -1 or a positive size)")]
+    InvalidGroupSize(i64),
+
     /// A size that does not fit the 32-bit index a GPU kernel takes.
     #[error("{what} = {value} exceeds the GPU kernels' limit {max}")]
     TooLarge {

@@ -139,6 +139,18 @@ pub(crate) mod v4 {
     use crate::pack::Word;
     pub(crate) use pulp::x86::V4;
 
+    /// The first 16 elements as an array (the caller guarantees at least 16).
+    #[inline(always)]
+    fn lanes16<T>(x: &[T]) -> &[T; 16] {
+        pulp::as_arrays::<16, T>(&x[..16]).0.first().unwrap_or_else(|| unreachable!())
+    }
+
+    /// The first 16 elements as a mutable array (the caller guarantees at least 16).
+    #[inline(always)]
+    fn lanes16_mut<T>(x: &mut [T]) -> &mut [T; 16] {
+        pulp::as_arrays_mut::<16, T>(&mut x[..16]).0.first_mut().unwrap_or_else(|| unreachable!())
+    }
+
     /// The V4 token when this CPU has AVX-512 (x86-64-v4), else `None`.
     #[inline(always)]
     pub(crate) fn token() -> Option<V4> {
@@ -171,6 +183,43 @@ pub(crate) mod v4 {
         }
         for (((w, z), s), o) in wt.iter().zip(zt).zip(st).zip(ot.iter_mut()) {
             *o = O::from_f32((((w.bits() >> shift) & mask) as f32 - z.to_f32()) * s.to_f32());
+        }
+    }
+
+    /// Several planes of the same words at once: `outs[p][i] = ((words[i] >> shifts[p]) & mask -
+    /// zeros[p][i]) * scales[p][i]`. Each word vector is loaded once for all planes.
+    #[inline(always)]
+    pub(crate) fn affine_planes<W: Word, S: Elem, O: Elem>(
+        v4: V4,
+        words: &[W],
+        shifts: &[u32],
+        mask: u32,
+        params: &[(&[S], &[S])],
+        outs: &mut [&mut [O]],
+    ) {
+        let n = words.len();
+        let full = n - n % 16;
+        let f = v4.avx512f;
+        let mk = f._mm512_set1_epi32(mask as i32);
+        let (w16, _) = pulp::as_arrays::<16, W>(&words[..full]);
+        for (v, w) in w16.iter().enumerate() {
+            let wide = W::widen16(v4, w);
+            let at = 16 * v;
+            for ((&shift, &(z, s)), out) in shifts.iter().zip(params).zip(outs.iter_mut()) {
+                let q = f._mm512_and_si512(f._mm512_srlv_epi32(wide, f._mm512_set1_epi32(shift as i32)), mk);
+                let (z, s) = (lanes16(&z[at..]), lanes16(&s[at..]));
+                let y = f._mm512_mul_ps(
+                    f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), S::load16(v4, z)),
+                    S::load16(v4, s),
+                );
+                O::store16(v4, y, lanes16_mut(&mut out[at..]));
+            }
+        }
+        for ((&shift, &(z, s)), out) in shifts.iter().zip(params).zip(outs.iter_mut()) {
+            for i in full..n {
+                let q = (words[i].bits() >> shift) & mask;
+                out[i] = O::from_f32((q as f32 - z[i].to_f32()) * s[i].to_f32());
+            }
         }
     }
 

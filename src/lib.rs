@@ -39,6 +39,7 @@
 pub mod cuda;
 pub mod elem;
 pub mod error;
+pub mod gptq;
 pub mod hqq;
 pub mod lanes;
 pub mod pack;

@@ -61,3 +61,27 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// A random GPTQ layer (words, zeros, f32 scales, g_idx).
+pub struct Layer {
+    pub qweight: Vec<i32>,
+    pub qzeros: Vec<i32>,
+    pub scales: Vec<f32>,
+    pub g_idx: Vec<i32>,
+}
+
+/// Random words, zeros and scales; `act_order` shuffles g_idx (each group keeps its size).
+pub fn layer(l: &quant_kernels::gptq::GptqLayout, act_order: bool, rng: &mut Rng) -> Layer {
+    let (qr, qc) = l.qweight_shape();
+    let (zr, zc) = l.qzeros_shape();
+    let qweight = (0..qr * qc).map(|_| rng.next_u64() as i32).collect();
+    let qzeros = (0..zr * zc).map(|_| rng.next_u64() as i32).collect();
+    let scales = (0..l.groups() * l.n()).map(|_| rng.f32_in(-0.02, 0.02)).collect();
+    let mut g_idx = l.default_g_idx();
+    if act_order {
+        for i in (1..g_idx.len()).rev() {
+            g_idx.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+    Layer { qweight, qzeros, scales, g_idx }
+}

@@ -1,11 +1,12 @@
-//! The same three-path equality and upstream checks with run-time ISA selection switched off, so
+//! Three-path equality (HQQ and GPTQ) with run-time ISA selection switched off, so
 //! the portable loops (what a CPU without AVX-512 runs) are tested on machines that have it.
 //! A separate test binary: the switch is process-wide.
 
 mod common;
 
-use common::Rng;
+use common::{Rng, layer};
 use half::{bf16, f16};
+use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
 use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing, Parallelism, lanes};
@@ -47,6 +48,33 @@ fn baseline_paths_equal_the_reference() {
             widths::<bf16, bf16>(rows, cols, g, axis);
             widths::<f16, f32>(rows, cols, g, axis);
             widths::<f32, bf16>(rows, cols, g, axis);
+        }
+    }
+}
+
+#[test]
+fn baseline_gptq_equals_the_reference() {
+    lanes::force_baseline(true);
+    for bits in [2u8, 3, 4, 8] {
+        let l = GptqLayout::new(256, 1056, bits, 64).unwrap();
+        let x = layer(&l, true, &mut Rng(bits as u64));
+        let s: Vec<f16> = x.scales.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut naive = vec![f16::ZERO; l.k() * l.n()];
+        gptq::gptq_dequantize_reference_into(
+            &x.qweight,
+            &x.qzeros,
+            &s,
+            Some(&x.g_idx),
+            &l,
+            ZeroFormat::V1,
+            &mut naive,
+        )
+        .unwrap();
+        for par in [Parallelism::Serial, Parallelism::Rayon] {
+            let fast: Vec<f16> =
+                gptq::gptq_dequantize(&x.qweight, &x.qzeros, &s, Some(&x.g_idx), &l, ZeroFormat::V1, par)
+                    .unwrap();
+            assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "{bits}-bit {par:?}");
         }
     }
 }
