@@ -254,6 +254,36 @@ fn cuda_group(c: &mut Criterion) {
     case::<B1, f16>(&mut g, &gpu, "1bit_g64_ax0_f16", Axis::Zero);
     case::<B4, bf16>(&mut g, &gpu, "4bit_g64_ax0_bf16", Axis::Zero);
     case::<B4, f32>(&mut g, &gpu, "4bit_g64_ax0_f32", Axis::Zero);
+
+    // GPTQ 4-bit, group 128, -> f16, plain and act-order.
+    use quant_kernels::cuda::{DeviceGIdx, gptq_dequantize_cuda};
+    use quant_kernels::gptq::{GptqLayout, ZeroFormat};
+    let l = GptqLayout::new(4096, 4096, 4, 128).unwrap();
+    let (qr, qc) = l.qweight_shape();
+    let (zr, zc) = l.qzeros_shape();
+    let qw: Vec<i32> = (0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
+    let qz: Vec<i32> = (0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
+    let sc: Vec<f16> = (0..l.groups() * l.n()).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
+    let mut act = l.default_g_idx();
+    act.reverse();
+    let (qw, qz, sc) = (gpu.upload(&qw).unwrap(), gpu.upload(&qz).unwrap(), gpu.upload(&sc).unwrap());
+    let mut out = gpu.zeros::<f16>(l.k() * l.n()).unwrap();
+    let bytes = 4 * (qw.len() + qz.len() + l.k()) + 2 * sc.len() + 2 * out.len();
+    g.throughput(Throughput::Bytes(bytes as u64));
+    for (name, g_idx) in [("gptq_4bit_g128_f16", None), ("gptq_4bit_g128_act_order_f16", Some(&act[..]))] {
+        let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
+        g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
+            b.iter_custom(|iters| {
+                gpu.synchronize().unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    gptq_dequantize_cuda(&gpu, &qw, &qz, &sc, &gi, &l, ZeroFormat::V1, &mut out).unwrap();
+                }
+                gpu.synchronize().unwrap();
+                start.elapsed()
+            })
+        });
+    }
     g.finish();
 }
 

@@ -21,3 +21,9 @@ template <> __device__ __forceinline__ __half qk_from_f32<__half>(float x) { ret
 template <> __device__ __forceinline__ __nv_bfloat16 qk_from_f32<__nv_bfloat16>(float x) {
     return __float2bfloat16_rn(x);
 }
+
+// N consecutive elements moved as one aligned vector load/store.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) QkVec {
+    T v[N];
+};

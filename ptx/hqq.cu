@@ -14,12 +14,6 @@
 // FMA), rounded once to the output type: bit-identical to the CPU reference.
 #include "common.cuh"
 
-// VEC consecutive elements moved as one aligned vector load/store.
-template <typename T, int N>
-struct alignas(sizeof(T) * N) QkVec {
-    T v[N];
-};
-
 // Decode VEC consecutive words of packed row p starting at column c and write their planes.
 template <int BITS, int PER_WORD, int VEC, typename W, typename T>
 __device__ __forceinline__ void hqq_words(const W* __restrict__ packed, const T* __restrict__ scales,

@@ -8,9 +8,10 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, layer};
 use half::{bf16, f16};
 use quant_kernels::cuda::{self, CudaElem, Gpu, PtxFile};
+use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
 use quant_kernels::{B1, B2, B3, B4, B8, Error, Packing};
@@ -124,4 +125,43 @@ fn hqq_dequant_matches_the_cpu_reference() {
     let layout = HqqLayout::new(8, 16, 8, Axis::Zero).unwrap();
     let e = cuda::hqq_dequant_cuda_host::<B4, f32>(&gpu, &[0u8; 63], &[0.0; 16], &[0.0; 16], &layout);
     assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 64, got: 63 }));
+}
+
+fn gptq_parity<T: CudaElem>(gpu: &Gpu, k: usize, n: usize, bits: u8, g: i64, act: bool, f: ZeroFormat) {
+    let l = GptqLayout::new(k, n, bits, g).unwrap();
+    let x = layer(&l, act, &mut Rng(k as u64 + bits as u64));
+    let s: Vec<T> = x.scales.iter().map(|&v| T::from_f32(v)).collect();
+    let mut want = vec![T::default(); k * n];
+    gptq::gptq_dequantize_reference_into(&x.qweight, &x.qzeros, &s, Some(&x.g_idx), &l, f, &mut want)
+        .unwrap();
+    let got = cuda::gptq_dequantize_cuda_host(gpu, &x.qweight, &x.qzeros, &s, Some(&x.g_idx), &l, f).unwrap();
+    let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
+    assert!(same, "gptq {bits}-bit K{k} N{n} g{g} act {act} {f:?} {}", T::DTYPE);
+}
+
+#[test]
+fn gptq_dequant_matches_the_cpu_reference() {
+    let Some(gpu) = gpu() else { return };
+    // 8-bit with N = 36: the kernel's 4-column path.
+    let table = [2u8, 3, 4, 8]
+        .into_iter()
+        .flat_map(|b| {
+            [(32, 32, -1i64), (64, 96, 16), (128, 160, 128), (4096, 4096, 128)].map(|(k, n, g)| (b, k, n, g))
+        })
+        .chain([(8u8, 64usize, 36usize, 16i64)]);
+    for (bits, k, n, g) in table {
+        {
+            for (act, f) in [(false, ZeroFormat::V1), (true, ZeroFormat::V2), (true, ZeroFormat::V1)] {
+                gptq_parity::<f32>(&gpu, k, n, bits, g, act, f);
+                gptq_parity::<f16>(&gpu, k, n, bits, g, act, f);
+                gptq_parity::<bf16>(&gpu, k, n, bits, g, act, f);
+            }
+        }
+    }
+    // A g_idx value outside 0..G never reaches the device.
+    let l = GptqLayout::new(64, 32, 4, 32).unwrap();
+    let mut g_idx = l.default_g_idx();
+    g_idx[3] = 7;
+    let e = cuda::DeviceGIdx::upload(&gpu, Some(&g_idx), &l).unwrap_err();
+    assert_eq!(e, Error::GroupIndex { index: 3, value: 7, groups: 2 });
 }

@@ -191,6 +191,157 @@ unsafe extern "C" {
     );
 }
 
+unsafe extern "C" {
+    // ptx/gptq.cu: (qweight, qzeros, scales, g_idx, out, K, N, format, grid, block)
+    fn cpu_gptq_dequant_2b_f32(
+        w: *const i32,
+        z: *const i32,
+        s: *const f32,
+        g: *const i32,
+        o: *mut f32,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_2b_f16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_2b_bf16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_3b_f32(
+        w: *const i32,
+        z: *const i32,
+        s: *const f32,
+        g: *const i32,
+        o: *mut f32,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_3b_f16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_3b_bf16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_4b_f32(
+        w: *const i32,
+        z: *const i32,
+        s: *const f32,
+        g: *const i32,
+        o: *mut f32,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_4b_f16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_4b_bf16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_8b_f32(
+        w: *const i32,
+        z: *const i32,
+        s: *const f32,
+        g: *const i32,
+        o: *mut f32,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_8b_f16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_dequant_8b_bf16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+}
+
+type GptqEntry<R> =
+    unsafe extern "C" fn(*const i32, *const i32, *const R, *const i32, *mut R, i32, i32, i32, u32, u32);
+
 /// The shape arguments of an HQQ dequantization launch (code matrix, packed rows, axis).
 #[derive(Debug, Clone, Copy)]
 pub struct HqqShape {
@@ -221,6 +372,8 @@ pub trait EmuElem: Copy + Default {
     const HQQ_U8: [Entry<u8, Self::Raw>; 4];
     /// `hqq_dequant_3b_{elem}`.
     const HQQ_3B: Entry<i32, Self::Raw>;
+    /// `gptq_dequant_{2,3,4,8}b_{elem}`.
+    const GPTQ: [GptqEntry<Self::Raw>; 4];
 }
 
 impl EmuElem for f32 {
@@ -234,6 +387,8 @@ impl EmuElem for f32 {
     const HQQ_U8: [Entry<u8, f32>; 4] =
         [cpu_hqq_dequant_1b_f32, cpu_hqq_dequant_2b_f32, cpu_hqq_dequant_4b_f32, cpu_hqq_dequant_8b_f32];
     const HQQ_3B: Entry<i32, f32> = cpu_hqq_dequant_3b_f32;
+    const GPTQ: [GptqEntry<f32>; 4] =
+        [cpu_gptq_dequant_2b_f32, cpu_gptq_dequant_3b_f32, cpu_gptq_dequant_4b_f32, cpu_gptq_dequant_8b_f32];
 }
 
 impl EmuElem for f16 {
@@ -247,6 +402,8 @@ impl EmuElem for f16 {
     const HQQ_U8: [Entry<u8, u16>; 4] =
         [cpu_hqq_dequant_1b_f16, cpu_hqq_dequant_2b_f16, cpu_hqq_dequant_4b_f16, cpu_hqq_dequant_8b_f16];
     const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_f16;
+    const GPTQ: [GptqEntry<u16>; 4] =
+        [cpu_gptq_dequant_2b_f16, cpu_gptq_dequant_3b_f16, cpu_gptq_dequant_4b_f16, cpu_gptq_dequant_8b_f16];
 }
 
 impl EmuElem for bf16 {
@@ -260,6 +417,12 @@ impl EmuElem for bf16 {
     const HQQ_U8: [Entry<u8, u16>; 4] =
         [cpu_hqq_dequant_1b_bf16, cpu_hqq_dequant_2b_bf16, cpu_hqq_dequant_4b_bf16, cpu_hqq_dequant_8b_bf16];
     const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_bf16;
+    const GPTQ: [GptqEntry<u16>; 4] = [
+        cpu_gptq_dequant_2b_bf16,
+        cpu_gptq_dequant_3b_bf16,
+        cpu_gptq_dequant_4b_bf16,
+        cpu_gptq_dequant_8b_bf16,
+    ];
 }
 
 /// Run an emulated HQQ dequantization entry over `grid` x `block` threads.
@@ -334,4 +497,60 @@ pub fn hqq_dequant_3b<T: EmuElem>(
     block: u32,
 ) -> Vec<T> {
     run::<i32, T>(T::HQQ_3B, packed, scales, zeros, shape, grid, block)
+}
+
+/// The emulated `gptq_dequant_{bits}b_{elem}`: `qweight [K*bits/32, N]`, `qzeros [G, N*bits/32]`,
+/// `scales [G, N]`, `g_idx [K]` (each value < G), `format` 0 = v1, 1 = v2; returns `[K, N]`.
+///
+/// # Panics
+/// When a length does not match or a `g_idx` value is out of range (a test helper).
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_dequant<T: EmuElem>(
+    bits: u8,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[T],
+    g_idx: &[i32],
+    k: usize,
+    n: usize,
+    format: i32,
+    grid: u32,
+    block: u32,
+) -> Vec<T> {
+    let e = match bits {
+        2 => 0,
+        3 => 1,
+        4 => 2,
+        8 => 3,
+        b => panic!("no GPTQ entry for {b} bits"),
+    };
+    let b = bits as usize;
+    let groups = scales.len() / n.max(1);
+    assert_eq!(qweight.len(), k * b / 32 * n, "qweight");
+    assert_eq!(qzeros.len(), groups * (n * b / 32), "qzeros");
+    assert_eq!(scales.len(), groups * n, "scales");
+    assert_eq!(g_idx.len(), k, "g_idx");
+    assert!(g_idx.iter().all(|&g| g >= 0 && (g as usize) < groups), "g_idx range");
+    assert!(grid > 0 && block > 0);
+    let s: Vec<T::Raw> = scales.iter().map(|x| x.raw()).collect();
+    let mut out = vec![T::Raw::default(); k * n];
+    let i = |v: usize| i32::try_from(v).expect("size fits i32");
+    // SAFETY: the entry reads qweight/qzeros/scales within the lengths checked above (rows of
+    // scales/qzeros through g_idx values checked to be < groups) and writes out[0..k*n]; the
+    // buffers outlive the synchronous call.
+    unsafe {
+        T::GPTQ[e](
+            qweight.as_ptr(),
+            qzeros.as_ptr(),
+            s.as_ptr(),
+            g_idx.as_ptr(),
+            out.as_mut_ptr(),
+            i(k),
+            i(n),
+            format,
+            grid,
+            block,
+        )
+    };
+    out.into_iter().map(T::from_raw).collect()
 }

@@ -26,6 +26,7 @@
 
 use crate::elem::{DType, Elem};
 use crate::error::{Error, Result};
+use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::hqq::{self, HqqLayout};
 use crate::pack::{Bits, Packing};
 use cudarc::driver::{
@@ -42,16 +43,19 @@ pub use cudarc::driver::DeviceRepr;
 pub enum PtxFile {
     /// `ptx/hqq.ptx`: HQQ dequantization.
     Hqq,
+    /// `ptx/gptq.ptx`: GPTQ dequantization.
+    Gptq,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 1] = [PtxFile::Hqq];
+    pub const ALL: [PtxFile; 2] = [PtxFile::Hqq, PtxFile::Gptq];
 
     /// The PTX text.
     pub fn source(self) -> &'static str {
         match self {
             PtxFile::Hqq => include_str!("../../ptx/hqq.ptx"),
+            PtxFile::Gptq => include_str!("../../ptx/gptq.ptx"),
         }
     }
 
@@ -59,6 +63,7 @@ impl PtxFile {
     pub fn entries(self) -> Vec<(&'static str, usize)> {
         match self {
             PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
+            PtxFile::Gptq => GPTQ_DEQUANT.iter().flatten().map(|&name| (name, GPTQ_DEQUANT_PARAMS)).collect(),
         }
     }
 }
@@ -74,6 +79,36 @@ const HQQ_DEQUANT: [[&str; 3]; 5] = [
 /// (packed, scales, zeros, out, rows, cols, prows, axis)
 const HQQ_DEQUANT_PARAMS: usize = 8;
 
+/// `gptq_dequant_{bits}b_{elem}` entries, by width (2, 3, 4, 8) and element (f32, f16, bf16).
+const GPTQ_DEQUANT: [[&str; 3]; 4] = [
+    ["gptq_dequant_2b_f32", "gptq_dequant_2b_f16", "gptq_dequant_2b_bf16"],
+    ["gptq_dequant_3b_f32", "gptq_dequant_3b_f16", "gptq_dequant_3b_bf16"],
+    ["gptq_dequant_4b_f32", "gptq_dequant_4b_f16", "gptq_dequant_4b_bf16"],
+    ["gptq_dequant_8b_f32", "gptq_dequant_8b_f16", "gptq_dequant_8b_bf16"],
+];
+/// (qweight, qzeros, scales, g_idx, out, K, N, format)
+const GPTQ_DEQUANT_PARAMS: usize = 8;
+
+fn elem_index(elem: DType) -> usize {
+    match elem {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+    }
+}
+
+/// The GPTQ dequantization entry for a width (2, 3, 4 or 8) and element type.
+pub fn gptq_dequant_entry(bits: u8, elem: DType) -> Option<&'static str> {
+    let b = match bits {
+        2 => 0,
+        3 => 1,
+        4 => 2,
+        8 => 3,
+        _ => return None,
+    };
+    Some(GPTQ_DEQUANT[b][elem_index(elem)])
+}
+
 /// The HQQ dequantization entry for a width and element type.
 pub fn hqq_dequant_entry(bits: Bits, elem: DType) -> &'static str {
     let b = match bits {
@@ -83,12 +118,7 @@ pub fn hqq_dequant_entry(bits: Bits, elem: DType) -> &'static str {
         Bits::B4 => 3,
         Bits::B8 => 4,
     };
-    let e = match elem {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Bf16 => 2,
-    };
-    HQQ_DEQUANT[b][e]
+    HQQ_DEQUANT[b][elem_index(elem)]
 }
 
 /// True when the CUDA driver library can be loaded; never panics.
@@ -235,5 +265,105 @@ where
     let (p, s, z) = (gpu.upload(packed)?, gpu.upload(scales)?, gpu.upload(zeros)?);
     let mut out = gpu.zeros::<T>(layout.numel())?;
     hqq_dequant_cuda::<P, T>(gpu, &p, &s, &z, layout, &mut out)?;
+    gpu.download(&out)
+}
+
+/// A GPTQ `g_idx` on the device whose every value was checked against the layer's group count
+/// on the host before upload, so kernels can index scales and zeros with it.
+#[derive(Debug)]
+pub struct DeviceGIdx {
+    buf: CudaSlice<i32>,
+    k: usize,
+    groups: usize,
+}
+
+impl DeviceGIdx {
+    /// Validate `g_idx` (or derive `k / group_size` when `None`) for `layout` and upload it.
+    pub fn upload(gpu: &Gpu, g_idx: Option<&[i32]>, layout: &GptqLayout) -> Result<Self> {
+        let rows = crate::gptq::groups_of_rows(layout, g_idx)?;
+        let host: Vec<i32> = rows.into_iter().map(|g| g as i32).collect();
+        Ok(Self { buf: gpu.upload(&host)?, k: layout.k(), groups: layout.groups() })
+    }
+}
+
+/// Dequantize a GPTQ layer on the GPU into `out` (`[K, N]`), same semantics and checks as
+/// [`crate::gptq::gptq_dequantize_into`] (scales and output share the type `T`). Asynchronous.
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_dequantize_cuda<T: CudaElem>(
+    gpu: &Gpu,
+    qweight: &CudaSlice<i32>,
+    qzeros: &CudaSlice<i32>,
+    scales: &CudaSlice<T>,
+    g_idx: &DeviceGIdx,
+    layout: &GptqLayout,
+    format: ZeroFormat,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let (qr, qc) = layout.qweight_shape();
+    let (zr, zc) = layout.qzeros_shape();
+    let checks = [
+        ("qweight", qr * qc, qweight.len()),
+        ("qzeros", zr * zc, qzeros.len()),
+        ("scales", layout.groups() * layout.n(), scales.len()),
+        ("g_idx", layout.k(), g_idx.k),
+        ("out", layout.k() * layout.n(), out.len()),
+    ];
+    for (what, expected, got) in checks {
+        if expected != got {
+            return Err(Error::LengthMismatch { what, expected, got });
+        }
+    }
+    if g_idx.groups != layout.groups() {
+        return Err(Error::LengthMismatch {
+            what: "g_idx groups",
+            expected: layout.groups(),
+            got: g_idx.groups,
+        });
+    }
+    let (k, n) = (to_i32("K", layout.k())?, to_i32("N", layout.n())?);
+    let vec = if layout.n() % 8 == 0 { 8 } else { 4 }; // columns per thread (see ptx/gptq.cu)
+    let items = layout.k() / crate::gptq::layout::codes_per_block(layout.bits()) * (layout.n() / vec);
+    if items == 0 {
+        return Ok(());
+    }
+    let entry = gptq_dequant_entry(layout.bits(), T::DTYPE).ok_or(Error::UnsupportedBits(layout.bits()))?;
+    let f = gpu.function(PtxFile::Gptq, entry)?;
+    let fmt: i32 = match format {
+        ZeroFormat::V1 => 0,
+        ZeroFormat::V2 => 1,
+    };
+    const BLOCK: u32 = 256;
+    let blocks = items.div_ceil(BLOCK as usize).min(1 << 20) as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(qweight).arg(qzeros).arg(scales).arg(&g_idx.buf).arg(out).arg(&k).arg(&n).arg(&fmt);
+    // SAFETY: the entry's signature is (const int*, const int*, const T*, const int*, T*, int, int,
+    // int), matching the arguments. Lengths were checked above against the layout (K a multiple
+    // of the rows per word block, N of the codes per qzeros word, as GptqLayout guarantees); the
+    // kernel reads qweight rows < K*bits/32, qzeros words < N*bits/32 of rows g < G, scales[g*N+n]
+    // and writes out[k*N+n] with k < K, n < N, where every g comes from a DeviceGIdx whose values
+    // were checked to lie in 0..G before upload. Its vector accesses cover 8 (N % 8 == 0) or 4
+    // columns (N % 4 == 0 always holds) starting at multiples of that from 256-byte aligned
+    // cudaMalloc bases, so they are aligned. cudarc keeps the buffers alive until the kernel
+    // has finished.
+    unsafe { launch.launch(cfg) }?;
+    Ok(())
+}
+
+/// [`gptq_dequantize_cuda`] from and to host slices: upload, launch, synchronize, download.
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_dequantize_cuda_host<T: CudaElem>(
+    gpu: &Gpu,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[T],
+    g_idx: Option<&[i32]>,
+    layout: &GptqLayout,
+    format: ZeroFormat,
+) -> Result<Vec<T>> {
+    let g = DeviceGIdx::upload(gpu, g_idx, layout)?;
+    let (qw, qz, s) = (gpu.upload(qweight)?, gpu.upload(qzeros)?, gpu.upload(scales)?);
+    let mut out = gpu.zeros::<T>(layout.k() * layout.n())?;
+    gptq_dequantize_cuda(gpu, &qw, &qz, &s, &g, layout, format, &mut out)?;
     gpu.download(&out)
 }

@@ -126,7 +126,7 @@ fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
 }
 
 /// The group of every input row, validated (`g_idx` given) or derived (`None`).
-fn groups_of_rows(layout: &GptqLayout, g_idx: Option<&[i32]>) -> Result<Vec<u32>> {
+pub(crate) fn groups_of_rows(layout: &GptqLayout, g_idx: Option<&[i32]>) -> Result<Vec<u32>> {
     let groups = layout.groups();
     match g_idx {
         None => Ok(layout.default_g_idx().into_iter().map(|g| g as u32).collect()),
