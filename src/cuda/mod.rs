@@ -222,7 +222,7 @@ where
     let geo = hqq::check::<P>(layout, packed.len(), scales.len(), zeros.len(), out.len())?;
     let words = geo.prows * geo.cols;
     // The kernel gives each thread 8 words when the column count allows aligned vectors.
-    let items = if geo.cols % 8 == 0 { words / 8 } else { words };
+    let items = if geo.cols.is_multiple_of(8) { words / 8 } else { words };
     if words == 0 {
         return Ok(());
     }
@@ -321,7 +321,7 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
         });
     }
     let (k, n) = (to_i32("K", layout.k())?, to_i32("N", layout.n())?);
-    let vec = if layout.n() % 8 == 0 { 8 } else { 4 }; // columns per thread (see ptx/gptq.cu)
+    let vec = if layout.n().is_multiple_of(8) { 8 } else { 4 }; // columns per thread (see ptx/gptq.cu)
     let items = layout.k() / crate::gptq::layout::codes_per_block(layout.bits()) * (layout.n() / vec);
     if items == 0 {
         return Ok(());
