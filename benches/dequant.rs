@@ -270,6 +270,74 @@ fn cuda_group(c: &mut Criterion) {
     let mut out = gpu.zeros::<f16>(l.k() * l.n()).unwrap();
     let bytes = 4 * (qw.len() + qz.len() + l.k()) + 2 * sc.len() + 2 * out.len();
     g.throughput(Throughput::Bytes(bytes as u64));
+    // Fused batch-1 GEMV (4-bit, f16 params): bytes = weights + params read (x and y negligible).
+    {
+        use quant_kernels::cuda::{
+            gptq_gemv_cuda, gptq_gemv_scratch_len, hqq_gemv_cuda, hqq_gemv_scratch_len,
+        };
+        for (rows, cols) in [(4096usize, 4096usize), (4096, 14336)] {
+            let inp = input::<B4>(rows, cols, 64, Axis::One);
+            let (w, s, z) = (
+                gpu.upload(&inp.words).unwrap(),
+                gpu.upload(&inp.scales).unwrap(),
+                gpu.upload(&inp.zeros).unwrap(),
+            );
+            let x = gpu.upload(&vec![0.5f32; cols]).unwrap();
+            let mut partial = gpu.zeros::<f32>(hqq_gemv_scratch_len(&inp.layout)).unwrap();
+            let mut y = gpu.zeros::<f32>(rows).unwrap();
+            g.throughput(Throughput::Bytes((inp.words.len() + 4 * inp.scales.len()) as u64));
+            g.bench_function(BenchmarkId::new(format!("hqq_gemv_4bit_g64_ax1_{rows}x{cols}"), "cuda"), |b| {
+                b.iter_custom(|iters| {
+                    gpu.synchronize().unwrap();
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        hqq_gemv_cuda(&gpu, &w, &s, &z, &inp.layout, &x, &mut partial, &mut y).unwrap();
+                    }
+                    gpu.synchronize().unwrap();
+                    start.elapsed()
+                })
+            });
+            // GPTQ with K = cols inputs and N = rows outputs, group 128.
+            let l = GptqLayout::new(cols, rows, 4, 128).unwrap();
+            let (qr, qc) = l.qweight_shape();
+            let (zr, zc) = l.qzeros_shape();
+            let qw = gpu
+                .upload(&(0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect::<Vec<_>>())
+                .unwrap();
+            let qz = gpu
+                .upload(&(0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect::<Vec<_>>())
+                .unwrap();
+            let sc = gpu.upload(&vec![f16::from_f32(0.01); l.groups() * l.n()]).unwrap();
+            let gi = DeviceGIdx::upload(&gpu, None, &l).unwrap();
+            let x = gpu.upload(&vec![0.5f32; cols]).unwrap();
+            let mut partial = gpu.zeros::<f32>(gptq_gemv_scratch_len(&l)).unwrap();
+            let mut y = gpu.zeros::<f32>(rows).unwrap();
+            g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len() + cols) + 2 * sc.len()) as u64));
+            g.bench_function(BenchmarkId::new(format!("gptq_gemv_4bit_g128_{rows}x{cols}"), "cuda"), |b| {
+                b.iter_custom(|iters| {
+                    gpu.synchronize().unwrap();
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        gptq_gemv_cuda(
+                            &gpu,
+                            &qw,
+                            &qz,
+                            &sc,
+                            &gi,
+                            &l,
+                            ZeroFormat::V1,
+                            &x,
+                            &mut partial,
+                            &mut y,
+                        )
+                        .unwrap();
+                    }
+                    gpu.synchronize().unwrap();
+                    start.elapsed()
+                })
+            });
+        }
+    }
     for (name, g_idx) in [("gptq_4bit_g128_f16", None), ("gptq_4bit_g128_act_order_f16", Some(&act[..]))] {
         let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
         g.bench_function(BenchmarkId::new(name, "cuda"), |b| {

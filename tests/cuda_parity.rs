@@ -165,3 +165,65 @@ fn gptq_dequant_matches_the_cpu_reference() {
     let e = cuda::DeviceGIdx::upload(&gpu, Some(&g_idx), &l).unwrap_err();
     assert_eq!(e, Error::GroupIndex { index: 3, value: 7, groups: 2 });
 }
+
+/// |got - want| <= 1e-5 * sum |w x| (f32 accumulation against the f64 reference).
+fn close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+        assert!((*g as f64 - w).abs() <= 1e-5 * s + 1e-30, "{what}[{i}]: {g} vs {w} (scale {s})");
+    }
+}
+
+fn hqq_gemv_case<T: CudaElem>(gpu: &Gpu, rows: usize, cols: usize, g: usize) {
+    let layout = HqqLayout::new(rows, cols, g, Axis::One).unwrap();
+    let (pr, pc) = layout.packed_shape(quant_kernels::Bits::B4).unwrap();
+    let mut rng = Rng((rows * cols) as u64);
+    let words: Vec<u8> = (0..pr * pc).map(|_| rng.next_u64() as u8).collect();
+    let s: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(-0.1, 0.1))).collect();
+    let z: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(0.0, 15.0))).collect();
+    let x: Vec<f32> = (0..cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let mut w = vec![0f32; rows * cols];
+    hqq::dequant_reference_into::<B4, T, f32>(&words, &s, &z, &layout, &mut w).unwrap();
+    let want: Vec<f64> =
+        w.chunks(cols).map(|r| r.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum()).collect();
+    let scale: Vec<f64> =
+        w.chunks(cols).map(|r| r.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum()).collect();
+    let got = cuda::hqq_gemv_cuda_host(gpu, &words, &s, &z, &layout, &x).unwrap();
+    close(&got, &want, &scale, &format!("hqq gemv {rows}x{cols} g{g} {}", T::DTYPE));
+}
+
+fn gptq_gemv_case<T: CudaElem>(gpu: &Gpu, k: usize, n: usize, g: i64, act: bool, f: ZeroFormat) {
+    let l = GptqLayout::new(k, n, 4, g).unwrap();
+    let x_ = layer(&l, act, &mut Rng(k as u64 ^ n as u64));
+    let s: Vec<T> = x_.scales.iter().map(|&v| T::from_f32(v)).collect();
+    let mut rng = Rng(7);
+    let x: Vec<f32> = (0..k).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let mut w = vec![0f32; k * n];
+    gptq::gptq_dequantize_reference_into(&x_.qweight, &x_.qzeros, &s, Some(&x_.g_idx), &l, f, &mut w)
+        .unwrap();
+    let want: Vec<f64> = (0..n).map(|c| (0..k).map(|r| w[r * n + c] as f64 * x[r] as f64).sum()).collect();
+    let scale: Vec<f64> =
+        (0..n).map(|c| (0..k).map(|r| (w[r * n + c] as f64 * x[r] as f64).abs()).sum()).collect();
+    let got =
+        cuda::gptq_gemv_cuda_host(gpu, &x_.qweight, &x_.qzeros, &s, Some(&x_.g_idx), &l, f, &x).unwrap();
+    close(&got, &want, &scale, &format!("gptq gemv K{k} N{n} g{g} act {act} {}", T::DTYPE));
+}
+
+#[test]
+fn fused_gemv_matches_the_f64_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (rows, cols, g) in [(2, 64, 64), (6, 40, 8), (30, 96, 32), (4096, 4096, 64), (4096, 14336, 64)] {
+        hqq_gemv_case::<f16>(&gpu, rows, cols, g);
+        hqq_gemv_case::<f32>(&gpu, rows, cols, g);
+        hqq_gemv_case::<bf16>(&gpu, rows, cols, g);
+    }
+    for (k, n, g) in [(8, 8, -1i64), (64, 96, 16), (136, 40, 32), (4096, 4096, 128), (14336, 4096, 128)] {
+        for (act, f) in [(false, ZeroFormat::V1), (true, ZeroFormat::V2)] {
+            gptq_gemv_case::<f16>(&gpu, k, n, g, act, f);
+            gptq_gemv_case::<bf16>(&gpu, k, n, g, act, f);
+        }
+    }
+    let l = HqqLayout::new(8, 64, 64, Axis::Zero).unwrap();
+    let e = cuda::hqq_gemv_cuda_host::<f32>(&gpu, &[0; 256], &[0.0; 8], &[0.0; 8], &l, &[0.0; 64]);
+    assert_eq!(e, Err(Error::UnsupportedAxis(0)));
+}

@@ -339,6 +339,110 @@ unsafe extern "C" {
     );
 }
 
+unsafe extern "C" {
+    // ptx/gemv.cu
+    fn cpu_hqq_gemv_4b_f32(
+        p: *const u8,
+        s: *const f32,
+        z: *const f32,
+        x: *const f32,
+        part: *mut f32,
+        r: i32,
+        g: i32,
+        pr: i32,
+        i: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_hqq_gemv_4b_f16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        x: *const f32,
+        part: *mut f32,
+        r: i32,
+        g: i32,
+        pr: i32,
+        i: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_hqq_gemv_4b_bf16(
+        p: *const u8,
+        s: *const u16,
+        z: *const u16,
+        x: *const f32,
+        part: *mut f32,
+        r: i32,
+        g: i32,
+        pr: i32,
+        i: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_gemv_4b_f32(
+        w: *const i32,
+        z: *const i32,
+        s: *const f32,
+        g: *const i32,
+        x: *const f32,
+        part: *mut f32,
+        k: i32,
+        n: i32,
+        sr: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_gemv_4b_f16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        x: *const f32,
+        part: *mut f32,
+        k: i32,
+        n: i32,
+        sr: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gptq_gemv_4b_bf16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        g: *const i32,
+        x: *const f32,
+        part: *mut f32,
+        k: i32,
+        n: i32,
+        sr: i32,
+        f: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_gemv_reduce_rows_f32(part: *const f32, y: *mut f32, outs: i32, per: i32, gr: u32, b: u32);
+    fn cpu_gemv_reduce_cols_f32(part: *const f32, y: *mut f32, n: i32, slices: i32, gr: u32, b: u32);
+}
+
+type HqqGemvEntry<R> =
+    unsafe extern "C" fn(*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32);
+type GptqGemvEntry<R> = unsafe extern "C" fn(
+    *const i32,
+    *const i32,
+    *const R,
+    *const i32,
+    *const f32,
+    *mut f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    u32,
+    u32,
+);
+
 type GptqEntry<R> =
     unsafe extern "C" fn(*const i32, *const i32, *const R, *const i32, *mut R, i32, i32, i32, u32, u32);
 
@@ -374,6 +478,10 @@ pub trait EmuElem: Copy + Default {
     const HQQ_3B: Entry<i32, Self::Raw>;
     /// `gptq_dequant_{2,3,4,8}b_{elem}`.
     const GPTQ: [GptqEntry<Self::Raw>; 4];
+    /// `hqq_gemv_4b_{elem}`.
+    const HQQ_GEMV: HqqGemvEntry<Self::Raw>;
+    /// `gptq_gemv_4b_{elem}`.
+    const GPTQ_GEMV: GptqGemvEntry<Self::Raw>;
 }
 
 impl EmuElem for f32 {
@@ -389,6 +497,8 @@ impl EmuElem for f32 {
     const HQQ_3B: Entry<i32, f32> = cpu_hqq_dequant_3b_f32;
     const GPTQ: [GptqEntry<f32>; 4] =
         [cpu_gptq_dequant_2b_f32, cpu_gptq_dequant_3b_f32, cpu_gptq_dequant_4b_f32, cpu_gptq_dequant_8b_f32];
+    const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f32;
+    const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f32;
 }
 
 impl EmuElem for f16 {
@@ -404,6 +514,8 @@ impl EmuElem for f16 {
     const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_f16;
     const GPTQ: [GptqEntry<u16>; 4] =
         [cpu_gptq_dequant_2b_f16, cpu_gptq_dequant_3b_f16, cpu_gptq_dequant_4b_f16, cpu_gptq_dequant_8b_f16];
+    const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f16;
+    const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f16;
 }
 
 impl EmuElem for bf16 {
@@ -423,6 +535,8 @@ impl EmuElem for bf16 {
         cpu_gptq_dequant_4b_bf16,
         cpu_gptq_dequant_8b_bf16,
     ];
+    const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_bf16;
+    const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_bf16;
 }
 
 /// Run an emulated HQQ dequantization entry over `grid` x `block` threads.
@@ -553,4 +667,105 @@ pub fn gptq_dequant<T: EmuElem>(
         )
     };
     out.into_iter().map(T::from_raw).collect()
+}
+
+/// The emulated 4-bit HQQ (axis 1) GEMV: partial kernel, then the row reduction. `packed` is the
+/// `[prows, g]` packed code matrix of a `[rows_out, in_dim]` weight (`g | in_dim`), `x` has
+/// `in_dim` values; returns `y` (`rows_out`).
+///
+/// # Panics
+/// On inconsistent lengths (a test helper).
+#[allow(clippy::too_many_arguments)]
+pub fn hqq_gemv_4b<T: EmuElem>(
+    packed: &[u8],
+    scales: &[T],
+    zeros: &[T],
+    x: &[f32],
+    rows_out: usize,
+    in_dim: usize,
+    g: usize,
+    grid: u32,
+    block: u32,
+) -> Vec<f32> {
+    let code_rows = rows_out * in_dim / g;
+    let prows = code_rows.div_ceil(2);
+    assert!(in_dim.is_multiple_of(g) && code_rows.is_multiple_of(2));
+    assert_eq!(packed.len(), prows * g);
+    assert_eq!((scales.len(), zeros.len(), x.len()), (code_rows, code_rows, in_dim));
+    let (s, z): (Vec<T::Raw>, Vec<T::Raw>) =
+        (scales.iter().map(|v| v.raw()).collect(), zeros.iter().map(|v| v.raw()).collect());
+    let mut partial = vec![0f32; code_rows];
+    let mut y = vec![0f32; rows_out];
+    let i = |v: usize| i32::try_from(v).expect("fits i32");
+    // SAFETY: the partial kernel reads packed[p*g..p*g+g] (p < prows), params and partial at code
+    // rows < code_rows and x below in_dim (g | in_dim); the reduction reads partial[o*per + t] and
+    // writes y[o] < rows_out. All lengths checked above; synchronous calls.
+    unsafe {
+        T::HQQ_GEMV(
+            packed.as_ptr(),
+            s.as_ptr(),
+            z.as_ptr(),
+            x.as_ptr(),
+            partial.as_mut_ptr(),
+            i(code_rows),
+            i(g),
+            i(prows),
+            i(in_dim),
+            grid,
+            block,
+        );
+        cpu_gemv_reduce_rows_f32(partial.as_ptr(), y.as_mut_ptr(), i(rows_out), i(in_dim / g), grid, block);
+    }
+    y
+}
+
+/// The emulated 4-bit GPTQ GEMV (partial kernel over slices of `slice_rows` inputs, then the
+/// column reduction); returns `y` (`n`).
+///
+/// # Panics
+/// On inconsistent lengths or g_idx values (a test helper).
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_gemv_4b<T: EmuElem>(
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[T],
+    g_idx: &[i32],
+    x: &[f32],
+    k: usize,
+    n: usize,
+    slice_rows: usize,
+    format: i32,
+    grid: u32,
+    block: u32,
+) -> Vec<f32> {
+    let groups = scales.len() / n;
+    assert!(k.is_multiple_of(slice_rows) && slice_rows.is_multiple_of(8) && n.is_multiple_of(8));
+    assert_eq!((qweight.len(), qzeros.len(), g_idx.len(), x.len()), (k / 8 * n, groups * n / 8, k, k));
+    assert!(g_idx.iter().all(|&g| g >= 0 && (g as usize) < groups));
+    let s: Vec<T::Raw> = scales.iter().map(|v| v.raw()).collect();
+    let slices = k / slice_rows;
+    let mut partial = vec![0f32; slices * n];
+    let mut y = vec![0f32; n];
+    let i = |v: usize| i32::try_from(v).expect("fits i32");
+    // SAFETY: the partial kernel reads qweight word rows < k/8 (4 columns at a time, n % 8 == 0),
+    // qzeros/scales rows g < groups (checked), x[k'] for k' < k, and writes partial[s*n + ..] for
+    // s < slices; the reduction reads partial and writes y[0..n]. Lengths checked above.
+    unsafe {
+        T::GPTQ_GEMV(
+            qweight.as_ptr(),
+            qzeros.as_ptr(),
+            s.as_ptr(),
+            g_idx.as_ptr(),
+            x.as_ptr(),
+            partial.as_mut_ptr(),
+            i(k),
+            i(n),
+            i(slice_rows),
+            format,
+            grid,
+            block,
+        );
+        cpu_gemv_reduce_cols_f32(partial.as_ptr(), y.as_mut_ptr(), i(n), i(slices), grid, block);
+    }
+    y
 }

@@ -45,17 +45,20 @@ pub enum PtxFile {
     Hqq,
     /// `ptx/gptq.ptx`: GPTQ dequantization.
     Gptq,
+    /// `ptx/gemv.ptx`: fused batch-1 dequant-GEMV (4-bit HQQ axis 1, 4-bit GPTQ).
+    Gemv,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 2] = [PtxFile::Hqq, PtxFile::Gptq];
+    pub const ALL: [PtxFile; 3] = [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv];
 
     /// The PTX text.
     pub fn source(self) -> &'static str {
         match self {
             PtxFile::Hqq => include_str!("../../ptx/hqq.ptx"),
             PtxFile::Gptq => include_str!("../../ptx/gptq.ptx"),
+            PtxFile::Gemv => include_str!("../../ptx/gemv.ptx"),
         }
     }
 
@@ -64,6 +67,12 @@ impl PtxFile {
         match self {
             PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
             PtxFile::Gptq => GPTQ_DEQUANT.iter().flatten().map(|&name| (name, GPTQ_DEQUANT_PARAMS)).collect(),
+            PtxFile::Gemv => HQQ_GEMV
+                .iter()
+                .map(|&n| (n, 9))
+                .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
+                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4)])
+                .collect(),
         }
     }
 }
@@ -88,6 +97,15 @@ const GPTQ_DEQUANT: [[&str; 3]; 4] = [
 ];
 /// (qweight, qzeros, scales, g_idx, out, K, N, format)
 const GPTQ_DEQUANT_PARAMS: usize = 8;
+
+/// `hqq_gemv_4b_{elem}`: (packed, scales, zeros, x, partial, rows, g, prows, in).
+const HQQ_GEMV: [&str; 3] = ["hqq_gemv_4b_f32", "hqq_gemv_4b_f16", "hqq_gemv_4b_bf16"];
+/// `gptq_gemv_4b_{elem}`: (qweight, qzeros, scales, g_idx, x, partial, K, N, slice_rows, format).
+const GPTQ_GEMV: [&str; 3] = ["gptq_gemv_4b_f32", "gptq_gemv_4b_f16", "gptq_gemv_4b_bf16"];
+/// (partial, y, outs, per): y[o] = sum of partials o*per .. o*per + per.
+const GEMV_REDUCE_ROWS: &str = "gemv_reduce_rows_f32";
+/// (partial, y, N, slices): y[n] = sum over s of partial[s*N + n].
+const GEMV_REDUCE_COLS: &str = "gemv_reduce_cols_f32";
 
 fn elem_index(elem: DType) -> usize {
     match elem {
@@ -366,4 +384,201 @@ pub fn gptq_dequantize_cuda_host<T: CudaElem>(
     let mut out = gpu.zeros::<T>(layout.k() * layout.n())?;
     gptq_dequantize_cuda(gpu, &qw, &qz, &s, &g, layout, format, &mut out)?;
     gpu.download(&out)
+}
+
+fn launch_1d(items: usize) -> LaunchConfig {
+    const BLOCK: u32 = 256;
+    let blocks = items.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn expect(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
+}
+
+/// Length of the `partial` scratch buffer [`hqq_gemv_cuda`] needs: one `f32` per group.
+pub fn hqq_gemv_scratch_len(layout: &HqqLayout) -> usize {
+    layout.groups()
+}
+
+/// Fused batch-1 GEMV from 4-bit HQQ weights, axis 1: `y[o] = sum_i W[o, i] * x[i]` for the
+/// `[rows, cols]` weight of `layout` (x: `cols` f32, y: `rows` f32), decoding in registers.
+/// Deterministic (fixed summation order: each group, then the groups of a row in order).
+/// Axis 0 layouts are [`Error::UnsupportedAxis`]`(0)`; the group size must divide `cols`.
+#[allow(clippy::too_many_arguments)]
+pub fn hqq_gemv_cuda<T: CudaElem>(
+    gpu: &Gpu,
+    packed: &CudaSlice<u8>,
+    scales: &CudaSlice<T>,
+    zeros: &CudaSlice<T>,
+    layout: &HqqLayout,
+    x: &CudaSlice<f32>,
+    partial: &mut CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+) -> Result<()> {
+    if layout.axis() != hqq::Axis::One {
+        return Err(Error::UnsupportedAxis(0));
+    }
+    if !layout.cols().is_multiple_of(layout.group_size()) {
+        return Err(Error::GroupSize { group: layout.group_size(), len: layout.cols() });
+    }
+    let geo = hqq::check::<crate::pack::B4>(layout, packed.len(), scales.len(), zeros.len(), layout.numel())?;
+    expect("x", layout.cols(), x.len())?;
+    expect("y", layout.rows(), y.len())?;
+    expect("partial", hqq_gemv_scratch_len(layout), partial.len())?;
+    if geo.prows == 0 || layout.rows() == 0 {
+        return Ok(());
+    }
+    let (rows, g, prows, cols) = (
+        to_i32("code rows", geo.rows)?,
+        to_i32("group size", geo.cols)?,
+        to_i32("packed rows", geo.prows)?,
+        to_i32("cols", layout.cols())?,
+    );
+    let f = gpu.function(PtxFile::Gemv, HQQ_GEMV[elem_index(T::DTYPE)])?;
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch
+        .arg(packed)
+        .arg(scales)
+        .arg(zeros)
+        .arg(x)
+        .arg(&mut *partial)
+        .arg(&rows)
+        .arg(&g)
+        .arg(&prows)
+        .arg(&cols);
+    // SAFETY: signature (const u8*, const T*, const T*, const float*, float*, int, int, int, int)
+    // matches. check::<B4> proved packed.len() == prows*g, scales/zeros len == rows (one per code
+    // row, axis 1); the kernel reads packed[p*g .. p*g+g] for p < prows (16-byte vectors only when
+    // g % 16 == 0, so aligned), params and partial at code rows < rows, and x[(r*g) % cols + c]
+    // with c < g <= cols and g | cols, so < cols.
+    unsafe { launch.launch(launch_1d(geo.prows)) }?;
+    let (outs, per) =
+        (to_i32("rows", layout.rows())?, to_i32("groups per row", layout.cols() / layout.group_size())?);
+    let f = gpu.function(PtxFile::Gemv, GEMV_REDUCE_ROWS)?;
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(&*partial).arg(y).arg(&outs).arg(&per);
+    // SAFETY: signature (const float*, float*, int, int) matches; partial has rows*per = groups
+    // elements and y has rows, checked above; the kernel reads partial[o*per + t], t < per, and
+    // writes y[o], o < rows.
+    unsafe { launch.launch(launch_1d(layout.rows())) }?;
+    Ok(())
+}
+
+/// Input rows each thread of the GPTQ GEMV covers: the largest of 64, 32, 16, 8 dividing K
+/// (more threads in flight for the memory system, at the cost of K/64 partial sums per output).
+fn gptq_slice_rows(k: usize) -> usize {
+    [64, 32, 16, 8].into_iter().find(|s| k.is_multiple_of(*s)).unwrap_or(8)
+}
+
+/// Length of the `partial` scratch buffer [`gptq_gemv_cuda`] needs.
+pub fn gptq_gemv_scratch_len(layout: &GptqLayout) -> usize {
+    layout.k() / gptq_slice_rows(layout.k()) * layout.n()
+}
+
+/// Fused batch-1 GEMV from a 4-bit GPTQ layer: `y[n] = sum_k W[k, n] * x[k]` (x: `K` f32, y:
+/// `N` f32), decoding in registers; act-order through the validated `g_idx`. Deterministic
+/// (per-slice partial sums, then the slices of each output in order). Other widths are
+/// [`Error::UnsupportedBits`].
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_gemv_cuda<T: CudaElem>(
+    gpu: &Gpu,
+    qweight: &CudaSlice<i32>,
+    qzeros: &CudaSlice<i32>,
+    scales: &CudaSlice<T>,
+    g_idx: &DeviceGIdx,
+    layout: &GptqLayout,
+    format: ZeroFormat,
+    x: &CudaSlice<f32>,
+    partial: &mut CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+) -> Result<()> {
+    if layout.bits() != 4 {
+        return Err(Error::UnsupportedBits(layout.bits()));
+    }
+    let (qr, qc) = layout.qweight_shape();
+    let (zr, zc) = layout.qzeros_shape();
+    expect("qweight", qr * qc, qweight.len())?;
+    expect("qzeros", zr * zc, qzeros.len())?;
+    expect("scales", layout.groups() * layout.n(), scales.len())?;
+    expect("g_idx", layout.k(), g_idx.k)?;
+    expect("g_idx groups", layout.groups(), g_idx.groups)?;
+    expect("x", layout.k(), x.len())?;
+    expect("y", layout.n(), y.len())?;
+    expect("partial", gptq_gemv_scratch_len(layout), partial.len())?;
+    if layout.k() == 0 || layout.n() == 0 {
+        return Ok(());
+    }
+    let slice_rows = gptq_slice_rows(layout.k());
+    let slices = layout.k() / slice_rows;
+    let (k, n, sr, sl) = (
+        to_i32("K", layout.k())?,
+        to_i32("N", layout.n())?,
+        to_i32("slice", slice_rows)?,
+        to_i32("slices", slices)?,
+    );
+    let fmt: i32 = if format == ZeroFormat::V1 { 0 } else { 1 };
+    let f = gpu.function(PtxFile::Gemv, GPTQ_GEMV[elem_index(T::DTYPE)])?;
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch
+        .arg(qweight)
+        .arg(qzeros)
+        .arg(scales)
+        .arg(&g_idx.buf)
+        .arg(x)
+        .arg(&mut *partial)
+        .arg(&k)
+        .arg(&n)
+        .arg(&sr)
+        .arg(&fmt);
+    // SAFETY: signature (const int*, const int*, const T*, const int*, const float*, float*, int,
+    // int, int, int) matches. 4-bit GptqLayout: K % 8 == 0 and N % 8 == 0, slice_rows divides K
+    // and is a multiple of 8; the kernel reads qweight word rows < K/8 at 4 columns n..n+4 <= N
+    // (16-byte aligned: n % 4 == 0), g = g_idx[k] < G (validated DeviceGIdx) for scales and
+    // qzeros rows, x[k] for k < K, and writes partial[s*N + n..n+4] for s < slices: all within the
+    // lengths checked above.
+    unsafe { launch.launch(launch_1d(slices * layout.n() / 4)) }?;
+    let f = gpu.function(PtxFile::Gemv, GEMV_REDUCE_COLS)?;
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(&*partial).arg(y).arg(&n).arg(&sl);
+    // SAFETY: signature (const float*, float*, int, int) matches; partial has slices*N elements,
+    // y has N; the kernel reads partial[s*N + n] and writes y[n] for n < N, s < slices.
+    unsafe { launch.launch(launch_1d(layout.n())) }?;
+    Ok(())
+}
+
+/// [`hqq_gemv_cuda`] from host slices (uploads everything, returns `y`).
+pub fn hqq_gemv_cuda_host<T: CudaElem>(
+    gpu: &Gpu,
+    packed: &[u8],
+    scales: &[T],
+    zeros: &[T],
+    layout: &HqqLayout,
+    x: &[f32],
+) -> Result<Vec<f32>> {
+    let (p, s, z, xd) = (gpu.upload(packed)?, gpu.upload(scales)?, gpu.upload(zeros)?, gpu.upload(x)?);
+    let mut partial = gpu.zeros::<f32>(hqq_gemv_scratch_len(layout))?;
+    let mut y = gpu.zeros::<f32>(layout.rows())?;
+    hqq_gemv_cuda(gpu, &p, &s, &z, layout, &xd, &mut partial, &mut y)?;
+    gpu.download(&y)
+}
+
+/// [`gptq_gemv_cuda`] from host slices (validates and uploads `g_idx`, returns `y`).
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_gemv_cuda_host<T: CudaElem>(
+    gpu: &Gpu,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[T],
+    g_idx: Option<&[i32]>,
+    layout: &GptqLayout,
+    format: ZeroFormat,
+    x: &[f32],
+) -> Result<Vec<f32>> {
+    let g = DeviceGIdx::upload(gpu, g_idx, layout)?;
+    let (qw, qz, s, xd) = (gpu.upload(qweight)?, gpu.upload(qzeros)?, gpu.upload(scales)?, gpu.upload(x)?);
+    let mut partial = gpu.zeros::<f32>(gptq_gemv_scratch_len(layout))?;
+    let mut y = gpu.zeros::<f32>(layout.n())?;
+    gptq_gemv_cuda(gpu, &qw, &qz, &s, &g, layout, format, &xd, &mut partial, &mut y)?;
+    gpu.download(&y)
 }
