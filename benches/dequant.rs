@@ -338,6 +338,32 @@ fn cuda_group(c: &mut Criterion) {
             });
         }
     }
+    // AWQ 4-bit, group 128, -> f16.
+    {
+        use quant_kernels::awq::AwqLayout;
+        use quant_kernels::cuda::awq_dequantize_cuda;
+        let l = AwqLayout::new(4096, 4096, 128).unwrap();
+        let aw = gpu
+            .upload(&(0..4096 * 512).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect::<Vec<_>>())
+            .unwrap();
+        let az = gpu
+            .upload(&(0..32 * 512).map(|i| (i as u32).wrapping_mul(40503) as i32).collect::<Vec<_>>())
+            .unwrap();
+        let asc = gpu.upload(&vec![f16::from_f32(0.01); 32 * 4096]).unwrap();
+        let mut aout = gpu.zeros::<f16>(4096 * 4096).unwrap();
+        g.throughput(Throughput::Bytes((4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * aout.len()) as u64));
+        g.bench_function(BenchmarkId::new("awq_4bit_g128_f16", "cuda"), |b| {
+            b.iter_custom(|iters| {
+                gpu.synchronize().unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    awq_dequantize_cuda(&gpu, &aw, &az, &asc, &l, &mut aout).unwrap();
+                }
+                gpu.synchronize().unwrap();
+                start.elapsed()
+            })
+        });
+    }
     for (name, g_idx) in [("gptq_4bit_g128_f16", None), ("gptq_4bit_g128_act_order_f16", Some(&act[..]))] {
         let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
         g.bench_function(BenchmarkId::new(name, "cuda"), |b| {

@@ -35,6 +35,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod awq;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod elem;

@@ -227,3 +227,27 @@ fn fused_gemv_matches_the_f64_reference() {
     let e = cuda::hqq_gemv_cuda_host::<f32>(&gpu, &[0; 256], &[0.0; 8], &[0.0; 8], &l, &[0.0; 64]);
     assert_eq!(e, Err(Error::UnsupportedAxis(0)));
 }
+
+#[test]
+fn awq_dequant_matches_the_cpu_reference() {
+    use quant_kernels::awq::{self, AwqLayout};
+    let Some(gpu) = gpu() else { return };
+    for (k, n, g) in [(1, 8, 1), (64, 40, 16), (128, 64, 32), (4096, 4096, 128)] {
+        let l = AwqLayout::new(k, n, g).unwrap();
+        let mut rng = Rng(k as u64 * 3 + n as u64);
+        let qw: Vec<i32> = (0..k * n / 8).map(|_| rng.next_u64() as i32).collect();
+        let qz: Vec<i32> = (0..l.groups() * n / 8).map(|_| rng.next_u64() as i32).collect();
+        let sf: Vec<f32> = (0..l.groups() * n).map(|_| rng.f32_in(-0.05, 0.05)).collect();
+        fn one<T: CudaElem>(gpu: &Gpu, qw: &[i32], qz: &[i32], sf: &[f32], l: &AwqLayout) {
+            let s: Vec<T> = sf.iter().map(|&v| T::from_f32(v)).collect();
+            let mut want = vec![T::default(); l.k() * l.n()];
+            awq::awq_dequantize_reference_into(qw, qz, &s, l, &mut want).unwrap();
+            let got = cuda::awq_dequantize_cuda_host(gpu, qw, qz, &s, l).unwrap();
+            let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
+            assert!(same, "awq K{} N{} {}", l.k(), l.n(), T::DTYPE);
+        }
+        one::<f32>(&gpu, &qw, &qz, &sf, &l);
+        one::<f16>(&gpu, &qw, &qz, &sf, &l);
+        one::<bf16>(&gpu, &qw, &qz, &sf, &l);
+    }
+}

@@ -426,6 +426,45 @@ unsafe extern "C" {
     fn cpu_gemv_reduce_cols_f32(part: *const f32, y: *mut f32, n: i32, slices: i32, gr: u32, b: u32);
 }
 
+unsafe extern "C" {
+    // ptx/awq.cu: (qweight, qzeros, scales, out, K, N, group_size, grid, block)
+    fn cpu_awq_dequant_4b_f32(
+        w: *const i32,
+        z: *const i32,
+        s: *const f32,
+        o: *mut f32,
+        k: i32,
+        n: i32,
+        g: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_awq_dequant_4b_f16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        g: i32,
+        gr: u32,
+        b: u32,
+    );
+    fn cpu_awq_dequant_4b_bf16(
+        w: *const i32,
+        z: *const i32,
+        s: *const u16,
+        o: *mut u16,
+        k: i32,
+        n: i32,
+        g: i32,
+        gr: u32,
+        b: u32,
+    );
+}
+
+type AwqEntry<R> = unsafe extern "C" fn(*const i32, *const i32, *const R, *mut R, i32, i32, i32, u32, u32);
+
 type HqqGemvEntry<R> =
     unsafe extern "C" fn(*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32);
 type GptqGemvEntry<R> = unsafe extern "C" fn(
@@ -482,6 +521,8 @@ pub trait EmuElem: Copy + Default {
     const HQQ_GEMV: HqqGemvEntry<Self::Raw>;
     /// `gptq_gemv_4b_{elem}`.
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw>;
+    /// `awq_dequant_4b_{elem}`.
+    const AWQ: AwqEntry<Self::Raw>;
 }
 
 impl EmuElem for f32 {
@@ -499,6 +540,7 @@ impl EmuElem for f32 {
         [cpu_gptq_dequant_2b_f32, cpu_gptq_dequant_3b_f32, cpu_gptq_dequant_4b_f32, cpu_gptq_dequant_8b_f32];
     const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f32;
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f32;
+    const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_f32;
 }
 
 impl EmuElem for f16 {
@@ -516,6 +558,7 @@ impl EmuElem for f16 {
         [cpu_gptq_dequant_2b_f16, cpu_gptq_dequant_3b_f16, cpu_gptq_dequant_4b_f16, cpu_gptq_dequant_8b_f16];
     const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f16;
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f16;
+    const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_f16;
 }
 
 impl EmuElem for bf16 {
@@ -537,6 +580,7 @@ impl EmuElem for bf16 {
     ];
     const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_bf16;
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_bf16;
+    const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_bf16;
 }
 
 /// Run an emulated HQQ dequantization entry over `grid` x `block` threads.
@@ -768,4 +812,43 @@ pub fn gptq_gemv_4b<T: EmuElem>(
         cpu_gemv_reduce_cols_f32(partial.as_ptr(), y.as_mut_ptr(), i(n), i(slices), grid, block);
     }
     y
+}
+
+/// The emulated `awq_dequant_4b_{elem}`; returns `[K, N]`.
+///
+/// # Panics
+/// On inconsistent lengths (a test helper).
+#[allow(clippy::too_many_arguments)]
+pub fn awq_dequant<T: EmuElem>(
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[T],
+    k: usize,
+    n: usize,
+    group_size: usize,
+    grid: u32,
+    block: u32,
+) -> Vec<T> {
+    assert!(n.is_multiple_of(8) && group_size > 0 && k.is_multiple_of(group_size));
+    let groups = k / group_size;
+    assert_eq!((qweight.len(), qzeros.len(), scales.len()), (k * n / 8, groups * n / 8, groups * n));
+    let s: Vec<T::Raw> = scales.iter().map(|v| v.raw()).collect();
+    let mut out = vec![T::Raw::default(); k * n];
+    let i = |v: usize| i32::try_from(v).expect("fits i32");
+    // SAFETY: the entry reads qweight[0..k*n/8], qzeros/scales rows < groups and writes
+    // out[0..k*n]; lengths checked above; synchronous call.
+    unsafe {
+        T::AWQ(
+            qweight.as_ptr(),
+            qzeros.as_ptr(),
+            s.as_ptr(),
+            out.as_mut_ptr(),
+            i(k),
+            i(n),
+            i(group_size),
+            grid,
+            block,
+        )
+    };
+    out.into_iter().map(T::from_raw).collect()
 }

@@ -24,6 +24,7 @@
 //! ```
 #![allow(unsafe_code)]
 
+use crate::awq::AwqLayout;
 use crate::elem::{DType, Elem};
 use crate::error::{Error, Result};
 use crate::gptq::{GptqLayout, ZeroFormat};
@@ -47,11 +48,13 @@ pub enum PtxFile {
     Gptq,
     /// `ptx/gemv.ptx`: fused batch-1 dequant-GEMV (4-bit HQQ axis 1, 4-bit GPTQ).
     Gemv,
+    /// `ptx/awq.ptx`: AWQ (gemm) dequantization.
+    Awq,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 3] = [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv];
+    pub const ALL: [PtxFile; 4] = [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv, PtxFile::Awq];
 
     /// The PTX text.
     pub fn source(self) -> &'static str {
@@ -59,6 +62,7 @@ impl PtxFile {
             PtxFile::Hqq => include_str!("../../ptx/hqq.ptx"),
             PtxFile::Gptq => include_str!("../../ptx/gptq.ptx"),
             PtxFile::Gemv => include_str!("../../ptx/gemv.ptx"),
+            PtxFile::Awq => include_str!("../../ptx/awq.ptx"),
         }
     }
 
@@ -73,6 +77,7 @@ impl PtxFile {
                 .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
                 .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4)])
                 .collect(),
+            PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
         }
     }
 }
@@ -106,6 +111,9 @@ const GPTQ_GEMV: [&str; 3] = ["gptq_gemv_4b_f32", "gptq_gemv_4b_f16", "gptq_gemv
 const GEMV_REDUCE_ROWS: &str = "gemv_reduce_rows_f32";
 /// (partial, y, N, slices): y[n] = sum over s of partial[s*N + n].
 const GEMV_REDUCE_COLS: &str = "gemv_reduce_cols_f32";
+
+/// `awq_dequant_4b_{elem}`: (qweight, qzeros, scales, out, K, N, group_size).
+const AWQ_DEQUANT: [&str; 3] = ["awq_dequant_4b_f32", "awq_dequant_4b_f16", "awq_dequant_4b_bf16"];
 
 fn elem_index(elem: DType) -> usize {
     match elem {
@@ -581,4 +589,50 @@ pub fn gptq_gemv_cuda_host<T: CudaElem>(
     let mut y = gpu.zeros::<f32>(layout.n())?;
     gptq_gemv_cuda(gpu, &qw, &qz, &s, &g, layout, format, &xd, &mut partial, &mut y)?;
     gpu.download(&y)
+}
+
+/// Dequantize an AWQ layer on the GPU into `out` (`[K, N]`), same semantics and checks as
+/// [`crate::awq::awq_dequantize_into`] (scales and output share the type `T`). Asynchronous.
+pub fn awq_dequantize_cuda<T: CudaElem>(
+    gpu: &Gpu,
+    qweight: &CudaSlice<i32>,
+    qzeros: &CudaSlice<i32>,
+    scales: &CudaSlice<T>,
+    layout: &AwqLayout,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    expect("qweight", layout.k() * layout.packed_cols(), qweight.len())?;
+    expect("qzeros", layout.groups() * layout.packed_cols(), qzeros.len())?;
+    expect("scales", layout.groups() * layout.n(), scales.len())?;
+    expect("out", layout.k() * layout.n(), out.len())?;
+    let items = layout.k() * layout.packed_cols();
+    if items == 0 {
+        return Ok(());
+    }
+    let (k, n, gs) =
+        (to_i32("K", layout.k())?, to_i32("N", layout.n())?, to_i32("group size", layout.group_size())?);
+    let f = gpu.function(PtxFile::Awq, AWQ_DEQUANT[elem_index(T::DTYPE)])?;
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(qweight).arg(qzeros).arg(scales).arg(out).arg(&k).arg(&n).arg(&gs);
+    // SAFETY: signature (const int*, const int*, const T*, T*, int, int, int) matches. AwqLayout
+    // guarantees N % 8 == 0 and group_size | K; with the lengths checked above the kernel reads
+    // qweight[t] for t < K*N/8, qzeros and scales rows g = k / group_size < G (scales as 8-wide
+    // vectors at 8c, aligned), and writes out[k*N + 8c .. +8] within K*N.
+    unsafe { launch.launch(launch_1d(items)) }?;
+    Ok(())
+}
+
+/// [`awq_dequantize_cuda`] from and to host slices.
+pub fn awq_dequantize_cuda_host<T: CudaElem>(
+    gpu: &Gpu,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[T],
+    layout: &AwqLayout,
+) -> Result<Vec<T>> {
+    expect("qweight", layout.k() * layout.packed_cols(), qweight.len())?;
+    let (qw, qz, s) = (gpu.upload(qweight)?, gpu.upload(qzeros)?, gpu.upload(scales)?);
+    let mut out = gpu.zeros::<T>(layout.k() * layout.n())?;
+    awq_dequantize_cuda(gpu, &qw, &qz, &s, layout, &mut out)?;
+    gpu.download(&out)
 }
