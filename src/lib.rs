@@ -40,6 +40,7 @@ pub mod awq;
 pub mod cuda;
 pub mod elem;
 pub mod error;
+pub mod fp8;
 pub mod gptq;
 pub mod hqq;
 pub mod lanes;

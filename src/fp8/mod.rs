@@ -1,0 +1,273 @@
+//! FP8: the E4M3 ("fn": no infinities, NaN 0x7f/0xff, max 448) and E5M2 formats, decoded and
+//! encoded exactly as torch 2.15 does, and weights dequantized with a per-tensor scale or
+//! block-wise `weight_scale_inv` (DeepSeek-V3 / HF fine-grained FP8 / compressed-tensors).
+//!
+//! * Decode: every code to its exact `f32`; NaN codes to a quiet NaN carrying the sign and the
+//!   code's mantissa in the top payload bits (torch's bits).
+//! * Encode: round to nearest, ties to even; E4M3 saturates every finite value above 448 *and*
+//!   ±inf to ±448 (torch 2.15's cast); E5M2 overflows to ±inf (values >= 61440); NaN gives 0x7f
+//!   (0xff for a negative NaN); ±0 kept.
+//! * Block-wise dequantization: `out[r, c] = f32(w[r, c]) * scale_inv[r / br, c / bc]`, one f32
+//!   multiplication, on a ceil-divided grid (partial edge blocks use their block's scale).
+//!
+//! ```text
+//!  weight  u8 [rows, cols]                       FP8 codes (safetensors F8_E4M3 / F8_E5M2)
+//!  scale   [ceil(rows/br), ceil(cols/bc)]        f32 or bf16 (per-tensor: one value, block = shape)
+//! ```
+
+mod cpu;
+
+use crate::elem::Elem;
+use crate::error::{Error, Result};
+use crate::par::Parallelism;
+
+/// An FP8 format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fp8Format {
+    /// 4 exponent bits (bias 7), 3 mantissa bits, no infinities, NaN = 0x7f/0xff, max 448.
+    E4M3,
+    /// 5 exponent bits (bias 15), 2 mantissa bits, IEEE-style inf (0x7c) and NaN, max 57344.
+    E5M2,
+}
+
+impl Fp8Format {
+    const fn mbits(self) -> u32 {
+        match self {
+            Fp8Format::E4M3 => 3,
+            Fp8Format::E5M2 => 2,
+        }
+    }
+    const fn bias(self) -> i32 {
+        match self {
+            Fp8Format::E4M3 => 7,
+            Fp8Format::E5M2 => 15,
+        }
+    }
+    /// Largest finite value.
+    pub const fn max(self) -> f32 {
+        match self {
+            Fp8Format::E4M3 => 448.0,
+            Fp8Format::E5M2 => 57344.0,
+        }
+    }
+    /// The exact `f32` of a code (see the module docs for NaN).
+    ///
+    /// ```
+    /// use quant_kernels::fp8::Fp8Format::{E4M3, E5M2};
+    /// assert_eq!((E4M3.decode(0x7e), E4M3.decode(0x01), E5M2.decode(0x7b)), (448.0, 0.001953125, 57344.0));
+    /// assert!(E4M3.decode(0x7f).is_nan() && E5M2.decode(0xfc) == f32::NEG_INFINITY);
+    /// ```
+    pub fn decode(self, code: u8) -> f32 {
+        let (mbits, bias) = (self.mbits(), self.bias());
+        let ebits = 7 - mbits;
+        let sign = ((code >> 7) as u32) << 31;
+        let e = ((code >> mbits) & ((1 << ebits) - 1)) as i32;
+        let m = (code & ((1 << mbits) - 1)) as u32;
+        let emax = (1 << ebits) - 1;
+        let special = match self {
+            Fp8Format::E4M3 => e == emax && m == (1 << mbits) - 1,
+            Fp8Format::E5M2 => e == emax,
+        };
+        if special {
+            if self == Fp8Format::E5M2 && m == 0 {
+                return f32::from_bits(sign | 0x7f80_0000);
+            }
+            return f32::from_bits(sign | 0x7fc0_0000 | (m << (23 - mbits)));
+        }
+        let magnitude = if e == 0 {
+            m as f32 * f32::from_bits(((127 + 1 - bias - mbits as i32) as u32) << 23)
+        } else {
+            f32::from_bits((((e - bias + 127) as u32) << 23) | (m << (23 - mbits)))
+        };
+        if sign != 0 { -magnitude } else { magnitude }
+    }
+
+    /// The code of `x`, rounded to nearest even (see the module docs for overflow and NaN).
+    ///
+    /// ```
+    /// use quant_kernels::fp8::Fp8Format::{E4M3, E5M2};
+    /// assert_eq!((E4M3.encode(1.0), E4M3.encode(464.0), E4M3.encode(f32::INFINITY)), (0x38, 0x7e, 0x7e));
+    /// assert_eq!((E5M2.encode(61439.99), E5M2.encode(61440.0), E5M2.encode(-0.0)), (0x7b, 0x7c, 0x80));
+    /// ```
+    pub fn encode(self, x: f32) -> u8 {
+        let bits = x.to_bits();
+        let sign = ((bits >> 31) as u8) << 7;
+        let a = f32::from_bits(bits & 0x7fff_ffff);
+        if a.is_nan() {
+            return sign | 0x7f;
+        }
+        let overflow = match self {
+            Fp8Format::E4M3 => sign | 0x7e,
+            Fp8Format::E5M2 => sign | 0x7c,
+        };
+        if a.is_infinite() {
+            return overflow;
+        }
+        let (mbits, bias) = (self.mbits() as i32, self.bias());
+        let emin = 1 - bias;
+        // Exponent of a (f32 subnormals are far below every FP8 subnormal).
+        let e = ((a.to_bits() >> 23) as i32 - 127).max(emin);
+        let step = f32::from_bits(((e - mbits + 127) as u32) << 23); // 2^(e - mbits), exact
+        let q = (a / step).round_ties_even() as u32; // exact division by a power of two
+        let (mut e, mut q) = (e, q);
+        if q == 2 << mbits {
+            // Rounded up to the next binade.
+            e += 1;
+            q = 1 << mbits;
+        }
+        let code = if q < (1 << mbits) {
+            q // subnormal (e == emin)
+        } else {
+            (((e + bias) as u32) << mbits) | (q - (1 << mbits))
+        };
+        let limit = match self {
+            Fp8Format::E4M3 => 0x7e,
+            Fp8Format::E5M2 => 0x7b,
+        };
+        if code > limit { overflow } else { sign | code as u8 }
+    }
+
+    /// The 256 decoded values, indexed by code.
+    pub fn table(self) -> [f32; 256] {
+        std::array::from_fn(|c| self.decode(c as u8))
+    }
+}
+
+/// Shape of an FP8 weight and its scale grid.
+///
+/// ```
+/// use quant_kernels::fp8::Fp8Layout;
+/// let l = Fp8Layout::block(300, 260, 128, 128).unwrap();
+/// assert_eq!(l.scale_shape(), (3, 3));
+/// assert_eq!(Fp8Layout::per_tensor(300, 260).unwrap().scale_shape(), (1, 1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fp8Layout {
+    rows: usize,
+    cols: usize,
+    block_rows: usize,
+    block_cols: usize,
+}
+
+impl Fp8Layout {
+    /// Block-wise scales (`weight_block_size = [block_rows, block_cols]`), grid ceil-divided.
+    pub fn block(rows: usize, cols: usize, block_rows: usize, block_cols: usize) -> Result<Self> {
+        rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+        for b in [block_rows, block_cols] {
+            if b == 0 {
+                return Err(Error::GroupSize { group: 0, len: rows.max(cols) });
+            }
+        }
+        Ok(Self { rows, cols, block_rows, block_cols })
+    }
+    /// One scale for the whole tensor (`weight_scale`).
+    pub fn per_tensor(rows: usize, cols: usize) -> Result<Self> {
+        Self::block(rows, cols, rows.max(1), cols.max(1))
+    }
+    /// Rows of the weight.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns of the weight.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// `(block_rows, block_cols)`.
+    pub fn block_size(&self) -> (usize, usize) {
+        (self.block_rows, self.block_cols)
+    }
+    /// `[ceil(rows / block_rows), ceil(cols / block_cols)]` (at least 1 x 1).
+    pub fn scale_shape(&self) -> (usize, usize) {
+        (self.rows.div_ceil(self.block_rows).max(1), self.cols.div_ceil(self.block_cols).max(1))
+    }
+}
+
+fn check<S>(l: &Fp8Layout, codes: usize, scales: &[S], out: usize) -> Result<()> {
+    let (sr, sc) = l.scale_shape();
+    for (what, expected, got) in
+        [("codes", l.rows * l.cols, codes), ("scales", sr * sc, scales.len()), ("out", l.rows * l.cols, out)]
+    {
+        if expected != got {
+            return Err(Error::LengthMismatch { what, expected, got });
+        }
+    }
+    Ok(())
+}
+
+/// Dequantize FP8 codes: `out[r, c] = decode(codes[r, c]) * scales[r / br, c / bc]` (one f32
+/// multiplication, rounded once to `O`), SIMD-dispatched and on rayon's pool when `par` allows.
+///
+/// ```
+/// use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+/// use quant_kernels::Parallelism;
+/// let l = Fp8Layout::block(2, 3, 1, 2)?;                  // scale grid [2, 2]
+/// let codes = [0x38, 0x40, 0xb8, 0x38, 0x38, 0x38];        // 1, 2, -1 / 1, 1, 1
+/// let w: Vec<f32> = fp8::fp8_dequantize(&codes, Fp8Format::E4M3, &[1.0f32, 10.0, 0.5, 4.0], &l,
+///                                       Parallelism::Serial)?;
+/// assert_eq!(w, [1.0, 2.0, -10.0, 0.5, 0.5, 4.0]);
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+pub fn fp8_dequantize_into<S: Elem, O: Elem>(
+    codes: &[u8],
+    format: Fp8Format,
+    scales: &[S],
+    layout: &Fp8Layout,
+    out: &mut [O],
+    par: Parallelism,
+) -> Result<()> {
+    check(layout, codes.len(), scales, out.len())?;
+    cpu::dequant(codes, format, scales, layout, out, par);
+    Ok(())
+}
+
+/// The allocating form of [`fp8_dequantize_into`].
+pub fn fp8_dequantize<S: Elem, O: Elem>(
+    codes: &[u8],
+    format: Fp8Format,
+    scales: &[S],
+    layout: &Fp8Layout,
+    par: Parallelism,
+) -> Result<Vec<O>> {
+    let mut out = vec![O::default(); layout.rows * layout.cols];
+    fp8_dequantize_into(codes, format, scales, layout, &mut out, par)?;
+    Ok(out)
+}
+
+/// The naive oracle: the same checks, then one weight at a time with [`Fp8Format::decode`].
+pub fn fp8_dequantize_reference_into<S: Elem, O: Elem>(
+    codes: &[u8],
+    format: Fp8Format,
+    scales: &[S],
+    layout: &Fp8Layout,
+    out: &mut [O],
+) -> Result<()> {
+    check(layout, codes.len(), scales, out.len())?;
+    let (_, sc) = layout.scale_shape();
+    for (i, o) in out.iter_mut().enumerate() {
+        let (r, c) = (i / layout.cols, i % layout.cols);
+        let s = scales[(r / layout.block_rows) * sc + c / layout.block_cols].to_f32();
+        *o = O::from_f32(format.decode(codes[i]) * s);
+    }
+    Ok(())
+}
+
+/// Quantize `f32` weights to FP8 with block-wise scales `amax(block) / max(format)` (1 for an
+/// all-zero block): returns `(codes, scale_inv)` such that [`fp8_dequantize`] approximates `w`.
+pub fn fp8_quantize(w: &[f32], format: Fp8Format, layout: &Fp8Layout) -> Result<(Vec<u8>, Vec<f32>)> {
+    check::<f32>(layout, w.len(), &vec![0f32; layout.scale_shape().0 * layout.scale_shape().1], w.len())?;
+    let (sr, sc) = layout.scale_shape();
+    let (br, bc) = layout.block_size();
+    let mut amax = vec![0f32; sr * sc];
+    for (i, &x) in w.iter().enumerate() {
+        let b = (i / layout.cols / br) * sc + (i % layout.cols) / bc;
+        amax[b] = amax[b].max(x.abs());
+    }
+    let scales: Vec<f32> =
+        amax.iter().map(|&a| if a > 0.0 && a.is_finite() { a / format.max() } else { 1.0 }).collect();
+    let codes = w
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| format.encode(x / scales[(i / layout.cols / br) * sc + (i % layout.cols) / bc]))
+        .collect();
+    Ok((codes, scales))
+}
