@@ -338,6 +338,27 @@ fn cuda_group(c: &mut Criterion) {
             });
         }
     }
+    // FP8 E4M3 with 128x128 block scales -> bf16 (the usual load dtype) and f16.
+    {
+        use quant_kernels::cuda::fp8_dequantize_cuda;
+        use quant_kernels::fp8::{Fp8Format, Fp8Layout};
+        let l = Fp8Layout::block(4096, 4096, 128, 128).unwrap();
+        let codes = gpu.upload(&(0..4096 * 4096).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+        let sc = gpu.upload(&vec![0.01f32; 32 * 32]).unwrap();
+        let mut ob = gpu.zeros::<bf16>(4096 * 4096).unwrap();
+        g.throughput(Throughput::Bytes((codes.len() + 4 * sc.len() + 2 * ob.len()) as u64));
+        g.bench_function(BenchmarkId::new("fp8_e4m3_block128_bf16", "cuda"), |b| {
+            b.iter_custom(|iters| {
+                gpu.synchronize().unwrap();
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    fp8_dequantize_cuda(&gpu, &codes, Fp8Format::E4M3, &sc, &l, &mut ob).unwrap();
+                }
+                gpu.synchronize().unwrap();
+                start.elapsed()
+            })
+        });
+    }
     // AWQ 4-bit, group 128, -> f16.
     {
         use quant_kernels::awq::AwqLayout;

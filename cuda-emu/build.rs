@@ -1,6 +1,6 @@
 //! Compiles ../ptx/*.cu as C++20 against cuda_cpu_shim.h (threads and blocks become loops).
 fn main() {
-    let kernels = ["../ptx/hqq.cu", "../ptx/gptq.cu", "../ptx/gemv.cu", "../ptx/awq.cu"];
+    let kernels = ["../ptx/hqq.cu", "../ptx/gptq.cu", "../ptx/gemv.cu", "../ptx/awq.cu", "../ptx/fp8.cu"];
     let mut b = cc::Build::new();
     b.cpp(true)
         .std("c++20")

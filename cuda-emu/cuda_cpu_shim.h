@@ -50,3 +50,7 @@ inline void cpu_launch_serial(qk_dim3 grid, qk_dim3 block, F body) {
                         }
             }
 }
+
+// Bit casts between float and int (CUDA intrinsics).
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }

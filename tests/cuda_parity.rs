@@ -251,3 +251,35 @@ fn awq_dequant_matches_the_cpu_reference() {
         one::<bf16>(&gpu, &qw, &qz, &sf, &l);
     }
 }
+
+#[test]
+fn fp8_dequant_matches_the_cpu_reference() {
+    use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+    let Some(gpu) = gpu() else { return };
+    for (rows, cols, br, bc) in
+        [(1, 1, 128, 128), (300, 260, 128, 128), (7, 13, 4, 4), (4096, 4096, 128, 128)]
+    {
+        let l = Fp8Layout::block(rows, cols, br, bc).unwrap();
+        let mut rng = Rng((rows * cols) as u64);
+        let codes: Vec<u8> = (0..rows * cols).map(|_| rng.next_u64() as u8).collect();
+        let (sr, sc) = l.scale_shape();
+        let scales: Vec<f32> = (0..sr * sc).map(|_| rng.f32_in(1e-4, 1e-2)).collect();
+        for f in [Fp8Format::E4M3, Fp8Format::E5M2] {
+            fn one<T: CudaElem>(gpu: &Gpu, codes: &[u8], f: Fp8Format, s: &[f32], l: &Fp8Layout) {
+                let mut want = vec![T::default(); codes.len()];
+                fp8::fp8_dequantize_reference_into(codes, f, s, l, &mut want).unwrap();
+                let got: Vec<T> = cuda::fp8_dequantize_cuda_host(gpu, codes, f, s, l).unwrap();
+                // Bit-exact, except that a NaN code gives a NaN whose payload the GPU canonicalizes
+                // (its FMUL returns 0x7fffffff), where the CPU keeps torch's payload.
+                let same = got.iter().zip(&want).all(|(a, b)| {
+                    let (a, b) = (a.to_f32(), b.to_f32());
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+                });
+                assert!(same, "fp8 {f:?} {}x{} {}", l.rows(), l.cols(), T::DTYPE);
+            }
+            one::<f32>(&gpu, &codes, f, &scales, &l);
+            one::<f16>(&gpu, &codes, f, &scales, &l);
+            one::<bf16>(&gpu, &codes, f, &scales, &l);
+        }
+    }
+}

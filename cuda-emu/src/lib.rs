@@ -463,6 +463,78 @@ unsafe extern "C" {
     );
 }
 
+unsafe extern "C" {
+    // ptx/fp8.cu: (codes, scales, out, rows, cols, block_rows, block_cols, grid, block)
+    fn cpu_fp8_dequant_e4m3_f32(
+        c: *const u8,
+        s: *const f32,
+        o: *mut f32,
+        r: i32,
+        cl: i32,
+        br: i32,
+        bc: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_fp8_dequant_e4m3_f16(
+        c: *const u8,
+        s: *const f32,
+        o: *mut u16,
+        r: i32,
+        cl: i32,
+        br: i32,
+        bc: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_fp8_dequant_e4m3_bf16(
+        c: *const u8,
+        s: *const f32,
+        o: *mut u16,
+        r: i32,
+        cl: i32,
+        br: i32,
+        bc: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_fp8_dequant_e5m2_f32(
+        c: *const u8,
+        s: *const f32,
+        o: *mut f32,
+        r: i32,
+        cl: i32,
+        br: i32,
+        bc: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_fp8_dequant_e5m2_f16(
+        c: *const u8,
+        s: *const f32,
+        o: *mut u16,
+        r: i32,
+        cl: i32,
+        br: i32,
+        bc: i32,
+        g: u32,
+        b: u32,
+    );
+    fn cpu_fp8_dequant_e5m2_bf16(
+        c: *const u8,
+        s: *const f32,
+        o: *mut u16,
+        r: i32,
+        cl: i32,
+        br: i32,
+        bc: i32,
+        g: u32,
+        b: u32,
+    );
+}
+
+type Fp8Entry<R> = unsafe extern "C" fn(*const u8, *const f32, *mut R, i32, i32, i32, i32, u32, u32);
+
 type AwqEntry<R> = unsafe extern "C" fn(*const i32, *const i32, *const R, *mut R, i32, i32, i32, u32, u32);
 
 type HqqGemvEntry<R> =
@@ -523,6 +595,8 @@ pub trait EmuElem: Copy + Default {
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw>;
     /// `awq_dequant_4b_{elem}`.
     const AWQ: AwqEntry<Self::Raw>;
+    /// `fp8_dequant_{e4m3,e5m2}_{elem}`.
+    const FP8: [Fp8Entry<Self::Raw>; 2];
 }
 
 impl EmuElem for f32 {
@@ -541,6 +615,7 @@ impl EmuElem for f32 {
     const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f32;
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f32;
     const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_f32;
+    const FP8: [Fp8Entry<Self::Raw>; 2] = [cpu_fp8_dequant_e4m3_f32, cpu_fp8_dequant_e5m2_f32];
 }
 
 impl EmuElem for f16 {
@@ -559,6 +634,7 @@ impl EmuElem for f16 {
     const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f16;
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f16;
     const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_f16;
+    const FP8: [Fp8Entry<Self::Raw>; 2] = [cpu_fp8_dequant_e4m3_f16, cpu_fp8_dequant_e5m2_f16];
 }
 
 impl EmuElem for bf16 {
@@ -581,6 +657,7 @@ impl EmuElem for bf16 {
     const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_bf16;
     const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_bf16;
     const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_bf16;
+    const FP8: [Fp8Entry<Self::Raw>; 2] = [cpu_fp8_dequant_e4m3_bf16, cpu_fp8_dequant_e5m2_bf16];
 }
 
 /// Run an emulated HQQ dequantization entry over `grid` x `block` threads.
@@ -848,6 +925,45 @@ pub fn awq_dequant<T: EmuElem>(
             i(group_size),
             grid,
             block,
+        )
+    };
+    out.into_iter().map(T::from_raw).collect()
+}
+
+/// The emulated `fp8_dequant_{e4m3 (format 0), e5m2 (1)}_{elem}`; returns `[rows, cols]`.
+///
+/// # Panics
+/// On inconsistent lengths (a test helper).
+#[allow(clippy::too_many_arguments)]
+pub fn fp8_dequant<T: EmuElem>(
+    format: usize,
+    codes: &[u8],
+    scales: &[f32],
+    rows: usize,
+    cols: usize,
+    block: (usize, usize),
+    grid: u32,
+    threads: u32,
+) -> Vec<T> {
+    let (br, bc) = block;
+    assert!(br > 0 && bc > 0 && format < 2);
+    assert_eq!(codes.len(), rows * cols);
+    assert_eq!(scales.len(), rows.div_ceil(br).max(1) * cols.div_ceil(bc).max(1));
+    let mut out = vec![T::Raw::default(); rows * cols];
+    let i = |v: usize| i32::try_from(v).expect("fits i32");
+    // SAFETY: the entry reads codes/out at r*cols + c < rows*cols and scales at
+    // (r/br)*ceil(cols/bc) + c/bc within the grid checked above; synchronous call.
+    unsafe {
+        T::FP8[format](
+            codes.as_ptr(),
+            scales.as_ptr(),
+            out.as_mut_ptr(),
+            i(rows),
+            i(cols),
+            i(br),
+            i(bc),
+            grid,
+            threads,
         )
     };
     out.into_iter().map(T::from_raw).collect()

@@ -27,6 +27,7 @@
 use crate::awq::AwqLayout;
 use crate::elem::{DType, Elem};
 use crate::error::{Error, Result};
+use crate::fp8::{Fp8Format, Fp8Layout};
 use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::hqq::{self, HqqLayout};
 use crate::pack::{Bits, Packing};
@@ -50,11 +51,13 @@ pub enum PtxFile {
     Gemv,
     /// `ptx/awq.ptx`: AWQ (gemm) dequantization.
     Awq,
+    /// `ptx/fp8.ptx`: FP8 (E4M3, E5M2) dequantization with block or per-tensor scales.
+    Fp8,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 4] = [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv, PtxFile::Awq];
+    pub const ALL: [PtxFile; 5] = [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv, PtxFile::Awq, PtxFile::Fp8];
 
     /// The PTX text.
     pub fn source(self) -> &'static str {
@@ -63,6 +66,7 @@ impl PtxFile {
             PtxFile::Gptq => include_str!("../../ptx/gptq.ptx"),
             PtxFile::Gemv => include_str!("../../ptx/gemv.ptx"),
             PtxFile::Awq => include_str!("../../ptx/awq.ptx"),
+            PtxFile::Fp8 => include_str!("../../ptx/fp8.ptx"),
         }
     }
 
@@ -78,6 +82,7 @@ impl PtxFile {
                 .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4)])
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
+            PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
         }
     }
 }
@@ -114,6 +119,12 @@ const GEMV_REDUCE_COLS: &str = "gemv_reduce_cols_f32";
 
 /// `awq_dequant_4b_{elem}`: (qweight, qzeros, scales, out, K, N, group_size).
 const AWQ_DEQUANT: [&str; 3] = ["awq_dequant_4b_f32", "awq_dequant_4b_f16", "awq_dequant_4b_bf16"];
+
+/// `fp8_dequant_{e4m3,e5m2}_{elem}`: (codes, scales f32, out, rows, cols, block_rows, block_cols).
+const FP8_DEQUANT: [[&str; 3]; 2] = [
+    ["fp8_dequant_e4m3_f32", "fp8_dequant_e4m3_f16", "fp8_dequant_e4m3_bf16"],
+    ["fp8_dequant_e5m2_f32", "fp8_dequant_e5m2_f16", "fp8_dequant_e5m2_bf16"],
+];
 
 fn elem_index(elem: DType) -> usize {
     match elem {
@@ -634,5 +645,66 @@ pub fn awq_dequantize_cuda_host<T: CudaElem>(
     let (qw, qz, s) = (gpu.upload(qweight)?, gpu.upload(qzeros)?, gpu.upload(scales)?);
     let mut out = gpu.zeros::<T>(layout.k() * layout.n())?;
     awq_dequantize_cuda(gpu, &qw, &qz, &s, layout, &mut out)?;
+    gpu.download(&out)
+}
+
+/// Dequantize FP8 codes on the GPU: `out[r, c] = decode(codes[r, c]) * scales[r / br, c / bc]`
+/// with `f32` scales (the checkpoint's `weight_scale_inv`, widened on the host if stored as
+/// bf16), same semantics and checks as [`crate::fp8::fp8_dequantize_into`]. Asynchronous.
+/// Identical bits to the CPU path except for NaN codes: the result is NaN on both, but the GPU's
+/// multiplication returns the canonical NaN where the CPU keeps torch's payload.
+pub fn fp8_dequantize_cuda<T: CudaElem>(
+    gpu: &Gpu,
+    codes: &CudaSlice<u8>,
+    format: Fp8Format,
+    scales: &CudaSlice<f32>,
+    layout: &Fp8Layout,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    let (sr, sc) = layout.scale_shape();
+    expect("codes", layout.rows() * layout.cols(), codes.len())?;
+    expect("scales", sr * sc, scales.len())?;
+    expect("out", layout.rows() * layout.cols(), out.len())?;
+    if codes.len() == 0 {
+        return Ok(());
+    }
+    let (br, bc) = layout.block_size();
+    let (rows, cols, br, bc) = (
+        to_i32("rows", layout.rows())?,
+        to_i32("cols", layout.cols())?,
+        to_i32("block rows", br)?,
+        to_i32("block cols", bc)?,
+    );
+    let fmt = match format {
+        Fp8Format::E4M3 => 0,
+        Fp8Format::E5M2 => 1,
+    };
+    let f = gpu.function(PtxFile::Fp8, FP8_DEQUANT[fmt][elem_index(T::DTYPE)])?;
+    let items = if layout.cols().is_multiple_of(8) { codes.len() / 8 } else { codes.len() };
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(codes).arg(scales).arg(out).arg(&rows).arg(&cols).arg(&br).arg(&bc);
+    // SAFETY: signature (const u8*, const float*, T*, int, int, int, int) matches. With the
+    // lengths checked above the kernel reads codes and writes out at r*cols + c < rows*cols
+    // (8-wide vectors only when cols % 8 == 0, aligned), and scales at
+    // (r / br) * ceil(cols / bc) + c / bc < scale rows * scale cols.
+    unsafe { launch.launch(launch_1d(items)) }?;
+    Ok(())
+}
+
+/// [`fp8_dequantize_cuda`] from and to host slices (scales in any [`Elem`] type, widened to f32).
+pub fn fp8_dequantize_cuda_host<S: Elem, T: CudaElem>(
+    gpu: &Gpu,
+    codes: &[u8],
+    format: Fp8Format,
+    scales: &[S],
+    layout: &Fp8Layout,
+) -> Result<Vec<T>> {
+    let (sr, sc) = layout.scale_shape();
+    expect("scales", sr * sc, scales.len())?;
+    let mut sf = vec![0f32; scales.len()];
+    S::slice_to_f32(scales, &mut sf);
+    let (c, s) = (gpu.upload(codes)?, gpu.upload(&sf)?);
+    let mut out = gpu.zeros::<T>(layout.rows() * layout.cols())?;
+    fp8_dequantize_cuda(gpu, &c, format, &s, layout, &mut out)?;
     gpu.download(&out)
 }
