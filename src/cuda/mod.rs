@@ -665,7 +665,7 @@ pub fn fp8_dequantize_cuda<T: CudaElem>(
     expect("codes", layout.rows() * layout.cols(), codes.len())?;
     expect("scales", sr * sc, scales.len())?;
     expect("out", layout.rows() * layout.cols(), out.len())?;
-    if codes.len() == 0 {
+    if codes.is_empty() {
         return Ok(());
     }
     let (br, bc) = layout.block_size();
