@@ -164,6 +164,49 @@ fn gptq_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// AWQ (4-bit g128, f16 scales) and FP8 (E4M3, 128x128 f32 block scales) 4096x4096 -> f16.
+fn awq_fp8_group(c: &mut Criterion) {
+    use quant_kernels::awq::{self, AwqLayout};
+    use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+    let n = 4096 * 4096;
+    let mut out = vec![f16::ZERO; n];
+    let mut g = c.benchmark_group("awq_fp8_4096x4096_to_f16");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    memcpy_case(&mut g, 2 * n);
+    let l = AwqLayout::new(4096, 4096, 128).unwrap();
+    let qw: Vec<i32> = (0..n / 8).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
+    let qz: Vec<i32> = (0..32 * 512).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
+    let sc: Vec<f16> = (0..32 * 4096).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
+    g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len()) + 2 * sc.len() + 2 * n) as u64));
+    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        g.bench_function(BenchmarkId::new("awq_4bit_g128", label), |b| {
+            b.iter(|| {
+                awq::awq_dequantize_into(black_box(&qw), &qz, &sc, &l, black_box(&mut out), par).unwrap()
+            })
+        });
+    }
+    let fl = Fp8Layout::block(4096, 4096, 128, 128).unwrap();
+    let codes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let fs = vec![0.01f32; 32 * 32];
+    g.throughput(Throughput::Bytes((n + 4 * fs.len() + 2 * n) as u64));
+    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        g.bench_function(BenchmarkId::new("fp8_e4m3_block128", label), |b| {
+            b.iter(|| {
+                fp8::fp8_dequantize_into(
+                    black_box(&codes),
+                    Fp8Format::E4M3,
+                    &fs,
+                    &fl,
+                    black_box(&mut out),
+                    par,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The naive oracle, to show the serial SIMD path's factor over it.
 fn reference(c: &mut Criterion) {
     let inp = input::<B4>(4096, 4096, 64, Axis::Zero);
