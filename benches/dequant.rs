@@ -459,6 +459,7 @@ criterion_group!(
     out_group::<f32>,
     model_shape,
     gptq_group,
+    awq_fp8_group,
     reference,
     cuda_group
 );
