@@ -129,6 +129,81 @@ pub(crate) fn affine_splat<W: Copy>(
     }
 }
 
+/// Per-column zeros and scales of a `[groups, n]` parameter matrix (GPTQ, AWQ): the zeros in
+/// the scales' type for the AVX-512 path (exact: integer zero points <= 256), and both widened
+/// to `f32` for the portable path, built only when that path will run.
+pub(crate) struct ColumnParams<'a, S> {
+    n: usize,
+    zeros: Vec<S>,
+    scales: &'a [S],
+    zf: Vec<f32>,
+    sf: Vec<f32>,
+}
+
+impl<'a, S: crate::elem::Elem> ColumnParams<'a, S> {
+    /// `zeros` and `scales` are `[groups, n]` row-major.
+    pub(crate) fn new(zeros: impl Iterator<Item = u32> + Clone, scales: &'a [S], n: usize) -> Self {
+        let avx512 = {
+            #[cfg(target_arch = "x86_64")]
+            {
+                v4::token().is_some()
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        let (zf, sf) = if avx512 {
+            (Vec::new(), Vec::new())
+        } else {
+            let mut sf = vec![0f32; scales.len()];
+            S::slice_to_f32(scales, &mut sf);
+            (zeros.clone().map(|z| z as f32).collect(), sf)
+        };
+        Self { n, zeros: zeros.map(|z| S::from_f32(z as f32)).collect(), scales, zf, sf }
+    }
+
+    /// Group `g`'s zeros and scales in the scales' type.
+    #[inline(always)]
+    pub(crate) fn row(&self, g: usize) -> (&[S], &[S]) {
+        let n = self.n;
+        (&self.zeros[g * n..(g + 1) * n], &self.scales[g * n..(g + 1) * n])
+    }
+
+    /// `dst[i] = ((src[i] >> shift) & mask - z[g][i]) * s[g][i]` with the best loop available.
+    #[inline(always)]
+    pub(crate) fn affine_row<W: crate::pack::Word, O: crate::elem::Elem>(
+        &self,
+        g: usize,
+        src: &[W],
+        shift: u32,
+        mask: u32,
+        dst: &mut [O],
+        scratch: &mut [f32; crate::elem::TILE],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v4) = v4::token() {
+            let (z, s) = self.row(g);
+            return v4::affine_lanes(v4, src, shift, mask, z, s, dst);
+        }
+        let n = self.n;
+        let (z, s) = (&self.zf[g * n..(g + 1) * n], &self.sf[g * n..(g + 1) * n]);
+        let tile = crate::elem::TILE;
+        for t0 in (0..dst.len()).step_by(tile) {
+            let m = tile.min(dst.len() - t0);
+            O::store_tile(&mut dst[t0..t0 + m], scratch, |buf| {
+                affine_lanes(
+                    &src[t0..],
+                    |w: W| (w.bits() >> shift) & mask,
+                    &z[t0..t0 + m],
+                    &s[t0..t0 + m],
+                    buf,
+                )
+            });
+        }
+    }
+}
+
 /// The x86-64-v4 (AVX-512) loops: 16 `f32` lanes per register, codes widened from their words,
 /// zeros/scales loaded and outputs stored in their own dtype (`vcvtph2ps` / `vcvtps2ph` for
 /// `f16`), so no widened copies or scratch tiles. Same operations and roundings as the portable

@@ -78,3 +78,30 @@ fn baseline_gptq_equals_the_reference() {
         }
     }
 }
+
+#[test]
+fn baseline_awq_and_fp8_equal_the_reference() {
+    use quant_kernels::awq::{self, AwqLayout};
+    use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+    lanes::force_baseline(true);
+    let mut rng = Rng(11);
+    let l = AwqLayout::new(256, 1056, 64).unwrap();
+    let qw: Vec<i32> = (0..256 * 1056 / 8).map(|_| rng.next_u64() as i32).collect();
+    let qz: Vec<i32> = (0..4 * 1056 / 8).map(|_| rng.next_u64() as i32).collect();
+    let s: Vec<f16> = (0..4 * 1056).map(|_| f16::from_f32(rng.f32_in(-0.05, 0.05))).collect();
+    let mut naive = vec![f16::ZERO; 256 * 1056];
+    awq::awq_dequantize_reference_into(&qw, &qz, &s, &l, &mut naive).unwrap();
+    for par in [Parallelism::Serial, Parallelism::Rayon] {
+        let fast: Vec<f16> = awq::awq_dequantize(&qw, &qz, &s, &l, par).unwrap();
+        assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "awq {par:?}");
+    }
+    let fl = Fp8Layout::block(300, 260, 128, 128).unwrap();
+    let codes: Vec<u8> = (0..300 * 260).map(|_| rng.next_u64() as u8).collect();
+    let fs: Vec<f32> = (0..9).map(|_| rng.f32_in(1e-4, 1e-2)).collect();
+    for f in [Fp8Format::E4M3, Fp8Format::E5M2] {
+        let mut naive = vec![bf16::ZERO; 300 * 260];
+        fp8::fp8_dequantize_reference_into(&codes, f, &fs, &fl, &mut naive).unwrap();
+        let fast: Vec<bf16> = fp8::fp8_dequantize(&codes, f, &fs, &fl, Parallelism::Rayon).unwrap();
+        assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "fp8 {f:?}");
+    }
+}

@@ -557,6 +557,25 @@ type GptqGemvEntry<R> = unsafe extern "C" fn(
 type GptqEntry<R> =
     unsafe extern "C" fn(*const i32, *const i32, *const R, *const i32, *mut R, i32, i32, i32, u32, u32);
 
+/// A deterministic generator (SplitMix64) for the emulation tests' inputs.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn f32_in(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+}
+
 /// The shape arguments of an HQQ dequantization launch (code matrix, packed rows, axis).
 #[derive(Debug, Clone, Copy)]
 pub struct HqqShape {

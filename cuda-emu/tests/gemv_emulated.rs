@@ -6,21 +6,7 @@ use half::{bf16, f16};
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::{B4, Elem};
-use quant_kernels_cuda_emu::{EmuElem, gptq_gemv_4b, hqq_gemv_4b};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn f(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
+use quant_kernels_cuda_emu::{EmuElem, SplitMix as Rng, gptq_gemv_4b, hqq_gemv_4b};
 
 fn close(got: &[f32], w: &[f32], x: &[f32], rows: usize, cols: usize, transposed: bool, what: &str) {
     for (o, g) in got.iter().enumerate() {
@@ -35,10 +21,10 @@ fn hqq_case<T: Elem + EmuElem>(rows: usize, cols: usize, g: usize) {
     let l = HqqLayout::new(rows, cols, g, Axis::One).unwrap();
     let (pr, pc) = l.packed_shape(quant_kernels::Bits::B4).unwrap();
     let mut rng = Rng((rows * 1000 + cols) as u64);
-    let words: Vec<u8> = (0..pr * pc).map(|_| rng.next() as u8).collect();
-    let s: Vec<T> = (0..l.groups()).map(|_| <T as Elem>::from_f32(rng.f(-0.1, 0.1))).collect();
-    let z: Vec<T> = (0..l.groups()).map(|_| <T as Elem>::from_f32(rng.f(0.0, 15.0))).collect();
-    let x: Vec<f32> = (0..cols).map(|_| rng.f(-1.0, 1.0)).collect();
+    let words: Vec<u8> = (0..pr * pc).map(|_| rng.next_u64() as u8).collect();
+    let s: Vec<T> = (0..l.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(-0.1, 0.1))).collect();
+    let z: Vec<T> = (0..l.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(0.0, 15.0))).collect();
+    let x: Vec<f32> = (0..cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; rows * cols];
     hqq::dequant_reference_into::<B4, T, f32>(&words, &s, &z, &l, &mut w).unwrap();
     for (grid, block) in [(1u32, 1u32), (2, 32), (5, 64)] {
@@ -52,16 +38,16 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
     let mut rng = Rng(k as u64 * 7 + n as u64);
     let (qr, qc) = l.qweight_shape();
     let (zr, zc) = l.qzeros_shape();
-    let qweight: Vec<i32> = (0..qr * qc).map(|_| rng.next() as i32).collect();
-    let qzeros: Vec<i32> = (0..zr * zc).map(|_| rng.next() as i32).collect();
-    let s: Vec<T> = (0..l.groups() * n).map(|_| <T as Elem>::from_f32(rng.f(-0.05, 0.05))).collect();
+    let qweight: Vec<i32> = (0..qr * qc).map(|_| rng.next_u64() as i32).collect();
+    let qzeros: Vec<i32> = (0..zr * zc).map(|_| rng.next_u64() as i32).collect();
+    let s: Vec<T> = (0..l.groups() * n).map(|_| <T as Elem>::from_f32(rng.f32_in(-0.05, 0.05))).collect();
     let mut g_idx = l.default_g_idx();
     if act {
         for i in (1..k).rev() {
-            g_idx.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            g_idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
     }
-    let x: Vec<f32> = (0..k).map(|_| rng.f(-1.0, 1.0)).collect();
+    let x: Vec<f32> = (0..k).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; k * n];
     gptq::gptq_dequantize_reference_into(&qweight, &qzeros, &s, Some(&g_idx), &l, f, &mut w).unwrap();
     let fmt = if f == ZeroFormat::V1 { 0 } else { 1 };

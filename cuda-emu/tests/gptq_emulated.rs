@@ -5,32 +5,21 @@
 use half::{bf16, f16};
 use quant_kernels::Elem;
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
-use quant_kernels_cuda_emu::{EmuElem, gptq_dequant};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use quant_kernels_cuda_emu::{EmuElem, SplitMix as Rng, gptq_dequant};
 
 fn case<T: Elem + EmuElem>(k: usize, n: usize, bits: u8, g: i64, act: bool, f: ZeroFormat) {
     let l = GptqLayout::new(k, n, bits, g).unwrap();
     let mut rng = Rng(k as u64 * 31 + n as u64 + bits as u64);
     let (qr, qc) = l.qweight_shape();
     let (zr, zc) = l.qzeros_shape();
-    let qweight: Vec<i32> = (0..qr * qc).map(|_| rng.next() as i32).collect();
-    let qzeros: Vec<i32> = (0..zr * zc).map(|_| rng.next() as i32).collect();
+    let qweight: Vec<i32> = (0..qr * qc).map(|_| rng.next_u64() as i32).collect();
+    let qzeros: Vec<i32> = (0..zr * zc).map(|_| rng.next_u64() as i32).collect();
     let scales: Vec<T> =
-        (0..l.groups() * n).map(|_| T::from_f32((rng.next() % 1000) as f32 * 1e-4 - 0.05)).collect();
+        (0..l.groups() * n).map(|_| T::from_f32((rng.next_u64() % 1000) as f32 * 1e-4 - 0.05)).collect();
     let mut g_idx = l.default_g_idx();
     if act {
         for i in (1..k).rev() {
-            g_idx.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            g_idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
     }
     let mut want = vec![T::from_f32(0.0); k * n];

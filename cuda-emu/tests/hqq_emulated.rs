@@ -6,22 +6,7 @@ use half::{bf16, f16};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
 use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing};
-use quant_kernels_cuda_emu::{EmuElem, HqqShape, hqq_dequant_3b, hqq_dequant_u8};
-
-/// SplitMix64, so inputs are deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn f32_in(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
+use quant_kernels_cuda_emu::{EmuElem, HqqShape, SplitMix as Rng, hqq_dequant_3b, hqq_dequant_u8};
 
 const LAUNCHES: [(u32, u32); 4] = [(1, 1), (1, 32), (3, 64), (64, 128)];
 
@@ -31,7 +16,7 @@ fn case<P: Packing, T: Elem + EmuElem>(rows: usize, cols: usize, g: usize, axis:
     let (cr, _) = layout.code_shape();
     let mut rng = Rng(seed);
     let words: Vec<P::Word> =
-        (0..pr * pc).map(|_| P::Word::from_bits(rng.next() as u32 & 0x3fff_ffff)).collect();
+        (0..pr * pc).map(|_| P::Word::from_bits(rng.next_u64() as u32 & 0x3fff_ffff)).collect();
     let s: Vec<T> = (0..layout.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(-0.1, 0.1))).collect();
     let z: Vec<T> = (0..layout.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(0.0, 16.0))).collect();
     let mut want = vec![<T as Elem>::from_f32(0.0); layout.numel()];

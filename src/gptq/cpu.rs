@@ -5,7 +5,7 @@
 use super::layout::locate;
 use super::{Checked, GptqLayout};
 use crate::elem::{Elem, TILE};
-use crate::lanes::{self, Kernel, affine_lanes};
+use crate::lanes::{self, ColumnParams, Kernel};
 use crate::par::{self, Parallelism};
 
 pub(crate) fn dequant<S: Elem, O: Elem>(
@@ -17,58 +17,27 @@ pub(crate) fn dequant<S: Elem, O: Elem>(
     par: Parallelism,
 ) {
     let n = layout.n();
-    // Zero points in the scales' type (exact: integers <= 256) for the AVX-512 path, and both
-    // widened to f32 for the portable one; G x N values, small next to K x N.
-    let zeros_s: Vec<S> = c.zeros.iter().map(|&z| S::from_f32(z as f32)).collect();
-    let portable = PortableParams::new(&c.zeros, scales);
+    // G x N values, small next to K x N.
+    let params = ColumnParams::new(c.zeros.iter().copied(), scales, n);
     par::row_chunks(out, n, par, |row0, out| {
-        lanes::dispatch(Rows {
-            layout,
-            qweight,
-            rows_group: &c.rows_group,
-            zeros_s: &zeros_s,
-            scales,
-            portable: &portable,
-            row0,
-            out,
-        })
+        lanes::dispatch(Rows { layout, qweight, rows_group: &c.rows_group, params: &params, row0, out })
     });
 }
 
-/// f32 zeros and scales, built only when the portable path will run.
-struct PortableParams {
-    z: Vec<f32>,
-    s: Vec<f32>,
-}
-
-impl PortableParams {
-    fn new<S: Elem>(zeros: &[u32], scales: &[S]) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if lanes::v4::token().is_some() {
-            return Self { z: Vec::new(), s: Vec::new() };
-        }
-        let mut s = vec![0f32; scales.len()];
-        S::slice_to_f32(scales, &mut s);
-        Self { z: zeros.iter().map(|&z| z as f32).collect(), s }
-    }
-}
-
-struct Rows<'a, S, O> {
+struct Rows<'a, 'b, S, O> {
     layout: &'a GptqLayout,
     qweight: &'a [i32],
     rows_group: &'a [u32],
-    zeros_s: &'a [S],
-    scales: &'a [S],
-    portable: &'a PortableParams,
+    params: &'a ColumnParams<'b, S>,
     row0: usize,
     out: &'a mut [O],
 }
 
-impl<S: Elem, O: Elem> Kernel for Rows<'_, S, O> {
+impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let Self { layout, qweight, rows_group, zeros_s, scales, portable, row0, out } = self;
+        let Self { layout, qweight, rows_group, params, row0, out } = self;
         let (n, bits) = (layout.n(), layout.bits());
         let mask = (1u32 << bits) - 1;
         #[cfg(target_arch = "x86_64")]
@@ -86,14 +55,10 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, S, O> {
                 rest = tail;
                 let mut outs: Vec<&mut [O]> = here.chunks_exact_mut(n).collect();
                 let shifts: Vec<u32> = (j0..j0 + count).map(|j| (bits as usize * j) as u32).collect();
-                let params: Vec<(&[S], &[S])> = (k..k + count)
-                    .map(|kk| {
-                        let g = rows_group[kk] as usize;
-                        (&zeros_s[g * n..(g + 1) * n], &scales[g * n..(g + 1) * n])
-                    })
-                    .collect();
+                let rows: Vec<(&[S], &[S])> =
+                    (k..k + count).map(|kk| params.row(rows_group[kk] as usize)).collect();
                 let src = &qweight[word_row * n..(word_row + 1) * n];
-                lanes::v4::affine_planes(v4, src, &shifts, mask, &params, &mut outs);
+                lanes::v4::affine_planes(v4, src, &shifts, mask, &rows, &mut outs);
                 k += count;
             }
             return;
@@ -115,21 +80,7 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, S, O> {
                 src = &straddle;
                 shift = 0;
             }
-            #[cfg(target_arch = "x86_64")]
-            if let Some(v4) = lanes::v4::token() {
-                let (z, s) = (&zeros_s[g * n..(g + 1) * n], &scales[g * n..(g + 1) * n]);
-                lanes::v4::affine_lanes(v4, src, shift, mask, z, s, dst);
-                continue;
-            }
-            let _ = (zeros_s, scales);
-            let (z, s) = (&portable.z[g * n..(g + 1) * n], &portable.s[g * n..(g + 1) * n]);
-            for t0 in (0..n).step_by(TILE) {
-                let m = TILE.min(n - t0);
-                let decode = |w: i32| ((w as u32) >> shift) & mask;
-                O::store_tile(&mut dst[t0..t0 + m], &mut scratch, |buf| {
-                    affine_lanes(&src[t0..], decode, &z[t0..t0 + m], &s[t0..t0 + m], buf)
-                });
-            }
+            params.affine_row(g, src, shift, mask, dst, &mut scratch);
         }
     }
 }
