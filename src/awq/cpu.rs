@@ -1,6 +1,6 @@
-//! The fast AWQ dequantization: per row, the interleaved words are spread to one code per lane
-//! (a small L1 scratch), then the shared affine row loop runs with the group's per-column zeros
-//! and scales; rayon over row chunks.
+//! The fast AWQ dequantization, rayon over row chunks. AVX-512: two words are broadcast to 16
+//! lanes and shifted by the interleave's bit positions, straight into the affine step. Portable:
+//! the words are spread to one code per lane in a small L1 scratch, then the shared row loop.
 
 use super::{AwqLayout, unpack_interleaved};
 use crate::elem::{Elem, TILE};
@@ -38,8 +38,17 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
         let (n, words) = (l.n(), l.packed_cols());
         let mut codes = vec![0i32; n];
         let mut scratch = [0f32; TILE];
+        // Bit position of column 8c + j within word c.
+        let shifts8: [u32; 8] = std::array::from_fn(|j| 4 * super::AWQ_REVERSE_ORDER[j] as u32);
         for (i, dst) in out.chunks_exact_mut(n).enumerate() {
             let k = row0 + i;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v4) = lanes::v4::token() {
+                let (z, s) = params.row(k / l.group_size());
+                lanes::v4::affine_interleaved4(v4, &qweight[k * words..(k + 1) * words], shifts8, z, s, dst);
+                continue;
+            }
+            let _ = shifts8;
             for (c8, &w) in codes.chunks_exact_mut(8).zip(&qweight[k * words..(k + 1) * words]) {
                 let w = w as u32;
                 for (j, c) in c8.iter_mut().enumerate() {
