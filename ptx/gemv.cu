@@ -25,14 +25,20 @@ __device__ __forceinline__ void hqq_gemv4_partial(const unsigned char* __restric
         const unsigned char* w = packed + p * g;
         float a0 = 0.0f, a1 = 0.0f;
         if ((g & 15) == 0) {
-            // 16 codes per aligned vector load (packed rows start at multiples of g bytes).
+            // 16 codes per aligned vector load (packed rows start at multiples of g bytes), x in
+            // aligned 4-float vectors (x rows start at multiples of g floats).
             for (int c0 = 0; c0 < g; c0 += 16) {
                 const QkVec<unsigned char, 16> v = *reinterpret_cast<const QkVec<unsigned char, 16>*>(w + c0);
 #pragma unroll
-                for (int c = 0; c < 16; ++c) {
-                    const unsigned b = v.v[c];
-                    a0 = a0 + (((float)(b >> 4) - z0) * s0) * x0[c0 + c];
-                    if (has1) a1 = a1 + (((float)(b & 15u) - z1) * s1) * x1[c0 + c];
+                for (int q4 = 0; q4 < 4; ++q4) {
+                    const QkVec<float, 4> xa = *reinterpret_cast<const QkVec<float, 4>*>(x0 + c0 + 4 * q4);
+                    const QkVec<float, 4> xb = *reinterpret_cast<const QkVec<float, 4>*>(x1 + c0 + 4 * q4);
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const unsigned b = v.v[4 * q4 + c];
+                        a0 = a0 + (((float)(b >> 4) - z0) * s0) * xa.v[c];
+                        if (has1) a1 = a1 + (((float)(b & 15u) - z1) * s1) * xb.v[c];
+                    }
                 }
             }
         } else {

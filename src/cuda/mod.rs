@@ -469,7 +469,8 @@ pub fn hqq_gemv_cuda<T: CudaElem>(
     // SAFETY: signature (const u8*, const T*, const T*, const float*, float*, int, int, int, int)
     // matches. check::<B4> proved packed.len() == prows*g, scales/zeros len == rows (one per code
     // row, axis 1); the kernel reads packed[p*g .. p*g+g] for p < prows (16-byte vectors only when
-    // g % 16 == 0, so aligned), params and partial at code rows < rows, and x[(r*g) % cols + c]
+    // g % 16 == 0, so aligned; x then in 4-float vectors at multiples of g floats from a
+    // cudaMalloc base, aligned), params and partial at code rows < rows, and x[(r*g) % cols + c]
     // with c < g <= cols and g | cols, so < cols.
     unsafe { launch.launch(launch_1d(geo.prows)) }?;
     let (outs, per) =
