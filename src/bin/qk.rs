@@ -3,7 +3,8 @@
 //! With no arguments it runs the demo: for each HQQ width it packs codes that the `hqq` Python
 //! library produced (embedded, see `tests/fixtures/hqq/`), checks the packing against hqq's,
 //! dequantizes, and prints the difference to hqq's dequantized weight and the quantization
-//! error; then it times 4-bit dequantization of a 4096x4096 weight next to a memcpy of the
+//! error; it does the same for embedded GPTQ, AWQ and FP8 layers written by their upstream
+//! libraries; then it times 4-bit dequantization of a 4096x4096 weight next to a memcpy of the
 //! output, naming the SIMD instruction set in use.
 
 use half::f16;
@@ -17,6 +18,13 @@ use std::time::{Duration, Instant};
 
 /// hqq 0.2.8 `Quantizer.quantize` outputs (the crate's test fixture), embedded.
 static HQQ_CASES: &[u8] = include_bytes!("../../tests/fixtures/hqq/quant.safetensors");
+/// A GPTQModel 7.7 / auto-gptq 0.7.1 layer: 4-bit, asym, act-order, group 32 (test fixture).
+static GPTQ_CASE: &[u8] =
+    include_bytes!("../../tests/fixtures/gptq/gptq_b4_asym_descact_g32_K128_N64.safetensors");
+/// An AutoAWQ 0.2.9 gemm layer: 4-bit, group 64 (test fixture).
+static AWQ_CASE: &[u8] = include_bytes!("../../tests/fixtures/awq/awq_gemm_b4_g64_K128_N64.safetensors");
+/// torch 2.15 FP8 vectors incl. a 300x260 E4M3 weight with 128x128 block scales (test fixture).
+static FP8_CASE: &[u8] = include_bytes!("../../tests/fixtures/fp8/fp8.safetensors");
 
 /// One embedded case per width: (case name, weight tensor, rows, cols, bits, group, axis).
 const DEMO: &[(&str, &str, usize, usize, u8, usize, Axis)] = &[
@@ -94,7 +102,80 @@ fn demo() -> Result<(), CliError> {
         let axis = if axis == Axis::Zero { 0 } else { 1 };
         println!("{case:<22} {bits:>5} {group:>6} {axis:>4} {same:>10} {max_diff:>14e} {max_err:>12.5}");
     }
+    other_schemes()?;
     throughput()?;
+    Ok(())
+}
+
+fn le_i32(bytes: &[u8]) -> Vec<i32> {
+    bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn le_f16(bytes: &[u8]) -> Vec<f16> {
+    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// GPTQ, AWQ and FP8 layers written by the upstream libraries, dequantized and compared.
+fn other_schemes() -> Result<(), CliError> {
+    use quant_kernels::awq::{self, AwqLayout};
+    use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+    use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
+    let load =
+        |bytes: &'static [u8]| SafeTensors::deserialize(bytes).map_err(|e| CliError::Data(e.to_string()));
+    let tensor = |st: &SafeTensors<'static>, name: &str| {
+        st.tensor(name).map(|t| t.data().to_vec()).map_err(|e| CliError::Data(format!("{name}: {e}")))
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    println!("\nGPTQ / AWQ / FP8 dequantize of upstream outputs (embedded):");
+    println!("{:<44} {:>14}", "layer", "max|ours-ref|");
+
+    let st = load(GPTQ_CASE)?;
+    let l = GptqLayout::new(128, 64, 4, 32)?;
+    let (qw, g_idx, scales) =
+        (le_i32(&tensor(&st, "qweight")?), le_i32(&tensor(&st, "g_idx")?), le_f16(&tensor(&st, "scales")?));
+    let want = le_f32(&tensor(&st, "W_deq")?);
+    for (zeros, format, label) in [("qzeros", ZeroFormat::V1, "v1"), ("qzeros_v2", ZeroFormat::V2, "v2")] {
+        let w: Vec<f32> = gptq::gptq_dequantize(
+            &qw,
+            &le_i32(&tensor(&st, zeros)?),
+            &scales,
+            Some(&g_idx),
+            &l,
+            format,
+            Parallelism::Rayon,
+        )?;
+        println!(
+            "{:<44} {:>14e}",
+            format!("GPTQ 4-bit act-order g32 128x64 ({label} zeros)"),
+            max_diff(&w, &want)
+        );
+    }
+
+    let st = load(AWQ_CASE)?;
+    let l = AwqLayout::new(128, 64, 64)?;
+    let w: Vec<f32> = awq::awq_dequantize(
+        &le_i32(&tensor(&st, "qweight")?),
+        &le_i32(&tensor(&st, "qzeros")?),
+        &le_f16(&tensor(&st, "scales")?),
+        &l,
+        Parallelism::Rayon,
+    )?;
+    println!("{:<44} {:>14e}", "AWQ 4-bit gemm g64 128x64", max_diff(&w, &le_f32(&tensor(&st, "W_deq")?)));
+
+    let st = load(FP8_CASE)?;
+    let l = Fp8Layout::block(300, 260, 128, 128)?;
+    let w: Vec<f32> = fp8::fp8_dequantize(
+        &tensor(&st, "block.weight_u8")?,
+        Fp8Format::E4M3,
+        &le_f32(&tensor(&st, "block.weight_scale_inv")?),
+        &l,
+        Parallelism::Rayon,
+    )?;
+    println!(
+        "{:<44} {:>14e}",
+        "FP8 E4M3 300x260, 128x128 block scales",
+        max_diff(&w, &le_f32(&tensor(&st, "block.deq_f32")?))
+    );
     Ok(())
 }
 
