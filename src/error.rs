@@ -7,6 +7,11 @@
 /// Shorthand for `Result<T, quant_kernels::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `Ok` when a buffer has the length its shape implies, else [`Error::LengthMismatch`].
+pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
+}
+
 /// Everything that can go wrong at the API boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

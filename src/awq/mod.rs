@@ -16,7 +16,7 @@ mod cpu;
 pub mod reference;
 
 use crate::elem::Elem;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, expect_len};
 use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::par::Parallelism;
 
@@ -72,10 +72,6 @@ impl AwqLayout {
     pub fn packed_cols(&self) -> usize {
         self.n / 8
     }
-}
-
-fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
 fn check<S>(l: &AwqLayout, qweight: &[i32], qzeros: &[i32], scales: &[S], out: usize) -> Result<()> {

@@ -26,7 +26,7 @@
 
 use crate::awq::AwqLayout;
 use crate::elem::{DType, Elem};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, expect_len as expect};
 use crate::fp8::{Fp8Format, Fp8Layout};
 use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::hqq::{self, HqqLayout};
@@ -323,6 +323,23 @@ impl DeviceGIdx {
     }
 }
 
+/// The checks every GPTQ launcher makes on the layer's device buffers.
+fn check_gptq_device<T>(
+    layout: &GptqLayout,
+    qweight: &CudaSlice<i32>,
+    qzeros: &CudaSlice<i32>,
+    scales: &CudaSlice<T>,
+    g_idx: &DeviceGIdx,
+) -> Result<()> {
+    let (qr, qc) = layout.qweight_shape();
+    let (zr, zc) = layout.qzeros_shape();
+    expect("qweight", qr * qc, qweight.len())?;
+    expect("qzeros", zr * zc, qzeros.len())?;
+    expect("scales", layout.groups() * layout.n(), scales.len())?;
+    expect("g_idx", layout.k(), g_idx.k)?;
+    expect("g_idx groups", layout.groups(), g_idx.groups)
+}
+
 /// Dequantize a GPTQ layer on the GPU into `out` (`[K, N]`), same semantics and checks as
 /// [`crate::gptq::gptq_dequantize_into`] (scales and output share the type `T`). Asynchronous.
 #[allow(clippy::too_many_arguments)]
@@ -336,27 +353,8 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
     format: ZeroFormat,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
-    let (qr, qc) = layout.qweight_shape();
-    let (zr, zc) = layout.qzeros_shape();
-    let checks = [
-        ("qweight", qr * qc, qweight.len()),
-        ("qzeros", zr * zc, qzeros.len()),
-        ("scales", layout.groups() * layout.n(), scales.len()),
-        ("g_idx", layout.k(), g_idx.k),
-        ("out", layout.k() * layout.n(), out.len()),
-    ];
-    for (what, expected, got) in checks {
-        if expected != got {
-            return Err(Error::LengthMismatch { what, expected, got });
-        }
-    }
-    if g_idx.groups != layout.groups() {
-        return Err(Error::LengthMismatch {
-            what: "g_idx groups",
-            expected: layout.groups(),
-            got: g_idx.groups,
-        });
-    }
+    check_gptq_device(layout, qweight, qzeros, scales, g_idx)?;
+    expect("out", layout.k() * layout.n(), out.len())?;
     let (k, n) = (to_i32("K", layout.k())?, to_i32("N", layout.n())?);
     let vec = if layout.n().is_multiple_of(8) { 8 } else { 4 }; // columns per thread (see ptx/gptq.cu)
     let items = layout.k() / crate::gptq::layout::codes_per_block(layout.bits()) * (layout.n() / vec);
@@ -409,10 +407,6 @@ fn launch_1d(items: usize) -> LaunchConfig {
     const BLOCK: u32 = 256;
     let blocks = items.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn expect(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
 /// Length of the `partial` scratch buffer [`hqq_gemv_cuda`] needs: one `f32` per group.
@@ -516,13 +510,7 @@ pub fn gptq_gemv_cuda<T: CudaElem>(
     if layout.bits() != 4 {
         return Err(Error::UnsupportedBits(layout.bits()));
     }
-    let (qr, qc) = layout.qweight_shape();
-    let (zr, zc) = layout.qzeros_shape();
-    expect("qweight", qr * qc, qweight.len())?;
-    expect("qzeros", zr * zc, qzeros.len())?;
-    expect("scales", layout.groups() * layout.n(), scales.len())?;
-    expect("g_idx", layout.k(), g_idx.k)?;
-    expect("g_idx groups", layout.groups(), g_idx.groups)?;
+    check_gptq_device(layout, qweight, qzeros, scales, g_idx)?;
     expect("x", layout.k(), x.len())?;
     expect("y", layout.n(), y.len())?;
     expect("partial", gptq_gemv_scratch_len(layout), partial.len())?;

@@ -18,7 +18,7 @@
 mod cpu;
 
 use crate::elem::Elem;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, expect_len};
 use crate::par::Parallelism;
 
 /// An FP8 format.
@@ -184,14 +184,9 @@ impl Fp8Layout {
 
 fn check<S>(l: &Fp8Layout, codes: usize, scales: &[S], out: usize) -> Result<()> {
     let (sr, sc) = l.scale_shape();
-    for (what, expected, got) in
-        [("codes", l.rows * l.cols, codes), ("scales", sr * sc, scales.len()), ("out", l.rows * l.cols, out)]
-    {
-        if expected != got {
-            return Err(Error::LengthMismatch { what, expected, got });
-        }
-    }
-    Ok(())
+    expect_len("codes", l.rows * l.cols, codes)?;
+    expect_len("scales", sr * sc, scales.len())?;
+    expect_len("out", l.rows * l.cols, out)
 }
 
 /// Dequantize FP8 codes: `out[r, c] = decode(codes[r, c]) * scales[r / br, c / bc]` (one f32

@@ -32,7 +32,7 @@ pub mod layout;
 pub mod reference;
 
 use crate::elem::Elem;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, expect_len};
 use crate::par::Parallelism;
 
 /// How a checkpoint stores zero points (`checkpoint_format` in its quantization config).
@@ -119,10 +119,6 @@ impl GptqLayout {
     pub fn default_g_idx(&self) -> Vec<i32> {
         (0..self.k).map(|k| self.group_size.map_or(0, |g| k / g) as i32).collect()
     }
-}
-
-fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
 /// The group of every input row, validated (`g_idx` given) or derived (`None`).

@@ -38,7 +38,7 @@ mod cpu;
 pub mod reference;
 
 use crate::elem::Elem;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, expect_len};
 use crate::pack::{self, B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
 
@@ -148,10 +148,6 @@ pub(crate) struct Geometry {
     pub prows: usize,
     /// Grouping axis: zero/scale per column (`Zero`) or per row (`One`).
     pub axis: Axis,
-}
-
-fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
 /// Validate every length of a dequantization call against `layout` and the width `P`.
