@@ -261,39 +261,48 @@ pub(crate) mod v4 {
         }
     }
 
-    /// Several planes of the same words at once: `outs[p][i] = ((words[i] >> shifts[p]) & mask -
-    /// zeros[p][i]) * scales[p][i]`. Each word vector is loaded once for all planes.
+    /// Several planes of the same words at once: for plane `p < planes`, row `p` of `out`
+    /// (`planes` contiguous rows of `words.len()`) gets `((words[i] >> (first_shift + p*bits)) &
+    /// mask - z_p[i]) * s_p[i]` with `(z_p, s_p) = params(p)`. Each word vector is loaded once.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub(crate) fn affine_planes<W: Word, S: Elem, O: Elem>(
+    pub(crate) fn affine_planes<'p, W: Word, S: Elem + 'p, O: Elem>(
         v4: V4,
         words: &[W],
-        shifts: &[u32],
-        mask: u32,
-        params: &[(&[S], &[S])],
-        outs: &mut [&mut [O]],
+        planes: usize,
+        first_shift: u32,
+        bits: u32,
+        params: impl Fn(usize) -> (&'p [S], &'p [S]),
+        out: &mut [O],
     ) {
         let n = words.len();
+        debug_assert_eq!(out.len(), planes * n);
         let full = n - n % 16;
         let f = v4.avx512f;
+        let mask = (1u32 << bits) - 1;
         let mk = f._mm512_set1_epi32(mask as i32);
         let (w16, _) = pulp::as_arrays::<16, W>(&words[..full]);
         for (v, w) in w16.iter().enumerate() {
             let wide = W::widen16(v4, w);
             let at = 16 * v;
-            for ((&shift, &(z, s)), out) in shifts.iter().zip(params).zip(outs.iter_mut()) {
+            for p in 0..planes {
+                let shift = first_shift + bits * p as u32;
                 let q = f._mm512_and_si512(f._mm512_srlv_epi32(wide, f._mm512_set1_epi32(shift as i32)), mk);
+                let (z, s) = params(p);
                 let (z, s) = (lanes16(&z[at..]), lanes16(&s[at..]));
                 let y = f._mm512_mul_ps(
                     f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), S::load16(v4, z)),
                     S::load16(v4, s),
                 );
-                O::store16(v4, y, lanes16_mut(&mut out[at..]));
+                O::store16(v4, y, lanes16_mut(&mut out[p * n + at..]));
             }
         }
-        for ((&shift, &(z, s)), out) in shifts.iter().zip(params).zip(outs.iter_mut()) {
+        for p in 0..planes {
+            let shift = first_shift + bits * p as u32;
+            let (z, s) = params(p);
             for i in full..n {
                 let q = (words[i].bits() >> shift) & mask;
-                out[i] = O::from_f32((q as f32 - z[i].to_f32()) * s[i].to_f32());
+                out[p * n + i] = O::from_f32((q as f32 - z[i].to_f32()) * s[i].to_f32());
             }
         }
     }

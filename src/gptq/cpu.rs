@@ -53,12 +53,10 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
                 let count = (per - j0).min(end - k);
                 let (here, tail) = rest.split_at_mut(count * n);
                 rest = tail;
-                let mut outs: Vec<&mut [O]> = here.chunks_exact_mut(n).collect();
-                let shifts: Vec<u32> = (j0..j0 + count).map(|j| (bits as usize * j) as u32).collect();
-                let rows: Vec<(&[S], &[S])> =
-                    (k..k + count).map(|kk| params.row(rows_group[kk] as usize)).collect();
                 let src = &qweight[word_row * n..(word_row + 1) * n];
-                lanes::v4::affine_planes(v4, src, &shifts, mask, &rows, &mut outs);
+                let first_shift = (bits as usize * j0) as u32;
+                let group_params = |p: usize| params.row(rows_group[k + p] as usize);
+                lanes::v4::affine_planes(v4, src, count, first_shift, bits as u32, group_params, here);
                 k += count;
             }
             return;
