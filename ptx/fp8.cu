@@ -36,10 +36,17 @@ __device__ __forceinline__ void fp8_run(const unsigned char* __restrict__ codes,
         const int c = (int)(t - (long long)r * cv) * VEC;
         const long long at = (long long)r * cols + c;
         const QkVec<unsigned char, VEC> w = *reinterpret_cast<const QkVec<unsigned char, VEC>*>(codes + at);
+        // Scale index: one division per item, then step to the next block when crossing it.
+        const S* srow = scales + (long long)(r / br) * scols;
+        int cb = c / bc, next = (cb + 1) * bc;
         QkVec<T, VEC> o;
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-            const float s = qk_to_f32(scales[(r / br) * scols + (c + k) / bc]);
+            if (c + k >= next) {
+                ++cb;
+                next += bc;
+            }
+            const float s = qk_to_f32(srow[cb]);
             o.v[k] = qk_from_f32<T>(qk_fp8_decode<MBITS, BIAS, E4M3>(w.v[k]) * s);
         }
         *reinterpret_cast<QkVec<T, VEC>*>(out + at) = o;

@@ -69,33 +69,31 @@ __device__ __forceinline__ void gptq_block(const int* __restrict__ qweight, cons
     }
 }
 
-// One thread per (block of rows, VEC columns), VEC = 8 when N allows it, else 4 (N is always a
-// multiple of 4: GptqLayout requires whole qzeros words).
+// Grid-stride over (block of rows, VEC columns) items.
+template <int BITS, int VEC, typename T>
+__device__ __forceinline__ void gptq_items(const int* __restrict__ qweight, const int* __restrict__ qzeros,
+                                           const T* __restrict__ scales, const int* __restrict__ g_idx,
+                                           T* __restrict__ out, int k_dim, int n_dim, int format) {
+    constexpr int ROWS = BITS == 3 ? 32 : 32 / BITS;
+    const int zcols = n_dim * BITS / 32;
+    const int nv = n_dim / VEC;
+    const long long items = (long long)(k_dim / ROWS) * nv;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
+        const int b = (int)(t / nv);
+        const int n = (int)(t - (long long)b * nv) * VEC;
+        gptq_block<BITS, VEC, T>(qweight, qzeros, scales, g_idx, out, n_dim, zcols, format, b, n);
+    }
+}
+
+// VEC = 8 columns per thread when N allows it, else 4 (N is always a multiple of 4: GptqLayout
+// requires whole qzeros words).
 template <int BITS, typename T>
 __device__ __forceinline__ void gptq_dequant(const int* __restrict__ qweight, const int* __restrict__ qzeros,
                                              const T* __restrict__ scales, const int* __restrict__ g_idx,
                                              T* __restrict__ out, int k_dim, int n_dim, int format) {
-    constexpr int ROWS = BITS == 3 ? 32 : 32 / BITS;
-    const int zcols = n_dim * BITS / 32;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if ((n_dim & 7) == 0) {
-        const int nv = n_dim / 8;
-        const long long items = (long long)(k_dim / ROWS) * nv;
-        for (long long t = first; t < items; t += stride) {
-            const int b = (int)(t / nv);
-            const int n = (int)(t - (long long)b * nv) * 8;
-            gptq_block<BITS, 8, T>(qweight, qzeros, scales, g_idx, out, n_dim, zcols, format, b, n);
-        }
-    } else {
-        const int nv = n_dim / 4;
-        const long long items = (long long)(k_dim / ROWS) * nv;
-        for (long long t = first; t < items; t += stride) {
-            const int b = (int)(t / nv);
-            const int n = (int)(t - (long long)b * nv) * 4;
-            gptq_block<BITS, 4, T>(qweight, qzeros, scales, g_idx, out, n_dim, zcols, format, b, n);
-        }
-    }
+    if ((n_dim & 7) == 0) gptq_items<BITS, 8, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
+    else gptq_items<BITS, 4, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
 }
 
 // Entry points: gptq_dequant_{bits}b_{elem}(qweight, qzeros, scales, g_idx, out, K, N, format).

@@ -55,30 +55,28 @@ __device__ __forceinline__ void hqq_words(const W* __restrict__ packed, const T*
     }
 }
 
-// One thread per VEC consecutive packed words (grid-stride): 8 when the column count allows
-// aligned 8-wide loads and stores, else 1.
+// Grid-stride over items of VEC consecutive packed words of one packed row.
+template <int BITS, int PER_WORD, int VEC, typename W, typename T>
+__device__ __forceinline__ void hqq_items(const W* __restrict__ packed, const T* __restrict__ scales,
+                                          const T* __restrict__ zeros, T* __restrict__ out, int rows,
+                                          int cols, int prows, int axis) {
+    const int cv = cols / VEC;
+    const long long items = (long long)prows * cv;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
+        const int p = (int)(t / cv);
+        const int c = (int)(t - (long long)p * cv) * VEC;
+        hqq_words<BITS, PER_WORD, VEC, W, T>(packed, scales, zeros, out, rows, cols, prows, axis, p, c);
+    }
+}
+
+// 8 words per thread when the column count allows aligned 8-wide loads and stores, else 1.
 template <int BITS, int PER_WORD, typename W, typename T>
 __device__ __forceinline__ void hqq_dequant(const W* __restrict__ packed, const T* __restrict__ scales,
                                             const T* __restrict__ zeros, T* __restrict__ out, int rows,
                                             int cols, int prows, int axis) {
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if ((cols & 7) == 0) {
-        const int cv = cols / 8;
-        const long long items = (long long)prows * cv;
-        for (long long t = first; t < items; t += stride) {
-            const int p = (int)(t / cv);
-            const int c = (int)(t - (long long)p * cv) * 8;
-            hqq_words<BITS, PER_WORD, 8, W, T>(packed, scales, zeros, out, rows, cols, prows, axis, p, c);
-        }
-    } else {
-        const long long items = (long long)prows * cols;
-        for (long long t = first; t < items; t += stride) {
-            const int p = (int)(t / cols);
-            const int c = (int)(t - (long long)p * cols);
-            hqq_words<BITS, PER_WORD, 1, W, T>(packed, scales, zeros, out, rows, cols, prows, axis, p, c);
-        }
-    }
+    if ((cols & 7) == 0) hqq_items<BITS, PER_WORD, 8, W, T>(packed, scales, zeros, out, rows, cols, prows, axis);
+    else hqq_items<BITS, PER_WORD, 1, W, T>(packed, scales, zeros, out, rows, cols, prows, axis);
 }
 
 // Entry points: hqq_dequant_{bits}b_{elem}; scales, zeros and output share the element type.

@@ -257,7 +257,7 @@ fn fp8_dequant_matches_the_cpu_reference() {
     use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
     let Some(gpu) = gpu() else { return };
     for (rows, cols, br, bc) in
-        [(1, 1, 128, 128), (300, 260, 128, 128), (7, 13, 4, 4), (4096, 4096, 128, 128)]
+        [(1, 1, 128, 128), (300, 260, 128, 128), (7, 13, 4, 4), (5, 24, 2, 3), (4096, 4096, 128, 128)]
     {
         let l = Fp8Layout::block(rows, cols, br, bc).unwrap();
         let mut rng = Rng((rows * cols) as u64);
