@@ -8,529 +8,9 @@
 use half::{bf16, f16};
 
 unsafe extern "C" {
-    // ptx/hqq.cu: (packed, scales, zeros, out, rows, cols, prows, axis, grid, block)
-    fn cpu_hqq_dequant_1b_f32(
-        p: *const u8,
-        s: *const f32,
-        z: *const f32,
-        o: *mut f32,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_1b_f16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_1b_bf16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_2b_f32(
-        p: *const u8,
-        s: *const f32,
-        z: *const f32,
-        o: *mut f32,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_2b_f16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_2b_bf16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_3b_f32(
-        p: *const i32,
-        s: *const f32,
-        z: *const f32,
-        o: *mut f32,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_3b_f16(
-        p: *const i32,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_3b_bf16(
-        p: *const i32,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_4b_f32(
-        p: *const u8,
-        s: *const f32,
-        z: *const f32,
-        o: *mut f32,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_4b_f16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_4b_bf16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_8b_f32(
-        p: *const u8,
-        s: *const f32,
-        z: *const f32,
-        o: *mut f32,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_8b_f16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_hqq_dequant_8b_bf16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        o: *mut u16,
-        r: i32,
-        c: i32,
-        pr: i32,
-        a: i32,
-        g: u32,
-        b: u32,
-    );
-}
-
-unsafe extern "C" {
-    // ptx/gptq.cu: (qweight, qzeros, scales, g_idx, out, K, N, format, grid, block)
-    fn cpu_gptq_dequant_2b_f32(
-        w: *const i32,
-        z: *const i32,
-        s: *const f32,
-        g: *const i32,
-        o: *mut f32,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_2b_f16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_2b_bf16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_3b_f32(
-        w: *const i32,
-        z: *const i32,
-        s: *const f32,
-        g: *const i32,
-        o: *mut f32,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_3b_f16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_3b_bf16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_4b_f32(
-        w: *const i32,
-        z: *const i32,
-        s: *const f32,
-        g: *const i32,
-        o: *mut f32,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_4b_f16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_4b_bf16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_8b_f32(
-        w: *const i32,
-        z: *const i32,
-        s: *const f32,
-        g: *const i32,
-        o: *mut f32,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_8b_f16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_dequant_8b_bf16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-}
-
-unsafe extern "C" {
-    // ptx/gemv.cu
-    fn cpu_hqq_gemv_4b_f32(
-        p: *const u8,
-        s: *const f32,
-        z: *const f32,
-        x: *const f32,
-        part: *mut f32,
-        r: i32,
-        g: i32,
-        pr: i32,
-        i: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_hqq_gemv_4b_f16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        x: *const f32,
-        part: *mut f32,
-        r: i32,
-        g: i32,
-        pr: i32,
-        i: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_hqq_gemv_4b_bf16(
-        p: *const u8,
-        s: *const u16,
-        z: *const u16,
-        x: *const f32,
-        part: *mut f32,
-        r: i32,
-        g: i32,
-        pr: i32,
-        i: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_gemv_4b_f32(
-        w: *const i32,
-        z: *const i32,
-        s: *const f32,
-        g: *const i32,
-        x: *const f32,
-        part: *mut f32,
-        k: i32,
-        n: i32,
-        sr: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_gemv_4b_f16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        x: *const f32,
-        part: *mut f32,
-        k: i32,
-        n: i32,
-        sr: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_gptq_gemv_4b_bf16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        g: *const i32,
-        x: *const f32,
-        part: *mut f32,
-        k: i32,
-        n: i32,
-        sr: i32,
-        f: i32,
-        gr: u32,
-        b: u32,
-    );
+    // ptx/gemv.cu reductions (f32 only).
     fn cpu_gemv_reduce_rows_f32(part: *const f32, y: *mut f32, outs: i32, per: i32, gr: u32, b: u32);
     fn cpu_gemv_reduce_cols_f32(part: *const f32, y: *mut f32, n: i32, slices: i32, gr: u32, b: u32);
-}
-
-unsafe extern "C" {
-    // ptx/awq.cu: (qweight, qzeros, scales, out, K, N, group_size, grid, block)
-    fn cpu_awq_dequant_4b_f32(
-        w: *const i32,
-        z: *const i32,
-        s: *const f32,
-        o: *mut f32,
-        k: i32,
-        n: i32,
-        g: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_awq_dequant_4b_f16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        g: i32,
-        gr: u32,
-        b: u32,
-    );
-    fn cpu_awq_dequant_4b_bf16(
-        w: *const i32,
-        z: *const i32,
-        s: *const u16,
-        o: *mut u16,
-        k: i32,
-        n: i32,
-        g: i32,
-        gr: u32,
-        b: u32,
-    );
-}
-
-unsafe extern "C" {
-    // ptx/fp8.cu: (codes, scales, out, rows, cols, block_rows, block_cols, grid, block)
-    fn cpu_fp8_dequant_e4m3_f32(
-        c: *const u8,
-        s: *const f32,
-        o: *mut f32,
-        r: i32,
-        cl: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_dequant_e4m3_f16(
-        c: *const u8,
-        s: *const f32,
-        o: *mut u16,
-        r: i32,
-        cl: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_dequant_e4m3_bf16(
-        c: *const u8,
-        s: *const f32,
-        o: *mut u16,
-        r: i32,
-        cl: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_dequant_e5m2_f32(
-        c: *const u8,
-        s: *const f32,
-        o: *mut f32,
-        r: i32,
-        cl: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_dequant_e5m2_f16(
-        c: *const u8,
-        s: *const f32,
-        o: *mut u16,
-        r: i32,
-        cl: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_dequant_e5m2_bf16(
-        c: *const u8,
-        s: *const f32,
-        o: *mut u16,
-        r: i32,
-        cl: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
 }
 
 type Fp8Entry<R> = unsafe extern "C" fn(*const u8, *const f32, *mut R, i32, i32, i32, i32, u32, u32);
@@ -618,66 +98,220 @@ pub trait EmuElem: Copy + Default {
     const FP8: [Fp8Entry<Self::Raw>; 2];
 }
 
-impl EmuElem for f32 {
-    type Raw = f32;
-    fn raw(self) -> f32 {
-        self
-    }
-    fn from_raw(r: f32) -> Self {
-        r
-    }
-    const HQQ_U8: [Entry<u8, f32>; 4] =
-        [cpu_hqq_dequant_1b_f32, cpu_hqq_dequant_2b_f32, cpu_hqq_dequant_4b_f32, cpu_hqq_dequant_8b_f32];
-    const HQQ_3B: Entry<i32, f32> = cpu_hqq_dequant_3b_f32;
-    const GPTQ: [GptqEntry<f32>; 4] =
-        [cpu_gptq_dequant_2b_f32, cpu_gptq_dequant_3b_f32, cpu_gptq_dequant_4b_f32, cpu_gptq_dequant_8b_f32];
-    const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f32;
-    const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f32;
-    const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_f32;
-    const FP8: [Fp8Entry<Self::Raw>; 2] = [cpu_fp8_dequant_e4m3_f32, cpu_fp8_dequant_e5m2_f32];
+/// Declares the `cpu_*_{sfx}` launchers of one element type (`ptx/*.cu`, see the entry tables
+/// there for the parameters) and implements [`EmuElem`] for it with them.
+macro_rules! emu_elem {
+    ($t:ty, $raw:ty, $m:ident, $sfx:literal) => {
+        mod $m {
+            type R = $raw;
+            unsafe extern "C" {
+                #[link_name = concat!("cpu_hqq_dequant_1b_", $sfx)]
+                pub(super) fn hqq_1b(
+                    p: *const u8,
+                    s: *const R,
+                    z: *const R,
+                    o: *mut R,
+                    r: i32,
+                    c: i32,
+                    pr: i32,
+                    a: i32,
+                    g: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_hqq_dequant_2b_", $sfx)]
+                pub(super) fn hqq_2b(
+                    p: *const u8,
+                    s: *const R,
+                    z: *const R,
+                    o: *mut R,
+                    r: i32,
+                    c: i32,
+                    pr: i32,
+                    a: i32,
+                    g: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_hqq_dequant_4b_", $sfx)]
+                pub(super) fn hqq_4b(
+                    p: *const u8,
+                    s: *const R,
+                    z: *const R,
+                    o: *mut R,
+                    r: i32,
+                    c: i32,
+                    pr: i32,
+                    a: i32,
+                    g: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_hqq_dequant_8b_", $sfx)]
+                pub(super) fn hqq_8b(
+                    p: *const u8,
+                    s: *const R,
+                    z: *const R,
+                    o: *mut R,
+                    r: i32,
+                    c: i32,
+                    pr: i32,
+                    a: i32,
+                    g: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_hqq_dequant_3b_", $sfx)]
+                pub(super) fn hqq_3b(
+                    p: *const i32,
+                    s: *const R,
+                    z: *const R,
+                    o: *mut R,
+                    r: i32,
+                    c: i32,
+                    pr: i32,
+                    a: i32,
+                    g: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_gptq_dequant_2b_", $sfx)]
+                pub(super) fn gptq_2b(
+                    w: *const i32,
+                    z: *const i32,
+                    s: *const R,
+                    g: *const i32,
+                    o: *mut R,
+                    k: i32,
+                    n: i32,
+                    f: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_gptq_dequant_3b_", $sfx)]
+                pub(super) fn gptq_3b(
+                    w: *const i32,
+                    z: *const i32,
+                    s: *const R,
+                    g: *const i32,
+                    o: *mut R,
+                    k: i32,
+                    n: i32,
+                    f: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_gptq_dequant_4b_", $sfx)]
+                pub(super) fn gptq_4b(
+                    w: *const i32,
+                    z: *const i32,
+                    s: *const R,
+                    g: *const i32,
+                    o: *mut R,
+                    k: i32,
+                    n: i32,
+                    f: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_gptq_dequant_8b_", $sfx)]
+                pub(super) fn gptq_8b(
+                    w: *const i32,
+                    z: *const i32,
+                    s: *const R,
+                    g: *const i32,
+                    o: *mut R,
+                    k: i32,
+                    n: i32,
+                    f: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_hqq_gemv_4b_", $sfx)]
+                pub(super) fn hqq_gemv(
+                    p: *const u8,
+                    s: *const R,
+                    z: *const R,
+                    x: *const f32,
+                    part: *mut f32,
+                    r: i32,
+                    g: i32,
+                    pr: i32,
+                    i: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_gptq_gemv_4b_", $sfx)]
+                pub(super) fn gptq_gemv(
+                    w: *const i32,
+                    z: *const i32,
+                    s: *const R,
+                    g: *const i32,
+                    x: *const f32,
+                    part: *mut f32,
+                    k: i32,
+                    n: i32,
+                    sr: i32,
+                    f: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_awq_dequant_4b_", $sfx)]
+                pub(super) fn awq(
+                    w: *const i32,
+                    z: *const i32,
+                    s: *const R,
+                    o: *mut R,
+                    k: i32,
+                    n: i32,
+                    g: i32,
+                    gr: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_fp8_dequant_e4m3_", $sfx)]
+                pub(super) fn fp8_e4m3(
+                    c: *const u8,
+                    s: *const f32,
+                    o: *mut R,
+                    r: i32,
+                    cl: i32,
+                    br: i32,
+                    bc: i32,
+                    g: u32,
+                    b: u32,
+                );
+                #[link_name = concat!("cpu_fp8_dequant_e5m2_", $sfx)]
+                pub(super) fn fp8_e5m2(
+                    c: *const u8,
+                    s: *const f32,
+                    o: *mut R,
+                    r: i32,
+                    cl: i32,
+                    br: i32,
+                    bc: i32,
+                    g: u32,
+                    b: u32,
+                );
+            }
+        }
+
+        impl EmuElem for $t {
+            type Raw = $raw;
+            fn raw(self) -> $raw {
+                bytemuck::cast(self)
+            }
+            fn from_raw(r: $raw) -> Self {
+                bytemuck::cast(r)
+            }
+            const HQQ_U8: [Entry<u8, $raw>; 4] = [$m::hqq_1b, $m::hqq_2b, $m::hqq_4b, $m::hqq_8b];
+            const HQQ_3B: Entry<i32, $raw> = $m::hqq_3b;
+            const GPTQ: [GptqEntry<$raw>; 4] = [$m::gptq_2b, $m::gptq_3b, $m::gptq_4b, $m::gptq_8b];
+            const HQQ_GEMV: HqqGemvEntry<$raw> = $m::hqq_gemv;
+            const GPTQ_GEMV: GptqGemvEntry<$raw> = $m::gptq_gemv;
+            const AWQ: AwqEntry<$raw> = $m::awq;
+            const FP8: [Fp8Entry<$raw>; 2] = [$m::fp8_e4m3, $m::fp8_e5m2];
+        }
+    };
 }
 
-impl EmuElem for f16 {
-    type Raw = u16;
-    fn raw(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_raw(r: u16) -> Self {
-        f16::from_bits(r)
-    }
-    const HQQ_U8: [Entry<u8, u16>; 4] =
-        [cpu_hqq_dequant_1b_f16, cpu_hqq_dequant_2b_f16, cpu_hqq_dequant_4b_f16, cpu_hqq_dequant_8b_f16];
-    const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_f16;
-    const GPTQ: [GptqEntry<u16>; 4] =
-        [cpu_gptq_dequant_2b_f16, cpu_gptq_dequant_3b_f16, cpu_gptq_dequant_4b_f16, cpu_gptq_dequant_8b_f16];
-    const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_f16;
-    const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_f16;
-    const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_f16;
-    const FP8: [Fp8Entry<Self::Raw>; 2] = [cpu_fp8_dequant_e4m3_f16, cpu_fp8_dequant_e5m2_f16];
-}
-
-impl EmuElem for bf16 {
-    type Raw = u16;
-    fn raw(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_raw(r: u16) -> Self {
-        bf16::from_bits(r)
-    }
-    const HQQ_U8: [Entry<u8, u16>; 4] =
-        [cpu_hqq_dequant_1b_bf16, cpu_hqq_dequant_2b_bf16, cpu_hqq_dequant_4b_bf16, cpu_hqq_dequant_8b_bf16];
-    const HQQ_3B: Entry<i32, u16> = cpu_hqq_dequant_3b_bf16;
-    const GPTQ: [GptqEntry<u16>; 4] = [
-        cpu_gptq_dequant_2b_bf16,
-        cpu_gptq_dequant_3b_bf16,
-        cpu_gptq_dequant_4b_bf16,
-        cpu_gptq_dequant_8b_bf16,
-    ];
-    const HQQ_GEMV: HqqGemvEntry<Self::Raw> = cpu_hqq_gemv_4b_bf16;
-    const GPTQ_GEMV: GptqGemvEntry<Self::Raw> = cpu_gptq_gemv_4b_bf16;
-    const AWQ: AwqEntry<Self::Raw> = cpu_awq_dequant_4b_bf16;
-    const FP8: [Fp8Entry<Self::Raw>; 2] = [cpu_fp8_dequant_e4m3_bf16, cpu_fp8_dequant_e5m2_bf16];
-}
+emu_elem!(f32, f32, ffi_f32, "f32");
+emu_elem!(f16, u16, ffi_f16, "f16");
+emu_elem!(bf16, u16, ffi_bf16, "bf16");
 
 /// Run an emulated HQQ dequantization entry over `grid` x `block` threads.
 ///
