@@ -50,6 +50,92 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// A vector of one of the float element types, e.g. a checkpoint's scales or bias in whatever
+/// dtype the file stores them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FloatVec {
+    /// `f32` values.
+    F32(Vec<f32>),
+    /// `f16` values.
+    F16(Vec<f16>),
+    /// `bf16` values.
+    Bf16(Vec<bf16>),
+}
+
+/// Run `$body` with `$v` bound to the inner `Vec` of a [`FloatVec`], whatever its type.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_float_vec {
+    ($fv:expr, $v:ident => $body:expr) => {
+        match $fv {
+            $crate::elem::FloatVec::F32($v) => $body,
+            $crate::elem::FloatVec::F16($v) => $body,
+            $crate::elem::FloatVec::Bf16($v) => $body,
+        }
+    };
+}
+
+impl FloatVec {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            FloatVec::F32(_) => DType::F32,
+            FloatVec::F16(_) => DType::F16,
+            FloatVec::Bf16(_) => DType::Bf16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_float_vec!(self, v => v.len())
+    }
+
+    /// `true` when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to `f32` (exact).
+    pub fn to_f32(&self) -> Vec<f32> {
+        with_float_vec!(self, v => v.iter().map(|x| x.to_f32()).collect())
+    }
+
+    /// Row-major `[rows, sum(cols)]` from parts `[rows, cols_i]` side by side; `None` when the
+    /// parts' dtypes differ or a length is not `rows * cols_i`.
+    pub fn concat_columns(parts: &[(&FloatVec, usize)], rows: usize) -> Option<FloatVec> {
+        fn cat<T: Copy>(parts: &[(&[T], usize)], rows: usize) -> Option<Vec<T>> {
+            if parts.iter().any(|(p, c)| rows.checked_mul(*c) != Some(p.len())) {
+                return None;
+            }
+            let width: usize = parts.iter().map(|(_, c)| c).sum();
+            let mut out = Vec::with_capacity(rows * width);
+            for r in 0..rows {
+                for (p, c) in parts {
+                    out.extend_from_slice(&p[r * c..(r + 1) * c]);
+                }
+            }
+            Some(out)
+        }
+        macro_rules! same {
+            ($variant:ident) => {{
+                let typed: Option<Vec<_>> = parts
+                    .iter()
+                    .map(|(p, c)| match p {
+                        FloatVec::$variant(v) => Some((v.as_slice(), *c)),
+                        _ => None,
+                    })
+                    .collect();
+                cat(&typed?, rows).map(FloatVec::$variant)
+            }};
+        }
+        match parts.first()?.0 {
+            FloatVec::F32(_) => same!(F32),
+            FloatVec::F16(_) => same!(F16),
+            FloatVec::Bf16(_) => same!(Bf16),
+        }
+    }
+}
+
 /// A floating-point element a kernel reads or writes: `f32`, [`half::f16`] or [`half::bf16`].
 ///
 /// ```

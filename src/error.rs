@@ -12,6 +12,13 @@ pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Res
     if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
+        Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() }
+    }
+}
+
 /// Everything that can go wrong at the API boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -110,6 +117,93 @@ pub enum Error {
         value: usize,
         /// The largest value supported.
         max: usize,
+    },
+
+    /// A file that could not be opened, read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error's kind.
+        kind: std::io::ErrorKind,
+        /// The I/O error's message.
+        message: String,
+    },
+
+    /// A safetensors file whose header or layout is malformed: truncated, corrupt JSON, an
+    /// unknown dtype, offsets that overlap, leave gaps or run past the end of the file.
+    #[error("{path}: malformed safetensors file: {reason}")]
+    Safetensors {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A JSON file (config, shard index) that does not parse or has a field of the wrong type.
+    #[error("{path}: {reason}")]
+    Json {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A quantization config field that is invalid, unsupported, or contradicts another.
+    #[error("quantization config: `{field}`: {reason}")]
+    Config {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Tensors that an index or a layer needs and the checkpoint does not contain.
+    #[error("missing tensors: {}", .0.join(", "))]
+    MissingTensors(Vec<String>),
+
+    /// A shard that a checkpoint's index names and that does not exist.
+    #[error("missing shard `{file}` (holds {tensors} tensors of the index)")]
+    MissingShard {
+        /// The shard's file name.
+        file: String,
+        /// How many tensors the index places in it.
+        tensors: usize,
+    },
+
+    /// A file name in a shard index that would leave the checkpoint directory.
+    #[error("index entry `{0}` points outside the checkpoint directory")]
+    OutsideDirectory(String),
+
+    /// A tensor with a dtype its role does not allow.
+    #[error("{tensor}: dtype {got}, expected {expected}")]
+    TensorDtype {
+        /// The tensor.
+        tensor: String,
+        /// The dtype(s) allowed.
+        expected: &'static str,
+        /// The dtype found.
+        got: String,
+    },
+
+    /// A tensor whose shape does not match the layer it belongs to.
+    #[error("{tensor}: shape {got:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor.
+        tensor: String,
+        /// The shape the layer implies.
+        expected: Vec<usize>,
+        /// The shape found.
+        got: Vec<usize>,
+    },
+
+    /// Layers that cannot be fused: `what` differs between part 0 and part `part`.
+    #[error("cannot fuse: {what} of part {part} differs from part 0")]
+    Fuse {
+        /// The property that differs (`"K"`, `"g_idx"`, `"bias"`, ...).
+        what: &'static str,
+        /// Index of the first part that differs.
+        part: usize,
     },
 
     /// No CUDA driver library (`libcuda`) could be loaded on this machine.

@@ -263,7 +263,9 @@ pub(crate) mod v4 {
 
     /// Several planes of the same words at once: for plane `p < planes`, row `p` of `out`
     /// (`planes` contiguous rows of `words.len()`) gets `((words[i] >> (first_shift + p*bits)) &
-    /// mask - z_p[i]) * s_p[i]` with `(z_p, s_p) = params(p)`. Each word vector is loaded once.
+    /// mask - z_p[i]) * s_p[i]` with `(z_p, s_p) = params(p)`. Each word vector is loaded once;
+    /// with `shared` (every plane in the same group) so is each zero and scale vector,
+    /// `params(0)`'s.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(crate) fn affine_planes<'p, W: Word, S: Elem + 'p, O: Elem>(
@@ -273,6 +275,7 @@ pub(crate) mod v4 {
         first_shift: u32,
         bits: u32,
         params: impl Fn(usize) -> (&'p [S], &'p [S]),
+        shared: bool,
         out: &mut [O],
     ) {
         let n = words.len();
@@ -282,18 +285,19 @@ pub(crate) mod v4 {
         let mask = (1u32 << bits) - 1;
         let mk = f._mm512_set1_epi32(mask as i32);
         let (w16, _) = pulp::as_arrays::<16, W>(&words[..full]);
+        let load = |p: usize, at: usize| {
+            let (z, s) = params(p);
+            (S::load16(v4, lanes16(&z[at..])), S::load16(v4, lanes16(&s[at..])))
+        };
         for (v, w) in w16.iter().enumerate() {
             let wide = W::widen16(v4, w);
             let at = 16 * v;
+            let common = shared.then(|| load(0, at));
             for p in 0..planes {
                 let shift = first_shift + bits * p as u32;
                 let q = f._mm512_and_si512(f._mm512_srlv_epi32(wide, f._mm512_set1_epi32(shift as i32)), mk);
-                let (z, s) = params(p);
-                let (z, s) = (lanes16(&z[at..]), lanes16(&s[at..]));
-                let y = f._mm512_mul_ps(
-                    f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), S::load16(v4, z)),
-                    S::load16(v4, s),
-                );
+                let (z, s) = common.unwrap_or_else(|| load(p, at));
+                let y = f._mm512_mul_ps(f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), z), s);
                 O::store16(v4, y, lanes16_mut(&mut out[p * n + at..]));
             }
         }

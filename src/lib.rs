@@ -43,6 +43,7 @@ pub mod error;
 pub mod fp8;
 pub mod gptq;
 pub mod hqq;
+pub mod io;
 pub mod lanes;
 pub mod pack;
 pub mod par;
@@ -50,7 +51,7 @@ pub mod par;
 #[doc(hidden)]
 pub mod fuzz_checks;
 
-pub use elem::{DType, Elem};
+pub use elem::{DType, Elem, FloatVec};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

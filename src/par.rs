@@ -80,6 +80,28 @@ pub(crate) fn col_stripes<T: Send>(
     pieces.into_par_iter().enumerate().for_each(|(i, mut stripe)| f(i * width, &mut stripe));
 }
 
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix, in 32x32 blocks, output
+/// rows split over threads as `par` allows.
+pub fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usize, par: Parallelism) -> Vec<T> {
+    debug_assert_eq!(src.len(), rows * cols);
+    const B: usize = 32;
+    let mut out = vec![T::default(); src.len()];
+    row_chunks(&mut out, rows, par, |c0, chunk| {
+        let ncols = chunk.len() / rows.max(1);
+        for cb in (0..ncols).step_by(B) {
+            for rb in (0..rows).step_by(B) {
+                for c in cb..(cb + B).min(ncols) {
+                    let dst = &mut chunk[c * rows..(c + 1) * rows];
+                    for r in rb..(rb + B).min(rows) {
+                        dst[r] = src[r * cols + c0 + c];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +127,9 @@ mod tests {
                     }
                 });
                 assert!(out.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+                let src: Vec<u32> = (0..(rows * cols) as u32).collect();
+                let t = transpose(&src, rows, cols, par);
+                assert!((0..rows * cols).all(|i| t[(i % cols) * rows + i / cols] == src[i]));
             }
         }
     }

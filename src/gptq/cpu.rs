@@ -55,8 +55,10 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
                 rest = tail;
                 let src = &qweight[word_row * n..(word_row + 1) * n];
                 let first_shift = (bits as usize * j0) as u32;
-                let group_params = |p: usize| params.row(rows_group[k + p] as usize);
-                lanes::v4::affine_planes(v4, src, count, first_shift, bits as u32, group_params, here);
+                let groups = &rows_group[k..k + count];
+                let shared = groups.iter().all(|&g| g == groups[0]);
+                let group_params = |p: usize| params.row(groups[p] as usize);
+                lanes::v4::affine_planes(v4, src, count, first_shift, bits as u32, group_params, shared, here);
                 k += count;
             }
             return;

@@ -27,9 +27,16 @@
 //! `+1` unless a true zero point was 0 (auto-gptq's writer then stored -1 and corrupted the word's
 //! higher fields); in that edge case this crate follows GPTQModel, documented in the tests.
 
+pub mod checkpoint;
+mod config;
 mod cpu;
+pub mod fuse;
 pub mod layout;
 pub mod reference;
+
+pub use checkpoint::{GptqCheckpoint, GptqLayer, GptqLayerInfo};
+pub use config::GptqConfig;
+pub use fuse::{FusePlan, FuseReport, concat_dequantized, fuse_columns, fuse_layers, plan_fusion};
 
 use crate::elem::Elem;
 use crate::error::{Error, Result, expect_len};

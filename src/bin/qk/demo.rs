@@ -1,30 +1,26 @@
-//! `qk`: the quant-kernels command-line tool.
-//!
-//! With no arguments it runs the demo: for each HQQ width it packs codes that the `hqq` Python
-//! library produced (embedded, see `tests/fixtures/hqq/`), checks the packing against hqq's,
-//! dequantizes, and prints the difference to hqq's dequantized weight and the quantization
-//! error; it does the same for embedded GPTQ, AWQ and FP8 layers written by their upstream
-//! libraries; then it times 4-bit dequantization of a 4096x4096 weight next to a memcpy of the
-//! output, naming the SIMD instruction set in use.
+//! The demo (`qk` with no arguments): every scheme's embedded upstream outputs reproduced, an
+//! embedded tiny GPTQ checkpoint loaded, fused and dequantized, and 4-bit dequantization timed
+//! next to memcpy.
 
 use half::f16;
 use quant_kernels::hqq::{self, Axis, HqqLayout, PackedWords};
 use quant_kernels::{B4, Parallelism, lanes};
 use rayon::prelude::*;
 use safetensors::SafeTensors;
+
+use crate::CliError;
 use std::hint::black_box;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// hqq 0.2.8 `Quantizer.quantize` outputs (the crate's test fixture), embedded.
-static HQQ_CASES: &[u8] = include_bytes!("../../tests/fixtures/hqq/quant.safetensors");
+static HQQ_CASES: &[u8] = include_bytes!("../../../tests/fixtures/hqq/quant.safetensors");
 /// A GPTQModel 7.7 / auto-gptq 0.7.1 layer: 4-bit, asym, act-order, group 32 (test fixture).
 static GPTQ_CASE: &[u8] =
-    include_bytes!("../../tests/fixtures/gptq/gptq_b4_asym_descact_g32_K128_N64.safetensors");
+    include_bytes!("../../../tests/fixtures/gptq/gptq_b4_asym_descact_g32_K128_N64.safetensors");
 /// An AutoAWQ 0.2.9 gemm layer: 4-bit, group 64 (test fixture).
-static AWQ_CASE: &[u8] = include_bytes!("../../tests/fixtures/awq/awq_gemm_b4_g64_K128_N64.safetensors");
+static AWQ_CASE: &[u8] = include_bytes!("../../../tests/fixtures/awq/awq_gemm_b4_g64_K128_N64.safetensors");
 /// torch 2.15 FP8 vectors incl. a 300x260 E4M3 weight with 128x128 block scales (test fixture).
-static FP8_CASE: &[u8] = include_bytes!("../../tests/fixtures/fp8/fp8.safetensors");
+static FP8_CASE: &[u8] = include_bytes!("../../../tests/fixtures/fp8/fp8.safetensors");
 
 /// One embedded case per width: (case name, weight tensor, rows, cols, bits, group, axis).
 const DEMO: &[(&str, &str, usize, usize, u8, usize, Axis)] = &[
@@ -35,49 +31,17 @@ const DEMO: &[(&str, &str, usize, usize, u8, usize, Axis)] = &[
     ("q1_g16_ax0_noopt", "W.128x64", 128, 64, 1, 16, Axis::Zero),
 ];
 
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    #[error("unknown argument `{0}` (run `qk --help`)")]
-    Usage(String),
-    #[error("embedded data: {0}")]
-    Data(String),
-    #[error(transparent)]
-    Kernel(#[from] quant_kernels::Error),
-}
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        None => demo(),
-        Some("demo") if args.len() == 1 => demo(),
-        Some("-h" | "--help") => {
-            println!(
-                "usage: qk [demo]\n\nRuns the HQQ pack/dequantize demo on embedded hqq outputs and times 4-bit\ndequantization of a 4096x4096 weight next to memcpy."
-            );
-            Ok(())
-        }
-        Some(_) => Err(CliError::Usage(args.join(" "))),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qk: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 fn le_f32(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
-fn demo() -> Result<(), CliError> {
-    println!("quant-kernels {} demo", env!("CARGO_PKG_VERSION"));
-    println!("SIMD: {}; threads: {}\n", lanes::isa(), rayon::current_num_threads());
+pub fn run() -> Result<(), CliError> {
+    out!("quant-kernels {} demo", env!("CARGO_PKG_VERSION"));
+    out!("SIMD: {}; threads: {}\n", lanes::isa(), rayon::current_num_threads());
     let st = SafeTensors::deserialize(HQQ_CASES).map_err(|e| CliError::Data(e.to_string()))?;
     let get = |name: &str| st.tensor(name).map_err(|e| CliError::Data(format!("{name}: {e}")));
-    println!("HQQ pack + dequantize of hqq 0.2.8 outputs (embedded):");
-    println!(
+    out!("HQQ pack + dequantize of hqq 0.2.8 outputs (embedded):");
+    out!(
         "{:<22} {:>5} {:>6} {:>4} {:>10} {:>14} {:>12}",
         "case", "bits", "group", "axis", "packed==hqq", "max|ours-hqq|", "max|w-W|"
     );
@@ -100,9 +64,10 @@ fn demo() -> Result<(), CliError> {
         let max_diff = ours.iter().zip(&hqq_deq).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let max_err = ours.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let axis = if axis == Axis::Zero { 0 } else { 1 };
-        println!("{case:<22} {bits:>5} {group:>6} {axis:>4} {same:>10} {max_diff:>14e} {max_err:>12.5}");
+        out!("{case:<22} {bits:>5} {group:>6} {axis:>4} {same:>10} {max_diff:>14e} {max_err:>12.5}");
     }
     other_schemes()?;
+    crate::gptq_cmd::demo_checkpoint()?;
     throughput()?;
     Ok(())
 }
@@ -126,8 +91,8 @@ fn other_schemes() -> Result<(), CliError> {
         st.tensor(name).map(|t| t.data().to_vec()).map_err(|e| CliError::Data(format!("{name}: {e}")))
     };
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    println!("\nGPTQ / AWQ / FP8 dequantize of upstream outputs (embedded):");
-    println!("{:<44} {:>14}", "layer", "max|ours-ref|");
+    out!("\nGPTQ / AWQ / FP8 dequantize of upstream outputs (embedded):");
+    out!("{:<44} {:>14}", "layer", "max|ours-ref|");
 
     let st = load(GPTQ_CASE)?;
     let l = GptqLayout::new(128, 64, 4, 32)?;
@@ -144,7 +109,7 @@ fn other_schemes() -> Result<(), CliError> {
             format,
             Parallelism::Rayon,
         )?;
-        println!(
+        out!(
             "{:<44} {:>14e}",
             format!("GPTQ 4-bit act-order g32 128x64 ({label} zeros)"),
             max_diff(&w, &want)
@@ -160,7 +125,7 @@ fn other_schemes() -> Result<(), CliError> {
         &l,
         Parallelism::Rayon,
     )?;
-    println!("{:<44} {:>14e}", "AWQ 4-bit gemm g64 128x64", max_diff(&w, &le_f32(&tensor(&st, "W_deq")?)));
+    out!("{:<44} {:>14e}", "AWQ 4-bit gemm g64 128x64", max_diff(&w, &le_f32(&tensor(&st, "W_deq")?)));
 
     let st = load(FP8_CASE)?;
     let l = Fp8Layout::block(300, 260, 128, 128)?;
@@ -171,7 +136,7 @@ fn other_schemes() -> Result<(), CliError> {
         &l,
         Parallelism::Rayon,
     )?;
-    println!(
+    out!(
         "{:<44} {:>14e}",
         "FP8 E4M3 300x260, 128x128 block scales",
         max_diff(&w, &le_f32(&tensor(&st, "block.deq_f32")?))
@@ -194,7 +159,7 @@ fn best(runs: usize, mut f: impl FnMut()) -> Duration {
 fn throughput() -> Result<(), CliError> {
     let (rows, cols, g) = (4096usize, 4096usize, 64usize);
     let n = rows * cols;
-    println!("\n4-bit HQQ dequantize {rows}x{cols}, group {g}, f16 scales/zeros -> f16 (best of 10):");
+    out!("\n4-bit HQQ dequantize {rows}x{cols}, group {g}, f16 scales/zeros -> f16 (best of 10):");
     let words: Vec<u8> = (0..n / 2).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
     let params: Vec<f16> = (0..n / g).map(|i| f16::from_f32(0.001 * (i % 97) as f32)).collect();
     let mut out = vec![f16::ZERO; n];
@@ -207,7 +172,7 @@ fn throughput() -> Result<(), CliError> {
             .for_each(|(d, s)| d.copy_from_slice(s))
     });
     let memcpy_gbps = 2.0 * out_bytes as f64 / memcpy.as_secs_f64() / 1e9;
-    println!(
+    out!(
         "  {:<28} {:>9.3} ms {:>7.1} GB/s",
         "memcpy (threaded)",
         memcpy.as_secs_f64() * 1e3,
@@ -230,7 +195,7 @@ fn throughput() -> Result<(), CliError> {
             }
             let gbps = bytes / t.as_secs_f64() / 1e9;
             let name = format!("axis {} {label}", if axis == Axis::Zero { 0 } else { 1 });
-            println!(
+            out!(
                 "  {name:<28} {:>9.3} ms {gbps:>7.1} GB/s {:>5.0}% of memcpy",
                 t.as_secs_f64() * 1e3,
                 100.0 * gbps / memcpy_gbps

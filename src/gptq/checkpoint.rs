@@ -1,0 +1,238 @@
+//! GPTQ checkpoints: the quantized layers of a [`Checkpoint`], found by their tensor names and
+//! cross-checked against the config before anything is read.
+//!
+//! A layer `<prefix>` is the tensors `<prefix>.qweight` (I32 `[K*bits/32, N]`), `.qzeros` (I32
+//! `[G, N*bits/32]`), `.scales` (F16/BF16/F32 `[G, N]`), optionally `.g_idx` (I32 `[K]`; absent
+//! means `k / group_size`) and `.bias` (float `[N]`). K comes from `g_idx` when present, else
+//! from `qweight`'s rows and the config's bits.
+
+use super::{GptqConfig, GptqLayout, ZeroFormat, ZeroFormatMismatch};
+use crate::elem::{Elem, FloatVec};
+use crate::error::{Error, Result};
+use crate::io::{Checkpoint, Dtype, TensorInfo};
+use crate::par::Parallelism;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Where a layer's tensors are and what shape they describe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptqLayerInfo {
+    /// The layer's name prefix (`model.layers.0.self_attn.q_proj`).
+    pub prefix: String,
+    /// Its shape and quantization parameters.
+    pub layout: GptqLayout,
+    /// Dtype of `scales`.
+    pub scale_dtype: Dtype,
+    /// Whether a `g_idx` tensor is stored.
+    pub has_g_idx: bool,
+    /// Dtype of the bias, if there is one.
+    pub bias: Option<Dtype>,
+}
+
+impl GptqLayerInfo {
+    /// Bytes the layer's tensors take in the checkpoint.
+    pub fn stored_bytes(&self) -> usize {
+        let l = &self.layout;
+        let (qr, qc) = l.qweight_shape();
+        let (zr, zc) = l.qzeros_shape();
+        4 * (qr * qc + zr * zc)
+            + self.scale_dtype.size() * l.groups() * l.n()
+            + if self.has_g_idx { 4 * l.k() } else { 0 }
+            + self.bias.map_or(0, |d| d.size() * l.n())
+    }
+}
+
+/// One GPTQ layer in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptqLayer {
+    /// Shape and quantization parameters.
+    pub layout: GptqLayout,
+    /// How `qzeros` stores zero points.
+    pub format: ZeroFormat,
+    /// `[K*bits/32, N]` packed codes.
+    pub qweight: Vec<i32>,
+    /// `[G, N*bits/32]` packed zero points.
+    pub qzeros: Vec<i32>,
+    /// `[G, N]` scales.
+    pub scales: FloatVec,
+    /// `[K]` group of each input, `None` for `k / group_size`.
+    pub g_idx: Option<Vec<i32>>,
+    /// `[N]` bias.
+    pub bias: Option<FloatVec>,
+}
+
+impl GptqLayer {
+    /// Dequantize to `[K, N]` (see [`super::gptq_dequantize`]).
+    pub fn dequantize<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
+        let g_idx = self.g_idx.as_deref();
+        let (l, f) = (&self.layout, self.format);
+        crate::with_float_vec!(&self.scales, s => super::gptq_dequantize(&self.qweight, &self.qzeros, s, g_idx, l, f, par))
+    }
+
+    /// Dequantize to `[N, K]`, the orientation of an unquantized checkpoint's `nn.Linear`
+    /// weight (GPTQ stores `[K, N]`).
+    pub fn dequantize_linear<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
+        let w = self.dequantize::<O>(par)?;
+        Ok(crate::par::transpose(&w, self.layout.k(), self.layout.n(), par))
+    }
+
+    /// For a symmetric layer, whether its zero points look like the other format (see
+    /// [`super::check_zero_format`]).
+    pub fn zero_format_mismatch(&self) -> Result<Option<ZeroFormatMismatch>> {
+        super::check_zero_format(&self.qzeros, &self.layout, self.format)
+    }
+}
+
+/// A checkpoint whose GPTQ layers have been found and checked.
+#[derive(Debug, Clone)]
+pub struct GptqCheckpoint {
+    checkpoint: Checkpoint,
+    config: GptqConfig,
+    layers: BTreeMap<String, GptqLayerInfo>,
+}
+
+fn shape_error(tensor: &str, expected: &[usize], info: &TensorInfo) -> Error {
+    Error::TensorShape { tensor: tensor.to_string(), expected: expected.to_vec(), got: info.shape.clone() }
+}
+
+fn expect(ckpt: &Checkpoint, name: &str, dtypes: &[Dtype], allowed: &'static str) -> Result<TensorInfo> {
+    let info = ckpt.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+    if !dtypes.contains(&info.dtype) {
+        return Err(Error::TensorDtype { tensor: name.into(), expected: allowed, got: info.dtype.to_string() });
+    }
+    Ok(info.clone())
+}
+
+const FLOATS: &[Dtype] = &[Dtype::F16, Dtype::Bf16, Dtype::F32];
+
+fn read_floats(ckpt: &Checkpoint, name: &str) -> Result<FloatVec> {
+    let info = expect(ckpt, name, FLOATS, "F16, BF16 or F32")?;
+    Ok(match info.dtype {
+        Dtype::F16 => FloatVec::F16(ckpt.read_as(name)?),
+        Dtype::Bf16 => FloatVec::Bf16(ckpt.read_as(name)?),
+        _ => FloatVec::F32(ckpt.read_as(name)?),
+    })
+}
+
+impl GptqCheckpoint {
+    /// Open the checkpoint in `dir` (see [`Checkpoint::open`]), parse its GPTQ config, find
+    /// every layer and check every shape and dtype; nothing is dequantized.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_checkpoint(Checkpoint::open(dir)?)
+    }
+
+    /// [`GptqCheckpoint::open`] on an already opened checkpoint.
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
+        let config = match checkpoint.quantization_config() {
+            Some(c) => GptqConfig::from_json(c)?,
+            None => {
+                return Err(Error::Config {
+                    field: "quantization_config".into(),
+                    reason: "neither quantize_config.json nor config.json's quantization_config exists".into(),
+                });
+            }
+        };
+        let mut layers = BTreeMap::new();
+        let prefixes: Vec<String> =
+            checkpoint.tensor_names().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();
+        let mut missing = Vec::new();
+        for prefix in &prefixes {
+            for part in ["qzeros", "scales"] {
+                let name = format!("{prefix}.{part}");
+                if checkpoint.info(&name).is_none() {
+                    missing.push(name);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::MissingTensors(missing));
+        }
+        for prefix in prefixes {
+            let info = Self::check_layer(&checkpoint, &config, &prefix)?;
+            layers.insert(prefix, info);
+        }
+        Ok(Self { checkpoint, config, layers })
+    }
+
+    fn check_layer(ckpt: &Checkpoint, config: &GptqConfig, prefix: &str) -> Result<GptqLayerInfo> {
+        let name = |part: &str| format!("{prefix}.{part}");
+        let qweight = expect(ckpt, &name("qweight"), &[Dtype::I32], "I32")?;
+        let qzeros = expect(ckpt, &name("qzeros"), &[Dtype::I32], "I32")?;
+        let scales = expect(ckpt, &name("scales"), FLOATS, "F16, BF16 or F32")?;
+        let g_idx = ckpt.info(&name("g_idx")).map(|_| expect(ckpt, &name("g_idx"), &[Dtype::I32], "I32")).transpose()?;
+        let bias = ckpt.info(&name("bias")).map(|_| expect(ckpt, &name("bias"), FLOATS, "F16, BF16 or F32")).transpose()?;
+        let bits = config.bits as usize;
+        let [rows, n] = qweight.shape[..] else {
+            return Err(shape_error(&name("qweight"), &[0, 0], &qweight));
+        };
+        let k = match &g_idx {
+            Some(g) if g.shape.len() == 1 => g.shape[0],
+            Some(g) => return Err(shape_error(&name("g_idx"), &[rows * 32 / bits], g)),
+            None => rows * 32 / bits,
+        };
+        let layout = GptqLayout::new(k, n, config.bits, config.group_size)?;
+        let (qr, qc) = layout.qweight_shape();
+        let (zr, zc) = layout.qzeros_shape();
+        for (part, info, expected) in [
+            ("qweight", &qweight, vec![qr, qc]),
+            ("qzeros", &qzeros, vec![zr, zc]),
+            ("scales", &scales, vec![layout.groups(), n]),
+        ] {
+            if info.shape != expected {
+                return Err(shape_error(&name(part), &expected, info));
+            }
+        }
+        if let Some(b) = &bias
+            && b.shape != [n]
+        {
+            return Err(shape_error(&name("bias"), &[n], b));
+        }
+        Ok(GptqLayerInfo {
+            prefix: prefix.to_string(),
+            layout,
+            scale_dtype: scales.dtype,
+            has_g_idx: g_idx.is_some(),
+            bias: bias.map(|b| b.dtype),
+        })
+    }
+
+    /// The underlying checkpoint (unquantized tensors, raw reads).
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// The parsed quantization config.
+    pub fn config(&self) -> &GptqConfig {
+        &self.config
+    }
+
+    /// Every GPTQ layer, by prefix.
+    pub fn layers(&self) -> &BTreeMap<String, GptqLayerInfo> {
+        &self.layers
+    }
+
+    /// Whether `tensor` is one of a GPTQ layer's stored parts (`.qweight`, `.qzeros`, `.scales`,
+    /// `.g_idx`) rather than a plain tensor (`.bias` counts as plain).
+    pub fn is_quantized_part(&self, tensor: &str) -> bool {
+        tensor.rsplit_once('.').is_some_and(|(prefix, part)| {
+            matches!(part, "qweight" | "qzeros" | "scales" | "g_idx") && self.layers.contains_key(prefix)
+        })
+    }
+
+    /// Read one layer's tensors.
+    pub fn load(&self, prefix: &str) -> Result<GptqLayer> {
+        let info = self.layers.get(prefix).ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.qweight")]))?;
+        let ck = &self.checkpoint;
+        let name = |part: &str| format!("{prefix}.{part}");
+        let g_idx = if info.has_g_idx { Some(ck.read_as::<i32>(&name("g_idx"))?) } else { None };
+        Ok(GptqLayer {
+            layout: info.layout,
+            format: self.config.format,
+            qweight: ck.read_as(&name("qweight"))?,
+            qzeros: ck.read_as(&name("qzeros"))?,
+            scales: read_floats(ck, &name("scales"))?,
+            g_idx,
+            bias: info.bias.map(|_| read_floats(ck, &name("bias"))).transpose()?,
+        })
+    }
+}

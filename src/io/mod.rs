@@ -1,0 +1,13 @@
+//! Files: a lazy, validating safetensors reader and a streaming writer ([`safetensors`]), and
+//! model checkpoints made of them ([`checkpoint`]: a single file or a sharded index, plus the
+//! quantization config).
+//!
+//! Nothing here maps or copies a whole file: headers are parsed and checked against the file
+//! length when a file is opened, and tensors are read one at a time into buffers whose size the
+//! (already checked) header fixes.
+
+pub mod checkpoint;
+pub mod safetensors;
+
+pub use checkpoint::Checkpoint;
+pub use safetensors::{Dtype, SafetensorsFile, SafetensorsWriter, TensorInfo};
