@@ -77,3 +77,44 @@ fn check<P: crate::Packing>(
     }
     fast
 }
+
+/// A safetensors file of arbitrary bytes (`data` is the whole file): the header parser must
+/// return `Ok` or a typed `Err`, never panic or allocate beyond the input; on `Ok` every
+/// tensor's byte range lies inside the file and matches its shape and dtype. Returns whether
+/// the header was accepted.
+pub fn safetensors_header(data: &[u8]) -> bool {
+    let Some((len, rest)) = data.split_first_chunk::<8>() else { return false };
+    let n = u64::from_le_bytes(*len);
+    let Some(header) = usize::try_from(n).ok().and_then(|n| rest.get(..n)) else { return false };
+    match crate::io::safetensors::parse_header("fuzz", header, data.len() as u64) {
+        Ok((tensors, _)) => {
+            for info in tensors.values() {
+                let end = info.offset + info.len as u64;
+                assert!(end <= data.len() as u64 && info.offset >= 8 + n);
+                assert_eq!(info.shape.iter().product::<usize>() * info.dtype.size(), info.len);
+            }
+            true
+        }
+        Err(e) => {
+            assert!(matches!(e, crate::Error::Safetensors { .. }));
+            false
+        }
+    }
+}
+
+/// A quantization config of arbitrary bytes: JSON that does not parse is skipped; any JSON
+/// value must give a config or a typed [`crate::Error::Config`], never a panic; an accepted
+/// config has a supported width and group size. Returns whether it was accepted.
+pub fn gptq_config(data: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return false };
+    match crate::gptq::GptqConfig::from_json(&value) {
+        Ok(c) => {
+            assert!(matches!(c.bits, 2 | 3 | 4 | 8) && (c.group_size == -1 || c.group_size > 0));
+            true
+        }
+        Err(e) => {
+            assert!(matches!(e, crate::Error::Config { .. }));
+            false
+        }
+    }
+}

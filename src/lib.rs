@@ -7,6 +7,12 @@
 //! * [`hqq`]: HQQ BitPack packing for 8/4/3/2/1 bits ([`hqq::pack_hqq`], [`hqq::unpack_hqq`])
 //!   and dequantization ([`hqq::dequant_4bit`] and siblings) for axis 0 and 1, scales/zeros in
 //!   `f32`/`f16`/`bf16`, output in `f32`/`f16`/`bf16`.
+//! * [`gptq`]: dequantization of 2/3/4/8-bit GPTQ layers (sym/asym, act-order `g_idx`, v1/v2
+//!   zero points), checkpoints ([`gptq::GptqCheckpoint`]) and q/k/v, gate/up fusion
+//!   ([`gptq::fuse_columns`]).
+//! * [`awq`], [`fp8`]: AutoAWQ's gemm layout; FP8 E4M3/E5M2 with per-tensor or block scales.
+//! * [`io`]: a lazy, validating safetensors reader and streaming writer; checkpoint directories
+//!   (single file or sharded index) and their quantization config.
 //!
 //! Every kernel has three paths that give identical bits: a naive reference, a SIMD path whose
 //! instruction set is chosen at run time ([`lanes::isa`]), and SIMD + rayon threads.

@@ -82,7 +82,12 @@ pub(crate) fn col_stripes<T: Send>(
 
 /// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix, in 32x32 blocks, output
 /// rows split over threads as `par` allows.
-pub fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usize, par: Parallelism) -> Vec<T> {
+pub fn transpose<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    par: Parallelism,
+) -> Vec<T> {
     debug_assert_eq!(src.len(), rows * cols);
     const B: usize = 32;
     let mut out = vec![T::default(); src.len()];

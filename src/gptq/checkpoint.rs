@@ -98,7 +98,11 @@ fn shape_error(tensor: &str, expected: &[usize], info: &TensorInfo) -> Error {
 fn expect(ckpt: &Checkpoint, name: &str, dtypes: &[Dtype], allowed: &'static str) -> Result<TensorInfo> {
     let info = ckpt.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
     if !dtypes.contains(&info.dtype) {
-        return Err(Error::TensorDtype { tensor: name.into(), expected: allowed, got: info.dtype.to_string() });
+        return Err(Error::TensorDtype {
+            tensor: name.into(),
+            expected: allowed,
+            got: info.dtype.to_string(),
+        });
     }
     Ok(info.clone())
 }
@@ -128,7 +132,8 @@ impl GptqCheckpoint {
             None => {
                 return Err(Error::Config {
                     field: "quantization_config".into(),
-                    reason: "neither quantize_config.json nor config.json's quantization_config exists".into(),
+                    reason: "neither quantize_config.json nor config.json's quantization_config exists"
+                        .into(),
                 });
             }
         };
@@ -159,8 +164,14 @@ impl GptqCheckpoint {
         let qweight = expect(ckpt, &name("qweight"), &[Dtype::I32], "I32")?;
         let qzeros = expect(ckpt, &name("qzeros"), &[Dtype::I32], "I32")?;
         let scales = expect(ckpt, &name("scales"), FLOATS, "F16, BF16 or F32")?;
-        let g_idx = ckpt.info(&name("g_idx")).map(|_| expect(ckpt, &name("g_idx"), &[Dtype::I32], "I32")).transpose()?;
-        let bias = ckpt.info(&name("bias")).map(|_| expect(ckpt, &name("bias"), FLOATS, "F16, BF16 or F32")).transpose()?;
+        let g_idx = ckpt
+            .info(&name("g_idx"))
+            .map(|_| expect(ckpt, &name("g_idx"), &[Dtype::I32], "I32"))
+            .transpose()?;
+        let bias = ckpt
+            .info(&name("bias"))
+            .map(|_| expect(ckpt, &name("bias"), FLOATS, "F16, BF16 or F32"))
+            .transpose()?;
         let bits = config.bits as usize;
         let [rows, n] = qweight.shape[..] else {
             return Err(shape_error(&name("qweight"), &[0, 0], &qweight));
@@ -221,7 +232,10 @@ impl GptqCheckpoint {
 
     /// Read one layer's tensors.
     pub fn load(&self, prefix: &str) -> Result<GptqLayer> {
-        let info = self.layers.get(prefix).ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.qweight")]))?;
+        let info = self
+            .layers
+            .get(prefix)
+            .ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.qweight")]))?;
         let ck = &self.checkpoint;
         let name = |part: &str| format!("{prefix}.{part}");
         let g_idx = if info.has_g_idx { Some(ck.read_as::<i32>(&name("g_idx"))?) } else { None };

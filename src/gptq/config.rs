@@ -51,7 +51,9 @@ fn get_bool(obj: &serde_json::Map<String, Value>, field: &str, default: bool) ->
 fn get_int(obj: &serde_json::Map<String, Value>, field: &str) -> Result<Option<i64>> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_i64().map(Some).ok_or_else(|| invalid(field, format!("expected an integer, found {v}"))),
+        Some(v) => {
+            v.as_i64().map(Some).ok_or_else(|| invalid(field, format!("expected an integer, found {v}")))
+        }
     }
 }
 
@@ -94,7 +96,10 @@ impl GptqConfig {
                 "gptq" => ZeroFormat::V1,
                 "gptq_v2" => ZeroFormat::V2,
                 other => {
-                    return Err(invalid("checkpoint_format", format!("`{other}` (expected gptq or gptq_v2)")));
+                    return Err(invalid(
+                        "checkpoint_format",
+                        format!("`{other}` (expected gptq or gptq_v2)"),
+                    ));
                 }
             },
             (None, None) => d.format,
@@ -125,9 +130,14 @@ mod tests {
     #[test]
     fn defaults_and_errors() {
         assert_eq!(GptqConfig::from_json(&json!({})).unwrap(), GptqConfig::default());
-        let c = GptqConfig::from_json(&json!({"bits": 3, "group_size": 128, "desc_act": false, "format": "gptq"}))
-            .unwrap();
-        assert_eq!((c.bits, c.group_size, c.desc_act, c.sym, c.format), (3, 128, false, true, ZeroFormat::V1));
+        let c = GptqConfig::from_json(
+            &json!({"bits": 3, "group_size": 128, "desc_act": false, "format": "gptq"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.bits, c.group_size, c.desc_act, c.sym, c.format),
+            (3, 128, false, true, ZeroFormat::V1)
+        );
         for (bad, field) in [
             (json!([]), "quantization_config"),
             (json!({"bits": "4"}), "bits"),

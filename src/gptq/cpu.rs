@@ -58,7 +58,16 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
                 let groups = &rows_group[k..k + count];
                 let shared = groups.iter().all(|&g| g == groups[0]);
                 let group_params = |p: usize| params.row(groups[p] as usize);
-                lanes::v4::affine_planes(v4, src, count, first_shift, bits as u32, group_params, shared, here);
+                lanes::v4::affine_planes(
+                    v4,
+                    src,
+                    count,
+                    first_shift,
+                    bits as u32,
+                    group_params,
+                    shared,
+                    here,
+                );
                 k += count;
             }
             return;

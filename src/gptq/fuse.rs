@@ -45,10 +45,10 @@ fn concat_columns(parts: &[(&[i32], usize)], rows: usize) -> Vec<i32> {
 /// use quant_kernels::elem::FloatVec;
 /// use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat, fuse_columns};
 /// use quant_kernels::Parallelism;
-/// let part = |code: i32, n: usize| GptqLayer {
+/// let part = |code: u32, n: usize| GptqLayer {
 ///     layout: GptqLayout::new(8, n, 4, -1).unwrap(),
 ///     format: ZeroFormat::V2,
-///     qweight: vec![code * 0x1111_1111; n],     // every code = `code`
+///     qweight: vec![(code * 0x1111_1111u32) as i32; n], // every code = `code`
 ///     qzeros: vec![0x8888_8888u32 as i32; n / 8], // z = 8
 ///     scales: FloatVec::F32(vec![1.0; n]),
 ///     g_idx: None,
@@ -103,10 +103,14 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
     let layout = GptqLayout::new(l0.k(), n, l0.bits(), l0.group_size().map_or(-1, |g| g as i64))?;
     let bits = l0.bits();
     let (qrows, _) = layout.qweight_shape();
-    let qweight = concat_columns(&parts.iter().map(|p| (&p.qweight[..], p.layout.n())).collect::<Vec<_>>(), qrows);
+    let qweight =
+        concat_columns(&parts.iter().map(|p| (&p.qweight[..], p.layout.n())).collect::<Vec<_>>(), qrows);
     let groups = layout.groups();
-    let scales = FloatVec::concat_columns(&parts.iter().map(|p| (&p.scales, p.layout.n())).collect::<Vec<_>>(), groups)
-        .ok_or(Error::Fuse { what: "scales", part: 0 })?;
+    let scales = FloatVec::concat_columns(
+        &parts.iter().map(|p| (&p.scales, p.layout.n())).collect::<Vec<_>>(),
+        groups,
+    )
+    .ok_or(Error::Fuse { what: "scales", part: 0 })?;
     let mut qzeros = Vec::with_capacity(groups * n * bits as usize / 32);
     let mut fields = Vec::with_capacity(n);
     for g in 0..groups {
@@ -122,8 +126,13 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
     let bias = match first.bias {
         None => None,
         Some(_) => {
-            let biases: Option<Vec<_>> = parts.iter().map(|p| p.bias.as_ref().map(|b| (b, p.layout.n()))).collect();
-            Some(biases.and_then(|b| FloatVec::concat_columns(&b, 1)).ok_or(Error::Fuse { what: "bias", part: 0 })?)
+            let biases: Option<Vec<_>> =
+                parts.iter().map(|p| p.bias.as_ref().map(|b| (b, p.layout.n()))).collect();
+            Some(
+                biases
+                    .and_then(|b| FloatVec::concat_columns(&b, 1))
+                    .ok_or(Error::Fuse { what: "bias", part: 0 })?,
+            )
         }
     };
     Ok(GptqLayer { layout, format: first.format, qweight, qzeros, scales, g_idx: first.g_idx.clone(), bias })
@@ -151,12 +160,14 @@ pub struct FusePlan {
 /// assert_eq!(plan[1].parts, ["m.0.mlp.gate_proj", "m.0.mlp.up_proj"]);
 /// ```
 pub fn plan_fusion<'a>(prefixes: impl IntoIterator<Item = &'a str>) -> Vec<FusePlan> {
-    const GROUPS: [(&str, &[&str]); 2] = [("qkv_proj", &["q_proj", "k_proj", "v_proj"]), ("gate_up_proj", &["gate_proj", "up_proj"])];
+    const GROUPS: [(&str, &[&str]); 2] =
+        [("qkv_proj", &["q_proj", "k_proj", "v_proj"]), ("gate_up_proj", &["gate_proj", "up_proj"])];
     let all: std::collections::BTreeSet<&str> = prefixes.into_iter().collect();
     let mut plans = Vec::new();
     for &prefix in &all {
         for (fused, parts) in GROUPS {
-            let Some(base) = prefix.strip_suffix(parts[0]).filter(|b| b.is_empty() || b.ends_with('.')) else {
+            let Some(base) = prefix.strip_suffix(parts[0]).filter(|b| b.is_empty() || b.ends_with('.'))
+            else {
                 continue;
             };
             let names: Vec<String> = parts.iter().map(|p| format!("{base}{p}")).collect();
@@ -207,7 +218,10 @@ pub fn fuse_layers(layers: &mut std::collections::BTreeMap<String, GptqLayer>) -
 /// The fused dense weight `[K, sum of N]` of `parts` (same K): each part dequantized and the
 /// results placed side by side. Equal to dequantizing [`fuse_columns`]'s layer when that
 /// exists, and defined also when it does not (parts with different `g_idx`).
-pub fn concat_dequantized<O: crate::elem::Elem>(parts: &[&GptqLayer], par: crate::par::Parallelism) -> Result<Vec<O>> {
+pub fn concat_dequantized<O: crate::elem::Elem>(
+    parts: &[&GptqLayer],
+    par: crate::par::Parallelism,
+) -> Result<Vec<O>> {
     let first = parts.first().ok_or(Error::Fuse { what: "number of parts", part: 0 })?;
     let k = first.layout.k();
     if let Some(i) = parts.iter().position(|p| p.layout.k() != k) {

@@ -80,8 +80,10 @@ impl Checkpoint {
         index_path: &Path,
         index: &serde_json::Value,
     ) -> Result<(Vec<SafetensorsFile>, BTreeMap<String, usize>)> {
-        let bad = |reason: &str| Error::Json { path: index_path.display().to_string(), reason: reason.into() };
-        let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object"))?;
+        let bad =
+            |reason: &str| Error::Json { path: index_path.display().to_string(), reason: reason.into() };
+        let map =
+            index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object"))?;
         // file name -> tensors the index places there
         let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (tensor, file) in map {
@@ -116,7 +118,8 @@ impl Checkpoint {
     /// two give different values is a contradiction.
     fn read_quantization(dir: &Path) -> Result<Option<serde_json::Value>> {
         let separate = read_json(&dir.join("quantize_config.json"))?;
-        let embedded = read_json(&dir.join("config.json"))?.and_then(|c| c.get("quantization_config").cloned());
+        let embedded =
+            read_json(&dir.join("config.json"))?.and_then(|c| c.get("quantization_config").cloned());
         Ok(match (separate, embedded) {
             (Some(a), Some(b)) => {
                 let (Some(ma), Some(mb)) = (a.as_object(), b.as_object()) else {

@@ -196,7 +196,10 @@ pub fn parse_header(
             .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| bad("shape overflows"))?;
         if len as u64 != end - begin {
-            return Err(bad(&format!("shape {shape:?} of {dtype} needs {len} bytes, offsets give {}", end - begin)));
+            return Err(bad(&format!(
+                "shape {shape:?} of {dtype} needs {len} bytes, offsets give {}",
+                end - begin
+            )));
         }
         ranges.push((begin, end));
         tensors.insert(name, TensorInfo { dtype, shape, offset: data_start + begin, len });
@@ -226,7 +229,10 @@ impl SafetensorsFile {
         file.read_exact(&mut n).map_err(|_| malformed(&label, "shorter than the 8-byte header length"))?;
         let n = u64::from_le_bytes(n);
         if n > MAX_HEADER_BYTES || n > file_len - 8 {
-            return Err(malformed(&label, format!("header length {n} exceeds the file or {MAX_HEADER_BYTES}")));
+            return Err(malformed(
+                &label,
+                format!("header length {n} exceeds the file or {MAX_HEADER_BYTES}"),
+            ));
         }
         let mut header = vec![0u8; n as usize];
         file.read_exact(&mut header).map_err(|e| Error::io(path, &e))?;

@@ -43,7 +43,13 @@ pub fn run() -> Result<(), CliError> {
     out!("HQQ pack + dequantize of hqq 0.2.8 outputs (embedded):");
     out!(
         "{:<22} {:>5} {:>6} {:>4} {:>10} {:>14} {:>12}",
-        "case", "bits", "group", "axis", "packed==hqq", "max|ours-hqq|", "max|w-W|"
+        "case",
+        "bits",
+        "group",
+        "axis",
+        "packed==hqq",
+        "max|ours-hqq|",
+        "max|w-W|"
     );
     for &(case, weight, rows, cols, bits, group, axis) in DEMO {
         let layout = HqqLayout::new(rows, cols, group, axis)?;
@@ -172,12 +178,7 @@ fn throughput() -> Result<(), CliError> {
             .for_each(|(d, s)| d.copy_from_slice(s))
     });
     let memcpy_gbps = 2.0 * out_bytes as f64 / memcpy.as_secs_f64() / 1e9;
-    out!(
-        "  {:<28} {:>9.3} ms {:>7.1} GB/s",
-        "memcpy (threaded)",
-        memcpy.as_secs_f64() * 1e3,
-        memcpy_gbps
-    );
+    out!("  {:<28} {:>9.3} ms {:>7.1} GB/s", "memcpy (threaded)", memcpy.as_secs_f64() * 1e3, memcpy_gbps);
     let bytes = (n / 2 + 4 * (n / g) + out_bytes) as f64;
     for axis in [Axis::Zero, Axis::One] {
         let layout = HqqLayout::new(rows, cols, g, axis)?;

@@ -2,7 +2,9 @@
 
 use crate::{CliError, DequantizeArgs};
 use half::{bf16, f16};
-use quant_kernels::gptq::{GptqCheckpoint, GptqLayer, ZeroFormat, concat_dequantized, fuse_columns, fuse_layers, plan_fusion};
+use quant_kernels::gptq::{
+    GptqCheckpoint, GptqLayer, ZeroFormat, concat_dequantized, fuse_columns, fuse_layers, plan_fusion,
+};
 use quant_kernels::io::safetensors::{LeElem, to_le_bytes};
 use quant_kernels::io::{Dtype, SafetensorsWriter};
 use quant_kernels::{DType, Error, Parallelism};
@@ -54,7 +56,16 @@ pub fn inspect(dir: &Path) -> Result<(), CliError> {
     );
     out!(
         "\n{:<40} {:>6} {:>6} {:>4} {:>5} {:>4} {:>9} {:>12} {:>11} {:>6}",
-        "layer", "K", "N", "bits", "group", "sym", "act-order", "qweight", "stored", "vs f16"
+        "layer",
+        "K",
+        "N",
+        "bits",
+        "group",
+        "sym",
+        "act-order",
+        "qweight",
+        "stored",
+        "vs f16"
     );
     let (mut stored, mut dense) = (0usize, 0usize);
     for (prefix, info) in ck.layers() {
@@ -95,7 +106,12 @@ pub fn inspect(dir: &Path) -> Result<(), CliError> {
     );
     let plans = plan_fusion(ck.layers().keys().map(String::as_str));
     if !plans.is_empty() {
-        out!("fusable (qk dequantize --fuse): {} groups, e.g. {} <- {}", plans.len(), plans[0].fused, plans[0].parts.join(" + "));
+        out!(
+            "fusable (qk dequantize --fuse): {} groups, e.g. {} <- {}",
+            plans.len(),
+            plans[0].fused,
+            plans[0].parts.join(" + ")
+        );
     }
     Ok(())
 }
@@ -140,7 +156,9 @@ fn fused_bytes(name: &str, parts: &[GptqLayer], dtype: DType) -> Result<Vec<u8>,
     match fuse_columns(&refs) {
         Ok(layer) => linear_bytes(&layer, dtype),
         Err(Error::Fuse { what, part }) => {
-            eprintln!("qk: {name}: part {part}'s {what} differs, so no packed fused layer exists; concatenating the dequantized parts");
+            eprintln!(
+                "qk: {name}: part {part}'s {what} differs, so no packed fused layer exists; concatenating the dequantized parts"
+            );
             let (k, n) = (refs[0].layout.k(), refs.iter().map(|p| p.layout.n()).sum::<usize>());
             let par = Parallelism::Rayon;
             Ok(match dtype {
@@ -159,8 +177,10 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     let ck = GptqCheckpoint::open(&args.dir)?;
     let raw = ck.checkpoint();
     let plans = if args.fuse { plan_fusion(ck.layers().keys().map(String::as_str)) } else { Vec::new() };
-    let fused_part: BTreeMap<&str, &str> =
-        plans.iter().flat_map(|p| p.parts.iter().map(move |part| (part.as_str(), p.fused.as_str()))).collect();
+    let fused_part: BTreeMap<&str, &str> = plans
+        .iter()
+        .flat_map(|p| p.parts.iter().map(move |part| (part.as_str(), p.fused.as_str())))
+        .collect();
     // Output name -> (dtype, shape, source), sorted by name.
     let mut outputs: BTreeMap<String, (Dtype, Vec<usize>, Source)> = BTreeMap::new();
     for name in raw.tensor_names() {
@@ -182,7 +202,10 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         let infos: Vec<_> = plan.parts.iter().filter_map(|p| ck.layers().get(p)).collect();
         let n: usize = infos.iter().map(|i| i.layout.n()).sum();
         let k = infos[0].layout.k();
-        outputs.insert(format!("{}.weight", plan.fused), (dtype, vec![n, k], Source::Weight(plan.parts.clone())));
+        outputs.insert(
+            format!("{}.weight", plan.fused),
+            (dtype, vec![n, k], Source::Weight(plan.parts.clone())),
+        );
         if let Some(b) = infos[0].bias {
             if infos.iter().any(|i| i.bias != Some(b)) {
                 return Err(Error::Fuse { what: "bias", part: 0 }.into());
@@ -194,7 +217,10 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         outputs.iter().map(|(name, (d, shape, _))| (name.clone(), *d, shape.clone())).collect();
     let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("quant_kernels".to_string(), format!("dequantized from GPTQ {}-bit by qk {}", ck.config().bits, env!("CARGO_PKG_VERSION"))),
+        (
+            "quant_kernels".to_string(),
+            format!("dequantized from GPTQ {}-bit by qk {}", ck.config().bits, env!("CARGO_PKG_VERSION")),
+        ),
     ]);
     let mut writer = SafetensorsWriter::create(&args.out, &decl, &meta)?;
     let (mut layers, mut copied) = (0, 0);
@@ -258,7 +284,11 @@ const TINY: [Tiny; 2] = [
 ];
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() };
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        kind: e.kind(),
+        message: e.to_string(),
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -283,7 +313,12 @@ pub fn demo_checkpoint() -> Result<(), CliError> {
 fn demo_table(name: &str, dir: &Path, expected: &[u8]) -> Result<(), CliError> {
     let ck = GptqCheckpoint::open(dir)?;
     let c = ck.config();
-    let files = ck.checkpoint().tensor_names().filter_map(|t| ck.checkpoint().shard_of(t)).collect::<std::collections::BTreeSet<_>>().len();
+    let files = ck
+        .checkpoint()
+        .tensor_names()
+        .filter_map(|t| ck.checkpoint().shard_of(t))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     out!(
         "\n{name} (embedded, {files} file(s)): {} layers, {}-bit, group {}, sym {}, act-order {}, {}",
         ck.layers().len(),
@@ -298,7 +333,8 @@ fn demo_table(name: &str, dir: &Path, expected: &[u8]) -> Result<(), CliError> {
         layers.insert(prefix.clone(), ck.load(prefix)?);
     }
     let report = fuse_layers(&mut layers)?;
-    let expected = safetensors::SafeTensors::deserialize(expected).map_err(|e| CliError::Data(e.to_string()))?;
+    let expected =
+        safetensors::SafeTensors::deserialize(expected).map_err(|e| CliError::Data(e.to_string()))?;
     // (name, K, N, how, dense [K, N] f32, microseconds)
     let mut rows = Vec::new();
     for (prefix, layer) in &layers {
@@ -327,7 +363,11 @@ fn demo_table(name: &str, dir: &Path, expected: &[u8]) -> Result<(), CliError> {
         let want: Vec<f32> =
             want.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         if want.len() != w.len() {
-            return Err(CliError::Data(format!("{tensor}: {} values expected, {} computed", want.len(), w.len())));
+            return Err(CliError::Data(format!(
+                "{tensor}: {} values expected, {} computed",
+                want.len(),
+                w.len()
+            )));
         }
         let diff = w.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         out!("{prefix:<34} {k:>4} {n:>4} {how:<26} {diff:>14e} {:>5.0} µs", time.as_secs_f64() * 1e6);

@@ -67,7 +67,8 @@ fn parse_dequantize(args: &[String]) -> Result<DequantizeArgs, CliError> {
     let (mut dir, mut out, mut dtype, mut fuse) = (None, None, DType::F16, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
+        let mut value =
+            |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
         match a.as_str() {
             "--out" | "-o" => out = Some(PathBuf::from(value(a)?)),
             "--dtype" => {
@@ -75,7 +76,9 @@ fn parse_dequantize(args: &[String]) -> Result<DequantizeArgs, CliError> {
                     "f32" => DType::F32,
                     "f16" => DType::F16,
                     "bf16" => DType::Bf16,
-                    other => return Err(CliError::Usage(format!("unknown dtype `{other}` (f32, f16 or bf16)"))),
+                    other => {
+                        return Err(CliError::Usage(format!("unknown dtype `{other}` (f32, f16 or bf16)")));
+                    }
                 }
             }
             "--fuse" => fuse = true,

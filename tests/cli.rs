@@ -1,0 +1,125 @@
+//! The `qk` binary on the tiny GPTQ checkpoints: `inspect`, and `dequantize` reproducing
+//! GPTQModel's weights (`expected.safetensors`, transposed to `[out, in]`), fused or not.
+
+use half::f16;
+use quant_kernels::io::SafetensorsFile;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn qk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qk")).args(args).output().unwrap()
+}
+
+fn tiny(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gptq_checkpoints").join(name)
+}
+
+fn out_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("qk-cli-{}-{tag}.safetensors", std::process::id()))
+}
+
+/// `[k, n]` -> `[n, k]`.
+fn transpose(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    (0..n * k).map(|i| w[(i % k) * n + i / k]).collect()
+}
+
+#[test]
+fn inspect_lists_layers() {
+    let o = qk(&["inspect", tiny("tiny-llama-gptq-4bit").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("bits 4, group_size 32, sym false, desc_act true"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("model.layers.1.mlp.down_proj")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[1..7], ["128", "64", "4", "32", "false", "yes"]);
+    assert!(text.contains("14 GPTQ layers"));
+}
+
+#[test]
+fn dequantize_reproduces_gptqmodel_transposed() {
+    for name in ["tiny-llama-gptq-4bit", "tiny-llama-gptq-8bit-single"] {
+        let dir = tiny(name);
+        let expected = SafetensorsFile::open(dir.join("expected.safetensors")).unwrap();
+        let source = quant_kernels::io::Checkpoint::open(&dir).unwrap();
+        for fuse in [false, true] {
+            for dtype in ["f32", "f16"] {
+                let out = out_path(&format!("{name}-{fuse}-{dtype}"));
+                let mut args = vec![
+                    "dequantize",
+                    dir.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--dtype",
+                    dtype,
+                ];
+                if fuse {
+                    args.push("--fuse");
+                }
+                let o = qk(&args);
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                let got = SafetensorsFile::open(&out).unwrap();
+                let mut checked = 0;
+                for (tensor, info) in expected.tensors() {
+                    let fused = tensor.contains("qkv_proj") || tensor.contains("gate_up_proj");
+                    let present = got.info(tensor);
+                    let parts_of_fused = fuse
+                        && ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
+                            .iter()
+                            .any(|p| tensor.ends_with(&format!(".{p}.weight")));
+                    if (fused && !fuse) || parts_of_fused {
+                        assert!(present.is_none(), "{tensor} should not be written (fuse {fuse})");
+                        continue;
+                    }
+                    let (k, n) = (info.shape[0], info.shape[1]);
+                    assert_eq!(present.unwrap().shape, [n, k], "{tensor}");
+                    let want = transpose(&expected.read_as::<f32>(tensor).unwrap(), k, n);
+                    if dtype == "f32" {
+                        let w = got.read_as::<f32>(tensor).unwrap();
+                        assert!(w.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{tensor}");
+                    } else {
+                        // GPTQModel's f16 result is the f16 rounding of the exact f32 value.
+                        let w = got.read_as::<f16>(tensor).unwrap();
+                        assert!(w.iter().zip(&want).all(|(a, b)| *a == f16::from_f32(*b)), "{tensor}");
+                    }
+                    checked += 1;
+                }
+                assert_eq!(checked, if fuse { 2 * (2 + 2) } else { 14 }, "{name}"); // fused: qkv, gate_up, o, down
+                // Unquantized tensors are copied byte for byte; no GPTQ part remains.
+                for t in
+                    ["model.embed_tokens.weight", "lm_head.weight", "model.layers.1.input_layernorm.weight"]
+                {
+                    assert_eq!(got.read(t).unwrap(), source.read(t).unwrap(), "{t}");
+                }
+                assert!(got.tensors().keys().all(|t| !t.ends_with(".qweight") && !t.ends_with(".g_idx")));
+                assert_eq!(got.tensors().len(), 7 + if fuse { 8 } else { 14 });
+                std::fs::remove_file(out).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_invocations_exit_2_with_a_message() {
+    let dir = tiny("tiny-llama-gptq-8bit-single");
+    let d = dir.to_str().unwrap();
+    let out = out_path("bad");
+    let o_ = out.to_str().unwrap();
+    for args in [
+        vec!["frobnicate"],
+        vec!["inspect"],
+        vec!["inspect", "/nonexistent/dir"],
+        vec!["dequantize", d],
+        vec!["dequantize", d, "--out"],
+        vec!["dequantize", d, "--out", o_, "--dtype", "f8"],
+        vec!["dequantize", d, "--out", o_, "--bogus"],
+        vec!["dequantize", "/nonexistent/dir", "--out", o_],
+        vec!["dequantize", d, "--out", "/nonexistent/dir/x.safetensors"],
+    ] {
+        let o = qk(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("qk: ") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let o = qk(&["--help"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("qk dequantize DIR"));
+}
