@@ -142,7 +142,7 @@ pub(crate) struct ColumnParams<'a, S> {
 
 impl<'a, S: crate::elem::Elem> ColumnParams<'a, S> {
     /// `zeros` and `scales` are `[groups, n]` row-major.
-    pub(crate) fn new(zeros: impl Iterator<Item = u32> + Clone, scales: &'a [S], n: usize) -> Self {
+    pub(crate) fn new(zeros: impl Iterator<Item = u32>, scales: &'a [S], n: usize) -> Self {
         let avx512 = {
             #[cfg(target_arch = "x86_64")]
             {
@@ -153,14 +153,18 @@ impl<'a, S: crate::elem::Elem> ColumnParams<'a, S> {
                 false
             }
         };
+        // Integer zero points are exact in every dtype; convert them as one slice (SIMD).
+        let zf: Vec<f32> = zeros.map(|z| z as f32).collect();
+        let mut zs = vec![S::default(); zf.len()];
+        S::slice_from_f32(&zf, &mut zs);
         let (zf, sf) = if avx512 {
             (Vec::new(), Vec::new())
         } else {
             let mut sf = vec![0f32; scales.len()];
             S::slice_to_f32(scales, &mut sf);
-            (zeros.clone().map(|z| z as f32).collect(), sf)
+            (zf, sf)
         };
-        Self { n, zeros: zeros.map(|z| S::from_f32(z as f32)).collect(), scales, zf, sf }
+        Self { n, zeros: zs, scales, zf, sf }
     }
 
     /// Group `g`'s zeros and scales in the scales' type.
@@ -262,7 +266,7 @@ pub(crate) mod v4 {
     }
 
     /// Several planes of the same words at once: for plane `p < planes`, row `p` of `out`
-    /// (`planes` contiguous rows of `words.len()`) gets `((words[i] >> (first_shift + p*bits)) &
+    /// (`out[p * stride..][..words.len()]`) gets `((words[i] >> (first_shift + p*bits)) &
     /// mask - z_p[i]) * s_p[i]` with `(z_p, s_p) = params(p)`. Each word vector is loaded once;
     /// with `shared` (every plane in the same group) so is each zero and scale vector,
     /// `params(0)`'s.
@@ -277,28 +281,39 @@ pub(crate) mod v4 {
         params: impl Fn(usize) -> (&'p [S], &'p [S]),
         shared: bool,
         out: &mut [O],
+        stride: usize,
     ) {
         let n = words.len();
-        debug_assert_eq!(out.len(), planes * n);
+        debug_assert!(planes == 0 || out.len() >= (planes - 1) * stride + n);
         let full = n - n % 16;
         let f = v4.avx512f;
         let mask = (1u32 << bits) - 1;
         let mk = f._mm512_set1_epi32(mask as i32);
         let (w16, _) = pulp::as_arrays::<16, W>(&words[..full]);
-        let load = |p: usize, at: usize| {
-            let (z, s) = params(p);
-            (S::load16(v4, lanes16(&z[at..])), S::load16(v4, lanes16(&s[at..])))
-        };
+        // No closures around the loads: a closure is not compiled with the caller's target
+        // features, so an intrinsic in it would become an out-of-line call.
+        // Every plane's parameter rows, looked up once per call, not once per vector.
+        const MAX_PLANES: usize = 16;
+        debug_assert!(planes <= MAX_PLANES);
+        let mut rows = [params(0); MAX_PLANES];
+        for (p, r) in rows.iter_mut().enumerate().take(planes).skip(1) {
+            *r = params(p);
+        }
+        let (z0, s0) = rows[0];
         for (v, w) in w16.iter().enumerate() {
             let wide = W::widen16(v4, w);
             let at = 16 * v;
-            let common = shared.then(|| load(0, at));
-            for p in 0..planes {
+            let (zc, sc) = (S::load16(v4, lanes16(&z0[at..])), S::load16(v4, lanes16(&s0[at..])));
+            for (p, &(z, s)) in rows.iter().enumerate().take(planes) {
                 let shift = first_shift + bits * p as u32;
                 let q = f._mm512_and_si512(f._mm512_srlv_epi32(wide, f._mm512_set1_epi32(shift as i32)), mk);
-                let (z, s) = common.unwrap_or_else(|| load(p, at));
+                let (z, s) = if shared || p == 0 {
+                    (zc, sc)
+                } else {
+                    (S::load16(v4, lanes16(&z[at..])), S::load16(v4, lanes16(&s[at..])))
+                };
                 let y = f._mm512_mul_ps(f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), z), s);
-                O::store16(v4, y, lanes16_mut(&mut out[p * n + at..]));
+                O::store16(v4, y, lanes16_mut(&mut out[p * stride + at..]));
             }
         }
         for p in 0..planes {
@@ -306,7 +321,7 @@ pub(crate) mod v4 {
             let (z, s) = params(p);
             for i in full..n {
                 let q = (words[i].bits() >> shift) & mask;
-                out[p * n + i] = O::from_f32((q as f32 - z[i].to_f32()) * s[i].to_f32());
+                out[p * stride + i] = O::from_f32((q as f32 - z[i].to_f32()) * s[i].to_f32());
             }
         }
     }

@@ -43,7 +43,8 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
         #[cfg(target_arch = "x86_64")]
         if let Some(v4) = lanes::v4::token().filter(|_| bits != 3) {
             // AVX-512, 2/4/8-bit: the rows packed in one word row are decoded together, each word
-            // vector loaded once for all of them.
+            // vector loaded once for all of them; when those rows share a group (no act-order),
+            // so are the zero and scale vectors.
             let per = 32 / bits as usize;
             let (first, end) = (row0, row0 + out.len() / n);
             let mut rest = &mut *out;
@@ -67,6 +68,7 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
                     group_params,
                     shared,
                     here,
+                    n,
                 );
                 k += count;
             }

@@ -46,18 +46,21 @@ pub fn unpack_zeros(qzeros: &[i32], layout: &GptqLayout, format: ZeroFormat) -> 
     let mask = (1u32 << bits) - 1;
     let mut out = Vec::with_capacity(g * n);
     for row in qzeros.chunks_exact(zc.max(1)).take(g) {
-        let word = |j: usize| {
-            let w = row[j] as u32;
-            match format {
-                ZeroFormat::V1 if bits != 3 => w.wrapping_add(v1_word_increment(bits)),
-                _ => w,
+        if bits != 3 {
+            // Whole fields per word: one pass over the words, no per-field word lookup.
+            let inc = if format == ZeroFormat::V1 { v1_word_increment(bits) } else { 0 };
+            for &w in row {
+                let w = (w as u32).wrapping_add(inc);
+                out.extend((0..32 / bits as u32).map(|t| (w >> (bits as u32 * t)) & mask));
             }
-        };
+            continue;
+        }
+        let word = |j: usize| row[j] as u32;
         for i in 0..n {
             let f = field(word, i, bits);
             out.push(match format {
-                ZeroFormat::V1 if bits == 3 => (f + 1) & mask,
-                _ => f,
+                ZeroFormat::V1 => (f + 1) & mask,
+                ZeroFormat::V2 => f,
             });
         }
     }
