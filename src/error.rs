@@ -119,6 +119,13 @@ pub enum Error {
         max: usize,
     },
 
+    /// A NaN or infinite input value where a quantizer needs finite ones.
+    #[error("input value at index {index} is NaN or infinite")]
+    NonFinite {
+        /// Flat index of the first non-finite value.
+        index: usize,
+    },
+
     /// A file that could not be opened, read or written.
     #[error("{path}: {message}")]
     Io {

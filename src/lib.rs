@@ -49,8 +49,10 @@ pub mod error;
 pub mod fp8;
 pub mod gptq;
 pub mod hqq;
+pub mod intx;
 pub mod io;
 pub mod lanes;
+pub mod method;
 pub mod pack;
 pub mod par;
 
