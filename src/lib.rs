@@ -53,6 +53,7 @@ pub mod intx;
 pub mod io;
 pub mod lanes;
 pub mod method;
+pub mod model;
 pub mod pack;
 pub mod par;
 

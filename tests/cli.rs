@@ -31,8 +31,10 @@ fn inspect_lists_layers() {
     assert!(text.contains("bits 4, group_size 32, sym false, desc_act true"), "{text}");
     let line = text.lines().find(|l| l.starts_with("model.layers.1.mlp.down_proj")).unwrap();
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&cols[1..7], ["128", "64", "4", "32", "false", "yes"]);
-    assert!(text.contains("14 GPTQ layers"));
+    // out, in, method, stored, bits per weight (qweight 4 + per group of 32: f16 scale 16 and
+    // zero 4 bits = 4.625, + g_idx 32 / 64 outputs = 0.5), compression.
+    assert_eq!(&cols[1..8], ["64", "128", "gptq-4bit-g32-act", "5.1", "KiB", "5.125", "3.12x"]);
+    assert!(text.contains("14 quantized layers"));
 }
 
 #[test]

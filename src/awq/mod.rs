@@ -12,8 +12,11 @@
 //! `W` is `[K = in, N = out]`, the transpose of `nn.Linear.weight`. [`awq_to_gptq`] and
 //! [`gptq_to_awq`] convert losslessly to and from GPTQ (v2 zero points, no act-order).
 
+pub mod checkpoint;
 mod cpu;
 pub mod reference;
+
+pub use checkpoint::{AwqCheckpoint, AwqConfig, AwqLayer, AwqLayerInfo};
 
 use crate::elem::Elem;
 use crate::error::{Error, Result, expect_len};

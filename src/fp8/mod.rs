@@ -15,7 +15,10 @@
 //!  scale   [ceil(rows/br), ceil(cols/bc)]        f32 or bf16 (per-tensor: one value, block = shape)
 //! ```
 
+pub mod checkpoint;
 mod cpu;
+
+pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};
 
 use crate::elem::Elem;
 use crate::error::{Error, Result, expect_len};

@@ -9,6 +9,7 @@
 use super::{GptqConfig, GptqLayout, ZeroFormat, ZeroFormatMismatch};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, Result};
+use crate::io::checkpoint::FLOATS;
 use crate::io::{Checkpoint, Dtype, TensorInfo};
 use crate::par::Parallelism;
 use std::collections::BTreeMap;
@@ -95,29 +96,6 @@ fn shape_error(tensor: &str, expected: &[usize], info: &TensorInfo) -> Error {
     Error::TensorShape { tensor: tensor.to_string(), expected: expected.to_vec(), got: info.shape.clone() }
 }
 
-fn expect(ckpt: &Checkpoint, name: &str, dtypes: &[Dtype], allowed: &'static str) -> Result<TensorInfo> {
-    let info = ckpt.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
-    if !dtypes.contains(&info.dtype) {
-        return Err(Error::TensorDtype {
-            tensor: name.into(),
-            expected: allowed,
-            got: info.dtype.to_string(),
-        });
-    }
-    Ok(info.clone())
-}
-
-const FLOATS: &[Dtype] = &[Dtype::F16, Dtype::Bf16, Dtype::F32];
-
-fn read_floats(ckpt: &Checkpoint, name: &str) -> Result<FloatVec> {
-    let info = expect(ckpt, name, FLOATS, "F16, BF16 or F32")?;
-    Ok(match info.dtype {
-        Dtype::F16 => FloatVec::F16(ckpt.read_as(name)?),
-        Dtype::Bf16 => FloatVec::Bf16(ckpt.read_as(name)?),
-        _ => FloatVec::F32(ckpt.read_as(name)?),
-    })
-}
-
 impl GptqCheckpoint {
     /// Open the checkpoint in `dir` (see [`Checkpoint::open`]), parse its GPTQ config, find
     /// every layer and check every shape and dtype; nothing is dequantized.
@@ -161,16 +139,16 @@ impl GptqCheckpoint {
 
     fn check_layer(ckpt: &Checkpoint, config: &GptqConfig, prefix: &str) -> Result<GptqLayerInfo> {
         let name = |part: &str| format!("{prefix}.{part}");
-        let qweight = expect(ckpt, &name("qweight"), &[Dtype::I32], "I32")?;
-        let qzeros = expect(ckpt, &name("qzeros"), &[Dtype::I32], "I32")?;
-        let scales = expect(ckpt, &name("scales"), FLOATS, "F16, BF16 or F32")?;
+        let qweight = ckpt.expect_dtype(&name("qweight"), &[Dtype::I32], "I32")?;
+        let qzeros = ckpt.expect_dtype(&name("qzeros"), &[Dtype::I32], "I32")?;
+        let scales = ckpt.expect_dtype(&name("scales"), FLOATS, "F16, BF16 or F32")?;
         let g_idx = ckpt
             .info(&name("g_idx"))
-            .map(|_| expect(ckpt, &name("g_idx"), &[Dtype::I32], "I32"))
+            .map(|_| ckpt.expect_dtype(&name("g_idx"), &[Dtype::I32], "I32"))
             .transpose()?;
         let bias = ckpt
             .info(&name("bias"))
-            .map(|_| expect(ckpt, &name("bias"), FLOATS, "F16, BF16 or F32"))
+            .map(|_| ckpt.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
             .transpose()?;
         let bits = config.bits as usize;
         let [rows, n] = qweight.shape[..] else {
@@ -244,9 +222,9 @@ impl GptqCheckpoint {
             format: self.config.format,
             qweight: ck.read_as(&name("qweight"))?,
             qzeros: ck.read_as(&name("qzeros"))?,
-            scales: read_floats(ck, &name("scales"))?,
+            scales: ck.read_floats(&name("scales"))?,
             g_idx,
-            bias: info.bias.map(|_| read_floats(ck, &name("bias"))).transpose()?,
+            bias: info.bias.map(|_| ck.read_floats(&name("bias"))).transpose()?,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! `config.json`), with auto-gptq 0.7.1's defaults for absent fields.
 
 use super::ZeroFormat;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::io::fields::{get_bool, get_int, get_str, invalid};
 use serde_json::Value;
 
 /// The fields of a GPTQ quantization config that decide how the tensors are read.
@@ -33,35 +34,6 @@ impl Default for GptqConfig {
     /// auto-gptq 0.7.1's `BaseQuantizeConfig` defaults.
     fn default() -> Self {
         Self { bits: 4, group_size: -1, desc_act: true, sym: true, format: ZeroFormat::V1 }
-    }
-}
-
-fn invalid(field: &str, reason: impl Into<String>) -> Error {
-    Error::Config { field: field.into(), reason: reason.into() }
-}
-
-fn get_bool(obj: &serde_json::Map<String, Value>, field: &str, default: bool) -> Result<bool> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(invalid(field, format!("expected true or false, found {v}"))),
-    }
-}
-
-fn get_int(obj: &serde_json::Map<String, Value>, field: &str) -> Result<Option<i64>> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            v.as_i64().map(Some).ok_or_else(|| invalid(field, format!("expected an integer, found {v}")))
-        }
-    }
-}
-
-fn get_str<'a>(obj: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(invalid(field, format!("expected a string, found {v}"))),
     }
 }
 
@@ -125,6 +97,7 @@ impl GptqConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use serde_json::json;
 
     #[test]

@@ -11,10 +11,14 @@
 //! object of `config.json`; when both exist, a field present in both with different values is
 //! an [`Error::Config`].
 
-use super::safetensors::{LeElem, SafetensorsFile, TensorInfo};
+use super::safetensors::{Dtype, LeElem, SafetensorsFile, TensorInfo};
+use crate::elem::FloatVec;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+
+/// The float dtypes scales and biases may have.
+pub const FLOATS: &[Dtype] = &[Dtype::F16, Dtype::Bf16, Dtype::F32];
 
 /// Name of the single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -181,5 +185,28 @@ impl Checkpoint {
     pub fn read_as<T: LeElem>(&self, name: &str) -> Result<Vec<T>> {
         let &s = self.tensors.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
         self.shards[s].read_as(name)
+    }
+
+    /// `name`'s entry, checking its dtype is one of `dtypes` (`allowed` names them in the error).
+    pub fn expect_dtype(&self, name: &str, dtypes: &[Dtype], allowed: &'static str) -> Result<TensorInfo> {
+        let info = self.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        if !dtypes.contains(&info.dtype) {
+            return Err(Error::TensorDtype {
+                tensor: name.into(),
+                expected: allowed,
+                got: info.dtype.to_string(),
+            });
+        }
+        Ok(info.clone())
+    }
+
+    /// Read a float tensor (F16, BF16 or F32) as stored.
+    pub fn read_floats(&self, name: &str) -> Result<FloatVec> {
+        let info = self.expect_dtype(name, FLOATS, "F16, BF16 or F32")?;
+        Ok(match info.dtype {
+            Dtype::F16 => FloatVec::F16(self.read_as(name)?),
+            Dtype::Bf16 => FloatVec::Bf16(self.read_as(name)?),
+            _ => FloatVec::F32(self.read_as(name)?),
+        })
     }
 }

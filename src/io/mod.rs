@@ -7,6 +7,7 @@
 //! (already checked) header fixes.
 
 pub mod checkpoint;
+pub(crate) mod fields;
 pub mod safetensors;
 
 pub use checkpoint::Checkpoint;

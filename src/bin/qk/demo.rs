@@ -73,7 +73,7 @@ pub fn run() -> Result<(), CliError> {
         out!("{case:<22} {bits:>5} {group:>6} {axis:>4} {same:>10} {max_diff:>14e} {max_err:>12.5}");
     }
     other_schemes()?;
-    crate::gptq_cmd::demo_checkpoint()?;
+    crate::demo_checkpoint::demo_checkpoint()?;
     throughput()?;
     Ok(())
 }

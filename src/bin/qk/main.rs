@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! qk [demo]                         embedded upstream outputs reproduced + throughput vs memcpy
-//! qk inspect DIR                    a GPTQ checkpoint's config and layers
-//! qk dequantize DIR --out FILE      every GPTQ layer as <prefix>.weight [out, in], other tensors copied
+//! qk inspect DIR                    a GPTQ/AWQ/FP8 checkpoint's config and layers
+//! qk dequantize DIR --out FILE      every quantized layer as <prefix>.weight [out, in], others copied
 //!    [--dtype f32|f16|bf16] [--fuse]
 //! ```
 //!
@@ -18,8 +18,9 @@ macro_rules! out {
     }};
 }
 
+mod checkpoint_cmd;
 mod demo;
-mod gptq_cmd;
+mod demo_checkpoint;
 
 use quant_kernels::DType;
 use std::path::PathBuf;
@@ -29,10 +30,10 @@ const USAGE: &str = "usage:
   qk [demo]                      run the demo: pack/dequantize embedded hqq, GPTQ, AWQ and FP8
                                  outputs, load + fuse + dequantize an embedded tiny GPTQ
                                  checkpoint, time 4-bit dequantization next to memcpy
-  qk inspect DIR                 show a GPTQ checkpoint's config and layers (shapes, bits, group,
-                                 sym, act-order, zero-point format, bytes)
+  qk inspect DIR                 show a GPTQ, AWQ or FP8 checkpoint's config and layers (shape,
+                                 method, stored bytes, bits per weight)
   qk dequantize DIR --out FILE.safetensors [--dtype f32|f16|bf16] [--fuse]
-                                 write every GPTQ layer as <prefix>.weight in the [out, in]
+                                 write every quantized layer as <prefix>.weight in the [out, in]
                                  orientation of an unquantized checkpoint (default dtype f16),
                                  copy the other tensors; --fuse writes q/k/v as qkv_proj and
                                  gate/up as gate_up_proj
@@ -101,10 +102,10 @@ fn run(args: &[String]) -> Result<(), CliError> {
             Ok(())
         }
         Some("inspect") => match &args[1..] {
-            [dir] => gptq_cmd::inspect(&PathBuf::from(dir)),
+            [dir] => checkpoint_cmd::inspect(&PathBuf::from(dir)),
             _ => Err(CliError::Usage("inspect takes one checkpoint directory".into())),
         },
-        Some("dequantize") => gptq_cmd::dequantize(&parse_dequantize(&args[1..])?),
+        Some("dequantize") => checkpoint_cmd::dequantize(&parse_dequantize(&args[1..])?),
         Some(_) => Err(CliError::Usage(format!("unknown command `{}`", args.join(" ")))),
     }
 }

@@ -1,0 +1,241 @@
+//! FP8 checkpoints: config `{"quant_method": "fp8", "weight_block_size": [128, 128]}` (DeepSeek /
+//! transformers fine-grained FP8; without `weight_block_size`, per-tensor scales), layers
+//! `<p>.weight` (F8_E4M3 or F8_E5M2, `[out, in]`) with `<p>.weight_scale_inv` (float
+//! `[ceil(out/br), ceil(in/bc)]`) or `<p>.weight_scale` (one float, shape `[]` or `[1]`), all
+//! checked before anything is read.
+
+use super::{Fp8Format, Fp8Layout};
+use crate::elem::{Elem, FloatVec};
+use crate::error::{Error, Result};
+use crate::io::checkpoint::FLOATS;
+use crate::io::fields::{get_str, invalid};
+use crate::io::{Checkpoint, Dtype};
+use crate::par::Parallelism;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The fields of an FP8 quantization config this crate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8Config {
+    /// `weight_block_size` (`[rows, cols]`), `None` for per-tensor scales.
+    pub block: Option<(usize, usize)>,
+    /// `fmt` when given (`"e4m3"` / `"e5m2"`); the weights' dtype must agree.
+    pub format: Option<Fp8Format>,
+}
+
+impl Fp8Config {
+    /// Parse a config object (`quant_method` must be `fp8` when present).
+    ///
+    /// ```
+    /// use quant_kernels::fp8::Fp8Config;
+    /// let c = Fp8Config::from_json(&serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]}))?;
+    /// assert_eq!(c.block, Some((128, 128)));
+    /// assert!(Fp8Config::from_json(&serde_json::json!({"weight_block_size": [0, 128]})).is_err());
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn from_json(value: &serde_json::Value) -> Result<Self> {
+        let obj = value.as_object().ok_or_else(|| invalid("quantization_config", "is not a JSON object"))?;
+        if let Some(m) = get_str(obj, "quant_method")?
+            && !m.eq_ignore_ascii_case("fp8")
+        {
+            return Err(invalid("quant_method", format!("`{m}` is not FP8")));
+        }
+        let block = match obj.get("weight_block_size") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                let dims: Option<Vec<usize>> = v.as_array().filter(|a| a.len() == 2).and_then(|a| {
+                    a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect()
+                });
+                match dims.as_deref() {
+                    Some(&[r, c]) if r > 0 && c > 0 => Some((r, c)),
+                    _ => {
+                        return Err(invalid(
+                            "weight_block_size",
+                            format!("{v} (expected [rows, cols], both positive)"),
+                        ));
+                    }
+                }
+            }
+        };
+        let format = match get_str(obj, "fmt")? {
+            None => None,
+            Some("e4m3") => Some(Fp8Format::E4M3),
+            Some("e5m2") => Some(Fp8Format::E5M2),
+            Some(f) => return Err(invalid("fmt", format!("`{f}` (expected e4m3 or e5m2)"))),
+        };
+        Ok(Self { block, format })
+    }
+}
+
+/// One FP8 layer in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fp8Layer {
+    /// Shape and scale blocks.
+    pub layout: Fp8Layout,
+    /// Code format (from the weight's dtype).
+    pub format: Fp8Format,
+    /// `[out, in]` codes.
+    pub codes: Vec<u8>,
+    /// Scale grid (one value for per-tensor).
+    pub scales: FloatVec,
+    /// `[out]` bias.
+    pub bias: Option<FloatVec>,
+}
+
+impl Fp8Layer {
+    /// Dequantize to `[out, in]` (already the `nn.Linear` orientation).
+    pub fn dequantize_linear<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
+        crate::with_float_vec!(&self.scales, s => super::fp8_dequantize(&self.codes, self.format, s, &self.layout, par))
+    }
+}
+
+/// Where an FP8 layer's tensors are and what they describe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fp8LayerInfo {
+    /// The layer's name prefix.
+    pub prefix: String,
+    /// Shape and scale blocks.
+    pub layout: Fp8Layout,
+    /// Code format.
+    pub format: Fp8Format,
+    /// The scale tensor's name suffix (`weight_scale_inv` or `weight_scale`) and dtype.
+    pub scale: (&'static str, Dtype),
+    /// Dtype of the bias, if any.
+    pub bias: Option<Dtype>,
+}
+
+impl Fp8LayerInfo {
+    /// Bytes the layer's tensors take in the checkpoint.
+    pub fn stored_bytes(&self) -> usize {
+        let (sr, sc) = self.layout.scale_shape();
+        self.layout.rows() * self.layout.cols()
+            + self.scale.1.size() * sr * sc
+            + self.bias.map_or(0, |d| d.size() * self.layout.rows())
+    }
+}
+
+/// A checkpoint whose FP8 layers have been found and checked.
+#[derive(Debug, Clone)]
+pub struct Fp8Checkpoint {
+    checkpoint: Checkpoint,
+    config: Fp8Config,
+    layers: BTreeMap<String, Fp8LayerInfo>,
+}
+
+impl Fp8Checkpoint {
+    /// Open `dir`, parse its FP8 config, find and check every layer.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_checkpoint(Checkpoint::open(dir)?)
+    }
+
+    /// [`Fp8Checkpoint::open`] on an opened checkpoint.
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
+        let config = Fp8Config::from_json(checkpoint.quantization_config().ok_or_else(|| {
+            invalid(
+                "quantization_config",
+                "neither quantize_config.json nor config.json's quantization_config exists",
+            )
+        })?)?;
+        let mut layers = BTreeMap::new();
+        let weights: Vec<(String, Fp8Format)> = checkpoint
+            .tensor_names()
+            .filter_map(|n| {
+                let format = match checkpoint.info(n)?.dtype {
+                    Dtype::F8E4M3 => Fp8Format::E4M3,
+                    Dtype::F8E5M2 => Fp8Format::E5M2,
+                    _ => return None,
+                };
+                Some((n.strip_suffix(".weight")?.to_string(), format))
+            })
+            .collect();
+        for (prefix, format) in weights {
+            let name = |part: &str| format!("{prefix}.{part}");
+            if config.format.is_some_and(|f| f != format) {
+                return Err(invalid(
+                    "fmt",
+                    format!("{} is {format:?}, the config says {:?}", name("weight"), config.format),
+                ));
+            }
+            let shape = checkpoint.info(&name("weight")).map(|i| i.shape.clone()).unwrap_or_default();
+            let [rows, cols] = shape[..] else {
+                return Err(Error::TensorShape { tensor: name("weight"), expected: vec![0, 0], got: shape });
+            };
+            let (suffix, layout) = match config.block {
+                Some((br, bc)) => ("weight_scale_inv", Fp8Layout::block(rows, cols, br, bc)?),
+                None => ("weight_scale", Fp8Layout::per_tensor(rows, cols)?),
+            };
+            let scale = checkpoint.expect_dtype(&name(suffix), FLOATS, "F16, BF16 or F32")?;
+            let (sr, sc) = layout.scale_shape();
+            let ok = match config.block {
+                Some(_) => scale.shape == [sr, sc],
+                None => scale.numel() == 1 && scale.shape.len() <= 1,
+            };
+            if !ok {
+                return Err(Error::TensorShape {
+                    tensor: name(suffix),
+                    expected: vec![sr, sc],
+                    got: scale.shape,
+                });
+            }
+            let bias = checkpoint
+                .info(&name("bias"))
+                .map(|_| checkpoint.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
+                .transpose()?;
+            if let Some(b) = &bias
+                && b.shape != [rows]
+            {
+                return Err(Error::TensorShape {
+                    tensor: name("bias"),
+                    expected: vec![rows],
+                    got: b.shape.clone(),
+                });
+            }
+            let info = Fp8LayerInfo {
+                prefix: prefix.clone(),
+                layout,
+                format,
+                scale: (suffix, scale.dtype),
+                bias: bias.map(|b| b.dtype),
+            };
+            layers.insert(prefix, info);
+        }
+        Ok(Self { checkpoint, config, layers })
+    }
+
+    /// The underlying checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &Fp8Config {
+        &self.config
+    }
+
+    /// Every FP8 layer, by prefix.
+    pub fn layers(&self) -> &BTreeMap<String, Fp8LayerInfo> {
+        &self.layers
+    }
+
+    /// Whether `tensor` is a stored part of an FP8 layer (`.weight` and its scale).
+    pub fn is_quantized_part(&self, tensor: &str) -> bool {
+        tensor.rsplit_once('.').is_some_and(|(p, part)| {
+            matches!(part, "weight" | "weight_scale_inv" | "weight_scale") && self.layers.contains_key(p)
+        })
+    }
+
+    /// Read one layer.
+    pub fn load(&self, prefix: &str) -> Result<Fp8Layer> {
+        let info =
+            self.layers.get(prefix).ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.weight")]))?;
+        let ck = &self.checkpoint;
+        let name = |part: &str| format!("{prefix}.{part}");
+        Ok(Fp8Layer {
+            layout: info.layout,
+            format: info.format,
+            codes: ck.read(&name("weight"))?,
+            scales: ck.read_floats(&name(info.scale.0))?,
+            bias: info.bias.map(|_| ck.read_floats(&name("bias"))).transpose()?,
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! AWQ and FP8 checkpoint directories, assembled from the upstream fixture tensors (AutoAWQ
+//! 0.2.9 gemm layers; torch 2.15 block-scaled E4M3 weight) with the configs those libraries
+//! write: `QuantizedModel` and `qk dequantize` reproduce the upstream dequantized weights in the
+//! `[out, in]` orientation; bad configs and tensors are typed errors.
+
+mod common;
+
+use common::{T, fixture};
+use half::bf16;
+use quant_kernels::Error;
+use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
+use quant_kernels::method::QuantMethod;
+use quant_kernels::model::QuantizedModel;
+use safetensors::SafeTensors;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+/// `(prefix, K, N, W_deq [K, N])` per layer.
+type Expected = Vec<(&'static str, usize, usize, Vec<f32>)>;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str, config: serde_json::Value, tensors: &Tensors) -> Self {
+        let dir = std::env::temp_dir().join(format!("qk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = serde_json::json!({"model_type": "llama", "quantization_config": config});
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let decl: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
+        let mut w =
+            SafetensorsWriter::create(dir.join("model.safetensors"), &decl, &BTreeMap::new()).unwrap();
+        for (n, _, _, b) in tensors {
+            w.write(n, b).unwrap();
+        }
+        w.finish().unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tensor(
+    st: &SafeTensors<'_>,
+    name: &str,
+    as_name: &str,
+    dtype: Dtype,
+) -> (String, Dtype, Vec<usize>, Vec<u8>) {
+    let t = T::get(st, name);
+    (as_name.to_string(), dtype, t.shape, t.bytes)
+}
+
+/// `[k, n]` -> `[n, k]`.
+fn transpose(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    (0..n * k).map(|i| w[(i % k) * n + i / k]).collect()
+}
+
+fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Two AutoAWQ layers (group 64) and an unquantized norm.
+fn awq_tensors() -> (Tensors, Expected) {
+    let mut tensors = Tensors::new();
+    let mut expected = Vec::new();
+    for (file, prefix, k, n) in [
+        ("awq/awq_gemm_b4_g64_K128_N64.safetensors", "model.layers.0.mlp.up_proj", 128, 64),
+        ("awq/awq_gemm_b4_g64_K256_N32.safetensors", "model.layers.0.mlp.down_proj", 256, 32),
+    ] {
+        let bytes = fixture(file);
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        for (part, d) in [("qweight", Dtype::I32), ("qzeros", Dtype::I32), ("scales", Dtype::F16)] {
+            tensors.push(tensor(&st, part, &format!("{prefix}.{part}"), d));
+        }
+        expected.push((prefix, k, n, T::get(&st, "W_deq").f32s()));
+    }
+    tensors.push(("model.norm.weight".into(), Dtype::F16, vec![4], vec![0, 60, 0, 60, 0, 60, 0, 60]));
+    (tensors, expected)
+}
+
+fn awq_config() -> serde_json::Value {
+    serde_json::json!({"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": true, "version": "gemm"})
+}
+
+fn qk_dequantize(dir: &Path, dtype: &str) -> SafetensorsFile {
+    let out = dir.join(format!("out-{dtype}.safetensors"));
+    let o = Command::new(env!("CARGO_BIN_EXE_qk"))
+        .args(["dequantize", dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", dtype])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    SafetensorsFile::open(out).unwrap()
+}
+
+#[test]
+fn awq_checkpoint_matches_autoawq() {
+    let (tensors, expected) = awq_tensors();
+    let dir = Dir::new("awq", awq_config(), &tensors);
+    let model = QuantizedModel::open(&dir.0).unwrap();
+    let QuantizedModel::Awq(awq) = &model else { panic!("not AWQ") };
+    assert_eq!(awq.config().group_size, 64);
+    let layers = model.layers();
+    assert_eq!(layers.len(), 2);
+    for (prefix, k, n, want) in &expected {
+        let l = layers.iter().find(|l| l.prefix == *prefix).unwrap();
+        assert_eq!((l.out, l.inp, l.method), (*n, *k, QuantMethod::Awq { group: 64 }));
+        assert_eq!(l.stored_bytes, QuantMethod::Awq { group: 64 }.layer_bytes(*n, *k).unwrap());
+        let w: Vec<f32> = awq.load(prefix).unwrap().dequantize(quant_kernels::Parallelism::Rayon).unwrap();
+        assert!(same(&w, want), "{prefix}");
+        let lin: Vec<f32> = model.dequantize_linear(prefix, quant_kernels::Parallelism::Rayon).unwrap();
+        assert!(same(&lin, &transpose(want, *k, *n)));
+    }
+    assert!(model.is_quantized_part("model.layers.0.mlp.up_proj.qzeros"));
+    assert!(!model.is_quantized_part("model.norm.weight"));
+    // The CLI writes [out, in] weights and copies the rest.
+    let out = qk_dequantize(&dir.0, "f32");
+    for (prefix, k, n, want) in &expected {
+        let name = format!("{prefix}.weight");
+        assert_eq!(out.info(&name).unwrap().shape, [*n, *k]);
+        assert!(same(&out.read_as::<f32>(&name).unwrap(), &transpose(want, *k, *n)));
+    }
+    assert_eq!(out.read("model.norm.weight").unwrap(), [0, 60, 0, 60, 0, 60, 0, 60]);
+    assert_eq!(out.tensors().len(), 3);
+}
+
+#[test]
+fn awq_config_and_tensor_errors() {
+    let (tensors, _) = awq_tensors();
+    let field =
+        |cfg: serde_json::Value, t: &Tensors| match QuantizedModel::open(&Dir::new("awq-bad", cfg, t).0) {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = awq_config();
+        c[k] = v;
+        c
+    };
+    assert_eq!(field(with("bits", 3.into()), &tensors), "bits");
+    assert_eq!(field(with("version", "gemv".into()), &tensors), "version");
+    assert_eq!(field(with("zero_point", false.into()), &tensors), "zero_point");
+    assert_eq!(field(with("q_group_size", 128.into()), &tensors), "group_size");
+    assert_eq!(field(with("quant_method", "bitsandbytes".into()), &tensors), "quant_method");
+    // AutoAWQ's own spellings are accepted.
+    let spelled = serde_json::json!({"quant_method": "awq", "w_bit": 4, "q_group_size": 64});
+    assert!(QuantizedModel::open(&Dir::new("awq-spelled", spelled, &tensors).0).is_ok());
+    // A group size that contradicts the scales, a missing tensor, a wrong dtype.
+    let r = QuantizedModel::open(&Dir::new("awq-g32", with("group_size", 32.into()), &tensors).0);
+    assert!(matches!(r, Err(Error::TensorShape { .. })), "{r:?}");
+    let mut t = tensors.clone();
+    t.retain(|(n, ..)| n != "model.layers.0.mlp.up_proj.qzeros");
+    let r = QuantizedModel::open(&Dir::new("awq-missing", awq_config(), &t).0);
+    assert_eq!(r.unwrap_err(), Error::MissingTensors(vec!["model.layers.0.mlp.up_proj.qzeros".into()]));
+    let mut t = tensors.clone();
+    t[2].1 = Dtype::I16;
+    assert!(matches!(
+        QuantizedModel::open(&Dir::new("awq-dtype", awq_config(), &t).0),
+        Err(Error::TensorDtype { .. })
+    ));
+}
+
+fn fp8_tensors() -> (Tensors, Vec<f32>, Vec<bf16>) {
+    let bytes = fixture("fp8/fp8.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let p = "model.layers.0.mlp.down_proj";
+    let tensors = vec![
+        tensor(&st, "block.weight_u8", &format!("{p}.weight"), Dtype::F8E4M3),
+        tensor(&st, "block.weight_scale_inv", &format!("{p}.weight_scale_inv"), Dtype::F32),
+        ("lm_head.weight".into(), Dtype::Bf16, vec![2, 2], vec![0x80, 0x3f, 0, 0x40, 0, 0, 0x80, 0xbf]),
+    ];
+    let deq_bf16 = T::get(&st, "block.deq_bf16")
+        .bytes
+        .chunks_exact(2)
+        .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    (tensors, T::get(&st, "block.deq_f32").f32s(), deq_bf16)
+}
+
+#[test]
+fn fp8_checkpoint_matches_torch() {
+    let (tensors, deq, deq_bf16) = fp8_tensors();
+    let cfg = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
+    let dir = Dir::new("fp8", cfg, &tensors);
+    let model = QuantizedModel::open(&dir.0).unwrap();
+    let layers = model.layers();
+    assert_eq!(layers.len(), 1);
+    let l = &layers[0];
+    assert_eq!((l.out, l.inp), (300, 260));
+    assert_eq!(l.stored_bytes, l.method.layer_bytes(300, 260).unwrap());
+    assert_eq!(l.method.to_string(), "fp8-e4m3-block128x128");
+    assert!(model.is_quantized_part("model.layers.0.mlp.down_proj.weight_scale_inv"));
+    assert!(!model.is_quantized_part("lm_head.weight"), "an unquantized bf16 weight is copied");
+    let out = qk_dequantize(&dir.0, "f32");
+    assert!(same(&out.read_as::<f32>("model.layers.0.mlp.down_proj.weight").unwrap(), &deq));
+    let out = qk_dequantize(&dir.0, "bf16");
+    assert_eq!(out.read_as::<bf16>("model.layers.0.mlp.down_proj.weight").unwrap(), deq_bf16);
+    assert_eq!(out.read("lm_head.weight").unwrap(), tensors[2].3);
+}
+
+#[test]
+fn fp8_per_tensor_and_errors() {
+    let (tensors, _, _) = fp8_tensors();
+    let p = "model.layers.0.mlp.down_proj";
+    // Per-tensor: one scale of shape [] multiplies every code.
+    let codes = tensors[0].3.clone();
+    let per_tensor: Tensors = vec![
+        (format!("{p}.weight"), Dtype::F8E4M3, vec![300, 260], codes.clone()),
+        (format!("{p}.weight_scale"), Dtype::F32, vec![], 0.5f32.to_le_bytes().to_vec()),
+    ];
+    let cfg = serde_json::json!({"quant_method": "fp8"});
+    let dir = Dir::new("fp8-tensor", cfg.clone(), &per_tensor);
+    let model = QuantizedModel::open(&dir.0).unwrap();
+    let w: Vec<f32> = model.dequantize_linear(p, quant_kernels::Parallelism::Rayon).unwrap();
+    let fmt = quant_kernels::fp8::Fp8Format::E4M3;
+    assert!(w.iter().zip(&codes).all(|(x, &c)| x.to_bits() == (fmt.decode(c) * 0.5).to_bits()));
+
+    let block = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
+    // Block config, but only a per-tensor scale stored.
+    let r = QuantizedModel::open(&Dir::new("fp8-noinv", block.clone(), &per_tensor).0);
+    assert_eq!(r.unwrap_err(), Error::MissingTensors(vec![format!("{p}.weight_scale_inv")]));
+    // A scale grid that does not match the block size.
+    let r = QuantizedModel::open(
+        &Dir::new(
+            "fp8-grid",
+            serde_json::json!({"quant_method": "fp8", "weight_block_size": [64, 128]}),
+            &tensors,
+        )
+        .0,
+    );
+    assert!(matches!(r, Err(Error::TensorShape { .. })), "{r:?}");
+    // fmt contradicting the weights' dtype; a malformed block size.
+    for bad in [
+        serde_json::json!({"quant_method": "fp8", "fmt": "e5m2", "weight_block_size": [128, 128]}),
+        serde_json::json!({"quant_method": "fp8", "weight_block_size": [128]}),
+        serde_json::json!({"quant_method": "fp8", "weight_block_size": "128"}),
+        serde_json::json!({"quant_method": "int8"}),
+    ] {
+        let r = QuantizedModel::open(&Dir::new("fp8-cfg", bad.clone(), &tensors).0);
+        assert!(matches!(r, Err(Error::Config { .. })), "{bad}: {r:?}");
+    }
+}
