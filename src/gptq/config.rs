@@ -41,7 +41,7 @@ impl GptqConfig {
     /// Parse a config object. Wrong types, unsupported values (`bits` 5, `group_size` 0, a
     /// `quant_method` other than `gptq`, a `checkpoint_format` such as `marlin`, a `pack_dtype`
     /// other than `int32`, `is_marlin_format: true`) and contradictions (`format` and
-    /// `checkpoint_format` both given and different) are [`Error::Config`].
+    /// `checkpoint_format` both given and different) are [`Error::Config`](crate::Error::Config).
     pub fn from_json(value: &Value) -> Result<Self> {
         let obj = value.as_object().ok_or_else(|| invalid("quantization_config", "is not a JSON object"))?;
         let d = Self::default();
