@@ -35,7 +35,10 @@
 //! oracle. All three give identical bits.
 
 mod cpu;
+pub mod quantize;
 pub mod reference;
+
+pub use quantize::{HqqConfig, HqqLayer, quantize_hqq, quantize_hqq_with};
 
 use crate::elem::Elem;
 use crate::error::{Error, Result, expect_len};

@@ -1,0 +1,324 @@
+//! HQQ quantization: hqq's `Quantizer.quantize` min/max initialisation, bit for bit, and its
+//! legacy proximal optimizer of the zero points (`lp_norm` 0.7, `beta` 10, early stop).
+//!
+//! # Initialisation (exact)
+//!
+//! Per group (see [`HqqLayout`] for the grouping), in `f32` as torch computes it:
+//! `denom = max - min`; `scale_q = round(round(1 / denom) * max_v)` (torch evaluates
+//! `max_v / denom` as `reciprocal(denom) * max_v`), `1` where `|denom| <= 1e-4`, clamped to at
+//! most `2e4`; `zero = -min * scale_q` (rounded half to even with `round_zeros`); codes
+//! `clamp(round_half_even(w * scale_q + zero), 0, max_v)` with the product and the sum rounded
+//! separately; the stored scale is `1 / scale_q`.
+//!
+//! # Optimizer
+//!
+//! With the scale fixed, for at most `steps` iterations:
+//!
+//! ```text
+//! q   = clamp(round(w * s + z), 0, max_v)
+//! w_r = (q - z) / s
+//! w_e = shrink(w - w_r),   shrink(x) = sign(x) * relu(|x| - |x|^(p - 1) / beta)
+//! z'  = mean over the group of (q - (w - w_e) * s)
+//! err = mean |w - w_r| over the whole tensor
+//! ```
+//!
+//! If `err` improved on the best so far, go on with `z'`; else take `z'` and stop (hqq's early
+//! stop returns the zero of the first non-improving step). Final codes use the final zero.
+//! hqq's `kappa` is never applied by its legacy solver, so `beta` stays 10. torch's `pow`
+//! (SLEEF) and cascade-summed `mean` may round differently from this crate's, so optimized zeros
+//! can differ from hqq's in the last ulps (on every fixture case the codes agree); mistral.rs
+//! runs the same f32 algorithm as this crate and its outputs are matched bit for bit.
+//!
+//! Groups are independent except for the global error: each iteration runs over rayon's pool
+//! (column stripes for axis 0, row chunks for axis 1), and per-row error sums are combined in
+//! row order, so results do not depend on the thread count.
+
+use super::{Axis, HqqLayout, Packed};
+use crate::elem::Elem;
+use crate::error::{Error, Result};
+use crate::par::Parallelism;
+use rayon::prelude::*;
+
+/// Quantization settings, as mistral.rs's `HqqConfig` has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HqqConfig {
+    /// 8, 4, 3, 2 or 1.
+    pub bits: u8,
+    /// Weights per group; it must divide the element count. hqq's `group_size=None` is the
+    /// number of rows (axis 0) or columns (axis 1).
+    pub group_size: usize,
+    /// Grouping axis.
+    pub axis: Axis,
+    /// Optimizer iterations (`None` or `Some(0)`: no optimizer). hqq's default is 20.
+    pub optimization_steps: Option<usize>,
+    /// Round the initial zero point to an integer (default false).
+    pub round_zeros: bool,
+    /// Per-group scales (default true); false: one scale and zero for the whole tensor, no
+    /// optimizer, codes in the weight's own shape.
+    pub channel_wise: bool,
+}
+
+impl HqqConfig {
+    /// `bits`, `group_size`, `axis`, no optimizer, `round_zeros` false, `channel_wise` true.
+    pub fn new(bits: u8, group_size: usize, axis: Axis) -> Self {
+        Self { bits, group_size, axis, optimization_steps: None, round_zeros: false, channel_wise: true }
+    }
+}
+
+/// A quantized weight: packed codes plus one scale (dequant multiplier) and one zero (in code
+/// units) per group, `w ≈ (q - zero) * scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HqqLayer {
+    /// The grouping that `scales`/`zeros` follow. For `channel_wise: false` this is axis 0 with
+    /// one group per column (the codes keep the weight's shape), all sharing one scale and zero.
+    pub layout: HqqLayout,
+    /// The packed codes.
+    pub packed: Packed,
+    /// `1 / scale_q` per group, `f32`.
+    pub scales: Vec<f32>,
+    /// Zero point per group, `f32` code units.
+    pub zeros: Vec<f32>,
+    /// Optimizer iterations that ran (0 without the optimizer).
+    pub steps_run: usize,
+}
+
+impl HqqLayer {
+    /// The scales and zeros in another dtype (rounded to nearest even), e.g. `f16` as hqq's
+    /// `HQQLinear` and mistral.rs's f16 layers store them.
+    pub fn params_as<S: Elem>(&self) -> (Vec<S>, Vec<S>) {
+        let conv = |v: &[f32]| {
+            let mut out = vec![S::default(); v.len()];
+            S::slice_from_f32(v, &mut out);
+            out
+        };
+        (conv(&self.scales), conv(&self.zeros))
+    }
+}
+
+/// The hqq shrinkage operator for `lp_norm` 0.7, `beta` 10, as torch evaluates it in `f32`.
+#[inline(always)]
+fn shrink(x: f32) -> f32 {
+    let a = x.abs();
+    // |x| - 0.1 |x|^-0.3 > 0 only for |x| > 0.1^(1/1.3) = 0.1702: skip the pow below that.
+    if a <= 0.16 {
+        return 0.0 * x.signum();
+    }
+    let r = (a - 0.1f32 * a.powf(-0.3f32)).max(0.0);
+    if x > 0.0 { r } else { -r }
+}
+
+/// Group access on the flat weight: axis 0 groups are the columns of `[g, numel/g]`, axis 1
+/// groups the rows of `[numel/g, g]`; either way the code matrix is the flat weight.
+struct View {
+    rows: usize,
+    cols: usize,
+    axis: Axis,
+}
+
+impl View {
+    fn group_of(&self, r: usize, c: usize) -> usize {
+        if self.axis == Axis::Zero { c } else { r }
+    }
+}
+
+/// Quantize `w` (`rows x cols`, row-major; `f32`, `f16` or `bf16`, widened to `f32` exactly as
+/// hqq's `tensor.float()` does) as hqq does (see the module docs).
+///
+/// ```
+/// use quant_kernels::hqq::{self, Axis, HqqConfig};
+/// // One group of 4 weights (axis 1), 2 bits: min 0, max 3 -> scale_q = 1, zero 0.
+/// let q = hqq::quantize_hqq(&[0.0, 1.0, 2.0, 3.0], 1, 4, &HqqConfig::new(2, 4, Axis::One))?;
+/// assert_eq!((q.scales[0], q.zeros[0]), (1.0, 0.0));
+/// assert_eq!(hqq::unpack_hqq(&q.packed)?, [0, 1, 2, 3]);
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+pub fn quantize_hqq<E: Elem>(w: &[E], rows: usize, cols: usize, config: &HqqConfig) -> Result<HqqLayer> {
+    quantize_hqq_with(w, rows, cols, config, Parallelism::Rayon)
+}
+
+/// [`quantize_hqq`] with an explicit [`Parallelism`] (results are identical either way).
+pub fn quantize_hqq_with<E: Elem>(
+    w: &[E],
+    rows: usize,
+    cols: usize,
+    config: &HqqConfig,
+    par: Parallelism,
+) -> Result<HqqLayer> {
+    let bits = crate::pack::Bits::try_from(config.bits)?;
+    let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+    crate::error::expect_len("weight", numel, w.len())?;
+    let widened;
+    let w: &[f32] = match E::as_f32(w) {
+        Some(w) => w,
+        None => {
+            widened = {
+                let mut v = vec![0f32; w.len()];
+                E::slice_to_f32(w, &mut v);
+                v
+            };
+            &widened
+        }
+    };
+    if let Some(index) = w.iter().position(|x| !x.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    let max_v = ((1u32 << config.bits) - 1) as f32;
+    let (layout, view) = if config.channel_wise {
+        let layout = HqqLayout::new(rows, cols, config.group_size, config.axis)?;
+        let (r, c) = layout.code_shape();
+        (layout, View { rows: r, cols: c, axis: config.axis })
+    } else {
+        let layout = HqqLayout::new(rows, cols, rows.max(1), Axis::Zero)?;
+        (layout, View { rows, cols, axis: Axis::Zero })
+    };
+    // The packed axis must suit the width before any work.
+    layout.packed_shape(bits)?;
+    let groups = if config.channel_wise { layout.groups() } else { 1 };
+
+    // min / max per group.
+    let mut lo = vec![f32::INFINITY; groups];
+    let mut hi = vec![f32::NEG_INFINITY; groups];
+    for r in 0..view.rows {
+        for c in 0..view.cols {
+            let g = if config.channel_wise { view.group_of(r, c) } else { 0 };
+            let x = w[r * view.cols + c];
+            lo[g] = lo[g].min(x);
+            hi[g] = hi[g].max(x);
+        }
+    }
+    let scale_q: Vec<f32> = lo
+        .iter()
+        .zip(&hi)
+        .map(|(&mn, &mx)| {
+            let denom = mx - mn;
+            let s = if denom.abs() <= 1e-4 { 1.0 } else { (1.0f32 / denom) * max_v };
+            s.min(2e4)
+        })
+        .collect();
+    let mut zero: Vec<f32> = lo
+        .iter()
+        .zip(&scale_q)
+        .map(|(&mn, &s)| {
+            let z = -mn * s;
+            if config.round_zeros { z.round_ties_even() } else { z }
+        })
+        .collect();
+
+    let steps = if config.channel_wise { config.optimization_steps.unwrap_or(0) } else { 0 };
+    let mut steps_run = 0;
+    if steps > 0 {
+        let mut best = 1e4f32;
+        for _ in 0..steps {
+            steps_run += 1;
+            let (z_next, err) = optimizer_step(w, &view, &scale_q, &zero, max_v, numel, par);
+            zero = z_next;
+            if err < best {
+                best = err;
+            } else {
+                break;
+            }
+        }
+    }
+
+    // Final codes.
+    let code = |x: f32, s: f32, z: f32| (x * s + z).round_ties_even().clamp(0.0, max_v) as u8;
+    let codes: Vec<u8> = if config.channel_wise {
+        let mut codes = vec![0u8; numel];
+        let per_row = |r: usize, row: &mut [u8]| {
+            for (c, q) in row.iter_mut().enumerate() {
+                let g = view.group_of(r, c);
+                *q = code(w[r * view.cols + c], scale_q[g], zero[g]);
+            }
+        };
+        match par {
+            Parallelism::Rayon if numel >= crate::par::MIN_PARALLEL_ELEMS => {
+                codes.par_chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row))
+            }
+            _ => codes.chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row)),
+        }
+        codes
+    } else {
+        w.iter().map(|&x| code(x, scale_q[0], zero[0])).collect()
+    };
+    let (cr, cc) = layout.code_shape();
+    let packed = super::pack_hqq(&codes, cr, cc, config.bits)?;
+    let n_groups = layout.groups();
+    let expand = |v: &[f32]| if config.channel_wise { v.to_vec() } else { vec![v[0]; n_groups] };
+    let scales: Vec<f32> = scale_q.iter().map(|&s| 1.0 / s).collect();
+    Ok(HqqLayer { layout, packed, scales: expand(&scales), zeros: expand(&zero), steps_run })
+}
+
+/// One optimizer iteration: the next zeros and the mean absolute error of the current ones.
+fn optimizer_step(
+    w: &[f32],
+    view: &View,
+    s: &[f32],
+    z: &[f32],
+    max_v: f32,
+    numel: usize,
+    par: Parallelism,
+) -> (Vec<f32>, f32) {
+    let (rows, cols) = (view.rows, view.cols);
+    // Per element: q, w_r = (q - z) / s, e = shrink(w - w_r), term = q - (w - e) * s.
+    let elem = |x: f32, s: f32, z: f32| {
+        let q = (x * s + z).round_ties_even().clamp(0.0, max_v);
+        let wr = (q - z) / s;
+        let d = x - wr;
+        let e = shrink(d);
+        (q - (x - e) * s, d.abs())
+    };
+    let threaded = par == Parallelism::Rayon && numel >= crate::par::MIN_PARALLEL_ELEMS;
+    match view.axis {
+        Axis::One => {
+            // Groups are rows: one (sum, err) per row.
+            let row = |r: usize| {
+                let (mut sum, mut err) = (0f32, 0f32);
+                let (sg, zg) = (s[r], z[r]);
+                for &x in &w[r * cols..(r + 1) * cols] {
+                    let (t, a) = elem(x, sg, zg);
+                    sum += t;
+                    err += a;
+                }
+                (sum / cols as f32, err)
+            };
+            let per_row: Vec<(f32, f32)> = if threaded {
+                (0..rows).into_par_iter().map(row).collect()
+            } else {
+                (0..rows).map(row).collect()
+            };
+            let err: f64 = per_row.iter().map(|&(_, e)| e as f64).sum();
+            (per_row.iter().map(|&(m, _)| m).collect(), (err / numel as f64) as f32)
+        }
+        Axis::Zero => {
+            // Groups are columns: column stripes, each summing its columns down the rows.
+            let stripe = 256;
+            let run = |c0: usize| {
+                let c1 = (c0 + stripe).min(cols);
+                let mut sums = vec![0f32; c1 - c0];
+                let mut errs = vec![0f32; rows];
+                for (r, e) in errs.iter_mut().enumerate() {
+                    let row = &w[r * cols + c0..r * cols + c1];
+                    for ((acc, &x), c) in sums.iter_mut().zip(row).zip(c0..) {
+                        let (t, a) = elem(x, s[c], z[c]);
+                        *acc += t;
+                        *e += a;
+                    }
+                }
+                (sums, errs)
+            };
+            let starts: Vec<usize> = (0..cols).step_by(stripe).collect();
+            let parts: Vec<(Vec<f32>, Vec<f32>)> = if threaded {
+                starts.par_iter().map(|&c| run(c)).collect()
+            } else {
+                starts.iter().map(|&c| run(c)).collect()
+            };
+            let mut z_next = Vec::with_capacity(cols);
+            let mut err = 0f64;
+            for (sums, errs) in &parts {
+                z_next.extend(sums.iter().map(|&t| t / rows as f32));
+                err += errs.iter().map(|&e| e as f64).sum::<f64>();
+            }
+            (z_next, (err / numel as f64) as f32)
+        }
+    }
+}
