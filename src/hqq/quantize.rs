@@ -126,8 +126,8 @@ impl View {
 ///
 /// ```
 /// use quant_kernels::hqq::{self, Axis, HqqConfig};
-/// // One group of 4 weights (axis 1), 2 bits: min 0, max 3 -> scale_q = 1, zero 0.
-/// let q = hqq::quantize_hqq(&[0.0, 1.0, 2.0, 3.0], 1, 4, &HqqConfig::new(2, 4, Axis::One))?;
+/// // A 4x1 weight, one group of 4 (axis 0), 2 bits: min 0, max 3 -> scale_q = 1, zero 0.
+/// let q = hqq::quantize_hqq(&[0.0f32, 1.0, 2.0, 3.0], 4, 1, &HqqConfig::new(2, 4, Axis::Zero))?;
 /// assert_eq!((q.scales[0], q.zeros[0]), (1.0, 0.0));
 /// assert_eq!(hqq::unpack_hqq(&q.packed)?, [0, 1, 2, 3]);
 /// # Ok::<(), quant_kernels::Error>(())
