@@ -126,6 +126,34 @@ pub enum Error {
         index: usize,
     },
 
+    /// A malformed UQFF blob or file: truncated, a count over its cap, inconsistent tensors.
+    #[error("UQFF: at byte {offset}: {reason}")]
+    Uqff {
+        /// Byte offset in the blob where the problem was found (0 when not positional).
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A UQFF version this crate does not read (0.x with x <= 2, or 1.x with x <= 2).
+    #[error("unsupported UQFF version {major}.{minor}.{patch}")]
+    UqffVersion {
+        /// Major version found.
+        major: u32,
+        /// Minor version found.
+        minor: u32,
+        /// Patch version found.
+        patch: u32,
+    },
+
+    /// A UQFF layer of a quantization type other than HQQ (2).
+    #[error("UQFF layer type {0} is not HQQ (2)")]
+    UqffQuantType(u8),
+
+    /// A UQFF tensor dtype code this crate does not support.
+    #[error("UQFF dtype code {0} is not supported")]
+    UqffDtype(u32),
+
     /// A file that could not be opened, read or written.
     #[error("{path}: {message}")]
     Io {

@@ -118,3 +118,28 @@ pub fn gptq_config(data: &[u8]) -> bool {
         }
     }
 }
+
+/// UQFF bytes of either revision: the legacy blob reader, the legacy file reader and the 1.2.0
+/// reader each return `Ok` or a typed error, never panic; an accepted layer validates, writes
+/// back to the same bytes after the version word (the writer always writes 0.2.0) and
+/// dequantizes. Returns whether any reader accepted it.
+pub fn uqff(data: &[u8]) -> bool {
+    use crate::io::uqff::{self, Extension};
+    let mut accepted = false;
+    if let Ok(layer) = uqff::read_legacy(data) {
+        let written = uqff::write_legacy(&layer).expect("an accepted layer writes");
+        assert_eq!(written[4..], data[4..]);
+        assert!(layer.dequantize::<f32>(Parallelism::Serial).is_ok());
+        accepted = true;
+    }
+    if let Ok(layers) = uqff::read_legacy_file(data) {
+        accepted |= !layers.is_empty();
+    }
+    if let Ok(layers) = uqff::read_v1(data, Extension::Allow) {
+        for (_, l) in &layers {
+            assert!(l.validate().is_ok() && l.dequantize::<f32>(Parallelism::Serial).is_ok());
+        }
+        accepted = true;
+    }
+    accepted
+}

@@ -132,3 +132,8 @@ fn gptq_config_random_inputs() {
     }
     assert!((100..1900).contains(&ok), "{ok}");
 }
+
+#[test]
+fn uqff_regressions() {
+    assert!(replay("uqff", quant_kernels::fuzz_checks::uqff) >= 4);
+}

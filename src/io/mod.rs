@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub(crate) mod fields;
 pub mod safetensors;
+pub mod uqff;
 
 pub use checkpoint::Checkpoint;
 pub use safetensors::{Dtype, SafetensorsFile, SafetensorsWriter, TensorInfo};
