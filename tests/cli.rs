@@ -125,3 +125,91 @@ fn bad_invocations_exit_2_with_a_message() {
     let o = qk(&["--help"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("qk dequantize DIR"));
 }
+
+/// `qk quantize` on a safetensors file holding mistral.rs's input weight and bias reproduces
+/// mistral.rs's UQFF bytes (1.2.0 file; 0.2.0 blob), and `qk dequantize FILE.uqff` gives back
+/// mistral.rs's dequantized weight.
+#[test]
+fn quantize_to_uqff_matches_mistral_rs() {
+    use quant_kernels::io::{Dtype, SafetensorsWriter, uqff};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let companion = SafetensorsFile::open(fixtures.join("uqff/hqq4_g64_ax0_f32.safetensors")).unwrap();
+    let weight = companion.read("input_weight").unwrap();
+    let bias: Vec<u8> = (0..128).flat_map(|i| ((i as f32 - 64.0) * 0.01).to_le_bytes()).collect();
+    let input = out_path("quantize-in");
+    let p = "model.layers.0.mlp.down_proj";
+    let decl = vec![
+        (format!("{p}.bias"), Dtype::F32, vec![128]),
+        (format!("{p}.weight"), Dtype::F32, vec![128, 64]),
+        ("model.norm.weight".to_string(), Dtype::F32, vec![64]),
+    ];
+    let mut w = SafetensorsWriter::create(&input, &decl, &Default::default()).unwrap();
+    w.write(&decl[0].0, &bias).unwrap();
+    w.write(&decl[1].0, &weight).unwrap();
+    w.write(&decl[2].0, &[0; 256]).unwrap();
+    w.finish().unwrap();
+    let (i, o1, o2) = (input.to_str().unwrap(), out_path("q-v1"), out_path("q-v0"));
+    for (out, version) in [(&o1, "1.2"), (&o2, "0.2")] {
+        let o = qk(&[
+            "quantize",
+            i,
+            "--method",
+            "hqq",
+            "--bits",
+            "4",
+            "--group-size",
+            "64",
+            "--axis",
+            "0",
+            "--steps",
+            "10",
+            "--uqff",
+            version,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("1 layers"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    // 1.2.0: the whole file (the norm, a 1-D tensor, is left out like mistral.rs's ISQ does).
+    let want = std::fs::read(fixtures.join("uqff_files/v1.2.0/hqq4_g64_ax0_f32_bias.uqff")).unwrap();
+    assert_eq!(std::fs::read(&o1).unwrap(), want);
+    // 0.2.0: the layer blob inside the file.
+    let legacy = uqff::read_legacy_file_named(&std::fs::read(&o2).unwrap()).unwrap();
+    assert_eq!(legacy[0].1.as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
+    let blob = std::fs::read(fixtures.join("uqff_files/legacy-v0.2.0/hqq4_g64_ax0_f32_bias.uqff")).unwrap();
+    assert_eq!(uqff::write_legacy(&legacy[0].2).unwrap(), blob);
+    // Back to safetensors from either revision.
+    let expected = companion.read_as::<f32>("dequantized").unwrap();
+    for src in [&o1, &o2] {
+        let back = out_path("q-back");
+        let o = qk(&["dequantize", src.to_str().unwrap(), "--out", back.to_str().unwrap(), "--dtype", "f32"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let f = SafetensorsFile::open(&back).unwrap();
+        assert_eq!(f.info(&format!("{p}.weight")).unwrap().shape, [128, 64]);
+        let got = f.read_as::<f32>(&format!("{p}.weight")).unwrap();
+        assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(f.read(&format!("{p}.bias")).unwrap(), bias);
+        std::fs::remove_file(back).unwrap();
+    }
+    // Bad requests: a width, an axis, a method, a group that does not divide.
+    for bad in [
+        vec!["quantize", i, "--bits", "5", "--out", "/tmp/x.uqff"],
+        vec!["quantize", i, "--bits", "4", "--axis", "2", "--out", "/tmp/x.uqff"],
+        vec!["quantize", i, "--method", "gptq", "--bits", "4", "--out", "/tmp/x.uqff"],
+        vec!["quantize", i, "--bits", "4", "--group-size", "100", "--out", "/tmp/x.uqff"],
+        vec!["quantize", i, "--out", "/tmp/x.uqff"],
+        vec!["dequantize", i, "--out", "/tmp/x.safetensors"],
+    ] {
+        let o = qk(&bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+    }
+    for f in [input, o1, o2] {
+        std::fs::remove_file(f).unwrap();
+    }
+}

@@ -93,10 +93,16 @@ fn legacy_file_container_round_trips() {
         .iter()
         .map(|n| uqff::read_legacy(&common::fixture(&format!("uqff_files/legacy-v0.2.0/{n}.uqff"))).unwrap())
         .collect();
-    let file = uqff::write_legacy_file(&layers).unwrap();
+    let file = uqff::write_legacy_file(&layers, None).unwrap();
     let back = uqff::read_legacy_file(&file).unwrap();
     assert_eq!(back.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
     assert!(back.iter().zip(&layers).all(|((_, a), b)| a == b));
+    // Names recorded in the metadata come back; a wrong count is an error.
+    let names: Vec<String> = ["a.weight", "b.weight", "c.weight"].map(String::from).to_vec();
+    let named = uqff::write_legacy_file(&layers, Some(&names)).unwrap();
+    let back = uqff::read_legacy_file_named(&named).unwrap();
+    assert_eq!(back.iter().map(|(_, n, _)| n.clone().unwrap()).collect::<Vec<_>>(), names);
+    assert!(uqff::write_legacy_file(&layers, Some(&names[..2])).is_err());
     // The blobs are U8 tensors named by index, as mistral.rs stores them.
     let st = SafeTensors::deserialize(&file).unwrap();
     assert_eq!(st.tensor("1").unwrap().dtype(), safetensors::Dtype::U8);

@@ -380,40 +380,63 @@ pub fn write_legacy(layer: &UqffHqqLayer) -> Result<Vec<u8>> {
 type Raw<'a> = (Dtype, Vec<usize>, &'a [u8]);
 
 fn safetensors_tensors(bytes: &[u8]) -> Result<BTreeMap<String, Raw<'_>>> {
+    Ok(safetensors_parts(bytes)?.0)
+}
+
+/// Tensors and `__metadata__` of a safetensors buffer.
+type Parts<'a> = (BTreeMap<String, Raw<'a>>, BTreeMap<String, String>);
+
+fn safetensors_parts(bytes: &[u8]) -> Result<Parts<'_>> {
     let label = "uqff";
     let mut c = Cursor { bytes, at: 0 };
     let n = c.take(8, "header length")?;
     let n = u64::from_le_bytes([n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]]);
     let n = usize::try_from(n).ok().filter(|&n| n as u64 <= super::safetensors::MAX_HEADER_BYTES);
     let header = c.take(n.ok_or_else(|| bad(0, "header length too large"))?, "header")?;
-    let (tensors, _) = super::safetensors::parse_header(label, header, bytes.len() as u64)?;
-    Ok(tensors
+    let (tensors, metadata) = super::safetensors::parse_header(label, header, bytes.len() as u64)?;
+    let tensors = tensors
         .into_iter()
         .map(|(k, i)| {
             let start = i.offset as usize; // within `bytes`: checked by parse_header
             (k, (i.dtype, i.shape, &bytes[start..start + i.len]))
         })
-        .collect())
+        .collect();
+    Ok((tensors, metadata))
 }
 
+/// The `__metadata__` key under which this crate records layer names in a legacy file (a JSON
+/// list, index -> name; mistral.rs ignores it and identifies layers by index).
+pub const LEGACY_NAMES_KEY: &str = "quant_kernels.layer_names";
+
 /// Read a legacy UQFF file (a safetensors file of U8 blobs named by layer index): the layers
-/// in index order.
+/// in index order, with their names when the file records them ([`LEGACY_NAMES_KEY`]).
 pub fn read_legacy_file(bytes: &[u8]) -> Result<Vec<(usize, UqffHqqLayer)>> {
+    Ok(read_legacy_file_named(bytes)?.into_iter().map(|(i, _, l)| (i, l)).collect())
+}
+
+/// [`read_legacy_file`] with each layer's recorded name, if any.
+pub fn read_legacy_file_named(bytes: &[u8]) -> Result<Vec<(usize, Option<String>, UqffHqqLayer)>> {
+    let (tensors, metadata) = safetensors_parts(bytes)?;
+    let names: Vec<String> = match metadata.get(LEGACY_NAMES_KEY) {
+        Some(json) => serde_json::from_str(json).map_err(|e| bad(0, format!("{LEGACY_NAMES_KEY}: {e}")))?,
+        None => Vec::new(),
+    };
     let mut out = Vec::new();
-    for (name, (dtype, shape, data)) in safetensors_tensors(bytes)? {
+    for (name, (dtype, shape, data)) in tensors {
         let index: usize =
             name.parse().map_err(|_| bad(0, format!("tensor `{name}` is not a layer index")))?;
         if dtype != Dtype::U8 || shape.len() != 1 {
             return Err(bad(0, format!("tensor `{name}`: {dtype} {shape:?}, expected a 1-D U8 blob")));
         }
-        out.push((index, read_legacy(data)?));
+        out.push((index, names.get(index).cloned(), read_legacy(data)?));
     }
-    out.sort_by_key(|(i, _)| *i);
+    out.sort_by_key(|(i, ..)| *i);
     Ok(out)
 }
 
-/// Write a legacy UQFF file of `layers` (tensor `i` is layer `i`'s blob).
-pub fn write_legacy_file(layers: &[UqffHqqLayer]) -> Result<Vec<u8>> {
+/// Write a legacy UQFF file of `layers` (tensor `i` is layer `i`'s blob); `names`, when given,
+/// are recorded in the metadata (one per layer).
+pub fn write_legacy_file(layers: &[UqffHqqLayer], names: Option<&[String]>) -> Result<Vec<u8>> {
     let blobs: Vec<Vec<u8>> = layers.iter().map(write_legacy).collect::<Result<_>>()?;
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = blobs
         .iter()
@@ -424,7 +447,15 @@ pub fn write_legacy_file(layers: &[UqffHqqLayer]) -> Result<Vec<u8>> {
             Ok((i.to_string(), v))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, None).map_err(|e| bad(0, e.to_string()))
+    let metadata = match names {
+        Some(n) if n.len() == layers.len() => {
+            let json = serde_json::to_string(n).map_err(|e| bad(0, e.to_string()))?;
+            Some(std::collections::HashMap::from([(LEGACY_NAMES_KEY.to_string(), json)]))
+        }
+        Some(n) => return Err(Error::LengthMismatch { what: "names", expected: layers.len(), got: n.len() }),
+        None => None,
+    };
+    safetensors::serialize(views, metadata).map_err(|e| bad(0, e.to_string()))
 }
 
 fn st_dtype(d: Dtype) -> safetensors::Dtype {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! qk [demo]                         embedded upstream outputs reproduced + throughput vs memcpy
+//! qk quantize IN.safetensors --bits B --out OUT.uqff [...]   HQQ-quantize every 2-D *.weight
 //! qk inspect DIR                    a GPTQ/AWQ/FP8 checkpoint's config and layers
 //! qk dequantize DIR --out FILE      every quantized layer as <prefix>.weight [out, in], others copied
 //!    [--dtype f32|f16|bf16] [--fuse]
@@ -21,6 +22,7 @@ macro_rules! out {
 mod checkpoint_cmd;
 mod demo;
 mod demo_checkpoint;
+mod uqff_cmd;
 
 use quant_kernels::DType;
 use std::path::PathBuf;
@@ -37,6 +39,14 @@ const USAGE: &str = "usage:
                                  orientation of an unquantized checkpoint (default dtype f16),
                                  copy the other tensors; --fuse writes q/k/v as qkv_proj and
                                  gate/up as gate_up_proj
+  qk quantize IN.safetensors --method hqq --bits 8|4|3|2|1 --out OUT.uqff
+             [--group-size G (64)] [--axis 0|1 (0)] [--steps N (10) | --no-optimize]
+             [--round-zeros] [--uqff 1.2|0.2 (1.2)]
+                                 quantize every 2-D float *.weight tensor with HQQ (its *.bias
+                                 goes with it) and write mistral.rs's UQFF
+  qk dequantize FILE.uqff --out FILE.safetensors [--dtype f32|f16|bf16]
+                                 write each UQFF layer back as <prefix>.weight in its [out, in]
+                                 shape (either UQFF revision)
   qk --help                      this text";
 
 /// Why `qk` failed.
@@ -88,9 +98,74 @@ fn parse_dequantize(args: &[String]) -> Result<DequantizeArgs, CliError> {
             extra => return Err(CliError::Usage(format!("unexpected argument `{extra}`"))),
         }
     }
-    let dir = dir.ok_or_else(|| CliError::Usage("dequantize needs a checkpoint directory".into()))?;
+    let dir =
+        dir.ok_or_else(|| CliError::Usage("dequantize needs a checkpoint directory or a .uqff file".into()))?;
     let out = out.ok_or_else(|| CliError::Usage("dequantize needs --out FILE.safetensors".into()))?;
     Ok(DequantizeArgs { dir, out, dtype, fuse })
+}
+
+fn parse_quantize(args: &[String]) -> Result<uqff_cmd::QuantizeArgs, CliError> {
+    use quant_kernels::hqq::{Axis, HqqConfig};
+    let (mut input, mut out, mut bits, mut group, mut axis) = (None, None, None, 64usize, Axis::Zero);
+    let (mut steps, mut round_zeros, mut version) = (Some(10usize), false, uqff_cmd::UqffVersion::V1);
+    let mut it = args.iter();
+    let number = |flag: &str, v: String| {
+        v.parse::<usize>().map_err(|_| CliError::Usage(format!("{flag}: `{v}` is not a number")))
+    };
+    while let Some(a) = it.next() {
+        let mut value =
+            |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
+        match a.as_str() {
+            "--method" => {
+                let m = value(a)?;
+                if m != "hqq" {
+                    return Err(CliError::Usage(format!("--method {m}: only hqq quantizes to UQFF")));
+                }
+            }
+            "--bits" => {
+                bits = Some(
+                    u8::try_from(number(a, value(a)?)?)
+                        .map_err(|_| CliError::Usage("--bits: too large".into()))?,
+                )
+            }
+            "--group-size" => group = number(a, value(a)?)?,
+            "--axis" => {
+                axis = match value(a)?.as_str() {
+                    "0" => Axis::Zero,
+                    "1" => Axis::One,
+                    v => return Err(CliError::Usage(format!("--axis {v}: expected 0 or 1"))),
+                }
+            }
+            "--steps" => steps = Some(number(a, value(a)?)?),
+            "--no-optimize" => steps = None,
+            "--round-zeros" => round_zeros = true,
+            "--uqff" => {
+                version = match value(a)?.as_str() {
+                    "1.2" | "1.2.0" => uqff_cmd::UqffVersion::V1,
+                    "0.2" | "0.2.0" => uqff_cmd::UqffVersion::Legacy,
+                    v => return Err(CliError::Usage(format!("--uqff {v}: expected 1.2 or 0.2"))),
+                }
+            }
+            "--out" | "-o" => out = Some(PathBuf::from(value(a)?)),
+            flag if flag.starts_with('-') => return Err(CliError::Usage(format!("unknown option `{flag}`"))),
+            path if input.is_none() => input = Some(PathBuf::from(path)),
+            extra => return Err(CliError::Usage(format!("unexpected argument `{extra}`"))),
+        }
+    }
+    let config = HqqConfig {
+        bits: bits.ok_or_else(|| CliError::Usage("quantize needs --bits".into()))?,
+        group_size: group,
+        axis,
+        optimization_steps: steps.filter(|&s| s > 0),
+        round_zeros,
+        channel_wise: true,
+    };
+    Ok(uqff_cmd::QuantizeArgs {
+        input: input.ok_or_else(|| CliError::Usage("quantize needs an input .safetensors file".into()))?,
+        out: out.ok_or_else(|| CliError::Usage("quantize needs --out FILE.uqff".into()))?,
+        config,
+        version,
+    })
 }
 
 fn run(args: &[String]) -> Result<(), CliError> {
@@ -105,7 +180,11 @@ fn run(args: &[String]) -> Result<(), CliError> {
             [dir] => checkpoint_cmd::inspect(&PathBuf::from(dir)),
             _ => Err(CliError::Usage("inspect takes one checkpoint directory".into())),
         },
-        Some("dequantize") => checkpoint_cmd::dequantize(&parse_dequantize(&args[1..])?),
+        Some("dequantize") => {
+            let a = parse_dequantize(&args[1..])?;
+            if a.dir.is_file() { uqff_cmd::dequantize(&a) } else { checkpoint_cmd::dequantize(&a) }
+        }
+        Some("quantize") => uqff_cmd::quantize(&parse_quantize(&args[1..])?),
         Some(_) => Err(CliError::Usage(format!("unknown command `{}`", args.join(" ")))),
     }
 }

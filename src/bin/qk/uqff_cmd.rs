@@ -1,0 +1,172 @@
+//! `qk quantize` (safetensors -> HQQ UQFF) and `qk dequantize FILE.uqff`.
+
+use crate::{CliError, DequantizeArgs};
+use half::{bf16, f16};
+use quant_kernels::hqq::{self, HqqConfig};
+use quant_kernels::io::safetensors::to_le_bytes;
+use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
+use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
+use quant_kernels::{DType, Error, FloatVec};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// UQFF revision to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UqffVersion {
+    /// 1.2.0 (safetensors with named tensors).
+    V1,
+    /// 0.2.0 (legacy byte blobs).
+    Legacy,
+}
+
+/// Options of `qk quantize`.
+pub struct QuantizeArgs {
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub config: HqqConfig,
+    pub version: UqffVersion,
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() }
+}
+
+/// `qk quantize IN.safetensors --method hqq ... --out OUT.uqff`: every 2-D float `*.weight`
+/// is quantized with HQQ (f32 scales and zeros, as mistral.rs's ISQ writes), its `*.bias`
+/// attached; other tensors are not part of a UQFF file and are left out.
+pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
+    let start = Instant::now();
+    let file = SafetensorsFile::open(&args.input)?;
+    let mut layers: Vec<(String, UqffHqqLayer)> = Vec::new();
+    let (mut weights, mut skipped) = (0usize, Vec::new());
+    for (name, info) in file.tensors() {
+        let Some(prefix) = name.strip_suffix(".weight") else { continue };
+        let float = matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::Bf16);
+        if info.shape.len() != 2 || !float {
+            skipped.push(name.clone());
+            continue;
+        }
+        let (rows, cols) = (info.shape[0], info.shape[1]);
+        let q = match info.dtype {
+            Dtype::F16 => hqq::quantize_hqq(&file.read_as::<f16>(name)?, rows, cols, &args.config),
+            Dtype::Bf16 => hqq::quantize_hqq(&file.read_as::<bf16>(name)?, rows, cols, &args.config),
+            _ => hqq::quantize_hqq(&file.read_as::<f32>(name)?, rows, cols, &args.config),
+        }
+        .map_err(|e| Error::Config { field: name.clone(), reason: format!("cannot be quantized: {e}") })?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = match file.info(&bias_name).map(|i| (i.dtype, i.shape.clone())) {
+            None => None,
+            Some((_, shape)) if shape != [rows] => {
+                return Err(Error::TensorShape { tensor: bias_name, expected: vec![rows], got: shape }.into());
+            }
+            Some((Dtype::F16, _)) => Some(FloatVec::F16(file.read_as(&bias_name)?)),
+            Some((Dtype::Bf16, _)) => Some(FloatVec::Bf16(file.read_as(&bias_name)?)),
+            Some((Dtype::F32, _)) => Some(FloatVec::F32(file.read_as(&bias_name)?)),
+            Some((d, _)) => {
+                return Err(Error::TensorDtype {
+                    tensor: bias_name,
+                    expected: "F16, BF16 or F32",
+                    got: d.to_string(),
+                }
+                .into());
+            }
+        };
+        layers.push((prefix.to_string(), UqffHqqLayer::from_quantized(&q, &args.config, DType::F32, bias)?));
+        weights += rows * cols;
+    }
+    let bytes = match args.version {
+        UqffVersion::V1 => {
+            if !matches!(args.config.bits, 4 | 8) {
+                eprintln!(
+                    "qk: note: mistral.rs reads only 4- and 8-bit HQQ layers from UQFF 1.2; --uqff 0.2 has every width"
+                );
+            }
+            uqff::write_v1(&layers, Extension::Allow)?
+        }
+        UqffVersion::Legacy => {
+            let names: Vec<String> = layers.iter().map(|(p, _)| format!("{p}.weight")).collect();
+            let only: Vec<UqffHqqLayer> = layers.iter().map(|(_, l)| l.clone()).collect();
+            uqff::write_legacy_file(&only, Some(&names))?
+        }
+    };
+    std::fs::write(&args.out, &bytes).map_err(|e| io_error(&args.out, e))?;
+    let secs = start.elapsed().as_secs_f64();
+    out!(
+        "wrote {} (UQFF {}): {} layers, {} weights, {}-bit group {} axis {}, {} optimizer steps max; {} bytes; {:.2} s ({:.1} M weights/s)",
+        args.out.display(),
+        if args.version == UqffVersion::V1 { "1.2.0" } else { "0.2.0" },
+        layers.len(),
+        weights,
+        args.config.bits,
+        args.config.group_size,
+        if args.config.axis == hqq::Axis::Zero { 0 } else { 1 },
+        args.config.optimization_steps.unwrap_or(0),
+        bytes.len(),
+        secs,
+        weights as f64 / secs / 1e6
+    );
+    if !skipped.is_empty() {
+        out!("left out {} tensors that are not 2-D float weights (e.g. {})", skipped.len(), skipped[0]);
+    }
+    Ok(())
+}
+
+/// The layers of a UQFF file of either revision, named `<p>.weight`.
+pub fn read_any(bytes: &[u8]) -> Result<Vec<(String, UqffHqqLayer)>, Error> {
+    let st = safetensors::SafeTensors::deserialize(bytes).ok();
+    let is_v1 = st.is_some_and(|st| st.names().iter().any(|n| *n == "uqff.version.major"));
+    if is_v1 {
+        return Ok(uqff::read_v1(bytes, Extension::Allow)?
+            .into_iter()
+            .map(|(p, l)| (format!("{p}.weight"), l))
+            .collect());
+    }
+    Ok(uqff::read_legacy_file_named(bytes)?
+        .into_iter()
+        .map(|(i, name, l)| (name.unwrap_or_else(|| format!("layers.{i}.weight")), l))
+        .collect())
+}
+
+/// `qk dequantize FILE.uqff --out FILE.safetensors [--dtype]`: each layer as `<p>.weight` in
+/// its original `[out, in]` shape, its bias as `<p>.bias`.
+pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
+    let start = Instant::now();
+    let bytes = std::fs::read(&args.dir).map_err(|e| io_error(&args.dir, e))?;
+    let layers = read_any(&bytes)?;
+    let dtype = match args.dtype {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::Bf16 => Dtype::Bf16,
+    };
+    let mut decl = Vec::new();
+    for (name, l) in &layers {
+        decl.push((name.clone(), dtype, l.shape.clone()));
+        if let Some(b) = &l.bias {
+            decl.push((format!("{}.bias", name.trim_end_matches(".weight")), b.dtype, b.shape.clone()));
+        }
+    }
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let mut w = SafetensorsWriter::create(&args.out, &decl, &meta)?;
+    let par = quant_kernels::Parallelism::Rayon;
+    for (name, l) in &layers {
+        let data = match args.dtype {
+            DType::F32 => to_le_bytes(&l.dequantize::<f32>(par)?),
+            DType::F16 => to_le_bytes(&l.dequantize::<f16>(par)?),
+            DType::Bf16 => to_le_bytes(&l.dequantize::<bf16>(par)?),
+        };
+        w.write(name, &data)?;
+        if let Some(b) = &l.bias {
+            w.write(&format!("{}.bias", name.trim_end_matches(".weight")), &b.data)?;
+        }
+    }
+    w.finish()?;
+    out!(
+        "wrote {}: {} HQQ layers dequantized to {}, {:.2} s",
+        args.out.display(),
+        layers.len(),
+        args.dtype,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
