@@ -115,7 +115,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
 /// The layers of a UQFF file of either revision, named `<p>.weight`.
 pub fn read_any(bytes: &[u8]) -> Result<Vec<(String, UqffHqqLayer)>, Error> {
     let st = safetensors::SafeTensors::deserialize(bytes).ok();
-    let is_v1 = st.is_some_and(|st| st.names().iter().any(|n| *n == "uqff.version.major"));
+    let is_v1 = st.is_some_and(|st| st.names().contains(&"uqff.version.major"));
     if is_v1 {
         return Ok(uqff::read_v1(bytes, Extension::Allow)?
             .into_iter()
