@@ -259,32 +259,20 @@ fn optimizer_step(
     par: Parallelism,
 ) -> (Vec<f32>, f32) {
     let (rows, cols) = (view.rows, view.cols);
-    // Per element: q, w_r = (q - z) / s, e = shrink(w - w_r), term = q - (w - e) * s.
-    let elem = |x: f32, s: f32, z: f32| {
-        let q = (x * s + z).round_ties_even().clamp(0.0, max_v);
-        let wr = (q - z) / s;
-        let d = x - wr;
-        let e = shrink(d);
-        (q - (x - e) * s, d.abs())
-    };
     let threaded = par == Parallelism::Rayon && numel >= crate::par::MIN_PARALLEL_ELEMS;
     match view.axis {
         Axis::One => {
-            // Groups are rows: one (sum, err) per row.
-            let row = |r: usize| {
-                let (mut sum, mut err) = (0f32, 0f32);
-                let (sg, zg) = (s[r], z[r]);
-                for &x in &w[r * cols..(r + 1) * cols] {
-                    let (t, a) = elem(x, sg, zg);
-                    sum += t;
-                    err += a;
-                }
-                (sum / cols as f32, err)
+            // Groups are rows: one (sum, err) per row, rows in chunks over the pool.
+            let chunk = 64;
+            let run = |r0: usize| {
+                let r1 = (r0 + chunk).min(rows);
+                crate::lanes::dispatch(RowGroups { w, cols, r0, r1, s, z, max_v })
             };
+            let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
             let per_row: Vec<(f32, f32)> = if threaded {
-                (0..rows).into_par_iter().map(row).collect()
+                starts.par_iter().flat_map_iter(|&r| run(r)).collect()
             } else {
-                (0..rows).map(row).collect()
+                starts.iter().flat_map(|&r| run(r)).collect()
             };
             let err: f64 = per_row.iter().map(|&(_, e)| e as f64).sum();
             (per_row.iter().map(|&(m, _)| m).collect(), (err / numel as f64) as f32)
@@ -294,17 +282,7 @@ fn optimizer_step(
             let stripe = 256;
             let run = |c0: usize| {
                 let c1 = (c0 + stripe).min(cols);
-                let mut sums = vec![0f32; c1 - c0];
-                let mut errs = vec![0f32; rows];
-                for (r, e) in errs.iter_mut().enumerate() {
-                    let row = &w[r * cols + c0..r * cols + c1];
-                    for ((acc, &x), c) in sums.iter_mut().zip(row).zip(c0..) {
-                        let (t, a) = elem(x, s[c], z[c]);
-                        *acc += t;
-                        *e += a;
-                    }
-                }
-                (sums, errs)
+                crate::lanes::dispatch(Stripe { w, cols, rows, c0, s: &s[c0..c1], z: &z[c0..c1], max_v })
             };
             let starts: Vec<usize> = (0..cols).step_by(stripe).collect();
             let parts: Vec<(Vec<f32>, Vec<f32>)> = if threaded {
@@ -320,5 +298,100 @@ fn optimizer_step(
             }
             (z_next, (err / numel as f64) as f32)
         }
+    }
+}
+
+/// One optimizer step over a stripe of columns (axis-0 groups): per column the sum of
+/// `q - (w - w_e) * s` down the rows, in row order, and per column the sum of `|w - w_r|`.
+/// Run under the CPU's best instruction set; columns are independent, so 16-column chunks
+/// vectorize, and a chunk whose residuals are all below the shrink threshold (almost all of
+/// them for real weights) skips `pow`: there `w_e` is +-0 and `w - w_e == w` exactly.
+struct Stripe<'a> {
+    w: &'a [f32],
+    cols: usize,
+    rows: usize,
+    c0: usize,
+    s: &'a [f32],
+    z: &'a [f32],
+    max_v: f32,
+}
+
+impl crate::lanes::Kernel for Stripe<'_> {
+    type Output = (Vec<f32>, Vec<f32>);
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        let Self { w, cols, rows, c0, s, z, max_v } = self;
+        let width = s.len();
+        let (mut sums, mut errs) = (vec![0f32; width], vec![0f32; width]);
+        let (mut t, mut dv) = (vec![0f32; width], vec![0f32; width]);
+        for r in 0..rows {
+            let row = &w[r * cols + c0..r * cols + c0 + width];
+            terms(row, s, z, max_v, &mut t, &mut dv);
+            for (((acc, ea), &tk), &d) in sums.iter_mut().zip(errs.iter_mut()).zip(&t).zip(&dv) {
+                *acc += tk;
+                *ea += d.abs();
+            }
+        }
+        (sums, errs)
+    }
+}
+
+/// The optimizer's per-weight terms of one run of weights with their groups' `s` and `z`:
+/// `t = q - (w - w_e) * s` and the residual `d = w - w_r`. The first pass vectorizes under the
+/// dispatched instruction set (as if nothing shrinks: `w_e` is +-0 and `w - w_e == w` for
+/// `|d| <= 0.16`); only weights past the shrink threshold are redone with `pow`.
+#[inline(always)]
+fn terms(x: &[f32], s: &[f32], z: &[f32], max_v: f32, t: &mut [f32], dv: &mut [f32]) {
+    let threshold = 0.16f32.to_bits();
+    let mut any = 0u32;
+    for ((((tk, dk), &x), &sc), &zc) in t.iter_mut().zip(dv.iter_mut()).zip(x).zip(s).zip(z) {
+        let q = (x * sc + zc).round_ties_even().clamp(0.0, max_v);
+        let d = x - (q - zc) / sc;
+        *dk = d;
+        *tk = q - x * sc;
+        any |= ((d.to_bits() & 0x7fff_ffff) > threshold) as u32;
+    }
+    if any != 0 {
+        for ((((tk, &d), &x), &sc), &zc) in t.iter_mut().zip(dv.iter()).zip(x).zip(s).zip(z) {
+            if (d.to_bits() & 0x7fff_ffff) > threshold {
+                let q = (x * sc + zc).round_ties_even().clamp(0.0, max_v);
+                *tk = q - (x - shrink(d)) * sc;
+            }
+        }
+    }
+}
+
+/// One optimizer step over a chunk of rows (axis-1 groups): per row the sum of the terms and
+/// of `|d|`, summed in order.
+struct RowGroups<'a> {
+    w: &'a [f32],
+    cols: usize,
+    r0: usize,
+    r1: usize,
+    s: &'a [f32],
+    z: &'a [f32],
+    max_v: f32,
+}
+
+impl crate::lanes::Kernel for RowGroups<'_> {
+    type Output = Vec<(f32, f32)>;
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        let Self { w, cols, r0, r1, s, z, max_v } = self;
+        let (mut t, mut dv, mut sv, mut zv) =
+            (vec![0f32; cols], vec![0f32; cols], vec![0f32; cols], vec![0f32; cols]);
+        (r0..r1)
+            .map(|r| {
+                sv.fill(s[r]);
+                zv.fill(z[r]);
+                terms(&w[r * cols..(r + 1) * cols], &sv, &zv, max_v, &mut t, &mut dv);
+                let (mut sum, mut err) = (0f32, 0f32);
+                for (&tk, &d) in t.iter().zip(&dv) {
+                    sum += tk;
+                    err += d.abs();
+                }
+                (sum / cols as f32, err)
+            })
+            .collect()
     }
 }
