@@ -28,7 +28,9 @@ pub enum QuantizedModel {
 pub struct LayerSummary {
     /// Name prefix (`<prefix>.weight` is its dense name).
     pub prefix: String,
-    /// Outputs (rows of the dense `[out, in]` weight).
+    /// Stacked experts (1 unless an FP8 MoE weight is `[E, out, in]`).
+    pub experts: usize,
+    /// Outputs (rows of the dense `[out, in]` weight, per expert).
     pub out: usize,
     /// Inputs.
     pub inp: usize,
@@ -83,6 +85,7 @@ impl QuantizedModel {
                     .values()
                     .map(|i| LayerSummary {
                         prefix: i.prefix.clone(),
+                        experts: 1,
                         out: i.layout.n(),
                         inp: i.layout.k(),
                         method: QuantMethod::Gptq {
@@ -100,6 +103,7 @@ impl QuantizedModel {
                 .values()
                 .map(|i| LayerSummary {
                     prefix: i.prefix.clone(),
+                    experts: 1,
                     out: i.layout.n(),
                     inp: i.layout.k(),
                     method: QuantMethod::Awq { group: i.layout.group_size() },
@@ -112,6 +116,7 @@ impl QuantizedModel {
                 .values()
                 .map(|i| LayerSummary {
                     prefix: i.prefix.clone(),
+                    experts: i.experts,
                     out: i.layout.rows(),
                     inp: i.layout.cols(),
                     method: QuantMethod::Fp8 { format: i.format, block: c.config().block },
@@ -131,7 +136,7 @@ impl QuantizedModel {
         }
     }
 
-    /// Read and dequantize one layer to `[out, in]`.
+    /// Read and dequantize one layer to `[out, in]` (`[E, out, in]` for stacked experts).
     pub fn dequantize_linear<O: Elem>(&self, prefix: &str, par: Parallelism) -> Result<Vec<O>> {
         match self {
             Self::Gptq(c) => c.load(prefix)?.dequantize_linear(par),

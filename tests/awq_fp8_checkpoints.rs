@@ -245,3 +245,92 @@ fn fp8_per_tensor_and_errors() {
         assert!(matches!(r, Err(Error::Config { .. })), "{bad}: {r:?}");
     }
 }
+
+/// Stacked MoE experts `[E, out, in]` with `[E, sr, sc]` block scales (and `[E]` per-tensor
+/// scales): each expert dequantizes like a 2-D weight; `qk dequantize` writes `[E, out, in]`.
+#[test]
+fn fp8_stacked_experts() {
+    let (tensors, deq, _) = fp8_tensors();
+    let p = "model.layers.0.mlp.experts.down_proj";
+    let codes = tensors[0].3.clone();
+    let scales: Vec<f32> =
+        tensors[1].3.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    // Expert 1's scales are expert 0's times 2 (exact), so its weight is exactly 2 * deq.
+    let doubled: Vec<f32> = scales.iter().map(|s| 2.0 * s).collect();
+    let stacked_scales: Vec<u8> = scales.iter().chain(&doubled).flat_map(|s| s.to_le_bytes()).collect();
+    let stacked: Tensors = vec![
+        (format!("{p}.weight"), Dtype::F8E4M3, vec![2, 300, 260], [codes.clone(), codes.clone()].concat()),
+        (format!("{p}.weight_scale_inv"), Dtype::F32, vec![2, 3, 3], stacked_scales),
+    ];
+    let cfg = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
+    let dir = Dir::new("fp8-moe", cfg, &stacked);
+    let model = QuantizedModel::open(&dir.0).unwrap();
+    let l = &model.layers()[0];
+    assert_eq!((l.experts, l.out, l.inp), (2, 300, 260));
+    assert_eq!(l.stored_bytes, 2 * l.method.layer_bytes(300, 260).unwrap());
+    let out = qk_dequantize(&dir.0, "f32");
+    assert_eq!(out.info(&format!("{p}.weight")).unwrap().shape, [2, 300, 260]);
+    let w = out.read_as::<f32>(&format!("{p}.weight")).unwrap();
+    let want: Vec<f32> = deq.iter().copied().chain(deq.iter().map(|x| 2.0 * x)).collect();
+    assert!(same(&w, &want));
+    // The experts kernel equals the per-expert reference.
+    let l2 = quant_kernels::fp8::Fp8Layout::block(300, 260, 128, 128).unwrap();
+    let all: Vec<f32> = scales.iter().chain(&doubled).copied().collect();
+    let mut fast = vec![half::f16::ZERO; 2 * 300 * 260];
+    quant_kernels::fp8::fp8_dequantize_experts_into(
+        &[codes.clone(), codes.clone()].concat(),
+        quant_kernels::fp8::Fp8Format::E4M3,
+        &all,
+        2,
+        &l2,
+        &mut fast,
+        quant_kernels::Parallelism::Rayon,
+    )
+    .unwrap();
+    for (e, s) in [&scales, &doubled].into_iter().enumerate() {
+        let mut naive = vec![half::f16::ZERO; 300 * 260];
+        quant_kernels::fp8::fp8_dequantize_reference_into(
+            &codes,
+            quant_kernels::fp8::Fp8Format::E4M3,
+            s,
+            &l2,
+            &mut naive,
+        )
+        .unwrap();
+        assert_eq!(&fast[e * 300 * 260..(e + 1) * 300 * 260], &naive[..]);
+    }
+    // A scale grid without the expert dimension, and per-tensor [E] scales.
+    let mut bad = stacked.clone();
+    bad[1].2 = vec![3, 6];
+    let r = QuantizedModel::open(
+        &Dir::new(
+            "fp8-moe-bad",
+            serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]}),
+            &bad,
+        )
+        .0,
+    );
+    assert!(matches!(r, Err(Error::TensorShape { .. })), "{r:?}");
+    let per_tensor: Tensors = vec![
+        (format!("{p}.weight"), Dtype::F8E4M3, vec![2, 300, 260], [codes.clone(), codes].concat()),
+        (
+            format!("{p}.weight_scale"),
+            Dtype::F32,
+            vec![2],
+            [0.5f32.to_le_bytes(), 4.0f32.to_le_bytes()].concat(),
+        ),
+    ];
+    let dir = Dir::new("fp8-moe-tensor", serde_json::json!({"quant_method": "fp8"}), &per_tensor);
+    let w: Vec<f32> = QuantizedModel::open(&dir.0)
+        .unwrap()
+        .dequantize_linear(p, quant_kernels::Parallelism::Rayon)
+        .unwrap();
+    let fmt = quant_kernels::fp8::Fp8Format::E4M3;
+    let c = &per_tensor[0].3;
+    assert!(
+        w.iter()
+            .zip(c)
+            .enumerate()
+            .all(|(i, (x, &b))| x.to_bits() == (fmt.decode(b) * if i < 78000 { 0.5 } else { 4.0 }).to_bits())
+    );
+}

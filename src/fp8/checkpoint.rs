@@ -2,7 +2,8 @@
 //! transformers fine-grained FP8; without `weight_block_size`, per-tensor scales), layers
 //! `<p>.weight` (F8_E4M3 or F8_E5M2, `[out, in]`) with `<p>.weight_scale_inv` (float
 //! `[ceil(out/br), ceil(in/bc)]`) or `<p>.weight_scale` (one float, shape `[]` or `[1]`), all
-//! checked before anything is read.
+//! checked before anything is read. Stacked MoE experts are `[E, out, in]` weights with
+//! `[E, ceil(out/br), ceil(in/bc)]` block scales or `[E]` per-tensor scales.
 
 use super::{Fp8Format, Fp8Layout};
 use crate::elem::{Elem, FloatVec};
@@ -70,8 +71,10 @@ impl Fp8Config {
 /// One FP8 layer in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fp8Layer {
-    /// Shape and scale blocks.
+    /// Shape and scale blocks of one expert (of the whole weight when not stacked).
     pub layout: Fp8Layout,
+    /// Stacked experts (1 for a plain `[out, in]` weight).
+    pub experts: usize,
     /// Code format (from the weight's dtype).
     pub format: Fp8Format,
     /// `[out, in]` codes.
@@ -83,9 +86,16 @@ pub struct Fp8Layer {
 }
 
 impl Fp8Layer {
-    /// Dequantize to `[out, in]` (already the `nn.Linear` orientation).
+    /// Dequantize to `[out, in]` (already the `nn.Linear` orientation), `[E, out, in]` for
+    /// stacked experts.
     pub fn dequantize_linear<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
-        crate::with_float_vec!(&self.scales, s => super::fp8_dequantize(&self.codes, self.format, s, &self.layout, par))
+        let per = self.layout.rows() * self.layout.cols();
+        let n =
+            self.experts.checked_mul(per).ok_or(Error::ShapeOverflow { rows: self.experts, cols: per })?;
+        let mut out = vec![O::default(); n];
+        crate::with_float_vec!(&self.scales, s => super::fp8_dequantize_experts_into(
+            &self.codes, self.format, s, self.experts, &self.layout, &mut out, par))?;
+        Ok(out)
     }
 }
 
@@ -94,8 +104,10 @@ impl Fp8Layer {
 pub struct Fp8LayerInfo {
     /// The layer's name prefix.
     pub prefix: String,
-    /// Shape and scale blocks.
+    /// Shape and scale blocks of one expert.
     pub layout: Fp8Layout,
+    /// Stacked experts (1 for a plain weight).
+    pub experts: usize,
     /// Code format.
     pub format: Fp8Format,
     /// The scale tensor's name suffix (`weight_scale_inv` or `weight_scale`) and dtype.
@@ -108,9 +120,8 @@ impl Fp8LayerInfo {
     /// Bytes the layer's tensors take in the checkpoint.
     pub fn stored_bytes(&self) -> usize {
         let (sr, sc) = self.layout.scale_shape();
-        self.layout.rows() * self.layout.cols()
-            + self.scale.1.size() * sr * sc
-            + self.bias.map_or(0, |d| d.size() * self.layout.rows())
+        let per = self.layout.rows() * self.layout.cols() + self.scale.1.size() * sr * sc;
+        self.experts * (per + self.bias.map_or(0, |d| d.size() * self.layout.rows()))
     }
 }
 
@@ -157,8 +168,16 @@ impl Fp8Checkpoint {
                 ));
             }
             let shape = checkpoint.info(&name("weight")).map(|i| i.shape.clone()).unwrap_or_default();
-            let [rows, cols] = shape[..] else {
-                return Err(Error::TensorShape { tensor: name("weight"), expected: vec![0, 0], got: shape });
+            let (experts, rows, cols) = match shape[..] {
+                [rows, cols] => (1, rows, cols),
+                [e, rows, cols] => (e, rows, cols),
+                _ => {
+                    return Err(Error::TensorShape {
+                        tensor: name("weight"),
+                        expected: vec![0, 0],
+                        got: shape,
+                    });
+                }
             };
             let (suffix, layout) = match config.block {
                 Some((br, bc)) => ("weight_scale_inv", Fp8Layout::block(rows, cols, br, bc)?),
@@ -166,33 +185,36 @@ impl Fp8Checkpoint {
             };
             let scale = checkpoint.expect_dtype(&name(suffix), FLOATS, "F16, BF16 or F32")?;
             let (sr, sc) = layout.scale_shape();
-            let ok = match config.block {
-                Some(_) => scale.shape == [sr, sc],
-                None => scale.numel() == 1 && scale.shape.len() <= 1,
+            let stacked = |inner: &[usize]| {
+                if shape.len() == 3 { [&[experts][..], inner].concat() } else { inner.to_vec() }
+            };
+            let (ok, expected) = match config.block {
+                Some(_) => (scale.shape == stacked(&[sr, sc]), stacked(&[sr, sc])),
+                None if shape.len() == 3 => {
+                    (scale.numel() == experts && scale.shape.len() <= 2, vec![experts])
+                }
+                None => (scale.numel() == 1 && scale.shape.len() <= 1, vec![1]),
             };
             if !ok {
-                return Err(Error::TensorShape {
-                    tensor: name(suffix),
-                    expected: vec![sr, sc],
-                    got: scale.shape,
-                });
+                return Err(Error::TensorShape { tensor: name(suffix), expected, got: scale.shape });
             }
             let bias = checkpoint
                 .info(&name("bias"))
                 .map(|_| checkpoint.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
                 .transpose()?;
             if let Some(b) = &bias
-                && b.shape != [rows]
+                && b.shape != stacked(&[rows])
             {
                 return Err(Error::TensorShape {
                     tensor: name("bias"),
-                    expected: vec![rows],
+                    expected: stacked(&[rows]),
                     got: b.shape.clone(),
                 });
             }
             let info = Fp8LayerInfo {
                 prefix: prefix.clone(),
                 layout,
+                experts,
                 format,
                 scale: (suffix, scale.dtype),
                 bias: bias.map(|b| b.dtype),
@@ -232,6 +254,7 @@ impl Fp8Checkpoint {
         let name = |part: &str| format!("{prefix}.{part}");
         Ok(Fp8Layer {
             layout: info.layout,
+            experts: info.experts,
             format: info.format,
             codes: ck.read(&name("weight"))?,
             scales: ck.read_floats(&name(info.scale.0))?,

@@ -231,6 +231,47 @@ pub fn fp8_dequantize<S: Elem, O: Elem>(
     Ok(out)
 }
 
+/// Dequantize stacked expert weights (MoE): `codes` is `[experts, rows, cols]` and `scales`
+/// `[experts, scale rows, scale cols]`, each expert a [`Fp8Layout`] block-scaled matrix of its
+/// own (DeepSeek-style `weight_scale_inv` of shape `[E, ceil(rows/br), ceil(cols/bc)]`).
+///
+/// ```
+/// use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+/// use quant_kernels::Parallelism;
+/// let l = Fp8Layout::block(1, 2, 1, 2)?;                   // each expert: 1x2, one scale
+/// let mut out = vec![0f32; 4];
+/// fp8::fp8_dequantize_experts_into(&[0x38, 0x40, 0x38, 0x40], Fp8Format::E4M3, &[1.0f32, 3.0], 2, &l,
+///                                  &mut out, Parallelism::Serial)?;
+/// assert_eq!(out, [1.0, 2.0, 3.0, 6.0]);
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn fp8_dequantize_experts_into<S: Elem, O: Elem>(
+    codes: &[u8],
+    format: Fp8Format,
+    scales: &[S],
+    experts: usize,
+    layout: &Fp8Layout,
+    out: &mut [O],
+    par: Parallelism,
+) -> Result<()> {
+    let per = layout.rows * layout.cols;
+    let (sr, sc) = layout.scale_shape();
+    let total = experts.checked_mul(per).ok_or(Error::ShapeOverflow { rows: experts, cols: per })?;
+    expect_len("codes", total, codes.len())?;
+    expect_len("scales", experts * sr * sc, scales.len())?;
+    expect_len("out", total, out.len())?;
+    if per == 0 {
+        return Ok(());
+    }
+    for ((c, s), o) in
+        codes.chunks_exact(per).zip(scales.chunks_exact(sr * sc)).zip(out.chunks_exact_mut(per))
+    {
+        fp8_dequantize_into(c, format, s, layout, o, par)?;
+    }
+    Ok(())
+}
+
 /// The naive oracle: the same checks, then one weight at a time with [`Fp8Format::decode`].
 pub fn fp8_dequantize_reference_into<S: Elem, O: Elem>(
     codes: &[u8],

@@ -76,17 +76,17 @@ pub fn inspect(dir: &Path) -> Result<(), CliError> {
     let layers = model.layers();
     let (mut stored, mut dense) = (0usize, 0usize);
     for l in &layers {
-        let f16_bytes = 2 * l.out * l.inp;
+        let f16_bytes = 2 * l.experts * l.out * l.inp;
         stored += l.stored_bytes;
         dense += f16_bytes;
         out!(
             "{:<40} {:>6} {:>6} {:<26} {:>11} {:>7.3} {:>6.2}x",
             l.prefix,
-            l.out,
+            if l.experts > 1 { format!("{}x{}", l.experts, l.out) } else { l.out.to_string() },
             l.inp,
             l.method.to_string(),
             kib(l.stored_bytes),
-            8.0 * l.stored_bytes as f64 / (l.out * l.inp).max(1) as f64,
+            8.0 * l.stored_bytes as f64 / (l.experts * l.out * l.inp).max(1) as f64,
             f16_bytes as f64 / l.stored_bytes.max(1) as f64
         );
     }
@@ -166,16 +166,14 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     let dtype = io_dtype(args.dtype);
     for (prefix, l) in &layers {
         if !fused_part.contains_key(prefix.as_str()) {
-            outputs.insert(
-                format!("{prefix}.weight"),
-                (dtype, vec![l.out, l.inp], Source::Weight(vec![prefix.clone()])),
-            );
+            let shape = if l.experts > 1 { vec![l.experts, l.out, l.inp] } else { vec![l.out, l.inp] };
+            outputs.insert(format!("{prefix}.weight"), (dtype, shape, Source::Weight(vec![prefix.clone()])));
         }
     }
     for plan in &plans {
         let parts: Vec<_> = plan.parts.iter().filter_map(|p| layers.get(p)).collect();
         let out: usize = parts.iter().map(|l| l.out).sum();
-        if let Some(i) = parts.iter().position(|l| l.inp != parts[0].inp) {
+        if let Some(i) = parts.iter().position(|l| l.inp != parts[0].inp || l.experts != 1) {
             return Err(Error::Fuse { what: "K", part: i }.into());
         }
         let shape = vec![out, parts[0].inp];
