@@ -213,3 +213,43 @@ fn quantize_to_uqff_matches_mistral_rs() {
         std::fs::remove_file(f).unwrap();
     }
 }
+
+/// `qk inspect FILE` on a UQFF 1.2 file, a bare 0.2.0 blob and a plain safetensors file, and
+/// `qk dequantize` of a bare blob.
+#[test]
+fn inspect_files() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let run = |p: PathBuf| {
+        let o = qk(&["inspect", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let v1 = run(f.join("uqff_files/v1.2.0/hqq4_g64_ax0_bf16_bias.uqff"));
+    let line = v1.lines().find(|l| l.starts_with("model.layers.0.mlp.down_proj.weight")).unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    // shape, bits, group, axis, steps, params, bias, bytes (4096 codes + 2 x 256 params + 256 bias)
+    assert_eq!(&cols[1..], ["[128,", "64]", "4", "64", "0", "10", "BF16", "BF16", "4864", "4.750"]);
+    let blob = run(f.join("uqff_files/legacy-v0.2.0/hqq3_g64_ax0_f32.uqff"));
+    assert!(blob.contains("1 HQQ layers") && blob.contains("layers.0.weight"), "{blob}");
+    let st = run(f.join("uqff/hqq4_g64_ax0_f32.safetensors"));
+    assert!(
+        st.contains("5 tensors") && st.lines().any(|l| l.starts_with("w_q") && l.contains("[32, 128]")),
+        "{st}"
+    );
+    let out = out_path("blob");
+    let o = qk(&[
+        "dequantize",
+        f.join("uqff_files/legacy-v0.2.0/hqq4_g64_ax0_f32.uqff").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = SafetensorsFile::open(f.join("uqff/hqq4_g64_ax0_f32.safetensors"))
+        .unwrap()
+        .read("dequantized")
+        .unwrap();
+    assert_eq!(SafetensorsFile::open(&out).unwrap().read("layers.0.weight").unwrap(), want);
+    std::fs::remove_file(out).unwrap();
+}

@@ -32,8 +32,9 @@ const USAGE: &str = "usage:
   qk [demo]                      run the demo: pack/dequantize embedded hqq, GPTQ, AWQ and FP8
                                  outputs, load + fuse + dequantize an embedded tiny GPTQ
                                  checkpoint, time 4-bit dequantization next to memcpy
-  qk inspect DIR                 show a GPTQ, AWQ or FP8 checkpoint's config and layers (shape,
-                                 method, stored bytes, bits per weight)
+  qk inspect DIR|FILE            show a GPTQ, AWQ or FP8 checkpoint's config and layers (shape,
+                                 method, stored bytes, bits per weight), a .uqff file's HQQ
+                                 layers, or a .safetensors file's tensors
   qk dequantize DIR --out FILE.safetensors [--dtype f32|f16|bf16] [--fuse]
                                  write every quantized layer as <prefix>.weight in the [out, in]
                                  orientation of an unquantized checkpoint (default dtype f16),
@@ -177,8 +178,11 @@ fn run(args: &[String]) -> Result<(), CliError> {
             Ok(())
         }
         Some("inspect") => match &args[1..] {
+            [path] if PathBuf::from(path).is_file() => uqff_cmd::inspect_file(&PathBuf::from(path)),
             [dir] => checkpoint_cmd::inspect(&PathBuf::from(dir)),
-            _ => Err(CliError::Usage("inspect takes one checkpoint directory".into())),
+            _ => Err(CliError::Usage(
+                "inspect takes one checkpoint directory, .uqff or .safetensors file".into(),
+            )),
         },
         Some("dequantize") => {
             let a = parse_dequantize(&args[1..])?;

@@ -112,9 +112,15 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The layers of a UQFF file of either revision, named `<p>.weight`.
+/// The layers of a UQFF file of either revision, named `<p>.weight` (a bare 0.2.0 layer blob,
+/// as mistral.rs's `serialize()` returns it, is one layer `layers.0.weight`).
 pub fn read_any(bytes: &[u8]) -> Result<Vec<(String, UqffHqqLayer)>, Error> {
     let st = safetensors::SafeTensors::deserialize(bytes).ok();
+    if st.is_none()
+        && let Ok(layer) = uqff::read_legacy(bytes)
+    {
+        return Ok(vec![("layers.0.weight".to_string(), layer)]);
+    }
     let is_v1 = st.is_some_and(|st| st.names().contains(&"uqff.version.major"));
     if is_v1 {
         return Ok(uqff::read_v1(bytes, Extension::Allow)?
@@ -168,5 +174,66 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         args.dtype,
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `qk inspect FILE`: a UQFF file's HQQ layers, or a plain safetensors file's tensors.
+pub fn inspect_file(path: &Path) -> Result<(), CliError> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let is_uqff = match safetensors::SafeTensors::deserialize(&bytes) {
+        Ok(st) => {
+            let names = st.names();
+            names.contains(&"uqff.version.major")
+                || (!names.is_empty() && names.iter().all(|n| n.parse::<usize>().is_ok()))
+        }
+        Err(_) => true, // not safetensors: a bare legacy blob, or an error from the UQFF reader
+    };
+    if !is_uqff {
+        let file = SafetensorsFile::open(path)?;
+        out!("{}: safetensors, {} tensors", path.display(), file.tensors().len());
+        out!("{:<56} {:>8} {:>20} {:>12}", "tensor", "dtype", "shape", "bytes");
+        for (name, info) in file.tensors() {
+            out!(
+                "{name:<56} {:>8} {:>20} {:>12}",
+                info.dtype.to_string(),
+                format!("{:?}", info.shape),
+                info.len
+            );
+        }
+        return Ok(());
+    }
+    let layers = read_any(&bytes)?;
+    out!("{}: UQFF ({} bytes), {} HQQ layers", path.display(), bytes.len(), layers.len());
+    out!(
+        "{:<44} {:>12} {:>4} {:>5} {:>4} {:>5} {:>6} {:>5} {:>10} {:>7}",
+        "layer",
+        "shape",
+        "bits",
+        "group",
+        "axis",
+        "steps",
+        "params",
+        "bias",
+        "bytes",
+        "bits/w"
+    );
+    for (name, l) in &layers {
+        let stored = l.w_q.data.len()
+            + l.scales.data.len()
+            + l.zeros.data.len()
+            + l.bias.as_ref().map_or(0, |b| b.data.len());
+        let numel: usize = l.shape.iter().product();
+        out!(
+            "{name:<44} {:>12} {:>4} {:>5} {:>4} {:>5} {:>6} {:>5} {stored:>10} {:>7.3}",
+            format!("{:?}", l.shape),
+            l.config.bits,
+            l.config.group_size,
+            if l.config.axis == hqq::Axis::Zero { 0 } else { 1 },
+            l.config.optimization_steps.unwrap_or(0),
+            l.scales.dtype.to_string(),
+            l.bias.as_ref().map_or("-".to_string(), |b| b.dtype.to_string()),
+            8.0 * stored as f64 / numel.max(1) as f64
+        );
+    }
     Ok(())
 }
