@@ -136,6 +136,18 @@ impl QuantizedModel {
         }
     }
 
+    /// Read and dequantize one layer in its stored orientation: `(w, true)` with `w` `[in,
+    /// out]` for GPTQ and AWQ, `(w, false)` with `w` `[out, in]` (`[E, out, in]`) for FP8.
+    /// Writers that transpose block by block avoid the second full-size buffer of
+    /// [`QuantizedModel::dequantize_linear`].
+    pub fn dequantize_stored<O: Elem>(&self, prefix: &str, par: Parallelism) -> Result<(Vec<O>, bool)> {
+        match self {
+            Self::Gptq(c) => Ok((c.load(prefix)?.dequantize(par)?, true)),
+            Self::Awq(c) => Ok((c.load(prefix)?.dequantize(par)?, true)),
+            Self::Fp8(c) => Ok((c.load(prefix)?.dequantize_linear(par)?, false)),
+        }
+    }
+
     /// Read and dequantize one layer to `[out, in]` (`[E, out, in]` for stacked experts).
     pub fn dequantize_linear<O: Elem>(&self, prefix: &str, par: Parallelism) -> Result<Vec<O>> {
         match self {

@@ -281,18 +281,28 @@ impl SafetensorsFile {
                 got: info.dtype.name().to_string(),
             });
         }
-        Ok(T::from_le(&self.read(name)?))
+        if cfg!(target_endian = "big") {
+            return Ok(T::from_le(&self.read(name)?));
+        }
+        // Little-endian: read straight into the typed buffer (no byte copy alongside it).
+        let mut values = vec![T::zeroed(); info.numel()];
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
+        file.seek(SeekFrom::Start(info.offset)).map_err(|e| Error::io(&self.path, &e))?;
+        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::io(&self.path, &e))?;
+        Ok(values)
     }
 }
 
 /// Element types read from (and written to) little-endian tensor bytes.
-pub trait LeElem: Copy + Sized {
+pub trait LeElem: bytemuck::Pod {
     /// The safetensors dtype of this type.
     const DTYPE: Dtype;
     /// Decode little-endian bytes (length a multiple of the size).
     fn from_le(bytes: &[u8]) -> Vec<Self>;
     /// Append this value's little-endian bytes.
     fn put_le(self, out: &mut Vec<u8>);
+    /// Append every value's little-endian bytes (one copy on little-endian targets).
+    fn extend_le(values: &[Self], out: &mut Vec<u8>);
 }
 
 macro_rules! le_elem {
@@ -312,6 +322,13 @@ macro_rules! le_elem {
             fn put_le(self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&($to)(self));
             }
+            fn extend_le(values: &[Self], out: &mut Vec<u8>) {
+                if cfg!(target_endian = "little") {
+                    out.extend_from_slice(bytemuck::cast_slice(values));
+                } else {
+                    values.iter().for_each(|v| v.put_le(out));
+                }
+            }
         }
     };
 }
@@ -324,7 +341,7 @@ le_elem!(half::bf16, Dtype::Bf16, 2, half::bf16::from_le_bytes, half::bf16::to_l
 /// Little-endian bytes of a slice.
 pub fn to_le_bytes<T: LeElem>(values: &[T]) -> Vec<u8> {
     let mut out = Vec::with_capacity(std::mem::size_of_val(values));
-    values.iter().for_each(|v| v.put_le(&mut out));
+    T::extend_le(values, &mut out);
     out
 }
 
@@ -337,6 +354,8 @@ pub struct SafetensorsWriter {
     file: BufWriter<File>,
     entries: Vec<(String, usize)>,
     next: usize,
+    /// Bytes of `entries[next]` already written by [`SafetensorsWriter::write_part`].
+    partial: usize,
 }
 
 impl SafetensorsWriter {
@@ -372,21 +391,43 @@ impl SafetensorsWriter {
         let io = |e: std::io::Error| Error::io(path, &e);
         file.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         file.write_all(&json).map_err(io)?;
-        Ok(Self { path: path.to_path_buf(), file, entries, next: 0 })
+        Ok(Self { path: path.to_path_buf(), file, entries, next: 0, partial: 0 })
     }
 
     /// Write the next declared tensor's bytes; `name` and the length must match the header.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let len = self.current(name)?;
+        crate::error::expect_len("tensor bytes", len, bytes.len())?;
+        self.write_part(name, bytes)
+    }
+
+    /// Append part of the next declared tensor's bytes (a tensor may be written in any number
+    /// of parts, so a large one never needs to be in memory whole); the parts must not exceed
+    /// its declared length, and it counts as written once they reach it.
+    pub fn write_part(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let len = self.current(name)?;
+        let end = self.partial + bytes.len();
+        if end > len {
+            return Err(Error::LengthMismatch { what: "tensor bytes", expected: len, got: end });
+        }
+        self.file.write_all(bytes).map_err(|e| Error::io(&self.path, &e))?;
+        self.partial = end;
+        if end == len {
+            self.next += 1;
+            self.partial = 0;
+        }
+        Ok(())
+    }
+
+    /// The declared byte length of `name`, which must be the tensor due next.
+    fn current(&self, name: &str) -> Result<usize> {
         let Some((expected, len)) = self.entries.get(self.next) else {
             return Err(Error::MissingTensors(vec![format!("{name} (not declared)")]));
         };
         if expected != name {
             return Err(Error::MissingTensors(vec![expected.clone()]));
         }
-        crate::error::expect_len("tensor bytes", *len, bytes.len())?;
-        self.file.write_all(bytes).map_err(|e| Error::io(&self.path, &e))?;
-        self.next += 1;
-        Ok(())
+        Ok(*len)
     }
 
     /// Flush; every declared tensor must have been written.
@@ -426,6 +467,16 @@ mod tests {
         assert!(w.write("b", &[0; 12]).is_err(), "out of order");
         w.write("w", &to_le_bytes(&wv)).unwrap();
         assert!(w.write("b", &[0; 11]).is_err(), "wrong length");
+        w.write("b", &to_le_bytes(&[1i32, -2, 3])).unwrap();
+        w.write("e", &[]).unwrap();
+        w.finish().unwrap();
+        // In parts: too many bytes are refused, the exact count completes the tensor.
+        let mut w = SafetensorsWriter::create(&path, &decl, &meta).unwrap();
+        let wb = to_le_bytes(&wv);
+        w.write_part("w", &wb[..5]).unwrap();
+        assert!(w.write_part("b", &[0; 4]).is_err(), "w is not complete");
+        assert!(w.write_part("w", &wb[..20]).is_err(), "past the declared length");
+        w.write_part("w", &wb[5..]).unwrap();
         w.write("b", &to_le_bytes(&[1i32, -2, 3])).unwrap();
         w.write("e", &[]).unwrap();
         w.finish().unwrap();

@@ -4,10 +4,11 @@ use crate::demo_checkpoint::format_name;
 use crate::{CliError, DequantizeArgs};
 use half::{bf16, f16};
 use quant_kernels::gptq::plan_fusion;
-use quant_kernels::io::safetensors::to_le_bytes;
+use quant_kernels::io::safetensors::LeElem;
 use quant_kernels::io::{Dtype, SafetensorsWriter};
-use quant_kernels::model::QuantizedModel;
+use quant_kernels::model::{LayerSummary, QuantizedModel};
 use quant_kernels::{DType, Error, Parallelism};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -131,13 +132,60 @@ fn io_dtype(d: DType) -> Dtype {
     }
 }
 
-fn linear_bytes(model: &QuantizedModel, prefix: &str, dtype: DType) -> Result<Vec<u8>, Error> {
-    let par = Parallelism::Rayon;
-    Ok(match dtype {
-        DType::F32 => to_le_bytes(&model.dequantize_linear::<f32>(prefix, par)?),
-        DType::F16 => to_le_bytes(&model.dequantize_linear::<f16>(prefix, par)?),
-        DType::Bf16 => to_le_bytes(&model.dequantize_linear::<bf16>(prefix, par)?),
-    })
+/// Write one layer's `[out, in]` weight as `dtype` bytes in parts of about 1 MiB, transposing
+/// GPTQ/AWQ's stored `[in, out]` block by block: only the dequantized layer itself is held
+/// whole, never a transposed copy or a byte copy of it.
+fn write_linear(
+    writer: &mut SafetensorsWriter,
+    name: &str,
+    model: &QuantizedModel,
+    layer: &LayerSummary,
+    dtype: DType,
+) -> Result<(), Error> {
+    fn go<O: quant_kernels::Elem + LeElem>(
+        writer: &mut SafetensorsWriter,
+        name: &str,
+        model: &QuantizedModel,
+        l: &LayerSummary,
+    ) -> Result<(), Error> {
+        let (w, transposed) = model.dequantize_stored::<O>(&l.prefix, Parallelism::Rayon)?;
+        let rows_per = ((1 << 20) / (l.inp * std::mem::size_of::<O>()).max(1)).max(1);
+        let mut block: Vec<O> = Vec::with_capacity(rows_per * l.inp);
+        let mut bytes = Vec::with_capacity(rows_per * l.inp * std::mem::size_of::<O>());
+        let rows = l.experts * l.out;
+        for o0 in (0..rows).step_by(rows_per) {
+            let o1 = (o0 + rows_per).min(rows);
+            block.clear();
+            if transposed {
+                // w is [in, out]: output row o is column o. Eight output rows at a time: each
+                // step reads 8 contiguous values of a row of w and appends one value to each of
+                // 8 sequential output rows (few streams, no cache-set thrashing from the
+                // power-of-two row stride).
+                block.resize((o1 - o0) * l.inp, O::default());
+                block.par_chunks_mut(8 * l.inp).enumerate().for_each(|(g, rows8)| {
+                    let j0 = o0 + 8 * g;
+                    let n8 = rows8.len() / l.inp;
+                    for k in 0..l.inp {
+                        let src = &w[k * l.out + j0..k * l.out + j0 + n8];
+                        for (jj, &v) in src.iter().enumerate() {
+                            rows8[jj * l.inp + k] = v;
+                        }
+                    }
+                });
+            } else {
+                block.extend_from_slice(&w[o0 * l.inp..o1 * l.inp]);
+            }
+            bytes.clear();
+            O::extend_le(&block, &mut bytes);
+            writer.write_part(name, &bytes)?;
+        }
+        Ok(())
+    }
+    match dtype {
+        DType::F32 => go::<f32>(writer, name, model, layer),
+        DType::F16 => go::<f16>(writer, name, model, layer),
+        DType::Bf16 => go::<bf16>(writer, name, model, layer),
+    }
 }
 
 /// `qk dequantize DIR --out FILE [--dtype] [--fuse]`: one layer (or fused group) in memory at a
@@ -203,13 +251,12 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
                 raw.read(t)?
             }
             Source::Weight(parts) => {
-                let mut bytes = Vec::new();
                 for p in parts {
                     warn_zero_format(&model, p)?;
-                    bytes.extend(linear_bytes(&model, p, args.dtype)?);
+                    write_linear(&mut writer, name, &model, &layers[p], args.dtype)?;
                     dequantized += 1;
                 }
-                bytes
+                continue;
             }
             Source::Bias(parts) => {
                 let mut bytes = Vec::new();
