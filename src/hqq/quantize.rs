@@ -115,12 +115,6 @@ struct View {
     axis: Axis,
 }
 
-impl View {
-    fn group_of(&self, r: usize, c: usize) -> usize {
-        if self.axis == Axis::Zero { c } else { r }
-    }
-}
-
 /// Quantize `w` (`rows x cols`, row-major; `f32`, `f16` or `bf16`, widened to `f32` exactly as
 /// hqq's `tensor.float()` does) as hqq does (see the module docs).
 ///
@@ -175,15 +169,22 @@ pub fn quantize_hqq_with<E: Elem>(
     layout.packed_shape(bits)?;
     let groups = if config.channel_wise { layout.groups() } else { 1 };
 
-    // min / max per group.
+    // min / max per group: axis 0 groups are columns (elementwise down the rows, vectorizes),
+    // axis 1 groups are rows; a tensor-wise config has one group.
     let mut lo = vec![f32::INFINITY; groups];
     let mut hi = vec![f32::NEG_INFINITY; groups];
-    for r in 0..view.rows {
-        for c in 0..view.cols {
-            let g = if config.channel_wise { view.group_of(r, c) } else { 0 };
-            let x = w[r * view.cols + c];
-            lo[g] = lo[g].min(x);
-            hi[g] = hi[g].max(x);
+    for (r, row) in w.chunks_exact(view.cols.max(1)).enumerate().take(view.rows) {
+        if !config.channel_wise {
+            lo[0] = row.iter().fold(lo[0], |m, &x| m.min(x));
+            hi[0] = row.iter().fold(hi[0], |m, &x| m.max(x));
+        } else if view.axis == Axis::Zero {
+            for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(row) {
+                *l = l.min(x);
+                *h = h.max(x);
+            }
+        } else {
+            lo[r] = row.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+            hi[r] = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         }
     }
     let scale_q: Vec<f32> = lo
@@ -225,10 +226,15 @@ pub fn quantize_hqq_with<E: Elem>(
     let codes: Vec<u8> = if config.channel_wise {
         let mut codes = vec![0u8; numel];
         let per_row = |r: usize, row: &mut [u8]| {
-            for (c, q) in row.iter_mut().enumerate() {
-                let g = view.group_of(r, c);
-                *q = code(w[r * view.cols + c], scale_q[g], zero[g]);
-            }
+            let x = &w[r * view.cols..(r + 1) * view.cols];
+            crate::lanes::dispatch(Codes {
+                x,
+                s: &scale_q,
+                z: &zero,
+                group: (view.axis == Axis::One).then_some(r),
+                max_v,
+                out: row,
+            })
         };
         match par {
             Parallelism::Rayon if numel >= crate::par::MIN_PARALLEL_ELEMS => {
@@ -393,5 +399,38 @@ impl crate::lanes::Kernel for RowGroups<'_> {
                 (sum / cols as f32, err)
             })
             .collect()
+    }
+}
+
+/// Final codes of one row of the code matrix, under the dispatched instruction set:
+/// `clamp(round(x * s + z), 0, max_v)` with per-column parameters (axis 0) or the row's group
+/// (`group`, axis 1).
+struct Codes<'a> {
+    x: &'a [f32],
+    s: &'a [f32],
+    z: &'a [f32],
+    group: Option<usize>,
+    max_v: f32,
+    out: &'a mut [u8],
+}
+
+impl crate::lanes::Kernel for Codes<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let Self { x, s, z, group, max_v, out } = self;
+        match group {
+            Some(g) => {
+                let (sg, zg) = (s[g], z[g]);
+                for (q, &v) in out.iter_mut().zip(x) {
+                    *q = (v * sg + zg).round_ties_even().clamp(0.0, max_v) as u8;
+                }
+            }
+            None => {
+                for (((q, &v), &sg), &zg) in out.iter_mut().zip(x).zip(s).zip(z) {
+                    *q = (v * sg + zg).round_ties_even().clamp(0.0, max_v) as u8;
+                }
+            }
+        }
     }
 }
