@@ -253,3 +253,29 @@ fn inspect_files() {
     assert_eq!(SafetensorsFile::open(&out).unwrap().read("layers.0.weight").unwrap(), want);
     std::fs::remove_file(out).unwrap();
 }
+
+/// `qk bench --quick --json`: one JSON record per line in the agreed format, every scheme,
+/// 4096x4096 at 4 bits among them.
+#[test]
+fn bench_json_records() {
+    let o = qk(&["bench", "--quick", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.len() >= 7, "{text}");
+    for r in &records {
+        for key in ["op", "scheme", "out", "isa"] {
+            assert!(r[key].is_string(), "{key}: {r}");
+        }
+        for key in ["bits", "rows", "cols", "batch", "threads"] {
+            assert!(r[key].is_u64(), "{key}: {r}");
+        }
+        assert!(r["gbps"].as_f64().unwrap() > 0.0 && r["memcpy_gbps"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for scheme in ["hqq", "gptq", "awq", "fp8"] {
+        assert!(records.iter().any(|r| r["op"] == "dequant" && r["scheme"] == scheme), "{scheme}");
+    }
+    assert!(records.iter().any(|r| r["op"] == "quantize"));
+    assert!(records.iter().any(|r| r["rows"] == 4096 && r["cols"] == 4096 && r["bits"] == 4));
+    assert_eq!(qk(&["bench", "--bogus"]).status.code(), Some(2));
+}

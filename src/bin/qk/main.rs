@@ -3,6 +3,7 @@
 //! ```text
 //! qk [demo]                         embedded upstream outputs reproduced + throughput vs memcpy
 //! qk quantize IN.safetensors --bits B --out OUT.uqff [...]   HQQ-quantize every 2-D *.weight
+//! qk bench [--quick] [--json]        kernels next to memcpy (JSON records for scripts)
 //! qk inspect DIR                    a GPTQ/AWQ/FP8 checkpoint's config and layers
 //! qk dequantize DIR --out FILE      every quantized layer as <prefix>.weight [out, in], others copied
 //!    [--dtype f32|f16|bf16] [--fuse]
@@ -19,6 +20,7 @@ macro_rules! out {
     }};
 }
 
+mod bench_cmd;
 mod checkpoint_cmd;
 mod demo;
 mod demo_checkpoint;
@@ -48,6 +50,8 @@ const USAGE: &str = "usage:
   qk dequantize FILE.uqff --out FILE.safetensors [--dtype f32|f16|bf16]
                                  write each UQFF layer back as <prefix>.weight in its [out, in]
                                  shape (either UQFF revision)
+  qk bench [--quick] [--json]    each kernel's throughput (4096x4096) next to a memcpy of its
+                                 output size in the same run; --json: one record per line
   qk --help                      this text";
 
 /// Why `qk` failed.
@@ -189,6 +193,17 @@ fn run(args: &[String]) -> Result<(), CliError> {
             if a.dir.is_file() { uqff_cmd::dequantize(&a) } else { checkpoint_cmd::dequantize(&a) }
         }
         Some("quantize") => uqff_cmd::quantize(&parse_quantize(&args[1..])?),
+        Some("bench") => {
+            let (mut quick, mut json) = (false, false);
+            for a in &args[1..] {
+                match a.as_str() {
+                    "--quick" => quick = true,
+                    "--json" => json = true,
+                    other => return Err(CliError::Usage(format!("bench: unknown option `{other}`"))),
+                }
+            }
+            bench_cmd::bench(quick, json)
+        }
         Some(_) => Err(CliError::Usage(format!("unknown command `{}`", args.join(" ")))),
     }
 }

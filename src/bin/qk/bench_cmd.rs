@@ -1,0 +1,270 @@
+//! `qk bench [--quick] [--json]`: each kernel's throughput next to a memcpy of its output size
+//! measured in the same run (threaded, same chunking), the ISA named.
+
+use crate::CliError;
+use half::f16;
+use quant_kernels::{Parallelism, lanes};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// One measurement, in the record format of the CLI issue.
+struct Record {
+    op: &'static str,
+    scheme: &'static str,
+    variant: &'static str,
+    bits: u8,
+    rows: usize,
+    cols: usize,
+    out: &'static str,
+    /// Bytes the op reads plus writes.
+    bytes: usize,
+    /// Bytes of the op's output (the memcpy baseline copies this many).
+    out_bytes: usize,
+    time: Duration,
+}
+
+fn best(runs: usize, mut f: impl FnMut()) -> Duration {
+    f(); // warm-up: page faults, caches
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// A threaded copy of `bytes` bytes, chunked as the kernels chunk their outputs.
+fn memcpy_time(bytes: usize, runs: usize) -> Duration {
+    let src = vec![1u8; bytes.max(1)];
+    let mut dst = vec![0u8; bytes.max(1)];
+    let chunk = bytes.div_ceil(Parallelism::Rayon.tasks(bytes / 2).max(1)).max(1);
+    best(runs, || {
+        dst.par_chunks_mut(chunk)
+            .zip(black_box(&src).par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s))
+    })
+}
+
+fn words(n: usize, seed: u32) -> Vec<i32> {
+    (0..n).map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as i32).collect()
+}
+
+/// Run every measurement; `quick` takes fewer repetitions.
+pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
+    use quant_kernels::awq::{self, AwqLayout};
+    use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+    use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
+    use quant_kernels::hqq::{self, Axis, HqqConfig, HqqLayout};
+    let runs = if quick { 3 } else { 10 };
+    let (rows, cols) = (4096usize, 4096usize);
+    let n = rows * cols;
+    let mut out = vec![f16::ZERO; n];
+    let mut records = Vec::new();
+
+    // HQQ 4-bit g64 -> f16, both axes.
+    let g = 64;
+    let hw: Vec<u8> = (0..n / 2).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let hp: Vec<f16> = (0..n / g).map(|i| f16::from_f32(0.001 * (i % 97) as f32)).collect();
+    for (axis, variant) in [(Axis::Zero, "g64_axis0"), (Axis::One, "g64_axis1")] {
+        let l = HqqLayout::new(rows, cols, g, axis)?;
+        let mut err = None;
+        let time = best(runs, || {
+            if let Err(e) = hqq::dequant_into::<quant_kernels::B4, f16, f16>(
+                &hw,
+                &hp,
+                &hp,
+                &l,
+                &mut out,
+                Parallelism::Rayon,
+            ) {
+                err = Some(e);
+            }
+        });
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        let bytes = n / 2 + 4 * (n / g) + 2 * n;
+        records.push(Record {
+            op: "dequant",
+            scheme: "hqq",
+            variant,
+            bits: 4,
+            rows,
+            cols,
+            out: "f16",
+            bytes,
+            out_bytes: 2 * n,
+            time,
+        });
+    }
+
+    // GPTQ 4-bit g128 -> f16, plain and act-order.
+    let gl = GptqLayout::new(rows, cols, 4, 128)?;
+    let (qr, qc) = gl.qweight_shape();
+    let (zr, zc) = gl.qzeros_shape();
+    let (qw, qz) = (words(qr * qc, 0), words(zr * zc, 7));
+    let sc: Vec<f16> = (0..gl.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
+    let plain = gl.default_g_idx();
+    let mut act = plain.clone();
+    act.reverse();
+    act.chunks_mut(8).for_each(|c| c.rotate_left(3)); // groups mixed inside every word row
+    for (g_idx, variant) in [(&plain, "g128"), (&act, "g128_act_order")] {
+        let mut err = None;
+        let time = best(runs, || {
+            if let Err(e) = gptq::gptq_dequantize_into(
+                &qw,
+                &qz,
+                &sc,
+                Some(g_idx),
+                &gl,
+                ZeroFormat::V1,
+                &mut out,
+                Parallelism::Rayon,
+            ) {
+                err = Some(e);
+            }
+        });
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        let bytes = 4 * (qw.len() + qz.len() + rows) + 2 * sc.len() + 2 * n;
+        records.push(Record {
+            op: "dequant",
+            scheme: "gptq",
+            variant,
+            bits: 4,
+            rows,
+            cols,
+            out: "f16",
+            bytes,
+            out_bytes: 2 * n,
+            time,
+        });
+    }
+
+    // AWQ 4-bit g128 and FP8 E4M3 128x128 blocks -> f16.
+    let al = AwqLayout::new(rows, cols, 128)?;
+    let (aw, az) = (words(n / 8, 3), words(al.groups() * cols / 8, 5));
+    let asc: Vec<f16> = (0..al.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
+    let time = best(runs, || {
+        let _ = awq::awq_dequantize_into(&aw, &az, &asc, &al, &mut out, Parallelism::Rayon);
+    });
+    let bytes = 4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * n;
+    records.push(Record {
+        op: "dequant",
+        scheme: "awq",
+        variant: "g128",
+        bits: 4,
+        rows,
+        cols,
+        out: "f16",
+        bytes,
+        out_bytes: 2 * n,
+        time,
+    });
+    let fl = Fp8Layout::block(rows, cols, 128, 128)?;
+    let codes: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761) as u8 & 0x7e).collect();
+    let fs: Vec<f32> = (0..32 * 32).map(|i| 1e-3 * (i % 31) as f32).collect();
+    let time = best(runs, || {
+        let _ = fp8::fp8_dequantize_into(&codes, Fp8Format::E4M3, &fs, &fl, &mut out, Parallelism::Rayon);
+    });
+    let bytes = n + 4 * fs.len() + 2 * n;
+    records.push(Record {
+        op: "dequant",
+        scheme: "fp8",
+        variant: "e4m3_block128",
+        bits: 8,
+        rows,
+        cols,
+        out: "f16",
+        bytes,
+        out_bytes: 2 * n,
+        time,
+    });
+
+    // HQQ quantization, 4-bit g64 axis 0, 10 optimizer steps.
+    let w: Vec<f32> = (0..n)
+        .map(|i| 0.02 * (((i as u32).wrapping_mul(2654435761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5))
+        .collect();
+    let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(4, 64, Axis::Zero) };
+    let mut err = None;
+    let time = best(if quick { 1 } else { 3 }, || {
+        if let Err(e) = hqq::quantize_hqq(&w, rows, cols, &config) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let out_bytes = n / 2 + 8 * (n / 64);
+    records.push(Record {
+        op: "quantize",
+        scheme: "hqq",
+        variant: "g64_axis0_10_steps",
+        bits: 4,
+        rows,
+        cols,
+        out: "u8",
+        bytes: 4 * n + out_bytes,
+        out_bytes,
+        time,
+    });
+
+    let threads = rayon::current_num_threads();
+    let isa = lanes::isa().to_string();
+    if !json {
+        out!(
+            "qk bench: {rows}x{cols}, threads {threads}, ISA {isa}; memcpy = threaded copy of the op's output size, same run"
+        );
+        out!(
+            "{:<9} {:<6} {:<20} {:>4} {:>10} {:>9} {:>12} {:>8}",
+            "op",
+            "scheme",
+            "variant",
+            "bits",
+            "time ms",
+            "GB/s",
+            "memcpy GB/s",
+            "ratio"
+        );
+    }
+    let mut memcpy_cache: Vec<(usize, f64)> = Vec::new();
+    for r in &records {
+        let memcpy_gbps = match memcpy_cache.iter().find(|(b, _)| *b == r.out_bytes) {
+            Some(&(_, g)) => g,
+            None => {
+                let t = memcpy_time(r.out_bytes, runs);
+                let g = 2.0 * r.out_bytes as f64 / t.as_secs_f64() / 1e9;
+                memcpy_cache.push((r.out_bytes, g));
+                g
+            }
+        };
+        let gbps = r.bytes as f64 / r.time.as_secs_f64() / 1e9;
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({
+                    "op": r.op, "scheme": r.scheme, "variant": r.variant, "bits": r.bits, "rows": r.rows,
+                    "cols": r.cols, "batch": 1, "out": r.out, "threads": threads, "isa": isa,
+                    "gbps": gbps, "memcpy_gbps": memcpy_gbps, "ms": r.time.as_secs_f64() * 1e3,
+                })
+            );
+        } else {
+            out!(
+                "{:<9} {:<6} {:<20} {:>4} {:>10.3} {:>9.1} {:>12.1} {:>7.0}%",
+                r.op,
+                r.scheme,
+                r.variant,
+                r.bits,
+                r.time.as_secs_f64() * 1e3,
+                gbps,
+                memcpy_gbps,
+                100.0 * gbps / memcpy_gbps
+            );
+        }
+    }
+    Ok(())
+}
