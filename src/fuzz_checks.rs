@@ -143,3 +143,37 @@ pub fn uqff(data: &[u8]) -> bool {
     }
     accepted
 }
+
+/// Serializer round trip: a layer built from the input (width, shape, group, axis, steps,
+/// flags, params dtype, bias, weights all taken from the bytes; small shapes) is quantized,
+/// written as a 0.2.0 blob, a 0.2.0 file and a 1.2.0 file, and each reads back equal. Returns
+/// whether a layer was built (shapes the quantizer refuses give typed errors, skipped).
+pub fn uqff_roundtrip(data: &[u8]) -> bool {
+    use crate::hqq::{Axis, HqqConfig};
+    use crate::io::uqff::{self, Extension, UqffHqqLayer};
+    let [bits, rows, cols, group, flags, steps, rest @ ..] = data else { return false };
+    let bits = [1u8, 2, 3, 4, 8][*bits as usize % 5];
+    let (rows, cols) = (1 + *rows as usize % 24, 1 + *cols as usize % 24);
+    let config = HqqConfig {
+        bits,
+        group_size: 1 + *group as usize % (rows * cols),
+        axis: if flags & 1 == 0 { Axis::Zero } else { Axis::One },
+        optimization_steps: (steps % 4 > 0).then_some((steps % 4) as usize),
+        round_zeros: flags & 2 != 0,
+        channel_wise: flags & 4 == 0,
+    };
+    let byte = |i: usize| rest.get(i % rest.len().max(1)).copied().unwrap_or(0);
+    let w: Vec<f32> = (0..rows * cols).map(|i| (byte(i) as f32 - 128.0) / 64.0).collect();
+    let Ok(q) = crate::hqq::quantize_hqq(&w, rows, cols, &config) else { return false };
+    let dtype = [crate::DType::F32, crate::DType::F16, crate::DType::Bf16][(flags >> 3) as usize % 3];
+    let bias = (flags & 0x40 != 0).then(|| crate::FloatVec::F32((0..rows).map(|i| i as f32 * 0.5).collect()));
+    let layer = UqffHqqLayer::from_quantized(&q, &config, dtype, bias).expect("a quantized layer converts");
+    let blob = uqff::write_legacy(&layer).expect("a valid layer writes");
+    assert_eq!(uqff::read_legacy(&blob).expect("own blob reads"), layer);
+    let file = uqff::write_legacy_file(std::slice::from_ref(&layer), None).expect("file writes");
+    assert_eq!(uqff::read_legacy_file(&file).expect("own file reads")[0].1, layer);
+    let named = vec![("l".to_string(), layer)];
+    let v1 = uqff::write_v1(&named, Extension::Allow).expect("v1 writes");
+    assert_eq!(uqff::read_v1(&v1, Extension::Allow).expect("own v1 reads"), named);
+    true
+}

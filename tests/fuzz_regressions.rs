@@ -137,3 +137,15 @@ fn gptq_config_random_inputs() {
 fn uqff_regressions() {
     assert!(replay("uqff", quant_kernels::fuzz_checks::uqff) >= 4);
 }
+
+#[test]
+fn uqff_roundtrip_regressions_and_random_layers() {
+    replay("uqff_roundtrip", quant_kernels::fuzz_checks::uqff_roundtrip);
+    let mut rng = common::Rng(17);
+    let mut built = 0;
+    for _ in 0..1500 {
+        let data: Vec<u8> = (0..6 + rng.below(40) as usize).map(|_| rng.below(256) as u8).collect();
+        built += quant_kernels::fuzz_checks::uqff_roundtrip(&data) as usize;
+    }
+    assert!((100..1500).contains(&built), "{built} of 1500 layers built");
+}

@@ -248,12 +248,19 @@ impl UqffHqqLayer {
         Ok(out)
     }
 
-    /// The layout of the quantized weight (rows = first dim, cols = the rest).
+    /// The layout of the quantized weight (rows = first dim, cols = the rest; see
+    /// [`crate::hqq::HqqLayer::layout`] for `channel_wise: false`).
     pub fn layout(&self) -> Result<HqqLayout> {
         let rows = self.shape.first().copied().unwrap_or(1);
         let cols =
             product(self.shape.get(1..).unwrap_or(&[])).ok_or(Error::ShapeOverflow { rows, cols: 0 })?;
-        HqqLayout::new(rows, cols, self.config.group_size, self.config.axis)
+        if self.config.channel_wise {
+            HqqLayout::new(rows, cols, self.config.group_size, self.config.axis)
+        } else {
+            // Tensor-wise: codes keep the weight's shape, one group per column sharing the one
+            // scale (as `hqq::quantize_hqq` lays it out), whatever group size and axis say.
+            HqqLayout::new(rows, cols, rows.max(1), Axis::Zero)
+        }
     }
 
     /// Check `w_q`, `scales`, `zeros` and `bias` against bits, group size, axis and shape.
@@ -272,7 +279,7 @@ impl UqffHqqLayer {
             return Err(mismatch("w_q", &self.w_q, &[pr, pc]));
         }
         let groups = layout.groups();
-        let pshape = if self.config.axis == Axis::Zero { [1, groups] } else { [groups, 1] };
+        let pshape = if layout.axis() == Axis::Zero { [1, groups] } else { [groups, 1] };
         for (what, t) in [("scales", &self.scales), ("zeros", &self.zeros)] {
             let float = matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::Bf16);
             if !float || t.dtype != self.scales.dtype || t.shape != pshape {
