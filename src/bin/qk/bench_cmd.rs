@@ -24,7 +24,7 @@ struct Record {
     time: Duration,
 }
 
-fn best(runs: usize, mut f: impl FnMut()) -> Duration {
+pub fn best(runs: usize, mut f: impl FnMut()) -> Duration {
     f(); // warm-up: page faults, caches
     (0..runs)
         .map(|_| {
@@ -34,6 +34,40 @@ fn best(runs: usize, mut f: impl FnMut()) -> Duration {
         })
         .min()
         .unwrap_or_default()
+}
+
+/// [`best`] of a fallible run: the first error, if any, instead of a time.
+pub fn timed(runs: usize, mut f: impl FnMut() -> quant_kernels::Result<()>) -> Result<Duration, CliError> {
+    let mut err = None;
+    let time = best(runs, || {
+        if let Err(e) = f() {
+            err = Some(e);
+        }
+    });
+    err.map_or(Ok(time), |e| Err(e.into()))
+}
+
+/// A 4096x4096 -> f16 dequantization record.
+fn dequant_record(
+    scheme: &'static str,
+    variant: &'static str,
+    bits: u8,
+    n: usize,
+    bytes: usize,
+    time: Duration,
+) -> Record {
+    Record {
+        op: "dequant",
+        scheme,
+        variant,
+        bits,
+        rows: 4096,
+        cols: n / 4096,
+        out: "f16",
+        bytes,
+        out_bytes: 2 * n,
+        time,
+    }
 }
 
 /// A threaded copy of `bytes` bytes, chunked as the kernels chunk their outputs.
@@ -70,35 +104,10 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let hp: Vec<f16> = (0..n / g).map(|i| f16::from_f32(0.001 * (i % 97) as f32)).collect();
     for (axis, variant) in [(Axis::Zero, "g64_axis0"), (Axis::One, "g64_axis1")] {
         let l = HqqLayout::new(rows, cols, g, axis)?;
-        let mut err = None;
-        let time = best(runs, || {
-            if let Err(e) = hqq::dequant_into::<quant_kernels::B4, f16, f16>(
-                &hw,
-                &hp,
-                &hp,
-                &l,
-                &mut out,
-                Parallelism::Rayon,
-            ) {
-                err = Some(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e.into());
-        }
-        let bytes = n / 2 + 4 * (n / g) + 2 * n;
-        records.push(Record {
-            op: "dequant",
-            scheme: "hqq",
-            variant,
-            bits: 4,
-            rows,
-            cols,
-            out: "f16",
-            bytes,
-            out_bytes: 2 * n,
-            time,
-        });
+        let time = timed(runs, || {
+            hqq::dequant_into::<quant_kernels::B4, f16, f16>(&hw, &hp, &hp, &l, &mut out, Parallelism::Rayon)
+        })?;
+        records.push(dequant_record("hqq", variant, 4, n, n / 2 + 4 * (n / g) + 2 * n, time));
     }
 
     // GPTQ 4-bit g128 -> f16, plain and act-order.
@@ -108,97 +117,38 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let (qw, qz) = (words(qr * qc, 0), words(zr * zc, 7));
     let sc: Vec<f16> = (0..gl.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
     let plain = gl.default_g_idx();
-    let mut act = plain.clone();
-    act.reverse();
-    act.chunks_mut(8).for_each(|c| c.rotate_left(3)); // groups mixed inside every word row
+    // Act-order: a permutation that puts rows of different groups into every word row.
+    let act: Vec<i32> = (0..rows).map(|k| plain[(k * 37) % rows]).collect();
     for (g_idx, variant) in [(&plain, "g128"), (&act, "g128_act_order")] {
-        let mut err = None;
-        let time = best(runs, || {
-            if let Err(e) = gptq::gptq_dequantize_into(
-                &qw,
-                &qz,
-                &sc,
-                Some(g_idx),
-                &gl,
-                ZeroFormat::V1,
-                &mut out,
-                Parallelism::Rayon,
-            ) {
-                err = Some(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e.into());
-        }
+        let time = timed(runs, || {
+            let f = ZeroFormat::V1;
+            gptq::gptq_dequantize_into(&qw, &qz, &sc, Some(g_idx), &gl, f, &mut out, Parallelism::Rayon)
+        })?;
         let bytes = 4 * (qw.len() + qz.len() + rows) + 2 * sc.len() + 2 * n;
-        records.push(Record {
-            op: "dequant",
-            scheme: "gptq",
-            variant,
-            bits: 4,
-            rows,
-            cols,
-            out: "f16",
-            bytes,
-            out_bytes: 2 * n,
-            time,
-        });
+        records.push(dequant_record("gptq", variant, 4, n, bytes, time));
     }
 
     // AWQ 4-bit g128 and FP8 E4M3 128x128 blocks -> f16.
     let al = AwqLayout::new(rows, cols, 128)?;
     let (aw, az) = (words(n / 8, 3), words(al.groups() * cols / 8, 5));
     let asc: Vec<f16> = (0..al.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
-    let time = best(runs, || {
-        let _ = awq::awq_dequantize_into(&aw, &az, &asc, &al, &mut out, Parallelism::Rayon);
-    });
+    let time = timed(runs, || awq::awq_dequantize_into(&aw, &az, &asc, &al, &mut out, Parallelism::Rayon))?;
     let bytes = 4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * n;
-    records.push(Record {
-        op: "dequant",
-        scheme: "awq",
-        variant: "g128",
-        bits: 4,
-        rows,
-        cols,
-        out: "f16",
-        bytes,
-        out_bytes: 2 * n,
-        time,
-    });
+    records.push(dequant_record("awq", "g128", 4, n, bytes, time));
     let fl = Fp8Layout::block(rows, cols, 128, 128)?;
     let codes: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761) as u8 & 0x7e).collect();
     let fs: Vec<f32> = (0..32 * 32).map(|i| 1e-3 * (i % 31) as f32).collect();
-    let time = best(runs, || {
-        let _ = fp8::fp8_dequantize_into(&codes, Fp8Format::E4M3, &fs, &fl, &mut out, Parallelism::Rayon);
-    });
-    let bytes = n + 4 * fs.len() + 2 * n;
-    records.push(Record {
-        op: "dequant",
-        scheme: "fp8",
-        variant: "e4m3_block128",
-        bits: 8,
-        rows,
-        cols,
-        out: "f16",
-        bytes,
-        out_bytes: 2 * n,
-        time,
-    });
+    let time = timed(runs, || {
+        fp8::fp8_dequantize_into(&codes, Fp8Format::E4M3, &fs, &fl, &mut out, Parallelism::Rayon)
+    })?;
+    records.push(dequant_record("fp8", "e4m3_block128", 8, n, n + 4 * fs.len() + 2 * n, time));
 
     // HQQ quantization, 4-bit g64 axis 0, 10 optimizer steps.
     let w: Vec<f32> = (0..n)
         .map(|i| 0.02 * (((i as u32).wrapping_mul(2654435761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5))
         .collect();
     let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(4, 64, Axis::Zero) };
-    let mut err = None;
-    let time = best(if quick { 1 } else { 3 }, || {
-        if let Err(e) = hqq::quantize_hqq(&w, rows, cols, &config) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
+    let time = timed(if quick { 1 } else { 3 }, || hqq::quantize_hqq(&w, rows, cols, &config).map(|_| ()))?;
     let out_bytes = n / 2 + 8 * (n / 64);
     records.push(Record {
         op: "quantize",

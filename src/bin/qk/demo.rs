@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use safetensors::SafeTensors;
 
 use crate::CliError;
+use crate::bench_cmd::best;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// hqq 0.2.8 `Quantizer.quantize` outputs (the crate's test fixture), embedded.
 static HQQ_CASES: &[u8] = include_bytes!("../../../tests/fixtures/hqq/quant.safetensors");
@@ -209,18 +210,6 @@ fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Best of `runs` timings of `f`.
-fn best(runs: usize, mut f: impl FnMut()) -> Duration {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 fn throughput() -> Result<(), CliError> {
     let (rows, cols, g) = (4096usize, 4096usize, 64usize);
     let n = rows * cols;
@@ -242,17 +231,9 @@ fn throughput() -> Result<(), CliError> {
     for axis in [Axis::Zero, Axis::One] {
         let layout = HqqLayout::new(rows, cols, g, axis)?;
         for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
-            let mut err = None;
-            let t = best(10, || {
-                if let Err(e) =
-                    hqq::dequant_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par)
-                {
-                    err = Some(e);
-                }
-            });
-            if let Some(e) = err {
-                return Err(e.into());
-            }
+            let t = crate::bench_cmd::timed(10, || {
+                hqq::dequant_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par)
+            })?;
             let gbps = bytes / t.as_secs_f64() / 1e9;
             let name = format!("axis {} {label}", if axis == Axis::Zero { 0 } else { 1 });
             out!(
