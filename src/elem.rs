@@ -103,19 +103,6 @@ impl FloatVec {
     /// Row-major `[rows, sum(cols)]` from parts `[rows, cols_i]` side by side; `None` when the
     /// parts' dtypes differ or a length is not `rows * cols_i`.
     pub fn concat_columns(parts: &[(&FloatVec, usize)], rows: usize) -> Option<FloatVec> {
-        fn cat<T: Copy>(parts: &[(&[T], usize)], rows: usize) -> Option<Vec<T>> {
-            if parts.iter().any(|(p, c)| rows.checked_mul(*c) != Some(p.len())) {
-                return None;
-            }
-            let width: usize = parts.iter().map(|(_, c)| c).sum();
-            let mut out = Vec::with_capacity(rows * width);
-            for r in 0..rows {
-                for (p, c) in parts {
-                    out.extend_from_slice(&p[r * c..(r + 1) * c]);
-                }
-            }
-            Some(out)
-        }
         macro_rules! same {
             ($variant:ident) => {{
                 let typed: Option<Vec<_>> = parts
@@ -125,7 +112,7 @@ impl FloatVec {
                         _ => None,
                     })
                     .collect();
-                cat(&typed?, rows).map(FloatVec::$variant)
+                crate::par::concat_columns(&typed?, rows).map(FloatVec::$variant)
             }};
         }
         match parts.first()?.0 {

@@ -80,6 +80,23 @@ pub(crate) fn col_stripes<T: Send>(
     pieces.into_par_iter().enumerate().for_each(|(i, mut stripe)| f(i * width, &mut stripe));
 }
 
+/// Row-major `[rows, sum of cols_i]` from parts `[rows, cols_i]` placed side by side; `None`
+/// when a part's length is not `rows * cols_i`. (GPTQ fusion of qweight, scales, biases and
+/// dense weights all go through this.)
+pub fn concat_columns<T: Copy>(parts: &[(&[T], usize)], rows: usize) -> Option<Vec<T>> {
+    if parts.iter().any(|(p, c)| rows.checked_mul(*c) != Some(p.len())) {
+        return None;
+    }
+    let width: usize = parts.iter().map(|(_, c)| c).sum();
+    let mut out = Vec::with_capacity(rows * width);
+    for r in 0..rows {
+        for (p, c) in parts {
+            out.extend_from_slice(&p[r * c..(r + 1) * c]);
+        }
+    }
+    Some(out)
+}
+
 /// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix, in 32x32 blocks, output
 /// rows split over threads as `par` allows.
 pub fn transpose<T: Copy + Default + Send + Sync>(

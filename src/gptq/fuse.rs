@@ -11,6 +11,7 @@ use super::checkpoint::GptqLayer;
 use super::layout::{codes_per_block, field, locate};
 use crate::elem::FloatVec;
 use crate::error::{Error, Result};
+use crate::par::concat_columns;
 
 /// Pack `fields` (each `< 2^bits`) along a row of words, GPTQ's layout (LSB first, 3-bit
 /// fields crossing words).
@@ -24,18 +25,6 @@ pub fn pack_fields(fields: &[u32], bits: u8) -> Vec<i32> {
         }
     }
     words.into_iter().map(|w| w as i32).collect()
-}
-
-/// Column-wise concatenation of row-major `[rows, cols_i]` integer parts.
-fn concat_columns(parts: &[(&[i32], usize)], rows: usize) -> Vec<i32> {
-    let width: usize = parts.iter().map(|(_, c)| c).sum();
-    let mut out = Vec::with_capacity(rows * width);
-    for r in 0..rows {
-        for (p, c) in parts {
-            out.extend_from_slice(&p[r * c..(r + 1) * c]);
-        }
-    }
-    out
 }
 
 /// Fuse `parts` (same K, bits, group size, zero format and `g_idx`) into one layer whose
@@ -104,7 +93,8 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
     let bits = l0.bits();
     let (qrows, _) = layout.qweight_shape();
     let qweight =
-        concat_columns(&parts.iter().map(|p| (&p.qweight[..], p.layout.n())).collect::<Vec<_>>(), qrows);
+        concat_columns(&parts.iter().map(|p| (&p.qweight[..], p.layout.n())).collect::<Vec<_>>(), qrows)
+            .ok_or(Error::Fuse { what: "qweight", part: 0 })?;
     let groups = layout.groups();
     let scales = FloatVec::concat_columns(
         &parts.iter().map(|p| (&p.scales, p.layout.n())).collect::<Vec<_>>(),
@@ -228,13 +218,6 @@ pub fn concat_dequantized<O: crate::elem::Elem>(
         return Err(Error::Fuse { what: "K", part: i });
     }
     let dense: Vec<Vec<O>> = parts.iter().map(|p| p.dequantize::<O>(par)).collect::<Result<_>>()?;
-    let n: usize = parts.iter().map(|p| p.layout.n()).sum();
-    let mut out = Vec::with_capacity(k * n);
-    for r in 0..k {
-        for (d, p) in dense.iter().zip(parts) {
-            let w = p.layout.n();
-            out.extend_from_slice(&d[r * w..(r + 1) * w]);
-        }
-    }
-    Ok(out)
+    let dense: Vec<(&[O], usize)> = dense.iter().zip(parts).map(|(d, p)| (&d[..], p.layout.n())).collect();
+    concat_columns(&dense, k).ok_or(Error::Fuse { what: "dequantized part", part: 0 })
 }
