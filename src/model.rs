@@ -47,11 +47,7 @@ impl QuantizedModel {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let ck = Checkpoint::open(dir)?;
         let method = ck
-            .quantization_config()
-            .ok_or_else(|| Error::Config {
-                field: "quantization_config".into(),
-                reason: "neither quantize_config.json nor config.json's quantization_config exists".into(),
-            })?
+            .require_quantization_config()?
             .get("quant_method")
             .and_then(|m| m.as_str())
             .unwrap_or("gptq")

@@ -133,12 +133,7 @@ impl AwqCheckpoint {
 
     /// [`AwqCheckpoint::open`] on an opened checkpoint.
     pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
-        let config = AwqConfig::from_json(checkpoint.quantization_config().ok_or_else(|| {
-            invalid(
-                "quantization_config",
-                "neither quantize_config.json nor config.json's quantization_config exists",
-            )
-        })?)?;
+        let config = AwqConfig::from_json(checkpoint.require_quantization_config()?)?;
         let prefixes: Vec<String> =
             checkpoint.tensor_names().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();
         let mut layers = BTreeMap::new();

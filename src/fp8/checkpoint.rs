@@ -141,12 +141,7 @@ impl Fp8Checkpoint {
 
     /// [`Fp8Checkpoint::open`] on an opened checkpoint.
     pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
-        let config = Fp8Config::from_json(checkpoint.quantization_config().ok_or_else(|| {
-            invalid(
-                "quantization_config",
-                "neither quantize_config.json nor config.json's quantization_config exists",
-            )
-        })?)?;
+        let config = Fp8Config::from_json(checkpoint.require_quantization_config()?)?;
         let mut layers = BTreeMap::new();
         let weights: Vec<(String, Fp8Format)> = checkpoint
             .tensor_names()

@@ -105,16 +105,7 @@ impl GptqCheckpoint {
 
     /// [`GptqCheckpoint::open`] on an already opened checkpoint.
     pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
-        let config = match checkpoint.quantization_config() {
-            Some(c) => GptqConfig::from_json(c)?,
-            None => {
-                return Err(Error::Config {
-                    field: "quantization_config".into(),
-                    reason: "neither quantize_config.json nor config.json's quantization_config exists"
-                        .into(),
-                });
-            }
-        };
+        let config = GptqConfig::from_json(checkpoint.require_quantization_config()?)?;
         let mut layers = BTreeMap::new();
         let prefixes: Vec<String> =
             checkpoint.tensor_names().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();

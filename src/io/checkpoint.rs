@@ -160,6 +160,14 @@ impl Checkpoint {
         self.quantization.as_ref()
     }
 
+    /// The quantization config, or the [`Error::Config`] that says there is none.
+    pub fn require_quantization_config(&self) -> Result<&serde_json::Value> {
+        self.quantization.as_ref().ok_or_else(|| Error::Config {
+            field: "quantization_config".into(),
+            reason: "neither quantize_config.json nor config.json's quantization_config exists".into(),
+        })
+    }
+
     /// Every tensor name, sorted.
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
