@@ -59,6 +59,17 @@ pub struct HqqConfig {
 }
 
 impl HqqConfig {
+    /// The layout a `[rows, cols]` weight quantized with this config has: `group_size` and
+    /// `axis` when `channel_wise`; else (one scale for the tensor) codes in the weight's own
+    /// shape, i.e. axis 0 with one group per column, every column sharing the one scale.
+    pub fn layout(&self, rows: usize, cols: usize) -> Result<HqqLayout> {
+        if self.channel_wise {
+            HqqLayout::new(rows, cols, self.group_size, self.axis)
+        } else {
+            HqqLayout::new(rows, cols, rows.max(1), Axis::Zero)
+        }
+    }
+
     /// `bits`, `group_size`, `axis`, no optimizer, `round_zeros` false, `channel_wise` true.
     pub fn new(bits: u8, group_size: usize, axis: Axis) -> Self {
         Self { bits, group_size, axis, optimization_steps: None, round_zeros: false, channel_wise: true }
@@ -157,14 +168,9 @@ pub fn quantize_hqq_with<E: Elem>(
         return Err(Error::NonFinite { index });
     }
     let max_v = ((1u32 << config.bits) - 1) as f32;
-    let (layout, view) = if config.channel_wise {
-        let layout = HqqLayout::new(rows, cols, config.group_size, config.axis)?;
-        let (r, c) = layout.code_shape();
-        (layout, View { rows: r, cols: c, axis: config.axis })
-    } else {
-        let layout = HqqLayout::new(rows, cols, rows.max(1), Axis::Zero)?;
-        (layout, View { rows, cols, axis: Axis::Zero })
-    };
+    let layout = config.layout(rows, cols)?;
+    let (r, c) = layout.code_shape();
+    let view = View { rows: r, cols: c, axis: layout.axis() };
     // The packed axis must suit the width before any work.
     layout.packed_shape(bits)?;
     let groups = if config.channel_wise { layout.groups() } else { 1 };

@@ -254,13 +254,7 @@ impl UqffHqqLayer {
         let rows = self.shape.first().copied().unwrap_or(1);
         let cols =
             product(self.shape.get(1..).unwrap_or(&[])).ok_or(Error::ShapeOverflow { rows, cols: 0 })?;
-        if self.config.channel_wise {
-            HqqLayout::new(rows, cols, self.config.group_size, self.config.axis)
-        } else {
-            // Tensor-wise: codes keep the weight's shape, one group per column sharing the one
-            // scale (as `hqq::quantize_hqq` lays it out), whatever group size and axis say.
-            HqqLayout::new(rows, cols, rows.max(1), Axis::Zero)
-        }
+        self.config.layout(rows, cols)
     }
 
     /// Check `w_q`, `scales`, `zeros` and `bias` against bits, group size, axis and shape.
