@@ -97,26 +97,37 @@ pub fn concat_columns<T: Copy>(parts: &[(&[T], usize)], rows: usize) -> Option<V
     Some(out)
 }
 
-/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix, in 32x32 blocks, output
-/// rows split over threads as `par` allows.
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix, output rows split over
+/// threads as `par` allows.
 pub fn transpose<T: Copy + Default + Send + Sync>(
     src: &[T],
     rows: usize,
     cols: usize,
     par: Parallelism,
 ) -> Vec<T> {
-    debug_assert_eq!(src.len(), rows * cols);
-    const B: usize = 32;
-    let mut out = vec![T::default(); src.len()];
-    row_chunks(&mut out, rows, par, |c0, chunk| {
-        let ncols = chunk.len() / rows.max(1);
-        for cb in (0..ncols).step_by(B) {
-            for rb in (0..rows).step_by(B) {
-                for c in cb..(cb + B).min(ncols) {
-                    let dst = &mut chunk[c * rows..(c + 1) * rows];
-                    for r in rb..(rb + B).min(rows) {
-                        dst[r] = src[r * cols + c0 + c];
-                    }
+    transpose_cols(src, rows, cols, 0..cols, par)
+}
+
+/// The transpose `[c1 - c0, rows]` of columns `c0..c1` of a row-major `[rows, cols]` matrix
+/// (a writer can stream a large transpose in blocks). Eight output rows at a time: each step
+/// reads eight contiguous values of a source row and appends one to each of eight sequential
+/// output rows, so a power-of-two row stride does not thrash one cache set.
+pub fn transpose_cols<T: Copy + Default + Send + Sync>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    par: Parallelism,
+) -> Vec<T> {
+    debug_assert!(src.len() == rows * cols && range.end <= cols);
+    let mut out = vec![T::default(); range.len() * rows];
+    row_chunks(&mut out, rows, par, |first, chunk| {
+        for (g, rows8) in chunk.chunks_mut(8 * rows).enumerate() {
+            let c = range.start + first + 8 * g;
+            let n8 = rows8.len() / rows;
+            for r in 0..rows {
+                for (j, &v) in src[r * cols + c..r * cols + c + n8].iter().enumerate() {
+                    rows8[j * rows + r] = v;
                 }
             }
         }
@@ -152,6 +163,9 @@ mod tests {
                 let src: Vec<u32> = (0..(rows * cols) as u32).collect();
                 let t = transpose(&src, rows, cols, par);
                 assert!((0..rows * cols).all(|i| t[(i % cols) * rows + i / cols] == src[i]));
+                let (c0, c1) = (cols / 3, cols - cols / 4);
+                let part = transpose_cols(&src, rows, cols, c0..c1, par);
+                assert_eq!(part, t[c0 * rows..c1 * rows]);
             }
         }
     }

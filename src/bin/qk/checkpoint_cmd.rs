@@ -8,7 +8,6 @@ use quant_kernels::io::safetensors::LeElem;
 use quant_kernels::io::{Dtype, SafetensorsWriter};
 use quant_kernels::model::{LayerSummary, QuantizedModel};
 use quant_kernels::{DType, Error, Parallelism};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -150,33 +149,21 @@ fn write_linear(
     ) -> Result<(), Error> {
         let (w, transposed) = model.dequantize_stored::<O>(&l.prefix, Parallelism::Rayon)?;
         let rows_per = ((1 << 20) / (l.inp * std::mem::size_of::<O>()).max(1)).max(1);
-        let mut block: Vec<O> = Vec::with_capacity(rows_per * l.inp);
         let mut bytes = Vec::with_capacity(rows_per * l.inp * std::mem::size_of::<O>());
         let rows = l.experts * l.out;
         for o0 in (0..rows).step_by(rows_per) {
             let o1 = (o0 + rows_per).min(rows);
-            block.clear();
-            if transposed {
-                // w is [in, out]: output row o is column o. Eight output rows at a time: each
-                // step reads 8 contiguous values of a row of w and appends one value to each of
-                // 8 sequential output rows (few streams, no cache-set thrashing from the
-                // power-of-two row stride).
-                block.resize((o1 - o0) * l.inp, O::default());
-                block.par_chunks_mut(8 * l.inp).enumerate().for_each(|(g, rows8)| {
-                    let j0 = o0 + 8 * g;
-                    let n8 = rows8.len() / l.inp;
-                    for k in 0..l.inp {
-                        let src = &w[k * l.out + j0..k * l.out + j0 + n8];
-                        for (jj, &v) in src.iter().enumerate() {
-                            rows8[jj * l.inp + k] = v;
-                        }
-                    }
-                });
+            let transposed_block;
+            let block: &[O] = if transposed {
+                // w is [in, out]: output rows o0..o1 are its columns o0..o1.
+                transposed_block =
+                    quant_kernels::par::transpose_cols(&w, l.inp, l.out, o0..o1, Parallelism::Rayon);
+                &transposed_block
             } else {
-                block.extend_from_slice(&w[o0 * l.inp..o1 * l.inp]);
-            }
+                &w[o0 * l.inp..o1 * l.inp]
+            };
             bytes.clear();
-            O::extend_le(&block, &mut bytes);
+            O::extend_le(block, &mut bytes);
             writer.write_part(name, &bytes)?;
         }
         Ok(())
