@@ -433,4 +433,8 @@ fn zero_format_contradiction_is_detected() {
     let l = ck.load("model.layers.0.mlp.up_proj").unwrap();
     let m = l.zero_format_mismatch().unwrap().unwrap();
     assert_eq!((m.declared, m.looks_like), (ZeroFormat::V2, ZeroFormat::V1));
+    // The same from the checkpoint, reading only qzeros; the asymmetric 4-bit one has none.
+    assert_eq!(ck.zero_format_mismatch("model.layers.0.mlp.up_proj").unwrap(), Some(m));
+    let asym = GptqCheckpoint::open(tiny(TINY[0])).unwrap();
+    assert_eq!(asym.zero_format_mismatch("model.layers.0.mlp.up_proj").unwrap(), None);
 }

@@ -199,6 +199,21 @@ impl GptqCheckpoint {
         })
     }
 
+    /// For a layer of a symmetric checkpoint, whether its stored zero points look like the
+    /// other format (see [`super::check_zero_format`]); reads only `qzeros`. `None` for
+    /// asymmetric checkpoints, whose zero points vary.
+    pub fn zero_format_mismatch(&self, prefix: &str) -> Result<Option<ZeroFormatMismatch>> {
+        let info = self
+            .layers
+            .get(prefix)
+            .ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.qweight")]))?;
+        if !self.config.sym {
+            return Ok(None);
+        }
+        let qzeros: Vec<i32> = self.checkpoint.read_as(&format!("{prefix}.qzeros"))?;
+        super::check_zero_format(&qzeros, &info.layout, self.config.format)
+    }
+
     /// Read one layer's tensors.
     pub fn load(&self, prefix: &str) -> Result<GptqLayer> {
         let info = self

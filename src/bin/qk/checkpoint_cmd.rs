@@ -43,8 +43,7 @@ fn describe(model: &QuantizedModel) -> String {
 /// Warn (stderr) about GPTQ layers whose symmetric zero points contradict the declared format.
 fn warn_zero_format(model: &QuantizedModel, prefix: &str) -> Result<(), CliError> {
     if let QuantizedModel::Gptq(c) = model
-        && c.config().sym
-        && let Some(m) = c.load(prefix)?.zero_format_mismatch()?
+        && let Some(m) = c.zero_format_mismatch(prefix)?
     {
         eprintln!(
             "qk: warning: {prefix}: config declares {:?} zero points but the stored ones look like {:?} \
