@@ -98,196 +98,83 @@ pub trait EmuElem: Copy + Default {
     const FP8: [Fp8Entry<Self::Raw>; 2];
 }
 
+/// Declares C launchers that share one signature: `name = "link prefix"` becomes
+/// `fn name(args...)` linked to `link prefix` + `sfx`.
+macro_rules! externs {
+    ($sfx:literal, $args:tt, []) => {};
+    ($sfx:literal, ($($arg:ty),*), [$name:ident = $link:literal $(, $rn:ident = $rl:literal)*]) => {
+        unsafe extern "C" {
+            #[link_name = concat!($link, $sfx)]
+            pub(super) fn $name($(_: $arg),*);
+        }
+        externs!($sfx, ($($arg),*), [$($rn = $rl),*]);
+    };
+}
+
 /// Declares the `cpu_*_{sfx}` launchers of one element type (`ptx/*.cu`, see the entry tables
 /// there for the parameters) and implements [`EmuElem`] for it with them.
 macro_rules! emu_elem {
     ($t:ty, $raw:ty, $m:ident, $sfx:literal) => {
         mod $m {
             type R = $raw;
-            unsafe extern "C" {
-                #[link_name = concat!("cpu_hqq_dequant_1b_", $sfx)]
-                pub(super) fn hqq_1b(
-                    p: *const u8,
-                    s: *const R,
-                    z: *const R,
-                    o: *mut R,
-                    r: i32,
-                    c: i32,
-                    pr: i32,
-                    a: i32,
-                    g: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_hqq_dequant_2b_", $sfx)]
-                pub(super) fn hqq_2b(
-                    p: *const u8,
-                    s: *const R,
-                    z: *const R,
-                    o: *mut R,
-                    r: i32,
-                    c: i32,
-                    pr: i32,
-                    a: i32,
-                    g: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_hqq_dequant_4b_", $sfx)]
-                pub(super) fn hqq_4b(
-                    p: *const u8,
-                    s: *const R,
-                    z: *const R,
-                    o: *mut R,
-                    r: i32,
-                    c: i32,
-                    pr: i32,
-                    a: i32,
-                    g: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_hqq_dequant_8b_", $sfx)]
-                pub(super) fn hqq_8b(
-                    p: *const u8,
-                    s: *const R,
-                    z: *const R,
-                    o: *mut R,
-                    r: i32,
-                    c: i32,
-                    pr: i32,
-                    a: i32,
-                    g: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_hqq_dequant_3b_", $sfx)]
-                pub(super) fn hqq_3b(
-                    p: *const i32,
-                    s: *const R,
-                    z: *const R,
-                    o: *mut R,
-                    r: i32,
-                    c: i32,
-                    pr: i32,
-                    a: i32,
-                    g: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_gptq_dequant_2b_", $sfx)]
-                pub(super) fn gptq_2b(
-                    w: *const i32,
-                    z: *const i32,
-                    s: *const R,
-                    g: *const i32,
-                    o: *mut R,
-                    k: i32,
-                    n: i32,
-                    f: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_gptq_dequant_3b_", $sfx)]
-                pub(super) fn gptq_3b(
-                    w: *const i32,
-                    z: *const i32,
-                    s: *const R,
-                    g: *const i32,
-                    o: *mut R,
-                    k: i32,
-                    n: i32,
-                    f: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_gptq_dequant_4b_", $sfx)]
-                pub(super) fn gptq_4b(
-                    w: *const i32,
-                    z: *const i32,
-                    s: *const R,
-                    g: *const i32,
-                    o: *mut R,
-                    k: i32,
-                    n: i32,
-                    f: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_gptq_dequant_8b_", $sfx)]
-                pub(super) fn gptq_8b(
-                    w: *const i32,
-                    z: *const i32,
-                    s: *const R,
-                    g: *const i32,
-                    o: *mut R,
-                    k: i32,
-                    n: i32,
-                    f: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_hqq_gemv_4b_", $sfx)]
-                pub(super) fn hqq_gemv(
-                    p: *const u8,
-                    s: *const R,
-                    z: *const R,
-                    x: *const f32,
-                    part: *mut f32,
-                    r: i32,
-                    g: i32,
-                    pr: i32,
-                    i: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_gptq_gemv_4b_", $sfx)]
-                pub(super) fn gptq_gemv(
-                    w: *const i32,
-                    z: *const i32,
-                    s: *const R,
-                    g: *const i32,
-                    x: *const f32,
-                    part: *mut f32,
-                    k: i32,
-                    n: i32,
-                    sr: i32,
-                    f: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_awq_dequant_4b_", $sfx)]
-                pub(super) fn awq(
-                    w: *const i32,
-                    z: *const i32,
-                    s: *const R,
-                    o: *mut R,
-                    k: i32,
-                    n: i32,
-                    g: i32,
-                    gr: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_fp8_dequant_e4m3_", $sfx)]
-                pub(super) fn fp8_e4m3(
-                    c: *const u8,
-                    s: *const f32,
-                    o: *mut R,
-                    r: i32,
-                    cl: i32,
-                    br: i32,
-                    bc: i32,
-                    g: u32,
-                    b: u32,
-                );
-                #[link_name = concat!("cpu_fp8_dequant_e5m2_", $sfx)]
-                pub(super) fn fp8_e5m2(
-                    c: *const u8,
-                    s: *const f32,
-                    o: *mut R,
-                    r: i32,
-                    cl: i32,
-                    br: i32,
-                    bc: i32,
-                    g: u32,
-                    b: u32,
-                );
-            }
+            externs!(
+                $sfx,
+                (*const u8, *const R, *const R, *mut R, i32, i32, i32, i32, u32, u32),
+                [
+                    hqq_1b = "cpu_hqq_dequant_1b_",
+                    hqq_2b = "cpu_hqq_dequant_2b_",
+                    hqq_4b = "cpu_hqq_dequant_4b_",
+                    hqq_8b = "cpu_hqq_dequant_8b_"
+                ]
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const R, *const R, *mut R, i32, i32, i32, i32, u32, u32),
+                [hqq_3b = "cpu_hqq_dequant_3b_"]
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const i32, *const R, *const i32, *mut R, i32, i32, i32, u32, u32),
+                [
+                    gptq_2b = "cpu_gptq_dequant_2b_",
+                    gptq_3b = "cpu_gptq_dequant_3b_",
+                    gptq_4b = "cpu_gptq_dequant_4b_",
+                    gptq_8b = "cpu_gptq_dequant_8b_"
+                ]
+            );
+            externs!(
+                $sfx,
+                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32),
+                [hqq_gemv = "cpu_hqq_gemv_4b_"]
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const i32,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [gptq_gemv = "cpu_gptq_gemv_4b_"]
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const i32, *const R, *mut R, i32, i32, i32, u32, u32),
+                [awq = "cpu_awq_dequant_4b_"]
+            );
+            externs!(
+                $sfx,
+                (*const u8, *const f32, *mut R, i32, i32, i32, i32, u32, u32),
+                [fp8_e4m3 = "cpu_fp8_dequant_e4m3_", fp8_e5m2 = "cpu_fp8_dequant_e5m2_"]
+            );
         }
 
         impl EmuElem for $t {
