@@ -31,6 +31,13 @@ pub enum Error {
     #[error("unsupported axis {0} (expected 0 or 1)")]
     UnsupportedAxis(u8),
 
+    /// A stacked-experts weight where one linear layer was expected.
+    #[error("a weight of {experts} stacked experts is not one linear layer (split the experts first)")]
+    StackedExperts {
+        /// The number of stacked experts.
+        experts: usize,
+    },
+
     /// A buffer whose length does not match the shape it is used with.
     #[error("{what}: expected {expected} elements, got {got}")]
     LengthMismatch {

@@ -52,6 +52,7 @@ pub mod hqq;
 pub mod intx;
 pub mod io;
 pub mod lanes;
+pub mod matmul;
 pub mod method;
 pub mod model;
 pub mod pack;

@@ -105,3 +105,37 @@ fn baseline_awq_and_fp8_equal_the_reference() {
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "fp8 {f:?}");
     }
 }
+
+/// The fused multiply on the baseline ISA (no FMA, 4-lane SSE2 or scalar loops) meets the same
+/// bound as the dispatched one (see `matmul.rs`), and threaded == serial.
+#[test]
+fn baseline_matmul_meets_the_bound() {
+    use quant_kernels::hqq::{HqqConfig, quantize_hqq};
+    use quant_kernels::matmul::{QuantLinear, QuantWeight};
+    lanes::force_baseline(true);
+    let mut rng = Rng(8);
+    let l = GptqLayout::new(256, 96, 3, 64).unwrap();
+    let x = layer(&l, true, &mut rng);
+    let g = gptq::GptqLayer {
+        layout: l,
+        format: ZeroFormat::V1,
+        qweight: x.qweight,
+        qzeros: x.qzeros,
+        scales: quant_kernels::FloatVec::F32(x.scales),
+        g_idx: Some(x.g_idx),
+        bias: None,
+    };
+    let w: Vec<f32> = (0..64 * 96).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let h = quantize_hqq(&w, 64, 96, &HqqConfig::new(4, 32, Axis::Zero)).unwrap();
+    for q in [QuantLinear::from_gptq(g).unwrap(), QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()]
+    {
+        let xs: Vec<f32> = (0..7 * q.in_features()).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        let (r, m) = (q.forward_reference(&xs, 7).unwrap(), q.magnitude_reference(&xs, 7).unwrap());
+        let y: Vec<f32> = q.forward(&xs, 7, Parallelism::Rayon).unwrap();
+        let s: Vec<f32> = q.forward(&xs, 7, Parallelism::Serial).unwrap();
+        assert_eq!(y, s);
+        for ((&v, &r), &m) in y.iter().zip(&r).zip(&m) {
+            assert!((v as f64 - r).abs() <= 1e-5 * m, "{v} vs {r} (magnitude {m})");
+        }
+    }
+}

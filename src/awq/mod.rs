@@ -77,7 +77,13 @@ impl AwqLayout {
     }
 }
 
-fn check<S>(l: &AwqLayout, qweight: &[i32], qzeros: &[i32], scales: &[S], out: usize) -> Result<()> {
+pub(crate) fn check<S>(
+    l: &AwqLayout,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[S],
+    out: usize,
+) -> Result<()> {
     expect_len("qweight", l.k * l.packed_cols(), qweight.len())?;
     expect_len("qzeros", l.groups() * l.packed_cols(), qzeros.len())?;
     expect_len("scales", l.groups() * l.n, scales.len())?;

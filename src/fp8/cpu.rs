@@ -26,7 +26,7 @@ pub(crate) fn dequant<S: Elem, O: Elem>(
 /// Branch-free decode (vectorizes): the same bits as [`Fp8Format::decode`], built from the
 /// code's fields; `MB` mantissa bits, exponent bias `BIAS`, `E4M3` selects the NaN-only special.
 #[inline(always)]
-fn decode<const MB: u32, const BIAS: i32, const E4M3: bool>(code: u8) -> f32 {
+pub(crate) fn decode<const MB: u32, const BIAS: i32, const E4M3: bool>(code: u8) -> f32 {
     let c = code as u32;
     let sign = (c >> 7) << 31;
     let emax = (1u32 << (7 - MB)) - 1;

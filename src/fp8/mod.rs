@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 mod cpu;
+pub(crate) mod tile;
 
 pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};
 
@@ -185,7 +186,7 @@ impl Fp8Layout {
     }
 }
 
-fn check<S>(l: &Fp8Layout, codes: usize, scales: &[S], out: usize) -> Result<()> {
+pub(crate) fn check<S>(l: &Fp8Layout, codes: usize, scales: &[S], out: usize) -> Result<()> {
     let (sr, sc) = l.scale_shape();
     expect_len("codes", l.rows * l.cols, codes)?;
     expect_len("scales", sr * sc, scales.len())?;

@@ -33,6 +33,7 @@ mod cpu;
 pub mod fuse;
 pub mod layout;
 pub mod reference;
+pub(crate) mod tile;
 
 pub use checkpoint::{GptqCheckpoint, GptqLayer, GptqLayerInfo};
 pub use config::GptqConfig;
@@ -158,7 +159,7 @@ pub(crate) struct Checked {
     pub zeros: Vec<u32>,
 }
 
-fn check<S>(
+pub(crate) fn check<S>(
     layout: &GptqLayout,
     qweight: &[i32],
     qzeros: &[i32],

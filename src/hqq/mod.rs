@@ -37,6 +37,7 @@
 mod cpu;
 pub mod quantize;
 pub mod reference;
+pub(crate) mod tile;
 
 pub use quantize::{HqqConfig, HqqLayer, quantize_hqq, quantize_hqq_with};
 

@@ -17,6 +17,8 @@
 //! rows) that give the same bits.
 
 use crate::elem::Elem;
+pub(crate) mod tile;
+
 use crate::error::{Error, Result, expect_len};
 use crate::lanes::{self, Kernel};
 use crate::par::{self, Parallelism};
@@ -89,7 +91,7 @@ pub fn quantize_int8(w: &[f32], rows: usize, cols: usize, granularity: Granulari
 }
 
 impl Int8Tensor {
-    fn check(&self, out: usize) -> Result<()> {
+    pub(crate) fn check(&self, out: usize) -> Result<()> {
         check_shape(self.q.len(), self.rows, self.cols)?;
         let n_scales = if self.granularity == Granularity::PerTensor { 1 } else { self.rows };
         expect_len("scales", n_scales, self.scales.len())?;
@@ -211,7 +213,7 @@ pub fn quantize_int4(w: &[f32], rows: usize, cols: usize, group: usize) -> Resul
 }
 
 impl Int4Tensor {
-    fn check(&self, out: usize) -> Result<()> {
+    pub(crate) fn check(&self, out: usize) -> Result<()> {
         let n = self
             .rows
             .checked_mul(self.cols)

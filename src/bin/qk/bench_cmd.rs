@@ -19,7 +19,8 @@ struct Record {
     out: &'static str,
     /// Bytes the op reads plus writes.
     bytes: usize,
-    /// Bytes of the op's output (the memcpy baseline copies this many).
+    /// Bytes of the op's output (the memcpy baseline copies this many; for a GEMV, the
+    /// weight's bytes).
     out_bytes: usize,
     time: Duration,
 }
@@ -143,6 +144,53 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     })?;
     records.push(dequant_record("fp8", "e4m3_block128", 8, n, n + 4 * fs.len() + 2 * n, time));
 
+    // Batch-1 GEMV from the packed weights (HQQ 4-bit g64 axis 0, GPTQ 4-bit g128), f32 in and
+    // out; bytes = the weight as stored, the memcpy baseline copies that many.
+    let x: Vec<f32> = (0..cols).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    let mut y = vec![0f32; rows];
+    let hl = HqqLayout::new(rows, cols, g, Axis::Zero)?;
+    let (cr, cc) = hl.code_shape();
+    let hqq_weight = quant_kernels::matmul::HqqWeight {
+        layout: hl,
+        packed: hqq::Packed {
+            bits: quant_kernels::Bits::B4,
+            rows: cr,
+            cols: cc,
+            words: hqq::PackedWords::U8(hw.clone()),
+        },
+        scales: quant_kernels::FloatVec::F16(hp.clone()),
+        zeros: quant_kernels::FloatVec::F16(hp.clone()),
+    };
+    let gptq_layer = gptq::GptqLayer {
+        layout: gl,
+        format: ZeroFormat::V1,
+        qweight: qw.clone(),
+        qzeros: qz.clone(),
+        scales: quant_kernels::FloatVec::F16(sc.clone()),
+        g_idx: None,
+        bias: None,
+    };
+    use quant_kernels::matmul::{QuantLinear, QuantWeight};
+    for (layer, scheme, variant) in [
+        (QuantLinear::new(QuantWeight::Hqq(hqq_weight), None)?, "hqq", "g64_axis0"),
+        (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),
+    ] {
+        let time = timed(runs, || layer.forward_into(&x, 1, &mut y, Parallelism::Rayon))?;
+        let bytes = layer.weight_bytes();
+        records.push(Record {
+            op: "gemv",
+            scheme,
+            variant,
+            bits: 4,
+            rows,
+            cols,
+            out: "f32",
+            bytes,
+            out_bytes: bytes,
+            time,
+        });
+    }
+
     // HQQ quantization, 4-bit g64 axis 0, 10 optimizer steps.
     let w: Vec<f32> = (0..n)
         .map(|i| 0.02 * (((i as u32).wrapping_mul(2654435761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5))
@@ -167,7 +215,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let isa = lanes::isa().to_string();
     if !json {
         out!(
-            "qk bench: {rows}x{cols}, threads {threads}, ISA {isa}; memcpy = threaded copy of the op's output size, same run"
+            "qk bench: {rows}x{cols}, threads {threads}, ISA {isa}; memcpy = threaded copy of the op's output size (GEMV: of the weight's size), same run"
         );
         out!(
             "{:<9} {:<6} {:<20} {:>4} {:>10} {:>9} {:>12} {:>8}",

@@ -1,6 +1,6 @@
 //! The demo (`qk` with no arguments): every scheme's embedded upstream outputs reproduced, an
-//! embedded tiny GPTQ checkpoint loaded, fused and dequantized, and 4-bit dequantization timed
-//! next to memcpy.
+//! embedded tiny GPTQ checkpoint loaded, fused and dequantized, and 4-bit dequantization and the
+//! fused GEMV timed next to memcpy.
 
 use half::f16;
 use quant_kernels::hqq::{self, Axis, HqqLayout, PackedWords};
@@ -242,6 +242,35 @@ fn throughput() -> Result<(), CliError> {
                 100.0 * gbps / memcpy_gbps
             );
         }
+    }
+    // The fused multiply straight from the same packed weight: y = x · Wᵀ, batch 1.
+    use quant_kernels::matmul::{HqqWeight, QuantLinear, QuantWeight};
+    let layout = HqqLayout::new(rows, cols, g, Axis::Zero)?;
+    let (cr, cc) = layout.code_shape();
+    let weight = HqqWeight {
+        layout,
+        packed: hqq::Packed {
+            bits: quant_kernels::Bits::B4,
+            rows: cr,
+            cols: cc,
+            words: PackedWords::U8(words),
+        },
+        scales: quant_kernels::FloatVec::F16(params.clone()),
+        zeros: quant_kernels::FloatVec::F16(params),
+    };
+    let layer = QuantLinear::new(QuantWeight::Hqq(weight), None)?;
+    let x: Vec<f32> = (0..cols).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    let mut y = vec![0f32; rows];
+    out!("\nFused 4-bit GEMV (y = x · Wᵀ, batch 1, f32) from the same packed axis-0 weight (best of 10):");
+    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        let t = crate::bench_cmd::timed(10, || layer.forward_into(&x, 1, &mut y, par))?;
+        let gbps = layer.weight_bytes() as f64 / t.as_secs_f64() / 1e9;
+        out!(
+            "  {label:<28} {:>9.3} ms {gbps:>7.1} GB/s of weights read {:>5.0}% of memcpy, {:.1} G weights/s",
+            t.as_secs_f64() * 1e3,
+            100.0 * gbps / memcpy_gbps,
+            n as f64 / t.as_secs_f64() / 1e9
+        );
     }
     Ok(())
 }

@@ -1,0 +1,245 @@
+//! The fused multiply (`QuantLinear::forward`) from packed 4-bit weights, next to a memcpy of
+//! the weight's bytes with the same threads, measured in the same run.
+//!
+//! * `gemv_*`: batch 1. Throughput = bytes of the weight as stored (codes + f16 scales + zeros
+//!   (+ g_idx)); memcpy counts its size twice (read + write), as BENCHMARKING.md defines.
+//!   Also timed: dequantize to f32 then a dense GEMV of our own (the unfused way), and the
+//!   dense f32 GEMV alone on a pre-dequantized weight.
+//! * `batch_*`: batches 1..128 on 4096x4096 (elements = multiply-adds, so criterion's
+//!   "elements/s" is half the FLOP/s): fused 4-bit vs a dense f32 GEMM (ndarray/matrixmultiply,
+//!   threaded: run with `MATMUL_NUM_THREADS=2`) of the same shape. Where the fused path falls
+//!   behind is the crossover the README reports.
+//!
+//! ```text
+//! MATMUL_NUM_THREADS=2 cargo bench --bench matmul
+//! cargo bench --bench matmul -- --quick gemv
+//! ```
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
+use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
+use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
+use quant_kernels::matmul::{HqqWeight, QuantLinear, QuantWeight};
+use quant_kernels::{B4, Bits, FloatVec, Packing, Parallelism, lanes};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Duration;
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// HQQ 4-bit, group 64, axis 0 (hqq's and mistral.rs's default), f16 scales and zeros.
+fn hqq4(out: usize, inp: usize) -> QuantLinear {
+    let layout = HqqLayout::new(out, inp, 64, Axis::Zero).unwrap();
+    let (r, c) = layout.code_shape();
+    let pr = B4::packed_rows(r).unwrap();
+    let mut x = XorShift(0x2545_f491_4f6c_dd1d);
+    let words = (0..pr * c).map(|_| x.next() as u8).collect();
+    let n = layout.groups();
+    let scales = FloatVec::F16((0..n).map(|i| f16::from_f32(0.001 + (i % 97) as f32 * 1e-4)).collect());
+    let zeros = FloatVec::F16((0..n).map(|i| f16::from_f32((i % 13) as f32 * 0.5 + 1.0)).collect());
+    let packed = Packed { bits: Bits::B4, rows: r, cols: c, words: PackedWords::U8(words) };
+    QuantLinear::new(QuantWeight::Hqq(HqqWeight { layout, packed, scales, zeros }), None).unwrap()
+}
+
+/// GPTQ 4-bit, group 128, f16 scales, `act_order` a pseudo-random g_idx.
+fn gptq4(out: usize, inp: usize, act_order: bool) -> QuantLinear {
+    let l = GptqLayout::new(inp, out, 4, 128).unwrap();
+    let (qr, qc) = l.qweight_shape();
+    let (zr, zc) = l.qzeros_shape();
+    let mut x = XorShift(0x9e37_79b9_7f4a_7c15);
+    let qweight = (0..qr * qc).map(|_| x.next() as i32).collect();
+    let qzeros = (0..zr * zc).map(|_| x.next() as i32).collect();
+    let scales =
+        FloatVec::F16((0..l.groups() * l.n()).map(|i| f16::from_f32(1e-3 * (1 + i % 31) as f32)).collect());
+    let mut g_idx = l.default_g_idx();
+    if act_order {
+        for i in (1..g_idx.len()).rev() {
+            g_idx.swap(i, (x.next() % (i as u64 + 1)) as usize);
+        }
+    }
+    let layer = GptqLayer {
+        layout: l,
+        format: ZeroFormat::V2,
+        qweight,
+        qzeros,
+        scales,
+        g_idx: act_order.then_some(g_idx),
+        bias: None,
+    };
+    QuantLinear::from_gptq(layer).unwrap()
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Copies of a layer so that one pass over all of them exceeds the last-level cache (64 MiB):
+/// each timed multiply reads a layer that is not cached, as in a model's forward pass.
+const ROTATION_BYTES: usize = 64 << 20;
+
+fn copies(bytes: usize) -> usize {
+    ROTATION_BYTES.div_ceil(bytes.max(1)).max(2)
+}
+
+/// memcpy of one `bytes` chunk of a rotation of `copies(bytes)` chunks, on one thread and split
+/// into the tasks the kernels use.
+fn memcpy(g: &mut Group<'_>, bytes: usize) {
+    let n = copies(bytes);
+    let src = vec![1u8; bytes * n];
+    let mut dst = vec![0u8; bytes * n];
+    g.throughput(Throughput::Bytes(2 * bytes as u64));
+    let mut i = 0;
+    g.bench_function(BenchmarkId::new("memcpy", "serial"), |b| {
+        b.iter(|| {
+            i = (i + 1) % n;
+            dst[i * bytes..(i + 1) * bytes].copy_from_slice(black_box(&src[i * bytes..(i + 1) * bytes]))
+        })
+    });
+    let chunk = bytes.div_ceil(Parallelism::Rayon.tasks(bytes));
+    g.bench_function(BenchmarkId::new("memcpy", "threaded"), |b| {
+        b.iter(|| {
+            i = (i + 1) % n;
+            dst[i * bytes..(i + 1) * bytes]
+                .par_chunks_mut(chunk)
+                .zip(black_box(&src[i * bytes..(i + 1) * bytes]).par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        })
+    });
+}
+
+/// Batch-1 multiply over a rotation of `layers` (one per iteration); with `dequant`, also the
+/// unfused way (that dequantizer to f32, then a dense GEMV of our own) and the dense GEMV alone.
+fn gemv_case(
+    g: &mut Group<'_>,
+    name: &str,
+    layers: &[QuantLinear],
+    dequant: Option<&dyn Fn(usize) -> Vec<f32>>,
+) {
+    let (out, inp) = (layers[0].out_features(), layers[0].in_features());
+    let x: Vec<f32> = (0..inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    let mut y = vec![0f32; out];
+    g.throughput(Throughput::Bytes(layers[0].weight_bytes() as u64));
+    let mut i = 0;
+    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        g.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter(|| {
+                i = (i + 1) % layers.len();
+                layers[i].forward_into(black_box(&x), 1, &mut y, par).unwrap()
+            })
+        });
+    }
+    let Some(dequant) = dequant else { return };
+    g.bench_function(BenchmarkId::new(format!("{name}_dequant_then_dense"), "threaded"), |b| {
+        b.iter(|| {
+            i = (i + 1) % layers.len();
+            let w = FloatVec::F32(dequant(i));
+            let d = QuantLinear::new(QuantWeight::Dense { rows: out, cols: inp, w }, None).unwrap();
+            d.forward_into(black_box(&x), 1, &mut y, Parallelism::Rayon).unwrap()
+        })
+    });
+    let dense: Vec<QuantLinear> = (0..copies(4 * out * inp))
+        .map(|_| {
+            let w = FloatVec::F32(dequant(0));
+            QuantLinear::new(QuantWeight::Dense { rows: out, cols: inp, w }, None).unwrap()
+        })
+        .collect();
+    g.bench_function(BenchmarkId::new(format!("{name}_dense_f32_gemv"), "threaded"), |b| {
+        b.iter(|| {
+            i = (i + 1) % dense.len();
+            dense[i].forward_into(black_box(&x), 1, &mut y, Parallelism::Rayon).unwrap()
+        })
+    });
+}
+
+fn gemv(c: &mut Criterion) {
+    eprintln!("ISA: {}, rayon threads: {}", lanes::isa(), rayon::current_num_threads());
+    let sizes: Vec<(usize, usize)> = match std::env::var("QK_GEMV_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|p| p.split_once('x'))
+            .filter_map(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .collect(),
+        Err(_) => vec![(4096, 4096), (4096, 14336)],
+    };
+    for (out, inp) in sizes {
+        let mut g = c.benchmark_group(format!("gemv_{out}x{inp}"));
+        g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+        let hqq: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| hqq4(out, inp)).collect();
+        memcpy(&mut g, hqq[0].weight_bytes());
+        let unfused = out == inp;
+        // The unfused baseline dequantizes from the scheme's own tensors.
+        let hqq_weights: Vec<QuantWeight> = hqq.iter().map(|q| q.clone().into_weight()).collect();
+        let hqq_dequant = |i: usize| match &hqq_weights[i] {
+            QuantWeight::Hqq(h) => match (&h.scales, &h.zeros, &h.packed.words) {
+                (FloatVec::F16(s), FloatVec::F16(z), PackedWords::U8(w)) => {
+                    quant_kernels::hqq::dequant::<B4, f16, f32>(w, s, z, &h.layout, Parallelism::Rayon)
+                        .unwrap()
+                }
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        };
+        gemv_case(
+            &mut g,
+            "hqq_4bit_g64",
+            &hqq,
+            unfused.then_some(&hqq_dequant as &dyn Fn(usize) -> Vec<f32>),
+        );
+        drop(hqq);
+        let gptq: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, false)).collect();
+        let gptq_weights: Vec<QuantWeight> = gptq.iter().map(|q| q.clone().into_weight()).collect();
+        // GPTQ dequantizes to `[K, N]`; the dense GEMV then runs over that buffer as if it
+        // were `[N, K]` (a GEMV written for `[K, N]` reads the same bytes at the same speed),
+        // so the baseline is not charged for a transpose it would not need.
+        let gptq_dequant = |i: usize| match &gptq_weights[i] {
+            QuantWeight::Gptq(l) => l.dequantize(Parallelism::Rayon).unwrap(),
+            _ => unreachable!(),
+        };
+        gemv_case(
+            &mut g,
+            "gptq_4bit_g128",
+            &gptq,
+            unfused.then_some(&gptq_dequant as &dyn Fn(usize) -> Vec<f32>),
+        );
+        drop(gptq);
+        if unfused {
+            let act: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, true)).collect();
+            gemv_case(&mut g, "gptq_4bit_g128_act_order", &act, None);
+        }
+        g.finish();
+    }
+}
+
+fn batches(c: &mut Criterion) {
+    let (out, inp) = (4096, 4096);
+    let hqq = hqq4(out, inp);
+    let gptq = gptq4(out, inp, false);
+    let w = ndarray::Array2::from_shape_vec((out, inp), hqq.dequantize(Parallelism::Rayon).unwrap()).unwrap();
+    let wt = w.t();
+    let mut g = c.benchmark_group("batch_4096x4096");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for batch in [1usize, 2, 4, 8, 16, 32, 64, 128] {
+        let x: Vec<f32> = (0..batch * inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+        let mut y = vec![0f32; batch * out];
+        g.throughput(Throughput::Elements((batch * out * inp) as u64));
+        for (name, q) in [("hqq_4bit_g64", &hqq), ("gptq_4bit_g128", &gptq)] {
+            g.bench_function(BenchmarkId::new(name, batch), |b| {
+                b.iter(|| q.forward_into(black_box(&x), batch, &mut y, Parallelism::Rayon).unwrap())
+            });
+        }
+        let xa = ndarray::Array2::from_shape_vec((batch, inp), x.clone()).unwrap();
+        g.bench_function(BenchmarkId::new("dense_f32_matrixmultiply", batch), |b| {
+            b.iter(|| black_box(&xa).dot(&wt))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemv, batches);
+criterion_main!(benches);

@@ -1,0 +1,156 @@
+//! GPTQ's tile decoder for the multiply kernel ([`crate::matmul`]); AWQ layers use it too after
+//! their lossless conversion ([`crate::awq::awq_to_gptq`]).
+//!
+//! GPTQ stores `[K, N]` with codes packed along K, so output row `n` of `W = [N, K]` is column
+//! `n` of qweight. A block is 32 neighbouring columns; input `k` of all 32 is one contiguous
+//! span of words (`qweight[k * bits / 32, n0..n0 + 32]`, plus the next word row where a 3-bit
+//! field straddles), decoded with the lanes across columns ([`Form::Cols`]). The block's zeros
+//! and scales for every group are widened once (`[G, 32]`), so act-order (`g_idx`) costs one
+//! more indexed row per input.
+
+use super::GptqLayout;
+use super::layout::locate;
+use crate::elem::Elem;
+use crate::matmul::kernel::{Decoder, Form, MAX_ROWS};
+
+/// `qweight` `[K * bits / 32, N]` re-laid block by block, `[ceil(N / 32), K * bits / 32, 32]`
+/// (the last block zero-padded): each block's words are one contiguous run, read front to back
+/// by the multiply. Reading the row-major layout 32 columns at a time strides by a whole row
+/// (16 KiB at N = 4096) per word and runs 2-3x slower (measured).
+pub(crate) fn block_words(qweight: &[i32], layout: &GptqLayout) -> Vec<i32> {
+    let (wr, n) = layout.qweight_shape();
+    let blocks = n.div_ceil(MAX_ROWS);
+    let mut out = vec![0i32; blocks * wr * MAX_ROWS];
+    for (b, dst) in out.chunks_exact_mut(wr * MAX_ROWS).enumerate() {
+        let (n0, nb) = (b * MAX_ROWS, MAX_ROWS.min(n - b * MAX_ROWS));
+        for (r, d) in dst.chunks_exact_mut(MAX_ROWS).enumerate() {
+            d[..nb].copy_from_slice(&qweight[r * n + n0..r * n + n0 + nb]);
+        }
+    }
+    out
+}
+
+/// The inverse of [`block_words`].
+pub(crate) fn unblock_words(blocked: &[i32], layout: &GptqLayout) -> Vec<i32> {
+    let (wr, n) = layout.qweight_shape();
+    let mut out = vec![0i32; wr * n];
+    for (b, src) in blocked.chunks_exact(wr * MAX_ROWS).enumerate() {
+        let (n0, nb) = (b * MAX_ROWS, MAX_ROWS.min(n - b * MAX_ROWS));
+        for (r, s) in src.chunks_exact(MAX_ROWS).enumerate() {
+            out[r * n + n0..r * n + n0 + nb].copy_from_slice(&s[..nb]);
+        }
+    }
+    out
+}
+
+/// Zeros and scales re-laid like [`block_words`] and widened to `f32`:
+/// `[ceil(N / 32), G, 32]` each, so a block's parameters are one contiguous run.
+pub(crate) fn block_params<S: Elem>(
+    zeros: &[u32],
+    scales: &[S],
+    layout: &GptqLayout,
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, g) = (layout.n(), layout.groups());
+    let blocks = n.div_ceil(MAX_ROWS);
+    let (mut z, mut s) = (vec![0f32; blocks * g * MAX_ROWS], vec![0f32; blocks * g * MAX_ROWS]);
+    for b in 0..blocks {
+        let (n0, nb) = (b * MAX_ROWS, MAX_ROWS.min(n - b * MAX_ROWS));
+        for gi in 0..g {
+            let at = (b * g + gi) * MAX_ROWS;
+            for (d, &v) in z[at..at + nb].iter_mut().zip(&zeros[gi * n + n0..gi * n + n0 + nb]) {
+                *d = v as f32;
+            }
+            S::slice_to_f32(&scales[gi * n + n0..gi * n + n0 + nb], &mut s[at..at + nb]);
+        }
+    }
+    (z, s)
+}
+
+/// One validated GPTQ weight seen as `[N, K]` tiles.
+pub(crate) struct Tiles<'a> {
+    pub layout: &'a GptqLayout,
+    /// [`block_words`] of qweight.
+    pub blocked: &'a [i32],
+    /// [`block_params`].
+    pub zeros: &'a [f32],
+    pub scales: &'a [f32],
+    /// Group of each input.
+    pub groups: &'a [u32],
+}
+
+impl Decoder for Tiles<'_> {
+    const FORM: Form = Form::Cols;
+    type State = ();
+
+    fn blocks(&self) -> usize {
+        self.layout.n().div_ceil(MAX_ROWS)
+    }
+
+    fn block_rows(&self, b: usize, rows: &mut [usize; MAX_ROWS]) -> usize {
+        let n0 = b * MAX_ROWS;
+        let nb = MAX_ROWS.min(self.layout.n() - n0);
+        for (t, r) in rows.iter_mut().enumerate().take(nb) {
+            *r = n0 + t;
+        }
+        nb
+    }
+
+    fn begin(&self, _: usize, _: &mut ()) {}
+
+    #[inline(always)]
+    fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
+        let bits = self.layout.bits();
+        let pg = self.layout.groups() * MAX_ROWS;
+        let (pz, ps) = (&self.zeros[b * pg..(b + 1) * pg], &self.scales[b * pg..(b + 1) * pg]);
+        let mask = (1u32 << bits) - 1;
+        let wrows = self.layout.qweight_shape().0;
+        let words = &self.blocked[b * wrows * MAX_ROWS..(b + 1) * wrows * MAX_ROWS];
+        if bits != 3 {
+            // Whole word rows (k0 and k1 are multiples of 32 / bits): each row of 32 words is
+            // loaded once for its 32 / bits inputs.
+            let per = 32 / bits as usize;
+            for wr in k0 / per..k1 / per {
+                let w: [i32; MAX_ROWS] = *lanes32(&words[wr * MAX_ROWS..]);
+                for j in 0..per {
+                    let k = wr * per + j;
+                    let g = self.groups[k] as usize * MAX_ROWS;
+                    let (z, s) = (lanes32(&pz[g..]), lanes32(&ps[g..]));
+                    let dst: &mut [f32; MAX_ROWS] = lanes32_mut(&mut tile[(k - k0) * MAX_ROWS..]);
+                    let shift = j as u32 * bits as u32;
+                    for i in 0..MAX_ROWS {
+                        dst[i] = ((((w[i] as u32) >> shift) & mask) as f32 - z[i]) * s[i];
+                    }
+                }
+            }
+            return;
+        }
+        for k in k0..k1 {
+            let (wr, shift) = locate(k, bits);
+            let g = self.groups[k] as usize * MAX_ROWS;
+            let (z, s) = (lanes32(&pz[g..]), lanes32(&ps[g..]));
+            let dst = lanes32_mut(&mut tile[(k - k0) * MAX_ROWS..]);
+            let lo = lanes32(&words[wr * MAX_ROWS..]);
+            if shift + bits as u32 <= 32 {
+                for i in 0..MAX_ROWS {
+                    dst[i] = ((((lo[i] as u32) >> shift) & mask) as f32 - z[i]) * s[i];
+                }
+            } else {
+                let hi = lanes32(&words[(wr + 1) * MAX_ROWS..]);
+                for i in 0..MAX_ROWS {
+                    let q = (((lo[i] as u32) >> shift) | ((hi[i] as u32) << (32 - shift))) & mask;
+                    dst[i] = (q as f32 - z[i]) * s[i];
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn lanes32<T>(x: &[T]) -> &[T; MAX_ROWS] {
+    pulp::as_arrays::<MAX_ROWS, T>(&x[..MAX_ROWS]).0.first().unwrap_or_else(|| unreachable!())
+}
+
+#[inline(always)]
+fn lanes32_mut(x: &mut [f32]) -> &mut [f32; MAX_ROWS] {
+    pulp::as_arrays_mut::<MAX_ROWS, f32>(&mut x[..MAX_ROWS]).0.first_mut().unwrap_or_else(|| unreachable!())
+}
