@@ -75,6 +75,24 @@ macro_rules! with_float_vec {
     };
 }
 
+impl From<Vec<f32>> for FloatVec {
+    fn from(v: Vec<f32>) -> Self {
+        FloatVec::F32(v)
+    }
+}
+
+impl From<Vec<f16>> for FloatVec {
+    fn from(v: Vec<f16>) -> Self {
+        FloatVec::F16(v)
+    }
+}
+
+impl From<Vec<bf16>> for FloatVec {
+    fn from(v: Vec<bf16>) -> Self {
+        FloatVec::Bf16(v)
+    }
+}
+
 impl FloatVec {
     /// The element type.
     pub fn dtype(&self) -> DType {

@@ -31,6 +31,112 @@ pub enum Error {
     #[error("unsupported axis {0} (expected 0 or 1)")]
     UnsupportedAxis(u8),
 
+    /// A shard dimension other than 0 (outputs) or 1 (inputs).
+    #[error("shard dimension {0} (expected 0 = outputs or 1 = inputs)")]
+    ShardDim(usize),
+
+    /// A rank outside `0..world_size` (or an empty world).
+    #[error("rank {rank} is outside a world of {world_size}")]
+    ShardRank {
+        /// The rank.
+        rank: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    /// An even split of a dimension that does not divide.
+    #[error("a dimension of {len} does not split evenly over {world_size} ranks")]
+    ShardUneven {
+        /// The dimension's length.
+        len: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    /// An offset shard past the end of its dimension.
+    #[error("shard {offset}..{offset}+{len} is outside a dimension of {dim_len}")]
+    ShardRange {
+        /// First index.
+        offset: usize,
+        /// Length.
+        len: usize,
+        /// The dimension's length.
+        dim_len: usize,
+    },
+
+    /// A shard of a packed or grouped axis that does not start or end on its boundary.
+    #[error("shard boundary {at} is not on a {what} boundary (a multiple of {multiple})")]
+    ShardBoundary {
+        /// Which boundary (`"group"`, `"qweight word row"`, ...).
+        what: &'static str,
+        /// The index that is off.
+        at: usize,
+        /// What it must be a multiple of.
+        multiple: usize,
+    },
+
+    /// A scheme (or case) that cannot be sharded packed yet.
+    #[error("sharding a packed {0} weight is not supported")]
+    ShardScheme(&'static str),
+
+    /// Ranks called different collectives at the same point.
+    #[error("rank {rank} called {what} while this rank called {expected}")]
+    CommMismatch {
+        /// The rank that differs.
+        rank: usize,
+        /// What it called.
+        what: &'static str,
+        /// What this rank called.
+        expected: &'static str,
+    },
+
+    /// Ranks passed buffers of different lengths to one collective.
+    #[error("rank {rank} passed {got} values where this rank passed {expected}")]
+    CommLength {
+        /// The rank that differs.
+        rank: usize,
+        /// This rank's length.
+        expected: usize,
+        /// The other rank's length.
+        got: usize,
+    },
+
+    /// A rank left the group (its communicator was dropped, e.g. after an error).
+    #[error("rank {rank} left the group")]
+    CommPeerGone {
+        /// The rank that left.
+        rank: usize,
+    },
+
+    /// A collective waited longer than the group's timeout.
+    #[error("rank {rank}: collective timed out after {millis} ms")]
+    CommTimeout {
+        /// The rank that timed out.
+        rank: usize,
+        /// The timeout.
+        millis: u64,
+    },
+
+    /// KV heads that neither split over nor replicate evenly onto the ranks.
+    #[error(
+        "{kv_heads} KV heads cannot be split over or replicated onto {world_size} ranks (one must divide the other)"
+    )]
+    KvHeads {
+        /// Total KV heads.
+        kv_heads: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    /// Attention heads that do not split evenly.
+    #[error("{heads} attention heads do not split evenly over {world_size}")]
+    AttentionHeads {
+        /// Attention heads.
+        heads: usize,
+        /// What they must split over.
+        world_size: usize,
+    },
+
     /// A stacked-experts weight where one linear layer was expected.
     #[error("a weight of {experts} stacked experts is not one linear layer (split the experts first)")]
     StackedExperts {

@@ -57,6 +57,7 @@ pub mod method;
 pub mod model;
 pub mod pack;
 pub mod par;
+pub mod tp;
 
 #[doc(hidden)]
 pub mod fuzz_checks;

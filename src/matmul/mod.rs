@@ -147,11 +147,11 @@ enum Stored {
 /// use quant_kernels::matmul::{QuantLinear, QuantWeight};
 /// use quant_kernels::intx::{quantize_int8, Granularity};
 /// use quant_kernels::Parallelism;
-/// // W = [[1, -1], [0.5, 0.25]] in int8 per channel: exact here.
-/// let w = quantize_int8(&[1.0, -1.0, 0.5, 0.25], 2, 2, Granularity::PerChannel)?;
+/// // W = [[127, -1], [3, 2]] in int8 per tensor: scale 1, so the codes are exact.
+/// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor)?;
 /// let layer = QuantLinear::new(QuantWeight::Int8(w), Some(vec![0.5f32, 0.0].into()))?;
-/// let y: Vec<f32> = layer.forward(&[2.0f32, 1.0], 1, Parallelism::Serial)?;
-/// assert_eq!(y, [1.5, 1.25]); // [2 - 1 + 0.5, 1 + 0.25]
+/// let y: Vec<f32> = layer.forward(&[1.0f32, 2.0], 1, Parallelism::Serial)?;
+/// assert_eq!(y, [125.5, 7.0]); // [127 - 2 + 0.5, 3 + 4]
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -614,11 +614,5 @@ impl<T: Elem> Decoder for Dense<'_, T> {
                 &mut tile[t * KT..t * KT + k1 - k0],
             );
         }
-    }
-}
-
-impl From<Vec<f32>> for FloatVec {
-    fn from(v: Vec<f32>) -> Self {
-        FloatVec::F32(v)
     }
 }

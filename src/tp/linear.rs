@@ -1,0 +1,239 @@
+//! Tensor-parallel linear layers over [`QuantLinear`] (the fused quantized multiply).
+//!
+//! ```text
+//!  ColumnParallelLinear   W [out/W, in] per rank, bias split    x [b, in]    -> y_r [b, out/W]
+//!  RowParallelLinear      W [out, in/W] per rank, bias once     x_r [b, in/W] -> all-reduce sum -> y [b, out]
+//!  ReplicatedLinear       W [out, in] on every rank                          -> y [b, out]
+//! ```
+//!
+//! A column-parallel layer followed by a row-parallel one (an MLP's up/down, attention's
+//! qkv/o) needs one all-reduce: the row-parallel layer consumes exactly the column split that
+//! feeds it.
+
+use super::{Comm, Shard};
+use crate::elem::FloatVec;
+use crate::error::{Error, Result, expect_len};
+use crate::matmul::{QuantLinear, QuantWeight};
+use crate::par::Parallelism;
+
+/// `shard` (along the outputs) of a bias.
+fn bias_shard(bias: Option<&FloatVec>, shard: &Shard) -> Result<Option<FloatVec>> {
+    bias.map(
+        |b| crate::with_float_vec!(b, v => shard.apply(v, v.len(), 1).map(|(s, _, _)| FloatVec::from(s))),
+    )
+    .transpose()
+}
+
+/// Outputs split over ranks; no communication in forward.
+#[derive(Debug, Clone)]
+pub struct ColumnParallelLinear {
+    local: QuantLinear,
+    rank: usize,
+    world_size: usize,
+}
+
+impl ColumnParallelLinear {
+    /// Rank `rank` of `world_size`'s part of `weight` (`[out, in]`, any scheme
+    /// [`Shard::apply_weight`] supports) and of `bias`.
+    pub fn new(
+        weight: &QuantWeight,
+        bias: Option<&FloatVec>,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Self> {
+        let shard = Shard::Simple { dim: 0, rank, world_size };
+        let local = QuantLinear::new(shard.apply_weight(weight)?, bias_shard(bias, &shard)?)?;
+        Ok(Self { local, rank, world_size })
+    }
+
+    /// A fused weight (q/k/v stacked as `qkv_proj`, gate/up as `gate_up_proj`) given as its
+    /// parts, each split separately and concatenated again on each rank (like mistral.rs's
+    /// `new_merged`): rank `r` holds `[q_r; k_r; v_r]`, not a contiguous slice of the stack.
+    /// `shards[i]` overrides part `i`'s even split (e.g. [`super::kv_head_shard`] for k and v).
+    pub fn new_merged(
+        parts: &[(&QuantWeight, Option<&FloatVec>)],
+        shards: Option<&[Shard]>,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Self> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::new();
+        for (i, (w, b)) in parts.iter().enumerate() {
+            let shard =
+                shards.and_then(|s| s.get(i).copied()).unwrap_or(Shard::Simple { dim: 0, rank, world_size });
+            if shard.dim() != 0 {
+                return Err(Error::ShardDim(shard.dim()));
+            }
+            weights.push(shard.apply_weight(w)?);
+            if let Some(b) = bias_shard(*b, &shard)? {
+                biases.push(b);
+            }
+        }
+        if !biases.is_empty() && biases.len() != parts.len() {
+            return Err(Error::Fuse { what: "bias", part: biases.len() });
+        }
+        let weight = concat_rows(weights)?;
+        let bias = if biases.is_empty() {
+            None
+        } else {
+            Some(FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()))
+        };
+        Ok(Self { local: QuantLinear::new(weight, bias)?, rank, world_size })
+    }
+
+    /// `y_r = x · W_rᵀ + b_r`: this rank's `[batch, out_r]` outputs.
+    pub fn forward(&self, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
+        self.local.forward(x, batch, par)
+    }
+
+    /// [`ColumnParallelLinear::forward`], then every rank's outputs gathered into the whole
+    /// `[batch, out]` (in rank order per row).
+    pub fn forward_gathered(
+        &self,
+        comm: &dyn Comm,
+        x: &[f32],
+        batch: usize,
+        par: Parallelism,
+    ) -> Result<Vec<f32>> {
+        let local = self.forward(x, batch, par)?;
+        let all = comm.all_gather(&local)?;
+        let per = self.local.out_features();
+        let ranks = comm.world_size();
+        expect_len("gathered", ranks * batch * per, all.len())?;
+        let mut y = Vec::with_capacity(all.len());
+        for b in 0..batch {
+            for r in 0..ranks {
+                y.extend_from_slice(&all[(r * batch + b) * per..(r * batch + b + 1) * per]);
+            }
+        }
+        Ok(y)
+    }
+
+    /// The local layer.
+    pub fn local(&self) -> &QuantLinear {
+        &self.local
+    }
+
+    /// `(rank, world_size)`.
+    pub fn rank(&self) -> (usize, usize) {
+        (self.rank, self.world_size)
+    }
+}
+
+/// Inputs split over ranks; forward all-reduces the partial outputs, then adds the bias once.
+#[derive(Debug, Clone)]
+pub struct RowParallelLinear {
+    local: QuantLinear,
+    bias: Option<Vec<f32>>,
+    rank: usize,
+    world_size: usize,
+}
+
+impl RowParallelLinear {
+    /// Rank `rank` of `world_size`'s part of `weight` along its inputs; `bias` is kept whole
+    /// and added after the sum.
+    pub fn new(
+        weight: &QuantWeight,
+        bias: Option<&FloatVec>,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Self> {
+        let shard = Shard::Simple { dim: 1, rank, world_size };
+        let local = QuantLinear::new(shard.apply_weight(weight)?, None)?;
+        if let Some(b) = bias {
+            expect_len("bias", local.out_features(), b.len())?;
+        }
+        Ok(Self { local, bias: bias.map(FloatVec::to_f32), rank, world_size })
+    }
+
+    /// `y = sum over ranks of x_r · W_rᵀ, + bias`, for this rank's `x_r: [batch, in_r]` (the
+    /// outputs of the column-parallel layer before it). Every rank gets the same `y`.
+    pub fn forward(&self, comm: &dyn Comm, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
+        if comm.world_size() != self.world_size || comm.rank() != self.rank {
+            return Err(Error::ShardRank { rank: comm.rank(), world_size: comm.world_size() });
+        }
+        let mut y: Vec<f32> = self.local.forward(x, batch, par)?;
+        comm.all_reduce_sum(&mut y)?;
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(b.len().max(1)) {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v += b;
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// The local layer (no bias).
+    pub fn local(&self) -> &QuantLinear {
+        &self.local
+    }
+}
+
+/// The whole layer on every rank.
+#[derive(Debug, Clone)]
+pub struct ReplicatedLinear {
+    layer: QuantLinear,
+}
+
+impl ReplicatedLinear {
+    /// The whole `weight` and `bias`.
+    pub fn new(weight: QuantWeight, bias: Option<FloatVec>) -> Result<Self> {
+        Ok(Self { layer: QuantLinear::new(weight, bias)? })
+    }
+
+    /// `y = x · Wᵀ + bias`.
+    pub fn forward(&self, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
+        self.layer.forward(x, batch, par)
+    }
+}
+
+/// Stack weights of one scheme along their outputs (dense rows, GPTQ columns).
+fn concat_rows(weights: Vec<QuantWeight>) -> Result<QuantWeight> {
+    let mut it = weights.into_iter();
+    let Some(first) = it.next() else { return Err(Error::Fuse { what: "parts", part: 0 }) };
+    let rest: Vec<QuantWeight> = it.collect();
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    match first {
+        QuantWeight::Dense { rows, cols, w } => {
+            let mut all = w.to_f32();
+            let mut total = rows;
+            for (i, p) in rest.iter().enumerate() {
+                match p {
+                    QuantWeight::Dense { rows, cols: c, w } if *c == cols => {
+                        all.extend(w.to_f32());
+                        total += rows;
+                    }
+                    _ => return Err(Error::Fuse { what: "dense part", part: i + 1 }),
+                }
+            }
+            Ok(QuantWeight::Dense { rows: total, cols, w: FloatVec::F32(all) })
+        }
+        QuantWeight::Gptq(g) => {
+            let mut layers = vec![g];
+            for (i, p) in rest.into_iter().enumerate() {
+                match p {
+                    QuantWeight::Gptq(g) => layers.push(g),
+                    _ => return Err(Error::Fuse { what: "gptq part", part: i + 1 }),
+                }
+            }
+            let refs: Vec<&crate::gptq::GptqLayer> = layers.iter().collect();
+            Ok(QuantWeight::Gptq(crate::gptq::fuse_columns(&refs)?))
+        }
+        other => Err(Error::ShardScheme(scheme_name(&other))),
+    }
+}
+
+fn scheme_name(w: &QuantWeight) -> &'static str {
+    match w {
+        QuantWeight::Dense { .. } => "dense",
+        QuantWeight::Hqq(_) => "hqq",
+        QuantWeight::Gptq(_) => "gptq",
+        QuantWeight::Awq(_) => "awq",
+        QuantWeight::Fp8(_) => "fp8",
+        QuantWeight::Int8(_) => "int8",
+        QuantWeight::Int4(_) => "int4",
+    }
+}
