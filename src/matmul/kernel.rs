@@ -60,6 +60,47 @@ pub(crate) trait Decoder: Sync {
     fn decode(&self, b: usize, state: &Self::State, k0: usize, k1: usize, tile: &mut [f32]);
 }
 
+/// A weight whose rows decode independently (int8, int4, FP8, dense): blocks of
+/// [`ROW_BLOCK`] consecutive rows through [`Rows16`].
+pub(crate) trait RowDecoder: Sync {
+    /// Output rows.
+    fn rows(&self) -> usize;
+    /// Row `r`'s inputs `k0..k1` into `dst` (`k1 - k0` values).
+    fn decode_row(&self, r: usize, k0: usize, k1: usize, dst: &mut [f32]);
+}
+
+/// Rows per block of a [`RowDecoder`].
+pub(crate) const ROW_BLOCK: usize = 16;
+
+/// The [`Decoder`] of a [`RowDecoder`].
+pub(crate) struct Rows16<'a, R>(pub &'a R);
+
+impl<R: RowDecoder> Decoder for Rows16<'_, R> {
+    const FORM: Form = Form::Rows;
+    type State = ();
+
+    fn blocks(&self) -> usize {
+        self.0.rows().div_ceil(ROW_BLOCK)
+    }
+
+    fn block_rows(&self, b: usize, rows: &mut [usize; MAX_ROWS]) -> usize {
+        let n = ROW_BLOCK.min(self.0.rows() - b * ROW_BLOCK);
+        for (t, r) in rows.iter_mut().enumerate().take(n) {
+            *r = b * ROW_BLOCK + t;
+        }
+        n
+    }
+
+    fn begin(&self, _: usize, _: &mut ()) {}
+
+    #[inline(always)]
+    fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
+        for t in 0..ROW_BLOCK.min(self.0.rows() - b * ROW_BLOCK) {
+            self.0.decode_row(b * ROW_BLOCK + t, k0, k1, &mut tile[t * KT..t * KT + k1 - k0]);
+        }
+    }
+}
+
 /// Inputs rounded up to whole lanes: the row stride of the padded activations.
 pub(crate) fn padded(k: usize) -> usize {
     k.div_ceil(L) * L

@@ -33,7 +33,7 @@ use crate::hqq::{HqqLayer, HqqLayout, Packed, PackedWords};
 use crate::intx::{Int4Tensor, Int8Tensor};
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
-use kernel::{Decoder, Form, KT, MAX_ROWS};
+use kernel::Rows16;
 
 /// An HQQ weight: packed codes with one scale and one zero per group.
 #[derive(Debug, Clone, PartialEq)]
@@ -397,7 +397,7 @@ impl QuantLinear {
         let (out, k) = (self.out, self.inp);
         match &self.stored {
             Stored::Dense { w, .. } => {
-                crate::with_float_vec!(w, w => kernel::gemm(&Dense { w, rows: out, cols: k }, out, k, x, batch, par))
+                crate::with_float_vec!(w, w => kernel::gemm(&Rows16(&Dense { w, rows: out, cols: k }), out, k, x, batch, par))
             }
             Stored::Hqq(h) => match (&h.scales, &h.zeros) {
                 (FloatVec::F32(s), FloatVec::F32(z)) => hqq_gemm(h, s, z, x, batch, par),
@@ -413,16 +413,26 @@ impl QuantLinear {
                 use crate::fp8::tile::Tiles;
                 let (codes, layout) = (&f.codes[..], &f.layout);
                 match f.format {
-                    Fp8Format::E4M3 => {
-                        kernel::gemm(&Tiles::<3, 7, true> { codes, scales, layout }, out, k, x, batch, par)
-                    }
-                    Fp8Format::E5M2 => {
-                        kernel::gemm(&Tiles::<2, 15, false> { codes, scales, layout }, out, k, x, batch, par)
-                    }
+                    Fp8Format::E4M3 => kernel::gemm(
+                        &Rows16(&Tiles::<3, 7, true> { codes, scales, layout }),
+                        out,
+                        k,
+                        x,
+                        batch,
+                        par,
+                    ),
+                    Fp8Format::E5M2 => kernel::gemm(
+                        &Rows16(&Tiles::<2, 15, false> { codes, scales, layout }),
+                        out,
+                        k,
+                        x,
+                        batch,
+                        par,
+                    ),
                 }
             }
-            Stored::Int8(t) => kernel::gemm(&crate::intx::tile::Int8Tiles(t), out, k, x, batch, par),
-            Stored::Int4(t) => kernel::gemm(&crate::intx::tile::Int4Tiles(t), out, k, x, batch, par),
+            Stored::Int8(t) => kernel::gemm(&Rows16(&crate::intx::tile::Int8Tiles(t)), out, k, x, batch, par),
+            Stored::Int4(t) => kernel::gemm(&Rows16(&crate::intx::tile::Int4Tiles(t)), out, k, x, batch, par),
         }
     }
 
@@ -587,32 +597,13 @@ struct Dense<'a, T> {
     cols: usize,
 }
 
-impl<T: Elem> Decoder for Dense<'_, T> {
-    const FORM: Form = Form::Rows;
-    type State = ();
-
-    fn blocks(&self) -> usize {
-        self.rows.div_ceil(16)
+impl<T: Elem> kernel::RowDecoder for Dense<'_, T> {
+    fn rows(&self) -> usize {
+        self.rows
     }
-
-    fn block_rows(&self, b: usize, rows: &mut [usize; MAX_ROWS]) -> usize {
-        let n = 16.min(self.rows - b * 16);
-        for (t, r) in rows.iter_mut().enumerate().take(n) {
-            *r = b * 16 + t;
-        }
-        n
-    }
-
-    fn begin(&self, _: usize, _: &mut ()) {}
 
     #[inline(always)]
-    fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
-        for t in 0..16.min(self.rows - b * 16) {
-            let r = b * 16 + t;
-            T::slice_to_f32(
-                &self.w[r * self.cols + k0..r * self.cols + k1],
-                &mut tile[t * KT..t * KT + k1 - k0],
-            );
-        }
+    fn decode_row(&self, r: usize, k0: usize, k1: usize, dst: &mut [f32]) {
+        T::slice_to_f32(&self.w[r * self.cols + k0..r * self.cols + k1], dst);
     }
 }
