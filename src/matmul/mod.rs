@@ -238,16 +238,9 @@ impl QuantLinear {
 
     fn gptq(mut layer: GptqLayer, awq: bool) -> Result<(usize, usize, Stored)> {
         let l = layer.layout;
-        let c = crate::gptq::check(
-            &l,
-            &layer.qweight,
-            &layer.qzeros,
-            &vec![0u8; layer.scales.len()],
-            layer.g_idx.as_deref(),
-            layer.format,
-            l.k() * l.n(),
-        )?;
-        expect_len("scales", l.groups() * l.n(), layer.scales.len())?;
+        let c = crate::with_float_vec!(&layer.scales, s => crate::gptq::check(
+            &l, &layer.qweight, &layer.qzeros, s, layer.g_idx.as_deref(), layer.format, l.k() * l.n()
+        ))?;
         let blocked = crate::gptq::tile::block_words(&std::mem::take(&mut layer.qweight), &l);
         let (zeros, scales) =
             crate::with_float_vec!(&layer.scales, s => crate::gptq::tile::block_params(&c.zeros, s, &l));
