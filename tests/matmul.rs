@@ -285,3 +285,25 @@ fn bad_shapes_are_typed_errors() {
     // Zero batch is fine and empty.
     assert!(q.forward::<f32, f32>(&[], 0, Parallelism::Rayon).unwrap().is_empty());
 }
+
+#[test]
+fn into_weight_gives_back_the_original_tensors() {
+    let mut rng = Rng(10);
+    for bits in [2u8, 3, 4, 8] {
+        let g = gptq_layer(96, 64, bits, 32, true, ZeroFormat::V1, &mut rng);
+        let back = QuantLinear::new(QuantWeight::Gptq(g.clone()), None).unwrap().into_weight();
+        assert_eq!(back, QuantWeight::Gptq(g), "{bits}-bit");
+    }
+    let l = AwqLayout::new(64, 40, 16).unwrap();
+    let a = AwqLayer {
+        layout: l,
+        qweight: (0..64 * 5).map(|_| rng.next_u64() as i32).collect(),
+        qzeros: (0..4 * 5).map(|_| rng.next_u64() as i32).collect(),
+        scales: FloatVec::F32((0..4 * 40).map(|_| rng.f32_in(-0.02, 0.02)).collect()),
+        bias: None,
+    };
+    assert_eq!(
+        QuantLinear::new(QuantWeight::Awq(a.clone()), None).unwrap().into_weight(),
+        QuantWeight::Awq(a)
+    );
+}

@@ -271,23 +271,7 @@ impl QuantLinear {
         match self.stored {
             Stored::Dense { rows, cols, w } => QuantWeight::Dense { rows, cols, w },
             Stored::Hqq(h) => QuantWeight::Hqq(h),
-            Stored::Gptq { mut layer, blocked, awq, .. } => {
-                layer.qweight = crate::gptq::tile::unblock_words(&blocked, &layer.layout);
-                if !awq {
-                    return QuantWeight::Gptq(layer);
-                }
-                match crate::awq::gptq_to_awq(&layer.qweight, &layer.qzeros, &layer.layout, layer.format) {
-                    Ok((qweight, qzeros, layout)) => QuantWeight::Awq(AwqLayer {
-                        layout,
-                        qweight,
-                        qzeros,
-                        scales: layer.scales,
-                        bias: None,
-                    }),
-                    // Unreachable: the layer came from a validated AWQ layer.
-                    Err(_) => QuantWeight::Gptq(layer),
-                }
-            }
+            Stored::Gptq { layer, blocked, awq, .. } => gptq_original(layer, &blocked, awq),
             Stored::Fp8 { layer, .. } => QuantWeight::Fp8(layer),
             Stored::Int8(t) => QuantWeight::Int8(t),
             Stored::Int4(t) => QuantWeight::Int4(t),
@@ -445,10 +429,11 @@ impl QuantLinear {
                 (FloatVec::Bf16(s), FloatVec::Bf16(z)) => hqq_dequant(h, s, z, reference, &mut w, par),
                 _ => unreachable!("QuantLinear::new makes the dtypes equal"),
             }?,
-            Stored::Gptq { .. } => {
-                // `[K, N]` from the scheme's own tensors (AWQ's oracle reads AWQ's layout).
+            Stored::Gptq { layer, blocked, awq, .. } => {
+                // `[K, N]` from the scheme's own tensors (AWQ's oracle reads AWQ's layout);
+                // `layer.qweight` is empty (moved into `blocked`), so this clone is small.
                 let mut kn = vec![0f32; out * inp];
-                match self.clone().into_weight() {
+                match gptq_original(layer.clone(), blocked, *awq) {
                     QuantWeight::Gptq(g) => {
                         let (l, gi) = (&g.layout, g.g_idx.as_deref());
                         crate::with_float_vec!(&g.scales, s => if reference {
@@ -509,6 +494,21 @@ impl QuantLinear {
             }
         }
         Ok(y)
+    }
+}
+
+/// A GPTQ-stored weight in its own layout again: words un-blocked, AWQ converted back.
+fn gptq_original(mut layer: GptqLayer, blocked: &[i32], awq: bool) -> QuantWeight {
+    layer.qweight = crate::gptq::tile::unblock_words(blocked, &layer.layout);
+    if !awq {
+        return QuantWeight::Gptq(layer);
+    }
+    match crate::awq::gptq_to_awq(&layer.qweight, &layer.qzeros, &layer.layout, layer.format) {
+        Ok((qweight, qzeros, layout)) => {
+            QuantWeight::Awq(AwqLayer { layout, qweight, qzeros, scales: layer.scales, bias: None })
+        }
+        // Unreachable: the layer came from a validated AWQ layer.
+        Err(_) => QuantWeight::Gptq(layer),
     }
 }
 
