@@ -97,11 +97,8 @@ impl Shard {
             Ok((w[r.start * cols..r.end * cols].to_vec(), r.len(), cols))
         } else {
             let c = self.range(cols)?;
-            let mut out = Vec::with_capacity(rows * c.len());
-            for row in w.chunks_exact(cols.max(1)).take(rows) {
-                out.extend_from_slice(&row[c.clone()]);
-            }
-            Ok((out, rows, c.len()))
+            let n = c.len();
+            Ok((column_range(w, rows, cols, c), rows, n))
         }
     }
 
@@ -159,9 +156,9 @@ impl Shard {
             Ok(GptqLayer {
                 layout,
                 format: g.format,
-                qweight: cols(&g.qweight, wr, n, r.clone()),
-                qzeros: cols(&g.qzeros, groups, zc, z0..z1),
-                scales: crate::with_float_vec!(&g.scales, s => FloatVec::from(cols(s, groups, n, r.clone()))),
+                qweight: column_range(&g.qweight, wr, n, r.clone()),
+                qzeros: column_range(&g.qzeros, groups, zc, z0..z1),
+                scales: crate::with_float_vec!(&g.scales, s => FloatVec::from(column_range(s, groups, n, r.clone()))),
                 g_idx: g.g_idx.clone(),
                 bias: g
                     .bias
@@ -202,7 +199,7 @@ fn group_arg(l: &crate::gptq::GptqLayout) -> i64 {
 }
 
 /// Columns `range` of a row-major `[rows, cols]` matrix.
-fn cols<T: Copy>(w: &[T], rows: usize, cols: usize, range: Range<usize>) -> Vec<T> {
+fn column_range<T: Copy>(w: &[T], rows: usize, cols: usize, range: Range<usize>) -> Vec<T> {
     let mut out = Vec::with_capacity(rows * range.len());
     for row in w.chunks_exact(cols.max(1)).take(rows) {
         out.extend_from_slice(&row[range.clone()]);
