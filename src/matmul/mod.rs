@@ -112,6 +112,21 @@ pub enum QuantWeight {
     Int4(Int4Tensor),
 }
 
+impl QuantWeight {
+    /// The scheme's name: `dense`, `hqq`, `gptq`, `awq`, `fp8`, `int8` or `int4`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            QuantWeight::Dense { .. } => "dense",
+            QuantWeight::Hqq(_) => "hqq",
+            QuantWeight::Gptq(_) => "gptq",
+            QuantWeight::Awq(_) => "awq",
+            QuantWeight::Fp8(_) => "fp8",
+            QuantWeight::Int8(_) => "int8",
+            QuantWeight::Int4(_) => "int4",
+        }
+    }
+}
+
 /// A weight as [`QuantLinear`] keeps it: validated, with what the kernel needs precomputed.
 #[derive(Debug, Clone, PartialEq)]
 enum Stored {
@@ -288,7 +303,7 @@ impl QuantLinear {
         self.inp
     }
 
-    /// The scheme's name: `dense`, `hqq`, `gptq`, `awq`, `fp8`, `int8` or `int4`.
+    /// The scheme's name, as [`QuantWeight::scheme`] of the weight passed in.
     pub fn scheme(&self) -> &'static str {
         match &self.stored {
             Stored::Dense { .. } => "dense",

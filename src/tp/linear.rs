@@ -222,18 +222,6 @@ fn concat_rows(weights: Vec<QuantWeight>) -> Result<QuantWeight> {
             let refs: Vec<&crate::gptq::GptqLayer> = layers.iter().collect();
             Ok(QuantWeight::Gptq(crate::gptq::fuse_columns(&refs)?))
         }
-        other => Err(Error::ShardScheme(scheme_name(&other))),
-    }
-}
-
-fn scheme_name(w: &QuantWeight) -> &'static str {
-    match w {
-        QuantWeight::Dense { .. } => "dense",
-        QuantWeight::Hqq(_) => "hqq",
-        QuantWeight::Gptq(_) => "gptq",
-        QuantWeight::Awq(_) => "awq",
-        QuantWeight::Fp8(_) => "fp8",
-        QuantWeight::Int8(_) => "int8",
-        QuantWeight::Int4(_) => "int4",
+        other => Err(Error::ShardScheme(other.scheme())),
     }
 }
