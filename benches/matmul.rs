@@ -4,7 +4,8 @@
 //! * `gemv_*`: batch 1. Throughput = bytes of the weight as stored (codes + f16 scales + zeros
 //!   (+ g_idx)); memcpy counts its size twice (read + write), as BENCHMARKING.md defines.
 //!   Also timed: dequantize to f32 then a dense GEMV of our own (the unfused way), and the
-//!   dense f32 GEMV alone on a pre-dequantized weight.
+//!   dense f32 GEMV alone on a pre-dequantized weight, and `read`: a threaded pure read (sum)
+//!   of the weight's bytes, the ceiling of an op that only reads (throughput = bytes read).
 //! * `batch_*`: batches 1..128 on 4096x4096 (elements = multiply-adds, so criterion's
 //!   "elements/s" is half the FLOP/s): fused 4-bit vs a dense f32 GEMM (ndarray/matrixmultiply,
 //!   threaded: run with `MATMUL_NUM_THREADS=2`) of the same shape. Where the fused path falls
@@ -37,7 +38,12 @@ impl XorShift {
 
 /// HQQ 4-bit, group 64, axis 0 (hqq's and mistral.rs's default), f16 scales and zeros.
 fn hqq4(out: usize, inp: usize) -> QuantLinear {
-    let layout = HqqLayout::new(out, inp, 64, Axis::Zero).unwrap();
+    hqq4_axis(out, inp, Axis::Zero)
+}
+
+/// HQQ 4-bit, group 64, on `axis`, f16 scales and zeros.
+fn hqq4_axis(out: usize, inp: usize, axis: Axis) -> QuantLinear {
+    let layout = HqqLayout::new(out, inp, 64, axis).unwrap();
     let (r, c) = layout.code_shape();
     let pr = B4::packed_rows(r).unwrap();
     let mut x = XorShift(0x2545_f491_4f6c_dd1d);
@@ -111,6 +117,23 @@ fn memcpy(g: &mut Group<'_>, bytes: usize) {
                 .for_each(|(d, s)| d.copy_from_slice(s))
         })
     });
+    // A pure read of the same bytes (sum of their 64-bit words), threaded: the ceiling a
+    // batch-1 GEMV, which only reads, could reach. Throughput counts the bytes read once.
+    let words: Vec<u64> = (0..bytes * n / 8).map(|i| i as u64).collect();
+    let per = bytes / 8;
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function(BenchmarkId::new("read", "threaded"), |b| {
+        b.iter(|| {
+            i = (i + 1) % n;
+            let chunk = per.div_ceil(Parallelism::Rayon.tasks(bytes));
+            let sums: Vec<u64> = words[i * per..(i + 1) * per]
+                .par_chunks(chunk)
+                .map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w)))
+                .collect();
+            black_box(sums)
+        })
+    });
+    g.throughput(Throughput::Bytes(2 * bytes as u64));
 }
 
 /// Batch-1 multiply over a rotation of `layers` (one per iteration); with `dequant`, also the
@@ -192,6 +215,10 @@ fn gemv(c: &mut Criterion) {
             unfused.then_some(&hqq_dequant as &dyn Fn(usize) -> Vec<f32>),
         );
         drop(hqq);
+        let hqq1: Vec<QuantLinear> =
+            (0..copies(out * inp / 2)).map(|_| hqq4_axis(out, inp, Axis::One)).collect();
+        gemv_case(&mut g, "hqq_4bit_g64_axis1", &hqq1, None);
+        drop(hqq1);
         let gptq: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, false)).collect();
         let gptq_weights: Vec<QuantWeight> = gptq.iter().map(|q| q.clone().into_weight()).collect();
         // GPTQ dequantizes to `[K, N]`; the dense GEMV then runs over that buffer as if it

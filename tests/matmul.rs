@@ -108,6 +108,30 @@ fn hqq_every_width_axis_and_shape() {
     assert!(ran >= 50, "only {ran} HQQ cases ran");
 }
 
+/// Shapes the batch-1 register path serves (inputs a multiple of 16; axis 0 with whole rows
+/// per zero/scale span, axis 1 with groups of 16k inputs): batch 1 goes through it, larger
+/// batches through the tile path, and `check` requires identical bits for a row either way.
+#[test]
+fn hqq_register_gemv_equals_the_tile_path() {
+    let mut rng = Rng(11);
+    for bits in [1u8, 2, 3, 4, 8] {
+        for (axis, g) in [(Axis::Zero, 16), (Axis::Zero, 80), (Axis::One, 16), (Axis::One, 64)] {
+            let (rows, cols) = (80, 256);
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+            let mut cfg = HqqConfig::new(bits, g, axis);
+            cfg.optimization_steps = Some(1);
+            let Ok(q) = quantize_hqq(&w, rows, cols, &cfg) else { continue };
+            let name = format!("hqq register gemv {bits}-bit {axis:?} g{g}");
+            let (s16, z16) = q.params_as::<f16>();
+            let layer = QuantLinear::new(QuantWeight::Hqq(HqqWeight::from(q.clone())), None).unwrap();
+            check(&name, &layer, &[1, 3], &mut rng);
+            let h = HqqWeight { scales: FloatVec::F16(s16), zeros: FloatVec::F16(z16), ..HqqWeight::from(q) };
+            let layer = QuantLinear::new(QuantWeight::Hqq(h), bias(&mut rng, rows)).unwrap();
+            check(&format!("{name} f16"), &layer, &[1, 5], &mut rng);
+        }
+    }
+}
+
 fn gptq_layer(
     k: usize,
     n: usize,

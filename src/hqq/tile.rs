@@ -14,7 +14,7 @@ use super::Axis;
 use crate::elem::Elem;
 use crate::lanes::{self, affine_lanes, affine_splat};
 use crate::matmul::kernel::{Decoder, Form, KT, MAX_ROWS};
-use crate::pack::Packing;
+use crate::pack::{Packing, Word};
 
 /// One validated HQQ weight seen as `[out, in]` tiles.
 pub(crate) struct Tiles<'a, P: Packing, S> {
@@ -39,6 +39,160 @@ impl<P: Packing, S: Elem> Tiles<'_, P, S> {
 
     /// Row sets per block in the aligned case: `PER_WORD` rows each, at most `MAX_ROWS` rows.
     const SETS: usize = if MAX_ROWS / P::PER_WORD > 8 { 8 } else { MAX_ROWS / P::PER_WORD };
+
+    /// The plane-0 row of row set `s` (aligned case, `s < rows_per_plane`).
+    ///
+    /// Axis 0 with `C` a multiple of `in`: rows `r` and `r + C / in` read the same zero/scale
+    /// columns, and plane 0 holds `P * C / in` rows. Sets are then taken residue by residue
+    /// (`s -> (s % P) * (C / in) + s / P`), so the sets of one block share their parameter
+    /// spans and read them from L1 instead of once per set from a 1 MB table that does not
+    /// stay cached. Which rows form a block never changes a row's summation order.
+    #[inline(always)]
+    fn set_row(&self, s: usize) -> usize {
+        if self.axis == Axis::Zero && self.inp > 0 && self.c.is_multiple_of(self.inp) && self.prows > 0 {
+            (s % self.prows) * (self.c / self.inp) + s / self.prows
+        } else {
+            s
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<P: Packing, S: Elem> Tiles<'_, P, S> {
+    /// Row sets `set..set + NS` of the block whose first set is `first` (see
+    /// [`Decoder::gemv_v4`]); their sums go to their tile slots in `out`.
+    #[inline(always)]
+    fn gemv_pass<const NS: usize, const PW: usize>(
+        &self,
+        v4: pulp::x86::V4,
+        set: usize,
+        first: usize,
+        x: &[f32],
+        out: &mut [f32; MAX_ROWS],
+    ) {
+        use crate::matmul::kernel::{L, sum_lanes};
+        use core::arch::x86_64::__m512;
+        let f = v4.avx512f;
+        debug_assert_eq!(PW, P::PER_WORD);
+        let (inp, c, planes) = (self.inp, self.c, PW);
+        let mk = f._mm512_set1_epi32(P::MASK as i32);
+        let codes: [f32; L] = std::array::from_fn(|i| (i as u32 & P::MASK) as f32);
+        let codes: __m512 = bytemuck::cast(codes);
+        let mut shifts = [f._mm512_setzero_si512(); PW];
+        for (j, sh) in shifts.iter_mut().enumerate() {
+            *sh = f._mm512_set1_epi32(P::shift(j) as i32);
+        }
+        let rows: [usize; NS] = std::array::from_fn(|i| self.set_row(set + i));
+        let words: [&[P::Word]; NS] =
+            std::array::from_fn(|i| &self.words[rows[i] * inp..(rows[i] + 1) * inp]);
+        let mut acc = [[f._mm512_setzero_ps(); PW]; NS];
+        // Each set streams its own run of words; once per cache line, ask for the line
+        // `AHEAD` bytes on (the hardware prefetcher alone leaves the loads waiting for DRAM,
+        // measured). A prefetch reads nothing and cannot fault, past the end too.
+        const AHEAD: usize = 1024;
+        let line = 64 / std::mem::size_of::<P::Word>();
+        macro_rules! prefetch {
+            ($si:expr, $k:expr) => {
+                if $k % line == 0 {
+                    let p = words[$si].as_ptr().wrapping_add($k + AHEAD / std::mem::size_of::<P::Word>());
+                    v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+                }
+            };
+        }
+        match self.axis {
+            Axis::One => {
+                // A row's groups are consecutive in the zero/scale vectors (plane `j` at
+                // `+ j * P`): 16 of them are widened with one vector load, and each group's
+                // value is broadcast from its lane (`vpermps`), exact as a scalar widening.
+                let ng = inp / c;
+                let first: [usize; NS] = std::array::from_fn(|i| rows[i] * inp / c);
+                let mut table = [[f._mm512_setzero_ps(); PW]; NS];
+                let mut zv = [[f._mm512_setzero_ps(); PW]; NS];
+                let mut sv = [[f._mm512_setzero_ps(); PW]; NS];
+                for gi in 0..ng {
+                    let (lane, vector) = (gi % L, gi - gi % L + L <= ng);
+                    if vector && lane == 0 {
+                        for si in 0..NS {
+                            for j in 0..planes {
+                                let at = first[si] + gi + j * self.prows;
+                                zv[si][j] = S::load16(v4, lanes16(&self.zeros[at..]));
+                                sv[si][j] = S::load16(v4, lanes16(&self.scales[at..]));
+                            }
+                        }
+                    }
+                    let pick = f._mm512_set1_epi32(lane as i32);
+                    for si in 0..NS {
+                        for j in 0..planes {
+                            let (z, s) = if vector {
+                                (
+                                    f._mm512_permutexvar_ps(pick, zv[si][j]),
+                                    f._mm512_permutexvar_ps(pick, sv[si][j]),
+                                )
+                            } else {
+                                let ij = first[si] + gi + j * self.prows;
+                                (
+                                    f._mm512_set1_ps(self.zeros[ij].to_f32()),
+                                    f._mm512_set1_ps(self.scales[ij].to_f32()),
+                                )
+                            };
+                            table[si][j] = f._mm512_mul_ps(f._mm512_sub_ps(codes, z), s);
+                        }
+                    }
+                    let g0 = gi * c;
+                    for k in (g0..g0 + c).step_by(L) {
+                        let xv: __m512 = bytemuck::cast(*lanes16(&x[k..]));
+                        for si in 0..NS {
+                            prefetch!(si, k);
+                            let wide = P::Word::widen16(v4, lanes16(&words[si][k..]));
+                            for j in 0..planes {
+                                let idx = f._mm512_srlv_epi32(wide, shifts[j]);
+                                let w = f._mm512_permutexvar_ps(idx, table[si][j]);
+                                acc[si][j] = f._mm512_fmadd_ps(xv, w, acc[si][j]);
+                            }
+                        }
+                    }
+                }
+            }
+            Axis::Zero => {
+                let col0: [usize; NS] = std::array::from_fn(|i| (rows[i] * inp) % c);
+                let shared = col0.iter().all(|&c0| c0 == col0[0]);
+                // A macro, not a closure: a closure is not compiled with the caller's target
+                // features, so its intrinsics would become out-of-line calls.
+                macro_rules! params {
+                    ($at:expr) => {
+                        (
+                            S::load16(v4, lanes16(&self.zeros[$at..])),
+                            S::load16(v4, lanes16(&self.scales[$at..])),
+                        )
+                    };
+                }
+                for k in (0..inp).step_by(L) {
+                    let xv: __m512 = bytemuck::cast(*lanes16(&x[k..]));
+                    let (mut z, mut s) = params!(col0[0] + k);
+                    for si in 0..NS {
+                        prefetch!(si, k);
+                        if si > 0 && !shared {
+                            (z, s) = params!(col0[si] + k);
+                        }
+                        let wide = P::Word::widen16(v4, lanes16(&words[si][k..]));
+                        for j in 0..planes {
+                            let q = f._mm512_cvtepi32_ps(
+                                f._mm512_and_si512(f._mm512_srlv_epi32(wide, shifts[j]), mk),
+                            );
+                            let w = f._mm512_mul_ps(f._mm512_sub_ps(q, z), s);
+                            acc[si][j] = f._mm512_fmadd_ps(xv, w, acc[si][j]);
+                        }
+                    }
+                }
+            }
+        }
+        // Tile order: sets in block order, last plane first.
+        for si in 0..NS {
+            for j in 0..planes {
+                out[(set + si - first) * planes + planes - 1 - j] = sum_lanes(&bytemuck::cast(acc[si][j]));
+            }
+        }
+    }
 }
 
 impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
@@ -56,7 +210,8 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
         let mut n = 0;
         match self.rows_per_plane() {
             Some(rpp) => {
-                for r in b * Self::SETS..((b + 1) * Self::SETS).min(rpp) {
+                for s in b * Self::SETS..((b + 1) * Self::SETS).min(rpp) {
+                    let r = self.set_row(s);
                     // Last plane first: slot `p` of a full set is at shift `p * BITS`.
                     for j in (0..P::PER_WORD).rev() {
                         let o = j * rpp + r;
@@ -79,6 +234,59 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
 
     fn begin(&self, _: usize, _: &mut ()) {}
 
+    /// Aligned layouts only (every plane holds whole rows, all present), inputs a multiple of
+    /// 16, and per axis: 1 — groups a multiple of 16 inputs that never straddle a row, at most
+    /// 4 bits (a group's 16 possible weights fit one register, looked up by code); 0 — each
+    /// row's zero/scale columns contiguous (`C` a multiple of `in`).
+    fn has_gemv(&self) -> bool {
+        let Some(rpp) = self.rows_per_plane() else { return false };
+        let ok_axis = match self.axis {
+            Axis::One => P::BITS.get() <= 4 && self.c.is_multiple_of(16) && self.inp.is_multiple_of(self.c),
+            Axis::Zero => self.c.is_multiple_of(self.inp),
+        };
+        ok_axis && rpp * P::PER_WORD == self.out && self.inp.is_multiple_of(16) && self.prows > 0
+    }
+
+    /// Row `r` of plane 0 reads words `r * in..(r + 1) * in` (the code matrix's flat order),
+    /// plane `j` the code at `P::shift(j)` of the same words. Several row sets run side by
+    /// side (several independent memory streams, one activation load for all). Axis 1: for each
+    /// group, one register per plane and set holds the group's 16 weights `((i & MASK) - z) *
+    /// s` (the tile path's subtraction and multiplication), picked by the shifted code
+    /// (`vpermps` reads the low 4 bits). Axis 0: `(code - z) * s` per lane as the tile path,
+    /// each zero/scale vector loaded once for the sets that share it (see `set_row`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn gemv_v4(&self, v4: pulp::x86::V4, b: usize, x: &[f32], out: &mut [f32; MAX_ROWS]) {
+        let first = b * Self::SETS;
+        let end = (first + Self::SETS).min(self.out / P::PER_WORD);
+        let mut set = first;
+        // Sets per pass: at most 16 accumulators (axis 0) or 8 tables + 8 accumulators (axis
+        // 1); `PW` is `P::PER_WORD` as a constant, so the register arrays have exact sizes.
+        macro_rules! passes {
+            ($ns:literal, $pw:literal) => {{
+                let n = if end - set >= $ns { $ns } else { 1 };
+                if n == $ns {
+                    self.gemv_pass::<$ns, $pw>(v4, set, first, x, out)
+                } else {
+                    self.gemv_pass::<1, $pw>(v4, set, first, x, out)
+                }
+                n
+            }};
+        }
+        while set < end {
+            let n = match (self.axis, P::PER_WORD) {
+                (_, 1) => passes!(8, 1),
+                (Axis::Zero, 2) => passes!(8, 2),
+                (Axis::One, 2) => passes!(4, 2),
+                (Axis::Zero, 4) => passes!(4, 4),
+                (Axis::One, 4) => passes!(2, 4),
+                (Axis::Zero, 8) => passes!(2, 8),
+                (Axis::One, 8) => passes!(1, 8),
+                _ => passes!(1, 10),
+            };
+            set += n;
+        }
+    }
     #[inline(always)]
     fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
         // (first row, planes decoded with it) for each row set.
@@ -88,7 +296,11 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
         };
         let mut slot = 0;
         let mut zs = [0f32; 2 * KT];
-        for r in first..first + sets {
+        for set in first..first + sets {
+            let r = match self.rows_per_plane() {
+                Some(rpp) if set < rpp => self.set_row(set),
+                _ => set,
+            };
             let f0 = r * self.inp + k0;
             // Rows of this set that exist (3-bit padding, last block).
             let mut members = [(0usize, 0usize); 16];
@@ -177,4 +389,11 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
             }
         }
     }
+}
+
+/// The first 16 elements as an array (the caller guarantees at least 16).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes16<T>(x: &[T]) -> &[T; 16] {
+    pulp::as_arrays::<16, T>(&x[..16]).0.first().unwrap_or_else(|| unreachable!())
 }

@@ -58,6 +58,19 @@ pub(crate) trait Decoder: Sync {
     fn begin(&self, b: usize, state: &mut Self::State);
     /// Decode inputs `k0..k1` (at most [`KT`]) of block `b`'s rows into `tile` (see [`Form`]).
     fn decode(&self, b: usize, state: &Self::State, k0: usize, k1: usize, tile: &mut [f32]);
+
+    /// Whether [`Decoder::gemv_v4`] serves every block of this weight at batch 1.
+    fn has_gemv(&self) -> bool {
+        false
+    }
+
+    /// Batch 1 without a tile: block `b`'s sums (tile order, as [`Decoder::block_rows`]),
+    /// decoded and multiplied in AVX-512 registers. It must give the bits the tile path gives
+    /// (same weights, same lanes, same order of fused multiply-adds, same final tree), so a
+    /// row's result never depends on the batch it is in. Only called when
+    /// [`Decoder::has_gemv`].
+    #[cfg(target_arch = "x86_64")]
+    fn gemv_v4(&self, _v4: pulp::x86::V4, _b: usize, _x: &[f32], _out: &mut [f32; MAX_ROWS]) {}
 }
 
 /// A weight whose rows decode independently (int8, int4, FP8, dense): blocks of
@@ -163,6 +176,14 @@ impl<D: Decoder> Kernel for Blocks<'_, D> {
         #[cfg(target_arch = "x86_64")]
         {
             if let Some(v4) = lanes::v4::token() {
+                if self.batch == 1 && self.d.has_gemv() {
+                    let mut out = vec![0f32; (self.end - self.first) * MAX_ROWS];
+                    for (b, o) in (self.first..self.end).zip(out.chunks_exact_mut(MAX_ROWS)) {
+                        let o = pulp::as_arrays_mut::<MAX_ROWS, f32>(o).0;
+                        self.d.gemv_v4(v4, b, self.x, &mut o[0]);
+                    }
+                    return out;
+                }
                 return self.blocks(V4Lanes(v4));
             }
             if let Some(v3) = pulp::x86::V3::try_new().filter(|_| lanes::isa() != lanes::Isa::Baseline) {
@@ -340,7 +361,7 @@ impl<D: Decoder> Blocks<'_, D> {
 
 /// Pairwise sum of 16 lanes: `((l0 + l8) + (l4 + l12)) + ...`, always the same tree.
 #[inline(always)]
-fn sum_lanes(v: &[f32; L]) -> f32 {
+pub(crate) fn sum_lanes(v: &[f32; L]) -> f32 {
     let mut a = *v;
     let mut n = L;
     while n > 1 {

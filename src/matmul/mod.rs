@@ -11,8 +11,12 @@
 //! kernel over that scheme's *tile decoder*: a block of output rows is decoded for 256 inputs
 //! at a time into an `f32` tile that stays in L1, then multiplied with every activation row
 //! (decode once, use `batch` times) with register-blocked accumulators. The same path serves
-//! batch 1 (GEMV, bound by reading the packed weight) and large batches (a blocked GEMM whose
-//! dequantization is amortized over the batch). SIMD: the ISA chosen at run time
+//! large batches (a blocked GEMM whose dequantization is amortized over the batch) and, on
+//! CPUs without AVX-512, batch 1. With AVX-512, batch 1 (GEMV, bound by reading the packed
+//! weight) skips the tile for HQQ (1/2/3/4/8-bit layouts whose planes hold whole rows, inputs a
+//! multiple of 16) and GPTQ/AWQ (2/4/8-bit): codes are decoded and multiplied in registers
+//! (HQQ axis 1 looks a group's 16 weights up by code with `vpermps`), several row streams side
+//! by side with software prefetch, giving the same bits as the tile path. SIMD: the ISA chosen at run time
 //! ([`crate::lanes::isa`]), fused multiply-add with AVX2/AVX-512; rayon over blocks of output
 //! rows, never a cross-thread sum.
 //!
