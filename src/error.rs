@@ -12,6 +12,17 @@ pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Res
     if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
 }
 
+/// The tail of [`Error::ShardPlan`]'s message: the nearest legal world sizes.
+fn nearest_world_sizes(below: &Option<usize>, above: &Option<usize>) -> String {
+    let max = crate::tp::MAX_WORLD_SEARCH;
+    match (below, above) {
+        (Some(b), Some(a)) => format!("nearest legal world sizes: {b} below, {a} above"),
+        (Some(b), None) => format!("nearest legal world sizes: {b} below, none above (up to {max})"),
+        (None, Some(a)) => format!("nearest legal world sizes: none below, {a} above"),
+        (None, None) => format!("no legal world size from 1 to {max}"),
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub(crate) fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
@@ -78,6 +89,79 @@ pub enum Error {
     /// A scheme (or case) that cannot be sharded packed yet.
     #[error("sharding a packed {0} weight is not supported")]
     ShardScheme(&'static str),
+
+    /// An HQQ weight whose grouping repeats every `period` weights (axis 1: the group size;
+    /// axis 0: the code matrix's row length), a period that neither divides nor is a multiple
+    /// of the weight's `cols`: a shard along the inputs cannot keep every weight's group.
+    #[error(
+        "HQQ groups repeat every {period} weights, which neither divides nor is a multiple of the {cols} columns: no shard along the inputs keeps them"
+    )]
+    ShardGrouping {
+        /// The grouping period in weights.
+        period: usize,
+        /// Columns of the weight.
+        cols: usize,
+    },
+
+    /// Fewer groups than a layout's inputs need.
+    #[error("{groups} groups where the inputs need at least {needed}")]
+    TooFewGroups {
+        /// The groups asked for.
+        groups: usize,
+        /// The fewest the layout needs.
+        needed: usize,
+    },
+
+    /// A model-level tensor-parallel plan ([`crate::tp::ShardPlan`]) that does not fit
+    /// `world_size`: `layer` cannot be split as the plan needs (`cause`). `below` / `above`
+    /// are the nearest world sizes (in `1..=`[`crate::tp::MAX_WORLD_SEARCH`]) the whole plan fits.
+    #[error("cannot shard `{layer}` over {world_size} ranks: {cause}; {}", nearest_world_sizes(.below, .above))]
+    ShardPlan {
+        /// The first layer (by name) that does not fit.
+        layer: String,
+        /// The world size asked for.
+        world_size: usize,
+        /// Why the layer does not fit.
+        #[source]
+        cause: Box<Error>,
+        /// The largest legal world size below `world_size`.
+        below: Option<usize>,
+        /// The smallest legal world size above `world_size`.
+        above: Option<usize>,
+    },
+
+    /// A row-parallel layer whose input split is not the output split of the layer that feeds
+    /// it (o_proj <- the q heads, down_proj <- gate/up) on some rank.
+    #[error("rank {rank}: `{layer}` takes inputs {inputs:?} but `{feeder}` gives it outputs {outputs:?}")]
+    ShardFeed {
+        /// The row-parallel layer.
+        layer: String,
+        /// The column-parallel layer feeding it.
+        feeder: String,
+        /// The rank where the splits differ.
+        rank: usize,
+        /// The inputs the row-parallel layer holds on `rank`.
+        inputs: std::ops::Range<usize>,
+        /// The outputs the feeding layer holds on `rank`.
+        outputs: std::ops::Range<usize>,
+    },
+
+    /// A row-parallel layer with no column-parallel layer feeding it in the same block, so its
+    /// input split cannot be checked.
+    #[error("`{layer}` is row-parallel but no {feeders} beside it feeds it")]
+    ShardNoFeeder {
+        /// The row-parallel layer.
+        layer: String,
+        /// The layers that would feed it (`"q_proj or qkv_proj"`, ...).
+        feeders: &'static str,
+    },
+
+    /// A model `config.json` field that is absent where it is needed, or not a positive integer.
+    #[error("config.json: `{field}` is missing or not a positive integer")]
+    ModelConfig {
+        /// The field (`"num_attention_heads"`, ...).
+        field: &'static str,
+    },
 
     /// Ranks called different collectives at the same point.
     #[error("rank {rank} called {what} while this rank called {expected}")]
@@ -353,6 +437,12 @@ pub enum Error {
         /// Index of the first part that differs.
         part: usize,
     },
+
+    /// MPI was already initialized in this process: [`crate::tp::MpiComm::init`] (like
+    /// `mpi::initialize()`) works once per process.
+    #[cfg(feature = "mpi")]
+    #[error("MPI is already initialized in this process (initialize it once per process)")]
+    MpiInitialized,
 
     /// No CUDA driver library (`libcuda`) could be loaded on this machine.
     #[cfg(feature = "cuda")]

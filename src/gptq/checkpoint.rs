@@ -4,7 +4,9 @@
 //! A layer `<prefix>` is the tensors `<prefix>.qweight` (I32 `[K*bits/32, N]`), `.qzeros` (I32
 //! `[G, N*bits/32]`), `.scales` (F16/BF16/F32 `[G, N]`), optionally `.g_idx` (I32 `[K]`; absent
 //! means `k / group_size`) and `.bias` (float `[N]`). K comes from `g_idx` when present, else
-//! from `qweight`'s rows and the config's bits.
+//! from `qweight`'s rows and the config's bits. With a `g_idx`, `G` may exceed `ceil(K /
+//! group_size)`: a tensor-parallel shard of an act-order layer along its inputs keeps every
+//! group of the whole (`qk shard` writes such layers).
 
 use super::{GptqConfig, GptqLayout, ZeroFormat, ZeroFormatMismatch};
 use crate::elem::{Elem, FloatVec};
@@ -150,7 +152,15 @@ impl GptqCheckpoint {
             Some(g) => return Err(shape_error(&name("g_idx"), &[rows * 32 / bits], g)),
             None => rows * 32 / bits,
         };
-        let layout = GptqLayout::new(k, n, config.bits, config.group_size)?;
+        let mut layout = GptqLayout::new(k, n, config.bits, config.group_size)?;
+        // A shard along the inputs of an act-order layer keeps every group of the whole (its
+        // `g_idx` may name any of them): more scale rows than K implies, with a `g_idx`.
+        if g_idx.is_some()
+            && let [groups, _] = scales.shape[..]
+            && groups > layout.groups()
+        {
+            layout = GptqLayout::with_groups(k, n, config.bits, config.group_size, groups)?;
+        }
         let (qr, qc) = layout.qweight_shape();
         let (zr, zc) = layout.qzeros_shape();
         for (part, info, expected) in [

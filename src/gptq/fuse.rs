@@ -62,6 +62,8 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
             "bits"
         } else if l.group_size() != l0.group_size() {
             "group size"
+        } else if l.groups() != l0.groups() {
+            "groups"
         } else if p.format != first.format {
             "zero-point format"
         } else if p.scales.dtype() != first.scales.dtype() {
@@ -89,7 +91,8 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
         }
     }
     let n: usize = parts.iter().map(|p| p.layout.n()).sum();
-    let layout = GptqLayout::new(l0.k(), n, l0.bits(), l0.group_size().map_or(-1, |g| g as i64))?;
+    let layout =
+        GptqLayout::with_groups(l0.k(), n, l0.bits(), l0.group_size().map_or(-1, |g| g as i64), l0.groups())?;
     let bits = l0.bits();
     let (qrows, _) = layout.qweight_shape();
     let qweight =

@@ -67,6 +67,7 @@ pub struct GptqLayout {
     n: usize,
     bits: u8,
     group_size: Option<usize>,
+    groups: usize,
 }
 
 impl GptqLayout {
@@ -89,7 +90,30 @@ impl GptqLayout {
             }
         }
         k.checked_mul(n).ok_or(Error::ShapeOverflow { rows: k, cols: n })?;
-        Ok(Self { k, n, bits, group_size })
+        let groups = group_size.map_or(1, |g| k.div_ceil(g).max(1));
+        Ok(Self { k, n, bits, group_size, groups })
+    }
+
+    /// [`GptqLayout::new`] that keeps `groups` groups of scales and zero points where `k`
+    /// inputs alone would need fewer: a shard along the inputs of an act-order layer keeps
+    /// every group of the whole, since its `g_idx` may reference any of them (as vLLM does).
+    /// `groups` must be at least the count [`GptqLayout::new`] derives.
+    ///
+    /// ```
+    /// use quant_kernels::gptq::GptqLayout;
+    /// let l = GptqLayout::with_groups(64, 32, 4, 32, 8)?; // 64 of 256 act-order inputs
+    /// assert_eq!((l.groups(), l.qzeros_shape()), (8, (8, 4)));
+    /// assert!(GptqLayout::with_groups(64, 32, 4, 32, 1).is_err()); // 64 inputs need 2
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn with_groups(k: usize, n: usize, bits: u8, group_size: i64, groups: usize) -> Result<Self> {
+        let mut l = Self::new(k, n, bits, group_size)?;
+        if groups < l.groups {
+            return Err(Error::TooFewGroups { groups, needed: l.groups });
+        }
+        groups.checked_mul(n).ok_or(Error::ShapeOverflow { rows: groups, cols: n })?;
+        l.groups = groups;
+        Ok(l)
     }
 
     /// Inputs (rows of W).
@@ -108,12 +132,10 @@ impl GptqLayout {
     pub fn group_size(&self) -> Option<usize> {
         self.group_size
     }
-    /// Number of groups G.
+    /// Number of groups G: `ceil(K / group_size)` (1 for -1), or the count given to
+    /// [`GptqLayout::with_groups`].
     pub fn groups(&self) -> usize {
-        match self.group_size {
-            None => 1,
-            Some(g) => self.k.div_ceil(g).max(1),
-        }
+        self.groups
     }
     /// `[K * bits / 32, N]`.
     pub fn qweight_shape(&self) -> (usize, usize) {

@@ -8,14 +8,31 @@
 //!   error-propagating (no hangs).
 //! * [`ColumnParallelLinear`], [`RowParallelLinear`], [`ReplicatedLinear`] over
 //!   [`crate::matmul::QuantLinear`].
+//! * `MpiComm` (feature `mpi`): the same collectives between MPI processes (`mpirun -np N`),
+//!   bit-identical to [`LocalComm`].
 //! * [`kv_head_shard`], [`n_kv_groups`]: KV heads split or replicated over ranks.
+//! * [`ShardPlan`]: a whole model's split (q/k/v, gate/up column-parallel, o/down
+//!   row-parallel, the rest replicated), checked before any work ([`check_cut`]: each scheme's
+//!   boundary rule).
+//! * [`split_packed_experts`], [`split_fp8_experts`], [`shard_fp8_experts`], [`ExpertMlp`]:
+//!   stacked MoE experts split per expert and sharded per rank.
 
 mod comm;
 mod heads;
 mod linear;
+mod moe;
+#[cfg(feature = "mpi")]
+mod mpi;
+mod plan;
 mod shard;
 
+#[cfg(feature = "mpi")]
+pub use self::mpi::{DEFAULT_MAX_CHUNK, MpiComm};
 pub use comm::{Comm, LocalComm, SingleComm};
 pub use heads::{kv_head_shard, n_kv_groups};
 pub use linear::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear};
+pub use moe::{ExpertMlp, MoeDims, shard_fp8_experts, split_fp8_experts, split_packed_experts};
+pub use plan::{
+    AttentionShape, LayerPlan, LayerRole, MAX_WORLD_SEARCH, Parallel, PlanLayer, ShardPlan, check_cut,
+};
 pub use shard::Shard;

@@ -7,6 +7,7 @@
 //! qk inspect DIR                    a GPTQ/AWQ/FP8 checkpoint's config and layers
 //! qk dequantize DIR --out FILE      every quantized layer as <prefix>.weight [out, in], others copied
 //!    [--dtype f32|f16|bf16] [--fuse]
+//! qk shard DIR --world-size N --out OUT   OUT/rank-{r}-of-{N}/: a packed checkpoint per rank
 //! ```
 //!
 //! Exit status: 0 on success, 2 on a usage error or any failure (the message says which).
@@ -24,6 +25,7 @@ mod bench_cmd;
 mod checkpoint_cmd;
 mod demo;
 mod demo_checkpoint;
+mod shard_cmd;
 mod uqff_cmd;
 
 use quant_kernels::DType;
@@ -42,6 +44,12 @@ const USAGE: &str = "usage:
                                  orientation of an unquantized checkpoint (default dtype f16),
                                  copy the other tensors; --fuse writes q/k/v as qkv_proj and
                                  gate/up as gate_up_proj
+  qk shard DIR --world-size N --out OUT
+                                 split a GPTQ, AWQ or FP8 checkpoint for tensor parallelism:
+                                 OUT/rank-{r}-of-{N}/ per rank, a checkpoint of the same scheme
+                                 and file layout, still packed (q/k/v, gate/up split along the
+                                 outputs, o/down along the inputs, the rest copied); a world
+                                 size that does not fit names the layer and the nearest that do
   qk quantize IN.safetensors --method hqq --bits 8|4|3|2|1 --out OUT.uqff
              [--group-size G (64)] [--axis 0|1 (0)] [--steps N (10) | --no-optimize]
              [--round-zeros] [--uqff 1.2|0.2 (1.2)]
@@ -107,6 +115,35 @@ fn parse_dequantize(args: &[String]) -> Result<DequantizeArgs, CliError> {
         dir.ok_or_else(|| CliError::Usage("dequantize needs a checkpoint directory or a .uqff file".into()))?;
     let out = out.ok_or_else(|| CliError::Usage("dequantize needs --out FILE.safetensors".into()))?;
     Ok(DequantizeArgs { dir, out, dtype, fuse })
+}
+
+fn parse_shard(args: &[String]) -> Result<shard_cmd::ShardArgs, CliError> {
+    let (mut dir, mut out, mut world) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value =
+            |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
+        match a.as_str() {
+            "--out" | "-o" => out = Some(PathBuf::from(value(a)?)),
+            "--world-size" | "-n" => {
+                let v = value(a)?;
+                world = match v.parse::<usize>() {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => {
+                        return Err(CliError::Usage(format!("--world-size: `{v}` is not a positive number")));
+                    }
+                }
+            }
+            flag if flag.starts_with('-') => return Err(CliError::Usage(format!("unknown option `{flag}`"))),
+            path if dir.is_none() => dir = Some(PathBuf::from(path)),
+            extra => return Err(CliError::Usage(format!("unexpected argument `{extra}`"))),
+        }
+    }
+    Ok(shard_cmd::ShardArgs {
+        dir: dir.ok_or_else(|| CliError::Usage("shard needs a checkpoint directory".into()))?,
+        world_size: world.ok_or_else(|| CliError::Usage("shard needs --world-size N".into()))?,
+        out: out.ok_or_else(|| CliError::Usage("shard needs --out DIR".into()))?,
+    })
 }
 
 fn parse_quantize(args: &[String]) -> Result<uqff_cmd::QuantizeArgs, CliError> {
@@ -192,6 +229,7 @@ fn run(args: &[String]) -> Result<(), CliError> {
             let a = parse_dequantize(&args[1..])?;
             if a.dir.is_file() { uqff_cmd::dequantize(&a) } else { checkpoint_cmd::dequantize(&a) }
         }
+        Some("shard") => shard_cmd::shard(&parse_shard(&args[1..])?),
         Some("quantize") => uqff_cmd::quantize(&parse_quantize(&args[1..])?),
         Some("bench") => {
             let (mut quick, mut json) = (false, false);
