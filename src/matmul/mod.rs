@@ -64,6 +64,25 @@ impl From<HqqLayer> for HqqWeight {
 }
 
 impl HqqWeight {
+    /// Check every length against the layout, the width and its packing (typed errors, no
+    /// allocation): what [`QuantLinear::new`] and the tensor-parallel shards rely on.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let l = &self.layout;
+        let (r, c) = l.code_shape();
+        expect_len("code-matrix rows", r, self.packed.rows)?;
+        expect_len("code-matrix cols", c, self.packed.cols)?;
+        let (ns, nz, numel) = (self.scales.len(), self.zeros.len(), l.numel());
+        match (&self.packed.words, self.packed.bits) {
+            (PackedWords::U8(w), Bits::B8) => crate::hqq::check::<B8>(l, w.len(), ns, nz, numel),
+            (PackedWords::U8(w), Bits::B4) => crate::hqq::check::<B4>(l, w.len(), ns, nz, numel),
+            (PackedWords::U8(w), Bits::B2) => crate::hqq::check::<B2>(l, w.len(), ns, nz, numel),
+            (PackedWords::U8(w), Bits::B1) => crate::hqq::check::<B1>(l, w.len(), ns, nz, numel),
+            (PackedWords::I32(w), Bits::B3) => crate::hqq::check::<B3>(l, w.len(), ns, nz, numel),
+            (_, bits) => Err(Error::UnsupportedBits(bits.get())),
+        }?;
+        Ok(())
+    }
+
     /// The weight of a UQFF HQQ layer (validated first; its bias is not part of the weight).
     pub fn from_uqff(layer: &crate::io::uqff::UqffHqqLayer) -> Result<Self> {
         use crate::io::safetensors::{Dtype, LeElem};
@@ -194,23 +213,12 @@ impl QuantLinear {
                 (rows, cols, Stored::Dense { rows, cols, w })
             }
             QuantWeight::Hqq(mut h) => {
+                h.validate()?;
                 let l = h.layout;
-                let (r, c) = l.code_shape();
-                expect_len("code-matrix rows", r, h.packed.rows)?;
-                expect_len("code-matrix cols", c, h.packed.cols)?;
                 if h.scales.dtype() != h.zeros.dtype() {
                     h.scales = FloatVec::F32(h.scales.to_f32());
                     h.zeros = FloatVec::F32(h.zeros.to_f32());
                 }
-                let (ns, nz, numel) = (h.scales.len(), h.zeros.len(), l.numel());
-                match (&h.packed.words, h.packed.bits) {
-                    (PackedWords::U8(w), Bits::B8) => crate::hqq::check::<B8>(&l, w.len(), ns, nz, numel),
-                    (PackedWords::U8(w), Bits::B4) => crate::hqq::check::<B4>(&l, w.len(), ns, nz, numel),
-                    (PackedWords::U8(w), Bits::B2) => crate::hqq::check::<B2>(&l, w.len(), ns, nz, numel),
-                    (PackedWords::U8(w), Bits::B1) => crate::hqq::check::<B1>(&l, w.len(), ns, nz, numel),
-                    (PackedWords::I32(w), Bits::B3) => crate::hqq::check::<B3>(&l, w.len(), ns, nz, numel),
-                    (_, bits) => Err(Error::UnsupportedBits(bits.get())),
-                }?;
                 (l.rows(), l.cols(), Stored::Hqq(h))
             }
             QuantWeight::Gptq(g) => Self::gptq(g, false)?,

@@ -264,18 +264,8 @@ impl Shard {
     pub fn apply_hqq(&self, h: &HqqWeight) -> Result<HqqWeight> {
         let l = h.layout;
         let (rows, cols, g, axis) = (l.rows(), l.cols(), l.group_size(), l.axis());
+        h.validate()?;
         let (cr, cc) = l.code_shape();
-        crate::error::expect_len("code-matrix rows", cr, h.packed.rows)?;
-        crate::error::expect_len("code-matrix cols", cc, h.packed.cols)?;
-        let (ns, nz, numel) = (h.scales.len(), h.zeros.len(), l.numel());
-        match (&h.packed.words, h.packed.bits) {
-            (PackedWords::U8(w), Bits::B8) => crate::hqq::check::<B8>(&l, w.len(), ns, nz, numel),
-            (PackedWords::U8(w), Bits::B4) => crate::hqq::check::<B4>(&l, w.len(), ns, nz, numel),
-            (PackedWords::U8(w), Bits::B2) => crate::hqq::check::<B2>(&l, w.len(), ns, nz, numel),
-            (PackedWords::U8(w), Bits::B1) => crate::hqq::check::<B1>(&l, w.len(), ns, nz, numel),
-            (PackedWords::I32(w), Bits::B3) => crate::hqq::check::<B3>(&l, w.len(), ns, nz, numel),
-            (_, bits) => Err(Error::UnsupportedBits(bits.get())),
-        }?;
         let dim = self.dim();
         let r = self.range(if dim == 0 { rows } else { cols })?;
         let len = r.len();
