@@ -123,7 +123,54 @@ fn bad_invocations_exit_2_with_a_message() {
         assert!(err.starts_with("qk: ") && !err.contains("panicked"), "{args:?}: {err}");
     }
     let o = qk(&["--help"]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("qk dequantize DIR"));
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("dequantize"));
+}
+
+/// The one line a usage error leaves on stderr, after checking exit status 2.
+fn usage_error(args: &[&str]) -> String {
+    let o = qk(args);
+    assert_eq!(o.status.code(), Some(2), "{args:?}");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("qk: ") && err.ends_with("(run `qk --help`)\n"), "{args:?}: {err}");
+    err
+}
+
+#[test]
+fn usage_errors_are_one_line_naming_the_argument() {
+    let dir = tiny("tiny-llama-gptq-8bit-single");
+    let d = dir.to_str().unwrap();
+    let err = usage_error(&["dequantize", d, "--out", "/tmp/x.safetensors", "--frobnicate"]);
+    assert!(err.contains("--frobnicate"), "{err}");
+    let err = usage_error(&["inspect", d, "--verbose"]);
+    assert!(err.contains("--verbose"), "{err}");
+    let err = usage_error(&["quantize", "in.safetensors", "--out", "/tmp/x.uqff"]);
+    assert!(err.contains("--bits"), "{err}");
+    let err = usage_error(&["shard", d, "--world-size", "0", "--out", "/tmp/x"]);
+    assert!(err.contains("--world-size") && err.contains("`0`"), "{err}");
+    let err = usage_error(&["quantize", "in.safetensors", "--method", "gptq", "--bits", "4", "-o", "x"]);
+    assert!(err.contains("gptq"), "{err}");
+    let err = usage_error(&["dequantize", d, "--out", "/tmp/x.safetensors", "--dtype", "f8"]);
+    assert!(err.contains("f8") && err.contains("--dtype"), "{err}");
+    let err = usage_error(&["frobnicate"]);
+    assert!(err.contains("frobnicate"), "{err}");
+}
+
+#[test]
+fn help_lists_every_command_and_flag() {
+    let o = qk(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8(o.stdout).unwrap();
+    for command in ["demo", "inspect", "dequantize", "shard", "quantize", "bench"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(command)), "{command}: {text}");
+    }
+    let o = qk(&["dequantize", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("--fuse") && text.contains("--dtype") && text.contains("--out"), "{text}");
+    let o = qk(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8(o.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")));
 }
 
 /// `qk quantize` on a safetensors file holding mistral.rs's input weight and bias reproduces

@@ -230,7 +230,9 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     ]);
     let mut writer = SafetensorsWriter::create(&args.out, &decl, &meta)?;
     let (mut dequantized, mut copied) = (0, 0);
+    let bar = crate::progress::bar(layers.len(), "layers");
     for (name, (_, _, source)) in &outputs {
+        bar.set_message(name.clone());
         let bytes = match source {
             Source::Plain(t) => {
                 copied += 1;
@@ -238,9 +240,10 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
             }
             Source::Weight(parts) => {
                 for p in parts {
-                    warn_zero_format(&model, p)?;
+                    bar.suspend(|| warn_zero_format(&model, p))?;
                     write_linear(&mut writer, name, &model, &layers[p], args.dtype)?;
                     dequantized += 1;
+                    bar.inc(1);
                 }
                 continue;
             }
@@ -255,6 +258,7 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         writer.write(name, &bytes)?;
     }
     writer.finish()?;
+    bar.finish_and_clear();
     out!(
         "wrote {}: {dequantized} layers dequantized to {}{} ({} fused groups), {copied} tensors copied, {:.2} s",
         args.out.display(),

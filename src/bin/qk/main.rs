@@ -1,16 +1,21 @@
-//! `qk`: the quant-kernels command-line tool.
+//! `qk`: the quant-kernels command-line tool (arguments parsed by clap; `qk --help` and
+//! `qk COMMAND --help` list every flag).
 //!
 //! ```text
 //! qk [demo]                         embedded upstream outputs reproduced + throughput vs memcpy
-//! qk quantize IN.safetensors --bits B --out OUT.uqff [...]   HQQ-quantize every 2-D *.weight
-//! qk bench [--quick] [--json]        kernels next to memcpy (JSON records for scripts)
-//! qk inspect DIR                    a GPTQ/AWQ/FP8 checkpoint's config and layers
-//! qk dequantize DIR --out FILE      every quantized layer as <prefix>.weight [out, in], others copied
-//!    [--dtype f32|f16|bf16] [--fuse]
+//! qk inspect PATH                   a GPTQ/AWQ/FP8 checkpoint's config and layers, a .uqff file's
+//!                                   HQQ layers or a .safetensors file's tensors
+//! qk dequantize PATH --out FILE     every quantized layer (checkpoint DIR or .uqff file) as
+//!    [--dtype f32|f16|bf16] [--fuse]  <prefix>.weight [out, in], others copied
 //! qk shard DIR --world-size N --out OUT   OUT/rank-{r}-of-{N}/: a packed checkpoint per rank
+//! qk quantize IN.safetensors --method hqq --bits B --out OUT.uqff [--group-size G] [--axis 0|1]
+//!    [--steps N | --no-optimize] [--round-zeros] [--uqff 1.2|0.2]   HQQ-quantize every 2-D *.weight
+//! qk bench [--quick] [--json]       kernels next to memcpy (JSON records for scripts)
 //! ```
 //!
-//! Exit status: 0 on success, 2 on a usage error or any failure (the message says which).
+//! `dequantize`, `quantize` and `shard` show a progress bar on stderr while it is a terminal.
+//! Exit status: 0 on success (`--help` and `--version` too), 2 on a usage error or any failure,
+//! with a one-line message on stderr that says which.
 
 /// `println!` that reports a closed stdout (`qk inspect DIR | head`) as an error instead of
 /// panicking; `main` exits quietly on a broken pipe.
@@ -25,42 +30,15 @@ mod bench_cmd;
 mod checkpoint_cmd;
 mod demo;
 mod demo_checkpoint;
+mod progress;
 mod shard_cmd;
 mod uqff_cmd;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use quant_kernels::DType;
+use quant_kernels::hqq::{Axis, HqqConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-const USAGE: &str = "usage:
-  qk [demo]                      run the demo: pack/dequantize embedded hqq, GPTQ, AWQ and FP8
-                                 outputs, load + fuse + dequantize an embedded tiny GPTQ
-                                 checkpoint, time 4-bit dequantization next to memcpy
-  qk inspect DIR|FILE            show a GPTQ, AWQ or FP8 checkpoint's config and layers (shape,
-                                 method, stored bytes, bits per weight), a .uqff file's HQQ
-                                 layers, or a .safetensors file's tensors
-  qk dequantize DIR --out FILE.safetensors [--dtype f32|f16|bf16] [--fuse]
-                                 write every quantized layer as <prefix>.weight in the [out, in]
-                                 orientation of an unquantized checkpoint (default dtype f16),
-                                 copy the other tensors; --fuse writes q/k/v as qkv_proj and
-                                 gate/up as gate_up_proj
-  qk shard DIR --world-size N --out OUT
-                                 split a GPTQ, AWQ or FP8 checkpoint for tensor parallelism:
-                                 OUT/rank-{r}-of-{N}/ per rank, a checkpoint of the same scheme
-                                 and file layout, still packed (q/k/v, gate/up split along the
-                                 outputs, o/down along the inputs, the rest copied); a world
-                                 size that does not fit names the layer and the nearest that do
-  qk quantize IN.safetensors --method hqq --bits 8|4|3|2|1 --out OUT.uqff
-             [--group-size G (64)] [--axis 0|1 (0)] [--steps N (10) | --no-optimize]
-             [--round-zeros] [--uqff 1.2|0.2 (1.2)]
-                                 quantize every 2-D float *.weight tensor with HQQ (its *.bias
-                                 goes with it) and write mistral.rs's UQFF
-  qk dequantize FILE.uqff --out FILE.safetensors [--dtype f32|f16|bf16]
-                                 write each UQFF layer back as <prefix>.weight in its [out, in]
-                                 shape (either UQFF revision)
-  qk bench [--quick] [--json]    each kernel's throughput (4096x4096) next to a memcpy of its
-                                 output size in the same run; --json: one record per line
-  qk --help                      this text";
 
 /// Why `qk` failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,174 +59,266 @@ pub enum CliError {
 
 /// Options of `qk dequantize`.
 pub struct DequantizeArgs {
+    /// The checkpoint directory, or the .uqff file.
     pub dir: PathBuf,
+    /// The safetensors file to write.
     pub out: PathBuf,
+    /// Element type of the dequantized weights.
     pub dtype: DType,
+    /// Write q/k/v as `qkv_proj` and gate/up as `gate_up_proj` (checkpoints only).
     pub fuse: bool,
 }
 
-fn parse_dequantize(args: &[String]) -> Result<DequantizeArgs, CliError> {
-    let (mut dir, mut out, mut dtype, mut fuse) = (None, None, DType::F16, false);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value =
-            |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
-        match a.as_str() {
-            "--out" | "-o" => out = Some(PathBuf::from(value(a)?)),
-            "--dtype" => {
-                dtype = match value(a)?.as_str() {
-                    "f32" => DType::F32,
-                    "f16" => DType::F16,
-                    "bf16" => DType::Bf16,
-                    other => {
-                        return Err(CliError::Usage(format!("unknown dtype `{other}` (f32, f16 or bf16)")));
-                    }
-                }
-            }
-            "--fuse" => fuse = true,
-            flag if flag.starts_with('-') => return Err(CliError::Usage(format!("unknown option `{flag}`"))),
-            path if dir.is_none() => dir = Some(PathBuf::from(path)),
-            extra => return Err(CliError::Usage(format!("unexpected argument `{extra}`"))),
-        }
-    }
-    let dir =
-        dir.ok_or_else(|| CliError::Usage("dequantize needs a checkpoint directory or a .uqff file".into()))?;
-    let out = out.ok_or_else(|| CliError::Usage("dequantize needs --out FILE.safetensors".into()))?;
-    Ok(DequantizeArgs { dir, out, dtype, fuse })
+/// Pack, quantize, dequantize and shard quantized LLM weights (HQQ, GPTQ, AWQ, FP8).
+///
+/// Without a command, runs the demo. Exit status: 0 on success, 2 on a usage error or any
+/// failure (one line on stderr says which).
+#[derive(Parser)]
+#[command(name = "qk", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn parse_shard(args: &[String]) -> Result<shard_cmd::ShardArgs, CliError> {
-    let (mut dir, mut out, mut world) = (None, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value =
-            |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
-        match a.as_str() {
-            "--out" | "-o" => out = Some(PathBuf::from(value(a)?)),
-            "--world-size" | "-n" => {
-                let v = value(a)?;
-                world = match v.parse::<usize>() {
-                    Ok(n) if n > 0 => Some(n),
-                    _ => {
-                        return Err(CliError::Usage(format!("--world-size: `{v}` is not a positive number")));
-                    }
-                }
-            }
-            flag if flag.starts_with('-') => return Err(CliError::Usage(format!("unknown option `{flag}`"))),
-            path if dir.is_none() => dir = Some(PathBuf::from(path)),
-            extra => return Err(CliError::Usage(format!("unexpected argument `{extra}`"))),
-        }
-    }
-    Ok(shard_cmd::ShardArgs {
-        dir: dir.ok_or_else(|| CliError::Usage("shard needs a checkpoint directory".into()))?,
-        world_size: world.ok_or_else(|| CliError::Usage("shard needs --world-size N".into()))?,
-        out: out.ok_or_else(|| CliError::Usage("shard needs --out DIR".into()))?,
-    })
+#[derive(Subcommand)]
+enum Command {
+    /// Run the demo (also `qk` alone).
+    ///
+    /// Pack/dequantize embedded hqq, GPTQ, AWQ and FP8 outputs, load + fuse + dequantize an
+    /// embedded tiny GPTQ checkpoint, time 4-bit dequantization next to memcpy.
+    Demo,
+    /// Show a checkpoint's config and layers, or a .uqff or .safetensors file's contents.
+    ///
+    /// A GPTQ, AWQ or FP8 checkpoint directory: its config and layers (shape, method, stored
+    /// bytes, bits per weight). A .uqff file: its HQQ layers. A .safetensors file: its tensors.
+    Inspect {
+        /// A checkpoint directory, a .uqff file or a .safetensors file.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
+    /// Dequantize a GPTQ, AWQ or FP8 checkpoint, or a .uqff file, to one safetensors file.
+    ///
+    /// A checkpoint: write every quantized layer as <prefix>.weight in the [out, in]
+    /// orientation of an unquantized checkpoint (default dtype f16) and copy the other tensors;
+    /// --fuse writes q/k/v as qkv_proj and gate/up as gate_up_proj. A .uqff file (either UQFF
+    /// revision): write each layer back as <prefix>.weight in its [out, in] shape, and its bias.
+    Dequantize(DequantizeCli),
+    /// Split a GPTQ, AWQ or FP8 checkpoint for tensor parallelism: OUT/rank-{r}-of-{N}/ per rank.
+    ///
+    /// Each rank directory is a checkpoint of the same scheme and file layout, still packed
+    /// (q/k/v, gate/up split along the outputs, o/down along the inputs, the rest copied). A
+    /// world size that does not fit names the layer and the nearest that do, before anything is
+    /// written.
+    Shard(ShardCli),
+    /// HQQ-quantize a safetensors file's weights into mistral.rs's UQFF.
+    ///
+    /// Quantize every 2-D float *.weight tensor with HQQ (its *.bias goes with it) and write
+    /// mistral.rs's UQFF (f32 scales and zeros, as its ISQ does); other tensors are left out.
+    Quantize(QuantizeCli),
+    /// Time each kernel next to a memcpy of its output size.
+    ///
+    /// Each kernel's throughput (4096x4096) next to a memcpy of its output size in the same run;
+    /// --json: one record per line.
+    Bench(BenchCli),
 }
 
-fn parse_quantize(args: &[String]) -> Result<uqff_cmd::QuantizeArgs, CliError> {
-    use quant_kernels::hqq::{Axis, HqqConfig};
-    let (mut input, mut out, mut bits, mut group, mut axis) = (None, None, None, 64usize, Axis::Zero);
-    let (mut steps, mut round_zeros, mut version) = (Some(10usize), false, uqff_cmd::UqffVersion::V1);
-    let mut it = args.iter();
-    let number = |flag: &str, v: String| {
-        v.parse::<usize>().map_err(|_| CliError::Usage(format!("{flag}: `{v}` is not a number")))
-    };
-    while let Some(a) = it.next() {
-        let mut value =
-            |flag: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{flag} needs a value")));
-        match a.as_str() {
-            "--method" => {
-                let m = value(a)?;
-                if m != "hqq" {
-                    return Err(CliError::Usage(format!("--method {m}: only hqq quantizes to UQFF")));
-                }
-            }
-            "--bits" => {
-                bits = Some(
-                    u8::try_from(number(a, value(a)?)?)
-                        .map_err(|_| CliError::Usage("--bits: too large".into()))?,
-                )
-            }
-            "--group-size" => group = number(a, value(a)?)?,
-            "--axis" => {
-                axis = match value(a)?.as_str() {
-                    "0" => Axis::Zero,
-                    "1" => Axis::One,
-                    v => return Err(CliError::Usage(format!("--axis {v}: expected 0 or 1"))),
-                }
-            }
-            "--steps" => steps = Some(number(a, value(a)?)?),
-            "--no-optimize" => steps = None,
-            "--round-zeros" => round_zeros = true,
-            "--uqff" => {
-                version = match value(a)?.as_str() {
-                    "1.2" | "1.2.0" => uqff_cmd::UqffVersion::V1,
-                    "0.2" | "0.2.0" => uqff_cmd::UqffVersion::Legacy,
-                    v => return Err(CliError::Usage(format!("--uqff {v}: expected 1.2 or 0.2"))),
-                }
-            }
-            "--out" | "-o" => out = Some(PathBuf::from(value(a)?)),
-            flag if flag.starts_with('-') => return Err(CliError::Usage(format!("unknown option `{flag}`"))),
-            path if input.is_none() => input = Some(PathBuf::from(path)),
-            extra => return Err(CliError::Usage(format!("unexpected argument `{extra}`"))),
-        }
-    }
-    let config = HqqConfig {
-        bits: bits.ok_or_else(|| CliError::Usage("quantize needs --bits".into()))?,
-        group_size: group,
-        axis,
-        optimization_steps: steps.filter(|&s| s > 0),
-        round_zeros,
-        channel_wise: true,
-    };
-    Ok(uqff_cmd::QuantizeArgs {
-        input: input.ok_or_else(|| CliError::Usage("quantize needs an input .safetensors file".into()))?,
-        out: out.ok_or_else(|| CliError::Usage("quantize needs --out FILE.uqff".into()))?,
-        config,
-        version,
-    })
+/// Element type of `qk dequantize`'s output.
+#[derive(Clone, Copy, ValueEnum)]
+enum OutDtype {
+    F32,
+    F16,
+    Bf16,
 }
 
-fn run(args: &[String]) -> Result<(), CliError> {
-    match args.first().map(String::as_str) {
-        None => demo::run(),
-        Some("demo") if args.len() == 1 => demo::run(),
-        Some("-h" | "--help" | "help") => {
-            out!("{USAGE}");
-            Ok(())
-        }
-        Some("inspect") => match &args[1..] {
-            [path] if PathBuf::from(path).is_file() => uqff_cmd::inspect_file(&PathBuf::from(path)),
-            [dir] => checkpoint_cmd::inspect(&PathBuf::from(dir)),
-            _ => Err(CliError::Usage(
-                "inspect takes one checkpoint directory, .uqff or .safetensors file".into(),
-            )),
-        },
-        Some("dequantize") => {
-            let a = parse_dequantize(&args[1..])?;
+#[derive(Args)]
+struct DequantizeCli {
+    /// A GPTQ/AWQ/FP8 checkpoint directory, or a .uqff file.
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// The safetensors file to write.
+    #[arg(short, long, value_name = "FILE")]
+    out: PathBuf,
+    /// Element type of the dequantized weights.
+    #[arg(long, value_enum, default_value_t = OutDtype::F16)]
+    dtype: OutDtype,
+    /// Write q/k/v as qkv_proj and gate/up as gate_up_proj (a checkpoint only).
+    #[arg(long)]
+    fuse: bool,
+}
+
+/// A world size: a positive integer.
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{v}` is not a positive number")),
+    }
+}
+
+#[derive(Args)]
+struct ShardCli {
+    /// A GPTQ, AWQ or FP8 checkpoint directory.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// Number of tensor-parallel ranks.
+    #[arg(short = 'n', long, value_name = "N", value_parser = positive)]
+    world_size: usize,
+    /// Directory to write rank-{r}-of-{N}/ into.
+    #[arg(short, long, value_name = "OUT")]
+    out: PathBuf,
+}
+
+/// Quantization method of `qk quantize`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    /// Half-Quadratic Quantization (the only method UQFF holds here).
+    Hqq,
+}
+
+/// Quantization axis of `qk quantize`.
+#[derive(Clone, Copy, ValueEnum)]
+enum AxisArg {
+    /// hqq's axis=0: a group is a column of the [g, numel/g] code matrix (strided weights).
+    #[value(name = "0")]
+    Zero,
+    /// hqq's axis=1: a group is a row of the [numel/g, g] code matrix (consecutive weights).
+    #[value(name = "1")]
+    One,
+}
+
+/// UQFF revision written by `qk quantize`.
+#[derive(Clone, Copy, ValueEnum)]
+enum UqffArg {
+    /// 1.2.0: safetensors with named tensors.
+    #[value(name = "1.2", alias = "1.2.0")]
+    V1,
+    /// 0.2.0: legacy byte blobs (every bit width).
+    #[value(name = "0.2", alias = "0.2.0")]
+    Legacy,
+}
+
+#[derive(Args)]
+struct QuantizeCli {
+    /// The safetensors file to quantize.
+    #[arg(value_name = "IN")]
+    input: PathBuf,
+    /// Quantization method (only hqq writes UQFF).
+    #[arg(long, value_enum, default_value_t = Method::Hqq)]
+    method: Method,
+    /// Bits per weight: 8, 4, 3, 2 or 1.
+    #[arg(long, value_name = "B")]
+    bits: u8,
+    /// The .uqff file to write.
+    #[arg(short, long, value_name = "OUT")]
+    out: PathBuf,
+    /// Weights per group.
+    #[arg(long, value_name = "G", default_value_t = 64)]
+    group_size: usize,
+    /// The axis hqq groups over.
+    #[arg(long, value_enum, default_value_t = AxisArg::Zero)]
+    axis: AxisArg,
+    /// HQQ optimizer steps (0: none).
+    #[arg(long, value_name = "N", default_value_t = 10, conflicts_with = "no_optimize")]
+    steps: usize,
+    /// Skip HQQ's optimizer (round to nearest).
+    #[arg(long)]
+    no_optimize: bool,
+    /// Round the initial zero points to integers.
+    #[arg(long)]
+    round_zeros: bool,
+    /// UQFF revision to write.
+    #[arg(long, value_enum, value_name = "VERSION", default_value_t = UqffArg::V1)]
+    uqff: UqffArg,
+}
+
+#[derive(Args)]
+struct BenchCli {
+    /// Fewer repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// One JSON record per line (no table).
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<DequantizeCli> for DequantizeArgs {
+    fn from(a: DequantizeCli) -> Self {
+        let dtype = match a.dtype {
+            OutDtype::F32 => DType::F32,
+            OutDtype::F16 => DType::F16,
+            OutDtype::Bf16 => DType::Bf16,
+        };
+        DequantizeArgs { dir: a.path, out: a.out, dtype, fuse: a.fuse }
+    }
+}
+
+impl From<ShardCli> for shard_cmd::ShardArgs {
+    fn from(a: ShardCli) -> Self {
+        shard_cmd::ShardArgs { dir: a.dir, world_size: a.world_size, out: a.out }
+    }
+}
+
+impl From<QuantizeCli> for uqff_cmd::QuantizeArgs {
+    fn from(a: QuantizeCli) -> Self {
+        let Method::Hqq = a.method;
+        let config = HqqConfig {
+            bits: a.bits,
+            group_size: a.group_size,
+            axis: match a.axis {
+                AxisArg::Zero => Axis::Zero,
+                AxisArg::One => Axis::One,
+            },
+            optimization_steps: Some(a.steps).filter(|&s| s > 0 && !a.no_optimize),
+            round_zeros: a.round_zeros,
+            channel_wise: true,
+        };
+        let version = match a.uqff {
+            UqffArg::V1 => uqff_cmd::UqffVersion::V1,
+            UqffArg::Legacy => uqff_cmd::UqffVersion::Legacy,
+        };
+        uqff_cmd::QuantizeArgs { input: a.input, out: a.out, config, version }
+    }
+}
+
+/// A clap error as one line: its first paragraph (the message, and the argument it names when
+/// clap puts that on the next line) without the `error: ` prefix, the usage and tips left out.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = first.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        None | Some(Command::Demo) => demo::run(),
+        Some(Command::Inspect { path }) if path.is_file() => uqff_cmd::inspect_file(&path),
+        Some(Command::Inspect { path }) => checkpoint_cmd::inspect(&path),
+        Some(Command::Dequantize(a)) => {
+            let a = DequantizeArgs::from(a);
             if a.dir.is_file() { uqff_cmd::dequantize(&a) } else { checkpoint_cmd::dequantize(&a) }
         }
-        Some("shard") => shard_cmd::shard(&parse_shard(&args[1..])?),
-        Some("quantize") => uqff_cmd::quantize(&parse_quantize(&args[1..])?),
-        Some("bench") => {
-            let (mut quick, mut json) = (false, false);
-            for a in &args[1..] {
-                match a.as_str() {
-                    "--quick" => quick = true,
-                    "--json" => json = true,
-                    other => return Err(CliError::Usage(format!("bench: unknown option `{other}`"))),
-                }
-            }
-            bench_cmd::bench(quick, json)
-        }
-        Some(_) => Err(CliError::Usage(format!("unknown command `{}`", args.join(" ")))),
+        Some(Command::Shard(a)) => shard_cmd::shard(&a.into()),
+        Some(Command::Quantize(a)) => uqff_cmd::quantize(&a.into()),
+        Some(Command::Bench(a)) => bench_cmd::bench(a.quick, a.json),
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let result = match Cli::try_parse() {
+        Ok(cli) => run(cli),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            // Help and version go to stdout; a closed pipe (`qk --help | head`) is no failure.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => Err(CliError::Usage(one_line(&e))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {

@@ -56,6 +56,15 @@ enum Unit {
     Plain(String),
 }
 
+impl Unit {
+    /// The layer prefix or tensor name (for the progress bar).
+    fn name(&self) -> &str {
+        match self {
+            Unit::Layer(p) | Unit::Dense(p) | Unit::Plain(p) => p,
+        }
+    }
+}
+
 fn io_error(path: &Path, e: &std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() }
 }
@@ -357,10 +366,14 @@ pub fn shard(args: &ShardArgs) -> Result<(), CliError> {
     }
     let mut weight_maps: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); world];
     let mut total_sizes = vec![0usize; world];
+    // A step per unit and rank in each pass: headers (all ranks of a unit at once), then bytes.
+    let unit_count: usize = units.values().map(Vec::len).sum();
+    let bar = crate::progress::bar(2 * unit_count * world, "steps");
     for (file, file_units) in &units {
         // Pass 1: every rank's header (names, dtypes, shapes), one layer in memory at a time.
         let mut decls: Vec<Vec<Decl>> = vec![Vec::new(); world];
         for u in file_units {
+            bar.set_message(format!("{}: headers", u.name()));
             for (r, tensors) in job.decls(u)?.into_iter().enumerate() {
                 for (name, dtype, shape) in tensors {
                     total_sizes[r] += shape.iter().product::<usize>() * dtype.size();
@@ -368,6 +381,7 @@ pub fn shard(args: &ShardArgs) -> Result<(), CliError> {
                     decls[r].push((name, dtype, shape));
                 }
             }
+            bar.inc(world as u64);
         }
         // Pass 2: the bytes, in the declared order, into every rank's file.
         let mut writers = Vec::with_capacity(world);
@@ -386,9 +400,11 @@ pub fn shard(args: &ShardArgs) -> Result<(), CliError> {
         for u in file_units {
             let tensors = job.unit(u)?;
             for (r, writer) in writers.iter_mut().enumerate() {
+                bar.set_message(format!("{}: rank {r} of {world}", u.name()));
                 for (name, _, _, bytes) in tensors.rank(r) {
                     writer.write(name, bytes)?;
                 }
+                bar.inc(1);
             }
         }
         for w in writers {
@@ -406,6 +422,7 @@ pub fn shard(args: &ShardArgs) -> Result<(), CliError> {
             std::fs::write(&path, text).map_err(|e| io_error(&path, &e))?;
         }
     }
+    bar.finish_and_clear();
     let count = |p: Parallel| plan.layers().values().filter(|l| l.parallel() == p).count();
     out!(
         "wrote {} ranks under {}: {} column-parallel and {} row-parallel layers split, {} replicated; {:.2} s",

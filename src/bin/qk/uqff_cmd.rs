@@ -40,13 +40,18 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
     let file = SafetensorsFile::open(&args.input)?;
     let mut layers: Vec<(String, UqffHqqLayer)> = Vec::new();
     let (mut weights, mut skipped) = (0usize, Vec::new());
+    let quantizable = |info: &quant_kernels::io::safetensors::TensorInfo| {
+        info.shape.len() == 2 && matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::Bf16)
+    };
+    let todo = file.tensors().iter().filter(|(n, i)| n.ends_with(".weight") && quantizable(i)).count();
+    let bar = crate::progress::bar(todo, "tensors");
     for (name, info) in file.tensors() {
         let Some(prefix) = name.strip_suffix(".weight") else { continue };
-        let float = matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::Bf16);
-        if info.shape.len() != 2 || !float {
+        if !quantizable(info) {
             skipped.push(name.clone());
             continue;
         }
+        bar.set_message(name.clone());
         let (rows, cols) = (info.shape[0], info.shape[1]);
         let q = match info.dtype {
             Dtype::F16 => hqq::quantize_hqq(&file.read_as::<f16>(name)?, rows, cols, &args.config),
@@ -74,7 +79,9 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
         };
         layers.push((prefix.to_string(), UqffHqqLayer::from_quantized(&q, &args.config, DType::F32, bias)?));
         weights += rows * cols;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let bytes = match args.version {
         UqffVersion::V1 => {
             if !matches!(args.config.bits, 4 | 8) {
@@ -155,7 +162,9 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let mut w = SafetensorsWriter::create(&args.out, &decl, &meta)?;
     let par = quant_kernels::Parallelism::Rayon;
+    let bar = crate::progress::bar(layers.len(), "layers");
     for (name, l) in &layers {
+        bar.set_message(name.clone());
         let data = match args.dtype {
             DType::F32 => to_le_bytes(&l.dequantize::<f32>(par)?),
             DType::F16 => to_le_bytes(&l.dequantize::<f16>(par)?),
@@ -165,8 +174,10 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         if let Some(b) = &l.bias {
             w.write(&format!("{}.bias", name.trim_end_matches(".weight")), &b.data)?;
         }
+        bar.inc(1);
     }
     w.finish()?;
+    bar.finish_and_clear();
     out!(
         "wrote {}: {} HQQ layers dequantized to {}, {:.2} s",
         args.out.display(),
