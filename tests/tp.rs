@@ -138,6 +138,85 @@ fn all_reduce_is_the_rank_order_sum_on_every_rank() {
     }
 }
 
+/// Rank-order sum `((x0 + x1) + x2) + ...` of `data(0..world)`.
+fn rank_order_sum(world: usize, data: impl Fn(usize) -> Vec<f32>) -> Vec<f32> {
+    let mut sum = data(0);
+    for r in 1..world {
+        sum.iter_mut().zip(data(r)).for_each(|(e, x)| *e += x);
+    }
+    sum
+}
+
+#[test]
+fn large_all_reduces_take_the_chunked_path_with_the_same_bits() {
+    use quant_kernels::tp::CHUNKED_ALL_REDUCE_MIN as MIN;
+    // Values of very different magnitudes, so another summation order gives other bits.
+    let data = |r: usize, len: usize, salt: usize| -> Vec<f32> {
+        let mut rng = Rng((r * 7919 + len * 31 + salt) as u64 + 1);
+        (0..len).map(|_| rng.f32_in(-0.5, 0.5) * [1e-3f32, 1.0, 1e4][rng.below(3) as usize]).collect()
+    };
+    for world in [2usize, 3, 4] {
+        // Lengths not divisible by the world size, the threshold itself, just below it (the
+        // whole-buffer path), a shrink and regrow of the group's kept buffers, and buffers of
+        // several segments (a segment is at most 1 Mi values summed over the ranks) with a
+        // short last one.
+        let lens = [MIN + 7, MIN, MIN - 1, 3 * MIN + 1, MIN + 2, (5 << 20) / 2 + 12345, 2 * MIN + 5];
+        let got = on_ranks(world, |c| {
+            lens.iter()
+                .enumerate()
+                .map(|(salt, &len)| {
+                    let mut v = data(c.rank(), len, salt);
+                    // Ranks arrive in varying orders.
+                    if (c.rank() + salt) % 3 == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    c.all_reduce_sum(&mut v).unwrap();
+                    v
+                })
+                .collect::<Vec<_>>()
+        });
+        for (salt, &len) in lens.iter().enumerate() {
+            let want = rank_order_sum(world, |r| data(r, len, salt));
+            // The order matters for these values: a reversed sum differs somewhere.
+            let reversed = {
+                let mut s = data(world - 1, len, salt);
+                for r in (0..world - 1).rev() {
+                    s.iter_mut().zip(data(r, len, salt)).for_each(|(e, x)| *e += x);
+                }
+                s
+            };
+            if world > 2 {
+                assert!(reversed.iter().zip(&want).any(|(a, b)| a.to_bits() != b.to_bits()));
+            }
+            for (rank, per_rank) in got.iter().enumerate() {
+                let v = &per_rank[salt];
+                assert!(
+                    v.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "world {world} rank {rank} len {len}"
+                );
+            }
+        }
+    }
+    // Lengths on both sides of the threshold meet in the same exchange: a length error on
+    // every rank, and the group still works afterwards.
+    let r = on_ranks(2, |c| {
+        let mut v = vec![1.0; if c.rank() == 0 { MIN } else { MIN - 1 }];
+        let first = c.all_reduce_sum(&mut v);
+        let unchanged = v.iter().all(|&x| x == 1.0);
+        let mut w = vec![c.rank() as f32 + 1.0; MIN + 3];
+        let second = c.all_reduce_sum(&mut w).map(|_| w.iter().all(|&x| x == 3.0));
+        (first, unchanged, second)
+    });
+    for (first, unchanged, second) in r {
+        assert!(matches!(first, Err(Error::CommLength { .. })), "{first:?}");
+        assert!(unchanged, "a failed all-reduce left the buffer changed");
+        assert_eq!(second, Ok(true));
+    }
+    // Another collective against a large all-reduce: a mismatch on every rank.
+    let r = on_ranks(2, |c| if c.rank() == 0 { c.barrier() } else { c.all_reduce_sum(&mut vec![1.0; MIN]) });
+    assert!(r.iter().all(|e| matches!(e, Err(Error::CommMismatch { .. }))), "{r:?}");
+}
+
 #[test]
 fn mismatches_and_failures_are_errors_on_every_rank_not_hangs() {
     // Different lengths: every rank fails.

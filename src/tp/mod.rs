@@ -28,7 +28,7 @@ mod shard;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::{DEFAULT_MAX_CHUNK, MpiComm};
-pub use comm::{Comm, LocalComm, SingleComm};
+pub use comm::{CHUNKED_ALL_REDUCE_MIN, Comm, LocalComm, SingleComm};
 pub use heads::{kv_head_shard, n_kv_groups};
 pub use linear::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear};
 pub use moe::{ExpertMlp, MoeDims, shard_fp8_experts, split_fp8_experts, split_packed_experts};
