@@ -422,3 +422,337 @@ fn kv_heads_split_or_replicate() {
     assert!(n_kv_groups(2, 30, 4).is_err());
     assert_eq!(kv_head_shard(2, 16, 4, 4).unwrap_err(), Error::ShardRank { rank: 4, world_size: 4 });
 }
+
+use half::bf16;
+use quant_kernels::awq::{AwqLayer, AwqLayout};
+use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
+use quant_kernels::hqq::{Axis, HqqLayout, pack_hqq};
+use quant_kernels::intx::{self, Granularity};
+use quant_kernels::matmul::HqqWeight;
+
+/// `v` in f32, f16 or bf16 (by `dtype % 3`).
+fn float_vec(v: Vec<f32>, dtype: usize) -> FloatVec {
+    match dtype % 3 {
+        0 => FloatVec::F32(v),
+        1 => FloatVec::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+        _ => FloatVec::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+    }
+}
+
+/// A random HQQ weight (`None` where the width cannot pack its code matrix).
+fn hqq_weight(
+    rows: usize,
+    cols: usize,
+    g: usize,
+    axis: Axis,
+    bits: u8,
+    dtype: usize,
+    rng: &mut Rng,
+) -> Option<HqqWeight> {
+    let layout = HqqLayout::new(rows, cols, g, axis).ok()?;
+    let (cr, cc) = layout.code_shape();
+    let codes: Vec<u8> = (0..rows * cols).map(|_| rng.below(1 << bits) as u8).collect();
+    let packed = pack_hqq(&codes, cr, cc, bits).ok()?;
+    let groups = layout.groups();
+    let scales = (0..groups).map(|_| rng.f32_in(-0.1, 0.1)).collect();
+    let zeros = (0..groups).map(|_| rng.f32_in(0.0, (1u32 << bits) as f32)).collect();
+    Some(HqqWeight { layout, packed, scales: float_vec(scales, dtype), zeros: float_vec(zeros, dtype) })
+}
+
+fn awq_layer(k: usize, n: usize, gs: usize, dtype: usize, rng: &mut Rng) -> AwqLayer {
+    let l = AwqLayout::new(k, n, gs).unwrap();
+    AwqLayer {
+        layout: l,
+        qweight: (0..k * n / 8).map(|_| rng.next_u64() as i32).collect(),
+        qzeros: (0..l.groups() * n / 8).map(|_| rng.next_u64() as i32).collect(),
+        scales: float_vec((0..l.groups() * n).map(|_| rng.f32_in(-0.05, 0.05)).collect(), dtype),
+        bias: Some(FloatVec::F32((0..n).map(|i| i as f32).collect())),
+    }
+}
+
+/// FP8 codes without infinities or NaNs (exponent's top bit clear), so forwards are finite.
+/// `scale`: the per-tensor scale (`block` = `None`), random when `None`.
+fn fp8_layer(
+    rows: usize,
+    cols: usize,
+    block: Option<(usize, usize)>,
+    format: Fp8Format,
+    scale: Option<f32>,
+    rng: &mut Rng,
+) -> Fp8Layer {
+    let layout = match block {
+        Some((br, bc)) => Fp8Layout::block(rows, cols, br, bc).unwrap(),
+        None => Fp8Layout::per_tensor(rows, cols).unwrap(),
+    };
+    let (sr, sc) = layout.scale_shape();
+    Fp8Layer {
+        layout,
+        experts: 1,
+        format,
+        codes: (0..rows * cols).map(|_| rng.next_u64() as u8 & 0b1011_1111).collect(),
+        scales: float_vec(
+            (0..sr * sc).map(|_| scale.unwrap_or_else(|| rng.f32_in(0.001, 0.1))).collect(),
+            cols,
+        ),
+        bias: Some(FloatVec::F32((0..rows).map(|i| i as f32).collect())),
+    }
+}
+
+/// `new_merged(parts)` on rank `rank` of `world`, against the parts' dequantized wholes: its
+/// local weight dequantizes to the rank's rows of each part, stacked, bit for bit, and its
+/// forward is the forward of a dense layer of those rows (within 1e-5 of the magnitude).
+/// `None` when sharding some part fails, after checking `new_merged` fails with that error.
+fn check_merged(
+    parts: &[QuantWeight],
+    biases: Option<&[FloatVec]>,
+    rank: usize,
+    world: usize,
+    x: &[f32],
+    batch: usize,
+    what: &str,
+) -> Option<QuantLinear> {
+    let refs: Vec<(&QuantWeight, Option<&FloatVec>)> =
+        parts.iter().enumerate().map(|(i, w)| (w, biases.map(|b| &b[i]))).collect();
+    let merged = ColumnParallelLinear::new_merged(&refs, None, rank, world);
+    let shard = Shard::Simple { dim: 0, rank, world_size: world };
+    if let Some(e) = parts.iter().find_map(|w| shard.apply_weight(w).err()) {
+        assert_eq!(merged.unwrap_err(), e, "{what}: rank {rank}/{world}: the part's shard error");
+        return None;
+    }
+    let merged = merged.unwrap_or_else(|e| panic!("{what}: rank {rank}/{world}: {e}"));
+    let (mut rows, mut inp, mut want_w, mut want_b) = (0, 0, Vec::new(), Vec::new());
+    for (i, w) in parts.iter().enumerate() {
+        let whole = QuantLinear::new(w.clone(), None).unwrap();
+        let out = whole.out_features();
+        inp = whole.in_features();
+        let r = shard.range(out).unwrap();
+        want_w.extend_from_slice(&whole.dequantize(Parallelism::Serial).unwrap()[r.start * inp..r.end * inp]);
+        if let Some(b) = biases {
+            want_b.extend_from_slice(&b[i].to_f32()[r.clone()]);
+        }
+        rows += r.len();
+    }
+    let local = merged.local();
+    assert_eq!(local.scheme(), parts[0].scheme(), "{what}");
+    assert_eq!((local.out_features(), local.in_features()), (rows, inp), "{what}");
+    let got = local.dequantize(Parallelism::Serial).unwrap();
+    assert!(
+        got.len() == want_w.len() && got.iter().zip(&want_w).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{what}: rank {rank}/{world}: the merged weight dequantizes differently"
+    );
+    let dense = QuantLinear::new(
+        QuantWeight::Dense { rows, cols: inp, w: FloatVec::F32(want_w) },
+        biases.map(|_| FloatVec::F32(want_b)),
+    )
+    .unwrap();
+    let want: Vec<f32> = dense.forward(x, batch, Parallelism::Serial).unwrap();
+    let magnitude = dense.magnitude_reference(x, batch).unwrap();
+    let y: Vec<f32> = merged.forward(x, batch, Parallelism::Serial).unwrap();
+    within(&y, &want, &magnitude, &format!("{what}: rank {rank}/{world} forward"));
+    Some(merged.local().clone())
+}
+
+#[test]
+fn merged_column_parallel_layers_for_every_scheme() {
+    let mut rng = Rng(16);
+    let (inp, batch) = (64usize, 2usize);
+    let outs = [96usize, 48, 48]; // q, k, v
+    let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let merged = |parts: &[QuantWeight], rank, world| {
+        let refs: Vec<(&QuantWeight, Option<&FloatVec>)> = parts.iter().map(|w| (w, None)).collect();
+        ColumnParallelLinear::new_merged(&refs, None, rank, world)
+    };
+    let mut cases: Vec<(String, Vec<QuantWeight>)> = Vec::new();
+    for bits in [8u8, 4, 3, 2, 1] {
+        // Axis 1: parts quantized separately (groups of half a row, a row, two rows).
+        for g in [32usize, 64, 128] {
+            let parts = outs
+                .iter()
+                .map(|&o| {
+                    QuantWeight::Hqq(
+                        hqq_weight(o, inp, g, Axis::One, bits, g + bits as usize, &mut rng).unwrap(),
+                    )
+                })
+                .collect();
+            cases.push((format!("hqq {bits}-bit axis 1 g{g}"), parts));
+        }
+        // Axis 0: the parts of one weight (each keeps every strided group); M = 64 or 128.
+        for g in [192usize, 96] {
+            let whole = hqq_weight(192, inp, g, Axis::Zero, bits, g + bits as usize, &mut rng).unwrap();
+            let parts: Vec<QuantWeight> = [0..96, 96..144, 144..192]
+                .map(|r| {
+                    QuantWeight::Hqq(
+                        Shard::Offset { dim: 0, offset: r.start, len: r.len() }.apply_hqq(&whole).unwrap(),
+                    )
+                })
+                .into();
+            // On one rank the stack is the whole again, layout and all.
+            assert_eq!(merged(&parts, 0, 1).unwrap().local().clone().into_weight(), QuantWeight::Hqq(whole));
+            cases.push((format!("hqq {bits}-bit axis 0 g{g}"), parts));
+        }
+    }
+    for dtype in 0..3 {
+        let parts = outs.iter().map(|&o| QuantWeight::Awq(awq_layer(inp, o, 32, dtype, &mut rng))).collect();
+        cases.push((format!("awq dtype {dtype}"), parts));
+    }
+    for format in [Fp8Format::E4M3, Fp8Format::E5M2] {
+        for block in [Some((8, 32)), Some((16, 16)), None] {
+            let parts = outs
+                .iter()
+                .map(|&o| {
+                    QuantWeight::Fp8(fp8_layer(
+                        o,
+                        inp,
+                        block,
+                        format,
+                        block.is_none().then_some(0.037),
+                        &mut rng,
+                    ))
+                })
+                .collect();
+            cases.push((format!("fp8 {format:?} {block:?}"), parts));
+        }
+    }
+    // int8 per-tensor: separate scales (-> per-channel) and one scale (each part's max is 1).
+    let values = |o: usize, rng: &mut Rng, peak: bool| -> Vec<f32> {
+        let mut v: Vec<f32> = (0..o * inp).map(|_| rng.f32_in(-0.5, 0.5)).collect();
+        v[0] = if peak { 1.0 } else { rng.f32_in(0.6, 0.9) };
+        v
+    };
+    let int8 = |o: usize, g: Granularity, peak: bool, rng: &mut Rng| {
+        QuantWeight::Int8(intx::quantize_int8(&values(o, rng, peak), o, inp, g).unwrap())
+    };
+    use Granularity::{PerChannel, PerTensor};
+    for (name, grans, peak) in [
+        ("int8 per-tensor", [PerTensor; 3], false),
+        ("int8 per-tensor, one scale", [PerTensor; 3], true),
+        ("int8 per-channel", [PerChannel; 3], false),
+        ("int8 mixed", [PerChannel, PerTensor, PerTensor], true),
+    ] {
+        let parts = outs.iter().zip(grans).map(|(&o, g)| int8(o, g, peak, &mut rng)).collect();
+        cases.push((name.to_string(), parts));
+    }
+    for group in [16usize, 64] {
+        let parts = outs
+            .iter()
+            .map(|&o| {
+                QuantWeight::Int4(intx::quantize_int4(&values(o, &mut rng, false), o, inp, group).unwrap())
+            })
+            .collect();
+        cases.push((format!("int4 g{group}"), parts));
+    }
+
+    let mut worlds_ok = [0usize; 4];
+    for (i, (name, parts)) in cases.iter().enumerate() {
+        let biases: Vec<FloatVec> =
+            outs.iter().map(|&o| float_vec((0..o).map(|_| rng.f32_in(-1.0, 1.0)).collect(), i)).collect();
+        let biases = (i % 2 == 0).then_some(&biases[..]);
+        for world in [1usize, 2, 3] {
+            let locals: Vec<Option<QuantLinear>> =
+                (0..world).map(|rank| check_merged(parts, biases, rank, world, &x, batch, name)).collect();
+            if locals.iter().all(Option::is_some) {
+                worlds_ok[world] += 1;
+            } else {
+                // Only where a part's own shard cannot be cut (checked in `check_merged`).
+                assert_eq!(world, 2, "{name}: world {world}");
+            }
+            if let Some(Some(local)) = locals.first() {
+                // One per-tensor int8 scale stays per-tensor; anything else becomes per-channel.
+                if let QuantWeight::Int8(t) = local.clone().into_weight() {
+                    let one = name.as_str() == "int8 per-tensor, one scale";
+                    assert_eq!(t.granularity, if one { PerTensor } else { PerChannel }, "{name}");
+                }
+            }
+        }
+    }
+    assert_eq!((worlds_ok[1], worlds_ok[3]), (cases.len(), cases.len()));
+    // World 2 cuts k and v at 24 rows: not on a 16-row FP8 block (2 cases), 12 1-bit HQQ code rows (2).
+    assert!(worlds_ok[2] + 4 >= cases.len(), "world 2: {} of {}", worlds_ok[2], cases.len());
+
+    // Errors. Parts of different schemes.
+    let q = int8(96, PerTensor, false, &mut rng);
+    let k = QuantWeight::Int4(intx::quantize_int4(&values(48, &mut rng, false), 48, inp, 16).unwrap());
+    assert_eq!(
+        merged(&[q.clone(), k, q.clone()], 0, 1).unwrap_err(),
+        Error::Fuse { what: "scheme", part: 1 }
+    );
+    // FP8 per-tensor parts with different scales: no one scale without requantizing.
+    let fp8_parts: Vec<QuantWeight> = outs
+        .iter()
+        .map(|&o| QuantWeight::Fp8(fp8_layer(o, inp, None, Fp8Format::E4M3, None, &mut rng)))
+        .collect();
+    assert_eq!(merged(&fp8_parts, 0, 1).unwrap_err(), Error::Fuse { what: "fp8 per-tensor scale", part: 1 });
+    assert_eq!(merged(&fp8_parts, 1, 2).unwrap_err(), Error::Fuse { what: "fp8 per-tensor scale", part: 1 });
+    // FP8 formats, block sizes, and a part that ends inside a scale block (the last may).
+    let fp8 =
+        |o, block, format, rng: &mut Rng| QuantWeight::Fp8(fp8_layer(o, inp, block, format, Some(1.0), rng));
+    let e4 = Fp8Format::E4M3;
+    let (a, b) = (fp8(48, Some((8, 32)), e4, &mut rng), fp8(48, Some((8, 32)), Fp8Format::E5M2, &mut rng));
+    assert_eq!(merged(&[a.clone(), b], 0, 1).unwrap_err(), Error::Fuse { what: "fp8 format", part: 1 });
+    let (c, d) = (fp8(48, Some((16, 32)), e4, &mut rng), fp8(48, None, e4, &mut rng));
+    assert_eq!(
+        merged(&[a.clone(), c], 0, 1).unwrap_err(),
+        Error::Fuse { what: "fp8 scale block size", part: 1 }
+    );
+    assert_eq!(
+        merged(&[a.clone(), d], 0, 1).unwrap_err(),
+        Error::Fuse { what: "fp8 scale block size", part: 1 }
+    );
+    let short = fp8(44, Some((8, 32)), e4, &mut rng);
+    assert_eq!(
+        merged(&[a.clone(), short.clone(), a.clone()], 0, 1).unwrap_err(),
+        Error::ShardBoundary { what: "fp8 scale block", at: 92, multiple: 8 }
+    );
+    assert!(
+        check_merged(&[a.clone(), a.clone(), short], None, 0, 1, &x, batch, "fp8 partial last").is_some()
+    );
+    // HQQ: axis-0 parts quantized separately (their strided groups would mix), widths, axes.
+    let hqq = |o, g, axis, bits, rng: &mut Rng| {
+        QuantWeight::Hqq(hqq_weight(o, inp, g, axis, bits, 0, rng).unwrap())
+    };
+    let (h0, h1) = (hqq(96, 96, Axis::Zero, 4, &mut rng), hqq(48, 48, Axis::Zero, 4, &mut rng)); // M = 64 each
+    assert_eq!(
+        merged(&[h0, h1], 0, 1).unwrap_err(),
+        Error::Fuse { what: "hqq axis-0 scales and zeros", part: 1 }
+    );
+    let (h0, h1) = (hqq(96, 32, Axis::Zero, 4, &mut rng), hqq(48, 32, Axis::Zero, 4, &mut rng));
+    assert_eq!(
+        merged(&[h0, h1], 0, 1).unwrap_err(),
+        Error::Fuse { what: "hqq axis-0 code columns", part: 1 }
+    );
+    let (h0, h1) = (hqq(96, 64, Axis::One, 4, &mut rng), hqq(48, 64, Axis::One, 2, &mut rng));
+    assert_eq!(merged(&[h0.clone(), h1], 0, 1).unwrap_err(), Error::Fuse { what: "bits", part: 1 });
+    let h1 = hqq(48, 64, Axis::Zero, 4, &mut rng);
+    assert_eq!(merged(&[h0.clone(), h1], 0, 1).unwrap_err(), Error::Fuse { what: "hqq axis", part: 1 });
+    let h1 = hqq(48, 32, Axis::One, 4, &mut rng);
+    assert_eq!(merged(&[h0.clone(), h1], 0, 1).unwrap_err(), Error::Fuse { what: "group size", part: 1 });
+    // Parts with other inputs, in every scheme.
+    let narrow: [(QuantWeight, QuantWeight, &str); 6] = [
+        (h0, QuantWeight::Hqq(hqq_weight(48, 32, 64, Axis::One, 4, 0, &mut rng).unwrap()), "inputs"),
+        (
+            QuantWeight::Awq(awq_layer(inp, 96, 32, 0, &mut rng)),
+            QuantWeight::Awq(awq_layer(32, 48, 32, 0, &mut rng)),
+            "K",
+        ),
+        (a, QuantWeight::Fp8(fp8_layer(48, 32, Some((8, 32)), e4, Some(1.0), &mut rng)), "inputs"),
+        (q, QuantWeight::Int8(intx::quantize_int8(&[0.5; 48 * 32], 48, 32, PerTensor).unwrap()), "inputs"),
+        (
+            QuantWeight::Int4(intx::quantize_int4(&values(96, &mut rng, false), 96, inp, 16).unwrap()),
+            QuantWeight::Int4(intx::quantize_int4(&[0.5; 48 * 32], 48, 32, 16).unwrap()),
+            "inputs",
+        ),
+        (
+            QuantWeight::Dense { rows: 96, cols: inp, w: FloatVec::F32(vec![0.0; 96 * inp]) },
+            QuantWeight::Dense { rows: 48, cols: 32, w: FloatVec::F32(vec![0.0; 48 * 32]) },
+            "inputs",
+        ),
+    ];
+    for (wide, narrow, what) in narrow {
+        let scheme = wide.scheme();
+        assert_eq!(
+            merged(&[wide.clone(), wide, narrow], 0, 1).unwrap_err(),
+            Error::Fuse { what, part: 2 },
+            "{scheme}"
+        );
+    }
+}

@@ -300,10 +300,9 @@ impl ShardPlan {
     }
 
     /// The part of layer `name`'s weight `rank` holds, still packed: each range of the plan cut
-    /// with [`Shard::apply_weight`], the pieces of a fused layer stacked along the outputs
-    /// (GPTQ with [`crate::gptq::fuse_columns`], dense by rows; other schemes are
-    /// [`Error::ShardScheme`], which [`ShardPlan::new`] already reports). A replicated layer is
-    /// returned whole.
+    /// with [`Shard::apply_weight`], the pieces of a fused layer stacked along the outputs still
+    /// packed (as [`super::ColumnParallelLinear::new_merged`] stacks its parts; [`ShardPlan::new`]
+    /// accepts fused layers of GPTQ and dense weights only). A replicated layer is returned whole.
     pub fn shard(&self, name: &str, rank: usize, w: &QuantWeight) -> Result<QuantWeight> {
         let plan = self.layers.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
         if rank >= self.world_size {
@@ -316,41 +315,8 @@ impl ShardPlan {
         if parts.len() == 1 {
             return Ok(parts.remove(0));
         }
-        stack_outputs(parts)
+        super::linear::concat_rows(parts)
     }
-}
-
-/// Pieces of one weight stacked along the outputs.
-fn stack_outputs(parts: Vec<QuantWeight>) -> Result<QuantWeight> {
-    let gptq: Vec<_> =
-        parts.iter().filter_map(|p| if let QuantWeight::Gptq(g) = p { Some(g) } else { None }).collect();
-    if gptq.len() == parts.len() {
-        return Ok(QuantWeight::Gptq(crate::gptq::fuse_columns(&gptq)?));
-    }
-    let mut rows_total = 0;
-    let mut cols0 = None;
-    let mut stacked: Option<FloatVec> = None;
-    for p in &parts {
-        let QuantWeight::Dense { rows, cols, w } = p else {
-            return Err(Error::ShardScheme(p.scheme()));
-        };
-        if *cols0.get_or_insert(*cols) != *cols {
-            return Err(Error::Fuse { what: "K", part: 0 });
-        }
-        rows_total += rows;
-        match (&mut stacked, w) {
-            (None, w) => stacked = Some(w.clone()),
-            (Some(FloatVec::F32(a)), FloatVec::F32(b)) => a.extend_from_slice(b),
-            (Some(FloatVec::F16(a)), FloatVec::F16(b)) => a.extend_from_slice(b),
-            (Some(FloatVec::Bf16(a)), FloatVec::Bf16(b)) => a.extend_from_slice(b),
-            _ => return Err(Error::Fuse { what: "dtype", part: 0 }),
-        }
-    }
-    Ok(QuantWeight::Dense {
-        rows: rows_total,
-        cols: cols0.unwrap_or(0),
-        w: stacked.unwrap_or(FloatVec::F32(Vec::new())),
-    })
 }
 
 /// Whether rank range `r` of dimension `dim` (0 = outputs, 1 = inputs) of an `[out, inp]`

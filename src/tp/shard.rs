@@ -490,7 +490,7 @@ impl Shard {
 }
 
 /// `Ok` when `at` is a multiple of `multiple`, else [`Error::ShardBoundary`].
-fn on(at: usize, multiple: usize, what: &'static str) -> Result<()> {
+pub(super) fn on(at: usize, multiple: usize, what: &'static str) -> Result<()> {
     if at.is_multiple_of(multiple) { Ok(()) } else { Err(Error::ShardBoundary { what, at, multiple }) }
 }
 

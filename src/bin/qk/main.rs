@@ -98,10 +98,10 @@ enum Command {
     },
     /// Dequantize a GPTQ, AWQ or FP8 checkpoint, or a .uqff file, to one safetensors file.
     ///
-    /// A checkpoint: write every quantized layer as <prefix>.weight in the [out, in]
+    /// A checkpoint: write every quantized layer as `<prefix>.weight` in the [out, in]
     /// orientation of an unquantized checkpoint (default dtype f16) and copy the other tensors;
     /// --fuse writes q/k/v as qkv_proj and gate/up as gate_up_proj. A .uqff file (either UQFF
-    /// revision): write each layer back as <prefix>.weight in its [out, in] shape, and its bias.
+    /// revision): write each layer back as `<prefix>.weight` in its [out, in] shape, and its bias.
     Dequantize(DequantizeCli),
     /// Split a GPTQ, AWQ or FP8 checkpoint for tensor parallelism: OUT/rank-{r}-of-{N}/ per rank.
     ///
