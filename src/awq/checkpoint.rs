@@ -111,7 +111,9 @@ impl AwqLayerInfo {
     /// Bytes the layer's tensors take in the checkpoint.
     pub fn stored_bytes(&self) -> usize {
         let l = &self.layout;
-        4 * (l.k() + l.groups()) * l.packed_cols()
+        // Tensor by tensor: each product is a checked tensor's size (`k` alone may be huge
+        // when `packed_cols` is 0).
+        4 * (l.k() * l.packed_cols() + l.groups() * l.packed_cols())
             + self.scale_dtype.size() * l.groups() * l.n()
             + self.bias.map_or(0, |d| d.size() * l.n())
     }

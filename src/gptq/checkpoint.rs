@@ -147,10 +147,12 @@ impl GptqCheckpoint {
         let [rows, n] = qweight.shape[..] else {
             return Err(shape_error(&name("qweight"), &[0, 0], &qweight));
         };
+        // `rows` is bounded by the file only when `n` > 0: a zero-byte `[huge, 0]` is valid.
+        let k_of_rows = rows.checked_mul(32).ok_or(Error::ShapeOverflow { rows, cols: n })? / bits;
         let k = match &g_idx {
             Some(g) if g.shape.len() == 1 => g.shape[0],
-            Some(g) => return Err(shape_error(&name("g_idx"), &[rows * 32 / bits], g)),
-            None => rows * 32 / bits,
+            Some(g) => return Err(shape_error(&name("g_idx"), &[k_of_rows], g)),
+            None => k_of_rows,
         };
         let mut layout = GptqLayout::new(k, n, config.bits, config.group_size)?;
         // A shard along the inputs of an act-order layer keeps every group of the whole (its

@@ -89,7 +89,11 @@ impl GptqLayout {
                 return Err(Error::NotMultiple { what, value, multiple: per });
             }
         }
-        k.checked_mul(n).ok_or(Error::ShapeOverflow { rows: k, cols: n })?;
+        // K * N elements, and K * bits, N * bits for the packed shapes (either may be huge
+        // while the other is 0).
+        if k.checked_mul(n).is_none() || k.checked_mul(32).is_none() || n.checked_mul(32).is_none() {
+            return Err(Error::ShapeOverflow { rows: k, cols: n });
+        }
         let groups = group_size.map_or(1, |g| k.div_ceil(g).max(1));
         Ok(Self { k, n, bits, group_size, groups })
     }
@@ -196,7 +200,9 @@ pub(crate) fn check<S>(
     expect_len("qzeros", zr * zc, qzeros.len())?;
     expect_len("scales", layout.groups() * layout.n, scales.len())?;
     expect_len("out", layout.k * layout.n, out)?;
-    let rows_group = groups_of_rows(layout, g_idx)?;
+    // No output (K or N is 0) reads no row's group, and when N is 0 no stored data bounds K:
+    // derive none (a given `g_idx` is still checked).
+    let rows_group = if out == 0 && g_idx.is_none() { Vec::new() } else { groups_of_rows(layout, g_idx)? };
     let zeros = layout::unpack_zeros(qzeros, layout, format);
     Ok(Checked { rows_group, zeros })
 }
@@ -298,6 +304,9 @@ pub fn gptq_dequantize_reference_into<S: Elem, O: Elem>(
     out: &mut [O],
 ) -> Result<()> {
     let c = check(layout, qweight, qzeros, scales, g_idx, format, out.len())?;
+    if out.is_empty() {
+        return Ok(()); // K may be huge when N is 0: nothing to loop over
+    }
     reference::dequant(layout, qweight, &c.rows_group, qzeros, format, scales, out);
     Ok(())
 }

@@ -360,7 +360,8 @@ pub struct SafetensorsWriter {
 
 impl SafetensorsWriter {
     /// Create `path` and write the header for `tensors` (written later in this order) and
-    /// `metadata`.
+    /// `metadata`. A name declared twice, or named `__metadata__`, is an [`Error::Safetensors`]
+    /// (nothing is created).
     pub fn create(
         path: impl AsRef<Path>,
         tensors: &[(String, Dtype, Vec<usize>)],
@@ -374,6 +375,14 @@ impl SafetensorsWriter {
         let mut entries = Vec::with_capacity(tensors.len());
         let mut at = 0usize;
         for (name, dtype, shape) in tensors {
+            // A repeated name (or the metadata key) would leave a header that does not describe
+            // the data written after it.
+            if name == "__metadata__" || header.contains_key(name) {
+                return Err(malformed(
+                    &path.display().to_string(),
+                    format!("tensor name `{name}` is declared twice or reserved"),
+                ));
+            }
             let len = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d));
             let len = len.ok_or(Error::ShapeOverflow { rows: shape.len(), cols: dtype.size() })?;
             let end = at.checked_add(len).ok_or(Error::ShapeOverflow { rows: at, cols: len })?;
