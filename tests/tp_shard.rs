@@ -5,14 +5,14 @@
 
 mod common;
 
-use common::{Rng, layer};
-use half::{bf16, f16};
+use common::{Rng, float_vec, hqq_weight, layer};
+use half::f16;
 use quant_kernels::awq::{AwqLayer, AwqLayout};
 use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
-use quant_kernels::hqq::{Axis, HqqLayout, pack_hqq};
+use quant_kernels::hqq::Axis;
 use quant_kernels::intx::{self, Granularity};
-use quant_kernels::matmul::{HqqWeight, QuantLinear, QuantWeight};
+use quant_kernels::matmul::{QuantLinear, QuantWeight};
 use quant_kernels::tp::{
     ExpertMlp, MoeDims, Shard, shard_fp8_experts, split_fp8_experts, split_packed_experts,
 };
@@ -123,33 +123,6 @@ impl Tally {
     }
 }
 
-fn scale_vec(v: Vec<f32>, dtype: usize) -> FloatVec {
-    match dtype % 3 {
-        0 => FloatVec::F32(v),
-        1 => FloatVec::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-        _ => FloatVec::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
-    }
-}
-
-fn hqq(
-    rows: usize,
-    cols: usize,
-    g: usize,
-    axis: Axis,
-    bits: u8,
-    dtype: usize,
-    rng: &mut Rng,
-) -> Option<HqqWeight> {
-    let layout = HqqLayout::new(rows, cols, g, axis).ok()?;
-    let (cr, cc) = layout.code_shape();
-    let codes: Vec<u8> = (0..rows * cols).map(|_| rng.below(1 << bits) as u8).collect();
-    let packed = pack_hqq(&codes, cr, cc, bits).ok()?; // widths that cannot pack this shape
-    let groups = layout.groups();
-    let scales = (0..groups).map(|_| rng.f32_in(-0.1, 0.1)).collect();
-    let zeros = (0..groups).map(|_| rng.f32_in(0.0, (1u32 << bits) as f32)).collect();
-    Some(HqqWeight { layout, packed, scales: scale_vec(scales, dtype), zeros: scale_vec(zeros, dtype) })
-}
-
 #[test]
 fn hqq_shards_equal_shards_of_the_dequantized_whole() {
     let mut rng = Rng(81);
@@ -173,7 +146,9 @@ fn hqq_shards_equal_shards_of_the_dequantized_whole() {
     ];
     for bits in [8u8, 4, 3, 2, 1] {
         for (i, &(rows, cols, g, axis)) in cases.iter().enumerate() {
-            let Some(w) = hqq(rows, cols, g, axis, bits, i + bits as usize, &mut rng) else { continue };
+            let Some(w) = hqq_weight(rows, cols, g, axis, bits, i + bits as usize, &mut rng) else {
+                continue;
+            };
             let w = QuantWeight::Hqq(w);
             let whole = deq(&w);
             for shard in shards(rows, cols, &[1, 2, 4, 5, 8, 16, 32], 12, &mut rng) {
@@ -206,7 +181,7 @@ fn hqq_shards_equal_shards_of_the_dequantized_whole() {
 #[test]
 fn hqq_bad_shards_are_typed_errors() {
     let mut rng = Rng(82);
-    let w = |rows, cols, g, axis, bits, rng: &mut Rng| hqq(rows, cols, g, axis, bits, 0, rng).unwrap();
+    let w = |rows, cols, g, axis, bits, rng: &mut Rng| hqq_weight(rows, cols, g, axis, bits, 0, rng).unwrap();
     let a = w(16, 64, 32, Axis::One, 4, &mut rng);
     assert_eq!(
         Shard::Offset { dim: 1, offset: 16, len: 32 }.apply_hqq(&a).unwrap_err(),
@@ -349,7 +324,7 @@ fn awq(k: usize, n: usize, gs: usize, rng: &mut Rng) -> AwqLayer {
         layout: l,
         qweight: (0..k * n / 8).map(|_| rng.next_u64() as i32).collect(),
         qzeros: (0..l.groups() * n / 8).map(|_| rng.next_u64() as i32).collect(),
-        scales: scale_vec((0..l.groups() * n).map(|_| rng.f32_in(-0.05, 0.05)).collect(), k + n),
+        scales: float_vec((0..l.groups() * n).map(|_| rng.f32_in(-0.05, 0.05)).collect(), k + n),
         bias: Some(FloatVec::F32((0..n).map(|i| i as f32).collect())),
     }
 }
@@ -403,7 +378,7 @@ fn fp8(rows: usize, cols: usize, block: Option<(usize, usize)>, experts: usize, 
         experts,
         format: if rng.below(2) == 0 { Fp8Format::E4M3 } else { Fp8Format::E5M2 },
         codes: (0..experts * rows * cols).map(|_| rng.next_u64() as u8).collect(), // NaNs too
-        scales: scale_vec((0..experts * sr * sc).map(|_| rng.f32_in(0.001, 2.0)).collect(), rows + cols),
+        scales: float_vec((0..experts * sr * sc).map(|_| rng.f32_in(0.001, 2.0)).collect(), rows + cols),
         bias: Some(FloatVec::F32((0..experts * rows).map(|i| i as f32).collect())),
     }
 }
@@ -542,8 +517,8 @@ fn packed_dense_experts_split_like_mistral_rs_and_shard_back_to_the_whole() {
             }
         }
         // Round the test values to the dtype first so the comparisons are exact.
-        let (gate_up, down) = (scale_vec(gate_up, dtype), scale_vec(down, dtype));
-        let round = |v: &Vec<f32>| scale_vec(v.clone(), dtype).to_f32();
+        let (gate_up, down) = (float_vec(gate_up, dtype), float_vec(down, dtype));
+        let round = |v: &Vec<f32>| float_vec(v.clone(), dtype).to_f32();
         let dims = MoeDims { experts, hidden, intermediate: inter };
         let whole = split_packed_experts(&gate_up, &down, dims, 0, 1).unwrap();
         assert_eq!(whole.len(), experts);

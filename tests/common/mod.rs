@@ -85,3 +85,37 @@ pub fn layer(l: &quant_kernels::gptq::GptqLayout, act_order: bool, rng: &mut Rng
     }
     Layer { qweight, qzeros, scales, g_idx }
 }
+
+/// `v` in f32, f16 or bf16 (by `dtype % 3`).
+pub fn float_vec(v: Vec<f32>, dtype: usize) -> quant_kernels::FloatVec {
+    match dtype % 3 {
+        0 => quant_kernels::FloatVec::F32(v),
+        1 => quant_kernels::FloatVec::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+        _ => quant_kernels::FloatVec::Bf16(v.iter().map(|&x| half::bf16::from_f32(x)).collect()),
+    }
+}
+
+/// A random HQQ weight (`None` where the width cannot pack its code matrix).
+pub fn hqq_weight(
+    rows: usize,
+    cols: usize,
+    g: usize,
+    axis: quant_kernels::hqq::Axis,
+    bits: u8,
+    dtype: usize,
+    rng: &mut Rng,
+) -> Option<quant_kernels::matmul::HqqWeight> {
+    let layout = quant_kernels::hqq::HqqLayout::new(rows, cols, g, axis).ok()?;
+    let (cr, cc) = layout.code_shape();
+    let codes: Vec<u8> = (0..rows * cols).map(|_| rng.below(1 << bits) as u8).collect();
+    let packed = quant_kernels::hqq::pack_hqq(&codes, cr, cc, bits).ok()?;
+    let groups = layout.groups();
+    let scales = (0..groups).map(|_| rng.f32_in(-0.1, 0.1)).collect();
+    let zeros = (0..groups).map(|_| rng.f32_in(0.0, (1u32 << bits) as f32)).collect();
+    Some(quant_kernels::matmul::HqqWeight {
+        layout,
+        packed,
+        scales: float_vec(scales, dtype),
+        zeros: float_vec(zeros, dtype),
+    })
+}
