@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Rng, layer};
+use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;
 use quant_kernels::gptq::{GptqCheckpoint, GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::matmul::{QuantLinear, QuantWeight};
@@ -423,41 +423,10 @@ fn kv_heads_split_or_replicate() {
     assert_eq!(kv_head_shard(2, 16, 4, 4).unwrap_err(), Error::ShardRank { rank: 4, world_size: 4 });
 }
 
-use half::bf16;
 use quant_kernels::awq::{AwqLayer, AwqLayout};
 use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
-use quant_kernels::hqq::{Axis, HqqLayout, pack_hqq};
+use quant_kernels::hqq::Axis;
 use quant_kernels::intx::{self, Granularity};
-use quant_kernels::matmul::HqqWeight;
-
-/// `v` in f32, f16 or bf16 (by `dtype % 3`).
-fn float_vec(v: Vec<f32>, dtype: usize) -> FloatVec {
-    match dtype % 3 {
-        0 => FloatVec::F32(v),
-        1 => FloatVec::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-        _ => FloatVec::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
-    }
-}
-
-/// A random HQQ weight (`None` where the width cannot pack its code matrix).
-fn hqq_weight(
-    rows: usize,
-    cols: usize,
-    g: usize,
-    axis: Axis,
-    bits: u8,
-    dtype: usize,
-    rng: &mut Rng,
-) -> Option<HqqWeight> {
-    let layout = HqqLayout::new(rows, cols, g, axis).ok()?;
-    let (cr, cc) = layout.code_shape();
-    let codes: Vec<u8> = (0..rows * cols).map(|_| rng.below(1 << bits) as u8).collect();
-    let packed = pack_hqq(&codes, cr, cc, bits).ok()?;
-    let groups = layout.groups();
-    let scales = (0..groups).map(|_| rng.f32_in(-0.1, 0.1)).collect();
-    let zeros = (0..groups).map(|_| rng.f32_in(0.0, (1u32 << bits) as f32)).collect();
-    Some(HqqWeight { layout, packed, scales: float_vec(scales, dtype), zeros: float_vec(zeros, dtype) })
-}
 
 fn awq_layer(k: usize, n: usize, gs: usize, dtype: usize, rng: &mut Rng) -> AwqLayer {
     let l = AwqLayout::new(k, n, gs).unwrap();
@@ -755,4 +724,19 @@ fn merged_column_parallel_layers_for_every_scheme() {
             "{scheme}"
         );
     }
+}
+
+#[test]
+fn merged_dense_parts_keep_their_dtype() {
+    let part = |rows: usize, v: f32| QuantWeight::Dense {
+        rows,
+        cols: 4,
+        w: FloatVec::F16(vec![f16::from_f32(v); rows * 4]),
+    };
+    let (q, k) = (part(4, 1.5), part(2, -2.0));
+    let merged = ColumnParallelLinear::new_merged(&[(&q, None), (&k, None)], None, 0, 1).unwrap();
+    let QuantWeight::Dense { rows, cols, w } = merged.local().clone().into_weight() else { panic!() };
+    assert_eq!((rows, cols), (6, 4));
+    let FloatVec::F16(w) = w else { panic!("f16 parts stacked as {:?}", w.dtype()) };
+    assert_eq!(w.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), [[1.5; 16].as_slice(), &[-2.0; 8]].concat());
 }

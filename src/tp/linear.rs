@@ -282,19 +282,24 @@ fn concat_bias<T>(parts: &[&T], bias: impl Fn(&T) -> Option<&FloatVec>) -> Resul
     concat_floats(parts.iter().filter_map(|p| bias(p)), "bias").map(Some)
 }
 
-/// Dense rows one after another (in `f32`).
+/// Dense rows one after another, in the parts' dtype (in `f32` when they differ).
 fn concat_dense(parts: &[QuantWeight]) -> Result<QuantWeight> {
-    let (mut rows, mut cols0, mut all) = (0, None, Vec::new());
+    let (mut rows, mut cols0, mut ws) = (0, None, Vec::with_capacity(parts.len()));
     for (part, p) in parts.iter().enumerate() {
         if let QuantWeight::Dense { rows: r, cols, w } = p {
             if *cols0.get_or_insert(*cols) != *cols {
                 return Err(Error::Fuse { what: "inputs", part });
             }
             rows += r;
-            all.extend(w.to_f32());
+            ws.push(w);
         }
     }
-    Ok(QuantWeight::Dense { rows, cols: cols0.unwrap_or(0), w: FloatVec::F32(all) })
+    let w = if ws.iter().all(|w| w.dtype() == ws[0].dtype()) {
+        concat_floats(ws.into_iter(), "dense part")?
+    } else {
+        FloatVec::F32(ws.iter().flat_map(|w| w.to_f32()).collect())
+    };
+    Ok(QuantWeight::Dense { rows, cols: cols0.unwrap_or(0), w })
 }
 
 /// HQQ parts: codes unpacked, concatenated in the weight's flat order (the code matrix's
