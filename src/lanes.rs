@@ -326,36 +326,27 @@ pub(crate) mod v4 {
         }
     }
 
-    /// AWQ's interleaved 4-bit words: column `8c + j` of word `c` sits at bit `shifts8[j]`;
-    /// `out[i] = (code(i) - zero[i]) * scale[i]`, two words (16 columns) per vector.
+    /// `2^23` as `f32` bits: OR-ing an integer `q < 2^23` into the mantissa gives the float
+    /// `2^23 + q`, and `(2^23 + q) - (2^23 + z)` is `q - z` exactly: the same bits as
+    /// `q as f32 - z as f32`, without an integer -> float conversion per lane.
+    pub(crate) const MAGIC: u32 = 0x4B00_0000;
+
+    /// `((x >> shifts) & mask) | MAGIC` per lane, as `f32`: the magic-biased fields of `x`.
     #[inline(always)]
-    pub(crate) fn affine_interleaved4<S: Elem, O: Elem>(
+    pub(crate) fn magic_fields(
         v4: V4,
-        words: &[i32],
-        shifts8: [u32; 8],
-        zero: &[S],
-        scale: &[S],
-        out: &mut [O],
-    ) {
-        let n = out.len();
-        let full = n - n % 16;
+        x: core::arch::x86_64::__m512i,
+        shifts: core::arch::x86_64::__m512i,
+        mask: core::arch::x86_64::__m512i,
+    ) -> core::arch::x86_64::__m512 {
         let f = v4.avx512f;
-        let sh: [u32; 16] = std::array::from_fn(|i| shifts8[i % 8]);
-        let sh: core::arch::x86_64::__m512i = bytemuck::cast(sh);
-        let mk = f._mm512_set1_epi32(15);
-        for at in (0..full).step_by(16) {
-            let (w0, w1) = (words[at / 8], words[at / 8 + 1]);
-            let w = f._mm512_mask_blend_epi32(0xff00, f._mm512_set1_epi32(w0), f._mm512_set1_epi32(w1));
-            let q = f._mm512_and_si512(f._mm512_srlv_epi32(w, sh), mk);
-            let (z, s) = (lanes16(&zero[at..]), lanes16(&scale[at..]));
-            let y =
-                f._mm512_mul_ps(f._mm512_sub_ps(f._mm512_cvtepi32_ps(q), S::load16(v4, z)), S::load16(v4, s));
-            O::store16(v4, y, lanes16_mut(&mut out[at..]));
-        }
-        for i in full..n {
-            let q = ((words[i / 8] as u32) >> shifts8[i % 8]) & 15;
-            out[i] = O::from_f32((q as f32 - zero[i].to_f32()) * scale[i].to_f32());
-        }
+        let magic = f._mm512_set1_epi32(MAGIC as i32);
+        // ternary logic 0xEA: (a & b) | c
+        f._mm512_castsi512_ps(f._mm512_ternarylogic_epi32::<0xEA>(
+            f._mm512_srlv_epi32(x, shifts),
+            mask,
+            magic,
+        ))
     }
 
     /// `out[i] = ((words[i] >> shift) & mask - zero) * scale`: one zero and scale.

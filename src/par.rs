@@ -41,12 +41,28 @@ pub(crate) fn row_chunks<T: Send>(
     if out.is_empty() || row_len == 0 {
         return;
     }
+    row_chunks_aligned(out, row_len, 1, par, f)
+}
+
+/// [`row_chunks`] with every chunk but the last a multiple of `align` rows (so that kernels
+/// decoding several rows from one packed word row get whole word rows).
+pub(crate) fn row_chunks_aligned<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    align: usize,
+    par: Parallelism,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if out.is_empty() || row_len == 0 {
+        return;
+    }
     let rows = out.len() / row_len;
     let tasks = par.tasks(out.len()).min(rows);
     if tasks <= 1 {
         return f(0, out);
     }
-    let per = rows.div_ceil(tasks);
+    let align = align.max(1);
+    let per = rows.div_ceil(tasks).div_ceil(align) * align;
     out.par_chunks_mut(per * row_len).enumerate().for_each(|(i, chunk)| f(i * per, chunk));
 }
 

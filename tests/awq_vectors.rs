@@ -99,7 +99,10 @@ fn gptq_to_awq_keeps_weights() {
 
 #[test]
 fn awq_paths_equal_and_errors_are_typed() {
-    for (k, n, g) in [(1, 8, 1), (64, 40, 16), (4096, 4096, 128)] {
+    // N % 16 != 0 (row loop), group % 4 != 0 and chunks cutting 4-row blocks (single rows),
+    // 4-row blocks of one group, and the benchmark shape.
+    for (k, n, g) in [(1, 8, 1), (64, 40, 16), (132, 512, 6), (136, 512, 8), (12, 48, 12), (4096, 4096, 128)]
+    {
         let l = AwqLayout::new(k, n, g).unwrap();
         let mut rng = Rng(k as u64 + n as u64);
         let qw: Vec<i32> = (0..k * n / 8).map(|_| rng.next_u64() as i32).collect();

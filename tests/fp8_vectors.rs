@@ -96,6 +96,35 @@ fn block_dequant_matches_torch() {
 }
 
 #[test]
+fn every_code_through_every_path() {
+    // All 256 codes (NaN, infinities, subnormals, signed zeros) in rows of 263 columns, under
+    // scales from tiny to huge (x 256 must not be folded into them) and several block shapes:
+    // whole 16-code vectors, blocks that are not, a scalar tail, one per-tensor scale.
+    let (rows, cols) = (6, 263);
+    let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 7 % 256) as u8).collect();
+    let layouts = [
+        Fp8Layout::block(rows, cols, 2, 32).unwrap(),
+        Fp8Layout::block(rows, cols, 4, 20).unwrap(),
+        Fp8Layout::per_tensor(rows, cols).unwrap(),
+    ];
+    let pool = [1.0f32, 3.0e-5, -0.75, 1.0e30, 2.0e-38, 448.0, 1.5e-45];
+    for l in &layouts {
+        let (sr, sc) = l.scale_shape();
+        let scales: Vec<f32> = (0..sr * sc).map(|i| pool[i % pool.len()]).collect();
+        for (f, _) in formats() {
+            let a: Vec<f32> = all_paths(&codes, f, &scales, l);
+            // The oracle itself: decode(code) * scale, bit for bit.
+            for (i, (&c, v)) in codes.iter().zip(&a).enumerate() {
+                let s = scales[(i / cols / l.block_size().0) * sc + (i % cols) / l.block_size().1];
+                assert_eq!(v.to_bits(), (f.decode(c) * s).to_bits(), "{f:?} code {c:#04x} scale {s}");
+            }
+            let _: Vec<f16> = all_paths(&codes, f, &scales, l);
+            let _: Vec<bf16> = all_paths(&codes, f, &scales, l);
+        }
+    }
+}
+
+#[test]
 fn paths_equal_quantize_round_trips_and_errors_are_typed() {
     let mut rng = Rng(3);
     for (rows, cols, br, bc) in [(1, 1, 128, 128), (7, 300, 128, 128), (256, 256, 128, 128), (33, 65, 16, 8)]

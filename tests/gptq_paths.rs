@@ -56,6 +56,21 @@ fn paths_equal_over_shapes() {
 }
 
 #[test]
+fn paths_equal_when_n_is_not_whole_vectors() {
+    // N not a multiple of 16: the AVX-512 whole-word-row kernel does not apply, the row loops do.
+    for (bits, k, n) in [(4u8, 64, 40), (4, 48, 8), (8, 64, 36), (8, 32, 4)] {
+        let l = GptqLayout::new(k, n, bits, 16).unwrap();
+        for (seed, act) in [(3u64, false), (4, true)] {
+            let x = layer(&l, act, &mut Rng(seed * 100 + bits as u64));
+            for f in [ZeroFormat::V1, ZeroFormat::V2] {
+                three_paths::<f16, f16>(&x, &l, f);
+                three_paths::<f32, f32>(&x, &l, f);
+            }
+        }
+    }
+}
+
+#[test]
 fn paths_equal_4096() {
     for (bits, act) in [(4u8, false), (4, true), (3, true), (8, false)] {
         let l = GptqLayout::new(4096, 4096, bits, 128).unwrap();

@@ -194,6 +194,20 @@ pub(crate) fn check<S>(
     format: ZeroFormat,
     out: usize,
 ) -> Result<Checked> {
+    let rows_group = check_inputs(layout, qweight, qzeros, scales, g_idx, out)?;
+    let zeros = layout::unpack_zeros(qzeros, layout, format);
+    Ok(Checked { rows_group, zeros })
+}
+
+/// The length checks of [`check`] and each row's group, without unpacking the zeros.
+fn check_inputs<S>(
+    layout: &GptqLayout,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[S],
+    g_idx: Option<&[i32]>,
+    out: usize,
+) -> Result<Vec<u32>> {
     let (qr, qc) = layout.qweight_shape();
     expect_len("qweight", qr * qc, qweight.len())?;
     let (zr, zc) = layout.qzeros_shape();
@@ -202,9 +216,7 @@ pub(crate) fn check<S>(
     expect_len("out", layout.k * layout.n, out)?;
     // No output (K or N is 0) reads no row's group, and when N is 0 no stored data bounds K:
     // derive none (a given `g_idx` is still checked).
-    let rows_group = if out == 0 && g_idx.is_none() { Vec::new() } else { groups_of_rows(layout, g_idx)? };
-    let zeros = layout::unpack_zeros(qzeros, layout, format);
-    Ok(Checked { rows_group, zeros })
+    if out == 0 && g_idx.is_none() { Ok(Vec::new()) } else { groups_of_rows(layout, g_idx) }
 }
 
 /// The true zero points `[G, N]` of a layer (v1 converted the way GPTQModel does).
@@ -273,8 +285,8 @@ pub fn gptq_dequantize_into<S: Elem, O: Elem>(
     out: &mut [O],
     par: Parallelism,
 ) -> Result<()> {
-    let c = check(layout, qweight, qzeros, scales, g_idx, format, out.len())?;
-    cpu::dequant(layout, qweight, &c, scales, out, par);
+    let rows_group = check_inputs(layout, qweight, qzeros, scales, g_idx, out.len())?;
+    cpu::dequant(layout, qweight, qzeros, format, &rows_group, scales, out, par);
     Ok(())
 }
 
