@@ -326,6 +326,19 @@ pub(crate) mod v4 {
         }
     }
 
+    /// How far ahead (bytes) the dequantization kernels ask for their output lines.
+    pub(crate) const WRITE_AHEAD: usize = 1024;
+
+    /// Ask for the cache line holding element `at` of the slice starting at `base` (`at` may be
+    /// past the end: a prefetch reads nothing and cannot fault) with intent to write (`prefetchw`), so that the line's
+    /// ownership request starts before the store reaches it; measured faster for streams of
+    /// output lines. A no-op on CPUs without `PRFCHW`.
+    #[inline(always)]
+    pub(crate) fn prefetch_write<T>(v4: V4, base: *const T, at: usize) {
+        let p = base.wrapping_add(at);
+        v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p.cast::<i8>());
+    }
+
     /// `2^23` as `f32` bits: OR-ing an integer `q < 2^23` into the mantissa gives the float
     /// `2^23 + q`, and `(2^23 + q) - (2^23 + z)` is `q - z` exactly: the same bits as
     /// `q as f32 - z as f32`, without an integer -> float conversion per lane.

@@ -110,47 +110,65 @@ impl<O: Elem, const E4M3: bool> Kernel for RowsV4<'_, O, E4M3> {
     fn run(self) {
         let Self { v4, codes, scales, l, row0, out } = self;
         let (cols, (br, bc), (_, sc)) = (l.cols(), l.block_size(), l.scale_shape());
-        let f = v4.avx512f;
-        let x256 = f._mm512_set1_ps(256.0);
-        let (m3f80, m8000) = (v4.avx._mm256_set1_epi16(0x3F80), v4.avx._mm256_set1_epi16(0x8000u16 as i16));
-        let nan_bits = f._mm512_set1_epi32(0x3C00_0000);
         for (i, dst) in out.chunks_exact_mut(cols).enumerate() {
             let r = row0 + i;
             let src = &codes[r * cols..(r + 1) * cols];
             let srow = &scales[(r / br) * sc..(r / br + 1) * sc];
             for ((src, dst), &s) in src.chunks(bc).zip(dst.chunks_mut(bc)).zip(srow) {
-                let (c16, ct) = pulp::as_arrays::<16, u8>(src);
-                let (o16, ot) = pulp::as_arrays_mut::<16, O>(dst);
-                let sv = f._mm512_set1_ps(s);
-                for (c, o) in c16.iter().zip(o16.iter_mut()) {
-                    let x = v4.avx2._mm256_cvtepu8_epi16(bytemuck::cast(*c));
-                    let v = if E4M3 {
-                        // sign to bit 15, the 7 magnitude bits to 13..7: an f16 of value / 256
-                        let mag = v4.avx2._mm256_and_si256(v4.avx2._mm256_slli_epi16::<7>(x), m3f80);
-                        let h = f._mm256_ternarylogic_epi32::<0xEA>(
-                            v4.avx2._mm256_slli_epi16::<8>(x),
-                            m8000,
-                            mag,
-                        );
-                        let nan = v4.avx512bw._mm256_cmpeq_epi16_mask(mag, m3f80);
-                        let v = f._mm512_mul_ps(f._mm512_cvtph_ps(h), x256);
-                        // 0x7f / 0xff: 1.875 * 256 (0x43F0_0000) -> 0x7FF0_0000, the reference NaN
-                        f._mm512_castsi512_ps(f._mm512_mask_or_epi32(
-                            f._mm512_castps_si512(v),
-                            nan,
-                            f._mm512_castps_si512(v),
-                            nan_bits,
-                        ))
-                    } else {
-                        f._mm512_cvtph_ps(v4.avx2._mm256_slli_epi16::<8>(x))
-                    };
-                    O::store16(v4, f._mm512_mul_ps(v, sv), o);
+                // E4M3 decodes to value / 256 (E5M2 to the value): fold the 256 into the scale
+                // when that product is exact (finite, or the scale itself is not finite).
+                let s256 = s * 256.0;
+                if !E4M3 {
+                    block_v4::<O, false>(v4, src, s, 1.0, dst);
+                } else if s256.is_finite() || !s.is_finite() {
+                    block_v4::<O, true>(v4, src, s256, 1.0, dst);
+                } else {
+                    block_v4::<O, true>(v4, src, s, 256.0, dst);
                 }
-                for (&c, o) in ct.iter().zip(ot.iter_mut()) {
+                let full = src.len() - src.len() % 16;
+                for (&c, o) in src[full..].iter().zip(&mut dst[full..]) {
                     let v = if E4M3 { decode::<3, 7, true>(c) } else { decode::<2, 15, false>(c) };
                     *o = O::from_f32(v * s);
                 }
             }
         }
+    }
+}
+
+/// The whole 16-code vectors of one scale block: `decode(code) * scale`, computed as
+/// `(h * pre) * s` with `h` the code's `f16` pattern (E4M3: value / 256, `pre` 256 or folded into
+/// `s` as 1.0 by the caller; the 1.0 multiplication is skipped).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn block_v4<O: Elem, const E4M3: bool>(v4: lanes::v4::V4, src: &[u8], s: f32, pre: f32, dst: &mut [O]) {
+    let f = v4.avx512f;
+    let (m3f80, m8000) = (v4.avx._mm256_set1_epi16(0x3F80), v4.avx._mm256_set1_epi16(0x8000u16 as i16));
+    let nan_bits = f._mm512_set1_epi32(0x4000_0000);
+    let (sv, prev) = (f._mm512_set1_ps(s), f._mm512_set1_ps(pre));
+    let (c16, _) = pulp::as_arrays::<16, u8>(src);
+    let ahead = lanes::v4::WRITE_AHEAD / std::mem::size_of::<O>();
+    let base = dst.as_ptr();
+    let (o16, _) = pulp::as_arrays_mut::<16, O>(dst);
+    for (v, (c, o)) in c16.iter().zip(o16.iter_mut()).enumerate() {
+        lanes::v4::prefetch_write(v4, base, 16 * v + ahead);
+        let x = v4.avx2._mm256_cvtepu8_epi16(bytemuck::cast(*c));
+        let v = if E4M3 {
+            // sign to bit 15, the 7 magnitude bits to 13..7: an f16 of value / 256
+            let mag = v4.avx2._mm256_and_si256(v4.avx2._mm256_slli_epi16::<7>(x), m3f80);
+            let h = f._mm256_ternarylogic_epi32::<0xEA>(v4.avx2._mm256_slli_epi16::<8>(x), m8000, mag);
+            let nan = v4.avx512bw._mm256_cmpeq_epi16_mask(mag, m3f80);
+            let v = f._mm512_cvtph_ps(h);
+            // 0x7f / 0xff: 1.875 (0x3FF0_0000) -> 0x7FF0_0000, the reference's NaN
+            let v = f._mm512_castsi512_ps(f._mm512_mask_or_epi32(
+                f._mm512_castps_si512(v),
+                nan,
+                f._mm512_castps_si512(v),
+                nan_bits,
+            ));
+            if pre == 1.0 { v } else { f._mm512_mul_ps(v, prev) }
+        } else {
+            f._mm512_cvtph_ps(v4.avx2._mm256_slli_epi16::<8>(x))
+        };
+        O::store16(v4, f._mm512_mul_ps(v, sv), o);
     }
 }

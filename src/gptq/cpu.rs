@@ -220,6 +220,7 @@ fn planes_v4<const BITS: u32, const P: usize, const SHARED: bool, S: Elem, O: El
     let nv = w16.len();
     let (s0, _) = pulp::as_arrays::<16, S>(&scales[0][..16 * nv]);
     // Vector v of row p is out16[p * nv + v]: one base pointer for all rows.
+    let (base, ahead) = (out.as_ptr(), lanes::v4::WRITE_AHEAD / std::mem::size_of::<O>());
     let (out16, _) = pulp::as_arrays_mut::<16, O>(&mut out[..P * 16 * nv]);
     for (v, w) in w16.iter().enumerate() {
         let wide: core::arch::x86_64::__m512i = bytemuck::cast(*w);
@@ -234,6 +235,7 @@ fn planes_v4<const BITS: u32, const P: usize, const SHARED: bool, S: Elem, O: El
                 (zeros16::<BITS>(v4, zeros[p], c, vinc, zshifts, mk), S::load16(v4, &s[0]))
             };
             let q = lanes::v4::magic_fields(v4, wide, f._mm512_set1_epi32((BITS as usize * p) as i32), mk);
+            lanes::v4::prefetch_write(v4, base, 16 * (p * nv + v) + ahead);
             O::store16(v4, f._mm512_mul_ps(f._mm512_sub_ps(q, z), s), &mut out16[p * nv + v]);
         }
     }
