@@ -344,6 +344,26 @@ pub(crate) mod v4 {
     /// `q as f32 - z as f32`, without an integer -> float conversion per lane.
     pub(crate) const MAGIC: u32 = 0x4B00_0000;
 
+    /// `W` consecutive words (1, 2 or 4) spread over the 16 lanes: lane `i` holds
+    /// `words[i * W / 16]`, ready for a per-lane shift to its field. The word loads are
+    /// broadcasts, so this reads exactly `W` words.
+    #[inline(always)]
+    pub(crate) fn spread_words<const W: usize>(v4: V4, words: &[i32]) -> core::arch::x86_64::__m512i {
+        let f = v4.avx512f;
+        let w = &words[..W];
+        match W {
+            1 => f._mm512_set1_epi32(w[0]),
+            2 => f._mm512_mask_blend_epi32(0xff00, f._mm512_set1_epi32(w[0]), f._mm512_set1_epi32(w[1])),
+            _ => {
+                let lo =
+                    f._mm512_mask_blend_epi32(0x00f0, f._mm512_set1_epi32(w[0]), f._mm512_set1_epi32(w[1]));
+                let hi =
+                    f._mm512_mask_blend_epi32(0xf000, f._mm512_set1_epi32(w[2]), f._mm512_set1_epi32(w[3]));
+                f._mm512_mask_blend_epi32(0xff00, lo, hi)
+            }
+        }
+    }
+
     /// `((x >> shifts) & mask) | MAGIC` per lane, as `f32`: the magic-biased fields of `x`.
     #[inline(always)]
     pub(crate) fn magic_fields(

@@ -128,13 +128,10 @@ fn rows_v4<const R: usize, S: Elem, O: Elem>(
     let (s16, _) = pulp::as_arrays::<16, S>(scales);
     let (out16, _) = pulp::as_arrays_mut::<16, O>(&mut out[..R * 16 * nv]);
     for (v, s) in s16.iter().enumerate() {
-        let zw = &zeros[2 * v..2 * v + 2];
-        let zw = f._mm512_mask_blend_epi32(0xff00, f._mm512_set1_epi32(zw[0]), f._mm512_set1_epi32(zw[1]));
-        let z = lanes::v4::magic_fields(v4, zw, sh, mk);
+        let z = lanes::v4::magic_fields(v4, lanes::v4::spread_words::<2>(v4, &zeros[2 * v..]), sh, mk);
         let s = S::load16(v4, s);
         for r in 0..R {
-            let w = &words[r * wpr + 2 * v..r * wpr + 2 * v + 2];
-            let w = f._mm512_mask_blend_epi32(0xff00, f._mm512_set1_epi32(w[0]), f._mm512_set1_epi32(w[1]));
+            let w = lanes::v4::spread_words::<2>(v4, &words[r * wpr + 2 * v..]);
             let q = lanes::v4::magic_fields(v4, w, sh, mk);
             O::store16(v4, f._mm512_mul_ps(f._mm512_sub_ps(q, z), s), &mut out16[r * nv + v]);
         }

@@ -181,19 +181,11 @@ fn zeros16<const BITS: u32>(
     mask: core::arch::x86_64::__m512i,
 ) -> core::arch::x86_64::__m512 {
     let f = v4.avx512f;
+    // 16 fields of BITS bits span BITS / 2 words.
     let w = match BITS {
-        2 => f._mm512_set1_epi32(zrow[c / 16]),
-        4 => f._mm512_mask_blend_epi32(
-            0xff00,
-            f._mm512_set1_epi32(zrow[c / 8]),
-            f._mm512_set1_epi32(zrow[c / 8 + 1]),
-        ),
-        _ => {
-            let w = &zrow[c / 4..c / 4 + 4];
-            let lo = f._mm512_mask_blend_epi32(0x00f0, f._mm512_set1_epi32(w[0]), f._mm512_set1_epi32(w[1]));
-            let hi = f._mm512_mask_blend_epi32(0xf000, f._mm512_set1_epi32(w[2]), f._mm512_set1_epi32(w[3]));
-            f._mm512_mask_blend_epi32(0xff00, lo, hi)
-        }
+        2 => lanes::v4::spread_words::<1>(v4, &zrow[c / 16..]),
+        4 => lanes::v4::spread_words::<2>(v4, &zrow[c / 8..]),
+        _ => lanes::v4::spread_words::<4>(v4, &zrow[c / 4..]),
     };
     lanes::v4::magic_fields(v4, f._mm512_add_epi32(w, inc), shifts, mask)
 }
