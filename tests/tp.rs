@@ -424,7 +424,7 @@ fn kv_heads_split_or_replicate() {
 }
 
 use quant_kernels::awq::{AwqLayer, AwqLayout};
-use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
+use quant_kernels::fp8::{Fp8Format, Fp8Layer};
 use quant_kernels::hqq::Axis;
 use quant_kernels::intx::{self, Granularity};
 
@@ -449,22 +449,9 @@ fn fp8_layer(
     scale: Option<f32>,
     rng: &mut Rng,
 ) -> Fp8Layer {
-    let layout = match block {
-        Some((br, bc)) => Fp8Layout::block(rows, cols, br, bc).unwrap(),
-        None => Fp8Layout::per_tensor(rows, cols).unwrap(),
-    };
-    let (sr, sc) = layout.scale_shape();
-    Fp8Layer {
-        layout,
-        experts: 1,
-        format,
-        codes: (0..rows * cols).map(|_| rng.next_u64() as u8 & 0b1011_1111).collect(),
-        scales: float_vec(
-            (0..sr * sc).map(|_| scale.unwrap_or_else(|| rng.f32_in(0.001, 0.1))).collect(),
-            cols,
-        ),
-        bias: Some(FloatVec::F32((0..rows).map(|i| i as f32).collect())),
-    }
+    // No NaN codes (exponent bit 6 cleared): forwards are compared with a dense layer.
+    let mut scale = |rng: &mut Rng| scale.unwrap_or_else(|| rng.f32_in(0.001, 0.1));
+    common::fp8_layer(rows, cols, block, 1, format, 0b1011_1111, &mut scale, cols, rng)
 }
 
 /// `new_merged(parts)` on rank `rank` of `world`, against the parts' dequantized wholes: its

@@ -368,19 +368,19 @@ fn awq_shards_equal_shards_of_the_dequantized_whole() {
 }
 
 fn fp8(rows: usize, cols: usize, block: Option<(usize, usize)>, experts: usize, rng: &mut Rng) -> Fp8Layer {
-    let layout = match block {
-        Some((br, bc)) => Fp8Layout::block(rows, cols, br, bc).unwrap(),
-        None => Fp8Layout::per_tensor(rows, cols).unwrap(),
-    };
-    let (sr, sc) = layout.scale_shape();
-    Fp8Layer {
-        layout,
+    let format = if rng.below(2) == 0 { Fp8Format::E4M3 } else { Fp8Format::E5M2 };
+    // Every code, NaNs too.
+    common::fp8_layer(
+        rows,
+        cols,
+        block,
         experts,
-        format: if rng.below(2) == 0 { Fp8Format::E4M3 } else { Fp8Format::E5M2 },
-        codes: (0..experts * rows * cols).map(|_| rng.next_u64() as u8).collect(), // NaNs too
-        scales: float_vec((0..experts * sr * sc).map(|_| rng.f32_in(0.001, 2.0)).collect(), rows + cols),
-        bias: Some(FloatVec::F32((0..experts * rows).map(|i| i as f32).collect())),
-    }
+        format,
+        0xff,
+        &mut |rng| rng.f32_in(0.001, 2.0),
+        rows + cols,
+        rng,
+    )
 }
 
 #[test]

@@ -119,3 +119,34 @@ pub fn hqq_weight(
         zeros: float_vec(zeros, dtype),
     })
 }
+
+/// A random FP8 layer: `experts` stacked `[rows, cols]` weights, codes `random & code_mask`,
+/// one scale per block (or per tensor when `block` is `None`) from `scale`, scales stored in the
+/// dtype `float_vec(_, dtype)` picks, bias `0, 1, 2, ...`.
+#[allow(clippy::too_many_arguments)]
+pub fn fp8_layer(
+    rows: usize,
+    cols: usize,
+    block: Option<(usize, usize)>,
+    experts: usize,
+    format: quant_kernels::fp8::Fp8Format,
+    code_mask: u8,
+    scale: &mut dyn FnMut(&mut Rng) -> f32,
+    dtype: usize,
+    rng: &mut Rng,
+) -> quant_kernels::fp8::Fp8Layer {
+    use quant_kernels::fp8::Fp8Layout;
+    let layout = match block {
+        Some((br, bc)) => Fp8Layout::block(rows, cols, br, bc).unwrap(),
+        None => Fp8Layout::per_tensor(rows, cols).unwrap(),
+    };
+    let (sr, sc) = layout.scale_shape();
+    quant_kernels::fp8::Fp8Layer {
+        layout,
+        experts,
+        format,
+        codes: (0..experts * rows * cols).map(|_| rng.next_u64() as u8 & code_mask).collect(),
+        scales: float_vec((0..experts * sr * sc).map(|_| scale(rng)).collect(), dtype),
+        bias: Some(quant_kernels::FloatVec::F32((0..experts * rows).map(|i| i as f32).collect())),
+    }
+}
