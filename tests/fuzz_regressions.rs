@@ -17,6 +17,12 @@ fn replay(target: &str, check: fn(&[u8]) -> bool) -> usize {
     n
 }
 
+/// `min + rng.below(spread)` random bytes.
+fn random_bytes(rng: &mut common::Rng, min: usize, spread: u64) -> Vec<u8> {
+    let len = min + rng.below(spread) as usize;
+    (0..len).map(|_| rng.below(256) as u8).collect()
+}
+
 #[test]
 fn hqq_api_regressions() {
     assert!(replay("hqq_api", quant_kernels::fuzz_checks::hqq_api) >= 4);
@@ -28,8 +34,7 @@ fn hqq_api_random_inputs() {
     let mut rng = common::Rng(7);
     let mut ok = 0;
     for _ in 0..3000 {
-        let len = 8 + rng.below(64) as usize;
-        let mut data: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        let mut data = random_bytes(&mut rng, 8, 64);
         data[0] = [1, 2, 3, 4, 8, 0, 5][rng.below(7) as usize];
         data[2] %= 40;
         data[3] %= 40;
@@ -261,8 +266,7 @@ fn safetensors_roundtrip_random_inputs() {
     let mut rng = common::Rng(41);
     let mut written = 0;
     for _ in 0..1500 {
-        let len = 2 + rng.below(96) as usize;
-        let mut data: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        let mut data = random_bytes(&mut rng, 2, 96);
         data[0] %= 6;
         if rng.below(2) == 0 {
             // Short names from a small alphabet, so duplicates happen.
