@@ -46,7 +46,7 @@ QK_AWQ(__nv_bfloat16, bf16)
     extern "C" void cpu_awq_dequant_4b_##NAME(const int* qweight, const int* qzeros, const T* scales, T* out, \
                                               int k_dim, int n_dim, int group_size, unsigned grid,    \
                                               unsigned block) {                                       \
-        cpu_launch_serial({grid, 1, 1}, {block, 1, 1},                                                \
+        cpu_launch_serial(qk_dim(grid), qk_dim(block),                                                \
                           [&] { awq_dequant_4b_##NAME(qweight, qzeros, scales, out, k_dim, n_dim, group_size); }); \
     }
 QK_AWQ_EMU(float, f32)

@@ -14,6 +14,11 @@ __device__ __forceinline__ float qk_to_f32(float x) { return x; }
 __device__ __forceinline__ float qk_to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float qk_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// The f16 with bits `bits` (low 16 bits) widened to f32: exact.
+__device__ __forceinline__ float qk_f16_bits_to_f32(unsigned bits) {
+    return __half2float(__ushort_as_half((unsigned short)bits));
+}
+
 // Round an f32 to the stored type, to nearest even (as the crate's CPU paths do).
 template <typename T> __device__ __forceinline__ T qk_from_f32(float x);
 template <> __device__ __forceinline__ float qk_from_f32<float>(float x) { return x; }
@@ -27,3 +32,22 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N) QkVec {
     T v[N];
 };
+
+// Launch geometry shared by the kernels. Every kernel is correct under any grid and block shape:
+// loops stride by the launched extent. 2-D kernels put vectors of columns on x and chunks of rows
+// on y (adjacent threads: adjacent columns, so accesses coalesce); 1-D loops use the linear index.
+__device__ __forceinline__ int qk_x0() { return (int)(blockIdx.x * blockDim.x + threadIdx.x); }
+__device__ __forceinline__ int qk_xstep() { return (int)(gridDim.x * blockDim.x); }
+__device__ __forceinline__ int qk_y0() { return (int)(blockIdx.y * blockDim.y + threadIdx.y); }
+__device__ __forceinline__ int qk_ystep() { return (int)(gridDim.y * blockDim.y); }
+__device__ __forceinline__ long long qk_linear0() {
+    const long long block = (long long)blockIdx.y * gridDim.x + blockIdx.x;
+    return block * (blockDim.x * blockDim.y) + threadIdx.y * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ long long qk_linear_step() {
+    return (long long)gridDim.x * gridDim.y * blockDim.x * blockDim.y;
+}
+
+// 2^23 + q for an integer 0 <= q < 2^23, by OR-ing q into the mantissa: (2^23 + q) - (2^23 + z)
+// is exactly q - z, with no integer-to-float conversion (a slow instruction on the GPU).
+__device__ __forceinline__ float qk_magic(unsigned q) { return __int_as_float((int)(0x4b000000u | q)); }

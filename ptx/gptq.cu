@@ -114,7 +114,7 @@ QK_GPTQ_ALL(8)
     extern "C" void cpu_gptq_dequant_##BITS##b_##NAME(const int* qweight, const int* qzeros, const T* scales, \
                                                       const int* g_idx, T* out, int k_dim, int n_dim, \
                                                       int format, unsigned grid, unsigned block) {    \
-        cpu_launch_serial({grid, 1, 1}, {block, 1, 1}, [&] {                                         \
+        cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] {                                         \
             gptq_dequant_##BITS##b_##NAME(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format); \
         });                                                                                          \
     }

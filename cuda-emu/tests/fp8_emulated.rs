@@ -7,14 +7,19 @@ use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
 use quant_kernels_cuda_emu::{EmuElem, fp8_dequant};
 
 fn case<T: Elem + EmuElem>(rows: usize, cols: usize, br: usize, bc: usize) {
+    case_scaled::<T>(rows, cols, br, bc, |i| 1e-3 * (i + 1) as f32);
+}
+
+fn case_scaled<T: Elem + EmuElem>(rows: usize, cols: usize, br: usize, bc: usize, scale: fn(usize) -> f32) {
     let l = Fp8Layout::block(rows, cols, br, bc).unwrap();
     let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 37 % 256) as u8).collect();
     let (sr, sc) = l.scale_shape();
-    let scales: Vec<f32> = (0..sr * sc).map(|i| 1e-3 * (i + 1) as f32).collect();
+    let scales: Vec<f32> = (0..sr * sc).map(scale).collect();
     for (fi, f) in [Fp8Format::E4M3, Fp8Format::E5M2].into_iter().enumerate() {
         let mut want = vec![<T as Elem>::from_f32(0.0); rows * cols];
         fp8::fp8_dequantize_reference_into(&codes, f, &scales, &l, &mut want).unwrap();
-        for (grid, block) in [(1u32, 1u32), (3, 32)] {
+        // 1-D launches and 2-D ones (x | y << 16): grids smaller than the work, so every loop strides.
+        for (grid, block) in [(1u32, 1u32), (3, 32), (2 | 3 << 16, 4 | 2 << 16), (1 | 1 << 16, 1 | 3 << 16)] {
             let got: Vec<T> = fp8_dequant(fi, &codes, &scales, rows, cols, (br, bc), grid, block);
             let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
             assert!(same, "{f:?} {rows}x{cols} block {br}x{bc} {}", T::DTYPE);
@@ -31,5 +36,30 @@ fn fp8_kernel_source_equals_the_reference() {
         case::<f32>(rows, cols, br, bc);
         case::<f16>(rows, cols, br, bc);
         case::<bf16>(rows, cols, br, bc);
+    }
+}
+
+#[test]
+fn fp8_sixteen_code_path_equals_the_reference() {
+    // cols and block cols multiples of 16: the 16-code, 4-row path. Row blocks of 1, 3 and 5 rows
+    // change inside a thread's 4 rows; 9 and 7 rows leave a partial last chunk.
+    for (rows, cols, br, bc) in
+        [(9, 48, 3, 16), (7, 64, 1, 32), (12, 32, 5, 16), (4, 16, 4, 16), (16, 32, 16, 32)]
+    {
+        case::<f32>(rows, cols, br, bc);
+        case::<f16>(rows, cols, br, bc);
+        case::<bf16>(rows, cols, br, bc);
+        // Huge scales (|s| * 256 overflows: the bit-construction decode), subnormal and zero
+        // scales, negative ones, next to ordinary ones.
+        let odd: fn(usize) -> f32 = |i| match i % 5 {
+            0 => 3.0e38,
+            1 => -1.0e-40,
+            2 => 0.0,
+            3 => -2.5e36,
+            _ => 0.75,
+        };
+        case_scaled::<f32>(rows, cols, br, bc, odd);
+        case_scaled::<f16>(rows, cols, br, bc, odd);
+        case_scaled::<bf16>(rows, cols, br, bc, odd);
     }
 }

@@ -403,6 +403,22 @@ pub fn gptq_dequantize_cuda_host<T: CudaElem>(
     gpu.download(&out)
 }
 
+/// A 2-D launch for kernels that walk `x_items` column vectors on x and `y_items` row chunks on
+/// y (both grid-strided in the kernel, so any shape is correct): 256 threads a block, at least a
+/// warp on x so adjacent lanes take adjacent columns.
+fn launch_2d(x_items: usize, y_items: usize) -> LaunchConfig {
+    const THREADS: usize = 256;
+    let bx = x_items.next_multiple_of(32).clamp(32, THREADS);
+    let by = THREADS / bx;
+    let gx = x_items.div_ceil(bx).clamp(1, 1 << 20);
+    let gy = y_items.div_ceil(by).clamp(1, 65_535);
+    LaunchConfig {
+        grid_dim: (gx as u32, gy as u32, 1),
+        block_dim: (bx as u32, by as u32, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn launch_1d(items: usize) -> LaunchConfig {
     const BLOCK: u32 = 256;
     let blocks = items.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32;
@@ -669,14 +685,22 @@ pub fn fp8_dequantize_cuda<T: CudaElem>(
         Fp8Format::E5M2 => 1,
     };
     let f = gpu.function(PtxFile::Fp8, FP8_DEQUANT[fmt][elem_index(T::DTYPE)])?;
-    let items = if layout.cols().is_multiple_of(8) { codes.len() / 8 } else { codes.len() };
+    // The kernel's paths (ptx/fp8.cu): 16 codes x 4 rows per thread on a 2-D grid when the
+    // columns and column blocks are multiples of 16, else 8 or 1 code per thread.
+    let (c, blk_c) = (layout.cols(), layout.block_size().1);
+    let cfg = if c.is_multiple_of(16) && blk_c.is_multiple_of(16) {
+        launch_2d(c / 16, layout.rows().div_ceil(4))
+    } else {
+        launch_1d(if c.is_multiple_of(8) { codes.len() / 8 } else { codes.len() })
+    };
     let mut launch = gpu.stream.launch_builder(&f);
     launch.arg(codes).arg(scales).arg(out).arg(&rows).arg(&cols).arg(&br).arg(&bc);
     // SAFETY: signature (const u8*, const float*, T*, int, int, int, int) matches. With the
     // lengths checked above the kernel reads codes and writes out at r*cols + c < rows*cols
-    // (8-wide vectors only when cols % 8 == 0, aligned), and scales at
+    // (16-wide vectors only when cols % 16 == 0, 8-wide only when cols % 8 == 0: aligned from
+    // the 256-byte aligned cudaMalloc bases), and scales at
     // (r / br) * ceil(cols / bc) + c / bc < scale rows * scale cols.
-    unsafe { launch.launch(launch_1d(items)) }?;
+    unsafe { launch.launch(cfg) }?;
     Ok(())
 }
 
