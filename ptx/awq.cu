@@ -2,34 +2,86 @@
 //
 // qweight int32 [K, N/8]: word c of row k holds columns 8c..8c+7, nibble i (bits 4i..4i+4) holds
 // column 8c + [0, 2, 4, 6, 1, 3, 5, 7][i]; qzeros [K/gs, N/8] the same; scales [K/gs, N].
-// W[k, n] = (q - z) * s in f32, rounded once; W is [K, N]. One thread per word: it writes the
-// word's 8 columns as one aligned vector (coalesced across adjacent threads).
+// W[k, n] = (q - z) * s in f32, rounded once; W is [K, N].
+//
+// A 2-D grid: x over words (8 columns), y over chunks of QK_AWQ_ROWS rows. A thread loads its
+// chunk's words up front (adjacent threads: adjacent words, coalesced), decodes its group's 8
+// zero points and scales once (again only where the chunk crosses into the next group) and writes
+// each row's 8 columns as one aligned vector. Codes and zeros become floats by OR-ing them into
+// the mantissa of 2^23 (qk_magic): (2^23 + q) - (2^23 + z) is exactly q - z, so a code costs a
+// shift, a logic op, a subtraction and a multiplication, no integer-to-float conversion and no
+// division (the per-word version before spent two divisions on each 8 codes).
 #include "common.cuh"
+
+constexpr int QK_AWQ_ROWS = 8;
+
+// Column 8c + j sits in nibble [0, 4, 1, 5, 2, 6, 3, 7][j]: its bit shift.
+__device__ __forceinline__ int qk_awq_shift(int j) { return 4 * ((j >> 1) + 4 * (j & 1)); }
+
+// Group g's zero points (as 2^23 + z) and scales of word column x.
+template <typename T>
+__device__ __forceinline__ void awq_group(const int* __restrict__ qzeros, const T* __restrict__ scales, int words,
+                                          int n_dim, int g, int x, float* zm, float* s) {
+    const unsigned zw = (unsigned)qzeros[(long long)g * words + x];
+    const QkVec<T, 8> sv = *reinterpret_cast<const QkVec<T, 8>*>(scales + (long long)g * n_dim + 8 * x);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        zm[j] = qk_magic((zw >> qk_awq_shift(j)) & 15u);
+        s[j] = qk_to_f32(sv.v[j]);
+    }
+}
+
+// ALIGNED: group_size % QK_AWQ_ROWS == 0, so a chunk never leaves its group.
+template <typename T, bool ALIGNED>
+__device__ __forceinline__ void awq_rows(const int* __restrict__ qweight, const int* __restrict__ qzeros,
+                                            const T* __restrict__ scales, T* __restrict__ out, int k_dim,
+                                            int n_dim, int group_size) {
+    const int words = n_dim / 8;
+    const int chunks = (k_dim + QK_AWQ_ROWS - 1) / QK_AWQ_ROWS;
+    for (int x = qk_x0(); x < words; x += qk_xstep()) {
+        for (int ch = qk_y0(); ch < chunks; ch += qk_ystep()) {
+            const int k0 = ch * QK_AWQ_ROWS;
+            const int nrows = min(QK_AWQ_ROWS, k_dim - k0);
+            const int* wp = qweight + (long long)k0 * words + x;
+            unsigned w[QK_AWQ_ROWS];
+#pragma unroll
+            for (int i = 0; i < QK_AWQ_ROWS; ++i) w[i] = i < nrows ? (unsigned)wp[(long long)i * words] : 0u;
+            int g = (int)((unsigned)k0 / (unsigned)group_size);
+            int left = group_size - (k0 - g * group_size);  // rows left in group g
+            float zm[8], s[8];
+            awq_group<T>(qzeros, scales, words, n_dim, g, x, zm, s);
+            T* op = out + (long long)k0 * n_dim + 8 * x;
+            // 2^23's bits (qk_magic(0)) in a register: then mask-and-OR of a code is one 3-input
+            // logic op (with two immediates it takes two). group_size > 0, so the added term is 0,
+            // but the compiler cannot fold it into an immediate.
+            const unsigned magic = 0x4b000000u + ((unsigned)group_size >> 31);
+#pragma unroll
+            for (int i = 0; i < QK_AWQ_ROWS; ++i) {
+                if (i >= nrows) break;
+                if (!ALIGNED && left == 0) {
+                    ++g;
+                    left = group_size;
+                    awq_group<T>(qzeros, scales, words, n_dim, g, x, zm, s);
+                }
+                --left;
+                QkVec<T, 8> o;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const float q = __int_as_float((int)(((w[i] >> qk_awq_shift(j)) & 15u) | magic));
+                    o.v[j] = qk_from_f32<T>((q - zm[j]) * s[j]);
+                }
+                *reinterpret_cast<QkVec<T, 8>*>(op + (long long)i * n_dim) = o;
+            }
+        }
+    }
+}
 
 template <typename T>
 __device__ __forceinline__ void awq_dequant(const int* __restrict__ qweight, const int* __restrict__ qzeros,
                                             const T* __restrict__ scales, T* __restrict__ out, int k_dim,
                                             int n_dim, int group_size) {
-    const int words = n_dim / 8;
-    const long long items = (long long)k_dim * words;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
-        const int k = (int)(t / words);
-        const int c = (int)(t - (long long)k * words);
-        const int g = k / group_size;
-        const unsigned w = (unsigned)qweight[t];
-        const unsigned zw = (unsigned)qzeros[(long long)g * words + c];
-        const QkVec<T, 8> s = *reinterpret_cast<const QkVec<T, 8>*>(scales + (long long)g * n_dim + 8 * c);
-        QkVec<T, 8> o;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            // Column 8c + j sits in nibble [0, 4, 1, 5, 2, 6, 3, 7][j].
-            const int shift = 4 * ((j >> 1) + 4 * (j & 1));
-            const float q = (float)((w >> shift) & 15u), z = (float)((zw >> shift) & 15u);
-            o.v[j] = qk_from_f32<T>((q - z) * qk_to_f32(s.v[j]));
-        }
-        *reinterpret_cast<QkVec<T, 8>*>(out + (long long)k * n_dim + 8 * c) = o;
-    }
+    if (group_size % QK_AWQ_ROWS == 0) awq_rows<T, true>(qweight, qzeros, scales, out, k_dim, n_dim, group_size);
+    else awq_rows<T, false>(qweight, qzeros, scales, out, k_dim, n_dim, group_size);
 }
 
 #define QK_AWQ(T, NAME)                                                                               \

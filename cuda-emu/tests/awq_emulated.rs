@@ -21,7 +21,8 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, g: usize) {
         (0..l.groups() * n).map(|_| <T as Elem>::from_f32((next() % 1000) as f32 * 1e-4 - 0.05)).collect();
     let mut want = vec![<T as Elem>::from_f32(0.0); k * n];
     awq::awq_dequantize_reference_into(&qw, &qz, &s, &l, &mut want).unwrap();
-    for (grid, block) in [(1u32, 1u32), (3, 32)] {
+    // 1-D and 2-D launches (x | y << 16), all smaller than the work: every loop strides.
+    for (grid, block) in [(1u32, 1u32), (3, 32), (2 | 3 << 16, 4 | 2 << 16), (1 | 1 << 16, 1 | 3 << 16)] {
         let got = awq_dequant(&qw, &qz, &s, k, n, g, grid, block);
         let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
         assert!(same, "K{k} N{n} g{g} {}", T::DTYPE);
@@ -30,7 +31,19 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, g: usize) {
 
 #[test]
 fn awq_kernel_source_equals_the_reference() {
-    for (k, n, g) in [(1, 8, 1), (64, 40, 16), (128, 64, 32), (96, 24, 96)] {
+    // Groups of 1, 3, 5, 12 and 20 rows cross a thread's 8-row chunk; K of 15, 9 and 60 leave a
+    // partial last chunk.
+    for (k, n, g) in [
+        (1, 8, 1),
+        (64, 40, 16),
+        (128, 64, 32),
+        (96, 24, 96),
+        (15, 16, 3),
+        (9, 8, 1),
+        (60, 32, 12),
+        (60, 24, 20),
+        (10, 8, 5),
+    ] {
         case::<f32>(k, n, g);
         case::<f16>(k, n, g);
         case::<bf16>(k, n, g);

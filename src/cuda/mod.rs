@@ -632,9 +632,10 @@ pub fn awq_dequantize_cuda<T: CudaElem>(
     launch.arg(qweight).arg(qzeros).arg(scales).arg(out).arg(&k).arg(&n).arg(&gs);
     // SAFETY: signature (const int*, const int*, const T*, T*, int, int, int) matches. AwqLayout
     // guarantees N % 8 == 0 and group_size | K; with the lengths checked above the kernel reads
-    // qweight[t] for t < K*N/8, qzeros and scales rows g = k / group_size < G (scales as 8-wide
-    // vectors at 8c, aligned), and writes out[k*N + 8c .. +8] within K*N.
-    unsafe { launch.launch(launch_1d(items)) }?;
+    // qweight[k*N/8 + c] for k < K, c < N/8, qzeros and scales rows g = k / group_size < G
+    // (scales as 8-wide vectors at 8c, aligned), and writes out[k*N + 8c .. +8] within K*N.
+    // Grid: words on x, chunks of 8 rows on y (ptx/awq.cu).
+    unsafe { launch.launch(launch_2d(layout.packed_cols(), layout.k().div_ceil(8))) }?;
     Ok(())
 }
 
