@@ -51,8 +51,7 @@ __device__ __forceinline__ void awq_rows(const int* __restrict__ qweight, const 
             float zm[8], s[8];
             awq_group<T>(qzeros, scales, words, n_dim, g, x, zm, s);
             T* op = out + (long long)k0 * n_dim + 8 * x;
-            // 2^23's bits (qk_magic(0)) in a register: then mask-and-OR of a code is one 3-input
-            // logic op (with two immediates it takes two). group_size > 0, so the added term is 0,
+            // 2^23's bits for qk_magic, kept in a register: group_size > 0, so the added term is 0,
             // but the compiler cannot fold it into an immediate.
             const unsigned magic = 0x4b000000u + ((unsigned)group_size >> 31);
 #pragma unroll
@@ -67,7 +66,7 @@ __device__ __forceinline__ void awq_rows(const int* __restrict__ qweight, const 
                 QkVec<T, 8> o;
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
-                    const float q = __int_as_float((int)(((w[i] >> qk_awq_shift(j)) & 15u) | magic));
+                    const float q = qk_magic((w[i] >> qk_awq_shift(j)) & 15u, magic);
                     o.v[j] = qk_from_f32<T>((q - zm[j]) * s[j]);
                 }
                 *reinterpret_cast<QkVec<T, 8>*>(op + (long long)i * n_dim) = o;

@@ -49,5 +49,9 @@ __device__ __forceinline__ long long qk_linear_step() {
 }
 
 // 2^23 + q for an integer 0 <= q < 2^23, by OR-ing q into the mantissa: (2^23 + q) - (2^23 + z)
-// is exactly q - z, with no integer-to-float conversion (a slow instruction on the GPU).
-__device__ __forceinline__ float qk_magic(unsigned q) { return __int_as_float((int)(0x4b000000u | q)); }
+// is exactly q - z, with no integer-to-float conversion (a slow instruction on the GPU). A hot
+// loop may pass 2^23's bits (0x4b000000) held in a register as `magic`, so that a mask and this
+// OR fold into one 3-input logic op (with two immediates they take two).
+__device__ __forceinline__ float qk_magic(unsigned q, unsigned magic = 0x4b000000u) {
+    return __int_as_float((int)(magic | q));
+}

@@ -4,8 +4,9 @@
 //
 // Fast path (cols % 16 == 0 and block cols % 16 == 0, so 16 consecutive codes share one scale):
 // a 2-D grid, x over 16-column vectors, y over chunks of QK_FP8_ROWS rows; a thread loads its
-// rows' codes up front as aligned 16-byte vectors (4 loads in flight) and each code becomes the f16 with the same bits shifted into place (E5M2 is the top byte
-// of an f16; E4M3's fields shifted into an f16 give its value / 256, subnormals included), widened
+// rows' codes up front as aligned 16-byte vectors (4 loads in flight) and each code becomes the
+// f16 with the same bits shifted into place (E5M2 is the top byte of an f16; E4M3's fields
+// shifted into an f16 give its value / 256, subnormals included), widened
 // exactly to f32 and multiplied by scale * 256 for E4M3 when that product is exact (always but
 // for |scale| >= 2^120; those rows take the bit-construction decode). E4M3 NaN codes (which the
 // f16 view reads as +-1.875) are found four at a time and patched. Static SASS (sm_90) of the
