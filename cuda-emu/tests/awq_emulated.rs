@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use quant_kernels::Elem;
 use quant_kernels::awq::{self, AwqLayout};
-use quant_kernels_cuda_emu::{EmuElem, awq_dequant};
+use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, awq_dequant};
 
 fn case<T: Elem + EmuElem>(k: usize, n: usize, g: usize) {
     let l = AwqLayout::new(k, n, g).unwrap();
@@ -21,8 +21,7 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, g: usize) {
         (0..l.groups() * n).map(|_| <T as Elem>::from_f32((next() % 1000) as f32 * 1e-4 - 0.05)).collect();
     let mut want = vec![<T as Elem>::from_f32(0.0); k * n];
     awq::awq_dequantize_reference_into(&qw, &qz, &s, &l, &mut want).unwrap();
-    // 1-D and 2-D launches (x | y << 16), all smaller than the work: every loop strides.
-    for (grid, block) in [(1u32, 1u32), (3, 32), (2 | 3 << 16, 4 | 2 << 16), (1 | 1 << 16, 1 | 3 << 16)] {
+    for (grid, block) in LAUNCHES_2D {
         let got = awq_dequant(&qw, &qz, &s, k, n, g, grid, block);
         let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
         assert!(same, "K{k} N{n} g{g} {}", T::DTYPE);

@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use quant_kernels::Elem;
 use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
-use quant_kernels_cuda_emu::{EmuElem, fp8_dequant};
+use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, fp8_dequant};
 
 fn case<T: Elem + EmuElem>(rows: usize, cols: usize, br: usize, bc: usize) {
     case_scaled::<T>(rows, cols, br, bc, |i| 1e-3 * (i + 1) as f32);
@@ -18,8 +18,7 @@ fn case_scaled<T: Elem + EmuElem>(rows: usize, cols: usize, br: usize, bc: usize
     for (fi, f) in [Fp8Format::E4M3, Fp8Format::E5M2].into_iter().enumerate() {
         let mut want = vec![<T as Elem>::from_f32(0.0); rows * cols];
         fp8::fp8_dequantize_reference_into(&codes, f, &scales, &l, &mut want).unwrap();
-        // 1-D launches and 2-D ones (x | y << 16): grids smaller than the work, so every loop strides.
-        for (grid, block) in [(1u32, 1u32), (3, 32), (2 | 3 << 16, 4 | 2 << 16), (1 | 1 << 16, 1 | 3 << 16)] {
+        for (grid, block) in LAUNCHES_2D {
             let got: Vec<T> = fp8_dequant(fi, &codes, &scales, rows, cols, (br, bc), grid, block);
             let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
             assert!(same, "{f:?} {rows}x{cols} block {br}x{bc} {}", T::DTYPE);
