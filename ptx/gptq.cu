@@ -7,12 +7,31 @@
 // v1 zero points (format 0) are read as GPTQModel does: +0x55555555 / 0x11111111 / 0x01010101
 // (wrapping) on each 2/4/8-bit word, +1 per field for 3-bit; v2 (format 1) as stored.
 //
-// One thread per (block of rows, 8 or 4 columns): a block is the rows whose codes fill whole
-// words (16/32/8/4 rows for 2/3/4/8 bits, in 1/3/1/1 words); words, scales and outputs move as
-// aligned vectors and adjacent threads take adjacent columns, so accesses are coalesced.
+// A 2-D grid: x over vectors of VEC columns, y over chunks of 16 rows (32 at 3 bits, whose codes
+// fill 3 words; 8 at 8 bits, to stay within 72 registers). When a chunk's rows share one group
+// (always without act-order once groups are multiples of the chunk) a thread loads the chunk's
+// words up front (adjacent threads: adjacent columns, so the loads coalesce), decodes its
+// columns' zero points and scales once and writes each row's VEC columns as one aligned vector.
+// Other chunks (act-order, small groups, a last partial chunk) take a compact row-at-a-time path
+// that decodes a row's group when it differs from the previous row's. The 32 lanes of a warp
+// share their rows, so both choices are uniform. Codes and zeros become floats by OR-ing them
+// into the mantissa of 2^23 (qk_magic): (2^23 + q) - (2^23 + z) is exactly q - z, as the
+// reference's (q as f32 - z as f32), so a code costs a shift, a logic op, a subtraction and a
+// multiplication.
 #include "common.cuh"
 
-// Bits [first, first + BITS) of the little-endian word stream `words`.
+template <int BITS>
+struct QkGptq {
+    enum : int {
+        ROWS = BITS == 3 ? 32 : 32 / BITS,           // rows whose codes fill whole words,
+        WORDS = BITS == 3 ? 3 : 1,                   // ... this many per column
+        CHUNK = BITS == 3 ? 32 : BITS == 8 ? 8 : 16,  // rows per thread
+        CWORDS = CHUNK / ROWS * WORDS,               // qweight rows per chunk
+    };
+};
+
+// Bits [first, first + BITS) of the little-endian word stream `words` (first is a constant in the
+// unrolled loop below, so the straddle test folds away).
 template <int BITS>
 __device__ __forceinline__ unsigned qk_field(const unsigned* words, int first) {
     const int j = first >> 5, shift = first & 31;
@@ -21,79 +40,159 @@ __device__ __forceinline__ unsigned qk_field(const unsigned* words, int first) {
     return v & ((1u << BITS) - 1u);
 }
 
-template <int BITS>
-__device__ __forceinline__ unsigned gptq_zero(const int* __restrict__ qzeros, int zcols, int g, int n, int format) {
-    const int first = n * BITS;
-    const int j = first >> 5;
-    unsigned w[2];
-    w[0] = (unsigned)qzeros[(long long)g * zcols + j];
-    w[1] = ((first & 31) + BITS > 32) ? (unsigned)qzeros[(long long)g * zcols + j + 1] : 0u;
-    if (format == 0 && BITS != 3) {
-        const unsigned inc = BITS == 2 ? 0x55555555u : BITS == 4 ? 0x11111111u : 0x01010101u;
-        w[0] += inc;  // wrapping, carries included: GPTQModel's v1 -> v2 conversion
-    }
-    unsigned z = qk_field<BITS>(w, first & 31);
-    if (format == 0 && BITS == 3) z = (z + 1u) & 7u;
-    return z;
-}
-
-// Rows b*ROWS .. b*ROWS+ROWS of columns n .. n+VEC.
+// Where columns n .. n+VEC's zero points and scales sit in group row 0: VEC * BITS bits of qzeros
+// from bit n * BITS (within two words), and VEC scales.
 template <int BITS, int VEC, typename T>
-__device__ __forceinline__ void gptq_block(const int* __restrict__ qweight, const int* __restrict__ qzeros,
-                                           const T* __restrict__ scales, const int* __restrict__ g_idx,
-                                           T* __restrict__ out, int n_dim, int zcols, int format, int b, int n) {
-    constexpr int ROWS = BITS == 3 ? 32 : 32 / BITS;  // rows per block
-    constexpr int WORDS = BITS == 3 ? 3 : 1;         // words per block and column
-    unsigned w[VEC][WORDS + 1];
-#pragma unroll
-    for (int i = 0; i < WORDS; ++i) {
-        const QkVec<int, VEC> row = *reinterpret_cast<const QkVec<int, VEC>*>(qweight + (long long)(b * WORDS + i) * n_dim + n);
-#pragma unroll
-        for (int c = 0; c < VEC; ++c) w[c][i] = (unsigned)row.v[c];
+struct QkGptqCols {
+    const int* zp;  // first qzeros word of group row 0
+    const T* sp;    // first scale of group row 0
+    int zcols;      // qzeros words per group row (N * BITS / 32 < 2^31: N is an int)
+    int n_dim;
+    int shift;      // bit offset of column n in *zp
+    __device__ __forceinline__ QkGptqCols(const int* qzeros, const T* scales, int n_dim_, int n) {
+        const long long first = (long long)n * BITS;
+        zcols = (int)((long long)n_dim_ * BITS / 32);
+        zp = qzeros + (first >> 5);
+        sp = scales + n;
+        n_dim = n_dim_;
+        shift = (int)(first & 31);
     }
-#pragma unroll
-    for (int c = 0; c < VEC; ++c) w[c][WORDS] = 0u;
-#pragma unroll 4
-    for (int j = 0; j < ROWS; ++j) {
-        const int k = b * ROWS + j;
-        const int g = g_idx[k];
-        const QkVec<T, VEC> s = *reinterpret_cast<const QkVec<T, VEC>*>(scales + (long long)g * n_dim + n);
-        QkVec<T, VEC> o;
+
+    // Group g's zero points (as 2^23 + z, see qk_magic) and scales.
+    __device__ __forceinline__ void load(int g, int format, unsigned magic, float* zm, float* s) const {
+        // g >= 0: unsigned 32 x 32 -> 64-bit products (one instruction each).
+        const int* z = zp + (unsigned long long)(unsigned)g * (unsigned)zcols;
+        unsigned lo = (unsigned)z[0];
+        unsigned hi = shift + VEC * BITS > 32 ? (unsigned)z[1] : 0u;
+        if (format == 0 && BITS != 3) {
+            // v1: GPTQModel's +1 in every field, a wrapping add per word (carries included).
+            const unsigned inc = BITS == 2 ? 0x55555555u : BITS == 4 ? 0x11111111u : 0x01010101u;
+            lo += inc;
+            hi += inc;
+        }
+        const unsigned long long v = (((unsigned long long)hi << 32) | lo) >> shift;
+        const QkVec<T, VEC> sv =
+            *reinterpret_cast<const QkVec<T, VEC>*>(sp + (unsigned long long)(unsigned)g * (unsigned)n_dim);
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
-            const unsigned q = qk_field<BITS>(w[c], j * BITS);
-            const float z = (float)gptq_zero<BITS>(qzeros, zcols, g, n + c, format);
-            o.v[c] = qk_from_f32<T>(((float)q - z) * qk_to_f32(s.v[c]));
+            unsigned zc = (unsigned)(v >> (c * BITS)) & ((1u << BITS) - 1u);
+            if (format == 0 && BITS == 3) zc = (zc + 1u) & 7u;  // v1 at 3 bits: +1 per field
+            zm[c] = qk_magic(zc, magic);
+            s[c] = qk_to_f32(sv.v[c]);
         }
-        *reinterpret_cast<QkVec<T, VEC>*>(out + (long long)k * n_dim + n) = o;
     }
-}
+};
 
-// Grid-stride over (block of rows, VEC columns) items.
+// Rows k0 .. k0+nrows (whole word blocks) of columns n .. n+VEC, a row at a time, decoding a
+// row's group only when it differs from the previous row's: the path for act-order chunks, small
+// groups and a last, partial chunk. Compact (not unrolled over rows): each column's block words
+// are a bit stream shifted right by BITS after every row.
 template <int BITS, int VEC, typename T>
-__device__ __forceinline__ void gptq_items(const int* __restrict__ qweight, const int* __restrict__ qzeros,
-                                           const T* __restrict__ scales, const int* __restrict__ g_idx,
-                                           T* __restrict__ out, int k_dim, int n_dim, int format) {
-    constexpr int ROWS = BITS == 3 ? 32 : 32 / BITS;
-    const int zcols = n_dim * BITS / 32;
-    const int nv = n_dim / VEC;
-    const long long items = (long long)(k_dim / ROWS) * nv;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < items; t += stride) {
-        const int b = (int)(t / nv);
-        const int n = (int)(t - (long long)b * nv) * VEC;
-        gptq_block<BITS, VEC, T>(qweight, qzeros, scales, g_idx, out, n_dim, zcols, format, b, n);
+__device__ __forceinline__ void gptq_rows(const int* __restrict__ qweight, const QkGptqCols<BITS, VEC, T>& cols,
+                                          const int* __restrict__ g_idx, T* __restrict__ out, int n_dim,
+                                          int format, unsigned magic, int k0, int nrows, int n) {
+    using L = QkGptq<BITS>;
+    float zm[VEC], s[VEC];
+    int gl = -1;  // the group zm and s hold: none yet
+    T* op = out + (long long)k0 * n_dim + n;
+#pragma unroll 1
+    for (int k = k0; k < k0 + nrows; k += L::ROWS) {
+        const int* wp = qweight + (long long)(k / L::ROWS * L::WORDS) * n_dim + n;
+        unsigned w[VEC][L::WORDS];
+#pragma unroll
+        for (int i = 0; i < L::WORDS; ++i) {
+            const QkVec<int, VEC> row = *reinterpret_cast<const QkVec<int, VEC>*>(wp + (long long)i * n_dim);
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) w[c][i] = (unsigned)row.v[c];
+        }
+#pragma unroll 1
+        for (int j = 0; j < L::ROWS; ++j, op += n_dim) {
+            const int g = g_idx[k + j];
+            if (g != gl) {
+                gl = g;
+                cols.load(g, format, magic, zm, s);
+            }
+            QkVec<T, VEC> o;
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) {
+                const float q = qk_magic(w[c][0] & ((1u << BITS) - 1u), magic);
+                o.v[c] = qk_from_f32<T>((q - zm[c]) * s[c]);
+#pragma unroll
+                for (int i = 0; i + 1 < L::WORDS; ++i) w[c][i] = (w[c][i] >> BITS) | (w[c][i + 1] << (32 - BITS));
+                w[c][L::WORDS - 1] >>= BITS;
+            }
+            *reinterpret_cast<QkVec<T, VEC>*>(op) = o;
+        }
     }
 }
 
-// VEC = 8 columns per thread when N allows it, else 4 (N is always a multiple of 4: GptqLayout
-// requires whole qzeros words).
+template <int BITS, int VEC, typename T>
+__device__ __forceinline__ void gptq_chunks(const int* __restrict__ qweight, const int* __restrict__ qzeros,
+                                            const T* __restrict__ scales, const int* __restrict__ g_idx,
+                                            T* __restrict__ out, int k_dim, int n_dim, int format) {
+    using L = QkGptq<BITS>;
+    const int nv = n_dim / VEC;
+    const int chunks = (k_dim + L::CHUNK - 1) / L::CHUNK;
+    // 2^23's bits for qk_magic, held in a register (format is 0 or 1, so the added term is 0, but
+    // the compiler cannot fold it into an immediate).
+    const unsigned magic = 0x4b000000u + ((unsigned)format >> 31);
+    for (int x = qk_x0(); x < nv; x += qk_xstep()) {
+        const int n = x * VEC;
+        const QkGptqCols<BITS, VEC, T> cols(qzeros, scales, n_dim, n);
+        for (int ch = qk_y0(); ch < chunks; ch += qk_ystep()) {
+            const int k0 = ch * L::CHUNK;
+            const int nrows = min((int)L::CHUNK, k_dim - k0);  // a multiple of ROWS, as K is
+            // A whole chunk whose rows share one group takes the fast path below; its groups are
+            // read 4 rows a vector (k0 is a multiple of 4).
+            const int g0 = g_idx[k0];
+            bool fast = nrows == L::CHUNK;
+            if (fast) {
+#pragma unroll
+                for (int i = 0; i < L::CHUNK; i += 4) {
+                    const QkVec<int, 4> gv = *reinterpret_cast<const QkVec<int, 4>*>(g_idx + k0 + i);
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) fast &= gv.v[r] == g0;
+                }
+            }
+            if (!fast) {
+                gptq_rows<BITS, VEC, T>(qweight, cols, g_idx, out, n_dim, format, magic, k0, nrows, n);
+                continue;
+            }
+            const int* wp = qweight + (long long)(k0 / L::ROWS * L::WORDS) * n_dim + n;
+            unsigned w[VEC][L::CWORDS + 1];
+#pragma unroll
+            for (int i = 0; i < L::CWORDS; ++i) {
+                const QkVec<int, VEC> row = *reinterpret_cast<const QkVec<int, VEC>*>(wp + (long long)i * n_dim);
+#pragma unroll
+                for (int c = 0; c < VEC; ++c) w[c][i] = (unsigned)row.v[c];
+            }
+#pragma unroll
+            for (int c = 0; c < VEC; ++c) w[c][L::CWORDS] = 0u;
+            float zm[VEC], s[VEC];
+            cols.load(g0, format, magic, zm, s);
+            T* op = out + (long long)k0 * n_dim + n;
+#pragma unroll
+            for (int j = 0; j < L::CHUNK; ++j, op += n_dim) {
+                QkVec<T, VEC> o;
+#pragma unroll
+                for (int c = 0; c < VEC; ++c) {
+                    const float q = qk_magic(qk_field<BITS>(w[c], j * BITS), magic);
+                    o.v[c] = qk_from_f32<T>((q - zm[c]) * s[c]);
+                }
+                *reinterpret_cast<QkVec<T, VEC>*>(op) = o;
+            }
+        }
+    }
+}
+
+// VEC = 8 columns per thread; 4 for 8-bit layers whose N is not a multiple of 8 (GptqLayout makes
+// N a multiple of 16/32/8 at 2/3/4 bits, of 4 at 8 bits).
 template <int BITS, typename T>
 __device__ __forceinline__ void gptq_dequant(const int* __restrict__ qweight, const int* __restrict__ qzeros,
                                              const T* __restrict__ scales, const int* __restrict__ g_idx,
                                              T* __restrict__ out, int k_dim, int n_dim, int format) {
-    if ((n_dim & 7) == 0) gptq_items<BITS, 8, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
-    else gptq_items<BITS, 4, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
+    if (BITS == 8 && (n_dim & 7) != 0) gptq_chunks<BITS, 4, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
+    else gptq_chunks<BITS, 8, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
 }
 
 // Entry points: gptq_dequant_{bits}b_{elem}(qweight, qzeros, scales, g_idx, out, K, N, format).

@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 use quant_kernels::Elem;
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
-use quant_kernels_cuda_emu::{EmuElem, SplitMix as Rng, gptq_dequant};
+use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, SplitMix as Rng, gptq_dequant};
 
 fn case<T: Elem + EmuElem>(k: usize, n: usize, bits: u8, g: i64, act: bool, f: ZeroFormat) {
     let l = GptqLayout::new(k, n, bits, g).unwrap();
@@ -25,7 +25,7 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, bits: u8, g: i64, act: bool, f: Z
     let mut want = vec![T::from_f32(0.0); k * n];
     gptq::gptq_dequantize_reference_into(&qweight, &qzeros, &scales, Some(&g_idx), &l, f, &mut want).unwrap();
     let format = if f == ZeroFormat::V1 { 0 } else { 1 };
-    for (grid, block) in [(1u32, 1u32), (1, 32), (3, 64), (16, 128)] {
+    for (grid, block) in LAUNCHES_2D {
         let got = gptq_dequant(bits, &qweight, &qzeros, &scales, &g_idx, k, n, format, grid, block);
         let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
         assert!(same, "{bits}-bit K{k} N{n} g{g} act {act} {f:?} {} grid {grid} block {block}", T::DTYPE);
@@ -34,8 +34,19 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, bits: u8, g: i64, act: bool, f: Z
 
 #[test]
 fn gptq_kernel_source_equals_the_reference() {
-    // 8-bit with N = 36, 44: not a multiple of 8, so the kernel's 4-column path runs.
-    let extra = [(8u8, 32usize, 36usize, -1i64), (8, 64, 44, 16)];
+    // 8-bit with N = 36, 44: not a multiple of 8, so the kernel's 4-column path runs. K not a
+    // multiple of the 16-row chunks (K = 40 at 4 bits, 20 and 12 at 8 bits) ends in a partial
+    // chunk; groups of 4/8/12/24 rows change inside chunks.
+    let extra = [
+        (8u8, 32usize, 36usize, -1i64),
+        (8, 64, 44, 16),
+        (8, 20, 36, 12),
+        (8, 12, 16, 4),
+        (4, 40, 24, 24),
+        (4, 24, 16, 8),
+        (2, 48, 32, 8),
+        (3, 96, 32, 12),
+    ];
     let table = [2u8, 3, 4, 8].into_iter().flat_map(|b| {
         [(32, 32, -1i64), (64, 96, 16), (96, 64, 40), (128, 160, 128)].map(|(k, n, g)| (b, k, n, g))
     });

@@ -356,9 +356,15 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
     check_gptq_device(layout, qweight, qzeros, scales, g_idx)?;
     expect("out", layout.k() * layout.n(), out.len())?;
     let (k, n) = (to_i32("K", layout.k())?, to_i32("N", layout.n())?);
-    let vec = if layout.n().is_multiple_of(8) { 8 } else { 4 }; // columns per thread (see ptx/gptq.cu)
-    let items = layout.k() / crate::gptq::layout::codes_per_block(layout.bits()) * (layout.n() / vec);
-    if items == 0 {
+    // Columns per thread and rows per chunk (QkGptq in ptx/gptq.cu): 8 columns (4 for 8-bit
+    // layers with N % 8 != 0), chunks of 16 rows (32 at 3 bits, 8 at 8 bits).
+    let vec = if layout.bits() == 8 && !layout.n().is_multiple_of(8) { 4 } else { 8 };
+    let chunk = match layout.bits() {
+        3 => 32,
+        8 => 8,
+        _ => 16,
+    };
+    if layout.k() == 0 || layout.n() == 0 {
         return Ok(());
     }
     let entry = gptq_dequant_entry(layout.bits(), T::DTYPE).ok_or(Error::UnsupportedBits(layout.bits()))?;
@@ -367,9 +373,7 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
         ZeroFormat::V1 => 0,
         ZeroFormat::V2 => 1,
     };
-    const BLOCK: u32 = 256;
-    let blocks = items.div_ceil(BLOCK as usize).min(1 << 20) as u32;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let cfg = launch_2d(layout.n() / vec, layout.k().div_ceil(chunk));
     let mut launch = gpu.stream.launch_builder(&f);
     launch.arg(qweight).arg(qzeros).arg(scales).arg(&g_idx.buf).arg(out).arg(&k).arg(&n).arg(&fmt);
     // SAFETY: the entry's signature is (const int*, const int*, const T*, const int*, T*, int, int,
@@ -377,10 +381,11 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
     // of the rows per word block, N of the codes per qzeros word, as GptqLayout guarantees); the
     // kernel reads qweight rows < K*bits/32, qzeros words < N*bits/32 of rows g < G, scales[g*N+n]
     // and writes out[k*N+n] with k < K, n < N, where every g comes from a DeviceGIdx whose values
-    // were checked to lie in 0..G before upload. Its vector accesses cover 8 (N % 8 == 0) or 4
-    // columns (N % 4 == 0 always holds) starting at multiples of that from 256-byte aligned
-    // cudaMalloc bases, so they are aligned. cudarc keeps the buffers alive until the kernel
-    // has finished.
+    // were checked to lie in 0..G before upload; it reads g_idx[k] for k < K. Its vector accesses
+    // cover 8 columns (4 only for 8-bit with N % 8 != 0; N % 8 == 0 at 2/3/4 bits and N % 4 == 0
+    // always hold) or 4 rows of g_idx (K % 4 == 0), starting at multiples of that from 256-byte
+    // aligned cudaMalloc bases, so they are aligned. cudarc keeps the buffers alive until the
+    // kernel has finished.
     unsafe { launch.launch(cfg) }?;
     Ok(())
 }
