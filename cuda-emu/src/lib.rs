@@ -13,7 +13,7 @@ unsafe extern "C" {
     fn cpu_gemv_reduce_cols_f32(part: *const f32, y: *mut f32, n: i32, slices: i32, gr: u32, b: u32);
 }
 
-/// `(grid, block)` launch shapes for the emulated 2-D kernels (FP8, AWQ, GPTQ): 1-D ones and 2-D ones
+/// `(grid, block)` launch shapes for the emulated 2-D kernels (FP8, AWQ, GPTQ, HQQ): 1-D ones and 2-D ones
 /// (`x | y << 16`, see `qk_dim` in the shim), all smaller than the test shapes' work, so every
 /// grid-stride loop of the kernels takes more than one step.
 pub const LAUNCHES_2D: [(u32, u32); 4] =

@@ -1,14 +1,14 @@
 //! ptx/hqq.cu, run on the CPU through the shim, equals the crate's naive reference bit for bit
-//! for every width x element type x axis over a shape table and several launch shapes (so both
-//! the 8-wide and the 1-wide paths and the grid-stride loop are exercised).
+//! for every width x element type x axis over a shape table and several 1-D and 2-D launch shapes
+//! (so the vector and 1-wide paths, the axis-0 row chunks and the grid-stride loops are exercised).
 
 use half::{bf16, f16};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
 use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing};
-use quant_kernels_cuda_emu::{EmuElem, HqqShape, SplitMix as Rng, hqq_dequant_3b, hqq_dequant_u8};
-
-const LAUNCHES: [(u32, u32); 4] = [(1, 1), (1, 32), (3, 64), (64, 128)];
+use quant_kernels_cuda_emu::{
+    EmuElem, HqqShape, LAUNCHES_2D, SplitMix as Rng, hqq_dequant_3b, hqq_dequant_u8,
+};
 
 fn case<P: Packing, T: Elem + EmuElem>(rows: usize, cols: usize, g: usize, axis: Axis, seed: u64) -> bool {
     let layout = HqqLayout::new(rows, cols, g, axis).unwrap();
@@ -29,7 +29,7 @@ fn case<P: Packing, T: Elem + EmuElem>(rows: usize, cols: usize, g: usize, axis:
         groups: layout.groups(),
     };
     let bits: Vec<u32> = words.iter().map(|w| w.bits()).collect();
-    for (grid, block) in LAUNCHES {
+    for (grid, block) in LAUNCHES_2D.into_iter().chain([(64, 128)]) {
         let got: Vec<T> = if P::BITS.get() == 3 {
             let w: Vec<i32> = bits.iter().map(|&b| b as i32).collect();
             hqq_dequant_3b(&w, &s, &z, shape, grid, block)

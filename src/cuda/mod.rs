@@ -257,22 +257,21 @@ where
     P::Word: DeviceRepr,
 {
     let geo = hqq::check::<P>(layout, packed.len(), scales.len(), zeros.len(), out.len())?;
-    let words = geo.prows * geo.cols;
-    // The kernel gives each thread 8 words when the column count allows aligned vectors.
-    let items = if geo.cols.is_multiple_of(8) { words / 8 } else { words };
-    if words == 0 {
+    if geo.prows == 0 || geo.cols == 0 {
         return Ok(());
     }
     let (rows, cols, prows) =
         (to_i32("code rows", geo.rows)?, to_i32("code cols", geo.cols)?, to_i32("packed rows", geo.prows)?);
-    let axis: i32 = match geo.axis {
-        hqq::Axis::Zero => 0,
-        hqq::Axis::One => 1,
-    };
     let f = gpu.function(PtxFile::Hqq, hqq_dequant_entry(P::BITS, T::DTYPE))?;
-    const BLOCK: u32 = 256;
-    let blocks = items.div_ceil(BLOCK as usize).min(1 << 20) as u32; // grid-stride beyond that
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+    // Geometry of ptx/hqq.cu: a thread takes 16 bytes of output columns (8 f16/bf16, 4 f32) when
+    // the column count allows, else 1; x walks those column vectors, y chunks of 16 / PER_WORD
+    // packed rows (at least 1) on axis 0 and single packed rows on axis 1, whose rows are short.
+    let vec = 16 / std::mem::size_of::<T>();
+    let vectors = if geo.cols.is_multiple_of(vec) { geo.cols / vec } else { geo.cols };
+    let (axis, cfg) = match geo.axis {
+        hqq::Axis::Zero => (0i32, launch_2d(vectors, geo.prows.div_ceil((16 / P::PER_WORD).max(1)))),
+        hqq::Axis::One => (1i32, launch_short_rows(vectors, geo.prows)),
+    };
     let mut launch = gpu.stream.launch_builder(&f);
     launch.arg(packed).arg(scales).arg(zeros).arg(out).arg(&rows).arg(&cols).arg(&prows).arg(&axis);
     // SAFETY: the entry's signature is (const W*, const T*, const T*, T*, int, int, int, int) with W
@@ -280,9 +279,10 @@ where
     // list above. `check` proved packed.len() == prows*cols, scales/zeros len == groups and
     // out.len() == rows*cols, and the kernel only reads packed[t] for t < prows*cols, params at a
     // column < cols (axis 0) or row < rows (axis 1), and writes out[r*cols + c] for r < rows,
-    // c < cols. Its 8-wide vector accesses are taken only when cols % 8 == 0, so every vector
-    // starts at a multiple of 8 elements from a cudaMalloc base (256-byte aligned): aligned. The buffers are borrowed until the launch is queued; cudarc records the stream
-    // events that keep them alive until the kernel has finished.
+    // c < cols. Its VEC-wide vector accesses (VEC = 16 / size_of::<T>()) are taken only when
+    // cols % VEC == 0, so every vector starts at a multiple of VEC elements from a cudaMalloc base
+    // (256-byte aligned): aligned. The buffers are borrowed until the launch is queued; cudarc
+    // records the stream events that keep them alive until the kernel has finished.
     unsafe { launch.launch(cfg) }?;
     Ok(())
 }
@@ -412,9 +412,22 @@ pub fn gptq_dequantize_cuda_host<T: CudaElem>(
 /// y (both grid-strided in the kernel, so any shape is correct): 256 threads a block, at least a
 /// warp on x so adjacent lanes take adjacent columns.
 fn launch_2d(x_items: usize, y_items: usize) -> LaunchConfig {
-    const THREADS: usize = 256;
-    let bx = x_items.next_multiple_of(32).clamp(32, THREADS);
-    let by = THREADS / bx;
+    launch_blocks(x_items.next_multiple_of(32).clamp(32, 256), x_items, y_items)
+}
+
+/// [`launch_2d`] for rows of fewer than 32 column vectors: a block row is exactly the
+/// `x_items` vectors of one row, so a warp covers several whole, adjacent rows (contiguous in
+/// memory) and no lane idles.
+fn launch_short_rows(x_items: usize, y_items: usize) -> LaunchConfig {
+    if x_items >= 32 {
+        return launch_2d(x_items, y_items);
+    }
+    launch_blocks(x_items.max(1), x_items, y_items)
+}
+
+/// Blocks of `bx` x (256 / `bx`) threads over `x_items` x `y_items`.
+fn launch_blocks(bx: usize, x_items: usize, y_items: usize) -> LaunchConfig {
+    let by = 256 / bx;
     let gx = x_items.div_ceil(bx).clamp(1, 1 << 20);
     let gy = y_items.div_ceil(by).clamp(1, 65_535);
     LaunchConfig {
@@ -726,4 +739,34 @@ pub fn fp8_dequantize_cuda_host<S: Elem, T: CudaElem>(
     let mut out = gpu.zeros::<T>(layout.rows() * layout.cols())?;
     fp8_dequantize_cuda(gpu, &c, format, &s, layout, &mut out)?;
     gpu.download(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every launch shape is a legal block of 256 threads whose grid covers the items (unless
+    /// the grid limit clamps it: the kernels grid-stride), and `launch_2d` keeps a whole warp
+    /// on x.
+    #[test]
+    fn launch_shapes_cover_their_items() {
+        for x in [1usize, 2, 5, 8, 16, 31, 32, 33, 100, 4096, 1 << 21] {
+            for y in [1usize, 3, 64, 100_000, 1 << 24] {
+                for (cfg, warp_on_x) in [(launch_2d(x, y), true), (launch_short_rows(x, y), x >= 32)] {
+                    let (bx, by, bz) = cfg.block_dim;
+                    let (gx, gy, gz) = cfg.grid_dim;
+                    assert_eq!((bz, gz), (1, 1));
+                    assert!(bx * by <= 256 && bx * by > 128, "{x}x{y}: block {bx}x{by}");
+                    assert!((1..=1 << 20).contains(&gx) && (1..=65_535).contains(&gy));
+                    assert!((gx * bx) as usize >= x.min(1 << 20), "{x}x{y}: x not covered");
+                    assert!((gy * by) as usize >= y.min(65_535), "{x}x{y}: y not covered");
+                    if warp_on_x {
+                        assert_eq!(bx % 32, 0, "{x}x{y}: block {bx}x{by}");
+                    } else {
+                        assert_eq!(bx as usize, x, "short rows: one block row per row");
+                    }
+                }
+            }
+        }
+    }
 }
