@@ -81,3 +81,9 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     }
     return r;
 }
+
+// Fused multiply-add, rounded once (the GPU's FFMA; IEEE fma).
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+
+// Position (1-based) of the lowest set bit, 0 for 0.
+inline int __ffs(int v) { return v == 0 ? 0 : __builtin_ctz((unsigned)v) + 1; }

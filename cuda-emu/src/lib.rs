@@ -361,12 +361,17 @@ pub fn hqq_gemv_4b<T: EmuElem>(
     assert_eq!((scales.len(), zeros.len(), x.len()), (code_rows, code_rows, in_dim));
     let (s, z): (Vec<T::Raw>, Vec<T::Raw>) =
         (scales.iter().map(|v| v.raw()).collect(), zeros.iter().map(|v| v.raw()).collect());
-    let mut partial = vec![0f32; code_rows];
+    // Partials as ptx/gemv.cu lays them out: 16 per segment of `seg` flat weights (a whole
+    // output row, or half of one when the row count is odd), `per` consecutive ones per row.
+    let seg = if rows_out.is_multiple_of(2) { in_dim } else { in_dim / 2 };
+    let per = in_dim / seg * 16;
+    let mut partial = vec![0f32; rows_out * per];
     let mut y = vec![0f32; rows_out];
     let i = |v: usize| i32::try_from(v).expect("fits i32");
-    // SAFETY: the partial kernel reads packed[p*g..p*g+g] (p < prows), params and partial at code
-    // rows < code_rows and x below in_dim (g | in_dim); the reduction reads partial[o*per + t] and
-    // writes y[o] < rows_out. All lengths checked above; synchronous calls.
+    // SAFETY: the partial kernel reads packed bytes < prows*g, params at code rows < code_rows and
+    // x below in_dim (g | in_dim), and writes partial[S*16 + j] for the rows_out*in_dim/seg
+    // segments S; the reduction reads partial[o*per + t] and writes y[o] < rows_out. All lengths
+    // checked above; synchronous calls.
     unsafe {
         T::HQQ_GEMV(
             packed.as_ptr(),
@@ -381,7 +386,7 @@ pub fn hqq_gemv_4b<T: EmuElem>(
             grid,
             block,
         );
-        cpu_gemv_reduce_rows_f32(partial.as_ptr(), y.as_mut_ptr(), i(rows_out), i(in_dim / g), grid, block);
+        cpu_gemv_reduce_rows_f32(partial.as_ptr(), y.as_mut_ptr(), i(rows_out), i(per), grid, block);
     }
     y
 }

@@ -6,7 +6,7 @@ use half::{bf16, f16};
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::{B4, Elem};
-use quant_kernels_cuda_emu::{EmuElem, SplitMix as Rng, gptq_gemv_4b, hqq_gemv_4b};
+use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, SplitMix as Rng, gptq_gemv_4b, hqq_gemv_4b};
 
 fn close(got: &[f32], w: &[f32], x: &[f32], rows: usize, cols: usize, transposed: bool, what: &str) {
     for (o, g) in got.iter().enumerate() {
@@ -27,7 +27,7 @@ fn hqq_case<T: Elem + EmuElem>(rows: usize, cols: usize, g: usize) {
     let x: Vec<f32> = (0..cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; rows * cols];
     hqq::dequant_reference_into::<B4, T, f32>(&words, &s, &z, &l, &mut w).unwrap();
-    for (grid, block) in [(1u32, 1u32), (2, 32), (5, 64)] {
+    for (grid, block) in LAUNCHES_2D {
         let y = hqq_gemv_4b(&words, &s, &z, &x, rows, cols, g, grid, block);
         close(&y, &w, &x, rows, cols, false, &format!("hqq {rows}x{cols} g{g} {} {grid}x{block}", T::DTYPE));
     }
@@ -51,8 +51,8 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
     let mut w = vec![0f32; k * n];
     gptq::gptq_dequantize_reference_into(&qweight, &qzeros, &s, Some(&g_idx), &l, f, &mut w).unwrap();
     let fmt = if f == ZeroFormat::V1 { 0 } else { 1 };
-    for slice_rows in [8, k.min(64)] {
-        for (grid, block) in [(1u32, 1u32), (3, 32)] {
+    for slice_rows in [8, k.min(64), k.min(128)] {
+        for (grid, block) in LAUNCHES_2D {
             let y = gptq_gemv_4b(&qweight, &qzeros, &s, &g_idx, &x, k, n, slice_rows, fmt, grid, block);
             close(&y, &w, &x, n, k, true, &format!("gptq K{k} N{n} g{g} act {act} {}", T::DTYPE));
         }
@@ -61,12 +61,24 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
 
 #[test]
 fn fused_gemv_sources_match_the_f64_reference() {
-    for (rows, cols, g) in [(2, 64, 64), (6, 40, 8), (30, 96, 32), (64, 256, 64)] {
+    // Odd row counts (3, 5, 7) split rows into two segments; g = 8 and 4 take the 1-byte path;
+    // 1024 and 512 inputs give each thread several chunks.
+    for (rows, cols, g) in [
+        (2, 64, 64),
+        (6, 40, 8),
+        (30, 96, 32),
+        (64, 256, 64),
+        (3, 64, 16),
+        (5, 128, 32),
+        (3, 40, 4),
+        (4, 1024, 64),
+        (7, 512, 128),
+    ] {
         hqq_case::<f32>(rows, cols, g);
         hqq_case::<f16>(rows, cols, g);
         hqq_case::<bf16>(rows, cols, g);
     }
-    for (k, n, g) in [(8, 8, -1i64), (64, 96, 16), (128, 40, 32), (256, 64, 128)] {
+    for (k, n, g) in [(8, 8, -1i64), (64, 96, 16), (128, 40, 32), (256, 64, 128), (14336, 16, 128)] {
         for (act, f) in [(false, ZeroFormat::V1), (true, ZeroFormat::V2)] {
             gptq_case::<f16>(k, n, g, act, f);
             gptq_case::<bf16>(k, n, g, act, f);

@@ -443,14 +443,30 @@ fn launch_1d(items: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Length of the `partial` scratch buffer [`hqq_gemv_cuda`] needs: one `f32` per group.
+/// Threads sharing one segment of the HQQ GEMV (`QK_GEMV_TEAM` in ptx/gemv.cu).
+const GEMV_TEAM: usize = 16;
+
+/// Bytes (flat weights per plane) of one HQQ GEMV segment: a whole output row, or half of one
+/// when the output count is odd, so that a segment lies in one output row in both planes
+/// (ptx/gemv.cu).
+fn hqq_gemv_segment(layout: &HqqLayout) -> usize {
+    if layout.rows().is_multiple_of(2) { layout.cols() } else { layout.cols() / 2 }
+}
+
+/// Length of the `partial` scratch buffer [`hqq_gemv_cuda`] needs: 16 `f32` per segment of
+/// each output row (one row, or two halves when the row count is odd).
 pub fn hqq_gemv_scratch_len(layout: &HqqLayout) -> usize {
-    layout.groups()
+    match hqq_gemv_segment(layout) {
+        0 => 0,
+        seg => layout.numel() / seg * GEMV_TEAM,
+    }
 }
 
 /// Fused batch-1 GEMV from 4-bit HQQ weights, axis 1: `y[o] = sum_i W[o, i] * x[i]` for the
 /// `[rows, cols]` weight of `layout` (x: `cols` f32, y: `rows` f32), decoding in registers.
-/// Deterministic (fixed summation order: each group, then the groups of a row in order).
+/// Each group's zero and scale are factored out of its sum (`s * (sum q x - z * sum x)`), so `y`
+/// equals dequantize-then-multiply within f32 rounding, not bit for bit. Deterministic (fixed
+/// summation order: 16 strided partial sums per row segment, then a row's partials in order).
 /// Axis 0 layouts are [`Error::UnsupportedAxis`]`(0)`; the group size must divide `cols`.
 #[allow(clippy::too_many_arguments)]
 pub fn hqq_gemv_cuda<T: CudaElem>(
@@ -495,28 +511,33 @@ pub fn hqq_gemv_cuda<T: CudaElem>(
         .arg(&prows)
         .arg(&cols);
     // SAFETY: signature (const u8*, const T*, const T*, const float*, float*, int, int, int, int)
-    // matches. check::<B4> proved packed.len() == prows*g, scales/zeros len == rows (one per code
-    // row, axis 1); the kernel reads packed[p*g .. p*g+g] for p < prows (16-byte vectors only when
-    // g % 16 == 0, so aligned; x then in 4-float vectors at multiples of g floats from a
-    // cudaMalloc base, aligned), params and partial at code rows < rows, and x[(r*g) % cols + c]
-    // with c < g <= cols and g | cols, so < cols.
-    unsafe { launch.launch(launch_1d(geo.prows)) }?;
+    // matches. check::<B4> proved packed.len() == prows*g == numel/2 (4-bit axis 1: an even code
+    // row count), scales/zeros len == rows (one per code row). The kernel splits the packed bytes
+    // into segments of `seg` (hqq_gemv_segment: cols, or cols/2 for an odd row count, which
+    // makes cols/g even; either way a multiple of g dividing numel/2) and reads packed bytes
+    // < numel/2 (16-byte vectors only when g % 16 == 0, at multiples of 16: aligned), params at
+    // code rows r and r + prows < rows, x at (f % cols) + i < cols within one output row (4-float
+    // vectors at multiples of 16 floats: aligned), and writes partial[S*16 + j] for the numel/seg
+    // flat segments S and j < 16: exactly hqq_gemv_scratch_len, checked above.
+    let seg = hqq_gemv_segment(layout);
+    unsafe { launch.launch(launch_1d(geo.prows * geo.cols / seg * GEMV_TEAM)) }?;
     let (outs, per) =
-        (to_i32("rows", layout.rows())?, to_i32("groups per row", layout.cols() / layout.group_size())?);
+        (to_i32("rows", layout.rows())?, to_i32("partials per row", layout.cols() / seg * GEMV_TEAM)?);
     let f = gpu.function(PtxFile::Gemv, GEMV_REDUCE_ROWS)?;
     let mut launch = gpu.stream.launch_builder(&f);
     launch.arg(&*partial).arg(y).arg(&outs).arg(&per);
-    // SAFETY: signature (const float*, float*, int, int) matches; partial has rows*per = groups
-    // elements and y has rows, checked above; the kernel reads partial[o*per + t], t < per, and
-    // writes y[o], o < rows.
+    // SAFETY: signature (const float*, float*, int, int) matches; partial has rows*per elements
+    // (numel/seg*16 = rows*(cols/seg)*16) and y has rows, checked above; the kernel reads
+    // partial[o*per + t], t < per, and writes y[o], o < rows.
     unsafe { launch.launch(launch_1d(layout.rows())) }?;
     Ok(())
 }
 
-/// Input rows each thread of the GPTQ GEMV covers: the largest of 64, 32, 16, 8 dividing K
-/// (more threads in flight for the memory system, at the cost of K/64 partial sums per output).
+/// Input rows each thread of the GPTQ GEMV covers: the largest of 128, 64, 32, 16, 8 dividing K
+/// (K/128 partial sums per output: 1/64 of the weight bytes, while 4096 x 4096 still runs 32 K
+/// threads).
 fn gptq_slice_rows(k: usize) -> usize {
-    [64, 32, 16, 8].into_iter().find(|s| k.is_multiple_of(*s)).unwrap_or(8)
+    [128, 64, 32, 16, 8].into_iter().find(|s| k.is_multiple_of(*s)).unwrap_or(8)
 }
 
 /// Length of the `partial` scratch buffer [`gptq_gemv_cuda`] needs.
@@ -525,8 +546,10 @@ pub fn gptq_gemv_scratch_len(layout: &GptqLayout) -> usize {
 }
 
 /// Fused batch-1 GEMV from a 4-bit GPTQ layer: `y[n] = sum_k W[k, n] * x[k]` (x: `K` f32, y:
-/// `N` f32), decoding in registers; act-order through the validated `g_idx`. Deterministic
-/// (per-slice partial sums, then the slices of each output in order). Other widths are
+/// `N` f32), decoding in registers; act-order through the validated `g_idx`. A slice of rows in
+/// one group has its zero and scale factored out (`s * (sum q x - z * sum x)`), so `y` equals
+/// dequantize-then-multiply within f32 rounding, not bit for bit. Deterministic (per-slice
+/// partial sums, then the slices of each output in order). Other widths are
 /// [`Error::UnsupportedBits`].
 #[allow(clippy::too_many_arguments)]
 pub fn gptq_gemv_cuda<T: CudaElem>(
@@ -576,10 +599,10 @@ pub fn gptq_gemv_cuda<T: CudaElem>(
     // SAFETY: signature (const int*, const int*, const T*, const int*, const float*, float*, int,
     // int, int, int) matches. 4-bit GptqLayout: K % 8 == 0 and N % 8 == 0, slice_rows divides K
     // and is a multiple of 8; the kernel reads qweight word rows < K/8 at 4 columns n..n+4 <= N
-    // (16-byte aligned: n % 4 == 0), g = g_idx[k] < G (validated DeviceGIdx) for scales and
-    // qzeros rows, x[k] for k < K, and writes partial[s*N + n..n+4] for s < slices: all within the
-    // lengths checked above.
-    unsafe { launch.launch(launch_1d(slices * layout.n() / 4)) }?;
+    // (16-byte aligned: n % 4 == 0), g_idx[k] and x[k] for k < K (4-element vectors at multiples
+    // of 4: aligned), g = g_idx[k] < G (validated DeviceGIdx) for scales and qzeros rows, and
+    // writes partial[s*N + n..n+4] for s < slices: all within the lengths checked above.
+    unsafe { launch.launch(launch_2d(layout.n() / 4, slices)) }?;
     let f = gpu.function(PtxFile::Gemv, GEMV_REDUCE_COLS)?;
     let mut launch = gpu.stream.launch_builder(&f);
     launch.arg(&*partial).arg(y).arg(&n).arg(&sl);
