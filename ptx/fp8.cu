@@ -2,17 +2,19 @@
 // scales: out[r, c] = f32(w[r, c]) * scale[r / br, c / bc], one f32 multiplication, rounded once.
 // Decoding is exact bit construction (NaN: quiet, sign and mantissa in the payload, as torch).
 //
-// Fast path (cols % 16 == 0 and block cols % 16 == 0, so 16 consecutive codes share one scale):
-// a 2-D grid, x over 16-column vectors, y over chunks of QK_FP8_ROWS rows; a thread loads its
-// rows' codes up front as aligned 16-byte vectors (4 loads in flight) and each code becomes the
-// f16 with the same bits shifted into place (E5M2 is the top byte of an f16; E4M3's fields
-// shifted into an f16 give its value / 256, subnormals included), widened
-// exactly to f32 and multiplied by scale * 256 for E4M3 when that product is exact (always but
-// for |scale| >= 2^120; those rows take the bit-construction decode). E4M3 NaN codes (which the
-// f16 view reads as +-1.875) are found four at a time and patched. Static SASS (sm_90) of the
-// loop: ~5-7 instructions per code (E5M2 / E4M3, f16 out) where the per-code decode with a scale
-// look-up below takes ~45: on the H100 that path was instruction-bound at 40% of bandwidth.
-// Other shapes: one thread per 8 consecutive codes of a row when cols % 8 == 0, else per code.
+// Fast path (cols and block cols multiples of CV = 16 bytes of output: 8 codes for f16/bf16, 4
+// for f32, so a thread's CV consecutive codes share one scale): a 2-D grid, x over CV-column
+// vectors, y over chunks of QK_FP8_ROWS rows; a thread loads its rows' codes up front as aligned
+// vectors (adjacent lanes: adjacent columns) and stores each row as one 16-byte vector, so a
+// warp's stores are contiguous. Each code becomes the f16 with the same bits shifted into place
+// (E5M2 is the top byte of an f16; E4M3's fields shifted into an f16 give its value / 256,
+// subnormals included), widened exactly to f32 and multiplied by scale * 256 for E4M3 when that
+// product is exact (always but for |scale| >= 2^120; those rows take the bit-construction
+// decode). E4M3 NaN codes (which the f16 view reads as +-1.875) are found four at a time and
+// patched. Static SASS (sm_90) of the loop: ~5-7 instructions per code (E5M2 / E4M3, f16 out)
+// where the per-code decode with a scale look-up below takes ~45: on the H100 that path was
+// instruction-bound at 40% of bandwidth. Other shapes: one thread per 8 consecutive codes of a
+// row when cols % 8 == 0, else per code.
 #include "common.cuh"
 
 template <int MBITS, int BIAS, bool E4M3>
@@ -63,7 +65,7 @@ __device__ __forceinline__ void fp8_run(const unsigned char* __restrict__ codes,
     }
 }
 
-constexpr int QK_FP8_ROWS = 4;  // rows per thread on the 16-code path
+constexpr int QK_FP8_ROWS = 8;  // rows per thread on the vector path
 
 // Codes 0, 1 (hi: 2, 3) of the 4 in `x` as the bits of two f16 (low lane: the first code):
 // E5M2 is the top byte of its f16; E4M3's sign goes to bit 15 and its 7 exponent/mantissa bits
@@ -75,30 +77,74 @@ __device__ __forceinline__ unsigned qk_fp8_f16x2(unsigned x, bool hi) {
     return E4M3 ? (((t & 0x7f007f00u) >> 1) | (t & 0x80008000u)) : t;
 }
 
-// The rare cases, element by element from memory: 16 codes times s with the bit-construction
+// The rare cases, element by element from memory: CV codes times s with the bit-construction
 // decode; `only_nan` keeps the other outputs (written by the vector path) as they are.
-template <int MBITS, int BIAS, bool E4M3, typename T>
-__device__ __noinline__ void fp8_slow16(const unsigned char* __restrict__ codes, float s, T* __restrict__ out,
-                                        bool only_nan) {
+template <int MBITS, int BIAS, bool E4M3, int CV, typename T>
+__device__ __noinline__ void fp8_slow(const unsigned char* __restrict__ codes, float s, T* __restrict__ out,
+                                      bool only_nan) {
 #pragma unroll 1
-    for (int k = 0; k < 16; ++k) {
+    for (int k = 0; k < CV; ++k) {
         const unsigned b = codes[k];
         if (!only_nan || (b & 0x7fu) == 0x7fu) out[k] = qk_from_f32<T>(qk_fp8_decode<MBITS, BIAS, E4M3>(b) * s);
     }
 }
 
-// Rows r0 .. r0 + QK_FP8_ROWS (those < rows) of the 16 columns at `codes` / `out` (row 0 there),
+// One row of CV codes (its words `w`) times scale s (f: s * 256 for E4M3) into `o_row`; the
+// rare cases (E4M3 NaN codes, |f| overflowing) from `codes` through fp8_slow.
+template <int MBITS, int BIAS, bool E4M3, int CV, typename T>
+__device__ __forceinline__ void fp8_row(const QkVec<unsigned, CV / 4>& w, const unsigned char* __restrict__ codes,
+                                        float s, float f, bool exact, T* __restrict__ o_row) {
+    if (!exact) {
+        fp8_slow<MBITS, BIAS, E4M3, CV, T>(codes, s, o_row, false);
+        return;
+    }
+    QkVec<T, CV> o;
+    unsigned nan = 0u;
+#pragma unroll
+    for (int j = 0; j < CV / 4; ++j) {
+        const unsigned x = w.v[j];
+        // A byte whose low 7 bits are all ones (E4M3 NaN) becomes 0x80 after the add.
+        if (E4M3) nan |= ((x & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            const unsigned h = qk_fp8_f16x2<E4M3>(x, k == 1);
+            o.v[4 * j + 2 * k] = qk_from_f32<T>(qk_f16_bits_to_f32(h & 0xffffu) * f);
+            o.v[4 * j + 2 * k + 1] = qk_from_f32<T>(qk_f16_bits_to_f32(h >> 16) * f);
+        }
+    }
+    *reinterpret_cast<QkVec<T, CV>*>(o_row) = o;
+    if (E4M3 && nan != 0u) fp8_slow<MBITS, BIAS, E4M3, CV, T>(codes, s, o_row, true);
+}
+
+// E4M3 multiplies the f16 view by s * 256: exact unless that overflows (|s| >= 2^120).
+template <bool E4M3>
+__device__ __forceinline__ float qk_fp8_factor(float s, bool* exact) {
+    const float f = E4M3 ? s * 256.0f : s;
+    *exact = !E4M3 || fabsf(f) <= 3.402823466e38f;
+    return f;
+}
+
+// Rows r0 .. r0 + QK_FP8_ROWS (those < rows) of the CV columns at `codes` / `out` (row 0 there),
 // all in scale column `srow0[0]` (row block rb of r0: srow0 = scales + rb * scols + cb).
-template <int MBITS, int BIAS, bool E4M3, typename T>
-__device__ __forceinline__ void fp8_rows16(const unsigned char* __restrict__ codes, const float* __restrict__ srow0,
-                                           T* __restrict__ out, int nrows, int cols, int scols, int first_in_block,
-                                           int br) {
-    QkVec<unsigned, 4> w[QK_FP8_ROWS];
+template <int MBITS, int BIAS, bool E4M3, int CV, typename T>
+__device__ __forceinline__ void fp8_rows(const unsigned char* __restrict__ codes, const float* __restrict__ srow0,
+                                         T* __restrict__ out, int nrows, int cols, int scols, int first_in_block,
+                                         int br) {
+    QkVec<unsigned, CV / 4> w[QK_FP8_ROWS];
 #pragma unroll
     for (int i = 0; i < QK_FP8_ROWS; ++i)
-        if (i < nrows) w[i] = *reinterpret_cast<const QkVec<unsigned, 4>*>(codes + (long long)i * cols);
-    const float* sp = srow0;
+        if (i < nrows) w[i] = *reinterpret_cast<const QkVec<unsigned, CV / 4>*>(codes + (long long)i * cols);
     int left = br - first_in_block;  // rows left in the current row block
+    if (left >= QK_FP8_ROWS && nrows == QK_FP8_ROWS) {
+        // The whole chunk in one row block (e.g. any chunk of 128-row blocks): one scale.
+        bool exact;
+        const float s = *srow0, f = qk_fp8_factor<E4M3>(s, &exact);
+#pragma unroll
+        for (int i = 0; i < QK_FP8_ROWS; ++i)
+            fp8_row<MBITS, BIAS, E4M3, CV, T>(w[i], codes + (long long)i * cols, s, f, exact, out + (long long)i * cols);
+        return;
+    }
+    const float* sp = srow0;
 #pragma unroll
     for (int i = 0; i < QK_FP8_ROWS; ++i) {
         if (i >= nrows) break;
@@ -107,48 +153,28 @@ __device__ __forceinline__ void fp8_rows16(const unsigned char* __restrict__ cod
             left = br;
         }
         --left;
-        const float s = *sp;
-        const float f = E4M3 ? s * 256.0f : s;  // the f16 view of an E4M3 code is its value / 256
-        T* o_row = out + (long long)i * cols;
-        if (!E4M3 || fabsf(f) <= 3.402823466e38f) {
-            QkVec<T, 16> o;
-            unsigned nan = 0u;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const unsigned x = w[i].v[j];
-                // A byte whose low 7 bits are all ones (E4M3 NaN) becomes 0x80 after the add.
-                if (E4M3) nan |= ((x & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
-#pragma unroll
-                for (int k = 0; k < 2; ++k) {
-                    const unsigned h = qk_fp8_f16x2<E4M3>(x, k == 1);
-                    o.v[4 * j + 2 * k] = qk_from_f32<T>(qk_f16_bits_to_f32(h & 0xffffu) * f);
-                    o.v[4 * j + 2 * k + 1] = qk_from_f32<T>(qk_f16_bits_to_f32(h >> 16) * f);
-                }
-            }
-            *reinterpret_cast<QkVec<T, 16>*>(o_row) = o;
-            if (E4M3 && nan != 0u) fp8_slow16<MBITS, BIAS, E4M3, T>(codes + (long long)i * cols, s, o_row, true);
-        } else {
-            fp8_slow16<MBITS, BIAS, E4M3, T>(codes + (long long)i * cols, s, o_row, false);
-        }
+        bool exact;
+        const float s = *sp, f = qk_fp8_factor<E4M3>(s, &exact);
+        fp8_row<MBITS, BIAS, E4M3, CV, T>(w[i], codes + (long long)i * cols, s, f, exact, out + (long long)i * cols);
     }
 }
 
-// cols % 16 == 0 and bc % 16 == 0: x walks 16-column vectors, y chunks of QK_FP8_ROWS rows.
-template <int MBITS, int BIAS, bool E4M3, typename T>
-__device__ __forceinline__ void fp8_run16(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
-                                          T* __restrict__ out, int rows, int cols, int br, int bc) {
+// cols % CV == 0 and bc % CV == 0: x walks CV-column vectors, y chunks of QK_FP8_ROWS rows.
+template <int MBITS, int BIAS, bool E4M3, int CV, typename T>
+__device__ __forceinline__ void fp8_run_vec(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                                            T* __restrict__ out, int rows, int cols, int br, int bc) {
     const int scols = (cols + bc - 1) / bc;
-    const int cv = cols / 16;
+    const int cv = cols / CV;
     const int chunks = (rows + QK_FP8_ROWS - 1) / QK_FP8_ROWS;
     for (int x = qk_x0(); x < cv; x += qk_xstep()) {
-        const int c = x * 16;
+        const int c = x * CV;
         const float* scol = scales + c / bc;
         for (int ch = qk_y0(); ch < chunks; ch += qk_ystep()) {
             const int r0 = ch * QK_FP8_ROWS;
             const unsigned rb = (unsigned)r0 / (unsigned)br;
             const long long at = (long long)r0 * cols + c;
-            fp8_rows16<MBITS, BIAS, E4M3, T>(codes + at, scol + (long long)rb * scols, out + at,
-                                             min(QK_FP8_ROWS, rows - r0), cols, scols, r0 - (int)rb * br, br);
+            fp8_rows<MBITS, BIAS, E4M3, CV, T>(codes + at, scol + (long long)rb * scols, out + at,
+                                               min(QK_FP8_ROWS, rows - r0), cols, scols, r0 - (int)rb * br, br);
         }
     }
 }
@@ -156,7 +182,8 @@ __device__ __forceinline__ void fp8_run16(const unsigned char* __restrict__ code
 template <int MBITS, int BIAS, bool E4M3, typename S, typename T>
 __device__ __forceinline__ void fp8_dequant(const unsigned char* __restrict__ codes, const S* __restrict__ scales,
                                             T* __restrict__ out, int rows, int cols, int br, int bc) {
-    if ((cols & 15) == 0 && (bc & 15) == 0) fp8_run16<MBITS, BIAS, E4M3, T>(codes, scales, out, rows, cols, br, bc);
+    constexpr int CV = 16 / sizeof(T);  // codes per thread and row: 16 bytes of output
+    if (cols % CV == 0 && bc % CV == 0) fp8_run_vec<MBITS, BIAS, E4M3, CV, T>(codes, scales, out, rows, cols, br, bc);
     else if ((cols & 7) == 0) fp8_run<MBITS, BIAS, E4M3, 8, S, T>(codes, scales, out, rows, cols, br, bc);
     else fp8_run<MBITS, BIAS, E4M3, 1, S, T>(codes, scales, out, rows, cols, br, bc);
 }

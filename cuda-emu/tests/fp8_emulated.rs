@@ -39,12 +39,20 @@ fn fp8_kernel_source_equals_the_reference() {
 }
 
 #[test]
-fn fp8_sixteen_code_path_equals_the_reference() {
-    // cols and block cols multiples of 16: the 16-code, 4-row path. Row blocks of 1, 3 and 5 rows
-    // change inside a thread's 4 rows; 9 and 7 rows leave a partial last chunk.
-    for (rows, cols, br, bc) in
-        [(9, 48, 3, 16), (7, 64, 1, 32), (12, 32, 5, 16), (4, 16, 4, 16), (16, 32, 16, 32)]
-    {
+fn fp8_vector_path_equals_the_reference() {
+    // cols and block cols multiples of 8 (f16/bf16) or 4 (f32): the 16-byte-output, 8-row path
+    // (12 and 4 columns: f32 only). Row blocks of 1, 3, 5, 7 and 9 rows change inside a thread's
+    // 8 rows; 9, 7, 11, 20 and 12 rows leave a partial last chunk.
+    for (rows, cols, br, bc) in [
+        (9, 48, 3, 16),
+        (7, 64, 1, 32),
+        (12, 32, 5, 16),
+        (4, 16, 4, 16),
+        (16, 32, 16, 32),
+        (10, 24, 3, 8),
+        (11, 12, 7, 4),
+        (20, 40, 9, 8),
+    ] {
         case::<f32>(rows, cols, br, bc);
         case::<f16>(rows, cols, br, bc);
         case::<bf16>(rows, cols, br, bc);

@@ -727,11 +727,13 @@ pub fn fp8_dequantize_cuda<T: CudaElem>(
         Fp8Format::E5M2 => 1,
     };
     let f = gpu.function(PtxFile::Fp8, FP8_DEQUANT[fmt][elem_index(T::DTYPE)])?;
-    // The kernel's paths (ptx/fp8.cu): 16 codes x 4 rows per thread on a 2-D grid when the
-    // columns and column blocks are multiples of 16, else 8 or 1 code per thread.
+    // The kernel's paths (ptx/fp8.cu): CV codes (16 bytes of output: 8 at f16/bf16, 4 at f32) x 8
+    // rows per thread on a 2-D grid when the columns and column blocks are multiples of CV, else
+    // 8 or 1 code per thread.
     let (c, blk_c) = (layout.cols(), layout.block_size().1);
-    let cfg = if c.is_multiple_of(16) && blk_c.is_multiple_of(16) {
-        launch_2d(c / 16, layout.rows().div_ceil(4))
+    let cv = 16 / std::mem::size_of::<T>();
+    let cfg = if c.is_multiple_of(cv) && blk_c.is_multiple_of(cv) {
+        launch_2d(c / cv, layout.rows().div_ceil(8))
     } else {
         launch_1d(if c.is_multiple_of(8) { codes.len() / 8 } else { codes.len() })
     };
@@ -739,7 +741,7 @@ pub fn fp8_dequantize_cuda<T: CudaElem>(
     launch.arg(codes).arg(scales).arg(out).arg(&rows).arg(&cols).arg(&br).arg(&bc);
     // SAFETY: signature (const u8*, const float*, T*, int, int, int, int) matches. With the
     // lengths checked above the kernel reads codes and writes out at r*cols + c < rows*cols
-    // (16-wide vectors only when cols % 16 == 0, 8-wide only when cols % 8 == 0: aligned from
+    // (CV-wide vectors only when cols % CV == 0, 8-wide only when cols % 8 == 0: aligned from
     // the 256-byte aligned cudaMalloc bases), and scales at
     // (r / br) * ceil(cols / bc) + c / bc < scale rows * scale cols.
     unsafe { launch.launch(cfg) }?;
