@@ -185,14 +185,17 @@ __device__ __forceinline__ void gptq_chunks(const int* __restrict__ qweight, con
     }
 }
 
-// VEC = 8 columns per thread; 4 for 8-bit layers whose N is not a multiple of 8 (GptqLayout makes
+// VEC = 16 bytes of output per thread and row (8 columns at f16/bf16, 4 at f32), so a warp's
+// stores are contiguous; 4 also for 8-bit layers whose N is not a multiple of 8 (GptqLayout makes
 // N a multiple of 16/32/8 at 2/3/4 bits, of 4 at 8 bits).
 template <int BITS, typename T>
 __device__ __forceinline__ void gptq_dequant(const int* __restrict__ qweight, const int* __restrict__ qzeros,
                                              const T* __restrict__ scales, const int* __restrict__ g_idx,
                                              T* __restrict__ out, int k_dim, int n_dim, int format) {
-    if (BITS == 8 && (n_dim & 7) != 0) gptq_chunks<BITS, 4, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
-    else gptq_chunks<BITS, 8, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
+    constexpr int VEC = 16 / sizeof(T);
+    if (VEC == 4 || (BITS == 8 && (n_dim & 7) != 0))
+        gptq_chunks<BITS, 4, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
+    else gptq_chunks<BITS, VEC, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);
 }
 
 // Entry points: gptq_dequant_{bits}b_{elem}(qweight, qzeros, scales, g_idx, out, K, N, format).

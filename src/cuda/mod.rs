@@ -356,9 +356,14 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
     check_gptq_device(layout, qweight, qzeros, scales, g_idx)?;
     expect("out", layout.k() * layout.n(), out.len())?;
     let (k, n) = (to_i32("K", layout.k())?, to_i32("N", layout.n())?);
-    // Columns per thread and rows per chunk (QkGptq in ptx/gptq.cu): 8 columns (4 for 8-bit
-    // layers with N % 8 != 0), chunks of 16 rows (32 at 3 bits, 8 at 8 bits).
-    let vec = if layout.bits() == 8 && !layout.n().is_multiple_of(8) { 4 } else { 8 };
+    // Columns per thread and rows per chunk (QkGptq in ptx/gptq.cu): 16 bytes of output (8
+    // columns at f16/bf16, 4 at f32; 4 also for 8-bit layers with N % 8 != 0), chunks of 16 rows
+    // (32 at 3 bits, 8 at 8 bits).
+    let vec = if std::mem::size_of::<T>() == 4 || (layout.bits() == 8 && !layout.n().is_multiple_of(8)) {
+        4
+    } else {
+        8
+    };
     let chunk = match layout.bits() {
         3 => 32,
         8 => 8,
@@ -382,8 +387,8 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
     // kernel reads qweight rows < K*bits/32, qzeros words < N*bits/32 of rows g < G, scales[g*N+n]
     // and writes out[k*N+n] with k < K, n < N, where every g comes from a DeviceGIdx whose values
     // were checked to lie in 0..G before upload; it reads g_idx[k] for k < K. Its vector accesses
-    // cover 8 columns (4 only for 8-bit with N % 8 != 0; N % 8 == 0 at 2/3/4 bits and N % 4 == 0
-    // always hold) or 4 rows of g_idx (K % 4 == 0), starting at multiples of that from 256-byte
+    // cover `vec` columns (8 only when N % 8 == 0, which holds at 2/3/4 bits; N % 4 == 0 always
+    // holds) or 4 rows of g_idx (K % 4 == 0), starting at multiples of that from 256-byte
     // aligned cudaMalloc bases, so they are aligned. cudarc keeps the buffers alive until the
     // kernel has finished.
     unsafe { launch.launch(cfg) }?;
