@@ -116,6 +116,20 @@ fn model_shape(c: &mut Criterion) {
     g.finish();
 }
 
+/// Act-order `g_idx`: a fixed pseudo-random permutation of the plain assignment (as desc_act
+/// checkpoints have: neighbouring rows in unrelated groups).
+fn act_order(l: &quant_kernels::gptq::GptqLayout) -> Vec<i32> {
+    let mut act = l.default_g_idx();
+    let mut x = 0x9e37_79b9u64;
+    for i in (1..act.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        act.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    act
+}
+
 /// GPTQ 4096x4096, 4-bit, group 128 -> f16 (plain and act-order), next to memcpy.
 fn gptq_group(c: &mut Criterion) {
     use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
@@ -126,15 +140,7 @@ fn gptq_group(c: &mut Criterion) {
     let qzeros: Vec<i32> = (0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
     let scales: Vec<f16> = (0..l.groups() * l.n()).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
     let plain = l.default_g_idx();
-    // Act-order: a fixed pseudo-random permutation of the plain assignment.
-    let mut act = plain.clone();
-    let mut x = 0x9e37_79b9u64;
-    for i in (1..act.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        act.swap(i, (x % (i as u64 + 1)) as usize);
-    }
+    let act = act_order(&l);
     let n = l.k() * l.n();
     let mut out = vec![f16::ZERO; n];
     let mut g = c.benchmark_group("gptq_4096x4096_to_f16");
@@ -307,8 +313,7 @@ fn cuda_group(c: &mut Criterion) {
     let qw: Vec<i32> = (0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
     let qz: Vec<i32> = (0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
     let sc: Vec<f16> = (0..l.groups() * l.n()).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
-    let mut act = l.default_g_idx();
-    act.reverse();
+    let act = act_order(&l);
     let (qw, qz, sc) = (gpu.upload(&qw).unwrap(), gpu.upload(&qz).unwrap(), gpu.upload(&sc).unwrap());
     let mut out = gpu.zeros::<f16>(l.k() * l.n()).unwrap();
     let bytes = 4 * (qw.len() + qz.len() + l.k()) + 2 * sc.len() + 2 * out.len();

@@ -65,9 +65,12 @@ fn no_driver_is_an_error_not_a_panic() {
     }
 }
 
+/// The GPU, or `None` (the test skips, saying why) when there is none; with `QK_REQUIRE_GPU` set
+/// (scripts/gpu_check.sh run) a missing GPU fails the test instead.
 fn gpu() -> Option<Gpu> {
     match Gpu::new(0) {
         Ok(g) => Some(g),
+        Err(e) if std::env::var_os("QK_REQUIRE_GPU").is_some() => panic!("QK_REQUIRE_GPU is set but: {e}"),
         Err(e) => {
             eprintln!("skipping GPU parity: {e}");
             None

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The CUDA checks in two steps, for a GPU machine that has the NVIDIA driver but no Rust:
+#
+#   scripts/gpu_check.sh build   # here: test + bench binaries with --features cuda -> gpu-bin/
+#   scripts/gpu_check.sh run     # there: GPU parity tests, then the CUDA benches (CUDA rows
+#                                # only, short criterion runs); logs under ${OUT:-gpu-out}/
+#
+# gpu-bin/ is git-ignored; carry it to the GPU machine with the working tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+exe() {  # the executable of target $1 among cargo's JSON messages on stdin
+    python3 -c 'import json, sys
+paths = [m["executable"] for m in map(json.loads, sys.stdin)
+         if m.get("executable") and m["target"]["name"] == sys.argv[1]]
+print(paths[-1])' "$1"
+}
+
+case "${1:-}" in
+build)
+    mkdir -p gpu-bin
+    cp "$(cargo test --release --features cuda --test cuda_parity --no-run --message-format=json | exe cuda_parity)" \
+        gpu-bin/cuda_parity
+    cp "$(cargo bench --features cuda --bench dequant --no-run --message-format=json | exe dequant)" gpu-bin/dequant
+    strip gpu-bin/cuda_parity gpu-bin/dequant
+    ls -l gpu-bin
+    ;;
+run)
+    out="${OUT:-gpu-out}"
+    mkdir -p "$out"
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --format=csv | tee "$out/gpu.txt" || true
+    # Parity first: a kernel that is wrong is not worth timing.
+    QK_REQUIRE_GPU=1 gpu-bin/cuda_parity --test-threads=1 2>&1 | tee "$out/parity.txt"
+    # "cuda" selects the CUDA rows (and the device memcpy baseline) of benches/dequant.rs.
+    gpu-bin/dequant --bench cuda --warm-up-time 1 --measurement-time 2 --noplot 2>&1 | tee "$out/bench.txt"
+    ;;
+*)
+    echo "usage: $0 build|run" >&2
+    exit 2
+    ;;
+esac
