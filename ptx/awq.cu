@@ -51,9 +51,7 @@ __device__ __forceinline__ void awq_rows(const int* __restrict__ qweight, const 
             float zm[8], s[8];
             awq_group<T>(qzeros, scales, words, n_dim, g, x, zm, s);
             T* op = out + (long long)k0 * n_dim + 8 * x;
-            // 2^23's bits for qk_magic, kept in a register: group_size > 0, so the added term is 0,
-            // but the compiler cannot fold it into an immediate.
-            const unsigned magic = 0x4b000000u + ((unsigned)group_size >> 31);
+            const unsigned magic = qk_magic_reg(group_size);
 #pragma unroll
             for (int i = 0; i < QK_AWQ_ROWS; ++i) {
                 if (i >= nrows) break;

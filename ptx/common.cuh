@@ -55,3 +55,10 @@ __device__ __forceinline__ long long qk_linear_step() {
 __device__ __forceinline__ float qk_magic(unsigned q, unsigned magic = 0x4b000000u) {
     return __int_as_float((int)(magic | q));
 }
+
+// 2^23's bits for qk_magic's `magic`, in a register: `nonneg` is any run-time value >= 0 (a size
+// or a flag), so the added term, its sign bit, is 0, but the compiler cannot fold it away.
+__device__ __forceinline__ unsigned qk_magic_reg(int nonneg) { return 0x4b000000u + ((unsigned)nonneg >> 31); }
+
+// q (0 <= q < 2^23) as a float, exactly: (2^23 + q) - 2^23, with no integer-to-float conversion.
+__device__ __forceinline__ float qk_u2f(unsigned q, unsigned magic) { return qk_magic(q, magic) - 8388608.0f; }

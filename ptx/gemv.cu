@@ -6,16 +6,11 @@
 // A batch-1 GEMV reads half a byte per 4-bit weight, so at full bandwidth a GPU has only about
 // five instructions per weight: the inner loops factor each group's zero point and scale out of
 // the sum, sum_i (q_i - z) * s * x_i = s * (sum_i q_i x_i - z * sum_i x_i), so a weight costs a
-// shift, a logic op, a subtraction (q as (2^23 + q) - 2^23, exact) and one fused multiply-add;
+// shift, a logic op, a subtraction (q as (2^23 + q) - 2^23: qk_u2f) and one fused multiply-add;
 // sum_i x_i is shared by the codes that meet the same x (both HQQ planes, the GPTQ columns).
 // The results match the dequantize-then-multiply reference within f32 rounding (tests: 1e-5 of
 // sum |w x|), not bit for bit.
 #include "common.cuh"
-
-// q (0 <= q < 2^23) as a float, through 2^23's mantissa (see qk_magic).
-__device__ __forceinline__ float qk_code_f32(unsigned q, unsigned magic) {
-    return qk_magic(q, magic) - 8388608.0f;
-}
 
 // ---- HQQ, 4-bit, axis 1: y[o] = sum_i W[o, i] x[i], W [out, in] row-major; its flat elements
 // [0, numel/2) are the high nibbles of packed bytes [0, numel/2) (plane 0), [numel/2, numel) the
@@ -75,7 +70,7 @@ __device__ __forceinline__ void hqq_gemv4_segments(const unsigned char* __restri
     const long long half = (long long)prows * g;  // bytes; flat elements per plane
     const long long segs = half / seg;            // per plane
     const int lg = (g & (g - 1)) == 0 ? __ffs(g) - 1 : -1;  // log2(g) when a power of two
-    const unsigned magic = 0x4b000000u + ((unsigned)seg >> 31);
+    const unsigned magic = qk_magic_reg(seg);
     for (long long t = qk_linear0(); t < segs * QK_GEMV_TEAM; t += qk_linear_step()) {
         const long long s = t / QK_GEMV_TEAM;
         const int j = (int)(t % QK_GEMV_TEAM);
@@ -106,8 +101,8 @@ __device__ __forceinline__ void hqq_gemv4_segments(const unsigned char* __restri
 #pragma unroll
             for (int i = 0; i < CB; ++i) {
                 const float xi1 = SAME_X ? xa[i] : xb[i];
-                d0 = __fmaf_rn(qk_code_f32(b.byte_bits(i, 4) & 15u, magic), xa[i], d0);
-                d1 = __fmaf_rn(qk_code_f32(b.byte_bits(i, 0) & 15u, magic), xi1, d1);
+                d0 = __fmaf_rn(qk_u2f(b.byte_bits(i, 4) & 15u, magic), xa[i], d0);
+                d1 = __fmaf_rn(qk_u2f(b.byte_bits(i, 0) & 15u, magic), xi1, d1);
                 sx0 = sx0 + xa[i];
                 if (!SAME_X) sx1 = sx1 + xi1;
             }
@@ -174,7 +169,7 @@ __device__ __forceinline__ void gptq_gemv4_partial(const int* __restrict__ qweig
                                                    const float* __restrict__ x, float* __restrict__ partial,
                                                    int k_dim, int n_dim, int slice_rows, int format) {
     const int nv = n_dim / 4, slices = k_dim / slice_rows, zcols = n_dim / 8;
-    const unsigned magic = 0x4b000000u + ((unsigned)format >> 31);
+    const unsigned magic = qk_magic_reg(format);
     for (int v = qk_x0(); v < nv; v += qk_xstep()) {
         const int n = 4 * v;
         for (int sl = qk_y0(); sl < slices; sl += qk_ystep()) {
@@ -202,7 +197,7 @@ __device__ __forceinline__ void gptq_gemv4_partial(const int* __restrict__ qweig
                         sx = sx + xk[j];
 #pragma unroll
                         for (int c = 0; c < 4; ++c)
-                            acc[c] = __fmaf_rn(qk_code_f32(((unsigned)w.v[c] >> (4 * j)) & 15u, magic), xk[j], acc[c]);
+                            acc[c] = __fmaf_rn(qk_u2f(((unsigned)w.v[c] >> (4 * j)) & 15u, magic), xk[j], acc[c]);
                     }
                 }
 #pragma unroll
@@ -218,7 +213,7 @@ __device__ __forceinline__ void gptq_gemv4_partial(const int* __restrict__ qweig
                         const float xk = x[k];
 #pragma unroll
                         for (int c = 0; c < 4; ++c) {
-                            const float q = qk_code_f32(((unsigned)w.v[c] >> (4 * j)) & 15u, magic);
+                            const float q = qk_u2f(((unsigned)w.v[c] >> (4 * j)) & 15u, magic);
                             acc[c] = __fmaf_rn((q - z[c]) * s[c], xk, acc[c]);
                         }
                     }

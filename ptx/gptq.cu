@@ -133,9 +133,7 @@ __device__ __forceinline__ void gptq_chunks(const int* __restrict__ qweight, con
     using L = QkGptq<BITS>;
     const int nv = n_dim / VEC;
     const int chunks = (k_dim + L::CHUNK - 1) / L::CHUNK;
-    // 2^23's bits for qk_magic, held in a register (format is 0 or 1, so the added term is 0, but
-    // the compiler cannot fold it into an immediate).
-    const unsigned magic = 0x4b000000u + ((unsigned)format >> 31);
+    const unsigned magic = qk_magic_reg(format);
     for (int x = qk_x0(); x < nv; x += qk_xstep()) {
         const int n = x * VEC;
         const QkGptqCols<BITS, VEC, T> cols(qzeros, scales, n_dim, n);

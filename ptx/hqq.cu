@@ -19,7 +19,7 @@
 //
 // w = (q - zero) * scale in f32 (a subtraction and a multiplication: nothing to contract into an
 // FMA), rounded once to the output type: bit-identical to the CPU reference. q becomes a float as
-// (2^23 + q) - 2^23 (qk_magic, exact) instead of through a slow integer-to-float conversion.
+// (2^23 + q) - 2^23 (qk_u2f, exact) instead of through a slow integer-to-float conversion.
 #include "common.cuh"
 
 // The packed words of VEC consecutive columns of one packed row, as 32-bit registers: VEC bytes
@@ -46,7 +46,7 @@ struct QkHqqWords {
     __device__ __forceinline__ float code(int k, int j, unsigned magic) const {
         const int shift = (BYTES ? 8 * (k & 3) : 0) + BITS * (PER_WORD - 1 - j);
         const unsigned q = (r[BYTES ? k >> 2 : k] >> shift) & ((1u << BITS) - 1u);
-        return qk_magic(q, magic) - 8388608.0f;
+        return qk_u2f(q, magic);
     }
 };
 
@@ -65,8 +65,7 @@ __device__ __forceinline__ void hqq_axis0(const W* __restrict__ packed, const T*
     const int cv = cols / VEC;
     const int chunks = (prows + PR - 1) / PR;
     const long long plane = (long long)prows * cols;  // elements from plane j's row to plane j+1's
-    // 2^23's bits for qk_magic in a register (rows >= 0, so the added term is 0).
-    const unsigned magic = 0x4b000000u + ((unsigned)rows >> 31);
+    const unsigned magic = qk_magic_reg(rows);
     for (int x = qk_x0(); x < cv; x += qk_xstep()) {
         const int c = x * VEC;
         const QkVec<T, VEC> zv = *reinterpret_cast<const QkVec<T, VEC>*>(zeros + c);
@@ -106,7 +105,7 @@ template <int BITS, int PER_WORD, int VEC, typename W, typename T>
 __device__ __forceinline__ void hqq_axis1(const W* __restrict__ packed, const T* __restrict__ scales,
                                           const T* __restrict__ zeros, T* __restrict__ out, int rows, int cols,
                                           int prows) {
-    const unsigned magic = 0x4b000000u + ((unsigned)rows >> 31);
+    const unsigned magic = qk_magic_reg(rows);
     const int cv = cols / VEC;
     const long long plane = (long long)prows * cols;
     for (int x = qk_x0(); x < cv; x += qk_xstep()) {
