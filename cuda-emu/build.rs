@@ -13,6 +13,13 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unknown-pragmas") // #pragma unroll is for NVRTC
         .opt_level(2);
+    // QK_EMU_ASAN=1 (scripts/emu_asan.sh): the kernels under AddressSanitizer, so an emulated
+    // thread reading or writing outside its buffers (Rust Vecs) fails the test.
+    println!("cargo:rerun-if-env-changed=QK_EMU_ASAN");
+    if std::env::var_os("QK_EMU_ASAN").is_some() {
+        b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+        println!("cargo:rustc-link-arg-tests=-lasan");
+    }
     for k in kernels {
         b.file(k);
         println!("cargo:rerun-if-changed={k}");
