@@ -4,10 +4,10 @@
 // column 8c + [0, 2, 4, 6, 1, 3, 5, 7][i]; qzeros [K/gs, N/8] the same; scales [K/gs, N].
 // W[k, n] = (q - z) * s in f32, rounded once; W is [K, N].
 //
-// A 2-D grid: x over words (8 columns), y over chunks of QK_AWQ_ROWS rows. A thread loads its
-// chunk's words up front (adjacent threads: adjacent words, coalesced), decodes its group's 8
-// zero points and scales once (again only where the chunk crosses into the next group) and writes
-// each row's 8 columns as one aligned vector. Codes and zeros become floats by OR-ing them into
+// A 2-D grid: x over words (8 columns; half words at f32, see QkAwq), y over chunks of
+// QK_AWQ_ROWS rows. A thread loads its chunk's words up front (adjacent threads: adjacent words,
+// coalesced), decodes its group's zero points and scales once (again only where the chunk crosses
+// into the next group) and writes each row's columns as one aligned 16-byte vector. Codes and zeros become floats by OR-ing them into
 // the mantissa of 2^23 (qk_magic): (2^23 + q) - (2^23 + z) is exactly q - z, so a code costs a
 // shift, a logic op, a subtraction and a multiplication, no integer-to-float conversion and no
 // division (the per-word version before spent two divisions on each 8 codes).
@@ -18,27 +18,39 @@ constexpr int QK_AWQ_ROWS = 8;
 // Column 8c + j sits in nibble [0, 4, 1, 5, 2, 6, 3, 7][j]: its bit shift.
 __device__ __forceinline__ int qk_awq_shift(int j) { return 4 * ((j >> 1) + 4 * (j & 1)); }
 
-// Group g's zero points (as 2^23 + z) and scales of word column x.
+// Columns per thread and row: 16 bytes of output (8 at f16/bf16: a whole word; 4 at f32: half a
+// word, so that a lane's store is one 16-byte vector and a warp's stores are contiguous).
+template <typename T>
+struct QkAwq {
+    enum : int { COLS = 16 / sizeof(T) < 8 ? 16 / sizeof(T) : 8, PARTS = 8 / COLS };
+};
+
+// Group g's zero points (as 2^23 + z) and scales of columns 8x + first .. + COLS.
 template <typename T>
 __device__ __forceinline__ void awq_group(const int* __restrict__ qzeros, const T* __restrict__ scales, int words,
-                                          int n_dim, int g, int x, float* zm, float* s) {
+                                          int n_dim, int g, int x, int first, float* zm, float* s) {
+    constexpr int COLS = QkAwq<T>::COLS;
     const unsigned zw = (unsigned)qzeros[(long long)g * words + x];
-    const QkVec<T, 8> sv = *reinterpret_cast<const QkVec<T, 8>*>(scales + (long long)g * n_dim + 8 * x);
+    const QkVec<T, COLS> sv = *reinterpret_cast<const QkVec<T, COLS>*>(scales + (long long)g * n_dim + 8 * x + first);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        zm[j] = qk_magic((zw >> qk_awq_shift(j)) & 15u);
+    for (int j = 0; j < COLS; ++j) {
+        zm[j] = qk_magic((zw >> qk_awq_shift(first + j)) & 15u);
         s[j] = qk_to_f32(sv.v[j]);
     }
 }
 
-// ALIGNED: group_size % QK_AWQ_ROWS == 0, so a chunk never leaves its group.
+// ALIGNED: group_size % QK_AWQ_ROWS == 0, so a chunk never leaves its group. x walks (word,
+// part) pairs: part p of word c covers columns 8c + p*COLS .. + COLS.
 template <typename T, bool ALIGNED>
 __device__ __forceinline__ void awq_rows(const int* __restrict__ qweight, const int* __restrict__ qzeros,
-                                            const T* __restrict__ scales, T* __restrict__ out, int k_dim,
-                                            int n_dim, int group_size) {
+                                         const T* __restrict__ scales, T* __restrict__ out, int k_dim, int n_dim,
+                                         int group_size) {
+    constexpr int COLS = QkAwq<T>::COLS, PARTS = QkAwq<T>::PARTS;
     const int words = n_dim / 8;
     const int chunks = (k_dim + QK_AWQ_ROWS - 1) / QK_AWQ_ROWS;
-    for (int x = qk_x0(); x < words; x += qk_xstep()) {
+    const unsigned magic = qk_magic_reg(group_size);
+    for (int xp = qk_x0(); xp < words * PARTS; xp += qk_xstep()) {
+        const int x = xp / PARTS, first = (xp % PARTS) * COLS;
         for (int ch = qk_y0(); ch < chunks; ch += qk_ystep()) {
             const int k0 = ch * QK_AWQ_ROWS;
             const int nrows = min(QK_AWQ_ROWS, k_dim - k0);
@@ -48,26 +60,25 @@ __device__ __forceinline__ void awq_rows(const int* __restrict__ qweight, const 
             for (int i = 0; i < QK_AWQ_ROWS; ++i) w[i] = i < nrows ? (unsigned)wp[(long long)i * words] : 0u;
             int g = (int)((unsigned)k0 / (unsigned)group_size);
             int left = group_size - (k0 - g * group_size);  // rows left in group g
-            float zm[8], s[8];
-            awq_group<T>(qzeros, scales, words, n_dim, g, x, zm, s);
-            T* op = out + (long long)k0 * n_dim + 8 * x;
-            const unsigned magic = qk_magic_reg(group_size);
+            float zm[COLS], s[COLS];
+            awq_group<T>(qzeros, scales, words, n_dim, g, x, first, zm, s);
+            T* op = out + (long long)k0 * n_dim + 8 * x + first;
 #pragma unroll
             for (int i = 0; i < QK_AWQ_ROWS; ++i) {
                 if (i >= nrows) break;
                 if (!ALIGNED && left == 0) {
                     ++g;
                     left = group_size;
-                    awq_group<T>(qzeros, scales, words, n_dim, g, x, zm, s);
+                    awq_group<T>(qzeros, scales, words, n_dim, g, x, first, zm, s);
                 }
                 --left;
-                QkVec<T, 8> o;
+                QkVec<T, COLS> o;
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    const float q = qk_magic((w[i] >> qk_awq_shift(j)) & 15u, magic);
+                for (int j = 0; j < COLS; ++j) {
+                    const float q = qk_magic((w[i] >> qk_awq_shift(first + j)) & 15u, magic);
                     o.v[j] = qk_from_f32<T>((q - zm[j]) * s[j]);
                 }
-                *reinterpret_cast<QkVec<T, 8>*>(op + (long long)i * n_dim) = o;
+                *reinterpret_cast<QkVec<T, COLS>*>(op + (long long)i * n_dim) = o;
             }
         }
     }

@@ -676,12 +676,15 @@ pub fn awq_dequantize_cuda<T: CudaElem>(
     let f = gpu.function(PtxFile::Awq, AWQ_DEQUANT[elem_index(T::DTYPE)])?;
     let mut launch = gpu.stream.launch_builder(&f);
     launch.arg(qweight).arg(qzeros).arg(scales).arg(out).arg(&k).arg(&n).arg(&gs);
+    // Grid: words on x (two halves of 4 columns each at f32: 16-byte stores), chunks of 8 rows on
+    // y (ptx/awq.cu).
+    let parts = if std::mem::size_of::<T>() == 4 { 2 } else { 1 };
     // SAFETY: signature (const int*, const int*, const T*, T*, int, int, int) matches. AwqLayout
     // guarantees N % 8 == 0 and group_size | K; with the lengths checked above the kernel reads
     // qweight[k*N/8 + c] for k < K, c < N/8, qzeros and scales rows g = k / group_size < G
-    // (scales as 8-wide vectors at 8c, aligned), and writes out[k*N + 8c .. +8] within K*N.
-    // Grid: words on x, chunks of 8 rows on y (ptx/awq.cu).
-    unsafe { launch.launch(launch_2d(layout.packed_cols(), layout.k().div_ceil(8))) }?;
+    // (scales as 8-wide vectors at 8c, 4-wide at 8c and 8c + 4 for f32: aligned), and writes
+    // out[k*N + 8c .. +8] within K*N.
+    unsafe { launch.launch(launch_2d(layout.packed_cols() * parts, layout.k().div_ceil(8))) }?;
     Ok(())
 }
 
