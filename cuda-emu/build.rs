@@ -13,12 +13,17 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unknown-pragmas") // #pragma unroll is for NVRTC
         .opt_level(2);
-    // QK_EMU_ASAN=1 (scripts/emu_asan.sh): the kernels under AddressSanitizer, so an emulated
-    // thread reading or writing outside its buffers (Rust Vecs) fails the test.
+    // QK_EMU_ASAN=1 (scripts/emu_asan.sh): the kernels under AddressSanitizer and UBSan's
+    // alignment check, so an emulated thread reading or writing outside its buffers, or a vector
+    // access off its alignment (the buffers sit at 256-byte boundaries like cudaMalloc's), fails
+    // the test.
     println!("cargo:rerun-if-env-changed=QK_EMU_ASAN");
     if std::env::var_os("QK_EMU_ASAN").is_some() {
-        b.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
+        b.flag("-fsanitize=address,alignment")
+            .flag("-fno-sanitize-recover=alignment")
+            .flag("-fno-omit-frame-pointer");
         println!("cargo:rustc-link-arg-tests=-lasan");
+        println!("cargo:rustc-link-arg-tests=-lubsan");
     }
     for k in kernels {
         b.file(k);

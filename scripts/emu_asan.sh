@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The emulated CUDA kernels (cuda-emu tests) under AddressSanitizer: any out-of-bounds read or
-# write by a kernel on the tests' buffers aborts with a report. Rebuilds only the cuda-emu crate
+# The emulated CUDA kernels (cuda-emu tests) under AddressSanitizer and UBSan's alignment check:
+# any out-of-bounds read or write by a kernel on the tests' buffers, or a vector access off its
+# alignment, aborts with a report. Rebuilds only the cuda-emu crate
 # (QK_EMU_ASAN, see cuda-emu/build.rs); a plain `cargo test` afterwards rebuilds it without.
 set -euo pipefail
 cd "$(dirname "$0")/.."

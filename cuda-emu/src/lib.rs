@@ -5,7 +5,51 @@
 //!
 //! The FFI calls are the only `unsafe` here; each has a `// SAFETY:` note.
 
+use bytemuck::Pod;
 use half::{bf16, f16};
+
+/// 256 bytes at a 256-byte boundary: the unit of [`Dev`] buffers.
+#[repr(C, align(256))]
+#[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+struct Block([u8; 256]);
+
+/// A buffer at a 256-byte boundary, as `cudaMalloc` gives the real kernels: the emulated kernels
+/// run on these, so their vector accesses meet the alignment the GPU requires (a misaligned one
+/// is reported under `QK_EMU_ASAN`, see `scripts/emu_asan.sh`).
+struct Dev<T: Pod> {
+    blocks: Vec<Block>,
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Pod> Dev<T> {
+    /// `len` zeroed elements.
+    fn zeroed(len: usize) -> Self {
+        let blocks = vec![Block([0; 256]); (len * size_of::<T>()).div_ceil(256).max(1)];
+        Dev { blocks, len, _t: std::marker::PhantomData }
+    }
+    /// A copy of `v`.
+    fn from(v: &[T]) -> Self {
+        let mut d = Self::zeroed(v.len());
+        d.as_mut_slice().copy_from_slice(v);
+        d
+    }
+    fn as_slice(&self) -> &[T] {
+        &bytemuck::cast_slice(&self.blocks)[..self.len]
+    }
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut bytemuck::cast_slice_mut(&mut self.blocks)[..self.len]
+    }
+    fn as_ptr(&self) -> *const T {
+        self.as_slice().as_ptr()
+    }
+    fn as_mut_ptr(&mut self) -> *mut T {
+        self.as_mut_slice().as_mut_ptr()
+    }
+    fn into_vec(self) -> Vec<T> {
+        self.as_slice().to_vec()
+    }
+}
 
 unsafe extern "C" {
     // ptx/gemv.cu reductions (f32 only).
@@ -83,7 +127,7 @@ type Entry<W, R> = unsafe extern "C" fn(*const W, *const R, *const R, *mut R, i3
 /// its entries.
 pub trait EmuElem: Copy + Default {
     /// The bits the C side reads and writes (`f32` for f32, `u16` for the 16-bit types).
-    type Raw: Copy + Default;
+    type Raw: Pod + Default;
     /// To the C representation.
     fn raw(self) -> Self::Raw;
     /// From the C representation.
@@ -211,7 +255,7 @@ emu_elem!(bf16, u16, ffi_bf16, "bf16");
 /// # Panics
 /// When a buffer length does not match `shape`, a size exceeds `i32`, or the grid is empty
 /// (a test helper: misuse is a bug in the test).
-fn run<W: Copy, T: EmuElem>(
+fn run<W: Pod, T: EmuElem>(
     entry: Entry<W, T::Raw>,
     packed: &[W],
     scales: &[T],
@@ -225,9 +269,10 @@ fn run<W: Copy, T: EmuElem>(
     assert_eq!(zeros.len(), shape.groups, "zeros");
     assert!(grid > 0 && block > 0);
     let i = |v: usize| i32::try_from(v).expect("size fits i32");
-    let s: Vec<T::Raw> = scales.iter().map(|x| x.raw()).collect();
-    let z: Vec<T::Raw> = zeros.iter().map(|x| x.raw()).collect();
-    let mut out = vec![T::Raw::default(); shape.rows * shape.cols];
+    let s = Dev::from(&scales.iter().map(|x| x.raw()).collect::<Vec<_>>());
+    let z = Dev::from(&zeros.iter().map(|x| x.raw()).collect::<Vec<_>>());
+    let packed = Dev::from(packed);
+    let mut out = Dev::<T::Raw>::zeroed(shape.rows * shape.cols);
     // SAFETY: the entry reads packed[0..prows*cols], scales/zeros at indices < groups (a column
     // on axis 0, a row on axis 1: both < groups by the layout) and writes out[0..rows*cols];
     // every length was checked above and the buffers outlive the (synchronous) call.
@@ -245,7 +290,7 @@ fn run<W: Copy, T: EmuElem>(
             block,
         )
     };
-    out.into_iter().map(T::from_raw).collect()
+    out.into_vec().into_iter().map(T::from_raw).collect()
 }
 
 /// The emulated `hqq_dequant_{bits}b_{elem}` for a `u8` width (1, 2, 4 or 8).
@@ -313,8 +358,9 @@ pub fn gptq_dequant<T: EmuElem>(
     assert_eq!(g_idx.len(), k, "g_idx");
     assert!(g_idx.iter().all(|&g| g >= 0 && (g as usize) < groups), "g_idx range");
     assert!(grid > 0 && block > 0);
-    let s: Vec<T::Raw> = scales.iter().map(|x| x.raw()).collect();
-    let mut out = vec![T::Raw::default(); k * n];
+    let s = Dev::from(&scales.iter().map(|x| x.raw()).collect::<Vec<_>>());
+    let (qweight, qzeros, g_idx) = (Dev::from(qweight), Dev::from(qzeros), Dev::from(g_idx));
+    let mut out = Dev::<T::Raw>::zeroed(k * n);
     let i = |v: usize| i32::try_from(v).expect("size fits i32");
     // SAFETY: the entry reads qweight/qzeros/scales within the lengths checked above (rows of
     // scales/qzeros through g_idx values checked to be < groups) and writes out[0..k*n]; the
@@ -333,7 +379,7 @@ pub fn gptq_dequant<T: EmuElem>(
             block,
         )
     };
-    out.into_iter().map(T::from_raw).collect()
+    out.into_vec().into_iter().map(T::from_raw).collect()
 }
 
 /// The emulated 4-bit HQQ (axis 1) GEMV: partial kernel, then the row reduction. `packed` is the
@@ -359,14 +405,15 @@ pub fn hqq_gemv_4b<T: EmuElem>(
     assert!(in_dim.is_multiple_of(g) && code_rows.is_multiple_of(2));
     assert_eq!(packed.len(), prows * g);
     assert_eq!((scales.len(), zeros.len(), x.len()), (code_rows, code_rows, in_dim));
-    let (s, z): (Vec<T::Raw>, Vec<T::Raw>) =
-        (scales.iter().map(|v| v.raw()).collect(), zeros.iter().map(|v| v.raw()).collect());
+    let s = Dev::from(&scales.iter().map(|v| v.raw()).collect::<Vec<_>>());
+    let z = Dev::from(&zeros.iter().map(|v| v.raw()).collect::<Vec<_>>());
+    let (packed, x) = (Dev::from(packed), Dev::from(x));
     // Partials as ptx/gemv.cu lays them out: 16 per segment of `seg` flat weights (a whole
     // output row, or half of one when the row count is odd), `per` consecutive ones per row.
     let seg = if rows_out.is_multiple_of(2) { in_dim } else { in_dim / 2 };
     let per = in_dim / seg * 16;
-    let mut partial = vec![0f32; rows_out * per];
-    let mut y = vec![0f32; rows_out];
+    let mut partial = Dev::<f32>::zeroed(rows_out * per);
+    let mut y = Dev::<f32>::zeroed(rows_out);
     let i = |v: usize| i32::try_from(v).expect("fits i32");
     // SAFETY: the partial kernel reads packed bytes < prows*g, params at code rows < code_rows and
     // x below in_dim (g | in_dim), and writes partial[S*16 + j] for the rows_out*in_dim/seg
@@ -388,7 +435,7 @@ pub fn hqq_gemv_4b<T: EmuElem>(
         );
         cpu_gemv_reduce_rows_f32(partial.as_ptr(), y.as_mut_ptr(), i(rows_out), i(per), grid, block);
     }
-    y
+    y.into_vec()
 }
 
 /// The emulated 4-bit GPTQ GEMV (partial kernel over slices of `slice_rows` inputs, then the
@@ -414,10 +461,11 @@ pub fn gptq_gemv_4b<T: EmuElem>(
     assert!(k.is_multiple_of(slice_rows) && slice_rows.is_multiple_of(8) && n.is_multiple_of(8));
     assert_eq!((qweight.len(), qzeros.len(), g_idx.len(), x.len()), (k / 8 * n, groups * n / 8, k, k));
     assert!(g_idx.iter().all(|&g| g >= 0 && (g as usize) < groups));
-    let s: Vec<T::Raw> = scales.iter().map(|v| v.raw()).collect();
+    let s = Dev::from(&scales.iter().map(|v| v.raw()).collect::<Vec<_>>());
+    let (qweight, qzeros, g_idx, x) = (Dev::from(qweight), Dev::from(qzeros), Dev::from(g_idx), Dev::from(x));
     let slices = k / slice_rows;
-    let mut partial = vec![0f32; slices * n];
-    let mut y = vec![0f32; n];
+    let mut partial = Dev::<f32>::zeroed(slices * n);
+    let mut y = Dev::<f32>::zeroed(n);
     let i = |v: usize| i32::try_from(v).expect("fits i32");
     // SAFETY: the partial kernel reads qweight word rows < k/8 (4 columns at a time, n % 8 == 0),
     // qzeros/scales rows g < groups (checked), x[k'] for k' < k, and writes partial[s*n + ..] for
@@ -439,7 +487,7 @@ pub fn gptq_gemv_4b<T: EmuElem>(
         );
         cpu_gemv_reduce_cols_f32(partial.as_ptr(), y.as_mut_ptr(), i(n), i(slices), grid, block);
     }
-    y
+    y.into_vec()
 }
 
 /// The emulated `awq_dequant_4b_{elem}`; returns `[K, N]`.
@@ -460,8 +508,9 @@ pub fn awq_dequant<T: EmuElem>(
     assert!(n.is_multiple_of(8) && group_size > 0 && k.is_multiple_of(group_size));
     let groups = k / group_size;
     assert_eq!((qweight.len(), qzeros.len(), scales.len()), (k * n / 8, groups * n / 8, groups * n));
-    let s: Vec<T::Raw> = scales.iter().map(|v| v.raw()).collect();
-    let mut out = vec![T::Raw::default(); k * n];
+    let s = Dev::from(&scales.iter().map(|v| v.raw()).collect::<Vec<_>>());
+    let (qweight, qzeros) = (Dev::from(qweight), Dev::from(qzeros));
+    let mut out = Dev::<T::Raw>::zeroed(k * n);
     let i = |v: usize| i32::try_from(v).expect("fits i32");
     // SAFETY: the entry reads qweight[0..k*n/8], qzeros/scales rows < groups and writes
     // out[0..k*n]; lengths checked above; synchronous call.
@@ -478,7 +527,7 @@ pub fn awq_dequant<T: EmuElem>(
             block,
         )
     };
-    out.into_iter().map(T::from_raw).collect()
+    out.into_vec().into_iter().map(T::from_raw).collect()
 }
 
 /// The emulated `fp8_dequant_{e4m3 (format 0), e5m2 (1)}_{elem}`; returns `[rows, cols]`.
@@ -500,7 +549,8 @@ pub fn fp8_dequant<T: EmuElem>(
     assert!(br > 0 && bc > 0 && format < 2);
     assert_eq!(codes.len(), rows * cols);
     assert_eq!(scales.len(), rows.div_ceil(br).max(1) * cols.div_ceil(bc).max(1));
-    let mut out = vec![T::Raw::default(); rows * cols];
+    let (codes, scales) = (Dev::from(codes), Dev::from(scales));
+    let mut out = Dev::<T::Raw>::zeroed(rows * cols);
     let i = |v: usize| i32::try_from(v).expect("fits i32");
     // SAFETY: the entry reads codes/out at r*cols + c < rows*cols and scales at
     // (r/br)*ceil(cols/bc) + c/bc within the grid checked above; synchronous call.
@@ -517,5 +567,5 @@ pub fn fp8_dequant<T: EmuElem>(
             threads,
         )
     };
-    out.into_iter().map(T::from_raw).collect()
+    out.into_vec().into_iter().map(T::from_raw).collect()
 }

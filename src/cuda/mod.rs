@@ -6,9 +6,11 @@
 //! GPU or driver: [`Gpu::new`] returns [`Error::CudaUnavailable`] instead of panicking.
 //!
 //! Every launcher checks lengths and shapes with the same validation as the CPU path, then makes
-//! one `unsafe` launch whose `// SAFETY:` note says why the kernel stays in bounds. Results equal
-//! the CPU reference bit for bit (f32) or with the same rounding (f16/bf16): the kernels compute
-//! `(q - z) * s` in f32 without fused multiply-add (`--fmad=false`).
+//! one `unsafe` launch whose `// SAFETY:` note says why the kernel stays in bounds. Extents above
+//! 2^30 (rows, columns) are [`Error::TooLarge`]. Dequantization equals the CPU reference bit for
+//! bit (f32) or with the same rounding (f16/bf16): the kernels compute `(q - z) * s` in f32
+//! without contracting it into fused multiply-adds (`--fmad=false`). The fused GEMVs factor each
+//! group out of its sum and match dequantize-then-multiply within f32 rounding.
 //!
 //! ```no_run
 //! # #[cfg(feature = "cuda")] {
@@ -238,8 +240,16 @@ impl CudaElem for f32 {}
 impl CudaElem for half::f16 {}
 impl CudaElem for half::bf16 {}
 
+/// Largest extent (rows, columns, packed rows, ...) a launcher passes to a kernel: 2^30. The
+/// kernels index in 32 bits and step grid-stride counters by up to 2^28 (x) and 2^24 (y) past
+/// an extent, and round extents up to whole chunks; 2^30 keeps all of that below 2^31.
+const MAX_EXTENT: usize = 1 << 30;
+
 fn to_i32(what: &'static str, value: usize) -> Result<i32> {
-    i32::try_from(value).map_err(|_| Error::TooLarge { what, value, max: i32::MAX as usize })
+    if value > MAX_EXTENT {
+        return Err(Error::TooLarge { what, value, max: MAX_EXTENT });
+    }
+    Ok(value as i32)
 }
 
 /// Dequantize HQQ weights of width `P` on the GPU: `out = (q - zeros) * scales`, same layout
@@ -520,9 +530,9 @@ pub fn hqq_gemv_cuda<T: CudaElem>(
     // row count), scales/zeros len == rows (one per code row). The kernel splits the packed bytes
     // into segments of `seg` (hqq_gemv_segment: cols, or cols/2 for an odd row count, which
     // makes cols/g even; either way a multiple of g dividing numel/2) and reads packed bytes
-    // < numel/2 (16-byte vectors only when g % 16 == 0, at multiples of 16: aligned), params at
-    // code rows r and r + prows < rows, x at (f % cols) + i < cols within one output row (4-float
-    // vectors at multiples of 16 floats: aligned), and writes partial[S*16 + j] for the numel/seg
+    // < numel/2 (32-byte chunks as 16-byte vectors only when g % 32 == 0, at multiples of 32:
+    // aligned), params at code rows r and r + prows < rows, x at (f % cols) + i < cols within one
+    // output row (4-float vectors at multiples of 32 floats: aligned), and writes partial[S*16 + j] for the numel/seg
     // flat segments S and j < 16: exactly hqq_gemv_scratch_len, checked above.
     let seg = hqq_gemv_segment(layout);
     unsafe { launch.launch(launch_1d(geo.prows * geo.cols / seg * GEMV_TEAM)) }?;
@@ -539,8 +549,8 @@ pub fn hqq_gemv_cuda<T: CudaElem>(
 }
 
 /// Input rows each thread of the GPTQ GEMV covers: the largest of 128, 64, 32, 16, 8 dividing K
-/// (K/128 partial sums per output: 1/64 of the weight bytes, while 4096 x 4096 still runs 32 K
-/// threads).
+/// (one 4-byte partial sum per 128 rows and output: 1/16 of those rows' 64 weight bytes, while
+/// 4096 x 4096 still runs 32 K threads).
 fn gptq_slice_rows(k: usize) -> usize {
     [128, 64, 32, 16, 8].into_iter().find(|s| k.is_multiple_of(*s)).unwrap_or(8)
 }
@@ -777,6 +787,17 @@ pub fn fp8_dequantize_cuda_host<S: Elem, T: CudaElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extents up to 2^30 reach the kernels; larger ones are a typed error (the kernels' 32-bit
+    /// grid-stride counters need the headroom).
+    #[test]
+    fn extents_above_2_30_are_too_large() {
+        assert_eq!(to_i32("rows", 1 << 30), Ok(1 << 30));
+        assert_eq!(to_i32("rows", 0), Ok(0));
+        let e = to_i32("rows", (1 << 30) + 1).unwrap_err();
+        assert_eq!(e, Error::TooLarge { what: "rows", value: (1 << 30) + 1, max: 1 << 30 });
+        assert!(to_i32("cols", usize::MAX).is_err());
+    }
 
     /// Every launch shape is a legal block of 256 threads whose grid covers the items (unless
     /// the grid limit clamps it: the kernels grid-stride), and `launch_2d` keeps a whole warp
