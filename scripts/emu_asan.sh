@@ -10,10 +10,12 @@ if [ ! -e "$asan" ]; then
     echo "libasan not found (Debian: apt-get install libasan8)" >&2
     exit 1
 fi
-exes="$(QK_EMU_ASAN=1 cargo test -p quant-kernels-cuda-emu --no-run --message-format=json | python3 -c '
+# The whole workspace's test build (as `cargo test` resolves its features, so nothing but
+# cuda-emu rebuilds), then cuda-emu's test executables from it.
+exes="$(QK_EMU_ASAN=1 cargo test --no-run --message-format=json | python3 -c '
 import json, sys
 for m in map(json.loads, sys.stdin):
-    if m.get("executable") and m.get("profile", {}).get("test"):
+    if m.get("executable") and m["profile"]["test"] and "/cuda-emu/" in m["target"]["src_path"]:
         print(m["executable"])')"
 for exe in $exes; do
     echo "== $(basename "$exe")"
