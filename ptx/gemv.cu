@@ -150,15 +150,20 @@ __device__ __forceinline__ void gemv_reduce_rows(const float* __restrict__ parti
 // factored out; otherwise each row's group is decoded and applied to its row.
 template <typename T>
 __device__ __forceinline__ void gptq_gemv4_zs(const int* __restrict__ qzeros, const T* __restrict__ scales,
-                                              int zcols, int n_dim, int g, int n, int format, float* z, float* s) {
-    // The 4 columns' zero points share one qzeros word (n % 4 == 0, 8 fields a word).
-    unsigned zw = (unsigned)qzeros[(long long)g * zcols + (n >> 3)];
+                                              int zcols, int n_dim, int g, int n, int format, unsigned magic,
+                                              float* zm, float* s) {
+    // The 4 columns' zero points share one qzeros word (n % 4 == 0, 8 fields a word); each
+    // becomes 2^23 + z (qk_magic), no integer-to-float conversion.
+    // g >= 0 (checked when g_idx is uploaded): unsigned 32 x 32 -> 64-bit offsets, one
+    // instruction each.
+    unsigned zw = (unsigned)qzeros[(unsigned long long)(unsigned)g * (unsigned)zcols + (unsigned)(n >> 3)];
     if (format == 0) zw += 0x11111111u;  // v1 -> v2 the way GPTQModel reads it (wrapping)
     zw >>= (n & 7) * 4;
-    const QkVec<T, 4> sv = *reinterpret_cast<const QkVec<T, 4>*>(scales + (long long)g * n_dim + n);
+    const QkVec<T, 4> sv = *reinterpret_cast<const QkVec<T, 4>*>(
+        scales + ((unsigned long long)(unsigned)g * (unsigned)n_dim + (unsigned)n));
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-        z[c] = (float)((zw >> (4 * c)) & 15u);
+        zm[c] = qk_magic((zw >> (4 * c)) & 15u, magic);
         s[c] = qk_to_f32(sv.v[c]);
     }
 }
@@ -181,10 +186,10 @@ __device__ __forceinline__ void gptq_gemv4_partial(const int* __restrict__ qweig
                 const QkVec<int, 4> gv = *reinterpret_cast<const QkVec<int, 4>*>(g_idx + k0 + i);
                 one = gv.v[0] == g0 && gv.v[1] == g0 && gv.v[2] == g0 && gv.v[3] == g0;
             }
-            float z[4], s[4], acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            float zm[4], s[4], acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             const int* wp = qweight + (long long)(k0 / 8) * n_dim + n;
             if (one) {
-                gptq_gemv4_zs<T>(qzeros, scales, zcols, n_dim, g0, n, format, z, s);
+                gptq_gemv4_zs<T>(qzeros, scales, zcols, n_dim, g0, n, format, magic, zm, s);
                 float sx = 0.0f;
 #pragma unroll 2
                 for (int wr = 0; wr < slice_rows / 8; ++wr, wp += n_dim) {
@@ -201,20 +206,27 @@ __device__ __forceinline__ void gptq_gemv4_partial(const int* __restrict__ qweig
                     }
                 }
 #pragma unroll
-                for (int c = 0; c < 4; ++c) acc[c] = s[c] * (acc[c] - z[c] * sx);
+                for (int c = 0; c < 4; ++c) acc[c] = s[c] * (acc[c] - (zm[c] - 8388608.0f) * sx);
             } else {
+                // Act-order: every row decodes its own group (the 8 rows of a word row read their
+                // groups and inputs as two vectors each); (2^23 + q) - (2^23 + z) is q - z exactly.
 #pragma unroll 1
                 for (int wr = 0; wr < slice_rows / 8; ++wr, wp += n_dim) {
+                    const int k = k0 + 8 * wr;
                     const QkVec<int, 4> w = *reinterpret_cast<const QkVec<int, 4>*>(wp);
+                    const QkVec<int, 4> ga = *reinterpret_cast<const QkVec<int, 4>*>(g_idx + k);
+                    const QkVec<int, 4> gb = *reinterpret_cast<const QkVec<int, 4>*>(g_idx + k + 4);
+                    const QkVec<float, 4> xa = *reinterpret_cast<const QkVec<float, 4>*>(x + k);
+                    const QkVec<float, 4> xb = *reinterpret_cast<const QkVec<float, 4>*>(x + k + 4);
+                    const int gk[8] = {ga.v[0], ga.v[1], ga.v[2], ga.v[3], gb.v[0], gb.v[1], gb.v[2], gb.v[3]};
+                    const float xk[8] = {xa.v[0], xa.v[1], xa.v[2], xa.v[3], xb.v[0], xb.v[1], xb.v[2], xb.v[3]};
 #pragma unroll
                     for (int j = 0; j < 8; ++j) {
-                        const int k = k0 + 8 * wr + j;
-                        gptq_gemv4_zs<T>(qzeros, scales, zcols, n_dim, g_idx[k], n, format, z, s);
-                        const float xk = x[k];
+                        gptq_gemv4_zs<T>(qzeros, scales, zcols, n_dim, gk[j], n, format, magic, zm, s);
 #pragma unroll
                         for (int c = 0; c < 4; ++c) {
-                            const float q = qk_u2f(((unsigned)w.v[c] >> (4 * j)) & 15u, magic);
-                            acc[c] = __fmaf_rn((q - z[c]) * s[c], xk, acc[c]);
+                            const float q = qk_magic(((unsigned)w.v[c] >> (4 * j)) & 15u, magic);
+                            acc[c] = __fmaf_rn((q - zm[c]) * s[c], xk[j], acc[c]);
                         }
                     }
                 }

@@ -79,7 +79,7 @@ fn fused_gemv_sources_match_the_f64_reference() {
         hqq_case::<bf16>(rows, cols, g);
     }
     for (k, n, g) in [(8, 8, -1i64), (64, 96, 16), (128, 40, 32), (256, 64, 128), (14336, 16, 128)] {
-        for (act, f) in [(false, ZeroFormat::V1), (true, ZeroFormat::V2)] {
+        for (act, f) in [(false, ZeroFormat::V1), (true, ZeroFormat::V2), (true, ZeroFormat::V1)] {
             gptq_case::<f16>(k, n, g, act, f);
             gptq_case::<bf16>(k, n, g, act, f);
             gptq_case::<f32>(k, n, g, act, f);
