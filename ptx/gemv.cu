@@ -24,7 +24,8 @@
 // its row in order.
 constexpr int QK_GEMV_TEAM = 16;
 
-// CB packed bytes as 32-bit words (byte i in bits 8*(i%4) of word i/4; CB = 1: one byte).
+// CB packed bytes as 32-bit words (byte i in bits 8*(i%4) of word i/4; CB = 1: one byte; else
+// CB is a multiple of 16).
 template <int CB>
 struct QkBytes {
     static constexpr int N = (CB + 3) / 4;
@@ -116,7 +117,7 @@ __device__ __forceinline__ void hqq_gemv4_segments(const unsigned char* __restri
 }
 
 // 32-byte chunks when a chunk stays in one group (g % 32 == 0; segments are multiples of g),
-// else single bytes.
+// 16-byte chunks when g % 16 == 0, else single bytes.
 template <typename T>
 __device__ __forceinline__ void hqq_gemv4_partial(const unsigned char* __restrict__ packed,
                                                   const T* __restrict__ scales, const T* __restrict__ zeros,
@@ -127,6 +128,9 @@ __device__ __forceinline__ void hqq_gemv4_partial(const unsigned char* __restric
     if (g % 32 == 0) {
         if (seg == in_dim) hqq_gemv4_segments<32, true, T>(packed, scales, zeros, x, partial, g, prows, in_dim, seg);
         else hqq_gemv4_segments<32, false, T>(packed, scales, zeros, x, partial, g, prows, in_dim, seg);
+    } else if (g % 16 == 0) {
+        if (seg == in_dim) hqq_gemv4_segments<16, true, T>(packed, scales, zeros, x, partial, g, prows, in_dim, seg);
+        else hqq_gemv4_segments<16, false, T>(packed, scales, zeros, x, partial, g, prows, in_dim, seg);
     } else {
         if (seg == in_dim) hqq_gemv4_segments<1, true, T>(packed, scales, zeros, x, partial, g, prows, in_dim, seg);
         else hqq_gemv4_segments<1, false, T>(packed, scales, zeros, x, partial, g, prows, in_dim, seg);

@@ -61,14 +61,17 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
 
 #[test]
 fn fused_gemv_sources_match_the_f64_reference() {
-    // Odd row counts (3, 5, 7) split rows into two segments; g = 8 and 4 take the 1-byte path;
-    // 1024 and 512 inputs give each thread several chunks.
+    // Odd row counts (3, 5, 7) split rows into two segments; g = 16 and 48 take the 16-byte
+    // path, g = 8 and 4 the 1-byte path; 1024 and 512 inputs give each thread several chunks.
     for (rows, cols, g) in [
         (2, 64, 64),
         (6, 40, 8),
         (30, 96, 32),
         (64, 256, 64),
         (3, 64, 16),
+        (6, 48, 16),
+        (4, 96, 48),
+        (4, 512, 16),
         (5, 128, 32),
         (3, 40, 4),
         (4, 1024, 64),

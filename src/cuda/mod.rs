@@ -530,9 +530,10 @@ pub fn hqq_gemv_cuda<T: CudaElem>(
     // row count), scales/zeros len == rows (one per code row). The kernel splits the packed bytes
     // into segments of `seg` (hqq_gemv_segment: cols, or cols/2 for an odd row count, which
     // makes cols/g even; either way a multiple of g dividing numel/2) and reads packed bytes
-    // < numel/2 (32-byte chunks as 16-byte vectors only when g % 32 == 0, at multiples of 32:
-    // aligned), params at code rows r and r + prows < rows, x at (f % cols) + i < cols within one
-    // output row (4-float vectors at multiples of 32 floats: aligned), and writes partial[S*16 + j] for the numel/seg
+    // < numel/2 (32- or 16-byte chunks as 16-byte vectors only when g % 32 == 0 or g % 16 == 0,
+    // at multiples of the chunk: aligned, and a chunk never crosses a segment), params at code
+    // rows r and r + prows < rows, x at (f % cols) + i < cols within one output row (4-float
+    // vectors at multiples of 16 floats: aligned), and writes partial[S*16 + j] for the numel/seg
     // flat segments S and j < 16: exactly hqq_gemv_scratch_len, checked above.
     let seg = hqq_gemv_segment(layout);
     unsafe { launch.launch(launch_1d(geo.prows * geo.cols / seg * GEMV_TEAM)) }?;
