@@ -345,45 +345,62 @@ fn cuda_group(c: &mut Criterion) {
                     start.elapsed()
                 })
             });
-            // GPTQ with K = cols inputs and N = rows outputs, group 128.
+            // GPTQ with K = cols inputs and N = rows outputs, group 128: plain, act-order
+            // (a pseudo-random g_idx, decoded per row) and the same layer sorted by group
+            // (gptq::sort) with its inputs gathered on the device before the plain GEMV.
             let l = GptqLayout::new(cols, rows, 4, 128).unwrap();
             let (qr, qc) = l.qweight_shape();
             let (zr, zc) = l.qzeros_shape();
-            let qw = gpu
-                .upload(&(0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect::<Vec<_>>())
-                .unwrap();
+            let words: Vec<i32> = (0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
             let qz = gpu
                 .upload(&(0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect::<Vec<_>>())
                 .unwrap();
             let sc = gpu.upload(&vec![f16::from_f32(0.01); l.groups() * l.n()]).unwrap();
-            let gi = DeviceGIdx::upload(&gpu, None, &l).unwrap();
+            let act = act_order(&l);
+            let (perm, _) = quant_kernels::gptq::sort::group_order(&act, &l).unwrap();
+            let sorted_words = quant_kernels::gptq::sort::permute_rows(&words, &perm, &l).unwrap();
             let x = gpu.upload(&vec![0.5f32; cols]).unwrap();
+            let mut xs = gpu.zeros::<f32>(cols).unwrap();
             let mut partial = gpu.zeros::<f32>(gptq_gemv_scratch_len(&l)).unwrap();
             let mut y = gpu.zeros::<f32>(rows).unwrap();
-            g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len() + cols) + 2 * sc.len()) as u64));
-            g.bench_function(BenchmarkId::new(format!("gptq_gemv_4bit_g128_{rows}x{cols}"), "cuda"), |b| {
-                b.iter_custom(|iters| {
-                    gpu.synchronize().unwrap();
-                    let start = std::time::Instant::now();
-                    for _ in 0..iters {
-                        gptq_gemv_cuda(
-                            &gpu,
-                            &qw,
-                            &qz,
-                            &sc,
-                            &gi,
-                            &l,
-                            ZeroFormat::V1,
-                            &x,
-                            &mut partial,
-                            &mut y,
-                        )
-                        .unwrap();
-                    }
-                    gpu.synchronize().unwrap();
-                    start.elapsed()
-                })
-            });
+            for (variant, g_idx, gather) in
+                [("", None, false), ("_act_order", Some(&act[..]), false), ("_act_order_sorted", None, true)]
+            {
+                let qw = gpu.upload(if gather { &sorted_words } else { &words }).unwrap();
+                let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
+                let dperm = quant_kernels::cuda::DevicePerm::upload(&gpu, &perm).unwrap();
+                g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len() + cols) + 2 * sc.len()) as u64));
+                let id = BenchmarkId::new(format!("gptq_gemv_4bit_g128{variant}_{rows}x{cols}"), "cuda");
+                g.bench_function(id, |b| {
+                    b.iter_custom(|iters| {
+                        gpu.synchronize().unwrap();
+                        let start = std::time::Instant::now();
+                        for _ in 0..iters {
+                            let xin = if gather {
+                                quant_kernels::cuda::permute_inputs_cuda(&gpu, &x, &dperm, &mut xs).unwrap();
+                                &xs
+                            } else {
+                                &x
+                            };
+                            gptq_gemv_cuda(
+                                &gpu,
+                                &qw,
+                                &qz,
+                                &sc,
+                                &gi,
+                                &l,
+                                ZeroFormat::V1,
+                                xin,
+                                &mut partial,
+                                &mut y,
+                            )
+                            .unwrap();
+                        }
+                        gpu.synchronize().unwrap();
+                        start.elapsed()
+                    })
+                });
+            }
         }
     }
     // FP8 E4M3 with 128x128 block scales -> bf16 (the usual load dtype) and f16.

@@ -251,6 +251,13 @@ __device__ __forceinline__ void gemv_reduce_cols(const float* __restrict__ parti
     }
 }
 
+// out[i] = x[perm[i]] for i < k: the inputs of a GPTQ layer whose rows were sorted by group
+// (gptq::sort), gathered on the device; perm is a permutation of 0..k checked on the host.
+__device__ __forceinline__ void gather_rows(const float* __restrict__ x, const int* __restrict__ perm,
+                                            float* __restrict__ out, int k) {
+    for (long long i = qk_linear0(); i < k; i += qk_linear_step()) out[i] = x[perm[i]];
+}
+
 #define QK_HQQ_GEMV(T, NAME)                                                                          \
     extern "C" __global__ void hqq_gemv_4b_##NAME(const unsigned char* packed, const T* scales,       \
                                                   const T* zeros, const float* x, float* partial,     \
@@ -275,6 +282,9 @@ extern "C" __global__ void gemv_reduce_rows_f32(const float* partial, float* y, 
 extern "C" __global__ void gemv_reduce_cols_f32(const float* partial, float* y, int n_dim, int slices) {
     gemv_reduce_cols(partial, y, n_dim, slices);
 }
+extern "C" __global__ void gather_f32(const float* x, const int* perm, float* out, int k) {
+    gather_rows(x, perm, out, k);
+}
 
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_GEMV_EMU(NAME, T)                                                                          \
@@ -298,6 +308,9 @@ QK_GEMV_EMU(bf16, __nv_bfloat16)
 extern "C" void cpu_gemv_reduce_rows_f32(const float* partial, float* y, int outs, int per, unsigned grid,
                                          unsigned block) {
     cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { gemv_reduce_rows_f32(partial, y, outs, per); });
+}
+extern "C" void cpu_gather_f32(const float* x, const int* perm, float* out, int k, unsigned grid, unsigned block) {
+    cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { gather_f32(x, perm, out, k); });
 }
 extern "C" void cpu_gemv_reduce_cols_f32(const float* partial, float* y, int n_dim, int slices, unsigned grid,
                                          unsigned block) {

@@ -301,6 +301,17 @@ pub enum Error {
         groups: usize,
     },
 
+    /// A row permutation that is not one: a value outside `0..len` or one seen before.
+    #[error("perm[{index}] = {value} is outside 0..{len} or repeated: not a permutation")]
+    Permutation {
+        /// Position in the permutation.
+        index: usize,
+        /// The value found.
+        value: u64,
+        /// Number of rows.
+        len: usize,
+    },
+
     /// A group size that is neither -1 (one group) nor positive.
     #[error("invalid group size {0} (expected -1 or a positive size)")]
     InvalidGroupSize(i64),

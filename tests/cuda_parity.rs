@@ -210,6 +210,26 @@ fn gptq_gemv_case<T: CudaElem>(gpu: &Gpu, k: usize, n: usize, g: i64, act: bool,
     let got =
         cuda::gptq_gemv_cuda_host(gpu, &x_.qweight, &x_.qzeros, &s, Some(&x_.g_idx), &l, f, &x).unwrap();
     close(&got, &want, &scale, &format!("gptq gemv K{k} N{n} g{g} act {act} {}", T::DTYPE));
+    if act {
+        // Rows sorted by group, inputs gathered on the device: the same products.
+        let (perm, sorted) = gptq::sort::group_order(&x_.g_idx, &l).unwrap();
+        let qs = gptq::sort::permute_rows(&x_.qweight, &perm, &l).unwrap();
+        let dperm = cuda::DevicePerm::upload(gpu, &perm).unwrap();
+        let g_idx = cuda::DeviceGIdx::upload(gpu, Some(&sorted), &l).unwrap();
+        let (qw, qz, sd, xd) = (
+            gpu.upload(&qs).unwrap(),
+            gpu.upload(&x_.qzeros).unwrap(),
+            gpu.upload(&s).unwrap(),
+            gpu.upload(&x).unwrap(),
+        );
+        let mut xs = gpu.zeros::<f32>(k).unwrap();
+        let mut partial = gpu.zeros::<f32>(cuda::gptq_gemv_scratch_len(&l)).unwrap();
+        let mut y = gpu.zeros::<f32>(n).unwrap();
+        cuda::permute_inputs_cuda(gpu, &xd, &dperm, &mut xs).unwrap();
+        cuda::gptq_gemv_cuda(gpu, &qw, &qz, &sd, &g_idx, &l, f, &xs, &mut partial, &mut y).unwrap();
+        let got = gpu.download(&y).unwrap();
+        close(&got, &want, &scale, &format!("sorted gptq gemv K{k} N{n} g{g} {}", T::DTYPE));
+    }
 }
 
 #[test]

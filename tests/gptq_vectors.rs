@@ -8,8 +8,8 @@ mod common;
 
 use common::{T, fixture};
 use half::{bf16, f16};
-use quant_kernels::gptq::{self, GptqLayout, ZeroFormat, ZeroFormatMismatch};
-use quant_kernels::{Elem, Parallelism};
+use quant_kernels::gptq::{self, GptqLayer, GptqLayout, ZeroFormat, ZeroFormatMismatch};
+use quant_kernels::{Elem, FloatVec, Parallelism};
 use safetensors::SafeTensors;
 
 fn all_paths<S: Elem, O: Elem>(
@@ -38,7 +38,7 @@ fn every_case_matches_gptqmodel() {
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert_eq!(files.len(), 34);
-    let mut checked = 0;
+    let (mut checked, mut sorted_checked) = (0, 0);
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = fixture(&format!("gptq/{name}"));
@@ -69,6 +69,30 @@ fn every_case_matches_gptqmodel() {
                 got.iter().zip(&want32).all(|(a, b)| *a == bf16::from_f32(*b)),
                 "{name} from {zeros}: bf16"
             );
+            if meta["desc_act"] == "true" {
+                // Sorted by group (gptq::sort), the layer's rows are GPTQModel's rows in the
+                // returned order, bit for bit.
+                let layer = GptqLayer {
+                    layout: l,
+                    format,
+                    qweight: qw.clone(),
+                    qzeros: qz.clone(),
+                    scales: FloatVec::F16(scales.clone()),
+                    g_idx: Some(g_idx.clone()),
+                    bias: None,
+                };
+                let (sorted, perm) = layer.sort_by_group().unwrap();
+                let ws: Vec<f32> = sorted.dequantize(Parallelism::Serial).unwrap();
+                let n = l.n();
+                for (k, &p) in perm.iter().enumerate() {
+                    let row = &want32[p as usize * n..][..n];
+                    assert!(
+                        ws[k * n..][..n].iter().zip(row).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name}: sorted row {k}"
+                    );
+                }
+                sorted_checked += 1;
+            }
             if meta["desc_act"] == "false" {
                 // Without act-order, g_idx is k / group_size: None gives the same weights.
                 let none: Vec<f32> = all_paths(&qw, &qz, &scales, None, &l, format);
@@ -102,6 +126,7 @@ fn every_case_matches_gptqmodel() {
         }
     }
     assert_eq!(checked, 68);
+    assert_eq!(sorted_checked, 32, "act-order cases sorted");
 }
 
 /// The zero-point-0 edge (auto-gptq's v1 writer stored -1 and corrupted the word): we follow

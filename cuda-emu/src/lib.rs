@@ -55,6 +55,7 @@ unsafe extern "C" {
     // ptx/gemv.cu reductions (f32 only).
     fn cpu_gemv_reduce_rows_f32(part: *const f32, y: *mut f32, outs: i32, per: i32, gr: u32, b: u32);
     fn cpu_gemv_reduce_cols_f32(part: *const f32, y: *mut f32, n: i32, slices: i32, gr: u32, b: u32);
+    fn cpu_gather_f32(x: *const f32, perm: *const i32, out: *mut f32, k: i32, gr: u32, b: u32);
 }
 
 /// `(grid, block)` launch shapes for the emulated 2-D kernels (FP8, AWQ, GPTQ, HQQ): 1-D ones and 2-D ones
@@ -488,6 +489,23 @@ pub fn gptq_gemv_4b<T: EmuElem>(
         cpu_gemv_reduce_cols_f32(partial.as_ptr(), y.as_mut_ptr(), i(n), i(slices), grid, block);
     }
     y.into_vec()
+}
+
+/// The emulated `gather_f32`: `out[i] = x[perm[i]]`.
+///
+/// # Panics
+/// When `perm` is not a permutation of `0..x.len()` (a test helper).
+pub fn gather(x: &[f32], perm: &[i32], grid: u32, block: u32) -> Vec<f32> {
+    let mut seen = vec![false; x.len()];
+    assert_eq!(perm.len(), x.len());
+    assert!(perm.iter().all(|&p| p >= 0 && !std::mem::replace(&mut seen[p as usize], true)));
+    let (xd, pd) = (Dev::from(x), Dev::from(perm));
+    let mut out = Dev::<f32>::zeroed(x.len());
+    let k = i32::try_from(x.len()).expect("fits i32");
+    // SAFETY: the kernel reads perm[i] and x[perm[i]] and writes out[i] for i < k; perm holds
+    // each of 0..k once (checked), all three buffers have k elements.
+    unsafe { cpu_gather_f32(xd.as_ptr(), pd.as_ptr(), out.as_mut_ptr(), k, grid, block) };
+    out.into_vec()
 }
 
 /// The emulated `awq_dequant_4b_{elem}`; returns `[K, N]`.

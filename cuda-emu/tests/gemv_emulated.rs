@@ -3,10 +3,10 @@
 //! several shapes, element types and launch shapes.
 
 use half::{bf16, f16};
-use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
+use quant_kernels::gptq::{self, GptqLayout, ZeroFormat, sort};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::{B4, Elem};
-use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, SplitMix as Rng, gptq_gemv_4b, hqq_gemv_4b};
+use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, SplitMix as Rng, gather, gptq_gemv_4b, hqq_gemv_4b};
 
 fn close(got: &[f32], w: &[f32], x: &[f32], rows: usize, cols: usize, transposed: bool, what: &str) {
     for (o, g) in got.iter().enumerate() {
@@ -55,6 +55,20 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
         for (grid, block) in LAUNCHES_2D {
             let y = gptq_gemv_4b(&qweight, &qzeros, &s, &g_idx, &x, k, n, slice_rows, fmt, grid, block);
             close(&y, &w, &x, n, k, true, &format!("gptq K{k} N{n} g{g} act {act} {}", T::DTYPE));
+        }
+    }
+    if act {
+        // Rows sorted by group (gptq::sort) and the inputs gathered by the emulated gather
+        // kernel: the plain path then gives the act-order layer's products.
+        let (perm, sorted) = sort::group_order(&g_idx, &l).unwrap();
+        let qs = sort::permute_rows(&qweight, &perm, &l).unwrap();
+        let perm: Vec<i32> = perm.iter().map(|&p| p as i32).collect();
+        for (grid, block) in LAUNCHES_2D {
+            let xs = gather(&x, &perm, grid, block);
+            let want: Vec<f32> = perm.iter().map(|&p| x[p as usize]).collect();
+            assert_eq!(xs, want, "gather K{k} {grid}x{block}");
+            let y = gptq_gemv_4b(&qs, &qzeros, &s, &sorted, &xs, k, n, k.min(128), fmt, grid, block);
+            close(&y, &w, &x, n, k, true, &format!("sorted gptq K{k} N{n} g{g} {} {grid}x{block}", T::DTYPE));
         }
     }
 }

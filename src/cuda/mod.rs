@@ -81,7 +81,7 @@ impl PtxFile {
                 .iter()
                 .map(|&n| (n, 9))
                 .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
-                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4)])
+                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4), (GATHER, 4)])
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
@@ -118,6 +118,9 @@ const GPTQ_GEMV: [&str; 3] = ["gptq_gemv_4b_f32", "gptq_gemv_4b_f16", "gptq_gemv
 const GEMV_REDUCE_ROWS: &str = "gemv_reduce_rows_f32";
 /// (partial, y, N, slices): y[n] = sum over s of partial[s*N + n].
 const GEMV_REDUCE_COLS: &str = "gemv_reduce_cols_f32";
+
+/// (x, perm, out, K): out[i] = x[perm[i]].
+const GATHER: &str = "gather_f32";
 
 /// `awq_dequant_4b_{elem}`: (qweight, qzeros, scales, out, K, N, group_size).
 const AWQ_DEQUANT: [&str; 3] = ["awq_dequant_4b_f32", "awq_dequant_4b_f16", "awq_dequant_4b_bf16"];
@@ -331,6 +334,59 @@ impl DeviceGIdx {
         let host: Vec<i32> = rows.into_iter().map(|g| g as i32).collect();
         Ok(Self { buf: gpu.upload(&host)?, k: layout.k(), groups: layout.groups() })
     }
+}
+
+/// A row order on the device (see [`crate::gptq::sort`]) checked on the host to be a
+/// permutation of `0..len` before upload, so a kernel can gather with it.
+#[derive(Debug)]
+pub struct DevicePerm {
+    buf: CudaSlice<i32>,
+}
+
+impl DevicePerm {
+    /// Validate `perm` (a permutation of `0..perm.len()`, `len` < 2^31) and upload it.
+    pub fn upload(gpu: &Gpu, perm: &[u32]) -> Result<Self> {
+        crate::gptq::sort::check_permutation(perm, perm.len())?;
+        to_i32("perm length", perm.len())?;
+        let host: Vec<i32> = perm.iter().map(|&p| p as i32).collect();
+        Ok(Self { buf: gpu.upload(&host)? })
+    }
+
+    /// The number of rows it orders.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether it orders no rows.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == 0
+    }
+}
+
+/// `out[i] = x[perm[i]]` on the GPU: the inputs of a GPTQ layer whose rows were sorted by group
+/// ([`crate::gptq::GptqLayer::sort_by_group`]) for [`gptq_gemv_cuda`] on the sorted layer, which
+/// then takes the plain path (a group decoded once per slice) instead of act-order's decode per
+/// row. Asynchronous.
+pub fn permute_inputs_cuda(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    perm: &DevicePerm,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    expect("x", perm.len(), x.len())?;
+    expect("out", perm.len(), out.len())?;
+    if perm.is_empty() {
+        return Ok(());
+    }
+    let k = to_i32("K", perm.len())?;
+    let f = gpu.function(PtxFile::Gemv, GATHER)?;
+    let mut launch = gpu.stream.launch_builder(&f);
+    launch.arg(x).arg(&perm.buf).arg(&mut *out).arg(&k);
+    // SAFETY: signature (const float*, const int*, float*, int) matches; the kernel reads perm[i]
+    // and writes out[i] for i < K (all three buffers have K elements, checked above) and reads
+    // x[perm[i]], in 0..K because DevicePerm was checked to be a permutation before upload.
+    unsafe { launch.launch(launch_1d(perm.len())) }?;
+    Ok(())
 }
 
 /// The checks every GPTQ launcher makes on the layer's device buffers.

@@ -33,6 +33,7 @@ mod cpu;
 pub mod fuse;
 pub mod layout;
 pub mod reference;
+pub mod sort;
 pub(crate) mod tile;
 
 pub use checkpoint::{GptqCheckpoint, GptqLayer, GptqLayerInfo};

@@ -162,6 +162,9 @@ enum Stored {
     Hqq(HqqWeight),
     /// GPTQ, or AWQ converted to GPTQ (`awq`): `layer.qweight` is moved into `blocked`
     /// ([`crate::gptq::tile::block_words`]); the group of each input and the true zero points.
+    /// Act-order (`perm`): `blocked` and `groups` hold the rows sorted by group
+    /// ([`crate::gptq::sort`]), row `k'` being the layer's row `perm[k']`, and the inputs are
+    /// gathered the same way; `layer.g_idx` stays the checkpoint's.
     Gptq {
         layer: GptqLayer,
         blocked: Vec<i32>,
@@ -169,6 +172,7 @@ enum Stored {
         zeros: Vec<f32>,
         scales: Vec<f32>,
         awq: bool,
+        perm: Option<Vec<u32>>,
     },
     /// FP8 with its scale grid widened to `f32`.
     Fp8 {
@@ -268,10 +272,23 @@ impl QuantLinear {
         let c = crate::with_float_vec!(&layer.scales, s => crate::gptq::check(
             &l, &layer.qweight, &layer.qzeros, s, layer.g_idx.as_deref(), layer.format, l.k() * l.n()
         ))?;
-        let blocked = crate::gptq::tile::block_words(&std::mem::take(&mut layer.qweight), &l);
+        // Act-order: sort the rows by group, so that the kernels decode a group once per run of
+        // its rows instead of nearly once per row.
+        let sorted = c.rows_group.windows(2).all(|w| w[0] <= w[1]);
+        let (words, groups, perm) = match &layer.g_idx {
+            Some(g_idx) if !sorted => {
+                let (perm, _) = crate::gptq::sort::group_order(g_idx, &l)?;
+                let words = crate::gptq::sort::permute_rows(&layer.qweight, &perm, &l)?;
+                let groups = perm.iter().map(|&p| c.rows_group[p as usize]).collect();
+                layer.qweight = Vec::new();
+                (words, groups, Some(perm))
+            }
+            _ => (std::mem::take(&mut layer.qweight), c.rows_group, None),
+        };
+        let blocked = crate::gptq::tile::block_words(&words, &l);
         let (zeros, scales) =
             crate::with_float_vec!(&layer.scales, s => crate::gptq::tile::block_params(&c.zeros, s, &l));
-        Ok((l.n(), l.k(), Stored::Gptq { layer, blocked, groups: c.rows_group, zeros, scales, awq }))
+        Ok((l.n(), l.k(), Stored::Gptq { layer, blocked, groups, zeros, scales, awq, perm }))
     }
 
     /// A GPTQ layer with its own bias.
@@ -298,7 +315,9 @@ impl QuantLinear {
         match self.stored {
             Stored::Dense { rows, cols, w } => QuantWeight::Dense { rows, cols, w },
             Stored::Hqq(h) => QuantWeight::Hqq(h),
-            Stored::Gptq { layer, blocked, awq, .. } => gptq_original(layer, &blocked, awq),
+            Stored::Gptq { layer, blocked, awq, perm, .. } => {
+                gptq_original(layer, &blocked, awq, perm.as_deref())
+            }
             Stored::Fp8 { layer, .. } => QuantWeight::Fp8(layer),
             Stored::Int8(t) => QuantWeight::Int8(t),
             Stored::Int4(t) => QuantWeight::Int4(t),
@@ -372,8 +391,22 @@ impl QuantLinear {
         let kp = kernel::padded(inp);
         let mut xp = vec![0f32; batch * kp];
         if inp > 0 {
+            let perm = match &self.stored {
+                Stored::Gptq { perm: Some(p), .. } => Some(p),
+                _ => None,
+            };
+            let mut row = vec![0f32; if perm.is_some() { inp } else { 0 }];
             for (dst, src) in xp.chunks_exact_mut(kp).zip(x.chunks_exact(inp)) {
-                X::slice_to_f32(src, &mut dst[..inp]);
+                match perm {
+                    // Inputs in the sorted rows' order.
+                    Some(p) => {
+                        X::slice_to_f32(src, &mut row);
+                        for (d, &k) in dst.iter_mut().zip(p) {
+                            *d = row[k as usize];
+                        }
+                    }
+                    None => X::slice_to_f32(src, &mut dst[..inp]),
+                }
             }
         }
         let mut acc = self.products(&xp, batch, par);
@@ -456,11 +489,11 @@ impl QuantLinear {
                 (FloatVec::Bf16(s), FloatVec::Bf16(z)) => hqq_dequant(h, s, z, reference, &mut w, par),
                 _ => unreachable!("QuantLinear::new makes the dtypes equal"),
             }?,
-            Stored::Gptq { layer, blocked, awq, .. } => {
+            Stored::Gptq { layer, blocked, awq, perm, .. } => {
                 // `[K, N]` from the scheme's own tensors (AWQ's oracle reads AWQ's layout);
                 // `layer.qweight` is empty (moved into `blocked`), so this clone is small.
                 let mut kn = vec![0f32; out * inp];
-                match gptq_original(layer.clone(), blocked, *awq) {
+                match gptq_original(layer.clone(), blocked, *awq, perm.as_deref()) {
                     QuantWeight::Gptq(g) => {
                         let (l, gi) = (&g.layout, g.g_idx.as_deref());
                         crate::with_float_vec!(&g.scales, s => if reference {
@@ -524,9 +557,20 @@ impl QuantLinear {
     }
 }
 
-/// A GPTQ-stored weight in its own layout again: words un-blocked, AWQ converted back.
-fn gptq_original(mut layer: GptqLayer, blocked: &[i32], awq: bool) -> QuantWeight {
+/// A GPTQ-stored weight in its own layout again: words un-blocked (and act-order rows put back
+/// in place), AWQ converted back.
+fn gptq_original(mut layer: GptqLayer, blocked: &[i32], awq: bool, perm: Option<&[u32]>) -> QuantWeight {
     layer.qweight = crate::gptq::tile::unblock_words(blocked, &layer.layout);
+    if let Some(perm) = perm {
+        let mut back = vec![0u32; perm.len()];
+        for (k, &p) in perm.iter().enumerate() {
+            back[p as usize] = k as u32;
+        }
+        // Unreachable error: `perm` came from `group_order` on this layout.
+        if let Ok(q) = crate::gptq::sort::permute_rows(&layer.qweight, &back, &layer.layout) {
+            layer.qweight = q;
+        }
+    }
     if !awq {
         return QuantWeight::Gptq(layer);
     }
