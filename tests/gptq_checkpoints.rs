@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Rng, layer};
+use common::{Rng, gptq_layer_f32, layer};
 use half::f16;
 use quant_kernels::elem::FloatVec;
 use quant_kernels::gptq::{
@@ -207,17 +207,7 @@ fn fuse_columns_repacks_zero_points_for_every_width() {
 fn fuse_mismatches_are_typed_errors() {
     let mut rng = Rng(11);
     let make = |k: usize, n: usize, bits: u8, act: bool, rng: &mut Rng| {
-        let l = GptqLayout::new(k, n, bits, 32).unwrap();
-        let r = layer(&l, act, rng);
-        GptqLayer {
-            layout: l,
-            format: ZeroFormat::V1,
-            qweight: r.qweight,
-            qzeros: r.qzeros,
-            scales: FloatVec::F32(r.scales),
-            g_idx: Some(r.g_idx),
-            bias: None,
-        }
+        gptq_layer_f32(GptqLayout::new(k, n, bits, 32).unwrap(), act, rng)
     };
     let a = make(64, 32, 4, false, &mut rng);
     let cases: Vec<(GptqLayer, &str)> = vec![

@@ -4,23 +4,13 @@
 
 mod common;
 
-use common::{Rng, layer};
+use common::{Rng, gptq_layer_f32};
 use quant_kernels::gptq::sort::{check_permutation, group_order, permute_inputs, permute_rows};
-use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
-use quant_kernels::{Error, FloatVec, Parallelism};
+use quant_kernels::gptq::{GptqLayer, GptqLayout};
+use quant_kernels::{Error, Parallelism};
 
 fn act_order_layer(rng: &mut Rng, k: usize, n: usize, bits: u8, group: i64) -> GptqLayer {
-    let l = GptqLayout::new(k, n, bits, group).unwrap();
-    let r = layer(&l, true, rng);
-    GptqLayer {
-        layout: l,
-        format: ZeroFormat::V1,
-        qweight: r.qweight,
-        qzeros: r.qzeros,
-        scales: FloatVec::F32(r.scales),
-        g_idx: Some(r.g_idx),
-        bias: None,
-    }
+    gptq_layer_f32(GptqLayout::new(k, n, bits, group).unwrap(), true, rng)
 }
 
 fn inverse(perm: &[u32]) -> Vec<u32> {

@@ -86,6 +86,24 @@ pub fn layer(l: &quant_kernels::gptq::GptqLayout, act_order: bool, rng: &mut Rng
     Layer { qweight, qzeros, scales, g_idx }
 }
 
+/// [`layer`] as a v1 `GptqLayer` with f32 scales and its `g_idx` (given even when plain).
+pub fn gptq_layer_f32(
+    l: quant_kernels::gptq::GptqLayout,
+    act_order: bool,
+    rng: &mut Rng,
+) -> quant_kernels::gptq::GptqLayer {
+    let r = layer(&l, act_order, rng);
+    quant_kernels::gptq::GptqLayer {
+        layout: l,
+        format: quant_kernels::gptq::ZeroFormat::V1,
+        qweight: r.qweight,
+        qzeros: r.qzeros,
+        scales: quant_kernels::FloatVec::F32(r.scales),
+        g_idx: Some(r.g_idx),
+        bias: None,
+    }
+}
+
 /// `v` in f32, f16 or bf16 (by `dtype % 3`).
 pub fn float_vec(v: Vec<f32>, dtype: usize) -> quant_kernels::FloatVec {
     match dtype % 3 {
