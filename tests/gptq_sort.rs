@@ -5,20 +5,12 @@
 mod common;
 
 use common::{Rng, gptq_layer_f32};
-use quant_kernels::gptq::sort::{check_permutation, group_order, permute_inputs, permute_rows};
+use quant_kernels::gptq::sort::{check_permutation, group_order, inverse, permute_inputs, permute_rows};
 use quant_kernels::gptq::{GptqLayer, GptqLayout};
 use quant_kernels::{Error, Parallelism};
 
 fn act_order_layer(rng: &mut Rng, k: usize, n: usize, bits: u8, group: i64) -> GptqLayer {
     gptq_layer_f32(GptqLayout::new(k, n, bits, group).unwrap(), true, rng)
-}
-
-fn inverse(perm: &[u32]) -> Vec<u32> {
-    let mut inv = vec![0u32; perm.len()];
-    for (k, &p) in perm.iter().enumerate() {
-        inv[p as usize] = k as u32;
-    }
-    inv
 }
 
 #[test]

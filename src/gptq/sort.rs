@@ -11,7 +11,7 @@
 //! [`crate::matmul::QuantLinear`] does this itself for act-order GPTQ weights; the functions here
 //! are for callers that run the GPU kernels ([`crate::cuda`]) or keep their own weights.
 
-use super::layout::{codes_per_block, field, locate};
+use super::layout::{field, locate};
 use super::{GptqLayer, GptqLayout, groups_of_rows};
 use crate::error::{Error, Result, expect_len};
 
@@ -41,21 +41,41 @@ pub fn check_permutation(perm: &[u32], len: usize) -> Result<()> {
 /// ```
 pub fn group_order(g_idx: &[i32], layout: &GptqLayout) -> Result<(Vec<u32>, Vec<i32>)> {
     let groups = groups_of_rows(layout, Some(g_idx))?;
-    // Counting sort: stable, O(K + G).
-    let mut start = vec![0usize; layout.groups() + 1];
-    for &g in &groups {
+    let perm = order_by_group(&groups, layout.groups());
+    let sorted = perm.iter().map(|&k| g_idx[k as usize]).collect();
+    Ok((perm, sorted))
+}
+
+/// [`group_order`]'s order from groups already checked to be `< groups`: a counting sort,
+/// stable, O(K + G).
+pub(crate) fn order_by_group(rows_group: &[u32], groups: usize) -> Vec<u32> {
+    let mut start = vec![0usize; groups + 1];
+    for &g in rows_group {
         start[g as usize + 1] += 1;
     }
     for i in 1..start.len() {
         start[i] += start[i - 1];
     }
-    let mut perm = vec![0u32; groups.len()];
-    for (k, &g) in groups.iter().enumerate() {
+    let mut perm = vec![0u32; rows_group.len()];
+    for (k, &g) in rows_group.iter().enumerate() {
         perm[start[g as usize]] = k as u32;
         start[g as usize] += 1;
     }
-    let sorted = perm.iter().map(|&k| g_idx[k as usize]).collect();
-    Ok((perm, sorted))
+    perm
+}
+
+/// The inverse of a permutation `perm` (checked by the caller): `inverse(perm)[perm[k]] == k`,
+/// the order that puts sorted rows back in place.
+///
+/// ```
+/// assert_eq!(quant_kernels::gptq::sort::inverse(&[2, 0, 1]), [1, 2, 0]);
+/// ```
+pub fn inverse(perm: &[u32]) -> Vec<u32> {
+    let mut inv = vec![0u32; perm.len()];
+    for (k, &p) in perm.iter().enumerate() {
+        inv[p as usize] = k as u32;
+    }
+    inv
 }
 
 /// `qweight` with its input rows permuted: row `k` of the result is row `perm[k]` of `qweight`
@@ -73,10 +93,16 @@ pub fn permute_rows(qweight: &[i32], perm: &[u32], layout: &GptqLayout) -> Resul
     let (wrows, n) = layout.qweight_shape();
     expect_len("qweight", wrows * n, qweight.len())?;
     check_permutation(perm, layout.k())?;
+    Ok(repack_rows(qweight, perm, layout))
+}
+
+/// [`permute_rows`] on a `qweight` and `perm` whose lengths and values the caller checked.
+pub(crate) fn repack_rows(qweight: &[i32], perm: &[u32], layout: &GptqLayout) -> Vec<i32> {
+    let (wrows, n) = layout.qweight_shape();
     let bits = layout.bits();
     let mut out = vec![0i32; qweight.len()];
     if n == 0 {
-        return Ok(out);
+        return out;
     }
     // Place k takes source row perm[k]: per place, one pass over the N columns of the source
     // word row (and the next, for a 3-bit field that straddles two words) and of the target's.
@@ -84,16 +110,16 @@ pub fn permute_rows(qweight: &[i32], perm: &[u32], layout: &GptqLayout) -> Resul
         let (sw, _) = locate(src as usize, bits);
         let (dw, dshift) = locate(k, bits);
         let src_rows = &qweight[sw * n..(sw + 2).min(wrows) * n];
+        let straddles = dshift + bits as u32 > 32;
         for col in 0..n {
             let code = field(|j| src_rows[(j - sw) * n + col] as u32, src as usize, bits);
             out[dw * n + col] |= (code << dshift) as i32;
-            if dshift + bits as u32 > 32 {
+            if straddles {
                 out[(dw + 1) * n + col] |= (code >> (32 - dshift)) as i32;
             }
         }
     }
-    debug_assert_eq!(layout.k() % codes_per_block(bits), 0);
-    Ok(out)
+    out
 }
 
 /// `x` with each of its `batch` rows of `K` inputs permuted: `out[b][k] = x[b][perm[k]]`.
@@ -149,11 +175,15 @@ impl GptqLayer {
         let l = &self.layout;
         let identity = || (self.clone(), (0..l.k() as u32).collect());
         let Some(g_idx) = &self.g_idx else { return Ok(identity()) };
-        let (perm, sorted) = group_order(g_idx, l)?;
-        if g_idx.windows(2).all(|w| w[0] <= w[1]) {
+        let (wrows, n) = l.qweight_shape();
+        expect_len("qweight", wrows * n, self.qweight.len())?;
+        let groups = groups_of_rows(l, Some(g_idx))?;
+        if groups.windows(2).all(|w| w[0] <= w[1]) {
             return Ok(identity());
         }
-        let qweight = permute_rows(&self.qweight, &perm, l)?;
+        let perm = order_by_group(&groups, l.groups());
+        let qweight = repack_rows(&self.qweight, &perm, l);
+        let sorted: Vec<i32> = perm.iter().map(|&k| g_idx[k as usize]).collect();
         let g_idx = (sorted != l.default_g_idx()).then_some(sorted);
         Ok((GptqLayer { qweight, g_idx, ..self.clone() }, perm))
     }

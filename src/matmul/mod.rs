@@ -274,16 +274,15 @@ impl QuantLinear {
         ))?;
         // Act-order: sort the rows by group, so that the kernels decode a group once per run of
         // its rows instead of nearly once per row.
-        let sorted = c.rows_group.windows(2).all(|w| w[0] <= w[1]);
-        let (words, groups, perm) = match &layer.g_idx {
-            Some(g_idx) if !sorted => {
-                let (perm, _) = crate::gptq::sort::group_order(g_idx, &l)?;
-                let words = crate::gptq::sort::permute_rows(&layer.qweight, &perm, &l)?;
-                let groups = perm.iter().map(|&p| c.rows_group[p as usize]).collect();
-                layer.qweight = Vec::new();
-                (words, groups, Some(perm))
-            }
-            _ => (std::mem::take(&mut layer.qweight), c.rows_group, None),
+        // (`check` validated the words' length and every group; without g_idx the groups are
+        // k / group_size, already in order.)
+        let (words, groups, perm) = if c.rows_group.windows(2).all(|w| w[0] <= w[1]) {
+            (std::mem::take(&mut layer.qweight), c.rows_group, None)
+        } else {
+            let perm = crate::gptq::sort::order_by_group(&c.rows_group, l.groups());
+            let words = crate::gptq::sort::repack_rows(&std::mem::take(&mut layer.qweight), &perm, &l);
+            let groups = perm.iter().map(|&p| c.rows_group[p as usize]).collect();
+            (words, groups, Some(perm))
         };
         let blocked = crate::gptq::tile::block_words(&words, &l);
         let (zeros, scales) =
@@ -562,14 +561,9 @@ impl QuantLinear {
 fn gptq_original(mut layer: GptqLayer, blocked: &[i32], awq: bool, perm: Option<&[u32]>) -> QuantWeight {
     layer.qweight = crate::gptq::tile::unblock_words(blocked, &layer.layout);
     if let Some(perm) = perm {
-        let mut back = vec![0u32; perm.len()];
-        for (k, &p) in perm.iter().enumerate() {
-            back[p as usize] = k as u32;
-        }
-        // Unreachable error: `perm` came from `group_order` on this layout.
-        if let Ok(q) = crate::gptq::sort::permute_rows(&layer.qweight, &back, &layer.layout) {
-            layer.qweight = q;
-        }
+        // `perm` is the permutation `gptq` built for this layout.
+        let back = crate::gptq::sort::inverse(perm);
+        layer.qweight = crate::gptq::sort::repack_rows(&layer.qweight, &back, &layer.layout);
     }
     if !awq {
         return QuantWeight::Gptq(layer);
