@@ -360,6 +360,7 @@ fn cuda_group(c: &mut Criterion) {
             let (perm, _) = quant_kernels::gptq::sort::group_order(&act, &l).unwrap();
             let sorted_words = quant_kernels::gptq::sort::permute_rows(&words, &perm, &l).unwrap();
             let x = gpu.upload(&vec![0.5f32; cols]).unwrap();
+            let dperm = quant_kernels::cuda::DevicePerm::upload(&gpu, &perm).unwrap();
             let mut xs = gpu.zeros::<f32>(cols).unwrap();
             let mut partial = gpu.zeros::<f32>(gptq_gemv_scratch_len(&l)).unwrap();
             let mut y = gpu.zeros::<f32>(rows).unwrap();
@@ -368,7 +369,6 @@ fn cuda_group(c: &mut Criterion) {
             {
                 let qw = gpu.upload(if gather { &sorted_words } else { &words }).unwrap();
                 let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
-                let dperm = quant_kernels::cuda::DevicePerm::upload(&gpu, &perm).unwrap();
                 g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len() + cols) + 2 * sc.len()) as u64));
                 let id = BenchmarkId::new(format!("gptq_gemv_4bit_g128{variant}_{rows}x{cols}"), "cuda");
                 g.bench_function(id, |b| {
