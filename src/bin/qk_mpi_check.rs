@@ -46,7 +46,7 @@ impl Rng {
     }
 }
 
-/// A random GPTQ layer (`k` inputs, `n` outputs, V1 zeros, f16 scales), as `tests/tp.rs`.
+/// A random GPTQ layer (`k` inputs, `n` outputs, V1 zeros, f16 scales), as `tests/tp/layers.rs`.
 fn gptq(k: usize, n: usize, bits: u8, g: i64, rng: &mut Rng) -> quant_kernels::Result<GptqLayer> {
     let layout = GptqLayout::new(k, n, bits, g)?;
     let (qr, qc) = layout.qweight_shape();

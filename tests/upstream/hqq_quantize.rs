@@ -3,7 +3,7 @@
 //! bit-exact; with it, codes agree on >= 99.5% of weights and the reconstruction error is within
 //! 1% of hqq's and never worse than without the optimizer. Serial and threaded runs are equal.
 
-mod common;
+use crate::common;
 
 use common::{Rng, T, fixture};
 use quant_kernels::hqq::{self, Axis, HqqConfig, HqqLayer};

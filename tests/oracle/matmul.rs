@@ -8,7 +8,7 @@
 //! row's result does not depend on the batch it is in, and bad shapes are typed errors (the
 //! baseline ISA's bound is checked in `baseline_isa.rs`: the ISA switch is process-wide).
 
-mod common;
+use crate::common;
 
 use common::{Rng, layer};
 use half::{bf16, f16};

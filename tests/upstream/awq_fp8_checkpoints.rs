@@ -3,7 +3,7 @@
 //! write: `QuantizedModel` and `qk dequantize` reproduce the upstream dequantized weights in the
 //! `[out, in]` orientation; bad configs and tensors are typed errors.
 
-mod common;
+use crate::common;
 
 use common::{T, fixture};
 use half::bf16;

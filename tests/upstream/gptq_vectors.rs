@@ -4,7 +4,7 @@
 //! vectors (`vectors/gptq/`, written by gen_gptq.py: auto-gptq's GPTQ + v1 packer, GPTQModel's
 //! v1->v2 conversion and torch reference dequantization; see that folder's MANIFEST.md).
 
-mod common;
+use crate::common;
 
 use common::{T, fixture};
 use half::{bf16, f16};

@@ -3,7 +3,7 @@
 //! identity on every file, and quantizing the fixtures' input weight with this crate, then
 //! writing, reproduces mistral.rs's bytes. Hostile bytes are typed errors, never panics.
 
-mod common;
+use crate::common;
 
 use common::T;
 use half::{bf16, f16};

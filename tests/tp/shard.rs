@@ -3,7 +3,7 @@
 //! dequantization, bit for bit, over many shapes, world sizes 1-4 and offset shards; bad
 //! boundaries are typed errors; stacked experts split and shard back to the whole.
 
-mod common;
+use crate::common;
 
 use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;

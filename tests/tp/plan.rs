@@ -6,7 +6,7 @@
 // A rank's ranges are lists of ranges; one-range lists are the common case, not a typo.
 #![allow(clippy::single_range_in_vec_init)]
 
-mod common;
+use crate::common;
 
 use common::Rng;
 use quant_kernels::awq::{AwqLayer, AwqLayout};

@@ -2,7 +2,7 @@
 //! width x dtype pair x (plain | act-order) x (v1 | v2) over a shape table (incl. 4096x4096);
 //! bad lengths, shapes and g_idx values are typed errors.
 
-mod common;
+use crate::common;
 
 use common::{Layer, Rng, layer};
 use half::{bf16, f16};

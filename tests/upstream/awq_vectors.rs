@@ -4,7 +4,7 @@
 //! Fixtures: `tests/fixtures/awq/awq_gemm_*.safetensors`, unchanged copies of the project's
 //! upstream vectors (`vectors/awq/`, written by gen_awq.py; see its MANIFEST.md).
 
-mod common;
+use crate::common;
 
 use common::{Rng, T, fixture};
 use half::{bf16, f16};

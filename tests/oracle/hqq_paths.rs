@@ -4,7 +4,7 @@
 //! counts above the tile size, and 4096x4096. Shapes a width cannot pack give the same typed
 //! error on every path.
 
-mod common;
+use crate::common;
 
 use common::Rng;
 use half::{bf16, f16};

@@ -2,7 +2,7 @@
 //! original's rows in the returned order, bit for bit, at every width; the inverse order restores
 //! the stored words; bad orders and group indices are typed errors.
 
-mod common;
+use crate::common;
 
 use common::{Rng, gptq_layer_f32};
 use quant_kernels::gptq::sort::{check_permutation, group_order, inverse, permute_inputs, permute_rows};

@@ -3,7 +3,7 @@
 //! hangs), column/row-parallel layers against the single-device forward for world sizes 1, 2,
 //! 3, 4, a two-layer MLP on the tiny GPTQ checkpoint, and KV-head sharding.
 
-mod common;
+use crate::common;
 
 use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;
@@ -81,7 +81,7 @@ fn bad_shards_are_typed_errors() {
         Shard::Offset { dim: 0, offset: 4, len: 8 }.apply_gptq(&layer).unwrap_err(),
         Error::ShardBoundary { what: "zero-point pack word", at: 4, multiple: 8 }
     );
-    // Act-order along the inputs: any word row, every group kept (tests/tp_shard.rs).
+    // Act-order along the inputs: any word row, every group kept (tests/tp/shard.rs).
     let act = Shard::Offset { dim: 1, offset: 8, len: 64 }
         .apply_gptq(&gptq(128, 64, 4, 32, true, &mut rng))
         .unwrap();

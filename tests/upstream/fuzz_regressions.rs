@@ -1,7 +1,7 @@
 //! Replays the committed fuzz inputs (`fuzz/regressions/<target>/`) and a batch of random
 //! inputs through the fuzz target bodies, so a plain `cargo test` catches regressions.
 
-mod common;
+use crate::common;
 
 fn replay(target: &str, check: fn(&[u8]) -> bool) -> usize {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);

@@ -2,7 +2,7 @@
 //! weights, reference == fast paths bit for bit; `QuantMethod` storage estimates against the
 //! bytes of layers actually built.
 
-mod common;
+use crate::common;
 
 use common::Rng;
 use half::{bf16, f16};

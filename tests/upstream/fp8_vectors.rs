@@ -5,7 +5,7 @@
 //! Fixture: `tests/fixtures/fp8/fp8.safetensors`, an unchanged copy of the project's upstream
 //! vectors (`vectors/fp8/`, written by gen_fp8.py with torch 2.15.0; see its MANIFEST.md).
 
-mod common;
+use crate::common;
 
 use common::{Rng, T, fixture};
 use half::{bf16, f16};

@@ -3,7 +3,7 @@
 //! GPTQModel's weights (`expected.safetensors`), fused layers included; fusion repacks zero
 //! points for every width; broken checkpoints are typed errors.
 
-mod common;
+use crate::common;
 
 use common::{Rng, gptq_layer_f32, layer};
 use half::f16;

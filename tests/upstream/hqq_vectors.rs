@@ -4,7 +4,7 @@
 //! project's upstream vectors (`vectors/hqq/`, written by hqq 0.2.8.post1 on torch 2.15 CPU,
 //! see that folder's MANIFEST.md and gen_hqq.py).
 
-mod common;
+use crate::common;
 
 use common::{T, fixture};
 use half::{bf16, f16};

@@ -1,0 +1,12 @@
+//! Every fast path (SIMD on one thread, SIMD + rayon, the fused multiply) against the naive
+//! oracles, over tables of shapes, widths and element types. One test binary (each file is a
+//! module) so the suite compiles and links once.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod gptq_paths;
+mod gptq_sort;
+mod hqq_paths;
+mod intx_methods;
+mod matmul;
