@@ -3,6 +3,9 @@
 # any out-of-bounds read or write by a kernel on the tests' buffers, or a vector access off its
 # alignment, aborts with a report. Rebuilds only the cuda-emu crate
 # (QK_EMU_ASAN, see cuda-emu/build.rs); a plain `cargo test` afterwards rebuilds it without.
+#
+#   scripts/emu_asan.sh [CARGO TEST ARGS]   # e.g. --all-features: the feature set of the
+#                                           # `cargo test` run before it, so nothing else rebuilds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 asan="$(gcc -print-file-name=libasan.so)"
@@ -12,7 +15,7 @@ if [ ! -e "$asan" ]; then
 fi
 # The whole workspace's test build (as `cargo test` resolves its features, so nothing but
 # cuda-emu rebuilds), then cuda-emu's test executables from it.
-exes="$(QK_EMU_ASAN=1 cargo test --no-run --message-format=json | python3 -c '
+exes="$(QK_EMU_ASAN=1 cargo test "$@" --no-run --message-format=json | python3 -c '
 import json, sys
 for m in map(json.loads, sys.stdin):
     if m.get("executable") and m["profile"]["test"] and "/cuda-emu/" in m["target"]["src_path"]:
