@@ -68,6 +68,10 @@ pub use elem::{DType, Elem, FloatVec};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+/// docs/FORMATS.md's examples, compiled and run as doctests.
+#[doc = include_str!("../docs/FORMATS.md")]
+#[cfg(doctest)]
+pub struct FormatsDoctests;
 pub use error::{Error, Result};
 pub use pack::{B1, B2, B3, B4, B8, Bits, Packing};
 pub use par::Parallelism;
