@@ -1,18 +1,27 @@
 //! # quant-kernels
 //!
-//! Pure-Rust kernels to pack, dequantize (and, as the crate grows, quantize and multiply)
-//! quantized LLM weights, bit-for-bit the layouts of the upstream libraries, with no tensor
-//! framework: plain slices in, plain slices out.
+//! Pure-Rust kernels to pack, quantize, dequantize, multiply and shard quantized LLM weights,
+//! bit for bit the layouts of the upstream libraries, with no tensor framework: plain slices
+//! in, plain slices out, owning layer types on top.
 //!
-//! * [`hqq`]: HQQ BitPack packing for 8/4/3/2/1 bits ([`hqq::pack_hqq`], [`hqq::unpack_hqq`])
-//!   and dequantization ([`hqq::dequant_4bit`] and siblings) for axis 0 and 1, scales/zeros in
-//!   `f32`/`f16`/`bf16`, output in `f32`/`f16`/`bf16`.
-//! * [`gptq`]: dequantization of 2/3/4/8-bit GPTQ layers (sym/asym, act-order `g_idx`, v1/v2
-//!   zero points), checkpoints ([`gptq::GptqCheckpoint`]) and q/k/v, gate/up fusion
-//!   ([`gptq::fuse_columns`]).
-//! * [`awq`], [`fp8`]: AutoAWQ's gemm layout; FP8 E4M3/E5M2 with per-tensor or block scales.
-//! * [`io`]: a lazy, validating safetensors reader and streaming writer; checkpoint directories
-//!   (single file or sharded index) and their quantization config.
+//! * Schemes, one module each: [`hqq`] (BitPack 8/4/3/2/1 bits on both axes, dequantization,
+//!   hqq's quantizer with its proximal optimizer), [`gptq`] (2/3/4/8 bits, act-order `g_idx`
+//!   and sorting by group, v1/v2 zero points, q/k/v and gate/up fusion), [`awq`] (AutoAWQ's
+//!   gemm layout, lossless AWQ <-> GPTQ), [`fp8`] (E4M3/E5M2, per-tensor or block scales),
+//!   [`intx`] (int8 symmetric, int4 asymmetric, SmoothQuant).
+//! * [`method`]: one [`method::QuantMethod`] naming every scheme (parsed from and printed as
+//!   `gptq-4bit-g128-act`, ...) and a per-layer [`method::QuantConfig`] with memory estimates.
+//! * [`matmul`]: [`matmul::QuantLinear`], `y = x W^T + b` straight from any scheme's packed
+//!   weight (GEMV at batch 1, GEMM above), next to a naive f64 oracle.
+//! * [`tp`]: tensor parallelism: [`tp::Shard`] cuts packed weights without requantizing, the
+//!   shard plan of a whole model, column/row-parallel layers, MoE expert splits, and the
+//!   all-reduce behind [`tp::Comm`] (in-process threads, or MPI with the `mpi` feature).
+//! * [`io`], [`model`]: a validating safetensors reader and streaming writer, checkpoint
+//!   directories (single file or sharded) with their quantization configs, mistral.rs's UQFF.
+//! * `cuda` (feature `cuda`): every scheme's dequantization and two fused GEMVs on NVIDIA GPUs,
+//!   the driver loaded at run time.
+//! * Shared pieces: [`elem`] (f32/f16/bf16 stores), [`pack`] (bit packing), [`lanes`] (run-time
+//!   ISA dispatch), [`par`] (row chunks over rayon), [`error`].
 //!
 //! Every kernel has three paths that give identical bits: a naive reference, a SIMD path whose
 //! instruction set is chosen at run time ([`lanes::isa`]), and SIMD + rayon threads.

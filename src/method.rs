@@ -106,6 +106,114 @@ impl fmt::Display for QuantMethod {
     }
 }
 
+impl std::str::FromStr for QuantMethod {
+    type Err = Error;
+
+    /// Parses the names [`Display`](fmt::Display) writes, then [`validate`](Self::validate)s
+    /// them: `"gptq-4bit-g128-act".parse()` is the method that prints as that name.
+    ///
+    /// ```
+    /// use quant_kernels::fp8::Fp8Format;
+    /// use quant_kernels::hqq::Axis;
+    /// use quant_kernels::method::QuantMethod;
+    /// let m: QuantMethod = "hqq-4bit-g64-axis1".parse()?;
+    /// assert_eq!(m, QuantMethod::Hqq { bits: 4, group: 64, axis: Axis::One });
+    /// let m: QuantMethod = "gptq-3bit-g-1".parse()?;
+    /// assert_eq!(m, QuantMethod::Gptq { bits: 3, group: None, act_order: false });
+    /// let m: QuantMethod = "fp8-e4m3-block128x128".parse()?;
+    /// assert_eq!(m, QuantMethod::Fp8 { format: Fp8Format::E4M3, block: Some((128, 128)) });
+    /// assert_eq!(m.to_string(), "fp8-e4m3-block128x128");
+    /// assert!("gptq-5bit-g128".parse::<QuantMethod>().is_err());
+    /// assert!("int4".parse::<QuantMethod>().is_err());
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    fn from_str(name: &str) -> Result<Self> {
+        let bad = || Error::Config {
+            field: "quant method".into(),
+            reason: format!(
+                "`{name}` is not a method name (int8-sym-channel, int8-sym-tensor, int4-asym-g128, \
+                 fp8-e4m3-tensor, fp8-e5m2-block128x128, awq-4bit-g128, smoothquant-a0.5, \
+                 gptq-4bit-g128[-act], gptq-4bit-g-1, hqq-4bit-g64-axis0)"
+            ),
+        };
+        let num = |s: &str| s.parse::<usize>().map_err(|_| bad());
+        let bits = |s: Option<&str>| -> Result<u8> {
+            s.and_then(|b| b.strip_suffix("bit")).and_then(|b| b.parse().ok()).ok_or_else(bad)
+        };
+        fn group(s: Option<&str>) -> Option<&str> {
+            s.and_then(|g| g.strip_prefix('g'))
+        }
+        let (scheme, rest) = name.split_once('-').ok_or_else(bad)?;
+        let mut parts = rest.splitn(3, '-');
+        let m = match scheme {
+            "int8" => match rest {
+                "sym-channel" => QuantMethod::Int8Symmetric { per_channel: true },
+                "sym-tensor" => QuantMethod::Int8Symmetric { per_channel: false },
+                _ => return Err(bad()),
+            },
+            "int4" => {
+                let g = rest.strip_prefix("asym-g").ok_or_else(bad)?;
+                QuantMethod::Int4Asymmetric { group: num(g)? }
+            }
+            "fp8" => {
+                let (format, scale) = rest.split_once('-').ok_or_else(bad)?;
+                let format = match format {
+                    "e4m3" => Fp8Format::E4M3,
+                    "e5m2" => Fp8Format::E5M2,
+                    _ => return Err(bad()),
+                };
+                let block = match scale {
+                    "tensor" => None,
+                    _ => {
+                        let (r, c) =
+                            scale.strip_prefix("block").and_then(|b| b.split_once('x')).ok_or_else(bad)?;
+                        Some((num(r)?, num(c)?))
+                    }
+                };
+                QuantMethod::Fp8 { format, block }
+            }
+            "awq" => {
+                let g = rest.strip_prefix("4bit-g").ok_or_else(bad)?;
+                QuantMethod::Awq { group: num(g)? }
+            }
+            "smoothquant" => {
+                let a = rest.strip_prefix('a').ok_or_else(bad)?;
+                QuantMethod::SmoothQuant { alpha: a.parse().map_err(|_| bad())? }
+            }
+            "gptq" => {
+                let bits = bits(parts.next())?;
+                // `g-1` (one group) splits into "g" and "1-act" / "1".
+                let g = group(parts.next()).ok_or_else(bad)?;
+                let tail = parts.next();
+                let (group, act) = match (g, tail) {
+                    ("", Some(t)) => match t.strip_suffix("-act") {
+                        Some("1") => (None, true),
+                        _ if t == "1" => (None, false),
+                        _ => return Err(bad()),
+                    },
+                    (g, None) => (Some(num(g)?), false),
+                    (g, Some("act")) => (Some(num(g)?), true),
+                    _ => return Err(bad()),
+                };
+                QuantMethod::Gptq { bits, group, act_order: act }
+            }
+            "hqq" => {
+                let bits = bits(parts.next())?;
+                let group = num(group(parts.next()).ok_or_else(bad)?)?;
+                let axis = match parts.next() {
+                    Some("axis0") => Axis::Zero,
+                    Some("axis1") => Axis::One,
+                    _ => return Err(bad()),
+                };
+                QuantMethod::Hqq { bits, group, axis }
+            }
+            _ => return Err(bad()),
+        };
+        m.validate()?;
+        Ok(m)
+    }
+}
+
 impl QuantMethod {
     /// Check the parameters on their own (bit widths, positive groups and blocks, alpha).
     pub fn validate(&self) -> Result<()> {
@@ -340,6 +448,59 @@ mod tests {
             ("lm_head", "lm_head2", false),
         ] {
             assert_eq!(glob_match(p, n), want, "{p} {n}");
+        }
+    }
+
+    #[test]
+    fn names_parse_back_to_their_methods() {
+        use std::str::FromStr;
+        for m in [
+            QuantMethod::Int8Symmetric { per_channel: true },
+            QuantMethod::Int8Symmetric { per_channel: false },
+            QuantMethod::Int4Asymmetric { group: 128 },
+            QuantMethod::Fp8 { format: Fp8Format::E4M3, block: None },
+            QuantMethod::Fp8 { format: Fp8Format::E5M2, block: Some((128, 64)) },
+            QuantMethod::Awq { group: 32 },
+            QuantMethod::SmoothQuant { alpha: 0.5 },
+            QuantMethod::SmoothQuant { alpha: 0.0 },
+            QuantMethod::Gptq { bits: 4, group: Some(128), act_order: true },
+            QuantMethod::Gptq { bits: 3, group: Some(64), act_order: false },
+            QuantMethod::Gptq { bits: 8, group: None, act_order: false },
+            QuantMethod::Gptq { bits: 2, group: None, act_order: true },
+            QuantMethod::Hqq { bits: 1, group: 16, axis: Axis::Zero },
+            QuantMethod::Hqq { bits: 8, group: 64, axis: Axis::One },
+        ] {
+            assert_eq!(QuantMethod::from_str(&m.to_string()), Ok(m), "{m}");
+        }
+        for bad in [
+            "",
+            "int8",
+            "int8-sym",
+            "int8-asym-channel",
+            "int4-asym-g",
+            "int4-asym-gx",
+            "int4-asym-g0",
+            "fp8-e4m3",
+            "fp8-e3m4-tensor",
+            "fp8-e4m3-block128",
+            "fp8-e4m3-blockx8",
+            "awq-3bit-g128",
+            "smoothquant-a",
+            "smoothquant-a2",
+            "gptq-4bit",
+            "gptq-4-g128",
+            "gptq-5bit-g128",
+            "gptq-4bit-g-2",
+            "gptq-4bit-g128-desc",
+            "gptq-4bit-g-1-act-x",
+            "hqq-4bit-g64",
+            "hqq-4bit-g64-axis2",
+            "hqq-3bit-gx-axis0",
+            "hqq-4bit-g64-axis0-x",
+            "bnb-4bit",
+        ] {
+            let e = QuantMethod::from_str(bad);
+            assert!(matches!(e, Err(Error::Config { .. } | Error::UnsupportedBits(_))), "{bad}: {e:?}");
         }
     }
 

@@ -185,7 +185,7 @@ pub struct Int4Tensor {
 /// use quant_kernels::intx;
 /// let t = intx::quantize_int4(&[0.0, 1.5, 3.0, -1.5], 1, 4, 4)?;
 /// assert_eq!((t.scales[0], t.zeros[0]), (0.3, 5));
-/// assert_eq!(intx::unpack_int4(&t.packed, 4), [5, 10, 15, 0]);
+/// assert_eq!(intx::unpack_int4(&t.packed, 4)?, [5, 10, 15, 0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 pub fn quantize_int4(w: &[f32], rows: usize, cols: usize, group: usize) -> Result<Int4Tensor> {
@@ -292,9 +292,41 @@ pub fn pack_int4(codes: &[u8]) -> Result<Vec<u8>> {
     Ok(codes.chunks(2).map(|p| p[0] | p.get(1).map_or(0, |h| h << 4)).collect())
 }
 
-/// The first `n` 4-bit codes of `packed` (see [`pack_int4`]); `n` is capped at `2 * len`.
-pub fn unpack_int4(packed: &[u8], n: usize) -> Vec<u8> {
-    (0..n.min(2 * packed.len())).map(|i| (packed[i / 2] >> (4 * (i % 2))) & 15).collect()
+/// The first `out.len()` 4-bit codes of `packed` (see [`pack_int4`]) into `out`;
+/// [`Error::LengthMismatch`] when `packed` holds fewer (`out.len()` needs `ceil(out.len() / 2)`
+/// bytes; more are fine).
+///
+/// ```
+/// use quant_kernels::intx;
+/// let mut codes = [0u8; 3];
+/// intx::unpack_int4_into(&[0x21, 0x03], &mut codes)?;
+/// assert_eq!(codes, [1, 2, 3]);
+/// assert!(intx::unpack_int4_into(&[0x21], &mut codes).is_err()); // 3 codes need 2 bytes
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+pub fn unpack_int4_into(packed: &[u8], out: &mut [u8]) -> Result<()> {
+    int4_bytes_hold(packed, out.len())?;
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = (packed[i / 2] >> (4 * (i % 2))) & 15;
+    }
+    Ok(())
+}
+
+/// The first `n` 4-bit codes of `packed`: [`unpack_int4_into`] into a new buffer (checked
+/// before it is allocated).
+pub fn unpack_int4(packed: &[u8], n: usize) -> Result<Vec<u8>> {
+    int4_bytes_hold(packed, n)?;
+    let mut out = vec![0u8; n];
+    unpack_int4_into(packed, &mut out)?;
+    Ok(out)
+}
+
+fn int4_bytes_hold(packed: &[u8], n: usize) -> Result<()> {
+    let need = n.div_ceil(2);
+    if packed.len() < need {
+        return Err(Error::LengthMismatch { what: "packed int4 bytes", expected: need, got: packed.len() });
+    }
+    Ok(())
 }
 
 /// Pack signed int4 values (`-8..=7`) as two's-complement nibbles, two per byte.
@@ -303,7 +335,7 @@ pub fn unpack_int4(packed: &[u8], n: usize) -> Vec<u8> {
 /// use quant_kernels::intx;
 /// let p = intx::pack_int4_signed(&[-8, 7, -1, 0])?;
 /// assert_eq!(p, [0x78, 0x0f]);
-/// assert_eq!(intx::unpack_int4_signed(&p, 4), [-8, 7, -1, 0]);
+/// assert_eq!(intx::unpack_int4_signed(&p, 4)?, [-8, 7, -1, 0]);
 /// assert!(intx::pack_int4_signed(&[8]).is_err());
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
@@ -314,9 +346,10 @@ pub fn pack_int4_signed(values: &[i8]) -> Result<Vec<u8>> {
     pack_int4(&values.iter().map(|&v| (v as u8) & 15).collect::<Vec<_>>())
 }
 
-/// The first `n` signed int4 values of `packed`, sign-extended.
-pub fn unpack_int4_signed(packed: &[u8], n: usize) -> Vec<i8> {
-    unpack_int4(packed, n).into_iter().map(|c| ((c << 4) as i8) >> 4).collect()
+/// The first `n` signed int4 values of `packed`, sign-extended; [`Error::LengthMismatch`] when
+/// `packed` holds fewer than `n`.
+pub fn unpack_int4_signed(packed: &[u8], n: usize) -> Result<Vec<i8>> {
+    Ok(unpack_int4(packed, n)?.into_iter().map(|c| ((c << 4) as i8) >> 4).collect())
 }
 
 /// SmoothQuant's per-input-channel factors `s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`, from

@@ -96,7 +96,7 @@ fn int4_error_bound_and_paths() {
     for (rows, cols, group) in [(1, 2, 2), (3, 32, 16), (64, 128, 32), (80, 1024, 128)] {
         for (what, w) in weights(rows, cols, &mut rng) {
             let t = intx::quantize_int4(&w, rows, cols, group).unwrap();
-            let codes = intx::unpack_int4(&t.packed, rows * cols);
+            let codes = intx::unpack_int4(&t.packed, rows * cols).unwrap();
             assert!(codes.iter().all(|&c| c < 16) && t.zeros.iter().all(|&z| z < 16));
             let mut back = vec![0f32; w.len()];
             t.dequantize_reference_into(&mut back).unwrap();
@@ -151,11 +151,18 @@ fn bad_input_is_a_typed_error() {
 fn int4_packing_round_trips_with_sign_extension() {
     let all: Vec<i8> = (-8..=7).collect();
     let p = intx::pack_int4_signed(&all).unwrap();
-    assert_eq!(intx::unpack_int4_signed(&p, all.len()), all);
+    assert_eq!(intx::unpack_int4_signed(&p, all.len()).unwrap(), all);
     let odd = [1u8, 2, 3];
     assert_eq!(intx::pack_int4(&odd).unwrap(), [0x21, 0x03]);
-    assert_eq!(intx::unpack_int4(&[0x21, 0x03], 3), odd);
-    assert_eq!(intx::unpack_int4(&[0x21], 9).len(), 2, "n capped by the bytes");
+    assert_eq!(intx::unpack_int4(&[0x21, 0x03], 3).unwrap(), odd);
+    // More codes than the bytes hold is an error, not a silently shorter result.
+    let short = Err(Error::LengthMismatch { what: "packed int4 bytes", expected: 5, got: 1 });
+    assert_eq!(intx::unpack_int4(&[0x21], 9), short);
+    assert_eq!(intx::unpack_int4_signed(&[0x21], 9).map(|_| ()), short.map(|_| ()));
+    let mut two = [0u8; 2];
+    intx::unpack_int4_into(&[0x21, 0xff], &mut two).unwrap();
+    assert_eq!(two, [1, 2], "extra bytes are fine");
+    assert!(intx::unpack_int4(&[], usize::MAX).is_err(), "checked before allocating");
 }
 
 #[test]
