@@ -306,9 +306,7 @@ pub fn pack_int4(codes: &[u8]) -> Result<Vec<u8>> {
 /// ```
 pub fn unpack_int4_into(packed: &[u8], out: &mut [u8]) -> Result<()> {
     int4_bytes_hold(packed, out.len())?;
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = (packed[i / 2] >> (4 * (i % 2))) & 15;
-    }
+    fill_int4(packed, out);
     Ok(())
 }
 
@@ -317,8 +315,18 @@ pub fn unpack_int4_into(packed: &[u8], out: &mut [u8]) -> Result<()> {
 pub fn unpack_int4(packed: &[u8], n: usize) -> Result<Vec<u8>> {
     int4_bytes_hold(packed, n)?;
     let mut out = vec![0u8; n];
-    unpack_int4_into(packed, &mut out)?;
+    fill_int4(packed, &mut out);
     Ok(out)
+}
+
+/// `out[i]` = code `i` of `packed`; the caller checked that `packed` holds `out.len()` codes.
+fn fill_int4(packed: &[u8], out: &mut [u8]) {
+    for (pair, &byte) in out.chunks_mut(2).zip(packed) {
+        pair[0] = byte & 15;
+        if let Some(high) = pair.get_mut(1) {
+            *high = byte >> 4;
+        }
+    }
 }
 
 fn int4_bytes_hold(packed: &[u8], n: usize) -> Result<()> {
