@@ -60,7 +60,7 @@ fn dequant_case<P: Packing, O: Elem>(
     for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
-                hqq::dequant_into::<P, f16, O>(
+                hqq::dequantize_into::<P, f16, O>(
                     black_box(&inp.words),
                     &inp.scales,
                     &inp.zeros,
@@ -154,11 +154,11 @@ fn gptq_group(c: &mut Criterion) {
                 b.iter(|| {
                     gptq::gptq_dequantize_into(
                         black_box(&qweight),
-                        &qzeros,
                         &scales,
+                        &qzeros,
                         Some(g_idx),
-                        &l,
                         ZeroFormat::V1,
+                        &l,
                         black_box(&mut out),
                         par,
                     )
@@ -187,7 +187,7 @@ fn awq_fp8_group(c: &mut Criterion) {
     for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
         g.bench_function(BenchmarkId::new("awq_4bit_g128", label), |b| {
             b.iter(|| {
-                awq::awq_dequantize_into(black_box(&qw), &qz, &sc, &l, black_box(&mut out), par).unwrap()
+                awq::awq_dequantize_into(black_box(&qw), &sc, &qz, &l, black_box(&mut out), par).unwrap()
             })
         });
     }
@@ -200,8 +200,8 @@ fn awq_fp8_group(c: &mut Criterion) {
             b.iter(|| {
                 fp8::fp8_dequantize_into(
                     black_box(&codes),
-                    Fp8Format::E4M3,
                     &fs,
+                    Fp8Format::E4M3,
                     &fl,
                     black_box(&mut out),
                     par,
@@ -223,7 +223,7 @@ fn reference(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((bytes_read(&inp) + 2 * n) as u64));
     g.bench_function(BenchmarkId::new("4bit_g64_ax0_f16", "naive"), |b| {
         b.iter(|| {
-            hqq::dequant_reference_into::<B4, f16, f16>(
+            hqq::dequantize_reference_into::<B4, f16, f16>(
                 &inp.words,
                 &inp.scales,
                 &inp.zeros,
@@ -417,7 +417,7 @@ fn cuda_group(c: &mut Criterion) {
                 gpu.synchronize().unwrap();
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
-                    fp8_dequantize_cuda(&gpu, &codes, Fp8Format::E4M3, &sc, &l, &mut ob).unwrap();
+                    fp8_dequantize_cuda(&gpu, &codes, &sc, Fp8Format::E4M3, &l, &mut ob).unwrap();
                 }
                 gpu.synchronize().unwrap();
                 start.elapsed()
@@ -443,7 +443,7 @@ fn cuda_group(c: &mut Criterion) {
                 gpu.synchronize().unwrap();
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
-                    awq_dequantize_cuda(&gpu, &aw, &az, &asc, &l, &mut aout).unwrap();
+                    awq_dequantize_cuda(&gpu, &aw, &asc, &az, &l, &mut aout).unwrap();
                 }
                 gpu.synchronize().unwrap();
                 start.elapsed()
@@ -457,7 +457,7 @@ fn cuda_group(c: &mut Criterion) {
                 gpu.synchronize().unwrap();
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
-                    gptq_dequantize_cuda(&gpu, &qw, &qz, &sc, &gi, &l, ZeroFormat::V1, &mut out).unwrap();
+                    gptq_dequantize_cuda(&gpu, &qw, &sc, &qz, &gi, ZeroFormat::V1, &l, &mut out).unwrap();
                 }
                 gpu.synchronize().unwrap();
                 start.elapsed()

@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
     let layout = HqqLayout::new(2, COLS, 2, Axis::Zero).unwrap();
     let mut out = vec![0f32; 2 * COLS];
     let (mut want, mut other) = (vec![0f32; 2 * COLS], vec![0f32; 2 * COLS]);
-    hqq::dequant_into::<B4, f32, f32>(&words, &s, &z, &layout, &mut want, Parallelism::Serial).unwrap();
+    hqq::dequantize_into::<B4, f32, f32>(&words, &s, &z, &layout, &mut want, Parallelism::Serial).unwrap();
     plain(&words, &z, &s, &mut other);
     assert_eq!(want, other, "plain loop disagrees with the kernel");
     wide(&words, &z, &s, &mut other);
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(2 * COLS as u64));
     g.bench_function("pulp_dispatch", |b| {
         b.iter(|| {
-            hqq::dequant_into::<B4, f32, f32>(
+            hqq::dequantize_into::<B4, f32, f32>(
                 black_box(&words),
                 &s,
                 &z,
@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(2 * COLS as u64));
     g.bench_function("pulp_dispatch", |b| {
         b.iter(|| {
-            hqq::dequant_into::<B4, f16, f16>(
+            hqq::dequantize_into::<B4, f16, f16>(
                 black_box(&words),
                 &s16,
                 &z16,

@@ -19,9 +19,10 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
+use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
-use quant_kernels::matmul::{HqqWeight, QuantLinear, QuantWeight};
 use quant_kernels::{B4, Bits, FloatVec, Packing, Parallelism, lanes};
+use quant_kernels::{QuantLinear, QuantWeight};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
@@ -162,14 +163,14 @@ fn gemv_case(
         b.iter(|| {
             i = (i + 1) % layers.len();
             let w = FloatVec::F32(dequant(i));
-            let d = QuantLinear::new(QuantWeight::Dense { rows: out, cols: inp, w }, None).unwrap();
+            let d = QuantLinear::new(QuantWeight::dense(out, inp, w), None).unwrap();
             d.forward_into(black_box(&x), 1, &mut y, Parallelism::Rayon).unwrap()
         })
     });
     let dense: Vec<QuantLinear> = (0..copies(4 * out * inp))
         .map(|_| {
             let w = FloatVec::F32(dequant(0));
-            QuantLinear::new(QuantWeight::Dense { rows: out, cols: inp, w }, None).unwrap()
+            QuantLinear::new(QuantWeight::dense(out, inp, w), None).unwrap()
         })
         .collect();
     g.bench_function(BenchmarkId::new(format!("{name}_dense_f32_gemv"), "threaded"), |b| {
@@ -201,7 +202,7 @@ fn gemv(c: &mut Criterion) {
         let hqq_dequant = |i: usize| match &hqq_weights[i] {
             QuantWeight::Hqq(h) => match (&h.scales, &h.zeros, &h.packed.words) {
                 (FloatVec::F16(s), FloatVec::F16(z), PackedWords::U8(w)) => {
-                    quant_kernels::hqq::dequant::<B4, f16, f32>(w, s, z, &h.layout, Parallelism::Rayon)
+                    quant_kernels::hqq::dequantize::<B4, f16, f32>(w, s, z, &h.layout, Parallelism::Rayon)
                         .unwrap()
                 }
                 _ => unreachable!(),
@@ -225,7 +226,7 @@ fn gemv(c: &mut Criterion) {
         // were `[N, K]` (a GEMV written for `[K, N]` reads the same bytes at the same speed),
         // so the baseline is not charged for a transpose it would not need.
         let gptq_dequant = |i: usize| match &gptq_weights[i] {
-            QuantWeight::Gptq(l) => l.dequantize(Parallelism::Rayon).unwrap(),
+            QuantWeight::Gptq(l) => l.dequantize_kn(Parallelism::Rayon).unwrap(),
             _ => unreachable!(),
         };
         gemv_case(

@@ -21,7 +21,7 @@ mod sealed {
 
 /// The data types of scales, zeros and outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
+pub enum FloatType {
     /// IEEE binary32.
     F32,
     /// IEEE binary16.
@@ -30,22 +30,22 @@ pub enum DType {
     Bf16,
 }
 
-impl DType {
+impl FloatType {
     /// Size of one element in bytes.
     pub const fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::F16 | DType::Bf16 => 2,
+            FloatType::F32 => 4,
+            FloatType::F16 | FloatType::Bf16 => 2,
         }
     }
 }
 
-impl std::fmt::Display for DType {
+impl std::fmt::Display for FloatType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::Bf16 => "bf16",
+            FloatType::F32 => "f32",
+            FloatType::F16 => "f16",
+            FloatType::Bf16 => "bf16",
         })
     }
 }
@@ -95,11 +95,11 @@ impl From<Vec<bf16>> for FloatVec {
 
 impl FloatVec {
     /// The element type.
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> FloatType {
         match self {
-            FloatVec::F32(_) => DType::F32,
-            FloatVec::F16(_) => DType::F16,
-            FloatVec::Bf16(_) => DType::Bf16,
+            FloatVec::F32(_) => FloatType::F32,
+            FloatVec::F16(_) => FloatType::F16,
+            FloatVec::Bf16(_) => FloatType::Bf16,
         }
     }
 
@@ -156,7 +156,7 @@ pub trait Elem:
     sealed::Sealed + Copy + Default + PartialEq + Send + Sync + std::fmt::Debug + 'static
 {
     /// The runtime tag of this type.
-    const DTYPE: DType;
+    const DTYPE: FloatType;
 
     /// Widen one value to `f32` (exact for all three types).
     fn to_f32(self) -> f32;
@@ -202,7 +202,7 @@ pub trait Elem:
 }
 
 impl Elem for f32 {
-    const DTYPE: DType = DType::F32;
+    const DTYPE: FloatType = FloatType::F32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -240,7 +240,7 @@ impl Elem for f32 {
 }
 
 impl Elem for f16 {
-    const DTYPE: DType = DType::F16;
+    const DTYPE: FloatType = FloatType::F16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -271,7 +271,7 @@ impl Elem for f16 {
 }
 
 impl Elem for bf16 {
-    const DTYPE: DType = DType::Bf16;
+    const DTYPE: FloatType = FloatType::Bf16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)

@@ -13,8 +13,7 @@ pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Res
 }
 
 /// The tail of [`Error::ShardPlan`]'s message: the nearest legal world sizes.
-fn nearest_world_sizes(below: &Option<usize>, above: &Option<usize>) -> String {
-    let max = crate::tp::MAX_WORLD_SEARCH;
+fn nearest_world_sizes(below: &Option<usize>, above: &Option<usize>, max: usize) -> String {
     match (below, above) {
         (Some(b), Some(a)) => format!("nearest legal world sizes: {b} below, {a} above"),
         (Some(b), None) => format!("nearest legal world sizes: {b} below, none above (up to {max})"),
@@ -114,8 +113,8 @@ pub enum Error {
 
     /// A model-level tensor-parallel plan ([`crate::tp::ShardPlan`]) that does not fit
     /// `world_size`: `layer` cannot be split as the plan needs (`cause`). `below` / `above`
-    /// are the nearest world sizes (in `1..=`[`crate::tp::MAX_WORLD_SEARCH`]) the whole plan fits.
-    #[error("cannot shard `{layer}` over {world_size} ranks: {cause}; {}", nearest_world_sizes(.below, .above))]
+    /// are the nearest world sizes (in `1..=searched`) the whole plan fits.
+    #[error("cannot shard `{layer}` over {world_size} ranks: {cause}; {}", nearest_world_sizes(.below, .above, *.searched))]
     ShardPlan {
         /// The first layer (by name) that does not fit.
         layer: String,
@@ -128,6 +127,8 @@ pub enum Error {
         below: Option<usize>,
         /// The smallest legal world size above `world_size`.
         above: Option<usize>,
+        /// The largest world size searched ([`crate::tp::MAX_WORLD_SEARCH`]).
+        searched: usize,
     },
 
     /// A row-parallel layer whose input split is not the output split of the layer that feeds

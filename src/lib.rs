@@ -33,7 +33,7 @@
 //! let packed = hqq::pack_hqq(&[0, 1, 2, 3, 15, 14, 13, 12], 2, 4, 4)?;
 //! let hqq::PackedWords::U8(words) = &packed.words else { unreachable!() };
 //! assert_eq!(words, &[0x0f, 0x1e, 0x2d, 0x3c]);
-//! let w: Vec<f32> = hqq::dequant_4bit(words, &[0.5f32, 0.25], &[1.0f32, 8.0], &layout)?;
+//! let w: Vec<f32> = hqq::dequantize_4bit(words, &[0.5f32, 0.25], &[1.0f32, 8.0], &layout)?;
 //! assert_eq!(w, [-0.5, 0.0, 0.5, 1.0, 1.75, 1.5, 1.25, 1.0]);
 //! # Ok::<(), quant_kernels::Error>(())
 //! ```
@@ -53,6 +53,7 @@
 pub mod awq;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dense;
 pub mod elem;
 pub mod error;
 pub mod fp8;
@@ -61,17 +62,16 @@ pub mod hqq;
 pub mod intx;
 pub mod io;
 pub mod lanes;
+pub mod layer;
 pub mod matmul;
 pub mod method;
 pub mod model;
 pub mod pack;
 pub mod par;
+pub mod scheme;
 pub mod tp;
 
-#[doc(hidden)]
-pub mod fuzz_checks;
-
-pub use elem::{DType, Elem, FloatVec};
+pub use elem::{Elem, FloatType, FloatVec};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
@@ -81,6 +81,20 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/FORMATS.md")]
 #[cfg(doctest)]
 pub struct FormatsDoctests;
+pub use awq::{AwqLayer, awq_dequantize};
+pub use dense::DenseWeight;
 pub use error::{Error, Result};
+pub use fp8::{Fp8Layer, fp8_dequantize};
+pub use gptq::{GptqLayer, fuse_columns, gptq_dequantize};
+pub use hqq::{
+    HqqLayout, HqqWeight, dequantize_1bit, dequantize_2bit, dequantize_3bit, dequantize_4bit,
+    dequantize_8bit, pack_hqq, quantize_hqq, unpack_hqq,
+};
+pub use intx::{Int4Tensor, Int8Tensor};
+pub use layer::QuantWeight;
+pub use matmul::QuantLinear;
+pub use method::{QuantConfig, QuantMethod};
 pub use pack::{B1, B2, B3, B4, B8, Bits, Packing};
 pub use par::Parallelism;
+pub use scheme::QuantScheme;
+pub use tp::{Comm, LocalComm, Shard};

@@ -10,6 +10,7 @@ use crate::gptq::GptqCheckpoint;
 use crate::io::{Checkpoint, Dtype};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
+use crate::scheme::QuantScheme;
 use std::path::Path;
 
 /// A GPTQ, AWQ or FP8 checkpoint, chosen by its config's `quant_method`.
@@ -135,21 +136,21 @@ impl QuantizedModel {
     /// Read and dequantize one layer in its stored orientation: `(w, true)` with `w` `[in,
     /// out]` for GPTQ and AWQ, `(w, false)` with `w` `[out, in]` (`[E, out, in]`) for FP8.
     /// Writers that transpose block by block avoid the second full-size buffer of
-    /// [`QuantizedModel::dequantize_linear`].
+    /// [`QuantizedModel::dequantize`].
     pub fn dequantize_stored<O: Elem>(&self, prefix: &str, par: Parallelism) -> Result<(Vec<O>, bool)> {
         match self {
-            Self::Gptq(c) => Ok((c.load(prefix)?.dequantize(par)?, true)),
-            Self::Awq(c) => Ok((c.load(prefix)?.dequantize(par)?, true)),
-            Self::Fp8(c) => Ok((c.load(prefix)?.dequantize_linear(par)?, false)),
+            Self::Gptq(c) => Ok((c.load(prefix)?.dequantize_kn(par)?, true)),
+            Self::Awq(c) => Ok((c.load(prefix)?.dequantize_kn(par)?, true)),
+            Self::Fp8(c) => Ok((c.load(prefix)?.dequantize_experts(par)?, false)),
         }
     }
 
     /// Read and dequantize one layer to `[out, in]` (`[E, out, in]` for stacked experts).
-    pub fn dequantize_linear<O: Elem>(&self, prefix: &str, par: Parallelism) -> Result<Vec<O>> {
+    pub fn dequantize<O: Elem>(&self, prefix: &str, par: Parallelism) -> Result<Vec<O>> {
         match self {
-            Self::Gptq(c) => c.load(prefix)?.dequantize_linear(par),
-            Self::Awq(c) => c.load(prefix)?.dequantize_linear(par),
-            Self::Fp8(c) => c.load(prefix)?.dequantize_linear(par),
+            Self::Gptq(c) => c.load(prefix)?.dequantize(par),
+            Self::Awq(c) => c.load(prefix)?.dequantize(par),
+            Self::Fp8(c) => c.load(prefix)?.dequantize_experts(par),
         }
     }
 }

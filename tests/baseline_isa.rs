@@ -20,10 +20,10 @@ fn check<P: Packing, S: Elem, O: Elem>(rows: usize, cols: usize, g: usize, axis:
     let s: Vec<S> = (0..layout.groups()).map(|_| S::from_f32(rng.f32_in(-0.1, 0.1))).collect();
     let z: Vec<S> = (0..layout.groups()).map(|_| S::from_f32(rng.f32_in(0.0, 16.0))).collect();
     let mut naive = vec![O::default(); layout.numel()];
-    hqq::dequant_reference_into::<P, S, O>(&words, &s, &z, &layout, &mut naive).unwrap();
+    hqq::dequantize_reference_into::<P, S, O>(&words, &s, &z, &layout, &mut naive).unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
         let mut fast = vec![O::default(); layout.numel()];
-        hqq::dequant_into::<P, S, O>(&words, &s, &z, &layout, &mut fast, par).unwrap();
+        hqq::dequantize_into::<P, S, O>(&words, &s, &z, &layout, &mut fast, par).unwrap();
         let same = fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
         assert!(same, "{}-bit {rows}x{cols} g{g} {axis:?} {par:?} {}->{}", P::BITS.get(), S::DTYPE, O::DTYPE);
     }
@@ -62,17 +62,17 @@ fn baseline_gptq_equals_the_reference() {
         let mut naive = vec![f16::ZERO; l.k() * l.n()];
         gptq::gptq_dequantize_reference_into(
             &x.qweight,
-            &x.qzeros,
             &s,
+            &x.qzeros,
             Some(&x.g_idx),
-            &l,
             ZeroFormat::V1,
+            &l,
             &mut naive,
         )
         .unwrap();
         for par in [Parallelism::Serial, Parallelism::Rayon] {
             let fast: Vec<f16> =
-                gptq::gptq_dequantize(&x.qweight, &x.qzeros, &s, Some(&x.g_idx), &l, ZeroFormat::V1, par)
+                gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), ZeroFormat::V1, &l, par)
                     .unwrap();
             assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "{bits}-bit {par:?}");
         }
@@ -90,9 +90,9 @@ fn baseline_awq_and_fp8_equal_the_reference() {
     let qz: Vec<i32> = (0..4 * 1056 / 8).map(|_| rng.next_u64() as i32).collect();
     let s: Vec<f16> = (0..4 * 1056).map(|_| f16::from_f32(rng.f32_in(-0.05, 0.05))).collect();
     let mut naive = vec![f16::ZERO; 256 * 1056];
-    awq::awq_dequantize_reference_into(&qw, &qz, &s, &l, &mut naive).unwrap();
+    awq::awq_dequantize_reference_into(&qw, &s, &qz, &l, &mut naive).unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
-        let fast: Vec<f16> = awq::awq_dequantize(&qw, &qz, &s, &l, par).unwrap();
+        let fast: Vec<f16> = awq::awq_dequantize(&qw, &s, &qz, &l, par).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "awq {par:?}");
     }
     let fl = Fp8Layout::block(300, 260, 128, 128).unwrap();
@@ -100,8 +100,8 @@ fn baseline_awq_and_fp8_equal_the_reference() {
     let fs: Vec<f32> = (0..9).map(|_| rng.f32_in(1e-4, 1e-2)).collect();
     for f in [Fp8Format::E4M3, Fp8Format::E5M2] {
         let mut naive = vec![bf16::ZERO; 300 * 260];
-        fp8::fp8_dequantize_reference_into(&codes, f, &fs, &fl, &mut naive).unwrap();
-        let fast: Vec<bf16> = fp8::fp8_dequantize(&codes, f, &fs, &fl, Parallelism::Rayon).unwrap();
+        fp8::fp8_dequantize_reference_into(&codes, &fs, f, &fl, &mut naive).unwrap();
+        let fast: Vec<bf16> = fp8::fp8_dequantize(&codes, &fs, f, &fl, Parallelism::Rayon).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "fp8 {f:?}");
     }
 }
@@ -111,7 +111,7 @@ fn baseline_awq_and_fp8_equal_the_reference() {
 #[test]
 fn baseline_matmul_meets_the_bound() {
     use quant_kernels::hqq::{HqqConfig, quantize_hqq};
-    use quant_kernels::matmul::{QuantLinear, QuantWeight};
+    use quant_kernels::{QuantLinear, QuantWeight};
     lanes::force_baseline(true);
     let mut rng = Rng(8);
     let l = GptqLayout::new(256, 96, 3, 64).unwrap();

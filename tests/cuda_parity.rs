@@ -90,7 +90,7 @@ where
     let s: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(-0.1, 0.1))).collect();
     let z: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(0.0, 16.0))).collect();
     let mut want = vec![T::default(); layout.numel()];
-    hqq::dequant_reference_into::<P, T, T>(&words, &s, &z, &layout, &mut want).unwrap();
+    hqq::dequantize_reference_into::<P, T, T>(&words, &s, &z, &layout, &mut want).unwrap();
     let got = cuda::hqq_dequant_cuda_host::<P, T>(gpu, &words, &s, &z, &layout).unwrap();
     let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
     assert!(same, "{}-bit {rows}x{cols} g{g} {axis:?} {}", P::BITS.get(), T::DTYPE);
@@ -135,9 +135,9 @@ fn gptq_parity<T: CudaElem>(gpu: &Gpu, k: usize, n: usize, bits: u8, g: i64, act
     let x = layer(&l, act, &mut Rng(k as u64 + bits as u64));
     let s: Vec<T> = x.scales.iter().map(|&v| T::from_f32(v)).collect();
     let mut want = vec![T::default(); k * n];
-    gptq::gptq_dequantize_reference_into(&x.qweight, &x.qzeros, &s, Some(&x.g_idx), &l, f, &mut want)
+    gptq::gptq_dequantize_reference_into(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), f, &l, &mut want)
         .unwrap();
-    let got = cuda::gptq_dequantize_cuda_host(gpu, &x.qweight, &x.qzeros, &s, Some(&x.g_idx), &l, f).unwrap();
+    let got = cuda::gptq_dequantize_cuda_host(gpu, &x.qweight, &s, &x.qzeros, Some(&x.g_idx), f, &l).unwrap();
     let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
     assert!(same, "gptq {bits}-bit K{k} N{n} g{g} act {act} {f:?} {}", T::DTYPE);
 }
@@ -186,7 +186,7 @@ fn hqq_gemv_case<T: CudaElem>(gpu: &Gpu, rows: usize, cols: usize, g: usize) {
     let z: Vec<T> = (0..layout.groups()).map(|_| T::from_f32(rng.f32_in(0.0, 15.0))).collect();
     let x: Vec<f32> = (0..cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; rows * cols];
-    hqq::dequant_reference_into::<B4, T, f32>(&words, &s, &z, &layout, &mut w).unwrap();
+    hqq::dequantize_reference_into::<B4, T, f32>(&words, &s, &z, &layout, &mut w).unwrap();
     let want: Vec<f64> =
         w.chunks(cols).map(|r| r.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum()).collect();
     let scale: Vec<f64> =
@@ -202,7 +202,7 @@ fn gptq_gemv_case<T: CudaElem>(gpu: &Gpu, k: usize, n: usize, g: i64, act: bool,
     let mut rng = Rng(7);
     let x: Vec<f32> = (0..k).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; k * n];
-    gptq::gptq_dequantize_reference_into(&x_.qweight, &x_.qzeros, &s, Some(&x_.g_idx), &l, f, &mut w)
+    gptq::gptq_dequantize_reference_into(&x_.qweight, &s, &x_.qzeros, Some(&x_.g_idx), f, &l, &mut w)
         .unwrap();
     let want: Vec<f64> = (0..n).map(|c| (0..k).map(|r| w[r * n + c] as f64 * x[r] as f64).sum()).collect();
     let scale: Vec<f64> =
@@ -264,8 +264,8 @@ fn awq_dequant_matches_the_cpu_reference() {
         fn one<T: CudaElem>(gpu: &Gpu, qw: &[i32], qz: &[i32], sf: &[f32], l: &AwqLayout) {
             let s: Vec<T> = sf.iter().map(|&v| T::from_f32(v)).collect();
             let mut want = vec![T::default(); l.k() * l.n()];
-            awq::awq_dequantize_reference_into(qw, qz, &s, l, &mut want).unwrap();
-            let got = cuda::awq_dequantize_cuda_host(gpu, qw, qz, &s, l).unwrap();
+            awq::awq_dequantize_reference_into(qw, &s, qz, l, &mut want).unwrap();
+            let got = cuda::awq_dequantize_cuda_host(gpu, qw, &s, qz, l).unwrap();
             let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
             assert!(same, "awq K{} N{} {}", l.k(), l.n(), T::DTYPE);
         }
@@ -290,8 +290,8 @@ fn fp8_dequant_matches_the_cpu_reference() {
         for f in [Fp8Format::E4M3, Fp8Format::E5M2] {
             fn one<T: CudaElem>(gpu: &Gpu, codes: &[u8], f: Fp8Format, s: &[f32], l: &Fp8Layout) {
                 let mut want = vec![T::default(); codes.len()];
-                fp8::fp8_dequantize_reference_into(codes, f, s, l, &mut want).unwrap();
-                let got: Vec<T> = cuda::fp8_dequantize_cuda_host(gpu, codes, f, s, l).unwrap();
+                fp8::fp8_dequantize_reference_into(codes, s, f, l, &mut want).unwrap();
+                let got: Vec<T> = cuda::fp8_dequantize_cuda_host(gpu, codes, s, f, l).unwrap();
                 // Bit-exact, except that a NaN code gives a NaN whose payload the GPU canonicalizes
                 // (its FMUL returns 0x7fffffff), where the CPU keeps torch's payload.
                 let same = got.iter().zip(&want).all(|(a, b)| {

@@ -1,6 +1,10 @@
 #![no_main]
-//! See `quant_kernels::fuzz_checks::checkpoint_dir`: typed errors, never a panic, nothing read
+//! See `checks::checkpoint_dir`: typed errors, never a panic, nothing read
 //! outside its temp dir.
+
+#[path = "../checks.rs"]
+mod checks;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    quant_kernels::fuzz_checks::checkpoint_dir(data);
+    checks::checkpoint_dir(data);
 });

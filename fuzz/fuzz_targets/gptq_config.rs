@@ -1,5 +1,9 @@
 #![no_main]
-//! See `quant_kernels::fuzz_checks::gptq_config`: typed errors, never a panic.
+//! See `checks::gptq_config`: typed errors, never a panic.
+
+#[path = "../checks.rs"]
+mod checks;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    quant_kernels::fuzz_checks::gptq_config(data);
+    checks::gptq_config(data);
 });

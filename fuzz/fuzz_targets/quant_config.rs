@@ -1,6 +1,10 @@
 #![no_main]
-//! See `quant_kernels::fuzz_checks::quant_config`: typed errors, never a panic; an accepted
+//! See `checks::quant_config`: typed errors, never a panic; an accepted
 //! config is within its ranges.
+
+#[path = "../checks.rs"]
+mod checks;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    quant_kernels::fuzz_checks::quant_config(data);
+    checks::quant_config(data);
 });

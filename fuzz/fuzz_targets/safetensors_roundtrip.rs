@@ -1,6 +1,10 @@
 #![no_main]
-//! See `quant_kernels::fuzz_checks::safetensors_roundtrip`: what the writer writes reads back
+//! See `checks::safetensors_roundtrip`: what the writer writes reads back
 //! equal; misuse is a typed error.
+
+#[path = "../checks.rs"]
+mod checks;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    quant_kernels::fuzz_checks::safetensors_roundtrip(data);
+    checks::safetensors_roundtrip(data);
 });

@@ -1,6 +1,10 @@
 #![no_main]
-//! See `quant_kernels::fuzz_checks::uqff_roundtrip`: layer -> UQFF bytes -> layer is the
+//! See `checks::uqff_roundtrip`: layer -> UQFF bytes -> layer is the
 //! identity for both revisions.
+
+#[path = "../checks.rs"]
+mod checks;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    quant_kernels::fuzz_checks::uqff_roundtrip(data);
+    checks::uqff_roundtrip(data);
 });

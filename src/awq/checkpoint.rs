@@ -82,15 +82,10 @@ pub struct AwqLayer {
 }
 
 impl AwqLayer {
-    /// Dequantize to `[K, N]` (see [`super::awq_dequantize`]).
-    pub fn dequantize<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
-        crate::with_float_vec!(&self.scales, s => super::awq_dequantize(&self.qweight, &self.qzeros, s, &self.layout, par))
-    }
-
-    /// Dequantize to `[N, K]`, the `nn.Linear` orientation.
-    pub fn dequantize_linear<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
-        let w = self.dequantize::<O>(par)?;
-        Ok(crate::par::transpose(&w, self.layout.k(), self.layout.n(), par))
+    /// Dequantize to `[K, N]`, the storage orientation (see [`super::awq_dequantize`];
+    /// [`crate::QuantScheme::dequantize`] gives `[N, K]`).
+    pub fn dequantize_kn<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
+        crate::with_float_vec!(&self.scales, s => super::awq_dequantize(&self.qweight, s, &self.qzeros, &self.layout, par))
     }
 }
 

@@ -15,6 +15,8 @@
 pub mod checkpoint;
 mod cpu;
 pub mod reference;
+mod scheme;
+mod tile;
 
 pub use checkpoint::{AwqCheckpoint, AwqConfig, AwqLayer, AwqLayerInfo};
 
@@ -119,14 +121,14 @@ pub fn pack_interleaved(codes: &[u8]) -> Vec<i32> {
 /// let qweight = awq::pack_interleaved(&[0, 1, 2, 3, 4, 5, 6, 7]);
 /// assert_eq!(qweight, [0x7531_6420]);                       // nibbles hold columns 0,2,4,6,1,3,5,7
 /// let qzeros = awq::pack_interleaved(&[1; 8]);
-/// let w: Vec<f32> = awq::awq_dequantize(&qweight, &qzeros, &[0.5f32; 8], &l, Parallelism::Serial)?;
+/// let w: Vec<f32> = awq::awq_dequantize(&qweight, &[0.5f32; 8], &qzeros, &l, Parallelism::Serial)?;
 /// assert_eq!(w, [-0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 pub fn awq_dequantize_into<S: Elem, O: Elem>(
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[S],
+    qzeros: &[i32],
     layout: &AwqLayout,
     out: &mut [O],
     par: Parallelism,
@@ -139,21 +141,21 @@ pub fn awq_dequantize_into<S: Elem, O: Elem>(
 /// The allocating form of [`awq_dequantize_into`].
 pub fn awq_dequantize<S: Elem, O: Elem>(
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[S],
+    qzeros: &[i32],
     layout: &AwqLayout,
     par: Parallelism,
 ) -> Result<Vec<O>> {
     let mut out = vec![O::default(); layout.k * layout.n];
-    awq_dequantize_into(qweight, qzeros, scales, layout, &mut out, par)?;
+    awq_dequantize_into(qweight, scales, qzeros, layout, &mut out, par)?;
     Ok(out)
 }
 
 /// The naive oracle: the same checks, then one weight at a time (see [`mod@reference`]).
 pub fn awq_dequantize_reference_into<S: Elem, O: Elem>(
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[S],
+    qzeros: &[i32],
     layout: &AwqLayout,
     out: &mut [O],
 ) -> Result<()> {

@@ -15,9 +15,9 @@
 use half::f16;
 use mpi::traits::Communicator;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
-use quant_kernels::matmul::{QuantLinear, QuantWeight};
 use quant_kernels::tp::{ColumnParallelLinear, Comm, LocalComm, MpiComm, RowParallelLinear};
 use quant_kernels::{Error, FloatVec, Parallelism};
+use quant_kernels::{QuantLinear, QuantWeight};
 use std::time::Duration;
 
 type Check = std::result::Result<(), String>;
@@ -237,8 +237,8 @@ impl Mlp {
             Ok(if gptq_weights {
                 QuantWeight::Gptq(gptq(inp, out, 4, 32, &mut rng)?)
             } else {
-                let w = (0..out * inp).map(|_| rng.f32_in(-0.1, 0.1)).collect();
-                QuantWeight::Dense { rows: out, cols: inp, w: FloatVec::F32(w) }
+                let w: Vec<f32> = (0..out * inp).map(|_| rng.f32_in(-0.1, 0.1)).collect();
+                QuantWeight::dense(out, inp, w)
             })
         };
         let (gate, up, down) = (weight(MID, INP)?, weight(MID, INP)?, weight(OUT, MID)?);

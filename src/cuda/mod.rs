@@ -27,7 +27,7 @@
 #![allow(unsafe_code)]
 
 use crate::awq::AwqLayout;
-use crate::elem::{DType, Elem};
+use crate::elem::{Elem, FloatType};
 use crate::error::{Error, Result, expect_len as expect};
 use crate::fp8::{Fp8Format, Fp8Layout};
 use crate::gptq::{GptqLayout, ZeroFormat};
@@ -131,16 +131,16 @@ const FP8_DEQUANT: [[&str; 3]; 2] = [
     ["fp8_dequant_e5m2_f32", "fp8_dequant_e5m2_f16", "fp8_dequant_e5m2_bf16"],
 ];
 
-fn elem_index(elem: DType) -> usize {
+fn elem_index(elem: FloatType) -> usize {
     match elem {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Bf16 => 2,
+        FloatType::F32 => 0,
+        FloatType::F16 => 1,
+        FloatType::Bf16 => 2,
     }
 }
 
 /// The GPTQ dequantization entry for a width (2, 3, 4 or 8) and element type.
-pub fn gptq_dequant_entry(bits: u8, elem: DType) -> Option<&'static str> {
+pub fn gptq_dequant_entry(bits: u8, elem: FloatType) -> Option<&'static str> {
     let b = match bits {
         2 => 0,
         3 => 1,
@@ -152,7 +152,7 @@ pub fn gptq_dequant_entry(bits: u8, elem: DType) -> Option<&'static str> {
 }
 
 /// The HQQ dequantization entry for a width and element type.
-pub fn hqq_dequant_entry(bits: Bits, elem: DType) -> &'static str {
+pub fn hqq_dequant_entry(bits: Bits, elem: FloatType) -> &'static str {
     let b = match bits {
         Bits::B1 => 0,
         Bits::B2 => 1,
@@ -256,7 +256,7 @@ fn to_i32(what: &'static str, value: usize) -> Result<i32> {
 }
 
 /// Dequantize HQQ weights of width `P` on the GPU: `out = (q - zeros) * scales`, same layout
-/// and checks as [`crate::hqq::dequant_into`] (scales, zeros and output share the type `T`).
+/// and checks as [`crate::hqq::dequantize_into`] (scales, zeros and output share the type `T`).
 /// Asynchronous: the work is queued on `gpu`'s stream.
 pub fn hqq_dequant_cuda<P: Packing, T: CudaElem>(
     gpu: &Gpu,
@@ -412,11 +412,11 @@ fn check_gptq_device<T>(
 pub fn gptq_dequantize_cuda<T: CudaElem>(
     gpu: &Gpu,
     qweight: &CudaSlice<i32>,
-    qzeros: &CudaSlice<i32>,
     scales: &CudaSlice<T>,
+    qzeros: &CudaSlice<i32>,
     g_idx: &DeviceGIdx,
-    layout: &GptqLayout,
     format: ZeroFormat,
+    layout: &GptqLayout,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     check_gptq_device(layout, qweight, qzeros, scales, g_idx)?;
@@ -466,16 +466,16 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
 pub fn gptq_dequantize_cuda_host<T: CudaElem>(
     gpu: &Gpu,
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[T],
+    qzeros: &[i32],
     g_idx: Option<&[i32]>,
-    layout: &GptqLayout,
     format: ZeroFormat,
+    layout: &GptqLayout,
 ) -> Result<Vec<T>> {
     let g = DeviceGIdx::upload(gpu, g_idx, layout)?;
     let (qw, qz, s) = (gpu.upload(qweight)?, gpu.upload(qzeros)?, gpu.upload(scales)?);
     let mut out = gpu.zeros::<T>(layout.k() * layout.n())?;
-    gptq_dequantize_cuda(gpu, &qw, &qz, &s, &g, layout, format, &mut out)?;
+    gptq_dequantize_cuda(gpu, &qw, &s, &qz, &g, format, layout, &mut out)?;
     gpu.download(&out)
 }
 
@@ -725,8 +725,8 @@ pub fn gptq_gemv_cuda_host<T: CudaElem>(
 pub fn awq_dequantize_cuda<T: CudaElem>(
     gpu: &Gpu,
     qweight: &CudaSlice<i32>,
-    qzeros: &CudaSlice<i32>,
     scales: &CudaSlice<T>,
+    qzeros: &CudaSlice<i32>,
     layout: &AwqLayout,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
@@ -759,14 +759,14 @@ pub fn awq_dequantize_cuda<T: CudaElem>(
 pub fn awq_dequantize_cuda_host<T: CudaElem>(
     gpu: &Gpu,
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[T],
+    qzeros: &[i32],
     layout: &AwqLayout,
 ) -> Result<Vec<T>> {
     expect("qweight", layout.k() * layout.packed_cols(), qweight.len())?;
     let (qw, qz, s) = (gpu.upload(qweight)?, gpu.upload(qzeros)?, gpu.upload(scales)?);
     let mut out = gpu.zeros::<T>(layout.k() * layout.n())?;
-    awq_dequantize_cuda(gpu, &qw, &qz, &s, layout, &mut out)?;
+    awq_dequantize_cuda(gpu, &qw, &s, &qz, layout, &mut out)?;
     gpu.download(&out)
 }
 
@@ -778,8 +778,8 @@ pub fn awq_dequantize_cuda_host<T: CudaElem>(
 pub fn fp8_dequantize_cuda<T: CudaElem>(
     gpu: &Gpu,
     codes: &CudaSlice<u8>,
-    format: Fp8Format,
     scales: &CudaSlice<f32>,
+    format: Fp8Format,
     layout: &Fp8Layout,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
@@ -827,8 +827,8 @@ pub fn fp8_dequantize_cuda<T: CudaElem>(
 pub fn fp8_dequantize_cuda_host<S: Elem, T: CudaElem>(
     gpu: &Gpu,
     codes: &[u8],
-    format: Fp8Format,
     scales: &[S],
+    format: Fp8Format,
     layout: &Fp8Layout,
 ) -> Result<Vec<T>> {
     let (sr, sc) = layout.scale_shape();
@@ -837,7 +837,7 @@ pub fn fp8_dequantize_cuda_host<S: Elem, T: CudaElem>(
     S::slice_to_f32(scales, &mut sf);
     let (c, s) = (gpu.upload(codes)?, gpu.upload(&sf)?);
     let mut out = gpu.zeros::<T>(layout.rows() * layout.cols())?;
-    fp8_dequantize_cuda(gpu, &c, format, &s, layout, &mut out)?;
+    fp8_dequantize_cuda(gpu, &c, &s, format, layout, &mut out)?;
     gpu.download(&out)
 }
 

@@ -86,15 +86,14 @@ pub struct Fp8Layer {
 }
 
 impl Fp8Layer {
-    /// Dequantize to `[out, in]` (already the `nn.Linear` orientation), `[E, out, in]` for
-    /// stacked experts.
-    pub fn dequantize_linear<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
+    /// Dequantize every expert: `[E, out, in]` (`[out, in]` for one expert, as
+    /// [`crate::QuantScheme::dequantize`] gives it).
+    pub fn dequantize_experts<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
         let per = self.layout.rows() * self.layout.cols();
         let n =
             self.experts.checked_mul(per).ok_or(Error::ShapeOverflow { rows: self.experts, cols: per })?;
         let mut out = vec![O::default(); n];
-        crate::with_float_vec!(&self.scales, s => super::fp8_dequantize_experts_into(
-            &self.codes, self.format, s, self.experts, &self.layout, &mut out, par))?;
+        crate::with_float_vec!(&self.scales, s => super::fp8_dequantize_experts_into(&self.codes, s, self.format, self.experts, &self.layout, &mut out, par))?;
         Ok(out)
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 mod cpu;
+mod scheme;
 pub(crate) mod tile;
 
 pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};
@@ -201,15 +202,15 @@ pub(crate) fn check<S>(l: &Fp8Layout, codes: usize, scales: &[S], out: usize) ->
 /// use quant_kernels::Parallelism;
 /// let l = Fp8Layout::block(2, 3, 1, 2)?;                  // scale grid [2, 2]
 /// let codes = [0x38, 0x40, 0xb8, 0x38, 0x38, 0x38];        // 1, 2, -1 / 1, 1, 1
-/// let w: Vec<f32> = fp8::fp8_dequantize(&codes, Fp8Format::E4M3, &[1.0f32, 10.0, 0.5, 4.0], &l,
-///                                       Parallelism::Serial)?;
+/// let w: Vec<f32> = fp8::fp8_dequantize(&codes, &[1.0f32, 10.0, 0.5, 4.0], Fp8Format::E4M3, &l,
+///     Parallelism::Serial)?;
 /// assert_eq!(w, [1.0, 2.0, -10.0, 0.5, 0.5, 4.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 pub fn fp8_dequantize_into<S: Elem, O: Elem>(
     codes: &[u8],
-    format: Fp8Format,
     scales: &[S],
+    format: Fp8Format,
     layout: &Fp8Layout,
     out: &mut [O],
     par: Parallelism,
@@ -222,13 +223,13 @@ pub fn fp8_dequantize_into<S: Elem, O: Elem>(
 /// The allocating form of [`fp8_dequantize_into`].
 pub fn fp8_dequantize<S: Elem, O: Elem>(
     codes: &[u8],
-    format: Fp8Format,
     scales: &[S],
+    format: Fp8Format,
     layout: &Fp8Layout,
     par: Parallelism,
 ) -> Result<Vec<O>> {
     let mut out = vec![O::default(); layout.rows * layout.cols];
-    fp8_dequantize_into(codes, format, scales, layout, &mut out, par)?;
+    fp8_dequantize_into(codes, scales, format, layout, &mut out, par)?;
     Ok(out)
 }
 
@@ -241,16 +242,16 @@ pub fn fp8_dequantize<S: Elem, O: Elem>(
 /// use quant_kernels::Parallelism;
 /// let l = Fp8Layout::block(1, 2, 1, 2)?;                   // each expert: 1x2, one scale
 /// let mut out = vec![0f32; 4];
-/// fp8::fp8_dequantize_experts_into(&[0x38, 0x40, 0x38, 0x40], Fp8Format::E4M3, &[1.0f32, 3.0], 2, &l,
-///                                  &mut out, Parallelism::Serial)?;
+/// fp8::fp8_dequantize_experts_into(&[0x38, 0x40, 0x38, 0x40], &[1.0f32, 3.0], Fp8Format::E4M3, 2, &l,
+///     &mut out, Parallelism::Serial)?;
 /// assert_eq!(out, [1.0, 2.0, 3.0, 6.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 #[allow(clippy::too_many_arguments)]
 pub fn fp8_dequantize_experts_into<S: Elem, O: Elem>(
     codes: &[u8],
-    format: Fp8Format,
     scales: &[S],
+    format: Fp8Format,
     experts: usize,
     layout: &Fp8Layout,
     out: &mut [O],
@@ -268,7 +269,7 @@ pub fn fp8_dequantize_experts_into<S: Elem, O: Elem>(
     for ((c, s), o) in
         codes.chunks_exact(per).zip(scales.chunks_exact(sr * sc)).zip(out.chunks_exact_mut(per))
     {
-        fp8_dequantize_into(c, format, s, layout, o, par)?;
+        fp8_dequantize_into(c, s, format, layout, o, par)?;
     }
     Ok(())
 }
@@ -276,8 +277,8 @@ pub fn fp8_dequantize_experts_into<S: Elem, O: Elem>(
 /// The naive oracle: the same checks, then one weight at a time with [`Fp8Format::decode`].
 pub fn fp8_dequantize_reference_into<S: Elem, O: Elem>(
     codes: &[u8],
-    format: Fp8Format,
     scales: &[S],
+    format: Fp8Format,
     layout: &Fp8Layout,
     out: &mut [O],
 ) -> Result<()> {

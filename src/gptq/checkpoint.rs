@@ -65,18 +65,12 @@ pub struct GptqLayer {
 }
 
 impl GptqLayer {
-    /// Dequantize to `[K, N]` (see [`super::gptq_dequantize`]).
-    pub fn dequantize<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
+    /// Dequantize to `[K, N]`, the storage orientation (see [`super::gptq_dequantize`];
+    /// [`crate::QuantScheme::dequantize`] gives `[N, K]`).
+    pub fn dequantize_kn<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
         let g_idx = self.g_idx.as_deref();
         let (l, f) = (&self.layout, self.format);
-        crate::with_float_vec!(&self.scales, s => super::gptq_dequantize(&self.qweight, &self.qzeros, s, g_idx, l, f, par))
-    }
-
-    /// Dequantize to `[N, K]`, the orientation of an unquantized checkpoint's `nn.Linear`
-    /// weight (GPTQ stores `[K, N]`).
-    pub fn dequantize_linear<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
-        let w = self.dequantize::<O>(par)?;
-        Ok(crate::par::transpose(&w, self.layout.k(), self.layout.n(), par))
+        crate::with_float_vec!(&self.scales, s => super::gptq_dequantize(&self.qweight, s, &self.qzeros, g_idx, f, l, par))
     }
 
     /// For a symmetric layer, whether its zero points look like the other format (see

@@ -45,7 +45,7 @@ pub fn pack_fields(fields: &[u32], bits: u8) -> Vec<i32> {
 /// };
 /// let fused = fuse_columns(&[&part(9, 8), &part(7, 16)])?;
 /// assert_eq!(fused.layout.n(), 24);
-/// let w: Vec<f32> = fused.dequantize(Parallelism::Serial)?;
+/// let w: Vec<f32> = fused.dequantize_kn(Parallelism::Serial)?;
 /// assert_eq!(&w[6..10], &[1.0, 1.0, -1.0, -1.0]); // (9 - 8) | (7 - 8)
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
@@ -220,7 +220,7 @@ pub fn concat_dequantized<O: crate::elem::Elem>(
     if let Some(i) = parts.iter().position(|p| p.layout.k() != k) {
         return Err(Error::Fuse { what: "K", part: i });
     }
-    let dense: Vec<Vec<O>> = parts.iter().map(|p| p.dequantize::<O>(par)).collect::<Result<_>>()?;
+    let dense: Vec<Vec<O>> = parts.iter().map(|p| p.dequantize_kn::<O>(par)).collect::<Result<_>>()?;
     let dense: Vec<(&[O], usize)> = dense.iter().zip(parts).map(|(d, p)| (&d[..], p.layout.n())).collect();
     concat_columns(&dense, k).ok_or(Error::Fuse { what: "dequantized part", part: 0 })
 }

@@ -33,6 +33,7 @@ mod cpu;
 pub mod fuse;
 pub mod layout;
 pub mod reference;
+mod scheme;
 pub mod sort;
 pub(crate) mod tile;
 
@@ -201,7 +202,7 @@ pub(crate) fn check<S>(
 }
 
 /// The length checks of [`check`] and each row's group, without unpacking the zeros.
-fn check_inputs<S>(
+pub(crate) fn check_inputs<S>(
     layout: &GptqLayout,
     qweight: &[i32],
     qzeros: &[i32],
@@ -269,8 +270,8 @@ pub fn check_zero_format(
 /// let l = GptqLayout::new(8, 8, 4, -1)?;
 /// let qweight = vec![0x7654_3210i32; 8];      // one word per column: codes 0..7 along K
 /// let qzeros = vec![0x8888_8888u32 as i32];    // z = 8 for all 8 columns
-/// let w: Vec<f32> = gptq::gptq_dequantize(&qweight, &qzeros, &[0.5f32; 8], None, &l, ZeroFormat::V2,
-///                                         Parallelism::Serial)?;
+/// let w: Vec<f32> = gptq::gptq_dequantize(&qweight, &[0.5f32; 8], &qzeros, None, ZeroFormat::V2, &l,
+///     Parallelism::Serial)?;
 /// assert_eq!(&w[..8], &[-4.0; 8]);             // k = 0: (0 - 8) * 0.5
 /// assert_eq!(&w[56..], &[-0.5; 8]);            // k = 7: (7 - 8) * 0.5
 /// # Ok::<(), quant_kernels::Error>(())
@@ -278,11 +279,11 @@ pub fn check_zero_format(
 #[allow(clippy::too_many_arguments)]
 pub fn gptq_dequantize_into<S: Elem, O: Elem>(
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[S],
+    qzeros: &[i32],
     g_idx: Option<&[i32]>,
-    layout: &GptqLayout,
     format: ZeroFormat,
+    layout: &GptqLayout,
     out: &mut [O],
     par: Parallelism,
 ) -> Result<()> {
@@ -294,26 +295,26 @@ pub fn gptq_dequantize_into<S: Elem, O: Elem>(
 /// The allocating form of [`gptq_dequantize_into`].
 pub fn gptq_dequantize<S: Elem, O: Elem>(
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[S],
+    qzeros: &[i32],
     g_idx: Option<&[i32]>,
-    layout: &GptqLayout,
     format: ZeroFormat,
+    layout: &GptqLayout,
     par: Parallelism,
 ) -> Result<Vec<O>> {
     let mut out = vec![O::default(); layout.k * layout.n];
-    gptq_dequantize_into(qweight, qzeros, scales, g_idx, layout, format, &mut out, par)?;
+    gptq_dequantize_into(qweight, scales, qzeros, g_idx, format, layout, &mut out, par)?;
     Ok(out)
 }
 
 /// The naive oracle: the same checks, then one weight at a time (see [`mod@reference`]).
 pub fn gptq_dequantize_reference_into<S: Elem, O: Elem>(
     qweight: &[i32],
-    qzeros: &[i32],
     scales: &[S],
+    qzeros: &[i32],
     g_idx: Option<&[i32]>,
-    layout: &GptqLayout,
     format: ZeroFormat,
+    layout: &GptqLayout,
     out: &mut [O],
 ) -> Result<()> {
     let c = check(layout, qweight, qzeros, scales, g_idx, format, out.len())?;

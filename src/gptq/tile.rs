@@ -1,5 +1,5 @@
-//! GPTQ's tile decoder for the multiply kernel ([`crate::matmul`]); AWQ layers use it too after
-//! their lossless conversion ([`crate::awq::awq_to_gptq`]).
+//! GPTQ's tile decoder for the multiply kernel ([`crate::matmul`]) and how a layer is prepared
+//! for it; AWQ layers use it too after their lossless conversion ([`crate::awq::awq_to_gptq`]).
 //!
 //! GPTQ stores `[K, N]` with codes packed along K, so output row `n` of `W = [N, K]` is column
 //! `n` of qweight. A block is 32 neighbouring columns; input `k` of all 32 is one contiguous
@@ -8,10 +8,13 @@
 //! and scales for every group are widened once (`[G, 32]`), so act-order (`g_idx`) costs one
 //! more indexed row per input.
 
-use super::GptqLayout;
 use super::layout::locate;
+use super::{GptqLayer, GptqLayout};
 use crate::elem::Elem;
-use crate::matmul::kernel::{Decoder, Form, MAX_ROWS};
+use crate::error::Result;
+use crate::matmul::kernel::{self, Decoder, Form, MAX_ROWS, Multiply, Scratch};
+use crate::par::Parallelism;
+use crate::scheme::QuantScheme;
 
 /// `qweight` `[K * bits / 32, N]` re-laid block by block, `[ceil(N / 32), K * bits / 32, 32]`
 /// (the last block zero-padded): each block's words are one contiguous run, read front to back
@@ -66,6 +69,85 @@ pub(crate) fn block_params<S: Elem>(
     (z, s)
 }
 
+/// A GPTQ layer as [`crate::QuantLinear`] keeps it (AWQ layers too, converted losslessly).
+/// `layer.qweight` is moved into `blocked` ([`block_words`]); the group of each input and the
+/// true zero points and scales are laid out per block ([`block_params`]). Act-order (`perm`):
+/// `blocked` and `groups` hold the rows sorted by group ([`super::sort`]), row `k'` being the
+/// layer's row `perm[k']`, and the inputs are gathered the same way; `layer.g_idx` stays the
+/// checkpoint's.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Prepared {
+    layer: GptqLayer,
+    blocked: Vec<i32>,
+    groups: Vec<u32>,
+    zeros: Vec<f32>,
+    scales: Vec<f32>,
+    perm: Option<Vec<u32>>,
+}
+
+impl Multiply for GptqLayer {
+    type Prepared = Prepared;
+
+    /// Validate (the layer's own bias is not part of the weight and is not checked), then sort
+    /// act-order rows by group, so that the kernels decode a group once per run of its rows
+    /// instead of nearly once per row, and re-lay the words block by block.
+    fn prepare(mut self) -> Result<Prepared> {
+        let l = self.layout;
+        let c = crate::with_float_vec!(&self.scales, s => super::check(
+            &l, &self.qweight, &self.qzeros, s, self.g_idx.as_deref(), self.format, l.k() * l.n()
+        ))?;
+        // (`check` validated the words' length and every group; without g_idx the groups are
+        // k / group_size, already in order.)
+        let (words, groups, perm) = if c.rows_group.windows(2).all(|w| w[0] <= w[1]) {
+            (std::mem::take(&mut self.qweight), c.rows_group, None)
+        } else {
+            let perm = super::sort::order_by_group(&c.rows_group, l.groups());
+            let words = super::sort::repack_rows(&std::mem::take(&mut self.qweight), &perm, &l);
+            let groups = perm.iter().map(|&p| c.rows_group[p as usize]).collect();
+            (words, groups, Some(perm))
+        };
+        let blocked = block_words(&words, &l);
+        let (zeros, scales) = crate::with_float_vec!(&self.scales, s => block_params(&c.zeros, s, &l));
+        Ok(Prepared { layer: self, blocked, groups, zeros, scales, perm })
+    }
+
+    /// Words un-blocked and act-order rows put back in place.
+    fn restore(p: Prepared) -> Self {
+        let mut layer = p.layer;
+        layer.qweight = unblock_words(&p.blocked, &layer.layout);
+        if let Some(perm) = &p.perm {
+            // `perm` is the permutation `prepare` built for this layout.
+            let back = super::sort::inverse(perm);
+            layer.qweight = super::sort::repack_rows(&layer.qweight, &back, &layer.layout);
+        }
+        layer
+    }
+
+    fn prepared_bytes(p: &Prepared) -> usize {
+        // `layer.qweight` is empty: its words are in `blocked` (padded to whole blocks).
+        let (wr, n) = p.layer.layout.qweight_shape();
+        p.layer.stored_bytes() + 4 * wr * n
+    }
+
+    fn products_into(
+        p: &Prepared,
+        x: &[f32],
+        batch: usize,
+        par: Parallelism,
+        y: &mut [f32],
+        s: &mut Scratch,
+    ) {
+        let l = &p.layer.layout;
+        let d =
+            Tiles { layout: l, blocked: &p.blocked, zeros: &p.zeros, scales: &p.scales, groups: &p.groups };
+        kernel::gemm_into(&d, l.n(), l.k(), x, batch, par, y, s)
+    }
+
+    fn input_order(p: &Prepared) -> Option<&[u32]> {
+        p.perm.as_deref()
+    }
+}
+
 /// One validated GPTQ weight seen as `[N, K]` tiles.
 pub(crate) struct Tiles<'a> {
     pub layout: &'a GptqLayout,
@@ -80,7 +162,6 @@ pub(crate) struct Tiles<'a> {
 
 impl Decoder for Tiles<'_> {
     const FORM: Form = Form::Cols;
-    type State = ();
 
     fn blocks(&self) -> usize {
         self.layout.n().div_ceil(MAX_ROWS)
@@ -94,8 +175,6 @@ impl Decoder for Tiles<'_> {
         }
         nb
     }
-
-    fn begin(&self, _: usize, _: &mut ()) {}
 
     /// 2, 4 and 8 bits (3-bit fields straddle words: tile path).
     fn has_gemv(&self) -> bool {
@@ -117,7 +196,7 @@ impl Decoder for Tiles<'_> {
     }
 
     #[inline(always)]
-    fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
+    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
         let bits = self.layout.bits();
         let pg = self.layout.groups() * MAX_ROWS;
         let (pz, ps) = (&self.zeros[b * pg..(b + 1) * pg], &self.scales[b * pg..(b + 1) * pg]);

@@ -30,16 +30,18 @@
 //!
 //! # Three paths
 //!
-//! [`dequant_into`] runs the SIMD kernel (ISA chosen at run time, see [`crate::lanes`]) on one
-//! thread or on rayon's pool ([`Parallelism`]); [`dequant_reference_into`] is the naive per-element
+//! [`dequantize_into`] runs the SIMD kernel (ISA chosen at run time, see [`crate::lanes`]) on one
+//! thread or on rayon's pool ([`Parallelism`]); [`dequantize_reference_into`] is the naive per-element
 //! oracle. All three give identical bits.
 
 mod cpu;
 pub mod quantize;
 pub mod reference;
+mod scheme;
 pub(crate) mod tile;
 
 pub use quantize::{HqqConfig, HqqLayer, quantize_hqq, quantize_hqq_with};
+pub use scheme::HqqWeight;
 
 use crate::elem::Elem;
 use crate::error::{Error, Result, expect_len};
@@ -205,7 +207,7 @@ impl Packed {
 
     /// Dequantize with `layout` (whose code shape must be this matrix's shape), dispatching on
     /// the width at run time.
-    pub fn dequant_into<S: Elem, O: Elem>(
+    pub fn dequantize_into<S: Elem, O: Elem>(
         &self,
         scales: &[S],
         zeros: &[S],
@@ -217,11 +219,13 @@ impl Packed {
         expect_len("code-matrix rows", r, self.rows)?;
         expect_len("code-matrix cols", c, self.cols)?;
         match (&self.words, self.bits) {
-            (PackedWords::U8(w), Bits::B8) => dequant_into::<B8, S, O>(w, scales, zeros, layout, out, par),
-            (PackedWords::U8(w), Bits::B4) => dequant_into::<B4, S, O>(w, scales, zeros, layout, out, par),
-            (PackedWords::U8(w), Bits::B2) => dequant_into::<B2, S, O>(w, scales, zeros, layout, out, par),
-            (PackedWords::U8(w), Bits::B1) => dequant_into::<B1, S, O>(w, scales, zeros, layout, out, par),
-            (PackedWords::I32(w), Bits::B3) => dequant_into::<B3, S, O>(w, scales, zeros, layout, out, par),
+            (PackedWords::U8(w), Bits::B8) => dequantize_into::<B8, S, O>(w, scales, zeros, layout, out, par),
+            (PackedWords::U8(w), Bits::B4) => dequantize_into::<B4, S, O>(w, scales, zeros, layout, out, par),
+            (PackedWords::U8(w), Bits::B2) => dequantize_into::<B2, S, O>(w, scales, zeros, layout, out, par),
+            (PackedWords::U8(w), Bits::B1) => dequantize_into::<B1, S, O>(w, scales, zeros, layout, out, par),
+            (PackedWords::I32(w), Bits::B3) => {
+                dequantize_into::<B3, S, O>(w, scales, zeros, layout, out, par)
+            }
             (_, bits) => Err(Error::UnsupportedBits(bits.get())),
         }
     }
@@ -306,7 +310,7 @@ fn unpack_checked<P: Packing>(words: &[P::Word], rows: usize, cols: usize, out: 
 ///
 /// `scales` and `zeros` hold one value per group (`layout.groups()`), in group order; `words`
 /// is the packed code matrix (`layout.packed_shape(P::BITS)`). Every length is checked first.
-pub fn dequant_into<P: Packing, S: Elem, O: Elem>(
+pub fn dequantize_into<P: Packing, S: Elem, O: Elem>(
     words: &[P::Word],
     scales: &[S],
     zeros: &[S],
@@ -319,8 +323,8 @@ pub fn dequant_into<P: Packing, S: Elem, O: Elem>(
     Ok(())
 }
 
-/// The allocating form of [`dequant_into`].
-pub fn dequant<P: Packing, S: Elem, O: Elem>(
+/// The allocating form of [`dequantize_into`].
+pub fn dequantize<P: Packing, S: Elem, O: Elem>(
     words: &[P::Word],
     scales: &[S],
     zeros: &[S],
@@ -328,13 +332,13 @@ pub fn dequant<P: Packing, S: Elem, O: Elem>(
     par: Parallelism,
 ) -> Result<Vec<O>> {
     let mut out = vec![O::default(); layout.numel()];
-    dequant_into::<P, S, O>(words, scales, zeros, layout, &mut out, par)?;
+    dequantize_into::<P, S, O>(words, scales, zeros, layout, &mut out, par)?;
     Ok(out)
 }
 
-/// The naive oracle: [`dequant_into`]'s checks, then one element at a time, no SIMD, no threads
+/// The naive oracle: [`dequantize_into`]'s checks, then one element at a time, no SIMD, no threads
 /// (see [`mod@reference`]).
-pub fn dequant_reference_into<P: Packing, S: Elem, O: Elem>(
+pub fn dequantize_reference_into<P: Packing, S: Elem, O: Elem>(
     words: &[P::Word],
     scales: &[S],
     zeros: &[S],
@@ -348,10 +352,10 @@ pub fn dequant_reference_into<P: Packing, S: Elem, O: Elem>(
 }
 
 /// Stamps the documented flat entry points for one width: `$name` (allocating) and
-/// `$name_into` (caller buffer), thin wrappers over [`dequant`] / [`dequant_into`].
-macro_rules! flat_dequant {
+/// `$name_into` (caller buffer), thin wrappers over [`dequantize`] / [`dequantize_into`].
+macro_rules! flat_dequantize {
     ($name:ident, $into:ident, $p:ty, $word:ty, $bits:literal) => {
-        #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into `out` (see [`dequant_into`]; rayon above a size threshold).")]
+        #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into `out` (see [`dequantize_into`]; rayon above a size threshold).")]
         pub fn $into<S: Elem, O: Elem>(
             packed: &[$word],
             scales: &[S],
@@ -359,23 +363,23 @@ macro_rules! flat_dequant {
             layout: &HqqLayout,
             out: &mut [O],
         ) -> Result<()> {
-            dequant_into::<$p, S, O>(packed, scales, zeros, layout, out, Parallelism::Rayon)
+            dequantize_into::<$p, S, O>(packed, scales, zeros, layout, out, Parallelism::Rayon)
         }
 
-        #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into a new `Vec` (see [`dequant`]).")]
+        #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into a new `Vec` (see [`dequantize`]).")]
         pub fn $name<S: Elem, O: Elem>(
             packed: &[$word],
             scales: &[S],
             zeros: &[S],
             layout: &HqqLayout,
         ) -> Result<Vec<O>> {
-            dequant::<$p, S, O>(packed, scales, zeros, layout, Parallelism::Rayon)
+            dequantize::<$p, S, O>(packed, scales, zeros, layout, Parallelism::Rayon)
         }
     };
 }
 
-flat_dequant!(dequant_8bit, dequant_8bit_into, B8, u8, "8");
-flat_dequant!(dequant_4bit, dequant_4bit_into, B4, u8, "4");
-flat_dequant!(dequant_3bit, dequant_3bit_into, B3, i32, "3");
-flat_dequant!(dequant_2bit, dequant_2bit_into, B2, u8, "2");
-flat_dequant!(dequant_1bit, dequant_1bit_into, B1, u8, "1");
+flat_dequantize!(dequantize_8bit, dequantize_8bit_into, B8, u8, "8");
+flat_dequantize!(dequantize_4bit, dequantize_4bit_into, B4, u8, "4");
+flat_dequantize!(dequantize_3bit, dequantize_3bit_into, B3, i32, "3");
+flat_dequantize!(dequantize_2bit, dequantize_2bit_into, B2, u8, "2");
+flat_dequantize!(dequantize_1bit, dequantize_1bit_into, B1, u8, "1");

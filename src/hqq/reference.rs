@@ -3,7 +3,7 @@
 //! matrix, find its packed word and shift from the BitPack layout of its width, then
 //! `(q - zero) * scale` in `f32` and one rounding to the output type.
 //!
-//! Called through [`super::dequant_reference_into`], which validates the arguments.
+//! Called through [`super::dequantize_reference_into`], which validates the arguments.
 
 use super::{Axis, HqqLayout};
 use crate::elem::Elem;

@@ -10,11 +10,14 @@
 //! few such row sets, decoded together: each packed word and (axis 0) each zero/scale span is
 //! read once for all planes. Otherwise a block is 16 consecutive rows decoded one by one.
 
-use super::Axis;
-use crate::elem::Elem;
+use super::{Axis, HqqLayout, HqqWeight, PackedWords};
+use crate::elem::{Elem, FloatVec};
+use crate::error::Result;
 use crate::lanes::{self, affine_lanes, affine_splat};
-use crate::matmul::kernel::{Decoder, Form, KT, MAX_ROWS};
-use crate::pack::{Packing, Word};
+use crate::matmul::kernel::{self, Decoder, Form, KT, MAX_ROWS, Multiply, Scratch};
+use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing, Word};
+use crate::par::Parallelism;
+use crate::scheme::QuantScheme;
 
 /// One validated HQQ weight seen as `[out, in]` tiles.
 pub(crate) struct Tiles<'a, P: Packing, S> {
@@ -197,7 +200,6 @@ impl<P: Packing, S: Elem> Tiles<'_, P, S> {
 
 impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
     const FORM: Form = Form::Rows;
-    type State = ();
 
     fn blocks(&self) -> usize {
         match self.rows_per_plane() {
@@ -231,8 +233,6 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
         }
         n
     }
-
-    fn begin(&self, _: usize, _: &mut ()) {}
 
     /// Aligned layouts only (every plane holds whole rows, all present), inputs a multiple of
     /// 16, and per axis: 1 — groups a multiple of 16 inputs that never straddle a row, at most
@@ -288,7 +288,7 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
         }
     }
     #[inline(always)]
-    fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
+    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
         // (first row, planes decoded with it) for each row set.
         let (first, sets, planes) = match self.rows_per_plane() {
             Some(_) => (b * Self::SETS, Self::SETS, P::PER_WORD),
@@ -396,4 +396,77 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
 #[inline(always)]
 fn lanes16<T>(x: &[T]) -> &[T; 16] {
     pulp::as_arrays::<16, T>(&x[..16]).0.first().unwrap_or_else(|| unreachable!())
+}
+
+impl Multiply for HqqWeight {
+    /// Scales and zeros in one dtype.
+    type Prepared = HqqWeight;
+
+    fn prepare(mut self) -> Result<Self> {
+        self.validate()?;
+        if self.scales.dtype() != self.zeros.dtype() {
+            self.scales = FloatVec::F32(self.scales.to_f32());
+            self.zeros = FloatVec::F32(self.zeros.to_f32());
+        }
+        Ok(self)
+    }
+
+    fn restore(p: Self) -> Self {
+        p
+    }
+
+    fn prepared_bytes(p: &Self) -> usize {
+        p.stored_bytes()
+    }
+
+    fn products_into(h: &Self, x: &[f32], batch: usize, par: Parallelism, y: &mut [f32], sc: &mut Scratch) {
+        match (&h.scales, &h.zeros) {
+            (FloatVec::F32(s), FloatVec::F32(z)) => gemm_into(h, s, z, x, batch, par, y, sc),
+            (FloatVec::F16(s), FloatVec::F16(z)) => gemm_into(h, s, z, x, batch, par, y, sc),
+            (FloatVec::Bf16(s), FloatVec::Bf16(z)) => gemm_into(h, s, z, x, batch, par, y, sc),
+            // `prepare` made the dtypes equal; widening again is exact.
+            (s, z) => gemm_into(h, &s.to_f32(), &z.to_f32(), x, batch, par, y, sc),
+        }
+    }
+}
+
+/// [`kernel::gemm_into`] over the weight's width, scales and zeros of type `S`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<S: Elem>(
+    h: &HqqWeight,
+    scales: &[S],
+    zeros: &[S],
+    x: &[f32],
+    batch: usize,
+    par: Parallelism,
+    y: &mut [f32],
+    sc: &mut Scratch,
+) {
+    let l = &h.layout;
+    #[allow(clippy::too_many_arguments)]
+    fn run<P: Packing, S: Elem>(
+        words: &[P::Word],
+        scales: &[S],
+        zeros: &[S],
+        l: &HqqLayout,
+        x: &[f32],
+        batch: usize,
+        par: Parallelism,
+        y: &mut [f32],
+        sc: &mut Scratch,
+    ) {
+        let (r, c) = l.code_shape();
+        let prows = P::packed_rows(r).unwrap_or(0);
+        let d =
+            Tiles::<P, S> { words, scales, zeros, out: l.rows(), inp: l.cols(), c, prows, axis: l.axis() };
+        kernel::gemm_into(&d, l.rows(), l.cols(), x, batch, par, y, sc)
+    }
+    match (&h.packed.words, h.packed.bits) {
+        (PackedWords::U8(w), Bits::B8) => run::<B8, S>(w, scales, zeros, l, x, batch, par, y, sc),
+        (PackedWords::U8(w), Bits::B4) => run::<B4, S>(w, scales, zeros, l, x, batch, par, y, sc),
+        (PackedWords::U8(w), Bits::B2) => run::<B2, S>(w, scales, zeros, l, x, batch, par, y, sc),
+        (PackedWords::U8(w), Bits::B1) => run::<B1, S>(w, scales, zeros, l, x, batch, par, y, sc),
+        (PackedWords::I32(w), Bits::B3) => run::<B3, S>(w, scales, zeros, l, x, batch, par, y, sc),
+        _ => unreachable!("`prepare` validated the width against the words"),
+    }
 }

@@ -16,8 +16,10 @@
 //! Dequantization has a naive reference and a fast path (run-time SIMD dispatch, rayon over
 //! rows) that give the same bits.
 
-use crate::elem::Elem;
+mod scheme;
 pub(crate) mod tile;
+
+use crate::elem::Elem;
 
 use crate::error::{Error, Result, expect_len};
 use crate::lanes::{self, Kernel};

@@ -1,7 +1,52 @@
 //! int8 and int4 row decoders for the multiply kernel ([`crate::matmul`]).
 
 use super::{Granularity, Int4Tensor, Int8Tensor};
-use crate::matmul::kernel::RowDecoder;
+use crate::error::Result;
+use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
+use crate::par::Parallelism;
+use crate::scheme::QuantScheme;
+
+impl Multiply for Int8Tensor {
+    type Prepared = Int8Tensor;
+
+    fn prepare(self) -> Result<Self> {
+        self.check(self.q.len())?;
+        Ok(self)
+    }
+
+    fn restore(p: Self) -> Self {
+        p
+    }
+
+    fn prepared_bytes(p: &Self) -> usize {
+        p.stored_bytes()
+    }
+
+    fn products_into(p: &Self, x: &[f32], batch: usize, par: Parallelism, y: &mut [f32], s: &mut Scratch) {
+        kernel::gemm_into(&Rows16(&Int8Tiles(p)), p.rows, p.cols, x, batch, par, y, s)
+    }
+}
+
+impl Multiply for Int4Tensor {
+    type Prepared = Int4Tensor;
+
+    fn prepare(self) -> Result<Self> {
+        self.check(self.rows.saturating_mul(self.cols))?;
+        Ok(self)
+    }
+
+    fn restore(p: Self) -> Self {
+        p
+    }
+
+    fn prepared_bytes(p: &Self) -> usize {
+        p.stored_bytes()
+    }
+
+    fn products_into(p: &Self, x: &[f32], batch: usize, par: Parallelism, y: &mut [f32], s: &mut Scratch) {
+        kernel::gemm_into(&Rows16(&Int4Tiles(p)), p.rows, p.cols, x, batch, par, y, s)
+    }
+}
 
 /// A validated [`Int8Tensor`]: `q * scale`.
 pub(crate) struct Int8Tiles<'a>(pub &'a Int8Tensor);

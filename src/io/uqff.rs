@@ -19,8 +19,9 @@
 //! and `bias` must fit its bits, group size, axis and weight shape.
 
 use super::safetensors::Dtype;
+use crate::elem::FloatVec;
 use crate::error::{Error, Result};
-use crate::hqq::{Axis, HqqConfig, HqqLayout};
+use crate::hqq::{Axis, HqqConfig, HqqLayout, HqqWeight, Packed, PackedWords};
 use crate::pack::Bits;
 use std::collections::BTreeMap;
 
@@ -166,13 +167,40 @@ fn product(shape: &[usize]) -> Option<usize> {
 }
 
 impl UqffHqqLayer {
+    /// The layer's weight, for [`crate::QuantLinear`] or a shard (validated first; the bias is
+    /// not part of the weight).
+    pub fn weight(&self) -> Result<HqqWeight> {
+        use super::safetensors::LeElem;
+        let layer = self;
+        layer.validate()?;
+        let layout = layer.layout()?;
+        let bits = Bits::try_from(layer.config.bits)?;
+        let floats = |t: &UqffTensor| match t.dtype {
+            Dtype::F16 => FloatVec::F16(half::f16::from_le(&t.data)),
+            Dtype::Bf16 => FloatVec::Bf16(half::bf16::from_le(&t.data)),
+            _ => FloatVec::F32(<f32 as LeElem>::from_le(&t.data)),
+        };
+        let (rows, cols) = layout.code_shape();
+        let words = if bits == Bits::B3 {
+            PackedWords::I32(<i32 as LeElem>::from_le(&layer.w_q.data))
+        } else {
+            PackedWords::U8(layer.w_q.data.clone())
+        };
+        Ok(HqqWeight {
+            layout,
+            packed: Packed { bits, rows, cols, words },
+            scales: floats(&layer.scales),
+            zeros: floats(&layer.zeros),
+        })
+    }
+
     /// A layer from this crate's quantizer output: `q` quantized a `[rows, cols]` weight with
     /// `config`; scales and zeros are stored in `params` (mistral.rs writes f32; f16/bf16 round
     /// to nearest even); `bias` goes with it.
     pub fn from_quantized(
         q: &crate::hqq::HqqLayer,
         config: &HqqConfig,
-        params: crate::DType,
+        params: crate::FloatType,
         bias: Option<crate::FloatVec>,
     ) -> Result<Self> {
         use super::safetensors::to_le_bytes;
@@ -181,11 +209,11 @@ impl UqffHqqLayer {
         let pshape = if l.axis() == Axis::Zero { vec![1, groups] } else { vec![groups, 1] };
         let floats = |v: &[f32]| -> UqffTensor {
             let (dtype, data) = match params {
-                crate::DType::F32 => (Dtype::F32, to_le_bytes(v)),
-                crate::DType::F16 => {
+                crate::FloatType::F32 => (Dtype::F32, to_le_bytes(v)),
+                crate::FloatType::F16 => {
                     (Dtype::F16, to_le_bytes(&v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>()))
                 }
-                crate::DType::Bf16 => (
+                crate::FloatType::Bf16 => (
                     Dtype::Bf16,
                     to_le_bytes(&v.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>()),
                 ),
@@ -244,7 +272,7 @@ impl UqffHqqLayer {
             crate::hqq::PackedWords::U8(self.w_q.data.clone())
         };
         let packed = crate::hqq::Packed { bits, rows, cols, words };
-        packed.dequant_into(&s, &z, &layout, &mut out, par)?;
+        packed.dequantize_into(&s, &z, &layout, &mut out, par)?;
         Ok(out)
     }
 

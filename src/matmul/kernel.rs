@@ -20,9 +20,45 @@
 //! multiplication and an addition, so results are deterministic per machine and agree across
 //! machines within the bound the tests state.
 
+use crate::error::Result;
 use crate::lanes::{self, Kernel};
 use crate::par::Parallelism;
 use rayon::prelude::*;
+
+/// How one scheme's weight is multiplied, implemented in the scheme's folder (its `tile.rs`):
+/// [`crate::QuantLinear::new`] prepares the weight once, its forward runs
+/// [`Multiply::products_into`], and every other `QuantLinear` method is a one-line delegation.
+pub(crate) trait Multiply: crate::scheme::QuantScheme {
+    /// What a `QuantLinear` keeps: the validated weight, re-laid for the kernel.
+    type Prepared: Clone + std::fmt::Debug + PartialEq + Send + Sync;
+
+    /// Validate every length and group and re-lay the weight for the kernel.
+    fn prepare(self) -> Result<Self::Prepared>;
+
+    /// The weight in its own layout again, bit for bit what [`Multiply::prepare`] was given
+    /// (HQQ scales and zeros of different dtypes come back widened to `f32`).
+    fn restore(p: Self::Prepared) -> Self;
+
+    /// Bytes of the weight as its scheme stores it ([`crate::QuantScheme::stored_bytes`]).
+    fn prepared_bytes(p: &Self::Prepared) -> usize;
+
+    /// `y = [batch, out]` products (no bias) of the padded activations `x`
+    /// (`[batch, padded(in)]`), through [`gemm_into`] with the caller's `scratch`.
+    fn products_into(
+        p: &Self::Prepared,
+        x: &[f32],
+        batch: usize,
+        par: Parallelism,
+        y: &mut [f32],
+        scratch: &mut Scratch,
+    );
+
+    /// The order the inputs are gathered in before [`Multiply::products_into`] (act-order GPTQ rows
+    /// sorted by group), `None` for their own order.
+    fn input_order(_p: &Self::Prepared) -> Option<&[u32]> {
+        None
+    }
+}
 
 /// Lanes of one accumulator in [`Form::Rows`] (and the input padding unit).
 pub(crate) const L: usize = 16;
@@ -44,8 +80,6 @@ pub(crate) enum Form {
 pub(crate) trait Decoder: Sync {
     /// The tile layout.
     const FORM: Form;
-    /// Per-block state (e.g. widened zeros and scales), reused across a thread's blocks.
-    type State: Default;
     /// Neighbouring blocks processed together, input tile by input tile (a GPTQ word row is
     /// then read as one long run across them instead of 32 columns at a time).
     const GROUP: usize = 1;
@@ -54,10 +88,8 @@ pub(crate) trait Decoder: Sync {
     /// The output rows of block `b`, in tile order; returns how many (at most [`MAX_ROWS`]).
     /// Blocks are disjoint and together cover every output row once.
     fn block_rows(&self, b: usize, rows: &mut [usize; MAX_ROWS]) -> usize;
-    /// Prepare block `b` (called once per block, before its tiles).
-    fn begin(&self, b: usize, state: &mut Self::State);
     /// Decode inputs `k0..k1` (at most [`KT`]) of block `b`'s rows into `tile` (see [`Form`]).
-    fn decode(&self, b: usize, state: &Self::State, k0: usize, k1: usize, tile: &mut [f32]);
+    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]);
 
     /// Whether [`Decoder::gemv_v4`] serves every block of this weight at batch 1.
     fn has_gemv(&self) -> bool {
@@ -90,7 +122,6 @@ pub(crate) struct Rows16<'a, R>(pub &'a R);
 
 impl<R: RowDecoder> Decoder for Rows16<'_, R> {
     const FORM: Form = Form::Rows;
-    type State = ();
 
     fn blocks(&self) -> usize {
         self.0.rows().div_ceil(ROW_BLOCK)
@@ -104,10 +135,8 @@ impl<R: RowDecoder> Decoder for Rows16<'_, R> {
         n
     }
 
-    fn begin(&self, _: usize, _: &mut ()) {}
-
     #[inline(always)]
-    fn decode(&self, b: usize, _: &(), k0: usize, k1: usize, tile: &mut [f32]) {
+    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
         for t in 0..ROW_BLOCK.min(self.0.rows() - b * ROW_BLOCK) {
             self.0.decode_row(b * ROW_BLOCK + t, k0, k1, &mut tile[t * KT..t * KT + k1 - k0]);
         }
@@ -119,47 +148,94 @@ pub(crate) fn padded(k: usize) -> usize {
     k.div_ceil(L) * L
 }
 
-/// `[batch, out]` products of the padded activations `x` (`[batch, padded(k)]`, zeros past
+/// Buffers of the multiply kept between calls: grown on demand, never shrunk, so a caller that
+/// keeps one allocates nothing per call once it has seen its largest shape.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// `[blocks, batch, MAX_ROWS]` block results before the scatter.
+    parts: Vec<f32>,
+    /// Per task: a tile and the accumulators.
+    work: Vec<f32>,
+}
+
+/// The first `n` values of `v`, grown with zeros if it is shorter.
+pub(crate) fn grown(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Accumulator values per block of a decoder of form `form` at batch `batch`.
+fn acc_len(form: Form, batch: usize) -> usize {
+    match form {
+        Form::Rows => batch * MAX_ROWS * L,
+        Form::Cols => batch * 2 * MAX_ROWS,
+    }
+}
+
+/// `y = [batch, out]` products of the padded activations `x` (`[batch, padded(k)]`, zeros past
 /// `k`) with `d`'s weight; blocks split over rayon's pool when `par` allows and the weight is
-/// large enough.
-pub(crate) fn gemm<D: Decoder>(
+/// large enough. Allocates nothing when `scratch` already holds this shape's buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into<D: Decoder>(
     d: &D,
     out: usize,
     k: usize,
     x: &[f32],
     batch: usize,
     par: Parallelism,
-) -> Vec<f32> {
+    y: &mut [f32],
+    scratch: &mut Scratch,
+) {
     debug_assert_eq!(x.len(), batch * padded(k));
-    let mut y = vec![0f32; batch * out];
+    debug_assert_eq!(y.len(), batch * out);
     let blocks = d.blocks();
     if blocks == 0 || batch == 0 {
-        return y;
+        y.fill(0.0);
+        return;
     }
     let tasks = par.tasks(out.saturating_mul(k).saturating_mul(batch.min(8))).min(blocks);
     let per = blocks.div_ceil(tasks.max(1));
     let tasks = blocks.div_ceil(per);
-    let run = |t: usize| {
-        lanes::dispatch(Blocks { d, k, x, batch, first: t * per, end: ((t + 1) * per).min(blocks) })
+    let work_len = MAX_ROWS * KT + acc_len(D::FORM, batch) * D::GROUP.max(1);
+    let parts = grown(&mut scratch.parts, blocks * batch * MAX_ROWS);
+    let work = grown(&mut scratch.work, tasks * work_len);
+    let run = |(t, (out, work)): (usize, (&mut [f32], &mut [f32]))| {
+        lanes::dispatch(Blocks {
+            d,
+            k,
+            x,
+            batch,
+            first: t * per,
+            end: ((t + 1) * per).min(blocks),
+            out,
+            work,
+        })
     };
-    let parts: Vec<Vec<f32>> =
-        if tasks <= 1 { vec![run(0)] } else { (0..tasks).into_par_iter().map(run).collect() };
+    if tasks <= 1 {
+        run((0, (parts, work)));
+    } else {
+        parts
+            .par_chunks_mut(per * batch * MAX_ROWS)
+            .zip(work.par_chunks_mut(work_len))
+            .enumerate()
+            .for_each(run);
+    }
     // Scatter: each block's `[batch, MAX_ROWS]` results to its rows.
     let mut rows = [0usize; MAX_ROWS];
-    for (t, part) in parts.iter().enumerate() {
-        for (i, vals) in part.chunks_exact(batch * MAX_ROWS).enumerate() {
-            let n = d.block_rows(t * per + i, &mut rows);
-            for (b, v) in vals.chunks_exact(MAX_ROWS).enumerate() {
-                for (&r, &v) in rows[..n].iter().zip(v) {
-                    y[b * out + r] = v;
-                }
+    for (i, vals) in scratch.parts[..blocks * batch * MAX_ROWS].chunks_exact(batch * MAX_ROWS).enumerate() {
+        let n = d.block_rows(i, &mut rows);
+        for (b, v) in vals.chunks_exact(MAX_ROWS).enumerate() {
+            for (&r, &v) in rows[..n].iter().zip(v) {
+                y[b * out + r] = v;
             }
         }
     }
-    y
 }
 
-/// Blocks `first..end` on one thread: `[end - first, batch, MAX_ROWS]` results.
+/// Blocks `first..end` on one thread: `[end - first, batch, MAX_ROWS]` results into `out`,
+/// with `work` for the tile and the accumulators.
 struct Blocks<'a, D> {
     d: &'a D,
     k: usize,
@@ -167,22 +243,23 @@ struct Blocks<'a, D> {
     batch: usize,
     first: usize,
     end: usize,
+    out: &'a mut [f32],
+    work: &'a mut [f32],
 }
 
 impl<D: Decoder> Kernel for Blocks<'_, D> {
-    type Output = Vec<f32>;
+    type Output = ();
     #[inline(always)]
-    fn run(self) -> Vec<f32> {
+    fn run(self) {
         #[cfg(target_arch = "x86_64")]
         {
             if let Some(v4) = lanes::v4::token() {
                 if self.batch == 1 && self.d.has_gemv() {
-                    let mut out = vec![0f32; (self.end - self.first) * MAX_ROWS];
-                    for (b, o) in (self.first..self.end).zip(out.chunks_exact_mut(MAX_ROWS)) {
+                    for (b, o) in (self.first..self.end).zip(self.out.chunks_exact_mut(MAX_ROWS)) {
                         let o = pulp::as_arrays_mut::<MAX_ROWS, f32>(o).0;
                         self.d.gemv_v4(v4, b, self.x, &mut o[0]);
                     }
-                    return out;
+                    return;
                 }
                 return self.blocks(V4Lanes(v4));
             }
@@ -294,30 +371,21 @@ impl Lanes for V3Lanes {
 
 impl<D: Decoder> Blocks<'_, D> {
     #[inline(always)]
-    fn blocks<V: Lanes>(self, v: V) -> Vec<f32> {
-        let Self { d, k, x, batch, first, end } = self;
+    fn blocks<V: Lanes>(self, v: V) {
+        let Self { d, k, x, batch, first, end, out, work } = self;
         let kp = padded(k);
-        let mut out = vec![0f32; (end - first) * batch * MAX_ROWS];
-        let mut tile = vec![0f32; MAX_ROWS * KT];
-        let acc_len = match D::FORM {
-            Form::Rows => batch * MAX_ROWS * L,
-            Form::Cols => batch * 2 * MAX_ROWS,
-        };
+        let (tile, acc) = work.split_at_mut(MAX_ROWS * KT);
+        let acc_len = acc_len(D::FORM, batch);
         let group = D::GROUP.max(1);
-        let mut acc = vec![0f32; acc_len * group];
-        let mut states: Vec<D::State> = (0..group).map(|_| D::State::default()).collect();
         let mut rows = [0usize; MAX_ROWS];
         let mut g0 = first;
         while g0 < end {
             let g1 = (g0 + group).min(end);
-            for (b, st) in (g0..g1).zip(states.iter_mut()) {
-                d.begin(b, st);
-            }
             acc.fill(0.0);
             for k0 in (0..k).step_by(KT) {
                 let k1 = (k0 + KT).min(k);
-                for ((b, st), acc) in (g0..g1).zip(&states).zip(acc.chunks_exact_mut(acc_len)) {
-                    d.decode(b, st, k0, k1, &mut tile);
+                for (b, acc) in (g0..g1).zip(acc.chunks_exact_mut(acc_len)) {
+                    d.decode(b, k0, k1, tile);
                     match D::FORM {
                         Form::Rows => {
                             let nrows = d.block_rows(b, &mut rows);
@@ -327,9 +395,9 @@ impl<D: Decoder> Blocks<'_, D> {
                                     tile[t * KT + k1 - k0..t * KT + w].fill(0.0);
                                 }
                             }
-                            rows_mac(v, &tile, nrows, x, kp, batch, k0, w, acc);
+                            rows_mac(v, tile, nrows, x, kp, batch, k0, w, acc);
                         }
-                        Form::Cols => cols_mac(v, &tile, x, kp, batch, k0, k1 - k0, acc),
+                        Form::Cols => cols_mac(v, tile, x, kp, batch, k0, k1 - k0, acc),
                     }
                 }
             }
@@ -355,7 +423,6 @@ impl<D: Decoder> Blocks<'_, D> {
             }
             g0 = g1;
         }
-        out
     }
 }
 

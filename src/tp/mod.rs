@@ -16,7 +16,10 @@
 //!   boundary rule).
 //! * [`split_packed_experts`], [`split_fp8_experts`], [`shard_fp8_experts`], [`ExpertMlp`]:
 //!   stacked MoE experts split per expert and sharded per rank.
+//! * [`shard_checkpoint`]: a whole checkpoint directory cut into one packed checkpoint per rank
+//!   (what `qk shard` runs).
 
+mod checkpoint;
 mod comm;
 mod heads;
 mod linear;
@@ -24,10 +27,11 @@ mod moe;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod plan;
-mod shard;
+pub(crate) mod shard;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::{DEFAULT_MAX_CHUNK, MpiComm};
+pub use checkpoint::{ShardProgress, ShardSummary, shard_checkpoint};
 pub use comm::{CHUNKED_ALL_REDUCE_MIN, Comm, LocalComm, SingleComm};
 pub use heads::{kv_head_shard, n_kv_groups};
 pub use linear::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear};

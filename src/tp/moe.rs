@@ -30,12 +30,12 @@
 //! intermediate rows `r * I / w .. (r + 1) * I / w`), down is row-parallel (split by its
 //! inputs, dim 1, the same intermediate range), so one all-reduce of each expert's (or the
 //! routed sum's) down output completes the layer. Packed shards follow
-//! [`Shard::apply_weight`]'s rules (an FP8 intermediate split must fall on scale blocks).
+//! [`QuantWeight::shard`]'s rules (an FP8 intermediate split must fall on scale blocks).
 
 use crate::elem::FloatVec;
 use crate::error::{Error, Result, expect_len};
 use crate::fp8::Fp8Layer;
-use crate::matmul::QuantWeight;
+use crate::layer::QuantWeight;
 use crate::tp::Shard;
 
 /// The sizes of one MoE layer's stacked experts.
@@ -62,14 +62,14 @@ pub struct ExpertMlp {
 
 impl ExpertMlp {
     /// Rank `rank`'s part of this expert: gate and up split by their outputs (dim 0), down by
-    /// its inputs (dim 1), through [`Shard::apply_weight`] (any scheme it supports).
+    /// its inputs (dim 1), through [`QuantWeight::shard`] (any scheme it supports).
     pub fn shard(&self, rank: usize, world_size: usize) -> Result<ExpertMlp> {
         let column = Shard::Simple { dim: 0, rank, world_size };
         let row = Shard::Simple { dim: 1, rank, world_size };
         Ok(ExpertMlp {
-            gate: column.apply_weight(&self.gate)?,
-            up: column.apply_weight(&self.up)?,
-            down: row.apply_weight(&self.down)?,
+            gate: self.gate.shard(&column)?,
+            up: self.up.shard(&column)?,
+            down: self.down.shard(&row)?,
         })
     }
 }
@@ -83,14 +83,14 @@ impl ExpertMlp {
 ///
 /// ```
 /// use quant_kernels::FloatVec;
-/// use quant_kernels::matmul::QuantWeight;
+/// use quant_kernels::QuantWeight;
 /// use quant_kernels::tp::{MoeDims, split_packed_experts};
 /// // One expert, hidden 2, intermediate 2: gate_up[h, o] = 10 h + o (o < 2 gate, else up).
 /// let gate_up = FloatVec::F32(vec![0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]);
 /// let down = FloatVec::F32(vec![0.0, 1.0, 10.0, 11.0]); // [intermediate, hidden]
 /// let dims = MoeDims { experts: 1, hidden: 2, intermediate: 2 };
 /// let e = &split_packed_experts(&gate_up, &down, dims, 1, 2)?[0]; // rank 1 of 2
-/// let dense = |w: &QuantWeight| match w { QuantWeight::Dense { w, .. } => w.to_f32(), _ => vec![] };
+/// let dense = |w: &QuantWeight| match w { QuantWeight::Dense(d) => d.w.to_f32(), _ => vec![] };
 /// assert_eq!(dense(&e.gate), [1.0, 11.0]);  // gate row 1: [1, hidden]
 /// assert_eq!(dense(&e.up), [3.0, 13.0]);
 /// assert_eq!(dense(&e.down), [10.0, 11.0]); // down column 1: [hidden, 1]
@@ -111,7 +111,7 @@ pub fn split_packed_experts(
     expect_len("down_proj", total / 2, down.len())?;
     let r = Shard::Simple { dim: 0, rank, world_size }.range(intermediate)?;
     let (i2, len) = (2 * intermediate, r.len());
-    let dense = |rows: usize, cols: usize, w: FloatVec| QuantWeight::Dense { rows, cols, w };
+    let dense = |rows: usize, cols: usize, w: FloatVec| QuantWeight::dense(rows, cols, w);
     let mut out = Vec::with_capacity(experts);
     for e in 0..experts {
         let (gu, dn) = (e * hidden * i2, e * per);

@@ -26,9 +26,11 @@ use super::{Shard, kv_head_shard, n_kv_groups};
 use crate::elem::FloatVec;
 use crate::error::{Error, Result};
 use crate::gptq::layout::codes_per_block;
+use crate::hqq::HqqWeight;
 use crate::hqq::{Axis, HqqLayout};
-use crate::matmul::{HqqWeight, QuantWeight};
+use crate::layer::QuantWeight;
 use crate::method::QuantMethod;
+use crate::scheme::QuantScheme;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -270,6 +272,7 @@ impl ShardPlan {
                     cause: Box::new(cause),
                     below: legal.iter().rev().find(|&&w| w < world_size).copied(),
                     above: legal.iter().find(|&&w| w > world_size).copied(),
+                    searched: MAX_WORLD_SEARCH,
                 })
             }
         }
@@ -300,7 +303,7 @@ impl ShardPlan {
     }
 
     /// The part of layer `name`'s weight `rank` holds, still packed: each range of the plan cut
-    /// with [`Shard::apply_weight`], the pieces of a fused layer stacked along the outputs still
+    /// with [`QuantWeight::shard`], the pieces of a fused layer stacked along the outputs still
     /// packed (as [`super::ColumnParallelLinear::new_merged`] stacks its parts; [`ShardPlan::new`]
     /// accepts fused layers of GPTQ and dense weights only). A replicated layer is returned whole.
     pub fn shard(&self, name: &str, rank: usize, w: &QuantWeight) -> Result<QuantWeight> {
@@ -311,17 +314,17 @@ impl ShardPlan {
         if plan.parallel() == Parallel::Replicated {
             return Ok(w.clone());
         }
-        let mut parts = plan.shards(rank).iter().map(|s| s.apply_weight(w)).collect::<Result<Vec<_>>>()?;
+        let mut parts = plan.shards(rank).iter().map(|s| w.shard(s)).collect::<Result<Vec<_>>>()?;
         if parts.len() == 1 {
             return Ok(parts.remove(0));
         }
-        super::linear::concat_rows(parts)
+        QuantWeight::concat(parts)
     }
 }
 
 /// Whether rank range `r` of dimension `dim` (0 = outputs, 1 = inputs) of an `[out, inp]`
 /// weight stored as `method` (`None` = dense) can be cut out still packed: the boundary rule of
-/// each scheme, the one [`Shard::apply_weight`] enforces, checked from the shape alone.
+/// each scheme, the one [`QuantWeight::shard`] enforces, checked from the shape alone.
 ///
 /// | scheme | outputs | inputs |
 /// |---|---|---|
@@ -331,7 +334,7 @@ impl ShardPlan {
 /// | FP8 block `(br, bc)` | on a block row (the end may be the last row), or inside one block | the same with block columns |
 /// | FP8 per tensor | any non-empty range (one block) | the same |
 /// | int4 | any | on a group |
-/// | HQQ | as [`Shard::apply_hqq`] decides (probed on a zero layer of this shape) | the same |
+/// | HQQ | as [`QuantWeight::shard`] decides (probed on a zero layer of this shape) | the same |
 /// | SmoothQuant | [`Error::ShardScheme`] | the same |
 ///
 /// ```
@@ -435,7 +438,7 @@ fn int4_cut(group: usize, dim: usize, r: Range<usize>) -> Result<()> {
 }
 
 /// HQQ's rule depends on the grouping period against the row length and on the width's
-/// packing, so it is asked of [`Shard::apply_hqq`] itself on a zero layer of this shape.
+/// packing, so it is asked of [`QuantWeight::shard`] itself on a zero layer of this shape.
 fn hqq_cut(
     bits: u8,
     group: usize,
@@ -450,7 +453,7 @@ fn hqq_cut(
     let packed = crate::hqq::pack_hqq(&vec![0u8; cr * cc], cr, cc, bits)?;
     let zeros = FloatVec::F32(vec![0.0; layout.groups()]);
     let w = HqqWeight { layout, packed, scales: zeros.clone(), zeros };
-    Shard::Offset { dim, offset: r.start, len: r.len() }.apply_hqq(&w).map(|_| ())
+    w.shard(&Shard::Offset { dim, offset: r.start, len: r.len() }).map(|_| ())
 }
 
 /// A failed plan: the layer and why.

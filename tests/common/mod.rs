@@ -122,7 +122,7 @@ pub fn hqq_weight(
     bits: u8,
     dtype: usize,
     rng: &mut Rng,
-) -> Option<quant_kernels::matmul::HqqWeight> {
+) -> Option<quant_kernels::hqq::HqqWeight> {
     let layout = quant_kernels::hqq::HqqLayout::new(rows, cols, g, axis).ok()?;
     let (cr, cc) = layout.code_shape();
     let codes: Vec<u8> = (0..rows * cols).map(|_| rng.below(1 << bits) as u8).collect();
@@ -130,7 +130,7 @@ pub fn hqq_weight(
     let groups = layout.groups();
     let scales = (0..groups).map(|_| rng.f32_in(-0.1, 0.1)).collect();
     let zeros = (0..groups).map(|_| rng.f32_in(0.0, (1u32 << bits) as f32)).collect();
-    Some(quant_kernels::matmul::HqqWeight {
+    Some(quant_kernels::hqq::HqqWeight {
         layout,
         packed,
         scales: float_vec(scales, dtype),

@@ -12,11 +12,11 @@ use quant_kernels::{Elem, Error, Parallelism};
 fn three_paths<S: Elem, O: Elem>(x: &Layer, l: &GptqLayout, f: ZeroFormat) {
     let s: Vec<S> = x.scales.iter().map(|&v| S::from_f32(v)).collect();
     let mut naive = vec![O::default(); l.k() * l.n()];
-    gptq::gptq_dequantize_reference_into(&x.qweight, &x.qzeros, &s, Some(&x.g_idx), l, f, &mut naive)
+    gptq::gptq_dequantize_reference_into(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), f, l, &mut naive)
         .unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
         let fast: Vec<O> =
-            gptq::gptq_dequantize(&x.qweight, &x.qzeros, &s, Some(&x.g_idx), l, f, par).unwrap();
+            gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), f, l, par).unwrap();
         let same = fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
         assert!(
             same,
@@ -93,7 +93,7 @@ fn bad_input_is_a_typed_error() {
     let x = layer(&l, false, &mut Rng(9));
     let s: Vec<f16> = x.scales.iter().map(|&v| f16::from_f32(v)).collect();
     let run = |qw: &[i32], qz: &[i32], s: &[f16], g: Option<&[i32]>| {
-        gptq::gptq_dequantize::<f16, f32>(qw, qz, s, g, &l, ZeroFormat::V1, Parallelism::Rayon).map(|_| ())
+        gptq::gptq_dequantize::<f16, f32>(qw, s, qz, g, ZeroFormat::V1, &l, Parallelism::Rayon).map(|_| ())
     };
     assert_eq!(run(&x.qweight, &x.qzeros, &s, None), Ok(()));
     assert_eq!(

@@ -62,10 +62,10 @@ fn three_paths<P: Packing, S: Elem, O: Elem>(inp: &Input<P>, layout: &HqqLayout)
     let z: Vec<S> = inp.zeros.iter().map(|&x| S::from_f32(x)).collect();
     let n = layout.numel();
     let mut naive = vec![O::default(); n];
-    hqq::dequant_reference_into::<P, S, O>(&inp.words, &s, &z, layout, &mut naive).unwrap();
+    hqq::dequantize_reference_into::<P, S, O>(&inp.words, &s, &z, layout, &mut naive).unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
         let mut fast = vec![O::default(); n];
-        hqq::dequant_into::<P, S, O>(&inp.words, &s, &z, layout, &mut fast, par).unwrap();
+        hqq::dequantize_into::<P, S, O>(&inp.words, &s, &z, layout, &mut fast, par).unwrap();
         assert!(
             bits_eq(&fast, &naive),
             "{}-bit {:?} {}x{} g{} {:?} {}->{}",
@@ -99,10 +99,11 @@ fn same_error<P: Packing>(layout: &HqqLayout, err: &Error) {
     let words = vec![P::Word::default(); r.div_ceil(P::PER_WORD) * c];
     let params = vec![0f32; layout.groups()];
     let mut out = vec![0f32; layout.numel()];
-    let e1 = hqq::dequant_reference_into::<P, f32, f32>(&words, &params, &params, layout, &mut out);
+    let e1 = hqq::dequantize_reference_into::<P, f32, f32>(&words, &params, &params, layout, &mut out);
     let e2 =
-        hqq::dequant_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Serial);
-    let e3 = hqq::dequant_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Rayon);
+        hqq::dequantize_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Serial);
+    let e3 =
+        hqq::dequantize_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Rayon);
     assert_eq!(e1.as_ref(), Err(err));
     assert_eq!(e2.as_ref(), Err(err));
     assert_eq!(e3.as_ref(), Err(err));
@@ -179,15 +180,15 @@ fn paths_equal_1bit() {
 fn bad_lengths_are_errors() {
     let layout = HqqLayout::new(8, 16, 8, Axis::Zero).unwrap(); // code [8, 16], packed 4-bit [4, 16]
     let (w, p, mut out) = (vec![0u8; 64], vec![0f32; 16], vec![0f32; 128]);
-    let ok = hqq::dequant_4bit_into(&w, &p, &p, &layout, &mut out);
+    let ok = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out);
     assert_eq!(ok, Ok(()));
-    let e = hqq::dequant_4bit_into(&w[..63], &p, &p, &layout, &mut out);
+    let e = hqq::dequantize_4bit_into(&w[..63], &p, &p, &layout, &mut out);
     assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 64, got: 63 }));
-    let e = hqq::dequant_4bit_into(&w, &p[..15], &p, &layout, &mut out);
+    let e = hqq::dequantize_4bit_into(&w, &p[..15], &p, &layout, &mut out);
     assert_eq!(e, Err(Error::LengthMismatch { what: "scales", expected: 16, got: 15 }));
-    let e = hqq::dequant_4bit_into(&w, &p, &p[..1], &layout, &mut out);
+    let e = hqq::dequantize_4bit_into(&w, &p, &p[..1], &layout, &mut out);
     assert_eq!(e, Err(Error::LengthMismatch { what: "zeros", expected: 16, got: 1 }));
-    let e = hqq::dequant_4bit_into(&w, &p, &p, &layout, &mut out[..127]);
+    let e = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out[..127]);
     assert_eq!(e, Err(Error::LengthMismatch { what: "out", expected: 128, got: 127 }));
     assert_eq!(HqqLayout::new(3, 5, 0, Axis::Zero), Err(Error::GroupSize { group: 0, len: 15 }));
     assert_eq!(HqqLayout::new(3, 5, 4, Axis::One), Err(Error::GroupSize { group: 4, len: 15 }));
@@ -197,7 +198,7 @@ fn bad_lengths_are_errors() {
     );
     assert_eq!(Axis::try_from(2), Err(Error::UnsupportedAxis(2)));
     // 3-bit: 8 code rows pad to 10, one packed row of 16 words.
-    assert!(hqq::dequant_3bit::<f32, f32>(&[0i32; 16], &p, &p, &layout).is_ok());
-    let e = hqq::dequant_3bit::<f32, f32>(&[0i32; 15], &p, &p, &layout);
+    assert!(hqq::dequantize_3bit::<f32, f32>(&[0i32; 16], &p, &p, &layout).is_ok());
+    let e = hqq::dequantize_3bit::<f32, f32>(&[0i32; 15], &p, &p, &layout);
     assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 16, got: 15 }));
 }

@@ -15,10 +15,11 @@ use half::{bf16, f16};
 use quant_kernels::awq::{AwqLayer, AwqLayout};
 use quant_kernels::fp8::{self, Fp8Format, Fp8Layer, Fp8Layout};
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
+use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqConfig, quantize_hqq};
 use quant_kernels::intx::{self, Granularity};
-use quant_kernels::matmul::{HqqWeight, QuantLinear, QuantWeight};
 use quant_kernels::{Error, FloatVec, Parallelism};
+use quant_kernels::{QuantLinear, QuantWeight};
 
 const BOUND: f64 = 1e-5;
 
@@ -240,7 +241,7 @@ fn int8_int4_and_dense() {
             );
         }
         let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-        let d = QuantWeight::Dense { rows, cols, w: FloatVec::F16(w16) };
+        let d = QuantWeight::dense(rows, cols, w16);
         check(
             &format!("dense {rows}x{cols}"),
             &QuantLinear::new(d, bias(&mut rng, rows)).unwrap(),

@@ -7,12 +7,14 @@ use crate::common;
 
 use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;
+use quant_kernels::QuantScheme;
+use quant_kernels::dense::DenseWeight;
 use quant_kernels::gptq::{GptqCheckpoint, GptqLayer, GptqLayout, ZeroFormat};
-use quant_kernels::matmul::{QuantLinear, QuantWeight};
 use quant_kernels::tp::{
     ColumnParallelLinear, Comm, LocalComm, RowParallelLinear, Shard, kv_head_shard, n_kv_groups,
 };
 use quant_kernels::{Error, FloatVec, Parallelism};
+use quant_kernels::{QuantLinear, QuantWeight};
 use std::time::Duration;
 
 fn gptq(k: usize, n: usize, bits: u8, g: i64, act: bool, rng: &mut Rng) -> GptqLayer {
@@ -31,7 +33,7 @@ fn gptq(k: usize, n: usize, bits: u8, g: i64, act: bool, rng: &mut Rng) -> GptqL
 
 /// `[out, in]` f32 of a GPTQ layer.
 fn dense(g: &GptqLayer) -> Vec<f32> {
-    g.dequantize_linear::<f32>(Parallelism::Serial).unwrap()
+    g.dequantize::<f32>(Parallelism::Serial).unwrap()
 }
 
 #[test]
@@ -47,7 +49,7 @@ fn packed_gptq_shards_equal_shards_of_the_dequantized_whole() {
                     for dim in [0usize, 1] {
                         for rank in 0..world {
                             let shard = Shard::Simple { dim, rank, world_size: world };
-                            let Ok(part) = shard.apply_gptq(&layer) else { continue };
+                            let Ok(part) = layer.shard(&shard) else { continue };
                             let (expected, _, _) = shard.apply(&whole, n, k).unwrap();
                             let got = dense(&part);
                             assert!(
@@ -70,21 +72,20 @@ fn bad_shards_are_typed_errors() {
     let layer = gptq(128, 64, 4, 32, false, &mut rng);
     // 64 outputs over 3 ranks; 128 inputs split at 48 (not a group of 32).
     assert_eq!(
-        Shard::Simple { dim: 0, rank: 0, world_size: 3 }.apply_gptq(&layer).unwrap_err(),
+        layer.shard(&Shard::Simple { dim: 0, rank: 0, world_size: 3 }).unwrap_err(),
         Error::ShardUneven { len: 64, world_size: 3 }
     );
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 48, len: 32 }.apply_gptq(&layer).unwrap_err(),
+        layer.shard(&Shard::Offset { dim: 1, offset: 48, len: 32 }).unwrap_err(),
         Error::ShardBoundary { what: "group", at: 48, multiple: 32 }
     );
     assert_eq!(
-        Shard::Offset { dim: 0, offset: 4, len: 8 }.apply_gptq(&layer).unwrap_err(),
+        layer.shard(&Shard::Offset { dim: 0, offset: 4, len: 8 }).unwrap_err(),
         Error::ShardBoundary { what: "zero-point pack word", at: 4, multiple: 8 }
     );
     // Act-order along the inputs: any word row, every group kept (tests/tp/shard.rs).
-    let act = Shard::Offset { dim: 1, offset: 8, len: 64 }
-        .apply_gptq(&gptq(128, 64, 4, 32, true, &mut rng))
-        .unwrap();
+    let act =
+        gptq(128, 64, 4, 32, true, &mut rng).shard(&Shard::Offset { dim: 1, offset: 8, len: 64 }).unwrap();
     assert_eq!((act.layout.k(), act.layout.groups()), (64, 4));
     assert_eq!(Shard::Simple { dim: 2, rank: 0, world_size: 1 }.range(4).unwrap_err(), Error::ShardDim(2));
     assert_eq!(
@@ -280,10 +281,8 @@ fn parallel_layers_equal_the_single_device_forward() {
     let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let dense_w: Vec<f32> = (0..out * inp).map(|_| rng.f32_in(-0.1, 0.1)).collect();
     let bias = FloatVec::F32((0..out).map(|i| i as f32 * 0.001).collect());
-    let weights = [
-        QuantWeight::Dense { rows: out, cols: inp, w: FloatVec::F32(dense_w) },
-        QuantWeight::Gptq(gptq(inp, out, 4, 64, false, &mut rng)),
-    ];
+    let weights =
+        [QuantWeight::dense(out, inp, dense_w), QuantWeight::Gptq(gptq(inp, out, 4, 64, false, &mut rng))];
     for w in &weights {
         let single = QuantLinear::new(w.clone(), Some(bias.clone())).unwrap();
         let want: Vec<f32> = single.forward(&x, batch, Parallelism::Serial).unwrap();
@@ -471,7 +470,7 @@ fn check_merged(
         parts.iter().enumerate().map(|(i, w)| (w, biases.map(|b| &b[i]))).collect();
     let merged = ColumnParallelLinear::new_merged(&refs, None, rank, world);
     let shard = Shard::Simple { dim: 0, rank, world_size: world };
-    if let Some(e) = parts.iter().find_map(|w| shard.apply_weight(w).err()) {
+    if let Some(e) = parts.iter().find_map(|w| w.shard(&shard).err()) {
         assert_eq!(merged.unwrap_err(), e, "{what}: rank {rank}/{world}: the part's shard error");
         return None;
     }
@@ -496,11 +495,9 @@ fn check_merged(
         got.len() == want_w.len() && got.iter().zip(&want_w).all(|(a, b)| a.to_bits() == b.to_bits()),
         "{what}: rank {rank}/{world}: the merged weight dequantizes differently"
     );
-    let dense = QuantLinear::new(
-        QuantWeight::Dense { rows, cols: inp, w: FloatVec::F32(want_w) },
-        biases.map(|_| FloatVec::F32(want_b)),
-    )
-    .unwrap();
+    let dense =
+        QuantLinear::new(QuantWeight::dense(rows, inp, want_w), biases.map(|_| FloatVec::F32(want_b)))
+            .unwrap();
     let want: Vec<f32> = dense.forward(x, batch, Parallelism::Serial).unwrap();
     let magnitude = dense.magnitude_reference(x, batch).unwrap();
     let y: Vec<f32> = merged.forward(x, batch, Parallelism::Serial).unwrap();
@@ -538,7 +535,7 @@ fn merged_column_parallel_layers_for_every_scheme() {
             let parts: Vec<QuantWeight> = [0..96, 96..144, 144..192]
                 .map(|r| {
                     QuantWeight::Hqq(
-                        Shard::Offset { dim: 0, offset: r.start, len: r.len() }.apply_hqq(&whole).unwrap(),
+                        whole.shard(&Shard::Offset { dim: 0, offset: r.start, len: r.len() }).unwrap(),
                     )
                 })
                 .into();
@@ -698,8 +695,8 @@ fn merged_column_parallel_layers_for_every_scheme() {
             "inputs",
         ),
         (
-            QuantWeight::Dense { rows: 96, cols: inp, w: FloatVec::F32(vec![0.0; 96 * inp]) },
-            QuantWeight::Dense { rows: 48, cols: 32, w: FloatVec::F32(vec![0.0; 48 * 32]) },
+            QuantWeight::dense(96, inp, vec![0.0; 96 * inp]),
+            QuantWeight::dense(48, 32, vec![0.0; 48 * 32]),
             "inputs",
         ),
     ];
@@ -715,14 +712,12 @@ fn merged_column_parallel_layers_for_every_scheme() {
 
 #[test]
 fn merged_dense_parts_keep_their_dtype() {
-    let part = |rows: usize, v: f32| QuantWeight::Dense {
-        rows,
-        cols: 4,
-        w: FloatVec::F16(vec![f16::from_f32(v); rows * 4]),
-    };
+    let part = |rows: usize, v: f32| QuantWeight::dense(rows, 4, vec![f16::from_f32(v); rows * 4]);
     let (q, k) = (part(4, 1.5), part(2, -2.0));
     let merged = ColumnParallelLinear::new_merged(&[(&q, None), (&k, None)], None, 0, 1).unwrap();
-    let QuantWeight::Dense { rows, cols, w } = merged.local().clone().into_weight() else { panic!() };
+    let QuantWeight::Dense(DenseWeight { rows, cols, w }) = merged.local().clone().into_weight() else {
+        panic!()
+    };
     assert_eq!((rows, cols), (6, 4));
     let FloatVec::F16(w) = w else { panic!("f16 parts stacked as {:?}", w.dtype()) };
     assert_eq!(w.iter().map(|x| x.to_f32()).collect::<Vec<_>>(), [[1.5; 16].as_slice(), &[-2.0; 8]].concat());

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod checkpoint;
 mod layers;
 mod plan;
 mod shard;

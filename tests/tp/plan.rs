@@ -1,7 +1,7 @@
 //! The model-level shard plan: layer classification, attention sizes from `config.json`, the
 //! ranges each rank holds (KV heads split or replicated, fused qkv / gate_up), consistency and
 //! boundary errors (typed, with the nearest legal world sizes), `check_cut` agreeing with
-//! `Shard::apply_weight` on every scheme, and `ShardPlan::shard` on a fused GPTQ layer.
+//! `QuantWeight::shard` on every scheme, and `ShardPlan::shard` on a fused GPTQ layer.
 
 // A rank's ranges are lists of ranges; one-range lists are the common case, not a typo.
 #![allow(clippy::single_range_in_vec_init)]
@@ -9,11 +9,12 @@
 use crate::common;
 
 use common::Rng;
+use quant_kernels::QuantScheme;
+use quant_kernels::QuantWeight;
 use quant_kernels::awq::{AwqLayer, AwqLayout};
 use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::intx::Int4Tensor;
-use quant_kernels::matmul::QuantWeight;
 use quant_kernels::method::QuantMethod;
 use quant_kernels::tp::{
     AttentionShape, LayerRole, MAX_WORLD_SEARCH, Parallel, PlanLayer, Shard, ShardPlan, check_cut,
@@ -48,7 +49,8 @@ fn llama(method: Option<QuantMethod>, blocks: usize) -> Vec<PlanLayer> {
 
 fn plan_err(e: Error) -> (String, usize, Error, Option<usize>, Option<usize>) {
     match e {
-        Error::ShardPlan { layer, world_size, cause, below, above } => {
+        Error::ShardPlan { layer, world_size, cause, below, above, searched } => {
+            assert_eq!(searched, quant_kernels::tp::MAX_WORLD_SEARCH);
             (layer, world_size, *cause, below, above)
         }
         other => panic!("expected Error::ShardPlan, got {other:?}"),
@@ -321,7 +323,7 @@ fn zero_weight(method: QuantMethod, out: usize, inp: usize) -> QuantWeight {
 }
 
 #[test]
-fn check_cut_agrees_with_apply_weight_for_every_scheme() {
+fn check_cut_agrees_with_shard_for_every_scheme() {
     let mut methods = Vec::new();
     for bits in [2, 3, 4, 8] {
         for group in [Some(32), Some(64), None] {
@@ -352,7 +354,7 @@ fn check_cut_agrees_with_apply_weight_for_every_scheme() {
             }
             for r in ranges {
                 let planned = check_cut(Some(&method), out, inp, dim, r.clone());
-                let applied = Shard::Offset { dim, offset: r.start, len: r.len() }.apply_weight(&w);
+                let applied = w.shard(&Shard::Offset { dim, offset: r.start, len: r.len() });
                 assert_eq!(
                     planned.is_ok(),
                     applied.is_ok(),
@@ -386,7 +388,7 @@ fn shard_of_a_fused_gptq_qkv_is_its_parts_shards_stacked() {
         g_idx: Some(l.g_idx),
         bias: Some(FloatVec::F32((0..128).map(|i| i as f32).collect())),
     };
-    let whole: Vec<f32> = qkv.dequantize_linear(Parallelism::Serial).unwrap(); // [128, 64]
+    let whole: Vec<f32> = qkv.dequantize(Parallelism::Serial).unwrap(); // [128, 64]
     let m = Some(QuantMethod::Gptq { bits: 4, group: Some(32), act_order: true });
     let layers = [
         PlanLayer { name: "b.qkv_proj".into(), out: 128, inp: 64, experts: 1, method: m },
@@ -400,7 +402,7 @@ fn shard_of_a_fused_gptq_qkv_is_its_parts_shards_stacked() {
             else {
                 panic!("not GPTQ")
             };
-            let got: Vec<f32> = s.dequantize_linear(Parallelism::Serial).unwrap();
+            let got: Vec<f32> = s.dequantize(Parallelism::Serial).unwrap();
             let ranges = &plan.layer("b.qkv_proj").unwrap().ranks[rank];
             let want: Vec<f32> =
                 ranges.iter().flat_map(|r| whole[r.start * 64..r.end * 64].to_vec()).collect();

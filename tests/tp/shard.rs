@@ -7,16 +7,18 @@ use crate::common;
 
 use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;
+use quant_kernels::QuantScheme;
 use quant_kernels::awq::{AwqLayer, AwqLayout};
+use quant_kernels::dense::DenseWeight;
 use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::Axis;
 use quant_kernels::intx::{self, Granularity};
-use quant_kernels::matmul::{QuantLinear, QuantWeight};
 use quant_kernels::tp::{
     ExpertMlp, MoeDims, Shard, shard_fp8_experts, split_fp8_experts, split_packed_experts,
 };
 use quant_kernels::{Error, FloatVec, Parallelism};
+use quant_kernels::{QuantLinear, QuantWeight};
 use std::collections::BTreeMap;
 
 const SERIAL: Parallelism = Parallelism::Serial;
@@ -24,27 +26,27 @@ const SERIAL: Parallelism = Parallelism::Serial;
 /// `[out, in]` f32 of any weight, through its scheme's own dequantizer.
 fn deq(w: &QuantWeight) -> Vec<f32> {
     match w {
-        QuantWeight::Dense { w, .. } => w.to_f32(),
+        QuantWeight::Dense(d) => d.w.to_f32(),
         QuantWeight::Hqq(h) => {
             let mut out = vec![0f32; h.layout.numel()];
             match (&h.scales, &h.zeros) {
                 (FloatVec::F32(s), FloatVec::F32(z)) => {
-                    h.packed.dequant_into(s, z, &h.layout, &mut out, SERIAL)
+                    h.packed.dequantize_into(s, z, &h.layout, &mut out, SERIAL)
                 }
                 (FloatVec::F16(s), FloatVec::F16(z)) => {
-                    h.packed.dequant_into(s, z, &h.layout, &mut out, SERIAL)
+                    h.packed.dequantize_into(s, z, &h.layout, &mut out, SERIAL)
                 }
                 (FloatVec::Bf16(s), FloatVec::Bf16(z)) => {
-                    h.packed.dequant_into(s, z, &h.layout, &mut out, SERIAL)
+                    h.packed.dequantize_into(s, z, &h.layout, &mut out, SERIAL)
                 }
                 _ => panic!("mixed HQQ dtypes in a test weight"),
             }
             .unwrap();
             out
         }
-        QuantWeight::Gptq(g) => g.dequantize_linear(SERIAL).unwrap(),
-        QuantWeight::Awq(a) => a.dequantize_linear(SERIAL).unwrap(),
-        QuantWeight::Fp8(f) => f.dequantize_linear(SERIAL).unwrap(),
+        QuantWeight::Gptq(g) => g.dequantize(SERIAL).unwrap(),
+        QuantWeight::Awq(a) => a.dequantize(SERIAL).unwrap(),
+        QuantWeight::Fp8(f) => f.dequantize(SERIAL).unwrap(),
         QuantWeight::Int8(t) => {
             let mut out = vec![0f32; t.q.len()];
             t.dequantize_into(&mut out, SERIAL).unwrap();
@@ -73,7 +75,7 @@ fn check(
     shard: Shard,
     what: &str,
 ) -> Result<(), Error> {
-    let part = shard.apply_weight(w)?;
+    let part = w.shard(&shard)?;
     let (expected, er, ec) = shard.apply(whole, rows, cols).unwrap();
     let got = deq(&part);
     assert!(same_bits(&got, &expected), "{what}: {shard:?} dequantizes differently");
@@ -184,53 +186,44 @@ fn hqq_bad_shards_are_typed_errors() {
     let w = |rows, cols, g, axis, bits, rng: &mut Rng| hqq_weight(rows, cols, g, axis, bits, 0, rng).unwrap();
     let a = w(16, 64, 32, Axis::One, 4, &mut rng);
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 16, len: 32 }.apply_hqq(&a).unwrap_err(),
+        a.shard(&Shard::Offset { dim: 1, offset: 16, len: 32 }).unwrap_err(),
         Error::ShardBoundary { what: "hqq group", at: 16, multiple: 32 }
     );
     // Groups of 64 over rows of 48 columns: 4 rows hold 3 whole groups.
     let b = w(24, 48, 64, Axis::One, 4, &mut rng);
     assert_eq!(
-        Shard::Offset { dim: 0, offset: 4, len: 6 }.apply_hqq(&b).unwrap_err(),
+        b.shard(&Shard::Offset { dim: 0, offset: 4, len: 6 }).unwrap_err(),
         Error::ShardBoundary { what: "hqq group", at: 10, multiple: 4 }
     );
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 0, len: 3 }
-            .apply_hqq(&w(8, 6, 4, Axis::One, 4, &mut rng))
-            .unwrap_err(),
+        w(8, 6, 4, Axis::One, 4, &mut rng).shard(&Shard::Offset { dim: 1, offset: 0, len: 3 }).unwrap_err(),
         Error::ShardGrouping { period: 4, cols: 6 }
     );
     let c = w(30, 20, 24, Axis::Zero, 4, &mut rng); // M = 25
     assert_eq!(
-        Shard::Simple { dim: 1, rank: 0, world_size: 2 }.apply_hqq(&c).unwrap_err(),
+        c.shard(&Shard::Simple { dim: 1, rank: 0, world_size: 2 }).unwrap_err(),
         Error::ShardGrouping { period: 25, cols: 20 }
     );
     assert_eq!(
-        Shard::Offset { dim: 0, offset: 0, len: 7 }.apply_hqq(&c).unwrap_err(),
+        c.shard(&Shard::Offset { dim: 0, offset: 0, len: 7 }).unwrap_err(),
         Error::ShardBoundary { what: "hqq code row", at: 7, multiple: 5 }
     );
     let d = w(24, 64, 48, Axis::Zero, 4, &mut rng); // M = 32 divides 64 columns
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 8, len: 32 }.apply_hqq(&d).unwrap_err(),
+        d.shard(&Shard::Offset { dim: 1, offset: 8, len: 32 }).unwrap_err(),
         Error::ShardBoundary { what: "hqq code row", at: 8, multiple: 32 }
     );
     // A shard whose code matrix does not pack at this width: 3 code rows of 4-bit.
     assert_eq!(
-        Shard::Offset { dim: 0, offset: 0, len: 3 }
-            .apply_hqq(&w(8, 64, 64, Axis::One, 4, &mut rng))
-            .unwrap_err(),
+        w(8, 64, 64, Axis::One, 4, &mut rng).shard(&Shard::Offset { dim: 0, offset: 0, len: 3 }).unwrap_err(),
         Error::PackRows { bits: 4, rows: 3, multiple: 2 }
     );
     // The 3-bit layout pads, so the same shard works there.
-    assert!(
-        Shard::Offset { dim: 0, offset: 0, len: 3 }.apply_hqq(&w(8, 64, 64, Axis::One, 3, &mut rng)).is_ok()
-    );
+    assert!(w(8, 64, 64, Axis::One, 3, &mut rng).shard(&Shard::Offset { dim: 0, offset: 0, len: 3 }).is_ok());
     // A weight whose packed words do not match its layout is a length error, not a panic.
     let mut bad = a.clone();
     bad.scales = FloatVec::F32(vec![0.0; 3]);
-    assert!(matches!(
-        Shard::full(0).apply_hqq(&bad).unwrap_err(),
-        Error::LengthMismatch { what: "scales", .. }
-    ));
+    assert!(matches!(bad.shard(&Shard::full(0)).unwrap_err(), Error::LengthMismatch { what: "scales", .. }));
 }
 
 fn gptq(k: usize, n: usize, bits: u8, g: i64, act: bool, rng: &mut Rng) -> GptqLayer {
@@ -267,7 +260,7 @@ fn gptq_shards_incl_act_order_equal_shards_of_the_dequantized_whole() {
                         Ok(()) => {
                             tally.add(key, true);
                             // A shard of a shard: act-order input shards keep every group.
-                            let part = shard.apply_gptq(&layer).unwrap();
+                            let part = layer.shard(&shard).unwrap();
                             let (sub, sr, sc) = shard.apply(&whole, n, k).unwrap();
                             let other = Shard::Simple { dim: 1 - shard.dim(), rank: 0, world_size: 2 };
                             if let Ok(()) = check(&QuantWeight::Gptq(part), &sub, sr, sc, other, &what) {
@@ -290,26 +283,26 @@ fn gptq_shards_incl_act_order_equal_shards_of_the_dequantized_whole() {
 fn gptq_act_order_input_shards_keep_every_group() {
     let mut rng = Rng(84);
     let layer = gptq(256, 64, 4, 32, true, &mut rng);
-    let part = Shard::Simple { dim: 1, rank: 1, world_size: 4 }.apply_gptq(&layer).unwrap();
+    let part = layer.shard(&Shard::Simple { dim: 1, rank: 1, world_size: 4 }).unwrap();
     assert_eq!((part.layout.k(), part.layout.groups()), (64, 8));
     assert_eq!(part.g_idx.as_deref(), Some(&layer.g_idx.as_ref().unwrap()[64..128]));
     assert_eq!((part.qzeros, part.scales), (layer.qzeros.clone(), layer.scales.clone()));
     // Still on a word row: 4-bit packs 8 inputs per word.
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 4, len: 32 }.apply_gptq(&layer).unwrap_err(),
+        layer.shard(&Shard::Offset { dim: 1, offset: 4, len: 32 }).unwrap_err(),
         Error::ShardBoundary { what: "qweight word row", at: 4, multiple: 8 }
     );
     // No act-order: groups are still required.
     let plain = gptq(256, 64, 4, 32, false, &mut rng);
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 8, len: 32 }.apply_gptq(&plain).unwrap_err(),
+        plain.shard(&Shard::Offset { dim: 1, offset: 8, len: 32 }).unwrap_err(),
         Error::ShardBoundary { what: "group", at: 8, multiple: 32 }
     );
     // A g_idx value outside the groups is refused before slicing.
     let mut bad = layer.clone();
     bad.g_idx.as_mut().unwrap()[3] = 99;
     assert!(matches!(
-        Shard::Simple { dim: 1, rank: 0, world_size: 2 }.apply_gptq(&bad).unwrap_err(),
+        bad.shard(&Shard::Simple { dim: 1, rank: 0, world_size: 2 }).unwrap_err(),
         Error::GroupIndex { index: 3, value: 99, .. }
     ));
     assert_eq!(
@@ -343,7 +336,7 @@ fn awq_shards_equal_shards_of_the_dequantized_whole() {
                 Ok(()) => {
                     tally.add(format!("dim {}", shard.dim()), true);
                     // The bias follows the outputs and is whole along the inputs.
-                    let part = shard.apply_awq(&layer).unwrap();
+                    let part = layer.shard(&shard).unwrap();
                     let bias = layer.bias.as_ref().unwrap().to_f32();
                     let want = if shard.dim() == 0 { bias[shard.range(n).unwrap()].to_vec() } else { bias };
                     assert_eq!(part.bias.unwrap().to_f32(), want);
@@ -358,11 +351,11 @@ fn awq_shards_equal_shards_of_the_dequantized_whole() {
     assert!(tally.ok("dim 0") >= 30 && tally.ok("dim 1") >= 30, "{:?}", tally.0);
     let layer = awq(128, 64, 32, &mut rng);
     assert_eq!(
-        Shard::Offset { dim: 0, offset: 4, len: 8 }.apply_awq(&layer).unwrap_err(),
+        layer.shard(&Shard::Offset { dim: 0, offset: 4, len: 8 }).unwrap_err(),
         Error::ShardBoundary { what: "awq pack word", at: 4, multiple: 8 }
     );
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 32, len: 48 }.apply_awq(&layer).unwrap_err(),
+        layer.shard(&Shard::Offset { dim: 1, offset: 32, len: 48 }).unwrap_err(),
         Error::ShardBoundary { what: "group", at: 80, multiple: 32 }
     );
 }
@@ -419,23 +412,23 @@ fn fp8_shards_equal_shards_of_the_dequantized_whole() {
     }
     let layer = fp8(300, 260, Some((128, 128)), 1, &mut rng);
     assert_eq!(
-        Shard::Simple { dim: 0, rank: 1, world_size: 2 }.apply_fp8(&layer).unwrap_err(),
+        layer.shard(&Shard::Simple { dim: 0, rank: 1, world_size: 2 }).unwrap_err(),
         Error::ShardBoundary { what: "fp8 scale block", at: 150, multiple: 128 }
     );
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 0, len: 200 }.apply_fp8(&layer).unwrap_err(),
+        layer.shard(&Shard::Offset { dim: 1, offset: 0, len: 200 }).unwrap_err(),
         Error::ShardBoundary { what: "fp8 scale block", at: 200, multiple: 128 }
     );
     // Within one block any cut keeps its scale: columns 130..228 all use block column 1.
-    assert!(Shard::Offset { dim: 1, offset: 130, len: 98 }.apply_fp8(&layer).is_ok());
+    assert!(layer.shard(&Shard::Offset { dim: 1, offset: 130, len: 98 }).is_ok());
     // The last block is partial: 256..300 ends at the end of the dim.
-    let part = Shard::Offset { dim: 0, offset: 256, len: 44 }.apply_fp8(&layer).unwrap();
+    let part = layer.shard(&Shard::Offset { dim: 0, offset: 256, len: 44 }).unwrap();
     assert_eq!((part.layout.scale_shape(), part.bias.unwrap().len()), ((1, 3), 44));
     let per_tensor =
-        Shard::Offset { dim: 1, offset: 5, len: 3 }.apply_fp8(&fp8(7, 13, None, 1, &mut rng)).unwrap();
+        fp8(7, 13, None, 1, &mut rng).shard(&Shard::Offset { dim: 1, offset: 5, len: 3 }).unwrap();
     assert_eq!(per_tensor.layout, Fp8Layout::per_tensor(7, 3).unwrap());
     assert_eq!(
-        Shard::full(0).apply_fp8(&fp8(8, 8, None, 2, &mut rng)).unwrap_err(),
+        fp8(8, 8, None, 2, &mut rng).shard(&Shard::full(0)).unwrap_err(),
         Error::StackedExperts { experts: 2 }
     );
 }
@@ -466,7 +459,7 @@ fn int8_and_int4_shards_equal_shards_of_the_dequantized_whole() {
     assert!(ran >= 150, "only {ran} shards");
     let t = intx::quantize_int4(&vec![0.5; 4 * 32], 4, 32, 8).unwrap();
     assert_eq!(
-        Shard::Offset { dim: 1, offset: 4, len: 8 }.apply_int4(&t).unwrap_err(),
+        t.shard(&Shard::Offset { dim: 1, offset: 4, len: 8 }).unwrap_err(),
         Error::ShardBoundary { what: "int4 group", at: 4, multiple: 8 }
     );
 }
@@ -524,10 +517,10 @@ fn packed_dense_experts_split_like_mistral_rs_and_shard_back_to_the_whole() {
         assert_eq!(whole.len(), experts);
         for (e, x) in whole.iter().enumerate() {
             assert!(
-                matches!(&x.gate, QuantWeight::Dense { rows, cols, w } if (*rows, *cols) == (inter, hidden) && w.dtype() == gate_up.dtype())
+                matches!(&x.gate, QuantWeight::Dense(DenseWeight { rows, cols, w }) if (*rows, *cols) == (inter, hidden) && w.dtype() == gate_up.dtype())
             );
             assert!(
-                matches!(&x.down, QuantWeight::Dense { rows, cols, .. } if (*rows, *cols) == (hidden, inter))
+                matches!(&x.down, QuantWeight::Dense(DenseWeight { rows, cols, .. }) if (*rows, *cols) == (hidden, inter))
             );
             assert_eq!(deq(&x.gate), round(&gates[e]), "expert {e} gate");
             assert_eq!(deq(&x.up), round(&ups[e]), "expert {e} up");
@@ -568,12 +561,12 @@ fn stacked_fp8_experts_split_then_dequantize_like_dequantize_then_split() {
         let down = fp8(hidden, inter, block, experts, &mut rng);
         for stacked in [&gate, &up, &down] {
             let (rows, cols) = (stacked.layout.rows(), stacked.layout.cols());
-            let all: Vec<f32> = stacked.dequantize_linear(SERIAL).unwrap();
+            let all: Vec<f32> = stacked.dequantize_experts(SERIAL).unwrap();
             let split = split_fp8_experts(stacked).unwrap();
             assert_eq!(split.len(), experts);
             for (e, one) in split.iter().enumerate() {
                 assert_eq!(one.experts, 1);
-                let got: Vec<f32> = one.dequantize_linear(SERIAL).unwrap();
+                let got: Vec<f32> = one.dequantize(SERIAL).unwrap();
                 assert!(same_bits(&got, &rows_of(&all, rows * cols, e..e + 1)), "expert {e} {block:?}");
                 let bias = stacked.bias.as_ref().unwrap().to_f32();
                 assert_eq!(one.bias.as_ref().unwrap().to_f32(), rows_of(&bias, rows, e..e + 1));

@@ -111,9 +111,9 @@ fn awq_checkpoint_matches_autoawq() {
         let l = layers.iter().find(|l| l.prefix == *prefix).unwrap();
         assert_eq!((l.out, l.inp, l.method), (*n, *k, QuantMethod::Awq { group: 64 }));
         assert_eq!(l.stored_bytes, QuantMethod::Awq { group: 64 }.layer_bytes(*n, *k).unwrap());
-        let w: Vec<f32> = awq.load(prefix).unwrap().dequantize(quant_kernels::Parallelism::Rayon).unwrap();
+        let w: Vec<f32> = awq.load(prefix).unwrap().dequantize_kn(quant_kernels::Parallelism::Rayon).unwrap();
         assert!(same(&w, want), "{prefix}");
-        let lin: Vec<f32> = model.dequantize_linear(prefix, quant_kernels::Parallelism::Rayon).unwrap();
+        let lin: Vec<f32> = model.dequantize(prefix, quant_kernels::Parallelism::Rayon).unwrap();
         assert!(same(&lin, &transpose(want, *k, *n)));
     }
     assert!(model.is_quantized_part("model.layers.0.mlp.up_proj.qzeros"));
@@ -216,7 +216,7 @@ fn fp8_per_tensor_and_errors() {
     let cfg = serde_json::json!({"quant_method": "fp8"});
     let dir = Dir::new("fp8-tensor", cfg.clone(), &per_tensor);
     let model = QuantizedModel::open(&dir.0).unwrap();
-    let w: Vec<f32> = model.dequantize_linear(p, quant_kernels::Parallelism::Rayon).unwrap();
+    let w: Vec<f32> = model.dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     assert!(w.iter().zip(&codes).all(|(x, &c)| x.to_bits() == (fmt.decode(c) * 0.5).to_bits()));
 
@@ -279,8 +279,8 @@ fn fp8_stacked_experts() {
     let mut fast = vec![half::f16::ZERO; 2 * 300 * 260];
     quant_kernels::fp8::fp8_dequantize_experts_into(
         &[codes.clone(), codes.clone()].concat(),
-        quant_kernels::fp8::Fp8Format::E4M3,
         &all,
+        quant_kernels::fp8::Fp8Format::E4M3,
         2,
         &l2,
         &mut fast,
@@ -291,8 +291,8 @@ fn fp8_stacked_experts() {
         let mut naive = vec![half::f16::ZERO; 300 * 260];
         quant_kernels::fp8::fp8_dequantize_reference_into(
             &codes,
-            quant_kernels::fp8::Fp8Format::E4M3,
             s,
+            quant_kernels::fp8::Fp8Format::E4M3,
             &l2,
             &mut naive,
         )
@@ -321,10 +321,8 @@ fn fp8_stacked_experts() {
         ),
     ];
     let dir = Dir::new("fp8-moe-tensor", serde_json::json!({"quant_method": "fp8"}), &per_tensor);
-    let w: Vec<f32> = QuantizedModel::open(&dir.0)
-        .unwrap()
-        .dequantize_linear(p, quant_kernels::Parallelism::Rayon)
-        .unwrap();
+    let w: Vec<f32> =
+        QuantizedModel::open(&dir.0).unwrap().dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     let c = &per_tensor[0].3;
     assert!(

@@ -15,9 +15,9 @@ use safetensors::SafeTensors;
 
 fn all_paths<S: Elem, O: Elem>(qw: &[i32], qz: &[i32], s: &[S], l: &AwqLayout) -> Vec<O> {
     let mut naive = vec![O::default(); l.k() * l.n()];
-    awq::awq_dequantize_reference_into(qw, qz, s, l, &mut naive).unwrap();
+    awq::awq_dequantize_reference_into(qw, s, qz, l, &mut naive).unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
-        let fast: Vec<O> = awq::awq_dequantize(qw, qz, s, l, par).unwrap();
+        let fast: Vec<O> = awq::awq_dequantize(qw, s, qz, l, par).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()));
     }
     naive
@@ -58,11 +58,11 @@ fn every_case_matches_autoawq_and_converts_losslessly() {
         let g = awq::awq_to_gptq(&qw, &qz, &l).unwrap();
         let via: Vec<f32> = gptq::gptq_dequantize(
             &g.qweight,
-            &g.qzeros,
             &scales,
+            &g.qzeros,
             None,
-            &g.layout,
             ZeroFormat::V2,
+            &g.layout,
             Parallelism::Rayon,
         )
         .unwrap();
@@ -85,9 +85,9 @@ fn gptq_to_awq_keeps_weights() {
         let s: Vec<f16> = x.scales.iter().map(|&v| f16::from_f32(v)).collect();
         for f in [ZeroFormat::V1, ZeroFormat::V2] {
             let want: Vec<f32> =
-                gptq::gptq_dequantize(&x.qweight, &x.qzeros, &s, None, &l, f, Parallelism::Serial).unwrap();
+                gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, None, f, &l, Parallelism::Serial).unwrap();
             let (qw, qz, a) = awq::gptq_to_awq(&x.qweight, &x.qzeros, &l, f).unwrap();
-            let got: Vec<f32> = awq::awq_dequantize(&qw, &qz, &s, &a, Parallelism::Serial).unwrap();
+            let got: Vec<f32> = awq::awq_dequantize(&qw, &s, &qz, &a, Parallelism::Serial).unwrap();
             assert_eq!(got, want, "K{k} N{n} {f:?}");
         }
     }
@@ -114,6 +114,6 @@ fn awq_paths_equal_and_errors_are_typed() {
     assert_eq!(AwqLayout::new(64, 12, 16), Err(Error::NotMultiple { what: "N", value: 12, multiple: 8 }));
     assert_eq!(AwqLayout::new(64, 16, 24), Err(Error::GroupSize { group: 24, len: 64 }));
     let l = AwqLayout::new(16, 16, 8).unwrap();
-    let e = awq::awq_dequantize::<f32, f32>(&[0; 31], &[0; 4], &[0.0; 32], &l, Parallelism::Serial);
+    let e = awq::awq_dequantize::<f32, f32>(&[0; 31], &[0.0; 32], &[0; 4], &l, Parallelism::Serial);
     assert_eq!(e, Err(Error::LengthMismatch { what: "qweight", expected: 32, got: 31 }));
 }

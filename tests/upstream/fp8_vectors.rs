@@ -57,9 +57,9 @@ fn decode_and_encode_match_torch() {
 
 fn all_paths<S: Elem, O: Elem>(codes: &[u8], f: Fp8Format, s: &[S], l: &Fp8Layout) -> Vec<O> {
     let mut naive = vec![O::default(); l.rows() * l.cols()];
-    fp8::fp8_dequantize_reference_into(codes, f, s, l, &mut naive).unwrap();
+    fp8::fp8_dequantize_reference_into(codes, s, f, l, &mut naive).unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
-        let fast: Vec<O> = fp8::fp8_dequantize(codes, f, s, l, par).unwrap();
+        let fast: Vec<O> = fp8::fp8_dequantize(codes, s, f, l, par).unwrap();
         assert!(
             fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
             "{par:?}"
@@ -146,9 +146,9 @@ fn paths_equal_quantize_round_trips_and_errors_are_typed() {
         }
     }
     let l = Fp8Layout::per_tensor(4, 4).unwrap();
-    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 15], Fp8Format::E4M3, &[1.0], &l, Parallelism::Serial);
+    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 15], &[1.0], Fp8Format::E4M3, &l, Parallelism::Serial);
     assert_eq!(e, Err(Error::LengthMismatch { what: "codes", expected: 16, got: 15 }));
-    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 16], Fp8Format::E4M3, &[1.0, 2.0], &l, Parallelism::Serial);
+    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 16], &[1.0, 2.0], Fp8Format::E4M3, &l, Parallelism::Serial);
     assert_eq!(e, Err(Error::LengthMismatch { what: "scales", expected: 1, got: 2 }));
     assert!(Fp8Layout::block(4, 4, 0, 1).is_err());
 }

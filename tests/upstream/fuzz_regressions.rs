@@ -25,7 +25,7 @@ fn random_bytes(rng: &mut common::Rng, min: usize, spread: u64) -> Vec<u8> {
 
 #[test]
 fn hqq_api_regressions() {
-    assert!(replay("hqq_api", quant_kernels::fuzz_checks::hqq_api) >= 4);
+    assert!(replay("hqq_api", crate::fuzz_checks::hqq_api) >= 4);
 }
 
 /// 3000 random inputs (fixed seed) through the same body: no panic anywhere.
@@ -42,7 +42,7 @@ fn hqq_api_random_inputs() {
         if rng.below(2) == 0 {
             data[5..8].fill(0); // lengths as the layout wants them
         }
-        ok += quant_kernels::fuzz_checks::hqq_api(&data) as usize;
+        ok += crate::fuzz_checks::hqq_api(&data) as usize;
     }
     // Both outcomes must be exercised: successful calls (checked against the reference) and
     // rejected ones.
@@ -51,13 +51,13 @@ fn hqq_api_random_inputs() {
 
 #[test]
 fn safetensors_header_regressions() {
-    assert!(replay("safetensors_header", quant_kernels::fuzz_checks::safetensors_header) >= 5);
+    assert!(replay("safetensors_header", crate::fuzz_checks::safetensors_header) >= 5);
     let valid = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/regressions/safetensors_header/valid_two_tensors"),
     )
     .unwrap();
-    assert!(quant_kernels::fuzz_checks::safetensors_header(&valid));
+    assert!(crate::fuzz_checks::safetensors_header(&valid));
 }
 
 /// Every fixture shard truncated at every length and with every header byte flipped: typed
@@ -67,18 +67,18 @@ fn safetensors_header_mutations_of_a_real_shard() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/gptq_checkpoints/tiny-llama-gptq-8bit-single/model.safetensors");
     let file = std::fs::read(path).unwrap();
-    assert!(quant_kernels::fuzz_checks::safetensors_header(&file));
+    assert!(crate::fuzz_checks::safetensors_header(&file));
     let header_end = 8 + u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
     let mut accepted = 0;
     for cut in (0..file.len()).step_by(97).chain(header_end - 8..header_end + 8) {
-        accepted += quant_kernels::fuzz_checks::safetensors_header(&file[..cut]) as usize;
+        accepted += crate::fuzz_checks::safetensors_header(&file[..cut]) as usize;
     }
     assert_eq!(accepted, 0, "a truncated file was accepted");
     let mut data = file.clone();
     for i in 0..header_end {
         for flip in [0x01u8, 0x80] {
             data[i] ^= flip;
-            quant_kernels::fuzz_checks::safetensors_header(&data);
+            crate::fuzz_checks::safetensors_header(&data);
             data[i] ^= flip;
         }
     }
@@ -86,7 +86,7 @@ fn safetensors_header_mutations_of_a_real_shard() {
 
 #[test]
 fn gptq_config_regressions() {
-    assert!(replay("gptq_config", quant_kernels::fuzz_checks::gptq_config) >= 5);
+    assert!(replay("gptq_config", crate::fuzz_checks::gptq_config) >= 5);
 }
 
 /// Random JSON objects built from config keys and odd values: no panic, both outcomes.
@@ -132,32 +132,31 @@ fn gptq_config_random_inputs() {
                 )
             })
             .collect();
-        ok +=
-            quant_kernels::fuzz_checks::gptq_config(format!("{{{}}}", fields.join(",")).as_bytes()) as usize;
+        ok += crate::fuzz_checks::gptq_config(format!("{{{}}}", fields.join(",")).as_bytes()) as usize;
     }
     assert!((100..1900).contains(&ok), "{ok}");
 }
 
 #[test]
 fn uqff_regressions() {
-    assert!(replay("uqff", quant_kernels::fuzz_checks::uqff) >= 4);
+    assert!(replay("uqff", crate::fuzz_checks::uqff) >= 4);
 }
 
 #[test]
 fn uqff_roundtrip_regressions_and_random_layers() {
-    replay("uqff_roundtrip", quant_kernels::fuzz_checks::uqff_roundtrip);
+    replay("uqff_roundtrip", crate::fuzz_checks::uqff_roundtrip);
     let mut rng = common::Rng(17);
     let mut built = 0;
     for _ in 0..1500 {
         let data: Vec<u8> = (0..6 + rng.below(40) as usize).map(|_| rng.below(256) as u8).collect();
-        built += quant_kernels::fuzz_checks::uqff_roundtrip(&data) as usize;
+        built += crate::fuzz_checks::uqff_roundtrip(&data) as usize;
     }
     assert!((100..1500).contains(&built), "{built} of 1500 layers built");
 }
 
 #[test]
 fn quant_config_regressions() {
-    assert!(replay("quant_config", quant_kernels::fuzz_checks::quant_config) >= 12);
+    assert!(replay("quant_config", crate::fuzz_checks::quant_config) >= 12);
 }
 
 /// Random JSON objects of every config parser's keys (at the top level and nested as
@@ -239,7 +238,7 @@ fn quant_config_random_inputs() {
                 format!("{json}, \"quantization_config\": {{{nested}}}")
             };
         }
-        let outcomes = quant_kernels::fuzz_checks::quant_config_outcomes(format!("{{{json}}}").as_bytes());
+        let outcomes = crate::fuzz_checks::quant_config_outcomes(format!("{{{json}}}").as_bytes());
         // `None`: not JSON (`1e400` is out of serde_json's range).
         for (count, outcome) in counts.iter_mut().zip(outcomes) {
             if let Some(o) = outcome {
@@ -256,7 +255,7 @@ fn quant_config_random_inputs() {
 
 #[test]
 fn safetensors_roundtrip_regressions() {
-    assert!(replay("safetensors_roundtrip", quant_kernels::fuzz_checks::safetensors_roundtrip) >= 12);
+    assert!(replay("safetensors_roundtrip", crate::fuzz_checks::safetensors_roundtrip) >= 12);
 }
 
 /// Random declarations, data and writer misuse: no panic, the writer's files read back equal,
@@ -276,7 +275,7 @@ fn safetensors_roundtrip_random_inputs() {
                 }
             }
         }
-        written += quant_kernels::fuzz_checks::safetensors_roundtrip(&data) as usize;
+        written += crate::fuzz_checks::safetensors_roundtrip(&data) as usize;
     }
     eprintln!("{written} of 1500 files written");
     assert!((300..1400).contains(&written), "{written} of 1500 files written");
@@ -284,7 +283,7 @@ fn safetensors_roundtrip_random_inputs() {
 
 #[test]
 fn checkpoint_dir_regressions() {
-    assert!(replay("checkpoint_dir", quant_kernels::fuzz_checks::checkpoint_dir) >= 15);
+    assert!(replay("checkpoint_dir", crate::fuzz_checks::checkpoint_dir) >= 15);
     for (seed, opens) in [
         ("gptq_single", true),
         ("awq_sharded", true),
@@ -295,11 +294,7 @@ fn checkpoint_dir_regressions() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/regressions/checkpoint_dir")
             .join(seed);
-        assert_eq!(
-            quant_kernels::fuzz_checks::checkpoint_dir(&std::fs::read(&path).unwrap()),
-            opens,
-            "{seed}"
-        );
+        assert_eq!(crate::fuzz_checks::checkpoint_dir(&std::fs::read(&path).unwrap()), opens, "{seed}");
     }
 }
 
@@ -328,7 +323,7 @@ fn ck_input(config: &str, quantize_config: &str, index: &str, shards: &[(&str, V
         sections.push(name.as_bytes().to_vec());
         sections.push(bytes.clone());
     }
-    sections.join(quant_kernels::fuzz_checks::CHECKPOINT_DIR_SEP)
+    sections.join(crate::fuzz_checks::CHECKPOINT_DIR_SEP)
 }
 
 /// `input` with every `from` replaced by `to` (bytes, so binary shards stay intact).
@@ -461,7 +456,7 @@ fn checkpoint_dir_random_checkpoints() {
             4 => input = replace(&input, "\"weight_block_size\": [", "\"weight_block_size\": [0, "),
             _ => {}
         }
-        opened += quant_kernels::fuzz_checks::checkpoint_dir(&input) as usize;
+        opened += crate::fuzz_checks::checkpoint_dir(&input) as usize;
     }
     eprintln!("{opened} of {runs} checkpoints opened");
     assert!((runs / 5..runs * 9 / 10).contains(&opened), "{opened} of {runs} checkpoints opened");

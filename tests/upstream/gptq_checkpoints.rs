@@ -7,6 +7,7 @@ use crate::common;
 
 use common::{Rng, gptq_layer_f32, layer};
 use half::f16;
+use quant_kernels::QuantScheme;
 use quant_kernels::elem::FloatVec;
 use quant_kernels::gptq::{
     self, GptqCheckpoint, GptqLayer, GptqLayout, ZeroFormat, concat_dequantized, fuse_columns, fuse_layers,
@@ -97,23 +98,23 @@ fn tiny_checkpoints_match_gptqmodel_fused_included() {
             let l = ck.load(prefix).unwrap();
             let w = want.get(&format!("{prefix}.weight")).unwrap();
             for par in [Parallelism::Serial, Parallelism::Rayon] {
-                assert!(bits_eq(&l.dequantize::<f32>(par).unwrap(), w), "{name} {prefix}");
+                assert!(bits_eq(&l.dequantize_kn::<f32>(par).unwrap(), w), "{name} {prefix}");
             }
             let FloatVec::F16(scales) = &l.scales else { panic!("{prefix}: scales not f16") };
             let mut naive = vec![0f32; w.len()];
             gptq::gptq_dequantize_reference_into(
                 &l.qweight,
-                &l.qzeros,
                 scales,
+                &l.qzeros,
                 l.g_idx.as_deref(),
-                &l.layout,
                 l.format,
+                &l.layout,
                 &mut naive,
             )
             .unwrap();
             assert!(bits_eq(&naive, w), "{name} {prefix} reference");
             // The nn.Linear orientation is the transpose.
-            let lin: Vec<f32> = l.dequantize_linear(Parallelism::Rayon).unwrap();
+            let lin: Vec<f32> = l.dequantize(Parallelism::Rayon).unwrap();
             let (k, n) = (l.layout.k(), l.layout.n());
             assert!((0..k * n).all(|i| lin[(i % n) * k + i / n].to_bits() == w[i].to_bits()));
             assert_eq!(l.zero_format_mismatch().unwrap(), None);
@@ -131,7 +132,7 @@ fn tiny_checkpoints_match_gptqmodel_fused_included() {
                 plan.fused
             );
             if report.fused.contains(plan) {
-                let fused = layers[&plan.fused].dequantize::<f32>(Parallelism::Rayon).unwrap();
+                let fused = layers[&plan.fused].dequantize_kn::<f32>(Parallelism::Rayon).unwrap();
                 assert!(bits_eq(&fused, w), "{name} {} packed", plan.fused);
             }
         }
@@ -179,7 +180,7 @@ fn fuse_columns_repacks_zero_points_for_every_width() {
                 assert_eq!((fused.layout.k(), fused.layout.n()), (k, n));
                 let (zr, zc) = fused.layout.qzeros_shape();
                 assert_eq!(fused.qzeros.len(), zr * zc);
-                let got: Vec<f32> = fused.dequantize(Parallelism::Serial).unwrap();
+                let got: Vec<f32> = fused.dequantize_kn(Parallelism::Serial).unwrap();
                 let want: Vec<f32> = concat_dequantized(&refs, Parallelism::Serial).unwrap();
                 assert!(bits_eq(&got, &want), "bits {bits} k {k} group {group} act {act_order}");
                 let bias: Vec<f32> = widths.iter().flat_map(|&w| (0..w).map(|i| i as f32)).collect();
@@ -400,7 +401,7 @@ fn layer_tensor_problems_are_typed_errors() {
     });
     let ck = GptqCheckpoint::open(&s.0).unwrap();
     assert!(matches!(
-        ck.load(q).unwrap().dequantize::<f32>(Parallelism::Rayon),
+        ck.load(q).unwrap().dequantize_kn::<f32>(Parallelism::Rayon),
         Err(Error::GroupIndex { .. })
     ));
 

@@ -22,9 +22,9 @@ fn all_paths<S: Elem, O: Elem>(
 ) -> Vec<O> {
     let n = l.k() * l.n();
     let mut naive = vec![O::default(); n];
-    gptq::gptq_dequantize_reference_into(qw, qz, s, g_idx, l, f, &mut naive).unwrap();
+    gptq::gptq_dequantize_reference_into(qw, s, qz, g_idx, f, l, &mut naive).unwrap();
     for par in [Parallelism::Serial, Parallelism::Rayon] {
-        let fast: Vec<O> = gptq::gptq_dequantize(qw, qz, s, g_idx, l, f, par).unwrap();
+        let fast: Vec<O> = gptq::gptq_dequantize(qw, s, qz, g_idx, f, l, par).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()));
     }
     naive
@@ -82,7 +82,7 @@ fn every_case_matches_gptqmodel() {
                     bias: None,
                 };
                 let (sorted, perm) = layer.sort_by_group().unwrap();
-                let ws: Vec<f32> = sorted.dequantize(Parallelism::Serial).unwrap();
+                let ws: Vec<f32> = sorted.dequantize_kn(Parallelism::Serial).unwrap();
                 let n = l.n();
                 for (k, &p) in perm.iter().enumerate() {
                     let row = &want32[p as usize * n..][..n];
@@ -143,11 +143,11 @@ fn zero_point_zero_edge_follows_gptqmodel() {
         let l = GptqLayout::new(64, 32, bits, 32).unwrap();
         let got: Vec<f16> = gptq::gptq_dequantize(
             &T::get(&st, "qweight").i32s(),
-            &T::get(&st, "qzeros").i32s(),
             &T::get(&st, "scales").f16s(),
+            &T::get(&st, "qzeros").i32s(),
             Some(&T::get(&st, "g_idx").i32s()),
-            &l,
             ZeroFormat::V1,
+            &l,
             Parallelism::Rayon,
         )
         .unwrap();

@@ -61,7 +61,7 @@ fn codes(q: &HqqLayer) -> Vec<u8> {
 
 fn dequant(q: &HqqLayer) -> Vec<f32> {
     let mut out = vec![0f32; q.layout.numel()];
-    q.packed.dequant_into(&q.scales, &q.zeros, &q.layout, &mut out, Parallelism::Rayon).unwrap();
+    q.packed.dequantize_into(&q.scales, &q.zeros, &q.layout, &mut out, Parallelism::Rayon).unwrap();
     out
 }
 

@@ -88,8 +88,8 @@ fn dequant_all_paths<S: Elem, O: Elem>(
     let n = layout.numel();
     let (mut serial, mut threaded, mut naive) =
         (vec![O::default(); n], vec![O::default(); n], vec![O::default(); n]);
-    packed.dequant_into(scales, zeros, layout, &mut serial, Parallelism::Serial).unwrap();
-    packed.dequant_into(scales, zeros, layout, &mut threaded, Parallelism::Rayon).unwrap();
+    packed.dequantize_into(scales, zeros, layout, &mut serial, Parallelism::Serial).unwrap();
+    packed.dequantize_into(scales, zeros, layout, &mut threaded, Parallelism::Rayon).unwrap();
     match &packed.words {
         PackedWords::U8(w) => match packed.bits {
             Bits::B8 => reference::<B8, S, O>(w, scales, zeros, layout, &mut naive),
@@ -106,7 +106,7 @@ fn dequant_all_paths<S: Elem, O: Elem>(
 }
 
 fn reference<P: Packing, S: Elem, O: Elem>(w: &[P::Word], s: &[S], z: &[S], l: &HqqLayout, out: &mut [O]) {
-    hqq::dequant_reference_into::<P, S, O>(w, s, z, l, out).unwrap();
+    hqq::dequantize_reference_into::<P, S, O>(w, s, z, l, out).unwrap();
 }
 
 /// Every `Quantizer.quantize` case: our packing of hqq's codes equals hqq's W_q, our unpacking of

@@ -15,3 +15,7 @@ mod gptq_vectors;
 mod hqq_quantize;
 mod hqq_vectors;
 mod uqff;
+
+/// The fuzz targets' bodies (shared with `fuzz/`), replayed on the committed inputs.
+#[path = "../../fuzz/checks.rs"]
+mod fuzz_checks;

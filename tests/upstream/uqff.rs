@@ -9,7 +9,7 @@ use common::T;
 use half::{bf16, f16};
 use quant_kernels::hqq::{self, Axis, HqqConfig};
 use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
-use quant_kernels::{DType, Error, FloatVec, Parallelism};
+use quant_kernels::{Error, FloatType, FloatVec, Parallelism};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
@@ -21,14 +21,14 @@ fn files(version: &str) -> Vec<PathBuf> {
 }
 
 /// Case name -> (bits, params dtype, bias, 48x128 shape).
-fn parse_case(name: &str) -> (u8, DType, bool, bool) {
+fn parse_case(name: &str) -> (u8, FloatType, bool, bool) {
     let bits = name[3..4].parse().unwrap();
     let dtype = if name.contains("_bf16") {
-        DType::Bf16
+        FloatType::Bf16
     } else if name.contains("_f16") {
-        DType::F16
+        FloatType::F16
     } else {
-        DType::F32
+        FloatType::F32
     };
     (bits, dtype, name.contains("_bias"), name.contains("48x128"))
 }
@@ -47,9 +47,9 @@ fn our_layer(name: &str) -> UqffHqqLayer {
     let q = hqq::quantize_hqq(&input.f32s(), rows, cols, &config).unwrap();
     let b: Vec<f32> = (0..rows).map(|i| (i as f32 - 64.0) * 0.01).collect();
     let bias = bias.then(|| match dtype {
-        DType::F32 => FloatVec::F32(b.clone()),
-        DType::F16 => FloatVec::F16(b.iter().map(|&x| f16::from_f32(x)).collect()),
-        DType::Bf16 => FloatVec::Bf16(b.iter().map(|&x| bf16::from_f32(x)).collect()),
+        FloatType::F32 => FloatVec::F32(b.clone()),
+        FloatType::F16 => FloatVec::F16(b.iter().map(|&x| f16::from_f32(x)).collect()),
+        FloatType::Bf16 => FloatVec::Bf16(b.iter().map(|&x| bf16::from_f32(x)).collect()),
     });
     UqffHqqLayer::from_quantized(&q, &config, dtype, bias).unwrap()
 }
@@ -71,7 +71,7 @@ fn legacy_blobs_round_trip_and_match_our_quantizer() {
             (layer.config.bits, layer.config.optimization_steps, layer.bias.is_some()),
             (bits, Some(10), bias)
         );
-        if dtype == DType::F32 && !bias {
+        if dtype == FloatType::F32 && !bias {
             // f32: the dequantized weight is mistral.rs's bit for bit (3-bit: mistral.rs's own
             // CPU dequant fails; ours drops the padding rows).
             let bytes = common::fixture(&format!("uqff/{name}.safetensors"));
@@ -184,7 +184,7 @@ fn hostile_bytes_never_panic() {
     for path in files("legacy-v0.2.0").iter().chain(&files("v1.2.0")) {
         let bytes = std::fs::read(path).unwrap();
         for cut in 0..bytes.len() {
-            quant_kernels::fuzz_checks::uqff(&bytes[..cut]);
+            crate::fuzz_checks::uqff(&bytes[..cut]);
         }
         let header = if path.to_string_lossy().contains("legacy") {
             bytes.len()
@@ -195,10 +195,10 @@ fn hostile_bytes_never_panic() {
         for i in 0..header {
             for flip in [0x01u8, 0x80, 0xff] {
                 b[i] ^= flip;
-                quant_kernels::fuzz_checks::uqff(&b);
+                crate::fuzz_checks::uqff(&b);
                 b[i] ^= flip;
             }
         }
-        assert!(quant_kernels::fuzz_checks::uqff(&bytes), "{}", path.display());
+        assert!(crate::fuzz_checks::uqff(&bytes), "{}", path.display());
     }
 }

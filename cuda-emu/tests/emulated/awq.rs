@@ -20,7 +20,7 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, g: usize) {
     let s: Vec<T> =
         (0..l.groups() * n).map(|_| <T as Elem>::from_f32((next() % 1000) as f32 * 1e-4 - 0.05)).collect();
     let mut want = vec![<T as Elem>::from_f32(0.0); k * n];
-    awq::awq_dequantize_reference_into(&qw, &qz, &s, &l, &mut want).unwrap();
+    awq::awq_dequantize_reference_into(&qw, &s, &qz, &l, &mut want).unwrap();
     for (grid, block) in LAUNCHES_2D {
         let got = awq_dequant(&qw, &qz, &s, k, n, g, grid, block);
         let same = got.iter().zip(&want).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());

@@ -26,7 +26,7 @@ fn hqq_case<T: Elem + EmuElem>(rows: usize, cols: usize, g: usize) {
     let z: Vec<T> = (0..l.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(0.0, 15.0))).collect();
     let x: Vec<f32> = (0..cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; rows * cols];
-    hqq::dequant_reference_into::<B4, T, f32>(&words, &s, &z, &l, &mut w).unwrap();
+    hqq::dequantize_reference_into::<B4, T, f32>(&words, &s, &z, &l, &mut w).unwrap();
     for (grid, block) in LAUNCHES_2D {
         let y = hqq_gemv_4b(&words, &s, &z, &x, rows, cols, g, grid, block);
         close(&y, &w, &x, rows, cols, false, &format!("hqq {rows}x{cols} g{g} {} {grid}x{block}", T::DTYPE));
@@ -49,7 +49,7 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
     }
     let x: Vec<f32> = (0..k).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let mut w = vec![0f32; k * n];
-    gptq::gptq_dequantize_reference_into(&qweight, &qzeros, &s, Some(&g_idx), &l, f, &mut w).unwrap();
+    gptq::gptq_dequantize_reference_into(&qweight, &s, &qzeros, Some(&g_idx), f, &l, &mut w).unwrap();
     let fmt = if f == ZeroFormat::V1 { 0 } else { 1 };
     for slice_rows in [8, k.min(64), k.min(128)] {
         for (grid, block) in LAUNCHES_2D {

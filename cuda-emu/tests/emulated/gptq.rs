@@ -23,7 +23,7 @@ fn case<T: Elem + EmuElem>(k: usize, n: usize, bits: u8, g: i64, act: bool, f: Z
         }
     }
     let mut want = vec![T::from_f32(0.0); k * n];
-    gptq::gptq_dequantize_reference_into(&qweight, &qzeros, &scales, Some(&g_idx), &l, f, &mut want).unwrap();
+    gptq::gptq_dequantize_reference_into(&qweight, &scales, &qzeros, Some(&g_idx), f, &l, &mut want).unwrap();
     let format = if f == ZeroFormat::V1 { 0 } else { 1 };
     for (grid, block) in LAUNCHES_2D {
         let got = gptq_dequant(bits, &qweight, &qzeros, &scales, &g_idx, k, n, format, grid, block);

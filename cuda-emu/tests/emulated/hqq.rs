@@ -20,7 +20,7 @@ fn case<P: Packing, T: Elem + EmuElem>(rows: usize, cols: usize, g: usize, axis:
     let s: Vec<T> = (0..layout.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(-0.1, 0.1))).collect();
     let z: Vec<T> = (0..layout.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(0.0, 16.0))).collect();
     let mut want = vec![<T as Elem>::from_f32(0.0); layout.numel()];
-    hqq::dequant_reference_into::<P, T, T>(&words, &s, &z, &layout, &mut want).unwrap();
+    hqq::dequantize_reference_into::<P, T, T>(&words, &s, &z, &layout, &mut want).unwrap();
     let shape = HqqShape {
         rows: cr,
         cols: pc,

@@ -106,7 +106,14 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     for (axis, variant) in [(Axis::Zero, "g64_axis0"), (Axis::One, "g64_axis1")] {
         let l = HqqLayout::new(rows, cols, g, axis)?;
         let time = timed(runs, || {
-            hqq::dequant_into::<quant_kernels::B4, f16, f16>(&hw, &hp, &hp, &l, &mut out, Parallelism::Rayon)
+            hqq::dequantize_into::<quant_kernels::B4, f16, f16>(
+                &hw,
+                &hp,
+                &hp,
+                &l,
+                &mut out,
+                Parallelism::Rayon,
+            )
         })?;
         records.push(dequant_record("hqq", variant, 4, n, n / 2 + 4 * (n / g) + 2 * n, time));
     }
@@ -123,7 +130,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     for (g_idx, variant) in [(&plain, "g128"), (&act, "g128_act_order")] {
         let time = timed(runs, || {
             let f = ZeroFormat::V1;
-            gptq::gptq_dequantize_into(&qw, &qz, &sc, Some(g_idx), &gl, f, &mut out, Parallelism::Rayon)
+            gptq::gptq_dequantize_into(&qw, &sc, &qz, Some(g_idx), f, &gl, &mut out, Parallelism::Rayon)
         })?;
         let bytes = 4 * (qw.len() + qz.len() + rows) + 2 * sc.len() + 2 * n;
         records.push(dequant_record("gptq", variant, 4, n, bytes, time));
@@ -133,14 +140,14 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let al = AwqLayout::new(rows, cols, 128)?;
     let (aw, az) = (words(n / 8, 3), words(al.groups() * cols / 8, 5));
     let asc: Vec<f16> = (0..al.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
-    let time = timed(runs, || awq::awq_dequantize_into(&aw, &az, &asc, &al, &mut out, Parallelism::Rayon))?;
+    let time = timed(runs, || awq::awq_dequantize_into(&aw, &asc, &az, &al, &mut out, Parallelism::Rayon))?;
     let bytes = 4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * n;
     records.push(dequant_record("awq", "g128", 4, n, bytes, time));
     let fl = Fp8Layout::block(rows, cols, 128, 128)?;
     let codes: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761) as u8 & 0x7e).collect();
     let fs: Vec<f32> = (0..32 * 32).map(|i| 1e-3 * (i % 31) as f32).collect();
     let time = timed(runs, || {
-        fp8::fp8_dequantize_into(&codes, Fp8Format::E4M3, &fs, &fl, &mut out, Parallelism::Rayon)
+        fp8::fp8_dequantize_into(&codes, &fs, Fp8Format::E4M3, &fl, &mut out, Parallelism::Rayon)
     })?;
     records.push(dequant_record("fp8", "e4m3_block128", 8, n, n + 4 * fs.len() + 2 * n, time));
 
@@ -150,7 +157,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let mut y = vec![0f32; rows];
     let hl = HqqLayout::new(rows, cols, g, Axis::Zero)?;
     let (cr, cc) = hl.code_shape();
-    let hqq_weight = quant_kernels::matmul::HqqWeight {
+    let hqq_weight = quant_kernels::hqq::HqqWeight {
         layout: hl,
         packed: hqq::Packed {
             bits: quant_kernels::Bits::B4,
@@ -170,7 +177,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
         g_idx: None,
         bias: None,
     };
-    use quant_kernels::matmul::{QuantLinear, QuantWeight};
+    use quant_kernels::{QuantLinear, QuantWeight};
     for (layer, scheme, variant) in [
         (QuantLinear::new(QuantWeight::Hqq(hqq_weight), None)?, "hqq", "g64_axis0"),
         (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),

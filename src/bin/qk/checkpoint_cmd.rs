@@ -7,7 +7,7 @@ use quant_kernels::gptq::plan_fusion;
 use quant_kernels::io::safetensors::LeElem;
 use quant_kernels::io::{Dtype, SafetensorsWriter};
 use quant_kernels::model::{LayerSummary, QuantizedModel};
-use quant_kernels::{DType, Error, Parallelism};
+use quant_kernels::{Error, FloatType, Parallelism};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -122,11 +122,11 @@ enum Source {
     Bias(Vec<String>),
 }
 
-fn io_dtype(d: DType) -> Dtype {
+fn io_dtype(d: FloatType) -> Dtype {
     match d {
-        DType::F32 => Dtype::F32,
-        DType::F16 => Dtype::F16,
-        DType::Bf16 => Dtype::Bf16,
+        FloatType::F32 => Dtype::F32,
+        FloatType::F16 => Dtype::F16,
+        FloatType::Bf16 => Dtype::Bf16,
     }
 }
 
@@ -138,7 +138,7 @@ fn write_linear(
     name: &str,
     model: &QuantizedModel,
     layer: &LayerSummary,
-    dtype: DType,
+    dtype: FloatType,
 ) -> Result<(), Error> {
     fn go<O: quant_kernels::Elem + LeElem>(
         writer: &mut SafetensorsWriter,
@@ -168,9 +168,9 @@ fn write_linear(
         Ok(())
     }
     match dtype {
-        DType::F32 => go::<f32>(writer, name, model, layer),
-        DType::F16 => go::<f16>(writer, name, model, layer),
-        DType::Bf16 => go::<bf16>(writer, name, model, layer),
+        FloatType::F32 => go::<f32>(writer, name, model, layer),
+        FloatType::F16 => go::<f16>(writer, name, model, layer),
+        FloatType::Bf16 => go::<bf16>(writer, name, model, layer),
     }
 }
 

@@ -65,7 +65,7 @@ pub fn run() -> Result<(), CliError> {
         let scale = le_f32(get(&format!("{case}.scale"))?.data());
         let zero = le_f32(get(&format!("{case}.zero"))?.data());
         let mut ours = vec![0f32; layout.numel()];
-        packed.dequant_into(&scale, &zero, &layout, &mut ours, Parallelism::Rayon)?;
+        packed.dequantize_into(&scale, &zero, &layout, &mut ours, Parallelism::Rayon)?;
         let hqq_deq = le_f32(get(&format!("{case}.deq"))?.data());
         let w = le_f32(get(weight)?.data());
         let max_diff = ours.iter().zip(&hqq_deq).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -110,11 +110,11 @@ fn other_schemes() -> Result<(), CliError> {
     for (zeros, format, label) in [("qzeros", ZeroFormat::V1, "v1"), ("qzeros_v2", ZeroFormat::V2, "v2")] {
         let w: Vec<f32> = gptq::gptq_dequantize(
             &qw,
-            &le_i32(&tensor(&st, zeros)?),
             &scales,
+            &le_i32(&tensor(&st, zeros)?),
             Some(&g_idx),
-            &l,
             format,
+            &l,
             Parallelism::Rayon,
         )?;
         out!(
@@ -128,8 +128,8 @@ fn other_schemes() -> Result<(), CliError> {
     let l = AwqLayout::new(128, 64, 64)?;
     let w: Vec<f32> = awq::awq_dequantize(
         &le_i32(&tensor(&st, "qweight")?),
-        &le_i32(&tensor(&st, "qzeros")?),
         &le_f16(&tensor(&st, "scales")?),
+        &le_i32(&tensor(&st, "qzeros")?),
         &l,
         Parallelism::Rayon,
     )?;
@@ -139,8 +139,8 @@ fn other_schemes() -> Result<(), CliError> {
     let l = Fp8Layout::block(300, 260, 128, 128)?;
     let w: Vec<f32> = fp8::fp8_dequantize(
         &tensor(&st, "block.weight_u8")?,
-        Fp8Format::E4M3,
         &le_f32(&tensor(&st, "block.weight_scale_inv")?),
+        Fp8Format::E4M3,
         &l,
         Parallelism::Rayon,
     )?;
@@ -156,7 +156,7 @@ fn other_schemes() -> Result<(), CliError> {
 /// and read back both UQFF revisions, report the error; then time a 4096x4096 quantization.
 fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
     use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
-    use quant_kernels::{DType, hqq::HqqConfig};
+    use quant_kernels::{FloatType, hqq::HqqConfig};
     let w = le_f32(st.tensor("W.128x64").map_err(|e| CliError::Data(e.to_string()))?.data());
     out!("\nHQQ quantize (proximal optimizer, 10 steps, group 64, axis 0) -> UQFF -> dequantize, 128x64:");
     out!(
@@ -171,7 +171,7 @@ fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
     for bits in [8u8, 4, 3, 2, 1] {
         let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(bits, 64, Axis::Zero) };
         let q = hqq::quantize_hqq(&w, 128, 64, &config)?;
-        let layer = UqffHqqLayer::from_quantized(&q, &config, DType::F32, None)?;
+        let layer = UqffHqqLayer::from_quantized(&q, &config, FloatType::F32, None)?;
         let v1 = uqff::write_v1(&[("demo".to_string(), layer.clone())], Extension::Allow)?;
         let v0 = uqff::write_legacy_file(std::slice::from_ref(&layer), None)?;
         let back1 = uqff::read_v1(&v1, Extension::Allow)?;
@@ -183,7 +183,13 @@ fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
         let err = deq.iter().zip(&w).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / w.len() as f64;
         let plain = hqq::quantize_hqq(&w, 128, 64, &HqqConfig::new(bits, 64, Axis::Zero))?;
         let mut pd = vec![0f32; w.len()];
-        plain.packed.dequant_into(&plain.scales, &plain.zeros, &plain.layout, &mut pd, Parallelism::Rayon)?;
+        plain.packed.dequantize_into(
+            &plain.scales,
+            &plain.zeros,
+            &plain.layout,
+            &mut pd,
+            Parallelism::Rayon,
+        )?;
         let perr = pd.iter().zip(&w).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / w.len() as f64;
         out!("{bits:<6} {:>6} {:>12} {:>12} {err:>14.6e} {perr:>14.6e}", q.steps_run, v1.len(), v0.len());
     }
@@ -232,7 +238,7 @@ fn throughput() -> Result<(), CliError> {
         let layout = HqqLayout::new(rows, cols, g, axis)?;
         for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
             let t = crate::bench_cmd::timed(10, || {
-                hqq::dequant_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par)
+                hqq::dequantize_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par)
             })?;
             let gbps = bytes / t.as_secs_f64() / 1e9;
             let name = format!("axis {} {label}", if axis == Axis::Zero { 0 } else { 1 });
@@ -244,7 +250,8 @@ fn throughput() -> Result<(), CliError> {
         }
     }
     // The fused multiply straight from the same packed weight: y = x · Wᵀ, batch 1.
-    use quant_kernels::matmul::{HqqWeight, QuantLinear, QuantWeight};
+    use quant_kernels::hqq::HqqWeight;
+    use quant_kernels::{QuantLinear, QuantWeight};
     let layout = HqqLayout::new(rows, cols, g, Axis::Zero)?;
     let (cr, cc) = layout.code_shape();
     let weight = HqqWeight {

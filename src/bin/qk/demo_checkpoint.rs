@@ -89,7 +89,7 @@ fn demo_table(name: &str, dir: &Path, expected: &[u8]) -> Result<(), CliError> {
     let mut rows = Vec::new();
     for (prefix, layer) in &layers {
         let t = Instant::now();
-        let w: Vec<f32> = layer.dequantize(Parallelism::Rayon)?;
+        let w: Vec<f32> = layer.dequantize_kn(Parallelism::Rayon)?;
         let how = if report.fused.iter().any(|p| &p.fused == prefix) { "fused packed" } else { "" };
         rows.push((prefix.clone(), layer.layout.k(), layer.layout.n(), how, w, t.elapsed()));
     }

@@ -35,7 +35,7 @@ mod shard_cmd;
 mod uqff_cmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use quant_kernels::DType;
+use quant_kernels::FloatType;
 use quant_kernels::hqq::{Axis, HqqConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,7 +64,7 @@ pub struct DequantizeArgs {
     /// The safetensors file to write.
     pub out: PathBuf,
     /// Element type of the dequantized weights.
-    pub dtype: DType,
+    pub dtype: FloatType,
     /// Write q/k/v as `qkv_proj` and gate/up as `gate_up_proj` (checkpoints only).
     pub fuse: bool,
 }
@@ -243,9 +243,9 @@ struct BenchCli {
 impl From<DequantizeCli> for DequantizeArgs {
     fn from(a: DequantizeCli) -> Self {
         let dtype = match a.dtype {
-            OutDtype::F32 => DType::F32,
-            OutDtype::F16 => DType::F16,
-            OutDtype::Bf16 => DType::Bf16,
+            OutDtype::F32 => FloatType::F32,
+            OutDtype::F16 => FloatType::F16,
+            OutDtype::Bf16 => FloatType::Bf16,
         };
         DequantizeArgs { dir: a.path, out: a.out, dtype, fuse: a.fuse }
     }

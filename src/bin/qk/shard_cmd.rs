@@ -1,23 +1,9 @@
-//! `qk shard DIR --world-size N --out OUT`: one checkpoint directory per rank, still packed.
-//!
-//! The plan ([`ShardPlan`]) is built and checked from the config and the tensor headers before
-//! anything is written. Each rank's directory has the same file layout as the input (one
-//! `model.safetensors`, or the same shard files and a `model.safetensors.index.json`), the
-//! same `config.json` (the whole model's sizes: a loader divides them by the world size) and
-//! quantization config. A layer's tensors go to the file that held its `qweight` / `weight`.
+//! `qk shard DIR --world-size N --out OUT`: one checkpoint directory per rank, still packed
+//! ([`quant_kernels::tp::shard_checkpoint`]), with a progress bar.
 
 use crate::CliError;
-use quant_kernels::io::checkpoint::INDEX_FILE;
-use quant_kernels::io::safetensors::to_le_bytes;
-use quant_kernels::io::{Checkpoint, Dtype, SafetensorsWriter};
-use quant_kernels::matmul::QuantWeight;
-use quant_kernels::method::QuantMethod;
-use quant_kernels::model::QuantizedModel;
-use quant_kernels::tp::{AttentionShape, LayerRole, Parallel, PlanLayer, ShardPlan};
-use quant_kernels::{DType, Error, FloatVec};
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use quant_kernels::tp::{ShardProgress, shard_checkpoint};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Options of `qk shard`.
@@ -27,410 +13,35 @@ pub struct ShardArgs {
     pub out: PathBuf,
 }
 
-/// Files besides the weights that a rank directory gets a copy of, when the input has them.
-const COPIED: &[&str] = &[
-    "config.json",
-    "quantize_config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-];
-
-/// One output tensor: name, dtype, shape, bytes.
-type Tensor = (String, Dtype, Vec<usize>, Vec<u8>);
-
-/// One header entry: name, dtype, shape.
-type Decl = (String, Dtype, Vec<usize>);
-
-/// What a group of output tensors is made from.
-enum Unit {
-    /// A quantized layer (all its stored tensors and its bias).
-    Layer(String),
-    /// A dense `<prefix>.weight` (and `<prefix>.bias`) the plan splits.
-    Dense(String),
-    /// A tensor copied as it is.
-    Plain(String),
-}
-
-impl Unit {
-    /// The layer prefix or tensor name (for the progress bar).
-    fn name(&self) -> &str {
-        match self {
-            Unit::Layer(p) | Unit::Dense(p) | Unit::Plain(p) => p,
-        }
-    }
-}
-
-fn io_error(path: &Path, e: &std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() }
-}
-
-fn float_tensor(name: String, v: &FloatVec, shape: Vec<usize>) -> Tensor {
-    let dtype = match v.dtype() {
-        DType::F32 => Dtype::F32,
-        DType::F16 => Dtype::F16,
-        DType::Bf16 => Dtype::Bf16,
-    };
-    let bytes = match v {
-        FloatVec::F32(x) => to_le_bytes(x),
-        FloatVec::F16(x) => to_le_bytes(x),
-        FloatVec::Bf16(x) => to_le_bytes(x),
-    };
-    (name, dtype, shape, bytes)
-}
-
-/// The stored tensors of a (sharded) quantized layer, named as the input checkpoint names them.
-fn layer_tensors(model: &QuantizedModel, prefix: &str, w: QuantWeight) -> Result<Vec<Tensor>, Error> {
-    let name = |part: &str| format!("{prefix}.{part}");
-    let mut out = Vec::new();
-    match w {
-        QuantWeight::Gptq(g) => {
-            let l = g.layout;
-            let (qr, qc) = l.qweight_shape();
-            let (zr, zc) = l.qzeros_shape();
-            if let Some(b) = &g.bias {
-                out.push(float_tensor(name("bias"), b, vec![l.n()]));
-            }
-            if let Some(gi) = &g.g_idx {
-                out.push((name("g_idx"), Dtype::I32, vec![l.k()], to_le_bytes(gi)));
-            }
-            out.push((name("qweight"), Dtype::I32, vec![qr, qc], to_le_bytes(&g.qweight)));
-            out.push((name("qzeros"), Dtype::I32, vec![zr, zc], to_le_bytes(&g.qzeros)));
-            out.push(float_tensor(name("scales"), &g.scales, vec![l.groups(), l.n()]));
-        }
-        QuantWeight::Awq(a) => {
-            let l = a.layout;
-            if let Some(b) = &a.bias {
-                out.push(float_tensor(name("bias"), b, vec![l.n()]));
-            }
-            out.push((name("qweight"), Dtype::I32, vec![l.k(), l.packed_cols()], to_le_bytes(&a.qweight)));
-            out.push((name("qzeros"), Dtype::I32, vec![l.groups(), l.packed_cols()], to_le_bytes(&a.qzeros)));
-            out.push(float_tensor(name("scales"), &a.scales, vec![l.groups(), l.n()]));
-        }
-        QuantWeight::Fp8(f) => {
-            let QuantizedModel::Fp8(c) = model else { return Err(Error::ShardScheme("fp8")) };
-            let info = c.layers().get(prefix).ok_or_else(|| Error::MissingTensors(vec![name("weight")]))?;
-            let l = f.layout;
-            if let Some(b) = &f.bias {
-                out.push(float_tensor(name("bias"), b, vec![l.rows()]));
-            }
-            let dtype = c.checkpoint().info(&name("weight")).map_or(Dtype::F8E4M3, |i| i.dtype);
-            out.push((name("weight"), dtype, vec![l.rows(), l.cols()], f.codes));
-            let (suffix, _) = info.scale;
-            let shape = match c.config().block {
-                Some(_) => {
-                    let (sr, sc) = l.scale_shape();
-                    vec![sr, sc]
-                }
-                // Per tensor: the input's own shape for its one scale (`[]` or `[1]`).
-                None => c.checkpoint().info(&name(suffix)).map_or(vec![1], |i| i.shape.clone()),
-            };
-            out.push(float_tensor(name(suffix), &f.scales, shape));
-        }
-        other => return Err(Error::ShardScheme(other.scheme())),
-    }
-    Ok(out)
-}
-
-/// Whether a GPTQ layer's stored `g_idx` permutes its inputs (act-order in fact, not just in
-/// the config): that decides whether a cut of its inputs must fall on a group.
-fn gptq_act_order(ck: &Checkpoint, prefix: &str, method: QuantMethod) -> Result<QuantMethod, Error> {
-    let QuantMethod::Gptq { bits, group, .. } = method else { return Ok(method) };
-    let name = format!("{prefix}.g_idx");
-    let act_order = match ck.info(&name) {
-        None => false,
-        Some(_) => {
-            let g: Vec<i32> = ck.read_as(&name)?;
-            let gs = group.unwrap_or(g.len()).max(1);
-            g.iter().enumerate().any(|(i, &v)| usize::try_from(v).ok() != Some(i / gs))
-        }
-    };
-    Ok(QuantMethod::Gptq { bits, group, act_order })
-}
-
-/// Rows or columns `ranges` (concatenated) of a row-major `[rows, cols]` tensor of
-/// `esize`-byte elements.
-fn slice_bytes(
-    bytes: &[u8],
-    rows: usize,
-    cols: usize,
-    esize: usize,
-    dim: usize,
-    ranges: &[Range<usize>],
-) -> Vec<u8> {
-    let row_bytes = cols * esize;
-    if dim == 0 {
-        ranges.iter().flat_map(|r| &bytes[r.start * row_bytes..r.end * row_bytes]).copied().collect()
-    } else {
-        let mut out = Vec::new();
-        for row in bytes.chunks_exact(row_bytes.max(1)).take(rows) {
-            for r in ranges {
-                out.extend_from_slice(&row[r.start * esize..r.end * esize]);
-            }
-        }
-        out
-    }
-}
-
-/// A unit's output tensors.
-enum Tensors {
-    /// The same for every rank (held once).
-    Same(Vec<Tensor>),
-    /// One list per rank.
-    PerRank(Vec<Vec<Tensor>>),
-}
-
-impl Tensors {
-    fn rank(&self, r: usize) -> &[Tensor] {
-        match self {
-            Tensors::Same(t) => t,
-            Tensors::PerRank(t) => t.get(r).map_or(&[], |t| &t[..]),
-        }
-    }
-}
-
-struct Job<'a> {
-    model: &'a QuantizedModel,
-    plan: &'a ShardPlan,
-}
-
-impl Job<'_> {
-    /// One unit's header entries for every rank (a plain tensor's from its header alone).
-    fn decls(&self, unit: &Unit) -> Result<Vec<Vec<Decl>>, Error> {
-        let world = self.plan.world_size();
-        if let Unit::Plain(name) = unit {
-            let info = self
-                .model
-                .checkpoint()
-                .info(name)
-                .ok_or_else(|| Error::MissingTensors(vec![name.clone()]))?;
-            return Ok(vec![vec![(name.clone(), info.dtype, info.shape.clone())]; world]);
-        }
-        let tensors = self.unit(unit)?;
-        let decl = |r: usize| tensors.rank(r).iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
-        Ok((0..world).map(decl).collect())
-    }
-
-    /// One unit's tensors for every rank (the layer is read once).
-    fn unit(&self, unit: &Unit) -> Result<Tensors, Error> {
-        let raw = self.model.checkpoint();
-        let world = self.plan.world_size();
-        match unit {
-            Unit::Plain(name) => {
-                let info = raw.info(name).ok_or_else(|| Error::MissingTensors(vec![name.clone()]))?;
-                let bytes = raw.read(name)?;
-                Ok(Tensors::Same(vec![(name.clone(), info.dtype, info.shape.clone(), bytes)]))
-            }
-            Unit::Layer(prefix) => {
-                let w = match self.model {
-                    QuantizedModel::Gptq(c) => QuantWeight::Gptq(c.load(prefix)?),
-                    QuantizedModel::Awq(c) => QuantWeight::Awq(c.load(prefix)?),
-                    QuantizedModel::Fp8(c) => QuantWeight::Fp8(c.load(prefix)?),
-                };
-                let ranks =
-                    (0..world).map(|r| layer_tensors(self.model, prefix, self.plan.shard(prefix, r, &w)?));
-                Ok(Tensors::PerRank(ranks.collect::<Result<_, Error>>()?))
-            }
-            Unit::Dense(prefix) => {
-                let lp =
-                    self.plan.layer(prefix).ok_or_else(|| Error::MissingTensors(vec![prefix.clone()]))?;
-                let dim = lp.parallel().dim().unwrap_or(0);
-                let wname = format!("{prefix}.weight");
-                let info = raw.info(&wname).ok_or_else(|| Error::MissingTensors(vec![wname.clone()]))?;
-                let (rows, cols) = (info.shape[0], info.shape[1]);
-                let (wbytes, esize) = (raw.read(&wname)?, info.dtype.size());
-                let bname = format!("{prefix}.bias");
-                let bias = match raw.info(&bname) {
-                    Some(b) => Some((b.clone(), raw.read(&bname)?)),
-                    None => None,
-                };
-                let mut ranks = Vec::with_capacity(world);
-                for ranges in &lp.ranks {
-                    let n: usize = ranges.iter().map(Range::len).sum();
-                    let shape = if dim == 0 { vec![n, cols] } else { vec![rows, n] };
-                    let mut t = Vec::new();
-                    if let Some((b, bytes)) = &bias {
-                        t.push(if dim == 0 {
-                            let sliced = slice_bytes(bytes, b.shape[0], 1, b.dtype.size(), 0, ranges);
-                            (bname.clone(), b.dtype, vec![n], sliced)
-                        } else {
-                            (bname.clone(), b.dtype, b.shape.clone(), bytes.clone())
-                        });
-                    }
-                    let w = slice_bytes(&wbytes, rows, cols, esize, dim, ranges);
-                    t.push((wname.clone(), info.dtype, shape, w));
-                    ranks.push(t);
-                }
-                Ok(Tensors::PerRank(ranks))
-            }
-        }
-    }
-}
-
 /// `qk shard DIR --world-size N --out OUT`.
 pub fn shard(args: &ShardArgs) -> Result<(), CliError> {
     let start = Instant::now();
-    let model = QuantizedModel::open(&args.dir)?;
-    let raw = model.checkpoint();
-    let config_path = args.dir.join("config.json");
-    let attention = match std::fs::read(&config_path) {
-        Ok(bytes) => {
-            let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
-                path: config_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            AttentionShape::from_config(&config)?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_error(&config_path, &e).into()),
-    };
-
-    // The plan's layers: every quantized layer, and the dense projections it splits.
-    let summaries = model.layers();
-    let mut layers = Vec::new();
-    let mut units: BTreeMap<String, Vec<Unit>> = BTreeMap::new(); // file -> units
-    let mut claimed = BTreeSet::new();
-    // A tensor's file, relative to DIR (as the index names it).
-    let file_of = |tensor: &str| -> Result<String, Error> {
-        let path = raw.shard_of(tensor).ok_or_else(|| Error::MissingTensors(vec![tensor.to_string()]))?;
-        let rel = path.strip_prefix(&args.dir).ok().or_else(|| path.file_name().map(Path::new));
-        Ok(rel.map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
-    };
-    let fp8 = matches!(model, QuantizedModel::Fp8(_));
-    let parts: &[&str] = if fp8 {
-        &["weight", "weight_scale_inv", "weight_scale", "bias"]
-    } else {
-        &["qweight", "qzeros", "scales", "g_idx", "bias"]
-    };
-    for l in &summaries {
-        layers.push(PlanLayer {
-            name: l.prefix.clone(),
-            out: l.out,
-            inp: l.inp,
-            experts: l.experts,
-            method: Some(gptq_act_order(raw, &l.prefix, l.method)?),
-        });
-        // A replicated layer's tensors are copied as they are (below).
-        if LayerRole::of(&l.prefix).parallel() != Parallel::Replicated {
-            let primary = format!("{}.{}", l.prefix, parts[0]);
-            units.entry(file_of(&primary)?).or_default().push(Unit::Layer(l.prefix.clone()));
-            claimed.extend(parts.iter().map(|p| format!("{}.{p}", l.prefix)));
-        }
-    }
-    for name in raw.tensor_names() {
-        if model.is_quantized_part(name) || claimed.contains(name) {
-            continue;
-        }
-        let dense = name
-            .strip_suffix(".weight")
-            .filter(|p| LayerRole::of(p).parallel() != Parallel::Replicated)
-            .zip(raw.info(name))
-            .filter(|(_, i)| i.shape.len() == 2);
-        if let Some((prefix, info)) = dense {
-            layers.push(PlanLayer {
-                name: prefix.to_string(),
-                out: info.shape[0],
-                inp: info.shape[1],
-                experts: 1,
-                method: None,
-            });
-            units.entry(file_of(name)?).or_default().push(Unit::Dense(prefix.to_string()));
-            claimed.insert(format!("{prefix}.bias"));
-            claimed.insert(name.to_string());
-        }
-    }
-    for name in raw.tensor_names() {
-        if !claimed.contains(name) {
-            units.entry(file_of(name)?).or_default().push(Unit::Plain(name.to_string()));
-        }
-    }
-    // Every check happens here, before anything is written.
-    let plan = ShardPlan::new(attention, &layers, args.world_size)?;
-
-    let job = Job { model: &model, plan: &plan };
-    let world = args.world_size;
-    let indexed = args.dir.join(INDEX_FILE).is_file();
-    let rank_dirs: Vec<PathBuf> = (0..world).map(|r| args.out.join(format!("rank-{r}-of-{world}"))).collect();
-    for d in &rank_dirs {
-        std::fs::create_dir_all(d).map_err(|e| io_error(d, &e))?;
-        for f in COPIED {
-            let from = args.dir.join(f);
-            if from.is_file() {
-                std::fs::copy(&from, d.join(f)).map_err(|e| io_error(&d.join(f), &e))?;
+    let mut bar = None;
+    let s = shard_checkpoint(&args.dir, args.world_size, &args.out, &mut |p| match p {
+        ShardProgress::Start { steps } => bar = Some(crate::progress::bar(steps, "steps")),
+        ShardProgress::Headers { unit, ranks } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("{unit}: headers"));
+                b.inc(ranks as u64);
             }
         }
-    }
-    let mut weight_maps: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); world];
-    let mut total_sizes = vec![0usize; world];
-    // A step per unit and rank in each pass: headers (all ranks of a unit at once), then bytes.
-    let unit_count: usize = units.values().map(Vec::len).sum();
-    let bar = crate::progress::bar(2 * unit_count * world, "steps");
-    for (file, file_units) in &units {
-        // Pass 1: every rank's header (names, dtypes, shapes), one layer in memory at a time.
-        let mut decls: Vec<Vec<Decl>> = vec![Vec::new(); world];
-        for u in file_units {
-            bar.set_message(format!("{}: headers", u.name()));
-            for (r, tensors) in job.decls(u)?.into_iter().enumerate() {
-                for (name, dtype, shape) in tensors {
-                    total_sizes[r] += shape.iter().product::<usize>() * dtype.size();
-                    weight_maps[r].insert(name.clone(), file.clone());
-                    decls[r].push((name, dtype, shape));
-                }
-            }
-            bar.inc(world as u64);
-        }
-        // Pass 2: the bytes, in the declared order, into every rank's file.
-        let mut writers = Vec::with_capacity(world);
-        for (r, d) in rank_dirs.iter().enumerate() {
-            let meta = BTreeMap::from([
-                ("format".to_string(), "pt".to_string()),
-                ("tp_rank".to_string(), r.to_string()),
-                ("tp_world_size".to_string(), world.to_string()),
-            ]);
-            let path = d.join(file);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
-            }
-            writers.push(SafetensorsWriter::create(&path, &decls[r], &meta)?);
-        }
-        for u in file_units {
-            let tensors = job.unit(u)?;
-            for (r, writer) in writers.iter_mut().enumerate() {
-                bar.set_message(format!("{}: rank {r} of {world}", u.name()));
-                for (name, _, _, bytes) in tensors.rank(r) {
-                    writer.write(name, bytes)?;
-                }
-                bar.inc(1);
+        ShardProgress::Written { unit, rank } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("{unit}: rank {rank} of {}", args.world_size));
+                b.inc(1);
             }
         }
-        for w in writers {
-            w.finish()?;
-        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
-    if indexed {
-        for (r, d) in rank_dirs.iter().enumerate() {
-            let index = serde_json::json!({
-                "metadata": {"total_size": total_sizes[r]},
-                "weight_map": weight_maps[r],
-            });
-            let path = d.join(INDEX_FILE);
-            let text = serde_json::to_string_pretty(&index).unwrap_or_default();
-            std::fs::write(&path, text).map_err(|e| io_error(&path, &e))?;
-        }
-    }
-    bar.finish_and_clear();
-    let count = |p: Parallel| plan.layers().values().filter(|l| l.parallel() == p).count();
     out!(
         "wrote {} ranks under {}: {} column-parallel and {} row-parallel layers split, {} replicated; {:.2} s",
-        world,
+        s.world_size,
         args.out.display(),
-        count(Parallel::Column),
-        count(Parallel::Row),
-        count(Parallel::Replicated),
+        s.column,
+        s.row,
+        s.replicated,
         start.elapsed().as_secs_f64()
     );
     Ok(())

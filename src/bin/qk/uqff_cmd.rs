@@ -6,7 +6,7 @@ use quant_kernels::hqq::{self, HqqConfig};
 use quant_kernels::io::safetensors::to_le_bytes;
 use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
 use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
-use quant_kernels::{DType, Error, FloatVec};
+use quant_kernels::{Error, FloatType, FloatVec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -77,7 +77,10 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
                 .into());
             }
         };
-        layers.push((prefix.to_string(), UqffHqqLayer::from_quantized(&q, &args.config, DType::F32, bias)?));
+        layers.push((
+            prefix.to_string(),
+            UqffHqqLayer::from_quantized(&q, &args.config, FloatType::F32, bias)?,
+        ));
         weights += rows * cols;
         bar.inc(1);
     }
@@ -148,9 +151,9 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     let bytes = std::fs::read(&args.dir).map_err(|e| io_error(&args.dir, e))?;
     let layers = read_any(&bytes)?;
     let dtype = match args.dtype {
-        DType::F32 => Dtype::F32,
-        DType::F16 => Dtype::F16,
-        DType::Bf16 => Dtype::Bf16,
+        FloatType::F32 => Dtype::F32,
+        FloatType::F16 => Dtype::F16,
+        FloatType::Bf16 => Dtype::Bf16,
     };
     let mut decl = Vec::new();
     for (name, l) in &layers {
@@ -166,9 +169,9 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     for (name, l) in &layers {
         bar.set_message(name.clone());
         let data = match args.dtype {
-            DType::F32 => to_le_bytes(&l.dequantize::<f32>(par)?),
-            DType::F16 => to_le_bytes(&l.dequantize::<f16>(par)?),
-            DType::Bf16 => to_le_bytes(&l.dequantize::<bf16>(par)?),
+            FloatType::F32 => to_le_bytes(&l.dequantize::<f32>(par)?),
+            FloatType::F16 => to_le_bytes(&l.dequantize::<f16>(par)?),
+            FloatType::Bf16 => to_le_bytes(&l.dequantize::<bf16>(par)?),
         };
         w.write(name, &data)?;
         if let Some(b) = &l.bias {

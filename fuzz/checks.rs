@@ -1,9 +1,14 @@
-//! Bodies of the cargo-fuzz targets in `fuzz/`, kept in the library so a plain `cargo test`
-//! replays the committed inputs in `fuzz/regressions/` (no libFuzzer needed). Not public API.
+//! Bodies of the cargo-fuzz targets, over the library's public API only. Each target includes
+//! this file (`#[path = "../checks.rs"] mod checks;`), and so does the library's test suite
+//! (`tests/upstream/main.rs`), which replays the committed inputs in `fuzz/regressions/`
+//! without libFuzzer.
 
-use crate::hqq::{self, Axis, HqqLayout, Packed, PackedWords};
-use crate::{B1, B2, B3, B4, B8, Bits, Parallelism};
+// Each includer uses some of the checks.
+#![allow(dead_code)]
+
 use half::f16;
+use quant_kernels::hqq::{self, Axis, HqqLayout, Packed, PackedWords};
+use quant_kernels::{B1, B2, B3, B4, B8, Bits, Parallelism};
 
 /// The HQQ API boundary on arbitrary shapes, widths and (mis)matched lengths: every call must
 /// return `Ok` or a typed `Err`, never panic; when it returns `Ok`, the fast paths must equal
@@ -46,7 +51,7 @@ pub fn hqq_api(data: &[u8]) -> bool {
                 4 => check::<B4>(&w, &params, &layout, &mut out, &mut reference),
                 2 => check::<B2>(&w, &params, &layout, &mut out, &mut reference),
                 1 => check::<B1>(&w, &params, &layout, &mut out, &mut reference),
-                _ => Err(crate::Error::UnsupportedBits(*bits)),
+                _ => Err(quant_kernels::Error::UnsupportedBits(*bits)),
             }
         }
     };
@@ -61,15 +66,15 @@ pub fn hqq_api(data: &[u8]) -> bool {
     r.is_ok()
 }
 
-fn check<P: crate::Packing>(
+fn check<P: quant_kernels::Packing>(
     words: &[P::Word],
     params: &[f16],
     layout: &HqqLayout,
     out: &mut [f32],
     reference: &mut [f32],
-) -> crate::Result<()> {
-    let fast = hqq::dequant_into::<P, f16, f32>(words, params, params, layout, out, Parallelism::Rayon);
-    let naive = hqq::dequant_reference_into::<P, f16, f32>(words, params, params, layout, reference);
+) -> quant_kernels::Result<()> {
+    let fast = hqq::dequantize_into::<P, f16, f32>(words, params, params, layout, out, Parallelism::Rayon);
+    let naive = hqq::dequantize_reference_into::<P, f16, f32>(words, params, params, layout, reference);
     assert_eq!(fast, naive, "fast and reference paths validate differently");
     if fast.is_ok() {
         let same = out.iter().zip(reference.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -86,7 +91,7 @@ pub fn safetensors_header(data: &[u8]) -> bool {
     let Some((len, rest)) = data.split_first_chunk::<8>() else { return false };
     let n = u64::from_le_bytes(*len);
     let Some(header) = usize::try_from(n).ok().and_then(|n| rest.get(..n)) else { return false };
-    match crate::io::safetensors::parse_header("fuzz", header, data.len() as u64) {
+    match quant_kernels::io::safetensors::parse_header("fuzz", header, data.len() as u64) {
         Ok((tensors, _)) => {
             for info in tensors.values() {
                 let end = info.offset + info.len as u64;
@@ -96,24 +101,24 @@ pub fn safetensors_header(data: &[u8]) -> bool {
             true
         }
         Err(e) => {
-            assert!(matches!(e, crate::Error::Safetensors { .. }));
+            assert!(matches!(e, quant_kernels::Error::Safetensors { .. }));
             false
         }
     }
 }
 
 /// A quantization config of arbitrary bytes: JSON that does not parse is skipped; any JSON
-/// value must give a config or a typed [`crate::Error::Config`], never a panic; an accepted
+/// value must give a config or a typed [`quant_kernels::Error::Config`], never a panic; an accepted
 /// config has a supported width and group size. Returns whether it was accepted.
 pub fn gptq_config(data: &[u8]) -> bool {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return false };
-    match crate::gptq::GptqConfig::from_json(&value) {
+    match quant_kernels::gptq::GptqConfig::from_json(&value) {
         Ok(c) => {
             assert!(matches!(c.bits, 2 | 3 | 4 | 8) && (c.group_size == -1 || c.group_size > 0));
             true
         }
         Err(e) => {
-            assert!(matches!(e, crate::Error::Config { .. }));
+            assert!(matches!(e, quant_kernels::Error::Config { .. }));
             false
         }
     }
@@ -124,7 +129,7 @@ pub fn gptq_config(data: &[u8]) -> bool {
 /// back to the same bytes after the version word (the writer always writes 0.2.0) and
 /// dequantizes. Returns whether any reader accepted it.
 pub fn uqff(data: &[u8]) -> bool {
-    use crate::io::uqff::{self, Extension};
+    use quant_kernels::io::uqff::{self, Extension};
     let mut accepted = false;
     if let Ok(layer) = uqff::read_legacy(data) {
         let written = uqff::write_legacy(&layer).expect("an accepted layer writes");
@@ -149,8 +154,8 @@ pub fn uqff(data: &[u8]) -> bool {
 /// written as a 0.2.0 blob, a 0.2.0 file and a 1.2.0 file, and each reads back equal. Returns
 /// whether a layer was built (shapes the quantizer refuses give typed errors, skipped).
 pub fn uqff_roundtrip(data: &[u8]) -> bool {
-    use crate::hqq::{Axis, HqqConfig};
-    use crate::io::uqff::{self, Extension, UqffHqqLayer};
+    use quant_kernels::hqq::{Axis, HqqConfig};
+    use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
     let [bits, rows, cols, group, flags, steps, rest @ ..] = data else { return false };
     let bits = [1u8, 2, 3, 4, 8][*bits as usize % 5];
     let (rows, cols) = (1 + *rows as usize % 24, 1 + *cols as usize % 24);
@@ -164,9 +169,12 @@ pub fn uqff_roundtrip(data: &[u8]) -> bool {
     };
     let byte = |i: usize| rest.get(i % rest.len().max(1)).copied().unwrap_or(0);
     let w: Vec<f32> = (0..rows * cols).map(|i| (byte(i) as f32 - 128.0) / 64.0).collect();
-    let Ok(q) = crate::hqq::quantize_hqq(&w, rows, cols, &config) else { return false };
-    let dtype = [crate::DType::F32, crate::DType::F16, crate::DType::Bf16][(flags >> 3) as usize % 3];
-    let bias = (flags & 0x40 != 0).then(|| crate::FloatVec::F32((0..rows).map(|i| i as f32 * 0.5).collect()));
+    let Ok(q) = quant_kernels::hqq::quantize_hqq(&w, rows, cols, &config) else { return false };
+    let dtype =
+        [quant_kernels::FloatType::F32, quant_kernels::FloatType::F16, quant_kernels::FloatType::Bf16]
+            [(flags >> 3) as usize % 3];
+    let bias = (flags & 0x40 != 0)
+        .then(|| quant_kernels::FloatVec::F32((0..rows).map(|i| i as f32 * 0.5).collect()));
     let layer = UqffHqqLayer::from_quantized(&q, &config, dtype, bias).expect("a quantized layer converts");
     let blob = uqff::write_legacy(&layer).expect("a valid layer writes");
     assert_eq!(uqff::read_legacy(&blob).expect("own blob reads"), layer);
@@ -187,9 +195,9 @@ pub type ConfigOutcomes = [Option<bool>; 4];
 /// Every quantization/model config parser on one JSON value of arbitrary bytes (see
 /// [`quant_config`]); the per-parser outcomes, so tests can see each one both accept and refuse.
 pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
-    use crate::Error;
-    use crate::fp8::Fp8Format;
-    use crate::method::QuantMethod;
+    use quant_kernels::Error;
+    use quant_kernels::fp8::Fp8Format;
+    use quant_kernels::method::QuantMethod;
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return [None; 4] };
     let config_error = |e: &Error| assert!(matches!(e, Error::Config { .. }), "untyped config error: {e}");
     // An accepted scheme's method validates and sizes a small layer without panicking.
@@ -200,7 +208,7 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
     };
     let mut out = [Some(false); 4];
     for v in std::iter::once(&value).chain(value.get("quantization_config")) {
-        match crate::awq::AwqConfig::from_json(v) {
+        match quant_kernels::awq::AwqConfig::from_json(v) {
             Ok(c) => {
                 assert!(c.group_size > 0 && c.group_size <= i64::MAX as usize, "AWQ group {}", c.group_size);
                 method_ok(QuantMethod::Awq { group: c.group_size });
@@ -208,7 +216,7 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
             }
             Err(e) => config_error(&e),
         }
-        match crate::fp8::Fp8Config::from_json(v) {
+        match quant_kernels::fp8::Fp8Config::from_json(v) {
             Ok(c) => {
                 assert!(c.block.is_none_or(|(r, c)| r > 0 && c > 0), "FP8 block {:?}", c.block);
                 for format in [Fp8Format::E4M3, Fp8Format::E5M2] {
@@ -218,7 +226,7 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
             }
             Err(e) => config_error(&e),
         }
-        match crate::gptq::GptqConfig::from_json(v) {
+        match quant_kernels::gptq::GptqConfig::from_json(v) {
             Ok(c) => {
                 assert!(matches!(c.bits, 2 | 3 | 4 | 8) && (c.group_size == -1 || c.group_size > 0));
                 let group = usize::try_from(c.group_size).ok();
@@ -229,7 +237,7 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
         }
     }
     let positive = |field: &str| value.get(field).and_then(|v| v.as_u64()).filter(|&n| n > 0);
-    match crate::tp::AttentionShape::from_config(&value) {
+    match quant_kernels::tp::AttentionShape::from_config(&value) {
         Ok(Some(a)) => {
             assert!(a.heads > 0 && a.kv_heads > 0 && a.head_dim > 0, "{a:?}");
             assert_eq!(Some(a.heads as u64), positive("num_attention_heads"));
@@ -252,7 +260,7 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
 /// validates. (`method.rs` has no parser of its own: a `QuantMethod` is built in code.)
 /// Returns whether any parser accepted it.
 ///
-/// [`QuantMethod`]: crate::method::QuantMethod
+/// [`QuantMethod`]: quant_kernels::method::QuantMethod
 pub fn quant_config(data: &[u8]) -> bool {
     quant_config_outcomes(data).contains(&Some(true))
 }
@@ -279,16 +287,16 @@ impl Drop for TempPath {
 }
 
 /// The 15 safetensors dtypes, in the order [`safetensors_roundtrip`] picks them by a byte.
-const DTYPES: [crate::io::Dtype; 15] = {
-    use crate::io::Dtype::*;
+const DTYPES: [quant_kernels::io::Dtype; 15] = {
+    use quant_kernels::io::Dtype::*;
     [Bool, U8, I8, F8E4M3, F8E5M2, I16, U16, F16, Bf16, I32, U32, F32, I64, U64, F64]
 };
 
-/// Serializer round trip of [`crate::io::SafetensorsWriter`]: up to 5 tensors (name, dtype,
+/// Serializer round trip of [`quant_kernels::io::SafetensorsWriter`]: up to 5 tensors (name, dtype,
 /// shape of up to 3 dims of 0..5, data) and up to 3 metadata strings built from the input are
 /// written (whole or in parts, with writer misuse mixed in: wrong byte counts, an undeclared
 /// name, the wrong order, finishing early, writing past the end), and read back with
-/// [`crate::io::SafetensorsFile::open`] (and the `safetensors` crate): names, dtypes, shapes,
+/// [`quant_kernels::io::SafetensorsFile::open`] (and the `safetensors` crate): names, dtypes, shapes,
 /// bytes and metadata equal. Misuse is a typed error that leaves the stream intact; declaring a
 /// name twice or the name `__metadata__` is refused by `create`. Returns whether a file was
 /// written.
@@ -296,8 +304,8 @@ const DTYPES: [crate::io::Dtype; 15] = {
 /// Input: `count, flags`, then per tensor `name length (% 16), name bytes, dtype, ndim, dims`,
 /// then per metadata entry `key length, key, value length, value`; the rest is tensor data.
 pub fn safetensors_roundtrip(data: &[u8]) -> bool {
-    use crate::Error;
-    use crate::io::{SafetensorsFile, SafetensorsWriter};
+    use quant_kernels::Error;
+    use quant_kernels::io::{SafetensorsFile, SafetensorsWriter};
     use std::collections::BTreeMap;
     let [count, flags, rest @ ..] = data else { return false };
     let mut at = 0;
@@ -355,7 +363,7 @@ pub fn safetensors_roundtrip(data: &[u8]) -> bool {
     };
     let misuse = flags & 7;
     let victim = (*flags as usize >> 3) % tensors.len().max(1);
-    let err = |r: crate::Result<()>, what: &str| match r {
+    let err = |r: quant_kernels::Result<()>, what: &str| match r {
         Err(Error::LengthMismatch { .. } | Error::MissingTensors(_)) => {}
         other => panic!("writer misuse ({what}) gave {other:?}"),
     };
@@ -465,8 +473,8 @@ fn place(root: &std::path::Path, ck: &std::path::Path, name: &str) -> Option<std
     (out.starts_with(root) && out != root && out != ck).then_some(out)
 }
 
-/// A whole checkpoint directory built from the input, opened by [`crate::io::Checkpoint::open`]
-/// and the model-level loaders ([`crate::model::QuantizedModel::open`], and each scheme's loader
+/// A whole checkpoint directory built from the input, opened by [`quant_kernels::io::Checkpoint::open`]
+/// and the model-level loaders ([`quant_kernels::model::QuantizedModel::open`], and each scheme's loader
 /// whatever `quant_method` says), every layer read and dequantized when it opens (layers over
 /// 2^20 elements are skipped). Never a panic; an index that names a file with `..`, an absolute
 /// path or an empty name is refused, and every shard an opened index names resolves inside the
@@ -481,10 +489,10 @@ fn place(root: &std::path::Path, ck: &std::path::Path, name: &str) -> Option<std
 /// that would leave it is not written; the input bounds what is written), removed afterwards.
 /// Returns whether the model-level loader opened it.
 pub fn checkpoint_dir(data: &[u8]) -> bool {
-    use crate::Error;
-    use crate::io::Checkpoint;
-    use crate::io::checkpoint::INDEX_FILE;
-    use crate::model::QuantizedModel;
+    use quant_kernels::Error;
+    use quant_kernels::io::Checkpoint;
+    use quant_kernels::io::checkpoint::INDEX_FILE;
+    use quant_kernels::model::QuantizedModel;
     use std::path::Component;
 
     let tmp = TempPath::new("ckdir");
@@ -556,7 +564,7 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
                         ck.display()
                     );
                 } else {
-                    assert_eq!(shard, ck.join(crate::io::checkpoint::SINGLE_FILE));
+                    assert_eq!(shard, ck.join(quant_kernels::io::checkpoint::SINGLE_FILE));
                 }
                 let info = c.info(name).expect("a listed tensor has an entry").clone();
                 if info.len <= 1 << 20 {
@@ -588,9 +596,11 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
     // Every scheme's loader, whatever `quant_method` says, then every layer it finds.
     let mut models: Vec<QuantizedModel> = model.into_iter().collect();
     if let Some(c) = &opened {
-        models.extend(crate::gptq::GptqCheckpoint::from_checkpoint(c.clone()).map(QuantizedModel::Gptq));
-        models.extend(crate::awq::AwqCheckpoint::from_checkpoint(c.clone()).map(QuantizedModel::Awq));
-        models.extend(crate::fp8::Fp8Checkpoint::from_checkpoint(c.clone()).map(QuantizedModel::Fp8));
+        models.extend(
+            quant_kernels::gptq::GptqCheckpoint::from_checkpoint(c.clone()).map(QuantizedModel::Gptq),
+        );
+        models.extend(quant_kernels::awq::AwqCheckpoint::from_checkpoint(c.clone()).map(QuantizedModel::Awq));
+        models.extend(quant_kernels::fp8::Fp8Checkpoint::from_checkpoint(c.clone()).map(QuantizedModel::Fp8));
     }
     for m in &models {
         for layer in m.layers() {
@@ -604,7 +614,7 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
             if let QuantizedModel::Gptq(g) = m {
                 let _ = g.zero_format_mismatch(&layer.prefix);
             }
-            if let Ok(w) = m.dequantize_linear::<f32>(&layer.prefix, Parallelism::Serial) {
+            if let Ok(w) = m.dequantize::<f32>(&layer.prefix, Parallelism::Serial) {
                 assert_eq!(w.len(), numel, "{}", layer.prefix);
             }
         }

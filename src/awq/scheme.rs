@@ -1,0 +1,115 @@
+//! The [`QuantScheme`] implementation of [`AwqLayer`]: shape `[N, K]` as `nn.Linear` sees it,
+//! stored `[K, N / 8]`.
+
+use super::{AwqLayer, AwqLayout};
+use crate::elem::{Elem, FloatVec};
+use crate::error::{Error, Result, expect_len};
+use crate::par::Parallelism;
+use crate::scheme::{QuantScheme, agree, bias_range, concat_bias};
+use crate::tp::Shard;
+use crate::tp::shard::{column_range, on};
+
+impl QuantScheme for AwqLayer {
+    const NAME: &'static str = "awq";
+
+    fn shape(&self) -> (usize, usize) {
+        (self.layout.n(), self.layout.k())
+    }
+
+    /// Every length and the bias.
+    fn validate(&self) -> Result<()> {
+        let l = &self.layout;
+        crate::with_float_vec!(&self.scales, s => super::check(l, &self.qweight, &self.qzeros, s, l.k() * l.n()))?;
+        if let Some(b) = &self.bias {
+            expect_len("bias", l.n(), b.len())?;
+        }
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> usize {
+        4 * (self.qweight.len() + self.qzeros.len()) + self.scales.len() * self.scales.dtype().size()
+    }
+
+    /// `[N, K]`: the layer's `[K, N]` dequantization ([`AwqLayer::dequantize_kn`]) transposed.
+    fn dequantize_into<O: Elem>(&self, out: &mut [O], par: Parallelism) -> Result<()> {
+        let (k, n) = (self.layout.k(), self.layout.n());
+        expect_len("out", k * n, out.len())?;
+        let kn = self.dequantize_kn::<O>(par)?;
+        out.copy_from_slice(&crate::par::transpose(&kn, k, n, par));
+        Ok(())
+    }
+
+    fn dequantize_reference_into(&self, out: &mut [f32]) -> Result<()> {
+        let (l, k, n) = (&self.layout, self.layout.k(), self.layout.n());
+        expect_len("out", k * n, out.len())?;
+        let mut kn = vec![0f32; k * n];
+        crate::with_float_vec!(&self.scales, s => super::awq_dequantize_reference_into(&self.qweight, s, &self.qzeros, l, &mut kn))?;
+        out.copy_from_slice(&crate::par::transpose(&kn, k, n, Parallelism::Serial));
+        Ok(())
+    }
+
+    /// This shard of an AWQ layer (see [`crate::QuantWeight::shard`]); the bias follows dim 0.
+    fn shard(&self, shard: &Shard) -> Result<Self> {
+        let a = self;
+        let l = &a.layout;
+        let (k, n, gs, groups, wc) = (l.k(), l.n(), l.group_size(), l.groups(), l.packed_cols());
+        crate::with_float_vec!(&a.scales, s => crate::awq::check(l, &a.qweight, &a.qzeros, s, k * n))?;
+        if let Some(b) = &a.bias {
+            crate::error::expect_len("bias", n, b.len())?;
+        }
+        if shard.dim() == 0 {
+            // Outputs = AWQ columns, 8 to a word (interleaved within the word only).
+            let r = shard.range(n)?;
+            on(r.start, 8, "awq pack word")?;
+            on(r.end, 8, "awq pack word")?;
+            let words = r.start / 8..r.end / 8;
+            Ok(AwqLayer {
+                layout: AwqLayout::new(k, r.len(), gs)?,
+                qweight: column_range(&a.qweight, k, wc, words.clone()),
+                qzeros: column_range(&a.qzeros, groups, wc, words),
+                scales: crate::with_float_vec!(&a.scales, s => FloatVec::from(column_range(s, groups, n, r.clone()))),
+                bias: bias_range(a.bias.as_ref(), r.clone()),
+            })
+        } else {
+            // Inputs = AWQ rows, whole groups.
+            let r = shard.range(k)?;
+            on(r.start, gs, "group")?;
+            on(r.end, gs, "group")?;
+            let (g0, g1) = (r.start / gs, r.end / gs);
+            Ok(AwqLayer {
+                layout: AwqLayout::new(r.len(), n, gs)?,
+                qweight: a.qweight[r.start * wc..r.end * wc].to_vec(),
+                qzeros: a.qzeros[g0 * wc..g1 * wc].to_vec(),
+                scales: crate::with_float_vec!(&a.scales, s => FloatVec::from(s[g0 * n..g1 * n].to_vec())),
+                bias: a.bias.clone(),
+            })
+        }
+    }
+
+    /// AWQ parts (`[K, N_i]` storage): word columns of `qweight` and `qzeros` and scale columns
+    /// side by side, row by row (each `N_i` is a multiple of 8, so words never straddle parts).
+    fn concat(parts: &[&Self]) -> Result<Self> {
+        for a in parts {
+            let l = &a.layout;
+            crate::with_float_vec!(&a.scales, s => crate::awq::check(l, &a.qweight, &a.qzeros, s, l.k() * l.n()))?;
+        }
+        agree(parts, "K", |a| a.layout.k())?;
+        agree(parts, "group size", |a| a.layout.group_size())?;
+        agree(parts, "scale dtype", |a| a.scales.dtype())?;
+        let l0 = parts[0].layout;
+        let layout = AwqLayout::new(l0.k(), parts.iter().map(|a| a.layout.n()).sum(), l0.group_size())?;
+        let words = |w: fn(&AwqLayer) -> &[i32], rows: usize, what| {
+            let cols: Vec<(&[i32], usize)> = parts.iter().map(|a| (w(a), a.layout.packed_cols())).collect();
+            crate::par::concat_columns(&cols, rows).ok_or(Error::Fuse { what, part: 0 })
+        };
+        let scales: Vec<(&FloatVec, usize)> = parts.iter().map(|a| (&a.scales, a.layout.n())).collect();
+        Ok(AwqLayer {
+            layout,
+            qweight: words(|a| &a.qweight, l0.k(), "qweight")?,
+            qzeros: words(|a| &a.qzeros, l0.groups(), "qzeros")?,
+            scales: FloatVec::concat_columns(&scales, l0.groups())
+                .ok_or(Error::Fuse { what: "scales", part: 0 })?,
+            bias: concat_bias(parts, |a| a.bias.as_ref())?,
+        })
+    }
+}
