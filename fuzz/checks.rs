@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use half::f16;
+use quant_kernels::error::{FormatError, KernelError, TpError};
 use quant_kernels::hqq::{self, Axis, HqqLayout, Packed, PackedWords};
 use quant_kernels::{B1, B2, B3, B4, B8, Bits, Parallelism};
 
@@ -51,7 +52,7 @@ pub fn hqq_api(data: &[u8]) -> bool {
                 4 => check::<B4>(&w, &params, &layout, &mut out, &mut reference),
                 2 => check::<B2>(&w, &params, &layout, &mut out, &mut reference),
                 1 => check::<B1>(&w, &params, &layout, &mut out, &mut reference),
-                _ => Err(quant_kernels::Error::UnsupportedBits(*bits)),
+                _ => Err(quant_kernels::Error::Kernel(KernelError::UnsupportedBits(*bits))),
             }
         }
     };
@@ -101,14 +102,14 @@ pub fn safetensors_header(data: &[u8]) -> bool {
             true
         }
         Err(e) => {
-            assert!(matches!(e, quant_kernels::Error::Safetensors { .. }));
+            assert!(matches!(e, quant_kernels::Error::Format(FormatError::Safetensors { .. })));
             false
         }
     }
 }
 
 /// A quantization config of arbitrary bytes: JSON that does not parse is skipped; any JSON
-/// value must give a config or a typed [`quant_kernels::Error::Config`], never a panic; an accepted
+/// value must give a config or a typed [`FormatError::Config`](crate::error::FormatError::Config), never a panic; an accepted
 /// config has a supported width and group size. Returns whether it was accepted.
 pub fn gptq_config(data: &[u8]) -> bool {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return false };
@@ -118,7 +119,7 @@ pub fn gptq_config(data: &[u8]) -> bool {
             true
         }
         Err(e) => {
-            assert!(matches!(e, quant_kernels::Error::Config { .. }));
+            assert!(matches!(e, quant_kernels::Error::Format(FormatError::Config { .. })));
             false
         }
     }
@@ -199,7 +200,9 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
     use quant_kernels::fp8::Fp8Format;
     use quant_kernels::method::QuantMethod;
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return [None; 4] };
-    let config_error = |e: &Error| assert!(matches!(e, Error::Config { .. }), "untyped config error: {e}");
+    let config_error = |e: &Error| {
+        assert!(matches!(e, Error::Format(FormatError::Config { .. })), "untyped config error: {e}")
+    };
     // An accepted scheme's method validates and sizes a small layer without panicking.
     let method_ok = |m: QuantMethod| {
         assert!(m.validate().is_ok(), "{m} was accepted by its config parser but does not validate");
@@ -249,7 +252,13 @@ pub fn quant_config_outcomes(data: &[u8]) -> ConfigOutcomes {
             out[3] = Some(true);
         }
         Ok(None) => assert!(value.get("num_attention_heads").is_none_or(|v| v.is_null())),
-        Err(e) => assert!(matches!(e, Error::ModelConfig { .. } | Error::NotMultiple { .. }), "{e}"),
+        Err(e) => assert!(
+            matches!(
+                e,
+                Error::Tp(TpError::ModelConfig { .. }) | Error::Kernel(KernelError::NotMultiple { .. })
+            ),
+            "{e}"
+        ),
     }
     out
 }
@@ -357,14 +366,16 @@ pub fn safetensors_roundtrip(data: &[u8]) -> bool {
         }
         Err(e) => {
             assert!(refused, "create refused a valid declaration: {e}");
-            assert!(matches!(e, Error::Safetensors { .. }), "{e}");
+            assert!(matches!(e, Error::Format(FormatError::Safetensors { .. })), "{e}");
             return false;
         }
     };
     let misuse = flags & 7;
     let victim = (*flags as usize >> 3) % tensors.len().max(1);
     let err = |r: quant_kernels::Result<()>, what: &str| match r {
-        Err(Error::LengthMismatch { .. } | Error::MissingTensors(_)) => {}
+        Err(
+            Error::Kernel(KernelError::LengthMismatch { .. }) | Error::Format(FormatError::MissingTensors(_)),
+        ) => {}
         other => panic!("writer misuse ({what}) gave {other:?}"),
     };
     for (i, ((name, _, _), b)) in tensors.iter().zip(&bytes).enumerate() {
@@ -382,7 +393,11 @@ pub fn safetensors_roundtrip(data: &[u8]) -> bool {
                 3 if i + 1 < tensors.len() => err(w.write(&tensors[i + 1].0, &bytes[i + 1]), "out of order"),
                 6 => {
                     let left: Vec<String> = tensors[i..].iter().map(|t| t.0.clone()).collect();
-                    assert_eq!(w.finish(), Err(Error::MissingTensors(left)), "finishing early");
+                    assert_eq!(
+                        w.finish(),
+                        Err(Error::Format(FormatError::MissingTensors(left))),
+                        "finishing early"
+                    );
                     return false;
                 }
                 _ => {}
@@ -474,7 +489,7 @@ fn place(root: &std::path::Path, ck: &std::path::Path, name: &str) -> Option<std
 }
 
 /// A whole checkpoint directory built from the input, opened by [`quant_kernels::io::Checkpoint::open`]
-/// and the model-level loaders ([`quant_kernels::model::QuantizedModel::open`], and each scheme's loader
+/// and the model-level loaders ([`quant_kernels::io::QuantizedCheckpoint::open`], and each scheme's loader
 /// whatever `quant_method` says), every layer read and dequantized when it opens (layers over
 /// 2^20 elements are skipped). Never a panic; an index that names a file with `..`, an absolute
 /// path or an empty name is refused, and every shard an opened index names resolves inside the
@@ -491,8 +506,8 @@ fn place(root: &std::path::Path, ck: &std::path::Path, name: &str) -> Option<std
 pub fn checkpoint_dir(data: &[u8]) -> bool {
     use quant_kernels::Error;
     use quant_kernels::io::Checkpoint;
+    use quant_kernels::io::QuantizedCheckpoint;
     use quant_kernels::io::checkpoint::INDEX_FILE;
-    use quant_kernels::model::QuantizedModel;
     use std::path::Component;
 
     let tmp = TempPath::new("ckdir");
@@ -577,41 +592,45 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
             assert!(
                 matches!(
                     e,
-                    Error::Io { .. }
-                        | Error::Json { .. }
-                        | Error::Safetensors { .. }
-                        | Error::Config { .. }
-                        | Error::MissingTensors(_)
-                        | Error::MissingShard { .. }
-                        | Error::OutsideDirectory(_)
+                    Error::Format(FormatError::Io { .. })
+                        | Error::Format(FormatError::Json { .. })
+                        | Error::Format(FormatError::Safetensors { .. })
+                        | Error::Format(FormatError::Config { .. })
+                        | Error::Format(FormatError::MissingTensors(_))
+                        | Error::Format(FormatError::MissingShard { .. })
+                        | Error::Format(FormatError::OutsideDirectory(_))
                 ),
                 "{e}"
             );
             None
         }
     };
-    let model = QuantizedModel::open(&ck);
+    let model = QuantizedCheckpoint::open(&ck);
     assert!(model.is_err() || opened.is_some(), "the model opened where the checkpoint did not");
     let accepted = model.is_ok();
     // Every scheme's loader, whatever `quant_method` says, then every layer it finds.
-    let mut models: Vec<QuantizedModel> = model.into_iter().collect();
+    let mut models: Vec<QuantizedCheckpoint> = model.into_iter().collect();
     if let Some(c) = &opened {
         models.extend(
-            quant_kernels::gptq::GptqCheckpoint::from_checkpoint(c.clone()).map(QuantizedModel::Gptq),
+            quant_kernels::gptq::GptqCheckpoint::from_checkpoint(c.clone()).map(QuantizedCheckpoint::Gptq),
         );
-        models.extend(quant_kernels::awq::AwqCheckpoint::from_checkpoint(c.clone()).map(QuantizedModel::Awq));
-        models.extend(quant_kernels::fp8::Fp8Checkpoint::from_checkpoint(c.clone()).map(QuantizedModel::Fp8));
+        models.extend(
+            quant_kernels::awq::AwqCheckpoint::from_checkpoint(c.clone()).map(QuantizedCheckpoint::Awq),
+        );
+        models.extend(
+            quant_kernels::fp8::Fp8Checkpoint::from_checkpoint(c.clone()).map(QuantizedCheckpoint::Fp8),
+        );
     }
     for m in &models {
         for layer in m.layers() {
             assert!(layer.method.validate().is_ok(), "{}: {}", layer.prefix, layer.method);
             assert!(
                 m.is_quantized_part(&format!("{}.scales", layer.prefix))
-                    || matches!(m, QuantizedModel::Fp8(_))
+                    || matches!(m, QuantizedCheckpoint::Fp8(_))
             );
             let numel = layer.experts.checked_mul(layer.out).and_then(|n| n.checked_mul(layer.inp));
             let Some(numel) = numel.filter(|&n| n <= 1 << 20) else { continue };
-            if let QuantizedModel::Gptq(g) = m {
+            if let QuantizedCheckpoint::Gptq(g) = m {
                 let _ = g.zero_format_mismatch(&layer.prefix);
             }
             if let Ok(w) = m.dequantize::<f32>(&layer.prefix, Parallelism::Serial) {

@@ -1,18 +1,28 @@
-//! The crate's error type.
+//! The crate's error type, [`Error`]: one variant per area, each owning its errors —
+//! [`KernelError`] (a kernel's boundary: lengths, shapes, groups, widths), [`FormatError`]
+//! (safetensors, UQFF, configs, checkpoint directories, I/O), [`TpError`] (shards, plans,
+//! collectives) and `CudaError` (feature `cuda`).
 //!
-//! Every public entry point validates its arguments before any work and returns one of these
-//! variants; inner kernels only `debug_assert!`. Variants carry the numbers that were wrong so a
-//! caller can report them without parsing a message.
+//! Every public entry point validates its arguments before any work and returns one of these;
+//! inner kernels only `debug_assert!`. Variants carry the numbers that were wrong so a caller
+//! can report them without parsing a message, and keep their causes as sources (an I/O error,
+//! the layer error behind a shard plan that does not fit).
 
 /// Shorthand for `Result<T, quant_kernels::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `Ok` when a buffer has the length its shape implies, else [`Error::LengthMismatch`].
+use std::sync::Arc;
+
+/// `Ok` when a buffer has the length its shape implies, else [`KernelError::LengthMismatch`].
 pub(crate) fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got { Ok(()) } else { Err(Error::LengthMismatch { what, expected, got }) }
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Kernel(KernelError::LengthMismatch { what, expected, got }))
+    }
 }
 
-/// The tail of [`Error::ShardPlan`]'s message: the nearest legal world sizes.
+/// The tail of [`TpError::ShardPlan`]'s message: the nearest legal world sizes.
 fn nearest_world_sizes(below: &Option<usize>, above: &Option<usize>, max: usize) -> String {
     match (below, above) {
         (Some(b), Some(a)) => format!("nearest legal world sizes: {b} below, {a} above"),
@@ -23,16 +33,86 @@ fn nearest_world_sizes(below: &Option<usize>, above: &Option<usize>, max: usize)
 }
 
 impl Error {
-    /// An [`Error::Io`] for `path`.
-    pub(crate) fn io(path: &std::path::Path, e: &std::io::Error) -> Self {
-        Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() }
+    /// A [`FormatError::Io`] for `path`, keeping `e` as its source.
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
+        Error::Format(FormatError::Io { path: path.display().to_string(), source: IoSource(Arc::new(e)) })
     }
 }
 
-/// Everything that can go wrong at the API boundary.
+/// A `std::io::Error` kept as the source of a [`FormatError::Io`]: shared so that errors stay
+/// `Clone`, and compared by kind and message so that they stay `PartialEq`.
+#[derive(Debug, Clone)]
+pub struct IoSource(Arc<std::io::Error>);
+
+impl IoSource {
+    /// The I/O error.
+    pub fn get(&self) -> &std::io::Error {
+        &self.0
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+}
+
+impl PartialEq for IoSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for IoSource {}
+
+impl std::fmt::Display for IoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::driver::DriverError> for Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Error::Cuda(CudaError::Cuda(e))
+    }
+}
+
+/// Everything that can go wrong at the API boundary: one variant per area, each wrapping that
+/// area's own error type (whose variants carry the numbers that were wrong).
+///
+/// ```
+/// use quant_kernels::error::{Error, KernelError};
+/// let e = quant_kernels::hqq::HqqLayout::new(4, 4, 3, quant_kernels::hqq::Axis::One).unwrap_err();
+/// assert!(matches!(e, Error::Kernel(KernelError::GroupSize { group: 3, .. })));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Bad arguments at a kernel's boundary.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// A malformed or unreadable file or config.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Tensor parallelism.
+    #[error(transparent)]
+    Tp(#[from] TpError),
+    /// The CUDA driver.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+}
+
+/// Bad arguments at a kernel's boundary: lengths, shapes, group sizes, bit widths, values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
     /// A bit width the scheme does not pack.
     #[error("unsupported bit width {0} (expected one of 1, 2, 3, 4, 8)")]
     UnsupportedBits(u8),
@@ -41,67 +121,6 @@ pub enum Error {
     #[error("unsupported axis {0} (expected 0 or 1)")]
     UnsupportedAxis(u8),
 
-    /// A shard dimension other than 0 (outputs) or 1 (inputs).
-    #[error("shard dimension {0} (expected 0 = outputs or 1 = inputs)")]
-    ShardDim(usize),
-
-    /// A rank outside `0..world_size` (or an empty world).
-    #[error("rank {rank} is outside a world of {world_size}")]
-    ShardRank {
-        /// The rank.
-        rank: usize,
-        /// The world size.
-        world_size: usize,
-    },
-
-    /// An even split of a dimension that does not divide.
-    #[error("a dimension of {len} does not split evenly over {world_size} ranks")]
-    ShardUneven {
-        /// The dimension's length.
-        len: usize,
-        /// The world size.
-        world_size: usize,
-    },
-
-    /// An offset shard past the end of its dimension.
-    #[error("shard {offset}..{offset}+{len} is outside a dimension of {dim_len}")]
-    ShardRange {
-        /// First index.
-        offset: usize,
-        /// Length.
-        len: usize,
-        /// The dimension's length.
-        dim_len: usize,
-    },
-
-    /// A shard of a packed or grouped axis that does not start or end on its boundary.
-    #[error("shard boundary {at} is not on a {what} boundary (a multiple of {multiple})")]
-    ShardBoundary {
-        /// Which boundary (`"group"`, `"qweight word row"`, ...).
-        what: &'static str,
-        /// The index that is off.
-        at: usize,
-        /// What it must be a multiple of.
-        multiple: usize,
-    },
-
-    /// A scheme (or case) that cannot be sharded packed yet.
-    #[error("sharding a packed {0} weight is not supported")]
-    ShardScheme(&'static str),
-
-    /// An HQQ weight whose grouping repeats every `period` weights (axis 1: the group size;
-    /// axis 0: the code matrix's row length), a period that neither divides nor is a multiple
-    /// of the weight's `cols`: a shard along the inputs cannot keep every weight's group.
-    #[error(
-        "HQQ groups repeat every {period} weights, which neither divides nor is a multiple of the {cols} columns: no shard along the inputs keeps them"
-    )]
-    ShardGrouping {
-        /// The grouping period in weights.
-        period: usize,
-        /// Columns of the weight.
-        cols: usize,
-    },
-
     /// Fewer groups than a layout's inputs need.
     #[error("{groups} groups where the inputs need at least {needed}")]
     TooFewGroups {
@@ -109,117 +128,6 @@ pub enum Error {
         groups: usize,
         /// The fewest the layout needs.
         needed: usize,
-    },
-
-    /// A model-level tensor-parallel plan ([`crate::tp::ShardPlan`]) that does not fit
-    /// `world_size`: `layer` cannot be split as the plan needs (`cause`). `below` / `above`
-    /// are the nearest world sizes (in `1..=searched`) the whole plan fits.
-    #[error("cannot shard `{layer}` over {world_size} ranks: {cause}; {}", nearest_world_sizes(.below, .above, *.searched))]
-    ShardPlan {
-        /// The first layer (by name) that does not fit.
-        layer: String,
-        /// The world size asked for.
-        world_size: usize,
-        /// Why the layer does not fit.
-        #[source]
-        cause: Box<Error>,
-        /// The largest legal world size below `world_size`.
-        below: Option<usize>,
-        /// The smallest legal world size above `world_size`.
-        above: Option<usize>,
-        /// The largest world size searched ([`crate::tp::MAX_WORLD_SEARCH`]).
-        searched: usize,
-    },
-
-    /// A row-parallel layer whose input split is not the output split of the layer that feeds
-    /// it (o_proj <- the q heads, down_proj <- gate/up) on some rank.
-    #[error("rank {rank}: `{layer}` takes inputs {inputs:?} but `{feeder}` gives it outputs {outputs:?}")]
-    ShardFeed {
-        /// The row-parallel layer.
-        layer: String,
-        /// The column-parallel layer feeding it.
-        feeder: String,
-        /// The rank where the splits differ.
-        rank: usize,
-        /// The inputs the row-parallel layer holds on `rank`.
-        inputs: std::ops::Range<usize>,
-        /// The outputs the feeding layer holds on `rank`.
-        outputs: std::ops::Range<usize>,
-    },
-
-    /// A row-parallel layer with no column-parallel layer feeding it in the same block, so its
-    /// input split cannot be checked.
-    #[error("`{layer}` is row-parallel but no {feeders} beside it feeds it")]
-    ShardNoFeeder {
-        /// The row-parallel layer.
-        layer: String,
-        /// The layers that would feed it (`"q_proj or qkv_proj"`, ...).
-        feeders: &'static str,
-    },
-
-    /// A model `config.json` field that is absent where it is needed, or not a positive integer.
-    #[error("config.json: `{field}` is missing or not a positive integer")]
-    ModelConfig {
-        /// The field (`"num_attention_heads"`, ...).
-        field: &'static str,
-    },
-
-    /// Ranks called different collectives at the same point.
-    #[error("rank {rank} called {what} while this rank called {expected}")]
-    CommMismatch {
-        /// The rank that differs.
-        rank: usize,
-        /// What it called.
-        what: &'static str,
-        /// What this rank called.
-        expected: &'static str,
-    },
-
-    /// Ranks passed buffers of different lengths to one collective.
-    #[error("rank {rank} passed {got} values where this rank passed {expected}")]
-    CommLength {
-        /// The rank that differs.
-        rank: usize,
-        /// This rank's length.
-        expected: usize,
-        /// The other rank's length.
-        got: usize,
-    },
-
-    /// A rank left the group (its communicator was dropped, e.g. after an error).
-    #[error("rank {rank} left the group")]
-    CommPeerGone {
-        /// The rank that left.
-        rank: usize,
-    },
-
-    /// A collective waited longer than the group's timeout.
-    #[error("rank {rank}: collective timed out after {millis} ms")]
-    CommTimeout {
-        /// The rank that timed out.
-        rank: usize,
-        /// The timeout.
-        millis: u64,
-    },
-
-    /// KV heads that neither split over nor replicate evenly onto the ranks.
-    #[error(
-        "{kv_heads} KV heads cannot be split over or replicated onto {world_size} ranks (one must divide the other)"
-    )]
-    KvHeads {
-        /// Total KV heads.
-        kv_heads: usize,
-        /// The world size.
-        world_size: usize,
-    },
-
-    /// Attention heads that do not split evenly.
-    #[error("{heads} attention heads do not split evenly over {world_size}")]
-    AttentionHeads {
-        /// Attention heads.
-        heads: usize,
-        /// What they must split over.
-        world_size: usize,
     },
 
     /// A stacked-experts weight where one linear layer was expected.
@@ -335,6 +243,21 @@ pub enum Error {
         index: usize,
     },
 
+    /// Layers that cannot be fused: `what` differs between part 0 and part `part`.
+    #[error("cannot fuse: {what} of part {part} differs from part 0")]
+    Fuse {
+        /// The property that differs (`"K"`, `"g_idx"`, `"bias"`, ...).
+        what: &'static str,
+        /// Index of the first part that differs.
+        part: usize,
+    },
+}
+
+/// A file or config that cannot be read as what it claims to be: safetensors, UQFF, JSON
+/// configs, checkpoint directories, and the I/O under them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
     /// A malformed UQFF blob or file: truncated, a count over its cap, inconsistent tensors.
     #[error("UQFF: at byte {offset}: {reason}")]
     Uqff {
@@ -364,14 +287,13 @@ pub enum Error {
     UqffDtype(u32),
 
     /// A file that could not be opened, read or written.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Io {
         /// The file.
         path: String,
-        /// The I/O error's kind.
-        kind: std::io::ErrorKind,
-        /// The I/O error's message.
-        message: String,
+        /// The I/O error.
+        #[source]
+        source: IoSource,
     },
 
     /// A safetensors file whose header or layout is malformed: truncated, corrupt JSON, an
@@ -440,14 +362,182 @@ pub enum Error {
         /// The shape found.
         got: Vec<usize>,
     },
+}
 
-    /// Layers that cannot be fused: `what` differs between part 0 and part `part`.
-    #[error("cannot fuse: {what} of part {part} differs from part 0")]
-    Fuse {
-        /// The property that differs (`"K"`, `"g_idx"`, `"bias"`, ...).
+/// Tensor parallelism: shards that do not fit, plans that cannot be made, collectives that fail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpError {
+    /// A shard dimension other than 0 (outputs) or 1 (inputs).
+    #[error("shard dimension {0} (expected 0 = outputs or 1 = inputs)")]
+    ShardDim(usize),
+
+    /// A rank outside `0..world_size` (or an empty world).
+    #[error("rank {rank} is outside a world of {world_size}")]
+    ShardRank {
+        /// The rank.
+        rank: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    /// An even split of a dimension that does not divide.
+    #[error("a dimension of {len} does not split evenly over {world_size} ranks")]
+    ShardUneven {
+        /// The dimension's length.
+        len: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    /// An offset shard past the end of its dimension.
+    #[error("shard {offset}..{offset}+{len} is outside a dimension of {dim_len}")]
+    ShardRange {
+        /// First index.
+        offset: usize,
+        /// Length.
+        len: usize,
+        /// The dimension's length.
+        dim_len: usize,
+    },
+
+    /// A shard of a packed or grouped axis that does not start or end on its boundary.
+    #[error("shard boundary {at} is not on a {what} boundary (a multiple of {multiple})")]
+    ShardBoundary {
+        /// Which boundary (`"group"`, `"qweight word row"`, ...).
         what: &'static str,
-        /// Index of the first part that differs.
-        part: usize,
+        /// The index that is off.
+        at: usize,
+        /// What it must be a multiple of.
+        multiple: usize,
+    },
+
+    /// A scheme (or case) that cannot be sharded packed yet.
+    #[error("sharding a packed {0} weight is not supported")]
+    ShardScheme(&'static str),
+
+    /// An HQQ weight whose grouping repeats every `period` weights (axis 1: the group size;
+    /// axis 0: the code matrix's row length), a period that neither divides nor is a multiple
+    /// of the weight's `cols`: a shard along the inputs cannot keep every weight's group.
+    #[error(
+        "HQQ groups repeat every {period} weights, which neither divides nor is a multiple of the {cols} columns: no shard along the inputs keeps them"
+    )]
+    ShardGrouping {
+        /// The grouping period in weights.
+        period: usize,
+        /// Columns of the weight.
+        cols: usize,
+    },
+
+    /// A model-level tensor-parallel plan ([`crate::tp::ShardPlan`]) that does not fit
+    /// `world_size`: `layer` cannot be split as the plan needs (`cause`). `below` / `above`
+    /// are the nearest world sizes (in `1..=searched`) the whole plan fits.
+    #[error("cannot shard `{layer}` over {world_size} ranks: {cause}; {}", nearest_world_sizes(.below, .above, *.searched))]
+    ShardPlan {
+        /// The first layer (by name) that does not fit.
+        layer: String,
+        /// The world size asked for.
+        world_size: usize,
+        /// Why the layer does not fit.
+        #[source]
+        cause: Box<Error>,
+        /// The largest legal world size below `world_size`.
+        below: Option<usize>,
+        /// The smallest legal world size above `world_size`.
+        above: Option<usize>,
+        /// The largest world size searched ([`crate::tp::MAX_WORLD_SEARCH`]).
+        searched: usize,
+    },
+
+    /// A row-parallel layer whose input split is not the output split of the layer that feeds
+    /// it (o_proj <- the q heads, down_proj <- gate/up) on some rank.
+    #[error("rank {rank}: `{layer}` takes inputs {inputs:?} but `{feeder}` gives it outputs {outputs:?}")]
+    ShardFeed {
+        /// The row-parallel layer.
+        layer: String,
+        /// The column-parallel layer feeding it.
+        feeder: String,
+        /// The rank where the splits differ.
+        rank: usize,
+        /// The inputs the row-parallel layer holds on `rank`.
+        inputs: std::ops::Range<usize>,
+        /// The outputs the feeding layer holds on `rank`.
+        outputs: std::ops::Range<usize>,
+    },
+
+    /// A row-parallel layer with no column-parallel layer feeding it in the same block, so its
+    /// input split cannot be checked.
+    #[error("`{layer}` is row-parallel but no {feeders} beside it feeds it")]
+    ShardNoFeeder {
+        /// The row-parallel layer.
+        layer: String,
+        /// The layers that would feed it (`"q_proj or qkv_proj"`, ...).
+        feeders: &'static str,
+    },
+
+    /// A model `config.json` field that is absent where it is needed, or not a positive integer.
+    #[error("config.json: `{field}` is missing or not a positive integer")]
+    ModelConfig {
+        /// The field (`"num_attention_heads"`, ...).
+        field: &'static str,
+    },
+
+    /// Ranks called different collectives at the same point.
+    #[error("rank {rank} called {what} while this rank called {expected}")]
+    CommMismatch {
+        /// The rank that differs.
+        rank: usize,
+        /// What it called.
+        what: &'static str,
+        /// What this rank called.
+        expected: &'static str,
+    },
+
+    /// Ranks passed buffers of different lengths to one collective.
+    #[error("rank {rank} passed {got} values where this rank passed {expected}")]
+    CommLength {
+        /// The rank that differs.
+        rank: usize,
+        /// This rank's length.
+        expected: usize,
+        /// The other rank's length.
+        got: usize,
+    },
+
+    /// A rank left the group (its communicator was dropped, e.g. after an error).
+    #[error("rank {rank} left the group")]
+    CommPeerGone {
+        /// The rank that left.
+        rank: usize,
+    },
+
+    /// A collective waited longer than the group's timeout.
+    #[error("rank {rank}: collective timed out after {millis} ms")]
+    CommTimeout {
+        /// The rank that timed out.
+        rank: usize,
+        /// The timeout.
+        millis: u64,
+    },
+
+    /// KV heads that neither split over nor replicate evenly onto the ranks.
+    #[error(
+        "{kv_heads} KV heads cannot be split over or replicated onto {world_size} ranks (one must divide the other)"
+    )]
+    KvHeads {
+        /// Total KV heads.
+        kv_heads: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    /// Attention heads that do not split evenly.
+    #[error("{heads} attention heads do not split evenly over {world_size}")]
+    AttentionHeads {
+        /// Attention heads.
+        heads: usize,
+        /// What they must split over.
+        world_size: usize,
     },
 
     /// MPI was already initialized in this process: [`crate::tp::MpiComm::init`] (like
@@ -455,14 +545,18 @@ pub enum Error {
     #[cfg(feature = "mpi")]
     #[error("MPI is already initialized in this process (initialize it once per process)")]
     MpiInitialized,
+}
 
+/// The CUDA driver: absent, or returning an error.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CudaError {
     /// No CUDA driver library (`libcuda`) could be loaded on this machine.
-    #[cfg(feature = "cuda")]
     #[error("no CUDA driver found (libcuda could not be loaded)")]
     CudaUnavailable,
 
     /// The CUDA driver returned an error.
-    #[cfg(feature = "cuda")]
     #[error("CUDA driver error: {0:?}")]
     Cuda(#[from] cudarc::driver::DriverError),
 }

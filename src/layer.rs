@@ -5,6 +5,7 @@
 use crate::awq::AwqLayer;
 use crate::dense::DenseWeight;
 use crate::elem::{Elem, FloatVec};
+use crate::error::KernelError;
 use crate::error::{Error, Result};
 use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
@@ -132,14 +133,14 @@ impl QuantWeight {
     /// whole weight's dequantization, bit for bit. Nothing is ever requantized or
     /// dequantized: codes are sliced (or unpacked and repacked unchanged), and every weight
     /// keeps its own scale and zero point. A cut that would leave a group or a pack word
-    /// partly on either side returns [`Error::ShardBoundary`] naming the boundary.
+    /// partly on either side returns [`TpError::ShardBoundary`](crate::error::TpError::ShardBoundary) naming the boundary.
     ///
     /// | scheme | dim 0 (outputs) | dim 1 (inputs) |
     /// |---|---|---|
     /// | dense | any | any |
     /// | GPTQ (`[K, N]`) | on a zero-point pack word (`32 / bits` columns, 32 for 3-bit); act-order too | on a `qweight` word row; without act-order also on a group (the last may end at K); with act-order every group is kept and `g_idx` sliced ([`crate::gptq::GptqLayout::with_groups`]) |
-    /// | HQQ, every width, axis 1 | on a group (`group / gcd(group, cols)` rows) | group size a multiple of `cols` (incl. one group per row): any; a divisor of `cols`: on a group; else [`Error::ShardGrouping`] |
-    /// | HQQ, every width, axis 0 | on a code row (`M / gcd(M, cols)` rows, `M = numel / group`); the shard keeps all `M` groups, each with fewer members | `M` a multiple of `cols` (`group` divides `rows`, incl. one group per column): any; `M` a divisor of `cols`: on a code row; else [`Error::ShardGrouping`] |
+    /// | HQQ, every width, axis 1 | on a group (`group / gcd(group, cols)` rows) | group size a multiple of `cols` (incl. one group per row): any; a divisor of `cols`: on a group; else [`TpError::ShardGrouping`](crate::error::TpError::ShardGrouping) |
+    /// | HQQ, every width, axis 0 | on a code row (`M / gcd(M, cols)` rows, `M = numel / group`); the shard keeps all `M` groups, each with fewer members | `M` a multiple of `cols` (`group` divides `rows`, incl. one group per column): any; `M` a divisor of `cols`: on a code row; else [`TpError::ShardGrouping`](crate::error::TpError::ShardGrouping) |
     /// | AWQ (`[K, N/8]`) | on a pack word (8 columns) | on a group |
     /// | FP8, one expert | on a scale block (the end may be the last row), or within one block (per-tensor: any) | the same with block columns |
     /// | int8 | any (per-channel scales follow the rows) | any |
@@ -147,11 +148,11 @@ impl QuantWeight {
     ///
     /// HQQ codes are unpacked and repacked for the shard's own code matrix (hqq's planar
     /// packing pairs rows of the two halves), so the shard's code-row count must suit the
-    /// width ([`Error::PackRows`] otherwise; 3-bit pads). A shard of a group-wise layout whose
+    /// width ([`KernelError::PackRows`] otherwise; 3-bit pads). A shard of a group-wise layout whose
     /// groups span the cut dimension (HQQ axis 0 along the outputs, axis 1 with groups of
     /// whole rows along the inputs) keeps those groups, each with the members it holds, so its
     /// group size is the whole's scaled by the shard's share. Stacked FP8 experts are refused
-    /// ([`Error::StackedExperts`]; split them with [`crate::tp::split_fp8_experts`]). The
+    /// ([`KernelError::StackedExperts`]; split them with [`crate::tp::split_fp8_experts`]). The
     /// layer's bias (GPTQ, AWQ, FP8) follows dim 0 and is kept whole for dim 1.
     ///
     /// ```
@@ -169,12 +170,14 @@ impl QuantWeight {
 
     /// Weights of one scheme stacked along their outputs, still packed
     /// ([`QuantScheme::concat`]): the result dequantizes to the parts' dequantizations one
-    /// after another, bit for bit. Parts of different schemes return [`Error::Fuse`] naming the
+    /// after another, bit for bit. Parts of different schemes return [`KernelError::Fuse`] naming the
     /// first that differs; one part is returned as it is.
     pub fn concat(mut parts: Vec<QuantWeight>) -> Result<Self> {
-        let Some(first) = parts.first() else { return Err(Error::Fuse { what: "parts", part: 0 }) };
+        let Some(first) = parts.first() else {
+            return Err(Error::Kernel(KernelError::Fuse { what: "parts", part: 0 }));
+        };
         if let Some(part) = parts.iter().position(|w| w.scheme() != first.scheme()) {
-            return Err(Error::Fuse { what: "scheme", part });
+            return Err(Error::Kernel(KernelError::Fuse { what: "scheme", part }));
         }
         if parts.len() == 1 {
             return Ok(parts.remove(0));

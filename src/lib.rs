@@ -16,8 +16,10 @@
 //! * [`tp`]: tensor parallelism: [`tp::Shard`] cuts packed weights without requantizing, the
 //!   shard plan of a whole model, column/row-parallel layers, MoE expert splits, and the
 //!   all-reduce behind [`tp::Comm`] (in-process threads, or MPI with the `mpi` feature).
-//! * [`io`], [`model`]: a validating safetensors reader and streaming writer, checkpoint
-//!   directories (single file or sharded) with their quantization configs, mistral.rs's UQFF.
+//! * [`io`]: a validating safetensors reader and streaming writer, checkpoint directories
+//!   (single file or sharded) with their quantization configs, their quantized layers
+//!   ([`io::QuantCheckpoint`], one generic type over the scheme; [`io::QuantizedCheckpoint`],
+//!   whichever scheme a directory holds), mistral.rs's UQFF.
 //! * `cuda` (feature `cuda`): every scheme's dequantization and two fused GEMVs on NVIDIA GPUs,
 //!   the driver loaded at run time.
 //! * Shared pieces: [`elem`] (f32/f16/bf16 stores), [`pack`] (bit packing), [`lanes`] (run-time
@@ -65,7 +67,6 @@ pub mod lanes;
 pub mod layer;
 pub mod matmul;
 pub mod method;
-pub mod model;
 pub mod pack;
 pub mod par;
 pub mod scheme;

@@ -18,6 +18,7 @@
 //! is 4.164 bits per weight).
 
 use crate::error::{Error, Result};
+use crate::error::{FormatError, KernelError};
 use crate::fp8::Fp8Format;
 use crate::hqq::{Axis, HqqLayout};
 use crate::pack::Bits;
@@ -74,7 +75,7 @@ pub enum QuantMethod {
 }
 
 fn invalid(reason: String) -> Error {
-    Error::Config { field: "method".into(), reason }
+    Error::Format(FormatError::Config { field: "method".into(), reason })
 }
 
 impl fmt::Display for QuantMethod {
@@ -128,13 +129,15 @@ impl std::str::FromStr for QuantMethod {
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     fn from_str(name: &str) -> Result<Self> {
-        let bad = || Error::Config {
-            field: "quant method".into(),
-            reason: format!(
-                "`{name}` is not a method name (int8-sym-channel, int8-sym-tensor, int4-asym-g128, \
+        let bad = || {
+            Error::Format(FormatError::Config {
+                field: "quant method".into(),
+                reason: format!(
+                    "`{name}` is not a method name (int8-sym-channel, int8-sym-tensor, int4-asym-g128, \
                  fp8-e4m3-tensor, fp8-e5m2-block128x128, awq-4bit-g128, smoothquant-a0.5, \
                  gptq-4bit-g128[-act], gptq-4bit-g-1, hqq-4bit-g64-axis0)"
-            ),
+                ),
+            })
         };
         let num = |s: &str| s.parse::<usize>().map_err(|_| bad());
         let bits = |s: Option<&str>| -> Result<u8> {
@@ -232,7 +235,7 @@ impl QuantMethod {
                 Err(invalid(format!("alpha {alpha} is not in [0, 1]")))
             }
             QuantMethod::Gptq { bits, .. } if !matches!(bits, 2 | 3 | 4 | 8) => {
-                Err(Error::UnsupportedBits(bits))
+                Err(Error::Kernel(KernelError::UnsupportedBits(bits)))
             }
             QuantMethod::Hqq { bits, group, .. } => {
                 Bits::try_from(bits)?;
@@ -255,12 +258,13 @@ impl QuantMethod {
     /// ```
     pub fn layer_bytes(&self, out: usize, inp: usize) -> Result<usize> {
         self.validate()?;
-        let numel = out.checked_mul(inp).ok_or(Error::ShapeOverflow { rows: out, cols: inp })?;
+        let numel =
+            out.checked_mul(inp).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: out, cols: inp }))?;
         let divides = |group: usize| {
             if inp.is_multiple_of(group) {
                 Ok(inp / group)
             } else {
-                Err(Error::GroupSize { group, len: inp })
+                Err(Error::Kernel(KernelError::GroupSize { group, len: inp }))
             }
         };
         Ok(match *self {
@@ -374,10 +378,10 @@ impl QuantConfig {
     /// pattern may appear once.
     pub fn with(mut self, pattern: &str, method: Option<QuantMethod>) -> Result<Self> {
         if pattern.is_empty() || self.overrides.iter().any(|(p, _)| p == pattern) {
-            return Err(Error::Config {
+            return Err(Error::Format(FormatError::Config {
                 field: pattern.into(),
                 reason: "empty or repeated override pattern".into(),
-            });
+            }));
         }
         if let Some(m) = &method {
             m.validate()?;
@@ -413,12 +417,16 @@ impl QuantConfig {
         self.validate()?;
         let mut est = MemoryEstimate { layers: Vec::new(), total_bytes: 0, f16_bytes: 0 };
         for (name, out, inp) in layers {
-            let f16 = 2 * out.checked_mul(inp).ok_or(Error::ShapeOverflow { rows: out, cols: inp })?;
+            let f16 = 2 * out
+                .checked_mul(inp)
+                .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: out, cols: inp }))?;
             let method = self.method_for(name).copied();
             let bytes = match &method {
-                Some(m) => m.layer_bytes(out, inp).map_err(|e| Error::Config {
-                    field: name.into(),
-                    reason: format!("{m} does not fit a {out}x{inp} layer: {e}"),
+                Some(m) => m.layer_bytes(out, inp).map_err(|e| {
+                    Error::Format(FormatError::Config {
+                        field: name.into(),
+                        reason: format!("{m} does not fit a {out}x{inp} layer: {e}"),
+                    })
                 })?,
                 None => f16,
             };
@@ -500,7 +508,14 @@ mod tests {
             "bnb-4bit",
         ] {
             let e = QuantMethod::from_str(bad);
-            assert!(matches!(e, Err(Error::Config { .. } | Error::UnsupportedBits(_))), "{bad}: {e:?}");
+            assert!(
+                matches!(
+                    e,
+                    Err(Error::Format(FormatError::Config { .. })
+                        | Error::Kernel(KernelError::UnsupportedBits(_)))
+                ),
+                "{bad}: {e:?}"
+            );
         }
     }
 
@@ -525,6 +540,6 @@ mod tests {
         let ok = QuantConfig::new(QuantMethod::Awq { group: 128 });
         assert!(ok.clone().with("a", None).unwrap().with("a", None).is_err(), "repeated pattern");
         // A layer whose shape does not suit its scheme.
-        assert!(matches!(ok.estimate([("x", 64, 100)]), Err(Error::Config { .. })));
+        assert!(matches!(ok.estimate([("x", 64, 100)]), Err(Error::Format(FormatError::Config { .. }))));
     }
 }

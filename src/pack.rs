@@ -16,6 +16,7 @@
 //! The types [`B1`], [`B2`], [`B4`], [`B8`] (one generic `u8` packing) and [`B3`] (the `i32`
 //! packing) are what kernels are generic over; [`Bits`] is the runtime tag.
 
+use crate::error::KernelError;
 use crate::error::{Error, Result};
 
 /// A bit width, as a runtime value.
@@ -57,7 +58,7 @@ impl TryFrom<u8> for Bits {
             3 => Bits::B3,
             4 => Bits::B4,
             8 => Bits::B8,
-            other => return Err(Error::UnsupportedBits(other)),
+            other => return Err(Error::Kernel(KernelError::UnsupportedBits(other))),
         })
     }
 }
@@ -158,7 +159,11 @@ pub trait Packing: sealed::Sealed + Copy + Send + Sync + 'static {
         } else if rows.is_multiple_of(Self::PER_WORD) {
             Ok(rows / Self::PER_WORD)
         } else {
-            Err(Error::PackRows { bits: Self::BITS.get(), rows, multiple: Self::PER_WORD })
+            Err(Error::Kernel(KernelError::PackRows {
+                bits: Self::BITS.get(),
+                rows,
+                multiple: Self::PER_WORD,
+            }))
         }
     }
 }
@@ -256,11 +261,14 @@ mod tests {
     #[test]
     fn packed_rows_checks_the_multiple() {
         assert_eq!(B4::packed_rows(26), Ok(13));
-        assert_eq!(B4::packed_rows(25), Err(Error::PackRows { bits: 4, rows: 25, multiple: 2 }));
+        assert_eq!(
+            B4::packed_rows(25),
+            Err(Error::Kernel(KernelError::PackRows { bits: 4, rows: 25, multiple: 2 }))
+        );
         assert_eq!(B3::packed_rows(25), Ok(3));
         assert_eq!(B3::packed_rows(0), Ok(0));
         assert!(B1::packed_rows(12).is_err());
-        assert_eq!(Bits::try_from(5), Err(Error::UnsupportedBits(5)));
+        assert_eq!(Bits::try_from(5), Err(Error::Kernel(KernelError::UnsupportedBits(5))));
     }
 
     #[test]

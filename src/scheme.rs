@@ -14,6 +14,7 @@
 //! delegating `match`.
 
 use crate::elem::{Elem, FloatType, FloatVec};
+use crate::error::KernelError;
 use crate::error::{Error, Result};
 use crate::par::Parallelism;
 use crate::tp::Shard;
@@ -71,25 +72,25 @@ pub trait QuantScheme: Sized {
 
     /// `parts` stacked along the outputs, still packed: the result dequantizes to the parts'
     /// dequantizations one after another, bit for bit. Parts that cannot be stacked without
-    /// requantizing return [`Error::Fuse`] naming the first part that differs.
+    /// requantizing return [`KernelError::Fuse`] naming the first part that differs.
     fn concat(parts: &[&Self]) -> Result<Self>;
 }
 
 /// `out * in`, checked.
 pub(crate) fn numel((rows, cols): (usize, usize)) -> Result<usize> {
-    rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })
+    rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))
 }
 
-/// The first part to stack, or [`Error::Fuse`] when there is none.
+/// The first part to stack, or [`KernelError::Fuse`] when there is none.
 pub(crate) fn first<'a, T>(parts: &[&'a T]) -> Result<&'a T> {
-    parts.first().copied().ok_or(Error::Fuse { what: "parts", part: 0 })
+    parts.first().copied().ok_or(Error::Kernel(KernelError::Fuse { what: "parts", part: 0 }))
 }
 
-/// [`Error::Fuse`] naming `what` and the first part whose `key` differs from part 0's.
+/// [`KernelError::Fuse`] naming `what` and the first part whose `key` differs from part 0's.
 pub(crate) fn agree<T, K: PartialEq>(parts: &[&T], what: &'static str, key: impl Fn(&T) -> K) -> Result<()> {
     let k0 = key(first(parts)?);
     match parts.iter().skip(1).position(|p| key(p) != k0) {
-        Some(i) => Err(Error::Fuse { what, part: i + 1 }),
+        Some(i) => Err(Error::Kernel(KernelError::Fuse { what, part: i + 1 })),
         None => Ok(()),
     }
 }
@@ -110,7 +111,7 @@ pub(crate) fn concat_floats<'a>(
     what: &'static str,
 ) -> Result<FloatVec> {
     let parts: Vec<(&FloatVec, usize)> = vs.map(|v| (v, v.len())).collect();
-    FloatVec::concat_columns(&parts, 1).ok_or(Error::Fuse { what, part: 0 })
+    FloatVec::concat_columns(&parts, 1).ok_or(Error::Kernel(KernelError::Fuse { what, part: 0 }))
 }
 
 /// The parts' own biases one after another: all or none, in one dtype.

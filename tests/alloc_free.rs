@@ -133,4 +133,38 @@ fn steady_state() {
             }
         }
     }
+    parallel_layers(&mut rng);
+}
+
+/// The parallel layers' `forward_into` (world of one: the all-reduce is the identity).
+fn parallel_layers(rng: &mut Rng) {
+    use quant_kernels::tp::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear, SingleComm};
+    let (out, inp, batch) = (256, 512, 3);
+    let w = QuantWeight::Int8(
+        quantize_int8(
+            &(0..out * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect::<Vec<_>>(),
+            out,
+            inp,
+            Granularity::PerChannel,
+        )
+        .unwrap(),
+    );
+    let bias = FloatVec::F32(vec![0.5; out]);
+    let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let mut y = vec![0f32; batch * out];
+    let col = ColumnParallelLinear::new(&w, Some(&bias), 0, 1).unwrap();
+    let row = RowParallelLinear::new(&w, Some(&bias), 0, 1).unwrap();
+    let rep = ReplicatedLinear::new(w.clone(), Some(bias.clone())).unwrap();
+    for par in [Parallelism::Serial, Parallelism::Rayon] {
+        col.forward_into(&x, batch, &mut y, par).unwrap();
+        row.forward_into(&SingleComm, &x, batch, &mut y, par).unwrap();
+        rep.forward_into(&x, batch, &mut y, par).unwrap();
+        let n = allocations(|| col.forward_into(&x, batch, &mut y, par).unwrap());
+        assert_eq!(n, 0, "column-parallel, {par:?}");
+        let n = allocations(|| row.forward_into(&SingleComm, &x, batch, &mut y, par).unwrap());
+        assert_eq!(n, 0, "row-parallel, {par:?}");
+        assert_eq!(y, rep.forward(&x, batch, par).unwrap(), "row-parallel over one rank");
+        let n = allocations(|| rep.forward_into(&x, batch, &mut y, par).unwrap());
+        assert_eq!(n, 0, "replicated, {par:?}");
+    }
 }

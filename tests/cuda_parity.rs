@@ -11,6 +11,7 @@ mod common;
 use common::{Rng, layer};
 use half::{bf16, f16};
 use quant_kernels::cuda::{self, CudaElem, Gpu, PtxFile};
+use quant_kernels::error::{CudaError, KernelError};
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
@@ -59,8 +60,8 @@ fn launch_table_matches_the_embedded_ptx() {
 fn no_driver_is_an_error_not_a_panic() {
     match Gpu::new(0) {
         Ok(_) => assert!(cuda::driver_present()),
-        Err(Error::CudaUnavailable) => assert!(!cuda::driver_present()),
-        Err(Error::Cuda(e)) => eprintln!("driver present, no usable device: {e:?}"),
+        Err(Error::Cuda(CudaError::CudaUnavailable)) => assert!(!cuda::driver_present()),
+        Err(Error::Cuda(CudaError::Cuda(e))) => eprintln!("driver present, no usable device: {e:?}"),
         Err(e) => panic!("unexpected error {e}"),
     }
 }
@@ -127,7 +128,7 @@ fn hqq_dequant_matches_the_cpu_reference() {
     // Wrong lengths are rejected before any launch.
     let layout = HqqLayout::new(8, 16, 8, Axis::Zero).unwrap();
     let e = cuda::hqq_dequant_cuda_host::<B4, f32>(&gpu, &[0u8; 63], &[0.0; 16], &[0.0; 16], &layout);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 64, got: 63 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "packed", expected: 64, got: 63 })));
 }
 
 fn gptq_parity<T: CudaElem>(gpu: &Gpu, k: usize, n: usize, bits: u8, g: i64, act: bool, f: ZeroFormat) {
@@ -166,7 +167,7 @@ fn gptq_dequant_matches_the_cpu_reference() {
     let mut g_idx = l.default_g_idx();
     g_idx[3] = 7;
     let e = cuda::DeviceGIdx::upload(&gpu, Some(&g_idx), &l).unwrap_err();
-    assert_eq!(e, Error::GroupIndex { index: 3, value: 7, groups: 2 });
+    assert_eq!(e, Error::Kernel(KernelError::GroupIndex { index: 3, value: 7, groups: 2 }));
 }
 
 /// |got - want| <= 1e-5 * sum |w x| (f32 accumulation against the f64 reference).
@@ -248,7 +249,7 @@ fn fused_gemv_matches_the_f64_reference() {
     }
     let l = HqqLayout::new(8, 64, 64, Axis::Zero).unwrap();
     let e = cuda::hqq_gemv_cuda_host::<f32>(&gpu, &[0; 256], &[0.0; 8], &[0.0; 8], &l, &[0.0; 64]);
-    assert_eq!(e, Err(Error::UnsupportedAxis(0)));
+    assert_eq!(e, Err(Error::Kernel(KernelError::UnsupportedAxis(0))));
 }
 
 #[test]

@@ -5,13 +5,15 @@
 
 use super::AwqLayout;
 use crate::elem::{Elem, FloatVec};
+use crate::error::FormatError;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_bool, get_int, get_str, invalid};
+use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
 use crate::io::{Checkpoint, Dtype};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// The fields of an AWQ quantization config this crate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,43 +116,45 @@ impl AwqLayerInfo {
     }
 }
 
-/// A checkpoint whose AWQ layers have been found and checked.
-#[derive(Debug, Clone)]
-pub struct AwqCheckpoint {
-    checkpoint: Checkpoint,
-    config: AwqConfig,
-    layers: BTreeMap<String, AwqLayerInfo>,
-}
+/// A checkpoint's AWQ layers ([`QuantCheckpoint`] over [`AwqLayer`]).
+pub type AwqCheckpoint = QuantCheckpoint<AwqLayer>;
 
-impl AwqCheckpoint {
-    /// Open `dir`, parse its AWQ config, find and check every layer.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::from_checkpoint(Checkpoint::open(dir)?)
+impl CheckpointLayer for AwqLayer {
+    type Config = AwqConfig;
+    type Info = AwqLayerInfo;
+
+    const PRIMARY: &'static str = "qweight";
+
+    /// `.qweight`, `.qzeros`, `.scales`.
+    fn is_part(part: &str) -> bool {
+        matches!(part, "qweight" | "qzeros" | "scales")
     }
 
-    /// [`AwqCheckpoint::open`] on an opened checkpoint.
-    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
-        let config = AwqConfig::from_json(checkpoint.require_quantization_config()?)?;
+    fn parse_config(json: &serde_json::Value) -> Result<AwqConfig> {
+        AwqConfig::from_json(json)
+    }
+
+    fn find_layers(ck: &Checkpoint, config: &AwqConfig) -> Result<BTreeMap<String, AwqLayerInfo>> {
         let prefixes: Vec<String> =
-            checkpoint.tensor_names().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();
+            ck.tensor_names().filter_map(|n| n.strip_suffix(".qweight")).map(String::from).collect();
         let mut layers = BTreeMap::new();
         for prefix in prefixes {
             let name = |part: &str| format!("{prefix}.{part}");
-            let qweight = checkpoint.expect_dtype(&name("qweight"), &[Dtype::I32], "I32")?;
-            let qzeros = checkpoint.expect_dtype(&name("qzeros"), &[Dtype::I32], "I32")?;
-            let scales = checkpoint.expect_dtype(&name("scales"), FLOATS, "F16, BF16 or F32")?;
-            let bias = checkpoint
+            let qweight = ck.expect_dtype(&name("qweight"), &[Dtype::I32], "I32")?;
+            let qzeros = ck.expect_dtype(&name("qzeros"), &[Dtype::I32], "I32")?;
+            let scales = ck.expect_dtype(&name("scales"), FLOATS, "F16, BF16 or F32")?;
+            let bias = ck
                 .info(&name("bias"))
-                .map(|_| checkpoint.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
+                .map(|_| ck.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
                 .transpose()?;
             let (k, n) = match (&qweight.shape[..], &scales.shape[..]) {
                 ([k, _], [_, n]) => (*k, *n),
                 _ => {
-                    return Err(Error::TensorShape {
+                    return Err(Error::Format(FormatError::TensorShape {
                         tensor: name("qweight"),
                         expected: vec![0, 0],
                         got: qweight.shape,
-                    });
+                    }));
                 }
             };
             let layout = AwqLayout::new(k, n, config.group_size)?;
@@ -160,17 +164,21 @@ impl AwqCheckpoint {
                 ("scales", &scales, vec![layout.groups(), n]),
             ] {
                 if info.shape != expected {
-                    return Err(Error::TensorShape { tensor: name(part), expected, got: info.shape.clone() });
+                    return Err(Error::Format(FormatError::TensorShape {
+                        tensor: name(part),
+                        expected,
+                        got: info.shape.clone(),
+                    }));
                 }
             }
             if let Some(b) = &bias
                 && b.shape != [n]
             {
-                return Err(Error::TensorShape {
+                return Err(Error::Format(FormatError::TensorShape {
                     tensor: name("bias"),
                     expected: vec![n],
                     got: b.shape.clone(),
-                });
+                }));
             }
             let info = AwqLayerInfo {
                 prefix: prefix.clone(),
@@ -180,38 +188,10 @@ impl AwqCheckpoint {
             };
             layers.insert(prefix, info);
         }
-        Ok(Self { checkpoint, config, layers })
+        Ok(layers)
     }
 
-    /// The underlying checkpoint.
-    pub fn checkpoint(&self) -> &Checkpoint {
-        &self.checkpoint
-    }
-
-    /// The parsed config.
-    pub fn config(&self) -> &AwqConfig {
-        &self.config
-    }
-
-    /// Every AWQ layer, by prefix.
-    pub fn layers(&self) -> &BTreeMap<String, AwqLayerInfo> {
-        &self.layers
-    }
-
-    /// Whether `tensor` is a stored part of an AWQ layer (`.qweight`, `.qzeros`, `.scales`).
-    pub fn is_quantized_part(&self, tensor: &str) -> bool {
-        tensor.rsplit_once('.').is_some_and(|(p, part)| {
-            matches!(part, "qweight" | "qzeros" | "scales") && self.layers.contains_key(p)
-        })
-    }
-
-    /// Read one layer.
-    pub fn load(&self, prefix: &str) -> Result<AwqLayer> {
-        let info = self
-            .layers
-            .get(prefix)
-            .ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.qweight")]))?;
-        let ck = &self.checkpoint;
+    fn read(ck: &Checkpoint, _: &AwqConfig, info: &AwqLayerInfo, prefix: &str) -> Result<AwqLayer> {
         let name = |part: &str| format!("{prefix}.{part}");
         Ok(AwqLayer {
             layout: info.layout,
@@ -220,5 +200,17 @@ impl AwqCheckpoint {
             scales: ck.read_floats(&name("scales"))?,
             bias: info.bias.map(|_| ck.read_floats(&name("bias"))).transpose()?,
         })
+    }
+
+    fn summary(_: &AwqConfig, prefix: &str, i: &AwqLayerInfo) -> LayerSummary {
+        LayerSummary {
+            prefix: prefix.to_string(),
+            experts: 1,
+            out: i.layout.n(),
+            inp: i.layout.k(),
+            method: QuantMethod::Awq { group: i.layout.group_size() },
+            stored_bytes: i.stored_bytes(),
+            bias: i.bias,
+        }
     }
 }

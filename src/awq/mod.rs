@@ -21,6 +21,7 @@ mod tile;
 pub use checkpoint::{AwqCheckpoint, AwqConfig, AwqLayer, AwqLayerInfo};
 
 use crate::elem::Elem;
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::par::Parallelism;
@@ -49,12 +50,12 @@ impl AwqLayout {
     /// `k` inputs, `n` outputs (a multiple of 8), `group_size` dividing `k`.
     pub fn new(k: usize, n: usize, group_size: usize) -> Result<Self> {
         if !n.is_multiple_of(8) {
-            return Err(Error::NotMultiple { what: "N", value: n, multiple: 8 });
+            return Err(Error::Kernel(KernelError::NotMultiple { what: "N", value: n, multiple: 8 }));
         }
         if group_size == 0 || !k.is_multiple_of(group_size) {
-            return Err(Error::GroupSize { group: group_size, len: k });
+            return Err(Error::Kernel(KernelError::GroupSize { group: group_size, len: k }));
         }
-        k.checked_mul(n).ok_or(Error::ShapeOverflow { rows: k, cols: n })?;
+        k.checked_mul(n).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: k, cols: n }))?;
         Ok(Self { k, n, group_size })
     }
     /// Inputs.
@@ -206,7 +207,7 @@ pub fn gptq_to_awq(
     format: ZeroFormat,
 ) -> Result<(Vec<i32>, Vec<i32>, AwqLayout)> {
     if layout.bits() != 4 {
-        return Err(Error::UnsupportedBits(layout.bits()));
+        return Err(Error::Kernel(KernelError::UnsupportedBits(layout.bits())));
     }
     let gs = layout.group_size().unwrap_or(layout.k());
     let a = AwqLayout::new(layout.k(), layout.n(), gs.max(1))?;

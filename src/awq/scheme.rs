@@ -3,6 +3,7 @@
 
 use super::{AwqLayer, AwqLayout};
 use crate::elem::{Elem, FloatVec};
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bias_range, concat_bias};
@@ -100,7 +101,7 @@ impl QuantScheme for AwqLayer {
         let layout = AwqLayout::new(l0.k(), parts.iter().map(|a| a.layout.n()).sum(), l0.group_size())?;
         let words = |w: fn(&AwqLayer) -> &[i32], rows: usize, what| {
             let cols: Vec<(&[i32], usize)> = parts.iter().map(|a| (w(a), a.layout.packed_cols())).collect();
-            crate::par::concat_columns(&cols, rows).ok_or(Error::Fuse { what, part: 0 })
+            crate::par::concat_columns(&cols, rows).ok_or(Error::Kernel(KernelError::Fuse { what, part: 0 }))
         };
         let scales: Vec<(&FloatVec, usize)> = parts.iter().map(|a| (&a.scales, a.layout.n())).collect();
         Ok(AwqLayer {
@@ -108,7 +109,7 @@ impl QuantScheme for AwqLayer {
             qweight: words(|a| &a.qweight, l0.k(), "qweight")?,
             qzeros: words(|a| &a.qzeros, l0.groups(), "qzeros")?,
             scales: FloatVec::concat_columns(&scales, l0.groups())
-                .ok_or(Error::Fuse { what: "scales", part: 0 })?,
+                .ok_or(Error::Kernel(KernelError::Fuse { what: "scales", part: 0 }))?,
             bias: concat_bias(parts, |a| a.bias.as_ref())?,
         })
     }

@@ -14,6 +14,7 @@
 
 use half::f16;
 use mpi::traits::Communicator;
+use quant_kernels::error::TpError;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::tp::{ColumnParallelLinear, Comm, LocalComm, MpiComm, RowParallelLinear};
 use quant_kernels::{Error, FloatVec, Parallelism};
@@ -153,23 +154,25 @@ fn expected_collectives(rank: usize, n: usize) -> Vec<Outcome> {
     let first_other = |pred: &dyn Fn(usize) -> bool| (0..n).find(|&r| pred(r));
     // Lengths 4 + r: the first rank whose length differs from this rank's.
     out.push(match first_other(&|r| r != rank) {
-        Some(r) => Err(Error::CommLength { rank: r, expected: 4 + rank, got: 4 + r }),
+        Some(r) => Err(Error::Tp(TpError::CommLength { rank: r, expected: 4 + rank, got: 4 + r })),
         None => Ok(bits(&[1.0; 4])),
     });
     out.push(match first_other(&|r| r % 2 != rank % 2) {
-        Some(r) => Err(Error::CommLength { rank: r, expected: 4 + rank % 2, got: 4 + r % 2 }),
+        Some(r) => Err(Error::Tp(TpError::CommLength { rank: r, expected: 4 + rank % 2, got: 4 + r % 2 })),
         None => Ok(bits(&[1.0; 4])),
     });
     out.push(match (rank, n) {
         (_, 1) => Ok(Vec::new()),
-        (0, _) => Err(Error::CommMismatch { rank: 1, what: "all_gather", expected: "barrier" }),
-        _ => Err(Error::CommMismatch { rank: 0, what: "barrier", expected: "all_gather" }),
+        (0, _) => Err(Error::Tp(TpError::CommMismatch { rank: 1, what: "all_gather", expected: "barrier" })),
+        _ => Err(Error::Tp(TpError::CommMismatch { rank: 0, what: "barrier", expected: "all_gather" })),
     });
     out.push(match first_other(&|r| r % 2 != rank % 2) {
-        Some(r) => Err(Error::CommMismatch { rank: r, what: "broadcast", expected: "broadcast" }),
+        Some(r) => {
+            Err(Error::Tp(TpError::CommMismatch { rank: r, what: "broadcast", expected: "broadcast" }))
+        }
         None => Ok(bits(&[1.0; 3])),
     });
-    out.push(Err(Error::ShardRank { rank: n, world_size: n }));
+    out.push(Err(Error::Tp(TpError::ShardRank { rank: n, world_size: n })));
     out.push(Ok(sum(50, 1)));
     out
 }
@@ -208,7 +211,10 @@ fn check_collectives(mpi: &MpiComm, what: &str) -> Check {
     let mut v = vec![0.0; 2];
     let root = if rank + 1 == n { n + 5 } else { 0 };
     let e = mpi.broadcast(&mut v, root);
-    ensure!(e == Err(Error::ShardRank { rank: n + 5, world_size: n }), "{what}: bad root on one rank: {e:?}");
+    ensure!(
+        e == Err(Error::Tp(TpError::ShardRank { rank: n + 5, world_size: n })),
+        "{what}: bad root on one rank: {e:?}"
+    );
     ensure!(mpi.barrier().is_ok(), "{what}: barrier after the errors");
     Ok(())
 }
@@ -307,7 +313,10 @@ fn check_mlp(mpi: &MpiComm) -> Check {
 fn run(comm: MpiComm) -> (MpiComm, Check) {
     let rank = comm.rank();
     let r = (|| {
-        ensure!(matches!(MpiComm::init(), Err(Error::MpiInitialized)), "a second MpiComm::init did not fail");
+        ensure!(
+            matches!(MpiComm::init(), Err(Error::Tp(TpError::MpiInitialized))),
+            "a second MpiComm::init did not fail"
+        );
         check_collectives(&comm, "default chunk")?;
         check_mlp(&comm)
     })();

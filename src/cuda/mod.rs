@@ -3,11 +3,11 @@
 //! through the CUDA driver API (`cudarc`, loaded at run time).
 //!
 //! A binary built with this feature still starts and runs every CPU path on a machine without a
-//! GPU or driver: [`Gpu::new`] returns [`Error::CudaUnavailable`] instead of panicking.
+//! GPU or driver: [`Gpu::new`] returns [`CudaError::CudaUnavailable`] instead of panicking.
 //!
 //! Every launcher checks lengths and shapes with the same validation as the CPU path, then makes
 //! one `unsafe` launch whose `// SAFETY:` note says why the kernel stays in bounds. Extents above
-//! 2^30 (rows, columns) are [`Error::TooLarge`]. Dequantization equals the CPU reference bit for
+//! 2^30 (rows, columns) are [`KernelError::TooLarge`]. Dequantization equals the CPU reference bit for
 //! bit (f32) or with the same rounding (f16/bf16): the kernels compute `(q - z) * s` in f32
 //! without contracting it into fused multiply-adds (`--fmad=false`). The fused GEMVs factor each
 //! group out of its sum and match dequantize-then-multiply within f32 rounding.
@@ -28,6 +28,7 @@
 
 use crate::awq::AwqLayout;
 use crate::elem::{Elem, FloatType};
+use crate::error::{CudaError, KernelError};
 use crate::error::{Error, Result, expect_len as expect};
 use crate::fp8::{Fp8Format, Fp8Layout};
 use crate::gptq::{GptqLayout, ZeroFormat};
@@ -183,11 +184,11 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Open GPU `ordinal`: [`Error::CudaUnavailable`] without a driver, [`Error::Cuda`] when the
+    /// Open GPU `ordinal`: [`CudaError::CudaUnavailable`] without a driver, [`CudaError::Cuda`] when the
     /// driver fails (e.g. no such device).
     pub fn new(ordinal: usize) -> Result<Self> {
         if !driver_present() {
-            return Err(Error::CudaUnavailable);
+            return Err(Error::Cuda(CudaError::CudaUnavailable));
         }
         let ctx = CudaContext::new(ordinal)?;
         let stream = ctx.default_stream();
@@ -250,7 +251,7 @@ const MAX_EXTENT: usize = 1 << 30;
 
 fn to_i32(what: &'static str, value: usize) -> Result<i32> {
     if value > MAX_EXTENT {
-        return Err(Error::TooLarge { what, value, max: MAX_EXTENT });
+        return Err(Error::Kernel(KernelError::TooLarge { what, value, max: MAX_EXTENT }));
     }
     Ok(value as i32)
 }
@@ -438,7 +439,8 @@ pub fn gptq_dequantize_cuda<T: CudaElem>(
     if layout.k() == 0 || layout.n() == 0 {
         return Ok(());
     }
-    let entry = gptq_dequant_entry(layout.bits(), T::DTYPE).ok_or(Error::UnsupportedBits(layout.bits()))?;
+    let entry = gptq_dequant_entry(layout.bits(), T::DTYPE)
+        .ok_or(Error::Kernel(KernelError::UnsupportedBits(layout.bits())))?;
     let f = gpu.function(PtxFile::Gptq, entry)?;
     let fmt: i32 = match format {
         ZeroFormat::V1 => 0,
@@ -538,7 +540,7 @@ pub fn hqq_gemv_scratch_len(layout: &HqqLayout) -> usize {
 /// Each group's zero and scale are factored out of its sum (`s * (sum q x - z * sum x)`), so `y`
 /// equals dequantize-then-multiply within f32 rounding, not bit for bit. Deterministic (fixed
 /// summation order: 16 strided partial sums per row segment, then a row's partials in order).
-/// Axis 0 layouts are [`Error::UnsupportedAxis`]`(0)`; the group size must divide `cols`.
+/// Axis 0 layouts are [`KernelError::UnsupportedAxis`]`(0)`; the group size must divide `cols`.
 #[allow(clippy::too_many_arguments)]
 pub fn hqq_gemv_cuda<T: CudaElem>(
     gpu: &Gpu,
@@ -551,10 +553,10 @@ pub fn hqq_gemv_cuda<T: CudaElem>(
     y: &mut CudaSlice<f32>,
 ) -> Result<()> {
     if layout.axis() != hqq::Axis::One {
-        return Err(Error::UnsupportedAxis(0));
+        return Err(Error::Kernel(KernelError::UnsupportedAxis(0)));
     }
     if !layout.cols().is_multiple_of(layout.group_size()) {
-        return Err(Error::GroupSize { group: layout.group_size(), len: layout.cols() });
+        return Err(Error::Kernel(KernelError::GroupSize { group: layout.group_size(), len: layout.cols() }));
     }
     let geo = hqq::check::<crate::pack::B4>(layout, packed.len(), scales.len(), zeros.len(), layout.numel())?;
     expect("x", layout.cols(), x.len())?;
@@ -622,7 +624,7 @@ pub fn gptq_gemv_scratch_len(layout: &GptqLayout) -> usize {
 /// one group has its zero and scale factored out (`s * (sum q x - z * sum x)`), so `y` equals
 /// dequantize-then-multiply within f32 rounding, not bit for bit. Deterministic (per-slice
 /// partial sums, then the slices of each output in order). Other widths are
-/// [`Error::UnsupportedBits`].
+/// [`KernelError::UnsupportedBits`].
 #[allow(clippy::too_many_arguments)]
 pub fn gptq_gemv_cuda<T: CudaElem>(
     gpu: &Gpu,
@@ -637,7 +639,7 @@ pub fn gptq_gemv_cuda<T: CudaElem>(
     y: &mut CudaSlice<f32>,
 ) -> Result<()> {
     if layout.bits() != 4 {
-        return Err(Error::UnsupportedBits(layout.bits()));
+        return Err(Error::Kernel(KernelError::UnsupportedBits(layout.bits())));
     }
     check_gptq_device(layout, qweight, qzeros, scales, g_idx)?;
     expect("x", layout.k(), x.len())?;
@@ -852,7 +854,10 @@ mod tests {
         assert_eq!(to_i32("rows", 1 << 30), Ok(1 << 30));
         assert_eq!(to_i32("rows", 0), Ok(0));
         let e = to_i32("rows", (1 << 30) + 1).unwrap_err();
-        assert_eq!(e, Error::TooLarge { what: "rows", value: (1 << 30) + 1, max: 1 << 30 });
+        assert_eq!(
+            e,
+            Error::Kernel(KernelError::TooLarge { what: "rows", value: (1 << 30) + 1, max: 1 << 30 })
+        );
         assert!(to_i32("cols", usize::MAX).is_err());
     }
 

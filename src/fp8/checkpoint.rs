@@ -8,12 +8,14 @@
 use super::{Fp8Format, Fp8Layout};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, Result};
+use crate::error::{FormatError, KernelError};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_str, invalid};
+use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
 use crate::io::{Checkpoint, Dtype};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// The fields of an FP8 quantization config this crate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +92,10 @@ impl Fp8Layer {
     /// [`crate::QuantScheme::dequantize`] gives it).
     pub fn dequantize_experts<O: Elem>(&self, par: Parallelism) -> Result<Vec<O>> {
         let per = self.layout.rows() * self.layout.cols();
-        let n =
-            self.experts.checked_mul(per).ok_or(Error::ShapeOverflow { rows: self.experts, cols: per })?;
+        let n = self
+            .experts
+            .checked_mul(per)
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: self.experts, cols: per }))?;
         let mut out = vec![O::default(); n];
         crate::with_float_vec!(&self.scales, s => super::fp8_dequantize_experts_into(&self.codes, s, self.format, self.experts, &self.layout, &mut out, par))?;
         Ok(out)
@@ -124,28 +128,30 @@ impl Fp8LayerInfo {
     }
 }
 
-/// A checkpoint whose FP8 layers have been found and checked.
-#[derive(Debug, Clone)]
-pub struct Fp8Checkpoint {
-    checkpoint: Checkpoint,
-    config: Fp8Config,
-    layers: BTreeMap<String, Fp8LayerInfo>,
-}
+/// A checkpoint's FP8 layers ([`QuantCheckpoint`] over [`Fp8Layer`]).
+pub type Fp8Checkpoint = QuantCheckpoint<Fp8Layer>;
 
-impl Fp8Checkpoint {
-    /// Open `dir`, parse its FP8 config, find and check every layer.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::from_checkpoint(Checkpoint::open(dir)?)
+impl CheckpointLayer for Fp8Layer {
+    type Config = Fp8Config;
+    type Info = Fp8LayerInfo;
+
+    const PRIMARY: &'static str = "weight";
+
+    /// `.weight` and its scale (`.weight_scale_inv` or `.weight_scale`).
+    fn is_part(part: &str) -> bool {
+        matches!(part, "weight" | "weight_scale_inv" | "weight_scale")
     }
 
-    /// [`Fp8Checkpoint::open`] on an opened checkpoint.
-    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Self> {
-        let config = Fp8Config::from_json(checkpoint.require_quantization_config()?)?;
+    fn parse_config(json: &serde_json::Value) -> Result<Fp8Config> {
+        Fp8Config::from_json(json)
+    }
+
+    fn find_layers(ck: &Checkpoint, config: &Fp8Config) -> Result<BTreeMap<String, Fp8LayerInfo>> {
         let mut layers = BTreeMap::new();
-        let weights: Vec<(String, Fp8Format)> = checkpoint
+        let weights: Vec<(String, Fp8Format)> = ck
             .tensor_names()
             .filter_map(|n| {
-                let format = match checkpoint.info(n)?.dtype {
+                let format = match ck.info(n)?.dtype {
                     Dtype::F8E4M3 => Fp8Format::E4M3,
                     Dtype::F8E5M2 => Fp8Format::E5M2,
                     _ => return None,
@@ -161,23 +167,23 @@ impl Fp8Checkpoint {
                     format!("{} is {format:?}, the config says {:?}", name("weight"), config.format),
                 ));
             }
-            let shape = checkpoint.info(&name("weight")).map(|i| i.shape.clone()).unwrap_or_default();
+            let shape = ck.info(&name("weight")).map(|i| i.shape.clone()).unwrap_or_default();
             let (experts, rows, cols) = match shape[..] {
                 [rows, cols] => (1, rows, cols),
                 [e, rows, cols] => (e, rows, cols),
                 _ => {
-                    return Err(Error::TensorShape {
+                    return Err(Error::Format(FormatError::TensorShape {
                         tensor: name("weight"),
                         expected: vec![0, 0],
                         got: shape,
-                    });
+                    }));
                 }
             };
             let (suffix, layout) = match config.block {
                 Some((br, bc)) => ("weight_scale_inv", Fp8Layout::block(rows, cols, br, bc)?),
                 None => ("weight_scale", Fp8Layout::per_tensor(rows, cols)?),
             };
-            let scale = checkpoint.expect_dtype(&name(suffix), FLOATS, "F16, BF16 or F32")?;
+            let scale = ck.expect_dtype(&name(suffix), FLOATS, "F16, BF16 or F32")?;
             let (sr, sc) = layout.scale_shape();
             let stacked = |inner: &[usize]| {
                 if shape.len() == 3 { [&[experts][..], inner].concat() } else { inner.to_vec() }
@@ -190,20 +196,24 @@ impl Fp8Checkpoint {
                 None => (scale.numel() == 1 && scale.shape.len() <= 1, vec![1]),
             };
             if !ok {
-                return Err(Error::TensorShape { tensor: name(suffix), expected, got: scale.shape });
+                return Err(Error::Format(FormatError::TensorShape {
+                    tensor: name(suffix),
+                    expected,
+                    got: scale.shape,
+                }));
             }
-            let bias = checkpoint
+            let bias = ck
                 .info(&name("bias"))
-                .map(|_| checkpoint.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
+                .map(|_| ck.expect_dtype(&name("bias"), FLOATS, "F16, BF16 or F32"))
                 .transpose()?;
             if let Some(b) = &bias
                 && b.shape != stacked(&[rows])
             {
-                return Err(Error::TensorShape {
+                return Err(Error::Format(FormatError::TensorShape {
                     tensor: name("bias"),
                     expected: stacked(&[rows]),
                     got: b.shape.clone(),
-                });
+                }));
             }
             let info = Fp8LayerInfo {
                 prefix: prefix.clone(),
@@ -215,36 +225,10 @@ impl Fp8Checkpoint {
             };
             layers.insert(prefix, info);
         }
-        Ok(Self { checkpoint, config, layers })
+        Ok(layers)
     }
 
-    /// The underlying checkpoint.
-    pub fn checkpoint(&self) -> &Checkpoint {
-        &self.checkpoint
-    }
-
-    /// The parsed config.
-    pub fn config(&self) -> &Fp8Config {
-        &self.config
-    }
-
-    /// Every FP8 layer, by prefix.
-    pub fn layers(&self) -> &BTreeMap<String, Fp8LayerInfo> {
-        &self.layers
-    }
-
-    /// Whether `tensor` is a stored part of an FP8 layer (`.weight` and its scale).
-    pub fn is_quantized_part(&self, tensor: &str) -> bool {
-        tensor.rsplit_once('.').is_some_and(|(p, part)| {
-            matches!(part, "weight" | "weight_scale_inv" | "weight_scale") && self.layers.contains_key(p)
-        })
-    }
-
-    /// Read one layer.
-    pub fn load(&self, prefix: &str) -> Result<Fp8Layer> {
-        let info =
-            self.layers.get(prefix).ok_or_else(|| Error::MissingTensors(vec![format!("{prefix}.weight")]))?;
-        let ck = &self.checkpoint;
+    fn read(ck: &Checkpoint, _: &Fp8Config, info: &Fp8LayerInfo, prefix: &str) -> Result<Fp8Layer> {
         let name = |part: &str| format!("{prefix}.{part}");
         Ok(Fp8Layer {
             layout: info.layout,
@@ -254,5 +238,17 @@ impl Fp8Checkpoint {
             scales: ck.read_floats(&name(info.scale.0))?,
             bias: info.bias.map(|_| ck.read_floats(&name("bias"))).transpose()?,
         })
+    }
+
+    fn summary(config: &Fp8Config, prefix: &str, i: &Fp8LayerInfo) -> LayerSummary {
+        LayerSummary {
+            prefix: prefix.to_string(),
+            experts: i.experts,
+            out: i.layout.rows(),
+            inp: i.layout.cols(),
+            method: QuantMethod::Fp8 { format: i.format, block: config.block },
+            stored_bytes: i.stored_bytes(),
+            bias: i.bias,
+        }
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod tile;
 pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};
 
 use crate::elem::Elem;
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::par::Parallelism;
 
@@ -157,10 +158,10 @@ pub struct Fp8Layout {
 impl Fp8Layout {
     /// Block-wise scales (`weight_block_size = [block_rows, block_cols]`), grid ceil-divided.
     pub fn block(rows: usize, cols: usize, block_rows: usize, block_cols: usize) -> Result<Self> {
-        rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+        rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
         for b in [block_rows, block_cols] {
             if b == 0 {
-                return Err(Error::GroupSize { group: 0, len: rows.max(cols) });
+                return Err(Error::Kernel(KernelError::GroupSize { group: 0, len: rows.max(cols) }));
             }
         }
         Ok(Self { rows, cols, block_rows, block_cols })
@@ -259,7 +260,9 @@ pub fn fp8_dequantize_experts_into<S: Elem, O: Elem>(
 ) -> Result<()> {
     let per = layout.rows * layout.cols;
     let (sr, sc) = layout.scale_shape();
-    let total = experts.checked_mul(per).ok_or(Error::ShapeOverflow { rows: experts, cols: per })?;
+    let total = experts
+        .checked_mul(per)
+        .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: experts, cols: per }))?;
     expect_len("codes", total, codes.len())?;
     expect_len("scales", experts * sr * sc, scales.len())?;
     expect_len("out", total, out.len())?;

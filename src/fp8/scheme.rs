@@ -3,6 +3,7 @@
 
 use super::{Fp8Layer, Fp8Layout};
 use crate::elem::{Elem, FloatVec};
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bias_range, bits_of, concat_bias, concat_floats};
@@ -10,9 +11,13 @@ use crate::tp::Shard;
 use crate::tp::shard::{column_range, on};
 
 impl Fp8Layer {
-    /// [`Error::StackedExperts`] unless this is one expert.
+    /// [`KernelError::StackedExperts`] unless this is one expert.
     fn one_expert(&self) -> Result<()> {
-        if self.experts == 1 { Ok(()) } else { Err(Error::StackedExperts { experts: self.experts }) }
+        if self.experts == 1 {
+            Ok(())
+        } else {
+            Err(Error::Kernel(KernelError::StackedExperts { experts: self.experts }))
+        }
     }
 }
 
@@ -70,14 +75,14 @@ impl QuantScheme for Fp8Layer {
     /// assert_eq!(s.scales, FloatVec::F32(vec![3.0, 4.0]));
     /// assert_eq!(
     ///     layer.shard(&Shard::Offset { dim: 1, offset: 1, len: 3 }).unwrap_err(),
-    ///     Error::ShardBoundary { what: "fp8 scale block", at: 1, multiple: 2 }
+    ///     Error::Tp(quant_kernels::error::TpError::ShardBoundary { what: "fp8 scale block", at: 1, multiple: 2 })
     /// );
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     fn shard(&self, shard: &Shard) -> Result<Self> {
         let f = self;
         if f.experts != 1 {
-            return Err(Error::StackedExperts { experts: f.experts });
+            return Err(Error::Kernel(KernelError::StackedExperts { experts: f.experts }));
         }
         let l = &f.layout;
         let (rows, cols, (br, bc), (sr, sc)) = (l.rows(), l.cols(), l.block_size(), l.scale_shape());
@@ -122,11 +127,11 @@ impl QuantScheme for Fp8Layer {
     /// One-expert FP8 parts: code rows one after another. Per-tensor parts (block = shape) keep
     /// one scale, so their scales must be equal bit for bit; block-scaled parts share the block
     /// size and their scale-block rows follow each other, so every part but the last must end on
-    /// a block row ([`Error::ShardBoundary`] at the stack's row where it does not).
+    /// a block row ([`TpError::ShardBoundary`](crate::error::TpError::ShardBoundary) at the stack's row where it does not).
     fn concat(parts: &[&Self]) -> Result<Self> {
         for f in parts {
             if f.experts != 1 {
-                return Err(Error::StackedExperts { experts: f.experts });
+                return Err(Error::Kernel(KernelError::StackedExperts { experts: f.experts }));
             }
             let l = &f.layout;
             crate::with_float_vec!(&f.scales, s => crate::fp8::check(l, f.codes.len(), s, l.rows() * l.cols()))?;

@@ -3,6 +3,7 @@
 //! dequantizer, times the splat scale.
 
 use super::{Fp8Format, Fp8Layer, Fp8Layout};
+use crate::error::KernelError;
 use crate::error::{Error, Result};
 use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
 use crate::par::Parallelism;
@@ -20,7 +21,7 @@ impl Multiply for Fp8Layer {
 
     fn prepare(self) -> Result<Prepared> {
         if self.experts != 1 {
-            return Err(Error::StackedExperts { experts: self.experts });
+            return Err(Error::Kernel(KernelError::StackedExperts { experts: self.experts }));
         }
         let l = self.layout;
         let scales = self.scales.to_f32();

@@ -13,7 +13,7 @@ use serde_json::Value;
 /// let c = GptqConfig::from_json(&serde_json::json!({"bits": 8, "sym": false, "checkpoint_format": "gptq_v2"}))?;
 /// assert_eq!((c.bits, c.group_size, c.desc_act, c.sym, c.format), (8, -1, true, false, ZeroFormat::V2));
 /// let bad = GptqConfig::from_json(&serde_json::json!({"bits": 5}));
-/// assert!(matches!(bad, Err(quant_kernels::Error::Config { .. })));
+/// assert!(matches!(bad, Err(quant_kernels::Error::Format(quant_kernels::error::FormatError::Config { .. }))));
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl GptqConfig {
     /// Parse a config object. Wrong types, unsupported values (`bits` 5, `group_size` 0, a
     /// `quant_method` other than `gptq`, a `checkpoint_format` such as `marlin`, a `pack_dtype`
     /// other than `int32`, `is_marlin_format: true`) and contradictions (`format` and
-    /// `checkpoint_format` both given and different) are [`Error::Config`](crate::Error::Config).
+    /// `checkpoint_format` both given and different) are [`FormatError::Config`](crate::error::FormatError::Config).
     pub fn from_json(value: &Value) -> Result<Self> {
         let obj = value.as_object().ok_or_else(|| invalid("quantization_config", "is not a JSON object"))?;
         let d = Self::default();
@@ -98,6 +98,7 @@ impl GptqConfig {
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::error::FormatError;
     use serde_json::json;
 
     #[test]
@@ -126,7 +127,7 @@ mod tests {
             (json!({"pack_dtype": "int16"}), "pack_dtype"),
         ] {
             match GptqConfig::from_json(&bad) {
-                Err(Error::Config { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                Err(Error::Format(FormatError::Config { field: f, .. })) => assert_eq!(f, field, "{bad}"),
                 other => panic!("{bad}: {other:?}"),
             }
         }

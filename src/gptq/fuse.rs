@@ -10,6 +10,7 @@ use super::GptqLayout;
 use super::checkpoint::GptqLayer;
 use super::layout::{codes_per_block, field, locate};
 use crate::elem::FloatVec;
+use crate::error::KernelError;
 use crate::error::{Error, Result};
 use crate::par::concat_columns;
 
@@ -50,7 +51,7 @@ pub fn pack_fields(fields: &[u32], bits: u8) -> Vec<i32> {
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
-    let first = parts.first().ok_or(Error::Fuse { what: "number of parts", part: 0 })?;
+    let first = parts.first().ok_or(Error::Kernel(KernelError::Fuse { what: "number of parts", part: 0 }))?;
     let l0 = first.layout;
     let default_g_idx = |p: &GptqLayer| p.g_idx.clone().unwrap_or_else(|| p.layout.default_g_idx());
     let g0 = default_g_idx(first);
@@ -77,7 +78,7 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
         } else {
             continue;
         };
-        return Err(Error::Fuse { what, part: i });
+        return Err(Error::Kernel(KernelError::Fuse { what, part: i }));
     }
     // Each part's lengths must match its layout before slicing by it.
     for p in parts {
@@ -97,13 +98,13 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
     let (qrows, _) = layout.qweight_shape();
     let qweight =
         concat_columns(&parts.iter().map(|p| (&p.qweight[..], p.layout.n())).collect::<Vec<_>>(), qrows)
-            .ok_or(Error::Fuse { what: "qweight", part: 0 })?;
+            .ok_or(Error::Kernel(KernelError::Fuse { what: "qweight", part: 0 }))?;
     let groups = layout.groups();
     let scales = FloatVec::concat_columns(
         &parts.iter().map(|p| (&p.scales, p.layout.n())).collect::<Vec<_>>(),
         groups,
     )
-    .ok_or(Error::Fuse { what: "scales", part: 0 })?;
+    .ok_or(Error::Kernel(KernelError::Fuse { what: "scales", part: 0 }))?;
     let mut qzeros = Vec::with_capacity(groups * n * bits as usize / 32);
     let mut fields = Vec::with_capacity(n);
     for g in 0..groups {
@@ -124,7 +125,7 @@ pub fn fuse_columns(parts: &[&GptqLayer]) -> Result<GptqLayer> {
             Some(
                 biases
                     .and_then(|b| FloatVec::concat_columns(&b, 1))
-                    .ok_or(Error::Fuse { what: "bias", part: 0 })?,
+                    .ok_or(Error::Kernel(KernelError::Fuse { what: "bias", part: 0 }))?,
             )
         }
     };
@@ -184,7 +185,7 @@ pub struct FuseReport {
 
 /// Fuse every q/k/v triple and gate/up pair of `layers` in place (see [`plan_fusion`]): the
 /// parts are replaced by their fused layer. Groups whose parts cannot be fused into one packed
-/// layer ([`Error::Fuse`], e.g. act-order parts with different `g_idx`) stay separate and are
+/// layer ([`KernelError::Fuse`], e.g. act-order parts with different `g_idx`) stay separate and are
 /// reported; [`concat_dequantized`] still gives their fused dense weight.
 pub fn fuse_layers(layers: &mut std::collections::BTreeMap<String, GptqLayer>) -> Result<FuseReport> {
     let mut report = FuseReport { fused: Vec::new(), skipped: Vec::new() };
@@ -201,7 +202,7 @@ pub fn fuse_layers(layers: &mut std::collections::BTreeMap<String, GptqLayer>) -
                 layers.insert(plan.fused.clone(), fused);
                 report.fused.push(plan);
             }
-            Err(e @ Error::Fuse { .. }) => report.skipped.push((plan, e)),
+            Err(e @ Error::Kernel(KernelError::Fuse { .. })) => report.skipped.push((plan, e)),
             Err(e) => return Err(e),
         }
     }
@@ -215,12 +216,12 @@ pub fn concat_dequantized<O: crate::elem::Elem>(
     parts: &[&GptqLayer],
     par: crate::par::Parallelism,
 ) -> Result<Vec<O>> {
-    let first = parts.first().ok_or(Error::Fuse { what: "number of parts", part: 0 })?;
+    let first = parts.first().ok_or(Error::Kernel(KernelError::Fuse { what: "number of parts", part: 0 }))?;
     let k = first.layout.k();
     if let Some(i) = parts.iter().position(|p| p.layout.k() != k) {
-        return Err(Error::Fuse { what: "K", part: i });
+        return Err(Error::Kernel(KernelError::Fuse { what: "K", part: i }));
     }
     let dense: Vec<Vec<O>> = parts.iter().map(|p| p.dequantize_kn::<O>(par)).collect::<Result<_>>()?;
     let dense: Vec<(&[O], usize)> = dense.iter().zip(parts).map(|(d, p)| (&d[..], p.layout.n())).collect();
-    concat_columns(&dense, k).ok_or(Error::Fuse { what: "dequantized part", part: 0 })
+    concat_columns(&dense, k).ok_or(Error::Kernel(KernelError::Fuse { what: "dequantized part", part: 0 }))
 }

@@ -42,6 +42,7 @@ pub use config::GptqConfig;
 pub use fuse::{FusePlan, FuseReport, concat_dequantized, fuse_columns, fuse_layers, plan_fusion};
 
 use crate::elem::Elem;
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::par::Parallelism;
 
@@ -78,23 +79,25 @@ impl GptqLayout {
     /// K % 32 == 0 for 3-bit), and so must N for `qzeros`.
     pub fn new(k: usize, n: usize, bits: u8, group_size: i64) -> Result<Self> {
         if !matches!(bits, 2 | 3 | 4 | 8) {
-            return Err(Error::UnsupportedBits(bits));
+            return Err(Error::Kernel(KernelError::UnsupportedBits(bits)));
         }
         let group_size = match group_size {
             -1 => None,
-            g if g > 0 => Some(usize::try_from(g).map_err(|_| Error::InvalidGroupSize(g))?),
-            g => return Err(Error::InvalidGroupSize(g)),
+            g if g > 0 => {
+                Some(usize::try_from(g).map_err(|_| Error::Kernel(KernelError::InvalidGroupSize(g)))?)
+            }
+            g => return Err(Error::Kernel(KernelError::InvalidGroupSize(g))),
         };
         let per = layout::codes_per_block(bits);
         for (what, value) in [("K", k), ("N", n)] {
             if !value.is_multiple_of(per) {
-                return Err(Error::NotMultiple { what, value, multiple: per });
+                return Err(Error::Kernel(KernelError::NotMultiple { what, value, multiple: per }));
             }
         }
         // K * N elements, and K * bits, N * bits for the packed shapes (either may be huge
         // while the other is 0).
         if k.checked_mul(n).is_none() || k.checked_mul(32).is_none() || n.checked_mul(32).is_none() {
-            return Err(Error::ShapeOverflow { rows: k, cols: n });
+            return Err(Error::Kernel(KernelError::ShapeOverflow { rows: k, cols: n }));
         }
         let groups = group_size.map_or(1, |g| k.div_ceil(g).max(1));
         Ok(Self { k, n, bits, group_size, groups })
@@ -115,9 +118,9 @@ impl GptqLayout {
     pub fn with_groups(k: usize, n: usize, bits: u8, group_size: i64, groups: usize) -> Result<Self> {
         let mut l = Self::new(k, n, bits, group_size)?;
         if groups < l.groups {
-            return Err(Error::TooFewGroups { groups, needed: l.groups });
+            return Err(Error::Kernel(KernelError::TooFewGroups { groups, needed: l.groups }));
         }
-        groups.checked_mul(n).ok_or(Error::ShapeOverflow { rows: groups, cols: n })?;
+        groups.checked_mul(n).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: groups, cols: n }))?;
         l.groups = groups;
         Ok(l)
     }
@@ -168,11 +171,10 @@ pub(crate) fn groups_of_rows(layout: &GptqLayout, g_idx: Option<&[i32]>) -> Resu
                 .iter()
                 .enumerate()
                 .map(|(index, &v)| {
-                    u32::try_from(v).ok().filter(|&g| (g as usize) < groups).ok_or(Error::GroupIndex {
-                        index,
-                        value: v as i64,
-                        groups,
-                    })
+                    u32::try_from(v)
+                        .ok()
+                        .filter(|&g| (g as usize) < groups)
+                        .ok_or(Error::Kernel(KernelError::GroupIndex { index, value: v as i64, groups }))
                 })
                 .collect()
         }

@@ -13,6 +13,7 @@
 
 use super::layout::{field, locate};
 use super::{GptqLayer, GptqLayout, groups_of_rows};
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 
 /// Check that `perm` is a permutation of `0..len`.
@@ -22,7 +23,7 @@ pub fn check_permutation(perm: &[u32], len: usize) -> Result<()> {
     for (index, &v) in perm.iter().enumerate() {
         let fresh = seen.get_mut(v as usize).map(|s| !std::mem::replace(s, true)).unwrap_or(false);
         if !fresh {
-            return Err(Error::Permutation { index, value: v as u64, len });
+            return Err(Error::Kernel(KernelError::Permutation { index, value: v as u64, len }));
         }
     }
     Ok(())
@@ -132,7 +133,7 @@ pub(crate) fn repack_rows(qweight: &[i32], perm: &[u32], layout: &GptqLayout) ->
 pub fn permute_inputs<T: Copy>(x: &[T], batch: usize, perm: &[u32]) -> Result<Vec<T>> {
     let k = perm.len();
     check_permutation(perm, k)?;
-    let n = batch.checked_mul(k).ok_or(Error::ShapeOverflow { rows: batch, cols: k })?;
+    let n = batch.checked_mul(k).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: batch, cols: k }))?;
     expect_len("x", n, x.len())?;
     let mut out = Vec::with_capacity(n);
     for row in x.chunks_exact(k.max(1)).take(batch) {

@@ -20,7 +20,7 @@
 //! The code matrix is packed along its rows (dim 0), planar: with `P` packed rows, word
 //! `[p, c]` holds codes `[p, c]`, `[p + P, c]`, `[p + 2P, c]`, ... first plane in the high bits
 //! (see [`crate::pack`]). 8/4/2/1-bit pack into `u8` and need the row count to be a multiple of
-//! 1/2/4/8 (hqq fails otherwise; so do we, with [`Error::PackRows`]); 3-bit packs 10 codes into
+//! 1/2/4/8 (hqq fails otherwise; so do we, with [`KernelError::PackRows`]); 3-bit packs 10 codes into
 //! an `i32` and zero-pads the rows to a multiple of 10.
 //!
 //! ```text
@@ -44,6 +44,7 @@ pub use quantize::{HqqConfig, HqqLayer, quantize_hqq, quantize_hqq_with};
 pub use scheme::HqqWeight;
 
 use crate::elem::Elem;
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::pack::{self, B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
@@ -64,7 +65,7 @@ impl TryFrom<u8> for Axis {
         match a {
             0 => Ok(Axis::Zero),
             1 => Ok(Axis::One),
-            other => Err(Error::UnsupportedAxis(other)),
+            other => Err(Error::Kernel(KernelError::UnsupportedAxis(other))),
         }
     }
 }
@@ -90,9 +91,9 @@ impl HqqLayout {
     /// A layout for a `[rows, cols]` weight; `group_size` must be non-zero and divide
     /// `rows * cols`.
     pub fn new(rows: usize, cols: usize, group_size: usize, axis: Axis) -> Result<Self> {
-        let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+        let numel = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
         if group_size == 0 || !numel.is_multiple_of(group_size) {
-            return Err(Error::GroupSize { group: group_size, len: numel });
+            return Err(Error::Kernel(KernelError::GroupSize { group: group_size, len: numel }));
         }
         Ok(Self { rows, cols, group_size, axis })
     }
@@ -226,7 +227,7 @@ impl Packed {
             (PackedWords::I32(w), Bits::B3) => {
                 dequantize_into::<B3, S, O>(w, scales, zeros, layout, out, par)
             }
-            (_, bits) => Err(Error::UnsupportedBits(bits.get())),
+            (_, bits) => Err(Error::Kernel(KernelError::UnsupportedBits(bits.get()))),
         }
     }
 }
@@ -248,10 +249,14 @@ impl Packed {
 /// ```
 pub fn pack_hqq(codes: &[u8], rows: usize, cols: usize, bits: u8) -> Result<Packed> {
     let bits = Bits::try_from(bits)?;
-    let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+    let numel = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
     expect_len("codes", numel, codes.len())?;
     if let Some(index) = codes.iter().position(|&c| c > bits.max_code()) {
-        return Err(Error::CodeOutOfRange { index, code: codes[index], bits: bits.get() });
+        return Err(Error::Kernel(KernelError::CodeOutOfRange {
+            index,
+            code: codes[index],
+            bits: bits.get(),
+        }));
     }
     let words = match bits {
         Bits::B8 => PackedWords::U8(pack_checked::<B8>(codes, rows, cols)?),
@@ -273,10 +278,9 @@ fn pack_checked<P: Packing>(codes: &[u8], rows: usize, cols: usize) -> Result<Ve
 pub fn unpack_hqq(packed: &Packed) -> Result<Vec<u8>> {
     let mut out = vec![
         0u8;
-        packed
-            .rows
-            .checked_mul(packed.cols)
-            .ok_or(Error::ShapeOverflow { rows: packed.rows, cols: packed.cols })?
+        packed.rows.checked_mul(packed.cols).ok_or(Error::Kernel(
+            KernelError::ShapeOverflow { rows: packed.rows, cols: packed.cols }
+        ))?
     ];
     unpack_hqq_into(packed, &mut out)?;
     Ok(out)
@@ -291,14 +295,18 @@ pub fn unpack_hqq_into(packed: &Packed, out: &mut [u8]) -> Result<()> {
         (PackedWords::U8(w), Bits::B2) => unpack_checked::<B2>(w, rows, cols, out),
         (PackedWords::U8(w), Bits::B1) => unpack_checked::<B1>(w, rows, cols, out),
         (PackedWords::I32(w), Bits::B3) => unpack_checked::<B3>(w, rows, cols, out),
-        (_, bits) => Err(Error::UnsupportedBits(bits.get())),
+        (_, bits) => Err(Error::Kernel(KernelError::UnsupportedBits(bits.get()))),
     }
 }
 
 fn unpack_checked<P: Packing>(words: &[P::Word], rows: usize, cols: usize, out: &mut [u8]) -> Result<()> {
-    let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+    let numel = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
     let prows = P::packed_rows(rows)?;
-    expect_len("packed", prows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?, words.len())?;
+    expect_len(
+        "packed",
+        prows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?,
+        words.len(),
+    )?;
     expect_len("out", numel, out.len())?;
     pack::unpack_planes_into::<P>(words, rows, cols, out);
     Ok(())

@@ -35,6 +35,7 @@
 
 use super::{Axis, HqqLayout, Packed};
 use crate::elem::Elem;
+use crate::error::KernelError;
 use crate::error::{Error, Result};
 use crate::par::Parallelism;
 use rayon::prelude::*;
@@ -150,7 +151,7 @@ pub fn quantize_hqq_with<E: Elem>(
     par: Parallelism,
 ) -> Result<HqqLayer> {
     let bits = crate::pack::Bits::try_from(config.bits)?;
-    let numel = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+    let numel = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
     crate::error::expect_len("weight", numel, w.len())?;
     let widened;
     let w: &[f32] = match E::as_f32(w) {
@@ -165,7 +166,7 @@ pub fn quantize_hqq_with<E: Elem>(
         }
     };
     if let Some(index) = w.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite { index });
+        return Err(Error::Kernel(KernelError::NonFinite { index }));
     }
     let max_v = ((1u32 << config.bits) - 1) as f32;
     let layout = config.layout(rows, cols)?;

@@ -4,6 +4,7 @@
 use super::{Axis, HqqLayer, HqqLayout, Packed, PackedWords};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, Result, expect_len};
+use crate::error::{KernelError, TpError};
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bits_of, concat_floats};
@@ -73,7 +74,7 @@ impl HqqWeight {
                 (PackedWords::U8(w), Bits::B2) => run!(B2, w),
                 (PackedWords::U8(w), Bits::B1) => run!(B1, w),
                 (PackedWords::I32(w), Bits::B3) => run!(B3, w),
-                (_, bits) => Err(Error::UnsupportedBits(bits.get())),
+                (_, bits) => Err(Error::Kernel(KernelError::UnsupportedBits(bits.get()))),
             }
         }
         self.with_params(|p| match p {
@@ -112,7 +113,7 @@ impl QuantScheme for HqqWeight {
             (PackedWords::U8(w), Bits::B2) => super::check::<B2>(l, w.len(), ns, nz, numel),
             (PackedWords::U8(w), Bits::B1) => super::check::<B1>(l, w.len(), ns, nz, numel),
             (PackedWords::I32(w), Bits::B3) => super::check::<B3>(l, w.len(), ns, nz, numel),
-            (_, bits) => Err(Error::UnsupportedBits(bits.get())),
+            (_, bits) => Err(Error::Kernel(KernelError::UnsupportedBits(bits.get()))),
         }?;
         Ok(())
     }
@@ -213,8 +214,8 @@ impl QuantScheme for HqqWeight {
                     on(r.end, m, "hqq code row")?;
                     with_picks(HqqLayout::new(rows, len, rows * len / m, axis)?, &|j| j)
                 }
-                (Axis::One, _) => return Err(Error::ShardGrouping { period: g, cols }),
-                (Axis::Zero, _) => return Err(Error::ShardGrouping { period: cc, cols }),
+                (Axis::One, _) => return Err(Error::Tp(TpError::ShardGrouping { period: g, cols })),
+                (Axis::Zero, _) => return Err(Error::Tp(TpError::ShardGrouping { period: cc, cols })),
             }
         };
         let (ncr, ncc) = layout.code_shape();

@@ -2,7 +2,7 @@
 //! group-wise, SmoothQuant's smoothing factors, and int4 packing with sign extension.
 //!
 //! Weights are `[rows = out, cols = in]` row-major `f32` (the `nn.Linear` orientation). Every
-//! quantizer rejects non-finite input with [`Error::NonFinite`] and bounds its error:
+//! quantizer rejects non-finite input with [`KernelError::NonFinite`] and bounds its error:
 //!
 //! | method | storage | error bound per weight |
 //! |---|---|---|
@@ -20,6 +20,7 @@ mod scheme;
 pub(crate) mod tile;
 
 use crate::elem::Elem;
+use crate::error::{FormatError, KernelError};
 
 use crate::error::{Error, Result, expect_len};
 use crate::lanes::{self, Kernel};
@@ -36,13 +37,13 @@ pub enum Granularity {
 
 fn check_finite(w: &[f32]) -> Result<()> {
     match w.iter().position(|x| !x.is_finite()) {
-        Some(index) => Err(Error::NonFinite { index }),
+        Some(index) => Err(Error::Kernel(KernelError::NonFinite { index })),
         None => Ok(()),
     }
 }
 
 fn check_shape(len: usize, rows: usize, cols: usize) -> Result<()> {
-    let n = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+    let n = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
     expect_len("weight", n, len)
 }
 
@@ -193,7 +194,7 @@ pub struct Int4Tensor {
 pub fn quantize_int4(w: &[f32], rows: usize, cols: usize, group: usize) -> Result<Int4Tensor> {
     check_shape(w.len(), rows, cols)?;
     if group == 0 || !group.is_multiple_of(2) || !cols.is_multiple_of(group) {
-        return Err(Error::GroupSize { group, len: cols });
+        return Err(Error::Kernel(KernelError::GroupSize { group, len: cols }));
     }
     check_finite(w)?;
     let groups = w.len() / group;
@@ -219,9 +220,9 @@ impl Int4Tensor {
         let n = self
             .rows
             .checked_mul(self.cols)
-            .ok_or(Error::ShapeOverflow { rows: self.rows, cols: self.cols })?;
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: self.rows, cols: self.cols }))?;
         if self.group == 0 || !self.group.is_multiple_of(2) || !self.cols.is_multiple_of(self.group) {
-            return Err(Error::GroupSize { group: self.group, len: self.cols });
+            return Err(Error::Kernel(KernelError::GroupSize { group: self.group, len: self.cols }));
         }
         expect_len("packed", n.div_ceil(2), self.packed.len())?;
         expect_len("scales", n / self.group, self.scales.len())?;
@@ -289,13 +290,13 @@ impl<O: Elem> Kernel for Int4Rows<'_, O> {
 /// the last high nibble 0).
 pub fn pack_int4(codes: &[u8]) -> Result<Vec<u8>> {
     if let Some(index) = codes.iter().position(|&c| c > 15) {
-        return Err(Error::CodeOutOfRange { index, code: codes[index], bits: 4 });
+        return Err(Error::Kernel(KernelError::CodeOutOfRange { index, code: codes[index], bits: 4 }));
     }
     Ok(codes.chunks(2).map(|p| p[0] | p.get(1).map_or(0, |h| h << 4)).collect())
 }
 
 /// The first `out.len()` 4-bit codes of `packed` (see [`pack_int4`]) into `out`;
-/// [`Error::LengthMismatch`] when `packed` holds fewer (`out.len()` needs `ceil(out.len() / 2)`
+/// [`KernelError::LengthMismatch`] when `packed` holds fewer (`out.len()` needs `ceil(out.len() / 2)`
 /// bytes; more are fine).
 ///
 /// ```
@@ -334,7 +335,11 @@ fn fill_int4(packed: &[u8], out: &mut [u8]) {
 fn int4_bytes_hold(packed: &[u8], n: usize) -> Result<()> {
     let need = n.div_ceil(2);
     if packed.len() < need {
-        return Err(Error::LengthMismatch { what: "packed int4 bytes", expected: need, got: packed.len() });
+        return Err(Error::Kernel(KernelError::LengthMismatch {
+            what: "packed int4 bytes",
+            expected: need,
+            got: packed.len(),
+        }));
     }
     Ok(())
 }
@@ -351,12 +356,12 @@ fn int4_bytes_hold(packed: &[u8], n: usize) -> Result<()> {
 /// ```
 pub fn pack_int4_signed(values: &[i8]) -> Result<Vec<u8>> {
     if let Some(index) = values.iter().position(|v| !(-8..=7).contains(v)) {
-        return Err(Error::CodeOutOfRange { index, code: values[index] as u8, bits: 4 });
+        return Err(Error::Kernel(KernelError::CodeOutOfRange { index, code: values[index] as u8, bits: 4 }));
     }
     pack_int4(&values.iter().map(|&v| (v as u8) & 15).collect::<Vec<_>>())
 }
 
-/// The first `n` signed int4 values of `packed`, sign-extended; [`Error::LengthMismatch`] when
+/// The first `n` signed int4 values of `packed`, sign-extended; [`KernelError::LengthMismatch`] when
 /// `packed` holds fewer than `n`.
 pub fn unpack_int4_signed(packed: &[u8], n: usize) -> Result<Vec<i8>> {
     Ok(unpack_int4(packed, n)?.into_iter().map(|c| ((c << 4) as i8) >> 4).collect())
@@ -384,7 +389,10 @@ pub fn smoothquant_scales(
     check_shape(w.len(), rows, cols)?;
     expect_len("act_max", cols, act_max.len())?;
     if !(0.0..=1.0).contains(&alpha) {
-        return Err(Error::Config { field: "alpha".into(), reason: format!("{alpha} is not in [0, 1]") });
+        return Err(Error::Format(FormatError::Config {
+            field: "alpha".into(),
+            reason: format!("{alpha} is not in [0, 1]"),
+        }));
     }
     check_finite(act_max)?;
     check_finite(w)?;

@@ -9,10 +9,11 @@
 //!
 //! The quantization config comes from `quantize_config.json` and/or the `quantization_config`
 //! object of `config.json`; when both exist, a field present in both with different values is
-//! an [`Error::Config`].
+//! an [`FormatError::Config`].
 
 use super::safetensors::{Dtype, LeElem, SafetensorsFile, TensorInfo};
 use crate::elem::FloatVec;
+use crate::error::FormatError;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -38,11 +39,11 @@ pub struct Checkpoint {
 /// Read and parse a JSON file; `Ok(None)` when it does not exist.
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Json { path: path.display().to_string(), reason: e.to_string() }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Format(FormatError::Json { path: path.display().to_string(), reason: e.to_string() })
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, &e)),
+        Err(e) => Err(Error::io(path, e)),
     }
 }
 
@@ -51,11 +52,13 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
 fn inside(dir: &Path, canonical_dir: &Path, name: &str) -> Result<PathBuf> {
     let rel = Path::new(name);
     if name.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(Error::OutsideDirectory(name.to_string()));
+        return Err(Error::Format(FormatError::OutsideDirectory(name.to_string())));
     }
     let path = dir.join(rel);
     match path.canonicalize() {
-        Ok(real) if !real.starts_with(canonical_dir) => Err(Error::OutsideDirectory(name.to_string())),
+        Ok(real) if !real.starts_with(canonical_dir) => {
+            Err(Error::Format(FormatError::OutsideDirectory(name.to_string())))
+        }
         _ => Ok(path), // absent files are reported by the caller
     }
 }
@@ -64,7 +67,7 @@ impl Checkpoint {
     /// Open and validate the checkpoint in `dir` (see the module docs).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let canonical = dir.canonicalize().map_err(|e| Error::io(dir, &e))?;
+        let canonical = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         let index_path = dir.join(INDEX_FILE);
         let (shards, tensors) = match read_json(&index_path)? {
             Some(index) => Self::open_index(dir, &canonical, &index_path, &index)?,
@@ -84,8 +87,9 @@ impl Checkpoint {
         index_path: &Path,
         index: &serde_json::Value,
     ) -> Result<(Vec<SafetensorsFile>, BTreeMap<String, usize>)> {
-        let bad =
-            |reason: &str| Error::Json { path: index_path.display().to_string(), reason: reason.into() };
+        let bad = |reason: &str| {
+            Error::Format(FormatError::Json { path: index_path.display().to_string(), reason: reason.into() })
+        };
         let map =
             index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object"))?;
         // file name -> tensors the index places there
@@ -100,7 +104,10 @@ impl Checkpoint {
         for (file, names) in &by_file {
             let path = inside(dir, canonical, file)?;
             if !path.is_file() {
-                return Err(Error::MissingShard { file: file.to_string(), tensors: names.len() });
+                return Err(Error::Format(FormatError::MissingShard {
+                    file: file.to_string(),
+                    tensors: names.len(),
+                }));
             }
             let shard = SafetensorsFile::open(&path)?;
             for name in names {
@@ -113,7 +120,7 @@ impl Checkpoint {
             shards.push(shard);
         }
         if !missing.is_empty() {
-            return Err(Error::MissingTensors(missing));
+            return Err(Error::Format(FormatError::MissingTensors(missing)));
         }
         Ok((shards, tensors))
     }
@@ -127,19 +134,19 @@ impl Checkpoint {
         Ok(match (separate, embedded) {
             (Some(a), Some(b)) => {
                 let (Some(ma), Some(mb)) = (a.as_object(), b.as_object()) else {
-                    return Err(Error::Config {
+                    return Err(Error::Format(FormatError::Config {
                         field: "quantization_config".into(),
                         reason: "is not a JSON object".into(),
-                    });
+                    }));
                 };
                 for (key, value) in ma {
                     if let Some(other) = mb.get(key).filter(|o| *o != value && key != "meta") {
-                        return Err(Error::Config {
+                        return Err(Error::Format(FormatError::Config {
                             field: key.clone(),
                             reason: format!(
                                 "quantize_config.json says {value}, config.json's quantization_config says {other}"
                             ),
-                        });
+                        }));
                     }
                 }
                 let mut merged = mb.clone();
@@ -160,11 +167,13 @@ impl Checkpoint {
         self.quantization.as_ref()
     }
 
-    /// The quantization config, or the [`Error::Config`] that says there is none.
+    /// The quantization config, or the [`FormatError::Config`] that says there is none.
     pub fn require_quantization_config(&self) -> Result<&serde_json::Value> {
-        self.quantization.as_ref().ok_or_else(|| Error::Config {
-            field: "quantization_config".into(),
-            reason: "neither quantize_config.json nor config.json's quantization_config exists".into(),
+        self.quantization.as_ref().ok_or_else(|| {
+            Error::Format(FormatError::Config {
+                field: "quantization_config".into(),
+                reason: "neither quantize_config.json nor config.json's quantization_config exists".into(),
+            })
         })
     }
 
@@ -185,25 +194,33 @@ impl Checkpoint {
 
     /// Read one tensor's raw bytes.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let &s = self.tensors.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let &s = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         self.shards[s].read(name)
     }
 
     /// Read one tensor as `T` (its dtype must be `T`'s).
     pub fn read_as<T: LeElem>(&self, name: &str) -> Result<Vec<T>> {
-        let &s = self.tensors.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let &s = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         self.shards[s].read_as(name)
     }
 
     /// `name`'s entry, checking its dtype is one of `dtypes` (`allowed` names them in the error).
     pub fn expect_dtype(&self, name: &str, dtypes: &[Dtype], allowed: &'static str) -> Result<TensorInfo> {
-        let info = self.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         if !dtypes.contains(&info.dtype) {
-            return Err(Error::TensorDtype {
+            return Err(Error::Format(FormatError::TensorDtype {
                 tensor: name.into(),
                 expected: allowed,
                 got: info.dtype.to_string(),
-            });
+            }));
         }
         Ok(info.clone())
     }

@@ -1,12 +1,13 @@
 //! Typed reads of quantization-config fields, shared by the schemes' config parsers: a field
-//! of the wrong type is an [`Error::Config`] naming it; absent or `null` means the default.
+//! of the wrong type is an [`FormatError::Config`] naming it; absent or `null` means the default.
 
 use crate::error::Error;
+use crate::error::FormatError;
 use crate::error::Result;
 use serde_json::Value;
 
 pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Error {
-    Error::Config { field: field.into(), reason: reason.into() }
+    Error::Format(FormatError::Config { field: field.into(), reason: reason.into() })
 }
 
 pub(crate) fn get_bool(obj: &serde_json::Map<String, Value>, field: &str, default: bool) -> Result<bool> {

@@ -1,6 +1,8 @@
 //! Files: a lazy, validating safetensors reader and a streaming writer ([`safetensors`]), and
 //! model checkpoints made of them ([`checkpoint`]: a single file or a sharded index, plus the
-//! quantization config).
+//! quantization config), their quantized layers ([`quantized`]: one generic
+//! [`QuantCheckpoint`] over a scheme's layer type, and [`QuantizedCheckpoint`], whichever
+//! scheme a directory holds), and mistral.rs's UQFF ([`uqff`]).
 //!
 //! Nothing here maps or copies a whole file: headers are parsed and checked against the file
 //! length when a file is opened, and tensors are read one at a time into buffers whose size the
@@ -8,8 +10,10 @@
 
 pub mod checkpoint;
 pub(crate) mod fields;
+pub mod quantized;
 pub mod safetensors;
 pub mod uqff;
 
 pub use checkpoint::Checkpoint;
+pub use quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint, QuantizedCheckpoint};
 pub use safetensors::{Dtype, SafetensorsFile, SafetensorsWriter, TensorInfo};

@@ -9,6 +9,7 @@
 //! [`SafetensorsFile::read`] then reads one tensor into a buffer of exactly its size.
 
 use crate::error::{Error, Result};
+use crate::error::{FormatError, KernelError};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -134,7 +135,7 @@ pub struct SafetensorsFile {
 }
 
 fn malformed(path: &str, reason: impl Into<String>) -> Error {
-    Error::Safetensors { path: path.to_string(), reason: reason.into() }
+    Error::Format(FormatError::Safetensors { path: path.to_string(), reason: reason.into() })
 }
 
 /// Parse and validate a header (`header` = the JSON bytes) for a file of `file_len` bytes.
@@ -223,8 +224,8 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let label = path.display().to_string();
-        let mut file = File::open(path).map_err(|e| Error::io(path, &e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, &e))?.len();
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut n = [0u8; 8];
         file.read_exact(&mut n).map_err(|_| malformed(&label, "shorter than the 8-byte header length"))?;
         let n = u64::from_le_bytes(n);
@@ -235,7 +236,7 @@ impl SafetensorsFile {
             ));
         }
         let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header).map_err(|e| Error::io(path, &e))?;
+        file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
         let (tensors, metadata) = parse_header(&label, &header, file_len)?;
         Ok(Self { path: path.to_path_buf(), tensors, metadata })
     }
@@ -262,33 +263,37 @@ impl SafetensorsFile {
 
     /// Read one tensor's bytes (exactly its validated length).
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let info = self.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
-        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
-        file.seek(SeekFrom::Start(info.offset)).map_err(|e| Error::io(&self.path, &e))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        file.seek(SeekFrom::Start(info.offset)).map_err(|e| Error::io(&self.path, e))?;
         let mut bytes = vec![0u8; info.len];
         // The file may have shrunk since it was opened: that is an I/O error, not a panic.
-        file.read_exact(&mut bytes).map_err(|e| Error::io(&self.path, &e))?;
+        file.read_exact(&mut bytes).map_err(|e| Error::io(&self.path, e))?;
         Ok(bytes)
     }
 
     /// Read one tensor as `T`, checking its dtype is one of `T`'s.
     pub fn read_as<T: LeElem>(&self, name: &str) -> Result<Vec<T>> {
-        let info = self.info(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         if info.dtype != T::DTYPE {
-            return Err(Error::TensorDtype {
+            return Err(Error::Format(FormatError::TensorDtype {
                 tensor: name.to_string(),
                 expected: T::DTYPE.name(),
                 got: info.dtype.name().to_string(),
-            });
+            }));
         }
         if cfg!(target_endian = "big") {
             return Ok(T::from_le(&self.read(name)?));
         }
         // Little-endian: read straight into the typed buffer (no byte copy alongside it).
         let mut values = vec![T::zeroed(); info.numel()];
-        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, &e))?;
-        file.seek(SeekFrom::Start(info.offset)).map_err(|e| Error::io(&self.path, &e))?;
-        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::io(&self.path, &e))?;
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        file.seek(SeekFrom::Start(info.offset)).map_err(|e| Error::io(&self.path, e))?;
+        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::io(&self.path, e))?;
         Ok(values)
     }
 }
@@ -360,7 +365,7 @@ pub struct SafetensorsWriter {
 
 impl SafetensorsWriter {
     /// Create `path` and write the header for `tensors` (written later in this order) and
-    /// `metadata`. A name declared twice, or named `__metadata__`, is an [`Error::Safetensors`]
+    /// `metadata`. A name declared twice, or named `__metadata__`, is an [`FormatError::Safetensors`]
     /// (nothing is created).
     pub fn create(
         path: impl AsRef<Path>,
@@ -384,8 +389,11 @@ impl SafetensorsWriter {
                 ));
             }
             let len = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d));
-            let len = len.ok_or(Error::ShapeOverflow { rows: shape.len(), cols: dtype.size() })?;
-            let end = at.checked_add(len).ok_or(Error::ShapeOverflow { rows: at, cols: len })?;
+            let len = len
+                .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: shape.len(), cols: dtype.size() }))?;
+            let end = at
+                .checked_add(len)
+                .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: at, cols: len }))?;
             header.insert(
                 name.clone(),
                 serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [at, end]}),
@@ -395,9 +403,9 @@ impl SafetensorsWriter {
         }
         let mut json = serde_json::Value::Object(header).to_string().into_bytes();
         json.resize(json.len().next_multiple_of(8), b' ');
-        let file = File::create(path).map_err(|e| Error::io(path, &e))?;
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
-        let io = |e: std::io::Error| Error::io(path, &e);
+        let io = |e: std::io::Error| Error::io(path, e);
         file.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         file.write_all(&json).map_err(io)?;
         Ok(Self { path: path.to_path_buf(), file, entries, next: 0, partial: 0 })
@@ -417,9 +425,13 @@ impl SafetensorsWriter {
         let len = self.current(name)?;
         let end = self.partial + bytes.len();
         if end > len {
-            return Err(Error::LengthMismatch { what: "tensor bytes", expected: len, got: end });
+            return Err(Error::Kernel(KernelError::LengthMismatch {
+                what: "tensor bytes",
+                expected: len,
+                got: end,
+            }));
         }
-        self.file.write_all(bytes).map_err(|e| Error::io(&self.path, &e))?;
+        self.file.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
         self.partial = end;
         if end == len {
             self.next += 1;
@@ -431,10 +443,10 @@ impl SafetensorsWriter {
     /// The declared byte length of `name`, which must be the tensor due next.
     fn current(&self, name: &str) -> Result<usize> {
         let Some((expected, len)) = self.entries.get(self.next) else {
-            return Err(Error::MissingTensors(vec![format!("{name} (not declared)")]));
+            return Err(Error::Format(FormatError::MissingTensors(vec![format!("{name} (not declared)")])));
         };
         if expected != name {
-            return Err(Error::MissingTensors(vec![expected.clone()]));
+            return Err(Error::Format(FormatError::MissingTensors(vec![expected.clone()])));
         }
         Ok(*len)
     }
@@ -443,9 +455,9 @@ impl SafetensorsWriter {
     pub fn finish(mut self) -> Result<()> {
         if self.next != self.entries.len() {
             let missing = self.entries[self.next..].iter().map(|(n, _)| n.clone()).collect();
-            return Err(Error::MissingTensors(missing));
+            return Err(Error::Format(FormatError::MissingTensors(missing)));
         }
-        self.file.flush().map_err(|e| Error::io(&self.path, &e))
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -493,7 +505,7 @@ mod tests {
         let f = SafetensorsFile::open(&path).unwrap();
         assert_eq!(f.read_as::<f32>("w").unwrap(), wv);
         assert_eq!(f.read_as::<i32>("b").unwrap(), [1, -2, 3]);
-        assert!(matches!(f.read_as::<f32>("b"), Err(Error::TensorDtype { .. })));
+        assert!(matches!(f.read_as::<f32>("b"), Err(Error::Format(FormatError::TensorDtype { .. }))));
         assert_eq!(f.metadata()["format"], "pt");
         let bytes = std::fs::read(&path).unwrap();
         let st = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -502,7 +514,7 @@ mod tests {
 
         let mut w = SafetensorsWriter::create(&path, &decl, &meta).unwrap();
         w.write("w", &to_le_bytes(&wv)).unwrap();
-        assert_eq!(w.finish(), Err(Error::MissingTensors(vec!["b".into(), "e".into()])));
+        assert_eq!(w.finish(), Err(Error::Format(FormatError::MissingTensors(vec!["b".into(), "e".into()]))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -535,15 +547,18 @@ mod tests {
             let path = dir.join(format!("{i}.safetensors"));
             write_file(&path, header, &vec![0u8; *data]);
             let err = SafetensorsFile::open(&path).unwrap_err();
-            assert!(matches!(err, Error::Safetensors { .. }), "{what}: {err}");
+            assert!(matches!(err, Error::Format(FormatError::Safetensors { .. })), "{what}: {err}");
         }
         // Header length beyond the file, and a file shorter than 8 bytes.
         let path = dir.join("short.safetensors");
         std::fs::write(&path, 1000u64.to_le_bytes()).unwrap();
-        assert!(matches!(SafetensorsFile::open(&path), Err(Error::Safetensors { .. })));
+        assert!(matches!(SafetensorsFile::open(&path), Err(Error::Format(FormatError::Safetensors { .. }))));
         std::fs::write(&path, [1, 2, 3]).unwrap();
-        assert!(matches!(SafetensorsFile::open(&path), Err(Error::Safetensors { .. })));
-        assert!(matches!(SafetensorsFile::open(dir.join("absent")), Err(Error::Io { .. })));
+        assert!(matches!(SafetensorsFile::open(&path), Err(Error::Format(FormatError::Safetensors { .. }))));
+        assert!(matches!(
+            SafetensorsFile::open(dir.join("absent")),
+            Err(Error::Format(FormatError::Io { .. }))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

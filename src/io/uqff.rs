@@ -21,6 +21,7 @@
 use super::safetensors::Dtype;
 use crate::elem::FloatVec;
 use crate::error::{Error, Result};
+use crate::error::{FormatError, KernelError};
 use crate::hqq::{Axis, HqqConfig, HqqLayout, HqqWeight, Packed, PackedWords};
 use crate::pack::Bits;
 use std::collections::BTreeMap;
@@ -72,7 +73,7 @@ pub struct UqffHqqLayer {
 }
 
 fn bad(offset: usize, reason: impl Into<String>) -> Error {
-    Error::Uqff { offset, reason: reason.into() }
+    Error::Format(FormatError::Uqff { offset, reason: reason.into() })
 }
 
 /// The legacy dtype code of `d`.
@@ -104,7 +105,7 @@ fn dtype_of_code(code: u32) -> Result<Dtype> {
         7 => Dtype::F64,
         8 => Dtype::I16,
         9 => Dtype::F8E4M3,
-        other => return Err(Error::UqffDtype(other)),
+        other => return Err(Error::Format(FormatError::UqffDtype(other))),
     })
 }
 
@@ -280,8 +281,8 @@ impl UqffHqqLayer {
     /// [`crate::hqq::HqqLayer::layout`] for `channel_wise: false`).
     pub fn layout(&self) -> Result<HqqLayout> {
         let rows = self.shape.first().copied().unwrap_or(1);
-        let cols =
-            product(self.shape.get(1..).unwrap_or(&[])).ok_or(Error::ShapeOverflow { rows, cols: 0 })?;
+        let cols = product(self.shape.get(1..).unwrap_or(&[]))
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols: 0 }))?;
         self.config.layout(rows, cols)
     }
 
@@ -323,11 +324,11 @@ pub fn read_legacy(blob: &[u8]) -> Result<UqffHqqLayer> {
     let version = c.u32("version")?;
     let (major, minor, patch) = ((version >> 16) & 0xff, (version >> 8) & 0xff, version & 0xff);
     if major != 0 || minor > 2 {
-        return Err(Error::UqffVersion { major, minor, patch });
+        return Err(Error::Format(FormatError::UqffVersion { major, minor, patch }));
     }
     let kind = c.u8("quant type")?;
     if kind != HQQ_TYPE {
-        return Err(Error::UqffQuantType(kind));
+        return Err(Error::Format(FormatError::UqffQuantType(kind)));
     }
     let has_bias = c.flag("has_bias")?;
     let w_q = c.tensor("w_q")?;
@@ -481,7 +482,13 @@ pub fn write_legacy_file(layers: &[UqffHqqLayer], names: Option<&[String]>) -> R
             let json = serde_json::to_string(n).map_err(|e| bad(0, e.to_string()))?;
             Some(std::collections::HashMap::from([(LEGACY_NAMES_KEY.to_string(), json)]))
         }
-        Some(n) => return Err(Error::LengthMismatch { what: "names", expected: layers.len(), got: n.len() }),
+        Some(n) => {
+            return Err(Error::Kernel(KernelError::LengthMismatch {
+                what: "names",
+                expected: layers.len(),
+                got: n.len(),
+            }));
+        }
         None => None,
     };
     safetensors::serialize(views, metadata).map_err(|e| bad(0, e.to_string()))
@@ -574,8 +581,9 @@ pub fn write_v1(layers: &[(String, UqffHqqLayer)], ext: Extension) -> Result<Vec
 pub fn read_v1(bytes: &[u8], ext: Extension) -> Result<Vec<(String, UqffHqqLayer)>> {
     let tensors = safetensors_tensors(bytes)?;
     let scalar = |name: &str, dtype: Dtype| -> Result<u32> {
-        let (d, shape, data) =
-            tensors.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let (d, shape, data) = tensors
+            .get(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         if *d != dtype || !shape.is_empty() {
             return Err(bad(0, format!("{name}: {d} {shape:?}, expected a {dtype} scalar")));
         }
@@ -590,10 +598,12 @@ pub fn read_v1(bytes: &[u8], ext: Extension) -> Result<Vec<(String, UqffHqqLayer
         scalar("uqff.version.patch", Dtype::U32)?,
     );
     if major != V1_VERSION.0 || minor > V1_VERSION.1 {
-        return Err(Error::UqffVersion { major, minor, patch });
+        return Err(Error::Format(FormatError::UqffVersion { major, minor, patch }));
     }
     let tensor = |name: &str| -> Result<UqffTensor> {
-        let (d, s, data) = tensors.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let (d, s, data) = tensors
+            .get(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         Ok(UqffTensor { dtype: *d, shape: s.clone(), data: data.to_vec() })
     };
     let mut out = Vec::new();
@@ -602,7 +612,7 @@ pub fn read_v1(bytes: &[u8], ext: Extension) -> Result<Vec<(String, UqffHqqLayer
         let w = format!("{p}.weight");
         let kind = scalar(name, Dtype::U8)? as u8;
         if kind != HQQ_TYPE {
-            return Err(Error::UqffQuantType(kind));
+            return Err(Error::Format(FormatError::UqffQuantType(kind)));
         }
         let shape_t = tensor(&format!("{w}.shape"))?;
         if shape_t.dtype != Dtype::U32 || shape_t.shape.len() != 1 || shape_t.shape[0] > MAX_DIMS {

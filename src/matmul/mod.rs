@@ -31,6 +31,7 @@ pub(crate) mod kernel;
 use crate::awq::AwqLayer;
 use crate::dense::DenseWeight;
 use crate::elem::{Elem, FloatVec};
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
@@ -257,8 +258,12 @@ impl QuantLinear {
         ws: &mut Workspace,
     ) -> Result<()> {
         let (out, inp) = (self.out, self.inp);
-        let nx = batch.checked_mul(inp).ok_or(Error::ShapeOverflow { rows: batch, cols: inp })?;
-        let ny = batch.checked_mul(out).ok_or(Error::ShapeOverflow { rows: batch, cols: out })?;
+        let nx = batch
+            .checked_mul(inp)
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: batch, cols: inp }))?;
+        let ny = batch
+            .checked_mul(out)
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: batch, cols: out }))?;
         expect_len("x", nx, x.len())?;
         expect_len("y", ny, y.len())?;
         let kp = kernel::padded(inp);
@@ -299,7 +304,9 @@ impl QuantLinear {
 
     /// The allocating form of [`QuantLinear::forward_into`].
     pub fn forward<X: Elem, Y: Elem>(&self, x: &[X], batch: usize, par: Parallelism) -> Result<Vec<Y>> {
-        let n = batch.checked_mul(self.out).ok_or(Error::ShapeOverflow { rows: batch, cols: self.out })?;
+        let n = batch
+            .checked_mul(self.out)
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: batch, cols: self.out }))?;
         let mut y = vec![Y::default(); n];
         self.forward_into(x, batch, &mut y, par)?;
         Ok(y)

@@ -11,12 +11,13 @@
 use super::{AttentionShape, LayerRole, Parallel, PlanLayer, ShardPlan};
 use crate::elem::{FloatType, FloatVec};
 use crate::error::{Error, Result};
+use crate::error::{FormatError, TpError};
+use crate::io::QuantizedCheckpoint;
 use crate::io::checkpoint::INDEX_FILE;
 use crate::io::safetensors::to_le_bytes;
 use crate::io::{Checkpoint, Dtype, SafetensorsWriter};
 use crate::layer::QuantWeight;
 use crate::method::QuantMethod;
-use crate::model::QuantizedModel;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -111,7 +112,7 @@ fn float_tensor(name: String, v: &FloatVec, shape: Vec<usize>) -> Tensor {
 }
 
 /// The stored tensors of a (sharded) quantized layer, named as the input checkpoint names them.
-fn layer_tensors(model: &QuantizedModel, prefix: &str, w: QuantWeight) -> Result<Vec<Tensor>, Error> {
+fn layer_tensors(model: &QuantizedCheckpoint, prefix: &str, w: QuantWeight) -> Result<Vec<Tensor>, Error> {
     let name = |part: &str| format!("{prefix}.{part}");
     let mut out = Vec::new();
     match w {
@@ -139,8 +140,13 @@ fn layer_tensors(model: &QuantizedModel, prefix: &str, w: QuantWeight) -> Result
             out.push(float_tensor(name("scales"), &a.scales, vec![l.groups(), l.n()]));
         }
         QuantWeight::Fp8(f) => {
-            let QuantizedModel::Fp8(c) = model else { return Err(Error::ShardScheme("fp8")) };
-            let info = c.layers().get(prefix).ok_or_else(|| Error::MissingTensors(vec![name("weight")]))?;
+            let QuantizedCheckpoint::Fp8(c) = model else {
+                return Err(Error::Tp(TpError::ShardScheme("fp8")));
+            };
+            let info = c
+                .layers()
+                .get(prefix)
+                .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name("weight")])))?;
             let l = f.layout;
             if let Some(b) = &f.bias {
                 out.push(float_tensor(name("bias"), b, vec![l.rows()]));
@@ -158,7 +164,7 @@ fn layer_tensors(model: &QuantizedModel, prefix: &str, w: QuantWeight) -> Result
             };
             out.push(float_tensor(name(suffix), &f.scales, shape));
         }
-        other => return Err(Error::ShardScheme(other.scheme())),
+        other => return Err(Error::Tp(TpError::ShardScheme(other.scheme()))),
     }
     Ok(out)
 }
@@ -221,7 +227,7 @@ impl Tensors {
 }
 
 struct Job<'a> {
-    model: &'a QuantizedModel,
+    model: &'a QuantizedCheckpoint,
     plan: &'a ShardPlan,
 }
 
@@ -234,7 +240,7 @@ impl Job<'_> {
                 .model
                 .checkpoint()
                 .info(name)
-                .ok_or_else(|| Error::MissingTensors(vec![name.clone()]))?;
+                .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.clone()])))?;
             return Ok(vec![vec![(name.clone(), info.dtype, info.shape.clone())]; world]);
         }
         let tensors = self.unit(unit)?;
@@ -248,26 +254,32 @@ impl Job<'_> {
         let world = self.plan.world_size();
         match unit {
             Unit::Plain(name) => {
-                let info = raw.info(name).ok_or_else(|| Error::MissingTensors(vec![name.clone()]))?;
+                let info = raw
+                    .info(name)
+                    .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.clone()])))?;
                 let bytes = raw.read(name)?;
                 Ok(Tensors::Same(vec![(name.clone(), info.dtype, info.shape.clone(), bytes)]))
             }
             Unit::Layer(prefix) => {
                 let w = match self.model {
-                    QuantizedModel::Gptq(c) => QuantWeight::Gptq(c.load(prefix)?),
-                    QuantizedModel::Awq(c) => QuantWeight::Awq(c.load(prefix)?),
-                    QuantizedModel::Fp8(c) => QuantWeight::Fp8(c.load(prefix)?),
+                    QuantizedCheckpoint::Gptq(c) => QuantWeight::Gptq(c.load(prefix)?),
+                    QuantizedCheckpoint::Awq(c) => QuantWeight::Awq(c.load(prefix)?),
+                    QuantizedCheckpoint::Fp8(c) => QuantWeight::Fp8(c.load(prefix)?),
                 };
                 let ranks =
                     (0..world).map(|r| layer_tensors(self.model, prefix, self.plan.shard(prefix, r, &w)?));
                 Ok(Tensors::PerRank(ranks.collect::<Result<_, Error>>()?))
             }
             Unit::Dense(prefix) => {
-                let lp =
-                    self.plan.layer(prefix).ok_or_else(|| Error::MissingTensors(vec![prefix.clone()]))?;
+                let lp = self
+                    .plan
+                    .layer(prefix)
+                    .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![prefix.clone()])))?;
                 let dim = lp.parallel().dim().unwrap_or(0);
                 let wname = format!("{prefix}.weight");
-                let info = raw.info(&wname).ok_or_else(|| Error::MissingTensors(vec![wname.clone()]))?;
+                let info = raw
+                    .info(&wname)
+                    .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![wname.clone()])))?;
                 let (rows, cols) = (info.shape[0], info.shape[1]);
                 let (wbytes, esize) = (raw.read(&wname)?, info.dtype.size());
                 let bname = format!("{prefix}.bias");
@@ -308,19 +320,21 @@ pub fn shard_checkpoint(
     out: &Path,
     progress: &mut dyn FnMut(ShardProgress<'_>),
 ) -> Result<ShardSummary> {
-    let model = QuantizedModel::open(dir)?;
+    let model = QuantizedCheckpoint::open(dir)?;
     let raw = model.checkpoint();
     let config_path = dir.join("config.json");
     let attention = match std::fs::read(&config_path) {
         Ok(bytes) => {
-            let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
-                path: config_path.display().to_string(),
-                reason: e.to_string(),
+            let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Format(FormatError::Json {
+                    path: config_path.display().to_string(),
+                    reason: e.to_string(),
+                })
             })?;
             AttentionShape::from_config(&config)?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(&config_path, &e)),
+        Err(e) => return Err(Error::io(&config_path, e)),
     };
 
     // The plan's layers: every quantized layer, and the dense projections it splits.
@@ -330,11 +344,13 @@ pub fn shard_checkpoint(
     let mut claimed = BTreeSet::new();
     // A tensor's file, relative to DIR (as the index names it).
     let file_of = |tensor: &str| -> Result<String, Error> {
-        let path = raw.shard_of(tensor).ok_or_else(|| Error::MissingTensors(vec![tensor.to_string()]))?;
+        let path = raw
+            .shard_of(tensor)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![tensor.to_string()])))?;
         let rel = path.strip_prefix(dir).ok().or_else(|| path.file_name().map(Path::new));
         Ok(rel.map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
     };
-    let fp8 = matches!(model, QuantizedModel::Fp8(_));
+    let fp8 = matches!(model, QuantizedCheckpoint::Fp8(_));
     let parts: &[&str] = if fp8 {
         &["weight", "weight_scale_inv", "weight_scale", "bias"]
     } else {
@@ -390,11 +406,11 @@ pub fn shard_checkpoint(
     let indexed = dir.join(INDEX_FILE).is_file();
     let rank_dirs: Vec<PathBuf> = (0..world).map(|r| out.join(format!("rank-{r}-of-{world}"))).collect();
     for d in &rank_dirs {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, &e))?;
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         for f in COPIED {
             let from = dir.join(f);
             if from.is_file() {
-                std::fs::copy(&from, d.join(f)).map_err(|e| Error::io(&d.join(f), &e))?;
+                std::fs::copy(&from, d.join(f)).map_err(|e| Error::io(&d.join(f), e))?;
             }
         }
     }
@@ -426,7 +442,7 @@ pub fn shard_checkpoint(
             ]);
             let path = d.join(file);
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, &e))?;
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
             writers.push(SafetensorsWriter::create(&path, &decls[r], &meta)?);
         }
@@ -451,7 +467,7 @@ pub fn shard_checkpoint(
             });
             let path = d.join(INDEX_FILE);
             let text = serde_json::to_string_pretty(&index).unwrap_or_default();
-            std::fs::write(&path, text).map_err(|e| Error::io(&path, &e))?;
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         }
     }
     let count = |p: Parallel| plan.layers().values().filter(|l| l.parallel() == p).count();

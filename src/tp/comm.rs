@@ -19,11 +19,12 @@
 //!
 //! A contribution that does not match the others (another
 //! collective, another length) makes the collective fail on every rank with
-//! [`Error::CommMismatch`]; a rank that goes away ([`LocalComm`] dropped, e.g. its thread
+//! [`TpError::CommMismatch`]; a rank that goes away ([`LocalComm`] dropped, e.g. its thread
 //! returned an error) makes every pending and later collective fail with
-//! [`Error::CommPeerGone`]; a collective that waits longer than the group's timeout fails
-//! with [`Error::CommTimeout`]. Nothing hangs.
+//! [`TpError::CommPeerGone`]; a collective that waits longer than the group's timeout fails
+//! with [`TpError::CommTimeout`]. Nothing hangs.
 
+use crate::error::TpError;
 use crate::error::{Error, Result};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -64,7 +65,7 @@ impl Comm for SingleComm {
         Ok(local.to_vec())
     }
     fn broadcast(&self, _: &mut [f32], root: usize) -> Result<()> {
-        if root == 0 { Ok(()) } else { Err(Error::ShardRank { rank: root, world_size: 1 }) }
+        if root == 0 { Ok(()) } else { Err(Error::Tp(TpError::ShardRank { rank: root, world_size: 1 })) }
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
@@ -253,21 +254,25 @@ impl LocalComm {
         drop(st);
         // Every rank checks the same contributions, so all fail or none does.
         if let Some((i, (other, _, _))) = result.iter().enumerate().find(|(_, (o, _, _))| *o != op) {
-            return Err(Error::CommMismatch { rank: i, what: other.name(), expected: op.name() });
+            return Err(Error::Tp(TpError::CommMismatch {
+                rank: i,
+                what: other.name(),
+                expected: op.name(),
+            }));
         }
         Ok(result)
     }
 
     fn wait<'a>(&self, st: MutexGuard<'a, State>, deadline: Instant) -> Result<MutexGuard<'a, State>> {
         if let Some(rank) = st.gone {
-            return Err(Error::CommPeerGone { rank });
+            return Err(Error::Tp(TpError::CommPeerGone { rank }));
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(Error::CommTimeout {
+            return Err(Error::Tp(TpError::CommTimeout {
                 rank: self.rank,
                 millis: self.shared.timeout.as_millis() as u64,
-            });
+            }));
         }
         let (st, _) = self.shared.cv.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner());
         Ok(st)
@@ -300,7 +305,7 @@ impl LocalComm {
             }
             if sh.broken.load(Ordering::Acquire) {
                 let gone = self.lock().gone;
-                return Err(Error::CommPeerGone { rank: gone.unwrap_or(self.rank) });
+                return Err(Error::Tp(TpError::CommPeerGone { rank: gone.unwrap_or(self.rank) }));
             }
             spins = spins.wrapping_add(1);
             if !spins.is_multiple_of(64) || start.elapsed() < STEP_SPIN {
@@ -321,7 +326,7 @@ impl LocalComm {
 
     fn same_lengths(&self, all: &[Contribution], len: usize) -> Result<()> {
         match all.iter().position(|(_, l, _)| *l != len) {
-            Some(rank) => Err(Error::CommLength { rank, expected: len, got: all[rank].1 }),
+            Some(rank) => Err(Error::Tp(TpError::CommLength { rank, expected: len, got: all[rank].1 })),
             None => Ok(()),
         }
     }
@@ -499,7 +504,7 @@ impl Comm for LocalComm {
 
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
         if root >= self.shared.world {
-            return Err(Error::ShardRank { rank: root, world_size: self.shared.world });
+            return Err(Error::Tp(TpError::ShardRank { rank: root, world_size: self.shared.world }));
         }
         let mine = if self.rank == root { buf.to_vec() } else { Vec::new() };
         let all = self.exchange(Op::Broadcast(root), buf.len(), mine)?;

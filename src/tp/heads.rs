@@ -3,6 +3,7 @@
 //! with the divisions checked instead of producing empty or out-of-range shards).
 
 use super::Shard;
+use crate::error::TpError;
 use crate::error::{Error, Result};
 
 fn check(total_kv_heads: usize, world_size: usize) -> Result<()> {
@@ -13,7 +14,7 @@ fn check(total_kv_heads: usize, world_size: usize) -> Result<()> {
         } else {
             world_size.is_multiple_of(total_kv_heads)
         };
-    if ok { Ok(()) } else { Err(Error::KvHeads { kv_heads: total_kv_heads, world_size }) }
+    if ok { Ok(()) } else { Err(Error::Tp(TpError::KvHeads { kv_heads: total_kv_heads, world_size })) }
 }
 
 /// The rows of a `[total_kv_heads * head_dim, hidden]` k/v projection that `rank` holds.
@@ -21,7 +22,7 @@ fn check(total_kv_heads: usize, world_size: usize) -> Result<()> {
 /// With `world_size <= total_kv_heads` each rank takes `total_kv_heads / world_size` whole
 /// heads (an even split); with more ranks, each group of `world_size / total_kv_heads`
 /// consecutive ranks shares one head (replicated). The counts must divide one way or the
-/// other, else [`Error::KvHeads`].
+/// other, else [`TpError::KvHeads`].
 ///
 /// ```
 /// use quant_kernels::tp::{kv_head_shard, Shard};
@@ -38,7 +39,7 @@ pub fn kv_head_shard(
     world_size: usize,
 ) -> Result<Shard> {
     if rank >= world_size {
-        return Err(Error::ShardRank { rank, world_size });
+        return Err(Error::Tp(TpError::ShardRank { rank, world_size }));
     }
     if world_size == 1 {
         return Ok(Shard::full(0));
@@ -64,11 +65,14 @@ pub fn kv_head_shard(
 /// ```
 pub fn n_kv_groups(total_kv_heads: usize, attention_heads: usize, world_size: usize) -> Result<usize> {
     if attention_heads == 0 || world_size == 0 || !attention_heads.is_multiple_of(world_size) {
-        return Err(Error::AttentionHeads { heads: attention_heads, world_size });
+        return Err(Error::Tp(TpError::AttentionHeads { heads: attention_heads, world_size }));
     }
     check(total_kv_heads, world_size)?;
     if !attention_heads.is_multiple_of(total_kv_heads) {
-        return Err(Error::AttentionHeads { heads: attention_heads, world_size: total_kv_heads });
+        return Err(Error::Tp(TpError::AttentionHeads {
+            heads: attention_heads,
+            world_size: total_kv_heads,
+        }));
     }
     let replicate = if world_size > total_kv_heads { world_size / total_kv_heads } else { 1 };
     Ok((attention_heads / total_kv_heads) / replicate)

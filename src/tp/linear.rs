@@ -13,6 +13,7 @@
 use super::{Comm, Shard};
 use crate::elem::FloatVec;
 use crate::error::{Error, Result, expect_len};
+use crate::error::{KernelError, TpError};
 use crate::layer::QuantWeight;
 use crate::matmul::QuantLinear;
 use crate::par::Parallelism;
@@ -68,10 +69,10 @@ impl ColumnParallelLinear {
     /// | int8 | codes; one equal per-tensor scale stays, else per-channel scales | - |
     /// | int4 | packed bytes, scales, zeros | group size |
     ///
-    /// A difference is [`Error::Fuse`] naming it and the first part that differs (`"scheme"`,
+    /// A difference is [`KernelError::Fuse`] naming it and the first part that differs (`"scheme"`,
     /// `"inputs"` (`"K"` for GPTQ and AWQ), `"bits"`, `"group size"`, `"scale dtype"`,
     /// `"fp8 per-tensor scale"`, `"hqq axis-0 scales and zeros"`, ...); an FP8 part ending
-    /// inside a scale block is [`Error::ShardBoundary`] at that row of the stack. So HQQ
+    /// inside a scale block is [`TpError::ShardBoundary`] at that row of the stack. So HQQ
     /// axis-0 parts quantized separately (each with its own strided groups) and FP8 per-tensor
     /// parts with different scales are refused: they cannot be stacked without requantizing.
     /// The parts' own biases (GPTQ, AWQ, FP8 layers) are stacked too (all or none); `parts`'
@@ -88,7 +89,7 @@ impl ColumnParallelLinear {
             let shard =
                 shards.and_then(|s| s.get(i).copied()).unwrap_or(Shard::Simple { dim: 0, rank, world_size });
             if shard.dim() != 0 {
-                return Err(Error::ShardDim(shard.dim()));
+                return Err(Error::Tp(TpError::ShardDim(shard.dim())));
             }
             weights.push(w.shard(&shard)?);
             if let Some(b) = bias_shard(*b, &shard)? {
@@ -96,7 +97,7 @@ impl ColumnParallelLinear {
             }
         }
         if !biases.is_empty() && biases.len() != parts.len() {
-            return Err(Error::Fuse { what: "bias", part: biases.len() });
+            return Err(Error::Kernel(KernelError::Fuse { what: "bias", part: biases.len() }));
         }
         let weight = QuantWeight::concat(weights)?;
         let bias = if biases.is_empty() {
@@ -110,6 +111,12 @@ impl ColumnParallelLinear {
     /// `y_r = x · W_rᵀ + b_r`: this rank's `[batch, out_r]` outputs.
     pub fn forward(&self, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
         self.local.forward(x, batch, par)
+    }
+
+    /// [`ColumnParallelLinear::forward`] into `y` (`[batch, out_r]`); allocates nothing once
+    /// warm ([`QuantLinear::forward_into`]).
+    pub fn forward_into(&self, x: &[f32], batch: usize, y: &mut [f32], par: Parallelism) -> Result<()> {
+        self.local.forward_into(x, batch, y, par)
     }
 
     /// [`ColumnParallelLinear::forward`], then every rank's outputs gathered into the whole
@@ -175,11 +182,30 @@ impl RowParallelLinear {
     /// `y = sum over ranks of x_r · W_rᵀ, + bias`, for this rank's `x_r: [batch, in_r]` (the
     /// outputs of the column-parallel layer before it). Every rank gets the same `y`.
     pub fn forward(&self, comm: &dyn Comm, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
+        let n = batch.checked_mul(self.local.out_features()).ok_or(Error::Kernel(
+            KernelError::ShapeOverflow { rows: batch, cols: self.local.out_features() },
+        ))?;
+        let mut y = vec![0f32; n];
+        self.forward_into(comm, x, batch, &mut y, par)?;
+        Ok(y)
+    }
+
+    /// [`RowParallelLinear::forward`] into `y` (`[batch, out]`), summed in place: allocates
+    /// nothing once warm beyond what `comm`'s all-reduce allocates ([`super::SingleComm`]
+    /// nothing; [`super::LocalComm`] exchanges copies of the buffer).
+    pub fn forward_into(
+        &self,
+        comm: &dyn Comm,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        par: Parallelism,
+    ) -> Result<()> {
         if comm.world_size() != self.world_size || comm.rank() != self.rank {
-            return Err(Error::ShardRank { rank: comm.rank(), world_size: comm.world_size() });
+            return Err(Error::Tp(TpError::ShardRank { rank: comm.rank(), world_size: comm.world_size() }));
         }
-        let mut y: Vec<f32> = self.local.forward(x, batch, par)?;
-        comm.all_reduce_sum(&mut y)?;
+        self.local.forward_into(x, batch, y, par)?;
+        comm.all_reduce_sum(y)?;
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(b.len().max(1)) {
                 for (v, &b) in row.iter_mut().zip(b) {
@@ -187,7 +213,7 @@ impl RowParallelLinear {
                 }
             }
         }
-        Ok(y)
+        Ok(())
     }
 
     /// The local layer (no bias).
@@ -211,5 +237,10 @@ impl ReplicatedLinear {
     /// `y = x · Wᵀ + bias`.
     pub fn forward(&self, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
         self.layer.forward(x, batch, par)
+    }
+
+    /// [`ReplicatedLinear::forward`] into `y`; allocates nothing once warm.
+    pub fn forward_into(&self, x: &[f32], batch: usize, y: &mut [f32], par: Parallelism) -> Result<()> {
+        self.layer.forward_into(x, batch, y, par)
     }
 }

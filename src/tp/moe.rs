@@ -33,6 +33,7 @@
 //! [`QuantWeight::shard`]'s rules (an FP8 intermediate split must fall on scale blocks).
 
 use crate::elem::FloatVec;
+use crate::error::KernelError;
 use crate::error::{Error, Result, expect_len};
 use crate::fp8::Fp8Layer;
 use crate::layer::QuantWeight;
@@ -104,7 +105,7 @@ pub fn split_packed_experts(
     world_size: usize,
 ) -> Result<Vec<ExpertMlp>> {
     let MoeDims { experts, hidden, intermediate } = dims;
-    let overflow = Error::ShapeOverflow { rows: experts, cols: hidden };
+    let overflow = Error::Kernel(KernelError::ShapeOverflow { rows: experts, cols: hidden });
     let per = hidden.checked_mul(intermediate).ok_or(overflow.clone())?;
     let total = experts.checked_mul(per).and_then(|n| n.checked_mul(2)).ok_or(overflow)?;
     expect_len("gate_up_proj", total, gate_up.len())?;
@@ -162,10 +163,10 @@ pub fn split_fp8_experts(layer: &Fp8Layer) -> Result<Vec<Fp8Layer>> {
     let (rows, cols) = (l.rows(), l.cols());
     let (sr, sc) = l.scale_shape();
     let e = layer.experts;
-    let per = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+    let per = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
     expect_len(
         "codes",
-        e.checked_mul(per).ok_or(Error::ShapeOverflow { rows: e, cols: per })?,
+        e.checked_mul(per).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: e, cols: per }))?,
         layer.codes.len(),
     )?;
     expect_len("scales", e.saturating_mul(sr * sc), layer.scales.len())?;
@@ -189,7 +190,7 @@ pub fn split_fp8_experts(layer: &Fp8Layer) -> Result<Vec<Fp8Layer>> {
 /// (`[E, hidden, intermediate]`), as [`Fp8Layer`]s, split per expert and sharded for rank
 /// `rank` of `world_size` (see [`ExpertMlp::shard`]): each rank's intermediate range must
 /// start and end on scale blocks (or lie within one block), else
-/// [`Error::ShardBoundary`].
+/// [`TpError::ShardBoundary`](crate::error::TpError::ShardBoundary).
 pub fn shard_fp8_experts(
     gate: &Fp8Layer,
     up: &Fp8Layer,

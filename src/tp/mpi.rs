@@ -26,6 +26,7 @@
 
 use super::Comm;
 use crate::error::{Error, Result};
+use crate::error::{KernelError, TpError};
 use ::mpi::Count;
 use ::mpi::datatype::PartitionMut;
 use ::mpi::environment::{Threading, Universe};
@@ -117,10 +118,10 @@ impl MpiComm {
     /// Initialize MPI (requesting `MPI_THREAD_SERIALIZED`) and wrap its world communicator.
     ///
     /// Call it once per process: MPI can be initialized only once, so a second call (or one
-    /// after `mpi::initialize()`) returns [`Error::MpiInitialized`].
+    /// after `mpi::initialize()`) returns [`TpError::MpiInitialized`].
     pub fn init() -> Result<Self> {
-        let (universe, threading) =
-            ::mpi::initialize_with_threading(Threading::Serialized).ok_or(Error::MpiInitialized)?;
+        let (universe, threading) = ::mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or(Error::Tp(TpError::MpiInitialized))?;
         Ok(Self::with_threading(universe, threading))
     }
 
@@ -185,14 +186,25 @@ impl MpiComm {
             all.chunks_exact(HEADER).map(|h| [h[0], h[1], h[2], h[3]]).collect();
         // Every rank runs the same checks on the same headers: all fail, or none does.
         if let Some(rank) = headers.iter().position(|h| h[0] != op) {
-            return Err(Error::CommMismatch { rank, what: op_name(headers[rank][0]), expected: op_name(op) });
+            return Err(Error::Tp(TpError::CommMismatch {
+                rank,
+                what: op_name(headers[rank][0]),
+                expected: op_name(op),
+            }));
         }
         if op == BROADCAST {
             if let Some(h) = headers.iter().find(|h| narrow(h[2]) >= self.world_size) {
-                return Err(Error::ShardRank { rank: narrow(h[2]), world_size: self.world_size });
+                return Err(Error::Tp(TpError::ShardRank {
+                    rank: narrow(h[2]),
+                    world_size: self.world_size,
+                }));
             }
             if let Some(rank) = headers.iter().position(|h| h[2] != wide(root)) {
-                return Err(Error::CommMismatch { rank, what: "broadcast", expected: "broadcast" });
+                return Err(Error::Tp(TpError::CommMismatch {
+                    rank,
+                    what: "broadcast",
+                    expected: "broadcast",
+                }));
             }
         }
         Ok(headers)
@@ -201,7 +213,9 @@ impl MpiComm {
     /// Error unless every rank passed `len` values.
     fn same_lengths(&self, headers: &[[u64; HEADER]], len: usize) -> Result<()> {
         match headers.iter().position(|h| h[1] != wide(len)) {
-            Some(rank) => Err(Error::CommLength { rank, expected: len, got: narrow(headers[rank][1]) }),
+            Some(rank) => {
+                Err(Error::Tp(TpError::CommLength { rank, expected: len, got: narrow(headers[rank][1]) }))
+            }
             None => Ok(()),
         }
     }
@@ -258,7 +272,7 @@ impl Comm for MpiComm {
         let total = lens
             .iter()
             .try_fold(0usize, |t, &l| t.checked_add(l))
-            .ok_or(Error::ShapeOverflow { rows: self.world_size, cols: local.len() })?;
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: self.world_size, cols: local.len() }))?;
         let starts: Vec<usize> = lens.iter().scan(0, |s, &l| Some(std::mem::replace(s, *s + l))).collect();
         let mut out = vec![0.0f32; total];
         let chunk = self.chunk(&headers);

@@ -19,12 +19,13 @@
 //! Every cut is also checked against the layer's storage ([`check_cut`], one rule per scheme:
 //! a GPTQ cut of the outputs on a zero-point pack word, of the inputs on a word row and, without
 //! act-order, on a group; AWQ on a pack word / group; FP8 on a scale block; ...). When a world
-//! size does not fit, [`ShardPlan::new`] returns [`Error::ShardPlan`] naming the first layer that
+//! size does not fit, [`ShardPlan::new`] returns [`TpError::ShardPlan`] naming the first layer that
 //! does not and the nearest world sizes (in `1..=`[`MAX_WORLD_SEARCH`]) that fit the whole model.
 
 use super::{Shard, kv_head_shard, n_kv_groups};
 use crate::elem::FloatVec;
 use crate::error::{Error, Result};
+use crate::error::{FormatError, KernelError, TpError};
 use crate::gptq::layout::codes_per_block;
 use crate::hqq::HqqWeight;
 use crate::hqq::{Axis, HqqLayout};
@@ -141,8 +142,8 @@ impl AttentionShape {
     /// `num_key_value_heads` (default: `num_attention_heads`, as transformers does) and
     /// `head_dim` (default: `hidden_size / num_attention_heads`). `Ok(None)` when the config
     /// has no `num_attention_heads` at all; a size that is present but not a positive integer
-    /// is [`Error::ModelConfig`], a `hidden_size` the heads do not divide
-    /// [`Error::NotMultiple`].
+    /// is [`TpError::ModelConfig`], a `hidden_size` the heads do not divide
+    /// [`KernelError::NotMultiple`].
     ///
     /// ```
     /// use quant_kernels::tp::AttentionShape;
@@ -158,7 +159,7 @@ impl AttentionShape {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(v) => match v.as_u64().and_then(|v| usize::try_from(v).ok()) {
                     Some(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(Error::ModelConfig { field: name }),
+                    _ => Err(Error::Tp(TpError::ModelConfig { field: name })),
                 },
             }
         };
@@ -169,13 +170,14 @@ impl AttentionShape {
         let head_dim = match field("head_dim")? {
             Some(d) => d,
             None => {
-                let hidden = field("hidden_size")?.ok_or(Error::ModelConfig { field: "hidden_size" })?;
+                let hidden =
+                    field("hidden_size")?.ok_or(Error::Tp(TpError::ModelConfig { field: "hidden_size" }))?;
                 if !hidden.is_multiple_of(heads) {
-                    return Err(Error::NotMultiple {
+                    return Err(Error::Kernel(KernelError::NotMultiple {
                         what: "hidden_size (no head_dim) over num_attention_heads",
                         value: hidden,
                         multiple: heads,
-                    });
+                    }));
                 }
                 hidden / heads
             }
@@ -239,8 +241,8 @@ impl ShardPlan {
     /// exactly the split of the layer feeding it, and every cut suits the layer's storage
     /// ([`check_cut`]). `attention` is needed only when there are attention projections.
     ///
-    /// A world size of 0 is [`Error::ShardRank`]; anything else that does not fit is
-    /// [`Error::ShardPlan`] with the first layer (by name, column-parallel layers first) that
+    /// A world size of 0 is [`TpError::ShardRank`]; anything else that does not fit is
+    /// [`TpError::ShardPlan`] with the first layer (by name, column-parallel layers first) that
     /// does not, the reason, and the nearest world sizes that fit.
     ///
     /// ```
@@ -254,26 +256,26 @@ impl ShardPlan {
     /// assert_eq!(plan.layer("mlp.down_proj").unwrap().parallel(), Parallel::Row);
     /// assert_eq!(plan.layer("mlp.down_proj").unwrap().ranks[1], [64..128]);
     /// // 8 ranks: 16 inputs of down_proj each would cut its groups of 32.
-    /// let Err(Error::ShardPlan { layer, below, above, .. }) = ShardPlan::new(None, &layers, 8) else { panic!() };
+    /// let Err(Error::Tp(quant_kernels::error::TpError::ShardPlan { layer, below, above, .. })) = ShardPlan::new(None, &layers, 8) else { panic!() };
     /// assert_eq!((layer.as_str(), below, above), ("mlp.down_proj", Some(4), None));
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     pub fn new(attention: Option<AttentionShape>, layers: &[PlanLayer], world_size: usize) -> Result<Self> {
         if world_size == 0 {
-            return Err(Error::ShardRank { rank: 0, world_size });
+            return Err(Error::Tp(TpError::ShardRank { rank: 0, world_size }));
         }
         match build(attention, layers, world_size) {
             Ok(layers) => Ok(Self { world_size, layers }),
             Err((layer, cause)) => {
                 let legal = Self::legal_world_sizes(attention, layers, MAX_WORLD_SEARCH);
-                Err(Error::ShardPlan {
+                Err(Error::Tp(TpError::ShardPlan {
                     layer,
                     world_size,
                     cause: Box::new(cause),
                     below: legal.iter().rev().find(|&&w| w < world_size).copied(),
                     above: legal.iter().find(|&&w| w > world_size).copied(),
                     searched: MAX_WORLD_SEARCH,
-                })
+                }))
             }
         }
     }
@@ -307,9 +309,12 @@ impl ShardPlan {
     /// packed (as [`super::ColumnParallelLinear::new_merged`] stacks its parts; [`ShardPlan::new`]
     /// accepts fused layers of GPTQ and dense weights only). A replicated layer is returned whole.
     pub fn shard(&self, name: &str, rank: usize, w: &QuantWeight) -> Result<QuantWeight> {
-        let plan = self.layers.get(name).ok_or_else(|| Error::MissingTensors(vec![name.to_string()]))?;
+        let plan = self
+            .layers
+            .get(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
         if rank >= self.world_size {
-            return Err(Error::ShardRank { rank, world_size: self.world_size });
+            return Err(Error::Tp(TpError::ShardRank { rank, world_size: self.world_size }));
         }
         if plan.parallel() == Parallel::Replicated {
             return Ok(w.clone());
@@ -335,7 +340,7 @@ impl ShardPlan {
 /// | FP8 per tensor | any non-empty range (one block) | the same |
 /// | int4 | any | on a group |
 /// | HQQ | as [`QuantWeight::shard`] decides (probed on a zero layer of this shape) | the same |
-/// | SmoothQuant | [`Error::ShardScheme`] | the same |
+/// | SmoothQuant | [`TpError::ShardScheme`] | the same |
 ///
 /// ```
 /// use quant_kernels::method::QuantMethod;
@@ -345,7 +350,7 @@ impl ShardPlan {
 /// assert!(check_cut(Some(&g), 64, 64, 0, 8..16).is_ok()); // outputs: words of 8 columns
 /// assert_eq!(
 ///     check_cut(Some(&g), 64, 64, 1, 16..32),
-///     Err(Error::ShardBoundary { what: "group", at: 16, multiple: 32 })
+///     Err(Error::Tp(quant_kernels::error::TpError::ShardBoundary { what: "group", at: 16, multiple: 32 }))
 /// );
 /// let act = QuantMethod::Gptq { bits: 4, group: Some(32), act_order: true };
 /// assert!(check_cut(Some(&act), 64, 64, 1, 16..32).is_ok()); // act-order keeps every group
@@ -358,11 +363,11 @@ pub fn check_cut(
     r: Range<usize>,
 ) -> Result<()> {
     if dim > 1 {
-        return Err(Error::ShardDim(dim));
+        return Err(Error::Tp(TpError::ShardDim(dim)));
     }
     let len = if dim == 0 { out } else { inp };
     if r.start > r.end || r.end > len {
-        return Err(Error::ShardRange { offset: r.start, len: r.len(), dim_len: len });
+        return Err(Error::Tp(TpError::ShardRange { offset: r.start, len: r.len(), dim_len: len }));
     }
     match method {
         None | Some(QuantMethod::Int8Symmetric { .. }) => Ok(()),
@@ -371,13 +376,17 @@ pub fn check_cut(
         Some(&QuantMethod::Fp8 { block, .. }) => fp8_cut(block, out, inp, dim, r),
         Some(&QuantMethod::Int4Asymmetric { group }) => int4_cut(group, dim, r),
         Some(&QuantMethod::Hqq { bits, group, axis }) => hqq_cut(bits, group, axis, out, inp, dim, r),
-        Some(QuantMethod::SmoothQuant { .. }) => Err(Error::ShardScheme("smoothquant")),
+        Some(QuantMethod::SmoothQuant { .. }) => Err(Error::Tp(TpError::ShardScheme("smoothquant"))),
     }
 }
 
-/// `Ok` when `at` is a multiple of `multiple`, else [`Error::ShardBoundary`].
+/// `Ok` when `at` is a multiple of `multiple`, else [`TpError::ShardBoundary`].
 fn on(at: usize, multiple: usize, what: &'static str) -> Result<()> {
-    if at.is_multiple_of(multiple.max(1)) { Ok(()) } else { Err(Error::ShardBoundary { what, at, multiple }) }
+    if at.is_multiple_of(multiple.max(1)) {
+        Ok(())
+    } else {
+        Err(Error::Tp(TpError::ShardBoundary { what, at, multiple }))
+    }
 }
 
 /// GPTQ (`[K, N]` storage): outputs on a zero-point pack word; inputs on a `qweight` word row
@@ -459,19 +468,19 @@ fn hqq_cut(
 /// A failed plan: the layer and why.
 type Failure = (String, Error);
 
-/// `Err` with [`Error::LengthMismatch`] unless `got == expected`.
+/// `Err` with [`KernelError::LengthMismatch`] unless `got == expected`.
 fn expect_size(what: &'static str, expected: usize, got: usize) -> Result<()> {
     crate::error::expect_len(what, expected, got)
 }
 
 fn need_attention(a: Option<AttentionShape>) -> Result<AttentionShape> {
-    a.ok_or(Error::ModelConfig { field: "num_attention_heads" })
+    a.ok_or(Error::Tp(TpError::ModelConfig { field: "num_attention_heads" }))
 }
 
 /// Rank `rank`'s query outputs: whole heads.
 fn q_range(a: AttentionShape, rank: usize, world: usize) -> Result<Range<usize>> {
     if !a.heads.is_multiple_of(world) {
-        return Err(Error::AttentionHeads { heads: a.heads, world_size: world });
+        return Err(Error::Tp(TpError::AttentionHeads { heads: a.heads, world_size: world }));
     }
     let per = a.heads / world * a.head_dim;
     Ok(rank * per..(rank + 1) * per)
@@ -514,11 +523,11 @@ fn column_ranges(
             LayerRole::Gate | LayerRole::Up => Ok(vec![even(l.out, r)?]),
             LayerRole::GateUpFused => {
                 if !l.out.is_multiple_of(2) {
-                    return Err(Error::NotMultiple {
+                    return Err(Error::Kernel(KernelError::NotMultiple {
                         what: "gate_up_proj outputs",
                         value: l.out,
                         multiple: 2,
-                    });
+                    }));
                 }
                 let half = l.out / 2;
                 let g = even(half, r)?;
@@ -540,12 +549,12 @@ fn check_layer(l: &PlanLayer, role: LayerRole, ranks: Vec<Vec<Range<usize>>>) ->
         return Ok(LayerPlan { role, ranks });
     };
     if l.experts != 1 {
-        return Err(Error::StackedExperts { experts: l.experts });
+        return Err(Error::Kernel(KernelError::StackedExperts { experts: l.experts }));
     }
     if ranks.iter().any(|r| r.len() > 1)
         && let Some(m) = l.method.as_ref().filter(|m| !matches!(m, QuantMethod::Gptq { .. }))
     {
-        return Err(Error::ShardScheme(scheme_name(m)));
+        return Err(Error::Tp(TpError::ShardScheme(scheme_name(m))));
     }
     for r in ranks.iter().flatten() {
         check_cut(l.method.as_ref(), l.out, l.inp, dim, r.clone())?;
@@ -609,7 +618,10 @@ fn build(
                     _ => {
                         return Err((
                             name.to_string(),
-                            Error::ShardNoFeeder { layer: name.to_string(), feeders: "q_proj or qkv_proj" },
+                            Error::Tp(TpError::ShardNoFeeder {
+                                layer: name.to_string(),
+                                feeders: "q_proj or qkv_proj",
+                            }),
                         ));
                     }
                 }
@@ -627,10 +639,10 @@ fn build(
                 } else if by_name.contains_key(fused.as_str()) {
                     vec![(fused.clone(), 0), (fused, 1)]
                 } else {
-                    let e = Error::ShardNoFeeder {
+                    let e = Error::Tp(TpError::ShardNoFeeder {
                         layer: name.to_string(),
                         feeders: "gate_proj/up_proj or gate_up_proj",
-                    };
+                    });
                     return Err((name.to_string(), e));
                 }
             }
@@ -641,13 +653,13 @@ fn build(
             for (rank, (inputs, outs)) in ranks.iter().zip(&fp.ranks).enumerate() {
                 let outputs = outs[piece].start - base..outs[piece].end - base;
                 if inputs[0] != outputs {
-                    let e = Error::ShardFeed {
+                    let e = Error::Tp(TpError::ShardFeed {
                         layer: name.to_string(),
                         feeder: feeder.clone(),
                         rank,
                         inputs: inputs[0].clone(),
                         outputs,
-                    };
+                    });
                     return Err((name.to_string(), e));
                 }
             }

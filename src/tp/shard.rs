@@ -6,6 +6,7 @@
 //! orientation (GPTQ stores `[in, out]`; its shards are cut accordingly).
 
 use crate::error::{Error, Result};
+use crate::error::{KernelError, TpError};
 use std::ops::Range;
 
 /// The part of one dimension a rank holds.
@@ -56,22 +57,22 @@ impl Shard {
     /// ```
     pub fn range(&self, n: usize) -> Result<Range<usize>> {
         if self.dim() > 1 {
-            return Err(Error::ShardDim(self.dim()));
+            return Err(Error::Tp(TpError::ShardDim(self.dim())));
         }
         match *self {
             Shard::Simple { rank, world_size, .. } => {
                 if world_size == 0 || rank >= world_size {
-                    return Err(Error::ShardRank { rank, world_size });
+                    return Err(Error::Tp(TpError::ShardRank { rank, world_size }));
                 }
                 if !n.is_multiple_of(world_size) {
-                    return Err(Error::ShardUneven { len: n, world_size });
+                    return Err(Error::Tp(TpError::ShardUneven { len: n, world_size }));
                 }
                 let per = n / world_size;
                 Ok(rank * per..(rank + 1) * per)
             }
             Shard::Offset { offset, len, .. } => match offset.checked_add(len) {
                 Some(end) if end <= n => Ok(offset..end),
-                _ => Err(Error::ShardRange { offset, len, dim_len: n }),
+                _ => Err(Error::Tp(TpError::ShardRange { offset, len, dim_len: n })),
             },
         }
     }
@@ -86,7 +87,7 @@ impl Shard {
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     pub fn apply<T: Copy>(&self, w: &[T], rows: usize, cols: usize) -> Result<(Vec<T>, usize, usize)> {
-        let n = rows.checked_mul(cols).ok_or(Error::ShapeOverflow { rows, cols })?;
+        let n = rows.checked_mul(cols).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
         crate::error::expect_len("weight", n, w.len())?;
         if self.dim() == 0 {
             let r = self.range(rows)?;
@@ -99,9 +100,13 @@ impl Shard {
     }
 }
 
-/// `Ok` when `at` is a multiple of `multiple`, else [`Error::ShardBoundary`].
+/// `Ok` when `at` is a multiple of `multiple`, else [`TpError::ShardBoundary`].
 pub(crate) fn on(at: usize, multiple: usize, what: &'static str) -> Result<()> {
-    if at.is_multiple_of(multiple) { Ok(()) } else { Err(Error::ShardBoundary { what, at, multiple }) }
+    if at.is_multiple_of(multiple) {
+        Ok(())
+    } else {
+        Err(Error::Tp(TpError::ShardBoundary { what, at, multiple }))
+    }
 }
 
 /// Columns `range` of a row-major `[rows, cols]` matrix.

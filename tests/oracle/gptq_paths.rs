@@ -3,6 +3,7 @@
 //! bad lengths, shapes and g_idx values are typed errors.
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{Layer, Rng, layer};
 use half::{bf16, f16};
@@ -81,14 +82,17 @@ fn paths_equal_4096() {
 
 #[test]
 fn bad_input_is_a_typed_error() {
-    assert_eq!(GptqLayout::new(64, 64, 5, 32), Err(Error::UnsupportedBits(5)));
-    assert_eq!(GptqLayout::new(64, 64, 4, 0), Err(Error::InvalidGroupSize(0)));
-    assert_eq!(GptqLayout::new(64, 64, 4, -2), Err(Error::InvalidGroupSize(-2)));
+    assert_eq!(GptqLayout::new(64, 64, 5, 32), Err(Error::Kernel(KernelError::UnsupportedBits(5))));
+    assert_eq!(GptqLayout::new(64, 64, 4, 0), Err(Error::Kernel(KernelError::InvalidGroupSize(0))));
+    assert_eq!(GptqLayout::new(64, 64, 4, -2), Err(Error::Kernel(KernelError::InvalidGroupSize(-2))));
     assert_eq!(
         GptqLayout::new(48, 64, 3, 16),
-        Err(Error::NotMultiple { what: "K", value: 48, multiple: 32 })
+        Err(Error::Kernel(KernelError::NotMultiple { what: "K", value: 48, multiple: 32 }))
     );
-    assert_eq!(GptqLayout::new(64, 20, 4, 16), Err(Error::NotMultiple { what: "N", value: 20, multiple: 8 }));
+    assert_eq!(
+        GptqLayout::new(64, 20, 4, 16),
+        Err(Error::Kernel(KernelError::NotMultiple { what: "N", value: 20, multiple: 8 }))
+    );
     let l = GptqLayout::new(64, 32, 4, 32).unwrap();
     let x = layer(&l, false, &mut Rng(9));
     let s: Vec<f16> = x.scales.iter().map(|&v| f16::from_f32(v)).collect();
@@ -98,29 +102,29 @@ fn bad_input_is_a_typed_error() {
     assert_eq!(run(&x.qweight, &x.qzeros, &s, None), Ok(()));
     assert_eq!(
         run(&x.qweight[1..], &x.qzeros, &s, None),
-        Err(Error::LengthMismatch { what: "qweight", expected: 256, got: 255 })
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "qweight", expected: 256, got: 255 }))
     );
     assert_eq!(
         run(&x.qweight, &x.qzeros[1..], &s, None),
-        Err(Error::LengthMismatch { what: "qzeros", expected: 8, got: 7 })
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "qzeros", expected: 8, got: 7 }))
     );
     assert_eq!(
         run(&x.qweight, &x.qzeros, &s[1..], None),
-        Err(Error::LengthMismatch { what: "scales", expected: 64, got: 63 })
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "scales", expected: 64, got: 63 }))
     );
     let mut g = x.g_idx.clone();
     assert_eq!(
         run(&x.qweight, &x.qzeros, &s, Some(&g[1..])),
-        Err(Error::LengthMismatch { what: "g_idx", expected: 64, got: 63 })
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "g_idx", expected: 64, got: 63 }))
     );
     g[5] = 2;
     assert_eq!(
         run(&x.qweight, &x.qzeros, &s, Some(&g)),
-        Err(Error::GroupIndex { index: 5, value: 2, groups: 2 })
+        Err(Error::Kernel(KernelError::GroupIndex { index: 5, value: 2, groups: 2 }))
     );
     g[5] = -1;
     assert_eq!(
         run(&x.qweight, &x.qzeros, &s, Some(&g)),
-        Err(Error::GroupIndex { index: 5, value: -1, groups: 2 })
+        Err(Error::Kernel(KernelError::GroupIndex { index: 5, value: -1, groups: 2 }))
     );
 }

@@ -3,6 +3,7 @@
 //! the stored words; bad orders and group indices are typed errors.
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{Rng, gptq_layer_f32};
 use quant_kernels::gptq::sort::{check_permutation, group_order, inverse, permute_inputs, permute_rows};
@@ -95,24 +96,42 @@ fn bad_orders_and_group_indices_are_errors() {
     let l = GptqLayout::new(8, 8, 4, 4).unwrap();
     let q = vec![0i32; 8];
     for perm in [vec![0u32, 1, 2, 3, 4, 5, 6, 6], vec![0, 1, 2, 3, 4, 5, 6, 8]] {
-        assert!(matches!(permute_rows(&q, &perm, &l), Err(Error::Permutation { index: 7, .. })));
+        assert!(matches!(
+            permute_rows(&q, &perm, &l),
+            Err(Error::Kernel(KernelError::Permutation { index: 7, .. }))
+        ));
     }
-    assert!(matches!(permute_rows(&q, &[0, 1], &l), Err(Error::LengthMismatch { .. })));
+    assert!(matches!(permute_rows(&q, &[0, 1], &l), Err(Error::Kernel(KernelError::LengthMismatch { .. }))));
     let id: Vec<u32> = (0..8).collect();
-    assert!(matches!(permute_rows(&q[..4], &id, &l), Err(Error::LengthMismatch { .. })));
+    assert!(matches!(permute_rows(&q[..4], &id, &l), Err(Error::Kernel(KernelError::LengthMismatch { .. }))));
     assert!(matches!(
         group_order(&[0, 0, 0, 0, 1, 1, 1, 2], &l),
-        Err(Error::GroupIndex { index: 7, value: 2, .. })
+        Err(Error::Kernel(KernelError::GroupIndex { index: 7, value: 2, .. }))
     ));
-    assert!(matches!(group_order(&[0, -1, 0, 0, 1, 1, 1, 1], &l), Err(Error::GroupIndex { index: 1, .. })));
-    assert!(matches!(group_order(&[0, 0, 0], &l), Err(Error::LengthMismatch { .. })));
-    assert!(matches!(permute_inputs(&[1.0f32; 5], 2, &[1, 0]), Err(Error::LengthMismatch { .. })));
-    assert!(matches!(permute_inputs(&[1.0f32; 4], 2, &[1, 1]), Err(Error::Permutation { index: 1, .. })));
-    assert!(matches!(check_permutation(&[u32::MAX], 1), Err(Error::Permutation { index: 0, .. })));
+    assert!(matches!(
+        group_order(&[0, -1, 0, 0, 1, 1, 1, 1], &l),
+        Err(Error::Kernel(KernelError::GroupIndex { index: 1, .. }))
+    ));
+    assert!(matches!(group_order(&[0, 0, 0], &l), Err(Error::Kernel(KernelError::LengthMismatch { .. }))));
+    assert!(matches!(
+        permute_inputs(&[1.0f32; 5], 2, &[1, 0]),
+        Err(Error::Kernel(KernelError::LengthMismatch { .. }))
+    ));
+    assert!(matches!(
+        permute_inputs(&[1.0f32; 4], 2, &[1, 1]),
+        Err(Error::Kernel(KernelError::Permutation { index: 1, .. }))
+    ));
+    assert!(matches!(
+        check_permutation(&[u32::MAX], 1),
+        Err(Error::Kernel(KernelError::Permutation { index: 0, .. }))
+    ));
     let mut bad = act_order_layer(&mut Rng(1), 16, 8, 4, 8);
     bad.g_idx.as_mut().unwrap()[3] = 2;
-    assert!(matches!(bad.sort_by_group(), Err(Error::GroupIndex { index: 3, value: 2, .. })));
+    assert!(matches!(
+        bad.sort_by_group(),
+        Err(Error::Kernel(KernelError::GroupIndex { index: 3, value: 2, .. }))
+    ));
     bad.qweight.pop();
     bad.g_idx = Some(vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0]);
-    assert!(matches!(bad.sort_by_group(), Err(Error::LengthMismatch { .. })));
+    assert!(matches!(bad.sort_by_group(), Err(Error::Kernel(KernelError::LengthMismatch { .. }))));
 }

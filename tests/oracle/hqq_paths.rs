@@ -5,6 +5,7 @@
 //! error on every path.
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::Rng;
 use half::{bf16, f16};
@@ -122,7 +123,7 @@ fn shape_table<P: Packing>() {
                         ran += 1;
                     }
                     Err(e) => {
-                        assert!(matches!(e, Error::PackRows { .. }), "{e}");
+                        assert!(matches!(e, Error::Kernel(KernelError::PackRows { .. })), "{e}");
                         same_error::<P>(&layout, &e);
                         rejected += 1;
                     }
@@ -183,22 +184,28 @@ fn bad_lengths_are_errors() {
     let ok = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out);
     assert_eq!(ok, Ok(()));
     let e = hqq::dequantize_4bit_into(&w[..63], &p, &p, &layout, &mut out);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 64, got: 63 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "packed", expected: 64, got: 63 })));
     let e = hqq::dequantize_4bit_into(&w, &p[..15], &p, &layout, &mut out);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "scales", expected: 16, got: 15 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "scales", expected: 16, got: 15 })));
     let e = hqq::dequantize_4bit_into(&w, &p, &p[..1], &layout, &mut out);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "zeros", expected: 16, got: 1 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "zeros", expected: 16, got: 1 })));
     let e = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out[..127]);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "out", expected: 128, got: 127 }));
-    assert_eq!(HqqLayout::new(3, 5, 0, Axis::Zero), Err(Error::GroupSize { group: 0, len: 15 }));
-    assert_eq!(HqqLayout::new(3, 5, 4, Axis::One), Err(Error::GroupSize { group: 4, len: 15 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "out", expected: 128, got: 127 })));
+    assert_eq!(
+        HqqLayout::new(3, 5, 0, Axis::Zero),
+        Err(Error::Kernel(KernelError::GroupSize { group: 0, len: 15 }))
+    );
+    assert_eq!(
+        HqqLayout::new(3, 5, 4, Axis::One),
+        Err(Error::Kernel(KernelError::GroupSize { group: 4, len: 15 }))
+    );
     assert_eq!(
         HqqLayout::new(usize::MAX, 2, 1, Axis::One),
-        Err(Error::ShapeOverflow { rows: usize::MAX, cols: 2 })
+        Err(Error::Kernel(KernelError::ShapeOverflow { rows: usize::MAX, cols: 2 }))
     );
-    assert_eq!(Axis::try_from(2), Err(Error::UnsupportedAxis(2)));
+    assert_eq!(Axis::try_from(2), Err(Error::Kernel(KernelError::UnsupportedAxis(2))));
     // 3-bit: 8 code rows pad to 10, one packed row of 16 words.
     assert!(hqq::dequantize_3bit::<f32, f32>(&[0i32; 16], &p, &p, &layout).is_ok());
     let e = hqq::dequantize_3bit::<f32, f32>(&[0i32; 15], &p, &p, &layout);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "packed", expected: 16, got: 15 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "packed", expected: 16, got: 15 })));
 }

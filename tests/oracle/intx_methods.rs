@@ -3,6 +3,7 @@
 //! bytes of layers actually built.
 
 use crate::common;
+use quant_kernels::error::{FormatError, KernelError};
 
 use common::Rng;
 use half::{bf16, f16};
@@ -120,21 +121,27 @@ fn int4_error_bound_and_paths() {
 fn bad_input_is_a_typed_error() {
     let mut w = vec![0.5f32; 64];
     w[9] = f32::NAN;
-    assert_eq!(intx::quantize_int8(&w, 8, 8, Granularity::PerChannel), Err(Error::NonFinite { index: 9 }));
-    assert_eq!(intx::quantize_int4(&w, 8, 8, 8), Err(Error::NonFinite { index: 9 }));
+    assert_eq!(
+        intx::quantize_int8(&w, 8, 8, Granularity::PerChannel),
+        Err(Error::Kernel(KernelError::NonFinite { index: 9 }))
+    );
+    assert_eq!(intx::quantize_int4(&w, 8, 8, 8), Err(Error::Kernel(KernelError::NonFinite { index: 9 })));
     w[9] = f32::INFINITY;
-    assert_eq!(intx::quantize_int8(&w, 8, 8, Granularity::PerTensor), Err(Error::NonFinite { index: 9 }));
+    assert_eq!(
+        intx::quantize_int8(&w, 8, 8, Granularity::PerTensor),
+        Err(Error::Kernel(KernelError::NonFinite { index: 9 }))
+    );
     let ok = vec![0.5f32; 64];
     assert!(matches!(
         intx::quantize_int8(&ok, 8, 9, Granularity::PerTensor),
-        Err(Error::LengthMismatch { .. })
+        Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
-    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 3), Err(Error::GroupSize { .. })));
-    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 16), Err(Error::GroupSize { .. })));
-    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 0), Err(Error::GroupSize { .. })));
+    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 3), Err(Error::Kernel(KernelError::GroupSize { .. }))));
+    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 16), Err(Error::Kernel(KernelError::GroupSize { .. }))));
+    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 0), Err(Error::Kernel(KernelError::GroupSize { .. }))));
     assert!(matches!(
         intx::quantize_int8(&ok, usize::MAX, 2, Granularity::PerTensor),
-        Err(Error::ShapeOverflow { .. })
+        Err(Error::Kernel(KernelError::ShapeOverflow { .. }))
     ));
     // Tampered tensors are caught at dequantization.
     let mut t = intx::quantize_int4(&ok, 8, 8, 8).unwrap();
@@ -156,7 +163,8 @@ fn int4_packing_round_trips_with_sign_extension() {
     assert_eq!(intx::pack_int4(&odd).unwrap(), [0x21, 0x03]);
     assert_eq!(intx::unpack_int4(&[0x21, 0x03], 3).unwrap(), odd);
     // More codes than the bytes hold is an error, not a silently shorter result.
-    let short = Err(Error::LengthMismatch { what: "packed int4 bytes", expected: 5, got: 1 });
+    let short =
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "packed int4 bytes", expected: 5, got: 1 }));
     assert_eq!(intx::unpack_int4(&[0x21], 9), short);
     assert_eq!(intx::unpack_int4_signed(&[0x21], 9).map(|_| ()), short.map(|_| ()));
     let mut two = [0u8; 2];
@@ -198,12 +206,15 @@ fn smoothquant_preserves_the_product_and_validates() {
     for alpha in [-0.1, 1.01, f32::NAN] {
         assert!(matches!(
             intx::smoothquant_scales(&act_max, &w, rows, cols, alpha),
-            Err(Error::Config { .. })
+            Err(Error::Format(FormatError::Config { .. }))
         ));
     }
     let mut bad = act_max.clone();
     bad[0] = f32::NAN;
-    assert_eq!(intx::smoothquant_scales(&bad, &w, rows, cols, 0.5), Err(Error::NonFinite { index: 0 }));
+    assert_eq!(
+        intx::smoothquant_scales(&bad, &w, rows, cols, 0.5),
+        Err(Error::Kernel(KernelError::NonFinite { index: 0 }))
+    );
     assert!(intx::smoothquant_scales(&act_max[1..], &w, rows, cols, 0.5).is_err());
 }
 

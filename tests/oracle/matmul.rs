@@ -9,6 +9,7 @@
 //! baseline ISA's bound is checked in `baseline_isa.rs`: the ISA switch is process-wide).
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{Rng, layer};
 use half::{bf16, f16};
@@ -283,20 +284,23 @@ fn bad_shapes_are_typed_errors() {
     let mut rng = Rng(9);
     let q = QuantLinear::from_gptq(gptq_layer(64, 32, 4, 32, false, ZeroFormat::V2, &mut rng)).unwrap();
     let err = q.forward::<f32, f32>(&[0.0; 63], 1, Parallelism::Serial).unwrap_err();
-    assert_eq!(err, Error::LengthMismatch { what: "x", expected: 64, got: 63 });
+    assert_eq!(err, Error::Kernel(KernelError::LengthMismatch { what: "x", expected: 64, got: 63 }));
     let mut y = [0f32; 31];
     let err = q.forward_into(&[0f32; 64], 1, &mut y, Parallelism::Serial).unwrap_err();
-    assert_eq!(err, Error::LengthMismatch { what: "y", expected: 32, got: 31 });
+    assert_eq!(err, Error::Kernel(KernelError::LengthMismatch { what: "y", expected: 32, got: 31 }));
     // A bias of the wrong length, a truncated qweight, a g_idx out of range, stacked experts.
     let l = gptq_layer(64, 32, 4, 32, false, ZeroFormat::V2, &mut rng);
     let err = QuantLinear::new(QuantWeight::Gptq(l.clone()), Some(vec![0f32; 31].into())).unwrap_err();
-    assert_eq!(err, Error::LengthMismatch { what: "bias", expected: 32, got: 31 });
+    assert_eq!(err, Error::Kernel(KernelError::LengthMismatch { what: "bias", expected: 32, got: 31 }));
     let mut short = l.clone();
     short.qweight.pop();
-    assert!(matches!(QuantLinear::from_gptq(short), Err(Error::LengthMismatch { what: "qweight", .. })));
+    assert!(matches!(
+        QuantLinear::from_gptq(short),
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "qweight", .. }))
+    ));
     let mut bad = l;
     bad.g_idx = Some(vec![5; 64]);
-    assert!(matches!(QuantLinear::from_gptq(bad), Err(Error::GroupIndex { .. })));
+    assert!(matches!(QuantLinear::from_gptq(bad), Err(Error::Kernel(KernelError::GroupIndex { .. }))));
     let layout = Fp8Layout::per_tensor(2, 2).unwrap();
     let f = Fp8Layer {
         layout,
@@ -306,7 +310,10 @@ fn bad_shapes_are_typed_errors() {
         scales: FloatVec::F32(vec![1.0; 2]),
         bias: None,
     };
-    assert_eq!(QuantLinear::from_fp8(f).unwrap_err(), Error::StackedExperts { experts: 2 });
+    assert_eq!(
+        QuantLinear::from_fp8(f).unwrap_err(),
+        Error::Kernel(KernelError::StackedExperts { experts: 2 })
+    );
     // Zero batch is fine and empty.
     assert!(q.forward::<f32, f32>(&[], 0, Parallelism::Rayon).unwrap().is_empty());
 }

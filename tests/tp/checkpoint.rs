@@ -4,7 +4,8 @@
 //! world size that does not fit fails before anything is written.
 
 use quant_kernels::Parallelism;
-use quant_kernels::model::QuantizedModel;
+use quant_kernels::error::TpError;
+use quant_kernels::io::QuantizedCheckpoint;
 use quant_kernels::tp::{ShardProgress, shard_checkpoint};
 use quant_kernels::{Error, QuantScheme};
 use std::path::{Path, PathBuf};
@@ -32,13 +33,15 @@ fn ranks_hold_the_plans_packed_shards() {
     assert_eq!(announced, Some(done));
     // 2 decoder layers: q/k/v/gate/up column-parallel, o/down row-parallel.
     assert_eq!((summary.world_size, summary.column, summary.row), (2, 10, 4));
-    let whole = QuantizedModel::open(tiny()).unwrap();
+    let whole = QuantizedCheckpoint::open(tiny()).unwrap();
     let q = "model.layers.1.self_attn.q_proj";
-    let QuantizedModel::Gptq(w) = &whole else { panic!("a GPTQ checkpoint") };
+    let QuantizedCheckpoint::Gptq(w) = &whole else { panic!("a GPTQ checkpoint") };
     let full: Vec<f32> = w.load(q).unwrap().dequantize(Parallelism::Serial).unwrap(); // [64, 64]
     for rank in 0..2 {
         let dir = out.join(format!("rank-{rank}-of-2"));
-        let QuantizedModel::Gptq(part) = QuantizedModel::open(&dir).unwrap() else { panic!("GPTQ") };
+        let QuantizedCheckpoint::Gptq(part) = QuantizedCheckpoint::open(&dir).unwrap() else {
+            panic!("GPTQ")
+        };
         let got: Vec<f32> = part.load(q).unwrap().dequantize(Parallelism::Serial).unwrap(); // [32, 64]
         let want = &full[rank * 32 * 64..(rank + 1) * 32 * 64];
         assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {rank}");
@@ -51,7 +54,7 @@ fn a_world_that_does_not_fit_writes_nothing() {
     let out = temp("bad");
     let mut events = 0;
     let err = shard_checkpoint(&tiny(), 3, &out, &mut |_| events += 1).unwrap_err();
-    assert!(matches!(err, Error::ShardPlan { world_size: 3, .. }), "{err}");
+    assert!(matches!(err, Error::Tp(TpError::ShardPlan { world_size: 3, .. })), "{err}");
     assert_eq!(events, 0);
     assert!(!out.exists());
 }

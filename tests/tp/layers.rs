@@ -4,6 +4,7 @@
 //! 3, 4, a two-layer MLP on the tiny GPTQ checkpoint, and KV-head sharding.
 
 use crate::common;
+use quant_kernels::error::{KernelError, TpError};
 
 use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;
@@ -73,28 +74,31 @@ fn bad_shards_are_typed_errors() {
     // 64 outputs over 3 ranks; 128 inputs split at 48 (not a group of 32).
     assert_eq!(
         layer.shard(&Shard::Simple { dim: 0, rank: 0, world_size: 3 }).unwrap_err(),
-        Error::ShardUneven { len: 64, world_size: 3 }
+        Error::Tp(TpError::ShardUneven { len: 64, world_size: 3 })
     );
     assert_eq!(
         layer.shard(&Shard::Offset { dim: 1, offset: 48, len: 32 }).unwrap_err(),
-        Error::ShardBoundary { what: "group", at: 48, multiple: 32 }
+        Error::Tp(TpError::ShardBoundary { what: "group", at: 48, multiple: 32 })
     );
     assert_eq!(
         layer.shard(&Shard::Offset { dim: 0, offset: 4, len: 8 }).unwrap_err(),
-        Error::ShardBoundary { what: "zero-point pack word", at: 4, multiple: 8 }
+        Error::Tp(TpError::ShardBoundary { what: "zero-point pack word", at: 4, multiple: 8 })
     );
     // Act-order along the inputs: any word row, every group kept (tests/tp/shard.rs).
     let act =
         gptq(128, 64, 4, 32, true, &mut rng).shard(&Shard::Offset { dim: 1, offset: 8, len: 64 }).unwrap();
     assert_eq!((act.layout.k(), act.layout.groups()), (64, 4));
-    assert_eq!(Shard::Simple { dim: 2, rank: 0, world_size: 1 }.range(4).unwrap_err(), Error::ShardDim(2));
+    assert_eq!(
+        Shard::Simple { dim: 2, rank: 0, world_size: 1 }.range(4).unwrap_err(),
+        Error::Tp(TpError::ShardDim(2))
+    );
     assert_eq!(
         Shard::Simple { dim: 0, rank: 2, world_size: 2 }.range(4).unwrap_err(),
-        Error::ShardRank { rank: 2, world_size: 2 }
+        Error::Tp(TpError::ShardRank { rank: 2, world_size: 2 })
     );
     assert_eq!(
         Shard::Offset { dim: 0, offset: 3, len: 2 }.range(4).unwrap_err(),
-        Error::ShardRange { offset: 3, len: 2, dim_len: 4 }
+        Error::Tp(TpError::ShardRange { offset: 3, len: 2, dim_len: 4 })
     );
 }
 
@@ -209,23 +213,23 @@ fn large_all_reduces_take_the_chunked_path_with_the_same_bits() {
         (first, unchanged, second)
     });
     for (first, unchanged, second) in r {
-        assert!(matches!(first, Err(Error::CommLength { .. })), "{first:?}");
+        assert!(matches!(first, Err(Error::Tp(TpError::CommLength { .. }))), "{first:?}");
         assert!(unchanged, "a failed all-reduce left the buffer changed");
         assert_eq!(second, Ok(true));
     }
     // Another collective against a large all-reduce: a mismatch on every rank.
     let r = on_ranks(2, |c| if c.rank() == 0 { c.barrier() } else { c.all_reduce_sum(&mut vec![1.0; MIN]) });
-    assert!(r.iter().all(|e| matches!(e, Err(Error::CommMismatch { .. }))), "{r:?}");
+    assert!(r.iter().all(|e| matches!(e, Err(Error::Tp(TpError::CommMismatch { .. })))), "{r:?}");
 }
 
 #[test]
 fn mismatches_and_failures_are_errors_on_every_rank_not_hangs() {
     // Different lengths: every rank fails.
     let r = on_ranks(3, |c| c.all_reduce_sum(&mut vec![0.0; 4 + c.rank()]));
-    assert!(r.iter().all(|e| matches!(e, Err(Error::CommLength { .. }))), "{r:?}");
+    assert!(r.iter().all(|e| matches!(e, Err(Error::Tp(TpError::CommLength { .. })))), "{r:?}");
     // Different collectives: every rank fails.
     let r = on_ranks(2, |c| if c.rank() == 0 { c.barrier() } else { c.all_reduce_sum(&mut [1.0]) });
-    assert!(r.iter().all(|e| matches!(e, Err(Error::CommMismatch { .. }))), "{r:?}");
+    assert!(r.iter().all(|e| matches!(e, Err(Error::Tp(TpError::CommMismatch { .. })))), "{r:?}");
     // A rank that returns early (its communicator dropped): the others get an error.
     let ranks = LocalComm::group_with_timeout(3, Duration::from_secs(20));
     let r: Vec<_> = std::thread::scope(|s| {
@@ -234,7 +238,7 @@ fn mismatches_and_failures_are_errors_on_every_rank_not_hangs() {
             .map(|c| {
                 s.spawn(move || {
                     if c.rank() == 1 {
-                        return Err(Error::ShardDim(9)); // this rank fails before the collective
+                        return Err(Error::Tp(TpError::ShardDim(9))); // this rank fails before the collective
                     }
                     c.all_reduce_sum(&mut [1.0])
                 })
@@ -243,8 +247,8 @@ fn mismatches_and_failures_are_errors_on_every_rank_not_hangs() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(
-        matches!(r[0], Err(Error::CommPeerGone { rank: 1 }))
-            && matches!(r[2], Err(Error::CommPeerGone { rank: 1 }))
+        matches!(r[0], Err(Error::Tp(TpError::CommPeerGone { rank: 1 })))
+            && matches!(r[2], Err(Error::Tp(TpError::CommPeerGone { rank: 1 })))
     );
     // A rank that never arrives but stays alive: a timeout.
     let ranks = LocalComm::group_with_timeout(2, Duration::from_millis(200));
@@ -263,7 +267,7 @@ fn mismatches_and_failures_are_errors_on_every_rank_not_hangs() {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(matches!(r[0], Err(Error::CommTimeout { rank: 0, .. })), "{r:?}");
+    assert!(matches!(r[0], Err(Error::Tp(TpError::CommTimeout { rank: 0, .. }))), "{r:?}");
 }
 
 /// `|got - want| <= 1e-5 * magnitude` per output (magnitude = sum of |terms| + |bias|).
@@ -297,7 +301,12 @@ fn parallel_layers_equal_the_single_device_forward() {
                 match r {
                     Ok(y) => assert_eq!(y, want, "column world {world}"),
                     Err(e) => assert!(
-                        world == 3 && matches!(e, Error::ShardUneven { .. } | Error::ShardBoundary { .. }),
+                        world == 3
+                            && matches!(
+                                e,
+                                Error::Tp(TpError::ShardUneven { .. })
+                                    | Error::Tp(TpError::ShardBoundary { .. })
+                            ),
                         "{e}"
                     ),
                 }
@@ -416,10 +425,19 @@ fn kv_heads_split_or_replicate() {
     assert_eq!(n_kv_groups(2, 32, 8).unwrap(), 4);
     assert_eq!(n_kv_groups(8, 32, 2).unwrap(), 4);
     // Neither divides, or zero heads: errors (mistral.rs would divide by zero or mis-shard).
-    assert_eq!(kv_head_shard(3, 16, 0, 4).unwrap_err(), Error::KvHeads { kv_heads: 3, world_size: 4 });
-    assert_eq!(kv_head_shard(0, 16, 0, 2).unwrap_err(), Error::KvHeads { kv_heads: 0, world_size: 2 });
+    assert_eq!(
+        kv_head_shard(3, 16, 0, 4).unwrap_err(),
+        Error::Tp(TpError::KvHeads { kv_heads: 3, world_size: 4 })
+    );
+    assert_eq!(
+        kv_head_shard(0, 16, 0, 2).unwrap_err(),
+        Error::Tp(TpError::KvHeads { kv_heads: 0, world_size: 2 })
+    );
     assert!(n_kv_groups(2, 30, 4).is_err());
-    assert_eq!(kv_head_shard(2, 16, 4, 4).unwrap_err(), Error::ShardRank { rank: 4, world_size: 4 });
+    assert_eq!(
+        kv_head_shard(2, 16, 4, 4).unwrap_err(),
+        Error::Tp(TpError::ShardRank { rank: 4, world_size: 4 })
+    );
 }
 
 use quant_kernels::awq::{AwqLayer, AwqLayout};
@@ -627,34 +645,43 @@ fn merged_column_parallel_layers_for_every_scheme() {
     let k = QuantWeight::Int4(intx::quantize_int4(&values(48, &mut rng, false), 48, inp, 16).unwrap());
     assert_eq!(
         merged(&[q.clone(), k, q.clone()], 0, 1).unwrap_err(),
-        Error::Fuse { what: "scheme", part: 1 }
+        Error::Kernel(KernelError::Fuse { what: "scheme", part: 1 })
     );
     // FP8 per-tensor parts with different scales: no one scale without requantizing.
     let fp8_parts: Vec<QuantWeight> = outs
         .iter()
         .map(|&o| QuantWeight::Fp8(fp8_layer(o, inp, None, Fp8Format::E4M3, None, &mut rng)))
         .collect();
-    assert_eq!(merged(&fp8_parts, 0, 1).unwrap_err(), Error::Fuse { what: "fp8 per-tensor scale", part: 1 });
-    assert_eq!(merged(&fp8_parts, 1, 2).unwrap_err(), Error::Fuse { what: "fp8 per-tensor scale", part: 1 });
+    assert_eq!(
+        merged(&fp8_parts, 0, 1).unwrap_err(),
+        Error::Kernel(KernelError::Fuse { what: "fp8 per-tensor scale", part: 1 })
+    );
+    assert_eq!(
+        merged(&fp8_parts, 1, 2).unwrap_err(),
+        Error::Kernel(KernelError::Fuse { what: "fp8 per-tensor scale", part: 1 })
+    );
     // FP8 formats, block sizes, and a part that ends inside a scale block (the last may).
     let fp8 =
         |o, block, format, rng: &mut Rng| QuantWeight::Fp8(fp8_layer(o, inp, block, format, Some(1.0), rng));
     let e4 = Fp8Format::E4M3;
     let (a, b) = (fp8(48, Some((8, 32)), e4, &mut rng), fp8(48, Some((8, 32)), Fp8Format::E5M2, &mut rng));
-    assert_eq!(merged(&[a.clone(), b], 0, 1).unwrap_err(), Error::Fuse { what: "fp8 format", part: 1 });
+    assert_eq!(
+        merged(&[a.clone(), b], 0, 1).unwrap_err(),
+        Error::Kernel(KernelError::Fuse { what: "fp8 format", part: 1 })
+    );
     let (c, d) = (fp8(48, Some((16, 32)), e4, &mut rng), fp8(48, None, e4, &mut rng));
     assert_eq!(
         merged(&[a.clone(), c], 0, 1).unwrap_err(),
-        Error::Fuse { what: "fp8 scale block size", part: 1 }
+        Error::Kernel(KernelError::Fuse { what: "fp8 scale block size", part: 1 })
     );
     assert_eq!(
         merged(&[a.clone(), d], 0, 1).unwrap_err(),
-        Error::Fuse { what: "fp8 scale block size", part: 1 }
+        Error::Kernel(KernelError::Fuse { what: "fp8 scale block size", part: 1 })
     );
     let short = fp8(44, Some((8, 32)), e4, &mut rng);
     assert_eq!(
         merged(&[a.clone(), short.clone(), a.clone()], 0, 1).unwrap_err(),
-        Error::ShardBoundary { what: "fp8 scale block", at: 92, multiple: 8 }
+        Error::Tp(TpError::ShardBoundary { what: "fp8 scale block", at: 92, multiple: 8 })
     );
     assert!(
         check_merged(&[a.clone(), a.clone(), short], None, 0, 1, &x, batch, "fp8 partial last").is_some()
@@ -666,19 +693,28 @@ fn merged_column_parallel_layers_for_every_scheme() {
     let (h0, h1) = (hqq(96, 96, Axis::Zero, 4, &mut rng), hqq(48, 48, Axis::Zero, 4, &mut rng)); // M = 64 each
     assert_eq!(
         merged(&[h0, h1], 0, 1).unwrap_err(),
-        Error::Fuse { what: "hqq axis-0 scales and zeros", part: 1 }
+        Error::Kernel(KernelError::Fuse { what: "hqq axis-0 scales and zeros", part: 1 })
     );
     let (h0, h1) = (hqq(96, 32, Axis::Zero, 4, &mut rng), hqq(48, 32, Axis::Zero, 4, &mut rng));
     assert_eq!(
         merged(&[h0, h1], 0, 1).unwrap_err(),
-        Error::Fuse { what: "hqq axis-0 code columns", part: 1 }
+        Error::Kernel(KernelError::Fuse { what: "hqq axis-0 code columns", part: 1 })
     );
     let (h0, h1) = (hqq(96, 64, Axis::One, 4, &mut rng), hqq(48, 64, Axis::One, 2, &mut rng));
-    assert_eq!(merged(&[h0.clone(), h1], 0, 1).unwrap_err(), Error::Fuse { what: "bits", part: 1 });
+    assert_eq!(
+        merged(&[h0.clone(), h1], 0, 1).unwrap_err(),
+        Error::Kernel(KernelError::Fuse { what: "bits", part: 1 })
+    );
     let h1 = hqq(48, 64, Axis::Zero, 4, &mut rng);
-    assert_eq!(merged(&[h0.clone(), h1], 0, 1).unwrap_err(), Error::Fuse { what: "hqq axis", part: 1 });
+    assert_eq!(
+        merged(&[h0.clone(), h1], 0, 1).unwrap_err(),
+        Error::Kernel(KernelError::Fuse { what: "hqq axis", part: 1 })
+    );
     let h1 = hqq(48, 32, Axis::One, 4, &mut rng);
-    assert_eq!(merged(&[h0.clone(), h1], 0, 1).unwrap_err(), Error::Fuse { what: "group size", part: 1 });
+    assert_eq!(
+        merged(&[h0.clone(), h1], 0, 1).unwrap_err(),
+        Error::Kernel(KernelError::Fuse { what: "group size", part: 1 })
+    );
     // Parts with other inputs, in every scheme.
     let narrow: [(QuantWeight, QuantWeight, &str); 6] = [
         (h0, QuantWeight::Hqq(hqq_weight(48, 32, 64, Axis::One, 4, 0, &mut rng).unwrap()), "inputs"),
@@ -704,7 +740,7 @@ fn merged_column_parallel_layers_for_every_scheme() {
         let scheme = wide.scheme();
         assert_eq!(
             merged(&[wide.clone(), wide, narrow], 0, 1).unwrap_err(),
-            Error::Fuse { what, part: 2 },
+            Error::Kernel(KernelError::Fuse { what, part: 2 }),
             "{scheme}"
         );
     }

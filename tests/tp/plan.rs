@@ -7,6 +7,7 @@
 #![allow(clippy::single_range_in_vec_init)]
 
 use crate::common;
+use quant_kernels::error::{FormatError, KernelError, TpError};
 
 use common::Rng;
 use quant_kernels::QuantScheme;
@@ -49,11 +50,11 @@ fn llama(method: Option<QuantMethod>, blocks: usize) -> Vec<PlanLayer> {
 
 fn plan_err(e: Error) -> (String, usize, Error, Option<usize>, Option<usize>) {
     match e {
-        Error::ShardPlan { layer, world_size, cause, below, above, searched } => {
+        Error::Tp(TpError::ShardPlan { layer, world_size, cause, below, above, searched }) => {
             assert_eq!(searched, quant_kernels::tp::MAX_WORLD_SEARCH);
             (layer, world_size, *cause, below, above)
         }
-        other => panic!("expected Error::ShardPlan, got {other:?}"),
+        other => panic!("expected Error::Tp(TpError::ShardPlan), got {other:?}"),
     }
 }
 
@@ -97,19 +98,19 @@ fn attention_sizes_from_config() {
     assert_eq!(a(serde_json::json!({"vocab_size": 5})), Ok(None));
     assert_eq!(
         a(serde_json::json!({"num_attention_heads": 0, "hidden_size": 64})),
-        Err(Error::ModelConfig { field: "num_attention_heads" })
+        Err(Error::Tp(TpError::ModelConfig { field: "num_attention_heads" }))
     );
     assert_eq!(
         a(serde_json::json!({"num_attention_heads": 4, "num_key_value_heads": "2", "hidden_size": 64})),
-        Err(Error::ModelConfig { field: "num_key_value_heads" })
+        Err(Error::Tp(TpError::ModelConfig { field: "num_key_value_heads" }))
     );
     assert_eq!(
         a(serde_json::json!({"num_attention_heads": 4})),
-        Err(Error::ModelConfig { field: "hidden_size" })
+        Err(Error::Tp(TpError::ModelConfig { field: "hidden_size" }))
     );
     assert!(matches!(
         a(serde_json::json!({"num_attention_heads": 3, "hidden_size": 64})),
-        Err(Error::NotMultiple { value: 64, multiple: 3, .. })
+        Err(Error::Kernel(KernelError::NotMultiple { value: 64, multiple: 3, .. }))
     ));
 }
 
@@ -160,13 +161,16 @@ fn fused_layers_take_one_piece_per_part() {
     let mut l = layers.clone();
     l[0].method = awq;
     let (layer, _, cause, ..) = plan_err(ShardPlan::new(Some(ATTN), &l, 2).unwrap_err());
-    assert_eq!((layer.as_str(), cause), ("b.self_attn.qkv_proj", Error::ShardScheme("awq")));
+    assert_eq!((layer.as_str(), cause), ("b.self_attn.qkv_proj", Error::Tp(TpError::ShardScheme("awq"))));
     // A qkv_proj whose size does not match the heads.
     let mut l = layers;
     l[0].out = 120;
     let (layer, _, cause, ..) = plan_err(ShardPlan::new(Some(ATTN), &l, 2).unwrap_err());
     assert_eq!(layer, "b.self_attn.qkv_proj");
-    assert!(matches!(cause, Error::LengthMismatch { expected: 128, got: 120, .. }), "{cause:?}");
+    assert!(
+        matches!(cause, Error::Kernel(KernelError::LengthMismatch { expected: 128, got: 120, .. })),
+        "{cause:?}"
+    );
 }
 
 #[test]
@@ -180,13 +184,13 @@ fn row_parallel_layers_must_take_the_split_that_feeds_them() {
     assert_eq!((layer.as_str(), world, below, above), ("model.layers.0.self_attn.o_proj", 2, None, None));
     assert_eq!(
         cause,
-        Error::ShardFeed {
+        Error::Tp(TpError::ShardFeed {
             layer: "model.layers.0.self_attn.o_proj".into(),
             feeder: "model.layers.0.self_attn.q_proj".into(),
             rank: 0,
             inputs: 0..24,
             outputs: 0..32,
-        }
+        })
     );
     assert!(text.contains("no legal world size from 1 to 64"), "{text}");
 
@@ -196,20 +200,23 @@ fn row_parallel_layers_must_take_the_split_that_feeds_them() {
     let (layer, _, cause, ..) = plan_err(ShardPlan::new(Some(ATTN), &layers, 1).unwrap_err());
     assert_eq!(layer, "model.layers.0.mlp.down_proj");
     assert!(
-        matches!(cause, Error::ShardFeed { ref feeder, .. } if feeder == "model.layers.0.mlp.up_proj"),
+        matches!(cause, Error::Tp(TpError::ShardFeed { ref feeder, .. }) if feeder == "model.layers.0.mlp.up_proj"),
         "{cause:?}"
     );
 
     // A row-parallel layer with nothing feeding it.
     let lone = [PlanLayer { name: "x.mlp.down_proj".into(), out: 64, inp: 128, experts: 1, method: None }];
     let (_, _, cause, ..) = plan_err(ShardPlan::new(None, &lone, 2).unwrap_err());
-    assert!(matches!(cause, Error::ShardNoFeeder { feeders: "gate_proj/up_proj or gate_up_proj", .. }));
+    assert!(matches!(
+        cause,
+        Error::Tp(TpError::ShardNoFeeder { feeders: "gate_proj/up_proj or gate_up_proj", .. })
+    ));
 
     // Attention layers without the attention sizes.
     let (layer, _, cause, ..) = plan_err(ShardPlan::new(None, &llama(None, 1), 2).unwrap_err());
     assert_eq!(
         (layer.as_str(), cause),
-        ("model.layers.0.self_attn.k_proj", Error::ModelConfig { field: "num_attention_heads" })
+        ("model.layers.0.self_attn.k_proj", Error::Tp(TpError::ModelConfig { field: "num_attention_heads" }))
     );
 
     // Stacked experts are not one linear layer.
@@ -218,11 +225,11 @@ fn row_parallel_layers_must_take_the_split_that_feeds_them() {
     let (layer, _, cause, ..) = plan_err(ShardPlan::new(Some(ATTN), &layers, 2).unwrap_err());
     assert_eq!(
         (layer.as_str(), cause),
-        ("model.layers.0.mlp.gate_proj", Error::StackedExperts { experts: 8 })
+        ("model.layers.0.mlp.gate_proj", Error::Kernel(KernelError::StackedExperts { experts: 8 }))
     );
     assert_eq!(
         ShardPlan::new(Some(ATTN), &llama(None, 1), 0).unwrap_err(),
-        Error::ShardRank { rank: 0, world_size: 0 }
+        Error::Tp(TpError::ShardRank { rank: 0, world_size: 0 })
     );
 }
 
@@ -234,7 +241,7 @@ fn a_world_size_that_cuts_a_group_names_the_layer_and_the_nearest_legal_sizes() 
     let text = e.to_string();
     let (layer, world, cause, below, above) = plan_err(e);
     assert_eq!((layer.as_str(), world), ("model.layers.0.self_attn.o_proj", 4));
-    assert_eq!(cause, Error::ShardBoundary { what: "group", at: 16, multiple: 32 });
+    assert_eq!(cause, Error::Tp(TpError::ShardBoundary { what: "group", at: 16, multiple: 32 }));
     assert_eq!((below, above), (Some(2), None));
     assert!(
         text.contains("`model.layers.0.self_attn.o_proj`") && text.contains("2 below, none above"),
@@ -247,11 +254,11 @@ fn a_world_size_that_cuts_a_group_names_the_layer_and_the_nearest_legal_sizes() 
     assert!(ShardPlan::new(Some(ATTN), &layers, 4).is_ok());
     let (_, _, cause, below, above) = plan_err(ShardPlan::new(Some(ATTN), &layers, 3).unwrap_err());
     assert_eq!((below, above), (Some(2), Some(4)));
-    assert!(matches!(cause, Error::ShardUneven { world_size: 3, .. }), "{cause:?}");
+    assert!(matches!(cause, Error::Tp(TpError::ShardUneven { world_size: 3, .. })), "{cause:?}");
     // 8 ranks: more than the 4 attention heads.
     let (layer, _, cause, below, above) = plan_err(ShardPlan::new(Some(ATTN), &layers, 8).unwrap_err());
     assert_eq!((layer.as_str(), below, above), ("model.layers.0.self_attn.k_proj", Some(4), None));
-    assert_eq!(cause, Error::AttentionHeads { heads: 4, world_size: 8 });
+    assert_eq!(cause, Error::Tp(TpError::AttentionHeads { heads: 4, world_size: 8 }));
 
     // 2-bit: the outputs' zero-point words are 16 columns; k_proj's 32 rows over 4 ranks would
     // leave 8 per rank if KV heads split, but they replicate (one 16-row head each): fine.
@@ -260,7 +267,10 @@ fn a_world_size_that_cuts_a_group_names_the_layer_and_the_nearest_legal_sizes() 
     let (layer, _, cause, below, _) =
         plan_err(ShardPlan::new(Some(ATTN), &llama(gptq(3, true), 1), 2).unwrap_err());
     assert_eq!((layer.as_str(), below), ("model.layers.0.self_attn.k_proj", Some(1)));
-    assert_eq!(cause, Error::ShardBoundary { what: "zero-point pack word", at: 16, multiple: 32 });
+    assert_eq!(
+        cause,
+        Error::Tp(TpError::ShardBoundary { what: "zero-point pack word", at: 16, multiple: 32 })
+    );
 }
 
 /// A zero layer of `method` with `[out, inp]` weights (act-order GPTQ gets a permuting g_idx).
@@ -370,8 +380,11 @@ fn check_cut_agrees_with_shard_for_every_scheme() {
     }
     assert!(oks > 100 && errs > 100, "{oks} legal, {errs} refused: the table tests both sides");
     assert!(check_cut(None, 7, 5, 1, 1..4).is_ok());
-    assert_eq!(check_cut(None, 7, 5, 1, 3..6), Err(Error::ShardRange { offset: 3, len: 3, dim_len: 5 }));
-    assert_eq!(check_cut(None, 7, 5, 2, 0..1), Err(Error::ShardDim(2)));
+    assert_eq!(
+        check_cut(None, 7, 5, 1, 3..6),
+        Err(Error::Tp(TpError::ShardRange { offset: 3, len: 3, dim_len: 5 }))
+    );
+    assert_eq!(check_cut(None, 7, 5, 2, 0..1), Err(Error::Tp(TpError::ShardDim(2))));
 }
 
 #[test]
@@ -415,11 +428,11 @@ fn shard_of_a_fused_gptq_qkv_is_its_parts_shards_stacked() {
             assert_eq!(s.bias, Some(FloatVec::F32(bias)));
         }
         let e = plan.shard("b.qkv_proj", world, &QuantWeight::Gptq(qkv.clone())).unwrap_err();
-        assert_eq!(e, Error::ShardRank { rank: world, world_size: world });
+        assert_eq!(e, Error::Tp(TpError::ShardRank { rank: world, world_size: world }));
     }
     let plan = ShardPlan::new(Some(ATTN), &layers, 2).unwrap();
     assert!(matches!(
         plan.shard("b.nothing", 0, &QuantWeight::Gptq(qkv.clone())),
-        Err(Error::MissingTensors(_))
+        Err(Error::Format(FormatError::MissingTensors(_)))
     ));
 }

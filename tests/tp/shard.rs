@@ -4,6 +4,7 @@
 //! boundaries are typed errors; stacked experts split and shard back to the whole.
 
 use crate::common;
+use quant_kernels::error::{KernelError, TpError};
 
 use common::{Rng, float_vec, hqq_weight, layer};
 use half::f16;
@@ -159,10 +160,10 @@ fn hqq_shards_equal_shards_of_the_dequantized_whole() {
                 match check(&w, &whole, rows, cols, shard, &what) {
                     Ok(()) => tally.add(key, true),
                     Err(
-                        Error::ShardBoundary { .. }
-                        | Error::ShardUneven { .. }
-                        | Error::PackRows { .. }
-                        | Error::ShardGrouping { .. },
+                        Error::Tp(TpError::ShardBoundary { .. })
+                        | Error::Tp(TpError::ShardUneven { .. })
+                        | Error::Kernel(KernelError::PackRows { .. })
+                        | Error::Tp(TpError::ShardGrouping { .. }),
                     ) => tally.add(key, false),
                     Err(e) => panic!("{what}: {shard:?}: unexpected {e:?}"),
                 }
@@ -187,43 +188,46 @@ fn hqq_bad_shards_are_typed_errors() {
     let a = w(16, 64, 32, Axis::One, 4, &mut rng);
     assert_eq!(
         a.shard(&Shard::Offset { dim: 1, offset: 16, len: 32 }).unwrap_err(),
-        Error::ShardBoundary { what: "hqq group", at: 16, multiple: 32 }
+        Error::Tp(TpError::ShardBoundary { what: "hqq group", at: 16, multiple: 32 })
     );
     // Groups of 64 over rows of 48 columns: 4 rows hold 3 whole groups.
     let b = w(24, 48, 64, Axis::One, 4, &mut rng);
     assert_eq!(
         b.shard(&Shard::Offset { dim: 0, offset: 4, len: 6 }).unwrap_err(),
-        Error::ShardBoundary { what: "hqq group", at: 10, multiple: 4 }
+        Error::Tp(TpError::ShardBoundary { what: "hqq group", at: 10, multiple: 4 })
     );
     assert_eq!(
         w(8, 6, 4, Axis::One, 4, &mut rng).shard(&Shard::Offset { dim: 1, offset: 0, len: 3 }).unwrap_err(),
-        Error::ShardGrouping { period: 4, cols: 6 }
+        Error::Tp(TpError::ShardGrouping { period: 4, cols: 6 })
     );
     let c = w(30, 20, 24, Axis::Zero, 4, &mut rng); // M = 25
     assert_eq!(
         c.shard(&Shard::Simple { dim: 1, rank: 0, world_size: 2 }).unwrap_err(),
-        Error::ShardGrouping { period: 25, cols: 20 }
+        Error::Tp(TpError::ShardGrouping { period: 25, cols: 20 })
     );
     assert_eq!(
         c.shard(&Shard::Offset { dim: 0, offset: 0, len: 7 }).unwrap_err(),
-        Error::ShardBoundary { what: "hqq code row", at: 7, multiple: 5 }
+        Error::Tp(TpError::ShardBoundary { what: "hqq code row", at: 7, multiple: 5 })
     );
     let d = w(24, 64, 48, Axis::Zero, 4, &mut rng); // M = 32 divides 64 columns
     assert_eq!(
         d.shard(&Shard::Offset { dim: 1, offset: 8, len: 32 }).unwrap_err(),
-        Error::ShardBoundary { what: "hqq code row", at: 8, multiple: 32 }
+        Error::Tp(TpError::ShardBoundary { what: "hqq code row", at: 8, multiple: 32 })
     );
     // A shard whose code matrix does not pack at this width: 3 code rows of 4-bit.
     assert_eq!(
         w(8, 64, 64, Axis::One, 4, &mut rng).shard(&Shard::Offset { dim: 0, offset: 0, len: 3 }).unwrap_err(),
-        Error::PackRows { bits: 4, rows: 3, multiple: 2 }
+        Error::Kernel(KernelError::PackRows { bits: 4, rows: 3, multiple: 2 })
     );
     // The 3-bit layout pads, so the same shard works there.
     assert!(w(8, 64, 64, Axis::One, 3, &mut rng).shard(&Shard::Offset { dim: 0, offset: 0, len: 3 }).is_ok());
     // A weight whose packed words do not match its layout is a length error, not a panic.
     let mut bad = a.clone();
     bad.scales = FloatVec::F32(vec![0.0; 3]);
-    assert!(matches!(bad.shard(&Shard::full(0)).unwrap_err(), Error::LengthMismatch { what: "scales", .. }));
+    assert!(matches!(
+        bad.shard(&Shard::full(0)).unwrap_err(),
+        Error::Kernel(KernelError::LengthMismatch { what: "scales", .. })
+    ));
 }
 
 fn gptq(k: usize, n: usize, bits: u8, g: i64, act: bool, rng: &mut Rng) -> GptqLayer {
@@ -267,7 +271,9 @@ fn gptq_shards_incl_act_order_equal_shards_of_the_dequantized_whole() {
                                 tally.add(format!("act {act} twice"), true);
                             }
                         }
-                        Err(Error::ShardBoundary { .. } | Error::ShardUneven { .. }) => tally.add(key, false),
+                        Err(
+                            Error::Tp(TpError::ShardBoundary { .. }) | Error::Tp(TpError::ShardUneven { .. }),
+                        ) => tally.add(key, false),
                         Err(e) => panic!("{what}: {shard:?}: unexpected {e:?}"),
                     }
                 }
@@ -290,24 +296,24 @@ fn gptq_act_order_input_shards_keep_every_group() {
     // Still on a word row: 4-bit packs 8 inputs per word.
     assert_eq!(
         layer.shard(&Shard::Offset { dim: 1, offset: 4, len: 32 }).unwrap_err(),
-        Error::ShardBoundary { what: "qweight word row", at: 4, multiple: 8 }
+        Error::Tp(TpError::ShardBoundary { what: "qweight word row", at: 4, multiple: 8 })
     );
     // No act-order: groups are still required.
     let plain = gptq(256, 64, 4, 32, false, &mut rng);
     assert_eq!(
         plain.shard(&Shard::Offset { dim: 1, offset: 8, len: 32 }).unwrap_err(),
-        Error::ShardBoundary { what: "group", at: 8, multiple: 32 }
+        Error::Tp(TpError::ShardBoundary { what: "group", at: 8, multiple: 32 })
     );
     // A g_idx value outside the groups is refused before slicing.
     let mut bad = layer.clone();
     bad.g_idx.as_mut().unwrap()[3] = 99;
     assert!(matches!(
         bad.shard(&Shard::Simple { dim: 1, rank: 0, world_size: 2 }).unwrap_err(),
-        Error::GroupIndex { index: 3, value: 99, .. }
+        Error::Kernel(KernelError::GroupIndex { index: 3, value: 99, .. })
     ));
     assert_eq!(
         GptqLayout::with_groups(64, 32, 4, 32, 1).unwrap_err(),
-        Error::TooFewGroups { groups: 1, needed: 2 }
+        Error::Kernel(KernelError::TooFewGroups { groups: 1, needed: 2 })
     );
 }
 
@@ -341,7 +347,7 @@ fn awq_shards_equal_shards_of_the_dequantized_whole() {
                     let want = if shard.dim() == 0 { bias[shard.range(n).unwrap()].to_vec() } else { bias };
                     assert_eq!(part.bias.unwrap().to_f32(), want);
                 }
-                Err(Error::ShardBoundary { .. } | Error::ShardUneven { .. }) => {
+                Err(Error::Tp(TpError::ShardBoundary { .. }) | Error::Tp(TpError::ShardUneven { .. })) => {
                     tally.add(format!("dim {}", shard.dim()), false)
                 }
                 Err(e) => panic!("{what}: {shard:?}: unexpected {e:?}"),
@@ -352,11 +358,11 @@ fn awq_shards_equal_shards_of_the_dequantized_whole() {
     let layer = awq(128, 64, 32, &mut rng);
     assert_eq!(
         layer.shard(&Shard::Offset { dim: 0, offset: 4, len: 8 }).unwrap_err(),
-        Error::ShardBoundary { what: "awq pack word", at: 4, multiple: 8 }
+        Error::Tp(TpError::ShardBoundary { what: "awq pack word", at: 4, multiple: 8 })
     );
     assert_eq!(
         layer.shard(&Shard::Offset { dim: 1, offset: 32, len: 48 }).unwrap_err(),
-        Error::ShardBoundary { what: "group", at: 80, multiple: 32 }
+        Error::Tp(TpError::ShardBoundary { what: "group", at: 80, multiple: 32 })
     );
 }
 
@@ -398,8 +404,8 @@ fn fp8_shards_equal_shards_of_the_dequantized_whole() {
             let key = format!("{} dim {}", if block.is_some() { "block" } else { "tensor" }, shard.dim());
             match check(&w, &whole, rows, cols, shard, &what) {
                 Ok(()) => tally.add(key, true),
-                Err(Error::ShardUneven { .. }) => tally.add(key, false),
-                Err(Error::ShardBoundary { .. }) => {
+                Err(Error::Tp(TpError::ShardUneven { .. })) => tally.add(key, false),
+                Err(Error::Tp(TpError::ShardBoundary { .. })) => {
                     assert!(block.is_some(), "{what}: {shard:?}: per-tensor shards never cut a block");
                     tally.add(key, false)
                 }
@@ -413,11 +419,11 @@ fn fp8_shards_equal_shards_of_the_dequantized_whole() {
     let layer = fp8(300, 260, Some((128, 128)), 1, &mut rng);
     assert_eq!(
         layer.shard(&Shard::Simple { dim: 0, rank: 1, world_size: 2 }).unwrap_err(),
-        Error::ShardBoundary { what: "fp8 scale block", at: 150, multiple: 128 }
+        Error::Tp(TpError::ShardBoundary { what: "fp8 scale block", at: 150, multiple: 128 })
     );
     assert_eq!(
         layer.shard(&Shard::Offset { dim: 1, offset: 0, len: 200 }).unwrap_err(),
-        Error::ShardBoundary { what: "fp8 scale block", at: 200, multiple: 128 }
+        Error::Tp(TpError::ShardBoundary { what: "fp8 scale block", at: 200, multiple: 128 })
     );
     // Within one block any cut keeps its scale: columns 130..228 all use block column 1.
     assert!(layer.shard(&Shard::Offset { dim: 1, offset: 130, len: 98 }).is_ok());
@@ -429,7 +435,7 @@ fn fp8_shards_equal_shards_of_the_dequantized_whole() {
     assert_eq!(per_tensor.layout, Fp8Layout::per_tensor(7, 3).unwrap());
     assert_eq!(
         fp8(8, 8, None, 2, &mut rng).shard(&Shard::full(0)).unwrap_err(),
-        Error::StackedExperts { experts: 2 }
+        Error::Kernel(KernelError::StackedExperts { experts: 2 })
     );
 }
 
@@ -449,8 +455,9 @@ fn int8_and_int4_shards_equal_shards_of_the_dequantized_whole() {
             for shard in shards(rows, cols, &[1, 2, 3, 8, 16], 10, &mut rng) {
                 match check(w, &whole, rows, cols, shard, w.scheme()) {
                     Ok(()) => ran += 1,
-                    Err(Error::ShardUneven { .. }) => {}
-                    Err(Error::ShardBoundary { what: "int4 group", .. }) if shard.dim() == 1 => {}
+                    Err(Error::Tp(TpError::ShardUneven { .. })) => {}
+                    Err(Error::Tp(TpError::ShardBoundary { what: "int4 group", .. })) if shard.dim() == 1 => {
+                    }
                     Err(e) => panic!("{}: {shard:?}: unexpected {e:?}", w.scheme()),
                 }
             }
@@ -460,7 +467,7 @@ fn int8_and_int4_shards_equal_shards_of_the_dequantized_whole() {
     let t = intx::quantize_int4(&vec![0.5; 4 * 32], 4, 32, 8).unwrap();
     assert_eq!(
         t.shard(&Shard::Offset { dim: 1, offset: 4, len: 8 }).unwrap_err(),
-        Error::ShardBoundary { what: "int4 group", at: 4, multiple: 8 }
+        Error::Tp(TpError::ShardBoundary { what: "int4 group", at: 4, multiple: 8 })
     );
 }
 
@@ -543,11 +550,11 @@ fn packed_dense_experts_split_like_mistral_rs_and_shard_back_to_the_whole() {
     let (gu, d) = (FloatVec::F32(vec![0.0; 2 * 4 * 12]), FloatVec::F32(vec![0.0; 2 * 6 * 4]));
     assert_eq!(
         split_packed_experts(&gu, &d, dims, 0, 4).unwrap_err(),
-        Error::ShardUneven { len: 6, world_size: 4 }
+        Error::Tp(TpError::ShardUneven { len: 6, world_size: 4 })
     );
     assert!(matches!(
         split_packed_experts(&gu, &FloatVec::F32(vec![0.0; 5]), dims, 0, 1).unwrap_err(),
-        Error::LengthMismatch { what: "down_proj", .. }
+        Error::Kernel(KernelError::LengthMismatch { what: "down_proj", .. })
     ));
 }
 
@@ -591,14 +598,17 @@ fn stacked_fp8_experts_split_then_dequantize_like_dequantize_then_split() {
     assert!(shard_fp8_experts(&g96, &g96, &d96, 0, 2).is_ok());
     assert_eq!(
         shard_fp8_experts(&g96, &g96, &d96, 1, 2).unwrap_err(),
-        Error::ShardBoundary { what: "fp8 scale block", at: 48, multiple: 64 }
+        Error::Tp(TpError::ShardBoundary { what: "fp8 scale block", at: 48, multiple: 64 })
     );
     let gate = fp8(16, 8, None, 2, &mut rng);
     assert_eq!(
         shard_fp8_experts(&gate, &gate, &fp8(8, 16, None, 3, &mut rng), 0, 1).unwrap_err(),
-        Error::LengthMismatch { what: "down_proj experts", expected: 2, got: 3 }
+        Error::Kernel(KernelError::LengthMismatch { what: "down_proj experts", expected: 2, got: 3 })
     );
     let mut short = gate.clone();
     short.codes.pop();
-    assert!(matches!(split_fp8_experts(&short).unwrap_err(), Error::LengthMismatch { what: "codes", .. }));
+    assert!(matches!(
+        split_fp8_experts(&short).unwrap_err(),
+        Error::Kernel(KernelError::LengthMismatch { what: "codes", .. })
+    ));
 }

@@ -1,16 +1,17 @@
 //! AWQ and FP8 checkpoint directories, assembled from the upstream fixture tensors (AutoAWQ
 //! 0.2.9 gemm layers; torch 2.15 block-scaled E4M3 weight) with the configs those libraries
-//! write: `QuantizedModel` and `qk dequantize` reproduce the upstream dequantized weights in the
+//! write: `QuantizedCheckpoint` and `qk dequantize` reproduce the upstream dequantized weights in the
 //! `[out, in]` orientation; bad configs and tensors are typed errors.
 
 use crate::common;
+use quant_kernels::error::FormatError;
 
 use common::{T, fixture};
 use half::bf16;
 use quant_kernels::Error;
+use quant_kernels::io::QuantizedCheckpoint;
 use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
 use quant_kernels::method::QuantMethod;
-use quant_kernels::model::QuantizedModel;
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -102,8 +103,8 @@ fn qk_dequantize(dir: &Path, dtype: &str) -> SafetensorsFile {
 fn awq_checkpoint_matches_autoawq() {
     let (tensors, expected) = awq_tensors();
     let dir = Dir::new("awq", awq_config(), &tensors);
-    let model = QuantizedModel::open(&dir.0).unwrap();
-    let QuantizedModel::Awq(awq) = &model else { panic!("not AWQ") };
+    let model = QuantizedCheckpoint::open(&dir.0).unwrap();
+    let QuantizedCheckpoint::Awq(awq) = &model else { panic!("not AWQ") };
     assert_eq!(awq.config().group_size, 64);
     let layers = model.layers();
     assert_eq!(layers.len(), 2);
@@ -133,8 +134,9 @@ fn awq_checkpoint_matches_autoawq() {
 fn awq_config_and_tensor_errors() {
     let (tensors, _) = awq_tensors();
     let field =
-        |cfg: serde_json::Value, t: &Tensors| match QuantizedModel::open(&Dir::new("awq-bad", cfg, t).0) {
-            Err(Error::Config { field, .. }) => field,
+        |cfg: serde_json::Value, t: &Tensors| match QuantizedCheckpoint::open(&Dir::new("awq-bad", cfg, t).0)
+        {
+            Err(Error::Format(FormatError::Config { field, .. })) => field,
             other => panic!("{other:?}"),
         };
     let with = |k: &str, v: serde_json::Value| {
@@ -149,19 +151,22 @@ fn awq_config_and_tensor_errors() {
     assert_eq!(field(with("quant_method", "bitsandbytes".into()), &tensors), "quant_method");
     // AutoAWQ's own spellings are accepted.
     let spelled = serde_json::json!({"quant_method": "awq", "w_bit": 4, "q_group_size": 64});
-    assert!(QuantizedModel::open(&Dir::new("awq-spelled", spelled, &tensors).0).is_ok());
+    assert!(QuantizedCheckpoint::open(&Dir::new("awq-spelled", spelled, &tensors).0).is_ok());
     // A group size that contradicts the scales, a missing tensor, a wrong dtype.
-    let r = QuantizedModel::open(&Dir::new("awq-g32", with("group_size", 32.into()), &tensors).0);
-    assert!(matches!(r, Err(Error::TensorShape { .. })), "{r:?}");
+    let r = QuantizedCheckpoint::open(&Dir::new("awq-g32", with("group_size", 32.into()), &tensors).0);
+    assert!(matches!(r, Err(Error::Format(FormatError::TensorShape { .. }))), "{r:?}");
     let mut t = tensors.clone();
     t.retain(|(n, ..)| n != "model.layers.0.mlp.up_proj.qzeros");
-    let r = QuantizedModel::open(&Dir::new("awq-missing", awq_config(), &t).0);
-    assert_eq!(r.unwrap_err(), Error::MissingTensors(vec!["model.layers.0.mlp.up_proj.qzeros".into()]));
+    let r = QuantizedCheckpoint::open(&Dir::new("awq-missing", awq_config(), &t).0);
+    assert_eq!(
+        r.unwrap_err(),
+        Error::Format(FormatError::MissingTensors(vec!["model.layers.0.mlp.up_proj.qzeros".into()]))
+    );
     let mut t = tensors.clone();
     t[2].1 = Dtype::I16;
     assert!(matches!(
-        QuantizedModel::open(&Dir::new("awq-dtype", awq_config(), &t).0),
-        Err(Error::TensorDtype { .. })
+        QuantizedCheckpoint::open(&Dir::new("awq-dtype", awq_config(), &t).0),
+        Err(Error::Format(FormatError::TensorDtype { .. }))
     ));
 }
 
@@ -187,7 +192,7 @@ fn fp8_checkpoint_matches_torch() {
     let (tensors, deq, deq_bf16) = fp8_tensors();
     let cfg = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
     let dir = Dir::new("fp8", cfg, &tensors);
-    let model = QuantizedModel::open(&dir.0).unwrap();
+    let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let layers = model.layers();
     assert_eq!(layers.len(), 1);
     let l = &layers[0];
@@ -215,17 +220,20 @@ fn fp8_per_tensor_and_errors() {
     ];
     let cfg = serde_json::json!({"quant_method": "fp8"});
     let dir = Dir::new("fp8-tensor", cfg.clone(), &per_tensor);
-    let model = QuantizedModel::open(&dir.0).unwrap();
+    let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let w: Vec<f32> = model.dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     assert!(w.iter().zip(&codes).all(|(x, &c)| x.to_bits() == (fmt.decode(c) * 0.5).to_bits()));
 
     let block = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
     // Block config, but only a per-tensor scale stored.
-    let r = QuantizedModel::open(&Dir::new("fp8-noinv", block.clone(), &per_tensor).0);
-    assert_eq!(r.unwrap_err(), Error::MissingTensors(vec![format!("{p}.weight_scale_inv")]));
+    let r = QuantizedCheckpoint::open(&Dir::new("fp8-noinv", block.clone(), &per_tensor).0);
+    assert_eq!(
+        r.unwrap_err(),
+        Error::Format(FormatError::MissingTensors(vec![format!("{p}.weight_scale_inv")]))
+    );
     // A scale grid that does not match the block size.
-    let r = QuantizedModel::open(
+    let r = QuantizedCheckpoint::open(
         &Dir::new(
             "fp8-grid",
             serde_json::json!({"quant_method": "fp8", "weight_block_size": [64, 128]}),
@@ -233,7 +241,7 @@ fn fp8_per_tensor_and_errors() {
         )
         .0,
     );
-    assert!(matches!(r, Err(Error::TensorShape { .. })), "{r:?}");
+    assert!(matches!(r, Err(Error::Format(FormatError::TensorShape { .. }))), "{r:?}");
     // fmt contradicting the weights' dtype; a malformed block size.
     for bad in [
         serde_json::json!({"quant_method": "fp8", "fmt": "e5m2", "weight_block_size": [128, 128]}),
@@ -241,8 +249,8 @@ fn fp8_per_tensor_and_errors() {
         serde_json::json!({"quant_method": "fp8", "weight_block_size": "128"}),
         serde_json::json!({"quant_method": "int8"}),
     ] {
-        let r = QuantizedModel::open(&Dir::new("fp8-cfg", bad.clone(), &tensors).0);
-        assert!(matches!(r, Err(Error::Config { .. })), "{bad}: {r:?}");
+        let r = QuantizedCheckpoint::open(&Dir::new("fp8-cfg", bad.clone(), &tensors).0);
+        assert!(matches!(r, Err(Error::Format(FormatError::Config { .. }))), "{bad}: {r:?}");
     }
 }
 
@@ -264,7 +272,7 @@ fn fp8_stacked_experts() {
     ];
     let cfg = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
     let dir = Dir::new("fp8-moe", cfg, &stacked);
-    let model = QuantizedModel::open(&dir.0).unwrap();
+    let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let l = &model.layers()[0];
     assert_eq!((l.experts, l.out, l.inp), (2, 300, 260));
     assert_eq!(l.stored_bytes, 2 * l.method.layer_bytes(300, 260).unwrap());
@@ -302,7 +310,7 @@ fn fp8_stacked_experts() {
     // A scale grid without the expert dimension, and per-tensor [E] scales.
     let mut bad = stacked.clone();
     bad[1].2 = vec![3, 6];
-    let r = QuantizedModel::open(
+    let r = QuantizedCheckpoint::open(
         &Dir::new(
             "fp8-moe-bad",
             serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]}),
@@ -310,7 +318,7 @@ fn fp8_stacked_experts() {
         )
         .0,
     );
-    assert!(matches!(r, Err(Error::TensorShape { .. })), "{r:?}");
+    assert!(matches!(r, Err(Error::Format(FormatError::TensorShape { .. }))), "{r:?}");
     let per_tensor: Tensors = vec![
         (format!("{p}.weight"), Dtype::F8E4M3, vec![2, 300, 260], [codes.clone(), codes].concat()),
         (
@@ -322,7 +330,7 @@ fn fp8_stacked_experts() {
     ];
     let dir = Dir::new("fp8-moe-tensor", serde_json::json!({"quant_method": "fp8"}), &per_tensor);
     let w: Vec<f32> =
-        QuantizedModel::open(&dir.0).unwrap().dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
+        QuantizedCheckpoint::open(&dir.0).unwrap().dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     let c = &per_tensor[0].3;
     assert!(

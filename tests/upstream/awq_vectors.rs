@@ -5,6 +5,7 @@
 //! upstream vectors (`vectors/awq/`, written by gen_awq.py; see its MANIFEST.md).
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{Rng, T, fixture};
 use half::{bf16, f16};
@@ -94,7 +95,10 @@ fn gptq_to_awq_keeps_weights() {
     let l = GptqLayout::new(8, 8, 3, -1);
     assert!(l.is_err(), "3-bit needs K % 32");
     let l = GptqLayout::new(32, 32, 8, -1).unwrap();
-    assert_eq!(awq::gptq_to_awq(&[0; 256], &[0; 8], &l, ZeroFormat::V2), Err(Error::UnsupportedBits(8)));
+    assert_eq!(
+        awq::gptq_to_awq(&[0; 256], &[0; 8], &l, ZeroFormat::V2),
+        Err(Error::Kernel(KernelError::UnsupportedBits(8)))
+    );
 }
 
 #[test]
@@ -111,9 +115,12 @@ fn awq_paths_equal_and_errors_are_typed() {
         let _: Vec<f16> = all_paths(&qw, &qz, &s, &l);
         let _: Vec<f32> = all_paths(&qw, &qz, &s, &l);
     }
-    assert_eq!(AwqLayout::new(64, 12, 16), Err(Error::NotMultiple { what: "N", value: 12, multiple: 8 }));
-    assert_eq!(AwqLayout::new(64, 16, 24), Err(Error::GroupSize { group: 24, len: 64 }));
+    assert_eq!(
+        AwqLayout::new(64, 12, 16),
+        Err(Error::Kernel(KernelError::NotMultiple { what: "N", value: 12, multiple: 8 }))
+    );
+    assert_eq!(AwqLayout::new(64, 16, 24), Err(Error::Kernel(KernelError::GroupSize { group: 24, len: 64 })));
     let l = AwqLayout::new(16, 16, 8).unwrap();
     let e = awq::awq_dequantize::<f32, f32>(&[0; 31], &[0.0; 32], &[0; 4], &l, Parallelism::Serial);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "qweight", expected: 32, got: 31 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "qweight", expected: 32, got: 31 })));
 }

@@ -6,6 +6,7 @@
 //! vectors (`vectors/fp8/`, written by gen_fp8.py with torch 2.15.0; see its MANIFEST.md).
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{Rng, T, fixture};
 use half::{bf16, f16};
@@ -147,8 +148,8 @@ fn paths_equal_quantize_round_trips_and_errors_are_typed() {
     }
     let l = Fp8Layout::per_tensor(4, 4).unwrap();
     let e = fp8::fp8_dequantize::<f32, f32>(&[0; 15], &[1.0], Fp8Format::E4M3, &l, Parallelism::Serial);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "codes", expected: 16, got: 15 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "codes", expected: 16, got: 15 })));
     let e = fp8::fp8_dequantize::<f32, f32>(&[0; 16], &[1.0, 2.0], Fp8Format::E4M3, &l, Parallelism::Serial);
-    assert_eq!(e, Err(Error::LengthMismatch { what: "scales", expected: 1, got: 2 }));
+    assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "scales", expected: 1, got: 2 })));
     assert!(Fp8Layout::block(4, 4, 0, 1).is_err());
 }

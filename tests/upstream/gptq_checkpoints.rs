@@ -4,6 +4,7 @@
 //! points for every width; broken checkpoints are typed errors.
 
 use crate::common;
+use quant_kernels::error::{FormatError, KernelError};
 
 use common::{Rng, gptq_layer_f32, layer};
 use half::f16;
@@ -139,7 +140,12 @@ fn tiny_checkpoints_match_gptqmodel_fused_included() {
         if name.contains("4bit") {
             // Act-order: each projection has its own g_idx, so no packed fusion exists.
             assert_eq!(report.fused.len(), 0);
-            assert!(report.skipped.iter().all(|(_, e)| *e == Error::Fuse { what: "g_idx", part: 1 }));
+            assert!(
+                report
+                    .skipped
+                    .iter()
+                    .all(|(_, e)| *e == Error::Kernel(KernelError::Fuse { what: "g_idx", part: 1 }))
+            );
         } else {
             assert_eq!(report.fused.len(), 4);
             assert_eq!(layers.len(), 14 - 6);
@@ -223,7 +229,7 @@ fn fuse_mismatches_are_typed_errors() {
         (GptqLayer { bias: Some(FloatVec::F32(vec![0.0; 32])), ..make(64, 32, 4, false, &mut rng) }, "bias"),
     ];
     for (b, what) in cases {
-        assert_eq!(fuse_columns(&[&a, &b]).unwrap_err(), Error::Fuse { what, part: 1 });
+        assert_eq!(fuse_columns(&[&a, &b]).unwrap_err(), Error::Kernel(KernelError::Fuse { what, part: 1 }));
     }
     assert!(fuse_columns(&[]).is_err());
     // g_idx None equals the default assignment.
@@ -233,7 +239,10 @@ fn fuse_mismatches_are_typed_errors() {
     // Lengths that do not match the layout are caught before slicing.
     let mut d = make(64, 32, 4, false, &mut rng);
     d.qweight.pop();
-    assert!(matches!(fuse_columns(&[&a, &d]), Err(Error::LengthMismatch { what: "qweight", .. })));
+    assert!(matches!(
+        fuse_columns(&[&a, &d]),
+        Err(Error::Kernel(KernelError::LengthMismatch { what: "qweight", .. }))
+    ));
 }
 
 #[test]
@@ -246,20 +255,22 @@ fn broken_shards_and_indexes_are_typed_errors() {
     let s = Scratch::of(name, "trunc");
     let bytes = std::fs::read(s.path(shard2)).unwrap();
     std::fs::write(s.path(shard2), &bytes[..bytes.len() - 100]).unwrap();
-    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Safetensors { .. })));
+    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Format(FormatError::Safetensors { .. }))));
 
     // Corrupt header (a brace turned into garbage).
     let s = Scratch::of(name, "corrupt");
     let mut bytes = std::fs::read(s.path(shard2)).unwrap();
     bytes[8] = b'#';
     std::fs::write(s.path(shard2), &bytes).unwrap();
-    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Safetensors { .. })));
+    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Format(FormatError::Safetensors { .. }))));
 
     // Missing shard.
     let s = Scratch::of(name, "missing");
     std::fs::remove_file(s.path(shard2)).unwrap();
     match Checkpoint::open(&s.0) {
-        Err(Error::MissingShard { file, tensors }) => assert_eq!((file.as_str(), tensors), (shard2, 32)),
+        Err(Error::Format(FormatError::MissingShard { file, tensors })) => {
+            assert_eq!((file.as_str(), tensors), (shard2, 32))
+        }
         other => panic!("{other:?}"),
     }
 
@@ -270,7 +281,9 @@ fn broken_shards_and_indexes_are_typed_errors() {
     });
     assert_eq!(
         Checkpoint::open(&s.0).unwrap_err(),
-        Error::MissingTensors(vec![format!("model.layers.2.mlp.up_proj.qweight (in {shard2})")])
+        Error::Format(FormatError::MissingTensors(vec![format!(
+            "model.layers.2.mlp.up_proj.qweight (in {shard2})"
+        )]))
     );
 
     // Index entries leading outside the directory.
@@ -279,7 +292,11 @@ fn broken_shards_and_indexes_are_typed_errors() {
         s.edit_json(index, |v| {
             v["weight_map"]["lm_head.weight"] = evil.into();
         });
-        assert_eq!(Checkpoint::open(&s.0).unwrap_err(), Error::OutsideDirectory(evil.into()), "{evil}");
+        assert_eq!(
+            Checkpoint::open(&s.0).unwrap_err(),
+            Error::Format(FormatError::OutsideDirectory(evil.into())),
+            "{evil}"
+        );
     }
     #[cfg(unix)]
     {
@@ -288,28 +305,33 @@ fn broken_shards_and_indexes_are_typed_errors() {
         std::fs::copy(s.path(shard2), &outside).unwrap();
         std::fs::remove_file(s.path(shard2)).unwrap();
         std::os::unix::fs::symlink(&outside, s.path(shard2)).unwrap();
-        assert_eq!(Checkpoint::open(&s.0).unwrap_err(), Error::OutsideDirectory(shard2.into()));
+        assert_eq!(
+            Checkpoint::open(&s.0).unwrap_err(),
+            Error::Format(FormatError::OutsideDirectory(shard2.into()))
+        );
         std::fs::remove_file(outside).unwrap();
     }
 
     // Index that is not an index.
     let s = Scratch::of(name, "badindex");
     std::fs::write(s.path(index), b"{\"weight_map\": 3}").unwrap();
-    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Json { .. })));
+    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Format(FormatError::Json { .. }))));
     std::fs::write(s.path(index), b"{").unwrap();
-    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Json { .. })));
+    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Format(FormatError::Json { .. }))));
 
     // No checkpoint at all.
     let s = Scratch::of(name, "empty");
     std::fs::remove_file(s.path(index)).unwrap();
-    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Io { kind: std::io::ErrorKind::NotFound, .. })));
+    assert!(
+        matches!(Checkpoint::open(&s.0), Err(Error::Format(FormatError::Io { source, .. })) if source.kind() == std::io::ErrorKind::NotFound)
+    );
 }
 
 #[test]
 fn config_problems_are_typed_errors() {
     let name = TINY[1];
     let config_field = |e: Error| match e {
-        Error::Config { field, .. } => field,
+        Error::Format(FormatError::Config { field, .. }) => field,
         other => panic!("{other:?}"),
     };
     // quantize_config.json and config.json's quantization_config disagree.
@@ -328,14 +350,14 @@ fn config_problems_are_typed_errors() {
     // A config that contradicts the data: 4 bits declared for 8-bit tensors.
     let s = Scratch::of(name, "wrongbits");
     s.edit_json("quantize_config.json", |v| v["bits"] = 4.into());
-    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::TensorShape { .. })));
+    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::Format(FormatError::TensorShape { .. }))));
     // A group size that contradicts the scales.
     s.edit_json("quantize_config.json", |v| {
         v["bits"] = 8.into();
         v["group_size"] = 16.into();
     });
     match GptqCheckpoint::open(&s.0).unwrap_err() {
-        Error::TensorShape { tensor, .. } => {
+        Error::Format(FormatError::TensorShape { tensor, .. }) => {
             assert!(tensor.ends_with(".qzeros") || tensor.ends_with(".scales"))
         }
         other => panic!("{other:?}"),
@@ -347,7 +369,7 @@ fn config_problems_are_typed_errors() {
     // Unparseable config.json.
     let s = Scratch::of(name, "badjson");
     std::fs::write(s.path("config.json"), b"{not json").unwrap();
-    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Json { .. })));
+    assert!(matches!(Checkpoint::open(&s.0), Err(Error::Format(FormatError::Json { .. }))));
 }
 
 /// Rewrite the single-file checkpoint with `edit` applied to its tensor list.
@@ -377,7 +399,10 @@ fn layer_tensor_problems_are_typed_errors() {
 
     let s = Scratch::of(name, "noscales");
     rewrite(&s, |t| t.retain(|(n, ..)| n != &format!("{q}.scales")));
-    assert_eq!(GptqCheckpoint::open(&s.0).unwrap_err(), Error::MissingTensors(vec![format!("{q}.scales")]));
+    assert_eq!(
+        GptqCheckpoint::open(&s.0).unwrap_err(),
+        Error::Format(FormatError::MissingTensors(vec![format!("{q}.scales")]))
+    );
 
     let s = Scratch::of(name, "gidx64");
     rewrite(&s, |t| {
@@ -385,14 +410,14 @@ fn layer_tensor_problems_are_typed_errors() {
         g.1 = Dtype::I64;
         g.2 = vec![32];
     });
-    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::TensorDtype { .. })));
+    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::Format(FormatError::TensorDtype { .. }))));
 
     let s = Scratch::of(name, "badscales");
     rewrite(&s, |t| {
         let g = t.iter_mut().find(|(n, ..)| n == &format!("{q}.scales")).unwrap();
         g.2 = vec![g.2[1], g.2[0]];
     });
-    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::TensorShape { .. })));
+    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::Format(FormatError::TensorShape { .. }))));
 
     let s = Scratch::of(name, "gidxrange");
     rewrite(&s, |t| {
@@ -402,7 +427,7 @@ fn layer_tensor_problems_are_typed_errors() {
     let ck = GptqCheckpoint::open(&s.0).unwrap();
     assert!(matches!(
         ck.load(q).unwrap().dequantize_kn::<f32>(Parallelism::Rayon),
-        Err(Error::GroupIndex { .. })
+        Err(Error::Kernel(KernelError::GroupIndex { .. }))
     ));
 
     // A bias is read and checked like the rest.
@@ -412,7 +437,7 @@ fn layer_tensor_problems_are_typed_errors() {
     assert_eq!(ck.layers()[q].bias, Some(Dtype::F16));
     assert_eq!(ck.load(q).unwrap().bias, Some(FloatVec::F16(vec![f16::ZERO; 64])));
     rewrite(&s, |t| t.iter_mut().find(|(n, ..)| n == &format!("{q}.bias")).unwrap().2 = vec![2, 32]);
-    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::TensorShape { .. })));
+    assert!(matches!(GptqCheckpoint::open(&s.0), Err(Error::Format(FormatError::TensorShape { .. }))));
 }
 
 /// A v2 checkpoint declared as v1 (the vLLM/GPTQModel bug class) is detected on load.

@@ -4,6 +4,7 @@
 //! 1% of hqq's and never worse than without the optimizer. Serial and threaded runs are equal.
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{Rng, T, fixture};
 use quant_kernels::hqq::{self, Axis, HqqConfig, HqqLayer};
@@ -171,20 +172,20 @@ fn bad_configs_are_typed_errors() {
     let w = vec![0.5f32; 64];
     let q =
         |bits: u8, group: usize, axis: Axis| hqq::quantize_hqq(&w, 8, 8, &HqqConfig::new(bits, group, axis));
-    assert_eq!(q(5, 8, Axis::Zero).unwrap_err(), Error::UnsupportedBits(5));
-    assert!(matches!(q(4, 7, Axis::Zero), Err(Error::GroupSize { .. })));
-    assert!(matches!(q(4, 0, Axis::Zero), Err(Error::GroupSize { .. })));
+    assert_eq!(q(5, 8, Axis::Zero).unwrap_err(), Error::Kernel(KernelError::UnsupportedBits(5)));
+    assert!(matches!(q(4, 7, Axis::Zero), Err(Error::Kernel(KernelError::GroupSize { .. }))));
+    assert!(matches!(q(4, 0, Axis::Zero), Err(Error::Kernel(KernelError::GroupSize { .. }))));
     // 1-bit packs 8 code rows per byte: axis 1 with group 16 gives 4 code rows.
-    assert!(matches!(q(1, 16, Axis::One), Err(Error::PackRows { .. })));
+    assert!(matches!(q(1, 16, Axis::One), Err(Error::Kernel(KernelError::PackRows { .. }))));
     let mut bad = w.clone();
     bad[3] = f32::NAN;
     assert_eq!(
         hqq::quantize_hqq(&bad, 8, 8, &HqqConfig::new(4, 8, Axis::Zero)).unwrap_err(),
-        Error::NonFinite { index: 3 }
+        Error::Kernel(KernelError::NonFinite { index: 3 })
     );
     assert!(matches!(
         hqq::quantize_hqq(&w, 8, 9, &HqqConfig::new(4, 8, Axis::Zero)),
-        Err(Error::LengthMismatch { .. })
+        Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
     // Constant weights: denom 0 -> scale_q 1, exact reconstruction.
     let c = hqq::quantize_hqq(&w, 8, 8, &HqqConfig::new(4, 8, Axis::One)).unwrap();

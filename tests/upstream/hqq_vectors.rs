@@ -5,6 +5,7 @@
 //! see that folder's MANIFEST.md and gen_hqq.py).
 
 use crate::common;
+use quant_kernels::error::KernelError;
 
 use common::{T, fixture};
 use half::{bf16, f16};
@@ -205,7 +206,10 @@ fn quantize_cases_match_hqq() {
 fn unpackable_row_counts_are_errors() {
     for (bits, rows) in [(4u8, 3usize), (2, 6), (1, 12), (1, 1)] {
         let codes = vec![0u8; rows * 5];
-        assert!(matches!(hqq::pack_hqq(&codes, rows, 5, bits), Err(quant_kernels::Error::PackRows { .. })));
+        assert!(matches!(
+            hqq::pack_hqq(&codes, rows, 5, bits),
+            Err(quant_kernels::Error::Kernel(KernelError::PackRows { .. }))
+        ));
     }
     assert!(hqq::pack_hqq(&[8], 1, 1, 3).is_err(), "code 8 does not fit in 3 bits");
     assert!(hqq::pack_hqq(&[0; 4], 2, 2, 5).is_err());

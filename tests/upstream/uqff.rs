@@ -4,6 +4,7 @@
 //! writing, reproduces mistral.rs's bytes. Hostile bytes are typed errors, never panics.
 
 use crate::common;
+use quant_kernels::error::FormatError;
 
 use common::T;
 use half::{bf16, f16};
@@ -134,10 +135,16 @@ fn low_bit_v1_is_an_extension_that_can_be_refused() {
     for bits in [1u8, 2, 3] {
         let layer = our_layer(&format!("hqq{bits}_g64_ax0_f32_bias"));
         let named = vec![("model.layers.3.mlp.up_proj".to_string(), layer)];
-        assert!(matches!(uqff::write_v1(&named, Extension::Refuse), Err(Error::Uqff { .. })));
+        assert!(matches!(
+            uqff::write_v1(&named, Extension::Refuse),
+            Err(Error::Format(FormatError::Uqff { .. }))
+        ));
         let bytes = uqff::write_v1(&named, Extension::Allow).unwrap();
         assert_eq!(uqff::read_v1(&bytes, Extension::Allow).unwrap(), named);
-        assert!(matches!(uqff::read_v1(&bytes, Extension::Refuse), Err(Error::Uqff { .. })));
+        assert!(matches!(
+            uqff::read_v1(&bytes, Extension::Refuse),
+            Err(Error::Format(FormatError::Uqff { .. }))
+        ));
     }
 }
 
@@ -149,18 +156,24 @@ fn versions_types_and_dtypes_are_named_in_errors() {
         b[at..at + bytes.len()].copy_from_slice(bytes);
         uqff::read_legacy(&b)
     };
-    assert_eq!(with(0, &[0, 3, 0, 0]).unwrap_err(), Error::UqffVersion { major: 0, minor: 3, patch: 0 });
-    assert_eq!(with(0, &[0, 0, 1, 0]).unwrap_err(), Error::UqffVersion { major: 1, minor: 0, patch: 0 });
+    assert_eq!(
+        with(0, &[0, 3, 0, 0]).unwrap_err(),
+        Error::Format(FormatError::UqffVersion { major: 0, minor: 3, patch: 0 })
+    );
+    assert_eq!(
+        with(0, &[0, 0, 1, 0]).unwrap_err(),
+        Error::Format(FormatError::UqffVersion { major: 1, minor: 0, patch: 0 })
+    );
     assert!(with(0, &[0, 1, 0, 0]).is_ok(), "older minors are read");
-    assert_eq!(with(4, &[3]).unwrap_err(), Error::UqffQuantType(3));
+    assert_eq!(with(4, &[3]).unwrap_err(), Error::Format(FormatError::UqffQuantType(3)));
     // w_q's dtype code sits after its u32 length at offset 6.
-    assert_eq!(with(10, &[10, 0, 0, 0]).unwrap_err(), Error::UqffDtype(10));
-    assert!(matches!(with(5, &[2]), Err(Error::Uqff { .. })), "has_bias 2");
+    assert_eq!(with(10, &[10, 0, 0, 0]).unwrap_err(), Error::Format(FormatError::UqffDtype(10)));
+    assert!(matches!(with(5, &[2]), Err(Error::Format(FormatError::Uqff { .. }))), "has_bias 2");
     // A trailing byte, and a bias flag without a bias.
     let mut long = blob.clone();
     long.push(0);
-    assert!(matches!(uqff::read_legacy(&long), Err(Error::Uqff { .. })));
-    assert!(matches!(with(5, &[1]), Err(Error::Uqff { .. })));
+    assert!(matches!(uqff::read_legacy(&long), Err(Error::Format(FormatError::Uqff { .. }))));
+    assert!(matches!(with(5, &[1]), Err(Error::Format(FormatError::Uqff { .. }))));
 
     let v1 = common::fixture("uqff_files/v1.2.0/hqq4_g64_ax0_f32.uqff");
     let layers = uqff::read_v1(&v1, Extension::Refuse).unwrap();
@@ -171,7 +184,7 @@ fn versions_types_and_dtypes_are_named_in_errors() {
     newer[minor] = 3;
     assert_eq!(
         uqff::read_v1(&newer, Extension::Allow).unwrap_err(),
-        Error::UqffVersion { major: 1, minor: 3, patch: 0 }
+        Error::Format(FormatError::UqffVersion { major: 1, minor: 3, patch: 0 })
     );
     assert_eq!(layers.len(), 1);
 }

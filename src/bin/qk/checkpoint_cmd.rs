@@ -3,10 +3,11 @@
 use crate::demo_checkpoint::format_name;
 use crate::{CliError, DequantizeArgs};
 use half::{bf16, f16};
+use quant_kernels::error::{FormatError, KernelError};
 use quant_kernels::gptq::plan_fusion;
 use quant_kernels::io::safetensors::LeElem;
 use quant_kernels::io::{Dtype, SafetensorsWriter};
-use quant_kernels::model::{LayerSummary, QuantizedModel};
+use quant_kernels::io::{LayerSummary, QuantizedCheckpoint};
 use quant_kernels::{Error, FloatType, Parallelism};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,9 +18,9 @@ fn kib(bytes: usize) -> String {
 }
 
 /// The scheme-wide settings, one line.
-fn describe(model: &QuantizedModel) -> String {
+fn describe(model: &QuantizedCheckpoint) -> String {
     match model {
-        QuantizedModel::Gptq(c) => {
+        QuantizedCheckpoint::Gptq(c) => {
             let c = c.config();
             format!(
                 "GPTQ: bits {}, group_size {}, sym {}, desc_act {}, checkpoint_format {}",
@@ -30,10 +31,10 @@ fn describe(model: &QuantizedModel) -> String {
                 format_name(c.format)
             )
         }
-        QuantizedModel::Awq(c) => {
+        QuantizedCheckpoint::Awq(c) => {
             format!("AWQ (gemm): 4-bit, group_size {}, zero_point true", c.config().group_size)
         }
-        QuantizedModel::Fp8(c) => match c.config().block {
+        QuantizedCheckpoint::Fp8(c) => match c.config().block {
             Some((r, cc)) => format!("FP8: block-wise weight_scale_inv, weight_block_size [{r}, {cc}]"),
             None => "FP8: per-tensor weight_scale".to_string(),
         },
@@ -41,8 +42,8 @@ fn describe(model: &QuantizedModel) -> String {
 }
 
 /// Warn (stderr) about GPTQ layers whose symmetric zero points contradict the declared format.
-fn warn_zero_format(model: &QuantizedModel, prefix: &str) -> Result<(), CliError> {
-    if let QuantizedModel::Gptq(c) = model
+fn warn_zero_format(model: &QuantizedCheckpoint, prefix: &str) -> Result<(), CliError> {
+    if let QuantizedCheckpoint::Gptq(c) = model
         && let Some(m) = c.zero_format_mismatch(prefix)?
     {
         eprintln!(
@@ -56,7 +57,7 @@ fn warn_zero_format(model: &QuantizedModel, prefix: &str) -> Result<(), CliError
 
 /// `qk inspect DIR`.
 pub fn inspect(dir: &Path) -> Result<(), CliError> {
-    let model = QuantizedModel::open(dir)?;
+    let model = QuantizedCheckpoint::open(dir)?;
     let raw = model.checkpoint();
     let names: Vec<&str> = raw.tensor_names().collect();
     let files = names.iter().filter_map(|n| raw.shard_of(n)).collect::<std::collections::BTreeSet<_>>().len();
@@ -136,14 +137,14 @@ fn io_dtype(d: FloatType) -> Dtype {
 fn write_linear(
     writer: &mut SafetensorsWriter,
     name: &str,
-    model: &QuantizedModel,
+    model: &QuantizedCheckpoint,
     layer: &LayerSummary,
     dtype: FloatType,
 ) -> Result<(), Error> {
     fn go<O: quant_kernels::Elem + LeElem>(
         writer: &mut SafetensorsWriter,
         name: &str,
-        model: &QuantizedModel,
+        model: &QuantizedCheckpoint,
         l: &LayerSummary,
     ) -> Result<(), Error> {
         let (w, transposed) = model.dequantize_stored::<O>(&l.prefix, Parallelism::Rayon)?;
@@ -179,7 +180,7 @@ fn write_linear(
 /// dense weight of GPTQ's packed `fuse_columns` and is defined for every scheme.
 pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     let start = Instant::now();
-    let model = QuantizedModel::open(&args.dir)?;
+    let model = QuantizedCheckpoint::open(&args.dir)?;
     let raw = model.checkpoint();
     let layers: BTreeMap<String, _> = model.layers().into_iter().map(|l| (l.prefix.clone(), l)).collect();
     let plans = if args.fuse { plan_fusion(layers.keys().map(String::as_str)) } else { Vec::new() };
@@ -194,7 +195,8 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         if model.is_quantized_part(name) || bias_of_fused {
             continue;
         }
-        let info = raw.info(name).ok_or_else(|| Error::MissingTensors(vec![name.into()]))?;
+        let info =
+            raw.info(name).ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.into()])))?;
         outputs.insert(name.into(), (info.dtype, info.shape.clone(), Source::Plain(name.into())));
     }
     let dtype = io_dtype(args.dtype);
@@ -208,13 +210,13 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
         let parts: Vec<_> = plan.parts.iter().filter_map(|p| layers.get(p)).collect();
         let out: usize = parts.iter().map(|l| l.out).sum();
         if let Some(i) = parts.iter().position(|l| l.inp != parts[0].inp || l.experts != 1) {
-            return Err(Error::Fuse { what: "K", part: i }.into());
+            return Err(Error::Kernel(KernelError::Fuse { what: "K", part: i }).into());
         }
         let shape = vec![out, parts[0].inp];
         outputs.insert(format!("{}.weight", plan.fused), (dtype, shape, Source::Weight(plan.parts.clone())));
         if let Some(b) = parts[0].bias {
             if let Some(i) = parts.iter().position(|l| l.bias != Some(b)) {
-                return Err(Error::Fuse { what: "bias", part: i }.into());
+                return Err(Error::Kernel(KernelError::Fuse { what: "bias", part: i }).into());
             }
             outputs.insert(format!("{}.bias", plan.fused), (b, vec![out], Source::Bias(plan.parts.clone())));
         }

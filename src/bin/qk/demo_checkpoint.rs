@@ -34,11 +34,7 @@ const TINY: [Tiny; 2] = [
 ];
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::Io {
-        path: path.display().to_string(),
-        kind: e.kind(),
-        message: e.to_string(),
-    };
+    let io = |e: std::io::Error| Error::io(path, e);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }

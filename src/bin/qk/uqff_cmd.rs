@@ -2,6 +2,7 @@
 
 use crate::{CliError, DequantizeArgs};
 use half::{bf16, f16};
+use quant_kernels::error::FormatError;
 use quant_kernels::hqq::{self, HqqConfig};
 use quant_kernels::io::safetensors::to_le_bytes;
 use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
@@ -29,7 +30,7 @@ pub struct QuantizeArgs {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), kind: e.kind(), message: e.to_string() }
+    Error::io(path, e)
 }
 
 /// `qk quantize IN.safetensors --method hqq ... --out OUT.uqff`: every 2-D float `*.weight`
@@ -58,22 +59,32 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
             Dtype::Bf16 => hqq::quantize_hqq(&file.read_as::<bf16>(name)?, rows, cols, &args.config),
             _ => hqq::quantize_hqq(&file.read_as::<f32>(name)?, rows, cols, &args.config),
         }
-        .map_err(|e| Error::Config { field: name.clone(), reason: format!("cannot be quantized: {e}") })?;
+        .map_err(|e| {
+            Error::Format(FormatError::Config {
+                field: name.clone(),
+                reason: format!("cannot be quantized: {e}"),
+            })
+        })?;
         let bias_name = format!("{prefix}.bias");
         let bias = match file.info(&bias_name).map(|i| (i.dtype, i.shape.clone())) {
             None => None,
             Some((_, shape)) if shape != [rows] => {
-                return Err(Error::TensorShape { tensor: bias_name, expected: vec![rows], got: shape }.into());
+                return Err(Error::Format(FormatError::TensorShape {
+                    tensor: bias_name,
+                    expected: vec![rows],
+                    got: shape,
+                })
+                .into());
             }
             Some((Dtype::F16, _)) => Some(FloatVec::F16(file.read_as(&bias_name)?)),
             Some((Dtype::Bf16, _)) => Some(FloatVec::Bf16(file.read_as(&bias_name)?)),
             Some((Dtype::F32, _)) => Some(FloatVec::F32(file.read_as(&bias_name)?)),
             Some((d, _)) => {
-                return Err(Error::TensorDtype {
+                return Err(Error::Format(FormatError::TensorDtype {
                     tensor: bias_name,
                     expected: "F16, BF16 or F32",
                     got: d.to_string(),
-                }
+                })
                 .into());
             }
         };
