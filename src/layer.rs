@@ -5,8 +5,7 @@
 use crate::awq::AwqLayer;
 use crate::dense::DenseWeight;
 use crate::elem::{Elem, FloatVec};
-use crate::error::KernelError;
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
 use crate::hqq::HqqWeight;

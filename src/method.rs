@@ -17,8 +17,7 @@
 //! every scale, zero and `g_idx` entry the layer stores (a 4-bit g128 GPTQ layer of 4096 x 4096
 //! is 4.164 bits per weight).
 
-use crate::error::{Error, Result};
-use crate::error::{FormatError, KernelError};
+use crate::error::{Error, FormatError, KernelError, Result};
 use crate::fp8::Fp8Format;
 use crate::hqq::{Axis, HqqLayout};
 use crate::pack::Bits;

@@ -16,8 +16,7 @@
 //! The types [`B1`], [`B2`], [`B4`], [`B8`] (one generic `u8` packing) and [`B3`] (the `i32`
 //! packing) are what kernels are generic over; [`Bits`] is the runtime tag.
 
-use crate::error::KernelError;
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 
 /// A bit width, as a runtime value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -14,8 +14,7 @@
 //! delegating `match`.
 
 use crate::elem::{Elem, FloatType, FloatVec};
-use crate::error::KernelError;
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::par::Parallelism;
 use crate::tp::Shard;
 
@@ -74,6 +73,21 @@ pub trait QuantScheme: Sized {
     /// dequantizations one after another, bit for bit. Parts that cannot be stacked without
     /// requantizing return [`KernelError::Fuse`] naming the first part that differs.
     fn concat(parts: &[&Self]) -> Result<Self>;
+}
+
+/// `out = [n, k]`, the transpose of the `[k, n]` that `fill` writes: the `[out, in]` form of a
+/// scheme stored `[in, out]` (GPTQ, AWQ).
+pub(crate) fn transposed_into<O: Elem>(
+    (k, n): (usize, usize),
+    out: &mut [O],
+    par: Parallelism,
+    fill: impl FnOnce(&mut [O]) -> Result<()>,
+) -> Result<()> {
+    crate::error::expect_len("out", k * n, out.len())?;
+    let mut kn = vec![O::default(); k * n];
+    fill(&mut kn)?;
+    out.copy_from_slice(&crate::par::transpose(&kn, k, n, par));
+    Ok(())
 }
 
 /// `out * in`, checked.

@@ -5,8 +5,7 @@
 
 use super::AwqLayout;
 use crate::elem::{Elem, FloatVec};
-use crate::error::FormatError;
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_bool, get_int, get_str, invalid};
 use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};

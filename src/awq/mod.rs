@@ -21,8 +21,7 @@ mod tile;
 pub use checkpoint::{AwqCheckpoint, AwqConfig, AwqLayer, AwqLayerInfo};
 
 use crate::elem::Elem;
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::par::Parallelism;
 

@@ -3,10 +3,9 @@
 
 use super::{AwqLayer, AwqLayout};
 use crate::elem::{Elem, FloatVec};
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::Parallelism;
-use crate::scheme::{QuantScheme, agree, bias_range, concat_bias};
+use crate::scheme::{QuantScheme, agree, bias_range, concat_bias, transposed_into};
 use crate::tp::Shard;
 use crate::tp::shard::{column_range, on};
 
@@ -33,20 +32,23 @@ impl QuantScheme for AwqLayer {
 
     /// `[N, K]`: the layer's `[K, N]` dequantization ([`AwqLayer::dequantize_kn`]) transposed.
     fn dequantize_into<O: Elem>(&self, out: &mut [O], par: Parallelism) -> Result<()> {
-        let (k, n) = (self.layout.k(), self.layout.n());
-        expect_len("out", k * n, out.len())?;
-        let kn = self.dequantize_kn::<O>(par)?;
-        out.copy_from_slice(&crate::par::transpose(&kn, k, n, par));
-        Ok(())
+        let l = &self.layout;
+        transposed_into(
+            (l.k(), l.n()),
+            out,
+            par,
+            |kn| crate::with_float_vec!(&self.scales, s => super::awq_dequantize_into(&self.qweight, s, &self.qzeros, l, kn, par)),
+        )
     }
 
     fn dequantize_reference_into(&self, out: &mut [f32]) -> Result<()> {
-        let (l, k, n) = (&self.layout, self.layout.k(), self.layout.n());
-        expect_len("out", k * n, out.len())?;
-        let mut kn = vec![0f32; k * n];
-        crate::with_float_vec!(&self.scales, s => super::awq_dequantize_reference_into(&self.qweight, s, &self.qzeros, l, &mut kn))?;
-        out.copy_from_slice(&crate::par::transpose(&kn, k, n, Parallelism::Serial));
-        Ok(())
+        let l = &self.layout;
+        transposed_into(
+            (l.k(), l.n()),
+            out,
+            Parallelism::Serial,
+            |kn| crate::with_float_vec!(&self.scales, s => super::awq_dequantize_reference_into(&self.qweight, s, &self.qzeros, l, kn)),
+        )
     }
 
     /// This shard of an AWQ layer (see [`crate::QuantWeight::shard`]); the bias follows dim 0.

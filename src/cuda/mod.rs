@@ -28,8 +28,7 @@
 
 use crate::awq::AwqLayout;
 use crate::elem::{Elem, FloatType};
-use crate::error::{CudaError, KernelError};
-use crate::error::{Error, Result, expect_len as expect};
+use crate::error::{CudaError, Error, KernelError, Result, expect_len as expect};
 use crate::fp8::{Fp8Format, Fp8Layout};
 use crate::gptq::{GptqLayout, ZeroFormat};
 use crate::hqq::{self, HqqLayout};

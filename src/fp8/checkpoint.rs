@@ -7,8 +7,7 @@
 
 use super::{Fp8Format, Fp8Layout};
 use crate::elem::{Elem, FloatVec};
-use crate::error::{Error, Result};
-use crate::error::{FormatError, KernelError};
+use crate::error::{Error, FormatError, KernelError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_str, invalid};
 use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};

@@ -23,8 +23,7 @@ pub(crate) mod tile;
 pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};
 
 use crate::elem::Elem;
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::Parallelism;
 
 /// An FP8 format.

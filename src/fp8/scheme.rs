@@ -3,8 +3,7 @@
 
 use super::{Fp8Layer, Fp8Layout};
 use crate::elem::{Elem, FloatVec};
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bias_range, bits_of, concat_bias, concat_floats};
 use crate::tp::Shard;

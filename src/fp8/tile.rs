@@ -3,8 +3,7 @@
 //! dequantizer, times the splat scale.
 
 use super::{Fp8Format, Fp8Layer, Fp8Layout};
-use crate::error::KernelError;
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;

@@ -10,8 +10,7 @@
 
 use super::{GptqConfig, GptqLayout, ZeroFormat, ZeroFormatMismatch};
 use crate::elem::{Elem, FloatVec};
-use crate::error::{Error, Result};
-use crate::error::{FormatError, KernelError};
+use crate::error::{Error, FormatError, KernelError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
 use crate::io::{Checkpoint, Dtype, TensorInfo};

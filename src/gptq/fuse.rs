@@ -10,8 +10,7 @@ use super::GptqLayout;
 use super::checkpoint::GptqLayer;
 use super::layout::{codes_per_block, field, locate};
 use crate::elem::FloatVec;
-use crate::error::KernelError;
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::par::concat_columns;
 
 /// Pack `fields` (each `< 2^bits`) along a row of words, GPTQ's layout (LSB first, 3-bit

@@ -42,8 +42,7 @@ pub use config::GptqConfig;
 pub use fuse::{FusePlan, FuseReport, concat_dequantized, fuse_columns, fuse_layers, plan_fusion};
 
 use crate::elem::Elem;
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::Parallelism;
 
 /// How a checkpoint stores zero points (`checkpoint_format` in its quantization config).

@@ -7,7 +7,7 @@ use super::layout::codes_per_block;
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Result, expect_len};
 use crate::par::Parallelism;
-use crate::scheme::{QuantScheme, bias_range};
+use crate::scheme::{QuantScheme, bias_range, transposed_into};
 use crate::tp::Shard;
 use crate::tp::shard::{column_range, on};
 
@@ -37,20 +37,23 @@ impl QuantScheme for GptqLayer {
 
     /// `[N, K]`: the layer's `[K, N]` dequantization ([`GptqLayer::dequantize_kn`]) transposed.
     fn dequantize_into<O: Elem>(&self, out: &mut [O], par: Parallelism) -> Result<()> {
-        let (k, n) = (self.layout.k(), self.layout.n());
-        expect_len("out", k * n, out.len())?;
-        let kn = self.dequantize_kn::<O>(par)?;
-        out.copy_from_slice(&crate::par::transpose(&kn, k, n, par));
-        Ok(())
+        let (l, g) = (&self.layout, self.g_idx.as_deref());
+        transposed_into(
+            (l.k(), l.n()),
+            out,
+            par,
+            |kn| crate::with_float_vec!(&self.scales, s => super::gptq_dequantize_into(&self.qweight, s, &self.qzeros, g, self.format, l, kn, par)),
+        )
     }
 
     fn dequantize_reference_into(&self, out: &mut [f32]) -> Result<()> {
-        let (l, k, n) = (&self.layout, self.layout.k(), self.layout.n());
-        expect_len("out", k * n, out.len())?;
-        let mut kn = vec![0f32; k * n];
-        crate::with_float_vec!(&self.scales, s => super::gptq_dequantize_reference_into(&self.qweight, s, &self.qzeros, self.g_idx.as_deref(), self.format, l, &mut kn))?;
-        out.copy_from_slice(&crate::par::transpose(&kn, k, n, Parallelism::Serial));
-        Ok(())
+        let (l, g) = (&self.layout, self.g_idx.as_deref());
+        transposed_into(
+            (l.k(), l.n()),
+            out,
+            Parallelism::Serial,
+            |kn| crate::with_float_vec!(&self.scales, s => super::gptq_dequantize_reference_into(&self.qweight, s, &self.qzeros, g, self.format, l, kn)),
+        )
     }
 
     /// This shard of a GPTQ layer (see [`crate::QuantWeight::shard`]); the bias follows dim 0.

@@ -13,8 +13,7 @@
 
 use super::layout::{field, locate};
 use super::{GptqLayer, GptqLayout, groups_of_rows};
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 
 /// Check that `perm` is a permutation of `0..len`.
 pub fn check_permutation(perm: &[u32], len: usize) -> Result<()> {

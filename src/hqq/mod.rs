@@ -44,8 +44,7 @@ pub use quantize::{HqqConfig, HqqLayer, quantize_hqq, quantize_hqq_with};
 pub use scheme::HqqWeight;
 
 use crate::elem::Elem;
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::pack::{self, B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
 

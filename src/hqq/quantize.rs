@@ -35,8 +35,7 @@
 
 use super::{Axis, HqqLayout, Packed};
 use crate::elem::Elem;
-use crate::error::KernelError;
-use crate::error::{Error, Result};
+use crate::error::{Error, KernelError, Result};
 use crate::par::Parallelism;
 use rayon::prelude::*;
 

@@ -3,8 +3,7 @@
 
 use super::{Axis, HqqLayer, HqqLayout, Packed, PackedWords};
 use crate::elem::{Elem, FloatVec};
-use crate::error::{Error, Result, expect_len};
-use crate::error::{KernelError, TpError};
+use crate::error::{Error, KernelError, Result, TpError, expect_len};
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bits_of, concat_floats};

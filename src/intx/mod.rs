@@ -20,9 +20,8 @@ mod scheme;
 pub(crate) mod tile;
 
 use crate::elem::Elem;
-use crate::error::{FormatError, KernelError};
+use crate::error::{Error, FormatError, KernelError, Result, expect_len};
 
-use crate::error::{Error, Result, expect_len};
 use crate::lanes::{self, Kernel};
 use crate::par::{self, Parallelism};
 

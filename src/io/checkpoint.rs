@@ -13,8 +13,7 @@
 
 use super::safetensors::{Dtype, LeElem, SafetensorsFile, TensorInfo};
 use crate::elem::FloatVec;
-use crate::error::FormatError;
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 

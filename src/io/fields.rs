@@ -1,9 +1,7 @@
 //! Typed reads of quantization-config fields, shared by the schemes' config parsers: a field
 //! of the wrong type is an [`FormatError::Config`] naming it; absent or `null` means the default.
 
-use crate::error::Error;
-use crate::error::FormatError;
-use crate::error::Result;
+use crate::error::{Error, FormatError, Result};
 use serde_json::Value;
 
 pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Error {

@@ -9,8 +9,7 @@
 use super::{Checkpoint, Dtype};
 use crate::awq::AwqLayer;
 use crate::elem::Elem;
-use crate::error::FormatError;
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
 use crate::method::QuantMethod;

@@ -8,8 +8,7 @@
 //! exactly (no gap, no overlap, nothing past the end: a truncated file fails here).
 //! [`SafetensorsFile::read`] then reads one tensor into a buffer of exactly its size.
 
-use crate::error::{Error, Result};
-use crate::error::{FormatError, KernelError};
+use crate::error::{Error, FormatError, KernelError, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};

@@ -20,8 +20,7 @@
 
 use super::safetensors::Dtype;
 use crate::elem::FloatVec;
-use crate::error::{Error, Result};
-use crate::error::{FormatError, KernelError};
+use crate::error::{Error, FormatError, KernelError, Result};
 use crate::hqq::{Axis, HqqConfig, HqqLayout, HqqWeight, Packed, PackedWords};
 use crate::pack::Bits;
 use std::collections::BTreeMap;

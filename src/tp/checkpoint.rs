@@ -10,8 +10,7 @@
 
 use super::{AttentionShape, LayerRole, Parallel, PlanLayer, ShardPlan};
 use crate::elem::{FloatType, FloatVec};
-use crate::error::{Error, Result};
-use crate::error::{FormatError, TpError};
+use crate::error::{Error, FormatError, Result, TpError};
 use crate::io::QuantizedCheckpoint;
 use crate::io::checkpoint::INDEX_FILE;
 use crate::io::safetensors::to_le_bytes;

@@ -24,8 +24,7 @@
 //! [`TpError::CommPeerGone`]; a collective that waits longer than the group's timeout fails
 //! with [`TpError::CommTimeout`]. Nothing hangs.
 
-use crate::error::TpError;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TpError};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};

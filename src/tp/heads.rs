@@ -3,8 +3,7 @@
 //! with the divisions checked instead of producing empty or out-of-range shards).
 
 use super::Shard;
-use crate::error::TpError;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TpError};
 
 fn check(total_kv_heads: usize, world_size: usize) -> Result<()> {
     let ok = total_kv_heads > 0

@@ -12,8 +12,7 @@
 
 use super::{Comm, Shard};
 use crate::elem::FloatVec;
-use crate::error::{Error, Result, expect_len};
-use crate::error::{KernelError, TpError};
+use crate::error::{Error, KernelError, Result, TpError, expect_len};
 use crate::layer::QuantWeight;
 use crate::matmul::QuantLinear;
 use crate::par::Parallelism;

@@ -33,8 +33,7 @@
 //! [`QuantWeight::shard`]'s rules (an FP8 intermediate split must fall on scale blocks).
 
 use crate::elem::FloatVec;
-use crate::error::KernelError;
-use crate::error::{Error, Result, expect_len};
+use crate::error::{Error, KernelError, Result, expect_len};
 use crate::fp8::Fp8Layer;
 use crate::layer::QuantWeight;
 use crate::tp::Shard;

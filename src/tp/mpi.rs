@@ -25,8 +25,7 @@
 //! `mpirun --timeout`, or end a failing rank with [`MpiComm::abort`]).
 
 use super::Comm;
-use crate::error::{Error, Result};
-use crate::error::{KernelError, TpError};
+use crate::error::{Error, KernelError, Result, TpError};
 use ::mpi::Count;
 use ::mpi::datatype::PartitionMut;
 use ::mpi::environment::{Threading, Universe};

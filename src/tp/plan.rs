@@ -24,8 +24,7 @@
 
 use super::{Shard, kv_head_shard, n_kv_groups};
 use crate::elem::FloatVec;
-use crate::error::{Error, Result};
-use crate::error::{FormatError, KernelError, TpError};
+use crate::error::{Error, FormatError, KernelError, Result, TpError};
 use crate::gptq::layout::codes_per_block;
 use crate::hqq::HqqWeight;
 use crate::hqq::{Axis, HqqLayout};

@@ -5,8 +5,7 @@
 //! (column-parallel), `dim 1` splits the inputs (row-parallel), whatever the scheme's storage
 //! orientation (GPTQ stores `[in, out]`; its shards are cut accordingly).
 
-use crate::error::{Error, Result};
-use crate::error::{KernelError, TpError};
+use crate::error::{Error, KernelError, Result, TpError};
 use std::ops::Range;
 
 /// The part of one dimension a rank holds.
