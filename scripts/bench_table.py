@@ -1,30 +1,108 @@
 #!/usr/bin/env python3
-"""Print the README's dequant table from criterion's results (target/criterion).
+"""Write one BENCHMARKS.md section from criterion's results.
 
-usage: cargo bench --bench dequant && python3 scripts/bench_table.py
-Each dequant row is compared with the memcpy of the same group run with the same threading
-(serial vs serial, threaded vs threaded); GB/s = (bytes read + bytes written) / mean time.
+usage:
+  cargo bench --bench dequant
+  python3 scripts/bench_table.py --title "HQQ dequantization" --command "cargo bench --bench dequant"
+
+  # before/after: bench the old commit into another target dir first
+  python3 scripts/bench_table.py --before /tmp/old/criterion --title ... --command ... target/criterion
+
+The section has the date, the commit (`git rev-parse --short HEAD`), the machine (CPU model from
+/proc/cpuinfo, logical CPUs), the command, and one table per criterion group. Every row is put next
+to the group's baseline measured in the same run with the same threading (serial vs serial,
+threaded vs threaded): `memcpy` (dequantization) or `read` (GEMV, which only reads). With
+`--before`, each row also gives the time of the same bench in the other directory and the ratio
+after / before (below 1 is faster). GB/s = (bytes read + bytes written) / mean time, 10^9 bytes.
 """
-import json, pathlib, sys
+import argparse, datetime, json, os, pathlib, platform, subprocess
 
-root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
-rows = {}
-for bench in root.glob("*/*/*/new/benchmark.json"):
-    meta = json.loads(bench.read_text())
-    est = json.loads((bench.parent / "estimates.json").read_text())
-    ns = est["mean"]["point_estimate"]
-    nbytes = (meta.get("throughput") or {}).get("Bytes")
-    if not nbytes:
-        continue
-    group, func, label = meta["group_id"], meta["function_id"], meta.get("value_str")
-    rows.setdefault(group, {})[(func, label)] = (ns, nbytes / ns)  # bytes/ns == GB/s
 
-for group in sorted(rows):
-    g = rows[group]
-    print(f"\n**{group}**\n")
-    print("| kernel | threads | time (ms) | GB/s | % of memcpy (same threads) |")
-    print("|---|---|---:|---:|---:|")
-    for (func, label), (ns, gbps) in sorted(g.items(), key=lambda kv: (kv[0][0] != "memcpy", kv[0])):
-        base = g.get(("memcpy", label))
-        pct = f"{100 * gbps / base[1]:.0f}%" if base and func != "memcpy" else "-"
-        print(f"| {func} | {label} | {ns / 1e6:.3f} | {gbps:.1f} | {pct} |")
+def load(root):
+    """{group: {(function, value): (mean ns, bytes or None)}} from a criterion directory."""
+    rows = {}
+    for bench in pathlib.Path(root).glob("*/*/*/new/benchmark.json"):
+        meta = json.loads(bench.read_text())
+        est = json.loads((bench.parent / "estimates.json").read_text())
+        nbytes = (meta.get("throughput") or {}).get("Bytes")
+        key = (meta["function_id"], meta.get("value_str") or "")
+        rows.setdefault(meta["group_id"], {})[key] = (est["mean"]["point_estimate"], nbytes)
+    return rows
+
+
+def machine():
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def order(kv):
+    """Baselines first, then by bench name and a numeric parameter (batch 1, 8, 32) by value."""
+    (func, label), _ = kv
+    return (func not in ("memcpy", "read"), func, (0, int(label), "") if label.isdigit() else (1, 0, label))
+
+
+def section(args):
+    after = load(args.criterion)
+    before = load(args.before) if args.before else {}
+    lines = [
+        f"## {datetime.date.today().isoformat()} — {args.title}",
+        "",
+        f"* **Commit**: {commit()}.",
+        f"* **Machine**: {machine()}; {args.threads}.",
+        f"* **Command**: `{args.command}`.",
+    ]
+    if args.before:
+        lines.append(f"* **Before**: `{args.before}` ({args.before_label}).")
+    for group in sorted(after):
+        g = after[group]
+        base_name = next((b for b in ("memcpy", "read") if any(f == b for f, _ in g)), None)
+        head = "| bench | threads | time (ms) | GB/s |"
+        rule = "|---|---|---:|---:|"
+        if base_name:
+            head += f" x {base_name} time (same threads) |"
+            rule += "---:|"
+        if args.before:
+            head += " before (ms) | after / before |"
+            rule += "---:|---:|"
+        lines += ["", f"**{group}**", "", head, rule]
+        for (func, label), (ns, nbytes) in sorted(g.items(), key=order):
+            gbps = f"{nbytes / ns:.1f}" if nbytes else "-"
+            row = f"| {func} | {label} | {ns / 1e6:.3f} | {gbps} |"
+            if base_name:
+                base = g.get((base_name, label))
+                row += f" {ns / base[0]:.2f} |" if base else " - |"
+            if args.before:
+                old = before.get(group, {}).get((func, label))
+                row += f" {old[0] / 1e6:.3f} | {ns / old[0]:.2f} |" if old else " - | - |"
+            lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("criterion", nargs="?", default="target/criterion", help="criterion results (after)")
+    p.add_argument("--before", help="criterion results of the baseline commit, same benches")
+    p.add_argument("--before-label", default="the previous commit", help="what --before measured")
+    p.add_argument("--title", required=True, help="what the run measured")
+    p.add_argument("--command", required=True, help="the command that produced the results")
+    p.add_argument("--threads", default="rayon's default pool", help="threads and ISA, as printed by the bench")
+    print(section(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
