@@ -13,7 +13,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use half::{bf16, f16};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
-use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing, Parallelism, lanes};
+use quant_kernels::{B1, B2, B3, B4, B8, Elem, Isa, Packing, Parallelism};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
@@ -57,7 +57,7 @@ fn dequant_case<P: Packing, O: Elem>(
     let mut out = vec![O::default(); n];
     let bytes = bytes_read(inp) + n * std::mem::size_of::<O>();
     g.throughput(Throughput::Bytes(bytes as u64));
-    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
                 hqq::dequantize_into::<P, f16, O>(
@@ -82,7 +82,7 @@ fn memcpy_case(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wal
     g.bench_function(BenchmarkId::new("memcpy", "serial"), |b| {
         b.iter(|| dst.copy_from_slice(black_box(&src)))
     });
-    let chunk = bytes.div_ceil(Parallelism::Rayon.tasks(bytes));
+    let chunk = bytes.div_ceil(Parallelism::RAYON.tasks(bytes));
     g.bench_function(BenchmarkId::new("memcpy", "threaded"), |b| {
         b.iter(|| {
             dst.par_chunks_mut(chunk)
@@ -149,7 +149,7 @@ fn gptq_group(c: &mut Criterion) {
     let bytes = 4 * (qweight.len() + qzeros.len() + plain.len()) + 2 * scales.len() + 2 * n;
     g.throughput(Throughput::Bytes(bytes as u64));
     for (name, g_idx) in [("4bit_g128", &plain), ("4bit_g128_act_order", &act)] {
-        for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
             g.bench_function(BenchmarkId::new(name, label), |b| {
                 b.iter(|| {
                     gptq::gptq_dequantize_into(
@@ -184,7 +184,7 @@ fn awq_fp8_group(c: &mut Criterion) {
     let qz: Vec<i32> = (0..32 * 512).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
     let sc: Vec<f16> = (0..32 * 4096).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
     g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len()) + 2 * sc.len() + 2 * n) as u64));
-    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new("awq_4bit_g128", label), |b| {
             b.iter(|| {
                 awq::awq_dequantize_into(black_box(&qw), &sc, &qz, &l, black_box(&mut out), par).unwrap()
@@ -195,7 +195,7 @@ fn awq_fp8_group(c: &mut Criterion) {
     let codes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
     let fs = vec![0.01f32; 32 * 32];
     g.throughput(Throughput::Bytes((n + 4 * fs.len() + 2 * n) as u64));
-    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new("fp8_e4m3_block128", label), |b| {
             b.iter(|| {
                 fp8::fp8_dequantize_into(
@@ -471,7 +471,7 @@ fn cuda_group(c: &mut Criterion) {
 fn cuda_group(_: &mut Criterion) {}
 
 fn announce(_: &mut Criterion) {
-    eprintln!("ISA: {}; rayon threads: {}", lanes::isa(), rayon::current_num_threads());
+    eprintln!("ISA: {}; rayon threads: {}", Isa::detect(), rayon::current_num_threads());
 }
 
 criterion_group!(

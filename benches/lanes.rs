@@ -12,7 +12,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use quant_kernels::hqq::{self, Axis, HqqLayout};
-use quant_kernels::{B4, Parallelism, lanes};
+use quant_kernels::{B4, Isa, Parallelism};
 use std::hint::black_box;
 use wide::{f32x8, i32x8};
 
@@ -49,7 +49,7 @@ fn wide(words: &[u8], z: &[f32], s: &[f32], out: &mut [f32]) {
 fn bench(c: &mut Criterion) {
     eprintln!(
         "dispatch ISA: {}; build target: avx2={} avx512f={}",
-        lanes::isa(),
+        Isa::detect(),
         cfg!(target_feature = "avx2"),
         cfg!(target_feature = "avx512f")
     );
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
     let layout = HqqLayout::new(2, COLS, 2, Axis::Zero).unwrap();
     let mut out = vec![0f32; 2 * COLS];
     let (mut want, mut other) = (vec![0f32; 2 * COLS], vec![0f32; 2 * COLS]);
-    hqq::dequantize_into::<B4, f32, f32>(&words, &s, &z, &layout, &mut want, Parallelism::Serial).unwrap();
+    hqq::dequantize_into::<B4, f32, f32>(&words, &s, &z, &layout, &mut want, Parallelism::SERIAL).unwrap();
     plain(&words, &z, &s, &mut other);
     assert_eq!(want, other, "plain loop disagrees with the kernel");
     wide(&words, &z, &s, &mut other);
@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
                 &z,
                 &layout,
                 &mut out,
-                Parallelism::Serial,
+                Parallelism::SERIAL,
             )
             .unwrap()
         })
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
                 &z16,
                 &layout,
                 &mut out16,
-                Parallelism::Serial,
+                Parallelism::SERIAL,
             )
             .unwrap()
         })

@@ -21,7 +21,7 @@ use half::f16;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
-use quant_kernels::{B4, Bits, FloatVec, Packing, Parallelism, lanes};
+use quant_kernels::{B4, Bits, FloatVec, Isa, Packing, Parallelism};
 use quant_kernels::{QuantLinear, QuantWeight};
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -108,7 +108,7 @@ fn memcpy(g: &mut Group<'_>, bytes: usize) {
             dst[i * bytes..(i + 1) * bytes].copy_from_slice(black_box(&src[i * bytes..(i + 1) * bytes]))
         })
     });
-    let chunk = bytes.div_ceil(Parallelism::Rayon.tasks(bytes));
+    let chunk = bytes.div_ceil(Parallelism::RAYON.tasks(bytes));
     g.bench_function(BenchmarkId::new("memcpy", "threaded"), |b| {
         b.iter(|| {
             i = (i + 1) % n;
@@ -126,7 +126,7 @@ fn memcpy(g: &mut Group<'_>, bytes: usize) {
     g.bench_function(BenchmarkId::new("read", "threaded"), |b| {
         b.iter(|| {
             i = (i + 1) % n;
-            let chunk = per.div_ceil(Parallelism::Rayon.tasks(bytes));
+            let chunk = per.div_ceil(Parallelism::RAYON.tasks(bytes));
             let sums: Vec<u64> = words[i * per..(i + 1) * per]
                 .par_chunks(chunk)
                 .map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w)))
@@ -150,7 +150,7 @@ fn gemv_case(
     let mut y = vec![0f32; out];
     g.throughput(Throughput::Bytes(layers[0].weight_bytes() as u64));
     let mut i = 0;
-    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
                 i = (i + 1) % layers.len();
@@ -164,7 +164,7 @@ fn gemv_case(
             i = (i + 1) % layers.len();
             let w = FloatVec::F32(dequant(i));
             let d = QuantLinear::new(QuantWeight::dense(out, inp, w), None).unwrap();
-            d.forward_into(black_box(&x), 1, &mut y, Parallelism::Rayon).unwrap()
+            d.forward_into(black_box(&x), 1, &mut y, Parallelism::RAYON).unwrap()
         })
     });
     let dense: Vec<QuantLinear> = (0..copies(4 * out * inp))
@@ -176,13 +176,13 @@ fn gemv_case(
     g.bench_function(BenchmarkId::new(format!("{name}_dense_f32_gemv"), "threaded"), |b| {
         b.iter(|| {
             i = (i + 1) % dense.len();
-            dense[i].forward_into(black_box(&x), 1, &mut y, Parallelism::Rayon).unwrap()
+            dense[i].forward_into(black_box(&x), 1, &mut y, Parallelism::RAYON).unwrap()
         })
     });
 }
 
 fn gemv(c: &mut Criterion) {
-    eprintln!("ISA: {}, rayon threads: {}", lanes::isa(), rayon::current_num_threads());
+    eprintln!("ISA: {}, rayon threads: {}", Isa::detect(), rayon::current_num_threads());
     let sizes: Vec<(usize, usize)> = match std::env::var("QK_GEMV_SIZES") {
         Ok(v) => v
             .split(',')
@@ -202,7 +202,7 @@ fn gemv(c: &mut Criterion) {
         let hqq_dequant = |i: usize| match &hqq_weights[i] {
             QuantWeight::Hqq(h) => match (&h.scales, &h.zeros, &h.packed.words) {
                 (FloatVec::F16(s), FloatVec::F16(z), PackedWords::U8(w)) => {
-                    quant_kernels::hqq::dequantize::<B4, f16, f32>(w, s, z, &h.layout, Parallelism::Rayon)
+                    quant_kernels::hqq::dequantize::<B4, f16, f32>(w, s, z, &h.layout, Parallelism::RAYON)
                         .unwrap()
                 }
                 _ => unreachable!(),
@@ -226,7 +226,7 @@ fn gemv(c: &mut Criterion) {
         // were `[N, K]` (a GEMV written for `[K, N]` reads the same bytes at the same speed),
         // so the baseline is not charged for a transpose it would not need.
         let gptq_dequant = |i: usize| match &gptq_weights[i] {
-            QuantWeight::Gptq(l) => l.dequantize_kn(Parallelism::Rayon).unwrap(),
+            QuantWeight::Gptq(l) => l.dequantize_kn(Parallelism::RAYON).unwrap(),
             _ => unreachable!(),
         };
         gemv_case(
@@ -248,7 +248,7 @@ fn batches(c: &mut Criterion) {
     let (out, inp) = (4096, 4096);
     let hqq = hqq4(out, inp);
     let gptq = gptq4(out, inp, false);
-    let w = ndarray::Array2::from_shape_vec((out, inp), hqq.dequantize(Parallelism::Rayon).unwrap()).unwrap();
+    let w = ndarray::Array2::from_shape_vec((out, inp), hqq.dequantize(Parallelism::RAYON).unwrap()).unwrap();
     let wt = w.t();
     let mut g = c.benchmark_group("batch_4096x4096");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
@@ -258,7 +258,7 @@ fn batches(c: &mut Criterion) {
         g.throughput(Throughput::Elements((batch * out * inp) as u64));
         for (name, q) in [("hqq_4bit_g64", &hqq), ("gptq_4bit_g128", &gptq)] {
             g.bench_function(BenchmarkId::new(name, batch), |b| {
-                b.iter(|| q.forward_into(black_box(&x), batch, &mut y, Parallelism::Rayon).unwrap())
+                b.iter(|| q.forward_into(black_box(&x), batch, &mut y, Parallelism::RAYON).unwrap())
             });
         }
         let xa = ndarray::Array2::from_shape_vec((batch, inp), x.clone()).unwrap();

@@ -3,8 +3,8 @@
 //! 10-11 s (10 steps) and 21 s (20 steps) for this on the 2-vCPU machine class.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quant_kernels::hqq::{Axis, HqqConfig, quantize_hqq_with};
-use quant_kernels::{Parallelism, lanes};
+use quant_kernels::hqq::{Axis, HqqConfig, quantize_hqq};
+use quant_kernels::{Isa, Parallelism};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -23,19 +23,19 @@ fn weights(n: usize) -> Vec<f32> {
 fn quantize(c: &mut Criterion) {
     let (rows, cols) = (4096usize, 4096usize);
     let w = weights(rows * cols);
-    eprintln!("ISA: {}; rayon threads: {}", lanes::isa(), rayon::current_num_threads());
+    eprintln!("ISA: {}; rayon threads: {}", Isa::detect(), rayon::current_num_threads());
     let mut g = c.benchmark_group("hqq_quantize_4096x4096_4bit_g64_axis0");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements((rows * cols) as u64));
     for steps in [None, Some(10), Some(20)] {
         let config = HqqConfig { optimization_steps: steps, ..HqqConfig::new(4, 64, Axis::Zero) };
         let name = steps.map_or("no_optimizer".to_string(), |s| format!("{s}_steps"));
-        for (label, par) in [("threaded", Parallelism::Rayon), ("serial", Parallelism::Serial)] {
-            if steps == Some(20) && par == Parallelism::Serial {
+        for (label, par) in [("threaded", Parallelism::RAYON), ("serial", Parallelism::SERIAL)] {
+            if steps == Some(20) && par == Parallelism::SERIAL {
                 continue;
             }
             g.bench_function(BenchmarkId::new(&name, label), |b| {
-                b.iter(|| quantize_hqq_with(black_box(&w), rows, cols, &config, par).unwrap())
+                b.iter(|| quantize_hqq(black_box(&w), rows, cols, &config, par).unwrap())
             });
         }
     }

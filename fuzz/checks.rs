@@ -74,7 +74,7 @@ fn check<P: quant_kernels::Packing>(
     out: &mut [f32],
     reference: &mut [f32],
 ) -> quant_kernels::Result<()> {
-    let fast = hqq::dequantize_into::<P, f16, f32>(words, params, params, layout, out, Parallelism::Rayon);
+    let fast = hqq::dequantize_into::<P, f16, f32>(words, params, params, layout, out, Parallelism::RAYON);
     let naive = hqq::dequantize_reference_into::<P, f16, f32>(words, params, params, layout, reference);
     assert_eq!(fast, naive, "fast and reference paths validate differently");
     if fast.is_ok() {
@@ -135,7 +135,7 @@ pub fn uqff(data: &[u8]) -> bool {
     if let Ok(layer) = uqff::read_legacy(data) {
         let written = uqff::write_legacy(&layer).expect("an accepted layer writes");
         assert_eq!(written[4..], data[4..]);
-        assert!(layer.dequantize::<f32>(Parallelism::Serial).is_ok());
+        assert!(layer.dequantize::<f32>(Parallelism::SERIAL).is_ok());
         accepted = true;
     }
     if let Ok(layers) = uqff::read_legacy_file(data) {
@@ -143,7 +143,7 @@ pub fn uqff(data: &[u8]) -> bool {
     }
     if let Ok(layers) = uqff::read_v1(data, Extension::Allow) {
         for (_, l) in &layers {
-            assert!(l.validate().is_ok() && l.dequantize::<f32>(Parallelism::Serial).is_ok());
+            assert!(l.validate().is_ok() && l.dequantize::<f32>(Parallelism::SERIAL).is_ok());
         }
         accepted = true;
     }
@@ -170,7 +170,9 @@ pub fn uqff_roundtrip(data: &[u8]) -> bool {
     };
     let byte = |i: usize| rest.get(i % rest.len().max(1)).copied().unwrap_or(0);
     let w: Vec<f32> = (0..rows * cols).map(|i| (byte(i) as f32 - 128.0) / 64.0).collect();
-    let Ok(q) = quant_kernels::hqq::quantize_hqq(&w, rows, cols, &config) else { return false };
+    let Ok(q) = quant_kernels::hqq::quantize_hqq(&w, rows, cols, &config, Parallelism::RAYON) else {
+        return false;
+    };
     let dtype =
         [quant_kernels::FloatType::F32, quant_kernels::FloatType::F16, quant_kernels::FloatType::Bf16]
             [(flags >> 3) as usize % 3];
@@ -633,7 +635,7 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
             if let QuantizedCheckpoint::Gptq(g) = m {
                 let _ = g.zero_format_mismatch(&layer.prefix);
             }
-            if let Ok(w) = m.dequantize::<f32>(&layer.prefix, Parallelism::Serial) {
+            if let Ok(w) = m.dequantize::<f32>(&layer.prefix, Parallelism::SERIAL) {
                 assert_eq!(w.len(), numel, "{}", layer.prefix);
             }
         }

@@ -15,7 +15,7 @@ use crate::tp::Shard;
 /// let w = DenseWeight { rows: 2, cols: 2, w: vec![1.0f32, 2.0, 3.0, 4.0].into() };
 /// let both = DenseWeight::concat(&[&w, &w])?;
 /// assert_eq!(both.shape(), (4, 2));
-/// assert_eq!(both.dequantize::<f32>(Parallelism::Serial)?, [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
+/// assert_eq!(both.dequantize::<f32>(Parallelism::SERIAL)?, [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +55,7 @@ impl QuantScheme for DenseWeight {
     }
 
     fn dequantize_reference_into(&self, out: &mut [f32]) -> Result<()> {
-        self.dequantize_into(out, Parallelism::Serial)
+        self.dequantize_into(out, Parallelism::SERIAL)
     }
 
     fn shard(&self, shard: &Shard) -> Result<Self> {

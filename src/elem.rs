@@ -305,12 +305,13 @@ impl Elem for bf16 {
 /// `f32` -> `f16`, round to nearest even: 16 lanes at a time with AVX-512's `vcvtps2ph` when the
 /// CPU has it (through pulp's safe feature token), else `half`'s slice conversion (F16C 8 lanes,
 /// or software). Both round exactly like `f16::from_f32`; NaN stays a quiet NaN with the same
-/// sign and top payload bits.
+/// sign and top payload bits. A conversion, not a kernel: like `half`, it picks its own
+/// instructions (a [`crate::Parallelism::max_isa`] cap does not reach it), every route the same bits.
 #[inline(always)]
 fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     debug_assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    if let Some(v4) = crate::lanes::v4::token() {
+    if let Some(v4) = pulp::x86::V4::try_new() {
         use core::arch::x86_64::{__m256i, __m512};
         let (s16, s_tail) = pulp::as_arrays::<16, f32>(src);
         let (d16, d_tail) = pulp::as_arrays_mut::<16, f16>(dst);

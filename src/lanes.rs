@@ -4,68 +4,48 @@
 //! run time: `dispatch` runs a `Kernel` inside a function compiled for the best instruction
 //! set the CPU reports (through `pulp`: AVX-512 = x86-64-v4, AVX2+FMA = x86-64-v3, or the
 //! baseline), and the plain loops below, inlined into it, are vectorized for that ISA by the
-//! compiler. [`isa`] names what ran; benches and the CLI print it.
+//! compiler. [`Isa::detect`] names the best ISA; a call's [`Parallelism::max_isa`] caps it.
 //!
 //! The loops compute `(q - z) * s` as a subtraction and a multiplication, each rounded to `f32`:
 //! no fused multiply-add, so every ISA gives the same bits as the scalar reference.
 
-/// The instruction set `dispatch` runs kernels with on this CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// x86-64-v4: AVX-512 F/BW/CD/DQ/VL (512-bit lanes).
-    X86V4Avx512,
-    /// x86-64-v3: AVX2 + FMA + F16C (256-bit lanes).
-    X86V3Avx2,
-    /// Whatever the binary was compiled for (SSE2 on a default x86-64 build, NEON on aarch64).
+use crate::par::{Isa, Parallelism};
+
+/// The instruction set a dispatched kernel runs under, as a value the kernel branches on: its
+/// explicit AVX-512 loops take the `V4` token from here (never from a detection of their own),
+/// so [`Parallelism::max_isa`] caps them like the compiler-vectorized loops.
+#[derive(Clone, Copy)]
+pub(crate) enum Simd {
+    /// The build's baseline.
     Baseline,
+    /// x86-64-v3.
+    #[cfg(target_arch = "x86_64")]
+    V3(pulp::x86::V3),
+    /// x86-64-v4.
+    #[cfg(target_arch = "x86_64")]
+    V4(pulp::x86::V4),
 }
 
-impl std::fmt::Display for Isa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Isa::X86V4Avx512 => "x86-64-v4 (AVX-512, 16 f32 lanes)",
-            Isa::X86V3Avx2 => "x86-64-v3 (AVX2+FMA, 8 f32 lanes)",
-            Isa::Baseline => {
-                if cfg!(target_arch = "x86_64") {
-                    "x86-64 baseline (SSE2, 4 f32 lanes)"
-                } else {
-                    "compile-time baseline"
-                }
-            }
-        })
+impl Simd {
+    /// The AVX-512 token when the kernel runs under x86-64-v4.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn v4(self) -> Option<pulp::x86::V4> {
+        match self {
+            Simd::V4(v4) => Some(v4),
+            _ => None,
+        }
     }
-}
 
-static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Make every kernel in this process run the build's baseline code (no run-time ISA
-/// selection, no AVX-512 loops), so tests can check that path on a machine that has better.
-/// Both routes give identical bits; this only changes speed.
-#[doc(hidden)]
-pub fn force_baseline(on: bool) {
-    BASELINE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn baseline_forced() -> bool {
-    BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The ISA `dispatch` selects on this CPU (detected once, then cached by `std`).
-///
-/// ```
-/// let isa = quant_kernels::lanes::isa();
-/// println!("kernels run with {isa}");
-/// ```
-pub fn isa() -> Isa {
-    if baseline_forced() {
-        return Isa::Baseline;
-    }
-    match pulp::Arch::new() {
-        #[cfg(target_arch = "x86_64")]
-        pulp::Arch::V4(_) => Isa::X86V4Avx512,
-        #[cfg(target_arch = "x86_64")]
-        pulp::Arch::V3(_) => Isa::X86V3Avx2,
-        _ => Isa::Baseline,
+    /// The AVX2 token when the kernel runs under x86-64-v3 or v4.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn v3(self) -> Option<pulp::x86::V3> {
+        match self {
+            Simd::V3(v3) => Some(v3),
+            Simd::V4(v4) => Some(*v4),
+            Simd::Baseline => None,
+        }
     }
 }
 
@@ -74,27 +54,75 @@ pub fn isa() -> Isa {
 pub(crate) trait Kernel {
     /// What the kernel returns.
     type Output;
-    /// Do the work.
-    fn run(self) -> Self::Output;
+    /// Do the work; `simd` names the instruction set this copy of the code was compiled for.
+    fn run(self, simd: Simd) -> Self::Output;
 }
 
-struct Dispatched<K>(K);
+/// A kernel and a zero-sized ISA token: the same size as the kernel, so that pulp still passes
+/// a kernel of up to 8 words in registers.
+struct Dispatched<K, T>(K, T);
 
-impl<K: Kernel> pulp::WithSimd for Dispatched<K> {
+impl<K: Kernel, T: Copy + Into<Simd>> pulp::WithSimd for Dispatched<K, T> {
     type Output = K::Output;
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> K::Output {
-        self.0.run()
+        self.0.run(self.1.into())
     }
 }
 
-/// Run `k` compiled for the best ISA of this CPU (see [`isa`]).
-#[inline]
-pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
-    if baseline_forced() {
-        return pulp::Arch::Scalar.dispatch(Dispatched(k));
+/// The baseline's zero-sized token.
+#[derive(Clone, Copy)]
+struct BaselineToken;
+
+impl From<BaselineToken> for Simd {
+    #[inline(always)]
+    fn from(_: BaselineToken) -> Simd {
+        Simd::Baseline
     }
-    pulp::Arch::new().dispatch(Dispatched(k))
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<pulp::x86::V3> for Simd {
+    #[inline(always)]
+    fn from(v3: pulp::x86::V3) -> Simd {
+        Simd::V3(v3)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<pulp::x86::V4> for Simd {
+    #[inline(always)]
+    fn from(v4: pulp::x86::V4) -> Simd {
+        Simd::V4(v4)
+    }
+}
+
+/// Run `k` compiled for the widest instruction set this CPU has and `par` allows
+/// ([`Parallelism::isa`]). The one place kernels get an ISA from.
+#[inline]
+pub(crate) fn dispatch<K: Kernel>(par: Parallelism, k: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    match par.isa() {
+        Isa::X86V4Avx512 => {
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                return pulp::Arch::V4(v4).dispatch(Dispatched(k, v4));
+            }
+        }
+        Isa::X86V3Avx2 => {
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                return pulp::Arch::V3(v3).dispatch(Dispatched(k, v3));
+            }
+        }
+        Isa::Baseline => {}
+    }
+    #[cfg(target_arch = "x86_64")]
+    return pulp::Arch::Scalar.dispatch(Dispatched(k, BaselineToken));
+    // Elsewhere every ISA is the baseline (NEON on aarch64): pulp's own pick.
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = par;
+        pulp::Arch::new().dispatch(Dispatched(k, BaselineToken))
+    }
 }
 
 /// `out[i] = (decode(words[i]) - zero[i]) * scale[i]`: per-lane zero and scale.
@@ -142,17 +170,9 @@ pub(crate) struct ColumnParams<'a, S> {
 
 impl<'a, S: crate::elem::Elem> ColumnParams<'a, S> {
     /// `zeros` and `scales` are `[groups, n]` row-major.
-    pub(crate) fn new(zeros: impl Iterator<Item = u32>, scales: &'a [S], n: usize) -> Self {
-        let avx512 = {
-            #[cfg(target_arch = "x86_64")]
-            {
-                v4::token().is_some()
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                false
-            }
-        };
+    /// `par` must be what the kernels that use these parameters are dispatched with.
+    pub(crate) fn new(zeros: impl Iterator<Item = u32>, scales: &'a [S], n: usize, par: Parallelism) -> Self {
+        let avx512 = par.isa() == Isa::X86V4Avx512;
         // Integer zero points are exact in every dtype; convert them as one slice (SIMD).
         let zf: Vec<f32> = zeros.map(|z| z as f32).collect();
         let mut zs = vec![S::default(); zf.len()];
@@ -174,10 +194,12 @@ impl<'a, S: crate::elem::Elem> ColumnParams<'a, S> {
         (&self.zeros[g * n..(g + 1) * n], &self.scales[g * n..(g + 1) * n])
     }
 
-    /// `dst[i] = ((src[i] >> shift) & mask - z[g][i]) * s[g][i]` with the best loop available.
+    /// `dst[i] = ((src[i] >> shift) & mask - z[g][i]) * s[g][i]` with the best loop `simd` has.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn affine_row<W: crate::pack::Word, O: crate::elem::Elem>(
         &self,
+        simd: Simd,
         g: usize,
         src: &[W],
         shift: u32,
@@ -186,7 +208,7 @@ impl<'a, S: crate::elem::Elem> ColumnParams<'a, S> {
         scratch: &mut [f32; crate::elem::TILE],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(v4) = v4::token() {
+        if let Some(v4) = simd.v4() {
             let (z, s) = self.row(g);
             return v4::affine_lanes(v4, src, shift, mask, z, s, dst);
         }
@@ -228,12 +250,6 @@ pub(crate) mod v4 {
     #[inline(always)]
     fn lanes16_mut<T>(x: &mut [T]) -> &mut [T; 16] {
         pulp::as_arrays_mut::<16, T>(&mut x[..16]).0.first_mut().unwrap_or_else(|| unreachable!())
-    }
-
-    /// The V4 token when this CPU has AVX-512 (x86-64-v4), else `None`.
-    #[inline(always)]
-    pub(crate) fn token() -> Option<V4> {
-        if super::baseline_forced() { None } else { V4::try_new() }
     }
 
     /// `out[i] = ((words[i] >> shift) & mask - zero[i]) * scale[i]`, per-lane zero and scale.

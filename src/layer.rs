@@ -160,7 +160,7 @@ impl QuantWeight {
     /// let w = QuantWeight::dense(2, 3, vec![0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0]);
     /// let s = w.shard(&Shard::Offset { dim: 1, offset: 1, len: 2 })?;
     /// assert_eq!(s.shape(), (2, 2));
-    /// assert_eq!(s.dequantize::<f32>(Parallelism::Serial)?, [1.0, 2.0, 4.0, 5.0]);
+    /// assert_eq!(s.dequantize::<f32>(Parallelism::SERIAL)?, [1.0, 2.0, 4.0, 5.0]);
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     pub fn shard(&self, shard: &Shard) -> Result<Self> {

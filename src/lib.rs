@@ -22,20 +22,24 @@
 //!   whichever scheme a directory holds), mistral.rs's UQFF.
 //! * `cuda` (feature `cuda`): every scheme's dequantization and two fused GEMVs on NVIDIA GPUs,
 //!   the driver loaded at run time.
-//! * Shared pieces: [`elem`] (f32/f16/bf16 stores), [`pack`] (bit packing), [`lanes`] (run-time
-//!   ISA dispatch), [`par`] (row chunks over rayon), [`error`].
+//! * Shared pieces: [`elem`] (f32/f16/bf16 stores), [`pack`] (bit packing), [`par`]
+//!   ([`Parallelism`]: threads and the ISA cap; row chunks over rayon), [`error`]; the crate-internal
+//!   `lanes` (run-time ISA dispatch and the SIMD loops).
 //!
 //! Every kernel has three paths that give identical bits: a naive reference, a SIMD path whose
-//! instruction set is chosen at run time ([`lanes::isa`]), and SIMD + rayon threads.
+//! instruction set is chosen at run time ([`Isa::detect`], capped per call by
+//! [`Parallelism::max_isa`]), and SIMD + rayon threads.
 //!
 //! ```
+//! use quant_kernels::Parallelism;
 //! use quant_kernels::hqq::{self, Axis, HqqLayout};
 //! // A 2x4 weight, axis 1, group 4: each row is a group. Code rows: [0 1 2 3], [15 14 13 12].
 //! let layout = HqqLayout::new(2, 4, 4, Axis::One)?;
 //! let packed = hqq::pack_hqq(&[0, 1, 2, 3, 15, 14, 13, 12], 2, 4, 4)?;
 //! let hqq::PackedWords::U8(words) = &packed.words else { unreachable!() };
 //! assert_eq!(words, &[0x0f, 0x1e, 0x2d, 0x3c]);
-//! let w: Vec<f32> = hqq::dequantize_4bit(words, &[0.5f32, 0.25], &[1.0f32, 8.0], &layout)?;
+//! let (scales, zeros) = ([0.5f32, 0.25], [1.0f32, 8.0]);
+//! let w: Vec<f32> = hqq::dequantize_4bit(words, &scales, &zeros, &layout, Parallelism::RAYON)?;
 //! assert_eq!(w, [-0.5, 0.0, 0.5, 1.0, 1.75, 1.5, 1.25, 1.0]);
 //! # Ok::<(), quant_kernels::Error>(())
 //! ```
@@ -63,7 +67,7 @@ pub mod gptq;
 pub mod hqq;
 pub mod intx;
 pub mod io;
-pub mod lanes;
+pub(crate) mod lanes;
 pub mod layer;
 pub mod matmul;
 pub mod method;
@@ -96,6 +100,6 @@ pub use layer::QuantWeight;
 pub use matmul::QuantLinear;
 pub use method::{QuantConfig, QuantMethod};
 pub use pack::{B1, B2, B3, B4, B8, Bits, Packing};
-pub use par::Parallelism;
+pub use par::{Isa, Parallelism};
 pub use scheme::QuantScheme;
 pub use tp::{Comm, LocalComm, Shard};

@@ -1,32 +1,113 @@
-//! Splitting work over threads: disjoint row chunks or column stripes of a row-major output,
-//! never a cross-thread reduction, so results do not depend on the thread count or timing.
+//! How a kernel runs ([`Parallelism`]: rayon's pool or the caller's thread, and the widest
+//! instruction set it may use) and splitting work over threads: disjoint row chunks or column
+//! stripes of a row-major output, never a cross-thread reduction, so results do not depend on
+//! the thread count or timing.
 
 use rayon::prelude::*;
 
 /// Outputs smaller than this many elements stay on the calling thread.
 pub const MIN_PARALLEL_ELEMS: usize = 1 << 16;
 
-/// Whether a kernel may use rayon's thread pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Parallelism {
-    /// One thread (the caller's).
-    Serial,
-    /// rayon's current pool, when the output has at least [`MIN_PARALLEL_ELEMS`] elements.
-    #[default]
-    Rayon,
+/// An instruction set the kernels have loops for, narrowest first (so `min` caps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Whatever the binary was compiled for (SSE2 on a default x86-64 build, NEON on aarch64).
+    Baseline,
+    /// x86-64-v3: AVX2 + FMA + F16C (256-bit lanes).
+    X86V3Avx2,
+    /// x86-64-v4: AVX-512 F/BW/CD/DQ/VL (512-bit lanes).
+    X86V4Avx512,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU has (detected once, then cached by `std`).
+    ///
+    /// ```
+    /// use quant_kernels::{Isa, Parallelism};
+    /// println!("kernels run with {}", Isa::detect());
+    /// assert!(Parallelism::RAYON.isa() == Isa::detect());
+    /// assert_eq!(Parallelism::RAYON.max_isa(Isa::Baseline).isa(), Isa::Baseline);
+    /// ```
+    pub fn detect() -> Isa {
+        match pulp::Arch::new() {
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V4(_) => Isa::X86V4Avx512,
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V3(_) => Isa::X86V3Avx2,
+            _ => Isa::Baseline,
+        }
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isa::X86V4Avx512 => "x86-64-v4 (AVX-512, 16 f32 lanes)",
+            Isa::X86V3Avx2 => "x86-64-v3 (AVX2+FMA, 8 f32 lanes)",
+            Isa::Baseline => {
+                if cfg!(target_arch = "x86_64") {
+                    "x86-64 baseline (SSE2, 4 f32 lanes)"
+                } else {
+                    "compile-time baseline"
+                }
+            }
+        })
+    }
+}
+
+/// How a kernel may run: on rayon's current pool or only the caller's thread, and the widest
+/// instruction set it may use (by default the CPU's best). Every path gives the same bits; this
+/// only changes speed, so a cap is for tests of the narrower loops and for measurements.
+///
+/// ```
+/// use quant_kernels::{Isa, Parallelism};
+/// let par = Parallelism::SERIAL.max_isa(Isa::X86V3Avx2);
+/// assert!(!par.is_threaded());
+/// assert!(par.isa() <= Isa::X86V3Avx2);
+/// assert_eq!(Parallelism::default(), Parallelism::RAYON);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parallelism {
+    threaded: bool,
+    max_isa: Isa,
+}
+
+impl Default for Parallelism {
+    fn default() -> Self {
+        Self::RAYON
+    }
 }
 
 impl Parallelism {
+    /// One thread (the caller's), the CPU's best instruction set.
+    pub const SERIAL: Parallelism = Parallelism { threaded: false, max_isa: Isa::X86V4Avx512 };
+    /// rayon's current pool when the output has at least [`MIN_PARALLEL_ELEMS`] elements, the
+    /// CPU's best instruction set.
+    pub const RAYON: Parallelism = Parallelism { threaded: true, max_isa: Isa::X86V4Avx512 };
+
+    /// The same threading with kernels limited to `isa` (or the CPU's best, when narrower).
+    pub const fn max_isa(self, isa: Isa) -> Parallelism {
+        Parallelism { max_isa: isa, ..self }
+    }
+
+    /// Whether kernels may use rayon's pool.
+    pub const fn is_threaded(self) -> bool {
+        self.threaded
+    }
+
+    /// The instruction set kernels run with: the CPU's best, capped by [`Parallelism::max_isa`].
+    pub fn isa(self) -> Isa {
+        Isa::detect().min(self.max_isa)
+    }
+
     /// How many tasks to split `elems` output elements into: 1 when serial or small, else a
     /// few per pool thread (for balance) with at least `MIN_PARALLEL_ELEMS / 4` elements each.
     pub fn tasks(self, elems: usize) -> usize {
-        match self {
-            Parallelism::Rayon if elems >= MIN_PARALLEL_ELEMS => {
-                let threads = rayon::current_num_threads().max(1);
-                (threads * 4).min(elems / (MIN_PARALLEL_ELEMS / 4)).max(1)
-            }
-            _ => 1,
+        if !self.threaded || elems < MIN_PARALLEL_ELEMS {
+            return 1;
         }
+        let threads = rayon::current_num_threads().max(1);
+        (threads * 4).min(elems / (MIN_PARALLEL_ELEMS / 4)).max(1)
     }
 }
 
@@ -158,7 +239,7 @@ mod tests {
     #[test]
     fn chunks_and_stripes_cover_every_element_once() {
         for (rows, cols) in [(1usize, 1usize), (3, 5), (64, 4099), (1000, 300), (7, 100_000)] {
-            for par in [Parallelism::Serial, Parallelism::Rayon] {
+            for par in [Parallelism::SERIAL, Parallelism::RAYON] {
                 let mut out = vec![0u32; rows * cols];
                 row_chunks(&mut out, cols, par, |r0, chunk| {
                     for (i, v) in chunk.iter_mut().enumerate() {

@@ -32,7 +32,7 @@ use crate::tp::Shard;
 /// let top = w.shard(&Shard::Simple { dim: 0, rank: 0, world_size: 2 })?;
 /// let bottom = w.shard(&Shard::Simple { dim: 0, rank: 1, world_size: 2 })?;
 /// let both = quant_kernels::intx::Int8Tensor::concat(&[&top, &bottom])?;
-/// assert_eq!(both.dequantize::<f32>(Parallelism::Serial)?, w.dequantize::<f32>(Parallelism::Serial)?);
+/// assert_eq!(both.dequantize::<f32>(Parallelism::SERIAL)?, w.dequantize::<f32>(Parallelism::SERIAL)?);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 pub trait QuantScheme: Sized {

@@ -110,7 +110,7 @@ fn steady_state() {
     for batch in [1, 7] {
         let x: Vec<f32> = (0..batch * 512).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         let mut y = vec![0f32; batch * 256];
-        for par in [Parallelism::Serial, Parallelism::Rayon] {
+        for par in [Parallelism::SERIAL, Parallelism::RAYON] {
             for (name, layer) in &layers {
                 let want: Vec<f32> = layer.forward(&x, batch, par).unwrap();
                 // Warm-up: the layer's own workspace and `ws` grow to this batch.
@@ -155,7 +155,7 @@ fn parallel_layers(rng: &mut Rng) {
     let col = ColumnParallelLinear::new(&w, Some(&bias), 0, 1).unwrap();
     let row = RowParallelLinear::new(&w, Some(&bias), 0, 1).unwrap();
     let rep = ReplicatedLinear::new(w.clone(), Some(bias.clone())).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         col.forward_into(&x, batch, &mut y, par).unwrap();
         row.forward_into(&SingleComm, &x, batch, &mut y, par).unwrap();
         rep.forward_into(&x, batch, &mut y, par).unwrap();

@@ -9,8 +9,10 @@
 
 use super::{AwqLayout, unpack_interleaved};
 use crate::elem::{Elem, TILE};
-use crate::lanes::{self, ColumnParams, Kernel};
-use crate::par::{self, Parallelism};
+use std::sync::OnceLock;
+
+use crate::lanes::{self, ColumnParams, Kernel, Simd};
+use crate::par::{self, Isa, Parallelism};
 
 /// Rows decoded together by the AVX-512 path when the group size allows.
 const BLOCK: usize = 4;
@@ -23,24 +25,27 @@ pub(crate) fn dequant<S: Elem, O: Elem>(
     out: &mut [O],
     par: Parallelism,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(v4) = lanes::v4::token().filter(|_| l.n().is_multiple_of(16)) {
-        let align = if l.group_size().is_multiple_of(BLOCK) { BLOCK } else { 1 };
-        return par::row_chunks_aligned(out, l.n(), align, par, |row0, out| {
-            lanes::dispatch(BlocksV4 { v4, l, qweight, qzeros, scales, row0, out })
-        });
-    }
-    let zeros = unpack_interleaved(qzeros, l.n()); // [G, N]
-    let params = ColumnParams::new(zeros.iter().map(|&z| z as u32), scales, l.n());
-    par::row_chunks(out, l.n(), par, |row0, out| {
-        lanes::dispatch(Rows { l, qweight, params: &params, row0, out })
+    let blocks = par.isa() == Isa::X86V4Avx512 && l.n().is_multiple_of(16);
+    let align = if blocks && l.group_size().is_multiple_of(BLOCK) { BLOCK } else { 1 };
+    // The unpacked zeros, built (once) only if the portable path runs.
+    let params = OnceLock::new();
+    let src = Sources { l, qweight, qzeros, scales, par, params: &params };
+    par::row_chunks_aligned(out, l.n(), align, par, |row0, out| {
+        lanes::dispatch(par, Rows { src: &src, row0, out })
     });
 }
 
-struct Rows<'a, 'b, S, O> {
+struct Sources<'a, S> {
     l: &'a AwqLayout,
     qweight: &'a [i32],
-    params: &'a ColumnParams<'b, S>,
+    qzeros: &'a [i32],
+    scales: &'a [S],
+    par: Parallelism,
+    params: &'a OnceLock<ColumnParams<'a, S>>,
+}
+
+struct Rows<'a, 'b, S, O> {
+    src: &'a Sources<'b, S>,
     row0: usize,
     out: &'a mut [O],
 }
@@ -48,8 +53,17 @@ struct Rows<'a, 'b, S, O> {
 impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
-        let Self { l, qweight, params, row0, out } = self;
+    fn run(self, simd: Simd) {
+        let Self { src, row0, out } = self;
+        let Sources { l, qweight, qzeros, scales, par, params } = *src;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v4) = simd.v4().filter(|_| l.n().is_multiple_of(16)) {
+            return blocks_v4(v4, l, qweight, qzeros, scales, row0, out);
+        }
+        let params = params.get_or_init(|| {
+            let zeros = unpack_interleaved(qzeros, l.n()); // [G, N]
+            ColumnParams::new(zeros.iter().map(|&z| z as u32), scales, l.n(), par)
+        });
         let (n, words) = (l.n(), l.packed_cols());
         let mut codes = vec![0i32; n];
         let mut scratch = [0f32; TILE];
@@ -61,7 +75,7 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
                     *c = ((w >> (4 * super::AWQ_REVERSE_ORDER[j])) & 15) as i32;
                 }
             }
-            params.affine_row(k / l.group_size(), &codes, 0, 15, dst, &mut scratch);
+            params.affine_row(simd, k / l.group_size(), &codes, 0, 15, dst, &mut scratch);
         }
     }
 }
@@ -69,41 +83,34 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
 /// The AVX-512 path (`n % 16 == 0`): rows `row0..` of `out` in blocks of [`BLOCK`] rows of
 /// one group where the chunk allows, single rows elsewhere.
 #[cfg(target_arch = "x86_64")]
-struct BlocksV4<'a, S, O> {
+#[inline(always)]
+fn blocks_v4<S: Elem, O: Elem>(
     v4: lanes::v4::V4,
-    l: &'a AwqLayout,
-    qweight: &'a [i32],
-    qzeros: &'a [i32],
-    scales: &'a [S],
+    l: &AwqLayout,
+    qweight: &[i32],
+    qzeros: &[i32],
+    scales: &[S],
     row0: usize,
-    out: &'a mut [O],
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<S: Elem, O: Elem> Kernel for BlocksV4<'_, S, O> {
-    type Output = ();
-    #[inline(always)]
-    fn run(self) {
-        let Self { v4, l, qweight, qzeros, scales, row0, out } = self;
-        let (n, words, gs) = (l.n(), l.packed_cols(), l.group_size());
-        let end = row0 + out.len() / n;
-        let mut rest = &mut *out;
-        let mut k = row0;
-        while k < end {
-            let g = k / gs;
-            let whole = k.is_multiple_of(BLOCK) && gs.is_multiple_of(BLOCK) && end - k >= BLOCK;
-            let rows = if whole { BLOCK } else { 1 };
-            let (here, tail) = rest.split_at_mut(rows * n);
-            rest = tail;
-            let w = &qweight[k * words..(k + rows) * words];
-            let (z, s) = (&qzeros[g * words..(g + 1) * words], &scales[g * n..(g + 1) * n]);
-            if whole {
-                rows_v4::<BLOCK, S, O>(v4, w, z, s, here);
-            } else {
-                rows_v4::<1, S, O>(v4, w, z, s, here);
-            }
-            k += rows;
+    out: &mut [O],
+) {
+    let (n, words, gs) = (l.n(), l.packed_cols(), l.group_size());
+    let end = row0 + out.len() / n;
+    let mut rest = &mut *out;
+    let mut k = row0;
+    while k < end {
+        let g = k / gs;
+        let whole = k.is_multiple_of(BLOCK) && gs.is_multiple_of(BLOCK) && end - k >= BLOCK;
+        let rows = if whole { BLOCK } else { 1 };
+        let (here, tail) = rest.split_at_mut(rows * n);
+        rest = tail;
+        let w = &qweight[k * words..(k + rows) * words];
+        let (z, s) = (&qzeros[g * words..(g + 1) * words], &scales[g * n..(g + 1) * n]);
+        if whole {
+            rows_v4::<BLOCK, S, O>(v4, w, z, s, here);
+        } else {
+            rows_v4::<1, S, O>(v4, w, z, s, here);
         }
+        k += rows;
     }
 }
 

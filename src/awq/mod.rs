@@ -121,7 +121,7 @@ pub fn pack_interleaved(codes: &[u8]) -> Vec<i32> {
 /// let qweight = awq::pack_interleaved(&[0, 1, 2, 3, 4, 5, 6, 7]);
 /// assert_eq!(qweight, [0x7531_6420]);                       // nibbles hold columns 0,2,4,6,1,3,5,7
 /// let qzeros = awq::pack_interleaved(&[1; 8]);
-/// let w: Vec<f32> = awq::awq_dequantize(&qweight, &[0.5f32; 8], &qzeros, &l, Parallelism::Serial)?;
+/// let w: Vec<f32> = awq::awq_dequantize(&qweight, &[0.5f32; 8], &qzeros, &l, Parallelism::SERIAL)?;
 /// assert_eq!(w, [-0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```

@@ -46,7 +46,7 @@ impl QuantScheme for AwqLayer {
         transposed_into(
             (l.k(), l.n()),
             out,
-            Parallelism::Serial,
+            Parallelism::SERIAL,
             |kn| crate::with_float_vec!(&self.scales, s => super::awq_dequantize_reference_into(&self.qweight, s, &self.qzeros, l, kn)),
         )
     }

@@ -267,7 +267,7 @@ impl Mlp {
     /// `down(silu(gate(x)) * up(x))`, gate/up column-parallel, down row-parallel; also the
     /// gathered gate outputs.
     fn forward(&self, c: &dyn Comm) -> quant_kernels::Result<(Vec<f32>, Vec<f32>)> {
-        let (r, n, p) = (c.rank(), c.world_size(), Parallelism::Serial);
+        let (r, n, p) = (c.rank(), c.world_size(), Parallelism::SERIAL);
         let gate = ColumnParallelLinear::new(&self.gate, Some(&self.gate_bias), r, n)?;
         let up = ColumnParallelLinear::new(&self.up, None, r, n)?;
         let down = RowParallelLinear::new(&self.down, Some(&self.down_bias), r, n)?;
@@ -278,7 +278,7 @@ impl Mlp {
 
     /// The single-device forward, the gate outputs, and the error scale of the last sum.
     fn single(&self) -> quant_kernels::Result<(Vec<f32>, Vec<f32>, Vec<f64>)> {
-        let p = Parallelism::Serial;
+        let p = Parallelism::SERIAL;
         let gate = QuantLinear::new(self.gate.clone(), Some(self.gate_bias.clone()))?;
         let up = QuantLinear::new(self.up.clone(), None)?;
         let down = QuantLinear::new(self.down.clone(), Some(self.down_bias.clone()))?;

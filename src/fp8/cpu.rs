@@ -9,7 +9,7 @@
 
 use super::{Fp8Format, Fp8Layout};
 use crate::elem::{Elem, TILE};
-use crate::lanes::{self, Kernel};
+use crate::lanes::{self, Kernel, Simd};
 use crate::par::{self, Parallelism};
 
 pub(crate) fn dequant<S: Elem, O: Elem>(
@@ -22,16 +22,9 @@ pub(crate) fn dequant<S: Elem, O: Elem>(
 ) {
     let mut sf = vec![0f32; scales.len()];
     S::slice_to_f32(scales, &mut sf);
-    #[cfg(target_arch = "x86_64")]
-    if let Some(v4) = lanes::v4::token() {
-        return par::row_chunks(out, l.cols(), par, |row0, out| match format {
-            Fp8Format::E4M3 => lanes::dispatch(RowsV4::<O, true> { v4, codes, scales: &sf, l, row0, out }),
-            Fp8Format::E5M2 => lanes::dispatch(RowsV4::<O, false> { v4, codes, scales: &sf, l, row0, out }),
-        });
-    }
     par::row_chunks(out, l.cols(), par, |row0, out| match format {
-        Fp8Format::E4M3 => lanes::dispatch(Rows::<O, 3, 7, true> { codes, scales: &sf, l, row0, out }),
-        Fp8Format::E5M2 => lanes::dispatch(Rows::<O, 2, 15, false> { codes, scales: &sf, l, row0, out }),
+        Fp8Format::E4M3 => lanes::dispatch(par, Rows::<O, 3, 7, true> { codes, scales: &sf, l, row0, out }),
+        Fp8Format::E5M2 => lanes::dispatch(par, Rows::<O, 2, 15, false> { codes, scales: &sf, l, row0, out }),
     });
 }
 
@@ -69,8 +62,12 @@ struct Rows<'a, O, const MB: u32, const BIAS: i32, const E4M3: bool> {
 impl<O: Elem, const MB: u32, const BIAS: i32, const E4M3: bool> Kernel for Rows<'_, O, MB, BIAS, E4M3> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, simd: Simd) {
         let Self { codes, scales, l, row0, out } = self;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v4) = simd.v4() {
+            return rows_v4::<O, E4M3>(v4, codes, scales, l, row0, out);
+        }
         let (cols, (br, bc), (_, sc)) = (l.cols(), l.block_size(), l.scale_shape());
         let mut scratch = [0f32; TILE];
         for (i, dst) in out.chunks_exact_mut(cols).enumerate() {
@@ -94,42 +91,35 @@ impl<O: Elem, const MB: u32, const BIAS: i32, const E4M3: bool> Kernel for Rows<
 
 /// The AVX-512 rows: `E4M3` or E5M2.
 #[cfg(target_arch = "x86_64")]
-struct RowsV4<'a, O, const E4M3: bool> {
+#[inline(always)]
+fn rows_v4<O: Elem, const E4M3: bool>(
     v4: lanes::v4::V4,
-    codes: &'a [u8],
-    scales: &'a [f32],
-    l: &'a Fp8Layout,
+    codes: &[u8],
+    scales: &[f32],
+    l: &Fp8Layout,
     row0: usize,
-    out: &'a mut [O],
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<O: Elem, const E4M3: bool> Kernel for RowsV4<'_, O, E4M3> {
-    type Output = ();
-    #[inline(always)]
-    fn run(self) {
-        let Self { v4, codes, scales, l, row0, out } = self;
-        let (cols, (br, bc), (_, sc)) = (l.cols(), l.block_size(), l.scale_shape());
-        for (i, dst) in out.chunks_exact_mut(cols).enumerate() {
-            let r = row0 + i;
-            let src = &codes[r * cols..(r + 1) * cols];
-            let srow = &scales[(r / br) * sc..(r / br + 1) * sc];
-            for ((src, dst), &s) in src.chunks(bc).zip(dst.chunks_mut(bc)).zip(srow) {
-                // E4M3 decodes to value / 256 (E5M2 to the value): fold the 256 into the scale
-                // when that product is exact (finite, or the scale itself is not finite).
-                let s256 = s * 256.0;
-                if !E4M3 {
-                    block_v4::<O, false>(v4, src, s, 1.0, dst);
-                } else if s256.is_finite() || !s.is_finite() {
-                    block_v4::<O, true>(v4, src, s256, 1.0, dst);
-                } else {
-                    block_v4::<O, true>(v4, src, s, 256.0, dst);
-                }
-                let full = src.len() - src.len() % 16;
-                for (&c, o) in src[full..].iter().zip(&mut dst[full..]) {
-                    let v = if E4M3 { decode::<3, 7, true>(c) } else { decode::<2, 15, false>(c) };
-                    *o = O::from_f32(v * s);
-                }
+    out: &mut [O],
+) {
+    let (cols, (br, bc), (_, sc)) = (l.cols(), l.block_size(), l.scale_shape());
+    for (i, dst) in out.chunks_exact_mut(cols).enumerate() {
+        let r = row0 + i;
+        let src = &codes[r * cols..(r + 1) * cols];
+        let srow = &scales[(r / br) * sc..(r / br + 1) * sc];
+        for ((src, dst), &s) in src.chunks(bc).zip(dst.chunks_mut(bc)).zip(srow) {
+            // E4M3 decodes to value / 256 (E5M2 to the value): fold the 256 into the scale
+            // when that product is exact (finite, or the scale itself is not finite).
+            let s256 = s * 256.0;
+            if !E4M3 {
+                block_v4::<O, false>(v4, src, s, 1.0, dst);
+            } else if s256.is_finite() || !s.is_finite() {
+                block_v4::<O, true>(v4, src, s256, 1.0, dst);
+            } else {
+                block_v4::<O, true>(v4, src, s, 256.0, dst);
+            }
+            let full = src.len() - src.len() % 16;
+            for (&c, o) in src[full..].iter().zip(&mut dst[full..]) {
+                let v = if E4M3 { decode::<3, 7, true>(c) } else { decode::<2, 15, false>(c) };
+                *o = O::from_f32(v * s);
             }
         }
     }

@@ -203,7 +203,7 @@ pub(crate) fn check<S>(l: &Fp8Layout, codes: usize, scales: &[S], out: usize) ->
 /// let l = Fp8Layout::block(2, 3, 1, 2)?;                  // scale grid [2, 2]
 /// let codes = [0x38, 0x40, 0xb8, 0x38, 0x38, 0x38];        // 1, 2, -1 / 1, 1, 1
 /// let w: Vec<f32> = fp8::fp8_dequantize(&codes, &[1.0f32, 10.0, 0.5, 4.0], Fp8Format::E4M3, &l,
-///     Parallelism::Serial)?;
+///     Parallelism::SERIAL)?;
 /// assert_eq!(w, [1.0, 2.0, -10.0, 0.5, 0.5, 4.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
@@ -243,7 +243,7 @@ pub fn fp8_dequantize<S: Elem, O: Elem>(
 /// let l = Fp8Layout::block(1, 2, 1, 2)?;                   // each expert: 1x2, one scale
 /// let mut out = vec![0f32; 4];
 /// fp8::fp8_dequantize_experts_into(&[0x38, 0x40, 0x38, 0x40], &[1.0f32, 3.0], Fp8Format::E4M3, 2, &l,
-///     &mut out, Parallelism::Serial)?;
+///     &mut out, Parallelism::SERIAL)?;
 /// assert_eq!(out, [1.0, 2.0, 3.0, 6.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use super::layout::{self, locate};
 use super::{GptqLayout, ZeroFormat};
 use crate::elem::{Elem, TILE};
-use crate::lanes::{self, ColumnParams, Kernel};
+use crate::lanes::{self, ColumnParams, Kernel, Simd};
 use crate::par::{self, Parallelism};
 
 /// `layout`, `qweight`, `qzeros`, `scales` and `out` have been checked against each other;
@@ -33,9 +33,11 @@ pub(crate) fn dequant<S: Elem, O: Elem>(
     let n = layout.n();
     // The unpacked zeros, built (once, G x N: small next to K x N) only if a path needs them.
     let params = OnceLock::new();
-    let src = Sources { layout, qweight, qzeros, format, rows_group, scales, params: &params };
+    let src = Sources { layout, qweight, qzeros, format, rows_group, scales, par, params: &params };
     let align = layout::codes_per_block(layout.bits());
-    par::row_chunks_aligned(out, n, align, par, |row0, out| lanes::dispatch(Rows { src: &src, row0, out }));
+    par::row_chunks_aligned(out, n, align, par, |row0, out| {
+        lanes::dispatch(par, Rows { src: &src, row0, out })
+    });
 }
 
 struct Sources<'a, S> {
@@ -45,6 +47,7 @@ struct Sources<'a, S> {
     format: ZeroFormat,
     rows_group: &'a [u32],
     scales: &'a [S],
+    par: Parallelism,
     params: &'a OnceLock<ColumnParams<'a, S>>,
 }
 
@@ -52,7 +55,7 @@ impl<'a, S: Elem> Sources<'a, S> {
     fn params(&self) -> &ColumnParams<'a, S> {
         self.params.get_or_init(|| {
             let zeros = layout::unpack_zeros(self.qzeros, self.layout, self.format);
-            ColumnParams::new(zeros.into_iter(), self.scales, self.layout.n())
+            ColumnParams::new(zeros.into_iter(), self.scales, self.layout.n(), self.par)
         })
     }
 }
@@ -66,13 +69,13 @@ struct Rows<'a, 'b, S, O> {
 impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, simd: Simd) {
         let Self { src, row0, out } = self;
         let (layout, qweight, rows_group) = (src.layout, src.qweight, src.rows_group);
         let (n, bits) = (layout.n(), layout.bits());
         let mask = (1u32 << bits) - 1;
         #[cfg(target_arch = "x86_64")]
-        if let Some(v4) = lanes::v4::token().filter(|_| bits != 3) {
+        if let Some(v4) = simd.v4().filter(|_| bits != 3) {
             let per = 32 / bits as usize;
             let (first, end) = (row0, row0 + out.len() / n);
             let mut rest = &mut *out;
@@ -130,7 +133,7 @@ impl<S: Elem, O: Elem> Kernel for Rows<'_, '_, S, O> {
                 src = &straddle;
                 shift = 0;
             }
-            params.affine_row(g, src, shift, mask, dst, &mut scratch);
+            params.affine_row(simd, g, src, shift, mask, dst, &mut scratch);
         }
     }
 }

@@ -45,7 +45,7 @@ pub fn pack_fields(fields: &[u32], bits: u8) -> Vec<i32> {
 /// };
 /// let fused = fuse_columns(&[&part(9, 8), &part(7, 16)])?;
 /// assert_eq!(fused.layout.n(), 24);
-/// let w: Vec<f32> = fused.dequantize_kn(Parallelism::Serial)?;
+/// let w: Vec<f32> = fused.dequantize_kn(Parallelism::SERIAL)?;
 /// assert_eq!(&w[6..10], &[1.0, 1.0, -1.0, -1.0]); // (9 - 8) | (7 - 8)
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```

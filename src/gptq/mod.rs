@@ -272,7 +272,7 @@ pub fn check_zero_format(
 /// let qweight = vec![0x7654_3210i32; 8];      // one word per column: codes 0..7 along K
 /// let qzeros = vec![0x8888_8888u32 as i32];    // z = 8 for all 8 columns
 /// let w: Vec<f32> = gptq::gptq_dequantize(&qweight, &[0.5f32; 8], &qzeros, None, ZeroFormat::V2, &l,
-///     Parallelism::Serial)?;
+///     Parallelism::SERIAL)?;
 /// assert_eq!(&w[..8], &[-4.0; 8]);             // k = 0: (0 - 8) * 0.5
 /// assert_eq!(&w[56..], &[-0.5; 8]);            // k = 7: (7 - 8) * 0.5
 /// # Ok::<(), quant_kernels::Error>(())

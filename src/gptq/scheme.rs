@@ -51,7 +51,7 @@ impl QuantScheme for GptqLayer {
         transposed_into(
             (l.k(), l.n()),
             out,
-            Parallelism::Serial,
+            Parallelism::SERIAL,
             |kn| crate::with_float_vec!(&self.scales, s => super::gptq_dequantize_reference_into(&self.qweight, s, &self.qzeros, g, self.format, l, kn)),
         )
     }

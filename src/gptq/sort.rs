@@ -165,7 +165,7 @@ impl GptqLayer {
     /// let (sorted, perm) = layer.sort_by_group()?;
     /// assert_eq!(perm, [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15]);
     /// assert_eq!(sorted.g_idx, None);  // now k / 8
-    /// let (w, ws) = (layer.dequantize_kn::<f32>(Parallelism::Serial)?, sorted.dequantize_kn::<f32>(Parallelism::Serial)?);
+    /// let (w, ws) = (layer.dequantize_kn::<f32>(Parallelism::SERIAL)?, sorted.dequantize_kn::<f32>(Parallelism::SERIAL)?);
     /// for (k, &p) in perm.iter().enumerate() {
     ///     assert_eq!(ws[k * 8..][..8], w[p as usize * 8..][..8]);
     /// }

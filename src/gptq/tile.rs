@@ -196,7 +196,7 @@ impl Decoder for Tiles<'_> {
     }
 
     #[inline(always)]
-    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
+    fn decode(&self, _simd: crate::lanes::Simd, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
         let bits = self.layout.bits();
         let pg = self.layout.groups() * MAX_ROWS;
         let (pz, ps) = (&self.zeros[b * pg..(b + 1) * pg], &self.scales[b * pg..(b + 1) * pg]);

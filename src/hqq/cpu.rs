@@ -13,7 +13,7 @@
 
 use super::{Axis, Geometry};
 use crate::elem::{Elem, TILE};
-use crate::lanes::{self, Kernel, affine_lanes, affine_splat};
+use crate::lanes::{self, Kernel, Simd, affine_lanes, affine_splat};
 use crate::pack::Packing;
 use crate::par::{self, Parallelism};
 
@@ -31,10 +31,10 @@ pub(crate) fn dequant<P: Packing, S: Elem, O: Elem>(
     debug_assert_eq!(out.len(), geo.rows * geo.cols);
     match geo.axis {
         Axis::One => par::row_chunks(out, geo.cols, par, |row0, out| {
-            lanes::dispatch(RowParams::<P, S, O> { geo, words, scales, zeros, row0, out })
+            lanes::dispatch(par, RowParams::<P, S, O> { geo, words, scales, zeros, row0, out })
         }),
         Axis::Zero => par::col_stripes(out, geo.cols, TILE, par, |col0, rows| {
-            lanes::dispatch(ColParams::<P, S, O> { geo, words, scales, zeros, col0, rows })
+            lanes::dispatch(par, ColParams::<P, S, O> { geo, words, scales, zeros, col0, rows })
         }),
     }
 }
@@ -52,12 +52,12 @@ struct RowParams<'a, P: Packing, S, O> {
 impl<P: Packing, S: Elem, O: Elem> Kernel for RowParams<'_, P, S, O> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, simd: Simd) {
         let Self { geo, words, scales, zeros, row0, out } = self;
         let (c, prows) = (geo.cols, geo.prows);
         let nrows = out.len() / c;
         #[cfg(target_arch = "x86_64")]
-        if let Some(v4) = lanes::v4::token() {
+        if let Some(v4) = simd.v4() {
             // AVX-512: each row decoded straight into `out`, its zero/scale in registers.
             let (mut z, mut s) = ([0f32; TILE], [0f32; TILE]);
             let mut r = 0;
@@ -121,12 +121,12 @@ struct ColParams<'a, 'b, P: Packing, S, O> {
 impl<P: Packing, S: Elem, O: Elem> Kernel for ColParams<'_, '_, P, S, O> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, simd: Simd) {
         let Self { geo, words, scales, zeros, col0, rows } = self;
         let (c, prows) = (geo.cols, geo.prows);
         let width = rows.first().map_or(0, |r| r.len());
         #[cfg(target_arch = "x86_64")]
-        if let Some(v4) = lanes::v4::token() {
+        if let Some(v4) = simd.v4() {
             // AVX-512: zeros/scales read in their own dtype (no widened copy), outputs stored
             // in theirs. Span by span (L2-sized), each code row's span is one write stream.
             for t0 in (0..width).step_by(SPAN) {

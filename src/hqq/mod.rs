@@ -30,7 +30,7 @@
 //!
 //! # Three paths
 //!
-//! [`dequantize_into`] runs the SIMD kernel (ISA chosen at run time, see [`crate::lanes`]) on one
+//! [`dequantize_into`] runs the SIMD kernel (ISA chosen at run time, see [`crate::Parallelism`]) on one
 //! thread or on rayon's pool ([`Parallelism`]); [`dequantize_reference_into`] is the naive per-element
 //! oracle. All three give identical bits.
 
@@ -40,7 +40,7 @@ pub mod reference;
 mod scheme;
 pub(crate) mod tile;
 
-pub use quantize::{HqqConfig, HqqLayer, quantize_hqq, quantize_hqq_with};
+pub use quantize::{HqqConfig, HqqLayer, quantize_hqq};
 pub use scheme::HqqWeight;
 
 use crate::elem::Elem;
@@ -362,15 +362,16 @@ pub fn dequantize_reference_into<P: Packing, S: Elem, O: Elem>(
 /// `$name_into` (caller buffer), thin wrappers over [`dequantize`] / [`dequantize_into`].
 macro_rules! flat_dequantize {
     ($name:ident, $into:ident, $p:ty, $word:ty, $bits:literal) => {
-        #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into `out` (see [`dequantize_into`]; rayon above a size threshold).")]
+        #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into `out` (see [`dequantize_into`]).")]
         pub fn $into<S: Elem, O: Elem>(
             packed: &[$word],
             scales: &[S],
             zeros: &[S],
             layout: &HqqLayout,
             out: &mut [O],
+            par: Parallelism,
         ) -> Result<()> {
-            dequantize_into::<$p, S, O>(packed, scales, zeros, layout, out, Parallelism::Rayon)
+            dequantize_into::<$p, S, O>(packed, scales, zeros, layout, out, par)
         }
 
         #[doc = concat!("Dequantize ", $bits, "-bit HQQ weights into a new `Vec` (see [`dequantize`]).")]
@@ -379,8 +380,9 @@ macro_rules! flat_dequantize {
             scales: &[S],
             zeros: &[S],
             layout: &HqqLayout,
+            par: Parallelism,
         ) -> Result<Vec<O>> {
-            dequantize::<$p, S, O>(packed, scales, zeros, layout, Parallelism::Rayon)
+            dequantize::<$p, S, O>(packed, scales, zeros, layout, par)
         }
     };
 }

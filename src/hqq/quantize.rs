@@ -127,22 +127,20 @@ struct View {
 }
 
 /// Quantize `w` (`rows x cols`, row-major; `f32`, `f16` or `bf16`, widened to `f32` exactly as
-/// hqq's `tensor.float()` does) as hqq does (see the module docs).
+/// hqq's `tensor.float()` does) as hqq does (see the module docs), SIMD + threads as `par`
+/// allows (the result is the same either way).
 ///
 /// ```
 /// use quant_kernels::hqq::{self, Axis, HqqConfig};
+/// use quant_kernels::Parallelism;
 /// // A 4x1 weight, one group of 4 (axis 0), 2 bits: min 0, max 3 -> scale_q = 1, zero 0.
-/// let q = hqq::quantize_hqq(&[0.0f32, 1.0, 2.0, 3.0], 4, 1, &HqqConfig::new(2, 4, Axis::Zero))?;
+/// let config = HqqConfig::new(2, 4, Axis::Zero);
+/// let q = hqq::quantize_hqq(&[0.0f32, 1.0, 2.0, 3.0], 4, 1, &config, Parallelism::RAYON)?;
 /// assert_eq!((q.scales[0], q.zeros[0]), (1.0, 0.0));
 /// assert_eq!(hqq::unpack_hqq(&q.packed)?, [0, 1, 2, 3]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
-pub fn quantize_hqq<E: Elem>(w: &[E], rows: usize, cols: usize, config: &HqqConfig) -> Result<HqqLayer> {
-    quantize_hqq_with(w, rows, cols, config, Parallelism::Rayon)
-}
-
-/// [`quantize_hqq`] with an explicit [`Parallelism`] (results are identical either way).
-pub fn quantize_hqq_with<E: Elem>(
+pub fn quantize_hqq<E: Elem>(
     w: &[E],
     rows: usize,
     cols: usize,
@@ -233,20 +231,22 @@ pub fn quantize_hqq_with<E: Elem>(
         let mut codes = vec![0u8; numel];
         let per_row = |r: usize, row: &mut [u8]| {
             let x = &w[r * view.cols..(r + 1) * view.cols];
-            crate::lanes::dispatch(Codes {
-                x,
-                s: &scale_q,
-                z: &zero,
-                group: (view.axis == Axis::One).then_some(r),
-                max_v,
-                out: row,
-            })
+            crate::lanes::dispatch(
+                par,
+                Codes {
+                    x,
+                    s: &scale_q,
+                    z: &zero,
+                    group: (view.axis == Axis::One).then_some(r),
+                    max_v,
+                    out: row,
+                },
+            )
         };
-        match par {
-            Parallelism::Rayon if numel >= crate::par::MIN_PARALLEL_ELEMS => {
-                codes.par_chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row))
-            }
-            _ => codes.chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row)),
+        if par.is_threaded() && numel >= crate::par::MIN_PARALLEL_ELEMS {
+            codes.par_chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row))
+        } else {
+            codes.chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row))
         }
         codes
     } else {
@@ -271,14 +271,14 @@ fn optimizer_step(
     par: Parallelism,
 ) -> (Vec<f32>, f32) {
     let (rows, cols) = (view.rows, view.cols);
-    let threaded = par == Parallelism::Rayon && numel >= crate::par::MIN_PARALLEL_ELEMS;
+    let threaded = par.is_threaded() && numel >= crate::par::MIN_PARALLEL_ELEMS;
     match view.axis {
         Axis::One => {
             // Groups are rows: one (sum, err) per row, rows in chunks over the pool.
             let chunk = 64;
             let run = |r0: usize| {
                 let r1 = (r0 + chunk).min(rows);
-                crate::lanes::dispatch(RowGroups { w, cols, r0, r1, s, z, max_v })
+                crate::lanes::dispatch(par, RowGroups { w, cols, r0, r1, s, z, max_v })
             };
             let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
             let per_row: Vec<(f32, f32)> = if threaded {
@@ -294,7 +294,7 @@ fn optimizer_step(
             let stripe = 256;
             let run = |c0: usize| {
                 let c1 = (c0 + stripe).min(cols);
-                crate::lanes::dispatch(Stripe { w, cols, rows, c0, s: &s[c0..c1], z: &z[c0..c1], max_v })
+                crate::lanes::dispatch(par, Stripe { w, cols, rows, c0, s: &s[c0..c1], z: &z[c0..c1], max_v })
             };
             let starts: Vec<usize> = (0..cols).step_by(stripe).collect();
             let parts: Vec<(Vec<f32>, Vec<f32>)> = if threaded {
@@ -331,7 +331,7 @@ struct Stripe<'a> {
 impl crate::lanes::Kernel for Stripe<'_> {
     type Output = (Vec<f32>, Vec<f32>);
     #[inline(always)]
-    fn run(self) -> Self::Output {
+    fn run(self, _simd: crate::lanes::Simd) -> Self::Output {
         let Self { w, cols, rows, c0, s, z, max_v } = self;
         let width = s.len();
         let (mut sums, mut errs) = (vec![0f32; width], vec![0f32; width]);
@@ -388,7 +388,7 @@ struct RowGroups<'a> {
 impl crate::lanes::Kernel for RowGroups<'_> {
     type Output = Vec<(f32, f32)>;
     #[inline(always)]
-    fn run(self) -> Self::Output {
+    fn run(self, _simd: crate::lanes::Simd) -> Self::Output {
         let Self { w, cols, r0, r1, s, z, max_v } = self;
         let (mut t, mut dv, mut sv, mut zv) =
             (vec![0f32; cols], vec![0f32; cols], vec![0f32; cols], vec![0f32; cols]);
@@ -423,7 +423,7 @@ struct Codes<'a> {
 impl crate::lanes::Kernel for Codes<'_> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, _simd: crate::lanes::Simd) {
         let Self { x, s, z, group, max_v, out } = self;
         match group {
             Some(g) => {

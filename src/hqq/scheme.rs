@@ -131,7 +131,7 @@ impl QuantScheme for HqqWeight {
     }
 
     fn dequantize_reference_into(&self, out: &mut [f32]) -> Result<()> {
-        self.dequantize_with(out, true, Parallelism::Serial)
+        self.dequantize_with(out, true, Parallelism::SERIAL)
     }
 
     /// This shard of an HQQ weight, repacked (see [`crate::QuantWeight::shard`] for what each

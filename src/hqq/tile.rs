@@ -288,7 +288,7 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
         }
     }
     #[inline(always)]
-    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
+    fn decode(&self, simd: crate::lanes::Simd, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
         // (first row, planes decoded with it) for each row set.
         let (first, sets, planes) = match self.rows_per_plane() {
             Some(_) => (b * Self::SETS, Self::SETS, P::PER_WORD),
@@ -334,7 +334,7 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
                 match self.axis {
                     Axis::Zero => {
                         #[cfg(target_arch = "x86_64")]
-                        if let Some(v4) = lanes::v4::token() {
+                        if let Some(v4) = simd.v4() {
                             let (z, s) = (&self.zeros[col..col + run], &self.scales[col..col + run]);
                             if m == P::PER_WORD && planes == P::PER_WORD {
                                 // Every plane: each word vector and zero/scale vector loaded once.
@@ -376,7 +376,7 @@ impl<P: Packing, S: Elem> Decoder for Tiles<'_, P, S> {
                             let shift = P::shift(ij / self.prows);
                             let dst = &mut tile[t * KT + off..t * KT + off + run];
                             #[cfg(target_arch = "x86_64")]
-                            if let Some(v4) = lanes::v4::token() {
+                            if let Some(v4) = simd.v4() {
                                 lanes::v4::affine_splat(v4, src, shift, P::MASK, z, s, dst);
                                 continue;
                             }

@@ -105,14 +105,10 @@ impl Int8Tensor {
         self.check(out.len())?;
         let (cols, per_tensor) = (self.cols, self.granularity == Granularity::PerTensor);
         par::row_chunks(out, cols, par, |row0, out| {
-            lanes::dispatch(ScaleRows {
-                q: &self.q[row0 * cols..],
-                scales: &self.scales,
-                per_tensor,
-                row0,
-                cols,
-                out,
-            })
+            lanes::dispatch(
+                par,
+                ScaleRows { q: &self.q[row0 * cols..], scales: &self.scales, per_tensor, row0, cols, out },
+            )
         });
         Ok(())
     }
@@ -144,7 +140,7 @@ struct ScaleRows<'a, O> {
 impl<O: Elem> Kernel for ScaleRows<'_, O> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, _simd: crate::lanes::Simd) {
         let Self { q, scales, per_tensor, row0, cols, out } = self;
         let mut buf = [0f32; 256];
         for (r, dst) in out.chunks_exact_mut(cols).enumerate() {
@@ -235,13 +231,16 @@ impl Int4Tensor {
         let (cols, group) = (self.cols, self.group);
         par::row_chunks(out, cols, par, |row0, out| {
             let first = row0 * cols;
-            lanes::dispatch(Int4Rows {
-                packed: &self.packed[first / 2..],
-                scales: &self.scales[first / group..],
-                zeros: &self.zeros[first / group..],
-                group,
-                out,
-            })
+            lanes::dispatch(
+                par,
+                Int4Rows {
+                    packed: &self.packed[first / 2..],
+                    scales: &self.scales[first / group..],
+                    zeros: &self.zeros[first / group..],
+                    group,
+                    out,
+                },
+            )
         });
         Ok(())
     }
@@ -269,7 +268,7 @@ struct Int4Rows<'a, O> {
 impl<O: Elem> Kernel for Int4Rows<'_, O> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, _simd: crate::lanes::Simd) {
         let Self { packed, scales, zeros, group, out } = self;
         // Groups are even-sized and rows whole groups, so every group starts on a byte.
         let mut buf = vec![0f32; group];

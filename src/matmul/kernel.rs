@@ -21,7 +21,7 @@
 //! machines within the bound the tests state.
 
 use crate::error::Result;
-use crate::lanes::{self, Kernel};
+use crate::lanes::{self, Kernel, Simd};
 use crate::par::Parallelism;
 use rayon::prelude::*;
 
@@ -89,7 +89,8 @@ pub(crate) trait Decoder: Sync {
     /// Blocks are disjoint and together cover every output row once.
     fn block_rows(&self, b: usize, rows: &mut [usize; MAX_ROWS]) -> usize;
     /// Decode inputs `k0..k1` (at most [`KT`]) of block `b`'s rows into `tile` (see [`Form`]).
-    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]);
+    /// `simd` is the instruction set the kernel was dispatched with.
+    fn decode(&self, simd: Simd, b: usize, k0: usize, k1: usize, tile: &mut [f32]);
 
     /// Whether [`Decoder::gemv_v4`] serves every block of this weight at batch 1.
     fn has_gemv(&self) -> bool {
@@ -136,7 +137,7 @@ impl<R: RowDecoder> Decoder for Rows16<'_, R> {
     }
 
     #[inline(always)]
-    fn decode(&self, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
+    fn decode(&self, _simd: Simd, b: usize, k0: usize, k1: usize, tile: &mut [f32]) {
         for t in 0..ROW_BLOCK.min(self.0.rows() - b * ROW_BLOCK) {
             self.0.decode_row(b * ROW_BLOCK + t, k0, k1, &mut tile[t * KT..t * KT + k1 - k0]);
         }
@@ -203,7 +204,10 @@ pub(crate) fn gemm_into<D: Decoder>(
     let work = grown(&mut scratch.work, tasks * work_len);
     let run = |(t, (out, work)): (usize, (&mut [f32], &mut [f32]))| {
         let bufs = &mut Bufs { out, work };
-        lanes::dispatch(Blocks { d, k, x, batch, first: t * per, end: ((t + 1) * per).min(blocks), bufs })
+        lanes::dispatch(
+            par,
+            Blocks { d, k, x, batch, first: t * per, end: ((t + 1) * per).min(blocks), bufs },
+        )
     };
     if tasks <= 1 {
         run((0, (parts, work)));
@@ -253,10 +257,10 @@ const _: () =
 impl<D: Decoder> Kernel for Blocks<'_, '_, D> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, simd: Simd) {
         #[cfg(target_arch = "x86_64")]
         {
-            if let Some(v4) = lanes::v4::token() {
+            if let Some(v4) = simd.v4() {
                 if self.batch == 1 && self.d.has_gemv() {
                     for (b, o) in (self.first..self.end).zip(self.bufs.out.chunks_exact_mut(MAX_ROWS)) {
                         let o = pulp::as_arrays_mut::<MAX_ROWS, f32>(o).0;
@@ -264,13 +268,13 @@ impl<D: Decoder> Kernel for Blocks<'_, '_, D> {
                     }
                     return;
                 }
-                return self.blocks(V4Lanes(v4));
+                return self.blocks(simd, V4Lanes(v4));
             }
-            if let Some(v3) = pulp::x86::V3::try_new().filter(|_| lanes::isa() != lanes::Isa::Baseline) {
-                return self.blocks(V3Lanes(v3));
+            if let Some(v3) = simd.v3() {
+                return self.blocks(simd, V3Lanes(v3));
             }
         }
-        self.blocks(Plain)
+        self.blocks(simd, Plain)
     }
 }
 
@@ -374,7 +378,7 @@ impl Lanes for V3Lanes {
 
 impl<D: Decoder> Blocks<'_, '_, D> {
     #[inline(always)]
-    fn blocks<V: Lanes>(self, v: V) {
+    fn blocks<V: Lanes>(self, simd: Simd, v: V) {
         let Self { d, k, x, batch, first, end, bufs } = self;
         let Bufs { out, work } = bufs;
         let kp = padded(k);
@@ -389,7 +393,7 @@ impl<D: Decoder> Blocks<'_, '_, D> {
             for k0 in (0..k).step_by(KT) {
                 let k1 = (k0 + KT).min(k);
                 for (b, acc) in (g0..g1).zip(acc.chunks_exact_mut(acc_len)) {
-                    d.decode(b, k0, k1, tile);
+                    d.decode(simd, b, k0, k1, tile);
                     match D::FORM {
                         Form::Rows => {
                             let nrows = d.block_rows(b, &mut rows);

@@ -17,7 +17,7 @@
 //! multiple of 16) and GPTQ/AWQ (2/4/8-bit): codes are decoded and multiplied in registers
 //! (HQQ axis 1 looks a group's 16 weights up by code with `vpermps`), several row streams side
 //! by side with software prefetch, giving the same bits as the tile path. SIMD: the ISA chosen at run time
-//! ([`crate::lanes::isa`]), fused multiply-add with AVX2/AVX-512; rayon over blocks of output
+//! ([`crate::Isa::detect`]), fused multiply-add with AVX2/AVX-512; rayon over blocks of output
 //! rows, never a cross-thread sum.
 //!
 //! Every output is summed in a fixed order that depends only on the weight's shape and scheme
@@ -125,7 +125,7 @@ macro_rules! stored {
 /// // W = [[127, -1], [3, 2]] in int8 per tensor: scale 1, so the codes are exact.
 /// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor)?;
 /// let layer = QuantLinear::new(QuantWeight::Int8(w), Some(vec![0.5f32, 0.0].into()))?;
-/// let y: Vec<f32> = layer.forward(&[1.0f32, 2.0], 1, Parallelism::Serial)?;
+/// let y: Vec<f32> = layer.forward(&[1.0f32, 2.0], 1, Parallelism::SERIAL)?;
 /// assert_eq!(y, [125.5, 7.0]); // [127 - 2 + 0.5, 3 + 4]
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
@@ -244,7 +244,7 @@ impl QuantLinear {
     /// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor)?;
     /// let layer = QuantLinear::new(QuantWeight::Int8(w), None)?;
     /// let (mut ws, mut y) = (Workspace::default(), [0f32; 2]);
-    /// layer.forward_with(&[1.0f32, 2.0], 1, &mut y, Parallelism::Serial, &mut ws)?;
+    /// layer.forward_with(&[1.0f32, 2.0], 1, &mut y, Parallelism::SERIAL, &mut ws)?;
     /// assert_eq!(y, [125.0, 7.0]);
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
@@ -342,7 +342,7 @@ impl QuantLinear {
     fn reference_sums(&self, x: &[f32], batch: usize, abs: bool) -> Result<Vec<f64>> {
         let (out, inp) = (self.out, self.inp);
         expect_len("x", batch.saturating_mul(inp), x.len())?;
-        let w = self.dequantize_with(Parallelism::Serial, true)?;
+        let w = self.dequantize_with(Parallelism::SERIAL, true)?;
         let f = |v: f64| if abs { v.abs() } else { v };
         let mut y = vec![0f64; batch * out];
         for b in 0..batch {

@@ -382,7 +382,11 @@ impl LocalComm {
         let mut sum = bufs.sums[set][me].write().unwrap_or_else(|e| e.into_inner());
         grow(&mut sum, mine.len());
         let parts: Vec<Option<&[f32]>> = guards.iter().map(|g| g.as_deref().map(Vec::as_slice)).collect();
-        crate::lanes::dispatch(SumInRankOrder { parts: &parts, own: &mut seg[mine], sum: &mut sum });
+        // Additions only: every ISA gives the same bits, so the CPU's best runs.
+        crate::lanes::dispatch(
+            crate::par::Parallelism::SERIAL,
+            SumInRankOrder { parts: &parts, own: &mut seg[mine], sum: &mut sum },
+        );
     }
 
     /// Copy the other ranks' summed chunks of `buf[seg]` from `set`.
@@ -409,7 +413,7 @@ struct SumInRankOrder<'a> {
 impl crate::lanes::Kernel for SumInRankOrder<'_> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, _simd: crate::lanes::Simd) {
         let own = self.own;
         for start in (0..own.len()).step_by(REDUCE_BLOCK) {
             let end = (start + REDUCE_BLOCK).min(own.len());

@@ -15,7 +15,7 @@ fn three_paths<S: Elem, O: Elem>(x: &Layer, l: &GptqLayout, f: ZeroFormat) {
     let mut naive = vec![O::default(); l.k() * l.n()];
     gptq::gptq_dequantize_reference_into(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), f, l, &mut naive)
         .unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let fast: Vec<O> =
             gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), f, l, par).unwrap();
         let same = fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
@@ -97,7 +97,7 @@ fn bad_input_is_a_typed_error() {
     let x = layer(&l, false, &mut Rng(9));
     let s: Vec<f16> = x.scales.iter().map(|&v| f16::from_f32(v)).collect();
     let run = |qw: &[i32], qz: &[i32], s: &[f16], g: Option<&[i32]>| {
-        gptq::gptq_dequantize::<f16, f32>(qw, s, qz, g, ZeroFormat::V1, &l, Parallelism::Rayon).map(|_| ())
+        gptq::gptq_dequantize::<f16, f32>(qw, s, qz, g, ZeroFormat::V1, &l, Parallelism::RAYON).map(|_| ())
     };
     assert_eq!(run(&x.qweight, &x.qzeros, &s, None), Ok(()));
     assert_eq!(

@@ -27,8 +27,8 @@ fn sorted_rows_dequantize_to_the_permuted_rows_bit_for_bit() {
             // so it comes back unchanged.
             let want_g = if group < 0 { layer.g_idx.clone() } else { None };
             assert_eq!(sorted.g_idx, want_g, "{bits}-bit K{k}");
-            let w = layer.dequantize_kn::<f32>(Parallelism::Serial).unwrap();
-            let ws = sorted.dequantize_kn::<f32>(Parallelism::Serial).unwrap();
+            let w = layer.dequantize_kn::<f32>(Parallelism::SERIAL).unwrap();
+            let ws = sorted.dequantize_kn::<f32>(Parallelism::SERIAL).unwrap();
             for (kk, &p) in perm.iter().enumerate() {
                 let same = ws[kk * n..][..n]
                     .iter()
@@ -58,8 +58,8 @@ fn uneven_groups_keep_a_sorted_g_idx_and_sorted_layers_stay() {
     let g = sorted.g_idx.clone().expect("uneven groups are not k / group_size");
     assert!(g.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(g.iter().filter(|&&v| v == 0).count(), 17);
-    let w = layer.dequantize_kn::<f32>(Parallelism::Serial).unwrap();
-    let ws = sorted.dequantize_kn::<f32>(Parallelism::Serial).unwrap();
+    let w = layer.dequantize_kn::<f32>(Parallelism::SERIAL).unwrap();
+    let ws = sorted.dequantize_kn::<f32>(Parallelism::SERIAL).unwrap();
     for (kk, &p) in perm.iter().enumerate() {
         assert_eq!(ws[kk * 16..][..16], w[p as usize * 16..][..16]);
     }
@@ -79,8 +79,8 @@ fn permuted_inputs_give_the_same_products() {
     let x: Vec<f32> = (0..2 * 128).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let xs = permute_inputs(&x, 2, &perm).unwrap();
     let (w, ws) = (
-        layer.dequantize_kn::<f32>(Parallelism::Serial).unwrap(),
-        sorted.dequantize_kn::<f32>(Parallelism::Serial).unwrap(),
+        layer.dequantize_kn::<f32>(Parallelism::SERIAL).unwrap(),
+        sorted.dequantize_kn::<f32>(Parallelism::SERIAL).unwrap(),
     );
     for b in 0..2 {
         for n in 0..48 {

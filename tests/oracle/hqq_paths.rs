@@ -64,7 +64,7 @@ fn three_paths<P: Packing, S: Elem, O: Elem>(inp: &Input<P>, layout: &HqqLayout)
     let n = layout.numel();
     let mut naive = vec![O::default(); n];
     hqq::dequantize_reference_into::<P, S, O>(&inp.words, &s, &z, layout, &mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let mut fast = vec![O::default(); n];
         hqq::dequantize_into::<P, S, O>(&inp.words, &s, &z, layout, &mut fast, par).unwrap();
         assert!(
@@ -102,9 +102,9 @@ fn same_error<P: Packing>(layout: &HqqLayout, err: &Error) {
     let mut out = vec![0f32; layout.numel()];
     let e1 = hqq::dequantize_reference_into::<P, f32, f32>(&words, &params, &params, layout, &mut out);
     let e2 =
-        hqq::dequantize_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Serial);
+        hqq::dequantize_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::SERIAL);
     let e3 =
-        hqq::dequantize_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::Rayon);
+        hqq::dequantize_into::<P, f32, f32>(&words, &params, &params, layout, &mut out, Parallelism::RAYON);
     assert_eq!(e1.as_ref(), Err(err));
     assert_eq!(e2.as_ref(), Err(err));
     assert_eq!(e3.as_ref(), Err(err));
@@ -181,15 +181,15 @@ fn paths_equal_1bit() {
 fn bad_lengths_are_errors() {
     let layout = HqqLayout::new(8, 16, 8, Axis::Zero).unwrap(); // code [8, 16], packed 4-bit [4, 16]
     let (w, p, mut out) = (vec![0u8; 64], vec![0f32; 16], vec![0f32; 128]);
-    let ok = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out);
+    let ok = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out, Parallelism::RAYON);
     assert_eq!(ok, Ok(()));
-    let e = hqq::dequantize_4bit_into(&w[..63], &p, &p, &layout, &mut out);
+    let e = hqq::dequantize_4bit_into(&w[..63], &p, &p, &layout, &mut out, Parallelism::RAYON);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "packed", expected: 64, got: 63 })));
-    let e = hqq::dequantize_4bit_into(&w, &p[..15], &p, &layout, &mut out);
+    let e = hqq::dequantize_4bit_into(&w, &p[..15], &p, &layout, &mut out, Parallelism::RAYON);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "scales", expected: 16, got: 15 })));
-    let e = hqq::dequantize_4bit_into(&w, &p, &p[..1], &layout, &mut out);
+    let e = hqq::dequantize_4bit_into(&w, &p, &p[..1], &layout, &mut out, Parallelism::RAYON);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "zeros", expected: 16, got: 1 })));
-    let e = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out[..127]);
+    let e = hqq::dequantize_4bit_into(&w, &p, &p, &layout, &mut out[..127], Parallelism::RAYON);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "out", expected: 128, got: 127 })));
     assert_eq!(
         HqqLayout::new(3, 5, 0, Axis::Zero),
@@ -205,7 +205,7 @@ fn bad_lengths_are_errors() {
     );
     assert_eq!(Axis::try_from(2), Err(Error::Kernel(KernelError::UnsupportedAxis(2))));
     // 3-bit: 8 code rows pad to 10, one packed row of 16 words.
-    assert!(hqq::dequantize_3bit::<f32, f32>(&[0i32; 16], &p, &p, &layout).is_ok());
-    let e = hqq::dequantize_3bit::<f32, f32>(&[0i32; 15], &p, &p, &layout);
+    assert!(hqq::dequantize_3bit::<f32, f32>(&[0i32; 16], &p, &p, &layout, Parallelism::RAYON).is_ok());
+    let e = hqq::dequantize_3bit::<f32, f32>(&[0i32; 15], &p, &p, &layout, Parallelism::RAYON);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "packed", expected: 16, got: 15 })));
 }

@@ -44,7 +44,7 @@ fn int8_paths<O: Elem>(t: &Int8Tensor) {
     let n = t.q.len();
     let mut naive = vec![O::default(); n];
     t.dequantize_reference_into(&mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let mut fast = vec![O::default(); n];
         t.dequantize_into(&mut fast, par).unwrap();
         assert!(same_bits(&fast, &naive));
@@ -55,7 +55,7 @@ fn int4_paths<O: Elem>(t: &Int4Tensor) {
     let n = t.rows * t.cols;
     let mut naive = vec![O::default(); n];
     t.dequantize_reference_into(&mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let mut fast = vec![O::default(); n];
         t.dequantize_into(&mut fast, par).unwrap();
         assert!(same_bits(&fast, &naive));
@@ -146,10 +146,10 @@ fn bad_input_is_a_typed_error() {
     // Tampered tensors are caught at dequantization.
     let mut t = intx::quantize_int4(&ok, 8, 8, 8).unwrap();
     t.zeros.pop();
-    assert!(t.dequantize_into(&mut vec![0f32; 64], Parallelism::Rayon).is_err());
+    assert!(t.dequantize_into(&mut vec![0f32; 64], Parallelism::RAYON).is_err());
     let mut t = intx::quantize_int8(&ok, 8, 8, Granularity::PerChannel).unwrap();
     t.scales.pop();
-    assert!(t.dequantize_into(&mut vec![0f32; 64], Parallelism::Rayon).is_err());
+    assert!(t.dequantize_into(&mut vec![0f32; 64], Parallelism::RAYON).is_err());
     assert!(intx::pack_int4(&[3, 16]).is_err());
     assert!(intx::pack_int4_signed(&[-9]).is_err());
 }

@@ -9,4 +9,5 @@ mod gptq_paths;
 mod gptq_sort;
 mod hqq_paths;
 mod intx_methods;
+mod isa_caps;
 mod matmul;

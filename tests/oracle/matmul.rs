@@ -6,7 +6,7 @@
 //! relative error of 1e-5 against the magnitude of the terms summed (relative to |y| itself no
 //! f32 sum can promise anything when the terms cancel). Also: serial == threaded bit for bit, a
 //! row's result does not depend on the batch it is in, and bad shapes are typed errors (the
-//! baseline ISA's bound is checked in `baseline_isa.rs`: the ISA switch is process-wide).
+//! narrower ISAs' bound is checked in `isa_caps.rs`).
 
 use crate::common;
 use quant_kernels::error::KernelError;
@@ -38,8 +38,8 @@ fn check(name: &str, layer: &QuantLinear, batches: &[usize], rng: &mut Rng) {
     let magnitude = layer.magnitude_reference(&x, max_b).unwrap();
     for &b in batches {
         let xs = &x[..b * inp];
-        let y: Vec<f32> = layer.forward(xs, b, Parallelism::Rayon).unwrap();
-        let serial: Vec<f32> = layer.forward(xs, b, Parallelism::Serial).unwrap();
+        let y: Vec<f32> = layer.forward(xs, b, Parallelism::RAYON).unwrap();
+        let serial: Vec<f32> = layer.forward(xs, b, Parallelism::SERIAL).unwrap();
         assert!(
             y.iter().zip(&serial).all(|(a, s)| a.to_bits() == s.to_bits()),
             "{name}: threaded != serial at batch {b}"
@@ -56,8 +56,8 @@ fn check(name: &str, layer: &QuantLinear, batches: &[usize], rng: &mut Rng) {
     }
     // The last row alone gives the same bits as in the full batch.
     if max_b > 1 {
-        let full: Vec<f32> = layer.forward(&x, max_b, Parallelism::Rayon).unwrap();
-        let last: Vec<f32> = layer.forward(&x[(max_b - 1) * inp..], 1, Parallelism::Serial).unwrap();
+        let full: Vec<f32> = layer.forward(&x, max_b, Parallelism::RAYON).unwrap();
+        let last: Vec<f32> = layer.forward(&x[(max_b - 1) * inp..], 1, Parallelism::SERIAL).unwrap();
         assert!(
             full[(max_b - 1) * out..].iter().zip(&last).all(|(a, b)| a.to_bits() == b.to_bits()),
             "{name}: batch row result depends on the batch"
@@ -94,7 +94,7 @@ fn hqq_every_width_axis_and_shape() {
                 let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
                 let mut cfg = HqqConfig::new(bits, g, axis);
                 cfg.optimization_steps = Some(2);
-                let Ok(q) = quantize_hqq(&w, rows, cols, &cfg) else { continue };
+                let Ok(q) = quantize_hqq(&w, rows, cols, &cfg, Parallelism::RAYON) else { continue };
                 let (s16, z16) = q.params_as::<f16>();
                 let name = format!("hqq {bits}-bit {axis:?} g{g}");
                 let f32_layer = QuantLinear::new(QuantWeight::Hqq(HqqWeight::from(q.clone())), None).unwrap();
@@ -122,7 +122,7 @@ fn hqq_register_gemv_equals_the_tile_path() {
             let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
             let mut cfg = HqqConfig::new(bits, g, axis);
             cfg.optimization_steps = Some(1);
-            let Ok(q) = quantize_hqq(&w, rows, cols, &cfg) else { continue };
+            let Ok(q) = quantize_hqq(&w, rows, cols, &cfg, Parallelism::RAYON) else { continue };
             let name = format!("hqq register gemv {bits}-bit {axis:?} g{g}");
             let (s16, z16) = q.params_as::<f16>();
             let layer = QuantLinear::new(QuantWeight::Hqq(HqqWeight::from(q.clone())), None).unwrap();
@@ -182,11 +182,11 @@ fn gptq_and_hqq_batch_128_and_k_16384() {
     let q = QuantLinear::from_gptq(gptq_layer(16384, 32, 4, 128, false, ZeroFormat::V1, &mut rng)).unwrap();
     check("gptq 4-bit K16384", &q, &[1, 3], &mut rng);
     let w: Vec<f32> = (0..8 * 16384).map(|_| rng.f32_in(-1.0, 1.0)).collect();
-    let hq = quantize_hqq(&w, 8, 16384, &HqqConfig::new(4, 64, Axis::Zero)).unwrap();
+    let hq = quantize_hqq(&w, 8, 16384, &HqqConfig::new(4, 64, Axis::Zero), Parallelism::RAYON).unwrap();
     let q = QuantLinear::new(QuantWeight::Hqq(hq.into()), None).unwrap();
     check("hqq 4-bit K16384", &q, &[1, 3], &mut rng);
     let w: Vec<f32> = (0..128 * 256).map(|_| rng.f32_in(-1.0, 1.0)).collect();
-    let hq = quantize_hqq(&w, 128, 256, &HqqConfig::new(4, 64, Axis::One)).unwrap();
+    let hq = quantize_hqq(&w, 128, 256, &HqqConfig::new(4, 64, Axis::One), Parallelism::RAYON).unwrap();
     let q = QuantLinear::new(QuantWeight::Hqq(hq.into()), None).unwrap();
     check("hqq 4-bit axis 1", &q, BIG_BATCHES, &mut rng);
 }
@@ -270,11 +270,11 @@ fn input_and_output_dtypes() {
     let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
     let xw: Vec<f32> = xh.iter().map(|v| v.to_f32()).collect();
     // f16 input == its f32 widening; f16/bf16 output == the f32 result rounded once.
-    let y32: Vec<f32> = q.forward(&xw, 3, Parallelism::Serial).unwrap();
-    let yh: Vec<f32> = q.forward(&xh, 3, Parallelism::Serial).unwrap();
+    let y32: Vec<f32> = q.forward(&xw, 3, Parallelism::SERIAL).unwrap();
+    let yh: Vec<f32> = q.forward(&xh, 3, Parallelism::SERIAL).unwrap();
     assert_eq!(y32, yh);
-    let y16: Vec<f16> = q.forward(&xw, 3, Parallelism::Serial).unwrap();
-    let yb: Vec<bf16> = q.forward(&xw, 3, Parallelism::Serial).unwrap();
+    let y16: Vec<f16> = q.forward(&xw, 3, Parallelism::SERIAL).unwrap();
+    let yb: Vec<bf16> = q.forward(&xw, 3, Parallelism::SERIAL).unwrap();
     assert!(y32.iter().zip(&y16).all(|(a, b)| f16::from_f32(*a) == *b));
     assert!(y32.iter().zip(&yb).all(|(a, b)| bf16::from_f32(*a) == *b));
 }
@@ -283,10 +283,10 @@ fn input_and_output_dtypes() {
 fn bad_shapes_are_typed_errors() {
     let mut rng = Rng(9);
     let q = QuantLinear::from_gptq(gptq_layer(64, 32, 4, 32, false, ZeroFormat::V2, &mut rng)).unwrap();
-    let err = q.forward::<f32, f32>(&[0.0; 63], 1, Parallelism::Serial).unwrap_err();
+    let err = q.forward::<f32, f32>(&[0.0; 63], 1, Parallelism::SERIAL).unwrap_err();
     assert_eq!(err, Error::Kernel(KernelError::LengthMismatch { what: "x", expected: 64, got: 63 }));
     let mut y = [0f32; 31];
-    let err = q.forward_into(&[0f32; 64], 1, &mut y, Parallelism::Serial).unwrap_err();
+    let err = q.forward_into(&[0f32; 64], 1, &mut y, Parallelism::SERIAL).unwrap_err();
     assert_eq!(err, Error::Kernel(KernelError::LengthMismatch { what: "y", expected: 32, got: 31 }));
     // A bias of the wrong length, a truncated qweight, a g_idx out of range, stacked experts.
     let l = gptq_layer(64, 32, 4, 32, false, ZeroFormat::V2, &mut rng);
@@ -315,7 +315,7 @@ fn bad_shapes_are_typed_errors() {
         Error::Kernel(KernelError::StackedExperts { experts: 2 })
     );
     // Zero batch is fine and empty.
-    assert!(q.forward::<f32, f32>(&[], 0, Parallelism::Rayon).unwrap().is_empty());
+    assert!(q.forward::<f32, f32>(&[], 0, Parallelism::RAYON).unwrap().is_empty());
 }
 
 #[test]

@@ -36,13 +36,13 @@ fn ranks_hold_the_plans_packed_shards() {
     let whole = QuantizedCheckpoint::open(tiny()).unwrap();
     let q = "model.layers.1.self_attn.q_proj";
     let QuantizedCheckpoint::Gptq(w) = &whole else { panic!("a GPTQ checkpoint") };
-    let full: Vec<f32> = w.load(q).unwrap().dequantize(Parallelism::Serial).unwrap(); // [64, 64]
+    let full: Vec<f32> = w.load(q).unwrap().dequantize(Parallelism::SERIAL).unwrap(); // [64, 64]
     for rank in 0..2 {
         let dir = out.join(format!("rank-{rank}-of-2"));
         let QuantizedCheckpoint::Gptq(part) = QuantizedCheckpoint::open(&dir).unwrap() else {
             panic!("GPTQ")
         };
-        let got: Vec<f32> = part.load(q).unwrap().dequantize(Parallelism::Serial).unwrap(); // [32, 64]
+        let got: Vec<f32> = part.load(q).unwrap().dequantize(Parallelism::SERIAL).unwrap(); // [32, 64]
         let want = &full[rank * 32 * 64..(rank + 1) * 32 * 64];
         assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {rank}");
     }

@@ -34,7 +34,7 @@ fn gptq(k: usize, n: usize, bits: u8, g: i64, act: bool, rng: &mut Rng) -> GptqL
 
 /// `[out, in]` f32 of a GPTQ layer.
 fn dense(g: &GptqLayer) -> Vec<f32> {
-    g.dequantize::<f32>(Parallelism::Serial).unwrap()
+    g.dequantize::<f32>(Parallelism::SERIAL).unwrap()
 }
 
 #[test]
@@ -289,13 +289,13 @@ fn parallel_layers_equal_the_single_device_forward() {
         [QuantWeight::dense(out, inp, dense_w), QuantWeight::Gptq(gptq(inp, out, 4, 64, false, &mut rng))];
     for w in &weights {
         let single = QuantLinear::new(w.clone(), Some(bias.clone())).unwrap();
-        let want: Vec<f32> = single.forward(&x, batch, Parallelism::Serial).unwrap();
+        let want: Vec<f32> = single.forward(&x, batch, Parallelism::SERIAL).unwrap();
         let magnitude = single.magnitude_reference(&x, batch).unwrap();
         for world in [1usize, 2, 3, 4] {
             // Column-parallel: each rank's outputs are the single-device ones, bit for bit.
             let runs = on_ranks(world, |c| {
                 let col = ColumnParallelLinear::new(w, Some(&bias), c.rank(), world)?;
-                col.forward_gathered(c, &x, batch, Parallelism::Serial)
+                col.forward_gathered(c, &x, batch, Parallelism::SERIAL)
             });
             for r in runs {
                 match r {
@@ -321,7 +321,7 @@ fn parallel_layers_equal_the_single_device_forward() {
                         .chunks_exact(inp)
                         .flat_map(|r| r[c.rank() * per..(c.rank() + 1) * per].to_vec())
                         .collect();
-                    row.forward(c, &xs, batch, Parallelism::Serial)
+                    row.forward(c, &xs, batch, Parallelism::SERIAL)
                 })
             };
             let (a, b) = (row_run(), row_run());
@@ -348,14 +348,14 @@ fn merged_qkv_shards_each_part() {
     let x: Vec<f32> = (0..inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let single: Vec<Vec<f32>> = parts
         .iter()
-        .map(|w| QuantLinear::new(w.clone(), None).unwrap().forward(&x, 1, Parallelism::Serial).unwrap())
+        .map(|w| QuantLinear::new(w.clone(), None).unwrap().forward(&x, 1, Parallelism::SERIAL).unwrap())
         .collect();
     let world = 2;
     let ys = on_ranks(world, |c| {
         let refs: Vec<(&QuantWeight, Option<&FloatVec>)> = parts.iter().map(|w| (w, None)).collect();
         ColumnParallelLinear::new_merged(&refs, None, c.rank(), world)
             .unwrap()
-            .forward(&x, 1, Parallelism::Serial)
+            .forward(&x, 1, Parallelism::SERIAL)
             .unwrap()
     });
     for (r, y) in ys.iter().enumerate() {
@@ -390,17 +390,17 @@ fn two_layer_mlp_on_the_tiny_gptq_checkpoint() {
         );
         let d = RowParallelLinear::new(&down, None, c.rank(), world)?;
         let (gy, uy) =
-            (g.forward(&x, batch, Parallelism::Serial)?, u.forward(&x, batch, Parallelism::Serial)?);
+            (g.forward(&x, batch, Parallelism::SERIAL)?, u.forward(&x, batch, Parallelism::SERIAL)?);
         let h: Vec<f32> = gy.iter().zip(&uy).map(|(&a, &b)| silu(a) * b).collect();
-        d.forward(c, &h, batch, Parallelism::Serial)
+        d.forward(c, &h, batch, Parallelism::SERIAL)
     };
     let one = on_ranks(1, |c| mlp(c, 1).unwrap()).remove(0);
     assert!(one.iter().any(|v| v.abs() > 1e-3), "the MLP output is all zeros");
     // The error scale of the last sum: |h| . |W_down| on one device.
     let single = |w: &QuantWeight| QuantLinear::new(w.clone(), None).unwrap();
     let (gy, uy): (Vec<f32>, Vec<f32>) = (
-        single(&gate).forward(&x, batch, Parallelism::Serial).unwrap(),
-        single(&up).forward(&x, batch, Parallelism::Serial).unwrap(),
+        single(&gate).forward(&x, batch, Parallelism::SERIAL).unwrap(),
+        single(&up).forward(&x, batch, Parallelism::SERIAL).unwrap(),
     );
     let h: Vec<f32> = gy.iter().zip(&uy).map(|(&a, &b)| silu(a) * b).collect();
     let magnitude = single(&down).magnitude_reference(&h, batch).unwrap();
@@ -499,7 +499,7 @@ fn check_merged(
         let out = whole.out_features();
         inp = whole.in_features();
         let r = shard.range(out).unwrap();
-        want_w.extend_from_slice(&whole.dequantize(Parallelism::Serial).unwrap()[r.start * inp..r.end * inp]);
+        want_w.extend_from_slice(&whole.dequantize(Parallelism::SERIAL).unwrap()[r.start * inp..r.end * inp]);
         if let Some(b) = biases {
             want_b.extend_from_slice(&b[i].to_f32()[r.clone()]);
         }
@@ -508,7 +508,7 @@ fn check_merged(
     let local = merged.local();
     assert_eq!(local.scheme(), parts[0].scheme(), "{what}");
     assert_eq!((local.out_features(), local.in_features()), (rows, inp), "{what}");
-    let got = local.dequantize(Parallelism::Serial).unwrap();
+    let got = local.dequantize(Parallelism::SERIAL).unwrap();
     assert!(
         got.len() == want_w.len() && got.iter().zip(&want_w).all(|(a, b)| a.to_bits() == b.to_bits()),
         "{what}: rank {rank}/{world}: the merged weight dequantizes differently"
@@ -516,9 +516,9 @@ fn check_merged(
     let dense =
         QuantLinear::new(QuantWeight::dense(rows, inp, want_w), biases.map(|_| FloatVec::F32(want_b)))
             .unwrap();
-    let want: Vec<f32> = dense.forward(x, batch, Parallelism::Serial).unwrap();
+    let want: Vec<f32> = dense.forward(x, batch, Parallelism::SERIAL).unwrap();
     let magnitude = dense.magnitude_reference(x, batch).unwrap();
-    let y: Vec<f32> = merged.forward(x, batch, Parallelism::Serial).unwrap();
+    let y: Vec<f32> = merged.forward(x, batch, Parallelism::SERIAL).unwrap();
     within(&y, &want, &magnitude, &format!("{what}: rank {rank}/{world} forward"));
     Some(merged.local().clone())
 }

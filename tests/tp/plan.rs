@@ -401,7 +401,7 @@ fn shard_of_a_fused_gptq_qkv_is_its_parts_shards_stacked() {
         g_idx: Some(l.g_idx),
         bias: Some(FloatVec::F32((0..128).map(|i| i as f32).collect())),
     };
-    let whole: Vec<f32> = qkv.dequantize(Parallelism::Serial).unwrap(); // [128, 64]
+    let whole: Vec<f32> = qkv.dequantize(Parallelism::SERIAL).unwrap(); // [128, 64]
     let m = Some(QuantMethod::Gptq { bits: 4, group: Some(32), act_order: true });
     let layers = [
         PlanLayer { name: "b.qkv_proj".into(), out: 128, inp: 64, experts: 1, method: m },
@@ -415,7 +415,7 @@ fn shard_of_a_fused_gptq_qkv_is_its_parts_shards_stacked() {
             else {
                 panic!("not GPTQ")
             };
-            let got: Vec<f32> = s.dequantize(Parallelism::Serial).unwrap();
+            let got: Vec<f32> = s.dequantize(Parallelism::SERIAL).unwrap();
             let ranges = &plan.layer("b.qkv_proj").unwrap().ranks[rank];
             let want: Vec<f32> =
                 ranges.iter().flat_map(|r| whole[r.start * 64..r.end * 64].to_vec()).collect();

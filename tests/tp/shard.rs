@@ -22,7 +22,7 @@ use quant_kernels::{Error, FloatVec, Parallelism};
 use quant_kernels::{QuantLinear, QuantWeight};
 use std::collections::BTreeMap;
 
-const SERIAL: Parallelism = Parallelism::Serial;
+const SERIAL: Parallelism = Parallelism::SERIAL;
 
 /// `[out, in]` f32 of any weight, through its scheme's own dequantizer.
 fn deq(w: &QuantWeight) -> Vec<f32> {

@@ -112,9 +112,9 @@ fn awq_checkpoint_matches_autoawq() {
         let l = layers.iter().find(|l| l.prefix == *prefix).unwrap();
         assert_eq!((l.out, l.inp, l.method), (*n, *k, QuantMethod::Awq { group: 64 }));
         assert_eq!(l.stored_bytes, QuantMethod::Awq { group: 64 }.layer_bytes(*n, *k).unwrap());
-        let w: Vec<f32> = awq.load(prefix).unwrap().dequantize_kn(quant_kernels::Parallelism::Rayon).unwrap();
+        let w: Vec<f32> = awq.load(prefix).unwrap().dequantize_kn(quant_kernels::Parallelism::RAYON).unwrap();
         assert!(same(&w, want), "{prefix}");
-        let lin: Vec<f32> = model.dequantize(prefix, quant_kernels::Parallelism::Rayon).unwrap();
+        let lin: Vec<f32> = model.dequantize(prefix, quant_kernels::Parallelism::RAYON).unwrap();
         assert!(same(&lin, &transpose(want, *k, *n)));
     }
     assert!(model.is_quantized_part("model.layers.0.mlp.up_proj.qzeros"));
@@ -221,7 +221,7 @@ fn fp8_per_tensor_and_errors() {
     let cfg = serde_json::json!({"quant_method": "fp8"});
     let dir = Dir::new("fp8-tensor", cfg.clone(), &per_tensor);
     let model = QuantizedCheckpoint::open(&dir.0).unwrap();
-    let w: Vec<f32> = model.dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
+    let w: Vec<f32> = model.dequantize(p, quant_kernels::Parallelism::RAYON).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     assert!(w.iter().zip(&codes).all(|(x, &c)| x.to_bits() == (fmt.decode(c) * 0.5).to_bits()));
 
@@ -292,7 +292,7 @@ fn fp8_stacked_experts() {
         2,
         &l2,
         &mut fast,
-        quant_kernels::Parallelism::Rayon,
+        quant_kernels::Parallelism::RAYON,
     )
     .unwrap();
     for (e, s) in [&scales, &doubled].into_iter().enumerate() {
@@ -330,7 +330,7 @@ fn fp8_stacked_experts() {
     ];
     let dir = Dir::new("fp8-moe-tensor", serde_json::json!({"quant_method": "fp8"}), &per_tensor);
     let w: Vec<f32> =
-        QuantizedCheckpoint::open(&dir.0).unwrap().dequantize(p, quant_kernels::Parallelism::Rayon).unwrap();
+        QuantizedCheckpoint::open(&dir.0).unwrap().dequantize(p, quant_kernels::Parallelism::RAYON).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     let c = &per_tensor[0].3;
     assert!(

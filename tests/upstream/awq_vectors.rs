@@ -17,7 +17,7 @@ use safetensors::SafeTensors;
 fn all_paths<S: Elem, O: Elem>(qw: &[i32], qz: &[i32], s: &[S], l: &AwqLayout) -> Vec<O> {
     let mut naive = vec![O::default(); l.k() * l.n()];
     awq::awq_dequantize_reference_into(qw, s, qz, l, &mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let fast: Vec<O> = awq::awq_dequantize(qw, s, qz, l, par).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()));
     }
@@ -64,7 +64,7 @@ fn every_case_matches_autoawq_and_converts_losslessly() {
             None,
             ZeroFormat::V2,
             &g.layout,
-            Parallelism::Rayon,
+            Parallelism::RAYON,
         )
         .unwrap();
         assert!(via.iter().zip(&want32).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: via GPTQ");
@@ -86,9 +86,9 @@ fn gptq_to_awq_keeps_weights() {
         let s: Vec<f16> = x.scales.iter().map(|&v| f16::from_f32(v)).collect();
         for f in [ZeroFormat::V1, ZeroFormat::V2] {
             let want: Vec<f32> =
-                gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, None, f, &l, Parallelism::Serial).unwrap();
+                gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, None, f, &l, Parallelism::SERIAL).unwrap();
             let (qw, qz, a) = awq::gptq_to_awq(&x.qweight, &x.qzeros, &l, f).unwrap();
-            let got: Vec<f32> = awq::awq_dequantize(&qw, &s, &qz, &a, Parallelism::Serial).unwrap();
+            let got: Vec<f32> = awq::awq_dequantize(&qw, &s, &qz, &a, Parallelism::SERIAL).unwrap();
             assert_eq!(got, want, "K{k} N{n} {f:?}");
         }
     }
@@ -121,6 +121,6 @@ fn awq_paths_equal_and_errors_are_typed() {
     );
     assert_eq!(AwqLayout::new(64, 16, 24), Err(Error::Kernel(KernelError::GroupSize { group: 24, len: 64 })));
     let l = AwqLayout::new(16, 16, 8).unwrap();
-    let e = awq::awq_dequantize::<f32, f32>(&[0; 31], &[0.0; 32], &[0; 4], &l, Parallelism::Serial);
+    let e = awq::awq_dequantize::<f32, f32>(&[0; 31], &[0.0; 32], &[0; 4], &l, Parallelism::SERIAL);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "qweight", expected: 32, got: 31 })));
 }

@@ -59,7 +59,7 @@ fn decode_and_encode_match_torch() {
 fn all_paths<S: Elem, O: Elem>(codes: &[u8], f: Fp8Format, s: &[S], l: &Fp8Layout) -> Vec<O> {
     let mut naive = vec![O::default(); l.rows() * l.cols()];
     fp8::fp8_dequantize_reference_into(codes, s, f, l, &mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let fast: Vec<O> = fp8::fp8_dequantize(codes, s, f, l, par).unwrap();
         assert!(
             fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()),
@@ -147,9 +147,9 @@ fn paths_equal_quantize_round_trips_and_errors_are_typed() {
         }
     }
     let l = Fp8Layout::per_tensor(4, 4).unwrap();
-    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 15], &[1.0], Fp8Format::E4M3, &l, Parallelism::Serial);
+    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 15], &[1.0], Fp8Format::E4M3, &l, Parallelism::SERIAL);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "codes", expected: 16, got: 15 })));
-    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 16], &[1.0, 2.0], Fp8Format::E4M3, &l, Parallelism::Serial);
+    let e = fp8::fp8_dequantize::<f32, f32>(&[0; 16], &[1.0, 2.0], Fp8Format::E4M3, &l, Parallelism::SERIAL);
     assert_eq!(e, Err(Error::Kernel(KernelError::LengthMismatch { what: "scales", expected: 1, got: 2 })));
     assert!(Fp8Layout::block(4, 4, 0, 1).is_err());
 }

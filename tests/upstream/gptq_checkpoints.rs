@@ -98,7 +98,7 @@ fn tiny_checkpoints_match_gptqmodel_fused_included() {
         for prefix in ck.layers().keys() {
             let l = ck.load(prefix).unwrap();
             let w = want.get(&format!("{prefix}.weight")).unwrap();
-            for par in [Parallelism::Serial, Parallelism::Rayon] {
+            for par in [Parallelism::SERIAL, Parallelism::RAYON] {
                 assert!(bits_eq(&l.dequantize_kn::<f32>(par).unwrap(), w), "{name} {prefix}");
             }
             let FloatVec::F16(scales) = &l.scales else { panic!("{prefix}: scales not f16") };
@@ -115,7 +115,7 @@ fn tiny_checkpoints_match_gptqmodel_fused_included() {
             .unwrap();
             assert!(bits_eq(&naive, w), "{name} {prefix} reference");
             // The nn.Linear orientation is the transpose.
-            let lin: Vec<f32> = l.dequantize(Parallelism::Rayon).unwrap();
+            let lin: Vec<f32> = l.dequantize(Parallelism::RAYON).unwrap();
             let (k, n) = (l.layout.k(), l.layout.n());
             assert!((0..k * n).all(|i| lin[(i % n) * k + i / n].to_bits() == w[i].to_bits()));
             assert_eq!(l.zero_format_mismatch().unwrap(), None);
@@ -128,12 +128,12 @@ fn tiny_checkpoints_match_gptqmodel_fused_included() {
             let w = &want[&format!("{}.weight", plan.fused)];
             let parts: Vec<&GptqLayer> = plan.parts.iter().map(|p| &all[p]).collect();
             assert!(
-                bits_eq(&concat_dequantized::<f32>(&parts, Parallelism::Rayon).unwrap(), w),
+                bits_eq(&concat_dequantized::<f32>(&parts, Parallelism::RAYON).unwrap(), w),
                 "{}",
                 plan.fused
             );
             if report.fused.contains(plan) {
-                let fused = layers[&plan.fused].dequantize_kn::<f32>(Parallelism::Rayon).unwrap();
+                let fused = layers[&plan.fused].dequantize_kn::<f32>(Parallelism::RAYON).unwrap();
                 assert!(bits_eq(&fused, w), "{name} {} packed", plan.fused);
             }
         }
@@ -186,8 +186,8 @@ fn fuse_columns_repacks_zero_points_for_every_width() {
                 assert_eq!((fused.layout.k(), fused.layout.n()), (k, n));
                 let (zr, zc) = fused.layout.qzeros_shape();
                 assert_eq!(fused.qzeros.len(), zr * zc);
-                let got: Vec<f32> = fused.dequantize_kn(Parallelism::Serial).unwrap();
-                let want: Vec<f32> = concat_dequantized(&refs, Parallelism::Serial).unwrap();
+                let got: Vec<f32> = fused.dequantize_kn(Parallelism::SERIAL).unwrap();
+                let want: Vec<f32> = concat_dequantized(&refs, Parallelism::SERIAL).unwrap();
                 assert!(bits_eq(&got, &want), "bits {bits} k {k} group {group} act {act_order}");
                 let bias: Vec<f32> = widths.iter().flat_map(|&w| (0..w).map(|i| i as f32)).collect();
                 assert_eq!(fused.bias.unwrap().to_f32(), bias);
@@ -426,7 +426,7 @@ fn layer_tensor_problems_are_typed_errors() {
     });
     let ck = GptqCheckpoint::open(&s.0).unwrap();
     assert!(matches!(
-        ck.load(q).unwrap().dequantize_kn::<f32>(Parallelism::Rayon),
+        ck.load(q).unwrap().dequantize_kn::<f32>(Parallelism::RAYON),
         Err(Error::Kernel(KernelError::GroupIndex { .. }))
     ));
 

@@ -23,7 +23,7 @@ fn all_paths<S: Elem, O: Elem>(
     let n = l.k() * l.n();
     let mut naive = vec![O::default(); n];
     gptq::gptq_dequantize_reference_into(qw, s, qz, g_idx, f, l, &mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in [Parallelism::SERIAL, Parallelism::RAYON] {
         let fast: Vec<O> = gptq::gptq_dequantize(qw, s, qz, g_idx, f, l, par).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()));
     }
@@ -82,7 +82,7 @@ fn every_case_matches_gptqmodel() {
                     bias: None,
                 };
                 let (sorted, perm) = layer.sort_by_group().unwrap();
-                let ws: Vec<f32> = sorted.dequantize_kn(Parallelism::Serial).unwrap();
+                let ws: Vec<f32> = sorted.dequantize_kn(Parallelism::SERIAL).unwrap();
                 let n = l.n();
                 for (k, &p) in perm.iter().enumerate() {
                     let row = &want32[p as usize * n..][..n];
@@ -148,7 +148,7 @@ fn zero_point_zero_edge_follows_gptqmodel() {
             Some(&T::get(&st, "g_idx").i32s()),
             ZeroFormat::V1,
             &l,
-            Parallelism::Rayon,
+            Parallelism::RAYON,
         )
         .unwrap();
         assert_eq!(got, T::get(&st, "W_deq_f16").f16s(), "{name}");

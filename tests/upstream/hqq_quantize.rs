@@ -62,7 +62,7 @@ fn codes(q: &HqqLayer) -> Vec<u8> {
 
 fn dequant(q: &HqqLayer) -> Vec<f32> {
     let mut out = vec![0f32; q.layout.numel()];
-    q.packed.dequantize_into(&q.scales, &q.zeros, &q.layout, &mut out, Parallelism::Rayon).unwrap();
+    q.packed.dequantize_into(&q.scales, &q.zeros, &q.layout, &mut out, Parallelism::RAYON).unwrap();
     out
 }
 
@@ -81,8 +81,8 @@ fn quantizer_matches_hqq() {
         let (rows, cols) = dims(&c.weight);
         let w = T::get(&st, &c.weight).f32s();
         let get = |t: &str| T::get(&st, &format!("{}.{t}", c.name));
-        let q = hqq::quantize_hqq(&w, rows, cols, &c.config).unwrap();
-        let q1 = hqq::quantize_hqq_with(&w, rows, cols, &c.config, Parallelism::Serial).unwrap();
+        let q = hqq::quantize_hqq(&w, rows, cols, &c.config, Parallelism::RAYON).unwrap();
+        let q1 = hqq::quantize_hqq(&w, rows, cols, &c.config, Parallelism::SERIAL).unwrap();
         assert_eq!(q, q1, "{}: serial != threaded", c.name);
         let theirs_codes = get("codes").u8s();
         let theirs_scale = get("scale").f32s();
@@ -117,9 +117,14 @@ fn quantizer_matches_hqq() {
             let err_ours = mean_abs(&dequant(&q), &w);
             let err_hqq = mean_abs(&get("deq").f32s(), &w);
             assert!(err_ours <= err_hqq * 1.01, "{}: error {err_ours} vs hqq {err_hqq}", c.name);
-            let plain =
-                hqq::quantize_hqq(&w, rows, cols, &HqqConfig { optimization_steps: None, ..c.config })
-                    .unwrap();
+            let plain = hqq::quantize_hqq(
+                &w,
+                rows,
+                cols,
+                &HqqConfig { optimization_steps: None, ..c.config },
+                Parallelism::RAYON,
+            )
+            .unwrap();
             let err_plain = mean_abs(&dequant(&plain), &w);
             assert!(err_ours <= err_plain, "{}: optimizer made it worse ({err_ours} > {err_plain})", c.name);
             eprintln!(
@@ -157,11 +162,13 @@ fn threads_do_not_change_results() {
     for bits in [8u8, 4, 3, 2, 1] {
         for axis in [Axis::Zero, Axis::One] {
             let config = HqqConfig { optimization_steps: Some(20), ..HqqConfig::new(bits, 64, axis) };
-            let a = hqq::quantize_hqq_with(&w, rows, cols, &config, Parallelism::Rayon).unwrap();
-            let b = hqq::quantize_hqq_with(&w, rows, cols, &config, Parallelism::Serial).unwrap();
+            let a = hqq::quantize_hqq(&w, rows, cols, &config, Parallelism::RAYON).unwrap();
+            let b = hqq::quantize_hqq(&w, rows, cols, &config, Parallelism::SERIAL).unwrap();
             assert_eq!(a, b, "{bits} {axis:?}");
             assert!(a.steps_run >= 1 && a.steps_run <= 20);
-            let plain = hqq::quantize_hqq(&w, rows, cols, &HqqConfig::new(bits, 64, axis)).unwrap();
+            let plain =
+                hqq::quantize_hqq(&w, rows, cols, &HqqConfig::new(bits, 64, axis), Parallelism::RAYON)
+                    .unwrap();
             assert!(mean_abs(&dequant(&a), &w) <= mean_abs(&dequant(&plain), &w), "{bits} {axis:?}");
         }
     }
@@ -170,8 +177,9 @@ fn threads_do_not_change_results() {
 #[test]
 fn bad_configs_are_typed_errors() {
     let w = vec![0.5f32; 64];
-    let q =
-        |bits: u8, group: usize, axis: Axis| hqq::quantize_hqq(&w, 8, 8, &HqqConfig::new(bits, group, axis));
+    let q = |bits: u8, group: usize, axis: Axis| {
+        hqq::quantize_hqq(&w, 8, 8, &HqqConfig::new(bits, group, axis), Parallelism::RAYON)
+    };
     assert_eq!(q(5, 8, Axis::Zero).unwrap_err(), Error::Kernel(KernelError::UnsupportedBits(5)));
     assert!(matches!(q(4, 7, Axis::Zero), Err(Error::Kernel(KernelError::GroupSize { .. }))));
     assert!(matches!(q(4, 0, Axis::Zero), Err(Error::Kernel(KernelError::GroupSize { .. }))));
@@ -180,15 +188,15 @@ fn bad_configs_are_typed_errors() {
     let mut bad = w.clone();
     bad[3] = f32::NAN;
     assert_eq!(
-        hqq::quantize_hqq(&bad, 8, 8, &HqqConfig::new(4, 8, Axis::Zero)).unwrap_err(),
+        hqq::quantize_hqq(&bad, 8, 8, &HqqConfig::new(4, 8, Axis::Zero), Parallelism::RAYON).unwrap_err(),
         Error::Kernel(KernelError::NonFinite { index: 3 })
     );
     assert!(matches!(
-        hqq::quantize_hqq(&w, 8, 9, &HqqConfig::new(4, 8, Axis::Zero)),
+        hqq::quantize_hqq(&w, 8, 9, &HqqConfig::new(4, 8, Axis::Zero), Parallelism::RAYON),
         Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
     // Constant weights: denom 0 -> scale_q 1, exact reconstruction.
-    let c = hqq::quantize_hqq(&w, 8, 8, &HqqConfig::new(4, 8, Axis::One)).unwrap();
+    let c = hqq::quantize_hqq(&w, 8, 8, &HqqConfig::new(4, 8, Axis::One), Parallelism::RAYON).unwrap();
     assert!(dequant(&c).iter().all(|&x| x == 0.5));
 }
 
@@ -213,7 +221,7 @@ fn quantizer_matches_mistral_rs() {
             optimization_steps: Some(meta["optimization_steps"].parse().unwrap()),
             ..HqqConfig::new(meta["bits"].parse().unwrap(), meta["group_size"].parse().unwrap(), Axis::Zero)
         };
-        let q = hqq::quantize_hqq(&input.f32s(), rows, cols, &config).unwrap();
+        let q = hqq::quantize_hqq(&input.f32s(), rows, cols, &config, Parallelism::RAYON).unwrap();
         let words: Vec<u8> = match &q.packed.words {
             hqq::PackedWords::U8(v) => v.clone(),
             hqq::PackedWords::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -257,14 +265,14 @@ fn half_inputs_widen_exactly() {
     let hw: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
     let bw: Vec<f32> = b.iter().map(|x| x.to_f32()).collect();
     assert_eq!(
-        hqq::quantize_hqq(&h, 64, 48, &config).unwrap(),
-        hqq::quantize_hqq(&hw, 64, 48, &config).unwrap()
+        hqq::quantize_hqq(&h, 64, 48, &config, Parallelism::RAYON).unwrap(),
+        hqq::quantize_hqq(&hw, 64, 48, &config, Parallelism::RAYON).unwrap()
     );
     assert_eq!(
-        hqq::quantize_hqq(&b, 64, 48, &config).unwrap(),
-        hqq::quantize_hqq(&bw, 64, 48, &config).unwrap()
+        hqq::quantize_hqq(&b, 64, 48, &config, Parallelism::RAYON).unwrap(),
+        hqq::quantize_hqq(&bw, 64, 48, &config, Parallelism::RAYON).unwrap()
     );
-    let q = hqq::quantize_hqq(&w, 64, 48, &config).unwrap();
+    let q = hqq::quantize_hqq(&w, 64, 48, &config, Parallelism::RAYON).unwrap();
     let (s16, z16) = q.params_as::<f16>();
     assert!(s16.iter().zip(&q.scales).all(|(a, b)| *a == f16::from_f32(*b)));
     assert!(z16.iter().zip(&q.zeros).all(|(a, b)| *a == f16::from_f32(*b)));

@@ -89,8 +89,8 @@ fn dequant_all_paths<S: Elem, O: Elem>(
     let n = layout.numel();
     let (mut serial, mut threaded, mut naive) =
         (vec![O::default(); n], vec![O::default(); n], vec![O::default(); n]);
-    packed.dequantize_into(scales, zeros, layout, &mut serial, Parallelism::Serial).unwrap();
-    packed.dequantize_into(scales, zeros, layout, &mut threaded, Parallelism::Rayon).unwrap();
+    packed.dequantize_into(scales, zeros, layout, &mut serial, Parallelism::SERIAL).unwrap();
+    packed.dequantize_into(scales, zeros, layout, &mut threaded, Parallelism::RAYON).unwrap();
     match &packed.words {
         PackedWords::U8(w) => match packed.bits {
             Bits::B8 => reference::<B8, S, O>(w, scales, zeros, layout, &mut naive),

@@ -45,7 +45,7 @@ fn our_layer(name: &str) -> UqffHqqLayer {
     let input = T::get(&st, "input_weight");
     let (rows, cols) = (input.shape[0], input.shape[1]);
     let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(bits, 64, Axis::Zero) };
-    let q = hqq::quantize_hqq(&input.f32s(), rows, cols, &config).unwrap();
+    let q = hqq::quantize_hqq(&input.f32s(), rows, cols, &config, Parallelism::RAYON).unwrap();
     let b: Vec<f32> = (0..rows).map(|i| (i as f32 - 64.0) * 0.01).collect();
     let bias = bias.then(|| match dtype {
         FloatType::F32 => FloatVec::F32(b.clone()),
@@ -77,7 +77,7 @@ fn legacy_blobs_round_trip_and_match_our_quantizer() {
             // CPU dequant fails; ours drops the padding rows).
             let bytes = common::fixture(&format!("uqff/{name}.safetensors"));
             let st = SafeTensors::deserialize(&bytes).unwrap();
-            let w: Vec<f32> = layer.dequantize(Parallelism::Rayon).unwrap();
+            let w: Vec<f32> = layer.dequantize(Parallelism::RAYON).unwrap();
             match st.tensor("dequantized") {
                 Ok(_) => assert!(
                     w.iter().zip(T::get(&st, "dequantized").f32s()).all(|(a, b)| a.to_bits() == b.to_bits())

@@ -3,7 +3,7 @@
 
 use crate::CliError;
 use half::f16;
-use quant_kernels::{Parallelism, lanes};
+use quant_kernels::{Isa, Parallelism};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ fn dequant_record(
 fn memcpy_time(bytes: usize, runs: usize) -> Duration {
     let src = vec![1u8; bytes.max(1)];
     let mut dst = vec![0u8; bytes.max(1)];
-    let chunk = bytes.div_ceil(Parallelism::Rayon.tasks(bytes / 2).max(1)).max(1);
+    let chunk = bytes.div_ceil(Parallelism::RAYON.tasks(bytes / 2).max(1)).max(1);
     best(runs, || {
         dst.par_chunks_mut(chunk)
             .zip(black_box(&src).par_chunks(chunk))
@@ -112,7 +112,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
                 &hp,
                 &l,
                 &mut out,
-                Parallelism::Rayon,
+                Parallelism::RAYON,
             )
         })?;
         records.push(dequant_record("hqq", variant, 4, n, n / 2 + 4 * (n / g) + 2 * n, time));
@@ -130,7 +130,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     for (g_idx, variant) in [(&plain, "g128"), (&act, "g128_act_order")] {
         let time = timed(runs, || {
             let f = ZeroFormat::V1;
-            gptq::gptq_dequantize_into(&qw, &sc, &qz, Some(g_idx), f, &gl, &mut out, Parallelism::Rayon)
+            gptq::gptq_dequantize_into(&qw, &sc, &qz, Some(g_idx), f, &gl, &mut out, Parallelism::RAYON)
         })?;
         let bytes = 4 * (qw.len() + qz.len() + rows) + 2 * sc.len() + 2 * n;
         records.push(dequant_record("gptq", variant, 4, n, bytes, time));
@@ -140,14 +140,14 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let al = AwqLayout::new(rows, cols, 128)?;
     let (aw, az) = (words(n / 8, 3), words(al.groups() * cols / 8, 5));
     let asc: Vec<f16> = (0..al.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
-    let time = timed(runs, || awq::awq_dequantize_into(&aw, &asc, &az, &al, &mut out, Parallelism::Rayon))?;
+    let time = timed(runs, || awq::awq_dequantize_into(&aw, &asc, &az, &al, &mut out, Parallelism::RAYON))?;
     let bytes = 4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * n;
     records.push(dequant_record("awq", "g128", 4, n, bytes, time));
     let fl = Fp8Layout::block(rows, cols, 128, 128)?;
     let codes: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761) as u8 & 0x7e).collect();
     let fs: Vec<f32> = (0..32 * 32).map(|i| 1e-3 * (i % 31) as f32).collect();
     let time = timed(runs, || {
-        fp8::fp8_dequantize_into(&codes, &fs, Fp8Format::E4M3, &fl, &mut out, Parallelism::Rayon)
+        fp8::fp8_dequantize_into(&codes, &fs, Fp8Format::E4M3, &fl, &mut out, Parallelism::RAYON)
     })?;
     records.push(dequant_record("fp8", "e4m3_block128", 8, n, n + 4 * fs.len() + 2 * n, time));
 
@@ -182,7 +182,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
         (QuantLinear::new(QuantWeight::Hqq(hqq_weight), None)?, "hqq", "g64_axis0"),
         (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),
     ] {
-        let time = timed(runs, || layer.forward_into(&x, 1, &mut y, Parallelism::Rayon))?;
+        let time = timed(runs, || layer.forward_into(&x, 1, &mut y, Parallelism::RAYON))?;
         let bytes = layer.weight_bytes();
         records.push(Record {
             op: "gemv",
@@ -203,7 +203,9 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
         .map(|i| 0.02 * (((i as u32).wrapping_mul(2654435761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5))
         .collect();
     let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(4, 64, Axis::Zero) };
-    let time = timed(if quick { 1 } else { 3 }, || hqq::quantize_hqq(&w, rows, cols, &config).map(|_| ()))?;
+    let time = timed(if quick { 1 } else { 3 }, || {
+        hqq::quantize_hqq(&w, rows, cols, &config, Parallelism::RAYON).map(|_| ())
+    })?;
     let out_bytes = n / 2 + 8 * (n / 64);
     records.push(Record {
         op: "quantize",
@@ -219,7 +221,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     });
 
     let threads = rayon::current_num_threads();
-    let isa = lanes::isa().to_string();
+    let isa = Isa::detect().to_string();
     if !json {
         out!(
             "qk bench: {rows}x{cols}, threads {threads}, ISA {isa}; memcpy = threaded copy of the op's output size (GEMV: of the weight's size), same run"

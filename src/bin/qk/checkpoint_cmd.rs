@@ -147,7 +147,7 @@ fn write_linear(
         model: &QuantizedCheckpoint,
         l: &LayerSummary,
     ) -> Result<(), Error> {
-        let (w, transposed) = model.dequantize_stored::<O>(&l.prefix, Parallelism::Rayon)?;
+        let (w, transposed) = model.dequantize_stored::<O>(&l.prefix, Parallelism::RAYON)?;
         let rows_per = ((1 << 20) / (l.inp * std::mem::size_of::<O>()).max(1)).max(1);
         let mut bytes = Vec::with_capacity(rows_per * l.inp * std::mem::size_of::<O>());
         let rows = l.experts * l.out;
@@ -157,7 +157,7 @@ fn write_linear(
             let block: &[O] = if transposed {
                 // w is [in, out]: output rows o0..o1 are its columns o0..o1.
                 transposed_block =
-                    quant_kernels::par::transpose_cols(&w, l.inp, l.out, o0..o1, Parallelism::Rayon);
+                    quant_kernels::par::transpose_cols(&w, l.inp, l.out, o0..o1, Parallelism::RAYON);
                 &transposed_block
             } else {
                 &w[o0 * l.inp..o1 * l.inp]

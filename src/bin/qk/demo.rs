@@ -4,7 +4,7 @@
 
 use half::f16;
 use quant_kernels::hqq::{self, Axis, HqqLayout, PackedWords};
-use quant_kernels::{B4, Parallelism, lanes};
+use quant_kernels::{B4, Isa, Parallelism};
 use rayon::prelude::*;
 use safetensors::SafeTensors;
 
@@ -38,7 +38,7 @@ fn le_f32(bytes: &[u8]) -> Vec<f32> {
 
 pub fn run() -> Result<(), CliError> {
     out!("quant-kernels {} demo", env!("CARGO_PKG_VERSION"));
-    out!("SIMD: {}; threads: {}\n", lanes::isa(), rayon::current_num_threads());
+    out!("SIMD: {}; threads: {}\n", Isa::detect(), rayon::current_num_threads());
     let st = SafeTensors::deserialize(HQQ_CASES).map_err(|e| CliError::Data(e.to_string()))?;
     let get = |name: &str| st.tensor(name).map_err(|e| CliError::Data(format!("{name}: {e}")));
     out!("HQQ pack + dequantize of hqq 0.2.8 outputs (embedded):");
@@ -65,7 +65,7 @@ pub fn run() -> Result<(), CliError> {
         let scale = le_f32(get(&format!("{case}.scale"))?.data());
         let zero = le_f32(get(&format!("{case}.zero"))?.data());
         let mut ours = vec![0f32; layout.numel()];
-        packed.dequantize_into(&scale, &zero, &layout, &mut ours, Parallelism::Rayon)?;
+        packed.dequantize_into(&scale, &zero, &layout, &mut ours, Parallelism::RAYON)?;
         let hqq_deq = le_f32(get(&format!("{case}.deq"))?.data());
         let w = le_f32(get(weight)?.data());
         let max_diff = ours.iter().zip(&hqq_deq).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -115,7 +115,7 @@ fn other_schemes() -> Result<(), CliError> {
             Some(&g_idx),
             format,
             &l,
-            Parallelism::Rayon,
+            Parallelism::RAYON,
         )?;
         out!(
             "{:<44} {:>14e}",
@@ -131,7 +131,7 @@ fn other_schemes() -> Result<(), CliError> {
         &le_f16(&tensor(&st, "scales")?),
         &le_i32(&tensor(&st, "qzeros")?),
         &l,
-        Parallelism::Rayon,
+        Parallelism::RAYON,
     )?;
     out!("{:<44} {:>14e}", "AWQ 4-bit gemm g64 128x64", max_diff(&w, &le_f32(&tensor(&st, "W_deq")?)));
 
@@ -142,7 +142,7 @@ fn other_schemes() -> Result<(), CliError> {
         &le_f32(&tensor(&st, "block.weight_scale_inv")?),
         Fp8Format::E4M3,
         &l,
-        Parallelism::Rayon,
+        Parallelism::RAYON,
     )?;
     out!(
         "{:<44} {:>14e}",
@@ -170,7 +170,7 @@ fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
     );
     for bits in [8u8, 4, 3, 2, 1] {
         let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(bits, 64, Axis::Zero) };
-        let q = hqq::quantize_hqq(&w, 128, 64, &config)?;
+        let q = hqq::quantize_hqq(&w, 128, 64, &config, Parallelism::RAYON)?;
         let layer = UqffHqqLayer::from_quantized(&q, &config, FloatType::F32, None)?;
         let v1 = uqff::write_v1(&[("demo".to_string(), layer.clone())], Extension::Allow)?;
         let v0 = uqff::write_legacy_file(std::slice::from_ref(&layer), None)?;
@@ -179,16 +179,17 @@ fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
         if back1[0].1 != layer || back0[0].1 != layer {
             return Err(CliError::Data(format!("{bits}-bit UQFF round trip changed the layer")));
         }
-        let deq: Vec<f32> = back1[0].1.dequantize(Parallelism::Rayon)?;
+        let deq: Vec<f32> = back1[0].1.dequantize(Parallelism::RAYON)?;
         let err = deq.iter().zip(&w).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / w.len() as f64;
-        let plain = hqq::quantize_hqq(&w, 128, 64, &HqqConfig::new(bits, 64, Axis::Zero))?;
+        let plain =
+            hqq::quantize_hqq(&w, 128, 64, &HqqConfig::new(bits, 64, Axis::Zero), Parallelism::RAYON)?;
         let mut pd = vec![0f32; w.len()];
         plain.packed.dequantize_into(
             &plain.scales,
             &plain.zeros,
             &plain.layout,
             &mut pd,
-            Parallelism::Rayon,
+            Parallelism::RAYON,
         )?;
         let perr = pd.iter().zip(&w).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / w.len() as f64;
         out!("{bits:<6} {:>6} {:>12} {:>12} {err:>14.6e} {perr:>14.6e}", q.steps_run, v1.len(), v0.len());
@@ -205,7 +206,7 @@ fn hqq_quantize_uqff(st: &SafeTensors<'_>) -> Result<(), CliError> {
         .collect();
     let config = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(4, 64, Axis::Zero) };
     let t = Instant::now();
-    let q = hqq::quantize_hqq(&big, rows, cols, &config)?;
+    let q = hqq::quantize_hqq(&big, rows, cols, &config, Parallelism::RAYON)?;
     let secs = t.elapsed().as_secs_f64();
     out!(
         "4096x4096 4-bit g64 axis 0, {} optimizer steps: {:.3} s = {:.1} M weights/s (mistral.rs: 10-11 s on this machine class)",
@@ -225,7 +226,7 @@ fn throughput() -> Result<(), CliError> {
     let mut out = vec![f16::ZERO; n];
     let src = vec![f16::ONE; n];
     let out_bytes = 2 * n;
-    let tasks = Parallelism::Rayon.tasks(n);
+    let tasks = Parallelism::RAYON.tasks(n);
     let memcpy = best(10, || {
         out.par_chunks_mut(n.div_ceil(tasks))
             .zip(black_box(&src).par_chunks(n.div_ceil(tasks)))
@@ -236,7 +237,7 @@ fn throughput() -> Result<(), CliError> {
     let bytes = (n / 2 + 4 * (n / g) + out_bytes) as f64;
     for axis in [Axis::Zero, Axis::One] {
         let layout = HqqLayout::new(rows, cols, g, axis)?;
-        for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+        for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
             let t = crate::bench_cmd::timed(10, || {
                 hqq::dequantize_into::<B4, f16, f16>(&words, &params, &params, &layout, &mut out, par)
             })?;
@@ -269,7 +270,7 @@ fn throughput() -> Result<(), CliError> {
     let x: Vec<f32> = (0..cols).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     let mut y = vec![0f32; rows];
     out!("\nFused 4-bit GEMV (y = x · Wᵀ, batch 1, f32) from the same packed axis-0 weight (best of 10):");
-    for (label, par) in [("serial", Parallelism::Serial), ("threaded", Parallelism::Rayon)] {
+    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         let t = crate::bench_cmd::timed(10, || layer.forward_into(&x, 1, &mut y, par))?;
         let gbps = layer.weight_bytes() as f64 / t.as_secs_f64() / 1e9;
         out!(

@@ -85,14 +85,14 @@ fn demo_table(name: &str, dir: &Path, expected: &[u8]) -> Result<(), CliError> {
     let mut rows = Vec::new();
     for (prefix, layer) in &layers {
         let t = Instant::now();
-        let w: Vec<f32> = layer.dequantize_kn(Parallelism::Rayon)?;
+        let w: Vec<f32> = layer.dequantize_kn(Parallelism::RAYON)?;
         let how = if report.fused.iter().any(|p| &p.fused == prefix) { "fused packed" } else { "" };
         rows.push((prefix.clone(), layer.layout.k(), layer.layout.n(), how, w, t.elapsed()));
     }
     for (plan, _) in &report.skipped {
         let parts: Vec<&GptqLayer> = plan.parts.iter().filter_map(|p| layers.get(p)).collect();
         let t = Instant::now();
-        let w: Vec<f32> = concat_dequantized(&parts, Parallelism::Rayon)?;
+        let w: Vec<f32> = concat_dequantized(&parts, Parallelism::RAYON)?;
         let n = parts.iter().map(|p| p.layout.n()).sum();
         rows.push((plan.fused.clone(), parts[0].layout.k(), n, "g_idx differ: dense concat", w, t.elapsed()));
     }

@@ -7,7 +7,7 @@ use quant_kernels::hqq::{self, HqqConfig};
 use quant_kernels::io::safetensors::to_le_bytes;
 use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
 use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
-use quant_kernels::{Error, FloatType, FloatVec};
+use quant_kernels::{Error, FloatType, FloatVec, Parallelism};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -54,10 +54,11 @@ pub fn quantize(args: &QuantizeArgs) -> Result<(), CliError> {
         }
         bar.set_message(name.clone());
         let (rows, cols) = (info.shape[0], info.shape[1]);
+        let (config, par) = (&args.config, Parallelism::RAYON);
         let q = match info.dtype {
-            Dtype::F16 => hqq::quantize_hqq(&file.read_as::<f16>(name)?, rows, cols, &args.config),
-            Dtype::Bf16 => hqq::quantize_hqq(&file.read_as::<bf16>(name)?, rows, cols, &args.config),
-            _ => hqq::quantize_hqq(&file.read_as::<f32>(name)?, rows, cols, &args.config),
+            Dtype::F16 => hqq::quantize_hqq(&file.read_as::<f16>(name)?, rows, cols, config, par),
+            Dtype::Bf16 => hqq::quantize_hqq(&file.read_as::<bf16>(name)?, rows, cols, config, par),
+            _ => hqq::quantize_hqq(&file.read_as::<f32>(name)?, rows, cols, config, par),
         }
         .map_err(|e| {
             Error::Format(FormatError::Config {
@@ -175,7 +176,7 @@ pub fn dequantize(args: &DequantizeArgs) -> Result<(), CliError> {
     }
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let mut w = SafetensorsWriter::create(&args.out, &decl, &meta)?;
-    let par = quant_kernels::Parallelism::Rayon;
+    let par = quant_kernels::Parallelism::RAYON;
     let bar = crate::progress::bar(layers.len(), "layers");
     for (name, l) in &layers {
         bar.set_message(name.clone());

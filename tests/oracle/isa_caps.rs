@@ -1,15 +1,22 @@
-//! Three-path equality (HQQ and GPTQ) with run-time ISA selection switched off, so
-//! the portable loops (what a CPU without AVX-512 runs) are tested on machines that have it.
-//! A separate test binary: the switch is process-wide.
+//! Every kernel under every instruction-set cap ([`Parallelism::max_isa`]): the narrower loops
+//! (what a CPU without AVX-512, or without AVX2, runs) equal the reference on machines that
+//! have the wider ones. The cap is per call, so these run beside every other test.
 
-mod common;
+use crate::common;
 
 use common::{Rng, layer};
 use half::{bf16, f16};
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
-use quant_kernels::{B1, B2, B3, B4, B8, Elem, Packing, Parallelism, lanes};
+use quant_kernels::{B1, B2, B3, B4, B8, Elem, Isa, Packing, Parallelism};
+
+/// Every cap, serial and threaded.
+fn pars() -> impl Iterator<Item = Parallelism> {
+    [Isa::Baseline, Isa::X86V3Avx2, Isa::X86V4Avx512]
+        .into_iter()
+        .flat_map(|isa| [Parallelism::SERIAL.max_isa(isa), Parallelism::RAYON.max_isa(isa)])
+}
 
 fn check<P: Packing, S: Elem, O: Elem>(rows: usize, cols: usize, g: usize, axis: Axis, seed: u64) {
     let layout = HqqLayout::new(rows, cols, g, axis).unwrap();
@@ -21,7 +28,7 @@ fn check<P: Packing, S: Elem, O: Elem>(rows: usize, cols: usize, g: usize, axis:
     let z: Vec<S> = (0..layout.groups()).map(|_| S::from_f32(rng.f32_in(0.0, 16.0))).collect();
     let mut naive = vec![O::default(); layout.numel()];
     hqq::dequantize_reference_into::<P, S, O>(&words, &s, &z, &layout, &mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in pars() {
         let mut fast = vec![O::default(); layout.numel()];
         hqq::dequantize_into::<P, S, O>(&words, &s, &z, &layout, &mut fast, par).unwrap();
         let same = fast.iter().zip(&naive).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits());
@@ -38,9 +45,9 @@ fn widths<S: Elem, O: Elem>(rows: usize, cols: usize, g: usize, axis: Axis) {
 }
 
 #[test]
-fn baseline_paths_equal_the_reference() {
-    lanes::force_baseline(true);
-    assert_eq!(lanes::isa(), lanes::Isa::Baseline);
+fn hqq_equals_the_reference_under_every_cap() {
+    assert_eq!(Parallelism::RAYON.max_isa(Isa::Baseline).isa(), Isa::Baseline);
+    assert!(Parallelism::SERIAL.max_isa(Isa::X86V3Avx2).isa() <= Isa::X86V3Avx2);
     for (rows, cols, g) in [(24, 40, 8), (64, 72, 24), (16, 4104, 4104), (256, 1024, 64), (96, 2080, 320)] {
         for axis in [Axis::Zero, Axis::One] {
             widths::<f32, f32>(rows, cols, g, axis);
@@ -53,8 +60,7 @@ fn baseline_paths_equal_the_reference() {
 }
 
 #[test]
-fn baseline_gptq_equals_the_reference() {
-    lanes::force_baseline(true);
+fn gptq_equals_the_reference_under_every_cap() {
     for bits in [2u8, 3, 4, 8] {
         let l = GptqLayout::new(256, 1056, bits, 64).unwrap();
         let x = layer(&l, true, &mut Rng(bits as u64));
@@ -70,7 +76,7 @@ fn baseline_gptq_equals_the_reference() {
             &mut naive,
         )
         .unwrap();
-        for par in [Parallelism::Serial, Parallelism::Rayon] {
+        for par in pars() {
             let fast: Vec<f16> =
                 gptq::gptq_dequantize(&x.qweight, &s, &x.qzeros, Some(&x.g_idx), ZeroFormat::V1, &l, par)
                     .unwrap();
@@ -80,10 +86,9 @@ fn baseline_gptq_equals_the_reference() {
 }
 
 #[test]
-fn baseline_awq_and_fp8_equal_the_reference() {
+fn awq_and_fp8_equal_the_reference_under_every_cap() {
     use quant_kernels::awq::{self, AwqLayout};
     use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
-    lanes::force_baseline(true);
     let mut rng = Rng(11);
     let l = AwqLayout::new(256, 1056, 64).unwrap();
     let qw: Vec<i32> = (0..256 * 1056 / 8).map(|_| rng.next_u64() as i32).collect();
@@ -91,7 +96,7 @@ fn baseline_awq_and_fp8_equal_the_reference() {
     let s: Vec<f16> = (0..4 * 1056).map(|_| f16::from_f32(rng.f32_in(-0.05, 0.05))).collect();
     let mut naive = vec![f16::ZERO; 256 * 1056];
     awq::awq_dequantize_reference_into(&qw, &s, &qz, &l, &mut naive).unwrap();
-    for par in [Parallelism::Serial, Parallelism::Rayon] {
+    for par in pars() {
         let fast: Vec<f16> = awq::awq_dequantize(&qw, &s, &qz, &l, par).unwrap();
         assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "awq {par:?}");
     }
@@ -101,18 +106,20 @@ fn baseline_awq_and_fp8_equal_the_reference() {
     for f in [Fp8Format::E4M3, Fp8Format::E5M2] {
         let mut naive = vec![bf16::ZERO; 300 * 260];
         fp8::fp8_dequantize_reference_into(&codes, &fs, f, &fl, &mut naive).unwrap();
-        let fast: Vec<bf16> = fp8::fp8_dequantize(&codes, &fs, f, &fl, Parallelism::Rayon).unwrap();
-        assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "fp8 {f:?}");
+        for par in pars() {
+            let fast: Vec<bf16> = fp8::fp8_dequantize(&codes, &fs, f, &fl, par).unwrap();
+            assert!(fast.iter().zip(&naive).all(|(a, b)| a.to_bits() == b.to_bits()), "fp8 {f:?} {par:?}");
+        }
     }
 }
 
-/// The fused multiply on the baseline ISA (no FMA, 4-lane SSE2 or scalar loops) meets the same
-/// bound as the dispatched one (see `matmul.rs`), and threaded == serial.
+/// The fused multiply under every cap (the baseline: no FMA, 4-lane SSE2 loops) meets the same
+/// bound as the uncapped one (see `matmul.rs`), at batch 1 (AVX-512's register GEMV) and 7, and
+/// threaded == serial under each.
 #[test]
-fn baseline_matmul_meets_the_bound() {
+fn matmul_meets_the_bound_under_every_cap() {
     use quant_kernels::hqq::{HqqConfig, quantize_hqq};
     use quant_kernels::{QuantLinear, QuantWeight};
-    lanes::force_baseline(true);
     let mut rng = Rng(8);
     let l = GptqLayout::new(256, 96, 3, 64).unwrap();
     let x = layer(&l, true, &mut rng);
@@ -126,16 +133,21 @@ fn baseline_matmul_meets_the_bound() {
         bias: None,
     };
     let w: Vec<f32> = (0..64 * 96).map(|_| rng.f32_in(-1.0, 1.0)).collect();
-    let h = quantize_hqq(&w, 64, 96, &HqqConfig::new(4, 32, Axis::Zero)).unwrap();
+    let h = quantize_hqq(&w, 64, 96, &HqqConfig::new(4, 32, Axis::Zero), Parallelism::RAYON).unwrap();
     for q in [QuantLinear::from_gptq(g).unwrap(), QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()]
     {
-        let xs: Vec<f32> = (0..7 * q.in_features()).map(|_| rng.f32_in(-1.0, 1.0)).collect();
-        let (r, m) = (q.forward_reference(&xs, 7).unwrap(), q.magnitude_reference(&xs, 7).unwrap());
-        let y: Vec<f32> = q.forward(&xs, 7, Parallelism::Rayon).unwrap();
-        let s: Vec<f32> = q.forward(&xs, 7, Parallelism::Serial).unwrap();
-        assert_eq!(y, s);
-        for ((&v, &r), &m) in y.iter().zip(&r).zip(&m) {
-            assert!((v as f64 - r).abs() <= 1e-5 * m, "{v} vs {r} (magnitude {m})");
+        for batch in [1, 7] {
+            let xs: Vec<f32> = (0..batch * q.in_features()).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+            let (r, m) =
+                (q.forward_reference(&xs, batch).unwrap(), q.magnitude_reference(&xs, batch).unwrap());
+            for isa in [Isa::Baseline, Isa::X86V3Avx2, Isa::X86V4Avx512] {
+                let y: Vec<f32> = q.forward(&xs, batch, Parallelism::RAYON.max_isa(isa)).unwrap();
+                let s: Vec<f32> = q.forward(&xs, batch, Parallelism::SERIAL.max_isa(isa)).unwrap();
+                assert_eq!(y, s, "{isa}");
+                for ((&v, &r), &m) in y.iter().zip(&r).zip(&m) {
+                    assert!((v as f64 - r).abs() <= 1e-5 * m, "{isa}: {v} vs {r} (magnitude {m})");
+                }
+            }
         }
     }
 }
