@@ -8,6 +8,10 @@ usage:
   # before/after: bench the old commit into another target dir first
   python3 scripts/bench_table.py --before /tmp/old/criterion --title ... --command ... target/criterion
 
+  # before/after from the printed output of bench binaries run alternately (old, new, old, new):
+  # less drift between the two than two whole runs one after the other
+  python3 scripts/bench_table.py --logs-before old1.log old2.log --logs-after new1.log new2.log ...
+
 The section has the date, the commit (`git rev-parse --short HEAD`), the machine (CPU model from
 /proc/cpuinfo, logical CPUs), the command, and one table per criterion group. Every row is put next
 to the group's baseline measured in the same run with the same threading (serial vs serial,
@@ -15,7 +19,37 @@ threaded vs threaded): `memcpy` (dequantization) or `read` (GEMV, which only rea
 `--before`, each row also gives the time of the same bench in the other directory and the ratio
 after / before (below 1 is faster). GB/s = (bytes read + bytes written) / mean time, 10^9 bytes.
 """
-import argparse, datetime, json, os, pathlib, platform, subprocess
+import argparse, datetime, json, os, pathlib, platform, re, subprocess
+
+UNITS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def load_log(path):
+    """{bench id: mean ms} from criterion's printed output."""
+    times, name = {}, None
+    for line in open(path, encoding="utf-8"):
+        if line.strip() and not line.startswith((" ", "Benchmarking")) and "/" in line:
+            name = line.split()[0]
+        m = re.search(r"time:\s+\[[0-9.]+ \S+ ([0-9.]+) (ns|µs|us|ms|s)\b", line)
+        if m and name:
+            times[name] = float(m.group(1)) * UNITS[m.group(2)]
+    return times
+
+
+def logs_table(before, after):
+    """Markdown rows: each bench's mean ms per run, before and after, and the ratio of sums."""
+    runs_b, runs_a = [load_log(p) for p in before], [load_log(p) for p in after]
+    lines = [
+        "| bench | before ms (" + " / ".join(f"run {i + 1}" for i in range(len(before))) + ") | after ms | after / before |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in runs_b[0]:
+        b, a = [r.get(name) for r in runs_b], [r.get(name) for r in runs_a]
+        if None in b or None in a:
+            continue
+        fmt = lambda xs: " / ".join(f"{x:.3f}" for x in xs)
+        lines.append(f"| {name} | {fmt(b)} | {fmt(a)} | {sum(a) / sum(b):.2f} |")
+    return lines
 
 
 def load(root):
@@ -57,6 +91,17 @@ def order(kv):
 
 
 def section(args):
+    if args.logs_after:
+        head = [
+            f"## {datetime.date.today().isoformat()} — {args.title}",
+            "",
+            f"* **Commit**: {commit()}.",
+            f"* **Machine**: {machine()}; {args.threads}.",
+            f"* **Command**: `{args.command}`, the binaries run alternately.",
+            f"* **Before**: {args.before_label}.",
+            "",
+        ]
+        return "\n".join(head + logs_table(args.logs_before, args.logs_after)) + "\n"
     after = load(args.criterion)
     before = load(args.before) if args.before else {}
     lines = [
@@ -98,6 +143,8 @@ def main():
     p.add_argument("criterion", nargs="?", default="target/criterion", help="criterion results (after)")
     p.add_argument("--before", help="criterion results of the baseline commit, same benches")
     p.add_argument("--before-label", default="the previous commit", help="what --before measured")
+    p.add_argument("--logs-before", nargs="+", help="printed output of the baseline's runs")
+    p.add_argument("--logs-after", nargs="+", help="printed output of the new runs, as many")
     p.add_argument("--title", required=True, help="what the run measured")
     p.add_argument("--command", required=True, help="the command that produced the results")
     p.add_argument("--threads", default="rayon's default pool", help="threads and ISA, as printed by the bench")

@@ -3,6 +3,7 @@
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Result, expect_len};
 use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, concat_floats, first, numel};
 use crate::tp::Shard;
@@ -37,6 +38,11 @@ impl QuantScheme for DenseWeight {
 
     fn validate(&self) -> Result<()> {
         expect_len("weight", numel(self.shape())?, self.w.len())
+    }
+
+    /// Not quantized: `None`.
+    fn method(&self) -> Option<QuantMethod> {
+        None
     }
 
     fn stored_bytes(&self) -> usize {

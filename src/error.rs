@@ -328,6 +328,15 @@ pub enum FormatError {
     #[error("missing tensors: {}", .0.join(", "))]
     MissingTensors(Vec<String>),
 
+    /// A weight of one scheme given to write into a checkpoint of another.
+    #[error("a {weight} weight cannot be written into a {checkpoint} checkpoint")]
+    SchemeMismatch {
+        /// The checkpoint's scheme.
+        checkpoint: &'static str,
+        /// The weight's scheme.
+        weight: &'static str,
+    },
+
     /// A shard that a checkpoint's index names and that does not exist.
     #[error("missing shard `{file}` (holds {tensors} tensors of the index)")]
     MissingShard {

@@ -105,18 +105,18 @@ pub(crate) fn dispatch<K: Kernel>(par: Parallelism, k: K) -> K::Output {
     match par.isa() {
         Isa::X86V4Avx512 => {
             if let Some(v4) = pulp::x86::V4::try_new() {
-                return pulp::Arch::V4(v4).dispatch(Dispatched(k, v4));
+                return pulp::Simd::vectorize(v4, Dispatched(k, v4));
             }
         }
         Isa::X86V3Avx2 => {
             if let Some(v3) = pulp::x86::V3::try_new() {
-                return pulp::Arch::V3(v3).dispatch(Dispatched(k, v3));
+                return pulp::Simd::vectorize(v3, Dispatched(k, v3));
             }
         }
         Isa::Baseline => {}
     }
     #[cfg(target_arch = "x86_64")]
-    return pulp::Arch::Scalar.dispatch(Dispatched(k, BaselineToken));
+    return pulp::Simd::vectorize(pulp::Scalar::new(), Dispatched(k, BaselineToken));
     // Elsewhere every ISA is the baseline (NEON on aarch64): pulp's own pick.
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -424,3 +424,5 @@ pub(crate) mod v4 {
         }
     }
 }
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(std::mem::size_of::<pulp::x86::V4>() == 0 && std::mem::size_of::<pulp::x86::V3>() == 0);

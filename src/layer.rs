@@ -10,6 +10,7 @@ use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
 use crate::hqq::HqqWeight;
 use crate::intx::{Int4Tensor, Int8Tensor};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 use crate::tp::Shard;
@@ -106,6 +107,11 @@ impl QuantWeight {
     /// Check every length against the shape ([`QuantScheme::validate`]).
     pub fn validate(&self) -> Result<()> {
         delegate!(self, w => w.validate())
+    }
+
+    /// The scheme and its parameters (`None` for a dense weight), [`QuantScheme::method`].
+    pub fn method(&self) -> Option<QuantMethod> {
+        delegate!(self, w => w.method())
     }
 
     /// Bytes as the scheme stores them ([`QuantScheme::stored_bytes`]).

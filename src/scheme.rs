@@ -15,6 +15,7 @@
 
 use crate::elem::{Elem, FloatType, FloatVec};
 use crate::error::{Error, KernelError, Result};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::tp::Shard;
 
@@ -29,6 +30,7 @@ use crate::tp::Shard;
 /// use quant_kernels::{Parallelism, QuantScheme};
 /// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerChannel)?;
 /// assert_eq!(w.shape(), (2, 2));
+/// assert_eq!(w.method(), Some(quant_kernels::QuantMethod::Int8Symmetric { per_channel: true }));
 /// let top = w.shard(&Shard::Simple { dim: 0, rank: 0, world_size: 2 })?;
 /// let bottom = w.shard(&Shard::Simple { dim: 0, rank: 1, world_size: 2 })?;
 /// let both = quant_kernels::intx::Int8Tensor::concat(&[&top, &bottom])?;
@@ -45,6 +47,10 @@ pub trait QuantScheme: Sized {
     /// Check every length, group index and width against the shape (no allocation sized by
     /// the input, no panic).
     fn validate(&self) -> Result<()>;
+
+    /// The scheme and its parameters as a [`QuantMethod`] (`None` for a dense weight): what
+    /// [`QuantMethod::layer_bytes`] prices and a checkpoint's config names.
+    fn method(&self) -> Option<QuantMethod>;
 
     /// Bytes of the weight as the scheme stores it (codes, scales, zeros, `g_idx`; not the
     /// bias): what one multiply reads.

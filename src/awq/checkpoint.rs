@@ -9,7 +9,7 @@ use crate::error::{Error, FormatError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_bool, get_int, get_str, invalid};
 use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
-use crate::io::{Checkpoint, Dtype};
+use crate::io::{Checkpoint, Dtype, NamedTensor};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use std::collections::BTreeMap;
@@ -211,5 +211,24 @@ impl CheckpointLayer for AwqLayer {
             stored_bytes: i.stored_bytes(),
             bias: i.bias,
         }
+    }
+
+    fn tensors(
+        &self,
+        _: &Checkpoint,
+        _: &AwqConfig,
+        _: &AwqLayerInfo,
+        prefix: &str,
+    ) -> Result<Vec<NamedTensor>> {
+        let name = |part: &str| format!("{prefix}.{part}");
+        let l = self.layout;
+        let mut out = Vec::with_capacity(4);
+        if let Some(b) = &self.bias {
+            out.push(NamedTensor::floats(name("bias"), vec![l.n()], b));
+        }
+        out.push(NamedTensor::i32s(name("qweight"), vec![l.k(), l.packed_cols()], &self.qweight));
+        out.push(NamedTensor::i32s(name("qzeros"), vec![l.groups(), l.packed_cols()], &self.qzeros));
+        out.push(NamedTensor::floats(name("scales"), vec![l.groups(), l.n()], &self.scales));
+        Ok(out)
     }
 }

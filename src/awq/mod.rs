@@ -15,7 +15,7 @@
 pub mod checkpoint;
 mod cpu;
 pub mod reference;
-mod scheme;
+pub(crate) mod scheme;
 mod tile;
 
 pub use checkpoint::{AwqCheckpoint, AwqConfig, AwqLayer, AwqLayerInfo};

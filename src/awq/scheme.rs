@@ -4,10 +4,12 @@
 use super::{AwqLayer, AwqLayout};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, KernelError, Result, expect_len};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bias_range, concat_bias, transposed_into};
 use crate::tp::Shard;
 use crate::tp::shard::{column_range, on};
+use std::ops::Range;
 
 impl QuantScheme for AwqLayer {
     const NAME: &'static str = "awq";
@@ -24,6 +26,10 @@ impl QuantScheme for AwqLayer {
             expect_len("bias", l.n(), b.len())?;
         }
         Ok(())
+    }
+
+    fn method(&self) -> Option<QuantMethod> {
+        Some(QuantMethod::Awq { group: self.layout.group_size() })
     }
 
     fn stored_bytes(&self) -> usize {
@@ -115,4 +121,14 @@ impl QuantScheme for AwqLayer {
             bias: concat_bias(parts, |a| a.bias.as_ref())?,
         })
     }
+}
+
+/// The plan-time form of this scheme's boundary rule ([`crate::tp::check_cut`]), from the
+/// method's parameters and the shape alone; [`QuantScheme::shard`] enforces the same rule.
+///
+/// AWQ (`[K, N/8]` storage): outputs on a pack word of 8, inputs on a group.
+pub(crate) fn check_cut(group: usize, dim: usize, r: Range<usize>) -> Result<()> {
+    let (multiple, what) = if dim == 0 { (8, "awq pack word") } else { (group, "group") };
+    on(r.start, multiple.max(1), what)?;
+    on(r.end, multiple.max(1), what)
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, FormatError, KernelError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_str, invalid};
 use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
-use crate::io::{Checkpoint, Dtype};
+use crate::io::{Checkpoint, Dtype, NamedTensor};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use std::collections::BTreeMap;
@@ -249,5 +249,46 @@ impl CheckpointLayer for Fp8Layer {
             stored_bytes: i.stored_bytes(),
             bias: i.bias,
         }
+    }
+
+    fn tensors(
+        &self,
+        ck: &Checkpoint,
+        config: &Fp8Config,
+        info: &Fp8LayerInfo,
+        prefix: &str,
+    ) -> Result<Vec<NamedTensor>> {
+        let name = |part: &str| format!("{prefix}.{part}");
+        let l = self.layout;
+        // Stacked experts keep their leading dimension, as the input stored them.
+        let stacked_input = ck.info(&name("weight")).is_some_and(|i| i.shape.len() == 3);
+        let stacked = |inner: &[usize]| {
+            if stacked_input || self.experts > 1 {
+                [&[self.experts][..], inner].concat()
+            } else {
+                inner.to_vec()
+            }
+        };
+        let mut out = Vec::with_capacity(3);
+        if let Some(b) = &self.bias {
+            out.push(NamedTensor::floats(name("bias"), stacked(&[l.rows()]), b));
+        }
+        let dtype = match self.format {
+            Fp8Format::E4M3 => Dtype::F8E4M3,
+            Fp8Format::E5M2 => Dtype::F8E5M2,
+        };
+        let shape = stacked(&[l.rows(), l.cols()]);
+        out.push(NamedTensor { name: name("weight"), dtype, shape, data: self.codes.clone() });
+        let suffix = info.scale.0;
+        let shape = match config.block {
+            Some(_) => {
+                let (sr, sc) = l.scale_shape();
+                stacked(&[sr, sc])
+            }
+            // Per tensor: the input's own shape for its scales (`[]`, `[1]`, `[E]` or `[E, 1]`).
+            None => ck.info(&name(suffix)).map_or_else(|| stacked(&[1]), |i| i.shape.clone()),
+        };
+        out.push(NamedTensor::floats(name(suffix), shape, &self.scales));
+        Ok(out)
     }
 }

@@ -17,7 +17,7 @@
 
 pub mod checkpoint;
 mod cpu;
-mod scheme;
+pub(crate) mod scheme;
 pub(crate) mod tile;
 
 pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};

@@ -4,10 +4,12 @@
 use super::{Fp8Layer, Fp8Layout};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, KernelError, Result, expect_len};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bias_range, bits_of, concat_bias, concat_floats};
 use crate::tp::Shard;
 use crate::tp::shard::{column_range, on};
+use std::ops::Range;
 
 impl Fp8Layer {
     /// [`KernelError::StackedExperts`] unless this is one expert.
@@ -36,6 +38,15 @@ impl QuantScheme for Fp8Layer {
             expect_len("bias", l.rows(), b.len())?;
         }
         Ok(())
+    }
+
+    /// Per tensor when one scale covers the weight, else the scale blocks.
+    fn method(&self) -> Option<QuantMethod> {
+        let l = &self.layout;
+        Some(QuantMethod::Fp8 {
+            format: self.format,
+            block: (l.scale_shape() != (1, 1)).then(|| l.block_size()),
+        })
     }
 
     fn stored_bytes(&self) -> usize {
@@ -165,4 +176,28 @@ impl QuantScheme for Fp8Layer {
             bias: concat_bias(parts, |f| f.bias.as_ref())?,
         })
     }
+}
+
+/// The plan-time form of this scheme's boundary rule ([`crate::tp::check_cut`]), from the
+/// method's parameters and the shape alone; [`QuantScheme::shard`] enforces the same rule.
+///
+/// FP8: on a scale block (the end may be the dimension's end), or inside one block; per
+/// tensor is one block the size of the weight.
+pub(crate) fn check_cut(
+    block: Option<(usize, usize)>,
+    out: usize,
+    inp: usize,
+    dim: usize,
+    r: Range<usize>,
+) -> Result<()> {
+    let (br, bc) = block.unwrap_or((out, inp));
+    let (b, len) = if dim == 0 { (br.max(1), out) } else { (bc.max(1), inp) };
+    if !r.is_empty() && r.start / b == (r.end - 1) / b {
+        return Ok(());
+    }
+    on(r.start, b.max(1), "fp8 scale block")?;
+    if r.end != len {
+        on(r.end, b.max(1), "fp8 scale block")?;
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, FormatError, KernelError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
-use crate::io::{Checkpoint, Dtype, TensorInfo};
+use crate::io::{Checkpoint, Dtype, NamedTensor, TensorInfo};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use std::collections::BTreeMap;
@@ -158,6 +158,30 @@ impl CheckpointLayer for GptqLayer {
             stored_bytes: i.stored_bytes(),
             bias: i.bias,
         }
+    }
+
+    fn tensors(
+        &self,
+        _: &Checkpoint,
+        _: &GptqConfig,
+        _: &GptqLayerInfo,
+        prefix: &str,
+    ) -> Result<Vec<NamedTensor>> {
+        let name = |part: &str| format!("{prefix}.{part}");
+        let l = self.layout;
+        let (qr, qc) = l.qweight_shape();
+        let (zr, zc) = l.qzeros_shape();
+        let mut out = Vec::with_capacity(5);
+        if let Some(b) = &self.bias {
+            out.push(NamedTensor::floats(name("bias"), vec![l.n()], b));
+        }
+        if let Some(g) = &self.g_idx {
+            out.push(NamedTensor::i32s(name("g_idx"), vec![l.k()], g));
+        }
+        out.push(NamedTensor::i32s(name("qweight"), vec![qr, qc], &self.qweight));
+        out.push(NamedTensor::i32s(name("qzeros"), vec![zr, zc], &self.qzeros));
+        out.push(NamedTensor::floats(name("scales"), vec![l.groups(), l.n()], &self.scales));
+        Ok(out)
     }
 }
 

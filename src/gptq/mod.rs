@@ -33,7 +33,7 @@ mod cpu;
 pub mod fuse;
 pub mod layout;
 pub mod reference;
-mod scheme;
+pub(crate) mod scheme;
 pub mod sort;
 pub(crate) mod tile;
 

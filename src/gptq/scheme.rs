@@ -6,10 +6,12 @@ use super::GptqLayout;
 use super::layout::codes_per_block;
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Result, expect_len};
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, bias_range, transposed_into};
 use crate::tp::Shard;
 use crate::tp::shard::{column_range, on};
+use std::ops::Range;
 
 impl QuantScheme for GptqLayer {
     const NAME: &'static str = "gptq";
@@ -28,6 +30,17 @@ impl QuantScheme for GptqLayer {
             expect_len("bias", l.n(), b.len())?;
         }
         Ok(())
+    }
+
+    /// Act-order when `g_idx` permutes the inputs in fact (not a stored identity order).
+    fn method(&self) -> Option<QuantMethod> {
+        let l = &self.layout;
+        let per = l.group_size().unwrap_or(l.k()).max(1);
+        let act_order = self
+            .g_idx
+            .as_ref()
+            .is_some_and(|g| g.iter().enumerate().any(|(i, &v)| usize::try_from(v).ok() != Some(i / per)));
+        Some(QuantMethod::Gptq { bits: l.bits(), group: l.group_size(), act_order })
     }
 
     fn stored_bytes(&self) -> usize {
@@ -149,4 +162,33 @@ impl QuantScheme for GptqLayer {
 
 fn group_arg(l: &GptqLayout) -> i64 {
     l.group_size().map_or(-1, |g| g as i64)
+}
+
+/// The plan-time form of this scheme's boundary rule ([`crate::tp::check_cut`]), from the
+/// method's parameters and the shape alone; [`QuantScheme::shard`] enforces the same rule.
+///
+/// GPTQ (`[K, N]` storage): outputs on a zero-point pack word; inputs on a `qweight` word row
+/// and, without act-order, on a group (the last may end at K).
+pub(crate) fn check_cut(
+    bits: u8,
+    group: Option<usize>,
+    act_order: bool,
+    dim: usize,
+    len: usize,
+    r: Range<usize>,
+) -> Result<()> {
+    let per = codes_per_block(bits);
+    let what = if dim == 0 { "zero-point pack word" } else { "qweight word row" };
+    on(r.start, per.max(1), what)?;
+    on(r.end, per.max(1), what)?;
+    // One group (no group size, or one at least K) has only the trivial `g_idx`.
+    let act_order = act_order && group.is_some_and(|g| g < len);
+    if dim == 1 && !act_order {
+        let gs = group.unwrap_or(len);
+        on(r.start, gs.max(1), "group")?;
+        if r.end != len {
+            on(r.end, gs.max(1), "group")?;
+        }
+    }
+    Ok(())
 }

@@ -37,7 +37,7 @@
 mod cpu;
 pub mod quantize;
 pub mod reference;
-mod scheme;
+pub(crate) mod scheme;
 pub(crate) mod tile;
 
 pub use quantize::{HqqConfig, HqqLayer, quantize_hqq};

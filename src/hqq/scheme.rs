@@ -4,11 +4,13 @@
 use super::{Axis, HqqLayer, HqqLayout, Packed, PackedWords};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, KernelError, Result, TpError, expect_len};
+use crate::method::QuantMethod;
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing};
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree, bits_of, concat_floats};
 use crate::tp::Shard;
 use crate::tp::shard::on;
+use std::ops::Range;
 
 /// An HQQ weight: packed codes with one scale and one zero per group.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +117,11 @@ impl QuantScheme for HqqWeight {
             (_, bits) => Err(Error::Kernel(KernelError::UnsupportedBits(bits.get()))),
         }?;
         Ok(())
+    }
+
+    fn method(&self) -> Option<QuantMethod> {
+        let l = &self.layout;
+        Some(QuantMethod::Hqq { bits: self.packed.bits.get(), group: l.group_size(), axis: l.axis() })
     }
 
     fn stored_bytes(&self) -> usize {
@@ -319,4 +326,26 @@ fn with_picks(layout: HqqLayout, group_of: &dyn Fn(usize) -> usize) -> (HqqLayou
 /// `v[picks[0]], v[picks[1]], ...` in `v`'s dtype.
 fn pick(v: &FloatVec, picks: &[usize]) -> FloatVec {
     crate::with_float_vec!(v, x => FloatVec::from(picks.iter().map(|&i| x[i]).collect::<Vec<_>>()))
+}
+
+/// The plan-time form of this scheme's boundary rule ([`crate::tp::check_cut`]), from the
+/// method's parameters and the shape alone; [`QuantScheme::shard`] enforces the same rule.
+///
+/// HQQ's rule depends on the grouping period against the row length and on the width's
+/// packing, so it is asked of [`QuantScheme::shard`] itself on a zero layer of this shape.
+pub(crate) fn check_cut(
+    bits: u8,
+    group: usize,
+    axis: Axis,
+    out: usize,
+    inp: usize,
+    dim: usize,
+    r: Range<usize>,
+) -> Result<()> {
+    let layout = HqqLayout::new(out, inp, group, axis)?;
+    let (cr, cc) = layout.code_shape();
+    let packed = crate::hqq::pack_hqq(&vec![0u8; cr * cc], cr, cc, bits)?;
+    let zeros = FloatVec::F32(vec![0.0; layout.groups()]);
+    let w = HqqWeight { layout, packed, scales: zeros.clone(), zeros };
+    w.shard(&Shard::Offset { dim, offset: r.start, len: r.len() }).map(|_| ())
 }

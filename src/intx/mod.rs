@@ -16,7 +16,7 @@
 //! Dequantization has a naive reference and a fast path (run-time SIMD dispatch, rayon over
 //! rows) that give the same bits.
 
-mod scheme;
+pub(crate) mod scheme;
 pub(crate) mod tile;
 
 use crate::elem::Elem;

@@ -3,10 +3,12 @@
 use super::{Granularity, Int4Tensor, Int8Tensor};
 use crate::elem::Elem;
 use crate::error::Result;
+use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::{QuantScheme, agree};
 use crate::tp::Shard;
 use crate::tp::shard::on;
+use std::ops::Range;
 
 impl QuantScheme for Int8Tensor {
     const NAME: &'static str = "int8";
@@ -17,6 +19,10 @@ impl QuantScheme for Int8Tensor {
 
     fn validate(&self) -> Result<()> {
         self.check(self.q.len())
+    }
+
+    fn method(&self) -> Option<QuantMethod> {
+        Some(QuantMethod::Int8Symmetric { per_channel: self.granularity == super::Granularity::PerChannel })
     }
 
     fn stored_bytes(&self) -> usize {
@@ -86,6 +92,10 @@ impl QuantScheme for Int4Tensor {
         self.check(self.rows.saturating_mul(self.cols))
     }
 
+    fn method(&self) -> Option<QuantMethod> {
+        Some(QuantMethod::Int4Asymmetric { group: self.group })
+    }
+
     fn stored_bytes(&self) -> usize {
         self.packed.len() + 4 * self.scales.len() + self.zeros.len()
     }
@@ -148,4 +158,16 @@ impl QuantScheme for Int4Tensor {
             zeros: parts.iter().flat_map(|t| t.zeros.iter().copied()).collect(),
         })
     }
+}
+
+/// The plan-time form of this scheme's boundary rule ([`crate::tp::check_cut`]), from the
+/// method's parameters and the shape alone; [`QuantScheme::shard`] enforces the same rule.
+///
+/// int4: any rows; columns on a group.
+pub(crate) fn check_int4_cut(group: usize, dim: usize, r: Range<usize>) -> Result<()> {
+    if dim == 0 {
+        return Ok(());
+    }
+    on(r.start, group.max(1), "int4 group")?;
+    on(r.end, group.max(1), "int4 group")
 }

@@ -16,4 +16,4 @@ pub mod uqff;
 
 pub use checkpoint::Checkpoint;
 pub use quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint, QuantizedCheckpoint};
-pub use safetensors::{Dtype, SafetensorsFile, SafetensorsWriter, TensorInfo};
+pub use safetensors::{Dtype, NamedTensor, SafetensorsFile, SafetensorsWriter, TensorInfo};

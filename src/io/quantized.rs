@@ -6,12 +6,13 @@
 //! its config) is its [`CheckpointLayer`] implementation, in the scheme's `checkpoint.rs`;
 //! opening, listing, reading and summarizing layers is written once here.
 
-use super::{Checkpoint, Dtype};
+use super::{Checkpoint, Dtype, NamedTensor};
 use crate::awq::AwqLayer;
 use crate::elem::Elem;
 use crate::error::{Error, FormatError, Result};
 use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
+use crate::layer::QuantWeight;
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
@@ -44,6 +45,19 @@ pub trait CheckpointLayer: Sized {
 
     /// One layer's summary (shape, method, bytes).
     fn summary(config: &Self::Config, prefix: &str, info: &Self::Info) -> LayerSummary;
+
+    /// This layer's tensors as [`CheckpointLayer::read`] reads them (`<prefix>.<part>`, the bias
+    /// included), for writing a checkpoint of the same config: a layer read and written back
+    /// gives the checkpoint's own bytes, and a shard of it (`QuantScheme::shard`) the same names
+    /// with the shard's shapes. `info` is the layer as found in `checkpoint` (the unsharded
+    /// original), for what the layer itself does not say (a tensor's stored shape or name).
+    fn tensors(
+        &self,
+        checkpoint: &Checkpoint,
+        config: &Self::Config,
+        info: &Self::Info,
+        prefix: &str,
+    ) -> Result<Vec<NamedTensor>>;
 }
 
 /// A checkpoint whose layers of scheme `L` have been found and checked: every shape and dtype
@@ -102,6 +116,12 @@ impl<L: CheckpointLayer> QuantCheckpoint<L> {
     /// Read one layer's tensors.
     pub fn load(&self, prefix: &str) -> Result<L> {
         L::read(&self.checkpoint, &self.config, self.info(prefix)?, prefix)
+    }
+
+    /// `layer` (this checkpoint's layer at `prefix`, or a shard of it) as named tensors, ready
+    /// to write (see [`CheckpointLayer::tensors`]).
+    pub fn tensors(&self, prefix: &str, layer: &L) -> Result<Vec<NamedTensor>> {
+        layer.tensors(&self.checkpoint, &self.config, self.info(prefix)?, prefix)
     }
 
     /// Every layer's summary, sorted by prefix.
@@ -187,6 +207,34 @@ impl QuantizedCheckpoint {
     /// Whether `tensor` is a stored part of a quantized layer (its bias is not: it is copied).
     pub fn is_quantized_part(&self, tensor: &str) -> bool {
         each!(self, c => c.is_quantized_part(tensor))
+    }
+
+    /// Read one layer, as a [`QuantWeight`] (a `QuantLinear` or a shard is a call away).
+    pub fn load(&self, prefix: &str) -> Result<QuantWeight> {
+        each!(self, c => c.load(prefix).map(QuantWeight::from))
+    }
+
+    /// `weight` (this checkpoint's layer at `prefix`, or a shard of it) as named tensors, ready
+    /// to write; a weight of another scheme is [`FormatError::SchemeMismatch`].
+    pub fn tensors(&self, prefix: &str, weight: &QuantWeight) -> Result<Vec<NamedTensor>> {
+        let mismatch = || {
+            Error::Format(FormatError::SchemeMismatch { checkpoint: self.scheme(), weight: weight.scheme() })
+        };
+        match (self, weight) {
+            (Self::Gptq(c), QuantWeight::Gptq(l)) => c.tensors(prefix, l),
+            (Self::Awq(c), QuantWeight::Awq(l)) => c.tensors(prefix, l),
+            (Self::Fp8(c), QuantWeight::Fp8(l)) => c.tensors(prefix, l),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// The scheme's name (`gptq`, `awq`, `fp8`).
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Self::Gptq(_) => GptqLayer::NAME,
+            Self::Awq(_) => AwqLayer::NAME,
+            Self::Fp8(_) => Fp8Layer::NAME,
+        }
     }
 
     /// Read and dequantize one layer in its stored orientation: `(w, true)` with `w` `[in,

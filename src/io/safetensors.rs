@@ -349,6 +349,44 @@ pub fn to_le_bytes<T: LeElem>(values: &[T]) -> Vec<u8> {
     out
 }
 
+/// One tensor to write: its name, dtype, shape and little-endian bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedTensor {
+    /// The full tensor name (`<layer prefix>.<part>`).
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes, `shape`'s product times `dtype`'s size.
+    pub data: Vec<u8>,
+}
+
+impl NamedTensor {
+    /// A tensor of `i32` values.
+    pub fn i32s(name: String, shape: Vec<usize>, values: &[i32]) -> Self {
+        Self { name, dtype: Dtype::I32, shape, data: to_le_bytes(values) }
+    }
+
+    /// A tensor of floats in their own type (`F32`, `F16` or `BF16`).
+    ///
+    /// ```
+    /// use quant_kernels::FloatVec;
+    /// use quant_kernels::io::{Dtype, NamedTensor};
+    /// let t = NamedTensor::floats("l.bias".into(), vec![2], &FloatVec::F16(vec![half::f16::ONE; 2]));
+    /// assert_eq!((t.dtype, t.data), (Dtype::F16, vec![0x00, 0x3c, 0x00, 0x3c]));
+    /// ```
+    pub fn floats(name: String, shape: Vec<usize>, values: &crate::elem::FloatVec) -> Self {
+        use crate::elem::FloatVec;
+        let (dtype, data) = match values {
+            FloatVec::F32(x) => (Dtype::F32, to_le_bytes(x)),
+            FloatVec::F16(x) => (Dtype::F16, to_le_bytes(x)),
+            FloatVec::Bf16(x) => (Dtype::Bf16, to_le_bytes(x)),
+        };
+        Self { name, dtype, shape, data }
+    }
+}
+
 /// A safetensors file written one tensor at a time: the header (names, dtypes, shapes) is
 /// declared up front, then each tensor's bytes follow in the declared order, so nothing larger
 /// than one tensor is ever held.

@@ -260,7 +260,10 @@ impl<D: Decoder> Kernel for Blocks<'_, '_, D> {
     fn run(self, simd: Simd) {
         #[cfg(target_arch = "x86_64")]
         {
-            if let Some(v4) = simd.v4() {
+            // The token is re-checked at run time on purpose: with it a compile-time constant,
+            // LLVM compiled GPTQ's batch-1 loop 1.14x slower (same code, measured in
+            // `benches/matmul.rs`); the check itself costs nothing measurable.
+            if let Some(v4) = simd.v4().and_then(|_| pulp::x86::V4::try_new()) {
                 if self.batch == 1 && self.d.has_gemv() {
                     for (b, o) in (self.first..self.end).zip(self.bufs.out.chunks_exact_mut(MAX_ROWS)) {
                         let o = pulp::as_arrays_mut::<MAX_ROWS, f32>(o).0;

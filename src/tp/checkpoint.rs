@@ -9,13 +9,10 @@
 //! One layer is in memory at a time (twice: once for the headers, once for the bytes).
 
 use super::{AttentionShape, LayerRole, Parallel, PlanLayer, ShardPlan};
-use crate::elem::{FloatType, FloatVec};
-use crate::error::{Error, FormatError, Result, TpError};
+use crate::error::{Error, FormatError, Result};
 use crate::io::QuantizedCheckpoint;
 use crate::io::checkpoint::INDEX_FILE;
-use crate::io::safetensors::to_le_bytes;
-use crate::io::{Checkpoint, Dtype, SafetensorsWriter};
-use crate::layer::QuantWeight;
+use crate::io::{Checkpoint, Dtype, NamedTensor, SafetensorsWriter};
 use crate::method::QuantMethod;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -71,9 +68,6 @@ const COPIED: &[&str] = &[
     "merges.txt",
 ];
 
-/// One output tensor: name, dtype, shape, bytes.
-type Tensor = (String, Dtype, Vec<usize>, Vec<u8>);
-
 /// One header entry: name, dtype, shape.
 type Decl = (String, Dtype, Vec<usize>);
 
@@ -94,78 +88,6 @@ impl Unit {
             Unit::Layer(p) | Unit::Dense(p) | Unit::Plain(p) => p,
         }
     }
-}
-
-fn float_tensor(name: String, v: &FloatVec, shape: Vec<usize>) -> Tensor {
-    let dtype = match v.dtype() {
-        FloatType::F32 => Dtype::F32,
-        FloatType::F16 => Dtype::F16,
-        FloatType::Bf16 => Dtype::Bf16,
-    };
-    let bytes = match v {
-        FloatVec::F32(x) => to_le_bytes(x),
-        FloatVec::F16(x) => to_le_bytes(x),
-        FloatVec::Bf16(x) => to_le_bytes(x),
-    };
-    (name, dtype, shape, bytes)
-}
-
-/// The stored tensors of a (sharded) quantized layer, named as the input checkpoint names them.
-fn layer_tensors(model: &QuantizedCheckpoint, prefix: &str, w: QuantWeight) -> Result<Vec<Tensor>, Error> {
-    let name = |part: &str| format!("{prefix}.{part}");
-    let mut out = Vec::new();
-    match w {
-        QuantWeight::Gptq(g) => {
-            let l = g.layout;
-            let (qr, qc) = l.qweight_shape();
-            let (zr, zc) = l.qzeros_shape();
-            if let Some(b) = &g.bias {
-                out.push(float_tensor(name("bias"), b, vec![l.n()]));
-            }
-            if let Some(gi) = &g.g_idx {
-                out.push((name("g_idx"), Dtype::I32, vec![l.k()], to_le_bytes(gi)));
-            }
-            out.push((name("qweight"), Dtype::I32, vec![qr, qc], to_le_bytes(&g.qweight)));
-            out.push((name("qzeros"), Dtype::I32, vec![zr, zc], to_le_bytes(&g.qzeros)));
-            out.push(float_tensor(name("scales"), &g.scales, vec![l.groups(), l.n()]));
-        }
-        QuantWeight::Awq(a) => {
-            let l = a.layout;
-            if let Some(b) = &a.bias {
-                out.push(float_tensor(name("bias"), b, vec![l.n()]));
-            }
-            out.push((name("qweight"), Dtype::I32, vec![l.k(), l.packed_cols()], to_le_bytes(&a.qweight)));
-            out.push((name("qzeros"), Dtype::I32, vec![l.groups(), l.packed_cols()], to_le_bytes(&a.qzeros)));
-            out.push(float_tensor(name("scales"), &a.scales, vec![l.groups(), l.n()]));
-        }
-        QuantWeight::Fp8(f) => {
-            let QuantizedCheckpoint::Fp8(c) = model else {
-                return Err(Error::Tp(TpError::ShardScheme("fp8")));
-            };
-            let info = c
-                .layers()
-                .get(prefix)
-                .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name("weight")])))?;
-            let l = f.layout;
-            if let Some(b) = &f.bias {
-                out.push(float_tensor(name("bias"), b, vec![l.rows()]));
-            }
-            let dtype = c.checkpoint().info(&name("weight")).map_or(Dtype::F8E4M3, |i| i.dtype);
-            out.push((name("weight"), dtype, vec![l.rows(), l.cols()], f.codes));
-            let (suffix, _) = info.scale;
-            let shape = match c.config().block {
-                Some(_) => {
-                    let (sr, sc) = l.scale_shape();
-                    vec![sr, sc]
-                }
-                // Per tensor: the input's own shape for its one scale (`[]` or `[1]`).
-                None => c.checkpoint().info(&name(suffix)).map_or(vec![1], |i| i.shape.clone()),
-            };
-            out.push(float_tensor(name(suffix), &f.scales, shape));
-        }
-        other => return Err(Error::Tp(TpError::ShardScheme(other.scheme()))),
-    }
-    Ok(out)
 }
 
 /// Whether a GPTQ layer's stored `g_idx` permutes its inputs (act-order in fact, not just in
@@ -211,13 +133,13 @@ fn slice_bytes(
 /// A unit's output tensors.
 enum Tensors {
     /// The same for every rank (held once).
-    Same(Vec<Tensor>),
+    Same(Vec<NamedTensor>),
     /// One list per rank.
-    PerRank(Vec<Vec<Tensor>>),
+    PerRank(Vec<Vec<NamedTensor>>),
 }
 
 impl Tensors {
-    fn rank(&self, r: usize) -> &[Tensor] {
+    fn rank(&self, r: usize) -> &[NamedTensor] {
         match self {
             Tensors::Same(t) => t,
             Tensors::PerRank(t) => t.get(r).map_or(&[], |t| &t[..]),
@@ -243,7 +165,8 @@ impl Job<'_> {
             return Ok(vec![vec![(name.clone(), info.dtype, info.shape.clone())]; world]);
         }
         let tensors = self.unit(unit)?;
-        let decl = |r: usize| tensors.rank(r).iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
+        let decl =
+            |r: usize| tensors.rank(r).iter().map(|t| (t.name.clone(), t.dtype, t.shape.clone())).collect();
         Ok((0..world).map(decl).collect())
     }
 
@@ -257,16 +180,16 @@ impl Job<'_> {
                     .info(name)
                     .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.clone()])))?;
                 let bytes = raw.read(name)?;
-                Ok(Tensors::Same(vec![(name.clone(), info.dtype, info.shape.clone(), bytes)]))
+                Ok(Tensors::Same(vec![NamedTensor {
+                    name: name.clone(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    data: bytes,
+                }]))
             }
             Unit::Layer(prefix) => {
-                let w = match self.model {
-                    QuantizedCheckpoint::Gptq(c) => QuantWeight::Gptq(c.load(prefix)?),
-                    QuantizedCheckpoint::Awq(c) => QuantWeight::Awq(c.load(prefix)?),
-                    QuantizedCheckpoint::Fp8(c) => QuantWeight::Fp8(c.load(prefix)?),
-                };
-                let ranks =
-                    (0..world).map(|r| layer_tensors(self.model, prefix, self.plan.shard(prefix, r, &w)?));
+                let w = self.model.load(prefix)?;
+                let ranks = (0..world).map(|r| self.model.tensors(prefix, &self.plan.shard(prefix, r, &w)?));
                 Ok(Tensors::PerRank(ranks.collect::<Result<_, Error>>()?))
             }
             Unit::Dense(prefix) => {
@@ -294,13 +217,18 @@ impl Job<'_> {
                     if let Some((b, bytes)) = &bias {
                         t.push(if dim == 0 {
                             let sliced = slice_bytes(bytes, b.shape[0], 1, b.dtype.size(), 0, ranges);
-                            (bname.clone(), b.dtype, vec![n], sliced)
+                            NamedTensor { name: bname.clone(), dtype: b.dtype, shape: vec![n], data: sliced }
                         } else {
-                            (bname.clone(), b.dtype, b.shape.clone(), bytes.clone())
+                            NamedTensor {
+                                name: bname.clone(),
+                                dtype: b.dtype,
+                                shape: b.shape.clone(),
+                                data: bytes.clone(),
+                            }
                         });
                     }
                     let w = slice_bytes(&wbytes, rows, cols, esize, dim, ranges);
-                    t.push((wname.clone(), info.dtype, shape, w));
+                    t.push(NamedTensor { name: wname.clone(), dtype: info.dtype, shape, data: w });
                     ranks.push(t);
                 }
                 Ok(Tensors::PerRank(ranks))
@@ -310,7 +238,7 @@ impl Job<'_> {
 }
 
 /// Cut the checkpoint in `dir` into `world_size` rank directories `out/rank-{r}-of-{world_size}/`,
-/// every quantized layer still packed ([`QuantWeight::shard`]), dense projections sliced, the
+/// every quantized layer still packed ([`crate::QuantWeight::shard`]), dense projections sliced, the
 /// rest copied; `progress` hears of each step. Every cut is checked ([`ShardPlan::new`]) before
 /// anything is written.
 pub fn shard_checkpoint(
@@ -448,8 +376,8 @@ pub fn shard_checkpoint(
         for u in file_units {
             let tensors = job.unit(u)?;
             for (r, writer) in writers.iter_mut().enumerate() {
-                for (name, _, _, bytes) in tensors.rank(r) {
-                    writer.write(name, bytes)?;
+                for t in tensors.rank(r) {
+                    writer.write(&t.name, &t.data)?;
                 }
                 progress(ShardProgress::Written { unit: u.name(), rank: r });
             }

@@ -23,14 +23,9 @@
 //! does not and the nearest world sizes (in `1..=`[`MAX_WORLD_SEARCH`]) that fit the whole model.
 
 use super::{Shard, kv_head_shard, n_kv_groups};
-use crate::elem::FloatVec;
 use crate::error::{Error, FormatError, KernelError, Result, TpError};
-use crate::gptq::layout::codes_per_block;
-use crate::hqq::HqqWeight;
-use crate::hqq::{Axis, HqqLayout};
 use crate::layer::QuantWeight;
 use crate::method::QuantMethod;
-use crate::scheme::QuantScheme;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -370,98 +365,17 @@ pub fn check_cut(
     }
     match method {
         None | Some(QuantMethod::Int8Symmetric { .. }) => Ok(()),
-        Some(&QuantMethod::Gptq { bits, group, act_order }) => gptq_cut(bits, group, act_order, dim, len, r),
-        Some(&QuantMethod::Awq { group }) => awq_cut(group, dim, r),
-        Some(&QuantMethod::Fp8 { block, .. }) => fp8_cut(block, out, inp, dim, r),
-        Some(&QuantMethod::Int4Asymmetric { group }) => int4_cut(group, dim, r),
-        Some(&QuantMethod::Hqq { bits, group, axis }) => hqq_cut(bits, group, axis, out, inp, dim, r),
+        Some(&QuantMethod::Gptq { bits, group, act_order }) => {
+            crate::gptq::scheme::check_cut(bits, group, act_order, dim, len, r)
+        }
+        Some(&QuantMethod::Awq { group }) => crate::awq::scheme::check_cut(group, dim, r),
+        Some(&QuantMethod::Fp8 { block, .. }) => crate::fp8::scheme::check_cut(block, out, inp, dim, r),
+        Some(&QuantMethod::Int4Asymmetric { group }) => crate::intx::scheme::check_int4_cut(group, dim, r),
+        Some(&QuantMethod::Hqq { bits, group, axis }) => {
+            crate::hqq::scheme::check_cut(bits, group, axis, out, inp, dim, r)
+        }
         Some(QuantMethod::SmoothQuant { .. }) => Err(Error::Tp(TpError::ShardScheme("smoothquant"))),
     }
-}
-
-/// `Ok` when `at` is a multiple of `multiple`, else [`TpError::ShardBoundary`].
-fn on(at: usize, multiple: usize, what: &'static str) -> Result<()> {
-    if at.is_multiple_of(multiple.max(1)) {
-        Ok(())
-    } else {
-        Err(Error::Tp(TpError::ShardBoundary { what, at, multiple }))
-    }
-}
-
-/// GPTQ (`[K, N]` storage): outputs on a zero-point pack word; inputs on a `qweight` word row
-/// and, without act-order, on a group (the last may end at K).
-fn gptq_cut(
-    bits: u8,
-    group: Option<usize>,
-    act_order: bool,
-    dim: usize,
-    len: usize,
-    r: Range<usize>,
-) -> Result<()> {
-    let per = codes_per_block(bits);
-    let what = if dim == 0 { "zero-point pack word" } else { "qweight word row" };
-    on(r.start, per, what)?;
-    on(r.end, per, what)?;
-    // One group (no group size, or one at least K) has only the trivial `g_idx`.
-    let act_order = act_order && group.is_some_and(|g| g < len);
-    if dim == 1 && !act_order {
-        let gs = group.unwrap_or(len);
-        on(r.start, gs, "group")?;
-        if r.end != len {
-            on(r.end, gs, "group")?;
-        }
-    }
-    Ok(())
-}
-
-/// AWQ (`[K, N/8]` storage): outputs on a pack word of 8, inputs on a group.
-fn awq_cut(group: usize, dim: usize, r: Range<usize>) -> Result<()> {
-    let (multiple, what) = if dim == 0 { (8, "awq pack word") } else { (group, "group") };
-    on(r.start, multiple, what)?;
-    on(r.end, multiple, what)
-}
-
-/// FP8: on a scale block (the end may be the dimension's end), or inside one block; per
-/// tensor is one block the size of the weight.
-fn fp8_cut(block: Option<(usize, usize)>, out: usize, inp: usize, dim: usize, r: Range<usize>) -> Result<()> {
-    let (br, bc) = block.unwrap_or((out, inp));
-    let (b, len) = if dim == 0 { (br.max(1), out) } else { (bc.max(1), inp) };
-    if !r.is_empty() && r.start / b == (r.end - 1) / b {
-        return Ok(());
-    }
-    on(r.start, b, "fp8 scale block")?;
-    if r.end != len {
-        on(r.end, b, "fp8 scale block")?;
-    }
-    Ok(())
-}
-
-/// int4: any rows; columns on a group.
-fn int4_cut(group: usize, dim: usize, r: Range<usize>) -> Result<()> {
-    if dim == 0 {
-        return Ok(());
-    }
-    on(r.start, group, "int4 group")?;
-    on(r.end, group, "int4 group")
-}
-
-/// HQQ's rule depends on the grouping period against the row length and on the width's
-/// packing, so it is asked of [`QuantWeight::shard`] itself on a zero layer of this shape.
-fn hqq_cut(
-    bits: u8,
-    group: usize,
-    axis: Axis,
-    out: usize,
-    inp: usize,
-    dim: usize,
-    r: Range<usize>,
-) -> Result<()> {
-    let layout = HqqLayout::new(out, inp, group, axis)?;
-    let (cr, cc) = layout.code_shape();
-    let packed = crate::hqq::pack_hqq(&vec![0u8; cr * cc], cr, cc, bits)?;
-    let zeros = FloatVec::F32(vec![0.0; layout.groups()]);
-    let w = HqqWeight { layout, packed, scales: zeros.clone(), zeros };
-    w.shard(&Shard::Offset { dim, offset: r.start, len: r.len() }).map(|_| ())
 }
 
 /// A failed plan: the layer and why.

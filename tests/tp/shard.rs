@@ -612,3 +612,41 @@ fn stacked_fp8_experts_split_then_dequantize_like_dequantize_then_split() {
         Error::Kernel(KernelError::LengthMismatch { what: "codes", .. })
     ));
 }
+
+/// Each scheme names its own [`quant_kernels::QuantMethod`]; a shard names the same one
+/// (act-order GPTQ cut along its outputs keeps its permutation; a per-tensor FP8 stays one).
+#[test]
+fn every_scheme_names_its_method_and_shards_keep_it() {
+    use quant_kernels::QuantMethod;
+    let mut rng = Rng(91);
+    let x: Vec<f32> = (0..16 * 64).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let half = Shard::Simple { dim: 0, rank: 1, world_size: 2 };
+    let (blocked, per_tensor) = (fp8(256, 128, Some((128, 64)), 1, &mut rng), fp8(64, 48, None, 1, &mut rng));
+    let cases: Vec<(QuantWeight, QuantMethod)> = vec![
+        (
+            hqq_weight(64, 32, 16, Axis::One, 4, 0, &mut rng).unwrap().into(),
+            QuantMethod::Hqq { bits: 4, group: 16, axis: Axis::One },
+        ),
+        (
+            gptq(128, 64, 4, 32, true, &mut rng).into(),
+            QuantMethod::Gptq { bits: 4, group: Some(32), act_order: true },
+        ),
+        (
+            gptq(128, 64, 3, -1, false, &mut rng).into(),
+            QuantMethod::Gptq { bits: 3, group: None, act_order: false },
+        ),
+        (awq(128, 64, 32, &mut rng).into(), QuantMethod::Awq { group: 32 }),
+        (blocked.clone().into(), QuantMethod::Fp8 { format: blocked.format, block: Some((128, 64)) }),
+        (per_tensor.clone().into(), QuantMethod::Fp8 { format: per_tensor.format, block: None }),
+        (
+            intx::quantize_int8(&x, 16, 64, Granularity::PerTensor).unwrap().into(),
+            QuantMethod::Int8Symmetric { per_channel: false },
+        ),
+        (intx::quantize_int4(&x, 16, 64, 16).unwrap().into(), QuantMethod::Int4Asymmetric { group: 16 }),
+    ];
+    for (w, method) in cases {
+        assert_eq!(w.method(), Some(method), "{}", w.scheme());
+        assert_eq!(w.shard(&half).unwrap().method(), Some(method), "{} shard", w.scheme());
+    }
+    assert_eq!(QuantWeight::dense(2, 2, vec![0f32; 4]).method(), None);
+}

@@ -57,6 +57,30 @@ fn tensor(
     (as_name.to_string(), dtype, t.shape, t.bytes)
 }
 
+/// Every quantized layer of `model`, read and turned back into named tensors
+/// (`QuantizedCheckpoint::tensors`), is the checkpoint's own tensors: names, dtypes, shapes and
+/// bytes; the bias included. A weight of another scheme is a typed error.
+pub(crate) fn assert_round_trips(model: &QuantizedCheckpoint) {
+    let raw = model.checkpoint();
+    for l in model.layers() {
+        let tensors = model.tensors(&l.prefix, &model.load(&l.prefix).unwrap()).unwrap();
+        let parts = tensors.len() - usize::from(l.bias.is_some());
+        assert!(parts >= 2, "{}: {} tensors", l.prefix, tensors.len());
+        for t in &tensors {
+            let info = raw.info(&t.name).unwrap_or_else(|| panic!("{} is not in the checkpoint", t.name));
+            assert_eq!((t.dtype, &t.shape), (info.dtype, &info.shape), "{}", t.name);
+            assert!(t.data == raw.read(&t.name).unwrap(), "{}: bytes differ", t.name);
+        }
+        let stored = raw.tensor_names().filter(|n| n.starts_with(&format!("{}.", l.prefix))).count();
+        assert_eq!(tensors.len(), stored, "{}: every stored part written", l.prefix);
+        let dense = quant_kernels::QuantWeight::dense(1, 1, vec![0f32]);
+        assert!(matches!(
+            model.tensors(&l.prefix, &dense),
+            Err(Error::Format(FormatError::SchemeMismatch { weight: "dense", .. }))
+        ));
+    }
+}
+
 /// `[k, n]` -> `[n, k]`.
 fn transpose(w: &[f32], k: usize, n: usize) -> Vec<f32> {
     (0..n * k).map(|i| w[(i % k) * n + i / k]).collect()
@@ -119,6 +143,7 @@ fn awq_checkpoint_matches_autoawq() {
     }
     assert!(model.is_quantized_part("model.layers.0.mlp.up_proj.qzeros"));
     assert!(!model.is_quantized_part("model.norm.weight"));
+    assert_round_trips(&model);
     // The CLI writes [out, in] weights and copies the rest.
     let out = qk_dequantize(&dir.0, "f32");
     for (prefix, k, n, want) in &expected {
@@ -201,6 +226,7 @@ fn fp8_checkpoint_matches_torch() {
     assert_eq!(l.method.to_string(), "fp8-e4m3-block128x128");
     assert!(model.is_quantized_part("model.layers.0.mlp.down_proj.weight_scale_inv"));
     assert!(!model.is_quantized_part("lm_head.weight"), "an unquantized bf16 weight is copied");
+    assert_round_trips(&model);
     let out = qk_dequantize(&dir.0, "f32");
     assert!(same(&out.read_as::<f32>("model.layers.0.mlp.down_proj.weight").unwrap(), &deq));
     let out = qk_dequantize(&dir.0, "bf16");
@@ -224,6 +250,7 @@ fn fp8_per_tensor_and_errors() {
     let w: Vec<f32> = model.dequantize(p, quant_kernels::Parallelism::RAYON).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
     assert!(w.iter().zip(&codes).all(|(x, &c)| x.to_bits() == (fmt.decode(c) * 0.5).to_bits()));
+    assert_round_trips(&model);
 
     let block = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
     // Block config, but only a per-tensor scale stored.
@@ -275,6 +302,7 @@ fn fp8_stacked_experts() {
     let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let l = &model.layers()[0];
     assert_eq!((l.experts, l.out, l.inp), (2, 300, 260));
+    assert_round_trips(&model);
     assert_eq!(l.stored_bytes, 2 * l.method.layer_bytes(300, 260).unwrap());
     let out = qk_dequantize(&dir.0, "f32");
     assert_eq!(out.info(&format!("{p}.weight")).unwrap().shape, [2, 300, 260]);

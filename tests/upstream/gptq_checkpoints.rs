@@ -93,6 +93,8 @@ fn tiny_checkpoints_load_with_their_configs() {
 fn tiny_checkpoints_match_gptqmodel_fused_included() {
     for name in TINY {
         let ck = GptqCheckpoint::open(tiny(name)).unwrap();
+        let model = quant_kernels::io::QuantizedCheckpoint::open(tiny(name)).unwrap();
+        crate::awq_fp8_checkpoints::assert_round_trips(&model);
         let want = expected(name);
         let mut layers = BTreeMap::new();
         for prefix in ck.layers().keys() {

@@ -87,6 +87,17 @@ fn words(n: usize, seed: u32) -> Vec<i32> {
     (0..n).map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(seed) as i32).collect()
 }
 
+/// The arguments of `qk bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Fewer repetitions.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// One JSON record per line (no table).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 /// Run every measurement; `quick` takes fewer repetitions.
 pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     use quant_kernels::awq::{self, AwqLayout};

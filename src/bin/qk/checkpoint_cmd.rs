@@ -1,7 +1,8 @@
 //! `qk inspect` and `qk dequantize` on GPTQ, AWQ and FP8 checkpoint directories.
 
+use crate::CliError;
 use crate::demo_checkpoint::format_name;
-use crate::{CliError, DequantizeArgs};
+use crate::dequantize_cmd::DequantizeArgs;
 use half::{bf16, f16};
 use quant_kernels::error::{FormatError, KernelError};
 use quant_kernels::gptq::plan_fusion;

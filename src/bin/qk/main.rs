@@ -30,13 +30,12 @@ mod bench_cmd;
 mod checkpoint_cmd;
 mod demo;
 mod demo_checkpoint;
+mod dequantize_cmd;
 mod progress;
 mod shard_cmd;
 mod uqff_cmd;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use quant_kernels::FloatType;
-use quant_kernels::hqq::{Axis, HqqConfig};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,18 +54,6 @@ pub enum CliError {
     /// A library error (bad checkpoint, I/O, shapes...).
     #[error(transparent)]
     Kernel(#[from] quant_kernels::Error),
-}
-
-/// Options of `qk dequantize`.
-pub struct DequantizeArgs {
-    /// The checkpoint directory, or the .uqff file.
-    pub dir: PathBuf,
-    /// The safetensors file to write.
-    pub out: PathBuf,
-    /// Element type of the dequantized weights.
-    pub dtype: FloatType,
-    /// Write q/k/v as `qkv_proj` and gate/up as `gate_up_proj` (checkpoints only).
-    pub fuse: bool,
 }
 
 /// Pack, quantize, dequantize and shard quantized LLM weights (HQQ, GPTQ, AWQ, FP8).
@@ -102,181 +89,24 @@ enum Command {
     /// orientation of an unquantized checkpoint (default dtype f16) and copy the other tensors;
     /// --fuse writes q/k/v as qkv_proj and gate/up as gate_up_proj. A .uqff file (either UQFF
     /// revision): write each layer back as `<prefix>.weight` in its [out, in] shape, and its bias.
-    Dequantize(DequantizeCli),
+    Dequantize(dequantize_cmd::DequantizeCli),
     /// Split a GPTQ, AWQ or FP8 checkpoint for tensor parallelism: OUT/rank-{r}-of-{N}/ per rank.
     ///
     /// Each rank directory is a checkpoint of the same scheme and file layout, still packed
     /// (q/k/v, gate/up split along the outputs, o/down along the inputs, the rest copied). A
     /// world size that does not fit names the layer and the nearest that do, before anything is
     /// written.
-    Shard(ShardCli),
+    Shard(shard_cmd::ShardArgs),
     /// HQQ-quantize a safetensors file's weights into mistral.rs's UQFF.
     ///
     /// Quantize every 2-D float *.weight tensor with HQQ (its *.bias goes with it) and write
     /// mistral.rs's UQFF (f32 scales and zeros, as its ISQ does); other tensors are left out.
-    Quantize(QuantizeCli),
+    Quantize(uqff_cmd::QuantizeCli),
     /// Time each kernel next to a memcpy of its output size.
     ///
     /// Each kernel's throughput (4096x4096) next to a memcpy of its output size in the same run;
     /// --json: one record per line.
-    Bench(BenchCli),
-}
-
-/// Element type of `qk dequantize`'s output.
-#[derive(Clone, Copy, ValueEnum)]
-enum OutDtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-#[derive(Args)]
-struct DequantizeCli {
-    /// A GPTQ/AWQ/FP8 checkpoint directory, or a .uqff file.
-    #[arg(value_name = "PATH")]
-    path: PathBuf,
-    /// The safetensors file to write.
-    #[arg(short, long, value_name = "FILE")]
-    out: PathBuf,
-    /// Element type of the dequantized weights.
-    #[arg(long, value_enum, default_value_t = OutDtype::F16)]
-    dtype: OutDtype,
-    /// Write q/k/v as qkv_proj and gate/up as gate_up_proj (a checkpoint only).
-    #[arg(long)]
-    fuse: bool,
-}
-
-/// A world size: a positive integer.
-fn positive(v: &str) -> Result<usize, String> {
-    match v.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{v}` is not a positive number")),
-    }
-}
-
-#[derive(Args)]
-struct ShardCli {
-    /// A GPTQ, AWQ or FP8 checkpoint directory.
-    #[arg(value_name = "DIR")]
-    dir: PathBuf,
-    /// Number of tensor-parallel ranks.
-    #[arg(short = 'n', long, value_name = "N", value_parser = positive)]
-    world_size: usize,
-    /// Directory to write rank-{r}-of-{N}/ into.
-    #[arg(short, long, value_name = "OUT")]
-    out: PathBuf,
-}
-
-/// Quantization method of `qk quantize`.
-#[derive(Clone, Copy, ValueEnum)]
-enum Method {
-    /// Half-Quadratic Quantization (the only method UQFF holds here).
-    Hqq,
-}
-
-/// Quantization axis of `qk quantize`.
-#[derive(Clone, Copy, ValueEnum)]
-enum AxisArg {
-    /// hqq's axis=0: a group is a column of the [g, numel/g] code matrix (strided weights).
-    #[value(name = "0")]
-    Zero,
-    /// hqq's axis=1: a group is a row of the [numel/g, g] code matrix (consecutive weights).
-    #[value(name = "1")]
-    One,
-}
-
-/// UQFF revision written by `qk quantize`.
-#[derive(Clone, Copy, ValueEnum)]
-enum UqffArg {
-    /// 1.2.0: safetensors with named tensors.
-    #[value(name = "1.2", alias = "1.2.0")]
-    V1,
-    /// 0.2.0: legacy byte blobs (every bit width).
-    #[value(name = "0.2", alias = "0.2.0")]
-    Legacy,
-}
-
-#[derive(Args)]
-struct QuantizeCli {
-    /// The safetensors file to quantize.
-    #[arg(value_name = "IN")]
-    input: PathBuf,
-    /// Quantization method (only hqq writes UQFF).
-    #[arg(long, value_enum, default_value_t = Method::Hqq)]
-    method: Method,
-    /// Bits per weight: 8, 4, 3, 2 or 1.
-    #[arg(long, value_name = "B")]
-    bits: u8,
-    /// The .uqff file to write.
-    #[arg(short, long, value_name = "OUT")]
-    out: PathBuf,
-    /// Weights per group.
-    #[arg(long, value_name = "G", default_value_t = 64)]
-    group_size: usize,
-    /// The axis hqq groups over.
-    #[arg(long, value_enum, default_value_t = AxisArg::Zero)]
-    axis: AxisArg,
-    /// HQQ optimizer steps (0: none).
-    #[arg(long, value_name = "N", default_value_t = 10, conflicts_with = "no_optimize")]
-    steps: usize,
-    /// Skip HQQ's optimizer (round to nearest).
-    #[arg(long)]
-    no_optimize: bool,
-    /// Round the initial zero points to integers.
-    #[arg(long)]
-    round_zeros: bool,
-    /// UQFF revision to write.
-    #[arg(long, value_enum, value_name = "VERSION", default_value_t = UqffArg::V1)]
-    uqff: UqffArg,
-}
-
-#[derive(Args)]
-struct BenchCli {
-    /// Fewer repetitions.
-    #[arg(long)]
-    quick: bool,
-    /// One JSON record per line (no table).
-    #[arg(long)]
-    json: bool,
-}
-
-impl From<DequantizeCli> for DequantizeArgs {
-    fn from(a: DequantizeCli) -> Self {
-        let dtype = match a.dtype {
-            OutDtype::F32 => FloatType::F32,
-            OutDtype::F16 => FloatType::F16,
-            OutDtype::Bf16 => FloatType::Bf16,
-        };
-        DequantizeArgs { dir: a.path, out: a.out, dtype, fuse: a.fuse }
-    }
-}
-
-impl From<ShardCli> for shard_cmd::ShardArgs {
-    fn from(a: ShardCli) -> Self {
-        shard_cmd::ShardArgs { dir: a.dir, world_size: a.world_size, out: a.out }
-    }
-}
-
-impl From<QuantizeCli> for uqff_cmd::QuantizeArgs {
-    fn from(a: QuantizeCli) -> Self {
-        let Method::Hqq = a.method;
-        let config = HqqConfig {
-            bits: a.bits,
-            group_size: a.group_size,
-            axis: match a.axis {
-                AxisArg::Zero => Axis::Zero,
-                AxisArg::One => Axis::One,
-            },
-            optimization_steps: Some(a.steps).filter(|&s| s > 0 && !a.no_optimize),
-            round_zeros: a.round_zeros,
-            channel_wise: true,
-        };
-        let version = match a.uqff {
-            UqffArg::V1 => uqff_cmd::UqffVersion::V1,
-            UqffArg::Legacy => uqff_cmd::UqffVersion::Legacy,
-        };
-        uqff_cmd::QuantizeArgs { input: a.input, out: a.out, config, version }
-    }
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// A clap error as one line: its first paragraph (the message, and the argument it names when
@@ -293,11 +123,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         None | Some(Command::Demo) => demo::run(),
         Some(Command::Inspect { path }) if path.is_file() => uqff_cmd::inspect_file(&path),
         Some(Command::Inspect { path }) => checkpoint_cmd::inspect(&path),
-        Some(Command::Dequantize(a)) => {
-            let a = DequantizeArgs::from(a);
-            if a.dir.is_file() { uqff_cmd::dequantize(&a) } else { checkpoint_cmd::dequantize(&a) }
-        }
-        Some(Command::Shard(a)) => shard_cmd::shard(&a.into()),
+        Some(Command::Dequantize(a)) => dequantize_cmd::run(a.into()),
+        Some(Command::Shard(a)) => shard_cmd::shard(&a),
         Some(Command::Quantize(a)) => uqff_cmd::quantize(&a.into()),
         Some(Command::Bench(a)) => bench_cmd::bench(a.quick, a.json),
     }

@@ -2,15 +2,31 @@
 //! ([`quant_kernels::tp::shard_checkpoint`]), with a progress bar.
 
 use crate::CliError;
+use clap::Args;
 use quant_kernels::tp::{ShardProgress, shard_checkpoint};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Options of `qk shard`.
+/// The arguments of `qk shard`.
+#[derive(Args)]
 pub struct ShardArgs {
+    /// A GPTQ, AWQ or FP8 checkpoint directory.
+    #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+    /// Number of tensor-parallel ranks.
+    #[arg(short = 'n', long, value_name = "N", value_parser = positive)]
     pub world_size: usize,
+    /// Directory to write rank-{r}-of-{N}/ into.
+    #[arg(short, long, value_name = "OUT")]
     pub out: PathBuf,
+}
+
+/// A world size: a positive integer.
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{v}` is not a positive number")),
+    }
 }
 
 /// `qk shard DIR --world-size N --out OUT`.

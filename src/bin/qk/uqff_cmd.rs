@@ -1,9 +1,11 @@
 //! `qk quantize` (safetensors -> HQQ UQFF) and `qk dequantize FILE.uqff`.
 
-use crate::{CliError, DequantizeArgs};
+use crate::CliError;
+use crate::dequantize_cmd::DequantizeArgs;
+use clap::{Args, ValueEnum};
 use half::{bf16, f16};
 use quant_kernels::error::FormatError;
-use quant_kernels::hqq::{self, HqqConfig};
+use quant_kernels::hqq::{self, Axis, HqqConfig};
 use quant_kernels::io::safetensors::to_le_bytes;
 use quant_kernels::io::uqff::{self, Extension, UqffHqqLayer};
 use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
@@ -27,6 +29,92 @@ pub struct QuantizeArgs {
     pub out: PathBuf,
     pub config: HqqConfig,
     pub version: UqffVersion,
+}
+
+/// Quantization method of `qk quantize`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    /// Half-Quadratic Quantization (the only method UQFF holds here).
+    Hqq,
+}
+
+/// Quantization axis of `qk quantize`.
+#[derive(Clone, Copy, ValueEnum)]
+enum AxisArg {
+    /// hqq's axis=0: a group is a column of the [g, numel/g] code matrix (strided weights).
+    #[value(name = "0")]
+    Zero,
+    /// hqq's axis=1: a group is a row of the [numel/g, g] code matrix (consecutive weights).
+    #[value(name = "1")]
+    One,
+}
+
+/// UQFF revision written by `qk quantize`.
+#[derive(Clone, Copy, ValueEnum)]
+enum UqffArg {
+    /// 1.2.0: safetensors with named tensors.
+    #[value(name = "1.2", alias = "1.2.0")]
+    V1,
+    /// 0.2.0: legacy byte blobs (every bit width).
+    #[value(name = "0.2", alias = "0.2.0")]
+    Legacy,
+}
+
+/// The arguments of `qk quantize`.
+#[derive(Args)]
+pub struct QuantizeCli {
+    /// The safetensors file to quantize.
+    #[arg(value_name = "IN")]
+    input: PathBuf,
+    /// Quantization method (only hqq writes UQFF).
+    #[arg(long, value_enum, default_value_t = Method::Hqq)]
+    method: Method,
+    /// Bits per weight: 8, 4, 3, 2 or 1.
+    #[arg(long, value_name = "B")]
+    bits: u8,
+    /// The .uqff file to write.
+    #[arg(short, long, value_name = "OUT")]
+    out: PathBuf,
+    /// Weights per group.
+    #[arg(long, value_name = "G", default_value_t = 64)]
+    group_size: usize,
+    /// The axis hqq groups over.
+    #[arg(long, value_enum, default_value_t = AxisArg::Zero)]
+    axis: AxisArg,
+    /// HQQ optimizer steps (0: none).
+    #[arg(long, value_name = "N", default_value_t = 10, conflicts_with = "no_optimize")]
+    steps: usize,
+    /// Skip HQQ's optimizer (round to nearest).
+    #[arg(long)]
+    no_optimize: bool,
+    /// Round the initial zero points to integers.
+    #[arg(long)]
+    round_zeros: bool,
+    /// UQFF revision to write.
+    #[arg(long, value_enum, value_name = "VERSION", default_value_t = UqffArg::V1)]
+    uqff: UqffArg,
+}
+
+impl From<QuantizeCli> for QuantizeArgs {
+    fn from(a: QuantizeCli) -> Self {
+        let Method::Hqq = a.method;
+        let config = HqqConfig {
+            bits: a.bits,
+            group_size: a.group_size,
+            axis: match a.axis {
+                AxisArg::Zero => Axis::Zero,
+                AxisArg::One => Axis::One,
+            },
+            optimization_steps: Some(a.steps).filter(|&s| s > 0 && !a.no_optimize),
+            round_zeros: a.round_zeros,
+            channel_wise: true,
+        };
+        let version = match a.uqff {
+            UqffArg::V1 => UqffVersion::V1,
+            UqffArg::Legacy => UqffVersion::Legacy,
+        };
+        QuantizeArgs { input: a.input, out: a.out, config, version }
+    }
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
