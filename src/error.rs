@@ -361,6 +361,20 @@ pub enum FormatError {
         got: String,
     },
 
+    /// A region of a tensor (rows and columns of its `[rows, last dimension]` view) that lies
+    /// outside it.
+    #[error("{tensor}: rows {rows:?}, columns {cols:?} lie outside its shape {shape:?}")]
+    TensorRegion {
+        /// The tensor.
+        tensor: String,
+        /// The rows asked for.
+        rows: std::ops::Range<usize>,
+        /// The columns asked for.
+        cols: std::ops::Range<usize>,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+
     /// A tensor whose shape does not match the layer it belongs to.
     #[error("{tensor}: shape {got:?}, expected {expected:?}")]
     TensorShape {

@@ -93,6 +93,17 @@ impl QuantWeight {
         QuantWeight::Dense(DenseWeight { rows, cols, w: w.into() })
     }
 
+    /// Take the bias a checkpoint layer carries (GPTQ, AWQ, FP8 layers hold theirs; the
+    /// others none): `QuantLinear::new` takes the bias separately.
+    pub fn take_bias(&mut self) -> Option<FloatVec> {
+        match self {
+            QuantWeight::Gptq(l) => l.bias.take(),
+            QuantWeight::Awq(l) => l.bias.take(),
+            QuantWeight::Fp8(l) => l.bias.take(),
+            QuantWeight::Dense(_) | QuantWeight::Hqq(_) | QuantWeight::Int8(_) | QuantWeight::Int4(_) => None,
+        }
+    }
+
     /// The scheme's name: `dense`, `hqq`, `gptq`, `awq`, `fp8`, `int8` or `int4`
     /// ([`QuantScheme::NAME`]).
     pub fn scheme(&self) -> &'static str {

@@ -18,6 +18,7 @@ use crate::error::{Error, KernelError, Result};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
 use crate::tp::Shard;
+use std::ops::Range;
 
 /// One scheme's weight `[out, in]` (the `nn.Linear` orientation, whatever the storage order).
 ///
@@ -149,4 +150,64 @@ pub(crate) fn concat_bias<T>(
 /// Elements `range` of a bias, in its dtype.
 pub(crate) fn bias_range(bias: Option<&FloatVec>, range: std::ops::Range<usize>) -> Option<FloatVec> {
     bias.map(|b| crate::with_float_vec!(b, v => FloatVec::from(v[range.clone()].to_vec())))
+}
+
+/// A layer's stored tensors as a shard reads them: regions (rows, columns) of each part seen as
+/// `[rows, last dimension]` (a 1-D part is one row). A scheme's shard is written once against
+/// this, so it runs on a layer in memory ([`InMemory`]) and on a checkpoint, reading only the
+/// shard's bytes (`io::quantized::CheckpointParts`).
+pub(crate) trait Parts {
+    /// Rows `rows`, columns `cols` of an `i32` part.
+    fn i32s(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<i32>>;
+    /// Rows `rows`, columns `cols` of a float part, in its stored type.
+    fn floats(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<FloatVec>;
+}
+
+/// One part of a layer in memory and its row length.
+pub(crate) enum Part<'a> {
+    /// `i32` values, `usize` per row.
+    I32(&'a [i32], usize),
+    /// Floats, `usize` per row.
+    Floats(&'a FloatVec, usize),
+}
+
+/// A layer's parts in memory, by name (the caller has checked their lengths).
+pub(crate) struct InMemory<'a>(pub(crate) Vec<(&'static str, Part<'a>)>);
+
+impl InMemory<'_> {
+    fn get(&self, part: &'static str) -> Result<&Part<'_>> {
+        self.0.iter().find(|(n, _)| *n == part).map(|(_, p)| p).ok_or_else(|| missing(part))
+    }
+}
+
+/// A part the layer does not have (in the type asked for).
+fn missing(part: &str) -> Error {
+    Error::Format(crate::error::FormatError::MissingTensors(vec![part.to_string()]))
+}
+
+/// Rows `rows`, columns `cols` of a row-major matrix with rows of `width`.
+fn region<T: Copy>(v: &[T], width: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    for r in rows {
+        out.extend_from_slice(&v[r * width + cols.start..r * width + cols.end]);
+    }
+    out
+}
+
+impl Parts for InMemory<'_> {
+    fn i32s(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<i32>> {
+        match self.get(part)? {
+            Part::I32(v, w) => Ok(region(v, *w, rows, cols)),
+            Part::Floats(..) => Err(missing(part)),
+        }
+    }
+
+    fn floats(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<FloatVec> {
+        match self.get(part)? {
+            Part::Floats(v, w) => {
+                Ok(crate::with_float_vec!(v, x => FloatVec::from(region(x, *w, rows, cols))))
+            }
+            Part::I32(..) => Err(missing(part)),
+        }
+    }
 }

@@ -8,10 +8,11 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, FormatError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_bool, get_int, get_str, invalid};
-use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
+use crate::io::quantized::{CheckpointLayer, CheckpointParts, LayerSummary, QuantCheckpoint};
 use crate::io::{Checkpoint, Dtype, NamedTensor};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
+use crate::tp::Shard;
 use std::collections::BTreeMap;
 
 /// The fields of an AWQ quantization config this crate reads.
@@ -199,6 +200,17 @@ impl CheckpointLayer for AwqLayer {
             scales: ck.read_floats(&name("scales"))?,
             bias: info.bias.map(|_| ck.read_floats(&name("bias"))).transpose()?,
         })
+    }
+
+    fn read_shard(
+        ck: &Checkpoint,
+        _: &AwqConfig,
+        info: &AwqLayerInfo,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<AwqLayer> {
+        let src = CheckpointParts { checkpoint: ck, prefix };
+        super::scheme::shard_parts(&info.layout, info.bias.is_some(), &src, shard)
     }
 
     fn summary(_: &AwqConfig, prefix: &str, i: &AwqLayerInfo) -> LayerSummary {

@@ -6,9 +6,9 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, KernelError, Result, expect_len};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
-use crate::scheme::{QuantScheme, agree, bias_range, concat_bias, transposed_into};
+use crate::scheme::{InMemory, Part, Parts, QuantScheme, agree, concat_bias, transposed_into};
 use crate::tp::Shard;
-use crate::tp::shard::{column_range, on};
+use crate::tp::shard::on;
 use std::ops::Range;
 
 impl QuantScheme for AwqLayer {
@@ -61,38 +61,20 @@ impl QuantScheme for AwqLayer {
     fn shard(&self, shard: &Shard) -> Result<Self> {
         let a = self;
         let l = &a.layout;
-        let (k, n, gs, groups, wc) = (l.k(), l.n(), l.group_size(), l.groups(), l.packed_cols());
-        crate::with_float_vec!(&a.scales, s => crate::awq::check(l, &a.qweight, &a.qzeros, s, k * n))?;
+        crate::with_float_vec!(&a.scales, s => crate::awq::check(l, &a.qweight, &a.qzeros, s, l.k() * l.n()))?;
         if let Some(b) = &a.bias {
-            crate::error::expect_len("bias", n, b.len())?;
+            crate::error::expect_len("bias", l.n(), b.len())?;
         }
-        if shard.dim() == 0 {
-            // Outputs = AWQ columns, 8 to a word (interleaved within the word only).
-            let r = shard.range(n)?;
-            on(r.start, 8, "awq pack word")?;
-            on(r.end, 8, "awq pack word")?;
-            let words = r.start / 8..r.end / 8;
-            Ok(AwqLayer {
-                layout: AwqLayout::new(k, r.len(), gs)?,
-                qweight: column_range(&a.qweight, k, wc, words.clone()),
-                qzeros: column_range(&a.qzeros, groups, wc, words),
-                scales: crate::with_float_vec!(&a.scales, s => FloatVec::from(column_range(s, groups, n, r.clone()))),
-                bias: bias_range(a.bias.as_ref(), r.clone()),
-            })
-        } else {
-            // Inputs = AWQ rows, whole groups.
-            let r = shard.range(k)?;
-            on(r.start, gs, "group")?;
-            on(r.end, gs, "group")?;
-            let (g0, g1) = (r.start / gs, r.end / gs);
-            Ok(AwqLayer {
-                layout: AwqLayout::new(r.len(), n, gs)?,
-                qweight: a.qweight[r.start * wc..r.end * wc].to_vec(),
-                qzeros: a.qzeros[g0 * wc..g1 * wc].to_vec(),
-                scales: crate::with_float_vec!(&a.scales, s => FloatVec::from(s[g0 * n..g1 * n].to_vec())),
-                bias: a.bias.clone(),
-            })
+        let wc = l.packed_cols();
+        let mut parts = vec![
+            ("qweight", Part::I32(&a.qweight, wc)),
+            ("qzeros", Part::I32(&a.qzeros, wc)),
+            ("scales", Part::Floats(&a.scales, l.n())),
+        ];
+        if let Some(b) = &a.bias {
+            parts.push(("bias", Part::Floats(b, l.n())));
         }
+        shard_parts(l, a.bias.is_some(), &InMemory(parts), shard)
     }
 
     /// AWQ parts (`[K, N_i]` storage): word columns of `qweight` and `qzeros` and scale columns
@@ -131,4 +113,44 @@ pub(crate) fn check_cut(group: usize, dim: usize, r: Range<usize>) -> Result<()>
     let (multiple, what) = if dim == 0 { (8, "awq pack word") } else { (group, "group") };
     on(r.start, multiple.max(1), what)?;
     on(r.end, multiple.max(1), what)
+}
+
+/// Rank `shard`'s part of an AWQ layer of layout `l` whose tensors `src` holds: only the
+/// shard's regions are asked of `src`.
+pub(crate) fn shard_parts(
+    l: &AwqLayout,
+    has_bias: bool,
+    src: &impl Parts,
+    shard: &Shard,
+) -> Result<AwqLayer> {
+    let (k, n, gs, groups) = (l.k(), l.n(), l.group_size(), l.groups());
+    let bias = |cols: Range<usize>| has_bias.then(|| src.floats("bias", 0..1, cols)).transpose();
+    if shard.dim() == 0 {
+        // Outputs = AWQ columns, 8 to a word (interleaved within the word only).
+        let r = shard.range(n)?;
+        on(r.start, 8, "awq pack word")?;
+        on(r.end, 8, "awq pack word")?;
+        let words = r.start / 8..r.end / 8;
+        Ok(AwqLayer {
+            layout: AwqLayout::new(k, r.len(), gs)?,
+            qweight: src.i32s("qweight", 0..k, words.clone())?,
+            qzeros: src.i32s("qzeros", 0..groups, words)?,
+            scales: src.floats("scales", 0..groups, r.clone())?,
+            bias: bias(r)?,
+        })
+    } else {
+        // Inputs = AWQ rows, whole groups.
+        let r = shard.range(k)?;
+        on(r.start, gs, "group")?;
+        on(r.end, gs, "group")?;
+        let (g0, g1) = (r.start / gs, r.end / gs);
+        let wc = l.packed_cols();
+        Ok(AwqLayer {
+            layout: AwqLayout::new(r.len(), n, gs)?,
+            qweight: src.i32s("qweight", r, 0..wc)?,
+            qzeros: src.i32s("qzeros", g0..g1, 0..wc)?,
+            scales: src.floats("scales", g0..g1, 0..n)?,
+            bias: bias(0..n)?,
+        })
+    }
 }

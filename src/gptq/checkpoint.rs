@@ -12,10 +12,11 @@ use super::{GptqConfig, GptqLayout, ZeroFormat, ZeroFormatMismatch};
 use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, FormatError, KernelError, Result};
 use crate::io::checkpoint::FLOATS;
-use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
+use crate::io::quantized::{CheckpointLayer, CheckpointParts, LayerSummary, QuantCheckpoint};
 use crate::io::{Checkpoint, Dtype, NamedTensor, TensorInfo};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
+use crate::tp::Shard;
 use std::collections::BTreeMap;
 
 /// Where a layer's tensors are and what shape they describe.
@@ -142,6 +143,24 @@ impl CheckpointLayer for GptqLayer {
             g_idx,
             bias: info.bias.map(|_| ck.read_floats(&name("bias"))).transpose()?,
         })
+    }
+
+    fn read_shard(
+        ck: &Checkpoint,
+        config: &GptqConfig,
+        info: &GptqLayerInfo,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<GptqLayer> {
+        let src = CheckpointParts { checkpoint: ck, prefix };
+        super::scheme::shard_parts(
+            &info.layout,
+            config.format,
+            info.has_g_idx,
+            info.bias.is_some(),
+            &src,
+            shard,
+        )
     }
 
     fn summary(config: &GptqConfig, prefix: &str, i: &GptqLayerInfo) -> LayerSummary {

@@ -4,13 +4,13 @@
 use super::GptqLayer;
 use super::GptqLayout;
 use super::layout::codes_per_block;
-use crate::elem::{Elem, FloatVec};
+use crate::elem::Elem;
 use crate::error::{Result, expect_len};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
-use crate::scheme::{QuantScheme, bias_range, transposed_into};
+use crate::scheme::{InMemory, Part, Parts, QuantScheme, transposed_into};
 use crate::tp::Shard;
-use crate::tp::shard::{column_range, on};
+use crate::tp::shard::on;
 use std::ops::Range;
 
 impl QuantScheme for GptqLayer {
@@ -77,8 +77,7 @@ impl QuantScheme for GptqLayer {
     fn shard(&self, shard: &Shard) -> Result<Self> {
         let g = self;
         let l = &g.layout;
-        let (k, n, bits) = (l.k(), l.n(), l.bits());
-        let per = codes_per_block(bits);
+        let (k, n) = (l.k(), l.n());
         let (wr, _) = l.qweight_shape();
         let (groups, zc) = l.qzeros_shape();
         crate::error::expect_len("qweight", wr * n, g.qweight.len())?;
@@ -87,77 +86,99 @@ impl QuantScheme for GptqLayer {
         if let Some(b) = &g.bias {
             crate::error::expect_len("bias", n, b.len())?;
         }
-        if shard.dim() == 0 {
-            // Outputs = GPTQ columns: qweight/scales columns, qzeros words along N.
-            let r = shard.range(n)?;
-            on(r.start, per, "zero-point pack word")?;
-            on(r.end, per, "zero-point pack word")?;
-            let zw = per * bits as usize / 32; // words per `per` columns of zero points
-            let (z0, z1) = (r.start / per * zw, r.end / per * zw);
-            let layout = GptqLayout::with_groups(k, r.len(), bits, group_arg(l), groups)?;
-            if let Some(gi) = &g.g_idx {
-                crate::gptq::groups_of_rows(l, Some(gi))?;
-            }
-            Ok(GptqLayer {
-                layout,
-                format: g.format,
-                qweight: column_range(&g.qweight, wr, n, r.clone()),
-                qzeros: column_range(&g.qzeros, groups, zc, z0..z1),
-                scales: crate::with_float_vec!(&g.scales, s => FloatVec::from(column_range(s, groups, n, r.clone()))),
-                g_idx: g.g_idx.clone(),
-                bias: bias_range(g.bias.as_ref(), r.clone()),
-            })
-        } else {
-            // Inputs = GPTQ rows: whole word rows (and whole groups without act-order).
-            let r = shard.range(k)?;
-            on(r.start, per, "qweight word row")?;
-            on(r.end, per, "qweight word row")?;
-            let words = r.start * bits as usize / 32..r.end * bits as usize / 32;
-            let qweight = g.qweight[words.start * n..words.end * n].to_vec();
-            let act_order = match &g.g_idx {
-                Some(gi) => {
-                    crate::gptq::groups_of_rows(l, Some(gi))?;
-                    *gi != l.default_g_idx()
-                }
-                None => false,
-            };
-            if act_order {
-                let layout = GptqLayout::with_groups(r.len(), n, bits, group_arg(l), groups)?;
-                return Ok(GptqLayer {
-                    layout,
-                    format: g.format,
-                    qweight,
-                    qzeros: g.qzeros.clone(),
-                    scales: g.scales.clone(),
-                    g_idx: g.g_idx.as_ref().map(|gi| gi[r.clone()].to_vec()),
-                    bias: g.bias.clone(),
-                });
-            }
-            let gs = l.group_size().unwrap_or(k);
-            on(r.start, gs, "group")?;
-            if r.end != k {
-                on(r.end, gs, "group")?;
-            }
-            let layout = GptqLayout::new(r.len(), n, bits, group_arg(l))?;
-            // The groups of the shard's rows (an empty shard at the end keeps the last one).
-            let g0 = (r.start / gs).min(groups - layout.groups());
-            let g1 = g0 + layout.groups();
-            Ok(GptqLayer {
-                layout,
-                format: g.format,
-                qweight,
-                qzeros: g.qzeros[g0 * zc..g1 * zc].to_vec(),
-                scales: crate::with_float_vec!(&g.scales, s => FloatVec::from(s[g0 * n..g1 * n].to_vec())),
-                g_idx: g.g_idx.as_ref().map(|gi| gi[r.clone()].iter().map(|&v| v - g0 as i32).collect()),
-                bias: g.bias.clone(),
-            })
+        let mut parts = vec![
+            ("qweight", Part::I32(&g.qweight, n)),
+            ("qzeros", Part::I32(&g.qzeros, zc)),
+            ("scales", Part::Floats(&g.scales, n)),
+        ];
+        if let Some(gi) = &g.g_idx {
+            parts.push(("g_idx", Part::I32(gi, k)));
         }
+        if let Some(b) = &g.bias {
+            parts.push(("bias", Part::Floats(b, n)));
+        }
+        shard_parts(l, g.format, g.g_idx.is_some(), g.bias.is_some(), &InMemory(parts), shard)
     }
 
     /// GPTQ's column fusion ([`super::fuse_columns`]).
     fn concat(parts: &[&Self]) -> Result<Self> {
         super::fuse_columns(parts)
     }
+}
+
+/// Rank `shard`'s part of a GPTQ layer of layout `l` whose tensors `src` holds (`g_idx` and
+/// `bias` when `has_g_idx` / `has_bias`): only the shard's regions are asked of `src` (and
+/// `g_idx` whole, to tell act-order).
+pub(crate) fn shard_parts(
+    l: &GptqLayout,
+    format: super::ZeroFormat,
+    has_g_idx: bool,
+    has_bias: bool,
+    src: &impl Parts,
+    shard: &Shard,
+) -> Result<GptqLayer> {
+    let (k, n, bits) = (l.k(), l.n(), l.bits());
+    let per = codes_per_block(bits);
+    let (wr, _) = l.qweight_shape();
+    let (groups, zc) = l.qzeros_shape();
+    let g_idx = if has_g_idx { Some(src.i32s("g_idx", 0..1, 0..k)?) } else { None };
+    if let Some(gi) = &g_idx {
+        crate::gptq::groups_of_rows(l, Some(gi))?;
+    }
+    let bias = |cols: Range<usize>| has_bias.then(|| src.floats("bias", 0..1, cols)).transpose();
+    if shard.dim() == 0 {
+        // Outputs = GPTQ columns: qweight/scales columns, qzeros words along N.
+        let r = shard.range(n)?;
+        on(r.start, per, "zero-point pack word")?;
+        on(r.end, per, "zero-point pack word")?;
+        let zw = per * bits as usize / 32; // words per `per` columns of zero points
+        let (z0, z1) = (r.start / per * zw, r.end / per * zw);
+        return Ok(GptqLayer {
+            layout: GptqLayout::with_groups(k, r.len(), bits, group_arg(l), groups)?,
+            format,
+            qweight: src.i32s("qweight", 0..wr, r.clone())?,
+            qzeros: src.i32s("qzeros", 0..groups, z0..z1)?,
+            scales: src.floats("scales", 0..groups, r.clone())?,
+            g_idx,
+            bias: bias(r)?,
+        });
+    }
+    // Inputs = GPTQ rows: whole word rows (and whole groups without act-order).
+    let r = shard.range(k)?;
+    on(r.start, per, "qweight word row")?;
+    on(r.end, per, "qweight word row")?;
+    let words = r.start * bits as usize / 32..r.end * bits as usize / 32;
+    let qweight = src.i32s("qweight", words, 0..n)?;
+    if let Some(gi) = g_idx.as_ref().filter(|gi| **gi != l.default_g_idx()) {
+        // Act-order: every group stays (the shard's rows point into all of them).
+        return Ok(GptqLayer {
+            layout: GptqLayout::with_groups(r.len(), n, bits, group_arg(l), groups)?,
+            format,
+            qweight,
+            qzeros: src.i32s("qzeros", 0..groups, 0..zc)?,
+            scales: src.floats("scales", 0..groups, 0..n)?,
+            g_idx: Some(gi[r].to_vec()),
+            bias: bias(0..n)?,
+        });
+    }
+    let gs = l.group_size().unwrap_or(k);
+    on(r.start, gs, "group")?;
+    if r.end != k {
+        on(r.end, gs, "group")?;
+    }
+    let layout = GptqLayout::new(r.len(), n, bits, group_arg(l))?;
+    // The groups of the shard's rows (an empty shard at the end keeps the last one).
+    let g0 = (r.start / gs).min(groups - layout.groups());
+    let g1 = g0 + layout.groups();
+    Ok(GptqLayer {
+        layout,
+        format,
+        qweight,
+        qzeros: src.i32s("qzeros", g0..g1, 0..zc)?,
+        scales: src.floats("scales", g0..g1, 0..n)?,
+        g_idx: g_idx.map(|gi| gi[r].iter().map(|&v| v - g0 as i32).collect()),
+        bias: bias(0..n)?,
+    })
 }
 
 fn group_arg(l: &GptqLayout) -> i64 {

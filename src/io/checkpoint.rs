@@ -15,7 +15,10 @@ use super::safetensors::{Dtype, LeElem, SafetensorsFile, TensorInfo};
 use crate::elem::FloatVec;
 use crate::error::{Error, FormatError, Result};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The float dtypes scales and biases may have.
 pub const FLOATS: &[Dtype] = &[Dtype::F16, Dtype::Bf16, Dtype::F32];
@@ -33,6 +36,8 @@ pub struct Checkpoint {
     /// Tensor name -> index into `shards`.
     tensors: BTreeMap<String, usize>,
     quantization: Option<serde_json::Value>,
+    /// Tensor bytes read so far, by this checkpoint and its clones.
+    bytes_read: Arc<AtomicU64>,
 }
 
 /// Read and parse a JSON file; `Ok(None)` when it does not exist.
@@ -77,7 +82,7 @@ impl Checkpoint {
             }
         };
         let quantization = Self::read_quantization(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), shards, tensors, quantization })
+        Ok(Self { dir: dir.to_path_buf(), shards, tensors, quantization, bytes_read: Arc::default() })
     }
 
     fn open_index(
@@ -191,22 +196,65 @@ impl Checkpoint {
         self.tensors.get(name).map(|&s| self.shards[s].path())
     }
 
-    /// Read one tensor's raw bytes.
-    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+    /// The file holding `name`.
+    fn file(&self, name: &str) -> Result<&SafetensorsFile> {
         let &s = self
             .tensors
             .get(name)
             .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
-        self.shards[s].read(name)
+        Ok(&self.shards[s])
+    }
+
+    fn count(&self, bytes: usize) {
+        self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Tensor bytes this checkpoint (and its clones) have read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Read one tensor's raw bytes.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.file(name)?.read(name)?;
+        self.count(bytes.len());
+        Ok(bytes)
     }
 
     /// Read one tensor as `T` (its dtype must be `T`'s).
     pub fn read_as<T: LeElem>(&self, name: &str) -> Result<Vec<T>> {
-        let &s = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
-        self.shards[s].read_as(name)
+        let values = self.file(name)?.read_as(name)?;
+        self.count(std::mem::size_of_val(values.as_slice()));
+        Ok(values)
+    }
+
+    /// Read rows `rows`, columns `cols` of `name` seen as `[rows, last dimension]`, only those
+    /// bytes ([`SafetensorsFile::read_region`]).
+    pub fn read_region(&self, name: &str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>> {
+        let bytes = self.file(name)?.read_region(name, rows, cols)?;
+        self.count(bytes.len());
+        Ok(bytes)
+    }
+
+    /// [`Checkpoint::read_region`] as `T` (the tensor's dtype must be `T`'s).
+    pub fn read_region_as<T: LeElem>(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+        cols: Range<usize>,
+    ) -> Result<Vec<T>> {
+        self.expect_dtype(name, &[T::DTYPE], T::DTYPE.name())?;
+        Ok(T::from_le(&self.read_region(name, rows, cols)?))
+    }
+
+    /// [`Checkpoint::read_region`] of a float tensor (F16, BF16 or F32), as stored.
+    pub fn read_floats_region(&self, name: &str, rows: Range<usize>, cols: Range<usize>) -> Result<FloatVec> {
+        let info = self.expect_dtype(name, FLOATS, "F16, BF16 or F32")?;
+        Ok(match info.dtype {
+            Dtype::F16 => FloatVec::F16(self.read_region_as(name, rows, cols)?),
+            Dtype::Bf16 => FloatVec::Bf16(self.read_region_as(name, rows, cols)?),
+            _ => FloatVec::F32(self.read_region_as(name, rows, cols)?),
+        })
     }
 
     /// `name`'s entry, checking its dtype is one of `dtypes` (`allowed` names them in the error).

@@ -8,19 +8,21 @@
 
 use super::{Checkpoint, Dtype, NamedTensor};
 use crate::awq::AwqLayer;
-use crate::elem::Elem;
+use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, FormatError, Result};
 use crate::fp8::Fp8Layer;
 use crate::gptq::GptqLayer;
 use crate::layer::QuantWeight;
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
-use crate::scheme::QuantScheme;
+use crate::scheme::{Parts, QuantScheme};
+use crate::tp::Shard;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// How one scheme's layers are stored in a checkpoint, implemented by the scheme's layer type.
-pub trait CheckpointLayer: Sized {
+pub trait CheckpointLayer: QuantScheme {
     /// The scheme's quantization config (`quantization_config` / `quantize_config.json`).
     type Config: std::fmt::Debug + Clone;
     /// Where one layer's tensors are and what they describe, known from the headers alone.
@@ -45,6 +47,19 @@ pub trait CheckpointLayer: Sized {
 
     /// One layer's summary (shape, method, bytes).
     fn summary(config: &Self::Config, prefix: &str, info: &Self::Info) -> LayerSummary;
+
+    /// Rank `shard`'s part of one layer: [`CheckpointLayer::read`] then [`QuantScheme::shard`],
+    /// bit for bit. GPTQ and AWQ read only the shard's regions of each tensor (its rows, or
+    /// its columns row by row); the others read the layer whole.
+    fn read_shard(
+        checkpoint: &Checkpoint,
+        config: &Self::Config,
+        info: &Self::Info,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<Self> {
+        Self::read(checkpoint, config, info, prefix)?.shard(shard)
+    }
 
     /// This layer's tensors as [`CheckpointLayer::read`] reads them (`<prefix>.<part>`, the bias
     /// included), for writing a checkpoint of the same config: a layer read and written back
@@ -116,6 +131,11 @@ impl<L: CheckpointLayer> QuantCheckpoint<L> {
     /// Read one layer's tensors.
     pub fn load(&self, prefix: &str) -> Result<L> {
         L::read(&self.checkpoint, &self.config, self.info(prefix)?, prefix)
+    }
+
+    /// Read rank `shard`'s part of one layer (see [`CheckpointLayer::read_shard`]).
+    pub fn load_shard(&self, prefix: &str, shard: &Shard) -> Result<L> {
+        L::read_shard(&self.checkpoint, &self.config, self.info(prefix)?, prefix, shard)
     }
 
     /// `layer` (this checkpoint's layer at `prefix`, or a shard of it) as named tensors, ready
@@ -209,9 +229,20 @@ impl QuantizedCheckpoint {
         each!(self, c => c.is_quantized_part(tensor))
     }
 
+    /// Whether `prefix` is one of the quantized layers.
+    pub fn has_layer(&self, prefix: &str) -> bool {
+        each!(self, c => c.layers().contains_key(prefix))
+    }
+
     /// Read one layer, as a [`QuantWeight`] (a `QuantLinear` or a shard is a call away).
     pub fn load(&self, prefix: &str) -> Result<QuantWeight> {
         each!(self, c => c.load(prefix).map(QuantWeight::from))
+    }
+
+    /// Read rank `shard`'s part of one layer, reading only its bytes where the scheme allows
+    /// ([`CheckpointLayer::read_shard`]).
+    pub fn load_shard(&self, prefix: &str, shard: &Shard) -> Result<QuantWeight> {
+        each!(self, c => c.load_shard(prefix, shard).map(QuantWeight::from))
     }
 
     /// `weight` (this checkpoint's layer at `prefix`, or a shard of it) as named tensors, ready
@@ -256,5 +287,23 @@ impl QuantizedCheckpoint {
             Self::Awq(c) => c.load(prefix)?.dequantize(par),
             Self::Fp8(c) => c.load(prefix)?.dequantize_experts(par),
         }
+    }
+}
+
+/// One layer's tensors in a checkpoint (`<prefix>.<part>`), read region by region.
+pub(crate) struct CheckpointParts<'a> {
+    /// The checkpoint.
+    pub(crate) checkpoint: &'a Checkpoint,
+    /// The layer's name prefix.
+    pub(crate) prefix: &'a str,
+}
+
+impl Parts for CheckpointParts<'_> {
+    fn i32s(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<i32>> {
+        self.checkpoint.read_region_as(&format!("{}.{part}", self.prefix), rows, cols)
+    }
+
+    fn floats(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<FloatVec> {
+        self.checkpoint.read_floats_region(&format!("{}.{part}", self.prefix), rows, cols)
     }
 }

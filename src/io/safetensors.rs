@@ -12,6 +12,7 @@ use crate::error::{Error, FormatError, KernelError, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Largest header accepted (the safetensors library's own limit).
@@ -271,6 +272,60 @@ impl SafetensorsFile {
         // The file may have shrunk since it was opened: that is an I/O error, not a panic.
         file.read_exact(&mut bytes).map_err(|e| Error::io(&self.path, e))?;
         Ok(bytes)
+    }
+
+    /// Read rows `rows`, columns `cols` of a tensor seen as `[rows, last dimension]` (a 1-D
+    /// tensor is one row; a scalar one row of one), row after row: one read when the columns
+    /// are whole rows, else one per row, so only the region's bytes are read. Returns the
+    /// region's bytes and the bytes read.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("qk-region-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let path = dir.join("t.safetensors");
+    /// use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
+    /// let decl = [("t".to_string(), Dtype::U8, vec![3, 4])];
+    /// let mut w = SafetensorsWriter::create(&path, &decl, &Default::default())?;
+    /// w.write("t", &[0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23])?;
+    /// w.finish()?;
+    /// let f = SafetensorsFile::open(&path)?;
+    /// assert_eq!(f.read_region("t", 1..3, 1..3)?, vec![11, 12, 21, 22]);
+    /// assert!(f.read_region("t", 0..4, 0..1).is_err()); // only 3 rows
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn read_region(&self, name: &str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>> {
+        let info = self
+            .info(name)
+            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
+        let width = info.shape.last().copied().unwrap_or(1);
+        let height = info.numel().checked_div(width).unwrap_or(0);
+        if rows.start > rows.end || rows.end > height || cols.start > cols.end || cols.end > width {
+            return Err(Error::Format(FormatError::TensorRegion {
+                tensor: name.to_string(),
+                rows,
+                cols,
+                shape: info.shape.clone(),
+            }));
+        }
+        let esize = info.dtype.size();
+        let (row_bytes, take) = (width * esize, cols.len() * esize);
+        let mut out = vec![0u8; rows.len() * take];
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let at = |r: usize| info.offset + (r * row_bytes + cols.start * esize) as u64;
+        if take == row_bytes {
+            file.seek(SeekFrom::Start(at(rows.start))).map_err(|e| Error::io(&self.path, e))?;
+            file.read_exact(&mut out).map_err(|e| Error::io(&self.path, e))?;
+        } else {
+            for (r, dst) in rows.zip(out.chunks_exact_mut(take)) {
+                file.seek(SeekFrom::Start(at(r))).map_err(|e| Error::io(&self.path, e))?;
+                file.read_exact(dst).map_err(|e| Error::io(&self.path, e))?;
+            }
+        }
+        Ok(out)
     }
 
     /// Read one tensor as `T`, checking its dtype is one of `T`'s.

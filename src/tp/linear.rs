@@ -13,6 +13,7 @@
 use super::{Comm, Shard};
 use crate::elem::FloatVec;
 use crate::error::{Error, KernelError, Result, TpError, expect_len};
+use crate::io::QuantizedCheckpoint;
 use crate::layer::QuantWeight;
 use crate::matmul::QuantLinear;
 use crate::par::Parallelism;
@@ -45,6 +46,46 @@ impl ColumnParallelLinear {
         let shard = Shard::Simple { dim: 0, rank, world_size };
         let local = QuantLinear::new(weight.shard(&shard)?, bias_shard(bias, &shard)?)?;
         Ok(Self { local, rank, world_size })
+    }
+
+    /// Rank `rank` of `world_size`'s share of the layer `prefix` of `checkpoint`, reading only
+    /// that share's bytes where the scheme allows ([`QuantizedCheckpoint::load_shard`]); the
+    /// layer's bias is sliced with its outputs. `Ok(None)` when the checkpoint has no quantized
+    /// layer `prefix`. Equal to [`ColumnParallelLinear::new`] on the whole layer, bit for bit.
+    pub fn load(
+        checkpoint: &QuantizedCheckpoint,
+        prefix: &str,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Option<Self>> {
+        Self::load_with_shard(
+            checkpoint,
+            prefix,
+            Shard::Simple { dim: 0, rank, world_size },
+            rank,
+            world_size,
+        )
+    }
+
+    /// [`ColumnParallelLinear::load`] with a custom cut of the outputs (`shard.dim()` must be 0),
+    /// e.g. [`super::kv_head_shard`] for a key or value projection, held by rank `rank` of
+    /// `world_size`.
+    pub fn load_with_shard(
+        checkpoint: &QuantizedCheckpoint,
+        prefix: &str,
+        shard: Shard,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Option<Self>> {
+        if shard.dim() != 0 {
+            return Err(Error::Tp(TpError::ShardDim(shard.dim())));
+        }
+        if !checkpoint.has_layer(prefix) {
+            return Ok(None);
+        }
+        let mut w = checkpoint.load_shard(prefix, &shard)?;
+        let bias = w.take_bias();
+        Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
     /// A fused weight (q/k/v stacked as `qkv_proj`, gate/up as `gate_up_proj`) given as its
@@ -178,6 +219,28 @@ impl RowParallelLinear {
         Ok(Self { local, bias: bias.map(FloatVec::to_f32), rank, world_size })
     }
 
+    /// Rank `rank` of `world_size`'s share of the layer `prefix` of `checkpoint` along its
+    /// inputs, reading only that share's bytes where the scheme allows; the bias is kept whole
+    /// and added once after the sum. `Ok(None)` when the checkpoint has no quantized layer
+    /// `prefix`. Equal to [`RowParallelLinear::new`] on the whole layer, bit for bit.
+    pub fn load(
+        checkpoint: &QuantizedCheckpoint,
+        prefix: &str,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Option<Self>> {
+        if !checkpoint.has_layer(prefix) {
+            return Ok(None);
+        }
+        let mut w = checkpoint.load_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?;
+        let bias = w.take_bias().map(|b| b.to_f32());
+        let local = QuantLinear::new(w, None)?;
+        if let Some(b) = &bias {
+            expect_len("bias", local.out_features(), b.len())?;
+        }
+        Ok(Some(Self { local, bias, rank, world_size }))
+    }
+
     /// `y = sum over ranks of x_r · W_rᵀ, + bias`, for this rank's `x_r: [batch, in_r]` (the
     /// outputs of the column-parallel layer before it). Every rank gets the same `y`.
     pub fn forward(&self, comm: &dyn Comm, x: &[f32], batch: usize, par: Parallelism) -> Result<Vec<f32>> {
@@ -231,6 +294,22 @@ impl ReplicatedLinear {
     /// The whole `weight` and `bias`.
     pub fn new(weight: QuantWeight, bias: Option<FloatVec>) -> Result<Self> {
         Ok(Self { layer: QuantLinear::new(weight, bias)? })
+    }
+
+    /// The whole layer `prefix` of `checkpoint` and its bias; `Ok(None)` when there is no
+    /// quantized layer `prefix`.
+    pub fn load(checkpoint: &QuantizedCheckpoint, prefix: &str) -> Result<Option<Self>> {
+        if !checkpoint.has_layer(prefix) {
+            return Ok(None);
+        }
+        let mut w = checkpoint.load(prefix)?;
+        let bias = w.take_bias();
+        Self::new(w, bias).map(Some)
+    }
+
+    /// The layer.
+    pub fn local(&self) -> &QuantLinear {
+        &self.layer
     }
 
     /// `y = x · Wᵀ + bias`.

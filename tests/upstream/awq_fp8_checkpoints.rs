@@ -79,6 +79,71 @@ pub(crate) fn assert_round_trips(model: &QuantizedCheckpoint) {
             Err(Error::Format(FormatError::SchemeMismatch { weight: "dense", .. }))
         ));
     }
+    assert_rank_loads(model);
+}
+
+/// Every layer's share for every rank of world sizes 1-4, along each dimension, read straight
+/// from the checkpoint (`load_shard`) equals the whole layer read and then sharded, bit for
+/// bit (or both fail alike); the parallel layers' `load` equal their `new` on the whole layer;
+/// a GPTQ or AWQ share of the outputs reads about `1 / world` of the layer's bytes.
+pub(crate) fn assert_rank_loads(model: &QuantizedCheckpoint) {
+    use quant_kernels::tp::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear, Shard};
+    let serial = quant_kernels::Parallelism::SERIAL;
+    let deq = |l: &quant_kernels::QuantLinear| l.dequantize(serial).unwrap();
+    for l in model.layers() {
+        let mut whole = model.load(&l.prefix).unwrap();
+        let bias = whole.take_bias();
+        for world in 1..=4 {
+            for rank in 0..world {
+                for dim in [0, 1] {
+                    let shard = Shard::Simple { dim, rank, world_size: world };
+                    let before = model.checkpoint().bytes_read();
+                    let got = model.load_shard(&l.prefix, &shard).map(|mut w| (w.take_bias(), w));
+                    let read = model.checkpoint().bytes_read() - before;
+                    let want = model.load(&l.prefix).unwrap().shard(&shard).map(|mut w| (w.take_bias(), w));
+                    assert_eq!(got, want, "{} {shard:?}", l.prefix);
+                    let partial = matches!(model, QuantizedCheckpoint::Gptq(_) | QuantizedCheckpoint::Awq(_));
+                    if got.is_ok() && dim == 0 && partial {
+                        let g_idx = if l.method.to_string().contains("act") { 4 * l.inp } else { 0 };
+                        let share = l.stored_bytes.div_ceil(world) + 4 * l.inp + g_idx;
+                        assert!(
+                            read as usize <= share,
+                            "{} {shard:?}: read {read} of {}",
+                            l.prefix,
+                            l.stored_bytes
+                        );
+                    }
+                    if got.is_err() {
+                        continue;
+                    }
+                    let (loaded, new) = if dim == 0 {
+                        let a = ColumnParallelLinear::load(model, &l.prefix, rank, world).unwrap().unwrap();
+                        let b = ColumnParallelLinear::new(&whole, bias.as_ref(), rank, world).unwrap();
+                        (deq(a.local()), deq(b.local()))
+                    } else {
+                        let a = RowParallelLinear::load(model, &l.prefix, rank, world).unwrap().unwrap();
+                        let b = RowParallelLinear::new(&whole, bias.as_ref(), rank, world).unwrap();
+                        let x = vec![0.5f32; a.local().in_features()];
+                        let comm = quant_kernels::tp::SingleComm;
+                        if world == 1 {
+                            assert_eq!(
+                                a.forward(&comm, &x, 1, serial).unwrap(),
+                                b.forward(&comm, &x, 1, serial).unwrap()
+                            );
+                        }
+                        (deq(a.local()), deq(b.local()))
+                    };
+                    assert!(loaded.iter().zip(&new).all(|(a, b)| a.to_bits() == b.to_bits()), "{}", l.prefix);
+                }
+            }
+        }
+        if l.experts == 1 {
+            let r = ReplicatedLinear::load(model, &l.prefix).unwrap().unwrap();
+            assert_eq!((r.local().out_features(), r.local().in_features()), (l.out, l.inp));
+        }
+    }
+    assert!(ColumnParallelLinear::load(model, "no.such.layer", 0, 2).unwrap().is_none());
+    assert!(RowParallelLinear::load(model, "no.such.layer", 0, 2).unwrap().is_none());
 }
 
 /// `[k, n]` -> `[n, k]`.
