@@ -10,10 +10,9 @@
 //! qkv/o) needs one all-reduce: the row-parallel layer consumes exactly the column split that
 //! feeds it.
 
-use super::{Comm, Shard};
+use super::{Comm, LayerSource, Shard};
 use crate::elem::FloatVec;
 use crate::error::{Error, KernelError, Result, TpError, expect_len};
-use crate::io::QuantizedCheckpoint;
 use crate::layer::QuantWeight;
 use crate::matmul::QuantLinear;
 use crate::par::Parallelism;
@@ -48,12 +47,13 @@ impl ColumnParallelLinear {
         Ok(Self { local, rank, world_size })
     }
 
-    /// Rank `rank` of `world_size`'s share of the layer `prefix` of `checkpoint`, reading only
-    /// that share's bytes where the scheme allows ([`QuantizedCheckpoint::load_shard`]); the
-    /// layer's bias is sliced with its outputs. `Ok(None)` when the checkpoint has no quantized
-    /// layer `prefix`. Equal to [`ColumnParallelLinear::new`] on the whole layer, bit for bit.
+    /// Rank `rank` of `world_size`'s share of the layer `prefix` of `checkpoint` (a quantized
+    /// checkpoint or an unquantized one, see [`LayerSource`]), reading only that share's bytes
+    /// where the format allows; the layer's bias is sliced with its outputs. `Ok(None)` when
+    /// there is no layer `prefix`. Equal to [`ColumnParallelLinear::new`] on the whole layer,
+    /// bit for bit.
     pub fn load(
-        checkpoint: &QuantizedCheckpoint,
+        checkpoint: &impl LayerSource,
         prefix: &str,
         rank: usize,
         world_size: usize,
@@ -71,7 +71,7 @@ impl ColumnParallelLinear {
     /// e.g. [`super::kv_head_shard`] for a key or value projection, held by rank `rank` of
     /// `world_size`.
     pub fn load_with_shard(
-        checkpoint: &QuantizedCheckpoint,
+        checkpoint: &impl LayerSource,
         prefix: &str,
         shard: Shard,
         rank: usize,
@@ -83,8 +83,7 @@ impl ColumnParallelLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let mut w = checkpoint.load_shard(prefix, &shard)?;
-        let bias = w.take_bias();
+        let (w, bias) = checkpoint.load_layer_shard(prefix, &shard)?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
@@ -220,11 +219,11 @@ impl RowParallelLinear {
     }
 
     /// Rank `rank` of `world_size`'s share of the layer `prefix` of `checkpoint` along its
-    /// inputs, reading only that share's bytes where the scheme allows; the bias is kept whole
-    /// and added once after the sum. `Ok(None)` when the checkpoint has no quantized layer
-    /// `prefix`. Equal to [`RowParallelLinear::new`] on the whole layer, bit for bit.
+    /// inputs, reading only that share's bytes where the format allows; the bias is kept whole
+    /// and added once after the sum. `Ok(None)` when there is no layer `prefix`. Equal to
+    /// [`RowParallelLinear::new`] on the whole layer, bit for bit.
     pub fn load(
-        checkpoint: &QuantizedCheckpoint,
+        checkpoint: &impl LayerSource,
         prefix: &str,
         rank: usize,
         world_size: usize,
@@ -232,8 +231,8 @@ impl RowParallelLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let mut w = checkpoint.load_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?;
-        let bias = w.take_bias().map(|b| b.to_f32());
+        let (w, bias) = checkpoint.load_layer_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?;
+        let bias = bias.map(|b| b.to_f32());
         let local = QuantLinear::new(w, None)?;
         if let Some(b) = &bias {
             expect_len("bias", local.out_features(), b.len())?;
@@ -297,13 +296,12 @@ impl ReplicatedLinear {
     }
 
     /// The whole layer `prefix` of `checkpoint` and its bias; `Ok(None)` when there is no
-    /// quantized layer `prefix`.
-    pub fn load(checkpoint: &QuantizedCheckpoint, prefix: &str) -> Result<Option<Self>> {
+    /// layer `prefix`.
+    pub fn load(checkpoint: &impl LayerSource, prefix: &str) -> Result<Option<Self>> {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let mut w = checkpoint.load(prefix)?;
-        let bias = w.take_bias();
+        let (w, bias) = checkpoint.load_layer(prefix)?;
         Self::new(w, bias).map(Some)
     }
 

@@ -7,5 +7,6 @@ mod common;
 
 mod checkpoint;
 mod layers;
+mod load;
 mod plan;
 mod shard;

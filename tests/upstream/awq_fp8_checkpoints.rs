@@ -292,6 +292,11 @@ fn fp8_checkpoint_matches_torch() {
     assert!(model.is_quantized_part("model.layers.0.mlp.down_proj.weight_scale_inv"));
     assert!(!model.is_quantized_part("lm_head.weight"), "an unquantized bf16 weight is copied");
     assert_round_trips(&model);
+    // The unquantized lm_head loads as a dense layer, whole or a rank's rows.
+    let lm = quant_kernels::tp::ReplicatedLinear::load(&model, "lm_head").unwrap().unwrap();
+    assert_eq!(lm.local().dequantize(quant_kernels::Parallelism::SERIAL).unwrap(), [1.0, 2.0, 0.0, -1.0]);
+    let top = quant_kernels::tp::ColumnParallelLinear::load(&model, "lm_head", 1, 2).unwrap().unwrap();
+    assert_eq!(top.local().dequantize(quant_kernels::Parallelism::SERIAL).unwrap(), [0.0, -1.0]);
     let out = qk_dequantize(&dir.0, "f32");
     assert!(same(&out.read_as::<f32>("model.layers.0.mlp.down_proj.weight").unwrap(), &deq));
     let out = qk_dequantize(&dir.0, "bf16");

@@ -1,0 +1,111 @@
+//! Where the parallel layers' `load` constructors find a layer by name: [`LayerSource`].
+//!
+//! A quantized checkpoint ([`QuantizedCheckpoint`]) serves its quantized layers (GPTQ, AWQ,
+//! FP8) and, for any other name, an unquantized `<prefix>.weight` it holds (an `lm_head`, a
+//! model left dense); an unquantized checkpoint ([`Checkpoint`], F32/F16/BF16 weights) serves
+//! its dense layers. A dense share is read as the region of `<prefix>.weight` it covers: its
+//! rows in one read, or its columns one read per row.
+
+use super::Shard;
+use crate::dense::DenseWeight;
+use crate::elem::FloatVec;
+use crate::error::{Error, FormatError, Result};
+use crate::io::checkpoint::FLOATS;
+use crate::io::{Checkpoint, QuantizedCheckpoint};
+use crate::layer::QuantWeight;
+
+/// A layer, or one rank's share of it, and the bias that goes with it.
+pub type LoadedLayer = (QuantWeight, Option<FloatVec>);
+
+/// A checkpoint the parallel layers load from by name.
+pub trait LayerSource {
+    /// Whether a layer `prefix` exists (a quantized layer, or a 2-D float `<prefix>.weight`).
+    fn has_layer(&self, prefix: &str) -> bool;
+
+    /// The whole layer `prefix` and its bias.
+    fn load_layer(&self, prefix: &str) -> Result<LoadedLayer>;
+
+    /// Share `shard` of layer `prefix`, reading only its bytes where the format allows, with
+    /// the bias as the share takes it: sliced with the outputs (`dim` 0), whole otherwise (a
+    /// row-parallel layer adds it once, after the sum). Equal to the whole layer sharded.
+    fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer>;
+}
+
+/// The 2-D float `<prefix>.weight` of `ck`, if there is one.
+fn dense_info(ck: &Checkpoint, prefix: &str) -> Option<(usize, usize)> {
+    let info = ck.info(&format!("{prefix}.weight"))?;
+    match info.shape[..] {
+        [rows, cols] if FLOATS.contains(&info.dtype) => Some((rows, cols)),
+        _ => None,
+    }
+}
+
+/// The dense layer `prefix` of `ck`, whole (`shard` `None`) or one share of it.
+fn dense_layer(ck: &Checkpoint, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
+    let name = format!("{prefix}.weight");
+    let (rows, cols) = dense_info(ck, prefix).ok_or_else(|| match ck.info(&name) {
+        None => Error::Format(FormatError::MissingTensors(vec![name.clone()])),
+        Some(i) => Error::Format(FormatError::TensorShape {
+            tensor: name.clone(),
+            expected: vec![0, 0],
+            got: i.shape.clone(),
+        }),
+    })?;
+    let bname = format!("{prefix}.bias");
+    if let Some(b) = ck.info(&bname)
+        && b.shape != [rows]
+    {
+        return Err(Error::Format(FormatError::TensorShape {
+            tensor: bname,
+            expected: vec![rows],
+            got: b.shape.clone(),
+        }));
+    }
+    let has_bias = ck.info(&bname).is_some();
+    let (r, c) = match shard {
+        None => (0..rows, 0..cols),
+        Some(s) if s.dim() == 0 => (s.range(rows)?, 0..cols),
+        Some(s) => (0..rows, s.range(cols)?),
+    };
+    let bias = if has_bias { Some(ck.read_floats_region(&bname, 0..1, r.clone())?) } else { None };
+    let w = ck.read_floats_region(&name, r.clone(), c.clone())?;
+    Ok((QuantWeight::Dense(DenseWeight { rows: r.len(), cols: c.len(), w }), bias))
+}
+
+impl LayerSource for Checkpoint {
+    fn has_layer(&self, prefix: &str) -> bool {
+        dense_info(self, prefix).is_some()
+    }
+
+    fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
+        dense_layer(self, prefix, None)
+    }
+
+    fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {
+        dense_layer(self, prefix, Some(shard))
+    }
+}
+
+impl LayerSource for QuantizedCheckpoint {
+    fn has_layer(&self, prefix: &str) -> bool {
+        QuantizedCheckpoint::has_layer(self, prefix) || self.checkpoint().has_layer(prefix)
+    }
+
+    fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
+        if !QuantizedCheckpoint::has_layer(self, prefix) {
+            return self.checkpoint().load_layer(prefix);
+        }
+        let mut w = self.load(prefix)?;
+        let bias = w.take_bias();
+        Ok((w, bias))
+    }
+
+    fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {
+        if !QuantizedCheckpoint::has_layer(self, prefix) {
+            return self.checkpoint().load_layer_shard(prefix, shard);
+        }
+        let mut w = self.load_shard(prefix, shard)?;
+        let bias = w.take_bias();
+        Ok((w, bias))
+    }
+}

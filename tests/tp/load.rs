@@ -1,0 +1,153 @@
+//! Dense layers loaded by name for one rank from an unquantized checkpoint
+//! ([`LayerSource`] on `io::Checkpoint`): a rank's layer equals the whole layer split by the
+//! parallel layers' `new`, bit for bit, for world sizes 1-4 along both dimensions, and reads
+//! only its share of the weight; absent and malformed layers are `None` or typed errors.
+
+use crate::common::Rng;
+use half::{bf16, f16};
+use quant_kernels::error::FormatError;
+use quant_kernels::io::safetensors::to_le_bytes;
+use quant_kernels::io::{Checkpoint, Dtype, SafetensorsWriter};
+use quant_kernels::tp::{ColumnParallelLinear, LayerSource, ReplicatedLinear, RowParallelLinear, SingleComm};
+use quant_kernels::{Error, FloatVec, Parallelism, QuantLinear, QuantWeight};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A temporary checkpoint directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("qk-load-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        let decl: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
+        let mut w =
+            SafetensorsWriter::create(dir.join("model.safetensors"), &decl, &BTreeMap::new()).unwrap();
+        for (n, _, _, b) in tensors {
+            w.write(n, b).unwrap();
+        }
+        w.finish().unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const UP: &str = "model.layers.0.mlp.up_proj";
+const DOWN: &str = "model.layers.0.mlp.down_proj";
+
+fn tensors(rng: &mut Rng) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let up: Vec<bf16> = (0..64 * 48).map(|_| bf16::from_f32(rng.f32_in(-1.0, 1.0))).collect();
+    let up_bias: Vec<bf16> = (0..64).map(|i| bf16::from_f32(i as f32 / 8.0)).collect();
+    let down: Vec<f16> = (0..48 * 64).map(|_| f16::from_f32(rng.f32_in(-1.0, 1.0))).collect();
+    let down_bias: Vec<f32> = (0..48).map(|i| i as f32).collect();
+    vec![
+        (format!("{UP}.weight"), Dtype::Bf16, vec![64, 48], to_le_bytes(&up)),
+        (format!("{UP}.bias"), Dtype::Bf16, vec![64], to_le_bytes(&up_bias)),
+        (format!("{DOWN}.weight"), Dtype::F16, vec![48, 64], to_le_bytes(&down)),
+        (format!("{DOWN}.bias"), Dtype::F32, vec![48], to_le_bytes(&down_bias)),
+        ("model.norm.weight".into(), Dtype::F32, vec![48], to_le_bytes(&[1f32; 48])),
+    ]
+}
+
+fn bits(l: &QuantLinear) -> Vec<u32> {
+    l.dequantize(Parallelism::SERIAL).unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn dense_rank_loads_equal_the_whole_layer_split() {
+    let dir = Dir::new("dense", &tensors(&mut Rng(5)));
+    let ck = Checkpoint::open(&dir.0).unwrap();
+    let serial = Parallelism::SERIAL;
+    for (prefix, (out, inp), esize) in [(UP, (64, 48), 2), (DOWN, (48, 64), 2)] {
+        assert!(ck.has_layer(prefix));
+        let (whole, bias) = ck.load_layer(prefix).unwrap();
+        assert_eq!(whole.shape(), (out, inp));
+        let weight_bytes = (out * inp * esize) as u64;
+        for world in 1..=4 {
+            for rank in 0..world {
+                // Outputs: the rank's rows of the weight and of the bias, nothing else.
+                let before = ck.bytes_read();
+                let col = ColumnParallelLinear::load(&ck, prefix, rank, world);
+                let read = ck.bytes_read() - before;
+                let bias_bytes =
+                    bias.as_ref().map_or(0, |b| b.len() * if matches!(b, FloatVec::F32(_)) { 4 } else { 2 })
+                        as u64;
+                match ColumnParallelLinear::new(&whole, bias.as_ref(), rank, world) {
+                    Err(e) => assert_eq!(col.unwrap_err(), e, "{prefix} column {rank}/{world}"),
+                    Ok(want) => {
+                        let col = col.unwrap().unwrap();
+                        assert_eq!(bits(col.local()), bits(want.local()), "{prefix} column {rank}/{world}");
+                        let x = vec![0.25f32; inp];
+                        assert_eq!(col.forward(&x, 1, serial).unwrap(), want.forward(&x, 1, serial).unwrap());
+                        assert_eq!(
+                            read,
+                            (weight_bytes + bias_bytes) / world as u64,
+                            "{prefix} column {rank}/{world}"
+                        );
+                    }
+                }
+                // Inputs: the rank's columns of every row; the bias whole, added after the sum.
+                let before = ck.bytes_read();
+                let row = RowParallelLinear::load(&ck, prefix, rank, world);
+                let read = ck.bytes_read() - before;
+                match RowParallelLinear::new(&whole, bias.as_ref(), rank, world) {
+                    Err(e) => assert_eq!(row.unwrap_err(), e, "{prefix} row {rank}/{world}"),
+                    Ok(want) => {
+                        let row = row.unwrap().unwrap();
+                        assert_eq!(bits(row.local()), bits(want.local()), "{prefix} row {rank}/{world}");
+                        assert_eq!(
+                            read,
+                            weight_bytes / world as u64 + bias_bytes,
+                            "{prefix} row {rank}/{world}"
+                        );
+                        if world == 1 {
+                            let x = vec![0.5f32; inp];
+                            let a = row.forward(&SingleComm, &x, 1, serial).unwrap();
+                            assert_eq!(a, want.forward(&SingleComm, &x, 1, serial).unwrap());
+                        }
+                    }
+                }
+            }
+        }
+        let rep = ReplicatedLinear::load(&ck, prefix).unwrap().unwrap();
+        assert_eq!(bits(rep.local()), bits(&QuantLinear::new(whole.clone(), bias.clone()).unwrap()));
+    }
+    // A 1-D tensor is not a layer; an absent name is `None`, never an empty layer.
+    for absent in ["model.norm", "model.layers.9.mlp.up_proj"] {
+        assert!(!ck.has_layer(absent));
+        assert!(ColumnParallelLinear::load(&ck, absent, 0, 1).unwrap().is_none());
+        assert!(RowParallelLinear::load(&ck, absent, 0, 1).unwrap().is_none());
+        assert!(ReplicatedLinear::load(&ck, absent).unwrap().is_none());
+    }
+    // A share that does not fit is the shard's typed error, before any byte is read.
+    let before = ck.bytes_read();
+    assert!(matches!(ColumnParallelLinear::load(&ck, UP, 0, 5), Err(Error::Tp(_))));
+    assert_eq!(ck.bytes_read(), before);
+    let w: QuantWeight = ck.load_layer(UP).unwrap().0;
+    assert!(matches!(w, QuantWeight::Dense(ref d) if matches!(d.w, FloatVec::Bf16(_))), "kept in its dtype");
+}
+
+#[test]
+fn malformed_dense_layers_are_typed_errors() {
+    let mut t = tensors(&mut Rng(6));
+    t[1].2 = vec![32]; // up_proj's bias: 32 values for 64 outputs
+    t[1].3.truncate(64);
+    let dir = Dir::new("dense-bad", &t);
+    let ck = Checkpoint::open(&dir.0).unwrap();
+    assert_eq!(
+        ColumnParallelLinear::load(&ck, UP, 0, 2).unwrap_err(),
+        Error::Format(FormatError::TensorShape {
+            tensor: format!("{UP}.bias"),
+            expected: vec![64],
+            got: vec![32]
+        })
+    );
+    assert!(ck.load_layer("model.norm").is_err(), "a 1-D weight is no layer");
+}
