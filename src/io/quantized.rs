@@ -144,6 +144,11 @@ impl<L: CheckpointLayer> QuantCheckpoint<L> {
         layer.tensors(&self.checkpoint, &self.config, self.info(prefix)?, prefix)
     }
 
+    /// The summary of layer `prefix`, if there is one.
+    pub fn summary(&self, prefix: &str) -> Option<LayerSummary> {
+        self.layers.get(prefix).map(|i| L::summary(&self.config, prefix, i))
+    }
+
     /// Every layer's summary, sorted by prefix.
     pub fn summaries(&self) -> Vec<LayerSummary> {
         self.layers.iter().map(|(p, i)| L::summary(&self.config, p, i)).collect()
@@ -229,8 +234,13 @@ impl QuantizedCheckpoint {
         each!(self, c => c.is_quantized_part(tensor))
     }
 
+    /// The summary of the quantized layer `prefix`, if there is one.
+    pub fn summary(&self, prefix: &str) -> Option<LayerSummary> {
+        each!(self, c => c.summary(prefix))
+    }
+
     /// Whether `prefix` is one of the quantized layers.
-    pub fn has_layer(&self, prefix: &str) -> bool {
+    pub fn is_quantized_layer(&self, prefix: &str) -> bool {
         each!(self, c => c.layers().contains_key(prefix))
     }
 

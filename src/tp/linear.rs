@@ -87,6 +87,42 @@ impl ColumnParallelLinear {
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
+    /// A fused layer stored as one (`qkv_proj`, `gate_up_proj`) whose outputs are the parts
+    /// `sizes` one after another: each part is cut for this rank (`shards[i]`, else an even
+    /// split) and the rank's pieces stacked, as [`ColumnParallelLinear::new_merged`] does with
+    /// separate parts; only the pieces' bytes are read where the format allows. The sizes must
+    /// add up to the layer's outputs ([`KernelError::LengthMismatch`]); `Ok(None)` when there
+    /// is no layer `prefix`.
+    pub fn load_merged(
+        checkpoint: &impl LayerSource,
+        prefix: &str,
+        sizes: &[usize],
+        shards: Option<&[Shard]>,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<Option<Self>> {
+        let Some((out, _)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
+        let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
+        expect_len("sum of the fused parts' sizes", out, total.unwrap_or(usize::MAX))?;
+        let (mut weights, mut biases, mut offset) = (Vec::with_capacity(sizes.len()), Vec::new(), 0);
+        for (i, &size) in sizes.iter().enumerate() {
+            let shard =
+                shards.and_then(|s| s.get(i).copied()).unwrap_or(Shard::Simple { dim: 0, rank, world_size });
+            if shard.dim() != 0 {
+                return Err(Error::Tp(TpError::ShardDim(shard.dim())));
+            }
+            let r = shard.range(size)?;
+            let piece = Shard::Offset { dim: 0, offset: offset + r.start, len: r.len() };
+            let (w, b) = checkpoint.load_layer_shard(prefix, &piece)?;
+            weights.push(w);
+            biases.extend(b);
+            offset += size;
+        }
+        let bias =
+            (!biases.is_empty()).then(|| FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()));
+        Ok(Some(Self { local: QuantLinear::new(QuantWeight::concat(weights)?, bias)?, rank, world_size }))
+    }
+
     /// A fused weight (q/k/v stacked as `qkv_proj`, gate/up as `gate_up_proj`) given as its
     /// parts, each split separately and concatenated again on each rank (like mistral.rs's
     /// `new_merged`): rank `r` holds `[q_r; k_r; v_r]`, not a contiguous slice of the stack.

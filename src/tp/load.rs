@@ -19,8 +19,14 @@ pub type LoadedLayer = (QuantWeight, Option<FloatVec>);
 
 /// A checkpoint the parallel layers load from by name.
 pub trait LayerSource {
-    /// Whether a layer `prefix` exists (a quantized layer, or a 2-D float `<prefix>.weight`).
-    fn has_layer(&self, prefix: &str) -> bool;
+    /// `(out, in)` of the layer `prefix` (a quantized layer, or a 2-D float
+    /// `<prefix>.weight`), `None` when there is none.
+    fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)>;
+
+    /// Whether a layer `prefix` exists.
+    fn has_layer(&self, prefix: &str) -> bool {
+        self.layer_shape(prefix).is_some()
+    }
 
     /// The whole layer `prefix` and its bias.
     fn load_layer(&self, prefix: &str) -> Result<LoadedLayer>;
@@ -73,8 +79,8 @@ fn dense_layer(ck: &Checkpoint, prefix: &str, shard: Option<&Shard>) -> Result<L
 }
 
 impl LayerSource for Checkpoint {
-    fn has_layer(&self, prefix: &str) -> bool {
-        dense_info(self, prefix).is_some()
+    fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)> {
+        dense_info(self, prefix)
     }
 
     fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
@@ -87,12 +93,15 @@ impl LayerSource for Checkpoint {
 }
 
 impl LayerSource for QuantizedCheckpoint {
-    fn has_layer(&self, prefix: &str) -> bool {
-        QuantizedCheckpoint::has_layer(self, prefix) || self.checkpoint().has_layer(prefix)
+    fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)> {
+        match self.summary(prefix) {
+            Some(l) => Some((l.out, l.inp)),
+            None => self.checkpoint().layer_shape(prefix),
+        }
     }
 
     fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
-        if !QuantizedCheckpoint::has_layer(self, prefix) {
+        if !self.is_quantized_layer(prefix) {
             return self.checkpoint().load_layer(prefix);
         }
         let mut w = self.load(prefix)?;
@@ -101,7 +110,7 @@ impl LayerSource for QuantizedCheckpoint {
     }
 
     fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {
-        if !QuantizedCheckpoint::has_layer(self, prefix) {
+        if !self.is_quantized_layer(prefix) {
             return self.checkpoint().load_layer_shard(prefix, shard);
         }
         let mut w = self.load_shard(prefix, shard)?;

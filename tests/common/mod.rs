@@ -168,3 +168,74 @@ pub fn fp8_layer(
         bias: Some(quant_kernels::FloatVec::F32((0..experts * rows).map(|i| i as f32).collect())),
     }
 }
+
+/// `prefix` read as a fused layer of parts `sizes` (`load_merged`) equals `new_merged` on the
+/// parts cut from the whole layer in memory, for world sizes 1-4, bit for bit, or both fail
+/// with the same error (a boundary error places the cut in the part for `new_merged`, in the
+/// fused layer for `load_merged`: the same kind, rule and multiple); parts the layer's packing
+/// cannot be cut into fail to load; sizes that do not add up are a typed error.
+pub fn assert_merged_loads(
+    src: &impl quant_kernels::tp::LayerSource,
+    prefix: &str,
+    whole: &quant_kernels::QuantWeight,
+    bias: Option<&quant_kernels::FloatVec>,
+    sizes: &[usize],
+) {
+    use quant_kernels::Error;
+    use quant_kernels::error::TpError;
+    use quant_kernels::tp::{ColumnParallelLinear, Shard};
+    use quant_kernels::{FloatVec, QuantWeight};
+    let mut parts: Vec<(QuantWeight, Option<FloatVec>)> = Vec::new();
+    let mut offset = 0;
+    for &size in sizes {
+        let cut = Shard::Offset { dim: 0, offset, len: size };
+        let b = bias.map(|b| FloatVec::F32(b.to_f32()[offset..offset + size].to_vec()));
+        match whole.shard(&cut) {
+            Ok(w) => parts.push((w, b)),
+            Err(e) => {
+                let got = ColumnParallelLinear::load_merged(src, prefix, sizes, None, 0, 1).unwrap_err();
+                assert_eq!(got, e, "{prefix} {sizes:?}: a part the packing cannot cut");
+                return;
+            }
+        }
+        offset += size;
+    }
+    let alike = |a: &Error, b: &Error| match (a, b) {
+        (
+            Error::Tp(TpError::ShardBoundary { what, multiple, .. }),
+            Error::Tp(TpError::ShardBoundary { what: w2, multiple: m2, .. }),
+        ) => (what, multiple) == (w2, m2),
+        _ => a == b,
+    };
+    let refs: Vec<(&QuantWeight, Option<&FloatVec>)> = parts.iter().map(|(w, b)| (w, b.as_ref())).collect();
+    let serial = quant_kernels::Parallelism::SERIAL;
+    for world in 1..=4 {
+        for rank in 0..world {
+            let got = ColumnParallelLinear::load_merged(src, prefix, sizes, None, rank, world);
+            match ColumnParallelLinear::new_merged(&refs, None, rank, world) {
+                Err(e) => {
+                    let got = got.unwrap_err();
+                    assert!(alike(&got, &e), "{prefix} {sizes:?} {rank}/{world}: {got:?} vs {e:?}");
+                }
+                Ok(want) => {
+                    let got = got.unwrap().unwrap();
+                    let (a, b) =
+                        (got.local().dequantize(serial).unwrap(), want.local().dequantize(serial).unwrap());
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{prefix} {rank}/{world}"
+                    );
+                    let x = vec![0.25f32; got.local().in_features()];
+                    assert_eq!(got.forward(&x, 1, serial).unwrap(), want.forward(&x, 1, serial).unwrap());
+                }
+            }
+        }
+    }
+    let mut short = sizes.to_vec();
+    short[0] -= 1;
+    assert!(matches!(
+        ColumnParallelLinear::load_merged(src, prefix, &short, None, 0, 1),
+        Err(quant_kernels::Error::Kernel(quant_kernels::error::KernelError::LengthMismatch { .. }))
+    ));
+    assert!(ColumnParallelLinear::load_merged(src, "no.such.layer", sizes, None, 0, 1).unwrap().is_none());
+}

@@ -116,6 +116,8 @@ fn dense_rank_loads_equal_the_whole_layer_split() {
                 }
             }
         }
+        // The same weight read as a fused layer of three parts.
+        crate::common::assert_merged_loads(&ck, prefix, &whole, bias.as_ref(), &[out / 2, out / 4, out / 4]);
         let rep = ReplicatedLinear::load(&ck, prefix).unwrap().unwrap();
         assert_eq!(bits(rep.local()), bits(&QuantLinear::new(whole.clone(), bias.clone()).unwrap()));
     }

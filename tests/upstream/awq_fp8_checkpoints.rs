@@ -137,6 +137,15 @@ pub(crate) fn assert_rank_loads(model: &QuantizedCheckpoint) {
                 }
             }
         }
+        if l.experts == 1 && l.out % 4 == 0 {
+            common::assert_merged_loads(
+                model,
+                &l.prefix,
+                &whole,
+                bias.as_ref(),
+                &[l.out / 2, l.out / 4, l.out / 4],
+            );
+        }
         if l.experts == 1 {
             let r = ReplicatedLinear::load(model, &l.prefix).unwrap().unwrap();
             assert_eq!((r.local().out_features(), r.local().in_features()), (l.out, l.inp));
