@@ -117,6 +117,11 @@ pub enum KernelError {
     #[error("unsupported bit width {0} (expected one of 1, 2, 3, 4, 8)")]
     UnsupportedBits(u8),
 
+    /// A method with no quantizer from the weights alone (GPTQ, AWQ and SmoothQuant need
+    /// calibration data), asked to quantize at load time.
+    #[error("{0} cannot quantize a weight at load time (it needs calibration data)")]
+    NoQuantizer(String),
+
     /// An axis other than 0 or 1.
     #[error("unsupported axis {0} (expected 0 or 1)")]
     UnsupportedAxis(u8),

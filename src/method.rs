@@ -217,6 +217,69 @@ impl std::str::FromStr for QuantMethod {
 }
 
 impl QuantMethod {
+    /// Quantize a dense `[rows, cols]` weight with this method (load-time quantization): HQQ
+    /// with `hqq_steps` optimizer steps (`None`: round to nearest, as mistral.rs's ISQ does),
+    /// int8, int4 or FP8; GPTQ, AWQ and SmoothQuant need calibration data and are
+    /// [`KernelError::NoQuantizer`]. The result is the scheme's own quantizer's, bit for bit.
+    ///
+    /// ```
+    /// use quant_kernels::{Parallelism, QuantMethod, QuantScheme};
+    /// let m = QuantMethod::Int8Symmetric { per_channel: true };
+    /// let q = m.quantize(&[1.0, -0.5, 0.25, 0.0, 0.0, 0.0], 2, 3, None, Parallelism::RAYON)?;
+    /// assert_eq!(q.method(), Some(m));
+    /// assert_eq!(q.dequantize::<f32>(Parallelism::SERIAL)?[..2], [1.0, -64.0 / 127.0]);
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn quantize(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        hqq_steps: Option<usize>,
+        par: crate::par::Parallelism,
+    ) -> Result<crate::layer::QuantWeight> {
+        use crate::layer::QuantWeight;
+        self.validate()?;
+        Ok(match *self {
+            QuantMethod::Hqq { bits, group, axis } => {
+                let config = crate::hqq::HqqConfig {
+                    optimization_steps: hqq_steps,
+                    ..crate::hqq::HqqConfig::new(bits, group, axis)
+                };
+                QuantWeight::Hqq(crate::hqq::quantize_hqq(w, rows, cols, &config, par)?.into())
+            }
+            QuantMethod::Int8Symmetric { per_channel } => {
+                let g = if per_channel {
+                    crate::intx::Granularity::PerChannel
+                } else {
+                    crate::intx::Granularity::PerTensor
+                };
+                QuantWeight::Int8(crate::intx::quantize_int8(w, rows, cols, g)?)
+            }
+            QuantMethod::Int4Asymmetric { group } => {
+                QuantWeight::Int4(crate::intx::quantize_int4(w, rows, cols, group)?)
+            }
+            QuantMethod::Fp8 { format, block } => {
+                let layout = match block {
+                    Some((br, bc)) => crate::fp8::Fp8Layout::block(rows, cols, br, bc)?,
+                    None => crate::fp8::Fp8Layout::per_tensor(rows, cols)?,
+                };
+                let (codes, scales) = crate::fp8::fp8_quantize(w, format, &layout)?;
+                QuantWeight::Fp8(crate::fp8::Fp8Layer {
+                    layout,
+                    experts: 1,
+                    format,
+                    codes,
+                    scales: crate::elem::FloatVec::F32(scales),
+                    bias: None,
+                })
+            }
+            QuantMethod::Gptq { .. } | QuantMethod::Awq { .. } | QuantMethod::SmoothQuant { .. } => {
+                return Err(Error::Kernel(KernelError::NoQuantizer(self.to_string())));
+            }
+        })
+    }
+
     /// Check the parameters on their own (bit widths, positive groups and blocks, alpha).
     pub fn validate(&self) -> Result<()> {
         match *self {

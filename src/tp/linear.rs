@@ -10,7 +10,7 @@
 //! qkv/o) needs one all-reduce: the row-parallel layer consumes exactly the column split that
 //! feeds it.
 
-use super::{Comm, LayerSource, Shard};
+use super::{Comm, LayerSource, LoadOptions, Shard};
 use crate::elem::FloatVec;
 use crate::error::{Error, KernelError, Result, TpError, expect_len};
 use crate::layer::QuantWeight;
@@ -57,6 +57,7 @@ impl ColumnParallelLinear {
         prefix: &str,
         rank: usize,
         world_size: usize,
+        opts: &LoadOptions,
     ) -> Result<Option<Self>> {
         Self::load_with_shard(
             checkpoint,
@@ -64,6 +65,7 @@ impl ColumnParallelLinear {
             Shard::Simple { dim: 0, rank, world_size },
             rank,
             world_size,
+            opts,
         )
     }
 
@@ -76,6 +78,7 @@ impl ColumnParallelLinear {
         shard: Shard,
         rank: usize,
         world_size: usize,
+        opts: &LoadOptions,
     ) -> Result<Option<Self>> {
         if shard.dim() != 0 {
             return Err(Error::Tp(TpError::ShardDim(shard.dim())));
@@ -83,7 +86,7 @@ impl ColumnParallelLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = checkpoint.load_layer_shard(prefix, &shard)?;
+        let (w, bias) = opts.apply(checkpoint.load_layer_shard(prefix, &shard)?)?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
@@ -100,6 +103,7 @@ impl ColumnParallelLinear {
         shards: Option<&[Shard]>,
         rank: usize,
         world_size: usize,
+        opts: &LoadOptions,
     ) -> Result<Option<Self>> {
         let Some((out, _)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
         let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
@@ -120,7 +124,8 @@ impl ColumnParallelLinear {
         }
         let bias =
             (!biases.is_empty()).then(|| FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()));
-        Ok(Some(Self { local: QuantLinear::new(QuantWeight::concat(weights)?, bias)?, rank, world_size }))
+        let (w, bias) = opts.apply((QuantWeight::concat(weights)?, bias))?;
+        Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
     /// A fused weight (q/k/v stacked as `qkv_proj`, gate/up as `gate_up_proj`) given as its
@@ -263,11 +268,13 @@ impl RowParallelLinear {
         prefix: &str,
         rank: usize,
         world_size: usize,
+        opts: &LoadOptions,
     ) -> Result<Option<Self>> {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = checkpoint.load_layer_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?;
+        let (w, bias) =
+            opts.apply(checkpoint.load_layer_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?)?;
         let bias = bias.map(|b| b.to_f32());
         let local = QuantLinear::new(w, None)?;
         if let Some(b) = &bias {
@@ -333,11 +340,11 @@ impl ReplicatedLinear {
 
     /// The whole layer `prefix` of `checkpoint` and its bias; `Ok(None)` when there is no
     /// layer `prefix`.
-    pub fn load(checkpoint: &impl LayerSource, prefix: &str) -> Result<Option<Self>> {
+    pub fn load(checkpoint: &impl LayerSource, prefix: &str, opts: &LoadOptions) -> Result<Option<Self>> {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = checkpoint.load_layer(prefix)?;
+        let (w, bias) = opts.apply(checkpoint.load_layer(prefix)?)?;
         Self::new(w, bias).map(Some)
     }
 

@@ -13,9 +13,44 @@ use crate::error::{Error, FormatError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::{Checkpoint, QuantizedCheckpoint};
 use crate::layer::QuantWeight;
+use crate::method::QuantMethod;
+use crate::par::Parallelism;
 
 /// A layer, or one rank's share of it, and the bias that goes with it.
 pub type LoadedLayer = (QuantWeight, Option<FloatVec>);
+
+/// How the parallel layers' `load` constructors treat what they read.
+///
+/// ```
+/// use quant_kernels::tp::LoadOptions;
+/// use quant_kernels::QuantMethod;
+/// let opts = LoadOptions { isq: Some(QuantMethod::Int8Symmetric { per_channel: true }), ..Default::default() };
+/// assert_eq!(opts.hqq_steps, None);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Quantize each layer as it loads (in-situ quantization): a dense share from its weights,
+    /// a quantized one after dequantizing it ([`QuantMethod::quantize`]); the share is
+    /// quantized, after the cut, one layer in `f32` at a time; the bias becomes `f32`. `None`
+    /// keeps layers as stored.
+    pub isq: Option<QuantMethod>,
+    /// HQQ optimizer steps when `isq` is HQQ (`None`: round to nearest, as mistral.rs's ISQ).
+    pub hqq_steps: Option<usize>,
+    /// Threads and instruction set for the dequantization and quantization.
+    pub par: Parallelism,
+}
+
+impl LoadOptions {
+    /// `layer` as these options want it.
+    pub(crate) fn apply(&self, (w, bias): LoadedLayer) -> Result<LoadedLayer> {
+        let Some(method) = self.isq else { return Ok((w, bias)) };
+        let (rows, cols) = w.shape();
+        let dense: Vec<f32> = w.dequantize(self.par)?;
+        drop(w);
+        let q = method.quantize(&dense, rows, cols, self.hqq_steps, self.par)?;
+        Ok((q, bias.map(|b| FloatVec::F32(b.to_f32()))))
+    }
+}
 
 /// A checkpoint the parallel layers load from by name.
 pub trait LayerSource {

@@ -193,7 +193,9 @@ pub fn assert_merged_loads(
         match whole.shard(&cut) {
             Ok(w) => parts.push((w, b)),
             Err(e) => {
-                let got = ColumnParallelLinear::load_merged(src, prefix, sizes, None, 0, 1).unwrap_err();
+                let got =
+                    ColumnParallelLinear::load_merged(src, prefix, sizes, None, 0, 1, &Default::default())
+                        .unwrap_err();
                 assert_eq!(got, e, "{prefix} {sizes:?}: a part the packing cannot cut");
                 return;
             }
@@ -211,7 +213,8 @@ pub fn assert_merged_loads(
     let serial = quant_kernels::Parallelism::SERIAL;
     for world in 1..=4 {
         for rank in 0..world {
-            let got = ColumnParallelLinear::load_merged(src, prefix, sizes, None, rank, world);
+            let got =
+                ColumnParallelLinear::load_merged(src, prefix, sizes, None, rank, world, &Default::default());
             match ColumnParallelLinear::new_merged(&refs, None, rank, world) {
                 Err(e) => {
                     let got = got.unwrap_err();
@@ -234,8 +237,12 @@ pub fn assert_merged_loads(
     let mut short = sizes.to_vec();
     short[0] -= 1;
     assert!(matches!(
-        ColumnParallelLinear::load_merged(src, prefix, &short, None, 0, 1),
+        ColumnParallelLinear::load_merged(src, prefix, &short, None, 0, 1, &Default::default()),
         Err(quant_kernels::Error::Kernel(quant_kernels::error::KernelError::LengthMismatch { .. }))
     ));
-    assert!(ColumnParallelLinear::load_merged(src, "no.such.layer", sizes, None, 0, 1).unwrap().is_none());
+    assert!(
+        ColumnParallelLinear::load_merged(src, "no.such.layer", sizes, None, 0, 1, &Default::default())
+            .unwrap()
+            .is_none()
+    );
 }

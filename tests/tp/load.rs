@@ -74,7 +74,7 @@ fn dense_rank_loads_equal_the_whole_layer_split() {
             for rank in 0..world {
                 // Outputs: the rank's rows of the weight and of the bias, nothing else.
                 let before = ck.bytes_read();
-                let col = ColumnParallelLinear::load(&ck, prefix, rank, world);
+                let col = ColumnParallelLinear::load(&ck, prefix, rank, world, &Default::default());
                 let read = ck.bytes_read() - before;
                 let bias_bytes =
                     bias.as_ref().map_or(0, |b| b.len() * if matches!(b, FloatVec::F32(_)) { 4 } else { 2 })
@@ -95,7 +95,7 @@ fn dense_rank_loads_equal_the_whole_layer_split() {
                 }
                 // Inputs: the rank's columns of every row; the bias whole, added after the sum.
                 let before = ck.bytes_read();
-                let row = RowParallelLinear::load(&ck, prefix, rank, world);
+                let row = RowParallelLinear::load(&ck, prefix, rank, world, &Default::default());
                 let read = ck.bytes_read() - before;
                 match RowParallelLinear::new(&whole, bias.as_ref(), rank, world) {
                     Err(e) => assert_eq!(row.unwrap_err(), e, "{prefix} row {rank}/{world}"),
@@ -118,19 +118,19 @@ fn dense_rank_loads_equal_the_whole_layer_split() {
         }
         // The same weight read as a fused layer of three parts.
         crate::common::assert_merged_loads(&ck, prefix, &whole, bias.as_ref(), &[out / 2, out / 4, out / 4]);
-        let rep = ReplicatedLinear::load(&ck, prefix).unwrap().unwrap();
+        let rep = ReplicatedLinear::load(&ck, prefix, &Default::default()).unwrap().unwrap();
         assert_eq!(bits(rep.local()), bits(&QuantLinear::new(whole.clone(), bias.clone()).unwrap()));
     }
     // A 1-D tensor is not a layer; an absent name is `None`, never an empty layer.
     for absent in ["model.norm", "model.layers.9.mlp.up_proj"] {
         assert!(!ck.has_layer(absent));
-        assert!(ColumnParallelLinear::load(&ck, absent, 0, 1).unwrap().is_none());
-        assert!(RowParallelLinear::load(&ck, absent, 0, 1).unwrap().is_none());
-        assert!(ReplicatedLinear::load(&ck, absent).unwrap().is_none());
+        assert!(ColumnParallelLinear::load(&ck, absent, 0, 1, &Default::default()).unwrap().is_none());
+        assert!(RowParallelLinear::load(&ck, absent, 0, 1, &Default::default()).unwrap().is_none());
+        assert!(ReplicatedLinear::load(&ck, absent, &Default::default()).unwrap().is_none());
     }
     // A share that does not fit is the shard's typed error, before any byte is read.
     let before = ck.bytes_read();
-    assert!(matches!(ColumnParallelLinear::load(&ck, UP, 0, 5), Err(Error::Tp(_))));
+    assert!(matches!(ColumnParallelLinear::load(&ck, UP, 0, 5, &Default::default()), Err(Error::Tp(_))));
     assert_eq!(ck.bytes_read(), before);
     let w: QuantWeight = ck.load_layer(UP).unwrap().0;
     assert!(matches!(w, QuantWeight::Dense(ref d) if matches!(d.w, FloatVec::Bf16(_))), "kept in its dtype");
@@ -144,7 +144,7 @@ fn malformed_dense_layers_are_typed_errors() {
     let dir = Dir::new("dense-bad", &t);
     let ck = Checkpoint::open(&dir.0).unwrap();
     assert_eq!(
-        ColumnParallelLinear::load(&ck, UP, 0, 2).unwrap_err(),
+        ColumnParallelLinear::load(&ck, UP, 0, 2, &Default::default()).unwrap_err(),
         Error::Format(FormatError::TensorShape {
             tensor: format!("{UP}.bias"),
             expected: vec![64],
@@ -152,4 +152,61 @@ fn malformed_dense_layers_are_typed_errors() {
         })
     );
     assert!(ck.load_layer("model.norm").is_err(), "a 1-D weight is no layer");
+}
+
+/// Load-time quantization: a rank's share quantized as it loads equals the scheme's own
+/// quantizer on that share's dense weights (HQQ with and without optimizer steps, int8, int4,
+/// FP8), the bias in f32; methods that need calibration data are typed errors.
+#[test]
+fn load_time_quantization_equals_quantizing_the_share() {
+    use quant_kernels::QuantMethod;
+    use quant_kernels::error::KernelError;
+    use quant_kernels::fp8::Fp8Format;
+    use quant_kernels::hqq::Axis;
+    use quant_kernels::tp::LoadOptions;
+    let dir = Dir::new("isq", &tensors(&mut Rng(7)));
+    let ck = Checkpoint::open(&dir.0).unwrap();
+    let par = Parallelism::RAYON;
+    let methods = [
+        (QuantMethod::Hqq { bits: 4, group: 16, axis: Axis::One }, None),
+        (QuantMethod::Hqq { bits: 8, group: 32, axis: Axis::Zero }, Some(5)),
+        (QuantMethod::Int8Symmetric { per_channel: true }, None),
+        (QuantMethod::Int4Asymmetric { group: 16 }, None),
+        (QuantMethod::Fp8 { format: Fp8Format::E4M3, block: Some((16, 16)) }, None),
+    ];
+    for (method, hqq_steps) in methods {
+        let opts = LoadOptions { isq: Some(method), hqq_steps, par };
+        for world in [1, 2] {
+            for rank in 0..world {
+                let (share, bias) = ck
+                    .load_layer_shard(
+                        UP,
+                        &quant_kernels::tp::Shard::Simple { dim: 0, rank, world_size: world },
+                    )
+                    .unwrap();
+                let (rows, cols) = share.shape();
+                let dense: Vec<f32> = share.dequantize(par).unwrap();
+                let q = method.quantize(&dense, rows, cols, hqq_steps, par).unwrap();
+                assert_eq!(q.method(), Some(method));
+                let bias = bias.map(|b| FloatVec::F32(b.to_f32()));
+                let want = QuantLinear::new(q, bias).unwrap();
+                let got = ColumnParallelLinear::load(&ck, UP, rank, world, &opts).unwrap().unwrap();
+                assert_eq!(bits(got.local()), bits(&want), "{method} {rank}/{world}");
+                let x = vec![0.5f32; cols];
+                assert_eq!(
+                    got.forward(&x, 1, par).unwrap(),
+                    want.forward::<f32, f32>(&x, 1, par).unwrap(),
+                    "{method}"
+                );
+            }
+        }
+    }
+    let gptq = LoadOptions {
+        isq: Some(QuantMethod::Gptq { bits: 4, group: Some(16), act_order: false }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ColumnParallelLinear::load(&ck, UP, 0, 1, &gptq),
+        Err(Error::Kernel(KernelError::NoQuantizer(_)))
+    ));
 }

@@ -117,11 +117,16 @@ pub(crate) fn assert_rank_loads(model: &QuantizedCheckpoint) {
                         continue;
                     }
                     let (loaded, new) = if dim == 0 {
-                        let a = ColumnParallelLinear::load(model, &l.prefix, rank, world).unwrap().unwrap();
+                        let a =
+                            ColumnParallelLinear::load(model, &l.prefix, rank, world, &Default::default())
+                                .unwrap()
+                                .unwrap();
                         let b = ColumnParallelLinear::new(&whole, bias.as_ref(), rank, world).unwrap();
                         (deq(a.local()), deq(b.local()))
                     } else {
-                        let a = RowParallelLinear::load(model, &l.prefix, rank, world).unwrap().unwrap();
+                        let a = RowParallelLinear::load(model, &l.prefix, rank, world, &Default::default())
+                            .unwrap()
+                            .unwrap();
                         let b = RowParallelLinear::new(&whole, bias.as_ref(), rank, world).unwrap();
                         let x = vec![0.5f32; a.local().in_features()];
                         let comm = quant_kernels::tp::SingleComm;
@@ -147,12 +152,12 @@ pub(crate) fn assert_rank_loads(model: &QuantizedCheckpoint) {
             );
         }
         if l.experts == 1 {
-            let r = ReplicatedLinear::load(model, &l.prefix).unwrap().unwrap();
+            let r = ReplicatedLinear::load(model, &l.prefix, &Default::default()).unwrap().unwrap();
             assert_eq!((r.local().out_features(), r.local().in_features()), (l.out, l.inp));
         }
     }
-    assert!(ColumnParallelLinear::load(model, "no.such.layer", 0, 2).unwrap().is_none());
-    assert!(RowParallelLinear::load(model, "no.such.layer", 0, 2).unwrap().is_none());
+    assert!(ColumnParallelLinear::load(model, "no.such.layer", 0, 2, &Default::default()).unwrap().is_none());
+    assert!(RowParallelLinear::load(model, "no.such.layer", 0, 2, &Default::default()).unwrap().is_none());
 }
 
 /// `[k, n]` -> `[n, k]`.
@@ -218,6 +223,15 @@ fn awq_checkpoint_matches_autoawq() {
     assert!(model.is_quantized_part("model.layers.0.mlp.up_proj.qzeros"));
     assert!(!model.is_quantized_part("model.norm.weight"));
     assert_round_trips(&model);
+    // Load-time requantization: the AWQ layer dequantized, then quantized to int8 per channel.
+    let int8 = quant_kernels::QuantMethod::Int8Symmetric { per_channel: true };
+    let opts = quant_kernels::tp::LoadOptions { isq: Some(int8), ..Default::default() };
+    let (prefix, k, n, want) = &expected[0];
+    let got = quant_kernels::tp::ColumnParallelLinear::load(&model, prefix, 0, 1, &opts).unwrap().unwrap();
+    let direct =
+        int8.quantize(&transpose(want, *k, *n), *n, *k, None, quant_kernels::Parallelism::RAYON).unwrap();
+    let serial = quant_kernels::Parallelism::SERIAL;
+    assert_eq!(got.local().dequantize(serial).unwrap(), direct.dequantize::<f32>(serial).unwrap());
     // The CLI writes [out, in] weights and copies the rest.
     let out = qk_dequantize(&dir.0, "f32");
     for (prefix, k, n, want) in &expected {
@@ -302,9 +316,12 @@ fn fp8_checkpoint_matches_torch() {
     assert!(!model.is_quantized_part("lm_head.weight"), "an unquantized bf16 weight is copied");
     assert_round_trips(&model);
     // The unquantized lm_head loads as a dense layer, whole or a rank's rows.
-    let lm = quant_kernels::tp::ReplicatedLinear::load(&model, "lm_head").unwrap().unwrap();
+    let lm =
+        quant_kernels::tp::ReplicatedLinear::load(&model, "lm_head", &Default::default()).unwrap().unwrap();
     assert_eq!(lm.local().dequantize(quant_kernels::Parallelism::SERIAL).unwrap(), [1.0, 2.0, 0.0, -1.0]);
-    let top = quant_kernels::tp::ColumnParallelLinear::load(&model, "lm_head", 1, 2).unwrap().unwrap();
+    let top = quant_kernels::tp::ColumnParallelLinear::load(&model, "lm_head", 1, 2, &Default::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(top.local().dequantize(quant_kernels::Parallelism::SERIAL).unwrap(), [0.0, -1.0]);
     let out = qk_dequantize(&dir.0, "f32");
     assert!(same(&out.read_as::<f32>("model.layers.0.mlp.down_proj.weight").unwrap(), &deq));
