@@ -147,11 +147,6 @@ pub(crate) fn concat_bias<T>(
     concat_floats(parts.iter().filter_map(|p| bias(p)), "bias").map(Some)
 }
 
-/// Elements `range` of a bias, in its dtype.
-pub(crate) fn bias_range(bias: Option<&FloatVec>, range: std::ops::Range<usize>) -> Option<FloatVec> {
-    bias.map(|b| crate::with_float_vec!(b, v => FloatVec::from(v[range.clone()].to_vec())))
-}
-
 /// A layer's stored tensors as a shard reads them: regions (rows, columns) of each part seen as
 /// `[rows, last dimension]` (a 1-D part is one row). A scheme's shard is written once against
 /// this, so it runs on a layer in memory ([`InMemory`]) and on a checkpoint, reading only the
@@ -161,6 +156,8 @@ pub(crate) trait Parts {
     fn i32s(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<i32>>;
     /// Rows `rows`, columns `cols` of a float part, in its stored type.
     fn floats(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<FloatVec>;
+    /// Rows `rows`, columns `cols` of a one-byte part (FP8 codes), as stored.
+    fn bytes(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>>;
 }
 
 /// One part of a layer in memory and its row length.
@@ -169,6 +166,8 @@ pub(crate) enum Part<'a> {
     I32(&'a [i32], usize),
     /// Floats, `usize` per row.
     Floats(&'a FloatVec, usize),
+    /// Bytes, `usize` per row.
+    U8(&'a [u8], usize),
 }
 
 /// A layer's parts in memory, by name (the caller has checked their lengths).
@@ -198,7 +197,7 @@ impl Parts for InMemory<'_> {
     fn i32s(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<i32>> {
         match self.get(part)? {
             Part::I32(v, w) => Ok(region(v, *w, rows, cols)),
-            Part::Floats(..) => Err(missing(part)),
+            _ => Err(missing(part)),
         }
     }
 
@@ -207,7 +206,14 @@ impl Parts for InMemory<'_> {
             Part::Floats(v, w) => {
                 Ok(crate::with_float_vec!(v, x => FloatVec::from(region(x, *w, rows, cols))))
             }
-            Part::I32(..) => Err(missing(part)),
+            _ => Err(missing(part)),
+        }
+    }
+
+    fn bytes(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>> {
+        match self.get(part)? {
+            Part::U8(v, w) => Ok(region(v, *w, rows, cols)),
+            _ => Err(missing(part)),
         }
     }
 }

@@ -10,10 +10,11 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::{Error, FormatError, KernelError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::fields::{get_str, invalid};
-use crate::io::quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint};
+use crate::io::quantized::{CheckpointLayer, CheckpointParts, LayerSummary, QuantCheckpoint};
 use crate::io::{Checkpoint, Dtype, NamedTensor};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
+use crate::tp::Shard;
 use std::collections::BTreeMap;
 
 /// The fields of an FP8 quantization config this crate reads.
@@ -225,6 +226,26 @@ impl CheckpointLayer for Fp8Layer {
             layers.insert(prefix, info);
         }
         Ok(layers)
+    }
+
+    fn read_shard(
+        ck: &Checkpoint,
+        _: &Fp8Config,
+        info: &Fp8LayerInfo,
+        prefix: &str,
+        shard: &Shard,
+    ) -> Result<Fp8Layer> {
+        let src = CheckpointParts { checkpoint: ck, prefix };
+        let has_bias = info.bias.is_some();
+        super::scheme::shard_parts(
+            &info.layout,
+            info.experts,
+            info.format,
+            info.scale.0,
+            has_bias,
+            &src,
+            shard,
+        )
     }
 
     fn read(ck: &Checkpoint, _: &Fp8Config, info: &Fp8LayerInfo, prefix: &str) -> Result<Fp8Layer> {

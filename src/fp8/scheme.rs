@@ -2,13 +2,13 @@
 //! first: [`crate::tp::split_fp8_experts`]).
 
 use super::{Fp8Layer, Fp8Layout};
-use crate::elem::{Elem, FloatVec};
+use crate::elem::Elem;
 use crate::error::{Error, KernelError, Result, expect_len};
 use crate::method::QuantMethod;
 use crate::par::Parallelism;
-use crate::scheme::{QuantScheme, agree, bias_range, bits_of, concat_bias, concat_floats};
+use crate::scheme::{InMemory, Part, Parts, QuantScheme, agree, bits_of, concat_bias, concat_floats};
 use crate::tp::Shard;
-use crate::tp::shard::{column_range, on};
+use crate::tp::shard::on;
 use std::ops::Range;
 
 impl Fp8Layer {
@@ -95,43 +95,18 @@ impl QuantScheme for Fp8Layer {
             return Err(Error::Kernel(KernelError::StackedExperts { experts: f.experts }));
         }
         let l = &f.layout;
-        let (rows, cols, (br, bc), (sr, sc)) = (l.rows(), l.cols(), l.block_size(), l.scale_shape());
-        crate::with_float_vec!(&f.scales, s => crate::fp8::check(l, f.codes.len(), s, rows * cols))?;
+        crate::with_float_vec!(&f.scales, s => crate::fp8::check(l, f.codes.len(), s, l.rows() * l.cols()))?;
         if let Some(b) = &f.bias {
-            crate::error::expect_len("bias", rows, b.len())?;
+            crate::error::expect_len("bias", l.rows(), b.len())?;
         }
-        let per_tensor = (br, bc) == (rows.max(1), cols.max(1));
-        let dim = shard.dim();
-        let (len_of, block) = if dim == 0 { (rows, br) } else { (cols, bc) };
-        let r = shard.range(len_of)?;
-        let single = !r.is_empty() && r.start / block == (r.end - 1) / block;
-        if !single {
-            on(r.start, block, "fp8 scale block")?;
-            if r.end != len_of {
-                on(r.end, block, "fp8 scale block")?;
-            }
+        let mut parts = vec![
+            ("weight", Part::U8(&f.codes, l.cols())),
+            ("weight_scale_inv", Part::Floats(&f.scales, l.scale_shape().1)),
+        ];
+        if let Some(b) = &f.bias {
+            parts.push(("bias", Part::Floats(b, l.rows())));
         }
-        let (nr, nc) = if dim == 0 { (r.len(), cols) } else { (rows, r.len()) };
-        let layout =
-            if per_tensor { Fp8Layout::per_tensor(nr, nc)? } else { Fp8Layout::block(nr, nc, br, bc)? };
-        let (nsr, nsc) = layout.scale_shape();
-        let take = if dim == 0 { nsr } else { nsc };
-        // First scale block row/column; an empty shard at the end keeps the last one.
-        let s0 = (r.start / block).min((if dim == 0 { sr } else { sc }) - take);
-        let (codes, scales, bias) = if dim == 0 {
-            (
-                f.codes[r.start * cols..r.end * cols].to_vec(),
-                crate::with_float_vec!(&f.scales, s => FloatVec::from(s[s0 * sc..(s0 + take) * sc].to_vec())),
-                bias_range(f.bias.as_ref(), r.clone()),
-            )
-        } else {
-            (
-                column_range(&f.codes, rows, cols, r.clone()),
-                crate::with_float_vec!(&f.scales, s => FloatVec::from(column_range(s, sr, sc, s0..s0 + take))),
-                f.bias.clone(),
-            )
-        };
-        Ok(Fp8Layer { layout, experts: 1, format: f.format, codes, scales, bias })
+        shard_parts(l, f.experts, f.format, "weight_scale_inv", f.bias.is_some(), &InMemory(parts), shard)
     }
 
     /// One-expert FP8 parts: code rows one after another. Per-tensor parts (block = shape) keep
@@ -200,4 +175,46 @@ pub(crate) fn check_cut(
         on(r.end, b.max(1), "fp8 scale block")?;
     }
     Ok(())
+}
+
+/// Rank `shard`'s part of a one-expert FP8 layer of layout `l` whose codes (`weight`), scales
+/// (`scale`) and bias `src` holds: only the shard's regions are asked of `src`. A cut inside
+/// one scale block keeps that block's scale; otherwise cuts fall on blocks.
+pub(crate) fn shard_parts(
+    l: &Fp8Layout,
+    experts: usize,
+    format: super::Fp8Format,
+    scale: &'static str,
+    has_bias: bool,
+    src: &impl Parts,
+    shard: &Shard,
+) -> Result<Fp8Layer> {
+    if experts != 1 {
+        return Err(Error::Kernel(KernelError::StackedExperts { experts }));
+    }
+    let (rows, cols, (br, bc), (sr, sc)) = (l.rows(), l.cols(), l.block_size(), l.scale_shape());
+    let per_tensor = (br, bc) == (rows.max(1), cols.max(1));
+    let dim = shard.dim();
+    let (len_of, block) = if dim == 0 { (rows, br) } else { (cols, bc) };
+    let r = shard.range(len_of)?;
+    let single = !r.is_empty() && r.start / block == (r.end - 1) / block;
+    if !single {
+        on(r.start, block, "fp8 scale block")?;
+        if r.end != len_of {
+            on(r.end, block, "fp8 scale block")?;
+        }
+    }
+    let (nr, nc) = if dim == 0 { (r.len(), cols) } else { (rows, r.len()) };
+    let layout = if per_tensor { Fp8Layout::per_tensor(nr, nc)? } else { Fp8Layout::block(nr, nc, br, bc)? };
+    let (nsr, nsc) = layout.scale_shape();
+    let take = if dim == 0 { nsr } else { nsc };
+    // First scale block row/column; an empty shard at the end keeps the last one.
+    let s0 = (r.start / block).min((if dim == 0 { sr } else { sc }) - take);
+    let bias = |cols: Range<usize>| has_bias.then(|| src.floats("bias", 0..1, cols)).transpose();
+    let (codes, scales, bias) = if dim == 0 {
+        (src.bytes("weight", r.clone(), 0..cols)?, src.floats(scale, s0..s0 + take, 0..sc)?, bias(r)?)
+    } else {
+        (src.bytes("weight", 0..rows, r)?, src.floats(scale, 0..sr, s0..s0 + take)?, bias(0..rows)?)
+    };
+    Ok(Fp8Layer { layout, experts: 1, format, codes, scales, bias })
 }

@@ -49,8 +49,8 @@ pub trait CheckpointLayer: QuantScheme {
     fn summary(config: &Self::Config, prefix: &str, info: &Self::Info) -> LayerSummary;
 
     /// Rank `shard`'s part of one layer: [`CheckpointLayer::read`] then [`QuantScheme::shard`],
-    /// bit for bit. GPTQ and AWQ read only the shard's regions of each tensor (its rows, or
-    /// its columns row by row); the others read the layer whole.
+    /// bit for bit. GPTQ, AWQ and FP8 read only the shard's regions of each tensor (its rows, or
+    /// its columns row by row).
     fn read_shard(
         checkpoint: &Checkpoint,
         config: &Self::Config,
@@ -315,5 +315,18 @@ impl Parts for CheckpointParts<'_> {
 
     fn floats(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<FloatVec> {
         self.checkpoint.read_floats_region(&format!("{}.{part}", self.prefix), rows, cols)
+    }
+
+    fn bytes(&self, part: &'static str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>> {
+        let name = format!("{}.{part}", self.prefix);
+        if let Some(i) = self.checkpoint.info(&name).filter(|i| i.dtype.size() != 1) {
+            let got = i.dtype.to_string();
+            return Err(Error::Format(FormatError::TensorDtype {
+                tensor: name,
+                expected: "a one-byte dtype",
+                got,
+            }));
+        }
+        self.checkpoint.read_region(&name, rows, cols)
     }
 }

@@ -85,7 +85,7 @@ pub(crate) fn assert_round_trips(model: &QuantizedCheckpoint) {
 /// Every layer's share for every rank of world sizes 1-4, along each dimension, read straight
 /// from the checkpoint (`load_shard`) equals the whole layer read and then sharded, bit for
 /// bit (or both fail alike); the parallel layers' `load` equal their `new` on the whole layer;
-/// a GPTQ or AWQ share of the outputs reads about `1 / world` of the layer's bytes.
+/// a share of the outputs reads about `1 / world` of the layer's bytes.
 pub(crate) fn assert_rank_loads(model: &QuantizedCheckpoint) {
     use quant_kernels::tp::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear, Shard};
     let serial = quant_kernels::Parallelism::SERIAL;
@@ -102,8 +102,7 @@ pub(crate) fn assert_rank_loads(model: &QuantizedCheckpoint) {
                     let read = model.checkpoint().bytes_read() - before;
                     let want = model.load(&l.prefix).unwrap().shard(&shard).map(|mut w| (w.take_bias(), w));
                     assert_eq!(got, want, "{} {shard:?}", l.prefix);
-                    let partial = matches!(model, QuantizedCheckpoint::Gptq(_) | QuantizedCheckpoint::Awq(_));
-                    if got.is_ok() && dim == 0 && partial {
+                    if got.is_ok() && dim == 0 {
                         let g_idx = if l.method.to_string().contains("act") { 4 * l.inp } else { 0 };
                         let share = l.stored_bytes.div_ceil(world) + 4 * l.inp + g_idx;
                         assert!(
