@@ -246,3 +246,34 @@ pub fn assert_merged_loads(
             .is_none()
     );
 }
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+pub type RawTensor = (String, quant_kernels::io::Dtype, Vec<usize>, Vec<u8>);
+
+/// A checkpoint directory in the temp dir (`config.json` and one `model.safetensors`), removed
+/// on drop.
+pub struct CheckpointDir(pub std::path::PathBuf);
+
+impl CheckpointDir {
+    /// `config` is written as `config.json`, `tensors` in that order.
+    pub fn new(tag: &str, config: &serde_json::Value, tensors: &[RawTensor]) -> Self {
+        let dir = std::env::temp_dir().join(format!("qk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let decl: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
+        let path = dir.join("model.safetensors");
+        let mut w = quant_kernels::io::SafetensorsWriter::create(path, &decl, &Default::default()).unwrap();
+        for (n, _, _, b) in tensors {
+            w.write(n, b).unwrap();
+        }
+        w.finish().unwrap();
+        CheckpointDir(dir)
+    }
+}
+
+impl Drop for CheckpointDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -3,46 +3,23 @@
 //! parallel layers' `new`, bit for bit, for world sizes 1-4 along both dimensions, and reads
 //! only its share of the weight; absent and malformed layers are `None` or typed errors.
 
-use crate::common::Rng;
+use crate::common::{CheckpointDir, RawTensor, Rng};
 use half::{bf16, f16};
 use quant_kernels::error::FormatError;
 use quant_kernels::io::safetensors::to_le_bytes;
-use quant_kernels::io::{Checkpoint, Dtype, SafetensorsWriter};
+use quant_kernels::io::{Checkpoint, Dtype};
 use quant_kernels::tp::{ColumnParallelLinear, LayerSource, ReplicatedLinear, RowParallelLinear, SingleComm};
 use quant_kernels::{Error, FloatVec, Parallelism, QuantLinear, QuantWeight};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-/// A temporary checkpoint directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Self {
-        let dir = std::env::temp_dir().join(format!("qk-load-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
-        let decl: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
-        let mut w =
-            SafetensorsWriter::create(dir.join("model.safetensors"), &decl, &BTreeMap::new()).unwrap();
-        for (n, _, _, b) in tensors {
-            w.write(n, b).unwrap();
-        }
-        w.finish().unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// An unquantized checkpoint directory.
+fn ck_dir(tag: &str, tensors: &[RawTensor]) -> CheckpointDir {
+    CheckpointDir::new(tag, &serde_json::json!({"model_type": "llama"}), tensors)
 }
 
 const UP: &str = "model.layers.0.mlp.up_proj";
 const DOWN: &str = "model.layers.0.mlp.down_proj";
 
-fn tensors(rng: &mut Rng) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+fn tensors(rng: &mut Rng) -> Vec<RawTensor> {
     let up: Vec<bf16> = (0..64 * 48).map(|_| bf16::from_f32(rng.f32_in(-1.0, 1.0))).collect();
     let up_bias: Vec<bf16> = (0..64).map(|i| bf16::from_f32(i as f32 / 8.0)).collect();
     let down: Vec<f16> = (0..48 * 64).map(|_| f16::from_f32(rng.f32_in(-1.0, 1.0))).collect();
@@ -62,7 +39,7 @@ fn bits(l: &QuantLinear) -> Vec<u32> {
 
 #[test]
 fn dense_rank_loads_equal_the_whole_layer_split() {
-    let dir = Dir::new("dense", &tensors(&mut Rng(5)));
+    let dir = ck_dir("dense", &tensors(&mut Rng(5)));
     let ck = Checkpoint::open(&dir.0).unwrap();
     let serial = Parallelism::SERIAL;
     for (prefix, (out, inp), esize) in [(UP, (64, 48), 2), (DOWN, (48, 64), 2)] {
@@ -141,7 +118,7 @@ fn malformed_dense_layers_are_typed_errors() {
     let mut t = tensors(&mut Rng(6));
     t[1].2 = vec![32]; // up_proj's bias: 32 values for 64 outputs
     t[1].3.truncate(64);
-    let dir = Dir::new("dense-bad", &t);
+    let dir = ck_dir("dense-bad", &t);
     let ck = Checkpoint::open(&dir.0).unwrap();
     assert_eq!(
         ColumnParallelLinear::load(&ck, UP, 0, 2, &Default::default()).unwrap_err(),
@@ -164,7 +141,7 @@ fn load_time_quantization_equals_quantizing_the_share() {
     use quant_kernels::fp8::Fp8Format;
     use quant_kernels::hqq::Axis;
     use quant_kernels::tp::LoadOptions;
-    let dir = Dir::new("isq", &tensors(&mut Rng(7)));
+    let dir = ck_dir("isq", &tensors(&mut Rng(7)));
     let ck = Checkpoint::open(&dir.0).unwrap();
     let par = Parallelism::RAYON;
     let methods = [

@@ -10,41 +10,23 @@ use common::{T, fixture};
 use half::bf16;
 use quant_kernels::Error;
 use quant_kernels::io::QuantizedCheckpoint;
-use quant_kernels::io::{Dtype, SafetensorsFile, SafetensorsWriter};
+use quant_kernels::io::{Dtype, SafetensorsFile};
 use quant_kernels::method::QuantMethod;
 use safetensors::SafeTensors;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
 /// `(prefix, K, N, W_deq [K, N])` per layer.
 type Expected = Vec<(&'static str, usize, usize, Vec<f32>)>;
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str, config: serde_json::Value, tensors: &Tensors) -> Self {
-        let dir = std::env::temp_dir().join(format!("qk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = serde_json::json!({"model_type": "llama", "quantization_config": config});
-        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-        let decl: Vec<_> = tensors.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect();
-        let mut w =
-            SafetensorsWriter::create(dir.join("model.safetensors"), &decl, &BTreeMap::new()).unwrap();
-        for (n, _, _, b) in tensors {
-            w.write(n, b).unwrap();
-        }
-        w.finish().unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A checkpoint directory with `config` as its `quantization_config`.
+fn ck_dir(tag: &str, config: serde_json::Value, tensors: &Tensors) -> common::CheckpointDir {
+    common::CheckpointDir::new(
+        tag,
+        &serde_json::json!({"model_type": "llama", "quantization_config": config}),
+        tensors,
+    )
 }
 
 fn tensor(
@@ -204,7 +186,7 @@ fn qk_dequantize(dir: &Path, dtype: &str) -> SafetensorsFile {
 #[test]
 fn awq_checkpoint_matches_autoawq() {
     let (tensors, expected) = awq_tensors();
-    let dir = Dir::new("awq", awq_config(), &tensors);
+    let dir = ck_dir("awq", awq_config(), &tensors);
     let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let QuantizedCheckpoint::Awq(awq) = &model else { panic!("not AWQ") };
     assert_eq!(awq.config().group_size, 64);
@@ -246,8 +228,7 @@ fn awq_checkpoint_matches_autoawq() {
 fn awq_config_and_tensor_errors() {
     let (tensors, _) = awq_tensors();
     let field =
-        |cfg: serde_json::Value, t: &Tensors| match QuantizedCheckpoint::open(&Dir::new("awq-bad", cfg, t).0)
-        {
+        |cfg: serde_json::Value, t: &Tensors| match QuantizedCheckpoint::open(&ck_dir("awq-bad", cfg, t).0) {
             Err(Error::Format(FormatError::Config { field, .. })) => field,
             other => panic!("{other:?}"),
         };
@@ -263,13 +244,13 @@ fn awq_config_and_tensor_errors() {
     assert_eq!(field(with("quant_method", "bitsandbytes".into()), &tensors), "quant_method");
     // AutoAWQ's own spellings are accepted.
     let spelled = serde_json::json!({"quant_method": "awq", "w_bit": 4, "q_group_size": 64});
-    assert!(QuantizedCheckpoint::open(&Dir::new("awq-spelled", spelled, &tensors).0).is_ok());
+    assert!(QuantizedCheckpoint::open(&ck_dir("awq-spelled", spelled, &tensors).0).is_ok());
     // A group size that contradicts the scales, a missing tensor, a wrong dtype.
-    let r = QuantizedCheckpoint::open(&Dir::new("awq-g32", with("group_size", 32.into()), &tensors).0);
+    let r = QuantizedCheckpoint::open(&ck_dir("awq-g32", with("group_size", 32.into()), &tensors).0);
     assert!(matches!(r, Err(Error::Format(FormatError::TensorShape { .. }))), "{r:?}");
     let mut t = tensors.clone();
     t.retain(|(n, ..)| n != "model.layers.0.mlp.up_proj.qzeros");
-    let r = QuantizedCheckpoint::open(&Dir::new("awq-missing", awq_config(), &t).0);
+    let r = QuantizedCheckpoint::open(&ck_dir("awq-missing", awq_config(), &t).0);
     assert_eq!(
         r.unwrap_err(),
         Error::Format(FormatError::MissingTensors(vec!["model.layers.0.mlp.up_proj.qzeros".into()]))
@@ -277,7 +258,7 @@ fn awq_config_and_tensor_errors() {
     let mut t = tensors.clone();
     t[2].1 = Dtype::I16;
     assert!(matches!(
-        QuantizedCheckpoint::open(&Dir::new("awq-dtype", awq_config(), &t).0),
+        QuantizedCheckpoint::open(&ck_dir("awq-dtype", awq_config(), &t).0),
         Err(Error::Format(FormatError::TensorDtype { .. }))
     ));
 }
@@ -303,7 +284,7 @@ fn fp8_tensors() -> (Tensors, Vec<f32>, Vec<bf16>) {
 fn fp8_checkpoint_matches_torch() {
     let (tensors, deq, deq_bf16) = fp8_tensors();
     let cfg = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
-    let dir = Dir::new("fp8", cfg, &tensors);
+    let dir = ck_dir("fp8", cfg, &tensors);
     let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let layers = model.layers();
     assert_eq!(layers.len(), 1);
@@ -340,7 +321,7 @@ fn fp8_per_tensor_and_errors() {
         (format!("{p}.weight_scale"), Dtype::F32, vec![], 0.5f32.to_le_bytes().to_vec()),
     ];
     let cfg = serde_json::json!({"quant_method": "fp8"});
-    let dir = Dir::new("fp8-tensor", cfg.clone(), &per_tensor);
+    let dir = ck_dir("fp8-tensor", cfg.clone(), &per_tensor);
     let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let w: Vec<f32> = model.dequantize(p, quant_kernels::Parallelism::RAYON).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
@@ -349,14 +330,14 @@ fn fp8_per_tensor_and_errors() {
 
     let block = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
     // Block config, but only a per-tensor scale stored.
-    let r = QuantizedCheckpoint::open(&Dir::new("fp8-noinv", block.clone(), &per_tensor).0);
+    let r = QuantizedCheckpoint::open(&ck_dir("fp8-noinv", block.clone(), &per_tensor).0);
     assert_eq!(
         r.unwrap_err(),
         Error::Format(FormatError::MissingTensors(vec![format!("{p}.weight_scale_inv")]))
     );
     // A scale grid that does not match the block size.
     let r = QuantizedCheckpoint::open(
-        &Dir::new(
+        &ck_dir(
             "fp8-grid",
             serde_json::json!({"quant_method": "fp8", "weight_block_size": [64, 128]}),
             &tensors,
@@ -371,7 +352,7 @@ fn fp8_per_tensor_and_errors() {
         serde_json::json!({"quant_method": "fp8", "weight_block_size": "128"}),
         serde_json::json!({"quant_method": "int8"}),
     ] {
-        let r = QuantizedCheckpoint::open(&Dir::new("fp8-cfg", bad.clone(), &tensors).0);
+        let r = QuantizedCheckpoint::open(&ck_dir("fp8-cfg", bad.clone(), &tensors).0);
         assert!(matches!(r, Err(Error::Format(FormatError::Config { .. }))), "{bad}: {r:?}");
     }
 }
@@ -393,7 +374,7 @@ fn fp8_stacked_experts() {
         (format!("{p}.weight_scale_inv"), Dtype::F32, vec![2, 3, 3], stacked_scales),
     ];
     let cfg = serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
-    let dir = Dir::new("fp8-moe", cfg, &stacked);
+    let dir = ck_dir("fp8-moe", cfg, &stacked);
     let model = QuantizedCheckpoint::open(&dir.0).unwrap();
     let l = &model.layers()[0];
     assert_eq!((l.experts, l.out, l.inp), (2, 300, 260));
@@ -434,7 +415,7 @@ fn fp8_stacked_experts() {
     let mut bad = stacked.clone();
     bad[1].2 = vec![3, 6];
     let r = QuantizedCheckpoint::open(
-        &Dir::new(
+        &ck_dir(
             "fp8-moe-bad",
             serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]}),
             &bad,
@@ -451,7 +432,7 @@ fn fp8_stacked_experts() {
             [0.5f32.to_le_bytes(), 4.0f32.to_le_bytes()].concat(),
         ),
     ];
-    let dir = Dir::new("fp8-moe-tensor", serde_json::json!({"quant_method": "fp8"}), &per_tensor);
+    let dir = ck_dir("fp8-moe-tensor", serde_json::json!({"quant_method": "fp8"}), &per_tensor);
     let w: Vec<f32> =
         QuantizedCheckpoint::open(&dir.0).unwrap().dequantize(p, quant_kernels::Parallelism::RAYON).unwrap();
     let fmt = quant_kernels::fp8::Fp8Format::E4M3;
