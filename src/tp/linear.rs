@@ -57,7 +57,7 @@ impl ColumnParallelLinear {
         prefix: &str,
         rank: usize,
         world_size: usize,
-        opts: &LoadOptions,
+        opts: &LoadOptions<'_>,
     ) -> Result<Option<Self>> {
         Self::load_with_shard(
             checkpoint,
@@ -78,7 +78,7 @@ impl ColumnParallelLinear {
         shard: Shard,
         rank: usize,
         world_size: usize,
-        opts: &LoadOptions,
+        opts: &LoadOptions<'_>,
     ) -> Result<Option<Self>> {
         if shard.dim() != 0 {
             return Err(Error::Tp(TpError::ShardDim(shard.dim())));
@@ -86,7 +86,7 @@ impl ColumnParallelLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = opts.apply(checkpoint.load_layer_shard(prefix, &shard)?)?;
+        let (w, bias) = opts.apply(prefix, checkpoint.load_layer_shard(prefix, &shard)?)?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
@@ -103,7 +103,7 @@ impl ColumnParallelLinear {
         shards: Option<&[Shard]>,
         rank: usize,
         world_size: usize,
-        opts: &LoadOptions,
+        opts: &LoadOptions<'_>,
     ) -> Result<Option<Self>> {
         let Some((out, _)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
         let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
@@ -124,7 +124,7 @@ impl ColumnParallelLinear {
         }
         let bias =
             (!biases.is_empty()).then(|| FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()));
-        let (w, bias) = opts.apply((QuantWeight::concat(weights)?, bias))?;
+        let (w, bias) = opts.apply(prefix, (QuantWeight::concat(weights)?, bias))?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
@@ -268,13 +268,15 @@ impl RowParallelLinear {
         prefix: &str,
         rank: usize,
         world_size: usize,
-        opts: &LoadOptions,
+        opts: &LoadOptions<'_>,
     ) -> Result<Option<Self>> {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) =
-            opts.apply(checkpoint.load_layer_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?)?;
+        let (w, bias) = opts.apply(
+            prefix,
+            checkpoint.load_layer_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?,
+        )?;
         let bias = bias.map(|b| b.to_f32());
         let local = QuantLinear::new(w, None)?;
         if let Some(b) = &bias {
@@ -344,7 +346,7 @@ impl ReplicatedLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = opts.apply(checkpoint.load_layer(prefix)?)?;
+        let (w, bias) = opts.apply(prefix, checkpoint.load_layer(prefix)?)?;
         Self::new(w, bias).map(Some)
     }
 

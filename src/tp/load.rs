@@ -13,7 +13,7 @@ use crate::error::{Error, FormatError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::{Checkpoint, QuantizedCheckpoint};
 use crate::layer::QuantWeight;
-use crate::method::QuantMethod;
+use crate::method::{QuantConfig, QuantMethod};
 use crate::par::Parallelism;
 
 /// A layer, or one rank's share of it, and the bias that goes with it.
@@ -28,22 +28,33 @@ pub type LoadedLayer = (QuantWeight, Option<FloatVec>);
 /// assert_eq!(opts.hqq_steps, None);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LoadOptions {
+pub struct LoadOptions<'a> {
     /// Quantize each layer as it loads (in-situ quantization): a dense share from its weights,
     /// a quantized one after dequantizing it ([`QuantMethod::quantize`]); the share is
     /// quantized, after the cut, one layer in `f32` at a time; the bias becomes `f32`. `None`
     /// keeps layers as stored.
     pub isq: Option<QuantMethod>,
+    /// Per-layer methods by name or glob instead of `isq` when set
+    /// ([`QuantConfig::method_for`]: a layer it gives `None` stays as stored).
+    pub isq_config: Option<&'a QuantConfig>,
     /// HQQ optimizer steps when `isq` is HQQ (`None`: round to nearest, as mistral.rs's ISQ).
     pub hqq_steps: Option<usize>,
     /// Threads and instruction set for the dequantization and quantization.
     pub par: Parallelism,
 }
 
-impl LoadOptions {
-    /// `layer` as these options want it.
-    pub(crate) fn apply(&self, (w, bias): LoadedLayer) -> Result<LoadedLayer> {
-        let Some(method) = self.isq else { return Ok((w, bias)) };
+impl LoadOptions<'_> {
+    /// The method layer `prefix` is quantized with as it loads, if any.
+    pub fn method_for(&self, prefix: &str) -> Option<QuantMethod> {
+        match self.isq_config {
+            Some(c) => c.method_for(prefix).copied(),
+            None => self.isq,
+        }
+    }
+
+    /// Layer `prefix` as these options want it.
+    pub(crate) fn apply(&self, prefix: &str, (w, bias): LoadedLayer) -> Result<LoadedLayer> {
+        let Some(method) = self.method_for(prefix) else { return Ok((w, bias)) };
         let (rows, cols) = w.shape();
         let dense: Vec<f32> = w.dequantize(self.par)?;
         drop(w);

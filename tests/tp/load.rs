@@ -152,7 +152,7 @@ fn load_time_quantization_equals_quantizing_the_share() {
         (QuantMethod::Fp8 { format: Fp8Format::E4M3, block: Some((16, 16)) }, None),
     ];
     for (method, hqq_steps) in methods {
-        let opts = LoadOptions { isq: Some(method), hqq_steps, par };
+        let opts = LoadOptions { isq: Some(method), hqq_steps, par, ..Default::default() };
         for world in [1, 2] {
             for rank in 0..world {
                 let (share, bias) = ck
@@ -178,6 +178,27 @@ fn load_time_quantization_equals_quantizing_the_share() {
             }
         }
     }
+    // Per layer, by name or glob: up_proj int4, down_proj left as stored.
+    let int4 = QuantMethod::Int4Asymmetric { group: 16 };
+    let config = quant_kernels::QuantConfig::new(QuantMethod::Int8Symmetric { per_channel: false })
+        .with("model.layers.*.mlp.up_proj", Some(int4))
+        .unwrap()
+        .with(DOWN, None)
+        .unwrap();
+    let opts = LoadOptions {
+        isq: Some(QuantMethod::Int8Symmetric { per_channel: true }),
+        isq_config: Some(&config),
+        ..Default::default()
+    };
+    assert_eq!((opts.method_for(UP), opts.method_for(DOWN)), (Some(int4), None));
+    let up = ColumnParallelLinear::load(&ck, UP, 0, 2, &opts).unwrap().unwrap();
+    let plain = ColumnParallelLinear::load(&ck, UP, 0, 2, &Default::default()).unwrap().unwrap();
+    let (rows, cols) = (plain.local().out_features(), plain.local().in_features());
+    let q = int4.quantize(&plain.local().dequantize(par).unwrap(), rows, cols, None, par).unwrap();
+    assert_eq!(bits(up.local()), bits(&QuantLinear::new(q, None).unwrap()));
+    let down = RowParallelLinear::load(&ck, DOWN, 1, 2, &opts).unwrap().unwrap();
+    let stored = RowParallelLinear::load(&ck, DOWN, 1, 2, &Default::default()).unwrap().unwrap();
+    assert_eq!(bits(down.local()), bits(stored.local()), "an override of None keeps the layer as stored");
     let gptq = LoadOptions {
         isq: Some(QuantMethod::Gptq { bits: 4, group: Some(16), act_order: false }),
         ..Default::default()
