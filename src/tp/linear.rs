@@ -86,7 +86,7 @@ impl ColumnParallelLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = opts.apply(prefix, checkpoint.load_layer_shard(prefix, &shard)?)?;
+        let (w, bias) = opts.load(checkpoint, prefix, Some(&shard))?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
@@ -273,10 +273,7 @@ impl RowParallelLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = opts.apply(
-            prefix,
-            checkpoint.load_layer_shard(prefix, &Shard::Simple { dim: 1, rank, world_size })?,
-        )?;
+        let (w, bias) = opts.load(checkpoint, prefix, Some(&Shard::Simple { dim: 1, rank, world_size }))?;
         let bias = bias.map(|b| b.to_f32());
         let local = QuantLinear::new(w, None)?;
         if let Some(b) = &bias {
@@ -346,7 +343,7 @@ impl ReplicatedLinear {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = opts.apply(prefix, checkpoint.load_layer(prefix)?)?;
+        let (w, bias) = opts.load(checkpoint, prefix, None)?;
         Self::new(w, bias).map(Some)
     }
 

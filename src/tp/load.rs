@@ -52,12 +52,32 @@ impl LoadOptions<'_> {
         }
     }
 
+    /// Layer `prefix` (its share `shard`, or all of it) from `src`, as these options want it:
+    /// with a method for it, a dense weight is read widened to `f32` ([`LayerSource::load_layer_f32`])
+    /// and quantized without another copy, so one layer is in memory once in `f32`.
+    pub(crate) fn load(
+        &self,
+        src: &impl LayerSource,
+        prefix: &str,
+        shard: Option<&Shard>,
+    ) -> Result<LoadedLayer> {
+        if self.method_for(prefix).is_none() {
+            return match shard {
+                Some(s) => src.load_layer_shard(prefix, s),
+                None => src.load_layer(prefix),
+            };
+        }
+        self.apply(prefix, src.load_layer_f32(prefix, shard)?)
+    }
+
     /// Layer `prefix` as these options want it.
     pub(crate) fn apply(&self, prefix: &str, (w, bias): LoadedLayer) -> Result<LoadedLayer> {
         let Some(method) = self.method_for(prefix) else { return Ok((w, bias)) };
         let (rows, cols) = w.shape();
-        let dense: Vec<f32> = w.dequantize(self.par)?;
-        drop(w);
+        let dense: Vec<f32> = match w {
+            QuantWeight::Dense(DenseWeight { w: FloatVec::F32(v), .. }) => v,
+            w => w.dequantize(self.par)?,
+        };
         let q = method.quantize(&dense, rows, cols, self.hqq_steps, self.par)?;
         Ok((q, bias.map(|b| FloatVec::F32(b.to_f32()))))
     }
@@ -77,6 +97,16 @@ pub trait LayerSource {
     /// The whole layer `prefix` and its bias.
     fn load_layer(&self, prefix: &str) -> Result<LoadedLayer>;
 
+    /// Layer `prefix` (share `shard` of it, or all of it) to be quantized as it loads: a dense
+    /// weight comes widened to `f32` as it is read, a block of rows at a time, so it is never in
+    /// memory in both types; a quantized layer as stored.
+    fn load_layer_f32(&self, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
+        match shard {
+            Some(s) => self.load_layer_shard(prefix, s),
+            None => self.load_layer(prefix),
+        }
+    }
+
     /// Share `shard` of layer `prefix`, reading only its bytes where the format allows, with
     /// the bias as the share takes it: sliced with the outputs (`dim` 0), whole otherwise (a
     /// row-parallel layer adds it once, after the sum). Equal to the whole layer sharded.
@@ -92,8 +122,12 @@ fn dense_info(ck: &Checkpoint, prefix: &str) -> Option<(usize, usize)> {
     }
 }
 
-/// The dense layer `prefix` of `ck`, whole (`shard` `None`) or one share of it.
-fn dense_layer(ck: &Checkpoint, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
+/// `f32` values per block of rows read by [`dense_layer`] when it widens.
+const WIDEN_BLOCK: usize = 1 << 16;
+
+/// The dense layer `prefix` of `ck`, whole (`shard` `None`) or one share of it, in its stored
+/// type or (`widen`) in `f32`, read a block of rows at a time.
+fn dense_layer(ck: &Checkpoint, prefix: &str, shard: Option<&Shard>, widen: bool) -> Result<LoadedLayer> {
     let name = format!("{prefix}.weight");
     let (rows, cols) = dense_info(ck, prefix).ok_or_else(|| match ck.info(&name) {
         None => Error::Format(FormatError::MissingTensors(vec![name.clone()])),
@@ -120,7 +154,16 @@ fn dense_layer(ck: &Checkpoint, prefix: &str, shard: Option<&Shard>) -> Result<L
         Some(s) => (0..rows, s.range(cols)?),
     };
     let bias = if has_bias { Some(ck.read_floats_region(&bname, 0..1, r.clone())?) } else { None };
-    let w = ck.read_floats_region(&name, r.clone(), c.clone())?;
+    let w = if widen {
+        let mut v = Vec::with_capacity(r.len() * c.len());
+        let per = (WIDEN_BLOCK / c.len().max(1)).max(1);
+        for r0 in r.clone().step_by(per) {
+            v.extend(ck.read_floats_region(&name, r0..(r0 + per).min(r.end), c.clone())?.to_f32());
+        }
+        FloatVec::F32(v)
+    } else {
+        ck.read_floats_region(&name, r.clone(), c.clone())?
+    };
     Ok((QuantWeight::Dense(DenseWeight { rows: r.len(), cols: c.len(), w }), bias))
 }
 
@@ -130,11 +173,15 @@ impl LayerSource for Checkpoint {
     }
 
     fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
-        dense_layer(self, prefix, None)
+        dense_layer(self, prefix, None, false)
+    }
+
+    fn load_layer_f32(&self, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
+        dense_layer(self, prefix, shard, true)
     }
 
     fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {
-        dense_layer(self, prefix, Some(shard))
+        dense_layer(self, prefix, Some(shard), false)
     }
 }
 
@@ -153,6 +200,16 @@ impl LayerSource for QuantizedCheckpoint {
         let mut w = self.load(prefix)?;
         let bias = w.take_bias();
         Ok((w, bias))
+    }
+
+    fn load_layer_f32(&self, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
+        if !self.is_quantized_layer(prefix) {
+            return self.checkpoint().load_layer_f32(prefix, shard);
+        }
+        match shard {
+            Some(s) => self.load_layer_shard(prefix, s),
+            None => self.load_layer(prefix),
+        }
     }
 
     fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {

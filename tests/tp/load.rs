@@ -163,6 +163,17 @@ fn load_time_quantization_equals_quantizing_the_share() {
                     .unwrap();
                 let (rows, cols) = share.shape();
                 let dense: Vec<f32> = share.dequantize(par).unwrap();
+                // Widened as read, block by block: the same values, already f32.
+                let shard = quant_kernels::tp::Shard::Simple { dim: 0, rank, world_size: world };
+                let (wide, _) = ck.load_layer_f32(UP, Some(&shard)).unwrap();
+                assert_eq!(
+                    wide,
+                    QuantWeight::Dense(quant_kernels::dense::DenseWeight {
+                        rows,
+                        cols,
+                        w: FloatVec::F32(dense.clone())
+                    })
+                );
                 let q = method.quantize(&dense, rows, cols, hqq_steps, par).unwrap();
                 assert_eq!(q.method(), Some(method));
                 let bias = bias.map(|b| FloatVec::F32(b.to_f32()));
@@ -207,4 +218,30 @@ fn load_time_quantization_equals_quantizing_the_share() {
         ColumnParallelLinear::load(&ck, UP, 0, 1, &gptq),
         Err(Error::Kernel(KernelError::NoQuantizer(_)))
     ));
+}
+
+/// A weight wider than one read block is widened block by block to the same values, whole and
+/// for column shares (rows 0..40 of a [40, 4000] bf16 weight: three blocks of rows).
+#[test]
+fn widening_reads_equal_the_stored_values() {
+    let mut rng = Rng(8);
+    let w: Vec<bf16> = (0..40 * 4000).map(|_| bf16::from_f32(rng.f32_in(-2.0, 2.0))).collect();
+    let name = "model.layers.0.mlp.gate_proj";
+    let dir = ck_dir("widen", &[(format!("{name}.weight"), Dtype::Bf16, vec![40, 4000], to_le_bytes(&w))]);
+    let ck = Checkpoint::open(&dir.0).unwrap();
+    let cases = [None, Some(quant_kernels::tp::Shard::Simple { dim: 1, rank: 1, world_size: 4 })];
+    for shard in cases {
+        let stored = match &shard {
+            Some(s) => ck.load_layer_shard(name, s).unwrap().0,
+            None => ck.load_layer(name).unwrap().0,
+        };
+        let (wide, bias) = ck.load_layer_f32(name, shard.as_ref()).unwrap();
+        assert!(bias.is_none());
+        let QuantWeight::Dense(d) = &wide else { panic!("not dense") };
+        assert!(matches!(d.w, FloatVec::F32(_)));
+        assert_eq!(
+            wide.dequantize::<f32>(Parallelism::SERIAL).unwrap(),
+            stored.dequantize::<f32>(Parallelism::SERIAL).unwrap()
+        );
+    }
 }
