@@ -186,11 +186,7 @@ fn missing(part: &str) -> Error {
 
 /// Rows `rows`, columns `cols` of a row-major matrix with rows of `width`.
 fn region<T: Copy>(v: &[T], width: usize, rows: Range<usize>, cols: Range<usize>) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows.len() * cols.len());
-    for r in rows {
-        out.extend_from_slice(&v[r * width + cols.start..r * width + cols.end]);
-    }
-    out
+    crate::tp::shard::column_range(&v[rows.start * width..rows.end * width], rows.len(), width, cols)
 }
 
 impl Parts for InMemory<'_> {
