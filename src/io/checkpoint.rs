@@ -244,7 +244,15 @@ impl Checkpoint {
         cols: Range<usize>,
     ) -> Result<Vec<T>> {
         self.expect_dtype(name, &[T::DTYPE], T::DTYPE.name())?;
-        Ok(T::from_le(&self.read_region(name, rows, cols)?))
+        if cfg!(target_endian = "big") {
+            return Ok(T::from_le(&self.read_region(name, rows, cols)?));
+        }
+        // Little-endian: read straight into the typed buffer (no byte copy alongside it).
+        let mut values = vec![T::zeroed(); rows.len().saturating_mul(cols.len())];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut values);
+        self.file(name)?.read_region_into(name, rows, cols, bytes)?;
+        self.count(bytes.len());
+        Ok(values)
     }
 
     /// [`Checkpoint::read_region`] of a float tensor (F16, BF16 or F32), as stored.
@@ -275,10 +283,7 @@ impl Checkpoint {
     /// Read a float tensor (F16, BF16 or F32) as stored.
     pub fn read_floats(&self, name: &str) -> Result<FloatVec> {
         let info = self.expect_dtype(name, FLOATS, "F16, BF16 or F32")?;
-        Ok(match info.dtype {
-            Dtype::F16 => FloatVec::F16(self.read_as(name)?),
-            Dtype::Bf16 => FloatVec::Bf16(self.read_as(name)?),
-            _ => FloatVec::F32(self.read_as(name)?),
-        })
+        let width = info.shape.last().copied().unwrap_or(1);
+        self.read_floats_region(name, 0..info.numel().checked_div(width).unwrap_or(0), 0..width)
     }
 }

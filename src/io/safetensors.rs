@@ -295,6 +295,20 @@ impl SafetensorsFile {
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     pub fn read_region(&self, name: &str, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>> {
+        let esize = self.info(name).map_or(1, |i| i.dtype.size());
+        let mut out = vec![0u8; rows.len().saturating_mul(cols.len()).saturating_mul(esize)];
+        self.read_region_into(name, rows, cols, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`SafetensorsFile::read_region`] into `out`, which must hold exactly the region's bytes.
+    pub fn read_region_into(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [u8],
+    ) -> Result<()> {
         let info = self
             .info(name)
             .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
@@ -310,22 +324,22 @@ impl SafetensorsFile {
         }
         let esize = info.dtype.size();
         let (row_bytes, take) = (width * esize, cols.len() * esize);
-        let mut out = vec![0u8; rows.len() * take];
+        crate::error::expect_len("region bytes", rows.len() * take, out.len())?;
         if out.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         let at = |r: usize| info.offset + (r * row_bytes + cols.start * esize) as u64;
         if take == row_bytes {
             file.seek(SeekFrom::Start(at(rows.start))).map_err(|e| Error::io(&self.path, e))?;
-            file.read_exact(&mut out).map_err(|e| Error::io(&self.path, e))?;
+            file.read_exact(out).map_err(|e| Error::io(&self.path, e))?;
         } else {
             for (r, dst) in rows.zip(out.chunks_exact_mut(take)) {
                 file.seek(SeekFrom::Start(at(r))).map_err(|e| Error::io(&self.path, e))?;
                 file.read_exact(dst).map_err(|e| Error::io(&self.path, e))?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Read one tensor as `T`, checking its dtype is one of `T`'s.
