@@ -640,5 +640,47 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
             }
         }
     }
+    lora_adapter(&ck, opened.as_ref());
     accepted
+}
+
+/// The same directory read as a PEFT LoRA adapter (its `config.json` as `adapter_config.json`,
+/// its `model.safetensors` as the weights), merged into the checkpoint's layers when both open:
+/// typed errors, never a panic.
+fn lora_adapter(dir: &std::path::Path, base: Option<&quant_kernels::io::Checkpoint>) {
+    use quant_kernels::Error;
+    use quant_kernels::io::LoraAdapter;
+    use quant_kernels::tp::{LayerSource, LoadOptions, ReplicatedLinear};
+    for (from, to) in [("config.json", "adapter_config.json"), ("model.safetensors", "adapter_model.safetensors")] {
+        if std::fs::copy(dir.join(from), dir.join(to)).is_err() {
+            return;
+        }
+    }
+    let lora = match LoraAdapter::open(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            assert!(
+                matches!(
+                    e,
+                    Error::Lora(_)
+                        | Error::Format(FormatError::Io { .. })
+                        | Error::Format(FormatError::Json { .. })
+                        | Error::Format(FormatError::Safetensors { .. })
+                ),
+                "{e}"
+            );
+            return;
+        }
+    };
+    let Some(base) = base else { return };
+    let _ = lora.check_against(|p| base.layer_shape(p));
+    let opts = LoadOptions { lora: Some(&lora), ..Default::default() };
+    for (module, m) in lora.modules() {
+        if m.rank.saturating_mul(m.inp.saturating_add(m.out)) <= 1 << 20
+            && m.out.saturating_mul(m.inp) <= 1 << 20
+            && let Ok(Some(l)) = ReplicatedLinear::load(base, module, &opts)
+        {
+            assert_eq!(l.local().out_features() * l.local().in_features(), m.out * m.inp, "{module}");
+        }
+    }
 }

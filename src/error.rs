@@ -1,7 +1,7 @@
 //! The crate's error type, [`Error`]: one variant per area, each owning its errors —
 //! [`KernelError`] (a kernel's boundary: lengths, shapes, groups, widths), [`FormatError`]
 //! (safetensors, UQFF, configs, checkpoint directories, I/O), [`TpError`] (shards, plans,
-//! collectives) and `CudaError` (feature `cuda`).
+//! collectives), [`LoraError`] (adapters merged on load) and `CudaError` (feature `cuda`).
 //!
 //! Every public entry point validates its arguments before any work and returns one of these;
 //! inner kernels only `debug_assert!`. Variants carry the numbers that were wrong so a caller
@@ -103,6 +103,9 @@ pub enum Error {
     /// Tensor parallelism.
     #[error(transparent)]
     Tp(#[from] TpError),
+    /// A LoRA adapter that cannot be merged.
+    #[error(transparent)]
+    Lora(#[from] LoraError),
     /// The CUDA driver.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
@@ -389,6 +392,67 @@ pub enum FormatError {
         expected: Vec<usize>,
         /// The shape found.
         got: Vec<usize>,
+    },
+}
+
+/// A PEFT LoRA adapter that does not fit its base model or uses what this crate does not merge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoraError {
+    /// An `adapter_config.json` field that is missing, of the wrong type, or asks for something
+    /// this crate does not merge (DoRA, a LoRA bias, regular-expression patterns).
+    #[error("adapter_config.json: `{field}`: {reason}")]
+    Config {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An adapter tensor that is not the `lora_A` / `lora_B` weight of a linear module
+    /// (embedding adapters, `modules_to_save` copies, LoRA biases).
+    #[error("{tensor}: not a LoRA A or B weight of a linear module")]
+    UnexpectedTensor {
+        /// The tensor.
+        tensor: String,
+    },
+    /// A module with one of its two LoRA weights and not the other.
+    #[error("{tensor}: missing (its module has the other LoRA weight)")]
+    MissingTensor {
+        /// The absent tensor.
+        tensor: String,
+    },
+    /// An adapter tensor whose shape does not fit its config or its base layer.
+    #[error("{tensor}: shape {got:?}, expected {expected:?}")]
+    Shape {
+        /// The tensor.
+        tensor: String,
+        /// The shape it must have.
+        expected: Vec<usize>,
+        /// The shape it has.
+        got: Vec<usize>,
+    },
+    /// Adapter weights for a module that `target_modules` does not name.
+    #[error("{module}: has LoRA weights but is not in target_modules")]
+    NotTargeted {
+        /// The module.
+        module: String,
+    },
+    /// Adapter weights for a module the base checkpoint does not have.
+    #[error("{module}: the adapter has LoRA weights for it, the base checkpoint has no such layer")]
+    UnknownModule {
+        /// The module.
+        module: String,
+    },
+    /// A LoRA for a layer stored quantized, without the caller asking to dequantize, merge and
+    /// requantize it.
+    #[error(
+        "{module}: the base layer is {scheme}; merging dequantizes it (ask for it with `lora_requantize`)"
+    )]
+    QuantizedBase {
+        /// The module.
+        module: String,
+        /// The base layer's scheme.
+        scheme: &'static str,
     },
 }
 

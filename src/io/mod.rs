@@ -2,7 +2,8 @@
 //! model checkpoints made of them ([`checkpoint`]: a single file or a sharded index, plus the
 //! quantization config), their quantized layers ([`quantized`]: one generic
 //! [`QuantCheckpoint`] over a scheme's layer type, and [`QuantizedCheckpoint`], whichever
-//! scheme a directory holds), and mistral.rs's UQFF ([`uqff`]).
+//! scheme a directory holds), PEFT LoRA adapters merged on load ([`lora`]), and mistral.rs's
+//! UQFF ([`uqff`]).
 //!
 //! Nothing here maps or copies a whole file: headers are parsed and checked against the file
 //! length when a file is opened, and tensors are read one at a time into buffers whose size the
@@ -10,10 +11,12 @@
 
 pub mod checkpoint;
 pub(crate) mod fields;
+pub mod lora;
 pub mod quantized;
 pub mod safetensors;
 pub mod uqff;
 
 pub use checkpoint::Checkpoint;
+pub use lora::LoraAdapter;
 pub use quantized::{CheckpointLayer, LayerSummary, QuantCheckpoint, QuantizedCheckpoint};
 pub use safetensors::{Dtype, NamedTensor, SafetensorsFile, SafetensorsWriter, TensorInfo};

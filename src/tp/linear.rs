@@ -109,6 +109,7 @@ impl ColumnParallelLinear {
         let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
         expect_len("sum of the fused parts' sizes", out, total.unwrap_or(usize::MAX))?;
         let (mut weights, mut biases, mut offset) = (Vec::with_capacity(sizes.len()), Vec::new(), 0);
+        let mut method = None;
         for (i, &size) in sizes.iter().enumerate() {
             let shard =
                 shards.and_then(|s| s.get(i).copied()).unwrap_or(Shard::Simple { dim: 0, rank, world_size });
@@ -117,14 +118,15 @@ impl ColumnParallelLinear {
             }
             let r = shard.range(size)?;
             let piece = Shard::Offset { dim: 0, offset: offset + r.start, len: r.len() };
-            let (w, b) = checkpoint.load_layer_shard(prefix, &piece)?;
+            let ((w, b), m) = opts.read(checkpoint, prefix, Some(&piece))?;
             weights.push(w);
             biases.extend(b);
+            method = method.or(m);
             offset += size;
         }
         let bias =
             (!biases.is_empty()).then(|| FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()));
-        let (w, bias) = opts.apply(prefix, (QuantWeight::concat(weights)?, bias))?;
+        let (w, bias) = opts.quantize(method, (QuantWeight::concat(weights)?, bias))?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 

@@ -9,9 +9,9 @@
 use super::Shard;
 use crate::dense::DenseWeight;
 use crate::elem::FloatVec;
-use crate::error::{Error, FormatError, Result};
+use crate::error::{Error, FormatError, KernelError, LoraError, Result};
 use crate::io::checkpoint::FLOATS;
-use crate::io::{Checkpoint, QuantizedCheckpoint};
+use crate::io::{Checkpoint, LoraAdapter, QuantizedCheckpoint};
 use crate::layer::QuantWeight;
 use crate::method::{QuantConfig, QuantMethod};
 use crate::par::Parallelism;
@@ -27,7 +27,7 @@ pub type LoadedLayer = (QuantWeight, Option<FloatVec>);
 /// let opts = LoadOptions { isq: Some(QuantMethod::Int8Symmetric { per_channel: true }), ..Default::default() };
 /// assert_eq!(opts.hqq_steps, None);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions<'a> {
     /// Quantize each layer as it loads (in-situ quantization): a dense share from its weights,
     /// a quantized one after dequantizing it ([`QuantMethod::quantize`]); the share is
@@ -39,7 +39,15 @@ pub struct LoadOptions<'a> {
     pub isq_config: Option<&'a QuantConfig>,
     /// HQQ optimizer steps when `isq` is HQQ (`None`: round to nearest, as mistral.rs's ISQ).
     pub hqq_steps: Option<usize>,
-    /// Threads and instruction set for the dequantization and quantization.
+    /// A LoRA adapter merged into the layers it adapts as they load, in `f32`, before they are
+    /// quantized: a rank merges only its share (which equals merging the whole layer, then
+    /// cutting it). A merged layer that is not quantized after stays dense `f32`.
+    pub lora: Option<&'a LoraAdapter>,
+    /// Merge the adapter into layers stored quantized too: dequantize, merge, and quantize
+    /// again (with the ISQ method for the layer if there is one, else the layer's own method,
+    /// when it has a quantizer). `false`: such a layer is [`LoraError::QuantizedBase`].
+    pub lora_requantize: bool,
+    /// Threads and instruction set for the dequantization, merge and quantization.
     pub par: Parallelism,
 }
 
@@ -52,34 +60,82 @@ impl LoadOptions<'_> {
         }
     }
 
-    /// Layer `prefix` (its share `shard`, or all of it) from `src`, as these options want it:
-    /// with a method for it, a dense weight is read widened to `f32` ([`LayerSource::load_layer_f32`])
-    /// and quantized without another copy, so one layer is in memory once in `f32`.
+    /// Layer `prefix` (its share `shard`, or all of it) from `src`, as these options want it.
     pub(crate) fn load(
         &self,
         src: &impl LayerSource,
         prefix: &str,
         shard: Option<&Shard>,
     ) -> Result<LoadedLayer> {
-        if self.method_for(prefix).is_none() {
-            return match shard {
-                Some(s) => src.load_layer_shard(prefix, s),
-                None => src.load_layer(prefix),
-            };
-        }
-        self.apply(prefix, src.load_layer_f32(prefix, shard)?)
+        let (layer, method) = self.read(src, prefix, shard)?;
+        self.quantize(method, layer)
     }
 
-    /// Layer `prefix` as these options want it.
-    pub(crate) fn apply(&self, prefix: &str, (w, bias): LoadedLayer) -> Result<LoadedLayer> {
-        let Some(method) = self.method_for(prefix) else { return Ok((w, bias)) };
-        let (rows, cols) = w.shape();
-        let dense: Vec<f32> = match w {
-            QuantWeight::Dense(DenseWeight { w: FloatVec::F32(v), .. }) => v,
-            w => w.dequantize(self.par)?,
+    /// Layer `prefix` (its share `shard`, or all of it) read and merged with its LoRA, and the
+    /// method it is to be quantized with after ([`LoadOptions::quantize`]). With a method or a
+    /// LoRA, a dense weight is read widened to `f32` ([`LayerSource::load_layer_f32`]) and
+    /// handled without another copy, so one layer is in memory once in `f32`.
+    pub(crate) fn read(
+        &self,
+        src: &impl LayerSource,
+        prefix: &str,
+        shard: Option<&Shard>,
+    ) -> Result<(LoadedLayer, Option<QuantMethod>)> {
+        let method = self.method_for(prefix);
+        let lora = self.lora.filter(|l| l.module(prefix).is_some());
+        if method.is_none() && lora.is_none() {
+            let layer = match shard {
+                Some(s) => src.load_layer_shard(prefix, s)?,
+                None => src.load_layer(prefix)?,
+            };
+            return Ok((layer, None));
+        }
+        let (w, bias) = src.load_layer_f32(prefix, shard)?;
+        let Some(lora) = lora else { return Ok(((w, bias), method)) };
+        let stored = src
+            .layer_shape(prefix)
+            .ok_or_else(|| Error::Lora(LoraError::UnknownModule { module: prefix.into() }))?;
+        lora.check_base(prefix, stored)?;
+        let own = match &w {
+            QuantWeight::Dense(_) => None,
+            q if !self.lora_requantize => {
+                return Err(Error::Lora(LoraError::QuantizedBase {
+                    module: prefix.into(),
+                    scheme: q.scheme(),
+                }));
+            }
+            q => Some(q.method().ok_or_else(|| Error::Kernel(KernelError::NoQuantizer(q.scheme().into())))?),
         };
+        let (rows, cols) = match shard {
+            None => (0..stored.0, 0..stored.1),
+            Some(s) if s.dim() == 0 => (s.range(stored.0)?, 0..stored.1),
+            Some(s) => (0..stored.0, s.range(stored.1)?),
+        };
+        let (r, c) = w.shape();
+        let mut v = into_f32(w, self.par)?;
+        lora.merge_region(prefix, stored, &mut v, rows, cols, self.par)?;
+        Ok(((QuantWeight::dense(r, c, v), bias), method.or(own)))
+    }
+
+    /// `layer` quantized with `method` (its bias made `f32`), or as it is without one.
+    pub(crate) fn quantize(
+        &self,
+        method: Option<QuantMethod>,
+        (w, bias): LoadedLayer,
+    ) -> Result<LoadedLayer> {
+        let Some(method) = method else { return Ok((w, bias)) };
+        let (rows, cols) = w.shape();
+        let dense = into_f32(w, self.par)?;
         let q = method.quantize(&dense, rows, cols, self.hqq_steps, self.par)?;
         Ok((q, bias.map(|b| FloatVec::F32(b.to_f32()))))
+    }
+}
+
+/// A weight's values in `f32`: a dense `f32` weight as is, anything else converted.
+fn into_f32(w: QuantWeight, par: Parallelism) -> Result<Vec<f32>> {
+    match w {
+        QuantWeight::Dense(DenseWeight { w: FloatVec::F32(v), .. }) => Ok(v),
+        w => w.dequantize(par),
     }
 }
 

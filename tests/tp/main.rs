@@ -8,5 +8,6 @@ mod common;
 mod checkpoint;
 mod layers;
 mod load;
+mod lora;
 mod plan;
 mod shard;

@@ -288,6 +288,7 @@ fn checkpoint_dir_regressions() {
         ("gptq_single", true),
         ("awq_sharded", true),
         ("fp8_experts_block", true),
+        ("lora_adapter", false),
         ("index_parent_dir", false),
         ("index_absolute", false),
     ] {
