@@ -651,7 +651,9 @@ fn lora_adapter(dir: &std::path::Path, base: Option<&quant_kernels::io::Checkpoi
     use quant_kernels::Error;
     use quant_kernels::io::LoraAdapter;
     use quant_kernels::tp::{LayerSource, LoadOptions, ReplicatedLinear};
-    for (from, to) in [("config.json", "adapter_config.json"), ("model.safetensors", "adapter_model.safetensors")] {
+    for (from, to) in
+        [("config.json", "adapter_config.json"), ("model.safetensors", "adapter_model.safetensors")]
+    {
         if std::fs::copy(dir.join(from), dir.join(to)).is_err() {
             return;
         }

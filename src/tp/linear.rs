@@ -90,6 +90,26 @@ impl ColumnParallelLinear {
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
+    /// A MatFormer slice (mistral.rs's `new_matformer`, Gemma 3n's per-layer FFN widths): the
+    /// first `out_dim` outputs of layer `prefix` (`[:out_dim]`, e.g. a `gate_proj` cut to a
+    /// smaller intermediate size), split evenly over `world_size` ranks, rank `rank`'s part
+    /// read as one [`Shard::Offset`]. `out_dim` past the stored outputs is
+    /// [`TpError::ShardRange`]; a packed layer whose storage cannot be cut there is refused as
+    /// [`QuantWeight::shard`] refuses it ([`TpError::ShardBoundary`]). `Ok(None)` when there is
+    /// no layer `prefix`.
+    pub fn load_matformer(
+        checkpoint: &impl LayerSource,
+        prefix: &str,
+        out_dim: usize,
+        rank: usize,
+        world_size: usize,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Option<Self>> {
+        let Some((out, _)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
+        let shard = matformer_shard(0, out_dim, out, rank, world_size)?;
+        Self::load_with_shard(checkpoint, prefix, shard, rank, world_size, opts)
+    }
+
     /// A fused layer stored as one (`qkv_proj`, `gate_up_proj`) whose outputs are the parts
     /// `sizes` one after another: each part is cut for this rank (`shards[i]`, else an even
     /// split) and the rank's pieces stacked, as [`ColumnParallelLinear::new_merged`] does with
@@ -272,10 +292,46 @@ impl RowParallelLinear {
         world_size: usize,
         opts: &LoadOptions<'_>,
     ) -> Result<Option<Self>> {
+        Self::load_with_shard(
+            checkpoint,
+            prefix,
+            Shard::Simple { dim: 1, rank, world_size },
+            rank,
+            world_size,
+            opts,
+        )
+    }
+
+    /// A MatFormer slice of a row-parallel layer: its first `in_dim` inputs (`[:, :in_dim]`,
+    /// e.g. a `down_proj` cut to a smaller intermediate size), split evenly over the ranks; the
+    /// errors of [`ColumnParallelLinear::load_matformer`]. The bias is whole (the outputs are
+    /// not cut).
+    pub fn load_matformer(
+        checkpoint: &impl LayerSource,
+        prefix: &str,
+        in_dim: usize,
+        rank: usize,
+        world_size: usize,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Option<Self>> {
+        let Some((_, inp)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
+        let shard = matformer_shard(1, in_dim, inp, rank, world_size)?;
+        Self::load_with_shard(checkpoint, prefix, shard, rank, world_size, opts)
+    }
+
+    /// [`RowParallelLinear::load`] with a cut `shard` of the inputs.
+    fn load_with_shard(
+        checkpoint: &impl LayerSource,
+        prefix: &str,
+        shard: Shard,
+        rank: usize,
+        world_size: usize,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Option<Self>> {
         if !checkpoint.has_layer(prefix) {
             return Ok(None);
         }
-        let (w, bias) = opts.load(checkpoint, prefix, Some(&Shard::Simple { dim: 1, rank, world_size }))?;
+        let (w, bias) = opts.load(checkpoint, prefix, Some(&shard))?;
         let bias = bias.map(|b| b.to_f32());
         let local = QuantLinear::new(w, None)?;
         if let Some(b) = &bias {
@@ -363,4 +419,13 @@ impl ReplicatedLinear {
     pub fn forward_into(&self, x: &[f32], batch: usize, y: &mut [f32], par: Parallelism) -> Result<()> {
         self.layer.forward_into(x, batch, y, par)
     }
+}
+
+/// Rank `rank` of `world_size`'s even part of the first `kept` of `len` indices along `dim`.
+fn matformer_shard(dim: usize, kept: usize, len: usize, rank: usize, world_size: usize) -> Result<Shard> {
+    if kept > len {
+        return Err(Error::Tp(TpError::ShardRange { offset: 0, len: kept, dim_len: len }));
+    }
+    let r = Shard::Simple { dim, rank, world_size }.range(kept)?;
+    Ok(Shard::Offset { dim, offset: r.start, len: r.len() })
 }
