@@ -245,3 +245,118 @@ fn widening_reads_equal_the_stored_values() {
         );
     }
 }
+
+/// The first `kept` indices of `dim`, then rank `rank` of `world`'s even part of them, cut
+/// from the whole layer: what a MatFormer load must give.
+fn matformer_cut(
+    w: &QuantWeight,
+    dim: usize,
+    kept: usize,
+    rank: usize,
+    world: usize,
+) -> quant_kernels::Result<QuantWeight> {
+    use quant_kernels::tp::Shard;
+    let sliced = w.shard(&Shard::Offset { dim, offset: 0, len: kept })?;
+    sliced.shard(&Shard::Simple { dim, rank, world_size: world })
+}
+
+#[test]
+fn matformer_slices_equal_the_whole_layer_sliced_then_split() {
+    use quant_kernels::error::TpError;
+    let dir = ck_dir("matformer", &tensors(&mut Rng(9)));
+    let ck = Checkpoint::open(&dir.0).unwrap();
+    let opts = Default::default();
+    let (up, up_bias) = ck.load_layer(UP).unwrap();
+    let (down, down_bias) = ck.load_layer(DOWN).unwrap();
+    for world in 1..=4 {
+        for rank in 0..world {
+            // gate/up: [:32] of 64 outputs, the bias with them.
+            let got = ColumnParallelLinear::load_matformer(&ck, UP, 32, rank, world, &opts);
+            match matformer_cut(&up, 0, 32, rank, world) {
+                Ok(w) => {
+                    let got = got.unwrap().unwrap();
+                    let b: Vec<f32> = up_bias.as_ref().unwrap().to_f32()[..32].to_vec();
+                    let r = quant_kernels::tp::Shard::Simple { dim: 0, rank, world_size: world }
+                        .range(32)
+                        .unwrap();
+                    assert_eq!(
+                        got.local().dequantize(Parallelism::SERIAL).unwrap(),
+                        w.dequantize::<f32>(Parallelism::SERIAL).unwrap()
+                    );
+                    assert_eq!(got.local().bias().unwrap(), &b[r]);
+                }
+                Err(e) => assert_eq!(got.unwrap_err(), e, "column {rank}/{world}"),
+            }
+            // down: [:, :32] of 64 inputs (the bias, whole, as every row load: see above).
+            let got = RowParallelLinear::load_matformer(&ck, DOWN, 32, rank, world, &opts);
+            match matformer_cut(&down, 1, 32, rank, world) {
+                Ok(w) => {
+                    let got = got.unwrap().unwrap();
+                    let expect = RowParallelLinear::new(&w, down_bias.as_ref(), 0, 1).unwrap();
+                    assert_eq!(bits(got.local()), bits(expect.local()), "row {rank}/{world}");
+                }
+                Err(e) => assert_eq!(got.unwrap_err(), e, "row {rank}/{world}"),
+            }
+        }
+    }
+    let err = ColumnParallelLinear::load_matformer(&ck, UP, 65, 0, 1, &opts).unwrap_err();
+    assert_eq!(err, Error::Tp(TpError::ShardRange { offset: 0, len: 65, dim_len: 64 }));
+    assert!(RowParallelLinear::load_matformer(&ck, "absent", 8, 0, 1, &opts).unwrap().is_none());
+}
+
+#[test]
+fn matformer_slices_of_packed_layers_follow_their_cut_rules() {
+    use quant_kernels::io::QuantizedCheckpoint;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gptq_checkpoints/tiny-llama-gptq-4bit");
+    let ck = QuantizedCheckpoint::open(dir).unwrap();
+    let opts = Default::default();
+    let (down, _) = ck.load_layer("model.layers.0.mlp.down_proj").unwrap();
+    let (gate, _) = ck.load_layer("model.layers.0.mlp.gate_proj").unwrap();
+    let (mut ok, mut refused) = (0, 0);
+    for kept in [128, 96, 64, 80, 40] {
+        for world in [1, 2] {
+            for rank in 0..world {
+                let got = RowParallelLinear::load_matformer(
+                    &ck,
+                    "model.layers.0.mlp.down_proj",
+                    kept,
+                    rank,
+                    world,
+                    &opts,
+                );
+                match matformer_cut(&down, 1, kept, rank, world) {
+                    Ok(w) => {
+                        let got = got.unwrap().unwrap();
+                        assert_eq!(
+                            got.local().dequantize(Parallelism::SERIAL).unwrap(),
+                            w.dequantize::<f32>(Parallelism::SERIAL).unwrap()
+                        );
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(got.unwrap_err(), e, "down [:, :{kept}] {rank}/{world}");
+                        refused += 1;
+                    }
+                }
+                let got = ColumnParallelLinear::load_matformer(
+                    &ck,
+                    "model.layers.0.mlp.gate_proj",
+                    kept,
+                    rank,
+                    world,
+                    &opts,
+                );
+                match matformer_cut(&gate, 0, kept, rank, world) {
+                    Ok(w) => assert_eq!(
+                        got.unwrap().unwrap().local().dequantize(Parallelism::SERIAL).unwrap(),
+                        w.dequantize::<f32>(Parallelism::SERIAL).unwrap()
+                    ),
+                    Err(e) => assert_eq!(got.unwrap_err(), e, "gate [:{kept}] {rank}/{world}"),
+                }
+            }
+        }
+    }
+    // Group-32 inputs: cuts off the groups are refused, cuts on them load.
+    assert!(ok > 0 && refused > 0, "{ok} loaded, {refused} refused");
+}
