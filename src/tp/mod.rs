@@ -37,7 +37,7 @@ pub use comm::{CHUNKED_ALL_REDUCE_MIN, Comm, LocalComm, SingleComm};
 pub use heads::{kv_head_shard, n_kv_groups};
 pub use linear::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear};
 pub use load::{LayerSource, LoadOptions, LoadedLayer};
-pub use moe::{ExpertMlp, MoeDims, shard_fp8_experts, split_fp8_experts, split_packed_experts};
+pub use moe::{ExpertMlp, MoeDims, route_topk, shard_fp8_experts, split_fp8_experts, split_packed_experts};
 pub use plan::{
     AttentionShape, LayerPlan, LayerRole, MAX_WORLD_SEARCH, Parallel, PlanLayer, ShardPlan, check_cut,
 };

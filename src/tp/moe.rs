@@ -218,3 +218,49 @@ pub fn shard_fp8_experts(
         })
         .collect()
 }
+
+/// Each token's experts and weights from its router logits `[tokens, experts]`, as transformers
+/// routes Mixtral and Qwen-MoE: softmax in `f32` (max subtracted), the `k` largest
+/// probabilities (largest first; ties to the lower expert), and, when `renormalize`, those `k`
+/// divided by their sum (Mixtral always; Qwen-MoE when its config's `norm_topk_prob` is true).
+/// Returns `(ids, weights)`, both `[tokens, k]`.
+///
+/// ```
+/// use quant_kernels::tp::route_topk;
+/// let logits = [0.0f32, (2f32).ln(), (5f32).ln(), 0.0]; // one token, probabilities 1:2:5:1
+/// let (ids, w) = route_topk(&logits, 1, 4, 2, true)?;
+/// assert_eq!(ids, [2, 1]);
+/// assert!((w[0] - 5.0 / 7.0).abs() < 1e-6 && (w[1] - 2.0 / 7.0).abs() < 1e-6);
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+pub fn route_topk(
+    logits: &[f32],
+    tokens: usize,
+    experts: usize,
+    k: usize,
+    renormalize: bool,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let n = tokens
+        .checked_mul(experts)
+        .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: tokens, cols: experts }))?;
+    expect_len("router logits", n, logits.len())?;
+    if k == 0 || k > experts {
+        return Err(Error::Kernel(KernelError::TooLarge { what: "top-k experts", value: k, max: experts }));
+    }
+    let (mut ids, mut weights) = (Vec::with_capacity(tokens * k), Vec::with_capacity(tokens * k));
+    let mut order: Vec<usize> = Vec::with_capacity(experts);
+    for row in logits.chunks_exact(experts.max(1)).take(tokens) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        let p: Vec<f32> = e.iter().map(|&x| x / sum).collect();
+        order.clear();
+        order.extend(0..experts);
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+        let top = &order[..k];
+        let norm: f32 = if renormalize { top.iter().map(|&i| p[i]).sum() } else { 1.0 };
+        ids.extend_from_slice(top);
+        weights.extend(top.iter().map(|&i| if renormalize { p[i] / norm } else { p[i] }));
+    }
+    Ok((ids, weights))
+}

@@ -650,3 +650,27 @@ fn every_scheme_names_its_method_and_shards_keep_it() {
     }
     assert_eq!(QuantWeight::dense(2, 2, vec![0f32; 4]).method(), None);
 }
+
+#[test]
+fn routing_equals_transformers_softmax_topk() {
+    // tests/fixtures/moe/routing.safetensors: torch's softmax (f32), topk and renormalization
+    // as transformers' Mixtral (k 2, renormalized) and Qwen2-MoE (k 4, norm_topk_prob off/on)
+    // route, over 33 tokens and 8 experts.
+    let bytes = crate::common::fixture("moe/routing.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logits = crate::common::T::get(&st, "logits").f32s();
+    for (name, k, renorm) in [("mixtral", 2, true), ("qwen_plain", 4, false), ("qwen_norm", 4, true)] {
+        let want_ids: Vec<usize> =
+            crate::common::T::get(&st, &format!("{name}.ids")).i64s().iter().map(|&i| i as usize).collect();
+        let want_w = crate::common::T::get(&st, &format!("{name}.weights")).f32s();
+        let (ids, w) = quant_kernels::tp::route_topk(&logits, 33, 8, k, renorm).unwrap();
+        assert_eq!(ids, want_ids, "{name}");
+        for (i, (a, b)) in w.iter().zip(&want_w).enumerate() {
+            // Probabilities in [0, 1]: torch's vectorized exp and sums differ by a few ulps.
+            assert!((a - b).abs() <= 8.0 * f32::EPSILON, "{name} [{i}]: {a} vs {b}");
+        }
+    }
+    let bad = quant_kernels::tp::route_topk(&logits, 33, 8, 9, true);
+    assert!(matches!(bad, Err(quant_kernels::Error::Kernel(_))));
+    assert!(quant_kernels::tp::route_topk(&logits, 32, 8, 2, true).is_err());
+}
