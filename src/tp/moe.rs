@@ -248,12 +248,15 @@ pub fn route_topk(
         return Err(Error::Kernel(KernelError::TooLarge { what: "top-k experts", value: k, max: experts }));
     }
     let (mut ids, mut weights) = (Vec::with_capacity(tokens * k), Vec::with_capacity(tokens * k));
-    let mut order: Vec<usize> = Vec::with_capacity(experts);
+    // One probability row and one order, reused for every token.
+    let (mut p, mut order) = (vec![0f32; experts], Vec::with_capacity(experts));
     for row in logits.chunks_exact(experts.max(1)).take(tokens) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
-        let sum: f32 = e.iter().sum();
-        let p: Vec<f32> = e.iter().map(|&x| x / sum).collect();
+        for (q, &x) in p.iter_mut().zip(row) {
+            *q = (x - max).exp();
+        }
+        let sum: f32 = p.iter().sum();
+        p.iter_mut().for_each(|q| *q /= sum);
         order.clear();
         order.extend(0..experts);
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
