@@ -641,7 +641,57 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
         }
     }
     lora_adapter(&ck, opened.as_ref());
+    if let Some(c) = &opened {
+        moe_experts(c);
+        for m in &models {
+            moe_experts(m);
+        }
+    }
     accepted
+}
+
+/// Every experts module the tensors suggest (`<p>.gate_up_proj` / `<p>.down_proj` stacks,
+/// `<p>.<e>.<proj>` layers), loaded with the sizes their shapes suggest for one and two ranks
+/// and run on one routed token: a layer of those sizes or a typed error, never a panic.
+fn moe_experts(src: &impl quant_kernels::tp::LayerSource) {
+    use quant_kernels::tp::{MoeDims, MoeExperts};
+    let Some(ck) = src.checkpoint() else { return };
+    let mut found: Vec<(String, MoeDims)> = Vec::new();
+    for name in ck.tensor_names() {
+        let shape = &ck.info(name).expect("a listed tensor has an entry").shape;
+        if let Some(p) = name.strip_suffix(".gate_up_proj")
+            && let [e, a, b] = shape[..]
+        {
+            found.push((p.to_string(), MoeDims { experts: e, hidden: a, intermediate: b / 2 }));
+            found.push((p.to_string(), MoeDims { experts: e, hidden: b, intermediate: a / 2 }));
+        }
+        let mut parts = name.rsplitn(3, '.');
+        let (Some(_), Some(proj), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if let Some((p, e)) = rest.rsplit_once('.')
+            && let Ok(e) = e.parse::<usize>()
+            && matches!(proj, "gate_proj" | "w1")
+            && let Some((i, h)) = src.layer_shape(&format!("{p}.{e}.{proj}"))
+        {
+            found.push((p.to_string(), MoeDims { experts: e + 1, hidden: h, intermediate: i }));
+        }
+    }
+    found.sort_by_key(|(p, d)| (p.clone(), d.experts, d.hidden, d.intermediate));
+    found.dedup();
+    for (prefix, dims) in found {
+        let size = dims.experts.checked_mul(dims.hidden).and_then(|n| n.checked_mul(dims.intermediate));
+        if size.is_none_or(|n| n > 1 << 18) || dims.hidden == 0 {
+            continue;
+        }
+        for world in [1, 2] {
+            let Ok(Some(m)) = MoeExperts::load(src, &prefix, dims, 0, world, &Default::default()) else {
+                continue;
+            };
+            assert_eq!(m.dims(), dims, "{prefix}");
+            assert_eq!(m.local_intermediate() * world, dims.intermediate, "{prefix}");
+            let y = m.forward(&vec![0.5; dims.hidden], 1, &[0], &[1.0], 1, Parallelism::SERIAL);
+            assert_eq!(y.map(|y| y.len()).ok(), Some(dims.hidden), "{prefix}");
+        }
+    }
 }
 
 /// The same directory read as a PEFT LoRA adapter (its `config.json` as `adapter_config.json`,

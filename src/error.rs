@@ -1,7 +1,8 @@
 //! The crate's error type, [`Error`]: one variant per area, each owning its errors —
 //! [`KernelError`] (a kernel's boundary: lengths, shapes, groups, widths), [`FormatError`]
 //! (safetensors, UQFF, configs, checkpoint directories, I/O), [`TpError`] (shards, plans,
-//! collectives), [`LoraError`] (adapters merged on load) and `CudaError` (feature `cuda`).
+//! collectives), [`LoraError`] (adapters merged on load), [`MoeError`] (expert layers) and
+//! `CudaError` (feature `cuda`).
 //!
 //! Every public entry point validates its arguments before any work and returns one of these;
 //! inner kernels only `debug_assert!`. Variants carry the numbers that were wrong so a caller
@@ -106,6 +107,9 @@ pub enum Error {
     /// A LoRA adapter that cannot be merged.
     #[error(transparent)]
     Lora(#[from] LoraError),
+    /// Mixture-of-experts layers that do not fit their checkpoint or their routing.
+    #[error(transparent)]
+    Moe(#[from] MoeError),
     /// The CUDA driver.
     #[cfg(feature = "cuda")]
     #[error(transparent)]
@@ -453,6 +457,78 @@ pub enum LoraError {
         module: String,
         /// The base layer's scheme.
         scheme: &'static str,
+    },
+}
+
+/// Mixture-of-experts layers ([`crate::tp::MoeExperts`]): experts missing from or extra in a
+/// checkpoint, stacked tensors of neither layout, routing that names no expert.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MoeError {
+    /// A layer of no experts.
+    #[error("an MoE layer needs at least one expert")]
+    NoExperts,
+    /// One of an expert's three projections is absent.
+    #[error("{prefix}: expert {expert} has no `{proj}`")]
+    MissingExpert {
+        /// The experts module.
+        prefix: String,
+        /// The expert.
+        expert: usize,
+        /// The absent projection (`gate_proj`, `w3`, `gate_up_proj`, ...).
+        proj: &'static str,
+    },
+    /// A tensor of an expert past the number of experts the caller gave.
+    #[error("{tensor}: an expert past the {experts} experts of the model")]
+    ExtraExpert {
+        /// The tensor.
+        tensor: String,
+        /// The number of experts expected.
+        experts: usize,
+    },
+    /// An expert projection whose `[out, in]` is not what the model's sizes say.
+    #[error("{layer}: shape {got:?}, expected {expected:?}")]
+    ExpertShape {
+        /// The layer.
+        layer: String,
+        /// `(out, in)` expected.
+        expected: (usize, usize),
+        /// `(out, in)` stored.
+        got: (usize, usize),
+    },
+    /// A stacked `gate_up_proj` / `down_proj` pair in neither stacked layout.
+    #[error(
+        "{prefix}: gate_up_proj {gate_up:?} and down_proj {down:?} are neither [E, hidden, 2I] and [E, I, hidden] nor [E, 2I, hidden] and [E, hidden, I] for E = {experts}, hidden = {hidden}, I = {intermediate}"
+    )]
+    StackedShape {
+        /// The experts module.
+        prefix: String,
+        /// `gate_up_proj`'s shape.
+        gate_up: Vec<usize>,
+        /// `down_proj`'s shape.
+        down: Vec<usize>,
+        /// Experts expected.
+        experts: usize,
+        /// Model width expected.
+        hidden: usize,
+        /// Expert intermediate width expected.
+        intermediate: usize,
+    },
+    /// Stacked FP8 experts in a checkpoint whose config gives no `weight_block_size`.
+    #[error("{tensor}: stacked FP8 experts need the config's weight_block_size")]
+    Fp8Block {
+        /// The stacked tensor.
+        tensor: String,
+    },
+    /// A routed expert id outside `0..experts`.
+    #[error("routed expert {id} (token {token}) is outside the {experts} experts")]
+    ExpertId {
+        /// The id.
+        id: usize,
+        /// The token routed to it.
+        token: usize,
+        /// The number of experts.
+        experts: usize,
     },
 }
 

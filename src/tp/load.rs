@@ -141,6 +141,13 @@ fn into_f32(w: QuantWeight, par: Parallelism) -> Result<Vec<f32>> {
 
 /// A checkpoint the parallel layers load from by name.
 pub trait LayerSource {
+    /// The tensors as stored, for layers that are not one `[out, in]` weight each (stacked
+    /// experts) and for listing names; `None` (the default) for a source that serves layers
+    /// only.
+    fn checkpoint(&self) -> Option<&Checkpoint> {
+        None
+    }
+
     /// `(out, in)` of the layer `prefix` (a quantized layer, or a 2-D float
     /// `<prefix>.weight`), `None` when there is none.
     fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)>;
@@ -224,6 +231,10 @@ fn dense_layer(ck: &Checkpoint, prefix: &str, shard: Option<&Shard>, widen: bool
 }
 
 impl LayerSource for Checkpoint {
+    fn checkpoint(&self) -> Option<&Checkpoint> {
+        Some(self)
+    }
+
     fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)> {
         dense_info(self, prefix)
     }
@@ -242,6 +253,10 @@ impl LayerSource for Checkpoint {
 }
 
 impl LayerSource for QuantizedCheckpoint {
+    fn checkpoint(&self) -> Option<&Checkpoint> {
+        Some(QuantizedCheckpoint::checkpoint(self))
+    }
+
     fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)> {
         match self.summary(prefix) {
             Some(l) => Some((l.out, l.inp)),

@@ -15,12 +15,15 @@
 //!   row-parallel, the rest replicated), checked before any work ([`check_cut`]: each scheme's
 //!   boundary rule).
 //! * [`split_packed_experts`], [`split_fp8_experts`], [`shard_fp8_experts`], [`ExpertMlp`]:
-//!   stacked MoE experts split per expert and sharded per rank.
+//!   stacked MoE experts split per expert and sharded per rank; [`route_topk`], the router.
+//! * [`MoeExperts`]: an MoE layer's experts for one rank, loaded by name from any layout a
+//!   checkpoint stores them in, with the routed forward.
 //! * [`shard_checkpoint`]: a whole checkpoint directory cut into one packed checkpoint per rank
 //!   (what `qk shard` runs).
 
 mod checkpoint;
 mod comm;
+mod experts;
 mod heads;
 mod linear;
 mod load;
@@ -34,6 +37,7 @@ pub(crate) mod shard;
 pub use self::mpi::{DEFAULT_MAX_CHUNK, MpiComm};
 pub use checkpoint::{ShardProgress, ShardSummary, shard_checkpoint};
 pub use comm::{CHUNKED_ALL_REDUCE_MIN, Comm, LocalComm, SingleComm};
+pub use experts::{ExpertsLayout, MoeExperts};
 pub use heads::{kv_head_shard, n_kv_groups};
 pub use linear::{ColumnParallelLinear, ReplicatedLinear, RowParallelLinear};
 pub use load::{LayerSource, LoadOptions, LoadedLayer};

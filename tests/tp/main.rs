@@ -6,6 +6,7 @@
 mod common;
 
 mod checkpoint;
+mod experts;
 mod layers;
 mod load;
 mod lora;

@@ -289,6 +289,9 @@ fn checkpoint_dir_regressions() {
         ("awq_sharded", true),
         ("fp8_experts_block", true),
         ("lora_adapter", false),
+        ("moe_stacked_fp8", true),
+        ("moe_stacked_bf16", false),
+        ("moe_mixtral_missing", false),
         ("index_parent_dir", false),
         ("index_absolute", false),
     ] {
