@@ -647,7 +647,32 @@ pub fn checkpoint_dir(data: &[u8]) -> bool {
             moe_experts(m);
         }
     }
+    uqff_model(&ck);
     accepted
+}
+
+/// The directory as a UQFF model (a shard named `*.uqff` is read as UQFF layers): every layer
+/// it holds loads for rank 0 of 1 and 2 as a layer of its shape or a typed error.
+fn uqff_model(dir: &std::path::Path) {
+    use quant_kernels::tp::{ColumnParallelLinear, LayerSource, RowParallelLinear};
+    let Ok(m) = quant_kernels::io::UqffModel::open(dir) else { return };
+    let names: Vec<String> = m.layer_names().map(str::to_string).collect();
+    for name in &names {
+        let (out, inp) = m.layer_shape(name).expect("a UQFF layer has a shape");
+        if out.saturating_mul(inp) > 1 << 20 {
+            continue;
+        }
+        for world in [1, 2] {
+            let opts = Default::default();
+            if let Ok(Some(l)) = ColumnParallelLinear::load(&m, name, 0, world, &opts) {
+                assert_eq!(l.local().out_features() * world, out, "{name}");
+            }
+            if let Ok(Some(l)) = RowParallelLinear::load(&m, name, 0, world, &opts) {
+                assert_eq!(l.local().in_features() * world, inp, "{name}");
+            }
+        }
+    }
+    moe_experts(&m);
 }
 
 /// Every experts module the tensors suggest (`<p>.gate_up_proj` / `<p>.down_proj` stacks,

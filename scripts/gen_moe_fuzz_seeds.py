@@ -1,6 +1,8 @@
 """Writes the `checkpoint_dir` fuzz seeds for MoE experts (fuzz/regressions/checkpoint_dir/moe_*):
 stacked FP8 experts stored [in, out] with block scales, stacked BF16 experts stored [out, in],
-and Mixtral per-expert layers with expert 1's w3 missing. Small (2 experts, hidden 8, I 4)."""
+and Mixtral per-expert layers with expert 1's w3 missing. Small (2 experts, hidden 8, I 4).
+Also `uqff_beside_dense`: a dense checkpoint with a 1.2.0 UQFF file (the committed fixture) beside
+it, for the UQFF model reader."""
 import json
 import struct
 import sys
@@ -63,6 +65,10 @@ seeds = {
         ],
     ),
 }
+UQFF = Path(__file__).resolve().parent.parent / "tests/fixtures/uqff_files/v1.2.0/hqq4_g64_ax0_f32_bias.uqff"
+uqff = UQFF.read_bytes()
+seeds["uqff_beside_dense"] = seeds["moe_stacked_bf16"].replace(b"qwen3_moe", b"llama") + SEP + b"down.uqff" + SEP + uqff
+assert seeds["uqff_beside_dense"].count(SEP) == 6, "the UQFF file contains the separator"
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz/regressions/checkpoint_dir")
 for name, data in seeds.items():
     (out / name).write_bytes(data)

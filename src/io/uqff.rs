@@ -162,6 +162,16 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A validated float tensor's values (F16, BF16, else F32).
+fn floats(t: &UqffTensor) -> FloatVec {
+    use super::safetensors::LeElem;
+    match t.dtype {
+        Dtype::F16 => FloatVec::F16(half::f16::from_le(&t.data)),
+        Dtype::Bf16 => FloatVec::Bf16(half::bf16::from_le(&t.data)),
+        _ => FloatVec::F32(<f32 as LeElem>::from_le(&t.data)),
+    }
+}
+
 fn product(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
@@ -175,11 +185,6 @@ impl UqffHqqLayer {
         layer.validate()?;
         let layout = layer.layout()?;
         let bits = Bits::try_from(layer.config.bits)?;
-        let floats = |t: &UqffTensor| match t.dtype {
-            Dtype::F16 => FloatVec::F16(half::f16::from_le(&t.data)),
-            Dtype::Bf16 => FloatVec::Bf16(half::bf16::from_le(&t.data)),
-            _ => FloatVec::F32(<f32 as LeElem>::from_le(&t.data)),
-        };
         let (rows, cols) = layout.code_shape();
         let words = if bits == Bits::B3 {
             PackedWords::I32(<i32 as LeElem>::from_le(&layer.w_q.data))
@@ -192,6 +197,12 @@ impl UqffHqqLayer {
             scales: floats(&layer.scales),
             zeros: floats(&layer.zeros),
         })
+    }
+
+    /// The bias's values in their stored dtype (validated first), if the layer has one.
+    pub fn bias_values(&self) -> Result<Option<FloatVec>> {
+        self.validate()?;
+        Ok(self.bias.as_ref().map(floats))
     }
 
     /// A layer from this crate's quantizer output: `q` quantized a `[rows, cols]` weight with

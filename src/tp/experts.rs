@@ -333,30 +333,30 @@ impl MoeExperts {
 /// that no tensor names an expert past `dims.experts`.
 fn per_expert_layout(src: &impl LayerSource, prefix: &str, dims: MoeDims) -> Result<Option<ExpertsLayout>> {
     let mut layout = None;
-    let Some(ck) = src.checkpoint() else {
-        // A source that only serves layers: expert 0 tells the layout.
-        let has = |proj: &str| src.has_layer(&format!("{prefix}.0.{proj}"));
-        layout = if ["w1", "w2", "w3"].into_iter().any(has) {
-            Some(ExpertsLayout::Mixtral)
-        } else if ["gate_proj", "up_proj", "down_proj"].into_iter().any(has) {
-            Some(ExpertsLayout::PerExpert)
-        } else {
-            None
-        };
-        return layout.map(|l| check_per_expert(src, prefix, dims, l).map(|()| l)).transpose();
-    };
-    let head = format!("{prefix}.");
-    for name in ck.tensor_names() {
-        let Some(rest) = name.strip_prefix(&head) else { continue };
-        let mut parts = rest.split('.');
-        let (Some(e), Some(proj)) = (parts.next(), parts.next()) else { continue };
-        let Ok(e) = e.parse::<usize>() else { continue };
-        if e >= dims.experts {
-            return Err(Error::Moe(MoeError::ExtraExpert { tensor: name.into(), experts: dims.experts }));
+    if let Some(ck) = src.checkpoint() {
+        let head = format!("{prefix}.");
+        for name in ck.tensor_names() {
+            let Some(rest) = name.strip_prefix(&head) else { continue };
+            let mut parts = rest.split('.');
+            let (Some(e), Some(proj)) = (parts.next(), parts.next()) else { continue };
+            let Ok(e) = e.parse::<usize>() else { continue };
+            if e >= dims.experts {
+                return Err(Error::Moe(MoeError::ExtraExpert { tensor: name.into(), experts: dims.experts }));
+            }
+            if matches!(proj, "w1" | "w2" | "w3") {
+                layout = Some(ExpertsLayout::Mixtral);
+            } else if layout.is_none() {
+                layout = Some(ExpertsLayout::PerExpert);
+            }
         }
-        if matches!(proj, "w1" | "w2" | "w3") {
+    }
+    if layout.is_none() {
+        // Layers the stored tensors do not list (a source that serves layers only, UQFF
+        // layers): expert 0 tells the layout.
+        let has = |proj: &str| src.has_layer(&format!("{prefix}.0.{proj}"));
+        if ["w1", "w2", "w3"].into_iter().any(has) {
             layout = Some(ExpertsLayout::Mixtral);
-        } else if layout.is_none() {
+        } else if ["gate_proj", "up_proj", "down_proj"].into_iter().any(has) {
             layout = Some(ExpertsLayout::PerExpert);
         }
     }

@@ -18,7 +18,7 @@ use crate::matmul::QuantLinear;
 use crate::par::Parallelism;
 
 /// `shard` (along the outputs) of a bias.
-fn bias_shard(bias: Option<&FloatVec>, shard: &Shard) -> Result<Option<FloatVec>> {
+pub(crate) fn bias_shard(bias: Option<&FloatVec>, shard: &Shard) -> Result<Option<FloatVec>> {
     bias.map(
         |b| crate::with_float_vec!(b, v => shard.apply(v, v.len(), 1).map(|(s, _, _)| FloatVec::from(s))),
     )

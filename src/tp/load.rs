@@ -11,7 +11,7 @@ use crate::dense::DenseWeight;
 use crate::elem::FloatVec;
 use crate::error::{Error, FormatError, KernelError, LoraError, Result};
 use crate::io::checkpoint::FLOATS;
-use crate::io::{Checkpoint, LoraAdapter, QuantizedCheckpoint};
+use crate::io::{Checkpoint, LoraAdapter, QuantizedCheckpoint, UqffModel};
 use crate::layer::QuantWeight;
 use crate::method::{QuantConfig, QuantMethod};
 use crate::par::Parallelism;
@@ -291,4 +291,49 @@ impl LayerSource for QuantizedCheckpoint {
         let bias = w.take_bias();
         Ok((w, bias))
     }
+}
+
+impl LayerSource for UqffModel {
+    fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.dense()
+    }
+
+    fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)> {
+        match self.layer(prefix) {
+            Some((w, _)) => Some((w.layout.rows(), w.layout.cols())),
+            None => self.dense().and_then(|d| d.layer_shape(prefix)),
+        }
+    }
+
+    fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
+        match self.layer(prefix) {
+            Some((w, b)) => Ok((QuantWeight::Hqq(w.clone()), b.cloned())),
+            None => uqff_dense(self, prefix)?.load_layer(prefix),
+        }
+    }
+
+    fn load_layer_f32(&self, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
+        match (self.layer(prefix), shard) {
+            (Some(_), Some(s)) => self.load_layer_shard(prefix, s),
+            (Some(_), None) => self.load_layer(prefix),
+            (None, _) => uqff_dense(self, prefix)?.load_layer_f32(prefix, shard),
+        }
+    }
+
+    fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {
+        match self.layer(prefix) {
+            Some((w, b)) => {
+                let w = QuantWeight::Hqq(crate::scheme::QuantScheme::shard(w, shard)?);
+                let b = if shard.dim() == 0 { super::linear::bias_shard(b, shard)? } else { b.cloned() };
+                Ok((w, b))
+            }
+            None => uqff_dense(self, prefix)?.load_layer_shard(prefix, shard),
+        }
+    }
+}
+
+/// `model`'s dense checkpoint for a layer its UQFF files do not hold, or the error that names
+/// the layer's weight.
+fn uqff_dense<'a>(model: &'a UqffModel, prefix: &str) -> Result<&'a Checkpoint> {
+    model.dense().ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![format!("{prefix}.weight")])))
 }

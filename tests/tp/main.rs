@@ -12,3 +12,4 @@ mod load;
 mod lora;
 mod plan;
 mod shard;
+mod uqff;

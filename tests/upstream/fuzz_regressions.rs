@@ -292,6 +292,7 @@ fn checkpoint_dir_regressions() {
         ("moe_stacked_fp8", true),
         ("moe_stacked_bf16", false),
         ("moe_mixtral_missing", false),
+        ("uqff_beside_dense", false),
         ("index_parent_dir", false),
         ("index_absolute", false),
     ] {
