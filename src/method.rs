@@ -254,17 +254,17 @@ impl QuantMethod {
                 } else {
                     crate::intx::Granularity::PerTensor
                 };
-                QuantWeight::Int8(crate::intx::quantize_int8(w, rows, cols, g)?)
+                QuantWeight::Int8(crate::intx::quantize_int8(w, rows, cols, g, par)?)
             }
             QuantMethod::Int4Asymmetric { group } => {
-                QuantWeight::Int4(crate::intx::quantize_int4(w, rows, cols, group)?)
+                QuantWeight::Int4(crate::intx::quantize_int4(w, rows, cols, group, par)?)
             }
             QuantMethod::Fp8 { format, block } => {
                 let layout = match block {
                     Some((br, bc)) => crate::fp8::Fp8Layout::block(rows, cols, br, bc)?,
                     None => crate::fp8::Fp8Layout::per_tensor(rows, cols)?,
                 };
-                let (codes, scales) = crate::fp8::fp8_quantize(w, format, &layout)?;
+                let (codes, scales) = crate::fp8::fp8_quantize(w, format, &layout, par)?;
                 QuantWeight::Fp8(crate::fp8::Fp8Layer {
                     layout,
                     experts: 1,

@@ -147,6 +147,48 @@ pub(crate) fn row_chunks_aligned<T: Send>(
     out.par_chunks_mut(per * row_len).enumerate().for_each(|(i, chunk)| f(i * per, chunk));
 }
 
+/// `f(rows)` over disjoint ranges of `rows` rows of `row_len` elements (split as
+/// [`row_chunks`] splits an output), in parallel when `par` allows; the results in row order.
+/// For reductions whose combination does not depend on the split (max, first index).
+pub(crate) fn map_rows<R: Send>(
+    rows: usize,
+    row_len: usize,
+    par: Parallelism,
+    f: impl Fn(std::ops::Range<usize>) -> R + Sync,
+) -> Vec<R> {
+    let tasks = par.tasks(rows.saturating_mul(row_len)).min(rows);
+    if tasks <= 1 {
+        return vec![f(0..rows)];
+    }
+    let per = rows.div_ceil(tasks);
+    (0..rows.div_ceil(per)).into_par_iter().map(|t| f(t * per..((t + 1) * per).min(rows))).collect()
+}
+
+/// [`row_chunks`] over two outputs split at the same rows: `a` holds `a_row` elements per row,
+/// `b` `b_row`; `f(first_row, a_chunk, b_chunk)`.
+pub(crate) fn row_chunks2<A: Send, B: Send>(
+    a: &mut [A],
+    a_row: usize,
+    b: &mut [B],
+    b_row: usize,
+    par: Parallelism,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    if a_row == 0 || b_row == 0 {
+        return f(0, a, b);
+    }
+    let rows = a.len() / a_row;
+    let tasks = par.tasks(a.len().max(b.len())).min(rows);
+    if tasks <= 1 {
+        return f(0, a, b);
+    }
+    let per = rows.div_ceil(tasks);
+    a.par_chunks_mut(per * a_row)
+        .zip(b.par_chunks_mut(per * b_row))
+        .enumerate()
+        .for_each(|(i, (a, b))| f(i * per, a, b));
+}
+
 /// Call `f(first_col, pieces)` over disjoint column stripes of a `[rows, row_len]` row-major
 /// `out`; `pieces[r]` is row `r`'s part of the stripe. Stripe widths are multiples of `align`
 /// (except the last) so kernels keep whole tiles.

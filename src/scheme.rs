@@ -29,7 +29,7 @@ use std::ops::Range;
 /// use quant_kernels::intx::{quantize_int8, Granularity};
 /// use quant_kernels::tp::Shard;
 /// use quant_kernels::{Parallelism, QuantScheme};
-/// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerChannel)?;
+/// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerChannel, Parallelism::SERIAL)?;
 /// assert_eq!(w.shape(), (2, 2));
 /// assert_eq!(w.method(), Some(quant_kernels::QuantMethod::Int8Symmetric { per_channel: true }));
 /// let top = w.shard(&Shard::Simple { dim: 0, rank: 0, world_size: 2 })?;

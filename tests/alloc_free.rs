@@ -69,7 +69,8 @@ fn layers(rng: &mut Rng) -> Vec<(&'static str, QuantLinear)> {
         bias: None,
     };
     let fp8_layout = Fp8Layout::block(out, inp, 32, 128).unwrap();
-    let (codes, scales) = fp8_quantize(&w, Fp8Format::E4M3, &fp8_layout).unwrap();
+    let (codes, scales) =
+        fp8_quantize(&w, Fp8Format::E4M3, &fp8_layout, quant_kernels::Parallelism::SERIAL).unwrap();
     let fp8 = Fp8Layer {
         layout: fp8_layout,
         experts: 1,
@@ -84,8 +85,17 @@ fn layers(rng: &mut Rng) -> Vec<(&'static str, QuantLinear)> {
         ("gptq", QuantWeight::Gptq(gptq)),
         ("awq", QuantWeight::Awq(awq)),
         ("fp8", QuantWeight::Fp8(fp8)),
-        ("int8", QuantWeight::Int8(quantize_int8(&w, out, inp, Granularity::PerChannel).unwrap())),
-        ("int4", QuantWeight::Int4(quantize_int4(&w, out, inp, 32).unwrap())),
+        (
+            "int8",
+            QuantWeight::Int8(
+                quantize_int8(&w, out, inp, Granularity::PerChannel, quant_kernels::Parallelism::SERIAL)
+                    .unwrap(),
+            ),
+        ),
+        (
+            "int4",
+            QuantWeight::Int4(quantize_int4(&w, out, inp, 32, quant_kernels::Parallelism::SERIAL).unwrap()),
+        ),
     ];
     weights.into_iter().map(|(name, w)| (name, QuantLinear::new(w, bias()).unwrap())).collect()
 }
@@ -146,6 +156,7 @@ fn parallel_layers(rng: &mut Rng) {
             out,
             inp,
             Granularity::PerChannel,
+            quant_kernels::Parallelism::SERIAL,
         )
         .unwrap(),
     );

@@ -24,7 +24,7 @@ pub use checkpoint::{Fp8Checkpoint, Fp8Config, Fp8Layer, Fp8LayerInfo};
 
 use crate::elem::Elem;
 use crate::error::{Error, KernelError, Result, expect_len};
-use crate::par::Parallelism;
+use crate::par::{self, Parallelism};
 
 /// An FP8 format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -296,21 +296,61 @@ pub fn fp8_dequantize_reference_into<S: Elem, O: Elem>(
 
 /// Quantize `f32` weights to FP8 with block-wise scales `amax(block) / max(format)` (1 for an
 /// all-zero block): returns `(codes, scale_inv)` such that [`fp8_dequantize`] approximates `w`.
-pub fn fp8_quantize(w: &[f32], format: Fp8Format, layout: &Fp8Layout) -> Result<(Vec<u8>, Vec<f32>)> {
-    check::<f32>(layout, w.len(), &vec![0f32; layout.scale_shape().0 * layout.scale_shape().1], w.len())?;
+/// Blocks of rows on rayon's pool when `par` allows (the same bits either way).
+///
+/// ```
+/// use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
+/// use quant_kernels::Parallelism;
+/// let l = Fp8Layout::block(2, 2, 1, 2)?;
+/// let (codes, scales) = fp8::fp8_quantize(&[448.0, -224.0, 0.0, 0.0], Fp8Format::E4M3, &l,
+///     Parallelism::SERIAL)?;
+/// assert_eq!((codes, scales), (vec![0x7e, 0xf6, 0, 0], vec![1.0, 1.0]));
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+pub fn fp8_quantize(
+    w: &[f32],
+    format: Fp8Format,
+    layout: &Fp8Layout,
+    par: Parallelism,
+) -> Result<(Vec<u8>, Vec<f32>)> {
+    let (rows, cols) = (layout.rows, layout.cols);
+    expect_len("weight", rows * cols, w.len())?;
     let (sr, sc) = layout.scale_shape();
     let (br, bc) = layout.block_size();
+    // Each task's amax over the block rows its rows touch; max is exact and order-free, so
+    // merging the partial grids gives the same scales for any split.
+    let parts = par::map_rows(rows, cols, par, |r| {
+        let b0 = r.start / br;
+        let mut amax = vec![0f32; (r.end.div_ceil(br) - b0) * sc];
+        for row in r {
+            let a = &mut amax[(row / br - b0) * sc..][..sc];
+            for (m, block) in a.iter_mut().zip(w[row * cols..(row + 1) * cols].chunks(bc)) {
+                *m = block.iter().fold(*m, |m, x| m.max(x.abs()));
+            }
+        }
+        (b0, amax)
+    });
     let mut amax = vec![0f32; sr * sc];
-    for (i, &x) in w.iter().enumerate() {
-        let b = (i / layout.cols / br) * sc + (i % layout.cols) / bc;
-        amax[b] = amax[b].max(x.abs());
+    for (b0, part) in parts {
+        for (m, p) in amax[b0 * sc..].iter_mut().zip(part) {
+            *m = m.max(p);
+        }
     }
     let scales: Vec<f32> =
         amax.iter().map(|&a| if a > 0.0 && a.is_finite() { a / format.max() } else { 1.0 }).collect();
-    let codes = w
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| format.encode(x / scales[(i / layout.cols / br) * sc + (i % layout.cols) / bc]))
-        .collect();
+    let mut codes = vec![0u8; w.len()];
+    par::row_chunks(&mut codes, cols, par, |row0, codes| {
+        for (r, out) in codes.chunks_exact_mut(cols).enumerate() {
+            let row = row0 + r;
+            let s = &scales[(row / br) * sc..][..sc];
+            for ((out, block), &s) in
+                out.chunks_mut(bc).zip(w[row * cols..(row + 1) * cols].chunks(bc)).zip(s)
+            {
+                for (o, &x) in out.iter_mut().zip(block) {
+                    *o = format.encode(x / s);
+                }
+            }
+        }
+    });
     Ok((codes, scales))
 }

@@ -34,6 +34,19 @@ pub enum Granularity {
     PerChannel,
 }
 
+/// The first non-finite weight of `w` (`[rows, cols]`), searched a block of rows per task.
+fn check_finite_rows(w: &[f32], cols: usize, par: Parallelism) -> Result<()> {
+    let rows = w.len().checked_div(cols).unwrap_or(0);
+    let first = par::map_rows(rows, cols, par, |r| {
+        let off = r.start * cols;
+        w[off..r.end * cols].iter().position(|x| !x.is_finite()).map(|i| off + i)
+    });
+    match first.into_iter().flatten().next() {
+        Some(index) => Err(Error::Kernel(KernelError::NonFinite { index })),
+        None => Ok(()),
+    }
+}
+
 fn check_finite(w: &[f32]) -> Result<()> {
     match w.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(Error::Kernel(KernelError::NonFinite { index })),
@@ -62,33 +75,49 @@ pub struct Int8Tensor {
 }
 
 /// Quantize to int8 symmetric: `scale = max|w| / 127` over the tensor or each row (0 for an
-/// all-zero one), `q = round_ties_even(w / scale)`.
+/// all-zero one), `q = round_ties_even(w / scale)`; blocks of rows on rayon's pool when `par`
+/// allows (the same bits either way).
 ///
 /// ```
 /// use quant_kernels::intx::{self, Granularity};
-/// let t = intx::quantize_int8(&[1.0, -0.5, 0.25, 0.0, 0.0, 0.0], 2, 3, Granularity::PerChannel)?;
+/// use quant_kernels::Parallelism;
+/// let w = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0];
+/// let t = intx::quantize_int8(&w, 2, 3, Granularity::PerChannel, Parallelism::RAYON)?;
 /// assert_eq!(t.q, [127, -64, 32, 0, 0, 0]);
 /// assert_eq!(t.scales, [1.0 / 127.0, 0.0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
-pub fn quantize_int8(w: &[f32], rows: usize, cols: usize, granularity: Granularity) -> Result<Int8Tensor> {
+pub fn quantize_int8(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    granularity: Granularity,
+    par: Parallelism,
+) -> Result<Int8Tensor> {
     check_shape(w.len(), rows, cols)?;
-    check_finite(w)?;
+    check_finite_rows(w, cols, par)?;
     let amax = |xs: &[f32]| xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // max is exact and order-free: the split does not change the scales.
     let scales: Vec<f32> = match granularity {
-        Granularity::PerTensor => vec![amax(w) / 127.0],
-        Granularity::PerChannel => (0..rows).map(|r| amax(&w[r * cols..(r + 1) * cols]) / 127.0).collect(),
-    };
-    let scale_of =
-        |i: usize| if granularity == Granularity::PerTensor { scales[0] } else { scales[i / cols] };
-    let q = w
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            let s = scale_of(i);
-            if s == 0.0 { 0 } else { (x / s).round_ties_even().clamp(-127.0, 127.0) as i8 }
+        Granularity::PerTensor => {
+            let parts = par::map_rows(rows, cols, par, |r| amax(&w[r.start * cols..r.end * cols]));
+            vec![parts.into_iter().fold(0f32, f32::max) / 127.0]
+        }
+        Granularity::PerChannel => par::map_rows(rows, cols, par, |r| {
+            r.map(|row| amax(&w[row * cols..(row + 1) * cols]) / 127.0).collect::<Vec<_>>()
         })
-        .collect();
+        .concat(),
+    };
+    let mut q = vec![0i8; w.len()];
+    par::row_chunks(&mut q, cols, par, |row0, q| {
+        for (r, q) in q.chunks_exact_mut(cols).enumerate() {
+            let row = row0 + r;
+            let s = if granularity == Granularity::PerTensor { scales[0] } else { scales[row] };
+            for (q, &x) in q.iter_mut().zip(&w[row * cols..(row + 1) * cols]) {
+                *q = if s == 0.0 { 0 } else { (x / s).round_ties_even().clamp(-127.0, 127.0) as i8 };
+            }
+        }
+    });
     Ok(Int8Tensor { rows, cols, granularity, q, scales })
 }
 
@@ -177,37 +206,52 @@ pub struct Int4Tensor {
 
 /// Quantize to int4 asymmetric, group-wise along each row: the group's range `[min(lo, 0),
 /// max(hi, 0)]` maps to codes 0..=15, `scale = range / 15`, `zero = round(-lo / scale)`,
-/// `q = clamp(round(w / scale) + zero, 0, 15)`.
+/// `q = clamp(round(w / scale) + zero, 0, 15)`; codes packed as they are made (no unpacked
+/// copy), blocks of rows on rayon's pool when `par` allows (the same bits either way).
 ///
 /// ```
 /// use quant_kernels::intx;
-/// let t = intx::quantize_int4(&[0.0, 1.5, 3.0, -1.5], 1, 4, 4)?;
+/// use quant_kernels::Parallelism;
+/// let t = intx::quantize_int4(&[0.0, 1.5, 3.0, -1.5], 1, 4, 4, Parallelism::SERIAL)?;
 /// assert_eq!((t.scales[0], t.zeros[0]), (0.3, 5));
 /// assert_eq!(intx::unpack_int4(&t.packed, 4)?, [5, 10, 15, 0]);
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
-pub fn quantize_int4(w: &[f32], rows: usize, cols: usize, group: usize) -> Result<Int4Tensor> {
+pub fn quantize_int4(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    group: usize,
+    par: Parallelism,
+) -> Result<Int4Tensor> {
     check_shape(w.len(), rows, cols)?;
     if group == 0 || !group.is_multiple_of(2) || !cols.is_multiple_of(group) {
         return Err(Error::Kernel(KernelError::GroupSize { group, len: cols }));
     }
-    check_finite(w)?;
-    let groups = w.len() / group;
-    let (mut scales, mut zeros) = (Vec::with_capacity(groups), Vec::with_capacity(groups));
-    let mut codes = Vec::with_capacity(w.len());
-    for g in w.chunks_exact(group) {
-        let lo = g.iter().fold(0f32, |m, &x| m.min(x));
-        let hi = g.iter().fold(0f32, |m, &x| m.max(x));
-        let scale = (hi - lo) / 15.0;
-        let zero = if scale == 0.0 { 0.0 } else { (-lo / scale).round_ties_even().clamp(0.0, 15.0) };
-        for &x in g {
-            let q = if scale == 0.0 { zero } else { ((x / scale).round_ties_even() + zero).clamp(0.0, 15.0) };
-            codes.push(q as u8);
+    check_finite_rows(w, cols, par)?;
+    // Rows hold whole groups of an even size: a row's codes are whole bytes.
+    let mut packed = vec![0u8; w.len() / 2];
+    let mut params = vec![(0f32, 0u8); w.len() / group];
+    par::row_chunks2(&mut packed, cols / 2, &mut params, cols / group, par, |row0, packed, params| {
+        let w = &w[row0 * cols..row0 * cols + packed.len() * 2];
+        for ((g, bytes), p) in w.chunks_exact(group).zip(packed.chunks_exact_mut(group / 2)).zip(params) {
+            let lo = g.iter().fold(0f32, |m, &x| m.min(x));
+            let hi = g.iter().fold(0f32, |m, &x| m.max(x));
+            let scale = (hi - lo) / 15.0;
+            let zero = if scale == 0.0 { 0.0 } else { (-lo / scale).round_ties_even().clamp(0.0, 15.0) };
+            let code = |x: f32| {
+                let q =
+                    if scale == 0.0 { zero } else { ((x / scale).round_ties_even() + zero).clamp(0.0, 15.0) };
+                q as u8
+            };
+            for (b, pair) in bytes.iter_mut().zip(g.chunks_exact(2)) {
+                *b = code(pair[0]) | (code(pair[1]) << 4);
+            }
+            *p = (scale, zero as u8);
         }
-        scales.push(scale);
-        zeros.push(zero as u8);
-    }
-    Ok(Int4Tensor { rows, cols, group, packed: pack_int4(&codes)?, scales, zeros })
+    });
+    let (scales, zeros) = params.into_iter().unzip();
+    Ok(Int4Tensor { rows, cols, group, packed, scales, zeros })
 }
 
 impl Int4Tensor {

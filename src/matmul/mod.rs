@@ -123,7 +123,7 @@ macro_rules! stored {
 /// use quant_kernels::intx::{quantize_int8, Granularity};
 /// use quant_kernels::Parallelism;
 /// // W = [[127, -1], [3, 2]] in int8 per tensor: scale 1, so the codes are exact.
-/// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor)?;
+/// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor, Parallelism::SERIAL)?;
 /// let layer = QuantLinear::new(QuantWeight::Int8(w), Some(vec![0.5f32, 0.0].into()))?;
 /// let y: Vec<f32> = layer.forward(&[1.0f32, 2.0], 1, Parallelism::SERIAL)?;
 /// assert_eq!(y, [125.5, 7.0]); // [127 - 2 + 0.5, 3 + 4]
@@ -241,7 +241,7 @@ impl QuantLinear {
     /// use quant_kernels::intx::{quantize_int8, Granularity};
     /// use quant_kernels::matmul::Workspace;
     /// use quant_kernels::{Parallelism, QuantLinear, QuantWeight};
-    /// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor)?;
+    /// let w = quantize_int8(&[127.0, -1.0, 3.0, 2.0], 2, 2, Granularity::PerTensor, Parallelism::SERIAL)?;
     /// let layer = QuantLinear::new(QuantWeight::Int8(w), None)?;
     /// let (mut ws, mut y) = (Workspace::default(), [0f32; 2]);
     /// layer.forward_with(&[1.0f32, 2.0], 1, &mut y, Parallelism::SERIAL, &mut ws)?;

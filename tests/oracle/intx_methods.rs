@@ -7,6 +7,7 @@ use quant_kernels::error::{FormatError, KernelError};
 
 use common::Rng;
 use half::{bf16, f16};
+use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
 use quant_kernels::intx::{self, Granularity, Int4Tensor, Int8Tensor};
 use quant_kernels::method::{QuantConfig, QuantMethod};
 use quant_kernels::{Elem, Error, Parallelism};
@@ -68,7 +69,7 @@ fn int8_error_bound_and_paths() {
     for (rows, cols) in [(1, 1), (3, 7), (64, 96), (96, 1024)] {
         for (what, w) in weights(rows, cols, &mut rng) {
             for g in [Granularity::PerTensor, Granularity::PerChannel] {
-                let t = intx::quantize_int8(&w, rows, cols, g).unwrap();
+                let t = intx::quantize_int8(&w, rows, cols, g, quant_kernels::Parallelism::SERIAL).unwrap();
                 assert!(t.q.iter().all(|&q| (-127..=127).contains(&q)));
                 let mut back = vec![0f32; w.len()];
                 t.dequantize_reference_into(&mut back).unwrap();
@@ -96,7 +97,7 @@ fn int4_error_bound_and_paths() {
     let mut rng = Rng(2);
     for (rows, cols, group) in [(1, 2, 2), (3, 32, 16), (64, 128, 32), (80, 1024, 128)] {
         for (what, w) in weights(rows, cols, &mut rng) {
-            let t = intx::quantize_int4(&w, rows, cols, group).unwrap();
+            let t = intx::quantize_int4(&w, rows, cols, group, quant_kernels::Parallelism::SERIAL).unwrap();
             let codes = intx::unpack_int4(&t.packed, rows * cols).unwrap();
             assert!(codes.iter().all(|&c| c < 16) && t.zeros.iter().all(|&z| z < 16));
             let mut back = vec![0f32; w.len()];
@@ -122,32 +123,45 @@ fn bad_input_is_a_typed_error() {
     let mut w = vec![0.5f32; 64];
     w[9] = f32::NAN;
     assert_eq!(
-        intx::quantize_int8(&w, 8, 8, Granularity::PerChannel),
+        intx::quantize_int8(&w, 8, 8, Granularity::PerChannel, quant_kernels::Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::NonFinite { index: 9 }))
     );
-    assert_eq!(intx::quantize_int4(&w, 8, 8, 8), Err(Error::Kernel(KernelError::NonFinite { index: 9 })));
+    assert_eq!(
+        intx::quantize_int4(&w, 8, 8, 8, quant_kernels::Parallelism::SERIAL),
+        Err(Error::Kernel(KernelError::NonFinite { index: 9 }))
+    );
     w[9] = f32::INFINITY;
     assert_eq!(
-        intx::quantize_int8(&w, 8, 8, Granularity::PerTensor),
+        intx::quantize_int8(&w, 8, 8, Granularity::PerTensor, quant_kernels::Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::NonFinite { index: 9 }))
     );
     let ok = vec![0.5f32; 64];
     assert!(matches!(
-        intx::quantize_int8(&ok, 8, 9, Granularity::PerTensor),
+        intx::quantize_int8(&ok, 8, 9, Granularity::PerTensor, quant_kernels::Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
-    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 3), Err(Error::Kernel(KernelError::GroupSize { .. }))));
-    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 16), Err(Error::Kernel(KernelError::GroupSize { .. }))));
-    assert!(matches!(intx::quantize_int4(&ok, 8, 8, 0), Err(Error::Kernel(KernelError::GroupSize { .. }))));
     assert!(matches!(
-        intx::quantize_int8(&ok, usize::MAX, 2, Granularity::PerTensor),
+        intx::quantize_int4(&ok, 8, 8, 3, quant_kernels::Parallelism::SERIAL),
+        Err(Error::Kernel(KernelError::GroupSize { .. }))
+    ));
+    assert!(matches!(
+        intx::quantize_int4(&ok, 8, 8, 16, quant_kernels::Parallelism::SERIAL),
+        Err(Error::Kernel(KernelError::GroupSize { .. }))
+    ));
+    assert!(matches!(
+        intx::quantize_int4(&ok, 8, 8, 0, quant_kernels::Parallelism::SERIAL),
+        Err(Error::Kernel(KernelError::GroupSize { .. }))
+    ));
+    assert!(matches!(
+        intx::quantize_int8(&ok, usize::MAX, 2, Granularity::PerTensor, quant_kernels::Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::ShapeOverflow { .. }))
     ));
     // Tampered tensors are caught at dequantization.
-    let mut t = intx::quantize_int4(&ok, 8, 8, 8).unwrap();
+    let mut t = intx::quantize_int4(&ok, 8, 8, 8, quant_kernels::Parallelism::SERIAL).unwrap();
     t.zeros.pop();
     assert!(t.dequantize_into(&mut vec![0f32; 64], Parallelism::RAYON).is_err());
-    let mut t = intx::quantize_int8(&ok, 8, 8, Granularity::PerChannel).unwrap();
+    let mut t =
+        intx::quantize_int8(&ok, 8, 8, Granularity::PerChannel, quant_kernels::Parallelism::SERIAL).unwrap();
     t.scales.pop();
     assert!(t.dequantize_into(&mut vec![0f32; 64], Parallelism::RAYON).is_err());
     assert!(intx::pack_int4(&[3, 16]).is_err());
@@ -228,14 +242,16 @@ fn estimates_match_built_layers() {
     let (out, inp) = (96, 256);
     let w: Vec<f32> = (0..out * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
 
-    let t = intx::quantize_int8(&w, out, inp, Granularity::PerChannel).unwrap();
+    let t = intx::quantize_int8(&w, out, inp, Granularity::PerChannel, quant_kernels::Parallelism::SERIAL)
+        .unwrap();
     let m = QuantMethod::Int8Symmetric { per_channel: true };
     assert_eq!(m.layer_bytes(out, inp).unwrap(), t.q.len() + 4 * t.scales.len());
-    let t = intx::quantize_int8(&w, out, inp, Granularity::PerTensor).unwrap();
+    let t = intx::quantize_int8(&w, out, inp, Granularity::PerTensor, quant_kernels::Parallelism::SERIAL)
+        .unwrap();
     let m = QuantMethod::Int8Symmetric { per_channel: false };
     assert_eq!(m.layer_bytes(out, inp).unwrap(), t.q.len() + 4 * t.scales.len());
 
-    let t = intx::quantize_int4(&w, out, inp, 64).unwrap();
+    let t = intx::quantize_int4(&w, out, inp, 64, quant_kernels::Parallelism::SERIAL).unwrap();
     let m = QuantMethod::Int4Asymmetric { group: 64 };
     assert_eq!(m.layer_bytes(out, inp).unwrap(), t.packed.len() + 4 * t.scales.len() + t.zeros.len());
 
@@ -244,13 +260,15 @@ fn estimates_match_built_layers() {
             None => Fp8Layout::per_tensor(out, inp).unwrap(),
             Some((r, c)) => Fp8Layout::block(out, inp, r, c).unwrap(),
         };
-        let (codes, scales) = fp8::fp8_quantize(&w, Fp8Format::E4M3, &l).unwrap();
+        let (codes, scales) =
+            fp8::fp8_quantize(&w, Fp8Format::E4M3, &l, quant_kernels::Parallelism::SERIAL).unwrap();
         let m = QuantMethod::Fp8 { format: Fp8Format::E4M3, block };
         assert_eq!(m.layer_bytes(out, inp).unwrap(), codes.len() + 4 * scales.len(), "{m}");
     }
 
     let s = intx::smoothquant_scales(&vec![1.0; inp], &w, out, inp, 0.5).unwrap();
-    let t = intx::quantize_int8(&w, out, inp, Granularity::PerChannel).unwrap();
+    let t = intx::quantize_int8(&w, out, inp, Granularity::PerChannel, quant_kernels::Parallelism::SERIAL)
+        .unwrap();
     let m = QuantMethod::SmoothQuant { alpha: 0.5 };
     assert_eq!(m.layer_bytes(out, inp).unwrap(), t.q.len() + 4 * t.scales.len() + 4 * s.len());
 
@@ -342,4 +360,107 @@ fn config_assigns_methods_and_estimates_a_model() {
     assert_eq!(est.total_bytes, want);
     assert_eq!(est.f16_bytes, layers.iter().map(|(_, o, k)| 2 * o * k).sum::<usize>());
     assert!(est.compression() > 1.5 && est.compression() < 4.0, "{}", est.compression());
+}
+
+/// The quantizers' formulas one weight at a time: the oracle of the blocked, threaded ones.
+fn naive_int8(w: &[f32], rows: usize, cols: usize, g: Granularity) -> (Vec<i8>, Vec<f32>) {
+    let amax = |xs: &[f32]| xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scales: Vec<f32> = match g {
+        Granularity::PerTensor => vec![amax(w) / 127.0],
+        Granularity::PerChannel => w.chunks(cols).map(|r| amax(r) / 127.0).collect(),
+    };
+    let q = (0..rows * cols)
+        .map(|i| {
+            let s = scales[if g == Granularity::PerTensor { 0 } else { i / cols }];
+            if s == 0.0 { 0 } else { (w[i] / s).round_ties_even().clamp(-127.0, 127.0) as i8 }
+        })
+        .collect();
+    (q, scales)
+}
+
+fn naive_int4(w: &[f32], group: usize) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    let (mut codes, mut scales, mut zeros) = (vec![], vec![], vec![]);
+    for g in w.chunks(group) {
+        let lo = g.iter().fold(0f32, |m, &x| m.min(x));
+        let hi = g.iter().fold(0f32, |m, &x| m.max(x));
+        let s = (hi - lo) / 15.0;
+        let z = if s == 0.0 { 0.0 } else { (-lo / s).round_ties_even().clamp(0.0, 15.0) };
+        codes.extend(
+            g.iter()
+                .map(|&x| if s == 0.0 { z } else { ((x / s).round_ties_even() + z).clamp(0.0, 15.0) } as u8),
+        );
+        scales.push(s);
+        zeros.push(z as u8);
+    }
+    (codes, scales, zeros)
+}
+
+fn naive_fp8(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    (br, bc): (usize, usize),
+    f: Fp8Format,
+) -> (Vec<u8>, Vec<f32>) {
+    let (sr, sc) = (rows.div_ceil(br), cols.div_ceil(bc));
+    let block = |i: usize| (i / cols / br) * sc + (i % cols) / bc;
+    let mut amax = vec![0f32; sr * sc];
+    for (i, x) in w.iter().enumerate() {
+        amax[block(i)] = amax[block(i)].max(x.abs());
+    }
+    let scales: Vec<f32> =
+        amax.iter().map(|&a| if a > 0.0 && a.is_finite() { a / f.max() } else { 1.0 }).collect();
+    ((0..w.len()).map(|i| f.encode(w[i] / scales[block(i)])).collect(), scales)
+}
+
+/// Serial and threaded quantizers equal the naive formulas bit for bit, on shapes large
+/// enough to split over threads at row counts that cut FP8 block rows and int4 groups
+/// unevenly; a non-finite weight is reported at its first index either way.
+#[test]
+fn quantizers_threaded_equal_naive() {
+    let mut rng = Rng(97);
+    for (rows, cols) in [(300, 512), (1031, 128), (7, 64)] {
+        for (what, w) in weights(rows, cols, &mut rng) {
+            for par in [Parallelism::SERIAL, Parallelism::RAYON] {
+                let at = format!("{what} {rows}x{cols} {par:?}");
+                for g in [Granularity::PerTensor, Granularity::PerChannel] {
+                    let t = intx::quantize_int8(&w, rows, cols, g, par).unwrap();
+                    assert!(
+                        (t.q.clone(), t.scales.clone()) == naive_int8(&w, rows, cols, g),
+                        "{at} int8 {g:?}"
+                    );
+                }
+                for group in [32, 64] {
+                    let t = intx::quantize_int4(&w, rows, cols, group, par).unwrap();
+                    let (codes, scales, zeros) = naive_int4(&w, group);
+                    assert_eq!(
+                        intx::unpack_int4(&t.packed, rows * cols).unwrap(),
+                        codes,
+                        "{at} int4 {group}"
+                    );
+                    assert_eq!(t.packed.len(), rows * cols / 2, "{at}");
+                    assert!(t.scales == scales && t.zeros == zeros, "{at} int4 {group}");
+                }
+                for (block, format) in [
+                    ((128, 128), Fp8Format::E4M3),
+                    ((rows, cols), Fp8Format::E5M2),
+                    ((3, 40), Fp8Format::E4M3),
+                ] {
+                    let l = Fp8Layout::block(rows, cols, block.0, block.1).unwrap();
+                    let got = fp8::fp8_quantize(&w, format, &l, par).unwrap();
+                    let want = naive_fp8(&w, rows, cols, block, format);
+                    assert!(got.0 == want.0 && same_bits(&got.1, &want.1), "{at} fp8 {block:?}");
+                }
+            }
+        }
+        let mut bad: Vec<f32> = vec![0.5; rows * cols];
+        bad[rows * cols - 1] = f32::NAN;
+        bad[rows * cols / 2 + 1] = f32::INFINITY;
+        for par in [Parallelism::SERIAL, Parallelism::RAYON] {
+            let index = rows * cols / 2 + 1;
+            let want = Error::Kernel(KernelError::NonFinite { index });
+            assert_eq!(intx::quantize_int8(&bad, rows, cols, Granularity::PerTensor, par).unwrap_err(), want);
+            assert_eq!(intx::quantize_int4(&bad, rows, cols, 32, par).unwrap_err(), want);
+        }
+    }
 }

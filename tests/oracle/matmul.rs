@@ -218,7 +218,8 @@ fn fp8_formats_and_scale_blocks() {
                 Some((br, bc)) => Fp8Layout::block(rows, cols, br, bc).unwrap(),
                 None => Fp8Layout::per_tensor(rows, cols).unwrap(),
             };
-            let (codes, scales) = fp8::fp8_quantize(&w, format, &layout).unwrap();
+            let (codes, scales) =
+                fp8::fp8_quantize(&w, format, &layout, quant_kernels::Parallelism::SERIAL).unwrap();
             let layer =
                 Fp8Layer { layout, experts: 1, format, codes, scales: FloatVec::F32(scales), bias: None };
             let q = QuantLinear::from_fp8(layer).unwrap();
@@ -233,7 +234,7 @@ fn int8_int4_and_dense() {
     for (rows, cols) in [(1, 1), (3, 17), (40, 300)] {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         for g in [Granularity::PerTensor, Granularity::PerChannel] {
-            let t = intx::quantize_int8(&w, rows, cols, g).unwrap();
+            let t = intx::quantize_int8(&w, rows, cols, g, quant_kernels::Parallelism::SERIAL).unwrap();
             check(
                 &format!("int8 {g:?} {rows}x{cols}"),
                 &QuantLinear::new(QuantWeight::Int8(t), None).unwrap(),
@@ -252,7 +253,7 @@ fn int8_int4_and_dense() {
     }
     for (rows, cols, g) in [(1, 2, 2), (5, 12, 4), (33, 256, 64)] {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
-        let t = intx::quantize_int4(&w, rows, cols, g).unwrap();
+        let t = intx::quantize_int4(&w, rows, cols, g, quant_kernels::Parallelism::SERIAL).unwrap();
         check(
             &format!("int4 {rows}x{cols} g{g}"),
             &QuantLinear::new(QuantWeight::Int4(t), None).unwrap(),

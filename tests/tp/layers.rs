@@ -591,7 +591,10 @@ fn merged_column_parallel_layers_for_every_scheme() {
         v
     };
     let int8 = |o: usize, g: Granularity, peak: bool, rng: &mut Rng| {
-        QuantWeight::Int8(intx::quantize_int8(&values(o, rng, peak), o, inp, g).unwrap())
+        QuantWeight::Int8(
+            intx::quantize_int8(&values(o, rng, peak), o, inp, g, quant_kernels::Parallelism::SERIAL)
+                .unwrap(),
+        )
     };
     use Granularity::{PerChannel, PerTensor};
     for (name, grans, peak) in [
@@ -607,7 +610,16 @@ fn merged_column_parallel_layers_for_every_scheme() {
         let parts = outs
             .iter()
             .map(|&o| {
-                QuantWeight::Int4(intx::quantize_int4(&values(o, &mut rng, false), o, inp, group).unwrap())
+                QuantWeight::Int4(
+                    intx::quantize_int4(
+                        &values(o, &mut rng, false),
+                        o,
+                        inp,
+                        group,
+                        quant_kernels::Parallelism::SERIAL,
+                    )
+                    .unwrap(),
+                )
             })
             .collect();
         cases.push((format!("int4 g{group}"), parts));
@@ -642,7 +654,10 @@ fn merged_column_parallel_layers_for_every_scheme() {
 
     // Errors. Parts of different schemes.
     let q = int8(96, PerTensor, false, &mut rng);
-    let k = QuantWeight::Int4(intx::quantize_int4(&values(48, &mut rng, false), 48, inp, 16).unwrap());
+    let k = QuantWeight::Int4(
+        intx::quantize_int4(&values(48, &mut rng, false), 48, inp, 16, quant_kernels::Parallelism::SERIAL)
+            .unwrap(),
+    );
     assert_eq!(
         merged(&[q.clone(), k, q.clone()], 0, 1).unwrap_err(),
         Error::Kernel(KernelError::Fuse { what: "scheme", part: 1 })
@@ -724,10 +739,28 @@ fn merged_column_parallel_layers_for_every_scheme() {
             "K",
         ),
         (a, QuantWeight::Fp8(fp8_layer(48, 32, Some((8, 32)), e4, Some(1.0), &mut rng)), "inputs"),
-        (q, QuantWeight::Int8(intx::quantize_int8(&[0.5; 48 * 32], 48, 32, PerTensor).unwrap()), "inputs"),
         (
-            QuantWeight::Int4(intx::quantize_int4(&values(96, &mut rng, false), 96, inp, 16).unwrap()),
-            QuantWeight::Int4(intx::quantize_int4(&[0.5; 48 * 32], 48, 32, 16).unwrap()),
+            q,
+            QuantWeight::Int8(
+                intx::quantize_int8(&[0.5; 48 * 32], 48, 32, PerTensor, quant_kernels::Parallelism::SERIAL)
+                    .unwrap(),
+            ),
+            "inputs",
+        ),
+        (
+            QuantWeight::Int4(
+                intx::quantize_int4(
+                    &values(96, &mut rng, false),
+                    96,
+                    inp,
+                    16,
+                    quant_kernels::Parallelism::SERIAL,
+                )
+                .unwrap(),
+            ),
+            QuantWeight::Int4(
+                intx::quantize_int4(&[0.5; 48 * 32], 48, 32, 16, quant_kernels::Parallelism::SERIAL).unwrap(),
+            ),
             "inputs",
         ),
         (

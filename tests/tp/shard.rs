@@ -446,9 +446,29 @@ fn int8_and_int4_shards_equal_shards_of_the_dequantized_whole() {
     for (rows, cols, group) in [(12, 64, 16), (9, 48, 8), (16, 32, 32)] {
         let x: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         let weights = [
-            QuantWeight::Int8(intx::quantize_int8(&x, rows, cols, Granularity::PerChannel).unwrap()),
-            QuantWeight::Int8(intx::quantize_int8(&x, rows, cols, Granularity::PerTensor).unwrap()),
-            QuantWeight::Int4(intx::quantize_int4(&x, rows, cols, group).unwrap()),
+            QuantWeight::Int8(
+                intx::quantize_int8(
+                    &x,
+                    rows,
+                    cols,
+                    Granularity::PerChannel,
+                    quant_kernels::Parallelism::SERIAL,
+                )
+                .unwrap(),
+            ),
+            QuantWeight::Int8(
+                intx::quantize_int8(
+                    &x,
+                    rows,
+                    cols,
+                    Granularity::PerTensor,
+                    quant_kernels::Parallelism::SERIAL,
+                )
+                .unwrap(),
+            ),
+            QuantWeight::Int4(
+                intx::quantize_int4(&x, rows, cols, group, quant_kernels::Parallelism::SERIAL).unwrap(),
+            ),
         ];
         for w in &weights {
             let whole = deq(w);
@@ -464,7 +484,7 @@ fn int8_and_int4_shards_equal_shards_of_the_dequantized_whole() {
         }
     }
     assert!(ran >= 150, "only {ran} shards");
-    let t = intx::quantize_int4(&vec![0.5; 4 * 32], 4, 32, 8).unwrap();
+    let t = intx::quantize_int4(&vec![0.5; 4 * 32], 4, 32, 8, quant_kernels::Parallelism::SERIAL).unwrap();
     assert_eq!(
         t.shard(&Shard::Offset { dim: 1, offset: 4, len: 8 }).unwrap_err(),
         Error::Tp(TpError::ShardBoundary { what: "int4 group", at: 4, multiple: 8 })
@@ -639,10 +659,15 @@ fn every_scheme_names_its_method_and_shards_keep_it() {
         (blocked.clone().into(), QuantMethod::Fp8 { format: blocked.format, block: Some((128, 64)) }),
         (per_tensor.clone().into(), QuantMethod::Fp8 { format: per_tensor.format, block: None }),
         (
-            intx::quantize_int8(&x, 16, 64, Granularity::PerTensor).unwrap().into(),
+            intx::quantize_int8(&x, 16, 64, Granularity::PerTensor, quant_kernels::Parallelism::SERIAL)
+                .unwrap()
+                .into(),
             QuantMethod::Int8Symmetric { per_channel: false },
         ),
-        (intx::quantize_int4(&x, 16, 64, 16).unwrap().into(), QuantMethod::Int4Asymmetric { group: 16 }),
+        (
+            intx::quantize_int4(&x, 16, 64, 16, quant_kernels::Parallelism::SERIAL).unwrap().into(),
+            QuantMethod::Int4Asymmetric { group: 16 },
+        ),
     ];
     for (w, method) in cases {
         assert_eq!(w.method(), Some(method), "{}", w.scheme());
