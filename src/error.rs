@@ -580,6 +580,19 @@ pub enum TpError {
         multiple: usize,
     },
 
+    /// A MatFormer layer selection ([`crate::tp::ReplicatedLinear::load_layers_matformer`])
+    /// that does not fit the layer: its outputs are not `orig_layers` equal blocks, or a kept
+    /// index is not below `orig_layers`.
+    #[error("cannot keep decoder layers {kept:?} of {orig_layers} from a layer of {out} outputs")]
+    MatformerLayers {
+        /// The layer's outputs.
+        out: usize,
+        /// Decoder layers of the full model.
+        orig_layers: usize,
+        /// The kept layer indices asked for.
+        kept: Vec<usize>,
+    },
+
     /// A scheme (or case) that cannot be sharded packed yet.
     #[error("sharding a packed {0} weight is not supported")]
     ShardScheme(&'static str),

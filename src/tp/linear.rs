@@ -128,8 +128,7 @@ impl ColumnParallelLinear {
         let Some((out, _)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
         let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
         expect_len("sum of the fused parts' sizes", out, total.unwrap_or(usize::MAX))?;
-        let (mut weights, mut biases, mut offset) = (Vec::with_capacity(sizes.len()), Vec::new(), 0);
-        let mut method = None;
+        let (mut pieces, mut offset) = (Vec::with_capacity(sizes.len()), 0);
         for (i, &size) in sizes.iter().enumerate() {
             let shard =
                 shards.and_then(|s| s.get(i).copied()).unwrap_or(Shard::Simple { dim: 0, rank, world_size });
@@ -137,16 +136,10 @@ impl ColumnParallelLinear {
                 return Err(Error::Tp(TpError::ShardDim(shard.dim())));
             }
             let r = shard.range(size)?;
-            let piece = Shard::Offset { dim: 0, offset: offset + r.start, len: r.len() };
-            let ((w, b), m) = opts.read(checkpoint, prefix, Some(&piece))?;
-            weights.push(w);
-            biases.extend(b);
-            method = method.or(m);
+            pieces.push(Shard::Offset { dim: 0, offset: offset + r.start, len: r.len() });
             offset += size;
         }
-        let bias =
-            (!biases.is_empty()).then(|| FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()));
-        let (w, bias) = opts.quantize(method, (QuantWeight::concat(weights)?, bias))?;
+        let (w, bias) = load_pieces(checkpoint, prefix, &pieces, opts)?;
         Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
     }
 
@@ -405,6 +398,54 @@ impl ReplicatedLinear {
         Self::new(w, bias).map(Some)
     }
 
+    /// Layer `prefix` with only the output blocks of the decoder layers MatFormer keeps
+    /// (mistral.rs's `new_layers_matformer_indices`, Gemma 3n's `per_layer_model_projection`):
+    /// its outputs are `orig_layers` equal blocks, one per decoder layer of the full model, and
+    /// the result stacks blocks `kept_layers[0]`, `kept_layers[1]`, ... in that order (bias
+    /// likewise), each block read alone. Outputs not a multiple of `orig_layers`, or an index
+    /// past it, is [`TpError::MatformerLayers`]; a packed layer whose storage cannot be cut at a
+    /// block is refused as [`QuantWeight::shard`] refuses it. `Ok(None)` when there is no layer
+    /// `prefix`.
+    ///
+    /// ```
+    /// use quant_kernels::io::{Checkpoint, Dtype, SafetensorsWriter};
+    /// use quant_kernels::tp::ReplicatedLinear;
+    /// # let dir = std::env::temp_dir().join(format!("qk-doc-layers-mf-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// // 3 decoder layers x 2 outputs each, 1 input: rows 0..6.
+    /// let w: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    /// let decl = [("proj.weight".to_string(), Dtype::F32, vec![6, 1])];
+    /// let mut out = SafetensorsWriter::create(dir.join("model.safetensors"), &decl, &Default::default())?;
+    /// out.write("proj.weight", &w)?;
+    /// out.finish()?;
+    /// let ckpt = Checkpoint::open(&dir)?;
+    /// let l = ReplicatedLinear::load_layers_matformer(&ckpt, "proj", &[2, 0], 3, &Default::default())?.unwrap();
+    /// assert_eq!(l.local().dequantize(quant_kernels::Parallelism::SERIAL)?, [4.0, 5.0, 0.0, 1.0]);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load_layers_matformer(
+        checkpoint: &impl LayerSource,
+        prefix: &str,
+        kept_layers: &[usize],
+        orig_layers: usize,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Option<Self>> {
+        let Some((out, _)) = checkpoint.layer_shape(prefix) else { return Ok(None) };
+        let refuse = || Error::Tp(TpError::MatformerLayers { out, orig_layers, kept: kept_layers.to_vec() });
+        if orig_layers == 0
+            || !out.is_multiple_of(orig_layers)
+            || kept_layers.iter().any(|&k| k >= orig_layers)
+        {
+            return Err(refuse());
+        }
+        let per = out / orig_layers;
+        let pieces: Vec<Shard> =
+            kept_layers.iter().map(|&k| Shard::Offset { dim: 0, offset: k * per, len: per }).collect();
+        let (w, bias) = load_pieces(checkpoint, prefix, &pieces, opts)?;
+        Self::new(w, bias).map(Some)
+    }
+
     /// The layer.
     pub fn local(&self) -> &QuantLinear {
         &self.layer
@@ -419,6 +460,26 @@ impl ReplicatedLinear {
     pub fn forward_into(&self, x: &[f32], batch: usize, y: &mut [f32], par: Parallelism) -> Result<()> {
         self.layer.forward_into(x, batch, y, par)
     }
+}
+
+/// The output ranges `pieces` (each a [`Shard::Offset`] along dim 0) of layer `prefix`, each
+/// read alone, stacked in order (still packed: [`QuantWeight::concat`]) with their biases, then
+/// quantized at load as `opts` says.
+fn load_pieces(
+    checkpoint: &impl LayerSource,
+    prefix: &str,
+    pieces: &[Shard],
+    opts: &LoadOptions<'_>,
+) -> Result<(QuantWeight, Option<FloatVec>)> {
+    let (mut weights, mut biases, mut method) = (Vec::with_capacity(pieces.len()), Vec::new(), None);
+    for piece in pieces {
+        let ((w, b), m) = opts.read(checkpoint, prefix, Some(piece))?;
+        weights.push(w);
+        biases.extend(b);
+        method = method.or(m);
+    }
+    let bias = (!biases.is_empty()).then(|| FloatVec::F32(biases.iter().flat_map(|b| b.to_f32()).collect()));
+    opts.quantize(method, (QuantWeight::concat(weights)?, bias))
 }
 
 /// Rank `rank` of `world_size`'s even part of the first `kept` of `len` indices along `dim`.

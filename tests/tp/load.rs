@@ -360,3 +360,66 @@ fn matformer_slices_of_packed_layers_follow_their_cut_rules() {
     // Group-32 inputs: cuts off the groups are refused, cuts on them load.
     assert!(ok > 0 && refused > 0, "{ok} loaded, {refused} refused");
 }
+
+/// MatFormer's kept decoder layers (`load_layers_matformer`): the kept output blocks of the
+/// whole layer stacked in the order given, bias likewise, each block read alone (the bytes read
+/// are the kept blocks'); packed layers equal the whole layer's blocks cut and stacked, or the
+/// same refusal; misfits are typed errors.
+#[test]
+fn layers_matformer_keeps_the_blocks_of_the_kept_layers() {
+    use quant_kernels::error::TpError;
+    use quant_kernels::io::QuantizedCheckpoint;
+    use quant_kernels::tp::Shard;
+    let dir = ck_dir("layers-matformer", &tensors(&mut Rng(13)));
+    let ck = Checkpoint::open(&dir.0).unwrap();
+    let opts = Default::default();
+    let (up, up_bias) = ck.load_layer(UP).unwrap();
+    let (w, b) = (up.dequantize::<f32>(Parallelism::SERIAL).unwrap(), up_bias.unwrap().to_f32());
+    // 64 outputs = 8 decoder layers x 8 outputs; 48 inputs of bf16.
+    for kept in [vec![0, 1, 2, 3, 4, 5, 6, 7], vec![7, 2, 5], vec![3], vec![1, 1]] {
+        let before = ck.bytes_read();
+        let got = ReplicatedLinear::load_layers_matformer(&ck, UP, &kept, 8, &opts).unwrap().unwrap();
+        assert_eq!(ck.bytes_read() - before, (kept.len() * 8 * (48 + 1) * 2) as u64, "{kept:?}");
+        let want_w: Vec<f32> = kept.iter().flat_map(|&k| w[k * 8 * 48..(k + 1) * 8 * 48].to_vec()).collect();
+        let want_b: Vec<f32> = kept.iter().flat_map(|&k| b[k * 8..(k + 1) * 8].to_vec()).collect();
+        assert_eq!(got.local().dequantize(Parallelism::SERIAL).unwrap(), want_w, "{kept:?}");
+        assert_eq!(got.local().bias().unwrap(), &want_b[..], "{kept:?}");
+    }
+    let misfit = |kept: &[usize], orig: usize| {
+        let err = ReplicatedLinear::load_layers_matformer(&ck, UP, kept, orig, &opts).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Tp(TpError::MatformerLayers { out: 64, orig_layers: orig, kept: kept.to_vec() })
+        );
+    };
+    misfit(&[0], 6);
+    misfit(&[8], 8);
+    misfit(&[0], 0);
+    assert!(ReplicatedLinear::load_layers_matformer(&ck, "absent", &[0], 8, &opts).unwrap().is_none());
+
+    // GPTQ 4-bit: blocks cut along the outputs (columns of qweight), on or off its packing.
+    let gdir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gptq_checkpoints/tiny-llama-gptq-4bit");
+    let q = QuantizedCheckpoint::open(gdir).unwrap();
+    let gate = "model.layers.0.mlp.gate_proj";
+    let (whole, _) = q.load_layer(gate).unwrap();
+    let out = whole.shape().0;
+    let (mut ok, mut refused) = (0, 0);
+    for (orig, kept) in [(2, vec![1, 0]), (4, vec![3, 1]), (out, vec![5, 2])] {
+        let per = out / orig;
+        let got = ReplicatedLinear::load_layers_matformer(&q, gate, &kept, orig, &opts);
+        let cut: quant_kernels::Result<Vec<QuantWeight>> =
+            kept.iter().map(|&k| whole.shard(&Shard::Offset { dim: 0, offset: k * per, len: per })).collect();
+        match cut.and_then(QuantWeight::concat) {
+            Ok(w) => {
+                assert_eq!(bits(got.unwrap().unwrap().local()), bits(&QuantLinear::new(w, None).unwrap()));
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(got.unwrap_err(), e, "{orig} {kept:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 0, "{ok} loaded, {refused} refused");
+}
