@@ -215,16 +215,40 @@ impl Packing for B3 {
 pub(crate) fn pack_planes<P: Packing>(codes: &[u8], rows: usize, cols: usize) -> Vec<P::Word> {
     debug_assert_eq!(codes.len(), rows * cols);
     let prows = P::packed_rows(rows).unwrap_or(0);
-    let mut words = vec![0u32; prows * cols];
-    for (r, code_row) in codes.chunks_exact(cols.max(1)).enumerate().take(rows) {
-        let (plane, p) = (r / prows, r % prows);
-        let shift = P::shift(plane);
-        let dst = &mut words[p * cols..(p + 1) * cols];
-        for (w, &c) in dst.iter_mut().zip(code_row) {
-            *w |= (c as u32 & P::MASK) << shift;
+    let mut words = vec![P::Word::default(); prows * cols];
+    pack_planes_rows::<P>(rows, cols, 0, &mut words, |r, row| {
+        row.copy_from_slice(&codes[r * cols..(r + 1) * cols])
+    });
+    words
+}
+
+/// Packed rows `p0..` (as many as `out` holds, `cols` words each; `out` zeroed) of a
+/// `[rows, cols]` code matrix whose code rows are made on demand: `fill(r, row)` writes code row
+/// `r` into `row` (`cols` codes that fit `P`). Rows past `rows` (3-bit padding) pack as zero. A
+/// caller packing while it quantizes holds one code row at a time, never the code matrix.
+pub(crate) fn pack_planes_rows<P: Packing>(
+    rows: usize,
+    cols: usize,
+    p0: usize,
+    out: &mut [P::Word],
+    mut fill: impl FnMut(usize, &mut [u8]),
+) {
+    let prows = P::packed_rows(rows).unwrap_or(0);
+    let mut row = vec![0u8; cols];
+    for (i, dst) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+        let p = p0 + i;
+        for plane in 0..P::PER_WORD {
+            let r = plane * prows + p;
+            if r >= rows {
+                break;
+            }
+            fill(r, &mut row);
+            let shift = P::shift(plane);
+            for (w, &c) in dst.iter_mut().zip(&row) {
+                *w = P::Word::from_bits(w.bits() | ((c as u32 & P::MASK) << shift));
+            }
         }
     }
-    words.into_iter().map(P::Word::from_bits).collect()
 }
 
 /// Unpack `rows` code rows (padding rows dropped) from planar words into `out` (`rows * cols`).

@@ -272,6 +272,41 @@ fn pack_checked<P: Packing>(codes: &[u8], rows: usize, cols: usize) -> Result<Ve
     Ok(pack::pack_planes::<P>(codes, rows, cols))
 }
 
+/// [`pack_hqq`] of a `[rows, cols]` code matrix made a row at a time by `fill(r, row)` (codes
+/// that fit `bits`), blocks of packed rows over the pool as `par` allows: what the quantizer
+/// uses, so that it never holds the unpacked codes of a whole layer.
+pub(crate) fn pack_hqq_with(
+    rows: usize,
+    cols: usize,
+    bits: Bits,
+    par: Parallelism,
+    fill: impl Fn(usize, &mut [u8]) + Sync,
+) -> Result<Packed> {
+    fn run<P: Packing>(
+        rows: usize,
+        cols: usize,
+        par: Parallelism,
+        fill: impl Fn(usize, &mut [u8]) + Sync,
+    ) -> Result<Vec<P::Word>> {
+        let words_len = P::packed_rows(rows)?
+            .checked_mul(cols)
+            .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols }))?;
+        let mut words = vec![P::Word::default(); words_len];
+        crate::par::row_chunks(&mut words, cols, par, |p0, chunk| {
+            pack::pack_planes_rows::<P>(rows, cols, p0, chunk, &fill)
+        });
+        Ok(words)
+    }
+    let words = match bits {
+        Bits::B8 => PackedWords::U8(run::<B8>(rows, cols, par, fill)?),
+        Bits::B4 => PackedWords::U8(run::<B4>(rows, cols, par, fill)?),
+        Bits::B2 => PackedWords::U8(run::<B2>(rows, cols, par, fill)?),
+        Bits::B1 => PackedWords::U8(run::<B1>(rows, cols, par, fill)?),
+        Bits::B3 => PackedWords::I32(run::<B3>(rows, cols, par, fill)?),
+    };
+    Ok(Packed { bits, rows, cols, words })
+}
+
 /// Unpack to the `[rows, cols]` code matrix (3-bit padding rows dropped), like hqq's
 /// `BitPack.unpack_*` followed by hqq's `[:rows]` slice.
 pub fn unpack_hqq(packed: &Packed) -> Result<Vec<u8>> {

@@ -191,23 +191,17 @@ pub fn quantize_hqq<E: Elem>(
             hi[r] = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         }
     }
-    let scale_q: Vec<f32> = lo
-        .iter()
-        .zip(&hi)
-        .map(|(&mn, &mx)| {
-            let denom = mx - mn;
-            let s = if denom.abs() <= 1e-4 { 1.0 } else { (1.0f32 / denom) * max_v };
-            s.min(2e4)
-        })
-        .collect();
-    let mut zero: Vec<f32> = lo
-        .iter()
-        .zip(&scale_q)
-        .map(|(&mn, &s)| {
-            let z = -mn * s;
-            if config.round_zeros { z.round_ties_even() } else { z }
-        })
-        .collect();
+    // scale_q and zero reuse the max and min buffers in place.
+    let mut scale_q = hi;
+    for (s, &mn) in scale_q.iter_mut().zip(&lo) {
+        let denom = *s - mn;
+        *s = if denom.abs() <= 1e-4 { 1.0 } else { ((1.0f32 / denom) * max_v).min(2e4) };
+    }
+    let mut zero = lo;
+    for (z, &s) in zero.iter_mut().zip(&scale_q) {
+        let v = -*z * s;
+        *z = if config.round_zeros { v.round_ties_even() } else { v };
+    }
 
     let steps = if config.channel_wise { config.optimization_steps.unwrap_or(0) } else { 0 };
     let mut steps_run = 0;
@@ -225,16 +219,14 @@ pub fn quantize_hqq<E: Elem>(
         }
     }
 
-    // Final codes.
-    let code = |x: f32, s: f32, z: f32| (x * s + z).round_ties_even().clamp(0.0, max_v) as u8;
-    let codes: Vec<u8> = if config.channel_wise {
-        let mut codes = vec![0u8; numel];
-        let per_row = |r: usize, row: &mut [u8]| {
-            let x = &w[r * view.cols..(r + 1) * view.cols];
+    // Final codes, packed as they are made (one code row per task at a time).
+    let (cr, cc) = layout.code_shape();
+    let packed = if config.channel_wise {
+        super::pack_hqq_with(cr, cc, bits, par, |r, row| {
             crate::lanes::dispatch(
                 par,
                 Codes {
-                    x,
+                    x: &w[r * cc..(r + 1) * cc],
                     s: &scale_q,
                     z: &zero,
                     group: (view.axis == Axis::One).then_some(r),
@@ -242,22 +234,20 @@ pub fn quantize_hqq<E: Elem>(
                     out: row,
                 },
             )
-        };
-        if par.is_threaded() && numel >= crate::par::MIN_PARALLEL_ELEMS {
-            codes.par_chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row))
-        } else {
-            codes.chunks_mut(view.cols.max(1)).enumerate().for_each(|(r, row)| per_row(r, row))
-        }
-        codes
+        })?
     } else {
-        w.iter().map(|&x| code(x, scale_q[0], zero[0])).collect()
+        let (s0, z0) = (scale_q[0], zero[0]);
+        super::pack_hqq_with(cr, cc, bits, par, |r, row| {
+            for (q, &x) in row.iter_mut().zip(&w[r * cc..(r + 1) * cc]) {
+                *q = (x * s0 + z0).round_ties_even().clamp(0.0, max_v) as u8;
+            }
+        })?
     };
-    let (cr, cc) = layout.code_shape();
-    let packed = super::pack_hqq(&codes, cr, cc, config.bits)?;
+    // The stored scales are `1 / scale_q`, made in place (no second copy per group).
+    scale_q.iter_mut().for_each(|s| *s = 1.0 / *s);
     let n_groups = layout.groups();
-    let expand = |v: &[f32]| if config.channel_wise { v.to_vec() } else { vec![v[0]; n_groups] };
-    let scales: Vec<f32> = scale_q.iter().map(|&s| 1.0 / s).collect();
-    Ok(HqqLayer { layout, packed, scales: expand(&scales), zeros: expand(&zero), steps_run })
+    let expand = |v: Vec<f32>| if config.channel_wise { v } else { vec![v[0]; n_groups] };
+    Ok(HqqLayer { layout, packed, scales: expand(scale_q), zeros: expand(zero), steps_run })
 }
 
 /// One optimizer iteration: the next zeros and the mean absolute error of the current ones.
