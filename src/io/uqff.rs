@@ -457,21 +457,31 @@ pub fn read_legacy_file(bytes: &[u8]) -> Result<Vec<(usize, UqffHqqLayer)>> {
 /// [`read_legacy_file`] with each layer's recorded name, if any.
 pub fn read_legacy_file_named(bytes: &[u8]) -> Result<Vec<(usize, Option<String>, UqffHqqLayer)>> {
     let (tensors, metadata) = safetensors_parts(bytes)?;
-    let names: Vec<String> = match metadata.get(LEGACY_NAMES_KEY) {
-        Some(json) => serde_json::from_str(json).map_err(|e| bad(0, format!("{LEGACY_NAMES_KEY}: {e}")))?,
-        None => Vec::new(),
-    };
+    let names = legacy_names(&metadata)?;
     let mut out = Vec::new();
     for (name, (dtype, shape, data)) in tensors {
-        let index: usize =
-            name.parse().map_err(|_| bad(0, format!("tensor `{name}` is not a layer index")))?;
-        if dtype != Dtype::U8 || shape.len() != 1 {
-            return Err(bad(0, format!("tensor `{name}`: {dtype} {shape:?}, expected a 1-D U8 blob")));
-        }
+        let index = legacy_index(&name, dtype, &shape)?;
         out.push((index, names.get(index).cloned(), read_legacy(data)?));
     }
     out.sort_by_key(|(i, ..)| *i);
     Ok(out)
+}
+
+/// The layer names a legacy file records ([`LEGACY_NAMES_KEY`]), or none.
+pub(crate) fn legacy_names(metadata: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    match metadata.get(LEGACY_NAMES_KEY) {
+        Some(json) => serde_json::from_str(json).map_err(|e| bad(0, format!("{LEGACY_NAMES_KEY}: {e}"))),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The layer index of a legacy file's tensor: its name, and it must be a 1-D U8 blob.
+pub(crate) fn legacy_index(name: &str, dtype: Dtype, shape: &[usize]) -> Result<usize> {
+    let index = name.parse().map_err(|_| bad(0, format!("tensor `{name}` is not a layer index")))?;
+    if dtype != Dtype::U8 || shape.len() != 1 {
+        return Err(bad(0, format!("tensor `{name}`: {dtype} {shape:?}, expected a 1-D U8 blob")));
+    }
+    Ok(index)
 }
 
 /// Write a legacy UQFF file of `layers` (tensor `i` is layer `i`'s blob); `names`, when given,
@@ -590,85 +600,102 @@ pub fn write_v1(layers: &[(String, UqffHqqLayer)], ext: Extension) -> Result<Vec
 /// [`Extension::Allow`].
 pub fn read_v1(bytes: &[u8], ext: Extension) -> Result<Vec<(String, UqffHqqLayer)>> {
     let tensors = safetensors_tensors(bytes)?;
-    let scalar = |name: &str, dtype: Dtype| -> Result<u32> {
-        let (d, shape, data) = tensors
-            .get(name)
-            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
-        if *d != dtype || !shape.is_empty() {
-            return Err(bad(0, format!("{name}: {d} {shape:?}, expected a {dtype} scalar")));
-        }
-        Ok(match dtype {
-            Dtype::U8 => data[0] as u32,
-            _ => u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
-        })
+    let get = |name: &str, _data: bool| -> Result<Option<UqffTensor>> {
+        Ok(tensors.get(name).map(|(d, s, data)| UqffTensor {
+            dtype: *d,
+            shape: s.clone(),
+            data: data.to_vec(),
+        }))
     };
+    v1_version(&get)?;
+    v1_prefixes(tensors.keys().map(String::as_str))
+        .into_iter()
+        .map(|p| Ok((p.to_string(), v1_layer(&get, p, ext)?)))
+        .collect()
+}
+
+/// How a 1.2.0 reader gets tensor `name` (`None`: not in the file): its dtype and shape, and
+/// its bytes; the second argument is false for a layer's large tensors (codes, scales, zeros,
+/// bias), whose bytes a getter that only checks a file's layers leaves empty.
+pub(crate) type V1Get<'a> = dyn Fn(&str, bool) -> Result<Option<UqffTensor>> + 'a;
+
+/// The layer prefixes of a 1.2.0 file's tensor names, in name order.
+pub(crate) fn v1_prefixes<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    names.filter_map(|n| n.strip_suffix(".weight.format")).collect()
+}
+
+fn v1_tensor(get: &V1Get<'_>, name: &str, data: bool) -> Result<UqffTensor> {
+    get(name, data)?.ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))
+}
+
+fn v1_scalar(get: &V1Get<'_>, name: &str, dtype: Dtype) -> Result<u32> {
+    let t = v1_tensor(get, name, true)?;
+    if t.dtype != dtype || !t.shape.is_empty() || t.data.len() != dtype.size() {
+        return Err(bad(0, format!("{name}: {} {:?}, expected a {dtype} scalar", t.dtype, t.shape)));
+    }
+    let d = &t.data;
+    Ok(match dtype {
+        Dtype::U8 => d[0] as u32,
+        _ => u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+    })
+}
+
+/// Check a 1.2.0 file's `uqff.version.*` scalars.
+pub(crate) fn v1_version(get: &V1Get<'_>) -> Result<()> {
     let (major, minor, patch) = (
-        scalar("uqff.version.major", Dtype::U32)?,
-        scalar("uqff.version.minor", Dtype::U32)?,
-        scalar("uqff.version.patch", Dtype::U32)?,
+        v1_scalar(get, "uqff.version.major", Dtype::U32)?,
+        v1_scalar(get, "uqff.version.minor", Dtype::U32)?,
+        v1_scalar(get, "uqff.version.patch", Dtype::U32)?,
     );
     if major != V1_VERSION.0 || minor > V1_VERSION.1 {
         return Err(Error::Format(FormatError::UqffVersion { major, minor, patch }));
     }
-    let tensor = |name: &str| -> Result<UqffTensor> {
-        let (d, s, data) = tensors
-            .get(name)
-            .ok_or_else(|| Error::Format(FormatError::MissingTensors(vec![name.to_string()])))?;
-        Ok(UqffTensor { dtype: *d, shape: s.clone(), data: data.to_vec() })
-    };
-    let mut out = Vec::new();
-    for name in tensors.keys() {
-        let Some(p) = name.strip_suffix(".weight.format") else { continue };
-        let w = format!("{p}.weight");
-        let kind = scalar(name, Dtype::U8)? as u8;
-        if kind != HQQ_TYPE {
-            return Err(Error::Format(FormatError::UqffQuantType(kind)));
-        }
-        let shape_t = tensor(&format!("{w}.shape"))?;
-        if shape_t.dtype != Dtype::U32 || shape_t.shape.len() != 1 || shape_t.shape[0] > MAX_DIMS {
-            return Err(bad(0, format!("{w}.shape: {} {:?}", shape_t.dtype, shape_t.shape)));
-        }
-        let shape = shape_t
-            .data
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .collect();
-        let axis = Axis::try_from(scalar(&format!("{w}.axis"), Dtype::U8)? as u8)
-            .map_err(|_| bad(0, format!("{w}.axis")))?;
-        let flag = |n: &str| -> Result<bool> {
-            match scalar(&format!("{w}.{n}"), Dtype::U8)? {
-                0 => Ok(false),
-                1 => Ok(true),
-                v => Err(bad(0, format!("{w}.{n}: {v} is not 0 or 1"))),
-            }
-        };
-        let steps = scalar(&format!("{w}.optimization_steps"), Dtype::U32)? as usize;
-        let config = HqqConfig {
-            bits: scalar(&format!("{w}.bits"), Dtype::U8)? as u8,
-            group_size: scalar(&format!("{w}.group_size"), Dtype::U32)? as usize,
-            axis,
-            optimization_steps: (steps > 0).then_some(steps),
-            round_zeros: flag("round_zeros")?,
-            channel_wise: flag("channel_wise")?,
-        };
-        if ext == Extension::Refuse && !matches!(config.bits, 4 | 8) {
-            return Err(bad(0, format!("{p}: {}-bit HQQ is not in mistral.rs's UQFF 1.2", config.bits)));
-        }
-        let bias = if tensors.contains_key(&format!("{p}.bias")) {
-            Some(tensor(&format!("{p}.bias"))?)
-        } else {
-            None
-        };
-        let layer = UqffHqqLayer {
-            w_q: tensor(&w)?,
-            scales: tensor(&format!("{w}.scales"))?,
-            zeros: tensor(&format!("{w}.zeros"))?,
-            shape,
-            config,
-            bias,
-        };
-        layer.validate()?;
-        out.push((p.to_string(), layer));
+    Ok(())
+}
+
+/// The 1.2.0 layer `p`, validated against its recorded config and shape; with `get` leaving
+/// the large tensors' bytes empty, a layer checked from the header alone.
+pub(crate) fn v1_layer(get: &V1Get<'_>, p: &str, ext: Extension) -> Result<UqffHqqLayer> {
+    let w = format!("{p}.weight");
+    let kind = v1_scalar(get, &format!("{w}.format"), Dtype::U8)? as u8;
+    if kind != HQQ_TYPE {
+        return Err(Error::Format(FormatError::UqffQuantType(kind)));
     }
-    Ok(out)
+    let shape_t = v1_tensor(get, &format!("{w}.shape"), true)?;
+    if shape_t.dtype != Dtype::U32 || shape_t.shape.len() != 1 || shape_t.shape[0] > MAX_DIMS {
+        return Err(bad(0, format!("{w}.shape: {} {:?}", shape_t.dtype, shape_t.shape)));
+    }
+    let shape =
+        shape_t.data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let axis = Axis::try_from(v1_scalar(get, &format!("{w}.axis"), Dtype::U8)? as u8)
+        .map_err(|_| bad(0, format!("{w}.axis")))?;
+    let flag = |n: &str| -> Result<bool> {
+        match v1_scalar(get, &format!("{w}.{n}"), Dtype::U8)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(bad(0, format!("{w}.{n}: {v} is not 0 or 1"))),
+        }
+    };
+    let steps = v1_scalar(get, &format!("{w}.optimization_steps"), Dtype::U32)? as usize;
+    let config = HqqConfig {
+        bits: v1_scalar(get, &format!("{w}.bits"), Dtype::U8)? as u8,
+        group_size: v1_scalar(get, &format!("{w}.group_size"), Dtype::U32)? as usize,
+        axis,
+        optimization_steps: (steps > 0).then_some(steps),
+        round_zeros: flag("round_zeros")?,
+        channel_wise: flag("channel_wise")?,
+    };
+    if ext == Extension::Refuse && !matches!(config.bits, 4 | 8) {
+        return Err(bad(0, format!("{p}: {}-bit HQQ is not in mistral.rs's UQFF 1.2", config.bits)));
+    }
+    let layer = UqffHqqLayer {
+        w_q: v1_tensor(get, &w, false)?,
+        scales: v1_tensor(get, &format!("{w}.scales"), false)?,
+        zeros: v1_tensor(get, &format!("{w}.zeros"), false)?,
+        shape,
+        config,
+        bias: get(&format!("{p}.bias"), false)?,
+    };
+    layer.validate()?;
+    Ok(layer)
 }

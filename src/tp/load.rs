@@ -299,32 +299,29 @@ impl LayerSource for UqffModel {
     }
 
     fn layer_shape(&self, prefix: &str) -> Option<(usize, usize)> {
-        match self.layer(prefix) {
-            Some((w, _)) => Some((w.layout.rows(), w.layout.cols())),
-            None => self.dense().and_then(|d| d.layer_shape(prefix)),
-        }
+        self.uqff_layer_shape(prefix).or_else(|| self.dense().and_then(|d| d.layer_shape(prefix)))
     }
 
     fn load_layer(&self, prefix: &str) -> Result<LoadedLayer> {
-        match self.layer(prefix) {
-            Some((w, b)) => Ok((QuantWeight::Hqq(w.clone()), b.cloned())),
+        match self.layer(prefix)? {
+            Some((w, b)) => Ok((QuantWeight::Hqq(w), b)),
             None => uqff_dense(self, prefix)?.load_layer(prefix),
         }
     }
 
     fn load_layer_f32(&self, prefix: &str, shard: Option<&Shard>) -> Result<LoadedLayer> {
-        match (self.layer(prefix), shard) {
-            (Some(_), Some(s)) => self.load_layer_shard(prefix, s),
-            (Some(_), None) => self.load_layer(prefix),
-            (None, _) => uqff_dense(self, prefix)?.load_layer_f32(prefix, shard),
+        match (self.is_uqff_layer(prefix), shard) {
+            (true, Some(s)) => self.load_layer_shard(prefix, s),
+            (true, None) => self.load_layer(prefix),
+            (false, _) => uqff_dense(self, prefix)?.load_layer_f32(prefix, shard),
         }
     }
 
     fn load_layer_shard(&self, prefix: &str, shard: &Shard) -> Result<LoadedLayer> {
-        match self.layer(prefix) {
+        match self.layer(prefix)? {
             Some((w, b)) => {
-                let w = QuantWeight::Hqq(crate::scheme::QuantScheme::shard(w, shard)?);
-                let b = if shard.dim() == 0 { super::linear::bias_shard(b, shard)? } else { b.cloned() };
+                let w = QuantWeight::Hqq(crate::scheme::QuantScheme::shard(&w, shard)?);
+                let b = if shard.dim() == 0 { super::linear::bias_shard(b.as_ref(), shard)? } else { b };
                 Ok((w, b))
             }
             None => uqff_dense(self, prefix)?.load_layer_shard(prefix, shard),

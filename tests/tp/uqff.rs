@@ -8,9 +8,9 @@ use quant_kernels::error::FormatError;
 use quant_kernels::hqq::{Axis, HqqConfig};
 use quant_kernels::io::safetensors::to_le_bytes;
 use quant_kernels::io::uqff::{
-    Extension, UqffHqqLayer, read_legacy, read_legacy_file, read_v1, write_legacy_file,
+    Extension, UqffHqqLayer, read_legacy, read_legacy_file, read_v1, write_legacy_file, write_v1,
 };
-use quant_kernels::io::{Dtype, UqffModel};
+use quant_kernels::io::{Dtype, SafetensorsFile, UqffModel};
 use quant_kernels::tp::{
     ColumnParallelLinear, ExpertsLayout, LayerSource, LoadOptions, MoeDims, MoeExperts, RowParallelLinear,
 };
@@ -182,6 +182,66 @@ fn uqff_experts_load_per_expert() {
             }
         }
     }
+}
+
+/// A UQFF 1.2.0 file is checked from its header and small tensors when opened; loading a layer
+/// (any rank's share) reads exactly that layer's tensors, never the file's other layers.
+#[test]
+fn uqff_layers_are_read_when_loaded_and_only_theirs() {
+    let v1 = fixture("uqff_files/v1.2.0/hqq4_g64_ax0_f32_bias.uqff");
+    let (_, small) = read_v1(&v1, Extension::Refuse).unwrap().remove(0);
+    let mut rng = Rng(71);
+    let (rows, cols) = (256, 512);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let config = HqqConfig::new(4, 64, Axis::Zero);
+    let q = quant_kernels::hqq::quantize_hqq(&w, rows, cols, &config, SERIAL).unwrap();
+    let big = UqffHqqLayer::from_quantized(&q, &config, FloatType::F32, None).unwrap();
+    let file =
+        write_v1(&[(DOWN.to_string(), small.clone()), ("big".to_string(), big.clone())], Extension::Refuse)
+            .unwrap();
+    let dir = tempdir_with("uqff-lazy", &[("m.uqff", &file)]);
+    let layer_bytes = |prefix: &str| -> u64 {
+        let f = SafetensorsFile::open(dir.0.join("m.uqff")).unwrap();
+        f.tensors()
+            .iter()
+            .filter(|(n, _)| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')))
+            .map(|(_, i)| i.len as u64)
+            .sum()
+    };
+    let (small_bytes, big_bytes) = (layer_bytes(DOWN), layer_bytes("big"));
+    assert!(big_bytes > 60_000 && small_bytes < big_bytes / 8, "{small_bytes} {big_bytes}");
+
+    let m = UqffModel::open(&dir.0).unwrap();
+    let opened = m.bytes_read();
+    assert!(opened < 256, "opening read {opened} bytes");
+    assert_eq!(m.layer_shape("big"), Some((rows, cols)));
+    for world in [1, 2] {
+        let before = m.bytes_read();
+        let got =
+            ColumnParallelLinear::load(&m, DOWN, world - 1, world, &Default::default()).unwrap().unwrap();
+        assert_eq!(m.bytes_read() - before, small_bytes, "world {world}");
+        let want = ColumnParallelLinear::new(
+            &QuantWeight::Hqq(small.weight().unwrap()),
+            small.bias_values().unwrap().as_ref(),
+            world - 1,
+            world,
+        )
+        .unwrap();
+        assert_eq!(bits(got.local()), bits(want.local()));
+    }
+    let before = m.bytes_read();
+    let got = RowParallelLinear::load(&m, "big", 1, 2, &Default::default()).unwrap().unwrap();
+    assert_eq!(m.bytes_read() - before, big_bytes);
+    let want = RowParallelLinear::new(&QuantWeight::Hqq(big.weight().unwrap()), None, 1, 2).unwrap();
+    assert_eq!(bits(got.local()), bits(want.local()));
+
+    // A file cut short after it was opened (its data gone): an I/O error when a layer loads.
+    let header = 8 + u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    std::fs::write(dir.0.join("m.uqff"), &file[..header]).unwrap();
+    assert!(matches!(
+        RowParallelLinear::load(&m, "big", 0, 2, &Default::default()),
+        Err(Error::Format(FormatError::Io { .. }))
+    ));
 }
 
 /// A directory holding `files`, removed on drop.
