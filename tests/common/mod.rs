@@ -4,6 +4,11 @@
 use half::f16;
 use safetensors::{Dtype, SafeTensors};
 
+/// The path of a fixture file or directory under `tests/fixtures/`.
+pub fn fixture_path(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
 /// A fixture file from `tests/fixtures/`, read whole.
 pub fn fixture(path: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path);

@@ -8,6 +8,7 @@ mod common;
 mod checkpoint;
 mod experts;
 mod layers;
+mod llama;
 mod load;
 mod lora;
 mod plan;

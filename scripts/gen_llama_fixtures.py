@@ -1,0 +1,152 @@
+"""Generate tests/fixtures/llama/<model>/: random tiny models of the Llama family saved by
+transformers (config.json + model.safetensors in bf16) and reference.safetensors, the logits
+transformers gives in f32 for a fixed prompt:
+
+* prefill_logits f32 [prompt_len, vocab]: one forward over the prompt, positions from 0;
+* step_logits f32 [new, vocab]: row 0 the last prompt position, row i after feeding greedy
+  token i-1 with the KV cache;
+* greedy_ids i64 [new] (argmax of each step row, ties to the lowest id), tokens i64 [prompt].
+
+Models: `llama` (rope_theta 50000, head_dim 32 != hidden/heads, GQA 4/2, untied lm_head),
+`qwen2` (q/k/v bias, tied embeddings, rope_theta 1e6), `mixtral` (4 experts, top-2, GQA 4/2).
+
+Also `llama_lora/`: a PEFT LoRA adapter for `llama` (r 4, alpha 8, rsLoRA, q/v/down_proj)
+as `save_pretrained` writes it, and `llama/reference_lora.safetensors`, the logits of
+peft's `merge_and_unload()` model.
+
+Run: python scripts/gen_llama_fixtures.py   (torch, transformers 5, peft, safetensors)
+"""
+
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+OUT = "tests/fixtures/llama"
+TOKENS = [5, 17, 3, 99, 42, 7]
+NEW = 5
+
+
+def common(**kw):
+    base = dict(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    base.update(kw)
+    return base
+
+
+def build(name):
+    if name == "llama":
+        cfg = LlamaConfig(**common(intermediate_size=128, head_dim=32, tie_word_embeddings=False))
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": 50000.0}
+        return LlamaForCausalLM(cfg)
+    if name == "qwen2":
+        cfg = Qwen2Config(**common(intermediate_size=128, tie_word_embeddings=True))
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": 1000000.0}
+        return Qwen2ForCausalLM(cfg)
+    if name == "mixtral":
+        cfg = MixtralConfig(
+            **common(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)
+        )
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        return MixtralForCausalLM(cfg)
+    raise ValueError(name)
+
+
+def randomize(model):
+    # Larger than the default init so that attention and routing are not near-uniform.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif "bias" in n:
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * (1.0 / p.shape[-1] ** 0.5))
+
+
+def reference(model):
+    ids = torch.tensor([TOKENS])
+    with torch.no_grad():
+        prefill = model(ids).logits[0].float()
+        out = model(ids, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1].float()
+        steps, greedy = [], []
+        for i in range(NEW):
+            steps.append(logits)
+            t = int(torch.argmax(logits))
+            greedy.append(t)
+            if i + 1 < NEW:
+                out = model(torch.tensor([[t]]), past_key_values=past, use_cache=True)
+                past, logits = out.past_key_values, out.logits[0, -1].float()
+    return {
+        "prefill_logits": prefill.contiguous(),
+        "step_logits": torch.stack(steps).contiguous(),
+        "greedy_ids": torch.tensor(greedy, dtype=torch.int64),
+        "tokens": torch.tensor(TOKENS, dtype=torch.int64),
+    }
+
+
+def lora(model, d):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(20)
+    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft = get_peft_model(model, config)
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_" in n:
+                # B starts at zero; both random (bf16-exact) so that the merge changes the logits.
+                p.copy_((torch.randn_like(p) * 0.2).to(torch.bfloat16).float())
+    adir = os.path.join(OUT, "llama_lora")
+    peft.save_pretrained(adir)
+    os.remove(os.path.join(adir, "README.md"))  # peft's model card template
+    merged = peft.merge_and_unload().float().eval()
+    save_file(reference(merged), os.path.join(d, "reference_lora.safetensors"))
+
+
+def main():
+    for i, name in enumerate(["llama", "qwen2", "mixtral"]):
+        torch.manual_seed(10 + i)
+        model = build(name).float().eval()
+        randomize(model)
+        # Parameters rounded to bf16 and stored so; the reference runs them widened to f32.
+        # (Only parameters: rounding the rotary `inv_freq` buffer too would change the model.)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+        d = os.path.join(OUT, name)
+        os.makedirs(d, exist_ok=True)
+        state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+        model.config.dtype = "bfloat16"
+        model.save_pretrained(d, state_dict=state)
+        for f in ["generation_config.json"]:
+            p = os.path.join(d, f)
+            if os.path.exists(p):
+                os.remove(p)
+        save_file(reference(model), os.path.join(d, "reference.safetensors"))
+        if name == "llama":
+            lora(model, d)
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        print(name, sorted(os.listdir(d)), {k: cfg.get(k) for k in ["rope_parameters", "rope_theta", "head_dim", "dtype"]})
+
+
+if __name__ == "__main__":
+    main()

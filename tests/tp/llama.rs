@@ -1,0 +1,325 @@
+//! The runtime example (`examples/llama/`) against transformers: tiny random Llama (rope_theta
+//! 50000, head_dim 32 != hidden/heads, GQA), Qwen2 (q/k/v biases, tied embeddings) and Mixtral
+//! (4 experts, top-2) saved by transformers in bf16, with transformers' f32 logits for a prompt
+//! and five greedy steps (`scripts/gen_llama_fixtures.py`). Prefill and decode logits within
+//! `1e-4 * max(1, max|logit|)` and the same greedy ids at world sizes 1, 2 and 4 (threads over
+//! `LocalComm`); load-time quantization close to them; bad input as typed errors.
+
+#[allow(dead_code)]
+#[path = "../../examples/llama/model.rs"]
+mod model;
+
+use crate::common::{CheckpointDir, fixture_path};
+use model::{Config, Generation, Model, ModelError};
+use quant_kernels::io::safetensors::to_le_bytes;
+use quant_kernels::io::{Checkpoint, Dtype, LoraAdapter};
+use quant_kernels::tp::{Comm, LayerSource, LoadOptions, LocalComm};
+use quant_kernels::{Parallelism, QuantMethod};
+use std::path::Path;
+
+const NEW: usize = 5;
+
+struct Reference {
+    tokens: Vec<u32>,
+    prefill: Vec<f32>,
+    steps: Vec<f32>,
+    greedy: Vec<usize>,
+}
+
+fn reference(dir: &Path, file: &str) -> Reference {
+    let f = quant_kernels::io::SafetensorsFile::open(dir.join(file)).unwrap();
+    let ints = |n: &str| -> Vec<i64> {
+        f.read(n).unwrap().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    Reference {
+        tokens: ints("tokens").iter().map(|&t| t as u32).collect(),
+        prefill: f.read_as::<f32>("prefill_logits").unwrap(),
+        steps: f.read_as::<f32>("step_logits").unwrap(),
+        greedy: ints("greedy_ids").iter().map(|&t| t as usize).collect(),
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    Config::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+/// Every rank of `world` loads `src` and generates; rank 0's result (all ranks must agree
+/// to the bit: they hold the same all-reduced activations).
+fn run<S: LayerSource + Sync>(
+    src: &S,
+    cfg: &Config,
+    world: usize,
+    opts: &LoadOptions<'_>,
+    tokens: &[u32],
+) -> Result<Generation, ModelError> {
+    let comms = LocalComm::group(world);
+    let mut results: Vec<Result<Generation, ModelError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let mut m = Model::load(src, cfg, c.rank(), world, opts)?;
+                    model::generate(&mut m, c as &dyn Comm, tokens, NEW)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first = results.remove(0)?;
+    for r in results {
+        let g = r?;
+        assert_eq!(g.step_logits, first.step_logits, "ranks disagree");
+    }
+    Ok(first)
+}
+
+/// `max|a - b| / max(1, max|b|)`.
+fn gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn logits_equal_transformers_at_every_world_size() {
+    for name in ["llama", "qwen2", "mixtral"] {
+        let dir = fixture_path(&format!("llama/{name}"));
+        let (cfg, want) = (config(&dir), reference(&dir, "reference.safetensors"));
+        let ck = Checkpoint::open(&dir).unwrap();
+        let mut world1 = None;
+        for world in [1, 2, 4] {
+            let g = run(&ck, &cfg, world, &LoadOptions::default(), &want.tokens).unwrap();
+            let (p, s) = (gap(&g.prefill_logits, &want.prefill), gap(&g.step_logits, &want.steps));
+            eprintln!("{name} world {world}: prefill {p:.2e} decode {s:.2e} of max|logit|");
+            assert!(p <= 1e-4 && s <= 1e-4, "{name} world {world}: prefill {p:e}, decode {s:e}");
+            assert_eq!(g.greedy_ids, want.greedy, "{name} world {world}");
+            let w1 = world1.get_or_insert_with(|| g.step_logits.clone());
+            assert!(gap(&g.step_logits, w1) <= 1e-4, "{name} world {world} vs 1");
+        }
+    }
+}
+
+#[test]
+fn configs_parse_both_rope_spellings_and_refuse_what_is_not_built() {
+    let dir = fixture_path("llama/llama");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let v5: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cfg = Config::from_json(&v5).unwrap();
+    assert_eq!((cfg.rope_theta, cfg.head_dim, cfg.heads, cfg.kv_heads), (50000.0, 32, 4, 2));
+    // transformers 4 spelling: `rope_theta` at the top level.
+    let mut v4 = v5.clone();
+    let o = v4.as_object_mut().unwrap();
+    o.remove("rope_parameters");
+    o.insert("rope_theta".into(), serde_json::json!(50000.0));
+    assert_eq!(Config::from_json(&v4).unwrap(), cfg);
+
+    let input = |v: serde_json::Value| match Config::from_json(&v) {
+        Err(ModelError::Input(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let with = |k: &str, val: serde_json::Value| {
+        let mut v = v5.clone();
+        v.as_object_mut().unwrap().insert(k.into(), val);
+        v
+    };
+    let without = |k: &str| {
+        let mut v = v5.clone();
+        v.as_object_mut().unwrap().remove(k);
+        v
+    };
+    assert!(
+        input(with("architectures", serde_json::json!(["GPT2LMHeadModel"]))).contains("unknown architecture")
+    );
+    assert!(input(without("hidden_size")).contains("`hidden_size` is missing"));
+    assert!(input(with("num_attention_heads", serde_json::json!(0))).contains("not a positive integer"));
+    assert!(input(without("rope_parameters")).contains("rope_theta"));
+    let llama3 = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0});
+    assert!(input(with("rope_parameters", llama3)).contains("llama3"));
+}
+
+#[test]
+fn bad_world_sizes_and_tokens_are_input_errors() {
+    let dir = fixture_path("llama/llama");
+    let (cfg, ck) = (config(&dir), Checkpoint::open(&dir).unwrap());
+    // 4 query heads, 2 KV heads: 3 ranks cannot split them.
+    match Model::load(&ck, &cfg, 0, 3, &LoadOptions::default()) {
+        Err(ModelError::Input(m)) => assert!(m.contains("world size 3"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("world size 3 loaded"),
+    }
+    let mut m = Model::load(&ck, &cfg, 0, 1, &LoadOptions::default()).unwrap();
+    let c = quant_kernels::tp::SingleComm;
+    match m.forward(&c, &[5, 128]) {
+        Err(ModelError::Input(msg)) => assert!(msg.contains("token id 128"), "{msg}"),
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
+    // A checkpoint that lacks a layer the config implies names it.
+    let two = Config { layers: 3, ..cfg.clone() };
+    match Model::load(&ck, &two, 0, 1, &LoadOptions::default()) {
+        Err(ModelError::Input(m)) => assert!(m.contains("model.layers.2."), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a missing layer loaded"),
+    }
+}
+
+/// The checkpoint in `dir` with every projection replaced by `method`'s quantization of it,
+/// dequantized (whole layers, as world size 1 quantizes them), stored f32.
+fn dequantized_copy(dir: &Path, method: QuantMethod, tag: &str) -> CheckpointDir {
+    let ck = Checkpoint::open(dir).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let tensors: Vec<_> = ck
+        .tensor_names()
+        .map(|name| {
+            let shape = ck.info(name).unwrap().shape.clone();
+            let mut w = ck.read_floats(name).unwrap().to_f32();
+            if projections.iter().any(|p| name.ends_with(&format!("{p}.weight"))) {
+                let q = method.quantize(&w, shape[0], shape[1], None, Parallelism::SERIAL).unwrap();
+                w = q.dequantize::<f32>(Parallelism::SERIAL).unwrap();
+            }
+            (name.to_string(), Dtype::F32, shape, to_le_bytes(&w))
+        })
+        .collect();
+    CheckpointDir::new(tag, &config, &tensors)
+}
+
+/// Load-time quantization (`--isq`): at world size 1 the logits equal those of the same model
+/// with its weights quantized and dequantized offline (the runtime computes the quantized model
+/// exactly); the prompt's logits' distance to transformers' f32 ones is printed per method (the
+/// quantization error of this tiny random model, recorded in the note) and bounded.
+#[test]
+fn load_time_quantization_is_the_quantized_model() {
+    let dir = fixture_path("llama/llama");
+    let (cfg, want, ck) =
+        (config(&dir), reference(&dir, "reference.safetensors"), Checkpoint::open(&dir).unwrap());
+    // (method, bound on the prompt's logit gap to f32).
+    let methods = [
+        ("int8-sym-channel", 0.05),
+        ("hqq-8bit-g64-axis0", 0.05),
+        ("fp8-e4m3-tensor", 0.15),
+        ("int4-asym-g32", 0.6),
+        ("hqq-4bit-g64-axis0", 0.6),
+    ];
+    for (name, bound) in methods {
+        let method: QuantMethod = name.parse().unwrap();
+        let opts = LoadOptions { isq: Some(method), par: Parallelism::RAYON, ..Default::default() };
+        let offline = dequantized_copy(&dir, method, &format!("isq-{name}"));
+        let exact =
+            run(&Checkpoint::open(&offline.0).unwrap(), &cfg, 1, &LoadOptions::default(), &want.tokens)
+                .unwrap();
+        for world in [1, 2] {
+            let g = run(&ck, &cfg, world, &opts, &want.tokens).unwrap();
+            let p = gap(&g.prefill_logits, &want.prefill);
+            eprintln!(
+                "--isq {name} world {world}: prompt logits {p:.2e} of max|logit| from f32, ids {:?}",
+                g.greedy_ids
+            );
+            assert!(p > 0.0 && p <= bound, "{name} world {world}: {p:e}");
+            if world == 1 {
+                let (pe, se) =
+                    (gap(&g.prefill_logits, &exact.prefill_logits), gap(&g.step_logits, &exact.step_logits));
+                assert!(pe <= 1e-4 && se <= 1e-4, "{name}: {pe:e} {se:e} from the dequantized model");
+                assert_eq!(g.greedy_ids, exact.greedy_ids, "{name}");
+            }
+        }
+    }
+}
+
+/// A PEFT adapter (rsLoRA r 4 on q/v/down_proj) merged as the layers load equals peft's
+/// `merge_and_unload()` model, at world sizes 1, 2 and 4 (each rank merges its share).
+#[test]
+fn lora_merged_equals_peft() {
+    let dir = fixture_path("llama/llama");
+    let (cfg, want, ck) =
+        (config(&dir), reference(&dir, "reference_lora.safetensors"), Checkpoint::open(&dir).unwrap());
+    let base = reference(&dir, "reference.safetensors");
+    assert!(gap(&base.prefill, &want.prefill) > 1e-2, "the adapter changes the logits");
+    let adapter = LoraAdapter::open(fixture_path("llama/llama_lora")).unwrap();
+    for world in [1, 2, 4] {
+        let opts = LoadOptions { lora: Some(&adapter), ..Default::default() };
+        let g = run(&ck, &cfg, world, &opts, &want.tokens).unwrap();
+        let (p, s) = (gap(&g.prefill_logits, &want.prefill), gap(&g.step_logits, &want.steps));
+        assert!(p <= 1e-4 && s <= 1e-4, "world {world}: prefill {p:e}, decode {s:e}");
+        assert_eq!(g.greedy_ids, want.greedy, "world {world}");
+    }
+}
+
+/// The example's binary beside this test binary (`cargo test` builds examples), if built.
+pub fn example_bin() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join(format!("llama{}", std::env::consts::EXE_SUFFIX));
+    bin.exists().then_some(bin)
+}
+
+/// The command line: the output file holds transformers' logits and greedy ids; bad input is
+/// one line on stderr and exit status 2.
+#[test]
+fn command_line_writes_the_logits_and_refuses_bad_input() {
+    let Some(bin) = example_bin() else {
+        eprintln!(
+            "skipping: the llama example is not built (`cargo test` builds it; a filtered run may not)"
+        );
+        return;
+    };
+    let dir = fixture_path("llama/mixtral");
+    let want = reference(&dir, "reference.safetensors");
+    let tmp = std::env::temp_dir().join(format!("qk-llama-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = tmp.join("out.safetensors");
+    let run = |dir: &Path, extra: &[&str]| {
+        std::process::Command::new(&bin)
+            .arg(dir)
+            .args(["--tokens", "5,17,3,99,42,7", "--new", "5", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&dir, &["--world-size", "2", "--threads", "2"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("tokens/s") && stdout.contains("pure threaded read"), "{stdout}");
+    let f = quant_kernels::io::SafetensorsFile::open(&out).unwrap();
+    assert_eq!(f.info("prefill_logits").unwrap().shape, [6, 128]);
+    assert!(gap(&f.read_as::<f32>("prefill_logits").unwrap(), &want.prefill) <= 1e-4);
+    assert!(gap(&f.read_as::<f32>("step_logits").unwrap(), &want.steps) <= 1e-4);
+    let ids: Vec<usize> = f
+        .read("greedy_ids")
+        .unwrap()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    assert_eq!(ids, want.greedy);
+
+    let refused = |o: std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        assert!(err.contains(what), "{what}: {err}");
+    };
+    refused(run(&dir, &["--world-size", "3"]), "world size 3");
+    let o = std::process::Command::new(&bin)
+        .arg(&dir)
+        .args(["--tokens", "5,128", "--new", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    refused(o, "token id 128");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    for (key, value, what) in [
+        ("architectures", Some(serde_json::json!(["BertModel"])), "unknown architecture `BertModel`"),
+        ("num_local_experts", None, "`num_local_experts` is missing"),
+    ] {
+        let mut c = config.clone();
+        match value {
+            Some(v) => c.as_object_mut().unwrap().insert(key.into(), v),
+            None => c.as_object_mut().unwrap().remove(key),
+        };
+        let bad = CheckpointDir::new(&format!("llama-cli-{key}"), &c, &[]);
+        refused(run(&bad.0, &[]), what);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
