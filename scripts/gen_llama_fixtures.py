@@ -14,9 +14,19 @@ Also `llama_lora/`: a PEFT LoRA adapter for `llama` (r 4, alpha 8, rsLoRA, q/v/d
 as `save_pretrained` writes it, and `llama/reference_lora.safetensors`, the logits of
 peft's `merge_and_unload()` model.
 
+Quantized checkpoints:
+* `gptq/<name>.safetensors`: the logits of transformers' Llama with the weights GPTQModel
+  dequantized (`expected.safetensors`) for `tests/fixtures/gptq_checkpoints/<name>/` (tiny
+  llamas quantized by auto-gptq 0.7.1: 4-bit act-order group 32 sharded, 8-bit), the
+  checkpoints' f16 embeddings, norms and lm_head widened.
+* `llama_fp8/`: `llama` with every projection in FP8 E4M3 with 32x32 block scales
+  (`weight_scale_inv`, transformers' fine-grained FP8 layout, torch's float8 conversion), and
+  the logits of the model with those weights dequantized.
+
 Run: python scripts/gen_llama_fixtures.py   (torch, transformers 5, peft, safetensors)
 """
 
+import copy
 import json
 import os
 
@@ -122,6 +132,62 @@ def lora(model, d):
     save_file(reference(merged), os.path.join(d, "reference_lora.safetensors"))
 
 
+def gptq_references():
+    from safetensors.numpy import load_file
+
+    for name in ["tiny-llama-gptq-4bit", "tiny-llama-gptq-8bit-single"]:
+        src = os.path.join("tests/fixtures/gptq_checkpoints", name)
+        cfg = json.load(open(os.path.join(src, "config.json")))
+        cfg.pop("quantization_config", None)
+        model = LlamaForCausalLM(LlamaConfig(**cfg)).float().eval()
+        tensors = {}
+        for f in sorted(os.listdir(src)):
+            if f.startswith("model") and f.endswith(".safetensors"):
+                tensors.update(load_file(os.path.join(src, f)))
+        expected = load_file(os.path.join(src, "expected.safetensors"))
+        state = {}
+        for k in model.state_dict():
+            if k.endswith("proj.weight"):
+                state[k] = torch.from_numpy(expected[k]).t().contiguous().float()  # stored [in, out]
+            else:
+                state[k] = torch.from_numpy(tensors[k].astype("float32"))
+        model.load_state_dict(state)
+        os.makedirs(os.path.join(OUT, "gptq"), exist_ok=True)
+        save_file(reference(model), os.path.join(OUT, "gptq", f"{name}.safetensors"))
+
+
+def fp8_block(model, d, block=32):
+    """Every projection of `model` to FP8 E4M3 with `block`-square scales, written to `d` as a
+    fine-grained FP8 checkpoint; the model's projections replaced by the dequantized weights."""
+    state = {}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("proj.weight"):
+                out, inp = p.shape
+                rb, cb = -(-out // block), -(-inp // block)
+                scale = torch.zeros(rb, cb)
+                q = torch.zeros(out, inp, dtype=torch.float8_e4m3fn)
+                for i in range(rb):
+                    for j in range(cb):
+                        blk = p[i * block:(i + 1) * block, j * block:(j + 1) * block]
+                        s = blk.abs().max() / 448.0
+                        scale[i, j] = s
+                        q[i * block:(i + 1) * block, j * block:(j + 1) * block] = (blk / s).to(torch.float8_e4m3fn)
+                deq = q.float() * scale.repeat_interleave(block, 0)[:out].repeat_interleave(block, 1)[:, :inp]
+                p.copy_(deq)
+                state[n] = q
+                state[n + "_scale_inv"] = scale
+            else:
+                state[n] = p.detach().to(torch.bfloat16)
+    os.makedirs(d, exist_ok=True)
+    save_file(state, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [block, block]}
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
+    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+
+
 def main():
     for i, name in enumerate(["llama", "qwen2", "mixtral"]):
         torch.manual_seed(10 + i)
@@ -143,6 +209,7 @@ def main():
                 os.remove(p)
         save_file(reference(model), os.path.join(d, "reference.safetensors"))
         if name == "llama":
+            fp8_block(copy.deepcopy(model), os.path.join(OUT, "llama_fp8"))
             lora(model, d)
         cfg = json.load(open(os.path.join(d, "config.json")))
         print(name, sorted(os.listdir(d)), {k: cfg.get(k) for k in ["rope_parameters", "rope_theta", "head_dim", "dtype"]})
@@ -150,3 +217,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    gptq_references()

@@ -12,7 +12,7 @@ mod model;
 use crate::common::{CheckpointDir, fixture_path};
 use model::{Config, Generation, Model, ModelError};
 use quant_kernels::io::safetensors::to_le_bytes;
-use quant_kernels::io::{Checkpoint, Dtype, LoraAdapter};
+use quant_kernels::io::{Checkpoint, Dtype, LoraAdapter, QuantizedCheckpoint};
 use quant_kernels::tp::{Comm, LayerSource, LoadOptions, LocalComm};
 use quant_kernels::{Parallelism, QuantMethod};
 use std::path::Path;
@@ -27,7 +27,11 @@ struct Reference {
 }
 
 fn reference(dir: &Path, file: &str) -> Reference {
-    let f = quant_kernels::io::SafetensorsFile::open(dir.join(file)).unwrap();
+    reference_at(&dir.join(file))
+}
+
+fn reference_at(path: &Path) -> Reference {
+    let f = quant_kernels::io::SafetensorsFile::open(path).unwrap();
     let ints = |n: &str| -> Vec<i64> {
         f.read(n).unwrap().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
     };
@@ -322,4 +326,95 @@ fn command_line_writes_the_logits_and_refuses_bad_input() {
         refused(run(&bad.0, &[]), what);
     }
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Checkpoints quantized by upstream tools: two tiny Llamas by auto-gptq 0.7.1 (4-bit act-order
+/// group 32, sharded with an index; 8-bit, `quantize_config.json`), against transformers with the
+/// weights GPTQModel dequantized; `llama` in FP8 E4M3 with 32x32 block scales (torch's float8),
+/// against transformers with those weights dequantized. A world size whose cut splits a GPTQ
+/// group is refused when the layer loads.
+#[test]
+fn quantized_checkpoints_give_transformers_logits() {
+    let cases: [(&str, &str, &[usize]); 3] = [
+        ("gptq_checkpoints/tiny-llama-gptq-4bit", "llama/gptq/tiny-llama-gptq-4bit.safetensors", &[1, 2, 4]),
+        (
+            "gptq_checkpoints/tiny-llama-gptq-8bit-single",
+            "llama/gptq/tiny-llama-gptq-8bit-single.safetensors",
+            &[1, 2],
+        ),
+        ("llama/llama_fp8", "llama/llama_fp8/reference.safetensors", &[1, 2, 4]),
+    ];
+    for (dir, refs, worlds) in cases {
+        let dir = fixture_path(dir);
+        let (cfg, want) = (config(&dir), reference_at(&fixture_path(refs)));
+        let src = QuantizedCheckpoint::open(&dir).unwrap();
+        for &world in worlds {
+            let g = run(&src, &cfg, world, &LoadOptions::default(), &want.tokens).unwrap();
+            let (p, s) = (gap(&g.prefill_logits, &want.prefill), gap(&g.step_logits, &want.steps));
+            eprintln!("{} world {world}: prefill {p:.2e} decode {s:.2e}", dir.display());
+            assert!(p <= 1e-4 && s <= 1e-4, "{} world {world}: prefill {p:e}, decode {s:e}", dir.display());
+            assert_eq!(g.greedy_ids, want.greedy, "{} world {world}", dir.display());
+        }
+    }
+    // 8-bit, group 32, no act-order: o_proj's 16 inputs per rank of 4 split a group.
+    let dir = fixture_path("gptq_checkpoints/tiny-llama-gptq-8bit-single");
+    let src = QuantizedCheckpoint::open(&dir).unwrap();
+    let err = run(&src, &config(&dir), 4, &LoadOptions::default(), &[1, 2]).err().unwrap();
+    assert!(matches!(err, ModelError::Kernel(quant_kernels::Error::Tp(_))), "{err}");
+}
+
+/// HQQ layers from a UQFF 1.2 file beside the dense rest (every projection of `llama`
+/// quantized by this crate's hqq port, 4-bit group 64 with the optimizer): the runtime's
+/// logits equal those of the same model with the layers dequantized, at every world size
+/// the HQQ grouping can be cut for.
+#[test]
+fn hqq_layers_from_uqff_run_as_the_dequantized_model() {
+    use quant_kernels::hqq::{Axis, HqqConfig, quantize_hqq};
+    use quant_kernels::io::uqff::{Extension, UqffHqqLayer, write_v1};
+    let dir = fixture_path("llama/llama");
+    let (cfg, tokens) = (config(&dir), reference(&dir, "reference.safetensors").tokens);
+    let ck = Checkpoint::open(&dir).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let hqq = HqqConfig { optimization_steps: Some(10), ..HqqConfig::new(4, 64, Axis::Zero) };
+    let (mut dense, mut dequantized, mut layers) = (Vec::new(), Vec::new(), Vec::new());
+    for name in ck.tensor_names() {
+        let shape = ck.info(name).unwrap().shape.clone();
+        let w = ck.read_floats(name).unwrap().to_f32();
+        match name.strip_suffix(".weight").filter(|p| p.ends_with("proj")) {
+            Some(prefix) => {
+                let q = quantize_hqq(&w, shape[0], shape[1], &hqq, Parallelism::RAYON).unwrap();
+                let layer =
+                    UqffHqqLayer::from_quantized(&q, &hqq, quant_kernels::FloatType::F32, None).unwrap();
+                let d = layer.dequantize::<f32>(Parallelism::SERIAL).unwrap();
+                dequantized.push((name.to_string(), Dtype::F32, shape, to_le_bytes(&d)));
+                layers.push((prefix.to_string(), layer));
+            }
+            None => {
+                dense.push((name.to_string(), Dtype::F32, shape.clone(), to_le_bytes(&w)));
+                dequantized.push((name.to_string(), Dtype::F32, shape, to_le_bytes(&w)));
+            }
+        }
+    }
+    assert_eq!(layers.len(), 14);
+    let uqff = CheckpointDir::new("llama-uqff", &json, &dense);
+    std::fs::write(uqff.0.join("layers.uqff"), write_v1(&layers, Extension::Refuse).unwrap()).unwrap();
+    let plain = CheckpointDir::new("llama-uqff-dequantized", &json, &dequantized);
+    let model = quant_kernels::io::UqffModel::open(&uqff.0).unwrap();
+    let exact = Checkpoint::open(&plain.0).unwrap();
+    let mut ran = 0;
+    for world in [1, 2, 4] {
+        let want = run(&exact, &cfg, world, &LoadOptions::default(), &tokens).unwrap();
+        match run(&model, &cfg, world, &LoadOptions::default(), &tokens) {
+            Ok(g) => {
+                let (p, s) =
+                    (gap(&g.prefill_logits, &want.prefill_logits), gap(&g.step_logits, &want.step_logits));
+                assert!(p <= 1e-4 && s <= 1e-4, "world {world}: prefill {p:e}, decode {s:e}");
+                assert_eq!(g.greedy_ids, want.greedy_ids, "world {world}");
+                ran += 1;
+            }
+            Err(e) => eprintln!("world {world}: {e}"),
+        }
+    }
+    assert!(ran >= 2, "{ran} world sizes ran");
 }
