@@ -248,24 +248,24 @@ fn run() -> Result<()> {
     write_out(&args.out, &g, args.tokens.len(), args.new, cfg.vocab)?;
     let steps = args.new - 1;
     let decode_tps = if g.decode_s > 0.0 { steps as f64 / g.decode_s } else { 0.0 };
-    println!(
-        "prompt: {} tokens in {:.4} s ({:.1} tokens/s); decode: {steps} tokens in {:.4} s ({:.1} tokens/s)",
+    let read = pure_read_gbps(bytes);
+    let decode_gbps = bytes as f64 * decode_tps / 1e9;
+    let report = format!(
+        "prompt: {} tokens in {:.4} s ({:.1} tokens/s); decode: {steps} tokens in {:.4} s ({decode_tps:.1} tokens/s)\n\
+         decode reads {:.2} MB of weights per token: {decode_gbps:.2} GB/s, {:.2} of a pure threaded read of as many \
+         bytes ({read:.2} GB/s, {} threads; bound {:.1} tokens/s)\ngreedy ids: {:?}\n",
         args.tokens.len(),
         g.prefill_s,
         args.tokens.len() as f64 / g.prefill_s.max(1e-12),
         g.decode_s,
-        decode_tps,
-    );
-    let read = pure_read_gbps(bytes);
-    let decode_gbps = bytes as f64 * decode_tps / 1e9;
-    println!(
-        "decode reads {:.2} MB of weights per token: {decode_gbps:.2} GB/s, {:.2} of a pure threaded read of as many \
-         bytes ({read:.2} GB/s, {} threads)",
         bytes as f64 / 1e6,
         decode_gbps / read,
         rayon::current_num_threads(),
+        read * 1e9 / bytes.max(1) as f64,
+        g.greedy_ids,
     );
-    println!("greedy ids: {:?}", g.greedy_ids);
+    // A closed stdout (`| head`) is not an error of the run: the output file is written.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
     Ok(())
 }
 
