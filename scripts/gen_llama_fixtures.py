@@ -8,7 +8,8 @@ transformers gives in f32 for a fixed prompt:
 * greedy_ids i64 [new] (argmax of each step row, ties to the lowest id), tokens i64 [prompt].
 
 Models: `llama` (rope_theta 50000, head_dim 32 != hidden/heads, GQA 4/2, untied lm_head),
-`qwen2` (q/k/v bias, tied embeddings, rope_theta 1e6), `mixtral` (4 experts, top-2, GQA 4/2).
+`qwen2` (q/k/v bias, tied embeddings, rope_theta 1e6), `mixtral` (4 experts, top-2, GQA 4/2),
+`mistral` (sliding_window 4 < the 6-token prompt, so the window masks keys; eager attention).
 
 Also `llama_lora/`: a PEFT LoRA adapter for `llama` (r 4, alpha 8, rsLoRA, q/v/down_proj)
 as `save_pretrained` writes it, and `llama/reference_lora.safetensors`, the logits of
@@ -35,6 +36,8 @@ from safetensors.torch import save_file
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     Qwen2Config,
@@ -71,6 +74,11 @@ def build(name):
         cfg = Qwen2Config(**common(intermediate_size=128, tie_word_embeddings=True))
         cfg.rope_parameters = {"rope_type": "default", "rope_theta": 1000000.0}
         return Qwen2ForCausalLM(cfg)
+    if name == "mistral":
+        cfg = MistralConfig(**common(intermediate_size=128, sliding_window=4, tie_word_embeddings=False))
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        cfg._attn_implementation = "eager"
+        return MistralForCausalLM(cfg)
     if name == "mixtral":
         cfg = MixtralConfig(
             **common(intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)
@@ -189,7 +197,7 @@ def fp8_block(model, d, block=32):
 
 
 def main():
-    for i, name in enumerate(["llama", "qwen2", "mixtral"]):
+    for i, name in enumerate(["llama", "qwen2", "mixtral", "mistral"]):
         torch.manual_seed(10 + i)
         model = build(name).float().eval()
         randomize(model)

@@ -1,9 +1,11 @@
 //! The runtime example (`examples/llama/`) against transformers: tiny random Llama (rope_theta
-//! 50000, head_dim 32 != hidden/heads, GQA), Qwen2 (q/k/v biases, tied embeddings) and Mixtral
-//! (4 experts, top-2) saved by transformers in bf16, with transformers' f32 logits for a prompt
-//! and five greedy steps (`scripts/gen_llama_fixtures.py`). Prefill and decode logits within
+//! 50000, head_dim 32 != hidden/heads, GQA), Qwen2 (q/k/v biases, tied embeddings), Mixtral
+//! (4 experts, top-2) and Mistral (sliding window 4) saved by transformers in bf16, with
+//! transformers' f32 logits for a prompt and five greedy steps
+//! (`scripts/gen_llama_fixtures.py`). Prefill and decode logits within
 //! `1e-4 * max(1, max|logit|)` and the same greedy ids at world sizes 1, 2 and 4 (threads over
-//! `LocalComm`); load-time quantization close to them; bad input as typed errors.
+//! `LocalComm`); quantized checkpoints, load-time quantization and LoRA; bad input as typed
+//! errors; the command line.
 
 #[allow(dead_code)]
 #[path = "../../examples/llama/model.rs"]
@@ -87,7 +89,7 @@ fn gap(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn logits_equal_transformers_at_every_world_size() {
-    for name in ["llama", "qwen2", "mixtral"] {
+    for name in ["llama", "qwen2", "mixtral", "mistral"] {
         let dir = fixture_path(&format!("llama/{name}"));
         let (cfg, want) = (config(&dir), reference(&dir, "reference.safetensors"));
         let ck = Checkpoint::open(&dir).unwrap();
@@ -100,6 +102,12 @@ fn logits_equal_transformers_at_every_world_size() {
             assert_eq!(g.greedy_ids, want.greedy, "{name} world {world}");
             let w1 = world1.get_or_insert_with(|| g.step_logits.clone());
             assert!(gap(&g.step_logits, w1) <= 1e-4, "{name} world {world} vs 1");
+        }
+        if cfg.sliding_window.is_some() {
+            // The window (4 of the 6-token prompt) matters: attending to every key differs.
+            let all = Config { sliding_window: None, ..cfg.clone() };
+            let g = run(&ck, &all, 1, &LoadOptions::default(), &want.tokens).unwrap();
+            assert!(gap(&g.prefill_logits, &want.prefill) > 1e-3, "{name}: the window changed nothing");
         }
     }
 }
