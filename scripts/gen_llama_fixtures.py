@@ -18,18 +18,25 @@ peft's `merge_and_unload()` model.
 Quantized checkpoints:
 * `gptq/<name>.safetensors`: the logits of transformers' Llama with the weights GPTQModel
   dequantized (`expected.safetensors`) for `tests/fixtures/gptq_checkpoints/<name>/` (tiny
-  llamas quantized by auto-gptq 0.7.1: 4-bit act-order group 32 sharded, 8-bit), the
-  checkpoints' f16 embeddings, norms and lm_head widened.
+  llamas quantized by auto-gptq 0.7.1: 4-bit act-order group 32 sharded, 8-bit) and for
+  `gptq/<name>/` (3-bit act-order sharded, 4-bit with v2 zeros; `scripts/gen_llama_gptq.py`,
+  run first, in an environment with auto-gptq and GPTQModel, without peft), the checkpoints'
+  f16 embeddings, norms and lm_head widened.
 * `llama_fp8/`: `llama` with every projection in FP8 E4M3 with 32x32 block scales
   (`weight_scale_inv`, transformers' fine-grained FP8 layout, torch's float8 conversion), and
   the logits of the model with those weights dequantized.
+* `llama_awq/`: `llama` with every projection 4-bit AWQ GEMM, group 32, packed by AutoAWQ 0.2.9
+  (`WQLinear_GEMM.from_linear` of min-max RTN scales/zeros), and the logits of the model with
+  AutoAWQ's `dequantize_gemm` of those tensors.
 
-Run: python scripts/gen_llama_fixtures.py   (torch, transformers 5, peft, safetensors)
+Run: python scripts/gen_llama_fixtures.py [--gptq-extra DIR]   (torch, transformers 5, peft, safetensors,
+`pip install --no-deps autoawq==0.2.9`)
 """
 
 import copy
 import json
 import os
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -140,11 +147,25 @@ def lora(model, d):
     save_file(reference(merged), os.path.join(d, "reference_lora.safetensors"))
 
 
-def gptq_references():
+def gptq_references(extra=None):
+    """Reference logits for the tiny GPTQ Llamas: the two in tests/fixtures/gptq_checkpoints/,
+    and those `gen_llama_gptq.py` wrote under `extra` (copied, without their expected weights,
+    to gptq/<name>/)."""
+    import shutil
+
     from safetensors.numpy import load_file
 
-    for name in ["tiny-llama-gptq-4bit", "tiny-llama-gptq-8bit-single"]:
-        src = os.path.join("tests/fixtures/gptq_checkpoints", name)
+    dirs = [os.path.join("tests/fixtures/gptq_checkpoints", n) for n in ["tiny-llama-gptq-4bit", "tiny-llama-gptq-8bit-single"]]
+    if extra:
+        for name in sorted(os.listdir(extra)):
+            dst = os.path.join(OUT, "gptq", name)
+            os.makedirs(dst, exist_ok=True)
+            for f in os.listdir(os.path.join(extra, name)):
+                if f not in ("expected.safetensors", "checks.json"):
+                    shutil.copy(os.path.join(extra, name, f), dst)
+            dirs.append(os.path.join(extra, name))
+    for src in dirs:
+        name = os.path.basename(src)
         cfg = json.load(open(os.path.join(src, "config.json")))
         cfg.pop("quantization_config", None)
         model = LlamaForCausalLM(LlamaConfig(**cfg)).float().eval()
@@ -196,6 +217,55 @@ def fp8_block(model, d, block=32):
     save_file(reference(model), os.path.join(d, "reference.safetensors"))
 
 
+def awq_gemm(model, d, group=32, bits=4):
+    """Every projection of `model` 4-bit AWQ GEMM packed by AutoAWQ 0.2.9's
+    `WQLinear_GEMM.from_linear` from min-max RTN scales/zeros (f16 scales, as AutoAWQ's
+    quantizer), written to `d` as an AutoAWQ checkpoint; the model's projections replaced by
+    AutoAWQ's `dequantize_gemm` of the packed tensors (f32 scales: exact)."""
+    import importlib.util
+    import sys
+    import types
+
+    if "awq" not in sys.modules:  # awq/__init__ imports the whole model stack
+        spec = importlib.util.find_spec("awq")
+        mod = types.ModuleType("awq")
+        mod.__path__ = list(spec.submodule_search_locations)
+        sys.modules["awq"] = mod
+    from awq.modules.linear.gemm import WQLinear_GEMM
+    from awq.utils.packing_utils import dequantize_gemm
+
+    maxq = 2**bits - 1
+    state = {}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if not n.endswith("proj.weight"):
+                state[n] = p.detach().to(torch.bfloat16)
+                continue
+            out, inp = p.shape
+            wg = p.reshape(-1, group)
+            mx, mn = wg.amax(dim=1, keepdim=True), wg.amin(dim=1, keepdim=True)
+            sc = ((mx - mn).clamp(min=1e-5) / maxq).half().float()
+            z = (-torch.round(mn / sc)).clamp(0, maxq)
+            fake = ((torch.clamp(torch.round(wg / sc) + z, 0, maxq) - z) * sc).reshape(out, inp)
+            lin = torch.nn.Linear(inp, out, bias=False)
+            lin.weight.data = fake
+            ql = WQLinear_GEMM.from_linear(
+                lin, bits, group, init_only=False,
+                scales=sc.reshape(out, -1).t().contiguous(), zeros=z.reshape(out, -1).t().contiguous())
+            prefix = n[: -len(".weight")]
+            state[prefix + ".qweight"] = ql.qweight.contiguous()
+            state[prefix + ".qzeros"] = ql.qzeros.contiguous()
+            state[prefix + ".scales"] = ql.scales.contiguous()
+            p.copy_(dequantize_gemm(ql.qweight, ql.qzeros, ql.scales.float(), bits, group).float().t())
+    os.makedirs(d, exist_ok=True)
+    save_file(state, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": bits, "group_size": group, "zero_point": True, "version": "gemm"}
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
+    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+
+
 def main():
     for i, name in enumerate(["llama", "qwen2", "mixtral", "mistral"]):
         torch.manual_seed(10 + i)
@@ -218,6 +288,7 @@ def main():
         save_file(reference(model), os.path.join(d, "reference.safetensors"))
         if name == "llama":
             fp8_block(copy.deepcopy(model), os.path.join(OUT, "llama_fp8"))
+            awq_gemm(copy.deepcopy(model), os.path.join(OUT, "llama_awq"))
             lora(model, d)
         cfg = json.load(open(os.path.join(d, "config.json")))
         print(name, sorted(os.listdir(d)), {k: cfg.get(k) for k in ["rope_parameters", "rope_theta", "head_dim", "dtype"]})
@@ -225,4 +296,5 @@ def main():
 
 if __name__ == "__main__":
     main()
-    gptq_references()
+    # --gptq-extra DIR: the output of gen_llama_gptq.py (3-bit act-order, 4-bit v2 zeros).
+    gptq_references(sys.argv[sys.argv.index("--gptq-extra") + 1] if "--gptq-extra" in sys.argv else None)

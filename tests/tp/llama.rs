@@ -336,25 +336,30 @@ fn command_line_writes_the_logits_and_refuses_bad_input() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// Checkpoints quantized by upstream tools: two tiny Llamas by auto-gptq 0.7.1 (4-bit act-order
-/// group 32, sharded with an index; 8-bit, `quantize_config.json`), against transformers with the
-/// weights GPTQModel dequantized; `llama` in FP8 E4M3 with 32x32 block scales (torch's float8),
-/// against transformers with those weights dequantized. A world size whose cut splits a GPTQ
-/// group is refused when the layer loads.
+/// Checkpoints quantized by upstream tools: four tiny Llamas by auto-gptq 0.7.1 (4-bit act-order
+/// group 32 sharded with an index; 8-bit with `quantize_config.json`; 3-bit act-order sharded;
+/// 4-bit with GPTQModel's v2 zeros), against transformers with the weights GPTQModel
+/// dequantized; `llama` packed 4-bit AWQ GEMM by AutoAWQ 0.2.9, against transformers with
+/// AutoAWQ's dequantization; `llama` in FP8 E4M3 with 32x32 block scales (torch's float8),
+/// against transformers with those weights dequantized. A world size whose cut splits a group
+/// or a packed word is refused when the layer loads.
 #[test]
 fn quantized_checkpoints_give_transformers_logits() {
-    let cases: [(&str, &str, &[usize]); 3] = [
-        ("gptq_checkpoints/tiny-llama-gptq-4bit", "llama/gptq/tiny-llama-gptq-4bit.safetensors", &[1, 2, 4]),
-        (
-            "gptq_checkpoints/tiny-llama-gptq-8bit-single",
-            "llama/gptq/tiny-llama-gptq-8bit-single.safetensors",
-            &[1, 2],
-        ),
-        ("llama/llama_fp8", "llama/llama_fp8/reference.safetensors", &[1, 2, 4]),
+    let gptq = |name: &str| (format!("llama/gptq/{name}"), format!("llama/gptq/{name}.safetensors"));
+    let upstream =
+        |name: &str| (format!("gptq_checkpoints/{name}"), format!("llama/gptq/{name}.safetensors"));
+    let own = |name: &str| (format!("llama/{name}"), format!("llama/{name}/reference.safetensors"));
+    let cases = [
+        (upstream("tiny-llama-gptq-4bit"), &[1, 2, 4][..]),
+        (upstream("tiny-llama-gptq-8bit-single"), &[1, 2]),
+        (gptq("tiny-llama-gptq-3bit"), &[1]),
+        (gptq("tiny-llama-gptq-4bit-v2"), &[1, 2]),
+        (own("llama_awq"), &[1, 2, 4]),
+        (own("llama_fp8"), &[1, 2, 4]),
     ];
-    for (dir, refs, worlds) in cases {
-        let dir = fixture_path(dir);
-        let (cfg, want) = (config(&dir), reference_at(&fixture_path(refs)));
+    for ((dir, refs), worlds) in cases {
+        let dir = fixture_path(&dir);
+        let (cfg, want) = (config(&dir), reference_at(&fixture_path(&refs)));
         let src = QuantizedCheckpoint::open(&dir).unwrap();
         for &world in worlds {
             let g = run(&src, &cfg, world, &LoadOptions::default(), &want.tokens).unwrap();
@@ -364,11 +369,18 @@ fn quantized_checkpoints_give_transformers_logits() {
             assert_eq!(g.greedy_ids, want.greedy, "{} world {world}", dir.display());
         }
     }
-    // 8-bit, group 32, no act-order: o_proj's 16 inputs per rank of 4 split a group.
-    let dir = fixture_path("gptq_checkpoints/tiny-llama-gptq-8bit-single");
-    let src = QuantizedCheckpoint::open(&dir).unwrap();
-    let err = run(&src, &config(&dir), 4, &LoadOptions::default(), &[1, 2]).err().unwrap();
-    assert!(matches!(err, ModelError::Kernel(quant_kernels::Error::Tp(_))), "{err}");
+    // Cuts the packing cannot take: o_proj's 16 inputs per rank of 4 split a 32-group (8-bit,
+    // 4-bit v2); k/v_proj's 16 outputs per rank of 2 split a 3-bit zero-point word (32 columns).
+    for (dir, world) in [
+        ("gptq_checkpoints/tiny-llama-gptq-8bit-single", 4),
+        ("llama/gptq/tiny-llama-gptq-4bit-v2", 4),
+        ("llama/gptq/tiny-llama-gptq-3bit", 2),
+    ] {
+        let dir = fixture_path(dir);
+        let src = QuantizedCheckpoint::open(&dir).unwrap();
+        let err = run(&src, &config(&dir), world, &LoadOptions::default(), &[1, 2]).err().unwrap();
+        assert!(matches!(err, ModelError::Kernel(quant_kernels::Error::Tp(_))), "{err}");
+    }
 }
 
 /// HQQ layers from a UQFF 1.2 file beside the dense rest (every projection of `llama`
