@@ -25,12 +25,16 @@ Quantized checkpoints:
 * `llama_fp8/`: `llama` with every projection in FP8 E4M3 with 32x32 block scales
   (`weight_scale_inv`, transformers' fine-grained FP8 layout, torch's float8 conversion), and
   the logits of the model with those weights dequantized.
+* `llama_hqq_uqff/`: `llama` with every projection quantized by hqq 0.2.8.post1 (4-bit, group
+  64, axis 0, its optimizer) in a UQFF 1.2.0 file beside the dense rest, and the logits of the
+  model with hqq's dequantized weights.
 * `llama_awq/`: `llama` with every projection 4-bit AWQ GEMM, group 32, packed by AutoAWQ 0.2.9
   (`WQLinear_GEMM.from_linear` of min-max RTN scales/zeros), and the logits of the model with
   AutoAWQ's `dequantize_gemm` of those tensors.
 
 Run: python scripts/gen_llama_fixtures.py [--gptq-extra DIR]   (torch, transformers 5, peft, safetensors,
-`pip install --no-deps autoawq==0.2.9`)
+`pip install --no-deps autoawq==0.2.9`; `DISABLE_CUDA=1 pip install --no-deps hqq==0.2.8.post1
+termcolor`)
 """
 
 import copy
@@ -266,6 +270,47 @@ def awq_gemm(model, d, group=32, bits=4):
     save_file(reference(model), os.path.join(d, "reference.safetensors"))
 
 
+def hqq_uqff(model, d, group=64):
+    """Every projection of `model` quantized by hqq 0.2.8.post1 (`Quantizer.quantize`, 4-bit,
+    group 64, axis 0, its optimizer, on the CPU in f32) and written as a UQFF 1.2.0 file in
+    mistral.rs's layout (`layers.uqff`) beside the dense rest (`model.safetensors`); the model's
+    projections replaced by hqq's `Quantizer.dequantize`."""
+    import numpy as np
+    from hqq.core.quantize import Quantizer
+    from safetensors.numpy import save_file as save_np
+
+    u32 = lambda v: np.array(v, dtype=np.uint32)  # noqa: E731
+    u8 = lambda v: np.array(v, dtype=np.uint8)  # noqa: E731
+    uqff = {"uqff.version.major": u32(1), "uqff.version.minor": u32(2), "uqff.version.patch": u32(0)}
+    dense = {}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if not n.endswith("proj.weight"):
+                dense[n] = p.detach().to(torch.bfloat16)
+                continue
+            w_q, meta = Quantizer.quantize(p.detach().clone(), nbits=4, group_size=group, axis=0, optimize=True,
+                                           round_zero=False, device="cpu")
+            uqff[n] = w_q.numpy()
+            uqff[n + ".scales"] = meta["scale"].float().numpy()
+            uqff[n + ".zeros"] = meta["zero"].float().numpy()
+            uqff[n + ".shape"] = np.array(list(p.shape), dtype=np.uint32)
+            uqff[n + ".bits"] = u8(4)
+            uqff[n + ".group_size"] = u32(group)
+            uqff[n + ".axis"] = u8(0)
+            uqff[n + ".optimization_steps"] = u32(20)
+            uqff[n + ".round_zeros"] = u8(0)
+            uqff[n + ".channel_wise"] = u8(1)
+            uqff[n + ".format"] = u8(2)  # HQQ
+            p.copy_(Quantizer.dequantize(w_q, meta).float())
+    os.makedirs(d, exist_ok=True)
+    save_np(uqff, os.path.join(d, "layers.uqff"))
+    save_file(dense, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
+    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+
+
 def main():
     for i, name in enumerate(["llama", "qwen2", "mixtral", "mistral"]):
         torch.manual_seed(10 + i)
@@ -289,6 +334,7 @@ def main():
         if name == "llama":
             fp8_block(copy.deepcopy(model), os.path.join(OUT, "llama_fp8"))
             awq_gemm(copy.deepcopy(model), os.path.join(OUT, "llama_awq"))
+            hqq_uqff(copy.deepcopy(model), os.path.join(OUT, "llama_hqq_uqff"))
             lora(model, d)
         cfg = json.load(open(os.path.join(d, "config.json")))
         print(name, sorted(os.listdir(d)), {k: cfg.get(k) for k in ["rope_parameters", "rope_theta", "head_dim", "dtype"]})

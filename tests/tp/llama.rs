@@ -383,6 +383,23 @@ fn quantized_checkpoints_give_transformers_logits() {
     }
 }
 
+/// HQQ through UQFF from the upstream tool: every projection of `llama` quantized by hqq
+/// 0.2.8.post1 (4-bit, group 64, axis 0, its optimizer) in a UQFF 1.2.0 file beside the dense
+/// rest, against transformers with hqq's dequantized weights, world sizes 1, 2, 4.
+#[test]
+fn hqq_uqff_checkpoint_gives_transformers_logits() {
+    let dir = fixture_path("llama/llama_hqq_uqff");
+    let (cfg, want) = (config(&dir), reference(&dir, "reference.safetensors"));
+    let model = quant_kernels::io::UqffModel::open(&dir).unwrap();
+    assert_eq!(model.layer_names().count(), 14);
+    for world in [1, 2, 4] {
+        let g = run(&model, &cfg, world, &LoadOptions::default(), &want.tokens).unwrap();
+        let (p, s) = (gap(&g.prefill_logits, &want.prefill), gap(&g.step_logits, &want.steps));
+        assert!(p <= 1e-4 && s <= 1e-4, "world {world}: prefill {p:e}, decode {s:e}");
+        assert_eq!(g.greedy_ids, want.greedy, "world {world}");
+    }
+}
+
 /// HQQ layers from a UQFF 1.2 file beside the dense rest (every projection of `llama`
 /// quantized by this crate's hqq port, 4-bit group 64 with the optimizer): the runtime's
 /// logits equal those of the same model with the layers dequantized, at every world size
