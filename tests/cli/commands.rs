@@ -323,6 +323,17 @@ fn bench_json_records() {
         assert!(records.iter().any(|r| r["op"] == "dequant" && r["scheme"] == scheme), "{scheme}");
     }
     assert!(records.iter().any(|r| r["op"] == "quantize"));
+    // The multiply at batch 1 (GEMV) and 8/32/128 (GEMM) for HQQ and GPTQ, with GFLOP/s, and the
+    // pure threaded read of the weight bytes that bounds the GEMV.
+    for scheme in ["hqq", "gptq"] {
+        for batch in [1u64, 8, 32, 128] {
+            let op = if batch == 1 { "gemv" } else { "gemm" };
+            let r = records.iter().find(|r| r["op"] == op && r["scheme"] == scheme && r["batch"] == batch);
+            assert!(r.is_some_and(|r| r["gflops"].as_f64().unwrap() > 0.0), "{scheme} {batch}: {text}");
+        }
+    }
+    let read = records.iter().find(|r| r["op"] == "read").expect("a read record");
+    assert!(read["threads"].as_u64().unwrap() >= 1 && read["gbps"].as_f64().unwrap() > 0.0, "{read}");
     assert!(records.iter().any(|r| r["rows"] == 4096 && r["cols"] == 4096 && r["bits"] == 4));
     assert_eq!(qk(&["bench", "--bogus"]).status.code(), Some(2));
 }

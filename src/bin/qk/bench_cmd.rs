@@ -1,5 +1,7 @@
 //! `qk bench [--quick] [--json]`: each kernel's throughput next to a memcpy of its output size
-//! measured in the same run (threaded, same chunking), the ISA named.
+//! measured in the same run (threaded, same chunking), the ISA named. Every op and baseline
+//! cycles through copies of its buffers adding up to at least [`ROTATE_BYTES`], so that each
+//! call finds its data in DRAM, as a model's forward pass does, not in this VM's large cache.
 
 use crate::CliError;
 use half::f16;
@@ -7,6 +9,16 @@ use quant_kernels::{Isa, Parallelism};
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+
+/// Bytes every timed op and baseline cycles through (copies of its inputs and outputs): past the
+/// last-level cache of the machines we measure on (this VM's cache still serves a 75 MB
+/// rotation at 42 GB/s).
+pub const ROTATE_BYTES: usize = 256 << 20;
+
+/// Copies of a set of buffers of `bytes` bytes that add up to at least [`ROTATE_BYTES`].
+fn copies(bytes: usize) -> usize {
+    ROTATE_BYTES.div_ceil(bytes.max(1)).max(1)
+}
 
 /// One measurement, in the record format of the CLI issue.
 struct Record {
@@ -17,6 +29,8 @@ struct Record {
     rows: usize,
     cols: usize,
     out: &'static str,
+    /// Rows of the activations (1 for a GEMV and everything that is not a multiply).
+    batch: usize,
     /// Bytes the op reads plus writes.
     bytes: usize,
     /// Bytes of the op's output (the memcpy baseline copies this many; for a GEMV, the
@@ -65,21 +79,59 @@ fn dequant_record(
         rows: 4096,
         cols: n / 4096,
         out: "f16",
+        batch: 1,
         bytes,
         out_bytes: 2 * n,
         time,
     }
 }
 
-/// A threaded copy of `bytes` bytes, chunked as the kernels chunk their outputs.
+/// A threaded copy of `bytes` bytes, chunked as the kernels chunk their outputs, each call on
+/// the next of a rotation of source/destination pairs.
 fn memcpy_time(bytes: usize, runs: usize) -> Duration {
-    let src = vec![1u8; bytes.max(1)];
-    let mut dst = vec![0u8; bytes.max(1)];
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..copies(2 * bytes)).map(|_| (vec![1u8; bytes.max(1)], vec![2u8; bytes.max(1)])).collect();
     let chunk = bytes.div_ceil(Parallelism::RAYON.tasks(bytes / 2).max(1)).max(1);
+    let mut next = 0;
     best(runs, || {
+        let k = pairs.len();
+        let (src, dst) = &mut pairs[next % k];
+        next += 1;
         dst.par_chunks_mut(chunk)
-            .zip(black_box(&src).par_chunks(chunk))
+            .zip(black_box(&*src).par_chunks(chunk))
             .for_each(|(d, s)| d.copy_from_slice(s))
+    })
+}
+
+/// The fastest threaded read of `bytes` bytes (u64 sums, chunked over the pool), each call on
+/// the next of a rotation of copies: the bound a batch-1 GEMV of that many weight bytes cannot
+/// beat.
+fn read_time(bytes: usize, runs: usize) -> Duration {
+    let words = bytes.div_ceil(8).max(1);
+    let bufs: Vec<Vec<u64>> =
+        (0..copies(8 * words)).map(|c| (0..words as u64).map(|i| i ^ c as u64).collect()).collect();
+    let chunk = words.div_ceil(Parallelism::RAYON.tasks(words).max(1)).max(1);
+    let mut next = 0;
+    best(runs, || {
+        let buf = &bufs[next % bufs.len()];
+        next += 1;
+        let s: u64 = buf.par_chunks(chunk).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+        black_box(s);
+    })
+}
+
+/// [`timed`] over a rotation: call `i` runs `f` on `sets[i % sets.len()]`.
+fn timed_rotating<T>(
+    runs: usize,
+    sets: &mut [T],
+    mut f: impl FnMut(&mut T) -> quant_kernels::Result<()>,
+) -> Result<Duration, CliError> {
+    let mut next = 0;
+    timed(runs, || {
+        let k = sets.len();
+        let r = f(&mut sets[next % k]);
+        next += 1;
+        r
     })
 }
 
@@ -107,8 +159,11 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let runs = if quick { 3 } else { 10 };
     let (rows, cols) = (4096usize, 4096usize);
     let n = rows * cols;
-    let mut out = vec![f16::ZERO; n];
     let mut records = Vec::new();
+    // One output buffer per copy of a dequantization's inputs.
+    let outputs = |input_bytes: usize| -> Vec<Vec<f16>> {
+        (0..copies(input_bytes + 2 * n)).map(|_| vec![f16::ZERO; n]).collect()
+    };
 
     // HQQ 4-bit g64 -> f16, both axes.
     let g = 64;
@@ -116,15 +171,12 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let hp: Vec<f16> = (0..n / g).map(|i| f16::from_f32(0.001 * (i % 97) as f32)).collect();
     for (axis, variant) in [(Axis::Zero, "g64_axis0"), (Axis::One, "g64_axis1")] {
         let l = HqqLayout::new(rows, cols, g, axis)?;
-        let time = timed(runs, || {
-            hqq::dequantize_into::<quant_kernels::B4, f16, f16>(
-                &hw,
-                &hp,
-                &hp,
-                &l,
-                &mut out,
-                Parallelism::RAYON,
-            )
+        let mut sets: Vec<_> = outputs(n / 2 + 4 * (n / g))
+            .into_iter()
+            .map(|o| (hw.clone(), hp.clone(), hp.clone(), o))
+            .collect();
+        let time = timed_rotating(runs, &mut sets, |(w, s, z, out)| {
+            hqq::dequantize_into::<quant_kernels::B4, f16, f16>(w, s, z, &l, out, Parallelism::RAYON)
         })?;
         records.push(dequant_record("hqq", variant, 4, n, n / 2 + 4 * (n / g) + 2 * n, time));
     }
@@ -139,11 +191,15 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     // Act-order: a permutation that puts rows of different groups into every word row.
     let act: Vec<i32> = (0..rows).map(|k| plain[(k * 37) % rows]).collect();
     for (g_idx, variant) in [(&plain, "g128"), (&act, "g128_act_order")] {
-        let time = timed(runs, || {
-            let f = ZeroFormat::V1;
-            gptq::gptq_dequantize_into(&qw, &sc, &qz, Some(g_idx), f, &gl, &mut out, Parallelism::RAYON)
-        })?;
         let bytes = 4 * (qw.len() + qz.len() + rows) + 2 * sc.len() + 2 * n;
+        let mut sets: Vec<_> = outputs(bytes - 2 * n)
+            .into_iter()
+            .map(|o| (qw.clone(), qz.clone(), sc.clone(), g_idx.clone(), o))
+            .collect();
+        let time = timed_rotating(runs, &mut sets, |(qw, qz, sc, g_idx, out)| {
+            let f = ZeroFormat::V1;
+            gptq::gptq_dequantize_into(qw, sc, qz, Some(g_idx), f, &gl, out, Parallelism::RAYON)
+        })?;
         records.push(dequant_record("gptq", variant, 4, n, bytes, time));
     }
 
@@ -151,21 +207,28 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let al = AwqLayout::new(rows, cols, 128)?;
     let (aw, az) = (words(n / 8, 3), words(al.groups() * cols / 8, 5));
     let asc: Vec<f16> = (0..al.groups() * cols).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
-    let time = timed(runs, || awq::awq_dequantize_into(&aw, &asc, &az, &al, &mut out, Parallelism::RAYON))?;
     let bytes = 4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * n;
+    let mut sets: Vec<_> =
+        outputs(bytes - 2 * n).into_iter().map(|o| (aw.clone(), az.clone(), asc.clone(), o)).collect();
+    let time = timed_rotating(runs, &mut sets, |(aw, az, asc, out)| {
+        awq::awq_dequantize_into(aw, asc, az, &al, out, Parallelism::RAYON)
+    })?;
+    drop(sets);
     records.push(dequant_record("awq", "g128", 4, n, bytes, time));
     let fl = Fp8Layout::block(rows, cols, 128, 128)?;
     let codes: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761) as u8 & 0x7e).collect();
     let fs: Vec<f32> = (0..32 * 32).map(|i| 1e-3 * (i % 31) as f32).collect();
-    let time = timed(runs, || {
-        fp8::fp8_dequantize_into(&codes, &fs, Fp8Format::E4M3, &fl, &mut out, Parallelism::RAYON)
+    let mut sets: Vec<_> =
+        outputs(n + 4 * fs.len()).into_iter().map(|o| (codes.clone(), fs.clone(), o)).collect();
+    let time = timed_rotating(runs, &mut sets, |(codes, fs, out)| {
+        fp8::fp8_dequantize_into(codes, fs, Fp8Format::E4M3, &fl, out, Parallelism::RAYON)
     })?;
+    drop(sets);
     records.push(dequant_record("fp8", "e4m3_block128", 8, n, n + 4 * fs.len() + 2 * n, time));
 
-    // Batch-1 GEMV from the packed weights (HQQ 4-bit g64 axis 0, GPTQ 4-bit g128), f32 in and
-    // out; bytes = the weight as stored, the memcpy baseline copies that many.
-    let x: Vec<f32> = (0..cols).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
-    let mut y = vec![0f32; rows];
+    // The multiply from the packed weights (HQQ 4-bit g64 axis 0, GPTQ 4-bit g128), f32 in and
+    // out: batch 1 (GEMV; bytes = the weight as stored, the memcpy baseline copies that many)
+    // and batches 8, 32, 128, each call on the next of a rotation of copies of the layer.
     let hl = HqqLayout::new(rows, cols, g, Axis::Zero)?;
     let (cr, cc) = hl.code_shape();
     let hqq_weight = quant_kernels::hqq::HqqWeight {
@@ -189,25 +252,52 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
         bias: None,
     };
     use quant_kernels::{QuantLinear, QuantWeight};
+    let mut weight_bytes = 0;
     for (layer, scheme, variant) in [
         (QuantLinear::new(QuantWeight::Hqq(hqq_weight), None)?, "hqq", "g64_axis0"),
         (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),
     ] {
-        let time = timed(runs, || layer.forward_into(&x, 1, &mut y, Parallelism::RAYON))?;
         let bytes = layer.weight_bytes();
-        records.push(Record {
-            op: "gemv",
-            scheme,
-            variant,
-            bits: 4,
-            rows,
-            cols,
-            out: "f32",
-            bytes,
-            out_bytes: bytes,
-            time,
-        });
+        weight_bytes = weight_bytes.max(bytes);
+        let layers: Vec<QuantLinear> = (0..copies(bytes)).map(|_| layer.clone()).collect();
+        for batch in [1usize, 8, 32, 128] {
+            let x: Vec<f32> = (0..batch * cols).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+            let mut y = vec![0f32; batch * rows];
+            let mut next = 0;
+            let time = timed(runs, || {
+                let l = &layers[next % layers.len()];
+                next += 1;
+                l.forward_into(&x, batch, &mut y, Parallelism::RAYON)
+            })?;
+            records.push(Record {
+                op: if batch == 1 { "gemv" } else { "gemm" },
+                scheme,
+                variant,
+                bits: 4,
+                rows,
+                cols,
+                out: "f32",
+                batch,
+                bytes,
+                out_bytes: bytes,
+                time,
+            });
+        }
     }
+    // The bound of those GEMVs: a pure threaded read of as many bytes.
+    records.push(Record {
+        op: "read",
+        scheme: "none",
+        variant: "u64_sum",
+        bits: 0,
+        rows,
+        cols,
+        out: "u64",
+        batch: 1,
+        bytes: weight_bytes,
+        out_bytes: weight_bytes,
+        time: read_time(weight_bytes, runs),
+    });
 
     // HQQ quantization, 4-bit g64 axis 0, 10 optimizer steps.
     let w: Vec<f32> = (0..n)
@@ -226,6 +316,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
         rows,
         cols,
         out: "u8",
+        batch: 1,
         bytes: 4 * n + out_bytes,
         out_bytes,
         time,
@@ -235,16 +326,19 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     let isa = Isa::detect().to_string();
     if !json {
         out!(
-            "qk bench: {rows}x{cols}, threads {threads}, ISA {isa}; memcpy = threaded copy of the op's output size (GEMV: of the weight's size), same run"
+            "qk bench: {rows}x{cols}, threads {threads}, ISA {isa}; memcpy = threaded copy of the op's output size (multiply, read: of the weight's size), same run; every op and baseline cycles through {} MiB of copies",
+            ROTATE_BYTES >> 20
         );
         out!(
-            "{:<9} {:<6} {:<20} {:>4} {:>10} {:>9} {:>12} {:>8}",
+            "{:<9} {:<6} {:<20} {:>4} {:>5} {:>10} {:>9} {:>9} {:>12} {:>8}",
             "op",
             "scheme",
             "variant",
             "bits",
+            "batch",
             "time ms",
             "GB/s",
+            "GFLOP/s",
             "memcpy GB/s",
             "ratio"
         );
@@ -261,24 +355,31 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
             }
         };
         let gbps = r.bytes as f64 / r.time.as_secs_f64() / 1e9;
+        let multiply = matches!(r.op, "gemv" | "gemm");
+        let gflops = 2.0 * (r.rows * r.cols * r.batch) as f64 / r.time.as_secs_f64() / 1e9;
         if json {
-            out!(
-                "{}",
-                serde_json::json!({
-                    "op": r.op, "scheme": r.scheme, "variant": r.variant, "bits": r.bits, "rows": r.rows,
-                    "cols": r.cols, "batch": 1, "out": r.out, "threads": threads, "isa": isa,
-                    "gbps": gbps, "memcpy_gbps": memcpy_gbps, "ms": r.time.as_secs_f64() * 1e3,
-                })
-            );
+            let mut v = serde_json::json!({
+                "op": r.op, "scheme": r.scheme, "variant": r.variant, "bits": r.bits, "rows": r.rows,
+                "cols": r.cols, "batch": r.batch, "out": r.out, "threads": threads, "isa": isa,
+                "gbps": gbps, "memcpy_gbps": memcpy_gbps, "ms": r.time.as_secs_f64() * 1e3,
+            });
+            if matches!(r.op, "gemv" | "gemm") {
+                v["gflops"] =
+                    serde_json::json!(2.0 * (r.rows * r.cols * r.batch) as f64 / r.time.as_secs_f64() / 1e9);
+            }
+            out!("{v}");
         } else {
+            let gflops = if multiply { format!("{gflops:.1}") } else { "-".into() };
             out!(
-                "{:<9} {:<6} {:<20} {:>4} {:>10.3} {:>9.1} {:>12.1} {:>7.0}%",
+                "{:<9} {:<6} {:<20} {:>4} {:>5} {:>10.3} {:>9.1} {:>9} {:>12.1} {:>7.0}%",
                 r.op,
                 r.scheme,
                 r.variant,
                 r.bits,
+                r.batch,
                 r.time.as_secs_f64() * 1e3,
                 gbps,
+                gflops,
                 memcpy_gbps,
                 100.0 * gbps / memcpy_gbps
             );

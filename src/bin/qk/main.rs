@@ -10,7 +10,7 @@
 //! qk shard DIR --world-size N --out OUT   OUT/rank-{r}-of-{N}/: a packed checkpoint per rank
 //! qk quantize IN.safetensors --method hqq --bits B --out OUT.uqff [--group-size G] [--axis 0|1]
 //!    [--steps N | --no-optimize] [--round-zeros] [--uqff 1.2|0.2]   HQQ-quantize every 2-D *.weight
-//! qk bench [--quick] [--json]       kernels next to memcpy (JSON records for scripts)
+//! qk bench [--quick] [--json]       kernels next to memcpy and a pure read (JSON records)
 //! ```
 //!
 //! `dequantize`, `quantize` and `shard` show a progress bar on stderr while it is a terminal.
@@ -104,8 +104,9 @@ enum Command {
     Quantize(uqff_cmd::QuantizeCli),
     /// Time each kernel next to a memcpy of its output size.
     ///
-    /// Each kernel's throughput (4096x4096) next to a memcpy of its output size in the same run;
-    /// --json: one record per line.
+    /// Each kernel's throughput (4096x4096; the multiply at batch 1, 8, 32, 128) next to a
+    /// memcpy of its output size and a pure read of the weight in the same run, every op cycling
+    /// through 256 MiB of copies; --json: one record per line.
     Bench(bench_cmd::BenchArgs),
 }
 
