@@ -3,6 +3,8 @@
 //!
 //! `Throughput::Bytes` = bytes read (packed codes + f16 scales and zeros) + bytes written
 //! (output); memcpy counts its size twice (read + write). See BENCHMARKING.md of the project.
+//! Every case and baseline cycles through copies of its inputs and output adding up to at least
+//! [`ROTATION_BYTES`], one copy per iteration, so that each call reads and writes DRAM.
 //!
 //! ```text
 //! cargo bench --bench dequant                 # full run (~3 min on 2 cores)
@@ -18,6 +20,31 @@ use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
 
+/// Bytes each case cycles through: past the last-level cache (this VM's cache still serves a
+/// 75 MB rotation at 42 GB/s, and a 32 MiB output was partly cached).
+const ROTATION_BYTES: usize = 256 << 20;
+
+/// Sets of buffers (inputs and output) used one per iteration, in turn.
+struct Rotation<T> {
+    sets: Vec<T>,
+    next: usize,
+}
+
+impl<T> Rotation<T> {
+    /// Copies made by `make` of a set of `bytes` bytes, adding up to at least `ROTATION_BYTES`.
+    fn new(bytes: usize, make: impl FnMut(usize) -> T) -> Self {
+        let n = ROTATION_BYTES.div_ceil(bytes.max(1)).max(2);
+        Rotation { sets: (0..n).map(make).collect(), next: 0 }
+    }
+
+    fn next(&mut self) -> &mut T {
+        let i = self.next % self.sets.len();
+        self.next += 1;
+        &mut self.sets[i]
+    }
+}
+
+#[derive(Clone)]
 struct Input<P: Packing> {
     layout: HqqLayout,
     words: Vec<P::Word>,
@@ -54,18 +81,19 @@ fn dequant_case<P: Packing, O: Elem>(
     inp: &Input<P>,
 ) {
     let n = inp.layout.numel();
-    let mut out = vec![O::default(); n];
     let bytes = bytes_read(inp) + n * std::mem::size_of::<O>();
+    let mut rot = Rotation::new(bytes, |_| (inp.clone(), vec![O::from_f32(1.0); n]));
     g.throughput(Throughput::Bytes(bytes as u64));
     for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
+                let (inp, out) = rot.next();
                 hqq::dequantize_into::<P, f16, O>(
                     black_box(&inp.words),
                     &inp.scales,
                     &inp.zeros,
                     &inp.layout,
-                    black_box(&mut out),
+                    black_box(out),
                     par,
                 )
                 .unwrap()
@@ -74,19 +102,23 @@ fn dequant_case<P: Packing, O: Elem>(
     }
 }
 
-/// memcpy of `bytes`, on one thread and split into the same number of tasks the kernels use.
+/// memcpy of `bytes`, on one thread and split into the same number of tasks the kernels use,
+/// over a rotation of source/destination pairs.
 fn memcpy_case(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, bytes: usize) {
-    let src = vec![1u8; bytes];
-    let mut dst = vec![0u8; bytes];
+    let mut rot = Rotation::new(2 * bytes, |_| (vec![1u8; bytes], vec![2u8; bytes]));
     g.throughput(Throughput::Bytes(2 * bytes as u64));
     g.bench_function(BenchmarkId::new("memcpy", "serial"), |b| {
-        b.iter(|| dst.copy_from_slice(black_box(&src)))
+        b.iter(|| {
+            let (src, dst) = rot.next();
+            dst.copy_from_slice(black_box(src))
+        })
     });
     let chunk = bytes.div_ceil(Parallelism::RAYON.tasks(bytes));
     g.bench_function(BenchmarkId::new("memcpy", "threaded"), |b| {
         b.iter(|| {
+            let (src, dst) = rot.next();
             dst.par_chunks_mut(chunk)
-                .zip(black_box(&src).par_chunks(chunk))
+                .zip(black_box(&*src).par_chunks(chunk))
                 .for_each(|(d, s)| d.copy_from_slice(s))
         })
     });
@@ -142,24 +174,26 @@ fn gptq_group(c: &mut Criterion) {
     let plain = l.default_g_idx();
     let act = act_order(&l);
     let n = l.k() * l.n();
-    let mut out = vec![f16::ZERO; n];
     let mut g = c.benchmark_group("gptq_4096x4096_to_f16");
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     memcpy_case(&mut g, 2 * n);
     let bytes = 4 * (qweight.len() + qzeros.len() + plain.len()) + 2 * scales.len() + 2 * n;
+    let mut rot =
+        Rotation::new(bytes, |_| (qweight.clone(), qzeros.clone(), scales.clone(), vec![f16::ONE; n]));
     g.throughput(Throughput::Bytes(bytes as u64));
     for (name, g_idx) in [("4bit_g128", &plain), ("4bit_g128_act_order", &act)] {
         for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
             g.bench_function(BenchmarkId::new(name, label), |b| {
                 b.iter(|| {
+                    let (qweight, qzeros, scales, out) = rot.next();
                     gptq::gptq_dequantize_into(
-                        black_box(&qweight),
-                        &scales,
-                        &qzeros,
+                        black_box(qweight),
+                        scales,
+                        qzeros,
                         Some(g_idx),
                         ZeroFormat::V1,
                         &l,
-                        black_box(&mut out),
+                        black_box(out),
                         par,
                     )
                     .unwrap()
@@ -175,7 +209,6 @@ fn awq_fp8_group(c: &mut Criterion) {
     use quant_kernels::awq::{self, AwqLayout};
     use quant_kernels::fp8::{self, Fp8Format, Fp8Layout};
     let n = 4096 * 4096;
-    let mut out = vec![f16::ZERO; n];
     let mut g = c.benchmark_group("awq_fp8_4096x4096_to_f16");
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     memcpy_case(&mut g, 2 * n);
@@ -183,30 +216,30 @@ fn awq_fp8_group(c: &mut Criterion) {
     let qw: Vec<i32> = (0..n / 8).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
     let qz: Vec<i32> = (0..32 * 512).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
     let sc: Vec<f16> = (0..32 * 4096).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
-    g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len()) + 2 * sc.len() + 2 * n) as u64));
+    let bytes = 4 * (qw.len() + qz.len()) + 2 * sc.len() + 2 * n;
+    let mut rot = Rotation::new(bytes, |_| (qw.clone(), qz.clone(), sc.clone(), vec![f16::ONE; n]));
+    g.throughput(Throughput::Bytes(bytes as u64));
     for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new("awq_4bit_g128", label), |b| {
             b.iter(|| {
-                awq::awq_dequantize_into(black_box(&qw), &sc, &qz, &l, black_box(&mut out), par).unwrap()
+                let (qw, qz, sc, out) = rot.next();
+                awq::awq_dequantize_into(black_box(qw), sc, qz, &l, black_box(out), par).unwrap()
             })
         });
     }
+    drop(rot);
     let fl = Fp8Layout::block(4096, 4096, 128, 128).unwrap();
     let codes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
     let fs = vec![0.01f32; 32 * 32];
-    g.throughput(Throughput::Bytes((n + 4 * fs.len() + 2 * n) as u64));
+    let bytes = n + 4 * fs.len() + 2 * n;
+    let mut rot = Rotation::new(bytes, |_| (codes.clone(), fs.clone(), vec![f16::ONE; n]));
+    g.throughput(Throughput::Bytes(bytes as u64));
     for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
         g.bench_function(BenchmarkId::new("fp8_e4m3_block128", label), |b| {
             b.iter(|| {
-                fp8::fp8_dequantize_into(
-                    black_box(&codes),
-                    &fs,
-                    Fp8Format::E4M3,
-                    &fl,
-                    black_box(&mut out),
-                    par,
-                )
-                .unwrap()
+                let (codes, fs, out) = rot.next();
+                fp8::fp8_dequantize_into(black_box(codes), fs, Fp8Format::E4M3, &fl, black_box(out), par)
+                    .unwrap()
             })
         });
     }
