@@ -160,6 +160,11 @@ fn run_ranks<S: LayerSource + Sync>(
         let r = run_rank(src, cfg, &comm, opts, args)?;
         return Ok((comm.rank() == 0).then_some(r));
     }
+    #[cfg(not(feature = "mpi"))]
+    if std::env::var("OMPI_COMM_WORLD_SIZE").is_ok_and(|n| n != "1") {
+        // Each process would run the whole model and write the same file.
+        return bad("started under mpirun, but built without `--features mpi`");
+    }
     let world = args.world.unwrap_or(1);
     let comms = LocalComm::group(world);
     let results: Vec<Result<(Generation, usize)>> = std::thread::scope(|s| {
