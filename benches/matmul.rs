@@ -21,6 +21,7 @@ use half::f16;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
+use quant_kernels::matmul::q8::{self, Q4Weight};
 use quant_kernels::{B4, Bits, FloatVec, Isa, Packing, Parallelism};
 use quant_kernels::{QuantLinear, QuantWeight};
 use rayon::prelude::*;
@@ -82,6 +83,17 @@ fn gptq4(out: usize, inp: usize, act_order: bool) -> QuantLinear {
         bias: None,
     };
     QuantLinear::from_gptq(layer).unwrap()
+}
+
+/// 4-bit codes with an f32 scale and zero point per 64 inputs in the quantized-activation
+/// layout (`matmul::q8`): the same information as HQQ 4-bit g64 axis 1 with f32 parameters.
+fn q4_weight(out: usize, inp: usize) -> Q4Weight {
+    let mut x = XorShift(0x2545_f491_4f6c_dd1d);
+    let codes: Vec<u8> = (0..out * inp).map(|_| (x.next() & 15) as u8).collect();
+    let n = out * inp / 64;
+    let scales: Vec<f32> = (0..n).map(|i| 0.001 + (i % 97) as f32 * 1e-4).collect();
+    let zeros: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.5 + 1.0).collect();
+    Q4Weight::from_codes(&codes, &scales, &zeros, out, inp, 64).unwrap()
 }
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -182,6 +194,25 @@ fn gemv_case(
     });
 }
 
+/// The quantized-activation core over a rotation of `weights`: the activations quantized to
+/// int8 (per call, included in the time) and the integer-dot GEMV.
+fn q8_case(g: &mut Group<'_>, name: &str, weights: &[Q4Weight]) {
+    let (out, inp) = (weights[0].rows(), weights[0].k());
+    let x: Vec<f32> = (0..inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    let mut y = vec![0f32; out];
+    g.throughput(Throughput::Bytes(weights[0].stored_bytes() as u64));
+    let mut i = 0;
+    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
+        g.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter(|| {
+                i = (i + 1) % weights.len();
+                let xq = q8::quantize_activations(black_box(&x), 1, inp).unwrap();
+                q8::gemv_q4_q8(&weights[i], &xq, &mut y, par).unwrap()
+            })
+        });
+    }
+}
+
 fn gemv(c: &mut Criterion) {
     eprintln!("ISA: {}, rayon threads: {}", Isa::detect(), rayon::current_num_threads());
     let sizes: Vec<(usize, usize)> = match std::env::var("QK_GEMV_SIZES") {
@@ -221,6 +252,10 @@ fn gemv(c: &mut Criterion) {
             (0..copies(out * inp / 2)).map(|_| hqq4_axis(out, inp, Axis::One)).collect();
         gemv_case(&mut g, "hqq_4bit_g64_axis1", &hqq1, None);
         drop(hqq1);
+        let q4 = q4_weight(out, inp);
+        let q4s: Vec<Q4Weight> = (0..copies(q4.stored_bytes())).map(|_| q4.clone()).collect();
+        q8_case(&mut g, "q4_g64_int8_activations", &q4s);
+        drop(q4s);
         let gptq: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, false)).collect();
         let gptq_weights: Vec<QuantWeight> = gptq.iter().map(|q| q.clone().into_weight()).collect();
         // GPTQ dequantizes to `[K, N]`; the dense GEMV then runs over that buffer as if it

@@ -27,6 +27,7 @@
 //! |bias[o]|)` for K up to 16384.
 
 pub(crate) mod kernel;
+pub mod q8;
 
 use crate::awq::AwqLayer;
 use crate::dense::DenseWeight;

@@ -11,3 +11,4 @@ mod hqq_paths;
 mod intx_methods;
 mod isa_caps;
 mod matmul;
+mod q8;

@@ -1,0 +1,119 @@
+//! The quantized-activation core (`matmul::q8`) against f64 oracles over a table of shapes:
+//! the integer-dot GEMV equals the f64 product of the dequantized weights and the dequantized
+//! int8 activations up to f32 rounding, and the f64 product with the original activations
+//! within the documented activation-quantization bound; serial and threaded give the same bits;
+//! bad shapes and values are typed errors.
+
+use crate::common::Rng;
+use quant_kernels::Parallelism;
+use quant_kernels::error::{Error, KernelError};
+use quant_kernels::matmul::q8::{self, BLOCK, Q4Weight};
+
+#[test]
+fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
+    let mut rng = Rng(83);
+    // (rows, k, group, batch)
+    for (rows, k, group, batch) in
+        [(1, 32, 32, 1), (7, 64, 32, 2), (33, 256, 64, 3), (64, 4096, 128, 1), (130, 512, 256, 4)]
+    {
+        let codes: Vec<u8> = (0..rows * k).map(|_| rng.below(16) as u8).collect();
+        let groups = rows * k / group;
+        let scales: Vec<f32> = (0..groups).map(|_| rng.f32_in(0.001, 0.02)).collect();
+        let zeros: Vec<f32> = (0..groups).map(|_| rng.f32_in(0.0, 15.0)).collect();
+        let w = Q4Weight::from_codes(&codes, &scales, &zeros, rows, k, group).unwrap();
+        let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
+        x[..BLOCK].fill(0.0); // an all-zero block: scale 0
+        let xq = q8::quantize_activations(&x, batch, k).unwrap();
+        let mut y = vec![0f32; batch * rows];
+        q8::gemv_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
+        let mut yt = vec![0f32; batch * rows];
+        q8::gemv_q4_q8(&w, &xq, &mut yt, Parallelism::RAYON).unwrap();
+        assert_eq!(
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            yt.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+
+        let dense = w.dequantize();
+        let blocks = k / BLOCK;
+        for t in 0..batch {
+            let (xt, qt) = (&x[t * k..(t + 1) * k], &xq.codes[t * k..(t + 1) * k]);
+            let dt = &xq.scales[t * blocks..(t + 1) * blocks];
+            for (kk, (&v, &q)) in xt.iter().zip(qt).enumerate() {
+                // Every activation within d / 2 of its code times d.
+                assert!(
+                    (v as f64 - q as f64 * dt[kk / BLOCK] as f64).abs()
+                        <= dt[kk / BLOCK] as f64 / 2.0 * (1.0 + 1e-6)
+                );
+            }
+            for r in 0..rows {
+                let wr = &dense[r * k..(r + 1) * k];
+                let exact_q: f64 = wr
+                    .iter()
+                    .zip(qt)
+                    .enumerate()
+                    .map(|(kk, (&a, &q))| a as f64 * q as f64 * dt[kk / BLOCK] as f64)
+                    .sum();
+                let exact_x: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                // f32 rounding of the per-block terms and their sums: each of the (blocks + 4)
+                // roundings on the way is at most eps relative to the terms' magnitude.
+                let g = |kk: usize| r * (k / group) + kk / group;
+                let magnitude: f64 = (0..blocks)
+                    .map(|b| {
+                        let kk = b * BLOCK;
+                        let (s, z) = (scales[g(kk)] as f64, zeros[g(kk)] as f64);
+                        let q = &qt[kk..kk + BLOCK];
+                        let c = &codes[r * k + kk..r * k + kk + BLOCK];
+                        let dot: f64 = c.iter().zip(q).map(|(&c, &q)| (c as f64 * q as f64).abs()).sum();
+                        let sum: f64 = q.iter().map(|&q| (q as f64).abs()).sum();
+                        s * dt[b] as f64 * (dot + z * sum)
+                    })
+                    .sum();
+                let rounding = magnitude * (blocks + 4) as f64 * f32::EPSILON as f64;
+                let got = y[t * rows + r] as f64;
+                assert!(
+                    (got - exact_q).abs() <= rounding,
+                    "{rows}x{k} g{group} t{t} r{r}: {got} vs {exact_q} (±{rounding})"
+                );
+                let bound = q8::error_bound(&w, &xq, t, r) + rounding;
+                assert!(
+                    (got - exact_x).abs() <= bound,
+                    "{rows}x{k} g{group} t{t} r{r}: {got} vs {exact_x} (±{bound})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_shapes_and_values_are_checked() {
+    let not_multiple = |e: Error| matches!(e, Error::Kernel(KernelError::NotMultiple { .. }));
+    assert!(not_multiple(q8::quantize_activations(&[0.0; 48], 1, 48).unwrap_err()));
+    assert!(matches!(
+        q8::quantize_activations(&[0.0; 32], 2, 32),
+        Err(Error::Kernel(KernelError::LengthMismatch { .. }))
+    ));
+    let mut x = vec![0.5f32; 32];
+    x[3] = f32::NAN;
+    assert_eq!(q8::quantize_activations(&x, 1, 32), Err(Error::Kernel(KernelError::NonFinite { index: 3 })));
+    let codes = vec![1u8; 64];
+    assert!(not_multiple(Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 48).unwrap_err()));
+    assert!(not_multiple(Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 2, 32, 64).unwrap_err()));
+    let mut bad = codes.clone();
+    bad[5] = 16;
+    assert!(matches!(
+        Q4Weight::from_codes(&bad, &[1.0; 2], &[0.0; 2], 1, 64, 32),
+        Err(Error::Kernel(KernelError::CodeOutOfRange { index: 5, code: 16, bits: 4 }))
+    ));
+    let w = Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 32).unwrap();
+    let xq = q8::quantize_activations(&[1.0; 64], 1, 64).unwrap();
+    assert!(matches!(
+        q8::gemv_q4_q8(&w, &xq, &mut [0.0; 2], Parallelism::SERIAL),
+        Err(Error::Kernel(KernelError::LengthMismatch { .. }))
+    ));
+    let x32 = q8::quantize_activations(&[1.0; 32], 1, 32).unwrap();
+    assert!(q8::gemv_q4_q8(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
+    // All ones times codes 1 (z = 0, s = 1): exactly 64.
+    let mut y = [0f32; 1];
+    q8::gemv_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
+    assert_eq!(y, [64.0]);
+}
