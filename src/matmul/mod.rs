@@ -28,6 +28,7 @@
 
 pub(crate) mod kernel;
 pub mod q8;
+mod q8_vnni;
 
 use crate::awq::AwqLayer;
 use crate::dense::DenseWeight;

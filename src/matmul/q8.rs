@@ -9,17 +9,19 @@
 //!
 //! This is the first step of that path: the activation quantizer, a 4-bit weight layout
 //! ([`Q4Weight`]: per block of 32 inputs, 16 bytes, byte `j` holding inputs `j` (low nibble)
-//! and `j + 16` (high)) and a portable GEMV over it, compiled under the best instruction set the
-//! CPU has. It is not yet a path of [`super::QuantLinear`] (the exact `f32` path is the only
-//! one there), and has no VNNI / AMX code yet.
+//! and `j + 16` (high)) and a GEMV over it: AVX-512 VNNI (`vpdpbusd`) where the CPU has it and
+//! the call's [`Parallelism`] allows x86-64-v4, else portable code compiled under the best
+//! instruction set ([`kernel`] names the one a call uses). It is not yet a path of
+//! [`super::QuantLinear`] (the exact `f32` path is the only one there); no AMX yet.
 //!
 //! Error: with `d = max|x| / 127` per block (stored in `f32`, no clamping), every activation is
 //! within `d / 2` of `xq * d`, so an output differs from the `f32`-activation result by at most
 //! `sum_blocks (d / 2) * sum_k |w_k|` (`w_k = (q_k - z) s`), plus `f32` rounding of the
 //! per-block terms; [`error_bound`] computes it.
 
+use super::q8_vnni::{self, Vnni};
 use crate::error::{Error, KernelError, Result, expect_len};
-use crate::par::Parallelism;
+use crate::par::{Isa, Parallelism};
 use rayon::prelude::*;
 
 /// Activations per quantization block (and the weight layout's block along the inputs).
@@ -180,10 +182,20 @@ pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> f64 {
         .sum()
 }
 
+/// The kernel [`gemv_q4_q8`] runs for inputs of length `k` under `par`: `"avx512-vnni"` (the
+/// CPU has AVX-512 VNNI, `par` allows x86-64-v4 and `k` is a multiple of 64) or `"portable"`.
+pub fn kernel(k: usize, par: Parallelism) -> &'static str {
+    if vnni(k, par).is_some() { "avx512-vnni" } else { "portable" }
+}
+
+fn vnni(k: usize, par: Parallelism) -> Option<Vnni> {
+    (par.isa() == Isa::X86V4Avx512 && k.is_multiple_of(2 * BLOCK)).then(Vnni::detect).flatten()
+}
+
 /// `y = W x` (`y`: `[batch, rows]`) from 4-bit weights and `int8` activations: per block an
-/// exact `i32` dot product of codes, `d * (dot - z * sum)` per block, `s *` per group, summed
-/// in `f32` in input order. Outputs split over the pool as `par` allows (the same bits either
-/// way).
+/// exact `i32` dot product of codes, then `d * (dot - z * sum)` per block and `s *` per group
+/// in `f32` ([`kernel`]: the portable code sums in input order; the VNNI one in 16 lanes, then
+/// across them). Outputs split over the pool as `par` allows (the same bits either way).
 pub fn gemv_q4_q8(w: &Q4Weight, x: &Q8Activations, y: &mut [f32], par: Parallelism) -> Result<()> {
     expect_len("activation length", w.k, x.k)?;
     let n = x
@@ -195,9 +207,40 @@ pub fn gemv_q4_q8(w: &Q4Weight, x: &Q8Activations, y: &mut [f32], par: Paralleli
         return Ok(());
     }
     let per = w.rows.div_ceil(par.tasks(w.rows.saturating_mul(w.k) / 8).max(1)).max(1);
+    let token = vnni(w.k, par);
+    let blocks = w.k / BLOCK;
     for (t, yt) in y.chunks_exact_mut(w.rows).enumerate() {
-        let job = |(c, ys): (usize, &mut [f32])| {
-            crate::lanes::dispatch(par, Rows { w, x, t, r0: c * per, y: ys });
+        let (xd, xs) = (&x.scales[t * blocks..(t + 1) * blocks], &x.sums[t * blocks..(t + 1) * blocks]);
+        // Row-independent factors of the VNNI kernel: the blocks' scales by lane, and per
+        // group the zero point's factor `sum_b d_b * sum_b`.
+        let (pair_scales, group_sums): (Vec<[f32; 16]>, Vec<f32>) = match token {
+            Some(_) => (
+                xd.chunks_exact(2)
+                    .map(|d| std::array::from_fn(|l| if l < 8 { d[0] } else { d[1] }))
+                    .collect(),
+                xd.chunks_exact(w.group / BLOCK)
+                    .zip(xs.chunks_exact(w.group / BLOCK))
+                    .map(|(d, s)| d.iter().zip(s).map(|(&d, &s)| d * s as f32).sum())
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let job = |(c, ys): (usize, &mut [f32])| match token {
+            Some(token) => {
+                let args = q8_vnni::RowsArgs {
+                    packed: &w.packed,
+                    k: w.k,
+                    group: w.group,
+                    scales: &w.scales,
+                    zeros: &w.zeros,
+                    xq: &x.codes[t * w.k..(t + 1) * w.k],
+                    pair_scales: &pair_scales,
+                    group_sums: &group_sums,
+                    r0: c * per,
+                };
+                q8_vnni::rows(token, &args, ys)
+            }
+            None => crate::lanes::dispatch(par, Rows { w, x, t, r0: c * per, y: ys }),
         };
         if per < w.rows {
             yt.par_chunks_mut(per).enumerate().for_each(job);

@@ -1,11 +1,32 @@
-//! The quantized-activation core (`matmul::q8`) against f64 oracles over a table of shapes:
-//! the integer-dot GEMV equals the f64 product of the dequantized weights and the dequantized
-//! int8 activations up to f32 rounding, and the f64 product with the original activations
-//! within the documented activation-quantization bound; serial and threaded give the same bits;
-//! bad shapes and values are typed errors.
+//! The quantized-activation core (`matmul::q8`) against f64 oracles over a table of shapes,
+//! both kernels (AVX-512 VNNI where the CPU has it, and the portable one, forced by capping the
+//! ISA): the integer-dot GEMV equals the f64 product of the dequantized weights and the
+//! dequantized int8 activations up to f32 rounding, and the f64 product with the original
+//! activations within the documented activation-quantization bound; serial and threaded give
+//! the same bits; bad shapes and values are typed errors.
 
 use crate::common::Rng;
-use quant_kernels::Parallelism;
+use quant_kernels::{Isa, Parallelism};
+
+/// Both kernels where the CPU has VNNI: (name, serial, threaded).
+fn paths() -> Vec<(&'static str, Parallelism, Parallelism)> {
+    let cap = |p: Parallelism| p.max_isa(Isa::X86V3Avx2);
+    vec![
+        ("best", Parallelism::SERIAL, Parallelism::RAYON),
+        ("portable", cap(Parallelism::SERIAL), cap(Parallelism::RAYON)),
+    ]
+}
+
+#[test]
+fn q8_kernels_are_chosen_by_cpu_and_cap() {
+    let cap = Parallelism::RAYON.max_isa(Isa::X86V3Avx2);
+    assert_eq!(q8::kernel(4096, cap), "portable");
+    assert_eq!(q8::kernel(32, Parallelism::RAYON), "portable"); // not a multiple of 64
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
+        assert_eq!(q8::kernel(4096, Parallelism::RAYON), "avx512-vnni");
+    }
+}
 use quant_kernels::error::{Error, KernelError};
 use quant_kernels::matmul::q8::{self, BLOCK, Q4Weight};
 
@@ -24,62 +45,79 @@ fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
         let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
         x[..BLOCK].fill(0.0); // an all-zero block: scale 0
         let xq = q8::quantize_activations(&x, batch, k).unwrap();
-        let mut y = vec![0f32; batch * rows];
-        q8::gemv_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
-        let mut yt = vec![0f32; batch * rows];
-        q8::gemv_q4_q8(&w, &xq, &mut yt, Parallelism::RAYON).unwrap();
-        assert_eq!(
-            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            yt.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        for (path, serial, threaded) in paths() {
+            let mut y = vec![0f32; batch * rows];
+            q8::gemv_q4_q8(&w, &xq, &mut y, serial).unwrap();
+            let mut yt = vec![0f32; batch * rows];
+            q8::gemv_q4_q8(&w, &xq, &mut yt, threaded).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&yt), "{path} {rows}x{k}");
+            check(&w, &xq, &x, &codes, &scales, &zeros, (rows, k, group, batch), &y, path);
+        }
+    }
+}
 
-        let dense = w.dequantize();
-        let blocks = k / BLOCK;
-        for t in 0..batch {
-            let (xt, qt) = (&x[t * k..(t + 1) * k], &xq.codes[t * k..(t + 1) * k]);
-            let dt = &xq.scales[t * blocks..(t + 1) * blocks];
-            for (kk, (&v, &q)) in xt.iter().zip(qt).enumerate() {
-                // Every activation within d / 2 of its code times d.
-                assert!(
-                    (v as f64 - q as f64 * dt[kk / BLOCK] as f64).abs()
-                        <= dt[kk / BLOCK] as f64 / 2.0 * (1.0 + 1e-6)
-                );
-            }
-            for r in 0..rows {
-                let wr = &dense[r * k..(r + 1) * k];
-                let exact_q: f64 = wr
-                    .iter()
-                    .zip(qt)
-                    .enumerate()
-                    .map(|(kk, (&a, &q))| a as f64 * q as f64 * dt[kk / BLOCK] as f64)
-                    .sum();
-                let exact_x: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                // f32 rounding of the per-block terms and their sums: each of the (blocks + 4)
-                // roundings on the way is at most eps relative to the terms' magnitude.
-                let g = |kk: usize| r * (k / group) + kk / group;
-                let magnitude: f64 = (0..blocks)
-                    .map(|b| {
-                        let kk = b * BLOCK;
-                        let (s, z) = (scales[g(kk)] as f64, zeros[g(kk)] as f64);
-                        let q = &qt[kk..kk + BLOCK];
-                        let c = &codes[r * k + kk..r * k + kk + BLOCK];
-                        let dot: f64 = c.iter().zip(q).map(|(&c, &q)| (c as f64 * q as f64).abs()).sum();
-                        let sum: f64 = q.iter().map(|&q| (q as f64).abs()).sum();
-                        s * dt[b] as f64 * (dot + z * sum)
-                    })
-                    .sum();
-                let rounding = magnitude * (blocks + 4) as f64 * f32::EPSILON as f64;
-                let got = y[t * rows + r] as f64;
-                assert!(
-                    (got - exact_q).abs() <= rounding,
-                    "{rows}x{k} g{group} t{t} r{r}: {got} vs {exact_q} (±{rounding})"
-                );
-                let bound = q8::error_bound(&w, &xq, t, r) + rounding;
-                assert!(
-                    (got - exact_x).abs() <= bound,
-                    "{rows}x{k} g{group} t{t} r{r}: {got} vs {exact_x} (±{bound})"
-                );
-            }
+/// `y` against both oracles (see the module docs).
+#[allow(clippy::too_many_arguments)]
+fn check(
+    w: &Q4Weight,
+    xq: &q8::Q8Activations,
+    x: &[f32],
+    codes: &[u8],
+    scales: &[f32],
+    zeros: &[f32],
+    (rows, k, group, batch): (usize, usize, usize, usize),
+    y: &[f32],
+    path: &str,
+) {
+    let dense = w.dequantize();
+    let blocks = k / BLOCK;
+    for t in 0..batch {
+        let (xt, qt) = (&x[t * k..(t + 1) * k], &xq.codes[t * k..(t + 1) * k]);
+        let dt = &xq.scales[t * blocks..(t + 1) * blocks];
+        for (kk, (&v, &q)) in xt.iter().zip(qt).enumerate() {
+            // Every activation within d / 2 of its code times d.
+            assert!(
+                (v as f64 - q as f64 * dt[kk / BLOCK] as f64).abs()
+                    <= dt[kk / BLOCK] as f64 / 2.0 * (1.0 + 1e-6)
+            );
+        }
+        for r in 0..rows {
+            let wr = &dense[r * k..(r + 1) * k];
+            let exact_q: f64 = wr
+                .iter()
+                .zip(qt)
+                .enumerate()
+                .map(|(kk, (&a, &q))| a as f64 * q as f64 * dt[kk / BLOCK] as f64)
+                .sum();
+            let exact_x: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            // f32 rounding of the per-block terms and their sums: each of the (blocks + 4)
+            // roundings on the way is at most eps relative to the terms' magnitude.
+            let g = |kk: usize| r * (k / group) + kk / group;
+            let magnitude: f64 = (0..blocks)
+                .map(|b| {
+                    let kk = b * BLOCK;
+                    let (s, z) = (scales[g(kk)] as f64, zeros[g(kk)] as f64);
+                    let q = &qt[kk..kk + BLOCK];
+                    let c = &codes[r * k + kk..r * k + kk + BLOCK];
+                    let dot: f64 = c.iter().zip(q).map(|(&c, &q)| (c as f64 * q as f64).abs()).sum();
+                    let sum: f64 = q.iter().map(|&q| (q as f64).abs()).sum();
+                    s * dt[b] as f64 * (dot + z * sum)
+                })
+                .sum();
+            // At most blocks + 8 roundings lie on any term's way to the output, in either
+            // kernel's summation order (lanes, then across them, for VNNI).
+            let rounding = magnitude * (blocks + 8) as f64 * f32::EPSILON as f64;
+            let got = y[t * rows + r] as f64;
+            assert!(
+                (got - exact_q).abs() <= rounding,
+                "{path} {rows}x{k} g{group} t{t} r{r}: {got} vs {exact_q} (±{rounding})"
+            );
+            let bound = q8::error_bound(w, xq, t, r) + rounding;
+            assert!(
+                (got - exact_x).abs() <= bound,
+                "{path} {rows}x{k} g{group} t{t} r{r}: {got} vs {exact_x} (±{bound})"
+            );
         }
     }
 }
