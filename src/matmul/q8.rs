@@ -156,30 +156,44 @@ impl Q4Weight {
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.k];
         for (r, row) in out.chunks_exact_mut(self.k.max(1)).enumerate() {
-            for (b, vals) in row.chunks_exact_mut(BLOCK).enumerate() {
-                let p = &self.packed[(r * self.k + b * BLOCK) / 2..][..BLOCK / 2];
-                let g = r * (self.k / self.group) + b * BLOCK / self.group;
-                let (s, z) = (self.scales[g], self.zeros[g]);
-                for j in 0..BLOCK / 2 {
-                    vals[j] = ((p[j] & 15) as f32 - z) * s;
-                    vals[j + BLOCK / 2] = ((p[j] >> 4) as f32 - z) * s;
-                }
-            }
+            self.dequantize_row(r, row);
         }
         out
     }
+
+    /// Row `r` (`< rows`) into `out` (`k` values).
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let groups = self.k / self.group;
+        let packed = &self.packed[r * self.k / 2..(r + 1) * self.k / 2];
+        for (b, (vals, p)) in out.chunks_exact_mut(BLOCK).zip(packed.chunks_exact(BLOCK / 2)).enumerate() {
+            let g = r * groups + b * BLOCK / self.group;
+            let (s, z) = (self.scales[g], self.zeros[g]);
+            for j in 0..BLOCK / 2 {
+                vals[j] = ((p[j] & 15) as f32 - z) * s;
+                vals[j + BLOCK / 2] = ((p[j] >> 4) as f32 - z) * s;
+            }
+        }
+    }
 }
 
-/// The bound on `|y - y_f32|` for output `r` of row `t` of [`gemv_q4_q8`] that comes from
-/// quantizing the activations: `sum_blocks (d / 2) * sum_k |w_k|` (exact `f64`).
-pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> f64 {
-    let dense = &w.dequantize()[r * w.k..(r + 1) * w.k];
+/// The bound on `|y - y_f32|` for output `r` of activation row `t` of [`gemv_q4_q8`] that comes
+/// from quantizing the activations: `sum_blocks (d / 2) * sum_k |w_k|` (exact `f64`). A row or
+/// output past the shapes, or activations of another length, is a typed error.
+pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Result<f64> {
+    expect_len("activation length", w.k, x.k)?;
+    for (index, len) in [(t, x.batch), (r, w.rows)] {
+        if index >= len {
+            return Err(Error::Kernel(KernelError::TooLarge { what: "row index", value: index, max: len }));
+        }
+    }
+    let mut row = vec![0f32; w.k];
+    w.dequantize_row(r, &mut row);
     let d = &x.scales[t * (x.k / BLOCK)..(t + 1) * (x.k / BLOCK)];
-    dense
+    Ok(row
         .chunks_exact(BLOCK)
         .zip(d)
         .map(|(wb, &d)| d as f64 / 2.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>())
-        .sum()
+        .sum())
 }
 
 /// The kernel [`gemv_q4_q8`] runs for inputs of length `k` under `par`: `"avx512-vnni"` (the

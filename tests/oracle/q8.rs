@@ -113,7 +113,7 @@ fn check(
                 (got - exact_q).abs() <= rounding,
                 "{path} {rows}x{k} g{group} t{t} r{r}: {got} vs {exact_q} (±{rounding})"
             );
-            let bound = q8::error_bound(w, xq, t, r) + rounding;
+            let bound = q8::error_bound(w, xq, t, r).unwrap() + rounding;
             assert!(
                 (got - exact_x).abs() <= bound,
                 "{path} {rows}x{k} g{group} t{t} r{r}: {got} vs {exact_x} (±{bound})"
@@ -150,6 +150,8 @@ fn q8_shapes_and_values_are_checked() {
     ));
     let x32 = q8::quantize_activations(&[1.0; 32], 1, 32).unwrap();
     assert!(q8::gemv_q4_q8(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
+    assert!(q8::error_bound(&w, &xq, 1, 0).is_err() && q8::error_bound(&w, &xq, 0, 1).is_err());
+    assert!(q8::error_bound(&w, &x32, 0, 0).is_err());
     // All ones times codes 1 (z = 0, s = 1): exactly 64.
     let mut y = [0f32; 1];
     q8::gemv_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
