@@ -189,6 +189,17 @@ pub enum KernelError {
         multiple: usize,
     },
 
+    /// An index past the rows it selects from.
+    #[error("{what} {index} is past the {len} there are")]
+    IndexOutOfRange {
+        /// What the index selects.
+        what: &'static str,
+        /// The index.
+        index: usize,
+        /// How many there are.
+        len: usize,
+    },
+
     /// A code that does not fit in the bit width it is packed with.
     #[error("code {code} at index {index} does not fit in {bits} bits")]
     CodeOutOfRange {

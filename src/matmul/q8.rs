@@ -181,9 +181,9 @@ impl Q4Weight {
 /// output past the shapes, or activations of another length, is a typed error.
 pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Result<f64> {
     expect_len("activation length", w.k, x.k)?;
-    for (index, len) in [(t, x.batch), (r, w.rows)] {
+    for (what, index, len) in [("activation row", t, x.batch), ("output", r, w.rows)] {
         if index >= len {
-            return Err(Error::Kernel(KernelError::TooLarge { what: "row index", value: index, max: len }));
+            return Err(Error::Kernel(KernelError::IndexOutOfRange { what, index, len }));
         }
     }
     let mut row = vec![0f32; w.k];
