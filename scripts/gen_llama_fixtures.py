@@ -189,6 +189,19 @@ def gptq_references(extra=None):
         save_file(reference(model), os.path.join(OUT, "gptq", f"{name}.safetensors"))
 
 
+def save_checkpoint(model, d, state, qcfg):
+    """`state` as `d/model.safetensors`, the model's config (with `qcfg` as its
+    `quantization_config` when given) and the model's reference logits."""
+    os.makedirs(d, exist_ok=True)
+    save_file(state, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    if qcfg is not None:
+        cfg["quantization_config"] = qcfg
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
+    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+
+
 def fp8_block(model, d, block=32):
     """Every projection of `model` to FP8 E4M3 with `block`-square scales, written to `d` as a
     fine-grained FP8 checkpoint; the model's projections replaced by the dequantized weights."""
@@ -212,13 +225,8 @@ def fp8_block(model, d, block=32):
                 state[n + "_scale_inv"] = scale
             else:
                 state[n] = p.detach().to(torch.bfloat16)
-    os.makedirs(d, exist_ok=True)
-    save_file(state, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    cfg["architectures"] = ["LlamaForCausalLM"]
-    cfg["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [block, block]}
-    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
-    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+    qcfg = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [block, block]}
+    save_checkpoint(model, d, state, qcfg)
 
 
 def awq_gemm(model, d, group=32, bits=4):
@@ -261,13 +269,8 @@ def awq_gemm(model, d, group=32, bits=4):
             state[prefix + ".qzeros"] = ql.qzeros.contiguous()
             state[prefix + ".scales"] = ql.scales.contiguous()
             p.copy_(dequantize_gemm(ql.qweight, ql.qzeros, ql.scales.float(), bits, group).float().t())
-    os.makedirs(d, exist_ok=True)
-    save_file(state, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    cfg["architectures"] = ["LlamaForCausalLM"]
-    cfg["quantization_config"] = {"quant_method": "awq", "bits": bits, "group_size": group, "zero_point": True, "version": "gemm"}
-    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
-    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+    qcfg = {"quant_method": "awq", "bits": bits, "group_size": group, "zero_point": True, "version": "gemm"}
+    save_checkpoint(model, d, state, qcfg)
 
 
 def hqq_uqff(model, d, group=64):
@@ -304,11 +307,7 @@ def hqq_uqff(model, d, group=64):
             p.copy_(Quantizer.dequantize(w_q, meta).float())
     os.makedirs(d, exist_ok=True)
     save_np(uqff, os.path.join(d, "layers.uqff"))
-    save_file(dense, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    cfg = model.config.to_dict()
-    cfg["architectures"] = ["LlamaForCausalLM"]
-    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
-    save_file(reference(model), os.path.join(d, "reference.safetensors"))
+    save_checkpoint(model, d, dense, None)
 
 
 def main():
