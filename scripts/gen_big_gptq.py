@@ -7,8 +7,11 @@ usage: gen_big_gptq.py DIR [--layers 34] [--k 4096] [--n 14336] [--shards 2]
 34 layers of 4096x14336 is about 1 GiB. Used for the README's peak-memory figure:
     /usr/bin/time -v target/release/qk dequantize DIR --out out.safetensors --dtype f16
 """
-import argparse, json, os, struct
+import argparse, json, os, struct, sys
 from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_write import write_shard  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("dir")
@@ -32,20 +35,6 @@ def layer_tensors(i):
         (f"{pre}.scales", "F16", [groups, a.n], scale),
         (f"{pre}.g_idx", "I32", [a.k], g_idx),
     ]
-
-
-def write_shard(path, tensors):
-    header, off = {}, 0
-    for name, dt, shape, data in tensors:
-        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for *_, data in tensors:
-            f.write(data)
 
 
 weight_map, per = {}, -(-a.layers // a.shards)

@@ -15,7 +15,11 @@ import argparse
 import json
 import os
 import struct
+import sys
 from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_write import write_shard  # noqa: E402
 
 import numpy as np
 
@@ -69,20 +73,6 @@ def layer(i):
                         ("self_attn.o_proj", H, H), ("mlp.gate_proj", I, H), ("mlp.up_proj", I, H), ("mlp.down_proj", H, I)]:
         t += projection(f"{p}.{n}", out, inp)
     return t
-
-
-def write_shard(path, tensors):
-    header, off = {}, 0
-    for name, dt, shape, data in tensors:
-        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for *_, data in tensors:
-            f.write(data)
 
 
 code, dt = ("e", "F16") if a.format == "gptq" else ("b", "BF16")
