@@ -85,13 +85,13 @@ fn gptq4(out: usize, inp: usize, act_order: bool) -> QuantLinear {
     QuantLinear::from_gptq(layer).unwrap()
 }
 
-/// 4-bit codes with an f32 scale and zero point per 64 inputs in the quantized-activation
-/// layout (`matmul::q8`): the same information as HQQ 4-bit g64 axis 1 with f32 parameters.
+/// 4-bit codes with an f16 scale and zero point per 64 inputs in the quantized-activation
+/// layout (`matmul::q8`): the same information as HQQ 4-bit g64 axis 1.
 fn q4_weight(out: usize, inp: usize) -> Q4Weight {
     let mut x = XorShift(0x2545_f491_4f6c_dd1d);
     let codes: Vec<u8> = (0..out * inp).map(|_| (x.next() & 15) as u8).collect();
     let n = out * inp / 64;
-    let scales: Vec<f32> = (0..n).map(|i| 0.001 + (i % 97) as f32 * 1e-4).collect();
+    let scales: Vec<f32> = (0..n).map(|i| f16::from_f32(0.001 + (i % 97) as f32 * 1e-4).to_f32()).collect();
     let zeros: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.5 + 1.0).collect();
     Q4Weight::from_codes(&codes, &scales, &zeros, out, inp, 64).unwrap()
 }
@@ -131,20 +131,15 @@ fn memcpy(g: &mut Group<'_>, bytes: usize) {
                 .for_each(|(d, s)| d.copy_from_slice(s))
         })
     });
-    // A pure read of the same bytes (sum of their 64-bit words), threaded: the ceiling a
-    // batch-1 GEMV, which only reads, could reach. Throughput counts the bytes read once.
+    // A pure read of the same bytes (`matmul::pure_read`: four streams per task, vector adds),
+    // threaded: the ceiling a batch-1 GEMV, which only reads, could reach. Throughput counts the bytes read once.
     let words: Vec<u64> = (0..bytes * n / 8).map(|i| i as u64).collect();
     let per = bytes / 8;
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function(BenchmarkId::new("read", "threaded"), |b| {
         b.iter(|| {
             i = (i + 1) % n;
-            let chunk = per.div_ceil(Parallelism::RAYON.tasks(bytes));
-            let sums: Vec<u64> = words[i * per..(i + 1) * per]
-                .par_chunks(chunk)
-                .map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w)))
-                .collect();
-            black_box(sums)
+            black_box(quant_kernels::matmul::pure_read(&words[i * per..(i + 1) * per], Parallelism::RAYON))
         })
     });
     g.throughput(Throughput::Bytes(2 * bytes as u64));
@@ -207,7 +202,7 @@ fn q8_case(g: &mut Group<'_>, name: &str, weights: &[Q4Weight]) {
             b.iter(|| {
                 i = (i + 1) % weights.len();
                 let xq = q8::quantize_activations(black_box(&x), 1, inp).unwrap();
-                q8::gemv_q4_q8(&weights[i], &xq, &mut y, par).unwrap()
+                q8::multiply_q4_q8(&weights[i], &xq, &mut y, par).unwrap()
             })
         });
     }

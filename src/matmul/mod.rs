@@ -359,3 +359,47 @@ impl QuantLinear {
         Ok(y)
     }
 }
+
+/// The read-bandwidth baseline the benches compare a batch-1 multiply with: the wrapping sum
+/// of `words`, split over the pool as `par` allows, each task reading four streams (quarters
+/// of its chunk) with the widest vector loads and adds the CPU has: the fastest pure read
+/// measured on the crate's test machines (a plain one-stream `u64` fold reaches about 3/4 of
+/// it).
+///
+/// ```
+/// use quant_kernels::{matmul::pure_read, Parallelism};
+/// let words: Vec<u64> = (1..=1000).collect();
+/// assert_eq!(pure_read(&words, Parallelism::RAYON), 500_500);
+/// ```
+pub fn pure_read(words: &[u64], par: Parallelism) -> u64 {
+    let tasks = par.tasks(words.len() * 8);
+    if tasks <= 1 {
+        return crate::lanes::dispatch(par, Read(words));
+    }
+    use rayon::prelude::*;
+    let chunk = words.len().div_ceil(tasks);
+    words.par_chunks(chunk).map(|c| crate::lanes::dispatch(par, Read(c))).reduce(|| 0, u64::wrapping_add)
+}
+
+/// One task of [`pure_read`].
+struct Read<'a>(&'a [u64]);
+
+impl crate::lanes::Kernel for Read<'_> {
+    type Output = u64;
+    #[inline(always)]
+    fn run(self, _simd: crate::lanes::Simd) -> u64 {
+        const W: usize = 8;
+        let q = self.0.len() / (4 * W) * W;
+        let s: [&[u64]; 4] = std::array::from_fn(|i| &self.0[i * q..(i + 1) * q]);
+        let mut acc = [[0u64; W]; 4];
+        for i in (0..q).step_by(W) {
+            for (a, s) in acc.iter_mut().zip(&s) {
+                for (a, &v) in a.iter_mut().zip(&s[i..i + W]) {
+                    *a = a.wrapping_add(v);
+                }
+            }
+        }
+        let tail = self.0[4 * q..].iter().fold(0u64, |a, &v| a.wrapping_add(v));
+        acc.iter().flatten().fold(tail, |a, &v| a.wrapping_add(v))
+    }
+}

@@ -1,18 +1,27 @@
-//! Integer dot products on quantized activations, the core of the quantized-activation
-//! multiply: activations quantized to `int8` once per call in blocks of [`BLOCK`] (an `f32`
-//! scale `d = max|x| / 127` and the block's code sum per block), weights as 4-bit codes with a
-//! float scale `s` and zero point `z` per group of inputs, and per output
+//! Integer dot products on quantized activations: activations quantized to `int8` once per
+//! call in blocks of [`BLOCK`] (an `f32` scale `d = max|x| / 127` and the block's code sum per
+//! block), weights as 4-bit codes with a float scale `s` and zero point `z` per row and group of
+//! inputs, and per output
 //!
-//! `sum_k (q_k - z) s x_k ~= s * sum_blocks d * (sum_k q_k xq_k - z * sum_k xq_k)`,
+//! `sum_k (q_k - z) s x_k ~= sum_groups s * (sum_{blocks b} d_b * dot_b - z * E_g)`,
+//! `E_g = sum_{b in g} d_b * sum_b xq`,
 //!
-//! where the inner sums are exact `i32` arithmetic and the scales apply once per block.
+//! where the block dot products `dot_b = sum_k q_k xq_k` are exact `i32` arithmetic and the
+//! scales apply once per block.
 //!
-//! This is the first step of that path: the activation quantizer, a 4-bit weight layout
-//! ([`Q4Weight`]: per block of 32 inputs, 16 bytes, byte `j` holding inputs `j` (low nibble)
-//! and `j + 16` (high)) and a GEMV over it: AVX-512 VNNI (`vpdpbusd`) where the CPU has it and
-//! the call's [`Parallelism`] allows x86-64-v4, else portable code compiled under the best
-//! instruction set ([`kernel`] names the one a call uses). It is not yet a path of
-//! [`super::QuantLinear`] (the exact `f32` path is the only one there); no AMX yet.
+//! The weight layout ([`Q4Weight`]) is the one the kernels stream: rows in tiles of [`TILE`];
+//! per tile and chunk of 8 inputs, 64 bytes, byte `4 l + j` holding row `l`'s input `j` in its
+//! low nibble and input `j + 4` in its high one, so one 64-byte load and a mask give 16 rows × 4
+//! codes, one `vpdpbusd` by 4 broadcast activation bytes adds them into 16 row lanes, and no
+//! lane is ever summed across. Each tile's bytes are contiguous (one stream per tile); scales and
+//! zero points are kept per tile and group as 16 lanes, in `f16` when every value is exactly an
+//! `f16` (GPTQ, AWQ and `f16` HQQ parameters), else `f32`.
+//!
+//! Kernels: AVX-512 VNNI (`vpdpbusd`; several tiles and up to 4 tokens per pass, so that a
+//! decoded 64-byte load feeds `2 T` dot products) where the CPU has it and the call's
+//! [`Parallelism`] allows x86-64-v4, else portable code compiled for the best instruction set
+//! ([`kernel`] names the one a call uses). No AMX: the tile instructions need a CPU and OS that
+//! grant them (not this crate's test machines) and intrinsics that stable Rust lacks.
 //!
 //! Error: with `d = max|x| / 127` per block (stored in `f32`, no clamping), every activation is
 //! within `d / 2` of `xq * d`, so an output differs from the `f32`-activation result by at most
@@ -22,10 +31,17 @@
 use super::q8_vnni::{self, Vnni};
 use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::{Isa, Parallelism};
+use half::f16;
 use rayon::prelude::*;
 
-/// Activations per quantization block (and the weight layout's block along the inputs).
+/// Activations per quantization block.
 pub const BLOCK: usize = 32;
+
+/// Output rows per tile of [`Q4Weight`].
+pub const TILE: usize = 16;
+
+/// Bytes of one tile per [`BLOCK`] inputs.
+const TILE_BLOCK_BYTES: usize = TILE * BLOCK / 2;
 
 /// Activations quantized per block of [`BLOCK`]: `x ~= codes * scales[block]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +75,13 @@ fn not_multiple(what: &'static str, value: usize, multiple: usize) -> Error {
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
 pub fn quantize_activations(x: &[f32], batch: usize, k: usize) -> Result<Q8Activations> {
+    let mut q = Q8Activations { batch: 0, k, codes: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+    quantize_activations_into(x, batch, k, &mut q)?;
+    Ok(q)
+}
+
+/// [`quantize_activations`] into `q`, whose buffers are reused (grown, never shrunk).
+pub fn quantize_activations_into(x: &[f32], batch: usize, k: usize, q: &mut Q8Activations) -> Result<()> {
     if !k.is_multiple_of(BLOCK) {
         return Err(not_multiple("activation length", k, BLOCK));
     }
@@ -68,9 +91,15 @@ pub fn quantize_activations(x: &[f32], batch: usize, k: usize) -> Result<Q8Activ
         return Err(Error::Kernel(KernelError::NonFinite { index }));
     }
     let blocks = n / BLOCK;
-    let (mut codes, mut scales, mut sums) = (vec![0i8; n], vec![0f32; blocks], vec![0i32; blocks]);
+    (q.batch, q.k) = (batch, k);
+    q.codes.clear();
+    q.codes.resize(n, 0);
+    q.scales.clear();
+    q.scales.resize(blocks, 0.0);
+    q.sums.clear();
+    q.sums.resize(blocks, 0);
     for (((xb, qb), d), sum) in
-        x.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).zip(&mut scales).zip(&mut sums)
+        x.chunks_exact(BLOCK).zip(q.codes.chunks_exact_mut(BLOCK)).zip(&mut q.scales).zip(&mut q.sums)
     {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         if amax == 0.0 {
@@ -86,27 +115,93 @@ pub fn quantize_activations(x: &[f32], batch: usize, k: usize) -> Result<Q8Activ
         }
         *sum = s;
     }
-    Ok(Q8Activations { batch, k, codes, scales, sums })
+    Ok(())
 }
 
-/// 4-bit weights `[rows, k]` for the integer path: per row and block of 32 inputs, 16 bytes
-/// (byte `j`: input `j` in the low nibble, input `j + 16` in the high one), and per row and
-/// group of `group` inputs (a multiple of [`BLOCK`]) a float scale and zero point:
-/// `w = (q - z) * s`.
+/// `group` a positive multiple of [`BLOCK`] dividing `k`.
+fn check_group(k: usize, group: usize) -> Result<()> {
+    if group == 0 || !group.is_multiple_of(BLOCK) {
+        return Err(not_multiple("group size", group, BLOCK));
+    }
+    if !k.is_multiple_of(group) {
+        return Err(not_multiple("inputs", k, group));
+    }
+    Ok(())
+}
+
+/// 4-bit weights `[rows, k]` for the integer path: codes with a float scale `s` and zero point
+/// `z` per row and group of `group` inputs (a multiple of [`BLOCK`]): `w = (q - z) * s`.
+///
+/// Stored as one stream per tile of [`TILE`] rows: per group, the tile's 16 scales and 16 zero
+/// points (`f16` when every value of the weight is exactly an `f16`, else `f32`), then the
+/// group's codes, 64 bytes per 8 inputs (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Q4Weight {
     rows: usize,
     k: usize,
     group: usize,
-    packed: Vec<u8>,
-    scales: Vec<f32>,
-    zeros: Vec<f32>,
+    /// Bytes of one tile's 16 scales and 16 zero points: 64 (`f16`) or 128 (`f32`).
+    param_bytes: usize,
+    data: Lines,
+}
+
+/// Bytes starting on a 64-byte boundary (a cache line: the kernels' 64-byte loads then never
+/// straddle two), in safe code: a buffer 63 bytes longer and the offset of its first aligned
+/// byte, found again for every copy.
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Lines {
+    fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + 63];
+        let off = buf.as_ptr().align_offset(64).min(63);
+        Self { buf, off, len }
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl Clone for Lines {
+    fn clone(&self) -> Self {
+        let mut c = Self::zeroed(self.len);
+        c.copy_from_slice(self);
+        c
+    }
+}
+
+impl PartialEq for Lines {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
 }
 
 impl Q4Weight {
     /// From unpacked codes (`rows * k`, each `<= 15`, row-major) and `rows * k / group` scales
     /// and zero points (row-major `[rows, groups]`). `group` must be a positive multiple of
     /// [`BLOCK`] dividing `k`.
+    ///
+    /// ```
+    /// use quant_kernels::matmul::q8::Q4Weight;
+    /// let w = Q4Weight::from_codes(&[3; 32], &[0.5], &[1.0], 1, 32, 32)?;
+    /// assert_eq!(w.dequantize()[0], 1.0); // (3 - 1) * 0.5
+    /// assert_eq!(w.stored_bytes(), 16 * 16 + 2 * 2 * 16); // one tile of 16 rows, f16 parameters
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
     pub fn from_codes(
         codes: &[u8],
         scales: &[f32],
@@ -115,26 +210,110 @@ impl Q4Weight {
         k: usize,
         group: usize,
     ) -> Result<Self> {
-        if group == 0 || !group.is_multiple_of(BLOCK) {
-            return Err(not_multiple("group size", group, BLOCK));
-        }
-        if !k.is_multiple_of(group) {
-            return Err(not_multiple("inputs", k, group));
-        }
+        check_group(k, group)?;
         let n = rows.checked_mul(k).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows, cols: k }))?;
         expect_len("codes", n, codes.len())?;
         expect_len("scales", n / group, scales.len())?;
         expect_len("zeros", n / group, zeros.len())?;
-        if let Some(index) = codes.iter().position(|&c| c > 15) {
-            return Err(Error::Kernel(KernelError::CodeOutOfRange { index, code: codes[index], bits: 4 }));
-        }
-        let mut packed = vec![0u8; n / 2];
-        for (p, c) in packed.chunks_exact_mut(BLOCK / 2).zip(codes.chunks_exact(BLOCK)) {
-            for j in 0..BLOCK / 2 {
-                p[j] = c[j] | (c[j + BLOCK / 2] << 4);
+        Self::from_rows(rows, k, group, |r, c, s, z| {
+            let g = s.len();
+            c.copy_from_slice(&codes[r * k..(r + 1) * k]);
+            s.copy_from_slice(&scales[r * g..(r + 1) * g]);
+            z.copy_from_slice(&zeros[r * g..(r + 1) * g]);
+            Ok(())
+        })
+    }
+
+    /// Built row by row: `row(r, codes, scales, zeros)` fills row `r`'s `k` codes (each `<= 15`)
+    /// and its `k / group` scales and zero points (finite). Only one row's unpacked codes exist
+    /// at a time, so re-laying a loaded layer costs its packed size, not a byte per weight.
+    pub fn from_rows(
+        rows: usize,
+        k: usize,
+        group: usize,
+        mut row: impl FnMut(usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<()>,
+    ) -> Result<Self> {
+        check_group(k, group)?;
+        let overflow = Error::Kernel(KernelError::ShapeOverflow { rows, cols: k });
+        let tiles = rows.div_ceil(TILE);
+        let groups = k / group;
+        // Laid out with f32 parameters first, compacted to f16 at the end when exact.
+        let mut w = Self { rows, k, group, param_bytes: 128, data: Lines::default() };
+        let bytes = tiles.checked_mul(w.tile_stride()).ok_or(overflow)?;
+        w.data = Lines::zeroed(bytes);
+        let (mut c, mut s, mut z) = (vec![0u8; k], vec![0f32; groups], vec![0f32; groups]);
+        let mut exact = true;
+        for r in 0..rows {
+            row(r, &mut c, &mut s, &mut z)?;
+            if let Some(i) = c.iter().position(|&q| q > 15) {
+                return Err(Error::Kernel(KernelError::CodeOutOfRange {
+                    index: r * k + i,
+                    code: c[i],
+                    bits: 4,
+                }));
+            }
+            if let Some(i) = s.iter().chain(&z).position(|v| !v.is_finite()) {
+                return Err(Error::Kernel(KernelError::NonFinite { index: r * groups + i % groups }));
+            }
+            exact &= s.iter().chain(&z).all(|&v| f16::from_f32(v).to_f32() == v);
+            let (tile, lane) = (r / TILE, r % TILE);
+            for (g, (cg, (&sg, &zg))) in c.chunks_exact(group).zip(s.iter().zip(&z)).enumerate() {
+                let (at, stride) = (w.group_offset(tile, g), w.group_stride());
+                let dst = &mut w.data[at..at + stride];
+                dst[4 * lane..4 * lane + 4].copy_from_slice(&sg.to_le_bytes());
+                dst[64 + 4 * lane..64 + 4 * lane + 4].copy_from_slice(&zg.to_le_bytes());
+                for (chunk, q) in dst[128..].chunks_exact_mut(4 * TILE).zip(cg.chunks_exact(8)) {
+                    for j in 0..4 {
+                        chunk[4 * lane + j] = q[j] | (q[j + 4] << 4);
+                    }
+                }
             }
         }
-        Ok(Self { rows, k, group, packed, scales: scales.to_vec(), zeros: zeros.to_vec() })
+        if exact {
+            w.compact_to_f16();
+        }
+        Ok(w)
+    }
+
+    /// Rewrite the `f32` parameters as `f16` (every one exact), moving each group down: the
+    /// new offsets never pass the old ones, so in place front to back.
+    fn compact_to_f16(&mut self) {
+        let old = self.group_stride();
+        let groups = self.data.len() / old;
+        for i in 0..groups {
+            let src = i * old;
+            let mut p = [0u8; 64];
+            for (j, v) in self.data[src..src + 128].chunks_exact(4).enumerate() {
+                let v = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                p[2 * j..2 * j + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+            }
+            let dst = i * (old - 64);
+            self.data.copy_within(src + 128..src + old, dst + 64);
+            self.data[dst..dst + 64].copy_from_slice(&p);
+        }
+        let mut lines = Lines::zeroed(groups * (old - 64));
+        lines.copy_from_slice(&self.data[..groups * (old - 64)]);
+        self.data = lines;
+        self.param_bytes = 64;
+    }
+
+    /// Bytes per tile and group: parameters, then `group / 8` chunks of 64 code bytes.
+    fn group_stride(&self) -> usize {
+        self.param_bytes + self.group * TILE / 2
+    }
+
+    /// Bytes per tile.
+    fn tile_stride(&self) -> usize {
+        self.k / self.group * self.group_stride()
+    }
+
+    fn group_offset(&self, tile: usize, g: usize) -> usize {
+        tile * self.tile_stride() + g * self.group_stride()
+    }
+
+    /// Scale and zero point of lane `lane` at a group's offset `at`.
+    fn param(&self, at: usize, lane: usize) -> (f32, f32) {
+        read_param(&self.data[at..], self.param_bytes, lane)
     }
 
     /// Outputs.
@@ -147,9 +326,14 @@ impl Q4Weight {
         self.k
     }
 
-    /// Bytes as stored (codes, scales and zeros).
+    /// Inputs per group.
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// Bytes as stored (codes of whole tiles, scales and zero points): what one multiply reads.
     pub fn stored_bytes(&self) -> usize {
-        self.packed.len() + 4 * (self.scales.len() + self.zeros.len())
+        self.data.len()
     }
 
     /// The weight `[rows, k]` in `f32`: `(q - z) * s`.
@@ -163,22 +347,37 @@ impl Q4Weight {
 
     /// Row `r` (`< rows`) into `out` (`k` values).
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let groups = self.k / self.group;
-        let packed = &self.packed[r * self.k / 2..(r + 1) * self.k / 2];
-        for (b, (vals, p)) in out.chunks_exact_mut(BLOCK).zip(packed.chunks_exact(BLOCK / 2)).enumerate() {
-            let g = r * groups + b * BLOCK / self.group;
-            let (s, z) = (self.scales[g], self.zeros[g]);
-            for j in 0..BLOCK / 2 {
-                vals[j] = ((p[j] & 15) as f32 - z) * s;
-                vals[j + BLOCK / 2] = ((p[j] >> 4) as f32 - z) * s;
+        let (tile, lane) = (r / TILE, r % TILE);
+        for (g, vals) in out.chunks_exact_mut(self.group).enumerate() {
+            let at = self.group_offset(tile, g);
+            let (s, z) = self.param(at, lane);
+            let codes = &self.data[at + self.param_bytes..at + self.group_stride()];
+            for (v, chunk) in vals.chunks_exact_mut(8).zip(codes.chunks_exact(4 * TILE)) {
+                for j in 0..4 {
+                    let b = chunk[4 * lane + j];
+                    v[j] = ((b & 15) as f32 - z) * s;
+                    v[j + 4] = ((b >> 4) as f32 - z) * s;
+                }
             }
         }
     }
 }
 
-/// The bound on `|y - y_f32|` for output `r` of activation row `t` of [`gemv_q4_q8`] that comes
-/// from quantizing the activations: `sum_blocks (d / 2) * sum_k |w_k|` (exact `f64`). A row or
-/// output past the shapes, or activations of another length, is a typed error.
+/// Lane `lane`'s scale and zero point from a group's parameters `p` (`param_bytes` of them).
+fn read_param(p: &[u8], param_bytes: usize, lane: usize) -> (f32, f32) {
+    let half = param_bytes / 2;
+    if param_bytes == 64 {
+        let h = |o: usize| f16::from_le_bytes([p[o], p[o + 1]]).to_f32();
+        (h(2 * lane), h(half + 2 * lane))
+    } else {
+        let f = |o: usize| f32::from_le_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+        (f(4 * lane), f(half + 4 * lane))
+    }
+}
+
+/// The bound on `|y - y_f32|` for output `r` of activation row `t` of [`multiply_q4_q8`] that
+/// comes from quantizing the activations: `sum_blocks (d / 2) * sum_k |w_k|` (exact `f64`). A
+/// row or output past the shapes, or activations of another length, is a typed error.
 pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Result<f64> {
     expect_len("activation length", w.k, x.k)?;
     for (what, index, len) in [("activation row", t, x.batch), ("output", r, w.rows)] {
@@ -196,117 +395,170 @@ pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Resul
         .sum())
 }
 
-/// The kernel [`gemv_q4_q8`] runs for inputs of length `k` under `par`: `"avx512-vnni"` (the
-/// CPU has AVX-512 VNNI, `par` allows x86-64-v4 and `k` is a multiple of 64) or `"portable"`.
-pub fn kernel(k: usize, par: Parallelism) -> &'static str {
-    if vnni(k, par).is_some() { "avx512-vnni" } else { "portable" }
+/// The kernel [`multiply_q4_q8`] runs under `par`: `"avx512-vnni"` (the CPU has AVX-512 VNNI
+/// and `par` allows x86-64-v4) or `"portable"`.
+pub fn kernel(par: Parallelism) -> &'static str {
+    if vnni(par).is_some() { "avx512-vnni" } else { "portable" }
 }
 
-fn vnni(k: usize, par: Parallelism) -> Option<Vnni> {
-    (par.isa() == Isa::X86V4Avx512 && k.is_multiple_of(2 * BLOCK)).then(Vnni::detect).flatten()
+fn vnni(par: Parallelism) -> Option<Vnni> {
+    (par.isa() == Isa::X86V4Avx512).then(Vnni::detect).flatten()
 }
 
-/// `y = W x` (`y`: `[batch, rows]`) from 4-bit weights and `int8` activations: per block an
-/// exact `i32` dot product of codes, then `d * (dot - z * sum)` per block and `s *` per group
-/// in `f32` ([`kernel`]: the portable code sums in input order; the VNNI one in 16 lanes, then
-/// across them). Outputs split over the pool as `par` allows (the same bits either way).
-pub fn gemv_q4_q8(w: &Q4Weight, x: &Q8Activations, y: &mut [f32], par: Parallelism) -> Result<()> {
+/// What a kernel reads: the weight and one call's activations.
+pub(crate) struct Args<'a> {
+    /// The weight's tiles ([`Q4Weight`]'s layout).
+    pub data: &'a [u8],
+    pub k: usize,
+    pub group: usize,
+    /// 64 (`f16` parameters) or 128 (`f32`).
+    pub param_bytes: usize,
+    /// Activation codes `[batch, k]`, scales `[batch, k / BLOCK]`, and per group
+    /// `E_g = sum_{b in g} d_b * sum_b` (`[batch, groups]`).
+    pub xq: &'a [i8],
+    pub xd: &'a [f32],
+    pub xe: &'a [f32],
+    pub batch: usize,
+}
+
+impl Args<'_> {
+    /// Bytes per tile and group.
+    pub fn group_stride(&self) -> usize {
+        self.param_bytes + self.group * TILE / 2
+    }
+}
+
+/// `y = x W^T` (`y`: `[batch, rows]`) from 4-bit weights and `int8` activations: per block an
+/// exact `i32` dot product of codes, then `s * d * dot` per block and `s * z * E_g` per group in
+/// `f32` (fused multiply-adds in the VNNI kernel). Tiles of 16 outputs split over the pool as
+/// `par` allows (the same bits either way).
+///
+/// ```
+/// use quant_kernels::matmul::q8::{multiply_q4_q8, quantize_activations, Q4Weight};
+/// use quant_kernels::Parallelism;
+/// // Row 0: codes 2, zero 1, scale 0.5 (w = 0.5); row 1: codes 0, zero 0 (w = 0).
+/// let codes: Vec<u8> = [[2u8; 32], [0; 32]].concat();
+/// let w = Q4Weight::from_codes(&codes, &[0.5, 1.0], &[1.0, 0.0], 2, 32, 32)?;
+/// let x = quantize_activations(&[2.0f32; 32], 1, 32)?; // codes 127, d = 2/127
+/// let mut y = [0f32; 2];
+/// multiply_q4_q8(&w, &x, &mut y, Parallelism::SERIAL)?;
+/// assert_eq!(y, [32.0, 0.0]); // 32 * 0.5 * 2
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
+pub fn multiply_q4_q8(w: &Q4Weight, x: &Q8Activations, y: &mut [f32], par: Parallelism) -> Result<()> {
+    multiply_with(w, x, y, par, &mut Vec::new())
+}
+
+/// [`multiply_q4_q8`] with a scratch buffer kept by the caller (grown, never shrunk).
+pub(crate) fn multiply_with(
+    w: &Q4Weight,
+    x: &Q8Activations,
+    y: &mut [f32],
+    par: Parallelism,
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
     expect_len("activation length", w.k, x.k)?;
     let n = x
         .batch
         .checked_mul(w.rows)
         .ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: x.batch, cols: w.rows }))?;
     expect_len("output", n, y.len())?;
-    if w.rows == 0 {
+    if n == 0 || w.k == 0 {
+        y.fill(0.0);
         return Ok(());
     }
-    let per = w.rows.div_ceil(par.tasks(w.rows.saturating_mul(w.k) / 8).max(1)).max(1);
-    let token = vnni(w.k, par);
-    let blocks = w.k / BLOCK;
-    for (t, yt) in y.chunks_exact_mut(w.rows).enumerate() {
-        let (xd, xs) = (&x.scales[t * blocks..(t + 1) * blocks], &x.sums[t * blocks..(t + 1) * blocks]);
-        // Row-independent factors of the VNNI kernel: the blocks' scales by lane, and per
-        // group the zero point's factor `sum_b d_b * sum_b`.
-        let (pair_scales, group_sums): (Vec<[f32; 16]>, Vec<f32>) = match token {
-            Some(_) => (
-                xd.chunks_exact(2)
-                    .map(|d| std::array::from_fn(|l| if l < 8 { d[0] } else { d[1] }))
-                    .collect(),
-                xd.chunks_exact(w.group / BLOCK)
-                    .zip(xs.chunks_exact(w.group / BLOCK))
-                    .map(|(d, s)| d.iter().zip(s).map(|(&d, &s)| d * s as f32).sum())
-                    .collect(),
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        let job = |(c, ys): (usize, &mut [f32])| match token {
-            Some(token) => {
-                let args = q8_vnni::RowsArgs {
-                    packed: &w.packed,
-                    k: w.k,
-                    group: w.group,
-                    scales: &w.scales,
-                    zeros: &w.zeros,
-                    xq: &x.codes[t * w.k..(t + 1) * w.k],
-                    pair_scales: &pair_scales,
-                    group_sums: &group_sums,
-                    r0: c * per,
-                };
-                q8_vnni::rows(token, &args, ys)
-            }
-            None => crate::lanes::dispatch(par, Rows { w, x, t, r0: c * per, y: ys }),
-        };
-        if per < w.rows {
-            yt.par_chunks_mut(per).enumerate().for_each(job);
-        } else {
-            job((0, yt));
+    let (batch, groups) = (x.batch, w.k / w.group);
+    let tiles = w.rows.div_ceil(TILE);
+    let per_group = w.group / BLOCK;
+    // Scratch: `[batch, groups]` of E_g, then the outputs tile by tile `[tiles, batch, TILE]`.
+    let need = batch * groups + tiles * batch * TILE;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (xe, out) = scratch[..need].split_at_mut(batch * groups);
+    for ((e, d), s) in xe.iter_mut().zip(x.scales.chunks_exact(per_group)).zip(x.sums.chunks_exact(per_group))
+    {
+        *e = d.iter().zip(s).map(|(&d, &s)| d * s as f32).sum();
+    }
+    let args = Args {
+        data: &w.data,
+        k: w.k,
+        group: w.group,
+        param_bytes: w.param_bytes,
+        xq: &x.codes,
+        xd: &x.scales,
+        xe,
+        batch,
+    };
+    let token = vnni(par);
+    let per = tiles.div_ceil(par.tasks(tiles.saturating_mul(w.k) * batch.min(8)).max(1)).max(1);
+    let job = |(c, o): (usize, &mut [f32])| match token {
+        Some(token) => q8_vnni::tiles(token, &args, c * per, o),
+        None => crate::lanes::dispatch(par, Portable { a: &args, tile0: c * per, out: o }),
+    };
+    let chunk = per * batch * TILE;
+    if per < tiles {
+        out.par_chunks_mut(chunk).enumerate().for_each(job);
+    } else {
+        job((0, out));
+    }
+    for (tile, o) in out.chunks_exact(batch * TILE).enumerate() {
+        let rows = TILE.min(w.rows - tile * TILE);
+        for (t, v) in o.chunks_exact(TILE).enumerate() {
+            y[t * w.rows + tile * TILE..][..rows].copy_from_slice(&v[..rows]);
         }
     }
     Ok(())
 }
 
-/// Outputs `r0..r0 + y.len()` of activation row `t`.
-struct Rows<'a> {
-    w: &'a Q4Weight,
-    x: &'a Q8Activations,
-    t: usize,
-    r0: usize,
-    y: &'a mut [f32],
+/// The portable kernel: tiles `tile0..` into `out` (`[tiles, batch, TILE]`).
+struct Portable<'a> {
+    a: &'a Args<'a>,
+    tile0: usize,
+    out: &'a mut [f32],
 }
 
-impl crate::lanes::Kernel for Rows<'_> {
+impl crate::lanes::Kernel for Portable<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self, _simd: crate::lanes::Simd) {
-        let Self { w, x, t, r0, y } = self;
-        let blocks = w.k / BLOCK;
-        let per_group = w.group / BLOCK;
-        let xq = &x.codes[t * w.k..(t + 1) * w.k];
-        let (xd, xs) = (&x.scales[t * blocks..(t + 1) * blocks], &x.sums[t * blocks..(t + 1) * blocks]);
-        for (i, out) in y.iter_mut().enumerate() {
-            let r = r0 + i;
-            let packed = &w.packed[r * w.k / 2..(r + 1) * w.k / 2];
-            let groups = w.k / w.group;
-            let (s, z) = (&w.scales[r * groups..(r + 1) * groups], &w.zeros[r * groups..(r + 1) * groups]);
-            let mut acc = 0f32;
-            for g in 0..groups {
-                let mut part = 0f32;
-                for b in g * per_group..(g + 1) * per_group {
-                    let p = &packed[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                    let q = &xq[b * BLOCK..(b + 1) * BLOCK];
-                    // Codes unpacked to one byte each, then a 32-wide widening dot product
-                    // the compiler vectorizes (16-bit products, 32-bit sums).
-                    let mut c = [0u8; BLOCK];
-                    for j in 0..BLOCK / 2 {
-                        c[j] = p[j] & 15;
-                        c[j + BLOCK / 2] = p[j] >> 4;
+        let Self { a, tile0, out } = self;
+        let (k, groups, blocks, batch) = (a.k, a.k / a.group, a.k / BLOCK, a.batch);
+        let stride = a.group_stride();
+        for (i, o) in out.chunks_exact_mut(batch * TILE).enumerate() {
+            let tile = &a.data[(tile0 + i) * groups * stride..(tile0 + i + 1) * groups * stride];
+            for (t, acc) in o.chunks_exact_mut(TILE).enumerate() {
+                let xq = &a.xq[t * k..(t + 1) * k];
+                acc.fill(0.0);
+                for (g, wg) in tile.chunks_exact(stride).enumerate() {
+                    let mut s = [0f32; TILE];
+                    let mut sz = [0f32; TILE];
+                    for l in 0..TILE {
+                        let (sl, zl) = read_param(wg, a.param_bytes, l);
+                        (s[l], sz[l]) = (sl, sl * zl);
                     }
-                    let dot: i32 = c.iter().zip(q).map(|(&a, &b)| (a as i16 * b as i16) as i32).sum();
-                    part += xd[b] * (dot as f32 - z[g] * xs[b] as f32);
+                    let codes = wg[a.param_bytes..].chunks_exact(TILE_BLOCK_BYTES);
+                    for (b, (wb, xb)) in codes.zip(xq[g * a.group..].chunks_exact(BLOCK)).enumerate() {
+                        let mut dot = [0i32; TILE];
+                        for (chunk, x8) in wb.chunks_exact(4 * TILE).zip(xb.chunks_exact(8)) {
+                            for (l, d) in dot.iter_mut().enumerate() {
+                                for j in 0..4 {
+                                    let c = chunk[4 * l + j];
+                                    *d += (c & 15) as i32 * x8[j] as i32 + (c >> 4) as i32 * x8[j + 4] as i32;
+                                }
+                            }
+                        }
+                        let d = a.xd[t * blocks + g * a.group / BLOCK + b];
+                        for l in 0..TILE {
+                            acc[l] += dot[l] as f32 * (s[l] * d);
+                        }
+                    }
+                    let e = a.xe[t * groups + g];
+                    for l in 0..TILE {
+                        acc[l] -= sz[l] * e;
+                    }
                 }
-                acc += s[g] * part;
             }
-            *out = acc;
         }
     }
 }

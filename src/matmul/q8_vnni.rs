@@ -1,10 +1,12 @@
-//! The AVX-512 VNNI kernel of [`super::q8::gemv_q4_q8`]: 64 multiply-adds of unsigned 4-bit
-//! codes by `int8` activations per `vpdpbusd`. With the CUDA module, the crate's only code with
-//! `unsafe`: one call into a `#[target_feature]` function, made only with a [`Vnni`] token
-//! (which exists only after run-time detection), and unaligned loads from slices whose bounds
-//! were checked by slicing first.
+//! The AVX-512 VNNI kernel of [`super::q8::multiply_q4_q8`]: per 64-byte load of a tile (16
+//! rows × 8 inputs), two masks and a shift give 16 × 4 codes for each of two `vpdpbusd`s by 4
+//! broadcast activation bytes. With the CUDA module, the crate's only code with `unsafe`: one
+//! call into a `#[target_feature]` function, made only with a [`Vnni`] token (which exists only
+//! after run-time detection), and unaligned loads at offsets bounded by slices taken (and so
+//! checked) on entry.
 #![allow(unsafe_code)]
 
+use super::q8::{Args, BLOCK, TILE};
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
@@ -27,92 +29,163 @@ impl Vnni {
     }
 }
 
-/// What one call computes: outputs `y` (rows `r0..`) of one activation row.
-pub(crate) struct RowsArgs<'a> {
-    /// The weight's packed codes (`rows * k / 2`, see [`super::q8::Q4Weight`]).
-    pub packed: &'a [u8],
-    pub k: usize,
-    pub group: usize,
-    pub scales: &'a [f32],
-    pub zeros: &'a [f32],
-    /// The activation row's codes (`k`).
-    pub xq: &'a [i8],
-    /// Per pair of blocks: lanes 0-7 the first block's scale, lanes 8-15 the second's.
-    pub pair_scales: &'a [[f32; 16]],
-    /// Per group: `sum_{blocks b in g} d_b * sum_b` (the zero point's factor).
-    pub group_sums: &'a [f32],
-    pub r0: usize,
-}
+/// Bytes ahead of the loads that each tile's stream is prefetched.
+const PREFETCH: usize = 1024;
 
-/// [`rows_avx512`] behind the token.
-pub(crate) fn rows(token: Vnni, a: &RowsArgs<'_>, y: &mut [f32]) {
+/// Tiles `tile0..` of the weight for every activation row into `out` (`[tiles, batch, TILE]`).
+pub(crate) fn tiles(token: Vnni, a: &Args<'_>, tile0: usize, out: &mut [f32]) {
     let _ = token;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a `Vnni` token exists only when the CPU reports AVX-512 F, BW and VNNI
-    // (`Vnni::detect`), the features `rows_avx512` is compiled for.
+    // (`Vnni::detect`), the features `tiles_avx512` is compiled for.
     unsafe {
-        rows_avx512(a, y)
+        if a.param_bytes == 64 {
+            tiles_avx512::<true>(a, tile0, out)
+        } else {
+            tiles_avx512::<false>(a, tile0, out)
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (a, tile0, out);
 }
 
-/// `y[i] = sum_g s_g * (sum_{b in g} d_b * dot_b) - sum_g s_g z_g E_g` for rows `r0 + i`, the
-/// block dot products by `vpdpbusd`, two accumulators of 16 `f32` lanes per row (no division in
-/// the loop: groups of 64 or more inputs are walked group by group).
+/// Passes of `R` tiles (4 at batch 1: four weight streams; 2 with more tokens, whose
+/// accumulators then need the registers) by up to 4 tokens.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn rows_avx512(a: &RowsArgs<'_>, y: &mut [f32]) {
-    let (k, group) = (a.k, a.group);
-    let groups = k / group;
-    for (i, out) in y.iter_mut().enumerate() {
-        let r = a.r0 + i;
-        let packed = &a.packed[r * k / 2..(r + 1) * k / 2];
-        let (s, z) = (&a.scales[r * groups..(r + 1) * groups], &a.zeros[r * groups..(r + 1) * groups]);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        if group >= 64 {
-            let per = group / 64;
-            for (g, (wg, xg)) in packed.chunks_exact(group / 2).zip(a.xq.chunks_exact(group)).enumerate() {
-                let sv = _mm512_set1_ps(s[g]);
-                for (j, (w, x)) in wg.chunks_exact(32).zip(xg.chunks_exact(64)).enumerate() {
-                    let t = pair(w, x, &a.pair_scales[g * per + j]);
-                    acc[j & 1] = _mm512_fmadd_ps(t.0, _mm512_mul_ps(t.1, sv), acc[j & 1]);
-                }
-            }
+fn tiles_avx512<const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+    let per_tile = a.batch * TILE;
+    let mut rest = out;
+    let mut tile = tile0;
+    while !rest.is_empty() {
+        let n = rest.len() / per_tile;
+        let r = if n >= 4 && a.batch == 1 {
+            4
+        } else if n >= 2 {
+            2
         } else {
-            // Groups of 32: the pair's two blocks have their own scales.
-            for (p, (w, x)) in packed.chunks_exact(32).zip(a.xq.chunks_exact(64)).enumerate() {
-                let sv = _mm512_mask_mov_ps(_mm512_set1_ps(s[2 * p]), 0xff00, _mm512_set1_ps(s[2 * p + 1]));
-                let t = pair(w, x, &a.pair_scales[p]);
-                acc[p & 1] = _mm512_fmadd_ps(t.0, _mm512_mul_ps(t.1, sv), acc[p & 1]);
-            }
+            1
+        };
+        let (o, tail) = rest.split_at_mut(r * per_tile);
+        match r {
+            4 => tokens::<4, F16>(a, tile, o),
+            2 => tokens::<2, F16>(a, tile, o),
+            _ => tokens::<1, F16>(a, tile, o),
         }
-        let zterm: f32 = (0..groups).map(|g| s[g] * z[g] * a.group_sums[g]).sum();
-        *out = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - zterm;
+        (rest, tile) = (tail, tile + r);
     }
 }
 
-/// Two blocks' dot products (lanes 0-7: the first block's partial sums, 8-15: the second's) as
-/// `f32`, and their activation scales by lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tokens<const R: usize, const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+    let mut t = 0;
+    while t < a.batch {
+        let n = (a.batch - t).min(4);
+        match n {
+            4 => pass::<R, 4, F16>(a, tile0, t, out),
+            3 => pass::<R, 3, F16>(a, tile0, t, out),
+            2 => pass::<R, 2, F16>(a, tile0, t, out),
+            _ => pass::<R, 1, F16>(a, tile0, t, out),
+        }
+        t += n;
+    }
+}
+
+/// The 16 scales (`ZERO` false) or zero points of one tile and group as `f32` lanes, from the
+/// group's parameter bytes `p`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-fn pair(w: &[u8], x: &[i8], d: &[f32; 16]) -> (__m512, __m512) {
-    let (w, x): (&[u8; 32], &[i8; 64]) =
-        (w.try_into().expect("32 code bytes"), x.try_into().expect("64 codes"));
-    // SAFETY: `w` is 32 bytes, `x` 64 and `d` 16 f32 values (array references); the loads are
-    // unaligned.
-    let (v, xv, dv) = unsafe {
-        (
-            _mm256_loadu_si256(w.as_ptr().cast()),
-            _mm512_loadu_si512(x.as_ptr().cast()),
-            _mm512_loadu_ps(d.as_ptr()),
-        )
-    };
-    let low = _mm256_set1_epi8(0x0f);
-    let lo = _mm256_and_si256(v, low);
-    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-    // Block 0: low then high nibbles of bytes 0-15; block 1: of bytes 16-31.
-    let b0 = _mm256_permute2x128_si256::<0x20>(lo, hi);
-    let b1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
-    let codes = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(b0), b1);
-    (_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xv)), dv)
+fn lanes<const F16: bool, const ZERO: bool>(p: &[u8]) -> __m512 {
+    if F16 {
+        let p: &[u8; 32] = p[32 * ZERO as usize..][..32].try_into().expect("16 f16 values");
+        // SAFETY: `p` is 32 bytes (16 f16 values); the load is unaligned.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.as_ptr().cast()) })
+    } else {
+        let p: &[u8; 64] = p[64 * ZERO as usize..][..64].try_into().expect("16 f32 values");
+        // SAFETY: `p` is 64 bytes (16 f32 values); the load is unaligned.
+        unsafe { _mm512_loadu_ps(p.as_ptr().cast()) }
+    }
+}
+
+/// Tiles `tile0..tile0 + R` by tokens `t0..t0 + T`: per block, the `i32` dot products of each
+/// tile and token in 16 row lanes, then `acc += f32(dot) * (s * d_b)`; per group `acc -= s z
+/// E_g`. `out` holds the `R` tiles' `[batch, TILE]` outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::needless_range_loop)] // r and t index several arrays together
+fn pass<const R: usize, const T: usize, const F16: bool>(
+    a: &Args<'_>,
+    tile0: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
+    let (k, group) = (a.k, a.group);
+    let (groups, blocks, per_group) = (k / group, k / BLOCK, group / BLOCK);
+    let stride = a.group_stride();
+    let tile_bytes = groups * stride;
+    // Every offset below is < these slices' lengths (a group's codes are per_group * 256
+    // bytes after its parameters; k activation codes per token): slicing here checks the
+    // ends once.
+    let w = &a.data[tile0 * tile_bytes..(tile0 + R) * tile_bytes];
+    let xq = &a.xq[t0 * k..(t0 + T) * k];
+    let xd = &a.xd[t0 * blocks..(t0 + T) * blocks];
+    let xe = &a.xe[t0 * groups..(t0 + T) * groups];
+    assert_eq!(out.len(), R * a.batch * TILE);
+    let xp = xq.as_ptr();
+    let mask = _mm512_set1_epi8(0x0f);
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for g in 0..groups {
+        let wg: [&[u8]; R] = core::array::from_fn(|r| &w[r * tile_bytes + g * stride..][..stride]);
+        let s: [__m512; R] = core::array::from_fn(|r| lanes::<F16, false>(wg[r]));
+        for bl in 0..per_group {
+            let b = g * per_group + bl;
+            let mut dot = [[_mm512_setzero_si512(); T]; R];
+            for c in 0..4 {
+                let (wo, xo) = (a.param_bytes + bl * 256 + c * 64, b * BLOCK + c * 8);
+                for r in 0..R {
+                    // SAFETY: wo + 64 <= param_bytes + per_group * 256 = stride, so the 64
+                    // bytes lie inside `wg[r]`; the load is unaligned.
+                    let v = unsafe { _mm512_loadu_si512(wg[r].as_ptr().add(wo).cast()) };
+                    if PREFETCH > 0 {
+                        // A hint only: an address past the weight is never dereferenced.
+                        _mm_prefetch::<_MM_HINT_T0>(wg[r].as_ptr().wrapping_add(wo + PREFETCH).cast());
+                    }
+                    let lo = _mm512_and_si512(v, mask);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                    for t in 0..T {
+                        // SAFETY: t < T and xo + 8 <= k, so both 4-byte reads lie inside `xq`
+                        // (T rows of k codes); the reads are unaligned.
+                        let (x0, x1) = unsafe {
+                            let p = xp.add(t * k + xo);
+                            (p.cast::<i32>().read_unaligned(), p.add(4).cast::<i32>().read_unaligned())
+                        };
+                        dot[r][t] = _mm512_dpbusd_epi32(dot[r][t], lo, _mm512_set1_epi32(x0));
+                        dot[r][t] = _mm512_dpbusd_epi32(dot[r][t], hi, _mm512_set1_epi32(x1));
+                    }
+                }
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    let sd = _mm512_mul_ps(s[r], _mm512_set1_ps(xd[t * blocks + b]));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][t]), sd, acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            let sz = _mm512_mul_ps(s[r], lanes::<F16, true>(wg[r]));
+            for t in 0..T {
+                acc[r][t] = _mm512_fnmadd_ps(sz, _mm512_set1_ps(xe[t * groups + g]), acc[r][t]);
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let o: &mut [f32; TILE] =
+                (&mut out[(r * a.batch + t0 + t) * TILE..][..TILE]).try_into().expect("16 outputs");
+            // SAFETY: `o` is 16 f32 values; the store is unaligned.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc[r][t]) };
+        }
+    }
 }

@@ -20,11 +20,10 @@ fn paths() -> Vec<(&'static str, Parallelism, Parallelism)> {
 #[test]
 fn q8_kernels_are_chosen_by_cpu_and_cap() {
     let cap = Parallelism::RAYON.max_isa(Isa::X86V3Avx2);
-    assert_eq!(q8::kernel(4096, cap), "portable");
-    assert_eq!(q8::kernel(32, Parallelism::RAYON), "portable"); // not a multiple of 64
+    assert_eq!(q8::kernel(cap), "portable");
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
-        assert_eq!(q8::kernel(4096, Parallelism::RAYON), "avx512-vnni");
+        assert_eq!(q8::kernel(Parallelism::RAYON), "avx512-vnni");
     }
 }
 use quant_kernels::error::{Error, KernelError};
@@ -33,23 +32,32 @@ use quant_kernels::matmul::q8::{self, BLOCK, Q4Weight};
 #[test]
 fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
     let mut rng = Rng(83);
-    // (rows, k, group, batch)
-    for (rows, k, group, batch) in
-        [(1, 32, 32, 1), (7, 64, 32, 2), (33, 256, 64, 3), (64, 4096, 128, 1), (130, 512, 256, 4)]
-    {
+    // (rows, k, group, batch, f16 parameters): tiles of 16 rows in passes of 4, 2 and 1 (100
+    // rows: 7 tiles), tokens in passes of up to 4, partial last tiles.
+    for (rows, k, group, batch, half) in [
+        (1, 32, 32, 1, false),
+        (7, 64, 32, 2, true),
+        (33, 256, 64, 3, false),
+        (64, 4096, 128, 1, true),
+        (100, 512, 64, 1, false),
+        (130, 512, 256, 4, true),
+        (48, 128, 128, 9, false),
+    ] {
         let codes: Vec<u8> = (0..rows * k).map(|_| rng.below(16) as u8).collect();
         let groups = rows * k / group;
-        let scales: Vec<f32> = (0..groups).map(|_| rng.f32_in(0.001, 0.02)).collect();
-        let zeros: Vec<f32> = (0..groups).map(|_| rng.f32_in(0.0, 15.0)).collect();
+        // f16 values keep the parameters in f16 (GPTQ's, AWQ's), any f32 in f32.
+        let round = |v: f32| if half { half::f16::from_f32(v).to_f32() } else { v };
+        let scales: Vec<f32> = (0..groups).map(|_| round(rng.f32_in(0.001, 0.02))).collect();
+        let zeros: Vec<f32> = (0..groups).map(|_| round(rng.f32_in(0.0, 15.0))).collect();
         let w = Q4Weight::from_codes(&codes, &scales, &zeros, rows, k, group).unwrap();
         let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
         x[..BLOCK].fill(0.0); // an all-zero block: scale 0
         let xq = q8::quantize_activations(&x, batch, k).unwrap();
         for (path, serial, threaded) in paths() {
             let mut y = vec![0f32; batch * rows];
-            q8::gemv_q4_q8(&w, &xq, &mut y, serial).unwrap();
+            q8::multiply_q4_q8(&w, &xq, &mut y, serial).unwrap();
             let mut yt = vec![0f32; batch * rows];
-            q8::gemv_q4_q8(&w, &xq, &mut yt, threaded).unwrap();
+            q8::multiply_q4_q8(&w, &xq, &mut yt, threaded).unwrap();
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y), bits(&yt), "{path} {rows}x{k}");
             check(&w, &xq, &x, &codes, &scales, &zeros, (rows, k, group, batch), &y, path);
@@ -142,18 +150,22 @@ fn q8_shapes_and_values_are_checked() {
         Q4Weight::from_codes(&bad, &[1.0; 2], &[0.0; 2], 1, 64, 32),
         Err(Error::Kernel(KernelError::CodeOutOfRange { index: 5, code: 16, bits: 4 }))
     ));
+    assert_eq!(
+        Q4Weight::from_codes(&codes, &[1.0, f32::INFINITY], &[0.0; 2], 1, 64, 32),
+        Err(Error::Kernel(KernelError::NonFinite { index: 1 }))
+    );
     let w = Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 32).unwrap();
     let xq = q8::quantize_activations(&[1.0; 64], 1, 64).unwrap();
     assert!(matches!(
-        q8::gemv_q4_q8(&w, &xq, &mut [0.0; 2], Parallelism::SERIAL),
+        q8::multiply_q4_q8(&w, &xq, &mut [0.0; 2], Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
     let x32 = q8::quantize_activations(&[1.0; 32], 1, 32).unwrap();
-    assert!(q8::gemv_q4_q8(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
+    assert!(q8::multiply_q4_q8(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
     assert!(q8::error_bound(&w, &xq, 1, 0).is_err() && q8::error_bound(&w, &xq, 0, 1).is_err());
     assert!(q8::error_bound(&w, &x32, 0, 0).is_err());
     // All ones times codes 1 (z = 0, s = 1): exactly 64.
     let mut y = [0f32; 1];
-    q8::gemv_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
+    q8::multiply_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
     assert_eq!(y, [64.0]);
 }

@@ -103,20 +103,18 @@ fn memcpy_time(bytes: usize, runs: usize) -> Duration {
     })
 }
 
-/// The fastest threaded read of `bytes` bytes (u64 sums, chunked over the pool), each call on
+/// The fastest threaded read of `bytes` bytes ([`quant_kernels::matmul::pure_read`]), each call on
 /// the next of a rotation of copies: the bound a batch-1 GEMV of that many weight bytes cannot
 /// beat.
 fn read_time(bytes: usize, runs: usize) -> Duration {
     let words = bytes.div_ceil(8).max(1);
     let bufs: Vec<Vec<u64>> =
         (0..copies(8 * words)).map(|c| (0..words as u64).map(|i| i ^ c as u64).collect()).collect();
-    let chunk = words.div_ceil(Parallelism::RAYON.tasks(words).max(1)).max(1);
     let mut next = 0;
     best(runs, || {
         let buf = &bufs[next % bufs.len()];
         next += 1;
-        let s: u64 = buf.par_chunks(chunk).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
-        black_box(s);
+        black_box(quant_kernels::matmul::pure_read(buf, Parallelism::RAYON));
     })
 }
 
