@@ -133,6 +133,15 @@ pub enum KernelError {
     #[error("unsupported axis {0} (expected 0 or 1)")]
     UnsupportedAxis(u8),
 
+    /// A weight the int8-activation path ([`crate::matmul::Activations::Int8`]) does not take.
+    #[error("the int8-activation path does not take this {scheme} weight: {reason}")]
+    Int8Activations {
+        /// The weight's scheme.
+        scheme: &'static str,
+        /// What it lacks.
+        reason: &'static str,
+    },
+
     /// Fewer groups than a layout's inputs need.
     #[error("{groups} groups where the inputs need at least {needed}")]
     TooFewGroups {

@@ -35,6 +35,11 @@ impl Multiply for AwqLayer {
         }
     }
 
+    /// GPTQ's: AWQ's codes and zero points are GPTQ's once converted.
+    fn int8_weight(p: &Prepared) -> Result<crate::matmul::q8::Q4Weight> {
+        GptqLayer::int8_weight(p)
+    }
+
     fn prepared_bytes(p: &Prepared) -> usize {
         // AWQ's words hold the same codes and zero points in the same number of bytes.
         GptqLayer::prepared_bytes(p)

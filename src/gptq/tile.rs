@@ -13,6 +13,7 @@ use super::{GptqLayer, GptqLayout};
 use crate::elem::Elem;
 use crate::error::Result;
 use crate::matmul::kernel::{self, Decoder, Form, MAX_ROWS, Multiply, Scratch};
+use crate::matmul::q8::Q4Weight;
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 
@@ -145,6 +146,35 @@ impl Multiply for GptqLayer {
 
     fn input_order(p: &Prepared) -> Option<&[u32]> {
         p.perm.as_deref()
+    }
+
+    /// 4-bit layers whose (sorted) groups are `group_size` inputs each, a multiple of 32.
+    fn int8_weight(p: &Prepared) -> Result<Q4Weight> {
+        let l = &p.layer.layout;
+        let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
+        if l.bits() != 4 {
+            return refuse("only 4-bit codes");
+        }
+        let (k, n) = (l.k(), l.n());
+        let gs = l.group_size().unwrap_or(k);
+        if gs == 0 || !gs.is_multiple_of(32) || !k.is_multiple_of(gs) {
+            return refuse("its groups are not a multiple of 32 inputs dividing them");
+        }
+        if p.groups.iter().enumerate().any(|(i, &g)| g as usize != i / gs) {
+            return refuse("its sorted groups are not group_size inputs each");
+        }
+        let words = unblock_words(&p.blocked, l);
+        let zeros = super::layout::unpack_zeros(&p.layer.qzeros, l, p.layer.format);
+        let scales = p.layer.scales.to_f32();
+        Q4Weight::from_rows(n, k, gs, |r, c, s, z| {
+            for (kk, c) in c.iter_mut().enumerate() {
+                *c = ((words[kk / 8 * n + r] as u32 >> (4 * (kk % 8))) & 15) as u8;
+            }
+            for (g, (s, z)) in s.iter_mut().zip(z.iter_mut()).enumerate() {
+                (*s, *z) = (scales[g * n + r], zeros[g * n + r] as f32);
+            }
+            Ok(())
+        })
     }
 }
 

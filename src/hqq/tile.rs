@@ -15,6 +15,7 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::Result;
 use crate::lanes::{self, affine_lanes, affine_splat};
 use crate::matmul::kernel::{self, Decoder, Form, KT, MAX_ROWS, Multiply, Scratch};
+use crate::matmul::q8::Q4Weight;
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing, Word};
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
@@ -427,6 +428,33 @@ impl Multiply for HqqWeight {
             // `prepare` made the dtypes equal; widening again is exact.
             (s, z) => gemm_into(h, &s.to_f32(), &z.to_f32(), x, batch, par, y, sc),
         }
+    }
+
+    /// 4-bit weights on axis 1 (groups along each row's inputs) with groups of a multiple of 32
+    /// inputs dividing a row.
+    fn int8_weight(h: &Self) -> Result<Q4Weight> {
+        let l = &h.layout;
+        let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
+        if h.packed.bits != Bits::B4 {
+            return refuse("only 4-bit codes");
+        }
+        if l.axis() != Axis::One {
+            return refuse("axis-0 groups run across the outputs, not along the inputs");
+        }
+        let (rows, cols, g) = (l.rows(), l.cols(), l.group_size());
+        if !g.is_multiple_of(32) || !cols.is_multiple_of(g) {
+            return refuse("its groups are not a multiple of 32 inputs dividing a row");
+        }
+        // Axis 1: code row i is group i, so the codes in order are the weight's, row-major.
+        let codes = super::unpack_hqq(&h.packed)?;
+        let (scales, zeros) = (h.scales.to_f32(), h.zeros.to_f32());
+        let per_row = cols / g;
+        Q4Weight::from_rows(rows, cols, g, |r, c, s, z| {
+            c.copy_from_slice(&codes[r * cols..(r + 1) * cols]);
+            s.copy_from_slice(&scales[r * per_row..(r + 1) * per_row]);
+            z.copy_from_slice(&zeros[r * per_row..(r + 1) * per_row]);
+            Ok(())
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 use super::{Granularity, Int4Tensor, Int8Tensor};
 use crate::error::Result;
 use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
+use crate::matmul::q8::Q4Weight;
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 
@@ -45,6 +46,23 @@ impl Multiply for Int4Tensor {
 
     fn products_into(p: &Self, x: &[f32], batch: usize, par: Parallelism, y: &mut [f32], s: &mut Scratch) {
         kernel::gemm_into(&Rows16(&Int4Tiles(p)), p.rows, p.cols, x, batch, par, y, s)
+    }
+
+    /// Groups of a multiple of 32 inputs (they divide a row).
+    fn int8_weight(p: &Self) -> Result<Q4Weight> {
+        if !p.group.is_multiple_of(32) {
+            return Err(kernel::int8_refused(Self::NAME, "its groups are not a multiple of 32 inputs"));
+        }
+        let codes = super::unpack_int4(&p.packed, p.rows * p.cols)?;
+        let per_row = p.cols / p.group;
+        Q4Weight::from_rows(p.rows, p.cols, p.group, |r, c, s, z| {
+            c.copy_from_slice(&codes[r * p.cols..(r + 1) * p.cols]);
+            s.copy_from_slice(&p.scales[r * per_row..(r + 1) * per_row]);
+            for (z, &q) in z.iter_mut().zip(&p.zeros[r * per_row..(r + 1) * per_row]) {
+                *z = q as f32;
+            }
+            Ok(())
+        })
     }
 }
 

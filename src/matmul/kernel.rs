@@ -58,6 +58,18 @@ pub(crate) trait Multiply: crate::scheme::QuantScheme {
     fn input_order(_p: &Self::Prepared) -> Option<&[u32]> {
         None
     }
+
+    /// The weight re-laid for the int8-activation path, its inputs in
+    /// [`Multiply::input_order`]'s order; a typed refusal for weights without 4-bit codes and a
+    /// scale and zero point per row and group of a multiple of 32 inputs.
+    fn int8_weight(_p: &Self::Prepared) -> Result<super::q8::Q4Weight> {
+        Err(int8_refused(Self::NAME, "it has no 4-bit codes with groups along the inputs"))
+    }
+}
+
+/// [`Multiply::int8_weight`]'s refusal.
+pub(crate) fn int8_refused(scheme: &'static str, reason: &'static str) -> crate::Error {
+    crate::Error::Kernel(crate::error::KernelError::Int8Activations { scheme, reason })
 }
 
 /// Lanes of one accumulator in [`Form::Rows`] (and the input padding unit).

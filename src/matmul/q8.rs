@@ -44,7 +44,7 @@ pub const TILE: usize = 16;
 const TILE_BLOCK_BYTES: usize = TILE * BLOCK / 2;
 
 /// Activations quantized per block of [`BLOCK`]: `x ~= codes * scales[block]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Q8Activations {
     /// Rows (tokens).
     pub batch: usize,

@@ -8,6 +8,7 @@ mod common;
 mod gptq_paths;
 mod gptq_sort;
 mod hqq_paths;
+mod int8_path;
 mod intx_methods;
 mod isa_caps;
 mod matmul;

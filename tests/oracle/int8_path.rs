@@ -1,0 +1,177 @@
+//! `QuantLinear` with `Activations::Int8` against the f64 oracle, one harness over a table of
+//! schemes and shapes (GPTQ 4-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 4-bit axis 1
+//! with f16 and bf16 parameters, int4 with f32 scales), batches 1 to 33, both kernels (AVX-512
+//! VNNI where the CPU has it, and the portable one, forced by capping the ISA).
+//!
+//! Bound per output: `|y - y_ref| <= int8_error_bound + rounding`, the activation quantization's
+//! documented bound plus f32 rounding of the per-block terms (`2 (k / 32 + 8) eps` of the terms'
+//! magnitude). Also: serial == threaded bit for bit, a row's result does not depend on the batch
+//! it is in, the error stays within llama.cpp's measured 6e-3 of max|y| for 8-bit activations,
+//! and weights the path does not take are typed refusals.
+
+use crate::common::{Rng, layer};
+use half::{bf16, f16};
+use quant_kernels::awq::{AwqLayer, AwqLayout};
+use quant_kernels::error::KernelError;
+use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
+use quant_kernels::hqq::{Axis, HqqConfig, HqqWeight, quantize_hqq};
+use quant_kernels::intx;
+use quant_kernels::matmul::{Activations, q8};
+use quant_kernels::{Error, FloatVec, Isa, Parallelism, QuantLinear, QuantWeight};
+
+/// (name, serial, threaded) for the best kernel and the portable one.
+fn paths() -> [(&'static str, Parallelism, Parallelism); 2] {
+    let cap = |p: Parallelism| p.max_isa(Isa::X86V3Avx2);
+    [
+        ("best", Parallelism::SERIAL, Parallelism::RAYON),
+        ("portable", cap(Parallelism::SERIAL), cap(Parallelism::RAYON)),
+    ]
+}
+
+fn check(name: &str, f32_layer: QuantLinear, batches: &[usize], rng: &mut Rng) {
+    let layer = f32_layer.with_activations(Activations::Int8).unwrap();
+    assert_eq!(layer.activations(), Activations::Int8);
+    let (out, inp) = (layer.out_features(), layer.in_features());
+    let max_b = *batches.iter().max().unwrap();
+    let x: Vec<f32> = (0..max_b * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let reference = layer.forward_reference(&x, max_b).unwrap();
+    let magnitude = layer.magnitude_reference(&x, max_b).unwrap();
+    let bound = layer.int8_error_bound(&x, max_b).unwrap().unwrap();
+    let rounding = 2.0 * (inp / q8::BLOCK + 8) as f64 * f32::EPSILON as f64;
+    for (path, serial, threaded) in paths() {
+        let full: Vec<f32> = layer.forward(&x, max_b, threaded).unwrap();
+        for &b in batches {
+            let y: Vec<f32> = layer.forward(&x[..b * inp], b, threaded).unwrap();
+            let ys: Vec<f32> = layer.forward(&x[..b * inp], b, serial).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&ys), "{name} {path}: threaded != serial at batch {b}");
+            assert_eq!(bits(&y), bits(&full[..b * out]), "{name} {path}: rows depend on the batch ({b})");
+        }
+        let max_y = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let mut worst = 0f64;
+        for (i, &v) in full.iter().enumerate() {
+            let err = (v as f64 - reference[i]).abs();
+            let allowed = bound[i] + rounding * magnitude[i] + f64::MIN_POSITIVE;
+            assert!(
+                err <= allowed,
+                "{name} {path} [{out}x{inp}] y[{}, {}] = {v}, reference {}, error {err:e} > {allowed:e}",
+                i / out,
+                i % out,
+                reference[i]
+            );
+            worst = worst.max(err);
+        }
+        assert!(worst <= 6e-3 * max_y, "{name} {path}: error {worst:e} of max|y| {max_y:e}");
+    }
+}
+
+fn gptq(k: usize, n: usize, g: i64, act: bool, format: ZeroFormat, rng: &mut Rng) -> QuantLinear {
+    let l = GptqLayout::new(k, n, 4, g).unwrap();
+    let x = layer(&l, act, rng);
+    let bias = Some(FloatVec::F32((0..n).map(|_| rng.f32_in(-0.5, 0.5)).collect()));
+    QuantLinear::from_gptq(GptqLayer {
+        layout: l,
+        format,
+        qweight: x.qweight,
+        qzeros: x.qzeros,
+        scales: FloatVec::F16(x.scales.iter().map(|&v| f16::from_f32(v)).collect()),
+        g_idx: act.then_some(x.g_idx),
+        bias,
+    })
+    .unwrap()
+}
+
+#[test]
+fn gptq_and_awq_with_int8_activations() {
+    let mut rng = Rng(91);
+    // (K, N, group): one group, partial last tile of 16 outputs, act-order, K = 4096.
+    for (k, n, g) in [(64, 16, -1i64), (128, 40, 32), (256, 104, 128), (4096, 64, 128)] {
+        for act in [false, true] {
+            for format in [ZeroFormat::V1, ZeroFormat::V2] {
+                let q = gptq(k, n, g, act, format, &mut rng);
+                check(&format!("gptq g{g} act {act} {format:?} {k}x{n}"), q, &[1, 2, 5, 9], &mut rng);
+            }
+        }
+    }
+    for (k, n, g) in [(64, 8, 32), (256, 264, 128)] {
+        let l = AwqLayout::new(k, n, g).unwrap();
+        let qweight = (0..k * n / 8).map(|_| rng.next_u64() as i32).collect();
+        let qzeros = (0..l.groups() * n / 8).map(|_| rng.next_u64() as i32).collect();
+        let scales =
+            FloatVec::Bf16((0..l.groups() * n).map(|_| bf16::from_f32(rng.f32_in(0.001, 0.02))).collect());
+        let layer = AwqLayer { layout: l, qweight, qzeros, scales, bias: None };
+        check(&format!("awq {k}x{n} g{g}"), QuantLinear::from_awq(layer).unwrap(), &[1, 4, 33], &mut rng);
+    }
+}
+
+#[test]
+fn hqq_axis1_and_int4_with_int8_activations() {
+    let mut rng = Rng(92);
+    for (rows, cols, g) in [(16, 64, 64), (70, 256, 32), (48, 1024, 128)] {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        let h: HqqWeight = quantize_hqq(&w, rows, cols, &HqqConfig::new(4, g, Axis::One), Parallelism::RAYON)
+            .unwrap()
+            .into();
+        // f32 parameters as quantized, then the same rounded to f16 and to bf16.
+        for dtype in ["f32", "f16", "bf16"] {
+            let mut h = h.clone();
+            let conv = |v: &FloatVec| match dtype {
+                "f16" => FloatVec::F16(v.to_f32().iter().map(|&v| f16::from_f32(v)).collect()),
+                "bf16" => FloatVec::Bf16(v.to_f32().iter().map(|&v| bf16::from_f32(v)).collect()),
+                _ => v.clone(),
+            };
+            (h.scales, h.zeros) = (conv(&h.scales), conv(&h.zeros));
+            let q = QuantLinear::new(QuantWeight::Hqq(h), None).unwrap();
+            check(&format!("hqq axis 1 g{g} {dtype} {rows}x{cols}"), q, &[1, 3, 8], &mut rng);
+        }
+        let t = intx::quantize_int4(&w, rows, cols, g, Parallelism::SERIAL).unwrap();
+        let q = QuantLinear::new(QuantWeight::Int4(t), None).unwrap();
+        check(&format!("int4 g{g} {rows}x{cols}"), q, &[1, 6], &mut rng);
+    }
+}
+
+#[test]
+fn int8_activations_refuse_what_they_cannot_take() {
+    let mut rng = Rng(93);
+    let refused = |q: QuantLinear| {
+        matches!(
+            q.with_activations(Activations::Int8),
+            Err(Error::Kernel(KernelError::Int8Activations { .. }))
+        )
+    };
+    let l = GptqLayout::new(64, 32, 8, 32).unwrap();
+    let x = layer(&l, false, &mut rng);
+    let scales = FloatVec::F32(x.scales);
+    let g8 = GptqLayer {
+        layout: l,
+        format: ZeroFormat::V1,
+        qweight: x.qweight,
+        qzeros: x.qzeros,
+        scales,
+        g_idx: None,
+        bias: None,
+    };
+    assert!(refused(QuantLinear::from_gptq(g8).unwrap()), "8-bit GPTQ");
+    assert!(refused(gptq(96, 32, 48, false, ZeroFormat::V1, &mut rng)), "groups of 48");
+    let w: Vec<f32> = (0..32 * 64).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let h = quantize_hqq(&w, 32, 64, &HqqConfig::new(4, 64, Axis::Zero), Parallelism::RAYON).unwrap();
+    assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "HQQ axis 0");
+    let t = intx::quantize_int8(&w, 32, 64, intx::Granularity::PerChannel, Parallelism::SERIAL).unwrap();
+    let q = QuantLinear::new(QuantWeight::Int8(t), None).unwrap();
+    assert_eq!(q.int8_error_bound(&w[..64], 1).unwrap(), None);
+    assert!(refused(q), "int8 weights");
+    // Back to f32: the exact path again, bit for bit.
+    let q = gptq(128, 16, 32, true, ZeroFormat::V2, &mut rng);
+    let x: Vec<f32> = (0..128).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let exact: Vec<f32> = q.forward(&x, 1, Parallelism::RAYON).unwrap();
+    let q = q.with_activations(Activations::Int8).unwrap().with_activations(Activations::F32).unwrap();
+    assert_eq!(q.forward::<f32, f32>(&x, 1, Parallelism::RAYON).unwrap(), exact);
+    // Non-finite activations are an error on this path (a NaN has no int8 code).
+    let q = q.with_activations(Activations::Int8).unwrap();
+    let mut bad = x.clone();
+    bad[7] = f32::NAN;
+    assert!(matches!(
+        q.forward::<f32, f32>(&bad, 1, Parallelism::RAYON),
+        Err(Error::Kernel(KernelError::NonFinite { .. }))
+    ));
+}
