@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example llama -- DIR --tokens 5,17,3 --new 8 --out OUT.safetensors \
 //!     [--world-size N] [--isq int8|int4|hqq4|hqq8|fp8|METHOD] [--lora ADAPTER_DIR] [--threads T]
+//!     [--activations f32|int8]
 //! ```
 //!
 //! `DIR` is any checkpoint the crate reads: unquantized safetensors (f32/f16/bf16), GPTQ, AWQ
@@ -11,18 +12,22 @@
 //! dense rest. `--world-size N` runs N ranks as threads over `LocalComm`; built with
 //! `--features mpi` and started under `mpirun -np N`, one rank per process over `MpiComm`.
 //! `OUT` holds `prefill_logits` f32 `[prompt, vocab]`, `step_logits` f32 `[new, vocab]` and
-//! `greedy_ids` i64 `[new]`. Bad input is one message on stderr and exit status 2.
+//! `greedy_ids` i64 `[new]`. `--activations int8` multiplies every layer that path takes
+//! (4-bit GPTQ/AWQ, HQQ axis 1, int4) with int8 activations (`matmul::Activations::Int8`);
+//! the default `f32` is exact. Bad input is one message on stderr and exit status 2.
 
 mod model;
 
 use model::{Config, Generation, Model, ModelError, Result};
 use quant_kernels::io::{Checkpoint, Dtype, LoraAdapter, QuantizedCheckpoint, SafetensorsWriter, UqffModel};
+use quant_kernels::matmul::Activations;
 use quant_kernels::tp::{Comm, LayerSource, LoadOptions, LocalComm};
 use quant_kernels::{Parallelism, QuantMethod};
 use std::path::{Path, PathBuf};
 
 const USAGE: &str = "usage: llama DIR --tokens 5,17,3 --new 8 --out OUT.safetensors [--world-size N] \
-                     [--isq int8|int4|hqq4|hqq8|fp8|METHOD] [--lora ADAPTER_DIR] [--threads T]";
+                     [--isq int8|int4|hqq4|hqq8|fp8|METHOD] [--lora ADAPTER_DIR] [--threads T] \
+                     [--activations f32|int8]";
 
 struct Args {
     dir: PathBuf,
@@ -33,6 +38,7 @@ struct Args {
     isq: Option<QuantMethod>,
     lora: Option<PathBuf>,
     threads: Option<usize>,
+    activations: Activations,
 }
 
 fn bad<T>(msg: impl Into<String>) -> Result<T> {
@@ -65,6 +71,7 @@ fn parse_args() -> Result<Args> {
         isq: None,
         lora: None,
         threads: None,
+        activations: Activations::F32,
     };
     let number = |flag: &str, v: Option<String>| -> Result<usize> {
         match v.as_deref().map(str::parse::<usize>) {
@@ -89,6 +96,13 @@ fn parse_args() -> Result<Args> {
             "--threads" => args.threads = Some(number("--threads", it.next())?),
             "--isq" => args.isq = Some(isq_method(&it.next().unwrap_or_default())?),
             "--lora" => args.lora = it.next().map(PathBuf::from),
+            "--activations" => {
+                args.activations = match it.next().as_deref() {
+                    Some("f32") => Activations::F32,
+                    Some("int8") => Activations::Int8,
+                    v => return bad(format!("--activations {}: f32 or int8\n{USAGE}", v.unwrap_or(""))),
+                }
+            }
             "-h" | "--help" => return bad(USAGE),
             s if s.starts_with("--") => return bad(format!("unknown option {s}\n{USAGE}")),
             s if dir.is_none() => dir = Some(PathBuf::from(s)),
@@ -242,8 +256,13 @@ fn run() -> Result<()> {
         return bad(format!("token id {id} is past the vocabulary ({} ids)", cfg.vocab));
     }
     let lora = args.lora.as_deref().map(LoraAdapter::open).transpose()?;
-    let opts =
-        LoadOptions { isq: args.isq, lora: lora.as_ref(), par: Parallelism::RAYON, ..Default::default() };
+    let opts = LoadOptions {
+        isq: args.isq,
+        lora: lora.as_ref(),
+        par: Parallelism::RAYON,
+        activations: args.activations,
+        ..Default::default()
+    };
     let done = match open_source(&args.dir)? {
         Source::Plain(s) => run_ranks(&s, &cfg, &opts, &args)?,
         Source::Quantized(s) => run_ranks(s.as_ref(), &cfg, &opts, &args)?,

@@ -205,11 +205,17 @@ impl QuantLinear {
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     pub fn with_activations(mut self, activations: Activations) -> Result<Self> {
+        self.set_activations(activations)?;
+        Ok(self)
+    }
+
+    /// [`QuantLinear::with_activations`] in place: on a refusal the layer is unchanged.
+    pub fn set_activations(&mut self, activations: Activations) -> Result<()> {
         self.int8 = match activations {
             Activations::F32 => None,
             Activations::Int8 => Some(stored!(&self.stored, p, T => T::int8_weight(p))?),
         };
-        Ok(self)
+        Ok(())
     }
 
     /// How this layer treats the activations.

@@ -77,11 +77,17 @@ struct Expert {
 impl Expert {
     /// The layers of rank `rank`: the ranks' partial down outputs are summed, so rank 0 alone
     /// keeps down's bias.
-    fn new(gate: LoadedLayer, up: LoadedLayer, down: LoadedLayer, rank: usize) -> Result<Self> {
+    fn new(
+        gate: LoadedLayer,
+        up: LoadedLayer,
+        down: LoadedLayer,
+        rank: usize,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Self> {
         Ok(Expert {
-            gate: QuantLinear::new(gate.0, gate.1)?,
-            up: QuantLinear::new(up.0, up.1)?,
-            down: QuantLinear::new(down.0, down.1.filter(|_| rank == 0))?,
+            gate: opts.linear(gate.0, gate.1)?,
+            up: opts.linear(up.0, up.1)?,
+            down: opts.linear(down.0, down.1.filter(|_| rank == 0))?,
         })
     }
 }
@@ -150,7 +156,7 @@ impl MoeExperts {
                         }));
                     }
                 }
-                Expert::new((m.gate, None), (m.up, None), (m.down, None), rank)
+                Expert::new((m.gate, None), (m.up, None), (m.down, None), rank, &LoadOptions::default())
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { experts, dims, local: l, layout: None, rank, world_size })
@@ -187,7 +193,7 @@ impl MoeExperts {
             let (layout, layers) = load_stacked(ck, prefix, dims, range.clone(), opts)?;
             let experts = layers
                 .into_iter()
-                .map(|[(g, gb), (u, ub), (d, db)]| Expert::new((g, gb), (u, ub), (d, db), rank))
+                .map(|[(g, gb), (u, ub), (d, db)]| Expert::new((g, gb), (u, ub), (d, db), rank, opts))
                 .collect::<Result<Vec<_>>>()?;
             (layout, experts)
         } else {
@@ -203,6 +209,7 @@ impl MoeExperts {
                     opts.load(checkpoint, &name(u), Some(&column))?,
                     opts.load(checkpoint, &name(d), Some(&row))?,
                     rank,
+                    opts,
                 )?);
             }
             (layout, experts)

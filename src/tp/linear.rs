@@ -87,7 +87,7 @@ impl ColumnParallelLinear {
             return Ok(None);
         }
         let (w, bias) = opts.load(checkpoint, prefix, Some(&shard))?;
-        Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
+        Ok(Some(Self { local: opts.linear(w, bias)?, rank, world_size }))
     }
 
     /// A MatFormer slice (mistral.rs's `new_matformer`, Gemma 3n's per-layer FFN widths): the
@@ -140,7 +140,7 @@ impl ColumnParallelLinear {
             offset += size;
         }
         let (w, bias) = load_pieces(checkpoint, prefix, &pieces, opts)?;
-        Ok(Some(Self { local: QuantLinear::new(w, bias)?, rank, world_size }))
+        Ok(Some(Self { local: opts.linear(w, bias)?, rank, world_size }))
     }
 
     /// A fused weight (q/k/v stacked as `qkv_proj`, gate/up as `gate_up_proj`) given as its
@@ -326,7 +326,7 @@ impl RowParallelLinear {
         }
         let (w, bias) = opts.load(checkpoint, prefix, Some(&shard))?;
         let bias = bias.map(|b| b.to_f32());
-        let local = QuantLinear::new(w, None)?;
+        let local = opts.linear(w, None)?;
         if let Some(b) = &bias {
             expect_len("bias", local.out_features(), b.len())?;
         }

@@ -13,6 +13,7 @@ use crate::error::{Error, FormatError, KernelError, LoraError, Result};
 use crate::io::checkpoint::FLOATS;
 use crate::io::{Checkpoint, LoraAdapter, QuantizedCheckpoint, UqffModel};
 use crate::layer::QuantWeight;
+use crate::matmul::{Activations, QuantLinear};
 use crate::method::{QuantConfig, QuantMethod};
 use crate::par::Parallelism;
 
@@ -49,9 +50,23 @@ pub struct LoadOptions<'a> {
     pub lora_requantize: bool,
     /// Threads and instruction set for the dequantization, merge and quantization.
     pub par: Parallelism,
+    /// How the loaded layers multiply: [`Activations::Int8`] is set on every layer whose
+    /// weight that path takes (4-bit GPTQ/AWQ, HQQ axis 1, int4, after any load-time
+    /// quantization); the others keep the exact `f32` path.
+    pub activations: Activations,
 }
 
 impl LoadOptions<'_> {
+    /// A layer from a loaded weight and bias, multiplying as [`LoadOptions::activations`] asks
+    /// where its weight allows.
+    pub(crate) fn linear(&self, w: QuantWeight, bias: Option<FloatVec>) -> Result<QuantLinear> {
+        let mut l = QuantLinear::new(w, bias)?;
+        match l.set_activations(self.activations) {
+            Err(Error::Kernel(KernelError::Int8Activations { .. })) => Ok(l),
+            r => r.map(|()| l),
+        }
+    }
+
     /// The method layer `prefix` is quantized with as it loads, if any.
     pub fn method_for(&self, prefix: &str) -> Option<QuantMethod> {
         match self.isq_config {

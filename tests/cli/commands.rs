@@ -332,6 +332,10 @@ fn bench_json_records() {
             assert!(r.is_some_and(|r| r["gflops"].as_f64().unwrap() > 0.0), "{scheme} {batch}: {text}");
         }
     }
+    // Both paths: the int8-activation records beside the f32 ones.
+    for variant in ["g128_int8_activations", "g64_axis1_int8_activations"] {
+        assert_eq!(records.iter().filter(|r| r["variant"] == variant).count(), 4, "{variant}: {text}");
+    }
     let read = records.iter().find(|r| r["op"] == "read").expect("a read record");
     assert!(read["threads"].as_u64().unwrap() >= 1 && read["gbps"].as_f64().unwrap() > 0.0, "{read}");
     assert!(records.iter().any(|r| r["rows"] == 4096 && r["cols"] == 4096 && r["bits"] == 4));

@@ -249,11 +249,31 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
         g_idx: None,
         bias: None,
     };
+    use quant_kernels::matmul::Activations;
     use quant_kernels::{QuantLinear, QuantWeight};
+    // HQQ on axis 1 (groups along the inputs), the form the int8-activation path takes.
+    let hl1 = HqqLayout::new(rows, cols, g, Axis::One)?;
+    let (cr1, cc1) = hl1.code_shape();
+    let hqq_axis1 = quant_kernels::hqq::HqqWeight {
+        layout: hl1,
+        packed: hqq::Packed {
+            bits: quant_kernels::Bits::B4,
+            rows: cr1,
+            cols: cc1,
+            words: hqq::PackedWords::U8(hw.clone()),
+        },
+        scales: quant_kernels::FloatVec::F16(hp.clone()),
+        zeros: quant_kernels::FloatVec::F16(hp.clone()),
+    };
+    let gptq_int8 = QuantLinear::from_gptq(gptq_layer.clone())?.with_activations(Activations::Int8)?;
+    let hqq_int8 = QuantLinear::new(QuantWeight::Hqq(hqq_axis1.clone()), None)?;
     let mut weight_bytes = 0;
     for (layer, scheme, variant) in [
         (QuantLinear::new(QuantWeight::Hqq(hqq_weight), None)?, "hqq", "g64_axis0"),
+        (QuantLinear::new(QuantWeight::Hqq(hqq_axis1), None)?, "hqq", "g64_axis1"),
+        (hqq_int8.with_activations(Activations::Int8)?, "hqq", "g64_axis1_int8_activations"),
         (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),
+        (gptq_int8, "gptq", "g128_int8_activations"),
     ] {
         let bytes = layer.weight_bytes();
         weight_bytes = weight_bytes.max(bytes);
@@ -286,7 +306,7 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     records.push(Record {
         op: "read",
         scheme: "none",
-        variant: "u64_sum",
+        variant: "4_streams_per_thread",
         bits: 0,
         rows,
         cols,
