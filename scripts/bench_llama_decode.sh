@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Decode tokens/s of examples/llama on a random 1.1 B Llama (TinyLlama's shape), GPTQ 4-bit
-# and HQQ 4-bit (load-time), three runs each, alternating; each run prints its pure-read bound.
+# Prompt and decode tokens/s of examples/llama on a random 1.1 B Llama (TinyLlama's shape):
+# GPTQ 4-bit g128 and int4 g32 (load-time) with f32 and with int8 activations, three runs each,
+# alternating; each run prints its pure-read bound. The prompt is 64 tokens.
 # usage: scripts/bench_llama_decode.sh [WORK_DIR=/tmp/llama-1b] [THREADS=2]
 # Needs python3 with numpy (scripts/gen_llama_1b.py) and ~3 GB of disk in WORK_DIR.
 set -euo pipefail
@@ -11,9 +12,14 @@ cd "$(dirname "$0")/.."
 [ -f "$work/bf16/config.json" ] || python3 scripts/gen_llama_1b.py "$work/bf16" --format bf16
 cargo build --release --example llama
 bin=${CARGO_TARGET_DIR:-target}/release/examples/llama
+prompt=$(seq -s, 1 64)
 for i in 1 2 3; do
-    echo "== GPTQ 4-bit g128, run $i"
-    "$bin" "$work/gptq" --tokens 1,2,3,4 --new 33 --out "$work/out.safetensors" --threads "$threads" | head -2
-    echo "== HQQ 4-bit g64 (--isq hqq4), run $i"
-    "$bin" "$work/bf16" --tokens 1,2,3,4 --new 33 --out "$work/out.safetensors" --threads "$threads" --isq hqq4 | head -2
+    for act in f32 int8; do
+        echo "== GPTQ 4-bit g128, $act activations, run $i"
+        "$bin" "$work/gptq" --tokens "$prompt" --new 33 --out "$work/out.safetensors" --threads "$threads" \
+            --activations "$act" | head -2
+        echo "== int4 g32 (--isq int4), $act activations, run $i"
+        "$bin" "$work/bf16" --tokens "$prompt" --new 33 --out "$work/out.safetensors" --threads "$threads" \
+            --isq int4 --activations "$act" | head -2
+    done
 done
