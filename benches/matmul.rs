@@ -21,6 +21,7 @@ use half::f16;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
+use quant_kernels::matmul::Activations;
 use quant_kernels::matmul::q8::{self, Q4Weight};
 use quant_kernels::{B4, Bits, FloatVec, Isa, Packing, Parallelism};
 use quant_kernels::{QuantLinear, QuantWeight};
@@ -267,6 +268,12 @@ fn gemv(c: &mut Criterion) {
             unfused.then_some(&gptq_dequant as &dyn Fn(usize) -> Vec<f32>),
         );
         drop(gptq);
+        // The same GPTQ layers on the int8-activation path (`Activations::Int8`).
+        let gptq_int8: Vec<QuantLinear> = (0..copies(out * inp / 2))
+            .map(|_| gptq4(out, inp, false).with_activations(Activations::Int8).unwrap())
+            .collect();
+        gemv_case(&mut g, "gptq_4bit_g128_int8_activations", &gptq_int8, None);
+        drop(gptq_int8);
         if unfused {
             let act: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, true)).collect();
             gemv_case(&mut g, "gptq_4bit_g128_act_order", &act, None);
@@ -279,6 +286,7 @@ fn batches(c: &mut Criterion) {
     let (out, inp) = (4096, 4096);
     let hqq = hqq4(out, inp);
     let gptq = gptq4(out, inp, false);
+    let gptq_int8 = gptq.clone().with_activations(Activations::Int8).unwrap();
     let w = ndarray::Array2::from_shape_vec((out, inp), hqq.dequantize(Parallelism::RAYON).unwrap()).unwrap();
     let wt = w.t();
     let mut g = c.benchmark_group("batch_4096x4096");
@@ -287,7 +295,11 @@ fn batches(c: &mut Criterion) {
         let x: Vec<f32> = (0..batch * inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
         let mut y = vec![0f32; batch * out];
         g.throughput(Throughput::Elements((batch * out * inp) as u64));
-        for (name, q) in [("hqq_4bit_g64", &hqq), ("gptq_4bit_g128", &gptq)] {
+        for (name, q) in [
+            ("hqq_4bit_g64", &hqq),
+            ("gptq_4bit_g128", &gptq),
+            ("gptq_4bit_g128_int8_activations", &gptq_int8),
+        ] {
             g.bench_function(BenchmarkId::new(name, batch), |b| {
                 b.iter(|| q.forward_into(black_box(&x), batch, &mut y, Parallelism::RAYON).unwrap())
             });
