@@ -8,7 +8,7 @@
 //! and scales for every group are widened once (`[G, 32]`), so act-order (`g_idx`) costs one
 //! more indexed row per input.
 
-use super::layout::locate;
+use super::layout::{field, locate};
 use super::{GptqLayer, GptqLayout};
 use crate::elem::Elem;
 use crate::error::Result;
@@ -168,7 +168,7 @@ impl Multiply for GptqLayer {
         let scales = p.layer.scales.to_f32();
         Q4Weight::from_rows(n, k, gs, |r, c, s, z| {
             for (kk, c) in c.iter_mut().enumerate() {
-                *c = ((words[kk / 8 * n + r] as u32 >> (4 * (kk % 8))) & 15) as u8;
+                *c = field(|j| words[j * n + r] as u32, kk, 4) as u8;
             }
             for (g, (s, z)) in s.iter_mut().zip(z.iter_mut()).enumerate() {
                 (*s, *z) = (scales[g * n + r], zeros[g * n + r] as f32);

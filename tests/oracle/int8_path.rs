@@ -9,11 +9,11 @@
 //! it is in, the error stays within llama.cpp's measured 6e-3 of max|y| for 8-bit activations,
 //! and weights the path does not take are typed refusals.
 
-use crate::common::{Rng, layer};
+use crate::common::Rng;
 use half::{bf16, f16};
 use quant_kernels::awq::{AwqLayer, AwqLayout};
 use quant_kernels::error::KernelError;
-use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
+use quant_kernels::gptq::ZeroFormat;
 use quant_kernels::hqq::{Axis, HqqConfig, HqqWeight, quantize_hqq};
 use quant_kernels::intx;
 use quant_kernels::matmul::{Activations, q8};
@@ -66,19 +66,9 @@ fn check(name: &str, f32_layer: QuantLinear, batches: &[usize], rng: &mut Rng) {
 }
 
 fn gptq(k: usize, n: usize, g: i64, act: bool, format: ZeroFormat, rng: &mut Rng) -> QuantLinear {
-    let l = GptqLayout::new(k, n, 4, g).unwrap();
-    let x = layer(&l, act, rng);
-    let bias = Some(FloatVec::F32((0..n).map(|_| rng.f32_in(-0.5, 0.5)).collect()));
-    QuantLinear::from_gptq(GptqLayer {
-        layout: l,
-        format,
-        qweight: x.qweight,
-        qzeros: x.qzeros,
-        scales: FloatVec::F16(x.scales.iter().map(|&v| f16::from_f32(v)).collect()),
-        g_idx: act.then_some(x.g_idx),
-        bias,
-    })
-    .unwrap()
+    let mut layer = crate::matmul::gptq_layer(k, n, 4, g, act, format, rng);
+    layer.bias = Some(FloatVec::F32((0..n).map(|_| rng.f32_in(-0.5, 0.5)).collect()));
+    QuantLinear::from_gptq(layer).unwrap()
 }
 
 #[test]
@@ -139,18 +129,7 @@ fn int8_activations_refuse_what_they_cannot_take() {
             Err(Error::Kernel(KernelError::Int8Activations { .. }))
         )
     };
-    let l = GptqLayout::new(64, 32, 8, 32).unwrap();
-    let x = layer(&l, false, &mut rng);
-    let scales = FloatVec::F32(x.scales);
-    let g8 = GptqLayer {
-        layout: l,
-        format: ZeroFormat::V1,
-        qweight: x.qweight,
-        qzeros: x.qzeros,
-        scales,
-        g_idx: None,
-        bias: None,
-    };
+    let g8 = crate::matmul::gptq_layer(64, 32, 8, 32, false, ZeroFormat::V1, &mut rng);
     assert!(refused(QuantLinear::from_gptq(g8).unwrap()), "8-bit GPTQ");
     assert!(refused(gptq(96, 32, 48, false, ZeroFormat::V1, &mut rng)), "groups of 48");
     let w: Vec<f32> = (0..32 * 64).map(|_| rng.f32_in(-1.0, 1.0)).collect();

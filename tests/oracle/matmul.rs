@@ -134,7 +134,7 @@ fn hqq_register_gemv_equals_the_tile_path() {
     }
 }
 
-fn gptq_layer(
+pub(crate) fn gptq_layer(
     k: usize,
     n: usize,
     bits: u8,
