@@ -227,18 +227,21 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     // The multiply from the packed weights (HQQ 4-bit g64 axis 0, GPTQ 4-bit g128), f32 in and
     // out: batch 1 (GEMV; bytes = the weight as stored, the memcpy baseline copies that many)
     // and batches 8, 32, 128, each call on the next of a rotation of copies of the layer.
-    let hl = HqqLayout::new(rows, cols, g, Axis::Zero)?;
-    let (cr, cc) = hl.code_shape();
-    let hqq_weight = quant_kernels::hqq::HqqWeight {
-        layout: hl,
-        packed: hqq::Packed {
-            bits: quant_kernels::Bits::B4,
-            rows: cr,
-            cols: cc,
-            words: hqq::PackedWords::U8(hw.clone()),
-        },
-        scales: quant_kernels::FloatVec::F16(hp.clone()),
-        zeros: quant_kernels::FloatVec::F16(hp.clone()),
+    // One 4-bit g64 HQQ weight per axis over the same words and parameters.
+    let hqq_weight = |axis: Axis| -> quant_kernels::Result<quant_kernels::hqq::HqqWeight> {
+        let layout = HqqLayout::new(rows, cols, g, axis)?;
+        let (cr, cc) = layout.code_shape();
+        Ok(quant_kernels::hqq::HqqWeight {
+            layout,
+            packed: hqq::Packed {
+                bits: quant_kernels::Bits::B4,
+                rows: cr,
+                cols: cc,
+                words: hqq::PackedWords::U8(hw.clone()),
+            },
+            scales: quant_kernels::FloatVec::F16(hp.clone()),
+            zeros: quant_kernels::FloatVec::F16(hp.clone()),
+        })
     };
     let gptq_layer = gptq::GptqLayer {
         layout: gl,
@@ -251,27 +254,14 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     };
     use quant_kernels::matmul::Activations;
     use quant_kernels::{QuantLinear, QuantWeight};
-    // HQQ on axis 1 (groups along the inputs), the form the int8-activation path takes.
-    let hl1 = HqqLayout::new(rows, cols, g, Axis::One)?;
-    let (cr1, cc1) = hl1.code_shape();
-    let hqq_axis1 = quant_kernels::hqq::HqqWeight {
-        layout: hl1,
-        packed: hqq::Packed {
-            bits: quant_kernels::Bits::B4,
-            rows: cr1,
-            cols: cc1,
-            words: hqq::PackedWords::U8(hw.clone()),
-        },
-        scales: quant_kernels::FloatVec::F16(hp.clone()),
-        zeros: quant_kernels::FloatVec::F16(hp.clone()),
-    };
     let gptq_int8 = QuantLinear::from_gptq(gptq_layer.clone())?.with_activations(Activations::Int8)?;
-    let hqq_int8 = QuantLinear::new(QuantWeight::Hqq(hqq_axis1.clone()), None)?;
+    // HQQ on axis 1 (groups along the inputs) is the form the int8-activation path takes.
+    let hqq_axis1 = QuantLinear::new(QuantWeight::Hqq(hqq_weight(Axis::One)?), None)?;
     let mut weight_bytes = 0;
     for (layer, scheme, variant) in [
-        (QuantLinear::new(QuantWeight::Hqq(hqq_weight), None)?, "hqq", "g64_axis0"),
-        (QuantLinear::new(QuantWeight::Hqq(hqq_axis1), None)?, "hqq", "g64_axis1"),
-        (hqq_int8.with_activations(Activations::Int8)?, "hqq", "g64_axis1_int8_activations"),
+        (QuantLinear::new(QuantWeight::Hqq(hqq_weight(Axis::Zero)?), None)?, "hqq", "g64_axis0"),
+        (hqq_axis1.clone(), "hqq", "g64_axis1"),
+        (hqq_axis1.with_activations(Activations::Int8)?, "hqq", "g64_axis1_int8_activations"),
         (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),
         (gptq_int8, "gptq", "g128_int8_activations"),
     ] {
