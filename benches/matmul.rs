@@ -159,7 +159,11 @@ fn gemv_case(
     let mut y = vec![0f32; out];
     g.throughput(Throughput::Bytes(layers[0].weight_bytes() as u64));
     let mut i = 0;
-    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
+    // AVX-VNNI (256-bit) where the CPU has it, forced by capping the ISA at x86-64-v3.
+    let v3 = Parallelism::RAYON.max_isa(Isa::X86V3Avx2);
+    for (label, par) in
+        [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON), ("threaded_x86-64-v3", v3)]
+    {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
                 i = (i + 1) % layers.len();
@@ -198,7 +202,11 @@ fn q8_case(g: &mut Group<'_>, name: &str, weights: &[Q4Weight]) {
     let mut y = vec![0f32; out];
     g.throughput(Throughput::Bytes(weights[0].stored_bytes() as u64));
     let mut i = 0;
-    for (label, par) in [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON)] {
+    // AVX-VNNI (256-bit) where the CPU has it, forced by capping the ISA at x86-64-v3.
+    let v3 = Parallelism::RAYON.max_isa(Isa::X86V3Avx2);
+    for (label, par) in
+        [("serial", Parallelism::SERIAL), ("threaded", Parallelism::RAYON), ("threaded_x86-64-v3", v3)]
+    {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
                 i = (i + 1) % weights.len();

@@ -28,7 +28,7 @@
 //! `sum_blocks (d / 2) * sum_k |w_k|` (`w_k = (q_k - z) s`), plus `f32` rounding of the
 //! per-block terms; [`error_bound`] computes it.
 
-use super::q8_vnni::{self, Vnni};
+use super::q8_vnni::{self, AvxVnni, Vnni};
 use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::{Isa, Parallelism};
 use half::f16;
@@ -396,13 +396,35 @@ pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Resul
 }
 
 /// The kernel [`multiply_q4_q8`] runs under `par`: `"avx512-vnni"` (the CPU has AVX-512 VNNI
-/// and `par` allows x86-64-v4) or `"portable"`.
+/// and `par` allows x86-64-v4), else `"avx-vnni"` (the CPU has AVX-VNNI and `par` allows
+/// x86-64-v3), else `"portable"`.
 pub fn kernel(par: Parallelism) -> &'static str {
-    if vnni(par).is_some() { "avx512-vnni" } else { "portable" }
+    match Dot::choose(par) {
+        Dot::Avx512(_) => "avx512-vnni",
+        Dot::Avx256(_) => "avx-vnni",
+        Dot::Portable => "portable",
+    }
 }
 
-fn vnni(par: Parallelism) -> Option<Vnni> {
-    (par.isa() == Isa::X86V4Avx512).then(Vnni::detect).flatten()
+/// The integer-dot instructions a call may use.
+#[derive(Clone, Copy)]
+enum Dot {
+    Avx512(Vnni),
+    Avx256(AvxVnni),
+    Portable,
+}
+
+impl Dot {
+    fn choose(par: Parallelism) -> Dot {
+        let isa = par.isa();
+        if let Some(t) = (isa == Isa::X86V4Avx512).then(Vnni::detect).flatten() {
+            Dot::Avx512(t)
+        } else if let Some(t) = (isa != Isa::Baseline).then(AvxVnni::detect).flatten() {
+            Dot::Avx256(t)
+        } else {
+            Dot::Portable
+        }
+    }
 }
 
 /// What a kernel reads: the weight and one call's activations.
@@ -490,11 +512,12 @@ pub(crate) fn multiply_with(
         xe,
         batch,
     };
-    let token = vnni(par);
+    let dot = Dot::choose(par);
     let per = tiles.div_ceil(par.tasks(tiles.saturating_mul(w.k) * batch.min(8)).max(1)).max(1);
-    let job = |(c, o): (usize, &mut [f32])| match token {
-        Some(token) => q8_vnni::tiles(token, &args, c * per, o),
-        None => crate::lanes::dispatch(par, Portable { a: &args, tile0: c * per, out: o }),
+    let job = |(c, o): (usize, &mut [f32])| match dot {
+        Dot::Avx512(token) => q8_vnni::tiles(token, &args, c * per, o),
+        Dot::Avx256(token) => q8_vnni::tiles_256(token, &args, c * per, o),
+        Dot::Portable => crate::lanes::dispatch(par, Portable { a: &args, tile0: c * per, out: o }),
     };
     let chunk = per * batch * TILE;
     if per < tiles {

@@ -1,9 +1,10 @@
-//! The AVX-512 VNNI kernel of [`super::q8::multiply_q4_q8`]: per 64-byte load of a tile (16
-//! rows × 8 inputs), two masks and a shift give 16 × 4 codes for each of two `vpdpbusd`s by 4
-//! broadcast activation bytes. With the CUDA module, the crate's only code with `unsafe`: one
-//! call into a `#[target_feature]` function, made only with a [`Vnni`] token (which exists only
-//! after run-time detection), and unaligned loads at offsets bounded by slices taken (and so
-//! checked) on entry.
+//! The integer-dot kernels of [`super::q8::multiply_q4_q8`]: AVX-512 VNNI and AVX-VNNI (the
+//! 256-bit VEX form on AVX2 machines). Per 64-byte load of a tile (16 rows × 8 inputs; two
+//! 32-byte halves of 8 rows each in the 256-bit kernel), two masks and a shift give 4 codes per
+//! row for each of two `vpdpbusd`s by 4 broadcast activation bytes. With the CUDA module, the
+//! crate's only code with `unsafe`: calls into `#[target_feature]` functions, made only with a
+//! [`Vnni`] or [`AvxVnni`] token (which exist only after run-time detection), and unaligned loads
+//! at offsets bounded by slices taken (and so checked) on entry.
 #![allow(unsafe_code)]
 
 use super::q8::{Args, BLOCK, TILE};
@@ -24,6 +25,25 @@ impl Vnni {
             && is_x86_feature_detected!("avx512vnni")
         {
             return Some(Vnni(()));
+        }
+        None
+    }
+}
+
+/// Proof that the CPU runs AVX2, FMA, F16C and AVX-VNNI.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AvxVnni(());
+
+impl AvxVnni {
+    /// The token when the CPU has the instructions.
+    pub(crate) fn detect() -> Option<AvxVnni> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("avxvnni")
+        {
+            return Some(AvxVnni(()));
         }
         None
     }
@@ -186,6 +206,141 @@ fn pass<const R: usize, const T: usize, const F16: bool>(
                 (&mut out[(r * a.batch + t0 + t) * TILE..][..TILE]).try_into().expect("16 outputs");
             // SAFETY: `o` is 16 f32 values; the store is unaligned.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc[r][t]) };
+        }
+    }
+}
+
+/// [`tiles`] with 256-bit AVX-VNNI: one tile by up to 2 tokens per pass (16 vector registers:
+/// 8 accumulators, 4 unpacked code vectors, the mask and 2 broadcasts).
+pub(crate) fn tiles_256(token: AvxVnni, a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+    let _ = token;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: an `AvxVnni` token exists only when the CPU reports AVX2, FMA, F16C and
+    // AVX-VNNI (`AvxVnni::detect`), the features `tiles_avx2` is compiled for.
+    unsafe {
+        if a.param_bytes == 64 {
+            tiles_avx2::<true>(a, tile0, out)
+        } else {
+            tiles_avx2::<false>(a, tile0, out)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (a, tile0, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn tiles_avx2<const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+    for (i, o) in out.chunks_exact_mut(a.batch * TILE).enumerate() {
+        let mut t = 0;
+        while t < a.batch {
+            if a.batch - t >= 2 {
+                pass_256::<2, F16>(a, tile0 + i, t, o);
+                t += 2;
+            } else {
+                pass_256::<1, F16>(a, tile0 + i, t, o);
+                t += 1;
+            }
+        }
+    }
+}
+
+/// The scales (`ZERO` false) or zero points of one tile and group as two vectors of 8 `f32`
+/// lanes (rows 0-7, 8-15).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[inline]
+fn lanes_256<const F16: bool, const ZERO: bool>(p: &[u8]) -> [__m256; 2] {
+    if F16 {
+        let p: &[u8; 32] = p[32 * ZERO as usize..][..32].try_into().expect("16 f16 values");
+        // SAFETY: `p` is 32 bytes (16 f16 values); both 16-byte loads are unaligned.
+        unsafe {
+            [
+                _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr().cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr().add(16).cast())),
+            ]
+        }
+    } else {
+        let p: &[u8; 64] = p[64 * ZERO as usize..][..64].try_into().expect("16 f32 values");
+        // SAFETY: `p` is 64 bytes (16 f32 values); both 32-byte loads are unaligned.
+        unsafe { [_mm256_loadu_ps(p.as_ptr().cast()), _mm256_loadu_ps(p.as_ptr().add(32).cast())] }
+    }
+}
+
+/// One tile by tokens `t0..t0 + T` with 256-bit vectors: [`pass`]'s arithmetic, each 64-byte
+/// chunk as two halves of 8 rows. `out` holds the tile's `[batch, TILE]` outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::needless_range_loop)] // t and h index several arrays together
+fn pass_256<const T: usize, const F16: bool>(a: &Args<'_>, tile: usize, t0: usize, out: &mut [f32]) {
+    let (k, group) = (a.k, a.group);
+    let (groups, blocks, per_group) = (k / group, k / BLOCK, group / BLOCK);
+    let stride = a.group_stride();
+    // As in `pass`: every offset below is inside these slices, checked once here.
+    let w = &a.data[tile * groups * stride..(tile + 1) * groups * stride];
+    let xq = &a.xq[t0 * k..(t0 + T) * k];
+    let xd = &a.xd[t0 * blocks..(t0 + T) * blocks];
+    let xe = &a.xe[t0 * groups..(t0 + T) * groups];
+    assert_eq!(out.len(), a.batch * TILE);
+    let xp = xq.as_ptr();
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    for g in 0..groups {
+        let wg = &w[g * stride..][..stride];
+        let s = lanes_256::<F16, false>(wg);
+        for bl in 0..per_group {
+            let b = g * per_group + bl;
+            let mut dot = [[_mm256_setzero_si256(); 2]; T];
+            for c in 0..4 {
+                let (wo, xo) = (a.param_bytes + bl * 256 + c * 64, b * BLOCK + c * 8);
+                // SAFETY: wo + 64 <= stride, so both 32-byte halves lie inside `wg`; the loads
+                // are unaligned.
+                let v = unsafe {
+                    let p = wg.as_ptr().add(wo);
+                    [_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast())]
+                };
+                if PREFETCH > 0 {
+                    // A hint only: an address past the weight is never dereferenced.
+                    _mm_prefetch::<_MM_HINT_T0>(wg.as_ptr().wrapping_add(wo + PREFETCH).cast());
+                }
+                let lo = v.map(|v| _mm256_and_si256(v, mask));
+                let hi = v.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask));
+                for t in 0..T {
+                    // SAFETY: t < T and xo + 8 <= k, so both 4-byte reads lie inside `xq`; the
+                    // reads are unaligned.
+                    let (x0, x1) = unsafe {
+                        let p = xp.add(t * k + xo);
+                        (p.cast::<i32>().read_unaligned(), p.add(4).cast::<i32>().read_unaligned())
+                    };
+                    let (x0, x1) = (_mm256_set1_epi32(x0), _mm256_set1_epi32(x1));
+                    for h in 0..2 {
+                        dot[t][h] = _mm256_dpbusd_avx_epi32(dot[t][h], lo[h], x0);
+                        dot[t][h] = _mm256_dpbusd_avx_epi32(dot[t][h], hi[h], x1);
+                    }
+                }
+            }
+            for t in 0..T {
+                let d = _mm256_set1_ps(xd[t * blocks + b]);
+                for h in 0..2 {
+                    acc[t][h] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t][h]), _mm256_mul_ps(s[h], d), acc[t][h]);
+                }
+            }
+        }
+        let z = lanes_256::<F16, true>(wg);
+        for t in 0..T {
+            let e = _mm256_set1_ps(xe[t * groups + g]);
+            for h in 0..2 {
+                acc[t][h] = _mm256_fnmadd_ps(_mm256_mul_ps(s[h], z[h]), e, acc[t][h]);
+            }
+        }
+    }
+    for t in 0..T {
+        let o: &mut [f32; TILE] = (&mut out[(t0 + t) * TILE..][..TILE]).try_into().expect("16 outputs");
+        // SAFETY: `o` is 16 f32 values; both 8-lane stores are unaligned.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), acc[t][0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[t][1]);
         }
     }
 }

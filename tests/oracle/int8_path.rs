@@ -1,7 +1,7 @@
 //! `QuantLinear` with `Activations::Int8` against the f64 oracle, one harness over a table of
 //! schemes and shapes (GPTQ 4-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 4-bit axis 1
-//! with f16 and bf16 parameters, int4 with f32 scales), batches 1 to 33, both kernels (AVX-512
-//! VNNI where the CPU has it, and the portable one, forced by capping the ISA).
+//! with f16 and bf16 parameters, int4 with f32 scales), batches 1 to 33, every kernel (AVX-512
+//! VNNI and AVX-VNNI where the CPU has them, and the portable one, forced by capping the ISA).
 //!
 //! Bound per output: `|y - y_ref| <= int8_error_bound + rounding`, the activation quantization's
 //! documented bound plus f32 rounding of the per-block terms (`2 (k / 32 + 8) eps` of the terms'
@@ -17,16 +17,9 @@ use quant_kernels::gptq::ZeroFormat;
 use quant_kernels::hqq::{Axis, HqqConfig, HqqWeight, quantize_hqq};
 use quant_kernels::intx;
 use quant_kernels::matmul::{Activations, q8};
-use quant_kernels::{Error, FloatVec, Isa, Parallelism, QuantLinear, QuantWeight};
+use quant_kernels::{Error, FloatVec, Parallelism, QuantLinear, QuantWeight};
 
-/// (name, serial, threaded) for the best kernel and the portable one.
-fn paths() -> [(&'static str, Parallelism, Parallelism); 2] {
-    let cap = |p: Parallelism| p.max_isa(Isa::X86V3Avx2);
-    [
-        ("best", Parallelism::SERIAL, Parallelism::RAYON),
-        ("portable", cap(Parallelism::SERIAL), cap(Parallelism::RAYON)),
-    ]
-}
+use crate::q8::paths;
 
 fn check(name: &str, f32_layer: QuantLinear, batches: &[usize], rng: &mut Rng) {
     let layer = f32_layer.with_activations(Activations::Int8).unwrap();

@@ -1,6 +1,6 @@
 //! The quantized-activation core (`matmul::q8`) against f64 oracles over a table of shapes,
-//! both kernels (AVX-512 VNNI where the CPU has it, and the portable one, forced by capping the
-//! ISA): the integer-dot GEMV equals the f64 product of the dequantized weights and the
+//! every kernel (AVX-512 VNNI and AVX-VNNI where the CPU has them, and the portable one, forced
+//! by capping the ISA): the integer-dot GEMV equals the f64 product of the dequantized weights and the
 //! dequantized int8 activations up to f32 rounding, and the f64 product with the original
 //! activations within the documented activation-quantization bound; serial and threaded give
 //! the same bits; bad shapes and values are typed errors.
@@ -8,22 +8,27 @@
 use crate::common::Rng;
 use quant_kernels::{Isa, Parallelism};
 
-/// Both kernels where the CPU has VNNI: (name, serial, threaded).
-fn paths() -> Vec<(&'static str, Parallelism, Parallelism)> {
-    let cap = |p: Parallelism| p.max_isa(Isa::X86V3Avx2);
-    vec![
+/// Every kernel the CPU has, by capping the ISA: (name, serial, threaded).
+pub(crate) fn paths() -> [(&'static str, Parallelism, Parallelism); 3] {
+    let cap = |p: Parallelism, isa| p.max_isa(isa);
+    [
         ("best", Parallelism::SERIAL, Parallelism::RAYON),
-        ("portable", cap(Parallelism::SERIAL), cap(Parallelism::RAYON)),
+        ("x86-64-v3", cap(Parallelism::SERIAL, Isa::X86V3Avx2), cap(Parallelism::RAYON, Isa::X86V3Avx2)),
+        ("portable", cap(Parallelism::SERIAL, Isa::Baseline), cap(Parallelism::RAYON, Isa::Baseline)),
     ]
 }
 
 #[test]
 fn q8_kernels_are_chosen_by_cpu_and_cap() {
-    let cap = Parallelism::RAYON.max_isa(Isa::X86V3Avx2);
-    assert_eq!(q8::kernel(cap), "portable");
+    assert_eq!(q8::kernel(Parallelism::RAYON.max_isa(Isa::Baseline)), "portable");
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
-        assert_eq!(q8::kernel(Parallelism::RAYON), "avx512-vnni");
+    {
+        let v3 = Parallelism::RAYON.max_isa(Isa::X86V3Avx2);
+        let avx_vnni = is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2");
+        assert_eq!(q8::kernel(v3), if avx_vnni { "avx-vnni" } else { "portable" });
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
+            assert_eq!(q8::kernel(Parallelism::RAYON), "avx512-vnni");
+        }
     }
 }
 use quant_kernels::error::{Error, KernelError};
