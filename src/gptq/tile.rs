@@ -152,8 +152,9 @@ impl Multiply for GptqLayer {
     fn int8_weight(p: &Prepared) -> Result<Q4Weight> {
         let l = &p.layer.layout;
         let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
-        if l.bits() != 4 {
-            return refuse("only 4-bit codes");
+        // 2- and 3-bit codes fit the kernel's 4-bit fields; 8-bit ones need a layout of their own.
+        if l.bits() > 4 {
+            return refuse("8-bit codes do not fit its 4-bit fields");
         }
         let (k, n) = (l.k(), l.n());
         let gs = l.group_size().unwrap_or(k);
@@ -168,7 +169,7 @@ impl Multiply for GptqLayer {
         let scales = p.layer.scales.to_f32();
         Q4Weight::from_rows(n, k, gs, |r, c, s, z| {
             for (kk, c) in c.iter_mut().enumerate() {
-                *c = field(|j| words[j * n + r] as u32, kk, 4) as u8;
+                *c = field(|j| words[j * n + r] as u32, kk, l.bits()) as u8;
             }
             for (g, (s, z)) in s.iter_mut().zip(z.iter_mut()).enumerate() {
                 (*s, *z) = (scales[g * n + r], zeros[g * n + r] as f32);

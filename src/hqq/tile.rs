@@ -435,8 +435,9 @@ impl Multiply for HqqWeight {
     fn int8_weight(h: &Self) -> Result<Q4Weight> {
         let l = &h.layout;
         let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
-        if h.packed.bits != Bits::B4 {
-            return refuse("only 4-bit codes");
+        // 1- to 3-bit codes fit the kernel's 4-bit fields; 8-bit ones need a layout of their own.
+        if h.packed.bits == Bits::B8 {
+            return refuse("8-bit codes do not fit its 4-bit fields");
         }
         if l.axis() != Axis::One {
             return refuse("axis-0 groups run across the outputs, not along the inputs");

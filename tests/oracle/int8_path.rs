@@ -1,6 +1,6 @@
 //! `QuantLinear` with `Activations::Int8` against the f64 oracle, one harness over a table of
-//! schemes and shapes (GPTQ 4-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 4-bit axis 1
-//! with f16 and bf16 parameters, int4 with f32 scales), batches 1 to 33, every kernel (AVX-512
+//! schemes and shapes (GPTQ 2/3/4-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 1-4-bit
+//! axis 1 with f16 and bf16 parameters, int4 with f32 scales), batches 1 to 33, every kernel (AVX-512
 //! VNNI and AVX-VNNI where the CPU has them, and the portable one, forced by capping the ISA).
 //!
 //! Bound per output: `|y - y_ref| <= int8_error_bound + rounding`, the activation quantization's
@@ -54,12 +54,28 @@ fn check(name: &str, f32_layer: QuantLinear, batches: &[usize], rng: &mut Rng) {
             );
             worst = worst.max(err);
         }
-        assert!(worst <= 6e-3 * max_y, "{name} {path}: error {worst:e} of max|y| {max_y:e}");
+        // llama.cpp's figure is over wide layers; with two or three blocks per output one
+        // block's rounding can be a large share of a small max|y| (the bound above still holds).
+        if inp >= 128 {
+            assert!(worst <= 6e-3 * max_y, "{name} {path}: error {worst:e} of max|y| {max_y:e}");
+        }
     }
 }
 
 fn gptq(k: usize, n: usize, g: i64, act: bool, format: ZeroFormat, rng: &mut Rng) -> QuantLinear {
-    let mut layer = crate::matmul::gptq_layer(k, n, 4, g, act, format, rng);
+    gptq_bits(k, n, 4, g, act, format, rng)
+}
+
+fn gptq_bits(
+    k: usize,
+    n: usize,
+    bits: u8,
+    g: i64,
+    act: bool,
+    format: ZeroFormat,
+    rng: &mut Rng,
+) -> QuantLinear {
+    let mut layer = crate::matmul::gptq_layer(k, n, bits, g, act, format, rng);
     layer.bias = Some(FloatVec::F32((0..n).map(|_| rng.f32_in(-0.5, 0.5)).collect()));
     QuantLinear::from_gptq(layer).unwrap()
 }
@@ -74,6 +90,15 @@ fn gptq_and_awq_with_int8_activations() {
                 let q = gptq(k, n, g, act, format, &mut rng);
                 check(&format!("gptq g{g} act {act} {format:?} {k}x{n}"), q, &[1, 2, 5, 9], &mut rng);
             }
+        }
+    }
+    // 2- and 3-bit codes in the kernel's 4-bit fields (3-bit fields straddle GPTQ's words).
+    for bits in [2u8, 3] {
+        for (k, n, g, act, format) in
+            [(128, 64, 32, false, ZeroFormat::V1), (256, 96, 64, true, ZeroFormat::V2)]
+        {
+            let q = gptq_bits(k, n, bits, g, act, format, &mut rng);
+            check(&format!("gptq {bits}-bit g{g} act {act} {format:?} {k}x{n}"), q, &[1, 3, 9], &mut rng);
         }
     }
     for (k, n, g) in [(64, 8, 32), (256, 264, 128)] {
@@ -111,6 +136,15 @@ fn hqq_axis1_and_int4_with_int8_activations() {
         let q = QuantLinear::new(QuantWeight::Int4(t), None).unwrap();
         check(&format!("int4 g{g} {rows}x{cols}"), q, &[1, 6], &mut rng);
     }
+    // 1- to 3-bit HQQ codes in the kernel's 4-bit fields.
+    for bits in [1u8, 2, 3] {
+        let (rows, cols, g) = (40, 256, 64);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        let h =
+            quantize_hqq(&w, rows, cols, &HqqConfig::new(bits, g, Axis::One), Parallelism::RAYON).unwrap();
+        let q = QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap();
+        check(&format!("hqq {bits}-bit axis 1 g{g} {rows}x{cols}"), q, &[1, 5], &mut rng);
+    }
 }
 
 #[test]
@@ -128,6 +162,8 @@ fn int8_activations_refuse_what_they_cannot_take() {
     let w: Vec<f32> = (0..32 * 64).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let h = quantize_hqq(&w, 32, 64, &HqqConfig::new(4, 64, Axis::Zero), Parallelism::RAYON).unwrap();
     assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "HQQ axis 0");
+    let h = quantize_hqq(&w, 32, 64, &HqqConfig::new(8, 64, Axis::One), Parallelism::RAYON).unwrap();
+    assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "8-bit HQQ");
     let t = intx::quantize_int8(&w, 32, 64, intx::Granularity::PerChannel, Parallelism::SERIAL).unwrap();
     let q = QuantLinear::new(QuantWeight::Int8(t), None).unwrap();
     assert_eq!(q.int8_error_bound(&w[..64], 1).unwrap(), None);
