@@ -451,8 +451,9 @@ impl Args<'_> {
 }
 
 /// `y = x W^T` (`y`: `[batch, rows]`) from 4-bit weights and `int8` activations: per block an
-/// exact `i32` dot product of codes, then `s * d * dot` per block and `s * z * E_g` per group in
-/// `f32` (fused multiply-adds in the VNNI kernel). Tiles of 16 outputs split over the pool as
+/// exact `i32` dot product of codes, `G += d * dot` per block and `y += s * (G - z * E_g)` per
+/// group in `f32` (fused multiply-adds in the VNNI kernels, which give the same bits at every
+/// batch). Tiles of 16 outputs split over the pool as
 /// `par` allows (the same bits either way).
 ///
 /// ```
@@ -554,12 +555,7 @@ impl crate::lanes::Kernel for Portable<'_> {
                 let xq = &a.xq[t * k..(t + 1) * k];
                 acc.fill(0.0);
                 for (g, wg) in tile.chunks_exact(stride).enumerate() {
-                    let mut s = [0f32; TILE];
-                    let mut sz = [0f32; TILE];
-                    for l in 0..TILE {
-                        let (sl, zl) = read_param(wg, a.param_bytes, l);
-                        (s[l], sz[l]) = (sl, sl * zl);
-                    }
+                    let mut sum = [0f32; TILE];
                     let codes = wg[a.param_bytes..].chunks_exact(TILE_BLOCK_BYTES);
                     for (b, (wb, xb)) in codes.zip(xq[g * a.group..].chunks_exact(BLOCK)).enumerate() {
                         let mut dot = [0i32; TILE];
@@ -572,13 +568,14 @@ impl crate::lanes::Kernel for Portable<'_> {
                             }
                         }
                         let d = a.xd[t * blocks + g * a.group / BLOCK + b];
-                        for l in 0..TILE {
-                            acc[l] += dot[l] as f32 * (s[l] * d);
+                        for (sum, &dot) in sum.iter_mut().zip(&dot) {
+                            *sum += dot as f32 * d;
                         }
                     }
                     let e = a.xe[t * groups + g];
-                    for l in 0..TILE {
-                        acc[l] -= sz[l] * e;
+                    for (l, (acc, &sum)) in acc.iter_mut().zip(&sum).enumerate() {
+                        let (s, z) = read_param(wg, a.param_bytes, l);
+                        *acc += s * (sum - z * e);
                     }
                 }
             }

@@ -58,14 +58,22 @@ fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
         let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
         x[..BLOCK].fill(0.0); // an all-zero block: scale 0
         let xq = q8::quantize_activations(&x, batch, k).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut vnni = Vec::new();
         for (path, serial, threaded) in paths() {
             let mut y = vec![0f32; batch * rows];
             q8::multiply_q4_q8(&w, &xq, &mut y, serial).unwrap();
             let mut yt = vec![0f32; batch * rows];
             q8::multiply_q4_q8(&w, &xq, &mut yt, threaded).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y), bits(&yt), "{path} {rows}x{k}");
             check(&w, &xq, &x, &codes, &scales, &zeros, (rows, k, group, batch), &y, path);
+            if q8::kernel(serial).contains("vnni") {
+                vnni.push(bits(&y));
+            }
+        }
+        // Both VNNI kernels do the same fused operations per lane: the same bits.
+        if let [a, b] = &vnni[..] {
+            assert_eq!(a, b, "avx512-vnni vs avx-vnni {rows}x{k}");
         }
     }
 }
