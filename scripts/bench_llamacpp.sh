@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Peer benchmark: llama.cpp's CPU matrix multiply (ggml's CPU backend) on Q4_0 / Q4_K weights.
+# Not run by CI: it downloads and builds the peer only when someone runs it.
+#
+# usage: bash scripts/bench_llamacpp.sh [--build-only] [BENCH OPTIONS...]
+#   BENCH OPTIONS go to scripts/peer/ggml_mul_mat.c, e.g. --quick, --types q4_0, --batches 1,8,
+#   --shapes 4096x4096, --buffers CPU_REPACK, --threads 2, --min-mib 1024 (see --help).
+# env: QK_PEER_DIR  cache and build dir (default /tmp/qk-peer, ~450 MB after the build)
+#      QK_PEER_JOBS build parallelism (default 2)
+#
+# Steps: (a) `pip download` the pinned llama-cpp-python source package (it vendors llama.cpp under
+# vendor/llama.cpp) and check its sha256; (b) get cmake (PATH, else pip into a venv in QK_PEER_DIR,
+# else apt-get); (c) patch ggml's AMX tile-config init (compiler barrier, see below); (d) build
+# only ggml with the CPU backend, native, Release; (e) build scripts/peer/ggml_mul_mat.c against it
+# and run it. JSON records on stdout, progress and a table on stderr.
+set -euo pipefail
+
+LCP_VERSION=0.3.36   # llama-cpp-python; vendors llama.cpp 0c1e570 (ggml 0.25.3)
+# sha256 of the sdist (update both together)
+LCP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+
+peer_dir=${QK_PEER_DIR:-/tmp/qk-peer}
+jobs=${QK_PEER_JOBS:-2}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+die() { echo "bench_llamacpp: error: $*" >&2; exit 1; }
+log() { echo "bench_llamacpp: $*" >&2; }
+
+build_only=0
+args=()
+for a in "$@"; do
+    case "$a" in
+        --build-only) build_only=1 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+command -v python3 >/dev/null || die "python3 not found (needed for pip)"
+python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip does not work; install pip (apt-get install -y python3-pip)"
+command -v cc >/dev/null || command -v gcc >/dev/null || die "no C compiler (apt-get install -y build-essential)"
+command -v c++ >/dev/null || command -v g++ >/dev/null || die "no C++ compiler (apt-get install -y g++)"
+CC=${CC:-$(command -v cc || command -v gcc)}
+
+mkdir -p "$peer_dir"
+sdist="$peer_dir/llama_cpp_python-$LCP_VERSION.tar.gz"
+src="$peer_dir/llama_cpp_python-$LCP_VERSION"
+ggml_src="$src/vendor/llama.cpp/ggml"
+
+# (a) source package. `--no-binary llama-cpp-python` rather than `:all:`: with `:all:` pip also
+# builds the sdist's build requirements (cmake, ninja) from source just to read its metadata.
+if [ ! -f "$sdist" ]; then
+    log "downloading llama-cpp-python==$LCP_VERSION (source package) into $peer_dir"
+    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LCP_VERSION" -d "$peer_dir" >&2 \
+        || die "pip download of llama-cpp-python==$LCP_VERSION failed (is PyPI reachable?)"
+    [ -f "$sdist" ] || die "pip did not leave $sdist (got: $(ls "$peer_dir"))"
+fi
+got=$(sha256sum "$sdist" | cut -d' ' -f1)
+[ "$got" = "$LCP_SHA256" ] || die "sha256 of $sdist is $got, expected $LCP_SHA256 (delete it to re-download)"
+if [ ! -f "$ggml_src/CMakeLists.txt" ]; then
+    log "unpacking $sdist"
+    tar -xzf "$sdist" -C "$peer_dir" || die "could not unpack $sdist"
+    [ -f "$ggml_src/CMakeLists.txt" ] || die "$sdist has no vendor/llama.cpp/ggml"
+fi
+[ -d "$ggml_src/src/ggml-cpu/amx" ] || die "this llama.cpp has no ggml/src/ggml-cpu/amx"
+grep -q ggml_backend_cpu_get_extra_buffer_types "$ggml_src/src/ggml-cpu/ggml-cpu.cpp" \
+    || die "this llama.cpp has no CPU extra buffer types"
+
+# (b) cmake
+cmake_bin=""
+if command -v cmake >/dev/null && cmake --version >/dev/null 2>&1; then
+    cmake_bin=$(command -v cmake)
+elif [ -x "$peer_dir/venv/bin/cmake" ]; then
+    cmake_bin="$peer_dir/venv/bin/cmake"
+else
+    log "cmake not found: installing it with pip into $peer_dir/venv"
+    if python3 -m venv "$peer_dir/venv" >&2 && "$peer_dir/venv/bin/python" -m pip install --quiet "cmake>=3.21,<5" >&2; then
+        cmake_bin="$peer_dir/venv/bin/cmake"
+    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "pip install cmake failed; trying apt-get"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake; } >&2 \
+            || die "apt-get install cmake failed"
+        cmake_bin=$(command -v cmake)
+    else
+        die "could not install cmake (pip failed and apt-get is not available as root)"
+    fi
+fi
+"$cmake_bin" --version >/dev/null 2>&1 || die "$cmake_bin does not run"
+log "cmake: $cmake_bin ($("$cmake_bin" --version | head -1))"
+
+# (c) With GCC 12, ggml's AMX path crashes at batch > 1: the compiler moves the stores that fill
+# the tile config past _tile_loadconfig. A compiler barrier before the load fixes it. Idempotent.
+# (Only compiled in when the compiler targets AMX, i.e. -march=native on a CPU that exposes it.)
+mmq="$ggml_src/src/ggml-cpu/amx/mmq.cpp"
+if ! grep -q 'qk-peer: compiler barrier' "$mmq"; then
+    [ "$(grep -c '^[[:space:]]*_tile_loadconfig(&tc);' "$mmq")" = 1 ] \
+        || die "AMX patch: expected one '_tile_loadconfig(&tc);' in $mmq"
+    sed -i 's|^\([[:space:]]*\)_tile_loadconfig(&tc);|\1__asm__ __volatile__("" ::: "memory"); // qk-peer: compiler barrier (GCC 12)\n\1_tile_loadconfig(\&tc);|' "$mmq"
+    grep -q 'qk-peer: compiler barrier' "$mmq" || die "AMX patch did not apply to $mmq"
+    log "patched $mmq (compiler barrier before _tile_loadconfig)"
+fi
+
+# (d) ggml only, CPU backend only, static, native. Configured from llama.cpp's top level (the sdist
+# lacks ggml/ggml.pc.in, which a standalone ggml configure needs) with everything llama-side off,
+# and only the ggml targets built. GGML_LLAMAFILE=ON is llama.cpp's default; OpenMP as by default.
+build="$peer_dir/build-ggml"
+if [ ! -f "$build/CMakeCache.txt" ]; then
+    log "configuring llama.cpp/ggml in $build"
+    "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$build" \
+        -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+        -DGGML_NATIVE=ON -DGGML_CPU=ON -DGGML_LLAMAFILE=ON -DGGML_CPU_REPACK=ON \
+        -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_HIP=OFF -DGGML_SYCL=OFF \
+        -DGGML_OPENCL=OFF -DGGML_WEBGPU=OFF -DGGML_RPC=OFF -DGGML_BLAS=OFF \
+        -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF >"$peer_dir/cmake-configure.log" 2>&1 \
+        || { tail -30 "$peer_dir/cmake-configure.log" >&2; rm -f "$build/CMakeCache.txt"; die "cmake configure failed (log: $peer_dir/cmake-configure.log)"; }
+fi
+log "building ggml (-j$jobs)"
+t0=$(date +%s)
+"$cmake_bin" --build "$build" -j "$jobs" --target ggml ggml-cpu ggml-base >"$peer_dir/cmake-build.log" 2>&1 \
+    || { tail -30 "$peer_dir/cmake-build.log" >&2; die "ggml build failed (log: $peer_dir/cmake-build.log)"; }
+log "ggml build: $(( $(date +%s) - t0 )) s"
+
+libs=()
+for l in ggml ggml-cpu ggml-base; do
+    f=$(find "$build" -name "lib$l.a" -print -quit)
+    [ -n "$f" ] || die "lib$l.a not found under $build"
+    libs+=("$f")
+done
+openmp=()
+grep -q '^GGML_OPENMP:BOOL=ON' "$build/CMakeCache.txt" && openmp=(-fopenmp)
+
+# (e) our bench program
+bench="$peer_dir/ggml_mul_mat"
+bench_src="$repo/scripts/peer/ggml_mul_mat.c"
+stale=0
+[ -x "$bench" ] || stale=1
+for f in "$bench_src" "${libs[@]}"; do [ "$f" -nt "$bench" ] && stale=1; done
+if [ "$stale" = 1 ]; then
+    log "compiling $bench_src"
+    "$CC" -O2 -march=native -std=c11 -Wall -Wextra -Wno-unused-parameter \
+        -I "$ggml_src/include" "$bench_src" -o "$bench" \
+        "${libs[@]}" "${openmp[@]+"${openmp[@]}"}" -lstdc++ -lm -lpthread \
+        || die "compiling $bench_src failed"
+fi
+[ "$build_only" = 1 ] && { log "built $bench"; exit 0; }
+
+if read -r l1 _ < /proc/loadavg 2>/dev/null; then
+    log "load average before the run: $l1 (the run uses its own threads; other load skews the numbers)"
+fi
+exec "$bench" --version "llama-cpp-python $LCP_VERSION" "${args[@]+"${args[@]}"}"
