@@ -210,7 +210,7 @@ fn q8_case(g: &mut Group<'_>, name: &str, weights: &[Q4Weight]) {
         g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
                 i = (i + 1) % weights.len();
-                let xq = q8::quantize_activations(black_box(&x), 1, inp).unwrap();
+                let xq = q8::quantize_activations(black_box(&x), 1, inp, par).unwrap();
                 q8::multiply_q4_q8(&weights[i], &xq, &mut y, par).unwrap()
             })
         });

@@ -229,7 +229,7 @@ impl QuantLinear {
     pub fn int8_error_bound(&self, x: &[f32], batch: usize) -> Result<Option<Vec<f64>>> {
         let Some(w) = &self.int8 else { return Ok(None) };
         let mut ws = Workspace::default();
-        self.quantize_inputs(x, batch, &mut ws)?;
+        self.quantize_inputs(x, batch, &mut ws, Parallelism::RAYON)?;
         let mut bound = Vec::with_capacity(batch * self.out);
         for t in 0..batch {
             for o in 0..self.out {
@@ -240,7 +240,13 @@ impl QuantLinear {
     }
 
     /// `x` gathered in the weight's input order and quantized into `ws.q8`.
-    fn quantize_inputs<X: Elem>(&self, x: &[X], batch: usize, ws: &mut Workspace) -> Result<()> {
+    fn quantize_inputs<X: Elem>(
+        &self,
+        x: &[X],
+        batch: usize,
+        ws: &mut Workspace,
+        par: Parallelism,
+    ) -> Result<()> {
         let inp = self.inp;
         expect_len("x", batch.saturating_mul(inp), x.len())?;
         let perm = stored!(&self.stored, p, T => T::input_order(p));
@@ -257,7 +263,7 @@ impl QuantLinear {
             }
             None => X::slice_to_f32(x, xc),
         }
-        q8::quantize_activations_into(xc, batch, inp, &mut ws.q8)
+        q8::quantize_activations_into(xc, batch, inp, &mut ws.q8, par)
     }
 
     /// A GPTQ layer with its own bias.
@@ -364,7 +370,7 @@ impl QuantLinear {
         expect_len("x", nx, x.len())?;
         expect_len("y", ny, y.len())?;
         if let Some(w) = &self.int8 {
-            self.quantize_inputs(x, batch, ws)?;
+            self.quantize_inputs(x, batch, ws, par)?;
             let acc = kernel::grown(&mut ws.y, ny);
             q8::multiply_with(w, &ws.q8, acc, par, &mut ws.q8_out)?;
             self.add_bias(acc);

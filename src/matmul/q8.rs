@@ -63,33 +63,38 @@ fn not_multiple(what: &'static str, value: usize, multiple: usize) -> Error {
 }
 
 /// Quantize `x` (`[batch, k]`, `k` a multiple of [`BLOCK`]) to `int8` per block: `d = max|x| /
-/// 127`, `q = round(x / d)` (ties to even), so `|x - q d| <= d / 2`.
+/// 127`, `q = round(x * (127 / max|x|))` (ties to even), so `|x - q d| <= d / 2`. Blocks split
+/// over the pool as `par` allows (the same codes either way).
 ///
 /// ```
 /// use quant_kernels::matmul::q8::quantize_activations;
+/// use quant_kernels::Parallelism;
 /// let mut x = vec![0.0f32; 32];
 /// x[0] = 1.27;
 /// x[1] = -0.5;
-/// let q = quantize_activations(&x, 1, 32)?;
+/// let q = quantize_activations(&x, 1, 32, Parallelism::SERIAL)?;
 /// assert_eq!((q.codes[0], q.codes[1], q.scales[0], q.sums[0]), (127, -50, 0.01, 77));
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
-pub fn quantize_activations(x: &[f32], batch: usize, k: usize) -> Result<Q8Activations> {
+pub fn quantize_activations(x: &[f32], batch: usize, k: usize, par: Parallelism) -> Result<Q8Activations> {
     let mut q = Q8Activations { batch: 0, k, codes: Vec::new(), scales: Vec::new(), sums: Vec::new() };
-    quantize_activations_into(x, batch, k, &mut q)?;
+    quantize_activations_into(x, batch, k, &mut q, par)?;
     Ok(q)
 }
 
 /// [`quantize_activations`] into `q`, whose buffers are reused (grown, never shrunk).
-pub fn quantize_activations_into(x: &[f32], batch: usize, k: usize, q: &mut Q8Activations) -> Result<()> {
+pub fn quantize_activations_into(
+    x: &[f32],
+    batch: usize,
+    k: usize,
+    q: &mut Q8Activations,
+    par: Parallelism,
+) -> Result<()> {
     if !k.is_multiple_of(BLOCK) {
         return Err(not_multiple("activation length", k, BLOCK));
     }
     let n = batch.checked_mul(k).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: batch, cols: k }))?;
     expect_len("activations", n, x.len())?;
-    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Kernel(KernelError::NonFinite { index }));
-    }
     let blocks = n / BLOCK;
     (q.batch, q.k) = (batch, k);
     q.codes.clear();
@@ -98,24 +103,76 @@ pub fn quantize_activations_into(x: &[f32], batch: usize, k: usize, q: &mut Q8Ac
     q.scales.resize(blocks, 0.0);
     q.sums.clear();
     q.sums.resize(blocks, 0);
-    for (((xb, qb), d), sum) in
-        x.chunks_exact(BLOCK).zip(q.codes.chunks_exact_mut(BLOCK)).zip(&mut q.scales).zip(&mut q.sums)
-    {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if amax == 0.0 {
-            continue;
-        }
-        *d = amax / 127.0;
-        let inv = 127.0 / amax;
-        let mut s = 0i32;
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            // |v * inv| <= 127 up to one rounding; the clamp only catches that rounding.
-            *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            s += *q as i32;
-        }
-        *sum = s;
+    // Chunks of whole blocks; each reports its first non-finite value, the earliest wins.
+    let per = blocks.div_ceil(par.tasks(n).max(1)).max(1);
+    let job = |(c, k): (usize, Quantize<'_>)| crate::lanes::dispatch(par, k).map(|i| c * per * BLOCK + i);
+    let chunks = x
+        .chunks(per * BLOCK)
+        .zip(q.codes.chunks_mut(per * BLOCK))
+        .zip(q.scales.chunks_mut(per))
+        .zip(q.sums.chunks_mut(per))
+        .map(|(((x, codes), scales), sums)| Quantize { x, codes, scales, sums })
+        .enumerate();
+    let bad =
+        if per < blocks { chunks.par_bridge().filter_map(job).min() } else { chunks.filter_map(job).min() };
+    match bad {
+        Some(index) => Err(Error::Kernel(KernelError::NonFinite { index })),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// 1.5 * 2^23: `x + ROUND` is `round_ties_even(x)` in the low mantissa bits for `|x| < 2^22`.
+const ROUND: f32 = 12_582_912.0;
+
+/// Whole blocks of activations to codes, scales and code sums; the index of the first
+/// non-finite value, if any (the outputs are then partly written).
+struct Quantize<'a> {
+    x: &'a [f32],
+    codes: &'a mut [i8],
+    scales: &'a mut [f32],
+    sums: &'a mut [i32],
+}
+
+impl crate::lanes::Kernel for Quantize<'_> {
+    type Output = Option<usize>;
+    #[inline(always)]
+    fn run(self, _simd: crate::lanes::Simd) -> Option<usize> {
+        let Self { x, codes, scales, sums } = self;
+        let blocks =
+            x.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).zip(scales.iter_mut().zip(sums));
+        for (b, ((xb, qb), (d, sum))) in blocks.enumerate() {
+            let xb: &[f32; BLOCK] = xb.try_into().expect("whole blocks");
+            let qb: &mut [i8; BLOCK] = qb.try_into().expect("whole blocks");
+            // Lane-wise over 8 partial maxima (vectorizes); `v * 0` is NaN exactly for a NaN
+            // or an infinity (max would skip a NaN).
+            let (mut m, mut nan) = ([0f32; 8], [0f32; 8]);
+            for c in xb.chunks_exact(8) {
+                for l in 0..8 {
+                    (m[l], nan[l]) = (m[l].max(c[l].abs()), nan[l] + c[l] * 0.0);
+                }
+            }
+            if nan.iter().any(|v| v.is_nan()) {
+                return xb.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i);
+            }
+            let amax = m.iter().fold(0f32, |a, &v| a.max(v));
+            if amax == 0.0 {
+                (*d, *sum) = (0.0, 0);
+                qb.fill(0);
+                continue;
+            }
+            *d = amax / 127.0;
+            let inv = 127.0 / amax;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                // |v * inv| <= 127 up to one rounding; the clamp only catches that rounding.
+                // Adding 1.5 * 2^23 rounds to an integer (ties to even) held in the low
+                // mantissa bits: `round_ties_even` and a saturating cast, but vectorized.
+                let r = (v * inv).clamp(-127.0, 127.0) + ROUND;
+                *q = (r.to_bits() as i32 - ROUND.to_bits() as i32) as i8;
+            }
+            *sum = qb.iter().map(|&q| q as i32).sum();
+        }
+        None
+    }
 }
 
 /// `group` a positive multiple of [`BLOCK`] dividing `k`.
@@ -462,7 +519,7 @@ impl Args<'_> {
 /// // Row 0: codes 2, zero 1, scale 0.5 (w = 0.5); row 1: codes 0, zero 0 (w = 0).
 /// let codes: Vec<u8> = [[2u8; 32], [0; 32]].concat();
 /// let w = Q4Weight::from_codes(&codes, &[0.5, 1.0], &[1.0, 0.0], 2, 32, 32)?;
-/// let x = quantize_activations(&[2.0f32; 32], 1, 32)?; // codes 127, d = 2/127
+/// let x = quantize_activations(&[2.0f32; 32], 1, 32, Parallelism::SERIAL)?; // codes 127, d = 2/127
 /// let mut y = [0f32; 2];
 /// multiply_q4_q8(&w, &x, &mut y, Parallelism::SERIAL)?;
 /// assert_eq!(y, [32.0, 0.0]); // 32 * 0.5 * 2

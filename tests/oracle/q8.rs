@@ -57,7 +57,7 @@ fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
         let w = Q4Weight::from_codes(&codes, &scales, &zeros, rows, k, group).unwrap();
         let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
         x[..BLOCK].fill(0.0); // an all-zero block: scale 0
-        let xq = q8::quantize_activations(&x, batch, k).unwrap();
+        let xq = q8::quantize_activations(&x, batch, k, Parallelism::SERIAL).unwrap();
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let mut vnni = Vec::new();
         for (path, serial, threaded) in paths() {
@@ -146,14 +146,17 @@ fn check(
 #[test]
 fn q8_shapes_and_values_are_checked() {
     let not_multiple = |e: Error| matches!(e, Error::Kernel(KernelError::NotMultiple { .. }));
-    assert!(not_multiple(q8::quantize_activations(&[0.0; 48], 1, 48).unwrap_err()));
+    assert!(not_multiple(q8::quantize_activations(&[0.0; 48], 1, 48, Parallelism::SERIAL).unwrap_err()));
     assert!(matches!(
-        q8::quantize_activations(&[0.0; 32], 2, 32),
+        q8::quantize_activations(&[0.0; 32], 2, 32, Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
     let mut x = vec![0.5f32; 32];
     x[3] = f32::NAN;
-    assert_eq!(q8::quantize_activations(&x, 1, 32), Err(Error::Kernel(KernelError::NonFinite { index: 3 })));
+    assert_eq!(
+        q8::quantize_activations(&x, 1, 32, Parallelism::SERIAL),
+        Err(Error::Kernel(KernelError::NonFinite { index: 3 }))
+    );
     let codes = vec![1u8; 64];
     assert!(not_multiple(Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 48).unwrap_err()));
     assert!(not_multiple(Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 2, 32, 64).unwrap_err()));
@@ -168,12 +171,12 @@ fn q8_shapes_and_values_are_checked() {
         Err(Error::Kernel(KernelError::NonFinite { index: 1 }))
     );
     let w = Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 32).unwrap();
-    let xq = q8::quantize_activations(&[1.0; 64], 1, 64).unwrap();
+    let xq = q8::quantize_activations(&[1.0; 64], 1, 64, Parallelism::SERIAL).unwrap();
     assert!(matches!(
         q8::multiply_q4_q8(&w, &xq, &mut [0.0; 2], Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
-    let x32 = q8::quantize_activations(&[1.0; 32], 1, 32).unwrap();
+    let x32 = q8::quantize_activations(&[1.0; 32], 1, 32, Parallelism::SERIAL).unwrap();
     assert!(q8::multiply_q4_q8(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
     assert!(q8::error_bound(&w, &xq, 1, 0).is_err() && q8::error_bound(&w, &xq, 0, 1).is_err());
     assert!(q8::error_bound(&w, &x32, 0, 0).is_err());
@@ -181,4 +184,46 @@ fn q8_shapes_and_values_are_checked() {
     let mut y = [0f32; 1];
     q8::multiply_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
     assert_eq!(y, [64.0]);
+}
+
+/// The quantizer against the scalar rule (`d = max|x| / 127`, `q = round_ties_even(x * 127 /
+/// max|x|)` clamped to ±127, code sums), on every kernel path, serial and split over the pool
+/// (128 x 1024 values: several chunks), ties included; the first non-finite value is reported
+/// whichever chunk holds it.
+#[test]
+fn q8_quantizer_equals_the_scalar_rule() {
+    let mut rng = Rng(84);
+    let (batch, k) = (128, 1024);
+    let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-3.0, 3.0)).collect();
+    // A block whose scale is exactly 1: halves round to even (0.5 -> 0, 1.5 -> 2, -2.5 -> -2).
+    x[64..96].copy_from_slice(&[[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5]; 4].concat());
+    x[96..128].fill(0.0);
+    let mut codes = vec![0i8; batch * k];
+    let mut scales = vec![0f32; batch * k / BLOCK];
+    let mut sums = vec![0i32; batch * k / BLOCK];
+    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if amax == 0.0 {
+            continue;
+        }
+        scales[b] = amax / 127.0;
+        for (i, &v) in xb.iter().enumerate() {
+            codes[b * BLOCK + i] = (v * (127.0 / amax)).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        sums[b] = codes[b * BLOCK..(b + 1) * BLOCK].iter().map(|&q| q as i32).sum();
+    }
+    assert_eq!(&codes[64..72], &[127, 0, 2, 2, 0, -2, -2, 126]);
+    for (path, serial, threaded) in paths() {
+        for par in [serial, threaded] {
+            let q = q8::quantize_activations(&x, batch, k, par).unwrap();
+            assert!(q.codes == codes && q.scales == scales && q.sums == sums, "{path}");
+            let mut bad = x.clone();
+            (bad[100_000], bad[70_000], bad[90_000]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY);
+            assert_eq!(
+                q8::quantize_activations(&bad, batch, k, par),
+                Err(Error::Kernel(KernelError::NonFinite { index: 70_000 })),
+                "{path}"
+            );
+        }
+    }
 }
