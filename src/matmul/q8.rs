@@ -583,11 +583,16 @@ pub(crate) fn multiply_with(
     } else {
         job((0, out));
     }
-    for (tile, o) in out.chunks_exact(batch * TILE).enumerate() {
-        let rows = TILE.min(w.rows - tile * TILE);
-        for (t, v) in o.chunks_exact(TILE).enumerate() {
-            y[t * w.rows + tile * TILE..][..rows].copy_from_slice(&v[..rows]);
+    // `[tiles, batch, TILE]` to `[batch, rows]`, a token's row per task.
+    let scatter = |(t, yt): (usize, &mut [f32])| {
+        for (tile, yo) in yt.chunks_mut(TILE).enumerate() {
+            yo.copy_from_slice(&out[(tile * batch + t) * TILE..][..yo.len()]);
         }
+    };
+    if par.tasks(n) > 1 {
+        y.par_chunks_mut(w.rows).enumerate().for_each(scatter);
+    } else {
+        y.chunks_mut(w.rows).enumerate().for_each(scatter);
     }
     Ok(())
 }
