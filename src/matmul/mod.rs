@@ -84,21 +84,11 @@ pub enum Activations {
     Int8,
 }
 
-/// The workspace a [`QuantLinear`] reuses for [`QuantLinear::forward_into`]; not part of the
-/// layer's value (a clone starts empty, equality ignores it).
-#[derive(Debug, Default)]
-struct Reused(std::sync::Mutex<Workspace>);
-
-impl Clone for Reused {
-    fn clone(&self) -> Self {
-        Reused::default()
-    }
-}
-
-impl PartialEq for Reused {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
+thread_local! {
+    /// The workspace [`QuantLinear::forward_into`] reuses: one per calling thread, shared by
+    /// every layer, so its memory is one largest call's, not one per layer (a model's prompt
+    /// otherwise first-touches every layer's own buffers: most of its time on a VM).
+    static WORKSPACE: std::cell::RefCell<Workspace> = std::cell::RefCell::new(Workspace::default());
 }
 
 /// `$body` with `$p` bound to the prepared weight and `$t` naming its scheme's type.
@@ -155,7 +145,6 @@ pub struct QuantLinear {
     stored: Stored,
     /// The weight re-laid for [`Activations::Int8`], when chosen.
     int8: Option<q8::Q4Weight>,
-    workspace: Reused,
     bias: Option<Vec<f32>>,
     out: usize,
     inp: usize,
@@ -185,7 +174,7 @@ impl QuantLinear {
             }
             None => None,
         };
-        Ok(Self { stored, int8: None, workspace: Reused::default(), bias, out, inp })
+        Ok(Self { stored, int8: None, bias, out, inp })
     }
 
     /// The layer multiplying with `activations`. [`Activations::Int8`] re-lays the weight's
@@ -321,9 +310,9 @@ impl QuantLinear {
 
     /// `y = x · Wᵀ + bias` for `x: [batch, in]` into `y: [batch, out]` (see the module docs).
     ///
-    /// Buffers come from a [`Workspace`] the layer keeps, so a caller that multiplies one layer
-    /// from one thread at a time allocates nothing per call once the layer has seen its batch
-    /// size; concurrent calls on one layer each get a fresh workspace (or pass your own to
+    /// Buffers come from a [`Workspace`] kept per calling thread and shared by every layer, so
+    /// a thread allocates nothing per call once it has run its largest shape; a call nested in
+    /// another on the same thread (rayon work stealing) gets a fresh one (or pass your own to
     /// [`QuantLinear::forward_with`]).
     pub fn forward_into<X: Elem, Y: Elem>(
         &self,
@@ -332,10 +321,10 @@ impl QuantLinear {
         y: &mut [Y],
         par: Parallelism,
     ) -> Result<()> {
-        match self.workspace.0.try_lock() {
+        WORKSPACE.with(|ws| match ws.try_borrow_mut() {
             Ok(mut ws) => self.forward_with(x, batch, y, par, &mut ws),
             Err(_) => self.forward_with(x, batch, y, par, &mut Workspace::default()),
-        }
+        })
     }
 
     /// [`QuantLinear::forward_into`] with the caller's [`Workspace`]: nothing is allocated once
