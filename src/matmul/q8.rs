@@ -156,9 +156,7 @@ impl crate::lanes::Kernel for Quantize<'_> {
             }
             let amax = m.iter().fold(0f32, |a, &v| a.max(v));
             if amax == 0.0 {
-                (*d, *sum) = (0.0, 0);
-                qb.fill(0);
-                continue;
+                continue; // codes, scale and sum stay the zeros they were reset to
             }
             *d = amax / 127.0;
             let inv = 127.0 / amax;
@@ -583,17 +581,15 @@ pub(crate) fn multiply_with(
     } else {
         job((0, out));
     }
-    // `[tiles, batch, TILE]` to `[batch, rows]`, a token's row per task.
-    let scatter = |(t, yt): (usize, &mut [f32])| {
-        for (tile, yo) in yt.chunks_mut(TILE).enumerate() {
-            yo.copy_from_slice(&out[(tile * batch + t) * TILE..][..yo.len()]);
+    // `[tiles, batch, TILE]` to `[batch, rows]`, whole tokens' rows per task.
+    let out = &*out;
+    crate::par::row_chunks(y, w.rows, par, |t0, ys| {
+        for (t, yt) in ys.chunks_mut(w.rows).enumerate() {
+            for (tile, yo) in yt.chunks_mut(TILE).enumerate() {
+                yo.copy_from_slice(&out[(tile * batch + t0 + t) * TILE..][..yo.len()]);
+            }
         }
-    };
-    if par.tasks(n) > 1 {
-        y.par_chunks_mut(w.rows).enumerate().for_each(scatter);
-    } else {
-        y.chunks_mut(w.rows).enumerate().for_each(scatter);
-    }
+    });
     Ok(())
 }
 
