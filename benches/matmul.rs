@@ -22,7 +22,7 @@ use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
 use quant_kernels::matmul::Activations;
-use quant_kernels::matmul::q8::{self, Q4Weight};
+use quant_kernels::matmul::q8::{self, IntWeight};
 use quant_kernels::{B4, Bits, FloatVec, Isa, Packing, Parallelism};
 use quant_kernels::{QuantLinear, QuantWeight};
 use rayon::prelude::*;
@@ -88,13 +88,13 @@ fn gptq4(out: usize, inp: usize, act_order: bool) -> QuantLinear {
 
 /// 4-bit codes with an f16 scale and zero point per 64 inputs in the quantized-activation
 /// layout (`matmul::q8`): the same information as HQQ 4-bit g64 axis 1.
-fn q4_weight(out: usize, inp: usize) -> Q4Weight {
+fn q4_weight(out: usize, inp: usize) -> IntWeight {
     let mut x = XorShift(0x2545_f491_4f6c_dd1d);
     let codes: Vec<u8> = (0..out * inp).map(|_| (x.next() & 15) as u8).collect();
     let n = out * inp / 64;
     let scales: Vec<f32> = (0..n).map(|i| f16::from_f32(0.001 + (i % 97) as f32 * 1e-4).to_f32()).collect();
     let zeros: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.5 + 1.0).collect();
-    Q4Weight::from_codes(&codes, &scales, &zeros, out, inp, 64).unwrap()
+    IntWeight::from_codes(4, &codes, &scales, &zeros, out, inp, 64).unwrap()
 }
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -196,7 +196,7 @@ fn gemv_case(
 
 /// The quantized-activation core over a rotation of `weights`: the activations quantized to
 /// int8 (per call, included in the time) and the integer-dot GEMV.
-fn q8_case(g: &mut Group<'_>, name: &str, weights: &[Q4Weight]) {
+fn q8_case(g: &mut Group<'_>, name: &str, weights: &[IntWeight]) {
     let (out, inp) = (weights[0].rows(), weights[0].k());
     let x: Vec<f32> = (0..inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     let mut y = vec![0f32; out];
@@ -211,7 +211,7 @@ fn q8_case(g: &mut Group<'_>, name: &str, weights: &[Q4Weight]) {
             b.iter(|| {
                 i = (i + 1) % weights.len();
                 let xq = q8::quantize_activations(black_box(&x), 1, inp, par).unwrap();
-                q8::multiply_q4_q8(&weights[i], &xq, &mut y, par).unwrap()
+                q8::multiply(&weights[i], &xq, &mut y, par).unwrap()
             })
         });
     }
@@ -257,7 +257,7 @@ fn gemv(c: &mut Criterion) {
         gemv_case(&mut g, "hqq_4bit_g64_axis1", &hqq1, None);
         drop(hqq1);
         let q4 = q4_weight(out, inp);
-        let q4s: Vec<Q4Weight> = (0..copies(q4.stored_bytes())).map(|_| q4.clone()).collect();
+        let q4s: Vec<IntWeight> = (0..copies(q4.stored_bytes())).map(|_| q4.clone()).collect();
         q8_case(&mut g, "q4_g64_int8_activations", &q4s);
         drop(q4s);
         let gptq: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, false)).collect();

@@ -13,7 +13,7 @@ use super::{GptqLayer, GptqLayout};
 use crate::elem::Elem;
 use crate::error::Result;
 use crate::matmul::kernel::{self, Decoder, Form, MAX_ROWS, Multiply, Scratch};
-use crate::matmul::q8::Q4Weight;
+use crate::matmul::q8::IntWeight;
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 
@@ -148,14 +148,12 @@ impl Multiply for GptqLayer {
         p.perm.as_deref()
     }
 
-    /// 4-bit layers whose (sorted) groups are `group_size` inputs each, a multiple of 32.
-    fn int8_weight(p: &Prepared) -> Result<Q4Weight> {
+    /// Layers whose (sorted) groups are `group_size` inputs each, a multiple of 32.
+    fn int8_weight(p: &Prepared) -> Result<IntWeight> {
         let l = &p.layer.layout;
         let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
-        // 2- and 3-bit codes fit the kernel's 4-bit fields; 8-bit ones need a layout of their own.
-        if l.bits() > 4 {
-            return refuse("8-bit codes do not fit its 4-bit fields");
-        }
+        // 2- and 3-bit codes fit the kernel's 4-bit fields.
+        let bits = if l.bits() == 8 { 8 } else { 4 };
         let (k, n) = (l.k(), l.n());
         let gs = l.group_size().unwrap_or(k);
         if gs == 0 || !gs.is_multiple_of(32) || !k.is_multiple_of(gs) {
@@ -167,7 +165,7 @@ impl Multiply for GptqLayer {
         let words = unblock_words(&p.blocked, l);
         let zeros = super::layout::unpack_zeros(&p.layer.qzeros, l, p.layer.format);
         let scales = p.layer.scales.to_f32();
-        Q4Weight::from_rows(n, k, gs, |r, c, s, z| {
+        IntWeight::from_rows(bits, n, k, gs, |r, c, s, z| {
             for (kk, c) in c.iter_mut().enumerate() {
                 *c = field(|j| words[j * n + r] as u32, kk, l.bits()) as u8;
             }

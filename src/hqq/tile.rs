@@ -15,7 +15,7 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::Result;
 use crate::lanes::{self, affine_lanes, affine_splat};
 use crate::matmul::kernel::{self, Decoder, Form, KT, MAX_ROWS, Multiply, Scratch};
-use crate::matmul::q8::Q4Weight;
+use crate::matmul::q8::IntWeight;
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing, Word};
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
@@ -430,15 +430,13 @@ impl Multiply for HqqWeight {
         }
     }
 
-    /// 4-bit weights on axis 1 (groups along each row's inputs) with groups of a multiple of 32
-    /// inputs dividing a row.
-    fn int8_weight(h: &Self) -> Result<Q4Weight> {
+    /// Weights on axis 1 (groups along each row's inputs) with groups of a multiple of 32 inputs
+    /// dividing a row.
+    fn int8_weight(h: &Self) -> Result<IntWeight> {
         let l = &h.layout;
         let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
-        // 1- to 3-bit codes fit the kernel's 4-bit fields; 8-bit ones need a layout of their own.
-        if h.packed.bits == Bits::B8 {
-            return refuse("8-bit codes do not fit its 4-bit fields");
-        }
+        // 1- to 3-bit codes fit the kernel's 4-bit fields.
+        let bits = if h.packed.bits == Bits::B8 { 8 } else { 4 };
         if l.axis() != Axis::One {
             return refuse("axis-0 groups run across the outputs, not along the inputs");
         }
@@ -450,7 +448,7 @@ impl Multiply for HqqWeight {
         let codes = super::unpack_hqq(&h.packed)?;
         let (scales, zeros) = (h.scales.to_f32(), h.zeros.to_f32());
         let per_row = cols / g;
-        Q4Weight::from_rows(rows, cols, g, |r, c, s, z| {
+        IntWeight::from_rows(bits, rows, cols, g, |r, c, s, z| {
             c.copy_from_slice(&codes[r * cols..(r + 1) * cols]);
             s.copy_from_slice(&scales[r * per_row..(r + 1) * per_row]);
             z.copy_from_slice(&zeros[r * per_row..(r + 1) * per_row]);

@@ -3,7 +3,7 @@
 use super::{Granularity, Int4Tensor, Int8Tensor};
 use crate::error::Result;
 use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
-use crate::matmul::q8::Q4Weight;
+use crate::matmul::q8::IntWeight;
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 
@@ -25,6 +25,21 @@ impl Multiply for Int8Tensor {
 
     fn products_into(p: &Self, x: &[f32], batch: usize, par: Parallelism, y: &mut [f32], s: &mut Scratch) {
         kernel::gemm_into(&Rows16(&Int8Tiles(p)), p.rows, p.cols, x, batch, par, y, s)
+    }
+
+    /// Rows of a multiple of 32 inputs: one group per row, codes `q + 128` with zero point 128.
+    fn int8_weight(p: &Self) -> Result<IntWeight> {
+        if p.cols == 0 || !p.cols.is_multiple_of(32) {
+            return Err(kernel::int8_refused(Self::NAME, "its rows are not a multiple of 32 inputs"));
+        }
+        let per_tensor = p.granularity == Granularity::PerTensor;
+        IntWeight::from_rows(8, p.rows, p.cols, p.cols, |r, c, s, z| {
+            for (c, &q) in c.iter_mut().zip(&p.q[r * p.cols..(r + 1) * p.cols]) {
+                *c = (q as i16 + 128) as u8;
+            }
+            (s[0], z[0]) = (if per_tensor { p.scales[0] } else { p.scales[r] }, 128.0);
+            Ok(())
+        })
     }
 }
 
@@ -49,13 +64,13 @@ impl Multiply for Int4Tensor {
     }
 
     /// Groups of a multiple of 32 inputs (they divide a row).
-    fn int8_weight(p: &Self) -> Result<Q4Weight> {
+    fn int8_weight(p: &Self) -> Result<IntWeight> {
         if !p.group.is_multiple_of(32) {
             return Err(kernel::int8_refused(Self::NAME, "its groups are not a multiple of 32 inputs"));
         }
         let codes = super::unpack_int4(&p.packed, p.rows * p.cols)?;
         let per_row = p.cols / p.group;
-        Q4Weight::from_rows(p.rows, p.cols, p.group, |r, c, s, z| {
+        IntWeight::from_rows(4, p.rows, p.cols, p.group, |r, c, s, z| {
             c.copy_from_slice(&codes[r * p.cols..(r + 1) * p.cols]);
             s.copy_from_slice(&p.scales[r * per_row..(r + 1) * per_row]);
             for (z, &q) in z.iter_mut().zip(&p.zeros[r * per_row..(r + 1) * per_row]) {

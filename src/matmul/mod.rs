@@ -75,12 +75,13 @@ pub enum Activations {
     /// because it adds no error of its own: a layer gives what its scheme's weights give.
     #[default]
     F32,
-    /// Quantized to `int8` per block of 32 on every call ([`q8`]), multiplied by the 4-bit codes
-    /// with integer dot products (AVX-512 VNNI where the CPU has it): about twice as fast at
-    /// batch 1 and several times faster for prompts, with an error of at most
-    /// [`QuantLinear::int8_error_bound`] on top of `f32` rounding. For 4-bit weights with a
-    /// scale and zero point per group of a multiple of 32 inputs: GPTQ and AWQ (act-order
-    /// included), HQQ on axis 1, int4.
+    /// Quantized to `int8` per block of 32 on every call ([`q8`]), multiplied by the weight's
+    /// codes with integer dot products (AVX-512 VNNI or AVX-VNNI where the CPU has it): about
+    /// twice as fast at batch 1 and several times faster for prompts, with an error of at most
+    /// [`QuantLinear::int8_error_bound`] on top of `f32` rounding. For weights with integer codes
+    /// and a scale and zero point per group of a multiple of 32 inputs: GPTQ and AWQ of every
+    /// width (act-order included), HQQ of every width on axis 1, int4, and int8 (rows of a
+    /// multiple of 32 inputs).
     Int8,
 }
 
@@ -144,7 +145,7 @@ macro_rules! stored {
 pub struct QuantLinear {
     stored: Stored,
     /// The weight re-laid for [`Activations::Int8`], when chosen.
-    int8: Option<q8::Q4Weight>,
+    int8: Option<q8::IntWeight>,
     bias: Option<Vec<f32>>,
     out: usize,
     inp: usize,
@@ -178,7 +179,7 @@ impl QuantLinear {
     }
 
     /// The layer multiplying with `activations`. [`Activations::Int8`] re-lays the weight's
-    /// codes once ([`q8::Q4Weight`], about the packed size again: the scheme's own form is kept
+    /// codes once ([`q8::IntWeight`], about the packed size again: the scheme's own form is kept
     /// for [`QuantLinear::into_weight`], the dequantizers and the oracle); a weight that path
     /// does not take is a typed error ([`KernelError::Int8Activations`]).
     ///

@@ -1,7 +1,7 @@
 //! Integer dot products on quantized activations: activations quantized to `int8` once per
 //! call in blocks of [`BLOCK`] (an `f32` scale `d = max|x| / 127` and the block's code sum per
-//! block), weights as 4-bit codes with a float scale `s` and zero point `z` per row and group of
-//! inputs, and per output
+//! block), weights as 4- or 8-bit unsigned codes with a float scale `s` and zero point `z` per
+//! row and group of inputs, and per output
 //!
 //! `sum_k (q_k - z) s x_k ~= sum_groups s * (sum_{blocks b} d_b * dot_b - z * E_g)`,
 //! `E_g = sum_{b in g} d_b * sum_b xq`,
@@ -9,11 +9,12 @@
 //! where the block dot products `dot_b = sum_k q_k xq_k` are exact `i32` arithmetic and the
 //! scales apply once per block.
 //!
-//! The weight layout ([`Q4Weight`]) is the one the kernels stream: rows in tiles of [`TILE`];
-//! per tile and chunk of 8 inputs, 64 bytes, byte `4 l + j` holding row `l`'s input `j` in its
-//! low nibble and input `j + 4` in its high one, so one 64-byte load and a mask give 16 rows × 4
-//! codes, one `vpdpbusd` by 4 broadcast activation bytes adds them into 16 row lanes, and no
-//! lane is ever summed across. Each tile's bytes are contiguous (one stream per tile); scales and
+//! The weight layout ([`IntWeight`]) is the one the kernels stream: rows in tiles of [`TILE`];
+//! per tile and chunk of 8 inputs, 4-bit codes take 64 bytes, byte `4 l + j` holding row `l`'s
+//! input `j` in its low nibble and input `j + 4` in its high one, so one 64-byte load and a mask
+//! give 16 rows × 4 codes, one `vpdpbusd` by 4 broadcast activation bytes adds them into 16 row
+//! lanes, and no lane is ever summed across. 8-bit codes take 128 bytes: byte `4 l + j` of the
+//! first 64 holds input `j`, of the second input `j + 4` (two loads, no mask). Each tile's bytes are contiguous (one stream per tile); scales and
 //! zero points are kept per tile and group as 16 lanes, in `f16` when every value is exactly an
 //! `f16` (GPTQ, AWQ and `f16` HQQ parameters), else `f32`.
 //!
@@ -37,11 +38,13 @@ use rayon::prelude::*;
 /// Activations per quantization block.
 pub const BLOCK: usize = 32;
 
-/// Output rows per tile of [`Q4Weight`].
+/// Output rows per tile of [`IntWeight`].
 pub const TILE: usize = 16;
 
-/// Bytes of one tile per [`BLOCK`] inputs.
-const TILE_BLOCK_BYTES: usize = TILE * BLOCK / 2;
+/// Bytes of one tile per 8 inputs (a chunk) with `bits`-bit codes: 64 or 128.
+const fn chunk_bytes(bits: u32) -> usize {
+    TILE * bits as usize
+}
 
 /// Activations quantized per block of [`BLOCK`]: `x ~= codes * scales[block]`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -184,17 +187,20 @@ fn check_group(k: usize, group: usize) -> Result<()> {
     Ok(())
 }
 
-/// 4-bit weights `[rows, k]` for the integer path: codes with a float scale `s` and zero point
-/// `z` per row and group of `group` inputs (a multiple of [`BLOCK`]): `w = (q - z) * s`.
+/// 4- or 8-bit weights `[rows, k]` for the integer path: unsigned codes with a float scale `s`
+/// and zero point `z` per row and group of `group` inputs (a multiple of [`BLOCK`]):
+/// `w = (q - z) * s`.
 ///
 /// Stored as one stream per tile of [`TILE`] rows: per group, the tile's 16 scales and 16 zero
 /// points (`f16` when every value of the weight is exactly an `f16`, else `f32`), then the
-/// group's codes, 64 bytes per 8 inputs (see the module docs).
+/// group's codes, 64 (4-bit) or 128 (8-bit) bytes per 8 inputs (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Q4Weight {
+pub struct IntWeight {
     rows: usize,
     k: usize,
     group: usize,
+    /// Code width: 4 or 8.
+    bits: u32,
     /// Bytes of one tile's 16 scales and 16 zero points: 64 (`f16`) or 128 (`f32`).
     param_bytes: usize,
     data: Lines,
@@ -245,19 +251,22 @@ impl PartialEq for Lines {
     }
 }
 
-impl Q4Weight {
-    /// From unpacked codes (`rows * k`, each `<= 15`, row-major) and `rows * k / group` scales
-    /// and zero points (row-major `[rows, groups]`). `group` must be a positive multiple of
-    /// [`BLOCK`] dividing `k`.
+impl IntWeight {
+    /// From unpacked `bits`-bit codes (4 or 8; `rows * k`, each `< 2^bits`, row-major) and
+    /// `rows * k / group` scales and zero points (row-major `[rows, groups]`). `group` must be a
+    /// positive multiple of [`BLOCK`] dividing `k`.
     ///
     /// ```
-    /// use quant_kernels::matmul::q8::Q4Weight;
-    /// let w = Q4Weight::from_codes(&[3; 32], &[0.5], &[1.0], 1, 32, 32)?;
+    /// use quant_kernels::matmul::q8::IntWeight;
+    /// let w = IntWeight::from_codes(4, &[3; 32], &[0.5], &[1.0], 1, 32, 32)?;
     /// assert_eq!(w.dequantize()[0], 1.0); // (3 - 1) * 0.5
     /// assert_eq!(w.stored_bytes(), 16 * 16 + 2 * 2 * 16); // one tile of 16 rows, f16 parameters
+    /// let w8 = IntWeight::from_codes(8, &[200; 32], &[0.5], &[128.0], 1, 32, 32)?;
+    /// assert_eq!((w8.dequantize()[0], w8.stored_bytes()), (36.0, 16 * 32 + 2 * 2 * 16));
     /// # Ok::<(), quant_kernels::Error>(())
     /// ```
     pub fn from_codes(
+        bits: u32,
         codes: &[u8],
         scales: &[f32],
         zeros: &[f32],
@@ -270,7 +279,7 @@ impl Q4Weight {
         expect_len("codes", n, codes.len())?;
         expect_len("scales", n / group, scales.len())?;
         expect_len("zeros", n / group, zeros.len())?;
-        Self::from_rows(rows, k, group, |r, c, s, z| {
+        Self::from_rows(bits, rows, k, group, |r, c, s, z| {
             let g = s.len();
             c.copy_from_slice(&codes[r * k..(r + 1) * k]);
             s.copy_from_slice(&scales[r * g..(r + 1) * g]);
@@ -279,32 +288,38 @@ impl Q4Weight {
         })
     }
 
-    /// Built row by row: `row(r, codes, scales, zeros)` fills row `r`'s `k` codes (each `<= 15`)
-    /// and its `k / group` scales and zero points (finite). Only one row's unpacked codes exist
-    /// at a time, so re-laying a loaded layer costs its packed size, not a byte per weight.
+    /// Built row by row: `row(r, codes, scales, zeros)` fills row `r`'s `k` codes (each
+    /// `< 2^bits`, `bits` 4 or 8) and its `k / group` scales and zero points (finite). Only one
+    /// row's unpacked codes exist at a time, so re-laying a loaded layer costs its packed size,
+    /// not a byte per weight.
     pub fn from_rows(
+        bits: u32,
         rows: usize,
         k: usize,
         group: usize,
         mut row: impl FnMut(usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<()>,
     ) -> Result<Self> {
+        if bits != 4 && bits != 8 {
+            return Err(Error::Kernel(KernelError::UnsupportedBits(bits.min(255) as u8)));
+        }
         check_group(k, group)?;
         let overflow = Error::Kernel(KernelError::ShapeOverflow { rows, cols: k });
         let tiles = rows.div_ceil(TILE);
         let groups = k / group;
+        let max = ((1u32 << bits) - 1) as u8;
         // Laid out with f32 parameters first, compacted to f16 at the end when exact.
-        let mut w = Self { rows, k, group, param_bytes: 128, data: Lines::default() };
+        let mut w = Self { rows, k, group, bits, param_bytes: 128, data: Lines::default() };
         let bytes = tiles.checked_mul(w.tile_stride()).ok_or(overflow)?;
         w.data = Lines::zeroed(bytes);
         let (mut c, mut s, mut z) = (vec![0u8; k], vec![0f32; groups], vec![0f32; groups]);
         let mut exact = true;
         for r in 0..rows {
             row(r, &mut c, &mut s, &mut z)?;
-            if let Some(i) = c.iter().position(|&q| q > 15) {
+            if let Some(i) = c.iter().position(|&q| q > max) {
                 return Err(Error::Kernel(KernelError::CodeOutOfRange {
                     index: r * k + i,
                     code: c[i],
-                    bits: 4,
+                    bits: bits as u8,
                 }));
             }
             if let Some(i) = s.iter().chain(&z).position(|v| !v.is_finite()) {
@@ -317,9 +332,13 @@ impl Q4Weight {
                 let dst = &mut w.data[at..at + stride];
                 dst[4 * lane..4 * lane + 4].copy_from_slice(&sg.to_le_bytes());
                 dst[64 + 4 * lane..64 + 4 * lane + 4].copy_from_slice(&zg.to_le_bytes());
-                for (chunk, q) in dst[128..].chunks_exact_mut(4 * TILE).zip(cg.chunks_exact(8)) {
+                for (chunk, q) in dst[128..].chunks_exact_mut(chunk_bytes(bits)).zip(cg.chunks_exact(8)) {
                     for j in 0..4 {
-                        chunk[4 * lane + j] = q[j] | (q[j + 4] << 4);
+                        if bits == 4 {
+                            chunk[4 * lane + j] = q[j] | (q[j + 4] << 4);
+                        } else {
+                            (chunk[4 * lane + j], chunk[64 + 4 * lane + j]) = (q[j], q[j + 4]);
+                        }
                     }
                 }
             }
@@ -352,9 +371,9 @@ impl Q4Weight {
         self.param_bytes = 64;
     }
 
-    /// Bytes per tile and group: parameters, then `group / 8` chunks of 64 code bytes.
+    /// Bytes per tile and group: parameters, then `group / 8` chunks of codes.
     fn group_stride(&self) -> usize {
-        self.param_bytes + self.group * TILE / 2
+        self.param_bytes + self.group / 8 * chunk_bytes(self.bits)
     }
 
     /// Bytes per tile.
@@ -386,6 +405,11 @@ impl Q4Weight {
         self.group
     }
 
+    /// Code width: 4 or 8.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
     /// Bytes as stored (codes of whole tiles, scales and zero points): what one multiply reads.
     pub fn stored_bytes(&self) -> usize {
         self.data.len()
@@ -407,15 +431,22 @@ impl Q4Weight {
             let at = self.group_offset(tile, g);
             let (s, z) = self.param(at, lane);
             let codes = &self.data[at + self.param_bytes..at + self.group_stride()];
-            for (v, chunk) in vals.chunks_exact_mut(8).zip(codes.chunks_exact(4 * TILE)) {
+            for (v, chunk) in vals.chunks_exact_mut(8).zip(codes.chunks_exact(chunk_bytes(self.bits))) {
                 for j in 0..4 {
-                    let b = chunk[4 * lane + j];
-                    v[j] = ((b & 15) as f32 - z) * s;
-                    v[j + 4] = ((b >> 4) as f32 - z) * s;
+                    let (lo, hi) = chunk_codes(chunk, self.bits, lane, j);
+                    v[j] = (lo as f32 - z) * s;
+                    v[j + 4] = (hi as f32 - z) * s;
                 }
             }
         }
     }
+}
+
+/// Row `lane`'s codes for inputs `j` and `j + 4` (`j < 4`) of one chunk of `bits`-bit codes.
+#[inline(always)]
+fn chunk_codes(chunk: &[u8], bits: u32, lane: usize, j: usize) -> (u8, u8) {
+    let b = chunk[4 * lane + j];
+    if bits == 4 { (b & 15, b >> 4) } else { (b, chunk[64 + 4 * lane + j]) }
 }
 
 /// Lane `lane`'s scale and zero point from a group's parameters `p` (`param_bytes` of them).
@@ -430,10 +461,10 @@ fn read_param(p: &[u8], param_bytes: usize, lane: usize) -> (f32, f32) {
     }
 }
 
-/// The bound on `|y - y_f32|` for output `r` of activation row `t` of [`multiply_q4_q8`] that
+/// The bound on `|y - y_f32|` for output `r` of activation row `t` of [`multiply`] that
 /// comes from quantizing the activations: `sum_blocks (d / 2) * sum_k |w_k|` (exact `f64`). A
 /// row or output past the shapes, or activations of another length, is a typed error.
-pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Result<f64> {
+pub fn error_bound(w: &IntWeight, x: &Q8Activations, t: usize, r: usize) -> Result<f64> {
     expect_len("activation length", w.k, x.k)?;
     for (what, index, len) in [("activation row", t, x.batch), ("output", r, w.rows)] {
         if index >= len {
@@ -450,7 +481,7 @@ pub fn error_bound(w: &Q4Weight, x: &Q8Activations, t: usize, r: usize) -> Resul
         .sum())
 }
 
-/// The kernel [`multiply_q4_q8`] runs under `par`: `"avx512-vnni"` (the CPU has AVX-512 VNNI
+/// The kernel [`multiply`] runs under `par`: `"avx512-vnni"` (the CPU has AVX-512 VNNI
 /// and `par` allows x86-64-v4), else `"avx-vnni"` (the CPU has AVX-VNNI and `par` allows
 /// x86-64-v3), else `"portable"`.
 pub fn kernel(par: Parallelism) -> &'static str {
@@ -484,12 +515,14 @@ impl Dot {
 
 /// What a kernel reads: the weight and one call's activations.
 pub(crate) struct Args<'a> {
-    /// The weight's tiles ([`Q4Weight`]'s layout).
+    /// The weight's tiles ([`IntWeight`]'s layout).
     pub data: &'a [u8],
     pub k: usize,
     pub group: usize,
     /// 64 (`f16` parameters) or 128 (`f32`).
     pub param_bytes: usize,
+    /// Code width: 4 or 8.
+    pub bits: u32,
     /// Activation codes `[batch, k]`, scales `[batch, k / BLOCK]`, and per group
     /// `E_g = sum_{b in g} d_b * sum_b` (`[batch, groups]`).
     pub xq: &'a [i8],
@@ -501,35 +534,35 @@ pub(crate) struct Args<'a> {
 impl Args<'_> {
     /// Bytes per tile and group.
     pub fn group_stride(&self) -> usize {
-        self.param_bytes + self.group * TILE / 2
+        self.param_bytes + self.group / 8 * chunk_bytes(self.bits)
     }
 }
 
-/// `y = x W^T` (`y`: `[batch, rows]`) from 4-bit weights and `int8` activations: per block an
+/// `y = x W^T` (`y`: `[batch, rows]`) from 4- or 8-bit weights and `int8` activations: per block an
 /// exact `i32` dot product of codes, `G += d * dot` per block and `y += s * (G - z * E_g)` per
 /// group in `f32` (fused multiply-adds in the VNNI kernels, which give the same bits at every
 /// batch). Tiles of 16 outputs split over the pool as
 /// `par` allows (the same bits either way).
 ///
 /// ```
-/// use quant_kernels::matmul::q8::{multiply_q4_q8, quantize_activations, Q4Weight};
+/// use quant_kernels::matmul::q8::{multiply, quantize_activations, IntWeight};
 /// use quant_kernels::Parallelism;
 /// // Row 0: codes 2, zero 1, scale 0.5 (w = 0.5); row 1: codes 0, zero 0 (w = 0).
 /// let codes: Vec<u8> = [[2u8; 32], [0; 32]].concat();
-/// let w = Q4Weight::from_codes(&codes, &[0.5, 1.0], &[1.0, 0.0], 2, 32, 32)?;
+/// let w = IntWeight::from_codes(4, &codes, &[0.5, 1.0], &[1.0, 0.0], 2, 32, 32)?;
 /// let x = quantize_activations(&[2.0f32; 32], 1, 32, Parallelism::SERIAL)?; // codes 127, d = 2/127
 /// let mut y = [0f32; 2];
-/// multiply_q4_q8(&w, &x, &mut y, Parallelism::SERIAL)?;
+/// multiply(&w, &x, &mut y, Parallelism::SERIAL)?;
 /// assert_eq!(y, [32.0, 0.0]); // 32 * 0.5 * 2
 /// # Ok::<(), quant_kernels::Error>(())
 /// ```
-pub fn multiply_q4_q8(w: &Q4Weight, x: &Q8Activations, y: &mut [f32], par: Parallelism) -> Result<()> {
+pub fn multiply(w: &IntWeight, x: &Q8Activations, y: &mut [f32], par: Parallelism) -> Result<()> {
     multiply_with(w, x, y, par, &mut Vec::new())
 }
 
-/// [`multiply_q4_q8`] with a scratch buffer kept by the caller (grown, never shrunk).
+/// [`multiply`] with a scratch buffer kept by the caller (grown, never shrunk).
 pub(crate) fn multiply_with(
-    w: &Q4Weight,
+    w: &IntWeight,
     x: &Q8Activations,
     y: &mut [f32],
     par: Parallelism,
@@ -563,6 +596,7 @@ pub(crate) fn multiply_with(
         k: w.k,
         group: w.group,
         param_bytes: w.param_bytes,
+        bits: w.bits,
         xq: &x.codes,
         xd: &x.scales,
         xe,
@@ -614,14 +648,15 @@ impl crate::lanes::Kernel for Portable<'_> {
                 acc.fill(0.0);
                 for (g, wg) in tile.chunks_exact(stride).enumerate() {
                     let mut sum = [0f32; TILE];
-                    let codes = wg[a.param_bytes..].chunks_exact(TILE_BLOCK_BYTES);
+                    let cb = chunk_bytes(a.bits);
+                    let codes = wg[a.param_bytes..].chunks_exact(BLOCK / 8 * cb);
                     for (b, (wb, xb)) in codes.zip(xq[g * a.group..].chunks_exact(BLOCK)).enumerate() {
                         let mut dot = [0i32; TILE];
-                        for (chunk, x8) in wb.chunks_exact(4 * TILE).zip(xb.chunks_exact(8)) {
+                        for (chunk, x8) in wb.chunks_exact(cb).zip(xb.chunks_exact(8)) {
                             for (l, d) in dot.iter_mut().enumerate() {
                                 for j in 0..4 {
-                                    let c = chunk[4 * l + j];
-                                    *d += (c & 15) as i32 * x8[j] as i32 + (c >> 4) as i32 * x8[j + 4] as i32;
+                                    let (lo, hi) = chunk_codes(chunk, a.bits, l, j);
+                                    *d += lo as i32 * x8[j] as i32 + hi as i32 * x8[j + 4] as i32;
                                 }
                             }
                         }

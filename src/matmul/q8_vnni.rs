@@ -1,7 +1,8 @@
-//! The integer-dot kernels of [`super::q8::multiply_q4_q8`]: AVX-512 VNNI and AVX-VNNI (the
-//! 256-bit VEX form on AVX2 machines). Per 64-byte load of a tile (16 rows × 8 inputs; two
-//! 32-byte halves of 8 rows each in the 256-bit kernel), two masks and a shift give 4 codes per
-//! row for each of two `vpdpbusd`s by 4 broadcast activation bytes. With the CUDA module, the
+//! The integer-dot kernels of [`super::q8::multiply`]: AVX-512 VNNI and AVX-VNNI (the
+//! 256-bit VEX form on AVX2 machines). Per 64-byte load of a tile's 4-bit codes (16 rows × 8
+//! inputs; two 32-byte halves of 8 rows each in the 256-bit kernel), two masks and a shift give
+//! 4 codes per row for each of two `vpdpbusd`s by 4 broadcast activation bytes; 8-bit codes are
+//! two loads of 16 rows × 4 inputs, used as they are. With the CUDA module, the
 //! crate's only code with `unsafe`: calls into `#[target_feature]` functions, made only with a
 //! [`Vnni`] or [`AvxVnni`] token (which exist only after run-time detection), and unaligned loads
 //! at offsets bounded by slices taken (and so checked) on entry.
@@ -59,10 +60,11 @@ pub(crate) fn tiles(token: Vnni, a: &Args<'_>, tile0: usize, out: &mut [f32]) {
     // SAFETY: a `Vnni` token exists only when the CPU reports AVX-512 F, BW and VNNI
     // (`Vnni::detect`), the features `tiles_avx512` is compiled for.
     unsafe {
-        if a.param_bytes == 64 {
-            tiles_avx512::<true>(a, tile0, out)
-        } else {
-            tiles_avx512::<false>(a, tile0, out)
+        match (a.param_bytes == 64, a.bits == 8) {
+            (true, false) => tiles_avx512::<true, false>(a, tile0, out),
+            (false, false) => tiles_avx512::<false, false>(a, tile0, out),
+            (true, true) => tiles_avx512::<true, true>(a, tile0, out),
+            (false, true) => tiles_avx512::<false, true>(a, tile0, out),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -74,7 +76,7 @@ pub(crate) fn tiles(token: Vnni, a: &Args<'_>, tile0: usize, out: &mut [f32]) {
 /// passes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn tiles_avx512<const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+fn tiles_avx512<const F16: bool, const WIDE: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
     let per_tile = a.batch * TILE;
     if a.batch == 1 {
         let mut rest = out;
@@ -83,8 +85,8 @@ fn tiles_avx512<const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
             let r = if rest.len() >= 4 * per_tile { 4 } else { 1 };
             let (o, tail) = rest.split_at_mut(r * per_tile);
             match r {
-                4 => pass::<4, 1, F16>(a, tile, 0, o),
-                _ => pass::<1, 1, F16>(a, tile, 0, o),
+                4 => pass::<4, 1, F16, WIDE>(a, tile, 0, o),
+                _ => pass::<1, 1, F16, WIDE>(a, tile, 0, o),
             }
             (rest, tile) = (tail, tile + r);
         }
@@ -95,14 +97,14 @@ fn tiles_avx512<const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
         while t < a.batch {
             let n = (a.batch - t).min(8);
             match n {
-                8 => pass::<1, 8, F16>(a, tile0 + i, t, o),
-                7 => pass::<1, 7, F16>(a, tile0 + i, t, o),
-                6 => pass::<1, 6, F16>(a, tile0 + i, t, o),
-                5 => pass::<1, 5, F16>(a, tile0 + i, t, o),
-                4 => pass::<1, 4, F16>(a, tile0 + i, t, o),
-                3 => pass::<1, 3, F16>(a, tile0 + i, t, o),
-                2 => pass::<1, 2, F16>(a, tile0 + i, t, o),
-                _ => pass::<1, 1, F16>(a, tile0 + i, t, o),
+                8 => pass::<1, 8, F16, WIDE>(a, tile0 + i, t, o),
+                7 => pass::<1, 7, F16, WIDE>(a, tile0 + i, t, o),
+                6 => pass::<1, 6, F16, WIDE>(a, tile0 + i, t, o),
+                5 => pass::<1, 5, F16, WIDE>(a, tile0 + i, t, o),
+                4 => pass::<1, 4, F16, WIDE>(a, tile0 + i, t, o),
+                3 => pass::<1, 3, F16, WIDE>(a, tile0 + i, t, o),
+                2 => pass::<1, 2, F16, WIDE>(a, tile0 + i, t, o),
+                _ => pass::<1, 1, F16, WIDE>(a, tile0 + i, t, o),
             }
             t += n;
         }
@@ -133,7 +135,7 @@ fn lanes<const F16: bool, const ZERO: bool>(p: &[u8]) -> __m512 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::needless_range_loop)] // r and t index several arrays together
-fn pass<const R: usize, const T: usize, const F16: bool>(
+fn pass<const R: usize, const T: usize, const F16: bool, const WIDE: bool>(
     a: &Args<'_>,
     tile0: usize,
     t0: usize,
@@ -143,7 +145,7 @@ fn pass<const R: usize, const T: usize, const F16: bool>(
     let (groups, blocks, per_group) = (k / group, k / BLOCK, group / BLOCK);
     let stride = a.group_stride();
     let tile_bytes = groups * stride;
-    // Every offset below is < these slices' lengths (a group's codes are per_group * 256
+    // Every offset below is < these slices' lengths (a group's codes are per_group * 4 * cb
     // bytes after its parameters; k activation codes per token): slicing here checks the
     // ends once.
     let w = &a.data[tile0 * tile_bytes..(tile0 + R) * tile_bytes];
@@ -153,6 +155,7 @@ fn pass<const R: usize, const T: usize, const F16: bool>(
     assert_eq!(out.len(), R * a.batch * TILE);
     let xp = xq.as_ptr();
     let mask = _mm512_set1_epi8(0x0f);
+    let cb = if WIDE { 128 } else { 64 }; // code bytes per chunk of 8 inputs
     // A run-time trip count keeps the step loop rolled: fully unrolled, the compiler hoists
     // every step's loads and spills (measured 1.3x slower).
     let steps = core::hint::black_box(BLOCK / 8);
@@ -167,17 +170,24 @@ fn pass<const R: usize, const T: usize, const F16: bool>(
             let b = g * per_group + bl;
             let mut dot = [[_mm512_setzero_si512(); T]; R];
             for c in 0..steps {
-                let (wo, xo) = (a.param_bytes + bl * 256 + c * 64, b * BLOCK + c * 8);
+                let (wo, xo) = (a.param_bytes + (bl * BLOCK / 8 + c) * cb, b * BLOCK + c * 8);
                 for r in 0..R {
-                    // SAFETY: wo + 64 <= param_bytes + per_group * 256 = stride, so the 64
-                    // bytes lie inside `wg[r]`; the load is unaligned.
+                    // SAFETY: wo + cb <= param_bytes + per_group * 4 * cb = stride, so the cb
+                    // bytes lie inside `wg[r]`; the loads are unaligned.
                     let v = unsafe { _mm512_loadu_si512(wg[r].as_ptr().add(wo).cast()) };
                     if PREFETCH > 0 {
                         // A hint only: an address past the weight is never dereferenced.
                         _mm_prefetch::<_MM_HINT_T0>(wg[r].as_ptr().wrapping_add(wo + ahead).cast());
                     }
-                    let lo = _mm512_and_si512(v, mask);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                    let (lo, hi) = if WIDE {
+                        if PREFETCH > 0 {
+                            _mm_prefetch::<_MM_HINT_T0>(wg[r].as_ptr().wrapping_add(wo + 64 + ahead).cast());
+                        }
+                        // SAFETY: as above (the second 64 of the chunk's 128 bytes).
+                        (v, unsafe { _mm512_loadu_si512(wg[r].as_ptr().add(wo + 64).cast()) })
+                    } else {
+                        (_mm512_and_si512(v, mask), _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask))
+                    };
                     for t in 0..T {
                         // SAFETY: t < T and xo + 8 <= k, so both 4-byte reads lie inside `xq`
                         // (T rows of k codes); the reads are unaligned.
@@ -225,10 +235,11 @@ pub(crate) fn tiles_256(token: AvxVnni, a: &Args<'_>, tile0: usize, out: &mut [f
     // SAFETY: an `AvxVnni` token exists only when the CPU reports AVX2, FMA, F16C and
     // AVX-VNNI (`AvxVnni::detect`), the features `tiles_avx2` is compiled for.
     unsafe {
-        if a.param_bytes == 64 {
-            tiles_avx2::<true>(a, tile0, out)
-        } else {
-            tiles_avx2::<false>(a, tile0, out)
+        match (a.param_bytes == 64, a.bits == 8) {
+            (true, false) => tiles_avx2::<true, false>(a, tile0, out),
+            (false, false) => tiles_avx2::<false, false>(a, tile0, out),
+            (true, true) => tiles_avx2::<true, true>(a, tile0, out),
+            (false, true) => tiles_avx2::<false, true>(a, tile0, out),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -237,15 +248,15 @@ pub(crate) fn tiles_256(token: AvxVnni, a: &Args<'_>, tile0: usize, out: &mut [f
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-fn tiles_avx2<const F16: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+fn tiles_avx2<const F16: bool, const WIDE: bool>(a: &Args<'_>, tile0: usize, out: &mut [f32]) {
     for (i, o) in out.chunks_exact_mut(a.batch * TILE).enumerate() {
         let mut t = 0;
         while t < a.batch {
             if a.batch - t >= 2 {
-                pass_256::<2, F16>(a, tile0 + i, t, o);
+                pass_256::<2, F16, WIDE>(a, tile0 + i, t, o);
                 t += 2;
             } else {
-                pass_256::<1, F16>(a, tile0 + i, t, o);
+                pass_256::<1, F16, WIDE>(a, tile0 + i, t, o);
                 t += 1;
             }
         }
@@ -279,7 +290,12 @@ fn lanes_256<const F16: bool, const ZERO: bool>(p: &[u8]) -> [__m256; 2] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 #[allow(clippy::needless_range_loop)] // t and h index several arrays together
-fn pass_256<const T: usize, const F16: bool>(a: &Args<'_>, tile: usize, t0: usize, out: &mut [f32]) {
+fn pass_256<const T: usize, const F16: bool, const WIDE: bool>(
+    a: &Args<'_>,
+    tile: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
     let (k, group) = (a.k, a.group);
     let (groups, blocks, per_group) = (k / group, k / BLOCK, group / BLOCK);
     let stride = a.group_stride();
@@ -291,6 +307,7 @@ fn pass_256<const T: usize, const F16: bool>(a: &Args<'_>, tile: usize, t0: usiz
     assert_eq!(out.len(), a.batch * TILE);
     let xp = xq.as_ptr();
     let mask = _mm256_set1_epi8(0x0f);
+    let cb = if WIDE { 128 } else { 64 }; // as in `pass`
     let steps = core::hint::black_box(BLOCK / 8); // as in `pass`
     let mut acc = [[_mm256_setzero_ps(); 2]; T];
     for g in 0..groups {
@@ -300,9 +317,9 @@ fn pass_256<const T: usize, const F16: bool>(a: &Args<'_>, tile: usize, t0: usiz
             let b = g * per_group + bl;
             let mut dot = [[_mm256_setzero_si256(); 2]; T];
             for c in 0..steps {
-                let (wo, xo) = (a.param_bytes + bl * 256 + c * 64, b * BLOCK + c * 8);
-                // SAFETY: wo + 64 <= stride, so both 32-byte halves lie inside `wg`; the loads
-                // are unaligned.
+                let (wo, xo) = (a.param_bytes + (bl * BLOCK / 8 + c) * cb, b * BLOCK + c * 8);
+                // SAFETY: wo + cb <= stride, so every 32-byte quarter or half of the chunk lies
+                // inside `wg`; the loads are unaligned.
                 let v = unsafe {
                     let p = wg.as_ptr().add(wo);
                     [_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast())]
@@ -311,8 +328,22 @@ fn pass_256<const T: usize, const F16: bool>(a: &Args<'_>, tile: usize, t0: usiz
                     // A hint only: an address past the weight is never dereferenced.
                     _mm_prefetch::<_MM_HINT_T0>(wg.as_ptr().wrapping_add(wo + PREFETCH).cast());
                 }
-                let lo = v.map(|v| _mm256_and_si256(v, mask));
-                let hi = v.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask));
+                let (lo, hi) = if WIDE {
+                    if PREFETCH > 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(wg.as_ptr().wrapping_add(wo + 64 + PREFETCH).cast());
+                    }
+                    // SAFETY: as above (the second 64 of the chunk's 128 bytes).
+                    let h = unsafe {
+                        let p = wg.as_ptr().add(wo + 64);
+                        [_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast())]
+                    };
+                    (v, h)
+                } else {
+                    (
+                        v.map(|v| _mm256_and_si256(v, mask)),
+                        v.map(|v| _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask)),
+                    )
+                };
                 for t in 0..T {
                     // SAFETY: t < T and xo + 8 <= k, so both 4-byte reads lie inside `xq`; the
                     // reads are unaligned.

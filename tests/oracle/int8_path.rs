@@ -1,6 +1,7 @@
 //! `QuantLinear` with `Activations::Int8` against the f64 oracle, one harness over a table of
-//! schemes and shapes (GPTQ 2/3/4-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 1-4-bit
-//! axis 1 with f16 and bf16 parameters, int4 with f32 scales), batches 1 to 33, every kernel (AVX-512
+//! schemes and shapes (GPTQ 2/3/4/8-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 1-4- and
+//! 8-bit axis 1 with f16 and bf16 parameters, int4 with f32 scales, int8 per channel and per
+//! tensor), batches 1 to 33, every kernel (AVX-512
 //! VNNI and AVX-VNNI where the CPU has them, and the portable one, forced by capping the ISA).
 //!
 //! Bound per output: `|y - y_ref| <= int8_error_bound + rounding`, the activation quantization's
@@ -92,8 +93,9 @@ fn gptq_and_awq_with_int8_activations() {
             }
         }
     }
-    // 2- and 3-bit codes in the kernel's 4-bit fields (3-bit fields straddle GPTQ's words).
-    for bits in [2u8, 3] {
+    // 2- and 3-bit codes in the kernel's 4-bit fields (3-bit fields straddle GPTQ's words);
+    // 8-bit codes in its 8-bit layout.
+    for bits in [2u8, 3, 8] {
         for (k, n, g, act, format) in
             [(128, 64, 32, false, ZeroFormat::V1), (256, 96, 64, true, ZeroFormat::V2)]
         {
@@ -136,14 +138,28 @@ fn hqq_axis1_and_int4_with_int8_activations() {
         let q = QuantLinear::new(QuantWeight::Int4(t), None).unwrap();
         check(&format!("int4 g{g} {rows}x{cols}"), q, &[1, 6], &mut rng);
     }
-    // 1- to 3-bit HQQ codes in the kernel's 4-bit fields.
-    for bits in [1u8, 2, 3] {
+    // 1- to 3-bit HQQ codes in the kernel's 4-bit fields, 8-bit ones in its 8-bit layout.
+    for bits in [1u8, 2, 3, 8] {
         let (rows, cols, g) = (40, 256, 64);
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         let h =
             quantize_hqq(&w, rows, cols, &HqqConfig::new(bits, g, Axis::One), Parallelism::RAYON).unwrap();
         let q = QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap();
         check(&format!("hqq {bits}-bit axis 1 g{g} {rows}x{cols}"), q, &[1, 5], &mut rng);
+    }
+}
+
+#[test]
+fn int8_weights_with_int8_activations() {
+    let mut rng = Rng(94);
+    for (rows, cols) in [(16, 32), (50, 256), (24, 4096)] {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        for gran in [intx::Granularity::PerChannel, intx::Granularity::PerTensor] {
+            let mut t = intx::quantize_int8(&w, rows, cols, gran, Parallelism::SERIAL).unwrap();
+            t.q[0] = -128; // the one code quantize_int8 never makes, still a valid int8
+            let q = QuantLinear::new(QuantWeight::Int8(t), None).unwrap();
+            check(&format!("int8 {gran:?} {rows}x{cols}"), q, &[1, 4, 9], &mut rng);
+        }
     }
 }
 
@@ -156,18 +172,24 @@ fn int8_activations_refuse_what_they_cannot_take() {
             Err(Error::Kernel(KernelError::Int8Activations { .. }))
         )
     };
-    let g8 = crate::matmul::gptq_layer(64, 32, 8, 32, false, ZeroFormat::V1, &mut rng);
-    assert!(refused(QuantLinear::from_gptq(g8).unwrap()), "8-bit GPTQ");
     assert!(refused(gptq(96, 32, 48, false, ZeroFormat::V1, &mut rng)), "groups of 48");
     let w: Vec<f32> = (0..32 * 64).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let h = quantize_hqq(&w, 32, 64, &HqqConfig::new(4, 64, Axis::Zero), Parallelism::RAYON).unwrap();
     assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "HQQ axis 0");
-    let h = quantize_hqq(&w, 32, 64, &HqqConfig::new(8, 64, Axis::One), Parallelism::RAYON).unwrap();
-    assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "8-bit HQQ");
-    let t = intx::quantize_int8(&w, 32, 64, intx::Granularity::PerChannel, Parallelism::SERIAL).unwrap();
+    let t = intx::quantize_int8(&w[..48 * 32], 32, 48, intx::Granularity::PerChannel, Parallelism::SERIAL)
+        .unwrap();
     let q = QuantLinear::new(QuantWeight::Int8(t), None).unwrap();
-    assert_eq!(q.int8_error_bound(&w[..64], 1).unwrap(), None);
-    assert!(refused(q), "int8 weights");
+    assert_eq!(q.int8_error_bound(&w[..48], 1).unwrap(), None);
+    assert!(refused(q), "int8 rows of 48 inputs");
+    let f = quant_kernels::fp8::Fp8Layer {
+        layout: quant_kernels::fp8::Fp8Layout::per_tensor(2, 32).unwrap(),
+        experts: 1,
+        format: quant_kernels::fp8::Fp8Format::E4M3,
+        codes: vec![0x38; 64],
+        scales: FloatVec::F32(vec![1.0]),
+        bias: None,
+    };
+    assert!(refused(QuantLinear::from_fp8(f).unwrap()), "FP8");
     // Back to f32: the exact path again, bit for bit.
     let q = gptq(128, 16, 32, true, ZeroFormat::V2, &mut rng);
     let x: Vec<f32> = (0..128).map(|_| rng.f32_in(-1.0, 1.0)).collect();

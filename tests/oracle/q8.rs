@@ -32,29 +32,35 @@ fn q8_kernels_are_chosen_by_cpu_and_cap() {
     }
 }
 use quant_kernels::error::{Error, KernelError};
-use quant_kernels::matmul::q8::{self, BLOCK, Q4Weight};
+use quant_kernels::matmul::q8::{self, BLOCK, IntWeight};
 
 #[test]
 fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
     let mut rng = Rng(83);
-    // (rows, k, group, batch, f16 parameters): tiles of 16 rows in passes of 4, 2 and 1 (100
-    // rows: 7 tiles), tokens in passes of up to 4, partial last tiles.
-    for (rows, k, group, batch, half) in [
-        (1, 32, 32, 1, false),
-        (7, 64, 32, 2, true),
-        (33, 256, 64, 3, false),
-        (64, 4096, 128, 1, true),
-        (100, 512, 64, 1, false),
-        (130, 512, 256, 4, true),
-        (48, 128, 128, 9, false),
+    // (bits, rows, k, group, batch, f16 parameters): tiles of 16 rows in passes of 4 and 1 (100
+    // rows: 7 tiles), tokens in passes of up to 8, partial last tiles; 4- and 8-bit codes.
+    for (bits, rows, k, group, batch, half) in [
+        (4, 1, 32, 32, 1, false),
+        (4, 7, 64, 32, 2, true),
+        (4, 33, 256, 64, 3, false),
+        (4, 64, 4096, 128, 1, true),
+        (4, 100, 512, 64, 1, false),
+        (4, 130, 512, 256, 4, true),
+        (4, 48, 128, 128, 9, false),
+        (8, 1, 32, 32, 1, true),
+        (8, 100, 512, 64, 1, false),
+        (8, 64, 4096, 128, 1, true),
+        (8, 40, 256, 128, 11, false),
     ] {
-        let codes: Vec<u8> = (0..rows * k).map(|_| rng.below(16) as u8).collect();
+        let codes: Vec<u8> = (0..rows * k).map(|_| rng.below(1 << bits) as u8).collect();
         let groups = rows * k / group;
         // f16 values keep the parameters in f16 (GPTQ's, AWQ's), any f32 in f32.
         let round = |v: f32| if half { half::f16::from_f32(v).to_f32() } else { v };
         let scales: Vec<f32> = (0..groups).map(|_| round(rng.f32_in(0.001, 0.02))).collect();
-        let zeros: Vec<f32> = (0..groups).map(|_| round(rng.f32_in(0.0, 15.0))).collect();
-        let w = Q4Weight::from_codes(&codes, &scales, &zeros, rows, k, group).unwrap();
+        let zmax = ((1 << bits) - 1) as f32;
+        let zeros: Vec<f32> = (0..groups).map(|_| round(rng.f32_in(0.0, zmax))).collect();
+        let w = IntWeight::from_codes(bits, &codes, &scales, &zeros, rows, k, group).unwrap();
+        assert_eq!(w.bits(), bits);
         let mut x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
         x[..BLOCK].fill(0.0); // an all-zero block: scale 0
         let xq = q8::quantize_activations(&x, batch, k, Parallelism::SERIAL).unwrap();
@@ -62,9 +68,9 @@ fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
         let mut vnni = Vec::new();
         for (path, serial, threaded) in paths() {
             let mut y = vec![0f32; batch * rows];
-            q8::multiply_q4_q8(&w, &xq, &mut y, serial).unwrap();
+            q8::multiply(&w, &xq, &mut y, serial).unwrap();
             let mut yt = vec![0f32; batch * rows];
-            q8::multiply_q4_q8(&w, &xq, &mut yt, threaded).unwrap();
+            q8::multiply(&w, &xq, &mut yt, threaded).unwrap();
             assert_eq!(bits(&y), bits(&yt), "{path} {rows}x{k}");
             check(&w, &xq, &x, &codes, &scales, &zeros, (rows, k, group, batch), &y, path);
             if q8::kernel(serial).contains("vnni") {
@@ -81,7 +87,7 @@ fn q4_q8_gemv_equals_the_oracles_within_its_bounds() {
 /// `y` against both oracles (see the module docs).
 #[allow(clippy::too_many_arguments)]
 fn check(
-    w: &Q4Weight,
+    w: &IntWeight,
     xq: &q8::Q8Activations,
     x: &[f32],
     codes: &[u8],
@@ -158,31 +164,38 @@ fn q8_shapes_and_values_are_checked() {
         Err(Error::Kernel(KernelError::NonFinite { index: 3 }))
     );
     let codes = vec![1u8; 64];
-    assert!(not_multiple(Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 48).unwrap_err()));
-    assert!(not_multiple(Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 2, 32, 64).unwrap_err()));
+    assert!(not_multiple(IntWeight::from_codes(4, &codes, &[1.0; 2], &[0.0; 2], 1, 64, 48).unwrap_err()));
+    assert!(not_multiple(IntWeight::from_codes(4, &codes, &[1.0; 2], &[0.0; 2], 2, 32, 64).unwrap_err()));
     let mut bad = codes.clone();
     bad[5] = 16;
     assert!(matches!(
-        Q4Weight::from_codes(&bad, &[1.0; 2], &[0.0; 2], 1, 64, 32),
+        IntWeight::from_codes(4, &bad, &[1.0; 2], &[0.0; 2], 1, 64, 32),
         Err(Error::Kernel(KernelError::CodeOutOfRange { index: 5, code: 16, bits: 4 }))
     ));
+    assert!(IntWeight::from_codes(8, &bad, &[1.0; 2], &[0.0; 2], 1, 64, 32).is_ok());
+    for bits in [0, 2, 3, 16, 300] {
+        assert!(matches!(
+            IntWeight::from_codes(bits, &codes, &[1.0; 2], &[0.0; 2], 1, 64, 32),
+            Err(Error::Kernel(KernelError::UnsupportedBits(_)))
+        ));
+    }
     assert_eq!(
-        Q4Weight::from_codes(&codes, &[1.0, f32::INFINITY], &[0.0; 2], 1, 64, 32),
+        IntWeight::from_codes(4, &codes, &[1.0, f32::INFINITY], &[0.0; 2], 1, 64, 32),
         Err(Error::Kernel(KernelError::NonFinite { index: 1 }))
     );
-    let w = Q4Weight::from_codes(&codes, &[1.0; 2], &[0.0; 2], 1, 64, 32).unwrap();
+    let w = IntWeight::from_codes(4, &codes, &[1.0; 2], &[0.0; 2], 1, 64, 32).unwrap();
     let xq = q8::quantize_activations(&[1.0; 64], 1, 64, Parallelism::SERIAL).unwrap();
     assert!(matches!(
-        q8::multiply_q4_q8(&w, &xq, &mut [0.0; 2], Parallelism::SERIAL),
+        q8::multiply(&w, &xq, &mut [0.0; 2], Parallelism::SERIAL),
         Err(Error::Kernel(KernelError::LengthMismatch { .. }))
     ));
     let x32 = q8::quantize_activations(&[1.0; 32], 1, 32, Parallelism::SERIAL).unwrap();
-    assert!(q8::multiply_q4_q8(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
+    assert!(q8::multiply(&w, &x32, &mut [0.0; 1], Parallelism::SERIAL).is_err());
     assert!(q8::error_bound(&w, &xq, 1, 0).is_err() && q8::error_bound(&w, &xq, 0, 1).is_err());
     assert!(q8::error_bound(&w, &x32, 0, 0).is_err());
     // All ones times codes 1 (z = 0, s = 1): exactly 64.
     let mut y = [0f32; 1];
-    q8::multiply_q4_q8(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
+    q8::multiply(&w, &xq, &mut y, Parallelism::SERIAL).unwrap();
     assert_eq!(y, [64.0]);
 }
 
