@@ -36,7 +36,7 @@ impl Multiply for AwqLayer {
     }
 
     /// GPTQ's: AWQ's codes and zero points are GPTQ's once converted.
-    fn int8_weight(p: &Prepared) -> Result<crate::matmul::q8::IntWeight> {
+    fn int8_weight(p: &Prepared) -> Result<crate::matmul::q8::Int8Weight> {
         GptqLayer::int8_weight(p)
     }
 

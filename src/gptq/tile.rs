@@ -13,7 +13,7 @@ use super::{GptqLayer, GptqLayout};
 use crate::elem::Elem;
 use crate::error::Result;
 use crate::matmul::kernel::{self, Decoder, Form, MAX_ROWS, Multiply, Scratch};
-use crate::matmul::q8::IntWeight;
+use crate::matmul::q8::{Int8Weight, IntWeight};
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 
@@ -149,7 +149,7 @@ impl Multiply for GptqLayer {
     }
 
     /// Layers whose (sorted) groups are `group_size` inputs each, a multiple of 32.
-    fn int8_weight(p: &Prepared) -> Result<IntWeight> {
+    fn int8_weight(p: &Prepared) -> Result<Int8Weight> {
         let l = &p.layer.layout;
         let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
         // 2- and 3-bit codes fit the kernel's 4-bit fields.
@@ -174,6 +174,7 @@ impl Multiply for GptqLayer {
             }
             Ok(())
         })
+        .map(Into::into)
     }
 }
 

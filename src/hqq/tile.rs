@@ -15,7 +15,7 @@ use crate::elem::{Elem, FloatVec};
 use crate::error::Result;
 use crate::lanes::{self, affine_lanes, affine_splat};
 use crate::matmul::kernel::{self, Decoder, Form, KT, MAX_ROWS, Multiply, Scratch};
-use crate::matmul::q8::IntWeight;
+use crate::matmul::q8::{ColumnWeight, Int8Weight, IntWeight};
 use crate::pack::{B1, B2, B3, B4, B8, Bits, Packing, Word};
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
@@ -430,23 +430,38 @@ impl Multiply for HqqWeight {
         }
     }
 
-    /// Weights on axis 1 (groups along each row's inputs) with groups of a multiple of 32 inputs
-    /// dividing a row.
-    fn int8_weight(h: &Self) -> Result<IntWeight> {
+    /// Axis 1: groups of a multiple of 32 inputs dividing a row. Axis 0: rows a multiple of the
+    /// group size (then row `o`'s parameters depend on `o % (rows / group)` and the input: a
+    /// [`ColumnWeight`](crate::matmul::q8::ColumnWeight)), the group size a multiple of 16 and
+    /// rows of a multiple of 32 inputs.
+    fn int8_weight(h: &Self) -> Result<Int8Weight> {
         let l = &h.layout;
         let refuse = |why| Err(kernel::int8_refused(Self::NAME, why));
         // 1- to 3-bit codes fit the kernel's 4-bit fields.
         let bits = if h.packed.bits == Bits::B8 { 8 } else { 4 };
-        if l.axis() != Axis::One {
-            return refuse("axis-0 groups run across the outputs, not along the inputs");
-        }
         let (rows, cols, g) = (l.rows(), l.cols(), l.group_size());
+        // Both axes: the unpacked code matrix in order is the weight's codes, row-major.
+        let codes = |h: &Self| super::unpack_hqq(&h.packed);
+        let (scales, zeros) = (h.scales.to_f32(), h.zeros.to_f32());
+        if l.axis() == Axis::Zero {
+            // Group j = (o * cols + k) % (rows * cols / g) = (o % (rows / g)) * cols + k.
+            if !rows.is_multiple_of(g) || !g.is_multiple_of(16) || !cols.is_multiple_of(32) {
+                return refuse(
+                    "on axis 0 it takes rows a multiple of the group size, itself a multiple of 16, \
+                     and rows of a multiple of 32 inputs",
+                );
+            }
+            let codes = codes(h)?;
+            return ColumnWeight::from_rows(bits, rows, cols, rows / g, &scales, &zeros, |o, c| {
+                c.copy_from_slice(&codes[o * cols..(o + 1) * cols]);
+                Ok(())
+            })
+            .map(Into::into);
+        }
         if !g.is_multiple_of(32) || !cols.is_multiple_of(g) {
             return refuse("its groups are not a multiple of 32 inputs dividing a row");
         }
-        // Axis 1: code row i is group i, so the codes in order are the weight's, row-major.
-        let codes = super::unpack_hqq(&h.packed)?;
-        let (scales, zeros) = (h.scales.to_f32(), h.zeros.to_f32());
+        let codes = codes(h)?;
         let per_row = cols / g;
         IntWeight::from_rows(bits, rows, cols, g, |r, c, s, z| {
             c.copy_from_slice(&codes[r * cols..(r + 1) * cols]);
@@ -454,6 +469,7 @@ impl Multiply for HqqWeight {
             z.copy_from_slice(&zeros[r * per_row..(r + 1) * per_row]);
             Ok(())
         })
+        .map(Into::into)
     }
 }
 

@@ -3,7 +3,7 @@
 use super::{Granularity, Int4Tensor, Int8Tensor};
 use crate::error::Result;
 use crate::matmul::kernel::{self, Multiply, RowDecoder, Rows16, Scratch};
-use crate::matmul::q8::IntWeight;
+use crate::matmul::q8::{Int8Weight, IntWeight};
 use crate::par::Parallelism;
 use crate::scheme::QuantScheme;
 
@@ -28,7 +28,7 @@ impl Multiply for Int8Tensor {
     }
 
     /// Rows of a multiple of 32 inputs: one group per row, codes `q + 128` with zero point 128.
-    fn int8_weight(p: &Self) -> Result<IntWeight> {
+    fn int8_weight(p: &Self) -> Result<Int8Weight> {
         if p.cols == 0 || !p.cols.is_multiple_of(32) {
             return Err(kernel::int8_refused(Self::NAME, "its rows are not a multiple of 32 inputs"));
         }
@@ -40,6 +40,7 @@ impl Multiply for Int8Tensor {
             (s[0], z[0]) = (if per_tensor { p.scales[0] } else { p.scales[r] }, 128.0);
             Ok(())
         })
+        .map(Into::into)
     }
 }
 
@@ -64,7 +65,7 @@ impl Multiply for Int4Tensor {
     }
 
     /// Groups of a multiple of 32 inputs (they divide a row).
-    fn int8_weight(p: &Self) -> Result<IntWeight> {
+    fn int8_weight(p: &Self) -> Result<Int8Weight> {
         if !p.group.is_multiple_of(32) {
             return Err(kernel::int8_refused(Self::NAME, "its groups are not a multiple of 32 inputs"));
         }
@@ -78,6 +79,7 @@ impl Multiply for Int4Tensor {
             }
             Ok(())
         })
+        .map(Into::into)
     }
 }
 

@@ -62,7 +62,7 @@ pub(crate) trait Multiply: crate::scheme::QuantScheme {
     /// The weight re-laid for the int8-activation path, its inputs in
     /// [`Multiply::input_order`]'s order; a typed refusal for weights without integer codes of
     /// at most 8 bits and a scale and zero point per row and group of a multiple of 32 inputs.
-    fn int8_weight(_p: &Self::Prepared) -> Result<super::q8::IntWeight> {
+    fn int8_weight(_p: &Self::Prepared) -> Result<super::q8::Int8Weight> {
         Err(int8_refused(Self::NAME, "it has no integer codes with groups along the inputs"))
     }
 }

@@ -28,6 +28,7 @@
 
 pub(crate) mod kernel;
 pub mod q8;
+mod q8_columns;
 mod q8_vnni;
 
 use crate::awq::AwqLayer;
@@ -65,6 +66,7 @@ pub struct Workspace {
     kernel: kernel::Scratch,
     q8: q8::Q8Activations,
     q8_out: Vec<f32>,
+    q8_columns: Vec<q8_columns::ColumnScratch>,
 }
 
 /// How a [`QuantLinear`] treats the activations.
@@ -145,7 +147,7 @@ macro_rules! stored {
 pub struct QuantLinear {
     stored: Stored,
     /// The weight re-laid for [`Activations::Int8`], when chosen.
-    int8: Option<q8::IntWeight>,
+    int8: Option<q8::Int8Weight>,
     bias: Option<Vec<f32>>,
     out: usize,
     inp: usize,
@@ -215,28 +217,29 @@ impl QuantLinear {
 
     /// For [`Activations::Int8`]: per output, the bound on how far quantizing `x` (`[batch,
     /// in]`) moves it from the product with `f32` activations ([`q8::error_bound`]:
-    /// `sum_blocks (d / 2) * sum_k |W[o, k]|`); `None` on the `f32` path.
+    /// `sum_blocks (d / 2) * sum_k |W[o, k]|`; for HQQ's axis 0 [`q8::ColumnWeight::error_bound`],
+    /// `f32` rounding included); `None` on the `f32` path.
     pub fn int8_error_bound(&self, x: &[f32], batch: usize) -> Result<Option<Vec<f64>>> {
         let Some(w) = &self.int8 else { return Ok(None) };
         let mut ws = Workspace::default();
-        self.quantize_inputs(x, batch, &mut ws, Parallelism::RAYON)?;
+        self.gather_inputs(x, batch, &mut ws)?;
+        if let q8::Int8Weight::Rows(_) = w {
+            q8::quantize_activations_into(&ws.x, batch, self.inp, &mut ws.q8, Parallelism::RAYON)?;
+        }
         let mut bound = Vec::with_capacity(batch * self.out);
         for t in 0..batch {
             for o in 0..self.out {
-                bound.push(q8::error_bound(w, &ws.q8, t, o)?);
+                bound.push(match w {
+                    q8::Int8Weight::Rows(w) => q8::error_bound(w, &ws.q8, t, o)?,
+                    q8::Int8Weight::Columns(w) => w.error_bound(&ws.x[..batch * self.inp], t, o)?,
+                });
             }
         }
         Ok(Some(bound))
     }
 
-    /// `x` gathered in the weight's input order and quantized into `ws.q8`.
-    fn quantize_inputs<X: Elem>(
-        &self,
-        x: &[X],
-        batch: usize,
-        ws: &mut Workspace,
-        par: Parallelism,
-    ) -> Result<()> {
+    /// `x` in `f32`, gathered in the weight's input order, into `ws.x`.
+    fn gather_inputs<X: Elem>(&self, x: &[X], batch: usize, ws: &mut Workspace) -> Result<()> {
         let inp = self.inp;
         expect_len("x", batch.saturating_mul(inp), x.len())?;
         let perm = stored!(&self.stored, p, T => T::input_order(p));
@@ -253,7 +256,7 @@ impl QuantLinear {
             }
             None => X::slice_to_f32(x, xc),
         }
-        q8::quantize_activations_into(xc, batch, inp, &mut ws.q8, par)
+        Ok(())
     }
 
     /// A GPTQ layer with its own bias.
@@ -360,9 +363,18 @@ impl QuantLinear {
         expect_len("x", nx, x.len())?;
         expect_len("y", ny, y.len())?;
         if let Some(w) = &self.int8 {
-            self.quantize_inputs(x, batch, ws, par)?;
-            let acc = kernel::grown(&mut ws.y, ny);
-            q8::multiply_with(w, &ws.q8, acc, par, &mut ws.q8_out)?;
+            self.gather_inputs(x, batch, ws)?;
+            let Workspace { x: xc, y: acc, q8: xq, q8_out, q8_columns, .. } = ws;
+            let (xc, acc) = (&xc[..nx], kernel::grown(acc, ny));
+            match w {
+                q8::Int8Weight::Rows(w) => {
+                    q8::quantize_activations_into(xc, batch, inp, xq, par)?;
+                    q8::multiply_with(w, xq, acc, par, q8_out)?;
+                }
+                q8::Int8Weight::Columns(w) => {
+                    q8_columns::multiply_columns_with(w, xc, batch, acc, par, q8_out, q8_columns)?
+                }
+            }
             self.add_bias(acc);
             Y::slice_from_f32(acc, y);
             return Ok(());

@@ -29,6 +29,7 @@
 //! `sum_blocks (d / 2) * sum_k |w_k|` (`w_k = (q_k - z) s`), plus `f32` rounding of the
 //! per-block terms; [`error_bound`] computes it.
 
+pub use super::q8_columns::{ColumnWeight, multiply_columns};
 use super::q8_vnni::{self, AvxVnni, Vnni};
 use crate::error::{Error, KernelError, Result, expect_len};
 use crate::par::{Isa, Parallelism};
@@ -59,6 +60,20 @@ pub struct Q8Activations {
     pub scales: Vec<f32>,
     /// `batch * k / BLOCK` sums of the block's codes.
     pub sums: Vec<i32>,
+}
+
+impl Q8Activations {
+    /// `batch` rows of `k` (a multiple of [`BLOCK`]) zeros, the buffers kept.
+    pub(super) fn reset(&mut self, batch: usize, k: usize) {
+        let n = batch * k;
+        (self.batch, self.k) = (batch, k);
+        self.codes.clear();
+        self.codes.resize(n, 0);
+        self.scales.clear();
+        self.scales.resize(n / BLOCK, 0.0);
+        self.sums.clear();
+        self.sums.resize(n / BLOCK, 0);
+    }
 }
 
 fn not_multiple(what: &'static str, value: usize, multiple: usize) -> Error {
@@ -99,22 +114,18 @@ pub fn quantize_activations_into(
     let n = batch.checked_mul(k).ok_or(Error::Kernel(KernelError::ShapeOverflow { rows: batch, cols: k }))?;
     expect_len("activations", n, x.len())?;
     let blocks = n / BLOCK;
-    (q.batch, q.k) = (batch, k);
-    q.codes.clear();
-    q.codes.resize(n, 0);
-    q.scales.clear();
-    q.scales.resize(blocks, 0.0);
-    q.sums.clear();
-    q.sums.resize(blocks, 0);
+    q.reset(batch, k);
     // Chunks of whole blocks; each reports its first non-finite value, the earliest wins.
     let per = blocks.div_ceil(par.tasks(n).max(1)).max(1);
-    let job = |(c, k): (usize, Quantize<'_>)| crate::lanes::dispatch(par, k).map(|i| c * per * BLOCK + i);
+    let job = |(c, (x, out)): (usize, (&[f32], QuantOut<'_>))| {
+        quantize_blocks(par, x, out, None).map(|i| c * per * BLOCK + i)
+    };
     let chunks = x
         .chunks(per * BLOCK)
         .zip(q.codes.chunks_mut(per * BLOCK))
         .zip(q.scales.chunks_mut(per))
         .zip(q.sums.chunks_mut(per))
-        .map(|(((x, codes), scales), sums)| Quantize { x, codes, scales, sums })
+        .map(|(((x, codes), scales), sums)| (x, QuantOut { codes, scales, sums }))
         .enumerate();
     let bad =
         if per < blocks { chunks.par_bridge().filter_map(job).min() } else { chunks.filter_map(job).min() };
@@ -125,45 +136,91 @@ pub fn quantize_activations_into(
 }
 
 /// 1.5 * 2^23: `x + ROUND` is `round_ties_even(x)` in the low mantissa bits for `|x| < 2^22`.
-const ROUND: f32 = 12_582_912.0;
+pub(super) const ROUND: f32 = 12_582_912.0;
 
-/// Whole blocks of activations to codes, scales and code sums; the index of the first
-/// non-finite value, if any (the outputs are then partly written).
+/// Where whole blocks of activations go: codes, scales and code sums.
+pub(super) struct QuantOut<'a> {
+    pub codes: &'a mut [i8],
+    pub scales: &'a mut [f32],
+    pub sums: &'a mut [i32],
+}
+
+/// Per-input scaling before quantization (rows of `s.len()` values, starting at a row): `u =
+/// s x`, and per row `c = sum_lanes f64(sum (z - m) u)` over 32 `f32` lanes of fused
+/// multiply-adds (see [`super::q8_columns`]).
+pub(super) struct Scaled<'a> {
+    pub s: &'a [f32],
+    pub z: &'a [f32],
+    pub m: f32,
+    pub c: &'a mut [f64],
+}
+
+/// Whole blocks of `x` (scaled first when `scaled` is given) into `out` on one thread, with the
+/// AVX-512 kernel when the CPU has it and `par` allows x86-64-v4 (the same results either
+/// way); the index of the first non-finite value, if any (the outputs are then partly
+/// written).
+pub(super) fn quantize_blocks(
+    par: Parallelism,
+    x: &[f32],
+    out: QuantOut<'_>,
+    scaled: Option<Scaled<'_>>,
+) -> Option<usize> {
+    match Dot::choose(par) {
+        Dot::Avx512(token) => q8_vnni::quantize(token, x, out, scaled),
+        _ => crate::lanes::dispatch(par, Quantize { x, out, scaled }),
+    }
+}
+
+/// The portable quantizer ([`quantize_blocks`]).
 struct Quantize<'a> {
     x: &'a [f32],
-    codes: &'a mut [i8],
-    scales: &'a mut [f32],
-    sums: &'a mut [i32],
+    out: QuantOut<'a>,
+    scaled: Option<Scaled<'a>>,
 }
 
 impl crate::lanes::Kernel for Quantize<'_> {
     type Output = Option<usize>;
     #[inline(always)]
     fn run(self, _simd: crate::lanes::Simd) -> Option<usize> {
-        let Self { x, codes, scales, sums } = self;
+        let Self { x, out: QuantOut { codes, scales, sums }, mut scaled } = self;
+        let per_row = scaled.as_ref().map_or(1, |s| s.s.len() / BLOCK);
+        let mut lanes = [0f32; BLOCK];
         let blocks =
             x.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).zip(scales.iter_mut().zip(sums));
         for (b, ((xb, qb), (d, sum))) in blocks.enumerate() {
-            let xb: &[f32; BLOCK] = xb.try_into().expect("whole blocks");
+            let mut u: [f32; BLOCK] = xb.try_into().expect("whole blocks");
             let qb: &mut [i8; BLOCK] = qb.try_into().expect("whole blocks");
+            if let Some(sc) = &mut scaled {
+                let at = b % per_row * BLOCK;
+                let (s, z) = (&sc.s[at..at + BLOCK], &sc.z[at..at + BLOCK]);
+                for l in 0..BLOCK {
+                    u[l] *= s[l];
+                    lanes[l] = (z[l] - sc.m).mul_add(u[l], lanes[l]);
+                }
+                if b % per_row == per_row - 1 {
+                    sc.c[b / per_row] = lanes.iter().map(|&v| v as f64).sum();
+                    lanes = [0f32; BLOCK];
+                }
+            }
             // Lane-wise over 8 partial maxima (vectorizes); `v * 0` is NaN exactly for a NaN
             // or an infinity (max would skip a NaN).
             let (mut m, mut nan) = ([0f32; 8], [0f32; 8]);
-            for c in xb.chunks_exact(8) {
+            for c in u.chunks_exact(8) {
                 for l in 0..8 {
                     (m[l], nan[l]) = (m[l].max(c[l].abs()), nan[l] + c[l] * 0.0);
                 }
             }
             if nan.iter().any(|v| v.is_nan()) {
-                return xb.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i);
+                return u.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i);
             }
             let amax = m.iter().fold(0f32, |a, &v| a.max(v));
             if amax == 0.0 {
-                continue; // codes, scale and sum stay the zeros they were reset to
+                (*qb, *d, *sum) = ([0; BLOCK], 0.0, 0);
+                continue;
             }
             *d = amax / 127.0;
             let inv = 127.0 / amax;
-            for (q, &v) in qb.iter_mut().zip(xb) {
+            for (q, &v) in qb.iter_mut().zip(&u) {
                 // |v * inv| <= 127 up to one rounding; the clamp only catches that rounding.
                 // Adding 1.5 * 2^23 rounds to an integer (ties to even) held in the low
                 // mantissa bits: `round_ties_even` and a saturating cast, but vectorized.
@@ -204,6 +261,39 @@ pub struct IntWeight {
     /// Bytes of one tile's 16 scales and 16 zero points: 64 (`f16`) or 128 (`f32`).
     param_bytes: usize,
     data: Lines,
+}
+
+/// A weight re-laid for the int8 path ([`QuantLinear`](crate::QuantLinear)'s
+/// [`Activations::Int8`](super::Activations::Int8)).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Int8Weight {
+    /// Scales and zero points per row and group of inputs ([`multiply`]).
+    Rows(IntWeight),
+    /// Scales and zero points per class of rows and input: HQQ's axis 0
+    /// ([`multiply_columns`]).
+    Columns(ColumnWeight),
+}
+
+impl Int8Weight {
+    /// Bytes as stored: what one multiply reads.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            Int8Weight::Rows(w) => w.stored_bytes(),
+            Int8Weight::Columns(w) => w.stored_bytes(),
+        }
+    }
+}
+
+impl From<IntWeight> for Int8Weight {
+    fn from(w: IntWeight) -> Self {
+        Int8Weight::Rows(w)
+    }
+}
+
+impl From<ColumnWeight> for Int8Weight {
+    fn from(w: ColumnWeight) -> Self {
+        Int8Weight::Columns(w)
+    }
 }
 
 /// Bytes starting on a 64-byte boundary (a cache line: the kernels' 64-byte loads then never
@@ -425,7 +515,7 @@ impl IntWeight {
     }
 
     /// Row `r` (`< rows`) into `out` (`k` values).
-    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+    pub(super) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (tile, lane) = (r / TILE, r % TILE);
         for (g, vals) in out.chunks_exact_mut(self.group).enumerate() {
             let at = self.group_offset(tile, g);
@@ -494,14 +584,24 @@ pub fn kernel(par: Parallelism) -> &'static str {
 
 /// The integer-dot instructions a call may use.
 #[derive(Clone, Copy)]
-enum Dot {
+pub(super) enum Dot {
     Avx512(Vnni),
     Avx256(AvxVnni),
     Portable,
 }
 
 impl Dot {
-    fn choose(par: Parallelism) -> Dot {
+    /// Tiles `tile0..` of `a`'s weight for every activation row into `out` (`[tiles, batch,
+    /// TILE]`), on this kernel.
+    fn tiles(self, par: Parallelism, a: &Args<'_>, tile0: usize, out: &mut [f32]) {
+        match self {
+            Dot::Avx512(token) => q8_vnni::tiles(token, a, tile0, out),
+            Dot::Avx256(token) => q8_vnni::tiles_256(token, a, tile0, out),
+            Dot::Portable => crate::lanes::dispatch(par, Portable { a, tile0, out }),
+        }
+    }
+
+    pub(super) fn choose(par: Parallelism) -> Dot {
         let isa = par.isa();
         if let Some(t) = (isa == Isa::X86V4Avx512).then(Vnni::detect).flatten() {
             Dot::Avx512(t)
@@ -580,35 +680,17 @@ pub(crate) fn multiply_with(
     }
     let (batch, groups) = (x.batch, w.k / w.group);
     let tiles = w.rows.div_ceil(TILE);
-    let per_group = w.group / BLOCK;
     // Scratch: `[batch, groups]` of E_g, then the outputs tile by tile `[tiles, batch, TILE]`.
     let need = batch * groups + tiles * batch * TILE;
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
     let (xe, out) = scratch[..need].split_at_mut(batch * groups);
-    for ((e, d), s) in xe.iter_mut().zip(x.scales.chunks_exact(per_group)).zip(x.sums.chunks_exact(per_group))
-    {
-        *e = d.iter().zip(s).map(|(&d, &s)| d * s as f32).sum();
-    }
-    let args = Args {
-        data: &w.data,
-        k: w.k,
-        group: w.group,
-        param_bytes: w.param_bytes,
-        bits: w.bits,
-        xq: &x.codes,
-        xd: &x.scales,
-        xe,
-        batch,
-    };
+    w.group_sums(x, xe);
+    let args = w.args(x, xe);
     let dot = Dot::choose(par);
     let per = tiles.div_ceil(par.tasks(tiles.saturating_mul(w.k) * batch.min(8)).max(1)).max(1);
-    let job = |(c, o): (usize, &mut [f32])| match dot {
-        Dot::Avx512(token) => q8_vnni::tiles(token, &args, c * per, o),
-        Dot::Avx256(token) => q8_vnni::tiles_256(token, &args, c * per, o),
-        Dot::Portable => crate::lanes::dispatch(par, Portable { a: &args, tile0: c * per, out: o }),
-    };
+    let job = |(c, o): (usize, &mut [f32])| dot.tiles(par, &args, c * per, o);
     let chunk = per * batch * TILE;
     if per < tiles {
         out.par_chunks_mut(chunk).enumerate().for_each(job);
@@ -625,6 +707,49 @@ pub(crate) fn multiply_with(
         }
     });
     Ok(())
+}
+
+impl IntWeight {
+    /// Per token and group of `x`, `E_g = sum_{b in g} d_b * sum_b` into `xe` (`[batch, groups]`).
+    fn group_sums(&self, x: &Q8Activations, xe: &mut [f32]) {
+        let per_group = self.group / BLOCK;
+        let blocks = x.scales.chunks_exact(per_group).zip(x.sums.chunks_exact(per_group));
+        for (e, (d, s)) in xe.iter_mut().zip(blocks) {
+            *e = d.iter().zip(s).map(|(&d, &s)| d * s as f32).sum();
+        }
+    }
+
+    /// What a kernel reads for `x`, with its group sums `xe`.
+    fn args<'a>(&'a self, x: &'a Q8Activations, xe: &'a [f32]) -> Args<'a> {
+        Args {
+            data: &self.data,
+            k: self.k,
+            group: self.group,
+            param_bytes: self.param_bytes,
+            bits: self.bits,
+            xq: &x.codes,
+            xd: &x.scales,
+            xe,
+            batch: x.batch,
+        }
+    }
+
+    /// Tiles `tile0..` for every row of `x` (`k` codes each) into `out` (`[tiles, batch,
+    /// TILE]`) on one thread, with `xe` as scratch for the group sums.
+    pub(super) fn multiply_tiles(
+        &self,
+        dot: Dot,
+        par: Parallelism,
+        x: &Q8Activations,
+        xe: &mut Vec<f32>,
+        tile0: usize,
+        out: &mut [f32],
+    ) {
+        xe.clear();
+        xe.resize(x.batch * (self.k / self.group), 0.0);
+        self.group_sums(x, xe);
+        dot.tiles(par, &self.args(x, xe), tile0, out);
+    }
 }
 
 /// The portable kernel: tiles `tile0..` into `out` (`[tiles, batch, TILE]`).

@@ -227,6 +227,114 @@ fn pass<const R: usize, const T: usize, const F16: bool, const WIDE: bool>(
     }
 }
 
+/// One call's activations to `int8` blocks on AVX-512 (the token proves AVX-512 F and BW):
+/// the same codes, scales and sums as the portable quantizer (the same `f32` operations per
+/// value). With `scaled`, each row of `k` values is first multiplied by `scaled.s` per input
+/// and `c[row] = sum_lanes f64(sum_k (z - m) u)` is accumulated as the portable
+/// `ScaleQuantize` does (32 `f32` lanes of fused multiply-adds, then the lanes in order in
+/// `f64`). The index of the first non-finite (scaled) value, if any.
+pub(crate) fn quantize(
+    token: Vnni,
+    x: &[f32],
+    q: super::q8::QuantOut<'_>,
+    scaled: Option<super::q8::Scaled<'_>>,
+) -> Option<usize> {
+    let _ = token;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a `Vnni` token exists only when the CPU reports AVX-512 F, BW and VNNI
+    // (`Vnni::detect`), the features `quantize_avx512` is compiled for.
+    unsafe {
+        match scaled {
+            Some(sc) => quantize_avx512::<true>(x, q, sc),
+            None => quantize_avx512::<false>(x, q, super::q8::Scaled { s: &[], z: &[], m: 0.0, c: &mut [] }),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, q, scaled);
+        unreachable!("no Vnni token off x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn quantize_avx512<const SCALED: bool>(
+    x: &[f32],
+    q: super::q8::QuantOut<'_>,
+    sc: super::q8::Scaled<'_>,
+) -> Option<usize> {
+    let super::q8::QuantOut { codes, scales, sums } = q;
+    let k = sc.s.len();
+    let per_row = k / BLOCK;
+    let (zero, lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let round = _mm512_set1_ps(super::q8::ROUND);
+    let round_bits = _mm512_set1_epi32(super::q8::ROUND.to_bits() as i32);
+    let m = _mm512_set1_ps(sc.m);
+    let mut cacc = [zero; 2];
+    let blocks =
+        x.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).zip(scales.iter_mut().zip(sums.iter_mut()));
+    for (b, ((xb, qb), (d, sum))) in blocks.enumerate() {
+        let xb: &[f32; BLOCK] = xb.try_into().expect("whole blocks");
+        let qb: &mut [i8; BLOCK] = qb.try_into().expect("whole blocks");
+        // SAFETY: `xb` is 32 f32 values; both 16-lane loads are unaligned.
+        let mut v = unsafe { [_mm512_loadu_ps(xb.as_ptr()), _mm512_loadu_ps(xb.as_ptr().add(16))] };
+        if SCALED {
+            let at = b % per_row * BLOCK;
+            let (s, z): (&[f32; BLOCK], &[f32; BLOCK]) = (
+                sc.s[at..at + BLOCK].try_into().expect("a block of scales"),
+                sc.z[at..at + BLOCK].try_into().expect("a block of zero points"),
+            );
+            for h in 0..2 {
+                // SAFETY: `s` and `z` are 32 f32 values; the loads are unaligned.
+                let (s, z) = unsafe {
+                    (_mm512_loadu_ps(s.as_ptr().add(16 * h)), _mm512_loadu_ps(z.as_ptr().add(16 * h)))
+                };
+                v[h] = _mm512_mul_ps(v[h], s);
+                cacc[h] = _mm512_fmadd_ps(_mm512_sub_ps(z, m), v[h], cacc[h]);
+            }
+            if b % per_row == per_row - 1 {
+                let mut lanes = [0f32; 32];
+                // SAFETY: `lanes` is 32 f32 values; the stores are unaligned.
+                unsafe {
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), cacc[0]);
+                    _mm512_storeu_ps(lanes.as_mut_ptr().add(16), cacc[1]);
+                }
+                sc.c[b / per_row] = lanes.iter().map(|&v| v as f64).sum();
+                cacc = [zero; 2];
+            }
+        }
+        // `v * 0` is NaN exactly for a NaN or an infinity.
+        let bad = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(_mm512_mul_ps(v[0], zero), _mm512_mul_ps(v[1], zero));
+        if bad != 0 {
+            let mut u = [0f32; BLOCK];
+            // SAFETY: `u` is 32 f32 values; the stores are unaligned.
+            unsafe {
+                _mm512_storeu_ps(u.as_mut_ptr(), v[0]);
+                _mm512_storeu_ps(u.as_mut_ptr().add(16), v[1]);
+            }
+            return u.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i);
+        }
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+        if amax == 0.0 {
+            (*qb, *d, *sum) = ([0; BLOCK], 0.0, 0);
+            continue;
+        }
+        *d = amax / 127.0;
+        let inv = _mm512_set1_ps(127.0 / amax);
+        let codes = v.map(|v| {
+            let r = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), lo), hi), round);
+            _mm512_sub_epi32(_mm512_castps_si512(r), round_bits)
+        });
+        *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(codes[0], codes[1]));
+        // SAFETY: `qb` is 32 bytes; each 16-byte store is unaligned.
+        unsafe {
+            _mm_storeu_si128(qb.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(codes[0]));
+            _mm_storeu_si128(qb.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(codes[1]));
+        }
+    }
+    None
+}
+
 /// [`tiles`] with 256-bit AVX-VNNI: one tile by up to 2 tokens per pass (16 vector registers:
 /// 8 accumulators, 4 unpacked code vectors, the mask and 2 broadcasts).
 pub(crate) fn tiles_256(token: AvxVnni, a: &Args<'_>, tile0: usize, out: &mut [f32]) {

@@ -1,6 +1,6 @@
 //! `QuantLinear` with `Activations::Int8` against the f64 oracle, one harness over a table of
 //! schemes and shapes (GPTQ 2/3/4/8-bit plain and act-order with v1/v2 zeros, AWQ, HQQ 1-4- and
-//! 8-bit axis 1 with f16 and bf16 parameters, int4 with f32 scales, int8 per channel and per
+//! 8-bit axis 1 with f16 and bf16 parameters, HQQ 2/4/8-bit axis 0, int4 with f32 scales, int8 per channel and per
 //! tensor), batches 1 to 33, every kernel (AVX-512
 //! VNNI and AVX-VNNI where the CPU has them, and the portable one, forced by capping the ISA).
 //!
@@ -149,6 +149,33 @@ fn hqq_axis1_and_int4_with_int8_activations() {
     }
 }
 
+/// Axis 0: scales and zero points per input, shared by every `rows / group`-th row; the
+/// activations are scaled per class of rows before they are quantized.
+#[test]
+fn hqq_axis0_with_int8_activations() {
+    let mut rng = Rng(95);
+    // (bits, rows, cols, group): one class, 4 classes of 32 rows, 3 classes of 64, K = 4096.
+    for (bits, rows, cols, g) in
+        [(4u8, 64, 256, 64), (4, 128, 256, 32), (8, 192, 512, 64), (2, 48, 128, 16), (4, 128, 4096, 64)]
+    {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        let h: HqqWeight =
+            quantize_hqq(&w, rows, cols, &HqqConfig::new(bits, g, Axis::Zero), Parallelism::RAYON)
+                .unwrap()
+                .into();
+        for dtype in ["f32", "bf16"] {
+            let mut h = h.clone();
+            if dtype == "bf16" {
+                let conv =
+                    |v: &FloatVec| FloatVec::Bf16(v.to_f32().iter().map(|&v| bf16::from_f32(v)).collect());
+                (h.scales, h.zeros) = (conv(&h.scales), conv(&h.zeros));
+            }
+            let q = QuantLinear::new(QuantWeight::Hqq(h), None).unwrap();
+            check(&format!("hqq {bits}-bit axis 0 g{g} {dtype} {rows}x{cols}"), q, &[1, 3, 10], &mut rng);
+        }
+    }
+}
+
 #[test]
 fn int8_weights_with_int8_activations() {
     let mut rng = Rng(94);
@@ -175,7 +202,7 @@ fn int8_activations_refuse_what_they_cannot_take() {
     assert!(refused(gptq(96, 32, 48, false, ZeroFormat::V1, &mut rng)), "groups of 48");
     let w: Vec<f32> = (0..32 * 64).map(|_| rng.f32_in(-1.0, 1.0)).collect();
     let h = quantize_hqq(&w, 32, 64, &HqqConfig::new(4, 64, Axis::Zero), Parallelism::RAYON).unwrap();
-    assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "HQQ axis 0");
+    assert!(refused(QuantLinear::new(QuantWeight::Hqq(h.into()), None).unwrap()), "HQQ axis 0, 32 rows, g64");
     let t = intx::quantize_int8(&w[..48 * 32], 32, 48, intx::Granularity::PerChannel, Parallelism::SERIAL)
         .unwrap();
     let q = QuantLinear::new(QuantWeight::Int8(t), None).unwrap();

@@ -149,6 +149,104 @@ fn check(
     }
 }
 
+/// The per-class path (HQQ axis 0): against the f64 product of the codes and each class's
+/// quantized scaled activations (`sum (q - m) d xq - sum (z - m) s x`) within f32 rounding, and
+/// against the exact product within `ColumnWeight::error_bound`; serial == threaded, and both
+/// VNNI kernels give the same bits.
+#[test]
+fn column_weights_equal_the_oracles_within_their_bounds() {
+    let mut rng = Rng(85);
+    // (bits, rows, k, classes, batch)
+    for (bits, rows, k, classes, batch) in [
+        (4u32, 16, 32, 1, 1),
+        (4, 64, 256, 4, 3),
+        (8, 96, 512, 2, 9),
+        (4, 128, 4096, 2, 1),
+        (8, 48, 64, 3, 17),
+    ] {
+        let codes: Vec<u8> = (0..rows * k).map(|_| rng.below(1 << bits) as u8).collect();
+        let zmax = ((1 << bits) - 1) as f32;
+        let scales: Vec<f32> = (0..classes * k).map(|_| rng.f32_in(0.001, 0.02)).collect();
+        let zeros: Vec<f32> = (0..classes * k).map(|_| rng.f32_in(0.0, zmax)).collect();
+        let w = q8::ColumnWeight::from_rows(bits, rows, k, classes, &scales, &zeros, |o, c| {
+            c.copy_from_slice(&codes[o * k..(o + 1) * k]);
+            Ok(())
+        })
+        .unwrap();
+        let dense = w.dequantize();
+        let x: Vec<f32> = (0..batch * k).map(|_| rng.f32_in(-2.0, 2.0)).collect();
+        let bits_of = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut vnni = Vec::new();
+        for (path, serial, threaded) in paths() {
+            let mut y = vec![0f32; batch * rows];
+            q8::multiply_columns(&w, &x, batch, &mut y, serial).unwrap();
+            let mut yt = vec![0f32; batch * rows];
+            q8::multiply_columns(&w, &x, batch, &mut yt, threaded).unwrap();
+            assert_eq!(bits_of(&y), bits_of(&yt), "{path} {rows}x{k}");
+            if q8::kernel(serial).contains("vnni") {
+                vnni.push(bits_of(&y));
+            }
+            for t in 0..batch {
+                let xt = &x[t * k..(t + 1) * k];
+                for o in 0..rows {
+                    let c = o % classes;
+                    let (s, z) = (&scales[c * k..(c + 1) * k], &zeros[c * k..(c + 1) * k]);
+                    let m = w.class_zero(c) as f64;
+                    let u: Vec<f32> = xt.iter().zip(s).map(|(&x, &s)| x * s).collect();
+                    let uq = q8::quantize_activations(&u, 1, k, Parallelism::SERIAL).unwrap();
+                    let (mut exact_q, mut magnitude) = (0f64, 0f64);
+                    for kk in 0..k {
+                        let q = codes[o * k + kk] as f64 - m;
+                        let v = uq.codes[kk] as f64 * uq.scales[kk / BLOCK] as f64;
+                        let zc = (z[kk] as f64 - m) * s[kk] as f64 * xt[kk] as f64;
+                        exact_q += q * v - zc;
+                        magnitude += (q.abs() + 2.0 * m.abs()) * v.abs() + zc.abs();
+                    }
+                    let rounding = magnitude * (k / BLOCK + 8) as f64 * f32::EPSILON as f64;
+                    let got = y[t * rows + o] as f64;
+                    assert!(
+                        (got - exact_q).abs() <= rounding,
+                        "{path} {rows}x{k} t{t} o{o}: {got} vs {exact_q} (±{rounding})"
+                    );
+                    let exact_x: f64 =
+                        dense[o * k..(o + 1) * k].iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let bound = w.error_bound(&x, t, o).unwrap();
+                    assert!(
+                        (got - exact_x).abs() <= bound,
+                        "{path} {rows}x{k} t{t} o{o}: {got} vs {exact_x} (±{bound})"
+                    );
+                }
+            }
+        }
+        if let [a, b] = &vnni[..] {
+            assert_eq!(a, b, "avx512-vnni vs avx-vnni {rows}x{k}");
+        }
+    }
+    // Shapes: a class of rows not whole tiles, scales of the wrong length, a non-finite zero.
+    let fill = |_: usize, c: &mut [u8]| -> quant_kernels::Result<()> {
+        c.fill(1);
+        Ok(())
+    };
+    assert!(matches!(
+        q8::ColumnWeight::from_rows(4, 40, 32, 2, &[1.0; 64], &[0.0; 64], fill),
+        Err(Error::Kernel(KernelError::NotMultiple { .. }))
+    ));
+    assert!(matches!(
+        q8::ColumnWeight::from_rows(4, 32, 32, 2, &[1.0; 32], &[0.0; 64], fill),
+        Err(Error::Kernel(KernelError::LengthMismatch { .. }))
+    ));
+    let mut z = [0.0f32; 64];
+    z[40] = f32::NAN;
+    assert_eq!(
+        q8::ColumnWeight::from_rows(4, 32, 32, 2, &[1.0; 64], &z, fill),
+        Err(Error::Kernel(KernelError::NonFinite { index: 40 }))
+    );
+    let w = q8::ColumnWeight::from_rows(4, 32, 32, 2, &[1.0; 64], &[0.0; 64], fill).unwrap();
+    assert!(q8::multiply_columns(&w, &[1.0; 32], 1, &mut [0.0; 31], Parallelism::SERIAL).is_err());
+    assert!(q8::multiply_columns(&w, &[1.0; 31], 1, &mut [0.0; 32], Parallelism::SERIAL).is_err());
+    assert!(w.error_bound(&[1.0; 32], 1, 0).is_err() && w.error_bound(&[1.0; 32], 0, 32).is_err());
+}
+
 #[test]
 fn q8_shapes_and_values_are_checked() {
     let not_multiple = |e: Error| matches!(e, Error::Kernel(KernelError::NotMultiple { .. }));

@@ -255,11 +255,12 @@ pub fn bench(quick: bool, json: bool) -> Result<(), CliError> {
     use quant_kernels::matmul::Activations;
     use quant_kernels::{QuantLinear, QuantWeight};
     let gptq_int8 = QuantLinear::from_gptq(gptq_layer.clone())?.with_activations(Activations::Int8)?;
-    // HQQ on axis 1 (groups along the inputs) is the form the int8-activation path takes.
+    let hqq_axis0 = QuantLinear::new(QuantWeight::Hqq(hqq_weight(Axis::Zero)?), None)?;
     let hqq_axis1 = QuantLinear::new(QuantWeight::Hqq(hqq_weight(Axis::One)?), None)?;
     let mut weight_bytes = 0;
     for (layer, scheme, variant) in [
-        (QuantLinear::new(QuantWeight::Hqq(hqq_weight(Axis::Zero)?), None)?, "hqq", "g64_axis0"),
+        (hqq_axis0.clone(), "hqq", "g64_axis0"),
+        (hqq_axis0.with_activations(Activations::Int8)?, "hqq", "g64_axis0_int8_activations"),
         (hqq_axis1.clone(), "hqq", "g64_axis1"),
         (hqq_axis1.with_activations(Activations::Int8)?, "hqq", "g64_axis1_int8_activations"),
         (QuantLinear::from_gptq(gptq_layer)?, "gptq", "g128"),
