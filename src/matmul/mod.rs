@@ -82,8 +82,9 @@ pub enum Activations {
     /// twice as fast at batch 1 and several times faster for prompts, with an error of at most
     /// [`QuantLinear::int8_error_bound`] on top of `f32` rounding. For weights with integer codes
     /// and a scale and zero point per group of a multiple of 32 inputs: GPTQ and AWQ of every
-    /// width (act-order included), HQQ of every width on axis 1, int4, and int8 (rows of a
-    /// multiple of 32 inputs).
+    /// width (act-order included), HQQ of every width on axis 1 and, when the rows are a
+    /// multiple of the group size, on axis 0 ([`q8::ColumnWeight`]), int4, and int8 (rows of a
+    /// multiple of 32 inputs). FP8 and dense weights stay on the `f32` path.
     Int8,
 }
 

@@ -18,10 +18,12 @@
 //! zero points are kept per tile and group as 16 lanes, in `f16` when every value is exactly an
 //! `f16` (GPTQ, AWQ and `f16` HQQ parameters), else `f32`.
 //!
-//! Kernels: AVX-512 VNNI (`vpdpbusd`; several tiles and up to 4 tokens per pass, so that a
-//! decoded 64-byte load feeds `2 T` dot products) where the CPU has it and the call's
-//! [`Parallelism`] allows x86-64-v4, else portable code compiled for the best instruction set
-//! ([`kernel`] names the one a call uses). No AMX: the tile instructions need a CPU and OS that
+//! Kernels: AVX-512 VNNI (`vpdpbusd`; 4 tiles by 1 token, or 1 tile by up to 8 tokens per
+//! pass, so that a decoded 64-byte load feeds `2 T` dot products; the activation quantizer
+//! too) where the CPU has it and the call's [`Parallelism`] allows x86-64-v4, else AVX-VNNI
+//! where the CPU has it and x86-64-v3 is allowed, else portable code compiled for the best
+//! instruction set ([`kernel`] names the one a call uses). Weights whose scales vary along the
+//! inputs (HQQ axis 0) go through [`ColumnWeight`]. No AMX: the tile instructions need a CPU and OS that
 //! grant them (not this crate's test machines) and intrinsics that stable Rust lacks.
 //!
 //! Error: with `d = max|x| / 127` per block (stored in `f32`, no clamping), every activation is

@@ -2,7 +2,7 @@
 //! 256-bit VEX form on AVX2 machines). Per 64-byte load of a tile's 4-bit codes (16 rows × 8
 //! inputs; two 32-byte halves of 8 rows each in the 256-bit kernel), two masks and a shift give
 //! 4 codes per row for each of two `vpdpbusd`s by 4 broadcast activation bytes; 8-bit codes are
-//! two loads of 16 rows × 4 inputs, used as they are. With the CUDA module, the
+//! two loads of 16 rows × 4 inputs, used as they are. Also the AVX-512 activation quantizer. With the CUDA module, the
 //! crate's only code with `unsafe`: calls into `#[target_feature]` functions, made only with a
 //! [`Vnni`] or [`AvxVnni`] token (which exist only after run-time detection), and unaligned loads
 //! at offsets bounded by slices taken (and so checked) on entry.

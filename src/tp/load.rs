@@ -51,8 +51,9 @@ pub struct LoadOptions<'a> {
     /// Threads and instruction set for the dequantization, merge and quantization.
     pub par: Parallelism,
     /// How the loaded layers multiply: [`Activations::Int8`] is set on every layer whose
-    /// weight that path takes (4-bit GPTQ/AWQ, HQQ axis 1, int4, after any load-time
-    /// quantization); the others keep the exact `f32` path.
+    /// weight that path takes (GPTQ/AWQ, HQQ, int8 and int4 with groups of a multiple of 32
+    /// inputs, after any load-time quantization; see [`Activations::Int8`]); the others (FP8,
+    /// dense) keep the exact `f32` path.
     pub activations: Activations,
 }
 

@@ -333,7 +333,7 @@ fn bench_json_records() {
         }
     }
     // Both paths: the int8-activation records beside the f32 ones.
-    for variant in ["g128_int8_activations", "g64_axis1_int8_activations"] {
+    for variant in ["g128_int8_activations", "g64_axis1_int8_activations", "g64_axis0_int8_activations"] {
         assert_eq!(records.iter().filter(|r| r["variant"] == variant).count(), 4, "{variant}: {text}");
     }
     let read = records.iter().find(|r| r["op"] == "read").expect("a read record");
