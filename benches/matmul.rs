@@ -234,7 +234,7 @@ fn gemv(c: &mut Criterion) {
         memcpy(&mut g, hqq[0].weight_bytes());
         let unfused = out == inp;
         // The unfused baseline dequantizes from the scheme's own tensors.
-        let hqq_weights: Vec<QuantWeight> = hqq.iter().map(|q| q.clone().into_weight()).collect();
+        let hqq_weights: Vec<QuantWeight> = hqq.iter().map(|q| q.clone().into_weight().unwrap()).collect();
         let hqq_dequant = |i: usize| match &hqq_weights[i] {
             QuantWeight::Hqq(h) => match (&h.scales, &h.zeros, &h.packed.words) {
                 (FloatVec::F16(s), FloatVec::F16(z), PackedWords::U8(w)) => {
@@ -261,7 +261,7 @@ fn gemv(c: &mut Criterion) {
         q8_case(&mut g, "q4_g64_int8_activations", &q4s);
         drop(q4s);
         let gptq: Vec<QuantLinear> = (0..copies(out * inp / 2)).map(|_| gptq4(out, inp, false)).collect();
-        let gptq_weights: Vec<QuantWeight> = gptq.iter().map(|q| q.clone().into_weight()).collect();
+        let gptq_weights: Vec<QuantWeight> = gptq.iter().map(|q| q.clone().into_weight().unwrap()).collect();
         // GPTQ dequantizes to `[K, N]`; the dense GEMV then runs over that buffer as if it
         // were `[N, K]` (a GEMV written for `[K, N]` reads the same bytes at the same speed),
         // so the baseline is not charged for a transpose it would not need.

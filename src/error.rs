@@ -142,6 +142,27 @@ pub enum KernelError {
         reason: &'static str,
     },
 
+    /// The layer's own scheme weight was dropped for the int8 path
+    /// (`QuantLinear::drop_scheme_weight`), and an operation needs it.
+    #[error(
+        "this {scheme} layer no longer holds its scheme weight (dropped for the int8 path), which {needs} needs"
+    )]
+    SchemeWeightDropped {
+        /// The weight's scheme.
+        scheme: &'static str,
+        /// What needed it.
+        needs: &'static str,
+    },
+
+    /// `QuantLinear::drop_scheme_weight` on a layer on the `f32` path, which needs that weight.
+    #[error(
+        "this {scheme} layer multiplies with f32 activations: set Activations::Int8 before dropping its scheme weight"
+    )]
+    DropOnF32Path {
+        /// The weight's scheme.
+        scheme: &'static str,
+    },
+
     /// Fewer groups than a layout's inputs need.
     #[error("{groups} groups where the inputs need at least {needed}")]
     TooFewGroups {

@@ -13,8 +13,8 @@
 //! `--features mpi` and started under `mpirun -np N`, one rank per process over `MpiComm`.
 //! `OUT` holds `prefill_logits` f32 `[prompt, vocab]`, `step_logits` f32 `[new, vocab]` and
 //! `greedy_ids` i64 `[new]`. `--activations int8` multiplies every layer that path takes
-//! (4-bit GPTQ/AWQ, HQQ axis 1, int4) with int8 activations (`matmul::Activations::Int8`);
-//! the default `f32` is exact. Bad input is one message on stderr and exit status 2.
+//! (GPTQ/AWQ, HQQ, int8 and int4; see `matmul::Activations::Int8`) with int8 activations and
+//! keeps only that path's copy of each weight; the default `f32` is exact. Bad input is one message on stderr and exit status 2.
 
 mod model;
 
@@ -261,6 +261,8 @@ fn run() -> Result<()> {
         lora: lora.as_ref(),
         par: Parallelism::RAYON,
         activations: args.activations,
+        // The runtime never goes back to the f32 path: keep one copy of each weight.
+        drop_scheme_weight: true,
         ..Default::default()
     };
     let done = match open_source(&args.dir)? {
@@ -277,7 +279,7 @@ fn run() -> Result<()> {
     let report = format!(
         "prompt: {} tokens in {:.4} s ({:.1} tokens/s); decode: {steps} tokens in {:.4} s ({decode_tps:.1} tokens/s)\n\
          decode reads {:.2} MB of weights per token: {decode_gbps:.2} GB/s, {:.2} of a pure threaded read of as many \
-         bytes ({read:.2} GB/s, {} threads; bound {:.1} tokens/s)\ngreedy ids: {:?}\n",
+         bytes ({read:.2} GB/s, {} threads; bound {:.1} tokens/s)\npeak resident memory: {}\ngreedy ids: {:?}\n",
         args.tokens.len(),
         g.prefill_s,
         args.tokens.len() as f64 / g.prefill_s.max(1e-12),
@@ -286,11 +288,22 @@ fn run() -> Result<()> {
         decode_gbps / read,
         rayon::current_num_threads(),
         read * 1e9 / bytes.max(1) as f64,
+        peak_memory(),
         g.greedy_ids,
     );
     // A closed stdout (`| head`) is not an error of the run: the output file is written.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
     Ok(())
+}
+
+/// The process's peak resident set (`VmHWM`, Linux), or `unknown` elsewhere.
+fn peak_memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kb.map_or_else(|| "unknown".to_string(), |kb| format!("{:.0} MB", kb as f64 / 1e3))
 }
 
 fn main() {

@@ -146,7 +146,13 @@ macro_rules! stored {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantLinear {
-    stored: Stored,
+    /// The weight in its scheme's (prepared) form; `None` once
+    /// [`QuantLinear::drop_scheme_weight`] has dropped it.
+    stored: Option<Stored>,
+    /// The scheme's name, kept when the weight is dropped.
+    scheme: &'static str,
+    /// The input order of a dropped act-order weight (while it is stored, it holds its own).
+    dropped_order: Option<Vec<u32>>,
     /// The weight re-laid for [`Activations::Int8`], when chosen.
     int8: Option<q8::Int8Weight>,
     bias: Option<Vec<f32>>,
@@ -178,7 +184,23 @@ impl QuantLinear {
             }
             None => None,
         };
-        Ok(Self { stored, int8: None, bias, out, inp })
+        let scheme = stored!(&stored, _p, T => T::NAME);
+        Ok(Self { stored: Some(stored), scheme, dropped_order: None, int8: None, bias, out, inp })
+    }
+
+    /// The scheme's own weight, or [`KernelError::SchemeWeightDropped`] naming what needs it.
+    fn stored(&self, needs: &'static str) -> Result<&Stored> {
+        self.stored
+            .as_ref()
+            .ok_or(Error::Kernel(KernelError::SchemeWeightDropped { scheme: self.scheme, needs }))
+    }
+
+    /// The order the multiply reads the inputs in (act-order GPTQ's sorted rows), if not plain.
+    fn input_order(&self) -> Option<&[u32]> {
+        match &self.stored {
+            Some(s) => stored!(s, p, T => T::input_order(p)),
+            None => self.dropped_order.as_deref(),
+        }
     }
 
     /// The layer multiplying with `activations`. [`Activations::Int8`] re-lays the weight's
@@ -204,11 +226,53 @@ impl QuantLinear {
 
     /// [`QuantLinear::with_activations`] in place: on a refusal the layer is unchanged.
     pub fn set_activations(&mut self, activations: Activations) -> Result<()> {
+        if activations == self.activations() {
+            return Ok(());
+        }
         self.int8 = match activations {
-            Activations::F32 => None,
-            Activations::Int8 => Some(stored!(&self.stored, p, T => T::int8_weight(p))?),
+            Activations::F32 => {
+                self.stored("the f32 path")?;
+                None
+            }
+            Activations::Int8 => Some(stored!(self.stored("the int8 layout")?, p, T => T::int8_weight(p))?),
         };
         Ok(())
+    }
+
+    /// Keep only the [`Activations::Int8`] layout and free the scheme's own copy of the weight:
+    /// the layer then holds [`QuantLinear::weight_bytes`] once instead of about twice. Afterwards
+    /// everything that needs the scheme's form is [`KernelError::SchemeWeightDropped`]: the
+    /// `f32` path, [`QuantLinear::into_weight`], [`QuantLinear::dequantize`] and the oracle
+    /// ([`QuantLinear::forward_reference`]); the int8 path gives the same bits as before. A layer
+    /// on the `f32` path is refused ([`KernelError::DropOnF32Path`]) and unchanged.
+    ///
+    /// ```
+    /// use quant_kernels::intx::quantize_int4;
+    /// use quant_kernels::matmul::Activations;
+    /// use quant_kernels::{Parallelism, QuantLinear, QuantWeight};
+    /// let w: Vec<f32> = (0..64).map(|i| (i % 16) as f32).collect();
+    /// let q = quantize_int4(&w, 1, 64, 32, Parallelism::SERIAL)?;
+    /// let mut layer = QuantLinear::new(QuantWeight::Int4(q), None)?.with_activations(Activations::Int8)?;
+    /// layer.drop_scheme_weight()?;
+    /// let y: Vec<f32> = layer.forward(&[1.0f32; 64], 1, Parallelism::SERIAL)?;
+    /// assert_eq!(y, [480.0]);
+    /// assert!(layer.set_activations(Activations::F32).is_err());
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn drop_scheme_weight(&mut self) -> Result<()> {
+        if self.int8.is_none() {
+            return Err(Error::Kernel(KernelError::DropOnF32Path { scheme: self.scheme }));
+        }
+        if self.stored.is_some() {
+            self.dropped_order = self.input_order().map(<[u32]>::to_vec);
+            self.stored = None;
+        }
+        Ok(())
+    }
+
+    /// Whether the scheme's own weight is still held ([`QuantLinear::drop_scheme_weight`]).
+    pub fn has_scheme_weight(&self) -> bool {
+        self.stored.is_some()
     }
 
     /// How this layer treats the activations.
@@ -243,7 +307,7 @@ impl QuantLinear {
     fn gather_inputs<X: Elem>(&self, x: &[X], batch: usize, ws: &mut Workspace) -> Result<()> {
         let inp = self.inp;
         expect_len("x", batch.saturating_mul(inp), x.len())?;
-        let perm = stored!(&self.stored, p, T => T::input_order(p));
+        let perm = self.input_order();
         let xc = kernel::grown(&mut ws.x, batch * inp);
         match perm {
             Some(p) => {
@@ -279,9 +343,14 @@ impl QuantLinear {
     }
 
     /// The weight back in its own scheme's layout (GPTQ/AWQ words un-blocked, AWQ converted
-    /// back: bit for bit what was passed in, except HQQ parameters widened by [`QuantLinear::new`]).
-    pub fn into_weight(self) -> QuantWeight {
-        stored!(self.stored, p, T => QuantWeight::from(T::restore(p)))
+    /// back: bit for bit what was passed in, except HQQ parameters widened by [`QuantLinear::new`]);
+    /// [`KernelError::SchemeWeightDropped`] after [`QuantLinear::drop_scheme_weight`].
+    pub fn into_weight(self) -> Result<QuantWeight> {
+        let scheme = self.scheme;
+        let stored = self
+            .stored
+            .ok_or(Error::Kernel(KernelError::SchemeWeightDropped { scheme, needs: "into_weight" }))?;
+        Ok(stored!(stored, p, T => QuantWeight::from(T::restore(p))))
     }
 
     /// Outputs (`W`'s rows).
@@ -296,7 +365,7 @@ impl QuantLinear {
 
     /// The scheme's name, as [`QuantWeight::scheme`] of the weight passed in.
     pub fn scheme(&self) -> &'static str {
-        stored!(&self.stored, _p, T => T::NAME)
+        self.scheme
     }
 
     /// The bias, widened to `f32`.
@@ -307,10 +376,11 @@ impl QuantLinear {
     /// Bytes of the weight as its scheme stores it (codes, scales, zeros, `g_idx`), or as
     /// [`Activations::Int8`] re-lays it: what one multiply reads.
     pub fn weight_bytes(&self) -> usize {
-        if let Some(w) = &self.int8 {
-            return w.stored_bytes();
+        match (&self.int8, &self.stored) {
+            (Some(w), _) => w.stored_bytes(),
+            (None, Some(s)) => stored!(s, p, T => T::prepared_bytes(p)),
+            (None, None) => 0,
         }
-        stored!(&self.stored, p, T => T::prepared_bytes(p))
     }
 
     /// `y = x · Wᵀ + bias` for `x: [batch, in]` into `y: [batch, out]` (see the module docs).
@@ -380,11 +450,12 @@ impl QuantLinear {
             Y::slice_from_f32(acc, y);
             return Ok(());
         }
+        let stored = self.stored("the f32 path")?;
         let kp = kernel::padded(inp);
         let Workspace { x: xbuf, row, y: acc, kernel: scratch, .. } = ws;
         let xp = kernel::grown(xbuf, batch * kp);
         if inp > 0 {
-            let perm = stored!(&self.stored, p, T => T::input_order(p));
+            let perm = stored!(stored, p, T => T::input_order(p));
             let row = kernel::grown(row, if perm.is_some() { inp } else { 0 });
             for (dst, src) in xp.chunks_exact_mut(kp).zip(x.chunks_exact(inp)) {
                 match perm {
@@ -404,7 +475,7 @@ impl QuantLinear {
             xp.fill(0.0);
         }
         let acc = kernel::grown(acc, ny);
-        stored!(&self.stored, p, T => T::products_into(p, xp, batch, par, acc, scratch));
+        stored!(stored, p, T => T::products_into(p, xp, batch, par, acc, scratch));
         self.add_bias(acc);
         Y::slice_from_f32(acc, y);
         Ok(())
@@ -441,8 +512,9 @@ impl QuantLinear {
         fn run<T: QuantScheme>(t: &T, reference: bool, w: &mut [f32], par: Parallelism) -> Result<()> {
             if reference { t.dequantize_reference_into(w) } else { t.dequantize_into(w, par) }
         }
+        let stored = self.stored(if reference { "the oracle" } else { "dequantize" })?;
         let mut w = vec![0f32; self.out * self.inp];
-        stored!(&self.stored, p, T => run(&T::restore(p.clone()), reference, &mut w, par))?;
+        stored!(stored, p, T => run(&T::restore(p.clone()), reference, &mut w, par))?;
         Ok(w)
     }
 

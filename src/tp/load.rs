@@ -55,6 +55,11 @@ pub struct LoadOptions<'a> {
     /// inputs, after any load-time quantization; see [`Activations::Int8`]); the others (FP8,
     /// dense) keep the exact `f32` path.
     pub activations: Activations,
+    /// With [`Activations::Int8`]: free each layer's own scheme weight once its int8 layout is
+    /// built ([`QuantLinear::drop_scheme_weight`]), so the layers take about half the memory;
+    /// layers the int8 path does not take keep theirs. `false` (the default) keeps both, so a
+    /// layer can still switch to the `f32` path or give its weight back.
+    pub drop_scheme_weight: bool,
 }
 
 impl LoadOptions<'_> {
@@ -63,9 +68,13 @@ impl LoadOptions<'_> {
     pub(crate) fn linear(&self, w: QuantWeight, bias: Option<FloatVec>) -> Result<QuantLinear> {
         let mut l = QuantLinear::new(w, bias)?;
         match l.set_activations(self.activations) {
-            Err(Error::Kernel(KernelError::Int8Activations { .. })) => Ok(l),
-            r => r.map(|()| l),
+            Err(Error::Kernel(KernelError::Int8Activations { .. })) => return Ok(l),
+            r => r?,
         }
+        if self.drop_scheme_weight && self.activations == Activations::Int8 {
+            l.drop_scheme_weight()?;
+        }
+        Ok(l)
     }
 
     /// The method layer `prefix` is quantized with as it loads, if any.

@@ -232,3 +232,65 @@ fn int8_activations_refuse_what_they_cannot_take() {
         Err(Error::Kernel(KernelError::NonFinite { .. }))
     ));
 }
+
+/// Dropping the scheme's own weight keeps the int8 path's bits and its memory only; what
+/// needs the scheme's form is a typed error, and a layer on the `f32` path is refused.
+#[test]
+fn dropping_the_scheme_weight_keeps_the_int8_path() {
+    let mut rng = Rng(96);
+    let w: Vec<f32> = (0..128 * 256).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let axis0 = quantize_hqq(&w, 128, 256, &HqqConfig::new(4, 32, Axis::Zero), Parallelism::RAYON).unwrap();
+    let layers = [
+        ("gptq act-order", gptq(256, 40, 64, true, ZeroFormat::V1, &mut rng)),
+        ("hqq axis 0", QuantLinear::new(QuantWeight::Hqq(axis0.into()), None).unwrap()),
+        (
+            "int4",
+            QuantLinear::new(
+                QuantWeight::Int4(intx::quantize_int4(&w, 128, 256, 64, Parallelism::SERIAL).unwrap()),
+                None,
+            )
+            .unwrap(),
+        ),
+    ];
+    fn dropped_error<T>(r: Result<T, Error>) -> bool {
+        matches!(r, Err(Error::Kernel(KernelError::SchemeWeightDropped { .. })))
+    }
+    for (name, f32_layer) in layers {
+        let inp = f32_layer.in_features();
+        let x: Vec<f32> = (0..3 * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        let mut kept = f32_layer.clone();
+        assert!(
+            matches!(kept.drop_scheme_weight(), Err(Error::Kernel(KernelError::DropOnF32Path { .. }))),
+            "{name}"
+        );
+        assert_eq!(kept, f32_layer, "{name}: a refused drop leaves the layer as it was");
+        let kept = kept.with_activations(Activations::Int8).unwrap();
+        let mut dropped = kept.clone();
+        dropped.drop_scheme_weight().unwrap();
+        dropped.drop_scheme_weight().unwrap(); // a second drop changes nothing
+        assert!(kept.has_scheme_weight() && !dropped.has_scheme_weight(), "{name}");
+        assert_eq!(dropped.weight_bytes(), kept.weight_bytes(), "{name}");
+        assert_eq!((dropped.scheme(), dropped.activations()), (kept.scheme(), Activations::Int8), "{name}");
+        for (_, serial, threaded) in paths() {
+            for par in [serial, threaded] {
+                let a: Vec<f32> = kept.forward(&x, 3, par).unwrap();
+                let b: Vec<f32> = dropped.forward(&x, 3, par).unwrap();
+                assert_eq!(
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(dropped.int8_error_bound(&x, 3).unwrap(), kept.int8_error_bound(&x, 3).unwrap(), "{name}");
+        let before = dropped.clone();
+        assert!(dropped_error(dropped.set_activations(Activations::F32)), "{name}");
+        assert_eq!(dropped, before, "{name}: a refused switch leaves the layer as it was");
+        dropped.set_activations(Activations::Int8).unwrap();
+        assert!(dropped_error(dropped.dequantize(Parallelism::SERIAL)), "{name}");
+        assert!(dropped_error(dropped.forward_reference(&x, 3)), "{name}");
+        assert!(dropped_error(dropped.magnitude_reference(&x, 3)), "{name}");
+        assert!(dropped_error(dropped.clone().into_weight()), "{name}");
+        assert_eq!(kept.into_weight().unwrap(), f32_layer.into_weight().unwrap(), "{name}");
+    }
+}

@@ -558,7 +558,10 @@ fn merged_column_parallel_layers_for_every_scheme() {
                 })
                 .into();
             // On one rank the stack is the whole again, layout and all.
-            assert_eq!(merged(&parts, 0, 1).unwrap().local().clone().into_weight(), QuantWeight::Hqq(whole));
+            assert_eq!(
+                merged(&parts, 0, 1).unwrap().local().clone().into_weight().unwrap(),
+                QuantWeight::Hqq(whole)
+            );
             cases.push((format!("hqq {bits}-bit axis 0 g{g}"), parts));
         }
     }
@@ -641,7 +644,7 @@ fn merged_column_parallel_layers_for_every_scheme() {
             }
             if let Some(Some(local)) = locals.first() {
                 // One per-tensor int8 scale stays per-tensor; anything else becomes per-channel.
-                if let QuantWeight::Int8(t) = local.clone().into_weight() {
+                if let QuantWeight::Int8(t) = local.clone().into_weight().unwrap() {
                     let one = name.as_str() == "int8 per-tensor, one scale";
                     assert_eq!(t.granularity, if one { PerTensor } else { PerChannel }, "{name}");
                 }
@@ -784,7 +787,8 @@ fn merged_dense_parts_keep_their_dtype() {
     let part = |rows: usize, v: f32| QuantWeight::dense(rows, 4, vec![f16::from_f32(v); rows * 4]);
     let (q, k) = (part(4, 1.5), part(2, -2.0));
     let merged = ColumnParallelLinear::new_merged(&[(&q, None), (&k, None)], None, 0, 1).unwrap();
-    let QuantWeight::Dense(DenseWeight { rows, cols, w }) = merged.local().clone().into_weight() else {
+    let QuantWeight::Dense(DenseWeight { rows, cols, w }) = merged.local().clone().into_weight().unwrap()
+    else {
         panic!()
     };
     assert_eq!((rows, cols), (6, 4));

@@ -409,6 +409,15 @@ fn int8_activations_stay_near_transformers() {
             eprintln!("{} int8 activations world {world}: prefill {p:.2e} decode {s:.2e}", dir.display());
             assert!(p <= 4e-2 && s <= 4e-2, "{} world {world}: prefill {p:e}, decode {s:e}", dir.display());
             assert_eq!(g.greedy_ids, want.greedy, "{} world {world}", dir.display());
+            // Without the schemes' own copies of the weights: the same bits.
+            let dropped = LoadOptions { drop_scheme_weight: true, ..int8 };
+            let d = run(&src, &cfg, world, &dropped, &want.tokens).unwrap();
+            assert_eq!(
+                (d.prefill_logits, d.step_logits),
+                (g.prefill_logits, g.step_logits),
+                "{}",
+                dir.display()
+            );
         }
     }
 }

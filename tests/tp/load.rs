@@ -151,6 +151,7 @@ fn load_time_quantization_equals_quantizing_the_share() {
         (QuantMethod::Int4Asymmetric { group: 16 }, None),
         (QuantMethod::Fp8 { format: Fp8Format::E4M3, block: Some((16, 16)) }, None),
     ];
+    let mut dropped_layers = 0;
     for (method, hqq_steps) in methods {
         let opts = LoadOptions { isq: Some(method), hqq_steps, par, ..Default::default() };
         for world in [1, 2] {
@@ -186,9 +187,27 @@ fn load_time_quantization_equals_quantizing_the_share() {
                     want.forward::<f32, f32>(&x, 1, par).unwrap(),
                     "{method}"
                 );
+                // Int8 activations, the scheme weight dropped where that path took the layer
+                // (`DOWN`'s 64 inputs: the int8 shares).
+                use quant_kernels::matmul::Activations;
+                let int8 = LoadOptions { activations: Activations::Int8, ..opts };
+                let kept = ColumnParallelLinear::load(&ck, DOWN, rank, world, &int8).unwrap().unwrap();
+                let drop = LoadOptions { drop_scheme_weight: true, ..int8 };
+                let dropped = ColumnParallelLinear::load(&ck, DOWN, rank, world, &drop).unwrap().unwrap();
+                let x = vec![0.5f32; 64];
+                let on_int8 = kept.local().activations() == Activations::Int8;
+                assert_eq!(dropped.local().activations(), kept.local().activations(), "{method}");
+                assert_eq!(dropped.local().has_scheme_weight(), !on_int8, "{method}");
+                assert_eq!(
+                    dropped.forward(&x, 1, par).unwrap(),
+                    kept.forward(&x, 1, par).unwrap(),
+                    "{method}"
+                );
+                dropped_layers += usize::from(on_int8);
             }
         }
     }
+    assert_eq!(dropped_layers, 3, "the int8 method's shares at worlds 1 and 2 take the int8 path");
     // Per layer, by name or glob: up_proj int4, down_proj left as stored.
     let int4 = QuantMethod::Int4Asymmetric { group: 16 };
     let config = quant_kernels::QuantConfig::new(QuantMethod::Int8Symmetric { per_channel: false })
