@@ -5,6 +5,11 @@
 # usage: bash scripts/bench_llamacpp.sh [--build-only] [BENCH OPTIONS...]
 #   BENCH OPTIONS go to scripts/peer/ggml_mul_mat.c, e.g. --quick, --types q4_0, --batches 1,8,
 #   --shapes 4096x4096, --buffers CPU_REPACK, --threads 2, --min-mib 1024 (see --help).
+#        bash scripts/bench_llamacpp.sh --model [THREADS=2]
+#   End to end instead: llama.cpp's `llama-bench` (64-token prompt, 32 decoded tokens) on the
+#   random 1.1 B Llama of scripts/gen_llama_1b.py written as GGUF (scripts/peer/gen_llama_1b_gguf.py)
+#   and quantized with `llama-quantize --pure` to Q4_0 and Q4_K (embeddings and output f16, as
+#   examples/llama keeps them); compare with scripts/bench_llama_decode.sh. ~6 GB in QK_PEER_DIR.
 # env: QK_PEER_DIR  cache and build dir (default /tmp/qk-peer, ~450 MB after the build)
 #      QK_PEER_JOBS build parallelism (default 2)
 #
@@ -27,10 +32,12 @@ die() { echo "bench_llamacpp: error: $*" >&2; exit 1; }
 log() { echo "bench_llamacpp: $*" >&2; }
 
 build_only=0
+model=0
 args=()
 for a in "$@"; do
     case "$a" in
         --build-only) build_only=1 ;;
+        --model) model=1 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -100,21 +107,70 @@ if ! grep -q 'qk-peer: compiler barrier' "$mmq"; then
     log "patched $mmq (compiler barrier before _tile_loadconfig)"
 fi
 
+# The common llama.cpp configuration: static, native CPU backend, no GPU backends, no network.
+llama_cmake_flags=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
+    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF
+    -DGGML_NATIVE=ON -DGGML_CPU=ON -DGGML_LLAMAFILE=ON -DGGML_CPU_REPACK=ON
+    -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_HIP=OFF -DGGML_SYCL=OFF
+    -DGGML_OPENCL=OFF -DGGML_WEBGPU=OFF -DGGML_RPC=OFF -DGGML_BLAS=OFF
+    -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF)
+
+# --model: llama.cpp's own tools on a whole model, then exit.
+if [ "$model" = 1 ]; then
+    threads=${args[0]:-2}
+    build="$peer_dir/build-llama"
+    if [ ! -f "$build/CMakeCache.txt" ]; then
+        log "configuring llama.cpp (llama-bench, llama-quantize) in $build"
+        "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$build" "${llama_cmake_flags[@]}" \
+            -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON >"$peer_dir/cmake-configure-llama.log" 2>&1 \
+            || { tail -30 "$peer_dir/cmake-configure-llama.log" >&2; rm -f "$build/CMakeCache.txt"; die "cmake configure failed"; }
+    fi
+    log "building llama-bench and llama-quantize (-j$jobs; ~5 min on 2 cores the first time)"
+    t0=$(date +%s)
+    "$cmake_bin" --build "$build" -j "$jobs" --target llama-bench llama-quantize >"$peer_dir/cmake-build-llama.log" 2>&1 \
+        || { tail -30 "$peer_dir/cmake-build-llama.log" >&2; die "llama.cpp build failed (log: $peer_dir/cmake-build-llama.log)"; }
+    log "llama.cpp build: $(( $(date +%s) - t0 )) s"
+    bench_bin=$(find "$build" -name llama-bench -type f -perm -u+x -print -quit)
+    quant_bin=$(find "$build" -name llama-quantize -type f -perm -u+x -print -quit)
+    [ -n "$bench_bin" ] && [ -n "$quant_bin" ] || die "llama-bench / llama-quantize not found under $build"
+    [ "$build_only" = 1 ] && { log "built $bench_bin"; exit 0; }
+    py=python3
+    if ! python3 -c 'import numpy' 2>/dev/null; then
+        [ -x "$peer_dir/venv/bin/python" ] || python3 -m venv "$peer_dir/venv" >&2
+        "$peer_dir/venv/bin/python" -c 'import numpy' 2>/dev/null \
+            || "$peer_dir/venv/bin/python" -m pip install --quiet numpy >&2 || die "pip install numpy failed"
+        py="$peer_dir/venv/bin/python"
+    fi
+    gguf_dir="$peer_dir/llama-1b"
+    mkdir -p "$gguf_dir"
+    if [ ! -f "$gguf_dir/f16.gguf" ]; then
+        log "writing the random 1.1 B Llama (f16 GGUF)"
+        PYTHONPATH="$src/vendor/llama.cpp/gguf-py" "$py" "$repo/scripts/peer/gen_llama_1b_gguf.py" \
+            "$gguf_dir/f16.gguf.part" >&2 || die "gen_llama_1b_gguf.py failed"
+        mv "$gguf_dir/f16.gguf.part" "$gguf_dir/f16.gguf"
+    fi
+    for t in Q4_0 Q4_K; do
+        if [ ! -f "$gguf_dir/$t.gguf" ]; then
+            log "llama-quantize --pure $t"
+            "$quant_bin" --pure --output-tensor-type f16 --token-embedding-type f16 \
+                "$gguf_dir/f16.gguf" "$gguf_dir/$t.gguf.part" "$t" >"$gguf_dir/quantize-$t.log" 2>&1 \
+                || { tail -20 "$gguf_dir/quantize-$t.log" >&2; die "llama-quantize $t failed"; }
+            mv "$gguf_dir/$t.gguf.part" "$gguf_dir/$t.gguf"
+        fi
+    done
+    if read -r l1 _ < /proc/loadavg 2>/dev/null; then log "load average before the run: $l1"; fi
+    exec "$bench_bin" -m "$gguf_dir/Q4_0.gguf,$gguf_dir/Q4_K.gguf" -t "$threads" -p 64 -n 32 -r 5 -o md
+fi
+
 # (d) ggml only, CPU backend only, static, native. Configured from llama.cpp's top level (the sdist
 # lacks ggml/ggml.pc.in, which a standalone ggml configure needs) with everything llama-side off,
 # and only the ggml targets built. GGML_LLAMAFILE=ON is llama.cpp's default; OpenMP as by default.
 build="$peer_dir/build-ggml"
 if [ ! -f "$build/CMakeCache.txt" ]; then
     log "configuring llama.cpp/ggml in $build"
-    "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$build" \
-        -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-        -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
-        -DGGML_NATIVE=ON -DGGML_CPU=ON -DGGML_LLAMAFILE=ON -DGGML_CPU_REPACK=ON \
-        -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_HIP=OFF -DGGML_SYCL=OFF \
-        -DGGML_OPENCL=OFF -DGGML_WEBGPU=OFF -DGGML_RPC=OFF -DGGML_BLAS=OFF \
-        -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF >"$peer_dir/cmake-configure.log" 2>&1 \
+    "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$build" "${llama_cmake_flags[@]}" \
+        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF >"$peer_dir/cmake-configure.log" 2>&1 \
         || { tail -30 "$peer_dir/cmake-configure.log" >&2; rm -f "$build/CMakeCache.txt"; die "cmake configure failed (log: $peer_dir/cmake-configure.log)"; }
 fi
 log "building ggml (-j$jobs)"
