@@ -9,7 +9,7 @@
 #   End to end instead: llama.cpp's `llama-bench` (64-token prompt, 32 decoded tokens) on the
 #   random 1.1 B Llama of scripts/gen_llama_1b.py written as GGUF (scripts/peer/gen_llama_1b_gguf.py)
 #   and quantized with `llama-quantize --pure` to Q4_0 and Q4_K (embeddings and output f16, as
-#   examples/llama keeps them); compare with scripts/bench_llama_decode.sh. ~6 GB in QK_PEER_DIR.
+#   examples/llama keeps them); compare with scripts/bench_llama_decode.sh. ~4 GB in QK_PEER_DIR.
 # env: QK_PEER_DIR  cache and build dir (default /tmp/qk-peer, ~450 MB after the build)
 #      QK_PEER_JOBS build parallelism (default 2)
 #
