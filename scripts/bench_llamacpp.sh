@@ -116,21 +116,31 @@ llama_cmake_flags=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF
     -DGGML_OPENCL=OFF -DGGML_WEBGPU=OFF -DGGML_RPC=OFF -DGGML_BLAS=OFF
     -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF)
 
+# cmake_build DIR TAG "TARGETS" FLAGS...: configure llama.cpp in DIR once (the common flags, then
+# FLAGS), build TARGETS; logs in QK_PEER_DIR/cmake-{configure,build}TAG.log.
+cmake_build() {
+    local dir=$1 tag=$2 targets=$3 t0
+    shift 3
+    if [ ! -f "$dir/CMakeCache.txt" ]; then
+        log "configuring llama.cpp in $dir"
+        "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$dir" "${llama_cmake_flags[@]}" "$@" \
+            >"$peer_dir/cmake-configure$tag.log" 2>&1 \
+            || { tail -30 "$peer_dir/cmake-configure$tag.log" >&2; rm -f "$dir/CMakeCache.txt"
+                 die "cmake configure failed (log: $peer_dir/cmake-configure$tag.log)"; }
+    fi
+    t0=$(date +%s)
+    # shellcheck disable=SC2086 # TARGETS is a list
+    "$cmake_bin" --build "$dir" -j "$jobs" --target $targets >"$peer_dir/cmake-build$tag.log" 2>&1 \
+        || { tail -30 "$peer_dir/cmake-build$tag.log" >&2; die "build failed (log: $peer_dir/cmake-build$tag.log)"; }
+    log "build of $targets: $(( $(date +%s) - t0 )) s"
+}
+
 # --model: llama.cpp's own tools on a whole model, then exit.
 if [ "$model" = 1 ]; then
     threads=${args[0]:-2}
     build="$peer_dir/build-llama"
-    if [ ! -f "$build/CMakeCache.txt" ]; then
-        log "configuring llama.cpp (llama-bench, llama-quantize) in $build"
-        "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$build" "${llama_cmake_flags[@]}" \
-            -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON >"$peer_dir/cmake-configure-llama.log" 2>&1 \
-            || { tail -30 "$peer_dir/cmake-configure-llama.log" >&2; rm -f "$build/CMakeCache.txt"; die "cmake configure failed"; }
-    fi
     log "building llama-bench and llama-quantize (-j$jobs; ~5 min on 2 cores the first time)"
-    t0=$(date +%s)
-    "$cmake_bin" --build "$build" -j "$jobs" --target llama-bench llama-quantize >"$peer_dir/cmake-build-llama.log" 2>&1 \
-        || { tail -30 "$peer_dir/cmake-build-llama.log" >&2; die "llama.cpp build failed (log: $peer_dir/cmake-build-llama.log)"; }
-    log "llama.cpp build: $(( $(date +%s) - t0 )) s"
+    cmake_build "$build" -llama "llama-bench llama-quantize" -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON
     bench_bin=$(find "$build" -name llama-bench -type f -perm -u+x -print -quit)
     quant_bin=$(find "$build" -name llama-quantize -type f -perm -u+x -print -quit)
     [ -n "$bench_bin" ] && [ -n "$quant_bin" ] || die "llama-bench / llama-quantize not found under $build"
@@ -167,17 +177,8 @@ fi
 # lacks ggml/ggml.pc.in, which a standalone ggml configure needs) with everything llama-side off,
 # and only the ggml targets built. GGML_LLAMAFILE=ON is llama.cpp's default; OpenMP as by default.
 build="$peer_dir/build-ggml"
-if [ ! -f "$build/CMakeCache.txt" ]; then
-    log "configuring llama.cpp/ggml in $build"
-    "$cmake_bin" -S "$src/vendor/llama.cpp" -B "$build" "${llama_cmake_flags[@]}" \
-        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF >"$peer_dir/cmake-configure.log" 2>&1 \
-        || { tail -30 "$peer_dir/cmake-configure.log" >&2; rm -f "$build/CMakeCache.txt"; die "cmake configure failed (log: $peer_dir/cmake-configure.log)"; }
-fi
 log "building ggml (-j$jobs)"
-t0=$(date +%s)
-"$cmake_bin" --build "$build" -j "$jobs" --target ggml ggml-cpu ggml-base >"$peer_dir/cmake-build.log" 2>&1 \
-    || { tail -30 "$peer_dir/cmake-build.log" >&2; die "ggml build failed (log: $peer_dir/cmake-build.log)"; }
-log "ggml build: $(( $(date +%s) - t0 )) s"
+cmake_build "$build" "" "ggml ggml-cpu ggml-base" -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TOOLS=OFF
 
 libs=()
 for l in ggml ggml-cpu ggml-base; do
