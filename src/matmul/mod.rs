@@ -205,8 +205,9 @@ impl QuantLinear {
 
     /// The layer multiplying with `activations`. [`Activations::Int8`] re-lays the weight's
     /// codes once ([`q8::IntWeight`], about the packed size again: the scheme's own form is kept
-    /// for [`QuantLinear::into_weight`], the dequantizers and the oracle); a weight that path
-    /// does not take is a typed error ([`KernelError::Int8Activations`]).
+    /// for the `f32` path, [`QuantLinear::into_weight`], the dequantizers and the oracle until
+    /// [`QuantLinear::drop_scheme_weight`] frees it); a weight that path does not take is a
+    /// typed error ([`KernelError::Int8Activations`]).
     ///
     /// ```
     /// use quant_kernels::intx::quantize_int4;
