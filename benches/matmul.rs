@@ -290,34 +290,46 @@ fn gemv(c: &mut Criterion) {
     }
 }
 
+/// Batches 1-128 from one layer per scheme (at batch 8 and up the multiply is compute-bound, so
+/// the weight is not rotated), both paths, next to an `f32` GEMM of the dequantized weight
+/// (`ndarray`/`matrixmultiply`, 4096 x 4096 only): 4096 x 4096 and 14336 outputs of 4096 inputs
+/// (an up projection; `scripts/bench_llamacpp.sh`'s `4096x14336`).
 fn batches(c: &mut Criterion) {
-    let (out, inp) = (4096, 4096);
-    let hqq = hqq4(out, inp);
-    let gptq = gptq4(out, inp, false);
-    let gptq_int8 = gptq.clone().with_activations(Activations::Int8).unwrap();
-    let w = ndarray::Array2::from_shape_vec((out, inp), hqq.dequantize(Parallelism::RAYON).unwrap()).unwrap();
-    let wt = w.t();
-    let mut g = c.benchmark_group("batch_4096x4096");
-    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
-    for batch in [1usize, 2, 4, 8, 16, 32, 64, 128] {
-        let x: Vec<f32> = (0..batch * inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
-        let mut y = vec![0f32; batch * out];
-        g.throughput(Throughput::Elements((batch * out * inp) as u64));
-        for (name, q) in [
-            ("hqq_4bit_g64", &hqq),
-            ("gptq_4bit_g128", &gptq),
-            ("gptq_4bit_g128_int8_activations", &gptq_int8),
-        ] {
-            g.bench_function(BenchmarkId::new(name, batch), |b| {
-                b.iter(|| q.forward_into(black_box(&x), batch, &mut y, Parallelism::RAYON).unwrap())
-            });
-        }
-        let xa = ndarray::Array2::from_shape_vec((batch, inp), x.clone()).unwrap();
-        g.bench_function(BenchmarkId::new("dense_f32_matrixmultiply", batch), |b| {
-            b.iter(|| black_box(&xa).dot(&wt))
+    for (out, inp) in [(4096, 4096), (14336, 4096)] {
+        let square = out == inp;
+        let hqq = hqq4(out, inp);
+        let hqq1_int8 = hqq4_axis(out, inp, Axis::One).with_activations(Activations::Int8).unwrap();
+        let gptq = gptq4(out, inp, false);
+        let gptq_int8 = gptq.clone().with_activations(Activations::Int8).unwrap();
+        let wt = square.then(|| {
+            ndarray::Array2::from_shape_vec((out, inp), hqq.dequantize(Parallelism::RAYON).unwrap()).unwrap()
         });
+        let mut g = c.benchmark_group(format!("batch_{out}x{inp}"));
+        g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+        let sizes: &[usize] = if square { &[1, 2, 4, 8, 16, 32, 64, 128] } else { &[1, 8, 32, 128] };
+        for &batch in sizes {
+            let x: Vec<f32> = (0..batch * inp).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+            let mut y = vec![0f32; batch * out];
+            g.throughput(Throughput::Elements((batch * out * inp) as u64));
+            let mut cases = vec![("gptq_4bit_g128", &gptq), ("gptq_4bit_g128_int8_activations", &gptq_int8)];
+            cases.push(("hqq_4bit_g64_axis1_int8_activations", &hqq1_int8));
+            if square {
+                cases.push(("hqq_4bit_g64", &hqq));
+            }
+            for (name, q) in cases {
+                g.bench_function(BenchmarkId::new(name, batch), |b| {
+                    b.iter(|| q.forward_into(black_box(&x), batch, &mut y, Parallelism::RAYON).unwrap())
+                });
+            }
+            if let Some(w) = &wt {
+                let xa = ndarray::Array2::from_shape_vec((batch, inp), x.clone()).unwrap();
+                g.bench_function(BenchmarkId::new("dense_f32_matrixmultiply", batch), |b| {
+                    b.iter(|| black_box(&xa).dot(&w.t()))
+                });
+            }
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group!(benches, gemv, batches);
