@@ -131,18 +131,17 @@ impl Multiply for Int4Tensor {
 
     /// Groups of a multiple of 32 inputs (they divide a row).
     fn int8_weight(p: &Int4Prepared) -> Result<Int8Weight> {
-        let t = match p {
-            Int4Prepared::Rows(t) => t,
-            Int4Prepared::Hqq(h) if h.layout.group_size().is_multiple_of(32) => {
-                return HqqWeight::int8_weight(h);
-            }
-            Int4Prepared::Hqq(_) => {
-                return Err(kernel::int8_refused(Self::NAME, "its groups are not a multiple of 32 inputs"));
-            }
+        let group = match p {
+            Int4Prepared::Hqq(h) => h.layout.group_size(),
+            Int4Prepared::Rows(t) => t.group,
         };
-        if !t.group.is_multiple_of(32) {
+        if !group.is_multiple_of(32) {
             return Err(kernel::int8_refused(Self::NAME, "its groups are not a multiple of 32 inputs"));
         }
+        let t = match p {
+            Int4Prepared::Hqq(h) => return HqqWeight::int8_weight(h),
+            Int4Prepared::Rows(t) => t,
+        };
         let codes = super::unpack_int4(&t.packed, t.rows * t.cols)?;
         let per_row = t.cols / t.group;
         IntWeight::from_rows(4, t.rows, t.cols, t.group, |r, c, s, z| {

@@ -138,6 +138,10 @@ fn hqq_axis1_and_int4_with_int8_activations() {
         let q = QuantLinear::new(QuantWeight::Int4(t), None).unwrap();
         check(&format!("int4 g{g} {rows}x{cols}"), q, &[1, 6], &mut rng);
     }
+    // An odd number of int4 groups (9) stays on int4's own form, not HQQ's.
+    let w: Vec<f32> = (0..3 * 96).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    let t = intx::quantize_int4(&w, 3, 96, 32, Parallelism::SERIAL).unwrap();
+    check("int4 g32 3x96", QuantLinear::new(QuantWeight::Int4(t), None).unwrap(), &[1, 6], &mut rng);
     // 1- to 3-bit HQQ codes in the kernel's 4-bit fields, 8-bit ones in its 8-bit layout.
     for bits in [1u8, 2, 3, 8] {
         let (rows, cols, g) = (40, 256, 64);
