@@ -456,7 +456,7 @@ impl QuantLinear {
         let Workspace { x: xbuf, row, y: acc, kernel: scratch, .. } = ws;
         let xp = kernel::grown(xbuf, batch * kp);
         if inp > 0 {
-            let perm = stored!(stored, p, T => T::input_order(p));
+            let perm = self.input_order();
             let row = kernel::grown(row, if perm.is_some() { inp } else { 0 });
             for (dst, src) in xp.chunks_exact_mut(kp).zip(x.chunks_exact(inp)) {
                 match perm {
