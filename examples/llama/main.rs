@@ -14,7 +14,8 @@
 //! `OUT` holds `prefill_logits` f32 `[prompt, vocab]`, `step_logits` f32 `[new, vocab]` and
 //! `greedy_ids` i64 `[new]`. `--activations int8` multiplies every layer that path takes
 //! (GPTQ/AWQ, HQQ, int8 and int4; see `matmul::Activations::Int8`) with int8 activations and
-//! keeps only that path's copy of each weight; the default `f32` is exact. Bad input is one message on stderr and exit status 2.
+//! keeps only that path's copy of each weight; the default `f32` is exact. Bad input is one
+//! message on stderr and exit status 2.
 
 mod model;
 
