@@ -1,6 +1,13 @@
 //! Compiles ../ptx/*.cu as C++20 against cuda_cpu_shim.h (threads and blocks become loops).
 fn main() {
-    let kernels = ["../ptx/hqq.cu", "../ptx/gptq.cu", "../ptx/gemv.cu", "../ptx/awq.cu", "../ptx/fp8.cu"];
+    let kernels = [
+        "../ptx/hqq.cu",
+        "../ptx/gptq.cu",
+        "../ptx/gemv.cu",
+        "../ptx/awq.cu",
+        "../ptx/fp8.cu",
+        "../ptx/intx.cu",
+    ];
     let mut b = cc::Build::new();
     b.cpp(true)
         .std("c++20")
@@ -30,6 +37,7 @@ fn main() {
         println!("cargo:rerun-if-changed={k}");
     }
     println!("cargo:rerun-if-changed=../ptx/common.cuh");
+    println!("cargo:rerun-if-changed=../ptx/gemv.cuh");
     println!("cargo:rerun-if-changed=cuda_cpu_shim.h");
     b.compile("qk_cuda_emu");
 }

@@ -9,6 +9,12 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+// (included before the attribute macros below, which would rewrite their __noinline__)
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <ucontext.h>
+#include <vector>
 
 #define __global__
 #define __device__
@@ -87,3 +93,169 @@ inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
 
 // Position (1-based) of the lowest set bit, 0 for 0.
 inline int __ffs(int v) { return v == 0 ? 0 : __builtin_ctz((unsigned)v) + 1; }
+
+// ---- Cooperative launches: warp collectives and block barriers.
+// cpu_launch_coop runs each block's threads as fibers (ucontext) on the calling thread, switched
+// only where a thread waits for others: a warp collective (__shfl_xor_sync, and the warp-wide
+// matrix multiply of the GEMM sources) or __syncthreads. A collective completes once every lane
+// of the warp has arrived with its value; a barrier once every thread of the block has. A thread
+// that exits while its warp or block waits for it is a kernel bug (undefined on the GPU): the
+// launch aborts with a message instead of hanging. `__shared__` variables are plain statics,
+// shared by the fibers of the one block that runs at a time.
+#define __shared__ static
+
+struct QkFiber {
+    ucontext_t ctx;
+    qk_uint3 idx;
+    unsigned warp, lane;
+    bool done;
+};
+
+struct QkWarp {
+    unsigned members = 0, arrived = 0, gen = 0;
+    alignas(16) unsigned char in[32][64];
+    alignas(16) unsigned char out[32][64];
+};
+
+struct QkCoop {
+    static constexpr size_t STACK = 256 * 1024;
+    ucontext_t sched;
+    std::vector<QkFiber> fibers;
+    std::vector<QkWarp> warps;
+    std::vector<std::unique_ptr<char[]>> stacks;  // kept across launches
+    unsigned current = 0, barrier_arrived = 0, barrier_gen = 0, live = 0;
+    unsigned long long progress = 0;  // completed collectives and exits: a pass without any is a deadlock
+    void (*entry)(void*) = nullptr;
+    void* arg = nullptr;
+};
+inline QkCoop qk_coop;
+
+// The context calls in functions of their own: getcontext/swapcontext return twice, which
+// would make the compiler distrust the callers' locals (-Wclobbered).
+__attribute__((noinline)) inline void qk_switch_to(unsigned i) {
+    swapcontext(&qk_coop.sched, &qk_coop.fibers[i].ctx);
+}
+inline void qk_fiber_main();
+__attribute__((noinline)) inline void qk_make_fiber(unsigned i) {
+    QkFiber& f = qk_coop.fibers[i];
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = qk_coop.stacks[i].get();
+    f.ctx.uc_stack.ss_size = QkCoop::STACK;
+    f.ctx.uc_link = &qk_coop.sched;
+    makecontext(&f.ctx, qk_fiber_main, 0);
+}
+
+__attribute__((noinline)) inline void qk_yield() {
+    QkFiber& f = qk_coop.fibers[qk_coop.current];
+    swapcontext(&f.ctx, &qk_coop.sched);
+}
+
+inline void qk_fiber_main() {
+    qk_coop.entry(qk_coop.arg);
+    QkFiber& f = qk_coop.fibers[qk_coop.current];
+    f.done = true;
+    --qk_coop.live;
+    ++qk_coop.progress;
+    // returns to qk_coop.sched through uc_link
+}
+
+// Every lane of the calling thread's warp passes `mine` (at most 64 bytes); once all have,
+// `combine(in, out)` runs once on the 32 slots and each lane gets its `out` slot back.
+template <typename T, typename F>
+inline T qk_warp_collective(const T& mine, F combine) {
+    static_assert(sizeof(T) <= 64, "collective payload");
+    QkFiber& f = qk_coop.fibers[qk_coop.current];
+    QkWarp& w = qk_coop.warps[f.warp];
+    const unsigned lane = f.lane;
+    std::memcpy(w.in[lane], &mine, sizeof(T));
+    const unsigned gen = w.gen;
+    if (++w.arrived == w.members) {
+        combine(w.in, w.out);
+        w.arrived = 0;
+        ++w.gen;
+        ++qk_coop.progress;
+    } else {
+        while (w.gen == gen) qk_yield();
+    }
+    T r;
+    std::memcpy(&r, w.out[lane], sizeof(T));
+    return r;
+}
+
+// A value from lane (lane ^ lane_mask); every lane of the warp must take part (mask all ones).
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    if (mask != 0xffffffffu || width != 32) {
+        std::fprintf(stderr, "cuda_cpu_shim: __shfl_xor_sync supports the full warp only\n");
+        std::abort();
+    }
+    return qk_warp_collective(v, [lane_mask](unsigned char (*in)[64], unsigned char (*out)[64]) {
+        for (unsigned l = 0; l < 32; ++l) std::memcpy(out[l], in[l ^ (unsigned)lane_mask], sizeof(T));
+    });
+}
+
+inline void __syncthreads() {
+    const unsigned gen = qk_coop.barrier_gen;
+    if (++qk_coop.barrier_arrived == qk_coop.fibers.size()) {
+        qk_coop.barrier_arrived = 0;
+        ++qk_coop.barrier_gen;
+        ++qk_coop.progress;
+    } else {
+        while (qk_coop.barrier_gen == gen) qk_yield();
+    }
+}
+
+// Blocks run in turn; within a block, threads are fibers scheduled round robin. Block sizes must
+// be whole warps (as the GEMV/GEMM launchers use) so that every warp collective has 32 lanes.
+template <typename F>
+inline void cpu_launch_coop(qk_dim3 grid, qk_dim3 block, F body) {
+    std::lock_guard<std::mutex> lock(qk_launch_mutex);
+    QkCoop& c = qk_coop;
+    const unsigned n = block.x * block.y * block.z;
+    if (n % 32 != 0) {
+        std::fprintf(stderr, "cuda_cpu_shim: cooperative launch of %u threads (not whole warps)\n", n);
+        std::abort();
+    }
+    gridDim = grid;
+    blockDim = block;
+    c.fibers.assign(n, QkFiber{});
+    c.warps.assign(n / 32, QkWarp{});
+    while (c.stacks.size() < n) c.stacks.emplace_back(new char[QkCoop::STACK]);
+    c.entry = [](void* p) { (*static_cast<F*>(p))(); };
+    c.arg = &body;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                blockIdx = {bx, by, bz};
+                c.live = n;
+                c.barrier_arrived = 0;
+                for (unsigned i = 0; i < n; ++i) {
+                    QkFiber& f = c.fibers[i];
+                    f.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
+                    f.warp = i / 32;
+                    f.lane = i % 32;
+                    f.done = false;
+                    qk_make_fiber(i);
+                }
+                for (QkWarp& w : c.warps) {
+                    w.members = 32;
+                    w.arrived = 0;
+                }
+                while (c.live > 0) {
+                    const unsigned long long before = c.progress;
+                    for (unsigned i = 0; i < n; ++i) {
+                        if (c.fibers[i].done) continue;
+                        c.current = i;
+                        threadIdx = c.fibers[i].idx;
+                        qk_switch_to(i);
+                    }
+                    if (c.live > 0 && c.progress == before) {
+                        std::fprintf(stderr,
+                                     "cuda_cpu_shim: block (%u,%u,%u) deadlocked: threads wait at a warp collective "
+                                     "or barrier that exited threads never reach\n",
+                                     bx, by, bz);
+                        std::abort();
+                    }
+                }
+            }
+}

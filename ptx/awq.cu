@@ -11,7 +11,7 @@
 // the mantissa of 2^23 (qk_magic): (2^23 + q) - (2^23 + z) is exactly q - z, so a code costs a
 // shift, a logic op, a subtraction and a multiplication, no integer-to-float conversion and no
 // division (the per-word version before spent two divisions on each 8 codes).
-#include "common.cuh"
+#include "gemv.cuh"
 
 constexpr int QK_AWQ_ROWS = 8;
 
@@ -101,6 +101,66 @@ QK_AWQ(float, f32)
 QK_AWQ(__half, f16)
 QK_AWQ(__nv_bfloat16, bf16)
 
+// ---- Fused GEMV (gemv.cuh's column skeleton): a thread takes one word column (8 columns, in
+// AWQ's nibble order) and one row at a time; the group of row k is k / group_size.
+template <typename T>
+struct QkAwqGemv {
+    static constexpr int VC = 8, ROWS = 1;
+    const int* __restrict__ qweight;
+    const int* __restrict__ qzeros;
+    const T* __restrict__ scales;
+    int n_dim, group_size, lg;
+    unsigned magic;
+
+    __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
+        const unsigned w = (unsigned)qweight[(long long)k * (n_dim / 8) + n / 8];
+#pragma unroll
+        for (int c = 0; c < VC; ++c) q[0][c] = qk_u2f((w >> qk_awq_shift(c)) & 15u, magic);
+    }
+    __device__ __forceinline__ void row(int k, int n, float* q) const {
+        float qb[1][VC];
+        codes(k, n, qb);
+#pragma unroll
+        for (int c = 0; c < VC; ++c) q[c] = qb[0][c];
+    }
+    __device__ __forceinline__ int group(int k) const { return (int)qk_div((unsigned)k, (unsigned)group_size, lg); }
+    __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {
+        const unsigned zw = (unsigned)qzeros[(long long)g * (n_dim / 8) + n / 8];
+        const T* sp = scales + (long long)g * n_dim + n;
+#pragma unroll
+        for (int c = 0; c < VC; c += 4) {
+            const QkVec<T, 4> sv = *reinterpret_cast<const QkVec<T, 4>*>(sp + c);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) s[c + i] = qk_to_f32(sv.v[i]);
+        }
+#pragma unroll
+        for (int c = 0; c < VC; ++c) z[c] = qk_u2f((zw >> qk_awq_shift(c)) & 15u, magic);
+    }
+};
+
+template <typename T, int MAXB>
+__device__ __forceinline__ void awq_gemv(const int* qweight, const int* qzeros, const T* scales, const float* x,
+                                         float* part, int k_dim, int n_dim, int group_size, int slice_rows, int nb) {
+    const QkAwqGemv<T> d{qweight, qzeros, scales, n_dim, group_size,
+                         (group_size & (group_size - 1)) == 0 ? __ffs(group_size) - 1 : -1, qk_magic_reg(group_size)};
+    qk_col_gemv<QkAwqGemv<T>, MAXB>(d, x, part, k_dim, n_dim, slice_rows, nb);
+}
+
+// Entry points: awq_gemv_4b_{elem}_b{1,8}(qweight, qzeros, scales, x, part, K, N, group_size,
+// slice_rows, nb).
+#define QK_AWQ_GEMV_ENTRY(T, NAME, MAXB)                                                             \
+    extern "C" __global__ void awq_gemv_4b_##NAME##_b##MAXB(const int* qweight, const int* qzeros, const T* scales, \
+                                                            const float* x, float* part, int k_dim, int n_dim, \
+                                                            int group_size, int slice_rows, int nb) { \
+        awq_gemv<T, MAXB>(qweight, qzeros, scales, x, part, k_dim, n_dim, group_size, slice_rows, nb); \
+    }
+QK_AWQ_GEMV_ENTRY(float, f32, 1)
+QK_AWQ_GEMV_ENTRY(float, f32, 8)
+QK_AWQ_GEMV_ENTRY(__half, f16, 1)
+QK_AWQ_GEMV_ENTRY(__half, f16, 8)
+QK_AWQ_GEMV_ENTRY(__nv_bfloat16, bf16, 1)
+QK_AWQ_GEMV_ENTRY(__nv_bfloat16, bf16, 8)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_AWQ_EMU(T, NAME)                                                                           \
     extern "C" void cpu_awq_dequant_4b_##NAME(const int* qweight, const int* qzeros, const T* scales, T* out, \
@@ -112,4 +172,19 @@ QK_AWQ(__nv_bfloat16, bf16)
 QK_AWQ_EMU(float, f32)
 QK_AWQ_EMU(__half, f16)
 QK_AWQ_EMU(__nv_bfloat16, bf16)
+#define QK_AWQ_GEMV_EMU(T, NAME, MAXB)                                                               \
+    extern "C" void cpu_awq_gemv_4b_##NAME##_b##MAXB(const int* qweight, const int* qzeros, const T* scales, \
+                                                     const float* x, float* part, int k_dim, int n_dim, \
+                                                     int group_size, int slice_rows, int nb, unsigned grid, \
+                                                     unsigned block) {                               \
+        cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] {                                         \
+            awq_gemv_4b_##NAME##_b##MAXB(qweight, qzeros, scales, x, part, k_dim, n_dim, group_size, slice_rows, nb); \
+        });                                                                                          \
+    }
+QK_AWQ_GEMV_EMU(float, f32, 1)
+QK_AWQ_GEMV_EMU(float, f32, 8)
+QK_AWQ_GEMV_EMU(__half, f16, 1)
+QK_AWQ_GEMV_EMU(__half, f16, 8)
+QK_AWQ_GEMV_EMU(__nv_bfloat16, bf16, 1)
+QK_AWQ_GEMV_EMU(__nv_bfloat16, bf16, 8)
 #endif

@@ -15,7 +15,7 @@
 // where the per-code decode with a scale look-up below takes ~45: on the H100 that path was
 // instruction-bound at 40% of bandwidth. Other shapes: one thread per 8 consecutive codes of a
 // row when cols % 8 == 0, else per code.
-#include "common.cuh"
+#include "gemv.cuh"
 
 template <int MBITS, int BIAS, bool E4M3>
 __device__ __forceinline__ float qk_fp8_decode(unsigned code) {
@@ -199,6 +199,82 @@ __device__ __forceinline__ void fp8_dequant(const unsigned char* __restrict__ co
 QK_FP8_ALL(e4m3, 3, 7, true)
 QK_FP8_ALL(e5m2, 2, 15, false)
 
+// ---- Fused GEMV (gemv.cuh's row skeleton, one code a byte): segments are whole rows, so a
+// chunk's row and scale-row block are per segment; a chunk of 8 codes shares one scale when the
+// column blocks are multiples of 8, else each code takes its own. Codes decode through the f16
+// view (qk_fp8_f16x2: E4M3 reads as value / 256, folded into the chunk's scale as s * (256 d),
+// so no overflow case); a chunk holding an E4M3 NaN code adds NaN, as its product would.
+template <int MBITS, int BIAS, bool E4M3>
+struct QkFp8Gemv {
+    static constexpr bool PLANAR = false;
+    static constexpr int P = 1, CH = 8;
+    const unsigned char* __restrict__ codes;
+    const float* __restrict__ scales;
+    int cols, br, bc, scols, lg_bc;
+
+    template <int MAXB>
+    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
+                                        int nb, float (*acc)[MAXB]) const {
+        const int r = t0 / cols, col = t0 - r * cols + c;
+        const float* srow = scales + (long long)(r / br) * scols;
+        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+        if (bc % CH == 0) {
+            float q[CH];
+            unsigned nan = 0u;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                if (E4M3) nan |= ((v.v[j] & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
+#pragma unroll
+                for (int k = 0; k < 2; ++k) {
+                    const unsigned h = qk_fp8_f16x2<E4M3>(v.v[j], k == 1);
+                    q[4 * j + 2 * k] = qk_f16_bits_to_f32(h & 0xffffu);
+                    q[4 * j + 2 * k + 1] = qk_f16_bits_to_f32(h >> 16);
+                }
+            }
+            const float s = srow[qk_div((unsigned)col, (unsigned)bc, lg_bc)];
+            float part[MAXB];
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) part[b] = 0.0f;
+            qk_dot_scale<CH, MAXB>(q, x + xc[0], in_dim, nb, 1.0f, part);
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) {
+                if (b >= nb) break;
+                const float d = E4M3 ? part[b] * 256.0f : part[b];
+                acc[0][b] = acc[0][b] + (nan != 0u ? __int_as_float(0x7fc00000) : s * d);
+            }
+        } else {
+            float w[CH];
+#pragma unroll
+            for (int i = 0; i < CH; ++i) {
+                const unsigned code = (v.v[i >> 2] >> (8 * (i & 3))) & 0xffu;
+                w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(code) * srow[(col + i) / bc];
+            }
+            qk_dot_plain<CH, MAXB>(w, x + xc[0], in_dim, nb, acc[0]);
+        }
+    }
+};
+
+template <int MBITS, int BIAS, bool E4M3, int MAXB>
+__device__ __forceinline__ void fp8_gemv(const unsigned char* codes, const float* scales, const float* x, float* part,
+                                         int rows, int cols, int br, int bc, int seg, int team, int nb) {
+    const QkFp8Gemv<MBITS, BIAS, E4M3> d{codes, scales, cols, br, bc, (cols + bc - 1) / bc,
+                                         (bc & (bc - 1)) == 0 ? __ffs(bc) - 1 : -1};
+    qk_row_gemv<QkFp8Gemv<MBITS, BIAS, E4M3>, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
+}
+
+// Entries: fp8_gemv_{e4m3,e5m2}_b{1,8}(codes, scales f32, x, part, rows, cols, block_rows,
+// block_cols, seg, team, nb).
+#define QK_FP8_GEMV(FMT, MB, BI, E4, MAXB)                                                            \
+    extern "C" __global__ void fp8_gemv_##FMT##_b##MAXB(const unsigned char* codes, const float* scales, \
+                                                        const float* x, float* part, int rows, int cols, int br, \
+                                                        int bc, int seg, int team, int nb) {          \
+        fp8_gemv<MB, BI, E4, MAXB>(codes, scales, x, part, rows, cols, br, bc, seg, team, nb);        \
+    }
+QK_FP8_GEMV(e4m3, 3, 7, true, 1)
+QK_FP8_GEMV(e4m3, 3, 7, true, 8)
+QK_FP8_GEMV(e5m2, 2, 15, false, 1)
+QK_FP8_GEMV(e5m2, 2, 15, false, 8)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_FP8_EMU(FMT, T, NAME)                                                                      \
     extern "C" void cpu_fp8_dequant_##FMT##_##NAME(const unsigned char* codes, const float* scales, T* out, int rows, \
@@ -208,4 +284,15 @@ QK_FP8_ALL(e5m2, 2, 15, false)
     }
 QK_FP8_EMU(e4m3, float, f32) QK_FP8_EMU(e4m3, __half, f16) QK_FP8_EMU(e4m3, __nv_bfloat16, bf16)
 QK_FP8_EMU(e5m2, float, f32) QK_FP8_EMU(e5m2, __half, f16) QK_FP8_EMU(e5m2, __nv_bfloat16, bf16)
+#define QK_FP8_GEMV_EMU(FMT, MAXB)                                                                    \
+    extern "C" void cpu_fp8_gemv_##FMT##_b##MAXB(const unsigned char* codes, const float* scales, const float* x, \
+                                                 float* part, int rows, int cols, int br, int bc, int seg, int team, \
+                                                 int nb, unsigned grid, unsigned block) {            \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block),                                                  \
+                        [&] { fp8_gemv_##FMT##_b##MAXB(codes, scales, x, part, rows, cols, br, bc, seg, team, nb); }); \
+    }
+QK_FP8_GEMV_EMU(e4m3, 1)
+QK_FP8_GEMV_EMU(e4m3, 8)
+QK_FP8_GEMV_EMU(e5m2, 1)
+QK_FP8_GEMV_EMU(e5m2, 8)
 #endif

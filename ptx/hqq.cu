@@ -20,7 +20,7 @@
 // w = (q - zero) * scale in f32 (a subtraction and a multiplication: nothing to contract into an
 // FMA), rounded once to the output type: bit-identical to the CPU reference. q becomes a float as
 // (2^23 + q) - 2^23 (qk_u2f, exact) instead of through a slow integer-to-float conversion.
-#include "common.cuh"
+#include "gemv.cuh"
 
 // The packed words of VEC consecutive columns of one packed row, as 32-bit registers: VEC bytes
 // (1/2/4/8-bit, four to a register) or VEC ints (3-bit).
@@ -161,6 +161,96 @@ QK_HQQ_DEQUANT_ALL_ELEMS(3, 10, int)
 QK_HQQ_DEQUANT_ALL_ELEMS(2, 4, unsigned char)
 QK_HQQ_DEQUANT_ALL_ELEMS(1, 8, unsigned char)
 
+// ---- Fused GEMV (gemv.cuh's row skeleton): y[b] = W x[b], W the [out, in] weight whose flat
+// elements the code matrix holds (HQQ's flat order). A packed word's P codes are the same word
+// position t in each plane: flat weights j * words + t (planar). A chunk is CH words (8 bytes: two
+// 32-bit registers); its codes become exact floats (qk_u2f). Axis 1 (a zero/scale per code row of
+// `cols` words, one per chunk: the launcher requires cols % CH == 0) factors the group out of
+// the chunk's sum; axis 0
+// (a zero/scale per column, so per word) applies them per weight. Padding planes past the code
+// rows (3-bit) are skipped: the skeleton never writes their sums.
+template <int BITS, typename W, typename T>
+struct QkHqqGemv {
+    static constexpr bool PLANAR = true;
+    static constexpr int P = BITS == 3 ? 10 : 8 / BITS;
+    static constexpr int CH = 8 / (int)sizeof(W);
+    const W* __restrict__ packed;
+    const T* __restrict__ scales;
+    const T* __restrict__ zeros;
+    int rows, cols, prows, axis, lg;
+    unsigned magic;
+
+    // Plane j of word i of the chunk in registers r (first plane in the highest bits).
+    __device__ __forceinline__ float code(const unsigned* r, int i, int j) const {
+        const int shift = (sizeof(W) == 1 ? 8 * (i & 3) : 0) + BITS * (P - 1 - j);
+        return qk_u2f((r[sizeof(W) == 1 ? i >> 2 : i] >> shift) & ((1u << BITS) - 1u), magic);
+    }
+
+    template <int MAXB>
+    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
+                                        int nb, float (*acc)[MAXB]) const {
+        const int t = t0 + c;
+        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
+        const unsigned r[2] = {v.v[0], v.v[1]};
+        // The launcher makes cols a multiple of CH, so the chunk lies in one packed row.
+        if (axis == 1) {
+            const int r0 = (int)qk_div((unsigned)t, (unsigned)cols, lg);
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                const int row = j * prows + r0;
+                if (row >= rows) break;  // 3-bit padding
+                float q[CH];
+#pragma unroll
+                for (int i = 0; i < CH; ++i) q[i] = code(r, i, j);
+                qk_dot_group<CH, MAXB>(q, x + xc[j], in_dim, nb, qk_to_f32(zeros[row]), qk_to_f32(scales[row]), acc[j]);
+            }
+        } else {
+            const int p = t / cols, c0 = t - p * cols;
+            float z[CH], s[CH];
+#pragma unroll
+            for (int i = 0; i < CH; ++i) {
+                z[i] = qk_to_f32(zeros[c0 + i]);
+                s[i] = qk_to_f32(scales[c0 + i]);
+            }
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                if (j * prows + p >= rows) break;  // 3-bit padding
+                float w[CH];
+#pragma unroll
+                for (int i = 0; i < CH; ++i) w[i] = (code(r, i, j) - z[i]) * s[i];
+                qk_dot_plain<CH, MAXB>(w, x + xc[j], in_dim, nb, acc[j]);
+            }
+        }
+    }
+};
+
+template <int BITS, typename W, typename T, int MAXB>
+__device__ __forceinline__ void hqq_gemv(const W* packed, const T* scales, const T* zeros, const float* x,
+                                         float* part, int rows, int cols, int prows, int axis, int in_dim, int seg,
+                                         int team, int nb) {
+    QkHqqGemv<BITS, W, T> d{packed, scales, zeros, rows, cols, prows, axis,
+                            (cols & (cols - 1)) == 0 ? __ffs(cols) - 1 : -1, qk_magic_reg(rows)};
+    qk_row_gemv<QkHqqGemv<BITS, W, T>, MAXB>(d, x, part, prows * cols, (long long)rows * cols, in_dim, seg, team, nb);
+}
+
+// Entry points: hqq_gemv_{bits}b_{elem}_b{1,8}(packed, scales, zeros, x, part, rows, cols, prows,
+// axis, in, seg, team, nb): batch nb <= 1 or 8.
+#define QK_HQQ_GEMV_ENTRY(BITS, W, T, NAME, MAXB)                                                    \
+    extern "C" __global__ void hqq_gemv_##BITS##b_##NAME##_b##MAXB(                                  \
+        const W* packed, const T* scales, const T* zeros, const float* x, float* part, int rows,     \
+        int cols, int prows, int axis, int in_dim, int seg, int team, int nb) {                      \
+        hqq_gemv<BITS, W, T, MAXB>(packed, scales, zeros, x, part, rows, cols, prows, axis, in_dim, seg, team, nb); \
+    }
+#define QK_HQQ_GEMV_ALL(BITS, W)                                                                     \
+    QK_HQQ_GEMV_ENTRY(BITS, W, float, f32, 1) QK_HQQ_GEMV_ENTRY(BITS, W, float, f32, 8)              \
+    QK_HQQ_GEMV_ENTRY(BITS, W, __half, f16, 1) QK_HQQ_GEMV_ENTRY(BITS, W, __half, f16, 8)            \
+    QK_HQQ_GEMV_ENTRY(BITS, W, __nv_bfloat16, bf16, 1) QK_HQQ_GEMV_ENTRY(BITS, W, __nv_bfloat16, bf16, 8)
+QK_HQQ_GEMV_ALL(8, unsigned char)
+QK_HQQ_GEMV_ALL(4, unsigned char)
+QK_HQQ_GEMV_ALL(3, int)
+QK_HQQ_GEMV_ALL(2, unsigned char)
+QK_HQQ_GEMV_ALL(1, unsigned char)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 // CPU emulation launchers (cuda-emu): run an entry over a grid, one emulated thread at a time.
 #define QK_HQQ_EMU(BITS, W, T, NAME)                                                                 \
@@ -178,4 +268,22 @@ QK_HQQ_EMU_ALL_ELEMS(4, unsigned char)
 QK_HQQ_EMU_ALL_ELEMS(3, int)
 QK_HQQ_EMU_ALL_ELEMS(2, unsigned char)
 QK_HQQ_EMU_ALL_ELEMS(1, unsigned char)
+#define QK_HQQ_GEMV_EMU(BITS, W, T, NAME, MAXB)                                                      \
+    extern "C" void cpu_hqq_gemv_##BITS##b_##NAME##_b##MAXB(                                         \
+        const W* packed, const T* scales, const T* zeros, const float* x, float* part, int rows,     \
+        int cols, int prows, int axis, int in_dim, int seg, int team, int nb, unsigned grid, unsigned block) { \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            hqq_gemv_##BITS##b_##NAME##_b##MAXB(packed, scales, zeros, x, part, rows, cols, prows, axis, in_dim, \
+                                                seg, team, nb);                                      \
+        });                                                                                          \
+    }
+#define QK_HQQ_GEMV_EMU_ALL(BITS, W)                                                                 \
+    QK_HQQ_GEMV_EMU(BITS, W, float, f32, 1) QK_HQQ_GEMV_EMU(BITS, W, float, f32, 8)                  \
+    QK_HQQ_GEMV_EMU(BITS, W, __half, f16, 1) QK_HQQ_GEMV_EMU(BITS, W, __half, f16, 8)                \
+    QK_HQQ_GEMV_EMU(BITS, W, __nv_bfloat16, bf16, 1) QK_HQQ_GEMV_EMU(BITS, W, __nv_bfloat16, bf16, 8)
+QK_HQQ_GEMV_EMU_ALL(8, unsigned char)
+QK_HQQ_GEMV_EMU_ALL(4, unsigned char)
+QK_HQQ_GEMV_EMU_ALL(3, int)
+QK_HQQ_GEMV_EMU_ALL(2, unsigned char)
+QK_HQQ_GEMV_EMU_ALL(1, unsigned char)
 #endif

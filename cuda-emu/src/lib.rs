@@ -147,11 +147,27 @@ pub trait EmuElem: Copy + Default {
     const AWQ: AwqEntry<Self::Raw>;
     /// `fp8_dequant_{e4m3,e5m2}_{elem}`.
     const FP8: [Fp8Entry<Self::Raw>; 2];
+    /// `hqq_gemv_{1,2,4,8}b_{elem}_b{1,8}`.
+    const HQQ_QGEMV_U8: [[qgemv::HqqEntry<u8, Self::Raw>; 2]; 4];
+    /// `hqq_gemv_3b_{elem}_b{1,8}`.
+    const HQQ_QGEMV_3B: [qgemv::HqqEntry<i32, Self::Raw>; 2];
+    /// `gptq_gemv_{2,3,4,8}b_{elem}_b{1,8}`.
+    const GPTQ_QGEMV: [[qgemv::GptqEntry<Self::Raw>; 2]; 4];
+    /// `awq_gemv_4b_{elem}_b{1,8}`.
+    const AWQ_QGEMV: [qgemv::AwqEntry<Self::Raw>; 2];
 }
 
 /// Declares C launchers that share one signature: `name = "link prefix"` becomes
 /// `fn name(args...)` linked to `link prefix` + `sfx`.
 macro_rules! externs {
+    ($sfx:literal, $args:tt, [], $tail:literal) => {};
+    ($sfx:literal, ($($arg:ty),*), [$name:ident = $link:literal $(, $rn:ident = $rl:literal)*], $tail:literal) => {
+        unsafe extern "C" {
+            #[link_name = concat!($link, $sfx, $tail)]
+            pub(super) fn $name($(_: $arg),*);
+        }
+        externs!($sfx, ($($arg),*), [$($rn = $rl),*], $tail);
+    };
     ($sfx:literal, $args:tt, []) => {};
     ($sfx:literal, ($($arg:ty),*), [$name:ident = $link:literal $(, $rn:ident = $rl:literal)*]) => {
         unsafe extern "C" {
@@ -223,6 +239,166 @@ macro_rules! emu_elem {
             );
             externs!(
                 $sfx,
+                (
+                    *const u8,
+                    *const R,
+                    *const R,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [
+                    hqq_q1_1 = "cpu_hqq_gemv_1b_",
+                    hqq_q2_1 = "cpu_hqq_gemv_2b_",
+                    hqq_q4_1 = "cpu_hqq_gemv_4b_",
+                    hqq_q8_1 = "cpu_hqq_gemv_8b_"
+                ],
+                "_b1"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const u8,
+                    *const R,
+                    *const R,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [
+                    hqq_q1_8 = "cpu_hqq_gemv_1b_",
+                    hqq_q2_8 = "cpu_hqq_gemv_2b_",
+                    hqq_q4_8 = "cpu_hqq_gemv_4b_",
+                    hqq_q8_8 = "cpu_hqq_gemv_8b_"
+                ],
+                "_b8"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const R,
+                    *const R,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [hqq_q3_1 = "cpu_hqq_gemv_3b_"],
+                "_b1"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const R,
+                    *const R,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [hqq_q3_8 = "cpu_hqq_gemv_3b_"],
+                "_b8"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const i32,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [
+                    gptq_q2_1 = "cpu_gptq_gemv_2b_",
+                    gptq_q3_1 = "cpu_gptq_gemv_3b_",
+                    gptq_q4_1 = "cpu_gptq_gemv_4b_",
+                    gptq_q8_1 = "cpu_gptq_gemv_8b_"
+                ],
+                "_b1"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const i32,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [
+                    gptq_q2_8 = "cpu_gptq_gemv_2b_",
+                    gptq_q3_8 = "cpu_gptq_gemv_3b_",
+                    gptq_q4_8 = "cpu_gptq_gemv_4b_",
+                    gptq_q8_8 = "cpu_gptq_gemv_8b_"
+                ],
+                "_b8"
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
+                [awq_q_1 = "cpu_awq_gemv_4b_"],
+                "_b1"
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
+                [awq_q_8 = "cpu_awq_gemv_4b_"],
+                "_b8"
+            );
+            externs!(
+                $sfx,
                 (*const u8, *const f32, *mut R, i32, i32, i32, i32, u32, u32),
                 [fp8_e4m3 = "cpu_fp8_dequant_e4m3_", fp8_e5m2 = "cpu_fp8_dequant_e5m2_"]
             );
@@ -243,6 +419,20 @@ macro_rules! emu_elem {
             const GPTQ_GEMV: GptqGemvEntry<$raw> = $m::gptq_gemv;
             const AWQ: AwqEntry<$raw> = $m::awq;
             const FP8: [Fp8Entry<$raw>; 2] = [$m::fp8_e4m3, $m::fp8_e5m2];
+            const HQQ_QGEMV_U8: [[qgemv::HqqEntry<u8, $raw>; 2]; 4] = [
+                [$m::hqq_q1_1, $m::hqq_q1_8],
+                [$m::hqq_q2_1, $m::hqq_q2_8],
+                [$m::hqq_q4_1, $m::hqq_q4_8],
+                [$m::hqq_q8_1, $m::hqq_q8_8],
+            ];
+            const HQQ_QGEMV_3B: [qgemv::HqqEntry<i32, $raw>; 2] = [$m::hqq_q3_1, $m::hqq_q3_8];
+            const GPTQ_QGEMV: [[qgemv::GptqEntry<$raw>; 2]; 4] = [
+                [$m::gptq_q2_1, $m::gptq_q2_8],
+                [$m::gptq_q3_1, $m::gptq_q3_8],
+                [$m::gptq_q4_1, $m::gptq_q4_8],
+                [$m::gptq_q8_1, $m::gptq_q8_8],
+            ];
+            const AWQ_QGEMV: [qgemv::AwqEntry<$raw>; 2] = [$m::awq_q_1, $m::awq_q_8];
         }
     };
 }
@@ -587,3 +777,4 @@ pub fn fp8_dequant<T: EmuElem>(
     };
     out.into_vec().into_iter().map(T::from_raw).collect()
 }
+pub mod qgemv;

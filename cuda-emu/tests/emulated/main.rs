@@ -7,3 +7,4 @@ mod fp8;
 mod gemv;
 mod gptq;
 mod hqq;
+mod qgemv;

@@ -1,0 +1,235 @@
+// The fused dequant-GEMV skeletons shared by every scheme: y[b] = W x[b] for a batch of up to
+// MAXB (1 or 8) f32 activation rows, the weights decoded in registers and never written out.
+// A scheme supplies a decoder (in its own .cu file) and instantiates one of the two skeletons:
+//
+// * qk_row_gemv, for weights stored along the input dimension (HQQ both axes, FP8, int8, int4):
+//   a team of lanes walks one segment of the packed words; per-lane sums are added across the
+//   team by xor shuffles (a fixed tree: deterministic).
+// * qk_col_gemv, for weights stored [K, N] with codes packed along K or N (GPTQ, AWQ): a thread
+//   takes a few adjacent columns and a slice of rows, and writes one partial sum per slice.
+//
+// Both factor each group out of its sum: sum_i (q_i - z) s x_i = s (sum_i q_i x_i - z sum_i x_i),
+// so a code costs its decode and one fused multiply-add per batch row, and the result equals
+// dequantize-then-multiply within f32 rounding (not bit for bit). Partial sums are added in a
+// fixed order by gemv_reduce_rows / gemv_reduce_cols_batched (ptx/gemv.cu) when an output has
+// more than one; otherwise the skeletons write y directly.
+#pragma once
+#include "common.cuh"
+
+// Add v across aligned teams of `team` lanes (a power of two <= 32, the same in every lane).
+__device__ __forceinline__ float qk_team_sum(float v, int team) {
+    for (int off = team >> 1; off > 0; off >>= 1) v = v + __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// t / d for t >= 0, as a shift when d = 2^lg (lg >= 0).
+__device__ __forceinline__ unsigned qk_div(unsigned t, unsigned d, int lg) { return lg >= 0 ? t >> lg : t / d; }
+
+// acc[b] += s * (sum_i q[i] x_b[i] - z * sum_i x_b[i]) for b < nb, x_b = x + b * stride, N codes.
+template <int N, int MAXB>
+__device__ __forceinline__ void qk_dot_group(const float* q, const float* __restrict__ x, int stride, int nb,
+                                             float z, float s, float* acc) {
+#pragma unroll
+    for (int b = 0; b < MAXB; ++b) {
+        if (b >= nb) break;
+        const float* xb = x + (long long)b * stride;
+        float d = 0.0f, sx = 0.0f;
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            const float xi = xb[i];
+            d = __fmaf_rn(q[i], xi, d);
+            sx = sx + xi;
+        }
+        acc[b] = acc[b] + s * (d - z * sx);
+    }
+}
+
+// acc[b] += s * sum_i q[i] x_b[i] for b < nb (no zero point).
+template <int N, int MAXB>
+__device__ __forceinline__ void qk_dot_scale(const float* q, const float* __restrict__ x, int stride, int nb,
+                                             float s, float* acc) {
+#pragma unroll
+    for (int b = 0; b < MAXB; ++b) {
+        if (b >= nb) break;
+        const float* xb = x + (long long)b * stride;
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < N; ++i) d = __fmaf_rn(q[i], xb[i], d);
+        acc[b] = acc[b] + s * d;
+    }
+}
+
+// acc[b] += sum_i w[i] x_b[i] for b < nb (weights already dequantized: per-element parameters).
+template <int N, int MAXB>
+__device__ __forceinline__ void qk_dot_plain(const float* w, const float* __restrict__ x, int stride, int nb,
+                                             float* acc) {
+#pragma unroll
+    for (int b = 0; b < MAXB; ++b) {
+        if (b >= nb) break;
+        const float* xb = x + (long long)b * stride;
+        float d = acc[b];
+#pragma unroll
+        for (int i = 0; i < N; ++i) d = __fmaf_rn(w[i], xb[i], d);
+        acc[b] = d;
+    }
+}
+
+// ---- Row skeleton. The decoder describes `words` packed words of Dec::P codes each:
+//   planar (Dec::PLANAR, HQQ): code j of word t is flat weight j * words + t;
+//   interleaved (int4's nibbles; P = 1 for one code a byte): code j of word t is flat weight
+//   t * P + j.
+// Flat weight f is W[f / in, f % in] (W [out, in] row-major, y = W x). The words are cut into
+// segments of `seg` words such that each plane's share of a segment lies in one output row
+// (planar: seg | in and seg | words; interleaved: P * seg | in), a "flat segment" of L weights
+// (L = seg planar, P * seg interleaved); flat segment F covers weights [F L, F L + L). A team of
+// `team` lanes takes a segment: lane m adds chunks m, m + team, ... of Dec::CH words (adjacent
+// lanes, adjacent chunks: coalesced), calling
+//   d.dot<MAXB>(t0, c, xo, x, in, nb, acc)
+// for the chunk at word t = t0 + c (t0: the segment's first word, so a decoder's per-segment
+// work is loop-invariant), where plane j's weights meet x[b * in + xo[j] + i] (planar) or word i's
+// code j meets x[b * in + xo[0] + i * P + j] (interleaved); it adds to acc[j][b] (acc[0][b]
+// interleaved). The team then sums each accumulator and its first lane writes
+// part[b * nflat + F] for the flat segments inside the weight (F < nflat = numel / L; planar
+// padding planes past numel are skipped). With seg = in that is y itself.
+// Launch: 1-D, blocks of whole warps; warps grid-stride over groups of 32 / team segments.
+template <class Dec, int MAXB>
+__device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
+                                            int words, long long numel, int in_dim, int seg, int team, int nb) {
+    constexpr int NJ = Dec::PLANAR ? Dec::P : 1;
+    const int nseg = words / seg;
+    const long long flat_len = Dec::PLANAR ? (long long)seg : (long long)Dec::P * seg;
+    const long long nflat = numel / flat_len;
+    const int per_warp = 32 / team;
+    const long long lin = qk_linear0();
+    const int lane = (int)(lin & 31), member = lane % team, slot = lane / team;
+    const long long wsegs = (nseg + per_warp - 1) / per_warp;
+    for (long long w = lin >> 5; w < wsegs; w += qk_linear_step() >> 5) {  // uniform in a warp
+        const long long s = w * per_warp + slot;
+        const bool live = s < nseg;
+        float acc[NJ][MAXB];
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) acc[j][b] = 0.0f;
+        if (live) {
+            const int t0 = (int)s * seg;
+            int xo[NJ];
+#pragma unroll
+            for (int j = 0; j < NJ; ++j)
+                xo[j] = (int)((Dec::PLANAR ? (long long)j * words + t0 : (long long)t0 * Dec::P) % in_dim);
+#pragma unroll 1
+            for (int c = member * Dec::CH; c < seg; c += team * Dec::CH) {
+                int xc[NJ];
+#pragma unroll
+                for (int j = 0; j < NJ; ++j) xc[j] = xo[j] + (Dec::PLANAR ? c : c * Dec::P);
+                d.template dot<MAXB>(t0, c, xc, x, in_dim, nb, acc);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b)
+                if (b < nb) acc[j][b] = qk_team_sum(acc[j][b], team);
+        if (live && member == 0) {
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) {
+                const long long f = Dec::PLANAR ? (long long)j * nseg + s : s;
+                if (f >= nflat) break;
+#pragma unroll
+                for (int b = 0; b < MAXB; ++b)
+                    if (b < nb) part[b * nflat + f] = acc[j][b];
+            }
+        }
+    }
+}
+
+// ---- Column skeleton: W [K, N], y[n] = sum_k W[k, n] x[k]. A 2-D grid: x over vectors of
+// Dec::VC adjacent columns (adjacent lanes: adjacent columns, coalesced), y over slices of
+// `slice_rows` rows (a multiple of Dec::ROWS). The decoder gives
+//   d.codes(k, n, q)          q[r][c]: code of row k + r, column n + c, as an exact float, for a
+//                             block of ROWS rows (k a multiple of ROWS);
+//   d.row(k, n, q)            q[c]: the codes of row k alone;
+//   d.group(k)                row k's group (rows in any order; sorted rows switch rarely);
+//   d.params(g, n, z, s)      group g's zero points and scales of columns n .. n + VC.
+// A thread sums q x and x within a run of rows of one group and folds s (sum q x - z sum x) into
+// its total when the group changes. A block of rows in the current group (the common case) runs
+// unrolled; one that changes group runs a row at a time. Both choices are uniform in a warp (its
+// lanes share the rows). It then writes part[(b * slices + slice) * N + n + c]; with one slice
+// that is y.
+template <class Dec, int MAXB>
+__device__ __forceinline__ void qk_col_gemv(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
+                                            int k_dim, int n_dim, int slice_rows, int nb) {
+    constexpr int VC = Dec::VC, R = Dec::ROWS;
+    const int nv = n_dim / VC, slices = k_dim / slice_rows;
+    for (int v = qk_x0(); v < nv; v += qk_xstep()) {
+        const int n = v * VC;
+        for (int sl = qk_y0(); sl < slices; sl += qk_ystep()) {
+            const int k0 = sl * slice_rows;
+            float acc[VC][MAXB], dq[VC][MAXB], sx[MAXB], z[VC], s[VC];
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) {
+                sx[b] = 0.0f;
+#pragma unroll
+                for (int c = 0; c < VC; ++c) acc[c][b] = dq[c][b] = 0.0f;
+            }
+            int cur = d.group(k0);
+            d.params(cur, n, z, s);
+#pragma unroll 1
+            for (int kb = k0; kb < k0 + slice_rows; kb += R) {
+                bool same = true;
+#pragma unroll
+                for (int r = 0; r < R; ++r) same &= d.group(kb + r) == cur;
+                if (same) {
+                    float q[R][VC];
+                    d.codes(kb, n, q);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+#pragma unroll
+                        for (int b = 0; b < MAXB; ++b) {
+                            if (b >= nb) break;
+                            const float xk = x[(long long)b * k_dim + kb + r];
+                            sx[b] = sx[b] + xk;
+#pragma unroll
+                            for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xk, dq[c][b]);
+                        }
+                    }
+                    continue;
+                }
+#pragma unroll 1
+                for (int k = kb; k < kb + R; ++k) {
+                    const int g = d.group(k);
+                    if (g != cur) {
+#pragma unroll
+                        for (int b = 0; b < MAXB; ++b) {
+#pragma unroll
+                            for (int c = 0; c < VC; ++c) {
+                                acc[c][b] = acc[c][b] + s[c] * (dq[c][b] - z[c] * sx[b]);
+                                dq[c][b] = 0.0f;
+                            }
+                            sx[b] = 0.0f;
+                        }
+                        cur = g;
+                        d.params(cur, n, z, s);
+                    }
+                    float q[VC];
+                    d.row(k, n, q);
+#pragma unroll
+                    for (int b = 0; b < MAXB; ++b) {
+                        if (b >= nb) break;
+                        const float xk = x[(long long)b * k_dim + k];
+                        sx[b] = sx[b] + xk;
+#pragma unroll
+                        for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[c], xk, dq[c][b]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) {
+                if (b >= nb) break;
+                float* out = part + ((long long)b * slices + sl) * n_dim + n;
+#pragma unroll
+                for (int c = 0; c < VC; ++c) out[c] = acc[c][b] + s[c] * (dq[c][b] - z[c] * sx[b]);
+            }
+        }
+    }
+}

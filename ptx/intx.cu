@@ -1,0 +1,115 @@
+// Fused GEMVs for the simple methods (src/intx), on gemv.cuh's row skeleton; W is [rows = out,
+// cols = in] row-major, segments are whole rows (int8) or whole rows' bytes (int4).
+//
+// int8: i8 codes, one f32 scale per row (or one for the tensor: per_row = 0). A word of 4 codes
+// XOR 0x80808080 holds q + 128 per byte; OR-ed into 2^23's mantissa and less 2^23 + 128 that is
+// q exactly, with no integer-to-float conversion.
+// int4: two codes a byte (the first in the low nibble), an f32 scale and a u8 zero point per
+// `group` consecutive weights of a row; a chunk of 16 codes shares them when group % 16 == 0 and
+// factors them out of its sum, else each code takes its own.
+#include "gemv.cuh"
+
+struct QkInt8Gemv {
+    static constexpr bool PLANAR = false;
+    static constexpr int P = 1, CH = 8;
+    const unsigned char* __restrict__ codes;
+    const float* __restrict__ scales;
+    int cols, per_row;
+    unsigned magic;
+
+    template <int MAXB>
+    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
+                                        int nb, float (*acc)[MAXB]) const {
+        const float s = scales[per_row ? t0 / cols : 0];
+        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+        float q[CH];
+#pragma unroll
+        for (int i = 0; i < CH; ++i)
+            q[i] = qk_magic(((v.v[i >> 2] ^ 0x80808080u) >> (8 * (i & 3))) & 0xffu, magic) - 8388736.0f;
+        qk_dot_scale<CH, MAXB>(q, x + xc[0], in_dim, nb, s, acc[0]);
+    }
+};
+
+struct QkInt4Gemv {
+    static constexpr bool PLANAR = false;
+    static constexpr int P = 2, CH = 8;
+    const unsigned char* __restrict__ packed;
+    const float* __restrict__ scales;
+    const unsigned char* __restrict__ zeros;
+    int group, lg;
+    unsigned magic;
+
+    template <int MAXB>
+    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
+                                        int nb, float (*acc)[MAXB]) const {
+        const int t = t0 + c;
+        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
+        float q[2 * CH];
+#pragma unroll
+        for (int i = 0; i < 2 * CH; ++i) q[i] = qk_u2f((v.v[i >> 3] >> (4 * (i & 7))) & 15u, magic);
+        if (group % (2 * CH) == 0) {
+            const unsigned g = qk_div(2u * (unsigned)t, (unsigned)group, lg);
+            qk_dot_group<2 * CH, MAXB>(q, x + xc[0], in_dim, nb, (float)zeros[g], scales[g], acc[0]);
+        } else {
+            float w[2 * CH];
+#pragma unroll
+            for (int i = 0; i < 2 * CH; ++i) {
+                const unsigned g = qk_div(2u * (unsigned)t + i, (unsigned)group, lg);
+                w[i] = (q[i] - (float)zeros[g]) * scales[g];
+            }
+            qk_dot_plain<2 * CH, MAXB>(w, x + xc[0], in_dim, nb, acc[0]);
+        }
+    }
+};
+
+template <int MAXB>
+__device__ __forceinline__ void int8_gemv(const unsigned char* codes, const float* scales, const float* x,
+                                          float* part, int rows, int cols, int per_row, int seg, int team, int nb) {
+    const QkInt8Gemv d{codes, scales, cols, per_row, qk_magic_reg(cols)};
+    qk_row_gemv<QkInt8Gemv, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
+}
+
+template <int MAXB>
+__device__ __forceinline__ void int4_gemv(const unsigned char* packed, const float* scales,
+                                          const unsigned char* zeros, const float* x, float* part, int rows, int cols,
+                                          int group, int seg, int team, int nb) {
+    const QkInt4Gemv d{packed, scales, zeros, group, (group & (group - 1)) == 0 ? __ffs(group) - 1 : -1,
+                       qk_magic_reg(cols)};
+    qk_row_gemv<QkInt4Gemv, MAXB>(d, x, part, rows * cols / 2, (long long)rows * cols, cols, seg, team, nb);
+}
+
+// Entries: int8_gemv_b{1,8}(codes, scales, x, part, rows, cols, per_row, seg, team, nb),
+// int4_gemv_b{1,8}(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb).
+#define QK_INTX_GEMV(MAXB)                                                                            \
+    extern "C" __global__ void int8_gemv_b##MAXB(const unsigned char* codes, const float* scales, const float* x, \
+                                                 float* part, int rows, int cols, int per_row, int seg, int team, \
+                                                 int nb) {                                            \
+        int8_gemv<MAXB>(codes, scales, x, part, rows, cols, per_row, seg, team, nb);                  \
+    }                                                                                                 \
+    extern "C" __global__ void int4_gemv_b##MAXB(const unsigned char* packed, const float* scales,    \
+                                                 const unsigned char* zeros, const float* x, float* part, int rows, \
+                                                 int cols, int group, int seg, int team, int nb) {    \
+        int4_gemv<MAXB>(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb);            \
+    }
+QK_INTX_GEMV(1)
+QK_INTX_GEMV(8)
+
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+#define QK_INTX_GEMV_EMU(MAXB)                                                                        \
+    extern "C" void cpu_int8_gemv_b##MAXB(const unsigned char* codes, const float* scales, const float* x, \
+                                          float* part, int rows, int cols, int per_row, int seg, int team, int nb, \
+                                          unsigned grid, unsigned block) {                            \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block),                                                  \
+                        [&] { int8_gemv_b##MAXB(codes, scales, x, part, rows, cols, per_row, seg, team, nb); }); \
+    }                                                                                                 \
+    extern "C" void cpu_int4_gemv_b##MAXB(const unsigned char* packed, const float* scales,           \
+                                          const unsigned char* zeros, const float* x, float* part, int rows, \
+                                          int cols, int group, int seg, int team, int nb, unsigned grid, \
+                                          unsigned block) {                                           \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                            \
+            int4_gemv_b##MAXB(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb);      \
+        });                                                                                           \
+    }
+QK_INTX_GEMV_EMU(1)
+QK_INTX_GEMV_EMU(8)
+#endif
