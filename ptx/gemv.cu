@@ -298,6 +298,10 @@ __device__ __forceinline__ void gemv_reduce_cols_batched(const float* __restrict
 extern "C" __global__ void gemv_reduce_cols_batched_f32(const float* partial, float* y, int n_dim, int slices, int nb) {
     gemv_reduce_cols_batched(partial, y, n_dim, slices, nb);
 }
+// y[i] += bias[i % outs] for i < total (rows of `outs` outputs).
+extern "C" __global__ void add_bias_f32(float* y, const float* bias, int outs, int total) {
+    for (long long i = qk_linear0(); i < total; i += qk_linear_step()) y[i] = y[i] + bias[i % outs];
+}
 extern "C" __global__ void gather_f32(const float* x, const int* perm, float* out, int k) {
     gather_rows(x, perm, out, k);
 }
@@ -329,6 +333,9 @@ extern "C" void cpu_gemv_reduce_cols_batched_f32(const float* partial, float* y,
                                                  unsigned grid, unsigned block) {
     cpu_launch_serial(qk_dim(grid), qk_dim(block),
                       [&] { gemv_reduce_cols_batched_f32(partial, y, n_dim, slices, nb); });
+}
+extern "C" void cpu_add_bias_f32(float* y, const float* bias, int outs, int total, unsigned grid, unsigned block) {
+    cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { add_bias_f32(y, bias, outs, total); });
 }
 extern "C" void cpu_gather_f32(const float* x, const int* perm, float* out, int k, unsigned grid, unsigned block) {
     cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { gather_f32(x, perm, out, k); });

@@ -781,4 +781,8 @@ pub enum CudaError {
     /// The CUDA driver returned an error.
     #[error("CUDA driver error: {0:?}")]
     Cuda(#[from] cudarc::driver::DriverError),
+
+    /// A weight no GPU kernel of this crate multiplies (e.g. a dense one).
+    #[error("no GPU kernel for {0}")]
+    NoKernel(&'static str),
 }

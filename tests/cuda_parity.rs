@@ -50,7 +50,7 @@ fn launch_table_matches_the_embedded_ptx() {
         let wanted = file.entries();
         assert!(!wanted.is_empty());
         for (name, params) in wanted {
-            let found = entries.iter().find(|(n, _)| n == name);
+            let found = entries.iter().find(|(n, _)| *n == name);
             assert_eq!(found.map(|e| e.1), Some(params), "{file:?}: entry {name}");
         }
     }
@@ -306,4 +306,115 @@ fn fp8_dequant_matches_the_cpu_reference() {
             one::<bf16>(&gpu, &codes, f, &scales, &l);
         }
     }
+}
+
+/// `DeviceQuantLinear` (the fused GEMV family, every scheme and width) against the f64 product
+/// of the scheme's dequantization oracle, for batches of 1, 3, 8 and 11 (two passes) rows, plus
+/// bias where the layer has one.
+fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
+    let (out, inp) = w.shape();
+    let mut dense = vec![0f32; out * inp];
+    w.dequantize_reference_into(&mut dense).unwrap();
+    let bias: Option<Vec<f32>> = match &w {
+        quant_kernels::QuantWeight::Gptq(l) => l.bias.as_ref().map(|b| b.to_f32()),
+        quant_kernels::QuantWeight::Awq(l) => l.bias.as_ref().map(|b| b.to_f32()),
+        quant_kernels::QuantWeight::Fp8(l) => l.bias.as_ref().map(|b| b.to_f32()),
+        _ => None,
+    };
+    let mut layer = cuda::DeviceQuantLinear::new(gpu, &w).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut rng = Rng(out as u64 * 13 + inp as u64);
+    for batch in [1usize, 3, 8, 11] {
+        let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+        let got = layer.forward_host(gpu, &x, batch).unwrap();
+        let (mut want, mut scale) = (Vec::new(), Vec::new());
+        for b in 0..batch {
+            for o in 0..out {
+                let row = &dense[o * inp..(o + 1) * inp];
+                let xb = &x[b * inp..(b + 1) * inp];
+                let bo = bias.as_ref().map_or(0.0, |v| v[o] as f64);
+                want.push(row.iter().zip(xb).map(|(a, c)| *a as f64 * *c as f64).sum::<f64>() + bo);
+                scale.push(
+                    row.iter().zip(xb).map(|(a, c)| (*a as f64 * *c as f64).abs()).sum::<f64>() + bo.abs(),
+                );
+            }
+        }
+        close(&got, &want, &scale, &format!("{what} batch {batch}"));
+    }
+}
+
+#[test]
+fn device_quant_linear_matches_the_f64_reference() {
+    use quant_kernels::awq::{AwqLayer, AwqLayout};
+    use quant_kernels::fp8::Fp8Format;
+    use quant_kernels::intx::{self, Granularity};
+    use quant_kernels::{Parallelism, QuantWeight};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(99);
+    // One large layer per scheme (the launch geometry of a real model); small ones for the rest.
+    for (out, inp, g) in [(64, 256, 64), (48, 96, 32), (1024, 4096, 64)] {
+        for bits in [8u8, 4, 3, 2, 1] {
+            for axis in [Axis::One, Axis::Zero] {
+                for dtype in 0..3 {
+                    if out == 1024 && (dtype != 1 || (bits != 4 && bits != 3)) {
+                        continue;
+                    }
+                    let Some(h) = common::hqq_weight(out, inp, g, axis, bits, dtype, &mut rng) else {
+                        continue;
+                    };
+                    device_linear_case(
+                        &gpu,
+                        QuantWeight::Hqq(h),
+                        &format!("hqq {bits}b {out}x{inp} {axis:?} {dtype}"),
+                    );
+                }
+            }
+        }
+    }
+    for (k, n, g) in [(256usize, 64usize, 32i64), (128, 96, -1), (4096, 1024, 128)] {
+        for bits in [2u8, 3, 4, 8] {
+            for act in [false, true] {
+                let mut l = common::gptq_layer_f32(GptqLayout::new(k, n, bits, g).unwrap(), act, &mut rng);
+                l.bias = Some(quant_kernels::FloatVec::F32((0..n).map(|i| i as f32 * 0.01).collect()));
+                device_linear_case(&gpu, QuantWeight::Gptq(l), &format!("gptq {bits}b K{k} N{n} act {act}"));
+            }
+        }
+    }
+    for (k, n, gs) in [(128usize, 64usize, 32usize), (96, 32, 12), (4096, 1024, 128)] {
+        let layout = AwqLayout::new(k, n, gs).unwrap();
+        let qweight = (0..k * n / 8).map(|_| rng.next_u64() as i32).collect();
+        let qzeros = (0..k / gs * n / 8).map(|_| rng.next_u64() as i32).collect();
+        let scales = common::float_vec((0..k / gs * n).map(|_| rng.f32_in(-0.02, 0.02)).collect(), 1);
+        let l = AwqLayer { layout, qweight, qzeros, scales, bias: None };
+        device_linear_case(&gpu, QuantWeight::Awq(l), &format!("awq K{k} N{n} g{gs}"));
+    }
+    for (format, mask) in [(Fp8Format::E4M3, 0x7e), (Fp8Format::E5M2, 0x7b)] {
+        for block in [Some((128, 128)), None, Some((3, 12))] {
+            let l = common::fp8_layer(
+                256,
+                512,
+                block,
+                1,
+                format,
+                mask,
+                &mut |r| r.f32_in(1e-3, 1e-2),
+                0,
+                &mut rng,
+            );
+            device_linear_case(&gpu, QuantWeight::Fp8(l), &format!("fp8 {format:?} {block:?}"));
+        }
+    }
+    let wf: Vec<f32> = (0..512 * 1024).map(|_| rng.f32_in(-1.0, 1.0)).collect();
+    for gran in [Granularity::PerChannel, Granularity::PerTensor] {
+        let t = intx::quantize_int8(&wf, 512, 1024, gran, Parallelism::SERIAL).unwrap();
+        device_linear_case(&gpu, QuantWeight::Int8(t), &format!("int8 {gran:?}"));
+    }
+    for group in [32, 6] {
+        let t = intx::quantize_int4(&wf[..512 * 96], 512, 96, group, Parallelism::SERIAL).unwrap();
+        device_linear_case(&gpu, QuantWeight::Int4(t), &format!("int4 g{group}"));
+    }
+    let dense = QuantWeight::dense(4, 8, vec![0f32; 32]);
+    assert_eq!(
+        cuda::DeviceQuantLinear::new(&gpu, &dense).unwrap_err(),
+        Error::Cuda(CudaError::NoKernel("dense weights"))
+    );
 }

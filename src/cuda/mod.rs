@@ -39,8 +39,11 @@ use cudarc::driver::{
 };
 use std::sync::{Arc, OnceLock};
 
+mod linear;
+
 pub use cudarc::driver::CudaSlice as DeviceBuffer;
 pub use cudarc::driver::DeviceRepr;
+pub use linear::{ColPlan, DeviceQuantLinear, GEMV_MAX_BATCH, GemvKernel, RowPlan};
 
 /// The PTX files compiled from `ptx/*.cu` (NVRTC 12.4, `compute_80`), embedded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,11 +58,14 @@ pub enum PtxFile {
     Awq,
     /// `ptx/fp8.ptx`: FP8 (E4M3, E5M2) dequantization with block or per-tensor scales.
     Fp8,
+    /// `ptx/intx.ptx`: int8 / int4 fused GEMVs.
+    Intx,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 5] = [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv, PtxFile::Awq, PtxFile::Fp8];
+    pub const ALL: [PtxFile; 6] =
+        [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv, PtxFile::Awq, PtxFile::Fp8, PtxFile::Intx];
 
     /// The PTX text.
     pub fn source(self) -> &'static str {
@@ -69,23 +75,36 @@ impl PtxFile {
             PtxFile::Gemv => include_str!("../../ptx/gemv.ptx"),
             PtxFile::Awq => include_str!("../../ptx/awq.ptx"),
             PtxFile::Fp8 => include_str!("../../ptx/fp8.ptx"),
+            PtxFile::Intx => include_str!("../../ptx/intx.ptx"),
         }
     }
 
     /// The kernel entries this crate launches from the file, with their parameter counts.
-    pub fn entries(self) -> Vec<(&'static str, usize)> {
-        match self {
+    pub fn entries(self) -> Vec<(String, usize)> {
+        let gemvs = GemvKernel::all()
+            .into_iter()
+            .filter(|(_, f)| *f == self)
+            .flat_map(|(k, _)| [(k.entry(1), k.params()), (k.entry(8), k.params())]);
+        let named: Vec<(&'static str, usize)> = match self {
             PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
             PtxFile::Gptq => GPTQ_DEQUANT.iter().flatten().map(|&name| (name, GPTQ_DEQUANT_PARAMS)).collect(),
             PtxFile::Gemv => HQQ_GEMV
                 .iter()
                 .map(|&n| (n, 9))
                 .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
-                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4), (GATHER, 4)])
+                .chain([
+                    (GEMV_REDUCE_ROWS, 4),
+                    (GEMV_REDUCE_COLS, 4),
+                    (GATHER, 4),
+                    ("gemv_reduce_cols_batched_f32", 5),
+                    ("add_bias_f32", 4),
+                ])
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
-        }
+            PtxFile::Intx => Vec::new(),
+        };
+        named.into_iter().map(|(n, p)| (n.to_owned(), p)).chain(gemvs).collect()
     }
 }
 

@@ -1,0 +1,678 @@
+//! [`DeviceQuantLinear`]: a quantized linear layer resident on the GPU, multiplied by the fused
+//! GEMV family of `ptx/gemv.cuh` (every scheme and width, batches of up to 8 rows per pass over
+//! the weights), with the geometry its launches use ([`RowPlan`], [`ColPlan`]).
+
+use super::{Gpu, PtxFile, to_i32};
+use crate::elem::{FloatType, FloatVec};
+use crate::error::{CudaError, Error, KernelError, Result, expect_len as expect};
+use crate::fp8::Fp8Format;
+use crate::gptq::ZeroFormat;
+use crate::hqq::{Axis, PackedWords};
+use crate::layer::QuantWeight;
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+
+/// Activation rows one GEMV launch multiplies (its `_b8` entry); larger batches run in chunks.
+pub const GEMV_MAX_BATCH: usize = 8;
+
+/// Threads per block of the row skeleton's launches (8 warps).
+const ROW_BLOCK: usize = 256;
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// `_b1` or `_b8`: the entry for a chunk of `nb` rows.
+fn maxb_suffix(maxb: usize) -> &'static str {
+    if maxb == 1 { "b1" } else { "b8" }
+}
+
+fn elem_name(t: FloatType) -> &'static str {
+    match t {
+        FloatType::F32 => "f32",
+        FloatType::F16 => "f16",
+        FloatType::Bf16 => "bf16",
+    }
+}
+
+/// The fused GEMV entry of a scheme, by name: `hqq_gemv_{bits}b_{elem}_b{1,8}`,
+/// `gptq_gemv_{bits}b_{elem}_b{1,8}`, `awq_gemv_4b_{elem}_b{1,8}`, `fp8_gemv_{e4m3,e5m2}_b{1,8}`,
+/// `int8_gemv_b{1,8}`, `int4_gemv_b{1,8}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvKernel {
+    /// HQQ of a width (1, 2, 3, 4, 8) with parameters of an element type.
+    Hqq(u8, FloatType),
+    /// GPTQ of a width (2, 3, 4, 8) with scales of an element type.
+    Gptq(u8, FloatType),
+    /// AWQ (4-bit) with scales of an element type.
+    Awq(FloatType),
+    /// FP8 of a format (f32 scales).
+    Fp8(Fp8Format),
+    /// int8 symmetric.
+    Int8,
+    /// int4 asymmetric.
+    Int4,
+}
+
+impl GemvKernel {
+    /// Every entry of the family, with the PTX file that holds it.
+    pub fn all() -> Vec<(GemvKernel, PtxFile)> {
+        let elems = [FloatType::F32, FloatType::F16, FloatType::Bf16];
+        let mut v = Vec::new();
+        for b in [1, 2, 3, 4, 8] {
+            v.extend(elems.map(|t| (GemvKernel::Hqq(b, t), PtxFile::Hqq)));
+        }
+        for b in [2, 3, 4, 8] {
+            v.extend(elems.map(|t| (GemvKernel::Gptq(b, t), PtxFile::Gptq)));
+        }
+        v.extend(elems.map(|t| (GemvKernel::Awq(t), PtxFile::Awq)));
+        v.extend([Fp8Format::E4M3, Fp8Format::E5M2].map(|f| (GemvKernel::Fp8(f), PtxFile::Fp8)));
+        v.extend([(GemvKernel::Int8, PtxFile::Intx), (GemvKernel::Int4, PtxFile::Intx)]);
+        v
+    }
+
+    /// The entry's name for batches of up to `maxb` rows (1 or 8).
+    pub fn entry(self, maxb: usize) -> String {
+        let m = maxb_suffix(maxb);
+        match self {
+            GemvKernel::Hqq(b, t) => format!("hqq_gemv_{b}b_{}_{m}", elem_name(t)),
+            GemvKernel::Gptq(b, t) => format!("gptq_gemv_{b}b_{}_{m}", elem_name(t)),
+            GemvKernel::Awq(t) => format!("awq_gemv_4b_{}_{m}", elem_name(t)),
+            GemvKernel::Fp8(Fp8Format::E4M3) => format!("fp8_gemv_e4m3_{m}"),
+            GemvKernel::Fp8(Fp8Format::E5M2) => format!("fp8_gemv_e5m2_{m}"),
+            GemvKernel::Int8 => format!("int8_gemv_{m}"),
+            GemvKernel::Int4 => format!("int4_gemv_{m}"),
+        }
+    }
+
+    /// The entry's parameter count.
+    pub fn params(self) -> usize {
+        match self {
+            GemvKernel::Hqq(..) => 13,
+            GemvKernel::Gptq(..) | GemvKernel::Fp8(_) | GemvKernel::Int4 => 11,
+            GemvKernel::Awq(_) | GemvKernel::Int8 => 10,
+        }
+    }
+}
+
+/// Geometry of a row-skeleton GEMV (HQQ, FP8, int8, int4; see `ptx/gemv.cuh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPlan {
+    /// Packed words per segment.
+    pub seg: usize,
+    /// Lanes per segment: the largest power of two up to 32 and up to the segment's chunks.
+    pub team: usize,
+    /// Segments.
+    pub segs: usize,
+    /// Partial sums per output row (1: the kernel writes `y` itself).
+    pub per: usize,
+}
+
+impl RowPlan {
+    /// The plan for `words` packed words of `codes` codes each (`planar`: HQQ's planes, else
+    /// consecutive codes) of a weight with `in_dim` inputs, `ch` words a chunk:
+    /// segments as long as possible (a whole row's words when the planes line up with rows).
+    /// [`KernelError::NotMultiple`] when no segment is a whole number of chunks.
+    ///
+    /// ```
+    /// use quant_kernels::cuda::RowPlan;
+    /// // 4-bit HQQ, 4096 x 4096: 2 codes a byte in planes of 8 M bytes; a segment is a row.
+    /// let p = RowPlan::new(4096 * 4096 / 2, 4096, 2, true, 8)?;
+    /// assert_eq!((p.seg, p.team, p.segs, p.per), (4096, 32, 2048, 1));
+    /// // int4 (two consecutive codes a byte): a row of 11008 is 5504 bytes.
+    /// let p = RowPlan::new(4096 * 11008 / 2, 11008, 2, false, 8)?;
+    /// assert_eq!((p.seg, p.per), (5504, 1));
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn new(words: usize, in_dim: usize, codes: usize, planar: bool, ch: usize) -> Result<Self> {
+        let seg = if planar { gcd(in_dim, words) } else { in_dim / codes };
+        if seg == 0 || !seg.is_multiple_of(ch) || (!planar && !in_dim.is_multiple_of(codes)) {
+            return Err(Error::Kernel(KernelError::NotMultiple {
+                what: "GEMV segment (words)",
+                value: seg,
+                multiple: ch,
+            }));
+        }
+        let flat = if planar { seg } else { codes * seg };
+        let chunks = seg / ch;
+        let team = 1usize << (usize::BITS - 1 - chunks.leading_zeros()).min(5);
+        Ok(RowPlan { seg, team, segs: words / seg, per: in_dim / flat })
+    }
+
+    /// One block of 256 threads per 8 warps of segments (grid-strided past 2^20 blocks).
+    fn launch(&self) -> LaunchConfig {
+        let warps = self.segs.div_ceil(32 / self.team);
+        let blocks = warps.div_ceil(ROW_BLOCK / 32).clamp(1, 1 << 20);
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (ROW_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+/// Geometry of a column-skeleton GEMV (GPTQ, AWQ): `slice_rows` input rows per thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColPlan {
+    /// Input rows per slice (a multiple of the decoder's row block).
+    pub slice_rows: usize,
+    /// Slices (partial sums per output; 1: the kernel writes `y` itself).
+    pub slices: usize,
+    /// Adjacent columns per thread.
+    pub cols: usize,
+}
+
+impl ColPlan {
+    /// The largest of 128, 64, 32, 16, 8, 4, 1 rows that is a multiple of `rows` (the decoder's
+    /// row block) and divides `k`.
+    ///
+    /// ```
+    /// use quant_kernels::cuda::ColPlan;
+    /// let p = ColPlan::new(4096, 8, 4)?; // 4-bit GPTQ: 8-row word blocks
+    /// assert_eq!((p.slice_rows, p.slices), (128, 32));
+    /// assert!(ColPlan::new(48, 32, 4).is_err()); // 3-bit: 32-row blocks
+    /// # Ok::<(), quant_kernels::Error>(())
+    /// ```
+    pub fn new(k: usize, rows: usize, cols: usize) -> Result<Self> {
+        let slice_rows = [128usize, 64, 32, 16, 8, 4, 1]
+            .into_iter()
+            .find(|&s| s.is_multiple_of(rows) && k.is_multiple_of(s))
+            .ok_or(Error::Kernel(KernelError::NotMultiple { what: "GEMV K", value: k, multiple: rows }))?;
+        Ok(ColPlan { slice_rows, slices: k / slice_rows, cols })
+    }
+}
+
+/// Scales or zeros on the device in their stored element type.
+#[derive(Debug)]
+enum DevFloat {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<half::f16>),
+    Bf16(CudaSlice<half::bf16>),
+}
+
+impl DevFloat {
+    fn upload(gpu: &Gpu, v: &FloatVec) -> Result<Self> {
+        Ok(match v {
+            FloatVec::F32(v) => DevFloat::F32(gpu.upload(v)?),
+            FloatVec::F16(v) => DevFloat::F16(gpu.upload(v)?),
+            FloatVec::Bf16(v) => DevFloat::Bf16(gpu.upload(v)?),
+        })
+    }
+    fn dtype(&self) -> FloatType {
+        match self {
+            DevFloat::F32(_) => FloatType::F32,
+            DevFloat::F16(_) => FloatType::F16,
+            DevFloat::Bf16(_) => FloatType::Bf16,
+        }
+    }
+}
+
+/// `launch.arg(v)` for whichever element type `v` holds.
+fn push_float<'a>(launch: &mut cudarc::driver::LaunchArgs<'a>, v: &'a DevFloat) {
+    match v {
+        DevFloat::F32(s) => launch.arg(s),
+        DevFloat::F16(s) => launch.arg(s),
+        DevFloat::Bf16(s) => launch.arg(s),
+    };
+}
+
+#[derive(Debug)]
+enum DevWords {
+    U8(CudaSlice<u8>),
+    I32(CudaSlice<i32>),
+}
+
+/// A scheme's tensors on the device and the integer arguments of its entry.
+#[derive(Debug)]
+enum DevWeight {
+    Hqq {
+        words: DevWords,
+        scales: DevFloat,
+        zeros: DevFloat,
+        ints: [i32; 4],
+        plan: RowPlan,
+    },
+    Gptq {
+        qweight: CudaSlice<i32>,
+        qzeros: CudaSlice<i32>,
+        scales: DevFloat,
+        g_idx: CudaSlice<i32>,
+        format: i32,
+    },
+    Awq {
+        qweight: CudaSlice<i32>,
+        qzeros: CudaSlice<i32>,
+        scales: DevFloat,
+        group: i32,
+    },
+    Fp8 {
+        codes: CudaSlice<u8>,
+        scales: CudaSlice<f32>,
+        block: (i32, i32),
+        plan: RowPlan,
+    },
+    Int8 {
+        codes: CudaSlice<u8>,
+        scales: CudaSlice<f32>,
+        per_row: i32,
+        plan: RowPlan,
+    },
+    Int4 {
+        packed: CudaSlice<u8>,
+        scales: CudaSlice<f32>,
+        zeros: CudaSlice<u8>,
+        group: i32,
+        plan: RowPlan,
+    },
+}
+
+/// A quantized linear layer on the GPU: `y = W x (+ bias)` for batches of f32 activation rows,
+/// by the fused dequant-GEMV of its scheme (weights decoded in registers, never written out).
+///
+/// Built once from a [`QuantWeight`] ([`DeviceQuantLinear::new`]: validated, uploaded, entries
+/// loaded, scratch allocated), then [`forward_into`](Self::forward_into) launches on device
+/// buffers with no allocation. Batches run 8 rows per pass over the weights; a batch of 16 or
+/// more still runs as passes of 8 (a tensor-core GEMM for prompts is not built yet).
+///
+/// Every scheme's GEMV equals dequantize-then-multiply within f32 rounding (each group's zero
+/// and scale are factored out of its sum), deterministically (fixed summation order). GPTQ
+/// act-order layers are sorted by group at construction and their inputs gathered on the
+/// device per call, so their groups change only at group boundaries.
+#[derive(Debug)]
+pub struct DeviceQuantLinear {
+    out: usize,
+    inp: usize,
+    kernel: GemvKernel,
+    weight: DevWeight,
+    col: Option<ColPlan>,
+    f1: CudaFunction,
+    f8: CudaFunction,
+    bias: Option<CudaSlice<f32>>,
+    perm: Option<super::DevicePerm>,
+    /// Gathered inputs (act-order), GEMV_MAX_BATCH rows.
+    xs: Option<CudaSlice<f32>>,
+    /// Partial sums for GEMV_MAX_BATCH rows (empty when each output has one).
+    part: CudaSlice<f32>,
+    reduce_rows: CudaFunction,
+    reduce_cols: CudaFunction,
+    add_bias: CudaFunction,
+    gather: CudaFunction,
+}
+
+fn bias_f32(w: &QuantWeight) -> Option<Vec<f32>> {
+    let b = match w {
+        QuantWeight::Gptq(l) => l.bias.as_ref(),
+        QuantWeight::Awq(l) => l.bias.as_ref(),
+        QuantWeight::Fp8(l) => l.bias.as_ref(),
+        _ => None,
+    };
+    b.map(|b| b.to_f32())
+}
+
+fn words_i32(what: &'static str, words: usize) -> Result<i32> {
+    // The row skeleton indexes words in 32 bits.
+    if words > i32::MAX as usize {
+        return Err(Error::Kernel(KernelError::TooLarge { what, value: words, max: i32::MAX as usize }));
+    }
+    Ok(words as i32)
+}
+
+impl DeviceQuantLinear {
+    /// Validate `w`, upload it to `gpu` and load its entries. HQQ needs `cols % 8 == 0` packed
+    /// bytes (3-bit: `% 2` words) and segments of whole chunks, FP8 and int8 `in % 8 == 0`,
+    /// int4 `in % 16 == 0` ([`KernelError::NotMultiple`] otherwise); FP8 must be one expert;
+    /// dense weights have no kernel here ([`CudaError::NoKernel`]: use a dense GEMM).
+    pub fn new(gpu: &Gpu, w: &QuantWeight) -> Result<Self> {
+        w.validate()?;
+        let (out, inp) = w.shape();
+        to_i32("out features", out)?;
+        to_i32("in features", inp)?;
+        let (kernel, weight, col, perm) = match w {
+            QuantWeight::Dense(_) => return Err(Error::Cuda(CudaError::NoKernel("dense weights"))),
+            QuantWeight::Hqq(h) => {
+                let p = &h.packed;
+                let (bits, ch, planes) = match p.bits.get() {
+                    3 => (3u8, 2usize, 10usize),
+                    b => (b, 8, 8 / b as usize),
+                };
+                if !p.cols.is_multiple_of(ch) {
+                    return Err(Error::Kernel(KernelError::NotMultiple {
+                        what: "HQQ GEMV packed columns",
+                        value: p.cols,
+                        multiple: ch,
+                    }));
+                }
+                let prows = p.packed_rows();
+                let words = prows * p.cols;
+                words_i32("HQQ packed words", words)?;
+                let plan = RowPlan::new(words, inp, planes, true, ch)?;
+                let (scales, zeros) = match (&h.scales, &h.zeros) {
+                    (s, z) if s.dtype() == z.dtype() => {
+                        (DevFloat::upload(gpu, s)?, DevFloat::upload(gpu, z)?)
+                    }
+                    (s, z) => (
+                        DevFloat::upload(gpu, &FloatVec::F32(s.to_f32()))?,
+                        DevFloat::upload(gpu, &FloatVec::F32(z.to_f32()))?,
+                    ),
+                };
+                let words = match &p.words {
+                    PackedWords::U8(v) => DevWords::U8(gpu.upload(v)?),
+                    PackedWords::I32(v) => DevWords::I32(gpu.upload(v)?),
+                };
+                let axis = i32::from(h.layout.axis() == Axis::One);
+                let ints = [
+                    to_i32("code rows", p.rows)?,
+                    to_i32("code cols", p.cols)?,
+                    to_i32("packed rows", prows)?,
+                    axis,
+                ];
+                (
+                    GemvKernel::Hqq(bits, scales.dtype()),
+                    DevWeight::Hqq { words, scales, zeros, ints, plan },
+                    None,
+                    None,
+                )
+            }
+            QuantWeight::Gptq(l) => {
+                let (sorted, order) = l.sort_by_group()?;
+                let identity = order.iter().enumerate().all(|(i, &p)| i == p as usize);
+                let perm = if identity { None } else { Some(super::DevicePerm::upload(gpu, &order)?) };
+                let rows = match l.layout.bits() {
+                    2 => 16,
+                    3 => 32,
+                    4 => 8,
+                    _ => 4,
+                };
+                let col = ColPlan::new(inp, rows, 4)?;
+                let g = super::DeviceGIdx::upload(gpu, sorted.g_idx.as_deref(), &sorted.layout)?;
+                let scales = DevFloat::upload(gpu, &sorted.scales)?;
+                let format = i32::from(sorted.format == ZeroFormat::V2);
+                let kernel = GemvKernel::Gptq(l.layout.bits(), scales.dtype());
+                let weight = DevWeight::Gptq {
+                    qweight: gpu.upload(&sorted.qweight)?,
+                    qzeros: gpu.upload(&sorted.qzeros)?,
+                    scales,
+                    g_idx: g.buf,
+                    format,
+                };
+                (kernel, weight, Some(col), perm)
+            }
+            QuantWeight::Awq(l) => {
+                let col = ColPlan::new(inp, 1, 8)?;
+                let scales = DevFloat::upload(gpu, &l.scales)?;
+                let kernel = GemvKernel::Awq(scales.dtype());
+                let weight = DevWeight::Awq {
+                    qweight: gpu.upload(&l.qweight)?,
+                    qzeros: gpu.upload(&l.qzeros)?,
+                    scales,
+                    group: to_i32("group size", l.layout.group_size())?,
+                };
+                (kernel, weight, Some(col), None)
+            }
+            QuantWeight::Fp8(l) => {
+                if l.experts != 1 {
+                    return Err(Error::Kernel(KernelError::StackedExperts { experts: l.experts }));
+                }
+                words_i32("FP8 codes", l.codes.len())?;
+                let plan = RowPlan::new(out * inp, inp, 1, false, 8)?;
+                let (br, bc) = l.layout.block_size();
+                let weight = DevWeight::Fp8 {
+                    codes: gpu.upload(&l.codes)?,
+                    scales: gpu.upload(&l.scales.to_f32())?,
+                    block: (to_i32("block rows", br)?, to_i32("block cols", bc)?),
+                    plan,
+                };
+                (GemvKernel::Fp8(l.format), weight, None, None)
+            }
+            QuantWeight::Int8(t) => {
+                words_i32("int8 codes", t.q.len())?;
+                let plan = RowPlan::new(out * inp, inp, 1, false, 8)?;
+                let codes: Vec<u8> = t.q.iter().map(|&c| c as u8).collect();
+                let per_row = i32::from(t.scales.len() == out && out != 1);
+                let weight = DevWeight::Int8 {
+                    codes: gpu.upload(&codes)?,
+                    scales: gpu.upload(&t.scales)?,
+                    per_row,
+                    plan,
+                };
+                (GemvKernel::Int8, weight, None, None)
+            }
+            QuantWeight::Int4(t) => {
+                words_i32("int4 bytes", t.packed.len())?;
+                let plan = RowPlan::new(out * inp / 2, inp, 2, false, 8)?;
+                let weight = DevWeight::Int4 {
+                    packed: gpu.upload(&t.packed)?,
+                    scales: gpu.upload(&t.scales)?,
+                    zeros: gpu.upload(&t.zeros)?,
+                    group: to_i32("group", t.group)?,
+                    plan,
+                };
+                (GemvKernel::Int4, weight, None, None)
+            }
+        };
+        let file = GemvKernel::all()
+            .into_iter()
+            .find(|(k, _)| *k == kernel)
+            .map(|(_, f)| f)
+            .ok_or(Error::Cuda(CudaError::NoKernel("this width and element type")))?;
+        let part_len = match (&weight, col) {
+            (_, Some(c)) if c.slices > 1 => GEMV_MAX_BATCH * c.slices * out,
+            (
+                DevWeight::Hqq { plan, .. }
+                | DevWeight::Fp8 { plan, .. }
+                | DevWeight::Int8 { plan, .. }
+                | DevWeight::Int4 { plan, .. },
+                _,
+            ) if plan.per > 1 => GEMV_MAX_BATCH * out * plan.per,
+            _ => 0,
+        };
+        Ok(DeviceQuantLinear {
+            out,
+            inp,
+            kernel,
+            col,
+            f1: gpu.function(file, &kernel.entry(1))?,
+            f8: gpu.function(file, &kernel.entry(8))?,
+            bias: bias_f32(w).map(|b| gpu.upload(&b)).transpose()?,
+            xs: if perm.is_some() { Some(gpu.zeros(GEMV_MAX_BATCH * inp)?) } else { None },
+            perm,
+            part: gpu.zeros(part_len.max(1))?,
+            weight,
+            reduce_rows: gpu.function(PtxFile::Gemv, super::GEMV_REDUCE_ROWS)?,
+            reduce_cols: gpu.function(PtxFile::Gemv, "gemv_reduce_cols_batched_f32")?,
+            add_bias: gpu.function(PtxFile::Gemv, "add_bias_f32")?,
+            gather: gpu.function(PtxFile::Gemv, super::GATHER)?,
+        })
+    }
+
+    /// Output features (`y` values per row).
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+
+    /// Input features (`x` values per row).
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+
+    /// The GEMV entry family this layer launches.
+    pub fn kernel(&self) -> GemvKernel {
+        self.kernel
+    }
+
+    /// `y[b] = W x[b] (+ bias)` for `batch` rows: `x` holds `batch * in` values, `y` `batch *
+    /// out`. Asynchronous on `gpu`'s stream; no allocation.
+    pub fn forward_into(
+        &mut self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        expect("x", batch * self.inp, x.len())?;
+        expect("y", batch * self.out, y.len())?;
+        let (inp, out) = (self.inp, self.out);
+        for b0 in (0..batch).step_by(GEMV_MAX_BATCH) {
+            let nb = GEMV_MAX_BATCH.min(batch - b0);
+            if let (Some(perm), Some(xs)) = (&self.perm, &mut self.xs) {
+                for b in 0..nb {
+                    let src = x.slice((b0 + b) * inp..(b0 + b + 1) * inp);
+                    let mut dst = xs.slice_mut(b * inp..(b + 1) * inp);
+                    let mut l = gpu.stream.launch_builder(&self.gather);
+                    let k = to_i32("K", inp)?;
+                    l.arg(&src).arg(&perm.buf).arg(&mut dst).arg(&k);
+                    // SAFETY: gather_f32(const float*, const int*, float*, int): src and dst
+                    // views hold K values, perm K indices checked to be a permutation of 0..K.
+                    unsafe { l.launch(super::launch_1d(inp)) }?;
+                }
+            }
+            let mut yv = y.slice_mut(b0 * out..(b0 + nb) * out);
+            self.launch_chunk(gpu, x, b0, nb, &mut yv)?;
+            if let Some(bias) = &self.bias {
+                let (o, t) = (to_i32("out", out)?, to_i32("outputs", nb * out)?);
+                let mut l = gpu.stream.launch_builder(&self.add_bias);
+                l.arg(&mut yv).arg(bias).arg(&o).arg(&t);
+                // SAFETY: add_bias_f32(float*, const float*, int, int): y's view holds nb*out
+                // values, bias out; the kernel touches y[i], bias[i % out] for i < nb*out.
+                unsafe { l.launch(super::launch_1d(nb * out)) }?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One launch of the scheme's entry for rows `b0 .. b0 + nb` (`nb <= 8`; act-order: the
+    /// gathered rows), then the ordered reduction when outputs have several partial sums.
+    fn launch_chunk(
+        &mut self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        b0: usize,
+        nb: usize,
+        y: &mut cudarc::driver::CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let inp = self.inp;
+        let xin = match &self.xs {
+            Some(xs) => xs.slice(0..nb * inp),
+            None => x.slice(b0 * inp..(b0 + nb) * inp),
+        };
+        let x = &xin;
+        let f = if nb == 1 { &self.f1 } else { &self.f8 };
+        let nbi = nb as i32;
+        let (out32, in32) = (self.out as i32, self.inp as i32);
+        let row_plan = match &self.weight {
+            DevWeight::Hqq { plan, .. }
+            | DevWeight::Fp8 { plan, .. }
+            | DevWeight::Int8 { plan, .. }
+            | DevWeight::Int4 { plan, .. } => Some(*plan),
+            _ => None,
+        };
+        let direct = match (row_plan, self.col) {
+            (Some(p), _) => p.per == 1,
+            (_, Some(c)) => c.slices == 1,
+            _ => true,
+        };
+        let mut part = self.part.slice_mut(..);
+        let mut l = gpu.stream.launch_builder(f);
+        let (seg, team) = row_plan.map_or((0, 0), |p| (p.seg as i32, p.team as i32));
+        let (sr, slices) = self.col.map_or((0, 0), |c| (c.slice_rows as i32, c.slices as i32));
+        macro_rules! target {
+            ($l:expr) => {
+                if direct { $l.arg(&mut *y) } else { $l.arg(&mut part) }
+            };
+        }
+        let cfg = match &self.weight {
+            DevWeight::Hqq { words, scales, zeros, ints, plan } => {
+                match words {
+                    DevWords::U8(w) => l.arg(w),
+                    DevWords::I32(w) => l.arg(w),
+                };
+                push_float(&mut l, scales);
+                push_float(&mut l, zeros);
+                l.arg(x);
+                target!(l);
+                l.arg(&ints[0])
+                    .arg(&ints[1])
+                    .arg(&ints[2])
+                    .arg(&ints[3])
+                    .arg(&in32)
+                    .arg(&seg)
+                    .arg(&team)
+                    .arg(&nbi);
+                plan.launch()
+            }
+            DevWeight::Gptq { qweight, qzeros, scales, g_idx, format } => {
+                l.arg(qweight).arg(qzeros);
+                push_float(&mut l, scales);
+                l.arg(g_idx).arg(x);
+                target!(l);
+                l.arg(&in32).arg(&out32).arg(&sr).arg(format).arg(&nbi);
+                super::launch_2d(self.out / 4, slices as usize)
+            }
+            DevWeight::Awq { qweight, qzeros, scales, group } => {
+                l.arg(qweight).arg(qzeros);
+                push_float(&mut l, scales);
+                l.arg(x);
+                target!(l);
+                l.arg(&in32).arg(&out32).arg(group).arg(&sr).arg(&nbi);
+                super::launch_2d(self.out / 8, slices as usize)
+            }
+            DevWeight::Fp8 { codes, scales, block, plan } => {
+                l.arg(codes).arg(scales).arg(x);
+                target!(l);
+                l.arg(&out32).arg(&in32).arg(&block.0).arg(&block.1).arg(&seg).arg(&team).arg(&nbi);
+                plan.launch()
+            }
+            DevWeight::Int8 { codes, scales, per_row, plan } => {
+                l.arg(codes).arg(scales).arg(x);
+                target!(l);
+                l.arg(&out32).arg(&in32).arg(per_row).arg(&seg).arg(&team).arg(&nbi);
+                plan.launch()
+            }
+            DevWeight::Int4 { packed, scales, zeros, group, plan } => {
+                l.arg(packed).arg(scales).arg(zeros).arg(x);
+                target!(l);
+                l.arg(&out32).arg(&in32).arg(group).arg(&seg).arg(&team).arg(&nbi);
+                plan.launch()
+            }
+        };
+        // SAFETY: the arguments follow the entry's signature (GemvKernel::params; the order is
+        // the one in ptx/*.cu's entry comments), with the element type the entry was chosen
+        // for. `new` validated the weight (every tensor's length against its layout; GPTQ's
+        // g_idx values against the group count before upload) and the plan (segments of whole
+        // chunks inside one output row, slices of whole row blocks dividing K), and
+        // forward_into checked x (nb*in values) and y (nb*out). The skeletons read packed words
+        // below the uploaded lengths, parameters of groups < G, x[b*in + i] for i < in, b < nb,
+        // and write y[b*out + o] (direct) or part[b*per*out + ...] within GEMV_MAX_BATCH*per*out
+        // (its allocated length). Vector loads sit at multiples of their width from
+        // 256-byte-aligned allocations (chunks at multiples of CH words; GPTQ's 4 columns at n %
+        // 4 == 0; x views start at row boundaries, read by scalar loads).
+        unsafe { l.launch(cfg) }?;
+        if direct {
+            return Ok(());
+        }
+        if let Some(p) = row_plan {
+            let mut r = gpu.stream.launch_builder(&self.reduce_rows);
+            let (outs, per) = ((nb * self.out) as i32, p.per as i32);
+            r.arg(&self.part).arg(&mut *y).arg(&outs).arg(&per);
+            // SAFETY: gemv_reduce_rows_f32(const float*, float*, int, int): part holds at least
+            // nb*out*per sums, y's view nb*out; the kernel reads part[o*per + t], writes y[o].
+            unsafe { r.launch(super::launch_1d(nb * self.out)) }?;
+        } else {
+            let mut r = gpu.stream.launch_builder(&self.reduce_cols);
+            r.arg(&self.part).arg(&mut *y).arg(&out32).arg(&slices).arg(&nbi);
+            // SAFETY: gemv_reduce_cols_batched_f32(const float*, float*, int, int, int): part
+            // holds nb*slices*out sums, y's view nb*out; reads part[(b*slices + s)*N + n] and
+            // writes y[b*N + n].
+            unsafe { r.launch(super::launch_1d(nb * self.out)) }?;
+        }
+        Ok(())
+    }
+
+    /// [`forward_into`](Self::forward_into) from and to host slices (uploads `x`, returns `y`).
+    pub fn forward_host(&mut self, gpu: &Gpu, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+        expect("x", batch * self.inp, x.len())?;
+        let xd = gpu.upload(x)?;
+        let mut y = gpu.zeros::<f32>(batch * self.out)?;
+        self.forward_into(gpu, &xd, batch, &mut y)?;
+        gpu.download(&y)
+    }
+}
