@@ -38,6 +38,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=../ptx/common.cuh");
     println!("cargo:rerun-if-changed=../ptx/gemv.cuh");
+    println!("cargo:rerun-if-changed=../ptx/gemm.cuh");
     println!("cargo:rerun-if-changed=cuda_cpu_shim.h");
     b.compile("qk_cuda_emu");
 }

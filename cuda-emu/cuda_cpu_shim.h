@@ -160,10 +160,10 @@ inline void qk_fiber_main() {
 }
 
 // Every lane of the calling thread's warp passes `mine` (at most 64 bytes); once all have,
-// `combine(in, out)` runs once on the 32 slots and each lane gets its `out` slot back.
-template <typename T, typename F>
-inline T qk_warp_collective(const T& mine, F combine) {
-    static_assert(sizeof(T) <= 64, "collective payload");
+// `combine(in, out)` runs once on the 32 slots and each lane gets its `out` slot back as an R.
+template <typename R, typename T, typename F>
+inline R qk_warp_exchange(const T& mine, F combine) {
+    static_assert(sizeof(T) <= 64 && sizeof(R) <= 64, "collective payload");
     QkFiber& f = qk_coop.fibers[qk_coop.current];
     QkWarp& w = qk_coop.warps[f.warp];
     const unsigned lane = f.lane;
@@ -177,9 +177,14 @@ inline T qk_warp_collective(const T& mine, F combine) {
     } else {
         while (w.gen == gen) qk_yield();
     }
-    T r;
-    std::memcpy(&r, w.out[lane], sizeof(T));
+    R r;
+    std::memcpy(&r, w.out[lane], sizeof(R));
     return r;
+}
+
+template <typename T, typename F>
+inline T qk_warp_collective(const T& mine, F combine) {
+    return qk_warp_exchange<T>(mine, combine);
 }
 
 // A value from lane (lane ^ lane_mask); every lane of the warp must take part (mask all ones).
@@ -258,4 +263,69 @@ inline void cpu_launch_coop(qk_dim3 grid, qk_dim3 block, F body) {
                     }
                 }
             }
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 for the warp: D = A B + C with A 16x16
+// (row-major), B 16x8 (K x N) in f16, C and D 16x8 in f32, each lane holding PTX's fragments
+// (gid = lane / 4, tig = lane % 4): a[0] = A[gid][2tig, 2tig+1], a[1] = A[gid+8][same],
+// a[2] = A[gid][2tig+8, +9], a[3] = A[gid+8][2tig+8, +9] (low half first); b[0] = B[2tig,
+// 2tig+1][gid], b[1] = B[2tig+8, +9][gid]; c/d[0,1] = C[gid][2tig, 2tig+1], c/d[2,3] =
+// C[gid+8][same]. The f16 products are exact; the emulation sums them in double and rounds once
+// (the tensor core's internal order and rounding are unspecified; the tests bound the result,
+// they do not compare bits).
+struct QkMmaIn {
+    unsigned a[4], b[2];
+    float c[4];
+};
+struct QkMmaOut {
+    float d[4];
+};
+inline float qk_f16_lo(unsigned v) { return __half2float(__half{(uint16_t)(v & 0xffffu)}); }
+inline float qk_f16_hi(unsigned v) { return __half2float(__half{(uint16_t)(v >> 16)}); }
+inline void qk_mma_16816_emu(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    QkMmaIn mine;
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    std::memcpy(mine.c, c, sizeof mine.c);
+    const QkMmaOut r = qk_warp_exchange<QkMmaOut>(mine, [](unsigned char (*in)[64], unsigned char (*out)[64]) {
+        float A[16][16], B[16][8], C[16][8];
+        for (unsigned l = 0; l < 32; ++l) {
+            QkMmaIn v;
+            std::memcpy(&v, in[l], sizeof v);
+            const unsigned g = l / 4, t = l % 4;
+            A[g][2 * t] = qk_f16_lo(v.a[0]);
+            A[g][2 * t + 1] = qk_f16_hi(v.a[0]);
+            A[g + 8][2 * t] = qk_f16_lo(v.a[1]);
+            A[g + 8][2 * t + 1] = qk_f16_hi(v.a[1]);
+            A[g][2 * t + 8] = qk_f16_lo(v.a[2]);
+            A[g][2 * t + 9] = qk_f16_hi(v.a[2]);
+            A[g + 8][2 * t + 8] = qk_f16_lo(v.a[3]);
+            A[g + 8][2 * t + 9] = qk_f16_hi(v.a[3]);
+            B[2 * t][g] = qk_f16_lo(v.b[0]);
+            B[2 * t + 1][g] = qk_f16_hi(v.b[0]);
+            B[2 * t + 8][g] = qk_f16_lo(v.b[1]);
+            B[2 * t + 9][g] = qk_f16_hi(v.b[1]);
+            C[g][2 * t] = v.c[0];
+            C[g][2 * t + 1] = v.c[1];
+            C[g + 8][2 * t] = v.c[2];
+            C[g + 8][2 * t + 1] = v.c[3];
+        }
+        for (unsigned l = 0; l < 32; ++l) {
+            const unsigned g = l / 4, t = l % 4;
+            const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+            QkMmaOut o;
+            for (int i = 0; i < 4; ++i) {
+                double s = C[rows[i]][cols[i]];
+                for (int k = 0; k < 16; ++k) s += (double)A[rows[i]][k] * (double)B[k][cols[i]];
+                o.d[i] = (float)s;
+            }
+            std::memcpy(out[l], &o, sizeof o);
+        }
+    });
+    std::memcpy(d, r.d, sizeof r.d);
+}
+
+// Two f32 rounded to f16 (nearest even) in one register, `lo` in the low half.
+inline unsigned qk_f16x2(float lo, float hi) {
+    return (unsigned)__float2half_rn(lo).bits | ((unsigned)__float2half_rn(hi).bits << 16);
 }

@@ -12,6 +12,7 @@
 // shift, a logic op, a subtraction and a multiplication, no integer-to-float conversion and no
 // division (the per-word version before spent two divisions on each 8 codes).
 #include "gemv.cuh"
+#include "gemm.cuh"
 
 constexpr int QK_AWQ_ROWS = 8;
 
@@ -161,6 +162,53 @@ QK_AWQ_GEMV_ENTRY(__half, f16, 8)
 QK_AWQ_GEMV_ENTRY(__nv_bfloat16, bf16, 1)
 QK_AWQ_GEMV_ENTRY(__nv_bfloat16, bf16, 8)
 
+// ---- Tensor-core GEMM (gemm.cuh): a lane's weights of column n are rows k, k + 1, k + 8, k + 9
+// of word column n / 8; one group for the four when group_size % 16 == 0.
+template <typename T>
+struct QkAwqGemm {
+    const int* __restrict__ qweight;
+    const int* __restrict__ qzeros;
+    const T* __restrict__ scales;
+    int n_dim, group_size, lg;
+    unsigned magic;
+
+    __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {
+        const unsigned zw = (unsigned)qzeros[(long long)g * (n_dim / 8) + n / 8];
+        *z = qk_u2f((zw >> qk_awq_shift(n & 7)) & 15u, magic);
+        *s = qk_to_f32(scales[(long long)g * n_dim + n]);
+    }
+    __device__ __forceinline__ void weights(int n, int k, float* w) const {
+        const int rows[4] = {k, k + 1, k + 8, k + 9};
+        const int shift = qk_awq_shift(n & 7);
+        float z = 0.0f, s = 0.0f;
+        const bool one = group_size % 16 == 0;
+        if (one) params((int)qk_div((unsigned)k, (unsigned)group_size, lg), n, &z, &s);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned wd = (unsigned)qweight[(long long)rows[i] * (n_dim / 8) + n / 8];
+            if (!one) params((int)qk_div((unsigned)rows[i], (unsigned)group_size, lg), n, &z, &s);
+            w[i] = (qk_u2f((wd >> shift) & 15u, magic) - z) * s;
+        }
+    }
+};
+
+// Entries: awq_gemm_4b_{elem}_m{1,4}(qweight, qzeros, scales, x, y, M, K, N, group_size).
+#define QK_AWQ_GEMM_ENTRY(T, NAME, MT)                                                               \
+    extern "C" __global__ void awq_gemm_4b_##NAME##_m##MT(const int* qweight, const int* qzeros, const T* scales, \
+                                                          const float* x, float* y, int m_dim, int k_dim, int n_dim, \
+                                                          int group_size) {                          \
+        const QkAwqGemm<T> d{qweight, qzeros, scales, n_dim, group_size,                            \
+                             (group_size & (group_size - 1)) == 0 ? __ffs(group_size) - 1 : -1,      \
+                             qk_magic_reg(group_size)};                                              \
+        qk_mma_gemm<QkAwqGemm<T>, MT, 4>(d, x, y, m_dim, n_dim, k_dim);                              \
+    }
+QK_AWQ_GEMM_ENTRY(float, f32, 1)
+QK_AWQ_GEMM_ENTRY(float, f32, 4)
+QK_AWQ_GEMM_ENTRY(__half, f16, 1)
+QK_AWQ_GEMM_ENTRY(__half, f16, 4)
+QK_AWQ_GEMM_ENTRY(__nv_bfloat16, bf16, 1)
+QK_AWQ_GEMM_ENTRY(__nv_bfloat16, bf16, 4)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_AWQ_EMU(T, NAME)                                                                           \
     extern "C" void cpu_awq_dequant_4b_##NAME(const int* qweight, const int* qzeros, const T* scales, T* out, \
@@ -187,4 +235,18 @@ QK_AWQ_GEMV_EMU(__half, f16, 1)
 QK_AWQ_GEMV_EMU(__half, f16, 8)
 QK_AWQ_GEMV_EMU(__nv_bfloat16, bf16, 1)
 QK_AWQ_GEMV_EMU(__nv_bfloat16, bf16, 8)
+#define QK_AWQ_GEMM_EMU(T, NAME, MT)                                                                 \
+    extern "C" void cpu_awq_gemm_4b_##NAME##_m##MT(const int* qweight, const int* qzeros, const T* scales, \
+                                                   const float* x, float* y, int m_dim, int k_dim, int n_dim, \
+                                                   int group_size, unsigned grid, unsigned block) {  \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            awq_gemm_4b_##NAME##_m##MT(qweight, qzeros, scales, x, y, m_dim, k_dim, n_dim, group_size); \
+        });                                                                                          \
+    }
+QK_AWQ_GEMM_EMU(float, f32, 1)
+QK_AWQ_GEMM_EMU(float, f32, 4)
+QK_AWQ_GEMM_EMU(__half, f16, 1)
+QK_AWQ_GEMM_EMU(__half, f16, 4)
+QK_AWQ_GEMM_EMU(__nv_bfloat16, bf16, 1)
+QK_AWQ_GEMM_EMU(__nv_bfloat16, bf16, 4)
 #endif

@@ -62,3 +62,26 @@ __device__ __forceinline__ unsigned qk_magic_reg(int nonneg) { return 0x4b000000
 
 // q (0 <= q < 2^23) as a float, exactly: (2^23 + q) - 2^23, with no integer-to-float conversion.
 __device__ __forceinline__ float qk_u2f(unsigned q, unsigned magic) { return qk_magic(q, magic) - 8388608.0f; }
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// Two f32 rounded to f16 (nearest even) in one register, `lo` in the low half (cvt.rn.f16x2.f32).
+__device__ __forceinline__ unsigned qk_f16x2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// d = A B + c for the warp: mma.sync m16n8k16, f16 inputs, f32 accumulators (fragment layout in
+// cuda-emu/cuda_cpu_shim.h's emulation, which follows the PTX ISA).
+__device__ __forceinline__ void qk_mma_16816(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+}
+#else
+inline void qk_mma_16816(float* d, const unsigned* a, const unsigned* b, const float* c) {
+    qk_mma_16816_emu(d, a, b, c);
+}
+#endif

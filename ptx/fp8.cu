@@ -16,6 +16,7 @@
 // instruction-bound at 40% of bandwidth. Other shapes: one thread per 8 consecutive codes of a
 // row when cols % 8 == 0, else per code.
 #include "gemv.cuh"
+#include "gemm.cuh"
 
 template <int MBITS, int BIAS, bool E4M3>
 __device__ __forceinline__ float qk_fp8_decode(unsigned code) {
@@ -275,6 +276,36 @@ QK_FP8_GEMV(e4m3, 3, 7, true, 8)
 QK_FP8_GEMV(e5m2, 2, 15, false, 1)
 QK_FP8_GEMV(e5m2, 2, 15, false, 8)
 
+// ---- Tensor-core GEMM (gemm.cuh): W[n, k] = decode(code) * scale of its block, each code by
+// the exact bit-construction decode (four a lane per subtile; the GEMM is bound by the mma, not
+// the decode, at these batch sizes).
+template <int MBITS, int BIAS, bool E4M3>
+struct QkFp8Gemm {
+    const unsigned char* __restrict__ codes;
+    const float* __restrict__ scales;
+    int k_dim, br, bc, scols;
+
+    __device__ __forceinline__ void weights(int n, int k, float* w) const {
+        const unsigned char* row = codes + (long long)n * k_dim;
+        const float* srow = scales + (long long)(n / br) * scols;
+        const int at[4] = {k, k + 1, k + 8, k + 9};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(row[at[i]]) * srow[at[i] / bc];
+    }
+};
+
+// Entries: fp8_gemm_{e4m3,e5m2}_m{1,4}(codes, scales f32, x, y, M, K, N, block_rows, block_cols).
+#define QK_FP8_GEMM(FMT, MB, BI, E4, MT)                                                              \
+    extern "C" __global__ void fp8_gemm_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
+                                                      float* y, int m_dim, int k_dim, int n_dim, int br, int bc) { \
+        const QkFp8Gemm<MB, BI, E4> d{codes, scales, k_dim, br, bc, (k_dim + bc - 1) / bc};          \
+        qk_mma_gemm<QkFp8Gemm<MB, BI, E4>, MT, 4>(d, x, y, m_dim, n_dim, k_dim);                      \
+    }
+QK_FP8_GEMM(e4m3, 3, 7, true, 1)
+QK_FP8_GEMM(e4m3, 3, 7, true, 4)
+QK_FP8_GEMM(e5m2, 2, 15, false, 1)
+QK_FP8_GEMM(e5m2, 2, 15, false, 4)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_FP8_EMU(FMT, T, NAME)                                                                      \
     extern "C" void cpu_fp8_dequant_##FMT##_##NAME(const unsigned char* codes, const float* scales, T* out, int rows, \
@@ -295,4 +326,15 @@ QK_FP8_GEMV_EMU(e4m3, 1)
 QK_FP8_GEMV_EMU(e4m3, 8)
 QK_FP8_GEMV_EMU(e5m2, 1)
 QK_FP8_GEMV_EMU(e5m2, 8)
+#define QK_FP8_GEMM_EMU(FMT, MT)                                                                      \
+    extern "C" void cpu_fp8_gemm_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
+                                               float* y, int m_dim, int k_dim, int n_dim, int br, int bc, \
+                                               unsigned grid, unsigned block) {                      \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block),                                                  \
+                        [&] { fp8_gemm_##FMT##_m##MT(codes, scales, x, y, m_dim, k_dim, n_dim, br, bc); }); \
+    }
+QK_FP8_GEMM_EMU(e4m3, 1)
+QK_FP8_GEMM_EMU(e4m3, 4)
+QK_FP8_GEMM_EMU(e5m2, 1)
+QK_FP8_GEMM_EMU(e5m2, 4)
 #endif

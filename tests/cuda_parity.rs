@@ -308,9 +308,10 @@ fn fp8_dequant_matches_the_cpu_reference() {
     }
 }
 
-/// `DeviceQuantLinear` (the fused GEMV family, every scheme and width) against the f64 product
-/// of the scheme's dequantization oracle, for batches of 1, 3, 8 and 11 (two passes) rows, plus
-/// bias where the layer has one.
+/// `DeviceQuantLinear` (the fused GEMV family, every scheme and width; the tensor-core GEMM from
+/// 16 rows where the scheme has one) against the f64 product of the scheme's dequantization
+/// oracle, for batches of 1, 3, 8, 11 (two GEMV passes), 16, 40 and 70 rows, plus bias where the
+/// layer has one. The GEMV within 1e-5 of sum |w x|; the GEMM within gemm.cuh's f16 bound.
 fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
     let (out, inp) = w.shape();
     let mut dense = vec![0f32; out * inp];
@@ -323,7 +324,8 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
     };
     let mut layer = cuda::DeviceQuantLinear::new(gpu, &w).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut rng = Rng(out as u64 * 13 + inp as u64);
-    for batch in [1usize, 3, 8, 11] {
+    let gemm = layer.has_gemm();
+    for batch in [1usize, 3, 8, 11, 16, 40, 70] {
         let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         let got = layer.forward_host(gpu, &x, batch).unwrap();
         let (mut want, mut scale) = (Vec::new(), Vec::new());
@@ -338,7 +340,17 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
                 );
             }
         }
-        close(&got, &want, &scale, &format!("{what} batch {batch}"));
+        if gemm && batch >= cuda::GEMM_MIN_BATCH {
+            let u = 2f64.powi(-11);
+            let xmax = x.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
+            for (i, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                let bound =
+                    (2.0 * u + u * u + inp as f64 * 2f64.powi(-24)) * s + inp as f64 * 2f64.powi(-25) * xmax;
+                assert!((*g as f64 - w).abs() <= bound, "{what} gemm batch {batch} [{i}]: {g} vs {w}");
+            }
+        } else {
+            close(&got, &want, &scale, &format!("{what} batch {batch}"));
+        }
     }
 }
 

@@ -155,6 +155,12 @@ pub trait EmuElem: Copy + Default {
     const GPTQ_QGEMV: [[qgemv::GptqEntry<Self::Raw>; 2]; 4];
     /// `awq_gemv_4b_{elem}_b{1,8}`.
     const AWQ_QGEMV: [qgemv::AwqEntry<Self::Raw>; 2];
+    /// `hqq_gemm_{4,8}b_{elem}_m{1,4}`.
+    const HQQ_GEMM: [[qgemm::HqqEntry<Self::Raw>; 2]; 2];
+    /// `gptq_gemm_{4,8}b_{elem}_m{1,4}`.
+    const GPTQ_GEMM: [[qgemm::GptqEntry<Self::Raw>; 2]; 2];
+    /// `awq_gemm_4b_{elem}_m{1,4}`.
+    const AWQ_GEMM: [qgemm::AwqEntry<Self::Raw>; 2];
 }
 
 /// Declares C launchers that share one signature: `name = "link prefix"` becomes
@@ -399,6 +405,70 @@ macro_rules! emu_elem {
             );
             externs!(
                 $sfx,
+                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, u32, u32),
+                [hqq_m4_1 = "cpu_hqq_gemm_4b_", hqq_m8_1 = "cpu_hqq_gemm_8b_"],
+                "_m1"
+            );
+            externs!(
+                $sfx,
+                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, u32, u32),
+                [hqq_m4_4 = "cpu_hqq_gemm_4b_", hqq_m8_4 = "cpu_hqq_gemm_8b_"],
+                "_m4"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const i32,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [gptq_m4_1 = "cpu_gptq_gemm_4b_", gptq_m8_1 = "cpu_gptq_gemm_8b_"],
+                "_m1"
+            );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const i32,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [gptq_m4_4 = "cpu_gptq_gemm_4b_", gptq_m8_4 = "cpu_gptq_gemm_8b_"],
+                "_m4"
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32),
+                [awq_m_1 = "cpu_awq_gemm_4b_"],
+                "_m1"
+            );
+            externs!(
+                $sfx,
+                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32),
+                [awq_m_4 = "cpu_awq_gemm_4b_"],
+                "_m4"
+            );
+            externs!(
+                $sfx,
                 (*const u8, *const f32, *mut R, i32, i32, i32, i32, u32, u32),
                 [fp8_e4m3 = "cpu_fp8_dequant_e4m3_", fp8_e5m2 = "cpu_fp8_dequant_e5m2_"]
             );
@@ -433,6 +503,11 @@ macro_rules! emu_elem {
                 [$m::gptq_q8_1, $m::gptq_q8_8],
             ];
             const AWQ_QGEMV: [qgemv::AwqEntry<$raw>; 2] = [$m::awq_q_1, $m::awq_q_8];
+            const HQQ_GEMM: [[qgemm::HqqEntry<$raw>; 2]; 2] =
+                [[$m::hqq_m4_1, $m::hqq_m4_4], [$m::hqq_m8_1, $m::hqq_m8_4]];
+            const GPTQ_GEMM: [[qgemm::GptqEntry<$raw>; 2]; 2] =
+                [[$m::gptq_m4_1, $m::gptq_m4_4], [$m::gptq_m8_1, $m::gptq_m8_4]];
+            const AWQ_GEMM: [qgemm::AwqEntry<$raw>; 2] = [$m::awq_m_1, $m::awq_m_4];
         }
     };
 }
@@ -777,4 +852,5 @@ pub fn fp8_dequant<T: EmuElem>(
     };
     out.into_vec().into_iter().map(T::from_raw).collect()
 }
+pub mod qgemm;
 pub mod qgemv;

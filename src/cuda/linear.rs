@@ -17,6 +17,27 @@ pub const GEMV_MAX_BATCH: usize = 8;
 /// Threads per block of the row skeleton's launches (8 warps).
 const ROW_BLOCK: usize = 256;
 
+/// The smallest batch [`DeviceQuantLinear`] multiplies on tensor cores (where the scheme has a
+/// GEMM); smaller ones run the GEMV in passes of up to 8 rows.
+pub const GEMM_MIN_BATCH: usize = 16;
+
+/// Rows per GEMM launch of an act-order layer (its inputs are gathered into scratch first).
+const GEMM_CHUNK: usize = 64;
+
+/// Threads per block of the GEMM (4 warps, each a tile of up to 64 rows x 32 outputs).
+const GEMM_BLOCK: usize = 128;
+
+/// The GEMM launch for `m` rows: a warp per tile of (16 or 64) rows x 32 outputs.
+fn gemm_launch(m: usize, n: usize, mt: usize) -> LaunchConfig {
+    let tiles = n.div_ceil(32) * m.div_ceil(16 * mt);
+    let blocks = tiles.div_ceil(GEMM_BLOCK / 32).clamp(1, 1 << 20);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (GEMM_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -81,6 +102,28 @@ impl GemvKernel {
             GemvKernel::Fp8(Fp8Format::E5M2) => format!("fp8_gemv_e5m2_{m}"),
             GemvKernel::Int8 => format!("int8_gemv_{m}"),
             GemvKernel::Int4 => format!("int4_gemv_{m}"),
+        }
+    }
+
+    /// The tensor-core GEMM entry for tiles of `mt` x 16 rows (1 or 4), for the schemes that
+    /// have one: 4- and 8-bit HQQ and GPTQ, AWQ, FP8.
+    pub fn gemm_entry(self, mt: usize) -> Option<String> {
+        let m = if mt == 1 { "m1" } else { "m4" };
+        match self {
+            GemvKernel::Hqq(b @ (4 | 8), t) => Some(format!("hqq_gemm_{b}b_{}_{m}", elem_name(t))),
+            GemvKernel::Gptq(b @ (4 | 8), t) => Some(format!("gptq_gemm_{b}b_{}_{m}", elem_name(t))),
+            GemvKernel::Awq(t) => Some(format!("awq_gemm_4b_{}_{m}", elem_name(t))),
+            GemvKernel::Fp8(Fp8Format::E4M3) => Some(format!("fp8_gemm_e4m3_{m}")),
+            GemvKernel::Fp8(Fp8Format::E5M2) => Some(format!("fp8_gemm_e5m2_{m}")),
+            _ => None,
+        }
+    }
+
+    /// The GEMM entry's parameter count.
+    pub fn gemm_params(self) -> usize {
+        match self {
+            GemvKernel::Hqq(..) | GemvKernel::Gptq(..) => 11,
+            _ => 9,
         }
     }
 
@@ -296,6 +339,10 @@ pub struct DeviceQuantLinear {
     reduce_cols: CudaFunction,
     add_bias: CudaFunction,
     gather: CudaFunction,
+    /// The tensor-core GEMM entries (16- and 64-row tiles), where the scheme and shape have one.
+    gemm: Option<[CudaFunction; 2]>,
+    /// GPTQ: every aligned 16 rows of the (sorted) g_idx share a group.
+    one_group: i32,
 }
 
 fn bias_f32(w: &QuantWeight) -> Option<Vec<f32>> {
@@ -454,6 +501,31 @@ impl DeviceQuantLinear {
             .find(|(k, _)| *k == kernel)
             .map(|(_, f)| f)
             .ok_or(Error::Cuda(CudaError::NoKernel("this width and element type")))?;
+        let gemm_ok = out.is_multiple_of(8)
+            && inp.is_multiple_of(16)
+            && match (&weight, w) {
+                (DevWeight::Hqq { ints, .. }, QuantWeight::Hqq(h)) => {
+                    let words = h.packed.packed_rows() * h.packed.cols;
+                    ints[1] % 16 == 0 && words.is_multiple_of(16) && matches!(h.packed.bits.get(), 4 | 8)
+                }
+                _ => true,
+            };
+        let gemm = match (gemm_ok, kernel.gemm_entry(1), kernel.gemm_entry(4)) {
+            (true, Some(e1), Some(e4)) => Some([gpu.function(file, &e1)?, gpu.function(file, &e4)?]),
+            _ => None,
+        };
+        let one_group = match w {
+            QuantWeight::Gptq(l) => {
+                let rows = crate::gptq::groups_of_rows(&l.layout, l.g_idx.as_deref())?;
+                let mut sorted = rows.clone();
+                if perm.is_some() {
+                    sorted.sort_unstable();
+                }
+                i32::from(sorted.chunks(16).all(|c| c.iter().all(|&g| g == c[0])))
+            }
+            _ => 0,
+        };
+        let xs_rows = if gemm.is_some() { GEMM_CHUNK } else { GEMV_MAX_BATCH };
         let part_len = match (&weight, col) {
             (_, Some(c)) if c.slices > 1 => GEMV_MAX_BATCH * c.slices * out,
             (
@@ -473,7 +545,7 @@ impl DeviceQuantLinear {
             f1: gpu.function(file, &kernel.entry(1))?,
             f8: gpu.function(file, &kernel.entry(8))?,
             bias: bias_f32(w).map(|b| gpu.upload(&b)).transpose()?,
-            xs: if perm.is_some() { Some(gpu.zeros(GEMV_MAX_BATCH * inp)?) } else { None },
+            xs: if perm.is_some() { Some(gpu.zeros(xs_rows * inp)?) } else { None },
             perm,
             part: gpu.zeros(part_len.max(1))?,
             weight,
@@ -481,6 +553,8 @@ impl DeviceQuantLinear {
             reduce_cols: gpu.function(PtxFile::Gemv, "gemv_reduce_cols_batched_f32")?,
             add_bias: gpu.function(PtxFile::Gemv, "add_bias_f32")?,
             gather: gpu.function(PtxFile::Gemv, super::GATHER)?,
+            gemm,
+            one_group,
         })
     }
 
@@ -500,7 +574,9 @@ impl DeviceQuantLinear {
     }
 
     /// `y[b] = W x[b] (+ bias)` for `batch` rows: `x` holds `batch * in` values, `y` `batch *
-    /// out`. Asynchronous on `gpu`'s stream; no allocation.
+    /// out`. Batches of [`GEMM_MIN_BATCH`] rows or more run the tensor-core GEMM where the layer
+    /// has one ([`has_gemm`](Self::has_gemm)), else the GEMV in passes of up to 8 rows.
+    /// Asynchronous on `gpu`'s stream; no allocation.
     pub fn forward_into(
         &mut self,
         gpu: &Gpu,
@@ -510,23 +586,22 @@ impl DeviceQuantLinear {
     ) -> Result<()> {
         expect("x", batch * self.inp, x.len())?;
         expect("y", batch * self.out, y.len())?;
-        let (inp, out) = (self.inp, self.out);
-        for b0 in (0..batch).step_by(GEMV_MAX_BATCH) {
-            let nb = GEMV_MAX_BATCH.min(batch - b0);
-            if let (Some(perm), Some(xs)) = (&self.perm, &mut self.xs) {
-                for b in 0..nb {
-                    let src = x.slice((b0 + b) * inp..(b0 + b + 1) * inp);
-                    let mut dst = xs.slice_mut(b * inp..(b + 1) * inp);
-                    let mut l = gpu.stream.launch_builder(&self.gather);
-                    let k = to_i32("K", inp)?;
-                    l.arg(&src).arg(&perm.buf).arg(&mut dst).arg(&k);
-                    // SAFETY: gather_f32(const float*, const int*, float*, int): src and dst
-                    // views hold K values, perm K indices checked to be a permutation of 0..K.
-                    unsafe { l.launch(super::launch_1d(inp)) }?;
-                }
-            }
+        let out = self.out;
+        let gemm = self.gemm.is_some() && batch >= GEMM_MIN_BATCH;
+        let step = match (gemm, self.perm.is_some()) {
+            (true, true) => GEMM_CHUNK,
+            (true, false) => batch,
+            (false, _) => GEMV_MAX_BATCH,
+        };
+        for b0 in (0..batch).step_by(step.max(1)) {
+            let nb = step.min(batch - b0);
+            self.gather_rows(gpu, x, b0, nb)?;
             let mut yv = y.slice_mut(b0 * out..(b0 + nb) * out);
-            self.launch_chunk(gpu, x, b0, nb, &mut yv)?;
+            if gemm {
+                self.launch_gemm(gpu, x, b0, nb, &mut yv)?;
+            } else {
+                self.launch_chunk(gpu, x, b0, nb, &mut yv)?;
+            }
             if let Some(bias) = &self.bias {
                 let (o, t) = (to_i32("out", out)?, to_i32("outputs", nb * out)?);
                 let mut l = gpu.stream.launch_builder(&self.add_bias);
@@ -536,6 +611,93 @@ impl DeviceQuantLinear {
                 unsafe { l.launch(super::launch_1d(nb * out)) }?;
             }
         }
+        Ok(())
+    }
+
+    /// Whether batches of [`GEMM_MIN_BATCH`] rows or more run on tensor cores: 4- and 8-bit
+    /// HQQ (packed columns and words multiples of 16) and GPTQ, AWQ and FP8, with `in % 16 ==
+    /// 0` and `out % 8 == 0`.
+    pub fn has_gemm(&self) -> bool {
+        self.gemm.is_some()
+    }
+
+    /// Act-order layers: rows `b0 .. b0 + nb` of `x` in the sorted layer's input order, into the
+    /// scratch rows `0 .. nb`.
+    fn gather_rows(&mut self, gpu: &Gpu, x: &CudaSlice<f32>, b0: usize, nb: usize) -> Result<()> {
+        let inp = self.inp;
+        let (Some(perm), Some(xs)) = (&self.perm, &mut self.xs) else { return Ok(()) };
+        let k = to_i32("K", inp)?;
+        for b in 0..nb {
+            let src = x.slice((b0 + b) * inp..(b0 + b + 1) * inp);
+            let mut dst = xs.slice_mut(b * inp..(b + 1) * inp);
+            let mut l = gpu.stream.launch_builder(&self.gather);
+            l.arg(&src).arg(&perm.buf).arg(&mut dst).arg(&k);
+            // SAFETY: gather_f32(const float*, const int*, float*, int): the src and dst views
+            // hold K values (dst within the scratch: nb <= its rows), perm K indices checked to
+            // be a permutation of 0..K.
+            unsafe { l.launch(super::launch_1d(inp)) }?;
+        }
+        Ok(())
+    }
+
+    /// The tensor-core GEMM over rows `b0 .. b0 + nb` (act-order: the gathered rows) into `y`.
+    fn launch_gemm(
+        &mut self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        b0: usize,
+        nb: usize,
+        y: &mut cudarc::driver::CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let Some(fs) = &self.gemm else { return Ok(()) };
+        let inp = self.inp;
+        let xin = match &self.xs {
+            Some(xs) => xs.slice(0..nb * inp),
+            None => x.slice(b0 * inp..(b0 + nb) * inp),
+        };
+        let mt = if nb <= 16 { 1 } else { 4 };
+        let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
+        let mut l = gpu.stream.launch_builder(&fs[usize::from(mt == 4)]);
+        match &self.weight {
+            DevWeight::Hqq { words: DevWords::U8(w), scales, zeros, ints, .. } => {
+                l.arg(w);
+                push_float(&mut l, scales);
+                push_float(&mut l, zeros);
+                l.arg(&xin).arg(&mut *y).arg(&m).arg(&k).arg(&n).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]);
+            }
+            DevWeight::Gptq { qweight, qzeros, scales, g_idx, format } => {
+                l.arg(qweight).arg(qzeros);
+                push_float(&mut l, scales);
+                l.arg(g_idx).arg(&xin).arg(&mut *y).arg(&m).arg(&k).arg(&n).arg(format).arg(&self.one_group);
+            }
+            DevWeight::Awq { qweight, qzeros, scales, group } => {
+                l.arg(qweight).arg(qzeros);
+                push_float(&mut l, scales);
+                l.arg(&xin).arg(&mut *y).arg(&m).arg(&k).arg(&n).arg(group);
+            }
+            DevWeight::Fp8 { codes, scales, block, .. } => {
+                l.arg(codes)
+                    .arg(scales)
+                    .arg(&xin)
+                    .arg(&mut *y)
+                    .arg(&m)
+                    .arg(&k)
+                    .arg(&n)
+                    .arg(&block.0)
+                    .arg(&block.1);
+            }
+            _ => return Err(Error::Cuda(CudaError::NoKernel("a tensor-core GEMM of this scheme"))),
+        }
+        // SAFETY: the arguments follow the GEMM entry's signature (GemvKernel::gemm_params, in
+        // the order of ptx/*.cu's gemm entry comments) for the element type it was chosen for.
+        // `new` validated the weight and took the GEMM only when K % 16 == 0 and N % 8 == 0
+        // (HQQ: packed columns and words multiples of 16, 4 or 8 bits, so a lane's four weights
+        // share a 16-aligned block of one plane). The kernel reads x[r*K + c] for r < nb, c < K
+        // (the view holds nb*K) as 2-float vectors at even offsets of 256-byte-aligned
+        // allocations, weights and parameters within the uploaded tensors (GPTQ groups from the
+        // validated g_idx; one_group was computed from it), and writes y[r*N + n] for r < nb,
+        // n < N: the view's nb*out values.
+        unsafe { l.launch(gemm_launch(nb, self.out, mt)) }?;
         Ok(())
     }
 

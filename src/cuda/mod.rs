@@ -43,7 +43,7 @@ mod linear;
 
 pub use cudarc::driver::CudaSlice as DeviceBuffer;
 pub use cudarc::driver::DeviceRepr;
-pub use linear::{ColPlan, DeviceQuantLinear, GEMV_MAX_BATCH, GemvKernel, RowPlan};
+pub use linear::{ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMV_MAX_BATCH, GemvKernel, RowPlan};
 
 /// The PTX files compiled from `ptx/*.cu` (NVRTC 12.4, `compute_80`), embedded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,10 +81,11 @@ impl PtxFile {
 
     /// The kernel entries this crate launches from the file, with their parameter counts.
     pub fn entries(self) -> Vec<(String, usize)> {
-        let gemvs = GemvKernel::all()
-            .into_iter()
-            .filter(|(_, f)| *f == self)
-            .flat_map(|(k, _)| [(k.entry(1), k.params()), (k.entry(8), k.params())]);
+        let gemvs = GemvKernel::all().into_iter().filter(|(_, f)| *f == self).flat_map(|(k, _)| {
+            let gemm =
+                [1, 4].into_iter().filter_map(move |mt| k.gemm_entry(mt).map(|e| (e, k.gemm_params())));
+            [(k.entry(1), k.params()), (k.entry(8), k.params())].into_iter().chain(gemm)
+        });
         let named: Vec<(&'static str, usize)> = match self {
             PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
             PtxFile::Gptq => GPTQ_DEQUANT.iter().flatten().map(|&name| (name, GPTQ_DEQUANT_PARAMS)).collect(),

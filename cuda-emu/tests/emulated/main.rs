@@ -7,4 +7,5 @@ mod fp8;
 mod gemv;
 mod gptq;
 mod hqq;
+mod qgemm;
 mod qgemv;
