@@ -107,6 +107,7 @@ QK_AWQ(__nv_bfloat16, bf16)
 template <typename T>
 struct QkAwqGemv {
     static constexpr int VC = 8, ROWS = 1;
+    static constexpr bool sorted = true;  // group k / group_size
     const int* __restrict__ qweight;
     const int* __restrict__ qzeros;
     const T* __restrict__ scales;

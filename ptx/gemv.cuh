@@ -25,6 +25,21 @@ __device__ __forceinline__ float qk_team_sum(float v, int team) {
 // t / d for t >= 0, as a shift when d = 2^lg (lg >= 0).
 __device__ __forceinline__ unsigned qk_div(unsigned t, unsigned d, int lg) { return lg >= 0 ? t >> lg : t / d; }
 
+// N floats of x as aligned vectors: the skeletons' chunk offsets are multiples of their chunk
+// (8 or 16 floats; 2 for 3-bit HQQ) from 256-byte-aligned rows whose length is a multiple of it.
+// N = 2 (3-bit HQQ's two-word chunks): one 8-byte vector.
+template <int N>
+__device__ __forceinline__ void qk_load_xs(const float* __restrict__ x, float* v) {
+    constexpr int V = N % 4 == 0 ? 4 : 2;
+    static_assert(N % V == 0, "x chunk");
+#pragma unroll
+    for (int i = 0; i < N; i += V) {
+        const QkVec<float, V> q = *reinterpret_cast<const QkVec<float, V>*>(x + i);
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[i + k] = q.v[k];
+    }
+}
+
 // acc[b] += s * (sum_i q[i] x_b[i] - z * sum_i x_b[i]) for b < nb, x_b = x + b * stride, N codes.
 template <int N, int MAXB>
 __device__ __forceinline__ void qk_dot_group(const float* q, const float* __restrict__ x, int stride, int nb,
@@ -32,13 +47,13 @@ __device__ __forceinline__ void qk_dot_group(const float* q, const float* __rest
 #pragma unroll
     for (int b = 0; b < MAXB; ++b) {
         if (b >= nb) break;
-        const float* xb = x + (long long)b * stride;
+        float xv[N];
+        qk_load_xs<N>(x + (long long)b * stride, xv);
         float d = 0.0f, sx = 0.0f;
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-            const float xi = xb[i];
-            d = __fmaf_rn(q[i], xi, d);
-            sx = sx + xi;
+            d = __fmaf_rn(q[i], xv[i], d);
+            sx = sx + xv[i];
         }
         acc[b] = acc[b] + s * (d - z * sx);
     }
@@ -51,10 +66,11 @@ __device__ __forceinline__ void qk_dot_scale(const float* q, const float* __rest
 #pragma unroll
     for (int b = 0; b < MAXB; ++b) {
         if (b >= nb) break;
-        const float* xb = x + (long long)b * stride;
+        float xv[N];
+        qk_load_xs<N>(x + (long long)b * stride, xv);
         float d = 0.0f;
 #pragma unroll
-        for (int i = 0; i < N; ++i) d = __fmaf_rn(q[i], xb[i], d);
+        for (int i = 0; i < N; ++i) d = __fmaf_rn(q[i], xv[i], d);
         acc[b] = acc[b] + s * d;
     }
 }
@@ -66,10 +82,11 @@ __device__ __forceinline__ void qk_dot_plain(const float* w, const float* __rest
 #pragma unroll
     for (int b = 0; b < MAXB; ++b) {
         if (b >= nb) break;
-        const float* xb = x + (long long)b * stride;
+        float xv[N];
+        qk_load_xs<N>(x + (long long)b * stride, xv);
         float d = acc[b];
 #pragma unroll
-        for (int i = 0; i < N; ++i) d = __fmaf_rn(w[i], xb[i], d);
+        for (int i = 0; i < N; ++i) d = __fmaf_rn(w[i], xv[i], d);
         acc[b] = d;
     }
 }
@@ -150,6 +167,8 @@ __device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restric
 //                             block of ROWS rows (k a multiple of ROWS);
 //   d.row(k, n, q)            q[c]: the codes of row k alone;
 //   d.group(k)                row k's group (rows in any order; sorted rows switch rarely);
+//   d.sorted                  groups never decrease with k (then a slice whose first and last
+//                             rows share a group is one group: no per-block checks);
 //   d.params(g, n, z, s)      group g's zero points and scales of columns n .. n + VC.
 // A thread sums q x and x within a run of rows of one group and folds s (sum q x - z sum x) into
 // its total when the group changes. A block of rows in the current group (the common case) runs
@@ -174,23 +193,32 @@ __device__ __forceinline__ void qk_col_gemv(const Dec& d, const float* __restric
             }
             int cur = d.group(k0);
             d.params(cur, n, z, s);
+            const bool one = d.sorted && d.group(k0 + slice_rows - 1) == cur;  // uniform
 #pragma unroll 1
             for (int kb = k0; kb < k0 + slice_rows; kb += R) {
                 bool same = true;
+                if (!one) {
 #pragma unroll
-                for (int r = 0; r < R; ++r) same &= d.group(kb + r) == cur;
+                    for (int r = 0; r < R; ++r) same &= d.group(kb + r) == cur;
+                }
                 if (same) {
                     float q[R][VC];
                     d.codes(kb, n, q);
 #pragma unroll
-                    for (int r = 0; r < R; ++r) {
+                    for (int b = 0; b < MAXB; ++b) {
+                        if (b >= nb) break;
+                        float xv[R];
+                        if constexpr (R % 4 == 0) {
+                            qk_load_xs<R>(x + (long long)b * k_dim + kb, xv);
+                        } else {
 #pragma unroll
-                        for (int b = 0; b < MAXB; ++b) {
-                            if (b >= nb) break;
-                            const float xk = x[(long long)b * k_dim + kb + r];
-                            sx[b] = sx[b] + xk;
+                            for (int r = 0; r < R; ++r) xv[r] = x[(long long)b * k_dim + kb + r];
+                        }
 #pragma unroll
-                            for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xk, dq[c][b]);
+                        for (int r = 0; r < R; ++r) {
+                            sx[b] = sx[b] + xv[r];
+#pragma unroll
+                            for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xv[r], dq[c][b]);
                         }
                     }
                     continue;

@@ -223,10 +223,11 @@ struct QkGptqGemv {
     const T* __restrict__ scales;
     const int* __restrict__ g_idx;
     int n_dim, format;
+    bool sorted;
     unsigned magic;
 
     __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
-        const int* wp = qweight + (long long)(k / ROWS * WORDS) * n_dim + n;
+        const int* wp = qweight + ((unsigned long long)((unsigned)k / ROWS * WORDS) * (unsigned)n_dim + (unsigned)n);
         unsigned w[VC][WORDS + 1];
 #pragma unroll
         for (int i = 0; i < WORDS; ++i) {
@@ -274,12 +275,13 @@ template <int BITS, typename T, int MAXB>
 __device__ __forceinline__ void gptq_gemv(const int* qweight, const int* qzeros, const T* scales, const int* g_idx,
                                           const float* x, float* part, int k_dim, int n_dim, int slice_rows,
                                           int format, int nb) {
-    const QkGptqGemv<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format)};
+    const QkGptqGemv<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format & 1, (format & 2) != 0,
+                                qk_magic_reg(format)};
     qk_col_gemv<QkGptqGemv<BITS, T>, MAXB>(d, x, part, k_dim, n_dim, slice_rows, nb);
 }
 
 // Entry points: gptq_gemv_{bits}b_{elem}_b{1,8}(qweight, qzeros, scales, g_idx, x, part, K, N,
-// slice_rows, format, nb).
+// slice_rows, format, nb); format bit 0: v2 zeros, bit 1: g_idx never decreases (sorted).
 #define QK_GPTQ_GEMV_ENTRY(BITS, T, NAME, MAXB)                                                      \
     extern "C" __global__ void gptq_gemv_##BITS##b_##NAME##_b##MAXB(                                 \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x,    \

@@ -164,21 +164,22 @@ QK_HQQ_DEQUANT_ALL_ELEMS(1, 8, unsigned char)
 
 // ---- Fused GEMV (gemv.cuh's row skeleton): y[b] = W x[b], W the [out, in] weight whose flat
 // elements the code matrix holds (HQQ's flat order). A packed word's P codes are the same word
-// position t in each plane: flat weights j * words + t (planar). A chunk is CH words (8 bytes: two
-// 32-bit registers); its codes become exact floats (qk_u2f). Axis 1 (a zero/scale per code row of
+// position t in each plane: flat weights j * words + t (planar). A chunk is CH words (BYTES = 8
+// or 16 bytes: two or four 32-bit registers); its codes become exact floats (qk_u2f). Axis 1 (a zero/scale per code row of
 // `cols` words, one per chunk: the launcher requires cols % CH == 0) factors the group out of
 // the chunk's sum; axis 0
 // (a zero/scale per column, so per word) applies them per weight. Padding planes past the code
 // rows (3-bit) are skipped: the skeleton never writes their sums.
-template <int BITS, typename W, typename T>
+template <int BITS, typename W, typename T, int BYTES>
 struct QkHqqGemv {
     static constexpr bool PLANAR = true;
     static constexpr int P = BITS == 3 ? 10 : 8 / BITS;
-    static constexpr int CH = 8 / (int)sizeof(W);
+    static constexpr int CH = BYTES / (int)sizeof(W), NR = BYTES / 4;
     const W* __restrict__ packed;
     const T* __restrict__ scales;
     const T* __restrict__ zeros;
     int rows, cols, prows, axis, lg;
+    bool same_x;  // words % in == 0: plane j's flat offset j * words is whole rows
     unsigned magic;
 
     // Plane j of word i of the chunk in registers r (first plane in the highest bits).
@@ -191,10 +192,41 @@ struct QkHqqGemv {
     __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
                                         int nb, float (*acc)[MAXB]) const {
         const int t = t0 + c;
-        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
-        const unsigned r[2] = {v.v[0], v.v[1]};
-        // The launcher makes cols a multiple of CH, so the chunk lies in one packed row.
-        if (axis == 1) {
+        const QkVec<unsigned, NR> v = *reinterpret_cast<const QkVec<unsigned, NR>*>(packed + t);
+        unsigned r[NR];
+#pragma unroll
+        for (int i = 0; i < NR; ++i) r[i] = v.v[i];
+        // cols % CH == 0 (the launcher's rule, or the 16-byte choice below): the chunk lies in
+        // one packed row.
+        if (axis == 1 && same_x) {
+            // Every plane meets the same inputs (the planes are whole rows): x and its sum are
+            // read once for all of them.
+            const int r0 = (int)qk_div((unsigned)t, (unsigned)cols, lg);
+            float z[P], s[P];
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                const int row = j * prows + r0;
+                const bool in = BITS != 3 || row < rows;  // 3-bit padding planes: never written
+                z[j] = in ? qk_to_f32(zeros[row]) : 0.0f;
+                s[j] = in ? qk_to_f32(scales[row]) : 0.0f;
+            }
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) {
+                if (b >= nb) break;
+                float xv[CH];
+                qk_load_xs<CH>(x + (long long)b * in_dim + xc[0], xv);
+                float sx = 0.0f;
+#pragma unroll
+                for (int i = 0; i < CH; ++i) sx = sx + xv[i];
+#pragma unroll
+                for (int j = 0; j < P; ++j) {
+                    float d = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < CH; ++i) d = __fmaf_rn(code(r, i, j), xv[i], d);
+                    acc[j][b] = acc[j][b] + s[j] * (d - z[j] * sx);
+                }
+            }
+        } else if (axis == 1) {
             const int r0 = (int)qk_div((unsigned)t, (unsigned)cols, lg);
 #pragma unroll
             for (int j = 0; j < P; ++j) {
@@ -225,13 +257,38 @@ struct QkHqqGemv {
     }
 };
 
+template <int BITS, typename W, typename T, int MAXB, int BYTES>
+__device__ __forceinline__ void hqq_gemv_chunks(const W* packed, const T* scales, const T* zeros, const float* x,
+                                                float* part, int rows, int cols, int prows, int axis, int in_dim,
+                                                int seg, int team, int nb) {
+    using D = QkHqqGemv<BITS, W, T, BYTES>;
+    const D d{packed,
+              scales,
+              zeros,
+              rows,
+              cols,
+              prows,
+              axis,
+              (cols & (cols - 1)) == 0 ? __ffs(cols) - 1 : -1,
+              (long long)prows * cols % in_dim == 0,
+              qk_magic_reg(rows)};
+    qk_row_gemv<D, MAXB>(d, x, part, prows * cols, (long long)rows * cols, in_dim, seg, team, nb);
+}
+
+// Batch 1 takes 16-byte chunks where the packed columns and the segment allow (halving the
+// per-chunk work per weight: group parameters, indices, the loop), else 8-byte ones (the
+// launcher's rule); batches of up to 8 spend 8 multiply-adds per weight and keep 8 bytes.
 template <int BITS, typename W, typename T, int MAXB>
 __device__ __forceinline__ void hqq_gemv(const W* packed, const T* scales, const T* zeros, const float* x,
                                          float* part, int rows, int cols, int prows, int axis, int in_dim, int seg,
                                          int team, int nb) {
-    QkHqqGemv<BITS, W, T> d{packed, scales, zeros, rows, cols, prows, axis,
-                            (cols & (cols - 1)) == 0 ? __ffs(cols) - 1 : -1, qk_magic_reg(rows)};
-    qk_row_gemv<QkHqqGemv<BITS, W, T>, MAXB>(d, x, part, prows * cols, (long long)rows * cols, in_dim, seg, team, nb);
+    constexpr int WIDE = 16 / (int)sizeof(W);
+    if (MAXB == 1 && cols % WIDE == 0 && seg % WIDE == 0)
+        hqq_gemv_chunks<BITS, W, T, MAXB, 16>(packed, scales, zeros, x, part, rows, cols, prows, axis, in_dim, seg,
+                                              team, nb);  // a team wider than the chunks: idle lanes add 0
+    else
+        hqq_gemv_chunks<BITS, W, T, MAXB, 8>(packed, scales, zeros, x, part, rows, cols, prows, axis, in_dim, seg,
+                                             team, nb);
 }
 
 // Entry points: hqq_gemv_{bits}b_{elem}_b{1,8}(packed, scales, zeros, x, part, rows, cols, prows,

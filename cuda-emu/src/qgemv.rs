@@ -434,6 +434,8 @@ pub fn gptq_gemv<T: EmuElem>(
     let s = raw(scales);
     let (qw, qz, gi, xd) = (Dev::from(qweight), Dev::from(qzeros), Dev::from(g_idx), Dev::from(x));
     let entry = T::GPTQ_QGEMV[e][maxb_index(nb, maxb)];
+    // Bit 1 of the format: the kernel may take a slice whose ends share a group as one group.
+    let format = format | if g_idx.windows(2).all(|w| w[0] <= w[1]) { 2 } else { 0 };
     col_reduce(nb, n, k / slice_rows, grid, block, |part| {
         // SAFETY: reads qweight word rows < k*bits/32 at 4 columns < n, qzeros/scales rows
         // g < groups (checked), g_idx[k'] and x[b*k + k'] for k' < k, b < nb; writes

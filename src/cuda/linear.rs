@@ -736,6 +736,10 @@ impl DeviceQuantLinear {
         let mut l = gpu.stream.launch_builder(f);
         let (seg, team) = row_plan.map_or((0, 0), |p| (p.seg as i32, p.team as i32));
         let (sr, slices) = self.col.map_or((0, 0), |c| (c.slice_rows as i32, c.slices as i32));
+        let sorted_format = match &self.weight {
+            DevWeight::Gptq { format, .. } => format | 2,
+            _ => 0,
+        };
         macro_rules! target {
             ($l:expr) => {
                 if direct { $l.arg(&mut *y) } else { $l.arg(&mut part) }
@@ -761,12 +765,13 @@ impl DeviceQuantLinear {
                     .arg(&nbi);
                 plan.launch()
             }
-            DevWeight::Gptq { qweight, qzeros, scales, g_idx, format } => {
+            DevWeight::Gptq { qweight, qzeros, scales, g_idx, .. } => {
                 l.arg(qweight).arg(qzeros);
                 push_float(&mut l, scales);
                 l.arg(g_idx).arg(x);
                 target!(l);
-                l.arg(&in32).arg(&out32).arg(&sr).arg(format).arg(&nbi);
+                // Bit 1: g_idx never decreases (the layer was sorted by group at `new`).
+                l.arg(&in32).arg(&out32).arg(&sr).arg(&sorted_format).arg(&nbi);
                 super::launch_2d(self.out / 4, slices as usize)
             }
             DevWeight::Awq { qweight, qzeros, scales, group } => {

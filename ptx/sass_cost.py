@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Static cost of the fused GEMV / GEMM entries: SASS instructions per weight in each entry's hot
+loop, for sm_90 (ptxas from the pinned nvcc wheel, cuobjdump and nvdisasm from the
+`nvidia-cuda-cuobjdump` and `nvidia-cuda-nvdisasm` wheels). No GPU needed; what a GPU then measures is in BENCHMARKS.md.
+
+    .venv-cuda/bin/pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
+    .venv-cuda/bin/python ptx/sass_cost.py [--arch sm_90] [ENTRY_SUBSTRING ...]
+
+The hot loop: of the loops in the entry's SASS (a backward branch and its target), the one whose
+hot path (head to back-edge through the branches that lead to the most FFMA/HMMA, of those the
+shortest) has the most math; the cost is the instructions along that path: the column skeleton's fast path (a block of
+rows in one group), the row skeleton's chunk loop, the GEMM's k-step.
+The weights one pass of it covers per thread are given per entry below (a GEMM lane covers
+NT * 128 / 32 = 16 weights per k-step), so the cost is per weight and per pass over the weights,
+whatever the batch (a batch-8 entry does 8 multiply-adds per weight in that pass).
+"""
+import argparse, importlib.util, os, pathlib, re, subprocess, sys, tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def pkg_dir(name):
+    return pathlib.Path(list(importlib.util.find_spec(name).submodule_search_locations)[0])
+
+
+def tool(name, env):
+    if os.environ.get(env):
+        return os.environ[env]
+    for d in pkg_dir("nvidia").rglob(name):
+        if d.is_file():
+            return str(d)
+    raise SystemExit(f"{name} not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm, or set {env}")
+
+
+# Weights a thread covers per pass of the hot loop, by entry name.
+def weights_per_pass(name):
+    m = re.match(r"hqq_gemv_(\d)b_", name)
+    if m:
+        bits = int(m.group(1))
+        per = {8: 8, 4: 16, 3: 20, 2: 32, 1: 64}[bits]  # an 8-byte chunk
+        return 2 * per if name.endswith("_b1") else per  # batch 1 takes 16-byte chunks
+    m = re.match(r"gptq_gemv_(\d)b_", name)
+    if m:
+        return {2: 64, 3: 128, 4: 32, 8: 16}[int(m.group(1))]
+    if name.startswith("awq_gemv"):
+        return 8
+    if name.startswith(("fp8_gemv", "int8_gemv")):
+        return 8
+    if name.startswith("int4_gemv"):
+        return 16
+    if "_gemm_" in name:
+        return 16
+    return None
+
+
+LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);")
+
+
+def parse(sass):
+    """{function: [(address, opcode, operands)]}"""
+    funcs, cur = {}, None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+            continue
+        m = LINE.search(line)
+        if m and cur is not None:
+            # The predicate (if any) leads the operands, so a conditional branch reads "@P0 ...".
+            cur.append((int(m.group(1), 16), m.group(3), (m.group(2) or "") + m.group(4)))
+    return funcs
+
+
+def hot_loop(instrs):
+    """(instructions, math) along the hot path of the entry's hot loop, or None.
+
+    Basic blocks split at branch targets and after branches; a loop is a backward branch and its
+    target (the head). Along the loop's forward edges only (a DAG: nested loops are walked once),
+    the path from the head to the back-edge with the most FFMA/HMMA (then the most
+    instructions) is its hot path; of all loops, the one whose hot path has the most math."""
+    addrs = [a for a, _, _ in instrs]
+    index = {a: i for i, a in enumerate(addrs)}
+
+    def target(args):
+        t = re.search(r"0x([0-9a-f]+)", args)
+        return int(t.group(1), 16) if t else None
+
+    leaders = {0}
+    for i, (a, op, args) in enumerate(instrs):
+        if op.startswith("BRA"):
+            t = target(args)
+            if t in index:
+                leaders.add(index[t])
+            leaders.add(i + 1)
+    starts = sorted(l for l in leaders if l < len(instrs))
+    block_of = {}
+    blocks = []
+    for bi, st in enumerate(starts):
+        end = starts[bi + 1] if bi + 1 < len(starts) else len(instrs)
+        blocks.append((st, end))
+        for i in range(st, end):
+            block_of[i] = bi
+
+    def cost(bi):  # (math, -instructions): the most math, then the shortest path
+        st, end = blocks[bi]
+        ops = [instrs[i][1] for i in range(st, end)]
+        return sum(1 for o in ops if o.startswith(("FFMA", "HMMA"))), -len(ops)
+
+    best = None
+    for i, (a, op, args) in enumerate(instrs):
+        t = target(args) if op.startswith("BRA") else None
+        if t is None or t > a or t not in index:
+            continue
+        head, tail = block_of[index[t]], block_of[i]
+        # Longest (math, count) path head -> tail over forward edges inside [head, tail].
+        dp = {head: cost(head)}
+        for bi in range(head, tail + 1):
+            if bi not in dp:
+                continue
+            st, end = blocks[bi]
+            last_a, last_op, last_args = instrs[end - 1]
+            succ = []
+            uncond = (last_op.startswith("BRA") and not re.match(r"@", last_args or "")) or last_op == "EXIT"
+            if last_op.startswith("BRA"):
+                tt = target(last_args)
+                if tt is not None and tt > last_a and tt in index:
+                    succ.append(block_of[index[tt]])
+            if not uncond or bi == tail:
+                succ.append(bi + 1)
+            for sb in succ:
+                if sb > tail:
+                    continue
+                m, n = cost(sb)
+                cand = (dp[bi][0] + m, dp[bi][1] + n)
+                if sb not in dp or cand > dp[sb]:
+                    dp[sb] = cand
+        if tail in dp and (best is None or dp[tail] > best):
+            best = dp[tail]
+    if best is None:
+        return None
+    math, n = best
+    return -n, math
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("filters", nargs="*", default=["_gemv_", "_gemm_"])
+    args = ap.parse_args()
+    ptxas = str(pkg_dir("nvidia.cuda_nvcc") / "bin" / "ptxas")
+    cuobjdump = tool("cuobjdump", "CUOBJDUMP")
+    print(f"| entry | SASS in the hot loop | FFMA/HMMA | weights / pass | SASS / weight |")
+    print(f"|---|---:|---:|---:|---:|")
+    for ptx in sorted(HERE.glob("*.ptx")):
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = os.path.join(tmp, "k.cubin")
+            subprocess.run([ptxas, f"-arch={args.arch}", str(ptx), "-o", cubin], check=True)
+            env = dict(os.environ, PATH=f"{pathlib.Path(cuobjdump).parent}:{os.environ.get('PATH', '')}")
+            sass = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True, text=True, env=env).stdout
+        for name, instrs in sorted(parse(sass).items()):
+            if not any(f in name for f in args.filters) or not re.search(r"_(b1|b8|m1|m4)$", name):
+                continue
+            w = weights_per_pass(name)
+            loop = hot_loop(instrs)
+            if w is None or loop is None:
+                continue
+            n, math = loop
+            print(f"| {name} | {n} | {math} | {w} | {n / w:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
