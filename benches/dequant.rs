@@ -500,8 +500,177 @@ fn cuda_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// `DeviceQuantLinear` (every scheme's fused GEMV; the tensor-core GEMM from 16 rows) on a
+/// 4096-output x 14336-input layer at batch 1, 8, 16, 64 and 256, next to cuBLAS's f16 GEMM of
+/// the dequantized weight and a device copy of the weight's bytes, in the same run.
+/// `Throughput::Bytes` = the weight's stored bytes (codes + parameters); the copy counts its size
+/// twice (read + write).
+#[cfg(feature = "cuda")]
+fn cuda_linear_group(c: &mut Criterion) {
+    use quant_kernels::cuda::{Cublas, DeviceQuantLinear, Gpu};
+    use quant_kernels::{FloatVec, QuantWeight};
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => return eprintln!("CUDA linear benches skipped: {e}"),
+    };
+    let (out, inp) = (4096usize, 14336usize);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut weights: Vec<(&str, QuantWeight)> = Vec::new();
+    {
+        let i = input::<B4>(out, inp, 64, Axis::One);
+        let (cr, cc) = i.layout.code_shape();
+        let packed = hqq::Packed {
+            bits: quant_kernels::Bits::B4,
+            rows: cr,
+            cols: cc,
+            words: hqq::PackedWords::U8(i.words),
+        };
+        let w = hqq::HqqWeight {
+            layout: i.layout,
+            packed,
+            scales: FloatVec::F16(i.scales),
+            zeros: FloatVec::F16(i.zeros),
+        };
+        weights.push(("hqq_4bit_g64_ax1_f16", QuantWeight::Hqq(w)));
+    }
+    for bits in [4u8, 8] {
+        use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
+        let l = GptqLayout::new(inp, out, bits, 128).unwrap();
+        let (qr, qc) = l.qweight_shape();
+        let (zr, zc) = l.qzeros_shape();
+        let layer = GptqLayer {
+            layout: l,
+            format: ZeroFormat::V1,
+            qweight: (0..qr * qc).map(|_| next() as i32).collect(),
+            qzeros: (0..zr * zc).map(|_| next() as i32).collect(),
+            scales: FloatVec::F16((0..l.groups() * out).map(|_| f16::from_f32(0.01)).collect()),
+            g_idx: None,
+            bias: None,
+        };
+        weights.push((
+            if bits == 4 { "gptq_4bit_g128_f16" } else { "gptq_8bit_g128_f16" },
+            QuantWeight::Gptq(layer),
+        ));
+    }
+    {
+        use quant_kernels::awq::{AwqLayer, AwqLayout};
+        let l = AwqLayout::new(inp, out, 128).unwrap();
+        let layer = AwqLayer {
+            layout: l,
+            qweight: (0..inp * out / 8).map(|_| next() as i32).collect(),
+            qzeros: (0..inp / 128 * out / 8).map(|_| next() as i32).collect(),
+            scales: FloatVec::F16(vec![f16::from_f32(0.01); inp / 128 * out]),
+            bias: None,
+        };
+        weights.push(("awq_4bit_g128_f16", QuantWeight::Awq(layer)));
+    }
+    {
+        use quant_kernels::fp8::{Fp8Format, Fp8Layer, Fp8Layout};
+        let l = Fp8Layout::block(out, inp, 128, 128).unwrap();
+        let (sr, sc) = l.scale_shape();
+        let layer = Fp8Layer {
+            layout: l,
+            experts: 1,
+            format: Fp8Format::E4M3,
+            codes: (0..out * inp).map(|_| (next() as u8) & 0x7e).collect(),
+            scales: FloatVec::F32(vec![1e-2; sr * sc]),
+            bias: None,
+        };
+        weights.push(("fp8_e4m3_block128", QuantWeight::Fp8(layer)));
+    }
+    {
+        use quant_kernels::intx::{Granularity, Int4Tensor, Int8Tensor};
+        let q = (0..out * inp).map(|_| ((next() % 255) as i32 - 127) as i8).collect();
+        let t = Int8Tensor {
+            rows: out,
+            cols: inp,
+            granularity: Granularity::PerChannel,
+            q,
+            scales: vec![1e-3; out],
+        };
+        weights.push(("int8_per_channel", QuantWeight::Int8(t)));
+        let t = Int4Tensor {
+            rows: out,
+            cols: inp,
+            group: 32,
+            packed: (0..out * inp / 2).map(|_| next() as u8).collect(),
+            scales: vec![1e-2; out * inp / 32],
+            zeros: (0..out * inp / 32).map(|_| (next() % 16) as u8).collect(),
+        };
+        weights.push(("int4_g32", QuantWeight::Int4(t)));
+    }
+    let mut g = c.benchmark_group("linear_4096x14336_cuda");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(1));
+    let timed = |gpu: &Gpu, iters: u64, mut f: Box<dyn FnMut() + '_>| {
+        gpu.synchronize().unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        gpu.synchronize().unwrap();
+        start.elapsed()
+    };
+    {
+        // The device copy of the 4-bit weight's bytes (out * in / 2).
+        let n = out * inp / 2;
+        let src = gpu.zeros::<u8>(n).unwrap();
+        let mut dst = gpu.zeros::<u8>(n).unwrap();
+        g.throughput(Throughput::Bytes(2 * n as u64));
+        g.bench_function(BenchmarkId::new("memcpy_dtod_4bit_bytes", "cuda"), |b| {
+            b.iter_custom(|iters| {
+                timed(&gpu, iters, Box::new(|| gpu.stream().memcpy_dtod(&src, &mut dst).unwrap()))
+            })
+        });
+    }
+    const BATCHES: [usize; 5] = [1, 8, 16, 64, 256];
+    for (name, w) in &weights {
+        let mut layer = DeviceQuantLinear::new(&gpu, w).unwrap();
+        g.throughput(Throughput::Bytes(w.stored_bytes() as u64));
+        for batch in BATCHES {
+            let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
+            let mut yd = gpu.zeros::<f32>(batch * out).unwrap();
+            g.bench_function(BenchmarkId::new(format!("{name}_batch{batch}"), "cuda"), |b| {
+                b.iter_custom(|iters| {
+                    timed(&gpu, iters, Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()))
+                })
+            });
+        }
+    }
+    match Cublas::new(&gpu) {
+        Ok(blas) => {
+            let wf: Vec<f16> = weights[0].1.dequantize(Parallelism::RAYON).unwrap();
+            let wd = gpu.upload(&wf).unwrap();
+            g.throughput(Throughput::Bytes(2 * (out * inp) as u64));
+            for batch in BATCHES {
+                let xd = gpu.upload(&vec![f16::from_f32(0.5); batch * inp]).unwrap();
+                let mut yd = gpu.zeros::<f16>(batch * out).unwrap();
+                g.bench_function(BenchmarkId::new(format!("cublas_f16_batch{batch}"), "cuda"), |b| {
+                    b.iter_custom(|iters| {
+                        timed(
+                            &gpu,
+                            iters,
+                            Box::new(|| blas.gemm_f16(&wd, &xd, &mut yd, batch, out, inp).unwrap()),
+                        )
+                    })
+                });
+            }
+        }
+        Err(e) => eprintln!("cuBLAS baseline skipped: {e}"),
+    }
+    g.finish();
+}
+
 #[cfg(not(feature = "cuda"))]
 fn cuda_group(_: &mut Criterion) {}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_linear_group(_: &mut Criterion) {}
 
 fn announce(_: &mut Criterion) {
     eprintln!("ISA: {}; rayon threads: {}", Isa::detect(), rayon::current_num_threads());
@@ -516,6 +685,7 @@ criterion_group!(
     gptq_group,
     awq_fp8_group,
     reference,
-    cuda_group
+    cuda_group,
+    cuda_linear_group
 );
 criterion_main!(benches);

@@ -785,4 +785,12 @@ pub enum CudaError {
     /// A weight no GPU kernel of this crate multiplies (e.g. a dense one).
     #[error("no GPU kernel for {0}")]
     NoKernel(&'static str),
+
+    /// A CUDA library (cuBLAS) that could not be loaded on this machine.
+    #[error("{0} could not be loaded")]
+    LibraryUnavailable(&'static str),
+
+    /// cuBLAS returned an error (its status, as cuBLAS names it).
+    #[error("cuBLAS error: {0}")]
+    Cublas(String),
 }

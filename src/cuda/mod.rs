@@ -39,8 +39,10 @@ use cudarc::driver::{
 };
 use std::sync::{Arc, OnceLock};
 
+mod blas;
 mod linear;
 
+pub use blas::Cublas;
 pub use cudarc::driver::CudaSlice as DeviceBuffer;
 pub use cudarc::driver::DeviceRepr;
 pub use linear::{ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMV_MAX_BATCH, GemvKernel, RowPlan};
