@@ -22,6 +22,16 @@ struct Dev<T: Pod> {
     _t: std::marker::PhantomData<T>,
 }
 
+/// `v` as the `int` a kernel takes (a test helper: panics past `i32::MAX`).
+fn int(v: usize) -> i32 {
+    i32::try_from(v).expect("size fits i32")
+}
+
+/// A device buffer of `v` in the C representation.
+fn dev_raw<T: EmuElem>(v: &[T]) -> Dev<T::Raw> {
+    Dev::from(&v.iter().map(|x| x.raw()).collect::<Vec<_>>())
+}
+
 impl<T: Pod> Dev<T> {
     /// `len` zeroed elements.
     fn zeroed(len: usize) -> Self {
@@ -184,6 +194,18 @@ macro_rules! externs {
     };
 }
 
+/// [`externs!`] for entry pairs that differ only in their last suffix (`_b1`/`_b8`,
+/// `_m1`/`_m4`): `(a, b) = "link prefix"` declares `a` with `t1` and `b` with `t2`.
+macro_rules! externs2 {
+    ($sfx:literal, $args:tt, [], $t1:literal, $t2:literal) => {};
+    ($sfx:literal, ($($arg:ty),*), [($a:ident, $b:ident) = $link:literal $(, ($ra:ident, $rb:ident) = $rl:literal)*],
+     $t1:literal, $t2:literal) => {
+        externs!($sfx, ($($arg),*), [$a = $link], $t1);
+        externs!($sfx, ($($arg),*), [$b = $link], $t2);
+        externs2!($sfx, ($($arg),*), [$(($ra, $rb) = $rl),*], $t1, $t2);
+    };
+}
+
 /// Declares the `cpu_*_{sfx}` launchers of one element type (`ptx/*.cu`, see the entry tables
 /// there for the parameters) and implements [`EmuElem`] for it with them.
 macro_rules! emu_elem {
@@ -243,7 +265,7 @@ macro_rules! emu_elem {
                 (*const i32, *const i32, *const R, *mut R, i32, i32, i32, u32, u32),
                 [awq = "cpu_awq_dequant_4b_"]
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (
                     *const u8,
@@ -263,41 +285,15 @@ macro_rules! emu_elem {
                     u32
                 ),
                 [
-                    hqq_q1_1 = "cpu_hqq_gemv_1b_",
-                    hqq_q2_1 = "cpu_hqq_gemv_2b_",
-                    hqq_q4_1 = "cpu_hqq_gemv_4b_",
-                    hqq_q8_1 = "cpu_hqq_gemv_8b_"
+                    (hqq_q1_1, hqq_q1_8) = "cpu_hqq_gemv_1b_",
+                    (hqq_q2_1, hqq_q2_8) = "cpu_hqq_gemv_2b_",
+                    (hqq_q4_1, hqq_q4_8) = "cpu_hqq_gemv_4b_",
+                    (hqq_q8_1, hqq_q8_8) = "cpu_hqq_gemv_8b_"
                 ],
-                "_b1"
-            );
-            externs!(
-                $sfx,
-                (
-                    *const u8,
-                    *const R,
-                    *const R,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    u32,
-                    u32
-                ),
-                [
-                    hqq_q1_8 = "cpu_hqq_gemv_1b_",
-                    hqq_q2_8 = "cpu_hqq_gemv_2b_",
-                    hqq_q4_8 = "cpu_hqq_gemv_4b_",
-                    hqq_q8_8 = "cpu_hqq_gemv_8b_"
-                ],
+                "_b1",
                 "_b8"
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (
                     *const i32,
@@ -316,32 +312,11 @@ macro_rules! emu_elem {
                     u32,
                     u32
                 ),
-                [hqq_q3_1 = "cpu_hqq_gemv_3b_"],
-                "_b1"
-            );
-            externs!(
-                $sfx,
-                (
-                    *const i32,
-                    *const R,
-                    *const R,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    u32,
-                    u32
-                ),
-                [hqq_q3_8 = "cpu_hqq_gemv_3b_"],
+                [(hqq_q3_1, hqq_q3_8) = "cpu_hqq_gemv_3b_"],
+                "_b1",
                 "_b8"
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (
                     *const i32,
@@ -359,63 +334,29 @@ macro_rules! emu_elem {
                     u32
                 ),
                 [
-                    gptq_q2_1 = "cpu_gptq_gemv_2b_",
-                    gptq_q3_1 = "cpu_gptq_gemv_3b_",
-                    gptq_q4_1 = "cpu_gptq_gemv_4b_",
-                    gptq_q8_1 = "cpu_gptq_gemv_8b_"
+                    (gptq_q2_1, gptq_q2_8) = "cpu_gptq_gemv_2b_",
+                    (gptq_q3_1, gptq_q3_8) = "cpu_gptq_gemv_3b_",
+                    (gptq_q4_1, gptq_q4_8) = "cpu_gptq_gemv_4b_",
+                    (gptq_q8_1, gptq_q8_8) = "cpu_gptq_gemv_8b_"
                 ],
-                "_b1"
-            );
-            externs!(
-                $sfx,
-                (
-                    *const i32,
-                    *const i32,
-                    *const R,
-                    *const i32,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    u32,
-                    u32
-                ),
-                [
-                    gptq_q2_8 = "cpu_gptq_gemv_2b_",
-                    gptq_q3_8 = "cpu_gptq_gemv_3b_",
-                    gptq_q4_8 = "cpu_gptq_gemv_4b_",
-                    gptq_q8_8 = "cpu_gptq_gemv_8b_"
-                ],
+                "_b1",
                 "_b8"
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
-                [awq_q_1 = "cpu_awq_gemv_4b_"],
-                "_b1"
-            );
-            externs!(
-                $sfx,
-                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
-                [awq_q_8 = "cpu_awq_gemv_4b_"],
+                [(awq_q_1, awq_q_8) = "cpu_awq_gemv_4b_"],
+                "_b1",
                 "_b8"
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, u32, u32),
-                [hqq_m4_1 = "cpu_hqq_gemm_4b_", hqq_m8_1 = "cpu_hqq_gemm_8b_"],
-                "_m1"
-            );
-            externs!(
-                $sfx,
-                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, u32, u32),
-                [hqq_m4_4 = "cpu_hqq_gemm_4b_", hqq_m8_4 = "cpu_hqq_gemm_8b_"],
+                [(hqq_m4_1, hqq_m4_4) = "cpu_hqq_gemm_4b_", (hqq_m8_1, hqq_m8_4) = "cpu_hqq_gemm_8b_"],
+                "_m1",
                 "_m4"
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (
                     *const i32,
@@ -432,39 +373,15 @@ macro_rules! emu_elem {
                     u32,
                     u32
                 ),
-                [gptq_m4_1 = "cpu_gptq_gemm_4b_", gptq_m8_1 = "cpu_gptq_gemm_8b_"],
-                "_m1"
-            );
-            externs!(
-                $sfx,
-                (
-                    *const i32,
-                    *const i32,
-                    *const R,
-                    *const i32,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    u32,
-                    u32
-                ),
-                [gptq_m4_4 = "cpu_gptq_gemm_4b_", gptq_m8_4 = "cpu_gptq_gemm_8b_"],
+                [(gptq_m4_1, gptq_m4_4) = "cpu_gptq_gemm_4b_", (gptq_m8_1, gptq_m8_4) = "cpu_gptq_gemm_8b_"],
+                "_m1",
                 "_m4"
             );
-            externs!(
+            externs2!(
                 $sfx,
                 (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32),
-                [awq_m_1 = "cpu_awq_gemm_4b_"],
-                "_m1"
-            );
-            externs!(
-                $sfx,
-                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32),
-                [awq_m_4 = "cpu_awq_gemm_4b_"],
+                [(awq_m_1, awq_m_4) = "cpu_awq_gemm_4b_"],
+                "_m1",
                 "_m4"
             );
             externs!(

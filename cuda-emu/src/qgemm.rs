@@ -2,7 +2,7 @@
 //! the shim's cooperative launch, `mma.sync` emulated per warp. `x` holds `m` rows of `k`
 //! values; the wrappers return `y` (`m` rows of `n`).
 
-use super::{Dev, EmuElem, HqqShape};
+use super::{Dev, EmuElem, HqqShape, dev_raw as raw, int as i};
 
 /// `hqq_gemm_*`: (packed, scales, zeros, x, y, M, K, N, cols, prows, axis).
 pub type HqqEntry<R> = unsafe extern "C" fn(
@@ -107,14 +107,6 @@ unsafe extern "C" {
         g: u32,
         b: u32,
     );
-}
-
-fn i(v: usize) -> i32 {
-    i32::try_from(v).expect("size fits i32")
-}
-
-fn raw<T: EmuElem>(v: &[T]) -> Dev<T::Raw> {
-    Dev::from(&v.iter().map(|x| x.raw()).collect::<Vec<_>>())
 }
 
 /// `m1` (16-row tiles) or `m4` (64-row tiles).

@@ -6,7 +6,7 @@
 //! `y[b * out + o]`. The segment, team and slice choices are parameters, so the tests can run
 //! every geometry the kernels accept, not only the one the crate's launcher picks.
 
-use super::{Dev, EmuElem, HqqShape};
+use super::{Dev, EmuElem, HqqShape, dev_raw as raw, int as i};
 
 /// `hqq_gemv_*`: (packed, scales, zeros, x, part, rows, cols, prows, axis, in, seg, team, nb).
 pub type HqqEntry<W, R> = unsafe extern "C" fn(
@@ -189,10 +189,6 @@ unsafe extern "C" {
     );
 }
 
-fn i(v: usize) -> i32 {
-    i32::try_from(v).expect("size fits i32")
-}
-
 /// Which entry of a pair: batch 1 (`_b1`) or up to 8 (`_b8`).
 fn maxb_index(nb: usize, maxb: usize) -> usize {
     assert!(nb >= 1 && nb <= maxb && (maxb == 1 || maxb == 8), "nb {nb} maxb {maxb}");
@@ -262,10 +258,6 @@ fn col_reduce(
         };
     }
     y.into_vec()
-}
-
-fn raw<T: EmuElem>(v: &[T]) -> Dev<T::Raw> {
-    Dev::from(&v.iter().map(|x| x.raw()).collect::<Vec<_>>())
 }
 
 /// The emulated HQQ GEMV of any width (`packed` as bytes, or as `i32` words at 3 bits through

@@ -345,6 +345,21 @@ pub struct DeviceQuantLinear {
     one_group: i32,
 }
 
+/// Rows `b0 .. b0 + nb` of the input (`inp` values a row): of `x`, or the gathered scratch rows
+/// `0 .. nb` of an act-order layer (`xs`).
+fn input_rows<'a>(
+    xs: &'a Option<CudaSlice<f32>>,
+    x: &'a CudaSlice<f32>,
+    inp: usize,
+    b0: usize,
+    nb: usize,
+) -> cudarc::driver::CudaView<'a, f32> {
+    match xs {
+        Some(xs) => xs.slice(0..nb * inp),
+        None => x.slice(b0 * inp..(b0 + nb) * inp),
+    }
+}
+
 fn bias_f32(w: &QuantWeight) -> Option<Vec<f32>> {
     let b = match w {
         QuantWeight::Gptq(l) => l.bias.as_ref(),
@@ -650,11 +665,7 @@ impl DeviceQuantLinear {
         y: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let Some(fs) = &self.gemm else { return Ok(()) };
-        let inp = self.inp;
-        let xin = match &self.xs {
-            Some(xs) => xs.slice(0..nb * inp),
-            None => x.slice(b0 * inp..(b0 + nb) * inp),
-        };
+        let xin = input_rows(&self.xs, x, self.inp, b0, nb);
         let mt = if nb <= 16 { 1 } else { 4 };
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
         let mut l = gpu.stream.launch_builder(&fs[usize::from(mt == 4)]);
@@ -711,11 +722,7 @@ impl DeviceQuantLinear {
         nb: usize,
         y: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<()> {
-        let inp = self.inp;
-        let xin = match &self.xs {
-            Some(xs) => xs.slice(0..nb * inp),
-            None => x.slice(b0 * inp..(b0 + nb) * inp),
-        };
+        let xin = input_rows(&self.xs, x, self.inp, b0, nb);
         let x = &xin;
         let f = if nb == 1 { &self.f1 } else { &self.f8 };
         let nbi = nb as i32;
