@@ -173,22 +173,30 @@ struct QkAwqGemm {
     int n_dim, group_size, lg;
     unsigned magic;
 
-    __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {
-        const unsigned zw = (unsigned)qzeros[(long long)g * (n_dim / 8) + n / 8];
-        *z = qk_u2f((zw >> qk_awq_shift(n & 7)) & 15u, magic);
-        *s = qk_to_f32(scales[(long long)g * n_dim + n]);
+    struct Col {
+        const int* wp;  // qweight + n / 8
+        const int* zp;  // qzeros + n / 8
+        const T* sp;    // scales + n
+        int shift;      // column n's nibble
+    };
+    __device__ __forceinline__ Col column(int n) const {
+        return Col{qweight + n / 8, qzeros + n / 8, scales + n, qk_awq_shift(n & 7)};
     }
-    __device__ __forceinline__ void weights(int n, int k, float* w) const {
+    __device__ __forceinline__ void params(const Col& c, int g, float* z, float* s) const {
+        const unsigned zw = (unsigned)c.zp[(unsigned)g * (unsigned)(n_dim / 8)];
+        *z = qk_u2f((zw >> c.shift) & 15u, magic);
+        *s = qk_to_f32(c.sp[(unsigned)g * (unsigned)n_dim]);
+    }
+    __device__ __forceinline__ void weights(const Col& c, int k, float* w) const {
         const int rows[4] = {k, k + 1, k + 8, k + 9};
-        const int shift = qk_awq_shift(n & 7);
         float z = 0.0f, s = 0.0f;
         const bool one = group_size % 16 == 0;
-        if (one) params((int)qk_div((unsigned)k, (unsigned)group_size, lg), n, &z, &s);
+        if (one) params(c, (int)qk_div((unsigned)k, (unsigned)group_size, lg), &z, &s);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const unsigned wd = (unsigned)qweight[(long long)rows[i] * (n_dim / 8) + n / 8];
-            if (!one) params((int)qk_div((unsigned)rows[i], (unsigned)group_size, lg), n, &z, &s);
-            w[i] = (qk_u2f((wd >> shift) & 15u, magic) - z) * s;
+            const unsigned wd = (unsigned)c.wp[(unsigned)rows[i] * (unsigned)(n_dim / 8)];
+            if (!one) params(c, (int)qk_div((unsigned)rows[i], (unsigned)group_size, lg), &z, &s);
+            w[i] = (qk_u2f((wd >> c.shift) & 15u, magic) - z) * s;
         }
     }
 };

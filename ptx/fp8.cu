@@ -276,21 +276,45 @@ QK_FP8_GEMV(e4m3, 3, 7, true, 8)
 QK_FP8_GEMV(e5m2, 2, 15, false, 1)
 QK_FP8_GEMV(e5m2, 2, 15, false, 8)
 
-// ---- Tensor-core GEMM (gemm.cuh): W[n, k] = decode(code) * scale of its block, each code by
-// the exact bit-construction decode (four a lane per subtile; the GEMM is bound by the mma, not
-// the decode, at these batch sizes).
+// ---- Tensor-core GEMM (gemm.cuh): W[n, k] = decode(code) * scale of its block, rounded to f16
+// by the skeleton. The f32 product is the same as the dequantization's (an exact decode times
+// the scale, one rounding), whichever decode path computes it.
 template <int MBITS, int BIAS, bool E4M3>
 struct QkFp8Gemm {
     const unsigned char* __restrict__ codes;
     const float* __restrict__ scales;
-    int k_dim, br, bc, scols;
+    int k_dim, br, bc, scols, lg_bc;
 
-    __device__ __forceinline__ void weights(int n, int k, float* w) const {
-        const unsigned char* row = codes + (long long)n * k_dim;
-        const float* srow = scales + (long long)(n / br) * scols;
+    struct Col {
+        const unsigned char* row;  // output n's codes
+        const float* srow;         // its row of scale blocks
+    };
+    __device__ __forceinline__ Col column(int n) const {
+        return Col{codes + (long long)n * k_dim, scales + (long long)(n / br) * scols};
+    }
+
+    // Codes k, k + 1 and k + 8, k + 9 (two aligned 2-byte loads) through the f16 view (E4M3 as
+    // value / 256, so its scale is taken times 256, exact unless |s| >= 2^120: then, and for an
+    // E4M3 NaN code, the bit-construction decode).
+    __device__ __forceinline__ void weights(const Col& c, int k, float* w) const {
+        const unsigned lo = *reinterpret_cast<const unsigned short*>(c.row + k);
+        const unsigned hi = *reinterpret_cast<const unsigned short*>(c.row + k + 8);
+        const unsigned x = lo | (hi << 16);
+        const bool one = bc % 16 == 0;  // k .. k + 9 in one column block
+        const float s0 = c.srow[qk_div((unsigned)k, (unsigned)bc, lg_bc)];
+        const float f = E4M3 ? s0 * 256.0f : s0;
+        const bool nan = E4M3 && ((((x & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u) != 0u);
+        if (one && !nan && fabsf(f) <= 3.402823466e38f) {
+            const unsigned h0 = qk_fp8_f16x2<E4M3>(x, false), h1 = qk_fp8_f16x2<E4M3>(x, true);
+            w[0] = qk_f16_bits_to_f32(h0 & 0xffffu) * f;
+            w[1] = qk_f16_bits_to_f32(h0 >> 16) * f;
+            w[2] = qk_f16_bits_to_f32(h1 & 0xffffu) * f;
+            w[3] = qk_f16_bits_to_f32(h1 >> 16) * f;
+            return;
+        }
         const int at[4] = {k, k + 1, k + 8, k + 9};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(row[at[i]]) * srow[at[i] / bc];
+        for (int i = 0; i < 4; ++i) w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(c.row[at[i]]) * c.srow[at[i] / bc];
     }
 };
 
@@ -298,7 +322,8 @@ struct QkFp8Gemm {
 #define QK_FP8_GEMM(FMT, MB, BI, E4, MT)                                                              \
     extern "C" __global__ void fp8_gemm_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
                                                       float* y, int m_dim, int k_dim, int n_dim, int br, int bc) { \
-        const QkFp8Gemm<MB, BI, E4> d{codes, scales, k_dim, br, bc, (k_dim + bc - 1) / bc};          \
+        const QkFp8Gemm<MB, BI, E4> d{codes, scales, k_dim, br, bc, (k_dim + bc - 1) / bc,            \
+                                      (bc & (bc - 1)) == 0 ? __ffs(bc) - 1 : -1};                      \
         qk_mma_gemm<QkFp8Gemm<MB, BI, E4>, MT, 4>(d, x, y, m_dim, n_dim, k_dim);                      \
     }
 QK_FP8_GEMM(e4m3, 3, 7, true, 1)

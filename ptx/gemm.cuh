@@ -6,7 +6,9 @@
 // A warp owns a tile of MT x 16 rows by NT x 8 outputs and walks K in steps of 16: it builds the
 // A fragments of its MT row tiles from x, asks the decoder for the four weights each lane holds
 // of every 8-output subtile (W[n, k], W[n, k+1], W[n, k+8], W[n, k+9] for n = n0 + lane / 4,
-// k = k0 + 2 (lane % 4): PTX's B fragment of m16n8k16), and issues MT x NT mma.sync. Each
+// k = k0 + 2 (lane % 4): PTX's B fragment of m16n8k16), and issues MT x NT mma.sync. The decoder
+// gives a per-output cursor once per tile (`d.column(n)`: pointers, plane, parameter rows) and
+// the weights per step from it (`d.weights(col, k, w)`), so index math stays out of the loop. Each
 // weight is decoded once per MT x 16 rows. Warps grid-stride over tiles (uniform in a warp:
 // the mma is a warp instruction). K % 16 == 0 and N % 8 == 0 (checked by the launcher); rows
 // past M read zeros and are not written.
@@ -26,6 +28,9 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
     const long long tiles = (long long)ntiles * mtiles;
     for (long long w = lin >> 5; w < tiles; w += qk_linear_step() >> 5) {  // uniform in a warp
         const int n0 = (int)(w % ntiles) * 8 * NT, m0 = (int)(w / ntiles) * 16 * MT;
+        typename Dec::Col col[NT];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) col[j] = d.column(min(n0 + 8 * j + g, n_dim - 1));
         float acc[MT][NT][4];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -58,7 +63,7 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
             for (int j = 0; j < NT; ++j) {
                 if (n0 + 8 * j >= n_dim) break;  // uniform: N % 8 == 0
                 float wv[4];
-                d.weights(n0 + 8 * j + g, k, wv);
+                d.weights(col[j], k, wv);
                 const unsigned b[2] = {qk_f16x2(wv[0], wv[1]), qk_f16x2(wv[2], wv[3])};
 #pragma unroll
                 for (int i = 0; i < MT; ++i) qk_mma_16816(acc[i][j], a[i], b, acc[i][j]);

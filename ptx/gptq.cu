@@ -311,7 +311,15 @@ struct QkGptqGemm {
     int n_dim, format, one_group;
     unsigned magic;
 
-    __device__ __forceinline__ void weights(int n, int k, float* w) const {
+    // Output n only: the column's parameter pointers are cheaper to recompute than to hold for
+    // four subtiles (register pressure).
+    struct Col {
+        int n;
+    };
+    __device__ __forceinline__ Col column(int n) const { return Col{n}; }
+
+    __device__ __forceinline__ void weights(const Col& c, int k, float* w) const {
+        const int n = c.n;
         const unsigned wa = (unsigned)qweight[(long long)(k / ROWS) * n_dim + n];
         const unsigned wb = (unsigned)qweight[(long long)((k + 8) / ROWS) * n_dim + n];
         const int sa = BITS * (k % ROWS), sb = BITS * ((k + 8) % ROWS);

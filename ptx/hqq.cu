@@ -319,25 +319,39 @@ struct QkHqqGemm {
     const unsigned char* __restrict__ packed;
     const T* __restrict__ scales;
     const T* __restrict__ zeros;
-    int k_dim, cols, prows, axis;
+    int k_dim, cols, prows, axis, lg;
     unsigned magic;
 
-    __device__ __forceinline__ void weights(int n, int k, float* w) const {
+    // Output n's first weight: plane j0, word t0 (a plane boundary inside the row moves on to
+    // the next plane; boundaries are multiples of 16, so a lane's four weights never straddle).
+    struct Col {
+        int j0, t0;
+    };
+    __device__ __forceinline__ Col column(int n) const {
         const long long words = (long long)prows * cols;
-        const long long f = (long long)n * k_dim + k;
+        const long long f = (long long)n * k_dim;
         const int j = (int)(f / words);
-        const int t = (int)(f - j * words);
+        return Col{j, (int)(f - j * words)};
+    }
+
+    __device__ __forceinline__ void weights(const Col& c, int k, float* w) const {
+        const int words = prows * cols;
+        int j = c.j0, t = c.t0 + k;
+        while (t >= words) {
+            t -= words;
+            ++j;
+        }
         const int shift = BITS * (P - 1 - j);
         const unsigned mask = (1u << BITS) - 1u;
         const int at[4] = {t, t + 1, t + 8, t + 9};
         if (axis == 1) {
-            const int row = j * prows + t / cols;
+            const int row = j * prows + (int)qk_div((unsigned)t, (unsigned)cols, lg);
             const float z = qk_to_f32(zeros[row]), s = qk_to_f32(scales[row]);
 #pragma unroll
             for (int i = 0; i < 4; ++i) w[i] = (qk_u2f(((unsigned)packed[at[i]] >> shift) & mask, magic) - z) * s;
         } else {
-            const int c = t % cols;
-            const int ci[4] = {c, c + 1, c + 8, c + 9};
+            const int cc = t % cols;
+            const int ci[4] = {cc, cc + 1, cc + 8, cc + 9};
 #pragma unroll
             for (int i = 0; i < 4; ++i)
                 w[i] = (qk_u2f(((unsigned)packed[at[i]] >> shift) & mask, magic) - qk_to_f32(zeros[ci[i]])) *
@@ -351,7 +365,8 @@ struct QkHqqGemm {
     extern "C" __global__ void hqq_gemm_##BITS##b_##NAME##_m##MT(                                    \
         const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
         int k_dim, int n_dim, int cols, int prows, int axis) {                                       \
-        const QkHqqGemm<BITS, T> d{packed, scales, zeros, k_dim, cols, prows, axis, qk_magic_reg(cols)}; \
+        const QkHqqGemm<BITS, T> d{packed, scales, zeros, k_dim, cols, prows, axis,                     \
+                                   (cols & (cols - 1)) == 0 ? __ffs(cols) - 1 : -1, qk_magic_reg(cols)}; \
         qk_mma_gemm<QkHqqGemm<BITS, T>, MT, 4>(d, x, y, m_dim, n_dim, k_dim);                        \
     }
 #define QK_HQQ_GEMM_ALL(BITS)                                                                        \
