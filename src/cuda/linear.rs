@@ -309,17 +309,20 @@ enum DevWeight {
 }
 
 /// A quantized linear layer on the GPU: `y = W x (+ bias)` for batches of f32 activation rows,
-/// by the fused dequant-GEMV of its scheme (weights decoded in registers, never written out).
+/// the weights decoded in registers, never written out.
 ///
 /// Built once from a [`QuantWeight`] ([`DeviceQuantLinear::new`]: validated, uploaded, entries
 /// loaded, scratch allocated), then [`forward_into`](Self::forward_into) launches on device
-/// buffers with no allocation. Batches run 8 rows per pass over the weights; a batch of 16 or
-/// more still runs as passes of 8 (a tensor-core GEMM for prompts is not built yet).
+/// buffers with no allocation. Batches below [`GEMM_MIN_BATCH`] (and every batch of a layer
+/// without a GEMM) run the scheme's fused GEMV, up to 8 rows per pass over the weights; from
+/// [`GEMM_MIN_BATCH`] rows, the tensor-core GEMM where [`has_gemm`](Self::has_gemm).
 ///
 /// Every scheme's GEMV equals dequantize-then-multiply within f32 rounding (each group's zero
-/// and scale are factored out of its sum), deterministically (fixed summation order). GPTQ
-/// act-order layers are sorted by group at construction and their inputs gathered on the
-/// device per call, so their groups change only at group boundaries.
+/// and scale are factored out of its sum); the GEMM rounds weights and activations to f16 once
+/// and accumulates in f32 (the bound in `ptx/gemm.cuh`). Both are deterministic (a fixed
+/// summation order, no atomics). GPTQ act-order layers are sorted by group at construction and
+/// their inputs gathered on the device per call, so their groups change only at group
+/// boundaries.
 #[derive(Debug)]
 pub struct DeviceQuantLinear {
     out: usize,
@@ -848,5 +851,48 @@ impl DeviceQuantLinear {
         let mut y = gpu.zeros::<f32>(batch * self.out)?;
         self.forward_into(gpu, &xd, batch, &mut y)?;
         gpu.download(&y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shapes the kernels cannot cut into whole chunks are a typed error; the plan of a usual
+    /// layer puts a whole row in a segment (one launch, no reduction).
+    #[test]
+    fn plans_cut_whole_chunks_or_refuse() {
+        let p = RowPlan::new(4096 * 14336 / 2, 14336, 2, true, 16).unwrap();
+        assert_eq!((p.seg, p.per, p.team), (14336, 1, 32));
+        // int8 with 12 inputs: 12 codes are not a whole number of 8-byte chunks.
+        let e = RowPlan::new(4 * 12, 12, 1, false, 8).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Kernel(KernelError::NotMultiple { what: "GEMV segment (words)", value: 12, multiple: 8 })
+        );
+        // int4 with an odd input count has no whole bytes per row.
+        assert!(RowPlan::new(3 * 17, 34, 2, false, 1).is_ok());
+        assert!(RowPlan::new(3 * 17, 17, 2, false, 1).is_err());
+        let c = ColPlan::new(14336, 8, 4).unwrap();
+        assert_eq!((c.slice_rows, c.slices), (128, 112));
+        assert_eq!(ColPlan::new(96, 32, 4).unwrap().slice_rows, 32);
+    }
+
+    /// The GEMM exists for 4/8-bit HQQ and GPTQ, AWQ and FP8 only, and every entry name carries
+    /// its batch bound.
+    #[test]
+    fn gemm_entries_cover_the_issue_s_schemes() {
+        for (k, _) in GemvKernel::all() {
+            let has = matches!(
+                k,
+                GemvKernel::Hqq(4 | 8, _)
+                    | GemvKernel::Gptq(4 | 8, _)
+                    | GemvKernel::Awq(_)
+                    | GemvKernel::Fp8(_)
+            );
+            assert_eq!(k.gemm_entry(1).is_some(), has, "{k:?}");
+            assert!(k.entry(1).ends_with("_b1") && k.entry(8).ends_with("_b8"));
+        }
+        assert_eq!(GemvKernel::Gptq(4, FloatType::F16).gemm_entry(4).unwrap(), "gptq_gemm_4b_f16_m4");
     }
 }
