@@ -323,6 +323,23 @@ enum DevWeight {
 /// summation order, no atomics). GPTQ act-order layers are sorted by group at construction and
 /// their inputs gathered on the device per call, so their groups change only at group
 /// boundaries.
+///
+/// ```no_run
+/// # #[cfg(feature = "cuda")] {
+/// use quant_kernels::cuda::{DeviceQuantLinear, Gpu};
+/// use quant_kernels::{Parallelism, QuantWeight, intx};
+/// let gpu = Gpu::new(0)?;
+/// let w: Vec<f32> = (0..64 * 256).map(|i| (i % 7) as f32 - 3.0).collect();
+/// let weight = QuantWeight::Int4(intx::quantize_int4(&w, 64, 256, 32, Parallelism::SERIAL)?);
+/// let mut layer = DeviceQuantLinear::new(&gpu, &weight)?;
+/// let x = gpu.upload(&vec![1.0f32; 2 * 256])?; // two rows of 256 inputs
+/// let mut y = gpu.zeros::<f32>(2 * 64)?;
+/// layer.forward_into(&gpu, &x, 2, &mut y)?; // queued on gpu's stream
+/// let y = gpu.download(&y)?;
+/// assert_eq!(y.len(), 128);
+/// # }
+/// # Ok::<(), quant_kernels::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DeviceQuantLinear {
     out: usize,
