@@ -329,3 +329,16 @@ inline void qk_mma_16816_emu(float* d, const unsigned* a, const unsigned* b, con
 inline unsigned qk_f16x2(float lo, float hi) {
     return (unsigned)__float2half_rn(lo).bits | ((unsigned)__float2half_rn(hi).bits << 16);
 }
+
+// Global-memory atomics and fences: blocks run one at a time on one thread, so plain
+// read-modify-write is atomic and every write is already visible.
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+inline void __threadfence() {}
+template <typename T>
+inline T __ldcg(const T* p) {
+    return *p;
+}

@@ -142,19 +142,21 @@ struct QkAwqGemv {
 
 template <typename T, int MAXB>
 __device__ __forceinline__ void awq_gemv(const int* qweight, const int* qzeros, const T* scales, const float* x,
-                                         float* part, int k_dim, int n_dim, int group_size, int slice_rows, int nb) {
+                                         float* part, float* y, unsigned* counters, int k_dim, int n_dim,
+                                         int group_size, int slice_rows, int nb) {
     const QkAwqGemv<T> d{qweight, qzeros, scales, n_dim, group_size,
                          (group_size & (group_size - 1)) == 0 ? __ffs(group_size) - 1 : -1, qk_magic_reg(group_size)};
-    qk_col_gemv<QkAwqGemv<T>, MAXB>(d, x, part, k_dim, n_dim, slice_rows, nb);
+    qk_col_gemv_fused<QkAwqGemv<T>, MAXB>(d, x, part, y, counters, k_dim, n_dim, slice_rows, nb);
 }
 
-// Entry points: awq_gemv_4b_{elem}_b{1,8}(qweight, qzeros, scales, x, part, K, N, group_size,
-// slice_rows, nb).
+// Entry points: awq_gemv_4b_{elem}_b{1,8}(qweight, qzeros, scales, x, part, y, counters, K, N,
+// group_size, slice_rows, nb), launched as gptq_gemv's.
 #define QK_AWQ_GEMV_ENTRY(T, NAME, MAXB)                                                             \
     extern "C" __global__ void awq_gemv_4b_##NAME##_b##MAXB(const int* qweight, const int* qzeros, const T* scales, \
-                                                            const float* x, float* part, int k_dim, int n_dim, \
+                                                            const float* x, float* part, float* y,   \
+                                                            unsigned* counters, int k_dim, int n_dim, \
                                                             int group_size, int slice_rows, int nb) { \
-        awq_gemv<T, MAXB>(qweight, qzeros, scales, x, part, k_dim, n_dim, group_size, slice_rows, nb); \
+        awq_gemv<T, MAXB>(qweight, qzeros, scales, x, part, y, counters, k_dim, n_dim, group_size, slice_rows, nb); \
     }
 QK_AWQ_GEMV_ENTRY(float, f32, 1)
 QK_AWQ_GEMV_ENTRY(float, f32, 8)
@@ -231,11 +233,12 @@ QK_AWQ_EMU(__half, f16)
 QK_AWQ_EMU(__nv_bfloat16, bf16)
 #define QK_AWQ_GEMV_EMU(T, NAME, MAXB)                                                               \
     extern "C" void cpu_awq_gemv_4b_##NAME##_b##MAXB(const int* qweight, const int* qzeros, const T* scales, \
-                                                     const float* x, float* part, int k_dim, int n_dim, \
-                                                     int group_size, int slice_rows, int nb, unsigned grid, \
-                                                     unsigned block) {                               \
-        cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] {                                         \
-            awq_gemv_4b_##NAME##_b##MAXB(qweight, qzeros, scales, x, part, k_dim, n_dim, group_size, slice_rows, nb); \
+                                                     const float* x, float* part, float* y, unsigned* counters, \
+                                                     int k_dim, int n_dim, int group_size, int slice_rows, int nb, \
+                                                     unsigned grid, unsigned block) {                \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            awq_gemv_4b_##NAME##_b##MAXB(qweight, qzeros, scales, x, part, y, counters, k_dim, n_dim, group_size, \
+                                         slice_rows, nb);                                            \
         });                                                                                          \
     }
 QK_AWQ_GEMV_EMU(float, f32, 1)

@@ -282,22 +282,6 @@ extern "C" __global__ void gemv_reduce_rows_f32(const float* partial, float* y, 
 extern "C" __global__ void gemv_reduce_cols_f32(const float* partial, float* y, int n_dim, int slices) {
     gemv_reduce_cols(partial, y, n_dim, slices);
 }
-// y[b * N + n] = sum_s partial[(b * slices + s) * N + n], in order of s, for b < nb: the batched
-// column skeleton's partial sums (gemv.cuh).
-__device__ __forceinline__ void gemv_reduce_cols_batched(const float* __restrict__ partial, float* __restrict__ y,
-                                                         int n_dim, int slices, int nb) {
-    const long long total = (long long)n_dim * nb;
-    for (long long i = qk_linear0(); i < total; i += qk_linear_step()) {
-        const long long b = i / n_dim, n = i - b * n_dim;
-        const float* p = partial + b * slices * n_dim + n;
-        float acc = 0.0f;
-        for (int s = 0; s < slices; ++s) acc = acc + p[(long long)s * n_dim];
-        y[i] = acc;
-    }
-}
-extern "C" __global__ void gemv_reduce_cols_batched_f32(const float* partial, float* y, int n_dim, int slices, int nb) {
-    gemv_reduce_cols_batched(partial, y, n_dim, slices, nb);
-}
 // y[i] += bias[i % outs] for i < total (rows of `outs` outputs).
 extern "C" __global__ void add_bias_f32(float* y, const float* bias, int outs, int total) {
     for (long long i = qk_linear0(); i < total; i += qk_linear_step()) y[i] = y[i] + bias[i % outs];
@@ -328,11 +312,6 @@ QK_GEMV_EMU(bf16, __nv_bfloat16)
 extern "C" void cpu_gemv_reduce_rows_f32(const float* partial, float* y, int outs, int per, unsigned grid,
                                          unsigned block) {
     cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { gemv_reduce_rows_f32(partial, y, outs, per); });
-}
-extern "C" void cpu_gemv_reduce_cols_batched_f32(const float* partial, float* y, int n_dim, int slices, int nb,
-                                                 unsigned grid, unsigned block) {
-    cpu_launch_serial(qk_dim(grid), qk_dim(block),
-                      [&] { gemv_reduce_cols_batched_f32(partial, y, n_dim, slices, nb); });
 }
 extern "C" void cpu_add_bias_f32(float* y, const float* bias, int outs, int total, unsigned grid, unsigned block) {
     cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { add_bias_f32(y, bias, outs, total); });

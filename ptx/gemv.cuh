@@ -5,14 +5,15 @@
 // * qk_row_gemv, for weights stored along the input dimension (HQQ both axes, FP8, int8, int4):
 //   a team of lanes walks one segment of the packed words; per-lane sums are added across the
 //   team by xor shuffles (a fixed tree: deterministic).
-// * qk_col_gemv, for weights stored [K, N] with codes packed along K or N (GPTQ, AWQ): a thread
-//   takes a few adjacent columns and a slice of rows, and writes one partial sum per slice.
+// * qk_col_gemv_fused, for weights stored [K, N] with codes packed along K or N (GPTQ, AWQ): a
+//   thread takes a few adjacent columns and a slice of rows and writes one partial sum per slice;
+//   the last block of a column range adds them in slice order.
 //
 // Both factor each group out of its sum: sum_i (q_i - z) s x_i = s (sum_i q_i x_i - z sum_i x_i),
 // so a code costs its decode and one fused multiply-add per batch row, and the result equals
 // dequantize-then-multiply within f32 rounding (not bit for bit). Partial sums are added in a
-// fixed order by gemv_reduce_rows / gemv_reduce_cols_batched (ptx/gemv.cu) when an output has
-// more than one; otherwise the skeletons write y directly.
+// fixed order: by gemv_reduce_rows (ptx/gemv.cu) when a row-skeleton output has more than one
+// (otherwise it writes y directly), by the column skeleton's last block in the same launch.
 #pragma once
 #include "common.cuh"
 
@@ -173,91 +174,120 @@ __device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restric
 // A thread sums q x and x within a run of rows of one group and folds s (sum q x - z sum x) into
 // its total when the group changes. A block of rows in the current group (the common case) runs
 // unrolled; one that changes group runs a row at a time. Both choices are uniform in a warp (its
-// lanes share the rows). It then writes part[(b * slices + slice) * N + n + c]; with one slice
-// that is y.
+// lanes share the rows). It then writes part[(b * slices + slice) * N + n + c].
+// One thread's work: columns n .. n + VC over slice `sl`, written to part[(b * slices + sl) * N
+// + n + c].
 template <class Dec, int MAXB>
-__device__ __forceinline__ void qk_col_gemv(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
-                                            int k_dim, int n_dim, int slice_rows, int nb) {
+__device__ __forceinline__ void qk_col_slice(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
+                                             int k_dim, int n_dim, int slice_rows, int slices, int nb, int n, int sl) {
     constexpr int VC = Dec::VC, R = Dec::ROWS;
-    const int nv = n_dim / VC, slices = k_dim / slice_rows;
-    for (int v = qk_x0(); v < nv; v += qk_xstep()) {
-        const int n = v * VC;
-        for (int sl = qk_y0(); sl < slices; sl += qk_ystep()) {
-            const int k0 = sl * slice_rows;
-            float acc[VC][MAXB], dq[VC][MAXB], sx[MAXB], z[VC], s[VC];
+    const int k0 = sl * slice_rows;
+    float acc[VC][MAXB], dq[VC][MAXB], sx[MAXB], z[VC], s[VC];
 #pragma unroll
-            for (int b = 0; b < MAXB; ++b) {
-                sx[b] = 0.0f;
+    for (int b = 0; b < MAXB; ++b) {
+        sx[b] = 0.0f;
 #pragma unroll
-                for (int c = 0; c < VC; ++c) acc[c][b] = dq[c][b] = 0.0f;
-            }
-            int cur = d.group(k0);
-            d.params(cur, n, z, s);
-            const bool one = d.sorted && d.group(k0 + slice_rows - 1) == cur;  // uniform
+        for (int c = 0; c < VC; ++c) acc[c][b] = dq[c][b] = 0.0f;
+    }
+    int cur = d.group(k0);
+    d.params(cur, n, z, s);
+    const bool one = d.sorted && d.group(k0 + slice_rows - 1) == cur;  // uniform
 #pragma unroll 1
-            for (int kb = k0; kb < k0 + slice_rows; kb += R) {
-                bool same = true;
-                if (!one) {
+    for (int kb = k0; kb < k0 + slice_rows; kb += R) {
+        bool same = true;
+        if (!one) {
 #pragma unroll
-                    for (int r = 0; r < R; ++r) same &= d.group(kb + r) == cur;
-                }
-                if (same) {
-                    float q[R][VC];
-                    d.codes(kb, n, q);
-#pragma unroll
-                    for (int b = 0; b < MAXB; ++b) {
-                        if (b >= nb) break;
-                        float xv[R];
-                        if constexpr (R % 4 == 0) {
-                            qk_load_xs<R>(x + (long long)b * k_dim + kb, xv);
-                        } else {
-#pragma unroll
-                            for (int r = 0; r < R; ++r) xv[r] = x[(long long)b * k_dim + kb + r];
-                        }
-#pragma unroll
-                        for (int r = 0; r < R; ++r) {
-                            sx[b] = sx[b] + xv[r];
-#pragma unroll
-                            for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xv[r], dq[c][b]);
-                        }
-                    }
-                    continue;
-                }
-#pragma unroll 1
-                for (int k = kb; k < kb + R; ++k) {
-                    const int g = d.group(k);
-                    if (g != cur) {
-#pragma unroll
-                        for (int b = 0; b < MAXB; ++b) {
-#pragma unroll
-                            for (int c = 0; c < VC; ++c) {
-                                acc[c][b] = acc[c][b] + s[c] * (dq[c][b] - z[c] * sx[b]);
-                                dq[c][b] = 0.0f;
-                            }
-                            sx[b] = 0.0f;
-                        }
-                        cur = g;
-                        d.params(cur, n, z, s);
-                    }
-                    float q[VC];
-                    d.row(k, n, q);
-#pragma unroll
-                    for (int b = 0; b < MAXB; ++b) {
-                        if (b >= nb) break;
-                        const float xk = x[(long long)b * k_dim + k];
-                        sx[b] = sx[b] + xk;
-#pragma unroll
-                        for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[c], xk, dq[c][b]);
-                    }
-                }
-            }
+            for (int r = 0; r < R; ++r) same &= d.group(kb + r) == cur;
+        }
+        if (same) {
+            float q[R][VC];
+            d.codes(kb, n, q);
 #pragma unroll
             for (int b = 0; b < MAXB; ++b) {
                 if (b >= nb) break;
-                float* out = part + ((long long)b * slices + sl) * n_dim + n;
+                float xv[R];
+                if constexpr (R % 4 == 0) {
+                    qk_load_xs<R>(x + (long long)b * k_dim + kb, xv);
+                } else {
 #pragma unroll
-                for (int c = 0; c < VC; ++c) out[c] = acc[c][b] + s[c] * (dq[c][b] - z[c] * sx[b]);
+                    for (int r = 0; r < R; ++r) xv[r] = x[(long long)b * k_dim + kb + r];
+                }
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    sx[b] = sx[b] + xv[r];
+#pragma unroll
+                    for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xv[r], dq[c][b]);
+                }
+            }
+            continue;
+        }
+#pragma unroll 1
+        for (int k = kb; k < kb + R; ++k) {
+            const int g = d.group(k);
+            if (g != cur) {
+#pragma unroll
+                for (int b = 0; b < MAXB; ++b) {
+#pragma unroll
+                    for (int c = 0; c < VC; ++c) {
+                        acc[c][b] = acc[c][b] + s[c] * (dq[c][b] - z[c] * sx[b]);
+                        dq[c][b] = 0.0f;
+                    }
+                    sx[b] = 0.0f;
+                }
+                cur = g;
+                d.params(cur, n, z, s);
+            }
+            float q[VC];
+            d.row(k, n, q);
+#pragma unroll
+            for (int b = 0; b < MAXB; ++b) {
+                if (b >= nb) break;
+                const float xk = x[(long long)b * k_dim + k];
+                sx[b] = sx[b] + xk;
+#pragma unroll
+                for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[c], xk, dq[c][b]);
             }
         }
     }
+#pragma unroll
+    for (int b = 0; b < MAXB; ++b) {
+        if (b >= nb) break;
+        float* out = part + ((long long)b * slices + sl) * n_dim + n;
+#pragma unroll
+        for (int c = 0; c < VC; ++c) out[c] = acc[c][b] + s[c] * (dq[c][b] - z[c] * sx[b]);
+    }
+}
+
+// The column skeleton in one launch: blocks of 32 x BY threads, x over column vectors, y over
+// slices, the grid covering each exactly once (no grid-stride). Each block writes its partial
+// sums, then counts itself done for its column vectors (counters[blockIdx.x]; every thread
+// fences its writes before the block's atomic add); the last block of a column range adds every slice's partial sums in slice order
+// (a fixed order: deterministic whichever block comes last) into y
+// and resets the counter for the next launch. Partial sums are read past L1 (__ldcg: other SMs
+// wrote them).
+template <class Dec, int MAXB>
+__device__ __forceinline__ void qk_col_gemv_fused(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
+                                                  float* __restrict__ y, unsigned* __restrict__ counters, int k_dim,
+                                                  int n_dim, int slice_rows, int nb) {
+    constexpr int VC = Dec::VC;
+    const int nv = n_dim / VC, slices = k_dim / slice_rows;
+    const int v = (int)(blockIdx.x * blockDim.x + threadIdx.x), sl = (int)(blockIdx.y * blockDim.y + threadIdx.y);
+    if (v < nv && sl < slices) qk_col_slice<Dec, MAXB>(d, x, part, k_dim, n_dim, slice_rows, slices, nb, v * VC, sl);
+    __shared__ unsigned qk_last;
+    __threadfence();  // every thread's partial sums reach the device before the count below
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) qk_last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!qk_last) return;
+    __threadfence();
+    const int n0 = (int)(blockIdx.x * blockDim.x) * VC, cols = min((int)blockDim.x * VC, n_dim - n0);
+    const int items = cols * nb, tid = (int)(threadIdx.y * blockDim.x + threadIdx.x);
+    for (int i = tid; i < items; i += (int)(blockDim.x * blockDim.y)) {
+        const int b = i / cols, n = n0 + i % cols;
+        const float* p = part + (long long)b * slices * n_dim + n;
+        float acc = 0.0f;
+        for (int sl2 = 0; sl2 < slices; ++sl2) acc = acc + __ldcg(p + (long long)sl2 * n_dim);
+        y[(long long)b * n_dim + n] = acc;
+    }
+    if (tid == 0) counters[blockIdx.x] = 0u;
 }

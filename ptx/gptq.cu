@@ -273,20 +273,23 @@ struct QkGptqGemv {
 
 template <int BITS, typename T, int MAXB>
 __device__ __forceinline__ void gptq_gemv(const int* qweight, const int* qzeros, const T* scales, const int* g_idx,
-                                          const float* x, float* part, int k_dim, int n_dim, int slice_rows,
-                                          int format, int nb) {
+                                          const float* x, float* part, float* y, unsigned* counters, int k_dim,
+                                          int n_dim, int slice_rows, int format, int nb) {
     const QkGptqGemv<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format & 1, (format & 2) != 0,
                                 qk_magic_reg(format)};
-    qk_col_gemv<QkGptqGemv<BITS, T>, MAXB>(d, x, part, k_dim, n_dim, slice_rows, nb);
+    qk_col_gemv_fused<QkGptqGemv<BITS, T>, MAXB>(d, x, part, y, counters, k_dim, n_dim, slice_rows, nb);
 }
 
-// Entry points: gptq_gemv_{bits}b_{elem}_b{1,8}(qweight, qzeros, scales, g_idx, x, part, K, N,
-// slice_rows, format, nb); format bit 0: v2 zeros, bit 1: g_idx never decreases (sorted).
+// Entry points: gptq_gemv_{bits}b_{elem}_b{1,8}(qweight, qzeros, scales, g_idx, x, part, y,
+// counters, K, N, slice_rows, format, nb); format bit 0: v2 zeros, bit 1: g_idx never decreases
+// (sorted). Blocks of 32 x BY over (column vectors, slices), exactly covering them; counters:
+// one zeroed u32 per block column, left zeroed.
 #define QK_GPTQ_GEMV_ENTRY(BITS, T, NAME, MAXB)                                                      \
     extern "C" __global__ void gptq_gemv_##BITS##b_##NAME##_b##MAXB(                                 \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x,    \
-        float* part, int k_dim, int n_dim, int slice_rows, int format, int nb) {                     \
-        gptq_gemv<BITS, T, MAXB>(qweight, qzeros, scales, g_idx, x, part, k_dim, n_dim, slice_rows, format, nb); \
+        float* part, float* y, unsigned* counters, int k_dim, int n_dim, int slice_rows, int format, int nb) { \
+        gptq_gemv<BITS, T, MAXB>(qweight, qzeros, scales, g_idx, x, part, y, counters, k_dim, n_dim, slice_rows, \
+                                 format, nb);                                                        \
     }
 #define QK_GPTQ_GEMV_ALL(BITS)                                                                       \
     QK_GPTQ_GEMV_ENTRY(BITS, float, f32, 1) QK_GPTQ_GEMV_ENTRY(BITS, float, f32, 8)                  \
@@ -371,10 +374,11 @@ QK_GPTQ_EMU_ALL(8)
 #define QK_GPTQ_GEMV_EMU(BITS, T, NAME, MAXB)                                                        \
     extern "C" void cpu_gptq_gemv_##BITS##b_##NAME##_b##MAXB(                                        \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x,    \
-        float* part, int k_dim, int n_dim, int slice_rows, int format, int nb, unsigned grid, unsigned block) { \
-        cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] {                                         \
-            gptq_gemv_##BITS##b_##NAME##_b##MAXB(qweight, qzeros, scales, g_idx, x, part, k_dim, n_dim, \
-                                                 slice_rows, format, nb);                            \
+        float* part, float* y, unsigned* counters, int k_dim, int n_dim, int slice_rows, int format, int nb, \
+        unsigned grid, unsigned block) {                                                             \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            gptq_gemv_##BITS##b_##NAME##_b##MAXB(qweight, qzeros, scales, g_idx, x, part, y, counters, k_dim, \
+                                                 n_dim, slice_rows, format, nb);                     \
         });                                                                                          \
     }
 #define QK_GPTQ_GEMV_EMU_ALL(BITS)                                                                   \

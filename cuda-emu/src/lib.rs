@@ -325,6 +325,8 @@ macro_rules! emu_elem {
                     *const i32,
                     *const f32,
                     *mut f32,
+                    *mut f32,
+                    *mut u32,
                     i32,
                     i32,
                     i32,
@@ -344,7 +346,22 @@ macro_rules! emu_elem {
             );
             externs2!(
                 $sfx,
-                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const f32,
+                    *mut f32,
+                    *mut f32,
+                    *mut u32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    u32,
+                    u32
+                ),
                 [(awq_q_1, awq_q_8) = "cpu_awq_gemv_4b_"],
                 "_b1",
                 "_b8"

@@ -26,7 +26,8 @@ pub type HqqEntry<W, R> = unsafe extern "C" fn(
     u32,
     u32,
 );
-/// `gptq_gemv_*`: (qweight, qzeros, scales, g_idx, x, part, K, N, slice_rows, format, nb).
+/// `gptq_gemv_*`: (qweight, qzeros, scales, g_idx, x, part, y, counters, K, N, slice_rows,
+/// format, nb).
 pub type GptqEntry<R> = unsafe extern "C" fn(
     *const i32,
     *const i32,
@@ -34,6 +35,8 @@ pub type GptqEntry<R> = unsafe extern "C" fn(
     *const i32,
     *const f32,
     *mut f32,
+    *mut f32,
+    *mut u32,
     i32,
     i32,
     i32,
@@ -42,13 +45,16 @@ pub type GptqEntry<R> = unsafe extern "C" fn(
     u32,
     u32,
 );
-/// `awq_gemv_4b_*`: (qweight, qzeros, scales, x, part, K, N, group_size, slice_rows, nb).
+/// `awq_gemv_4b_*`: (qweight, qzeros, scales, x, part, y, counters, K, N, group_size, slice_rows,
+/// nb).
 pub type AwqEntry<R> = unsafe extern "C" fn(
     *const i32,
     *const i32,
     *const R,
     *const f32,
     *mut f32,
+    *mut f32,
+    *mut u32,
     i32,
     i32,
     i32,
@@ -60,15 +66,6 @@ pub type AwqEntry<R> = unsafe extern "C" fn(
 
 unsafe extern "C" {
     fn cpu_gemv_reduce_rows_f32(part: *const f32, y: *mut f32, outs: i32, per: i32, gr: u32, b: u32);
-    fn cpu_gemv_reduce_cols_batched_f32(
-        part: *const f32,
-        y: *mut f32,
-        n: i32,
-        slices: i32,
-        nb: i32,
-        gr: u32,
-        b: u32,
-    );
     fn cpu_fp8_gemv_e4m3_b1(
         c: *const u8,
         s: *const f32,
@@ -228,35 +225,32 @@ fn row_reduce(
     y.into_vec()
 }
 
-/// Run a column-skeleton entry and add its slices in order.
-fn col_reduce(
+/// Run a column-skeleton entry in one launch: blocks of 32 x `by` threads covering the `n / vc`
+/// column vectors and the slices exactly; `launch(part, y, counters, grid, block)`. The
+/// counters (one per block column) must be zero again afterwards: the last block resets them.
+fn col_fused(
     nb: usize,
     n: usize,
+    vc: usize,
     slices: usize,
-    grid: u32,
-    block: u32,
-    launch: impl FnOnce(*mut f32),
+    by: u32,
+    launch: impl FnOnce(*mut f32, *mut f32, *mut u32, u32, u32),
 ) -> Vec<f32> {
+    assert!((1..=32).contains(&by));
+    let gx = (n / vc).div_ceil(32);
+    let gy = slices.div_ceil(by as usize);
+    assert!(gx < 1 << 16 && gy < 1 << 16);
     let mut y = Dev::<f32>::zeroed(nb * n);
-    if slices == 1 {
-        launch(y.as_mut_ptr());
-    } else {
-        let mut part = Dev::<f32>::zeroed(nb * slices * n);
-        launch(part.as_mut_ptr());
-        // SAFETY: part holds nb*slices*n sums, y nb*n; the kernel reads part[(b*slices+s)*n + c]
-        // and writes y[b*n + c] for b < nb, s < slices, c < n; synchronous call.
-        unsafe {
-            cpu_gemv_reduce_cols_batched_f32(
-                part.as_ptr(),
-                y.as_mut_ptr(),
-                i(n),
-                i(slices),
-                i(nb),
-                grid,
-                block,
-            )
-        };
-    }
+    let mut part = Dev::<f32>::zeroed(nb * slices * n);
+    let mut counters = Dev::<u32>::zeroed(gx);
+    launch(
+        part.as_mut_ptr(),
+        y.as_mut_ptr(),
+        counters.as_mut_ptr(),
+        gx as u32 | (gy as u32) << 16,
+        32 | by << 16,
+    );
+    assert!(counters.as_slice().iter().all(|&c| c == 0), "counters not reset");
     y.into_vec()
 }
 
@@ -405,8 +399,7 @@ pub fn gptq_gemv<T: EmuElem>(
     format: i32,
     nb: usize,
     maxb: usize,
-    grid: u32,
-    block: u32,
+    by: u32,
 ) -> Vec<f32> {
     let (e, rows) = match bits {
         2 => (0, 16),
@@ -428,10 +421,11 @@ pub fn gptq_gemv<T: EmuElem>(
     let entry = T::GPTQ_QGEMV[e][maxb_index(nb, maxb)];
     // Bit 1 of the format: the kernel may take a slice whose ends share a group as one group.
     let format = format | if g_idx.windows(2).all(|w| w[0] <= w[1]) { 2 } else { 0 };
-    col_reduce(nb, n, k / slice_rows, grid, block, |part| {
+    col_fused(nb, n, 4, k / slice_rows, by, |part, y, counters, grid, block| {
         // SAFETY: reads qweight word rows < k*bits/32 at 4 columns < n, qzeros/scales rows
         // g < groups (checked), g_idx[k'] and x[b*k + k'] for k' < k, b < nb; writes
-        // part[(b*slices + s)*n + c] within the buffer. Synchronous.
+        // part[(b*slices + s)*n + c] and y[b*n + c] within their buffers, counters[block x].
+        // Synchronous.
         unsafe {
             entry(
                 qw.as_ptr(),
@@ -440,6 +434,8 @@ pub fn gptq_gemv<T: EmuElem>(
                 gi.as_ptr(),
                 xd.as_ptr(),
                 part,
+                y,
+                counters,
                 i(k),
                 i(n),
                 i(slice_rows),
@@ -468,8 +464,7 @@ pub fn awq_gemv<T: EmuElem>(
     slice_rows: usize,
     nb: usize,
     maxb: usize,
-    grid: u32,
-    block: u32,
+    by: u32,
 ) -> Vec<f32> {
     assert!(n.is_multiple_of(8) && k.is_multiple_of(group_size) && k.is_multiple_of(slice_rows));
     let groups = k / group_size;
@@ -480,9 +475,10 @@ pub fn awq_gemv<T: EmuElem>(
     let s = raw(scales);
     let (qw, qz, xd) = (Dev::from(qweight), Dev::from(qzeros), Dev::from(x));
     let entry = T::AWQ_QGEMV[maxb_index(nb, maxb)];
-    col_reduce(nb, n, k / slice_rows, grid, block, |part| {
+    col_fused(nb, n, 8, k / slice_rows, by, |part, y, counters, grid, block| {
         // SAFETY: reads qweight[k'*n/8 + w] for k' < k, qzeros/scales rows k'/group_size <
-        // groups, x[b*k + k']; writes part within nb*slices*n. Synchronous.
+        // groups, x[b*k + k']; writes part within nb*slices*n, y within nb*n and
+        // counters[block x]. Synchronous.
         unsafe {
             entry(
                 qw.as_ptr(),
@@ -490,6 +486,8 @@ pub fn awq_gemv<T: EmuElem>(
                 s.as_ptr(),
                 xd.as_ptr(),
                 part,
+                y,
+                counters,
                 i(k),
                 i(n),
                 i(group_size),

@@ -131,8 +131,10 @@ impl GemvKernel {
     pub fn params(self) -> usize {
         match self {
             GemvKernel::Hqq(..) => 13,
-            GemvKernel::Gptq(..) | GemvKernel::Fp8(_) | GemvKernel::Int4 => 11,
-            GemvKernel::Awq(_) | GemvKernel::Int8 => 10,
+            GemvKernel::Gptq(..) => 13,
+            GemvKernel::Awq(_) => 12,
+            GemvKernel::Fp8(_) | GemvKernel::Int4 => 11,
+            GemvKernel::Int8 => 10,
         }
     }
 }
@@ -220,9 +222,36 @@ impl ColPlan {
             .into_iter()
             .find(|&s| s.is_multiple_of(rows) && k.is_multiple_of(s))
             .ok_or(Error::Kernel(KernelError::NotMultiple { what: "GEMV K", value: k, multiple: rows }))?;
-        Ok(ColPlan { slice_rows, slices: k / slice_rows, cols })
+        let plan = ColPlan { slice_rows, slices: k / slice_rows, cols };
+        // One launch covers the slices exactly (gemv.cuh's single-launch column skeleton).
+        let gy = plan.slices.div_ceil(COL_WARPS);
+        if gy > 65_535 {
+            return Err(Error::Kernel(KernelError::TooLarge {
+                what: "GEMV slices / 8",
+                value: gy,
+                max: 65_535,
+            }));
+        }
+        Ok(plan)
+    }
+
+    /// Block columns of the launch for `n` outputs: one counter each.
+    pub fn block_columns(&self, n: usize) -> usize {
+        (n / self.cols).div_ceil(32)
+    }
+
+    /// Blocks of 32 column vectors x 8 warps of slices, covering both exactly.
+    fn launch(&self, n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.block_columns(n) as u32, self.slices.div_ceil(COL_WARPS) as u32, 1),
+            block_dim: (32, COL_WARPS as u32, 1),
+            shared_mem_bytes: 0,
+        }
     }
 }
+
+/// Warps of slices per block of the column skeleton.
+const COL_WARPS: usize = 8;
 
 /// Scales or zeros on the device in their stored element type.
 #[derive(Debug)]
@@ -356,7 +385,8 @@ pub struct DeviceQuantLinear {
     /// Partial sums for GEMV_MAX_BATCH rows (empty when each output has one).
     part: CudaSlice<f32>,
     reduce_rows: CudaFunction,
-    reduce_cols: CudaFunction,
+    /// Column skeleton: one zeroed counter per block column (its last block resets it).
+    counters: Option<CudaSlice<u32>>,
     add_bias: CudaFunction,
     gather: CudaFunction,
     /// The tensor-core GEMM entries (16- and 64-row tiles), where the scheme and shape have one.
@@ -562,7 +592,7 @@ impl DeviceQuantLinear {
         };
         let xs_rows = if gemm.is_some() { GEMM_CHUNK } else { GEMV_MAX_BATCH };
         let part_len = match (&weight, col) {
-            (_, Some(c)) if c.slices > 1 => GEMV_MAX_BATCH * c.slices * out,
+            (_, Some(c)) => GEMV_MAX_BATCH * c.slices * out,
             (
                 DevWeight::Hqq { plan, .. }
                 | DevWeight::Fp8 { plan, .. }
@@ -585,7 +615,7 @@ impl DeviceQuantLinear {
             part: gpu.zeros(part_len.max(1))?,
             weight,
             reduce_rows: gpu.function(PtxFile::Gemv, super::GEMV_REDUCE_ROWS)?,
-            reduce_cols: gpu.function(PtxFile::Gemv, "gemv_reduce_cols_batched_f32")?,
+            counters: col.map(|c| gpu.zeros::<u32>(c.block_columns(out))).transpose()?,
             add_bias: gpu.function(PtxFile::Gemv, "add_bias_f32")?,
             gather: gpu.function(PtxFile::Gemv, super::GATHER)?,
             gemm,
@@ -754,15 +784,13 @@ impl DeviceQuantLinear {
             | DevWeight::Int4 { plan, .. } => Some(*plan),
             _ => None,
         };
-        let direct = match (row_plan, self.col) {
-            (Some(p), _) => p.per == 1,
-            (_, Some(c)) => c.slices == 1,
-            _ => true,
-        };
+        // The column skeleton adds its partial sums in the same launch (its last block per
+        // column range); the row skeleton writes y when a segment is a whole row.
+        let direct = row_plan.is_none_or(|p| p.per == 1);
         let mut part = self.part.slice_mut(..);
         let mut l = gpu.stream.launch_builder(f);
         let (seg, team) = row_plan.map_or((0, 0), |p| (p.seg as i32, p.team as i32));
-        let (sr, slices) = self.col.map_or((0, 0), |c| (c.slice_rows as i32, c.slices as i32));
+        let sr = self.col.map_or(0, |c| c.slice_rows as i32);
         let sorted_format = match &self.weight {
             DevWeight::Gptq { format, .. } => format | 2,
             _ => 0,
@@ -793,21 +821,25 @@ impl DeviceQuantLinear {
                 plan.launch()
             }
             DevWeight::Gptq { qweight, qzeros, scales, g_idx, .. } => {
+                let (Some(c), Some(counters)) = (self.col, self.counters.as_mut()) else {
+                    return Err(Error::Cuda(CudaError::NoKernel("a column plan")));
+                };
                 l.arg(qweight).arg(qzeros);
                 push_float(&mut l, scales);
-                l.arg(g_idx).arg(x);
-                target!(l);
+                l.arg(g_idx).arg(x).arg(&mut part).arg(&mut *y).arg(counters);
                 // Bit 1: g_idx never decreases (the layer was sorted by group at `new`).
                 l.arg(&in32).arg(&out32).arg(&sr).arg(&sorted_format).arg(&nbi);
-                super::launch_2d(self.out / 4, slices as usize)
+                c.launch(self.out)
             }
             DevWeight::Awq { qweight, qzeros, scales, group } => {
+                let (Some(c), Some(counters)) = (self.col, self.counters.as_mut()) else {
+                    return Err(Error::Cuda(CudaError::NoKernel("a column plan")));
+                };
                 l.arg(qweight).arg(qzeros);
                 push_float(&mut l, scales);
-                l.arg(x);
-                target!(l);
+                l.arg(x).arg(&mut part).arg(&mut *y).arg(counters);
                 l.arg(&in32).arg(&out32).arg(group).arg(&sr).arg(&nbi);
-                super::launch_2d(self.out / 8, slices as usize)
+                c.launch(self.out)
             }
             DevWeight::Fp8 { codes, scales, block, plan } => {
                 l.arg(codes).arg(scales).arg(x);
@@ -836,7 +868,10 @@ impl DeviceQuantLinear {
         // forward_into checked x (nb*in values) and y (nb*out). The skeletons read packed words
         // below the uploaded lengths, parameters of groups < G, x[b*in + i] for i < in, b < nb,
         // and write y[b*out + o] (direct) or part[b*per*out + ...] within GEMV_MAX_BATCH*per*out
-        // (its allocated length). Vector loads sit at multiples of their width from
+        // (its allocated length); the column skeleton's partials part[(b*slices + s)*out + n]
+        // within GEMV_MAX_BATCH*slices*out, y[b*out + n], and counters[blockIdx.x] for the
+        // block_columns(out) counters allocated, its grid covering the column vectors and
+        // slices exactly (ColPlan::launch). Vector loads sit at multiples of their width from
         // 256-byte-aligned allocations (chunks at multiples of CH words; GPTQ's 4 columns at n %
         // 4 == 0; x views start at row boundaries, read by scalar loads).
         unsafe { l.launch(cfg) }?;
@@ -849,13 +884,6 @@ impl DeviceQuantLinear {
             r.arg(&self.part).arg(&mut *y).arg(&outs).arg(&per);
             // SAFETY: gemv_reduce_rows_f32(const float*, float*, int, int): part holds at least
             // nb*out*per sums, y's view nb*out; the kernel reads part[o*per + t], writes y[o].
-            unsafe { r.launch(super::launch_1d(nb * self.out)) }?;
-        } else {
-            let mut r = gpu.stream.launch_builder(&self.reduce_cols);
-            r.arg(&self.part).arg(&mut *y).arg(&out32).arg(&slices).arg(&nbi);
-            // SAFETY: gemv_reduce_cols_batched_f32(const float*, float*, int, int, int): part
-            // holds nb*slices*out sums, y's view nb*out; reads part[(b*slices + s)*N + n] and
-            // writes y[b*N + n].
             unsafe { r.launch(super::launch_1d(nb * self.out)) }?;
         }
         Ok(())

@@ -95,13 +95,7 @@ impl PtxFile {
                 .iter()
                 .map(|&n| (n, 9))
                 .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
-                .chain([
-                    (GEMV_REDUCE_ROWS, 4),
-                    (GEMV_REDUCE_COLS, 4),
-                    (GATHER, 4),
-                    ("gemv_reduce_cols_batched_f32", 5),
-                    ("add_bias_f32", 4),
-                ])
+                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4), (GATHER, 4), ("add_bias_f32", 4)])
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),

@@ -164,10 +164,9 @@ fn gptq_case<T: Elem + EmuElem>(bits: u8, k: usize, n: usize, g: i64, act: bool,
     for (nb, maxb) in BATCHES {
         let x = xs(&mut rng, nb * k);
         for &sr in &slices {
-            for (grid, block) in [(1u32, 32u32), (2 | 3 << 16, 32 | 2 << 16)] {
-                let y = qgemv::gptq_gemv(
-                    bits, &qweight, &qzeros, &s, &g_idx, &x, k, n, sr, fmt, nb, maxb, grid, block,
-                );
+            for by in [1u32, 3, 8] {
+                let y =
+                    qgemv::gptq_gemv(bits, &qweight, &qzeros, &s, &g_idx, &x, k, n, sr, fmt, nb, maxb, by);
                 let what = format!(
                     "gptq {bits}b K{k} N{n} g{g} act {act} {f:?} {} slice {sr} nb {nb}/{maxb}",
                     T::DTYPE
@@ -183,9 +182,8 @@ fn gptq_case<T: Elem + EmuElem>(bits: u8, k: usize, n: usize, g: i64, act: bool,
                 .flat_map(|b| perm.iter().map(move |&p| (b, p)))
                 .map(|(b, p)| x[b * k + p as usize])
                 .collect();
-            let y = qgemv::gptq_gemv(
-                bits, &qs, &qzeros, &s, &sorted, &xsrt, k, n, slices[0], fmt, nb, maxb, 3, 64,
-            );
+            let y =
+                qgemv::gptq_gemv(bits, &qs, &qzeros, &s, &sorted, &xsrt, k, n, slices[0], fmt, nb, maxb, 2);
             check(&y, &w, &x, n, k, true, &format!("sorted gptq {bits}b K{k} N{n} g{g} nb {nb}"));
         }
     }
@@ -194,7 +192,9 @@ fn gptq_case<T: Elem + EmuElem>(bits: u8, k: usize, n: usize, g: i64, act: bool,
 #[test]
 fn gptq_gemv_every_width() {
     for bits in [2u8, 3, 4, 8] {
-        for (k, n, g) in [(64usize, 32usize, 16i64), (128, 64, 32), (256, 32, -1), (96, 32, 32)] {
+        for (k, n, g) in
+            [(64usize, 32usize, 16i64), (128, 64, 32), (256, 32, -1), (96, 32, 32), (64, 256, 32)]
+        {
             if !k.is_multiple_of(32) && bits == 3 {
                 continue;
             }
@@ -221,8 +221,8 @@ fn awq_case<T: Elem + EmuElem>(k: usize, n: usize, gs: usize) {
             if !k.is_multiple_of(sr) {
                 continue;
             }
-            for (grid, block) in [(1u32, 32u32), (2 | 2 << 16, 32 | 3 << 16)] {
-                let y = qgemv::awq_gemv(&qweight, &qzeros, &s, &x, k, n, gs, sr, nb, maxb, grid, block);
+            for by in [1u32, 3, 8] {
+                let y = qgemv::awq_gemv(&qweight, &qzeros, &s, &x, k, n, gs, sr, nb, maxb, by);
                 check(
                     &y,
                     &w,
@@ -240,7 +240,7 @@ fn awq_case<T: Elem + EmuElem>(k: usize, n: usize, gs: usize) {
 #[test]
 fn awq_gemv_every_element_type() {
     // g = 12: groups change inside an 8-row slice (the row-at-a-time path).
-    for (k, n, gs) in [(64, 32, 32), (48, 16, 12), (128, 64, 128)] {
+    for (k, n, gs) in [(64, 32, 32), (48, 16, 12), (128, 64, 128), (32, 512, 32)] {
         awq_case::<f16>(k, n, gs);
         awq_case::<bf16>(k, n, gs);
         awq_case::<f32>(k, n, gs);
