@@ -253,13 +253,8 @@ struct QkGptqGemv {
 #pragma unroll
             for (int c = 0; c < VC; ++c) w[c][i] = (unsigned)r.v[c];
         }
-        const int shift = first & 31;
 #pragma unroll
-        for (int c = 0; c < VC; ++c) {
-            unsigned f = w[c][0] >> shift;
-            if (shift + BITS > 32) f |= w[c][1] << (32 - shift);
-            q[c] = qk_u2f(f & ((1u << BITS) - 1u), magic);
-        }
+        for (int c = 0; c < VC; ++c) q[c] = qk_u2f(qk_field<BITS>(w[c], first & 31), magic);
     }
     __device__ __forceinline__ int group(int k) const { return g_idx[k]; }
     __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {
