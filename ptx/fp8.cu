@@ -78,6 +78,20 @@ __device__ __forceinline__ unsigned qk_fp8_f16x2(unsigned x, bool hi) {
     return E4M3 ? (((t & 0x7f007f00u) >> 1) | (t & 0x80008000u)) : t;
 }
 
+// The 4 codes of `x` (first in the low byte) through their f16 view, widened to f32 into v (E4M3:
+// value / 256); returns nonzero when one of them is an E4M3 NaN, which the view misreads.
+template <bool E4M3>
+__device__ __forceinline__ unsigned qk_fp8_view4(unsigned x, float* v) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+        const unsigned h = qk_fp8_f16x2<E4M3>(x, k == 1);
+        v[2 * k] = qk_f16_bits_to_f32(h & 0xffffu);
+        v[2 * k + 1] = qk_f16_bits_to_f32(h >> 16);
+    }
+    // A byte whose low 7 bits are all ones (E4M3 NaN) becomes 0x80 after the add.
+    return E4M3 ? ((x & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u : 0u;
+}
+
 // The rare cases, element by element from memory: CV codes times s with the bit-construction
 // decode; `only_nan` keeps the other outputs (written by the vector path) as they are.
 template <int MBITS, int BIAS, bool E4M3, int CV, typename T>
@@ -103,15 +117,10 @@ __device__ __forceinline__ void fp8_row(const QkVec<unsigned, CV / 4>& w, const 
     unsigned nan = 0u;
 #pragma unroll
     for (int j = 0; j < CV / 4; ++j) {
-        const unsigned x = w.v[j];
-        // A byte whose low 7 bits are all ones (E4M3 NaN) becomes 0x80 after the add.
-        if (E4M3) nan |= ((x & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
+        float v[4];
+        nan |= qk_fp8_view4<E4M3>(w.v[j], v);
 #pragma unroll
-        for (int k = 0; k < 2; ++k) {
-            const unsigned h = qk_fp8_f16x2<E4M3>(x, k == 1);
-            o.v[4 * j + 2 * k] = qk_from_f32<T>(qk_f16_bits_to_f32(h & 0xffffu) * f);
-            o.v[4 * j + 2 * k + 1] = qk_from_f32<T>(qk_f16_bits_to_f32(h >> 16) * f);
-        }
+        for (int k = 0; k < 4; ++k) o.v[4 * j + k] = qk_from_f32<T>(v[k] * f);
     }
     *reinterpret_cast<QkVec<T, CV>*>(o_row) = o;
     if (E4M3 && nan != 0u) fp8_slow<MBITS, BIAS, E4M3, CV, T>(codes, s, o_row, true);
@@ -221,17 +230,7 @@ struct QkFp8Gemv {
         const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
         if (bc % CH == 0) {
             float q[CH];
-            unsigned nan = 0u;
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                if (E4M3) nan |= ((v.v[j] & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
-#pragma unroll
-                for (int k = 0; k < 2; ++k) {
-                    const unsigned h = qk_fp8_f16x2<E4M3>(v.v[j], k == 1);
-                    q[4 * j + 2 * k] = qk_f16_bits_to_f32(h & 0xffffu);
-                    q[4 * j + 2 * k + 1] = qk_f16_bits_to_f32(h >> 16);
-                }
-            }
+            const unsigned nan = qk_fp8_view4<E4M3>(v.v[0], q) | qk_fp8_view4<E4M3>(v.v[1], q + 4);
             const float s = srow[qk_div((unsigned)col, (unsigned)bc, lg_bc)];
             float part[MAXB];
 #pragma unroll
@@ -303,13 +302,11 @@ struct QkFp8Gemm {
         const bool one = bc % 16 == 0;  // k .. k + 9 in one column block
         const float s0 = c.srow[qk_div((unsigned)k, (unsigned)bc, lg_bc)];
         const float f = E4M3 ? s0 * 256.0f : s0;
-        const bool nan = E4M3 && ((((x & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u) != 0u);
-        if (one && !nan && fabsf(f) <= 3.402823466e38f) {
-            const unsigned h0 = qk_fp8_f16x2<E4M3>(x, false), h1 = qk_fp8_f16x2<E4M3>(x, true);
-            w[0] = qk_f16_bits_to_f32(h0 & 0xffffu) * f;
-            w[1] = qk_f16_bits_to_f32(h0 >> 16) * f;
-            w[2] = qk_f16_bits_to_f32(h1 & 0xffffu) * f;
-            w[3] = qk_f16_bits_to_f32(h1 >> 16) * f;
+        float v[4];
+        const unsigned nan = qk_fp8_view4<E4M3>(x, v);
+        if (one && nan == 0u && fabsf(f) <= 3.402823466e38f) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) w[i] = v[i] * f;
             return;
         }
         const int at[4] = {k, k + 1, k + 8, k + 9};
