@@ -7,6 +7,9 @@ fn main() {
         "../ptx/awq.cu",
         "../ptx/fp8.cu",
         "../ptx/intx.cu",
+        "../ptx/hqq_gemv.cu",
+        "../ptx/hqq_gemv8.cu",
+        "../ptx/gptq_gemv.cu",
     ];
     let mut b = cc::Build::new();
     b.cpp(true)
@@ -39,6 +42,8 @@ fn main() {
     println!("cargo:rerun-if-changed=../ptx/common.cuh");
     println!("cargo:rerun-if-changed=../ptx/gemv.cuh");
     println!("cargo:rerun-if-changed=../ptx/gemm.cuh");
+    println!("cargo:rerun-if-changed=../ptx/hqq_gemv.cuh");
+    println!("cargo:rerun-if-changed=../ptx/gptq.cuh");
     println!("cargo:rerun-if-changed=cuda_cpu_shim.h");
     b.compile("qk_cuda_emu");
 }

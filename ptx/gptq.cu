@@ -20,69 +20,7 @@
 // multiplication.
 #include "gemv.cuh"
 #include "gemm.cuh"
-
-template <int BITS>
-struct QkGptq {
-    enum : int {
-        ROWS = BITS == 3 ? 32 : 32 / BITS,           // rows whose codes fill whole words,
-        WORDS = BITS == 3 ? 3 : 1,                   // ... this many per column
-        CHUNK = BITS == 3 ? 32 : BITS == 8 ? 8 : 16,  // rows per thread
-        CWORDS = CHUNK / ROWS * WORDS,               // qweight rows per chunk
-    };
-};
-
-// Bits [first, first + BITS) of the little-endian word stream `words` (first is a constant in the
-// unrolled loop below, so the straddle test folds away).
-template <int BITS>
-__device__ __forceinline__ unsigned qk_field(const unsigned* words, int first) {
-    const int j = first >> 5, shift = first & 31;
-    unsigned v = words[j] >> shift;
-    if (shift + BITS > 32) v |= words[j + 1] << (32 - shift);
-    return v & ((1u << BITS) - 1u);
-}
-
-// Where columns n .. n+VEC's zero points and scales sit in group row 0: VEC * BITS bits of qzeros
-// from bit n * BITS (within two words), and VEC scales.
-template <int BITS, int VEC, typename T>
-struct QkGptqCols {
-    const int* zp;  // first qzeros word of group row 0
-    const T* sp;    // first scale of group row 0
-    int zcols;      // qzeros words per group row (N * BITS / 32 < 2^31: N is an int)
-    int n_dim;
-    int shift;      // bit offset of column n in *zp
-    __device__ __forceinline__ QkGptqCols(const int* qzeros, const T* scales, int n_dim_, int n) {
-        const long long first = (long long)n * BITS;
-        zcols = (int)((long long)n_dim_ * BITS / 32);
-        zp = qzeros + (first >> 5);
-        sp = scales + n;
-        n_dim = n_dim_;
-        shift = (int)(first & 31);
-    }
-
-    // Group g's zero points (as 2^23 + z, see qk_magic) and scales.
-    __device__ __forceinline__ void load(int g, int format, unsigned magic, float* zm, float* s) const {
-        // g >= 0: unsigned 32 x 32 -> 64-bit products (one instruction each).
-        const int* z = zp + (unsigned long long)(unsigned)g * (unsigned)zcols;
-        unsigned lo = (unsigned)z[0];
-        unsigned hi = shift + VEC * BITS > 32 ? (unsigned)z[1] : 0u;
-        if (format == 0 && BITS != 3) {
-            // v1: GPTQModel's +1 in every field, a wrapping add per word (carries included).
-            const unsigned inc = BITS == 2 ? 0x55555555u : BITS == 4 ? 0x11111111u : 0x01010101u;
-            lo += inc;
-            hi += inc;
-        }
-        const unsigned long long v = (((unsigned long long)hi << 32) | lo) >> shift;
-        const QkVec<T, VEC> sv =
-            *reinterpret_cast<const QkVec<T, VEC>*>(sp + (unsigned long long)(unsigned)g * (unsigned)n_dim);
-#pragma unroll
-        for (int c = 0; c < VEC; ++c) {
-            unsigned zc = (unsigned)(v >> (c * BITS)) & ((1u << BITS) - 1u);
-            if (format == 0 && BITS == 3) zc = (zc + 1u) & 7u;  // v1 at 3 bits: +1 per field
-            zm[c] = qk_magic(zc, magic);
-            s[c] = qk_to_f32(sv.v[c]);
-        }
-    }
-};
+#include "gptq.cuh"
 
 // Rows k0 .. k0+nrows (whole word blocks) of columns n .. n+VEC, a row at a time, decoding a
 // row's group only when it differs from the previous row's: the path for act-order chunks, small
@@ -210,91 +148,6 @@ QK_GPTQ_ALL(3)
 QK_GPTQ_ALL(4)
 QK_GPTQ_ALL(8)
 
-// ---- Fused GEMV (gemv.cuh's column skeleton): y[b][n] = sum_k W[k, n] x[b][k]. A thread takes 4
-// adjacent columns (one 16-byte vector of qweight words per word row) and reads its rows' codes a
-// word block at a time (ROWS rows: 8 at 4 bits, 16 at 2, 4 at 8, 32 at 3 from three words).
-// Groups come from the validated g_idx per row; an act-order layer sorted by group
-// (gptq::sort) changes group only at the group boundaries.
-template <int BITS, typename T>
-struct QkGptqGemv {
-    static constexpr int VC = 4, ROWS = QkGptq<BITS>::ROWS, WORDS = QkGptq<BITS>::WORDS;
-    const int* __restrict__ qweight;
-    const int* __restrict__ qzeros;
-    const T* __restrict__ scales;
-    const int* __restrict__ g_idx;
-    int n_dim, format;
-    bool sorted;
-    unsigned magic;
-
-    __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
-        const int* wp = qweight + ((unsigned long long)((unsigned)k / ROWS * WORDS) * (unsigned)n_dim + (unsigned)n);
-        unsigned w[VC][WORDS + 1];
-#pragma unroll
-        for (int i = 0; i < WORDS; ++i) {
-            const QkVec<int, VC> row = *reinterpret_cast<const QkVec<int, VC>*>(wp + (long long)i * n_dim);
-#pragma unroll
-            for (int c = 0; c < VC; ++c) w[c][i] = (unsigned)row.v[c];
-        }
-#pragma unroll
-        for (int c = 0; c < VC; ++c) w[c][WORDS] = 0u;
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-            for (int c = 0; c < VC; ++c) q[r][c] = qk_u2f(qk_field<BITS>(w[c], r * BITS), magic);
-    }
-    __device__ __forceinline__ void row(int k, int n, float* q) const {
-        const int* wp = qweight + (long long)(k / ROWS * WORDS) * n_dim + n;
-        const int first = (k % ROWS) * BITS;  // bit offset in the block's word stream
-        unsigned w[VC][2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int wi = min((first >> 5) + i, WORDS - 1);
-            const QkVec<int, VC> r = *reinterpret_cast<const QkVec<int, VC>*>(wp + (long long)wi * n_dim);
-#pragma unroll
-            for (int c = 0; c < VC; ++c) w[c][i] = (unsigned)r.v[c];
-        }
-#pragma unroll
-        for (int c = 0; c < VC; ++c) q[c] = qk_u2f(qk_field<BITS>(w[c], first & 31), magic);
-    }
-    __device__ __forceinline__ int group(int k) const { return g_idx[k]; }
-    __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {
-        const QkGptqCols<BITS, VC, T> cols(qzeros, scales, n_dim, n);
-        float zm[VC];
-        cols.load(g, format, magic, zm, s);
-#pragma unroll
-        for (int c = 0; c < VC; ++c) z[c] = zm[c] - 8388608.0f;
-    }
-};
-
-template <int BITS, typename T, int MAXB>
-__device__ __forceinline__ void gptq_gemv(const int* qweight, const int* qzeros, const T* scales, const int* g_idx,
-                                          const float* x, float* part, float* y, unsigned* counters, int k_dim,
-                                          int n_dim, int slice_rows, int format, int nb) {
-    const QkGptqGemv<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format & 1, (format & 2) != 0,
-                                qk_magic_reg(format)};
-    qk_col_gemv_fused<QkGptqGemv<BITS, T>, MAXB>(d, x, part, y, counters, k_dim, n_dim, slice_rows, nb);
-}
-
-// Entry points: gptq_gemv_{bits}b_{elem}_b{1,8}(qweight, qzeros, scales, g_idx, x, part, y,
-// counters, K, N, slice_rows, format, nb); format bit 0: v2 zeros, bit 1: g_idx never decreases
-// (sorted). Blocks of 32 x BY over (column vectors, slices), exactly covering them; counters:
-// one zeroed u32 per block column, left zeroed.
-#define QK_GPTQ_GEMV_ENTRY(BITS, T, NAME, MAXB)                                                      \
-    extern "C" __global__ void gptq_gemv_##BITS##b_##NAME##_b##MAXB(                                 \
-        const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x,    \
-        float* part, float* y, unsigned* counters, int k_dim, int n_dim, int slice_rows, int format, int nb) { \
-        gptq_gemv<BITS, T, MAXB>(qweight, qzeros, scales, g_idx, x, part, y, counters, k_dim, n_dim, slice_rows, \
-                                 format, nb);                                                        \
-    }
-#define QK_GPTQ_GEMV_ALL(BITS)                                                                       \
-    QK_GPTQ_GEMV_ENTRY(BITS, float, f32, 1) QK_GPTQ_GEMV_ENTRY(BITS, float, f32, 8)                  \
-    QK_GPTQ_GEMV_ENTRY(BITS, __half, f16, 1) QK_GPTQ_GEMV_ENTRY(BITS, __half, f16, 8)                \
-    QK_GPTQ_GEMV_ENTRY(BITS, __nv_bfloat16, bf16, 1) QK_GPTQ_GEMV_ENTRY(BITS, __nv_bfloat16, bf16, 8)
-QK_GPTQ_GEMV_ALL(2)
-QK_GPTQ_GEMV_ALL(3)
-QK_GPTQ_GEMV_ALL(4)
-QK_GPTQ_GEMV_ALL(8)
-
 // ---- Tensor-core GEMM (gemm.cuh) for 4- and 8-bit layers: a lane's weights of column n are rows
 // k, k + 1 (one word) and k + 8, k + 9 (the word 8 rows on). `one_group` (checked on the host:
 // every aligned 16-row block of g_idx holds one group) reads one group for the four; otherwise
@@ -366,24 +219,6 @@ QK_GPTQ_EMU_ALL(2)
 QK_GPTQ_EMU_ALL(3)
 QK_GPTQ_EMU_ALL(4)
 QK_GPTQ_EMU_ALL(8)
-#define QK_GPTQ_GEMV_EMU(BITS, T, NAME, MAXB)                                                        \
-    extern "C" void cpu_gptq_gemv_##BITS##b_##NAME##_b##MAXB(                                        \
-        const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x,    \
-        float* part, float* y, unsigned* counters, int k_dim, int n_dim, int slice_rows, int format, int nb, \
-        unsigned grid, unsigned block) {                                                             \
-        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
-            gptq_gemv_##BITS##b_##NAME##_b##MAXB(qweight, qzeros, scales, g_idx, x, part, y, counters, k_dim, \
-                                                 n_dim, slice_rows, format, nb);                     \
-        });                                                                                          \
-    }
-#define QK_GPTQ_GEMV_EMU_ALL(BITS)                                                                   \
-    QK_GPTQ_GEMV_EMU(BITS, float, f32, 1) QK_GPTQ_GEMV_EMU(BITS, float, f32, 8)                      \
-    QK_GPTQ_GEMV_EMU(BITS, __half, f16, 1) QK_GPTQ_GEMV_EMU(BITS, __half, f16, 8)                    \
-    QK_GPTQ_GEMV_EMU(BITS, __nv_bfloat16, bf16, 1) QK_GPTQ_GEMV_EMU(BITS, __nv_bfloat16, bf16, 8)
-QK_GPTQ_GEMV_EMU_ALL(2)
-QK_GPTQ_GEMV_EMU_ALL(3)
-QK_GPTQ_GEMV_EMU_ALL(4)
-QK_GPTQ_GEMV_EMU_ALL(8)
 #define QK_GPTQ_GEMM_EMU(BITS, T, NAME, MT)                                                          \
     extern "C" void cpu_gptq_gemm_##BITS##b_##NAME##_m##MT(                                          \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \

@@ -75,20 +75,44 @@ pub enum GemvKernel {
 }
 
 impl GemvKernel {
-    /// Every entry of the family, with the PTX file that holds it.
-    pub fn all() -> Vec<(GemvKernel, PtxFile)> {
+    /// Every scheme, width and parameter type of the family.
+    pub fn all() -> Vec<GemvKernel> {
         let elems = [FloatType::F32, FloatType::F16, FloatType::Bf16];
         let mut v = Vec::new();
         for b in [1, 2, 3, 4, 8] {
-            v.extend(elems.map(|t| (GemvKernel::Hqq(b, t), PtxFile::Hqq)));
+            v.extend(elems.map(|t| GemvKernel::Hqq(b, t)));
         }
         for b in [2, 3, 4, 8] {
-            v.extend(elems.map(|t| (GemvKernel::Gptq(b, t), PtxFile::Gptq)));
+            v.extend(elems.map(|t| GemvKernel::Gptq(b, t)));
         }
-        v.extend(elems.map(|t| (GemvKernel::Awq(t), PtxFile::Awq)));
-        v.extend([Fp8Format::E4M3, Fp8Format::E5M2].map(|f| (GemvKernel::Fp8(f), PtxFile::Fp8)));
-        v.extend([(GemvKernel::Int8, PtxFile::Intx), (GemvKernel::Int4, PtxFile::Intx)]);
+        v.extend(elems.map(GemvKernel::Awq));
+        v.extend([GemvKernel::Fp8(Fp8Format::E4M3), GemvKernel::Fp8(Fp8Format::E5M2)]);
+        v.extend([GemvKernel::Int8, GemvKernel::Int4]);
         v
+    }
+
+    /// The PTX file of the GEMV entry for batches of up to `maxb` rows (HQQ's batch-1 and
+    /// batch-8 entries live in modules of their own, so a load compiles only what it uses).
+    pub fn file(self, maxb: usize) -> PtxFile {
+        match self {
+            GemvKernel::Hqq(..) if maxb == 1 => PtxFile::HqqGemv,
+            GemvKernel::Hqq(..) => PtxFile::HqqGemv8,
+            GemvKernel::Gptq(..) => PtxFile::GptqGemv,
+            GemvKernel::Awq(_) => PtxFile::Awq,
+            GemvKernel::Fp8(_) => PtxFile::Fp8,
+            GemvKernel::Int8 | GemvKernel::Int4 => PtxFile::Intx,
+        }
+    }
+
+    /// The PTX file of the scheme's GEMM entries (its dequantization's file).
+    pub fn gemm_file(self) -> PtxFile {
+        match self {
+            GemvKernel::Hqq(..) => PtxFile::Hqq,
+            GemvKernel::Gptq(..) => PtxFile::Gptq,
+            GemvKernel::Awq(_) => PtxFile::Awq,
+            GemvKernel::Fp8(_) => PtxFile::Fp8,
+            GemvKernel::Int8 | GemvKernel::Int4 => PtxFile::Intx,
+        }
     }
 
     /// The entry's name for batches of up to `maxb` rows (1 or 8).
@@ -561,11 +585,6 @@ impl DeviceQuantLinear {
                 (GemvKernel::Int4, weight, None, None)
             }
         };
-        let file = GemvKernel::all()
-            .into_iter()
-            .find(|(k, _)| *k == kernel)
-            .map(|(_, f)| f)
-            .ok_or(Error::Cuda(CudaError::NoKernel("this width and element type")))?;
         let gemm_ok = out.is_multiple_of(8)
             && inp.is_multiple_of(16)
             && match (&weight, w) {
@@ -576,7 +595,9 @@ impl DeviceQuantLinear {
                 _ => true,
             };
         let gemm = match (gemm_ok, kernel.gemm_entry(1), kernel.gemm_entry(4)) {
-            (true, Some(e1), Some(e4)) => Some([gpu.function(file, &e1)?, gpu.function(file, &e4)?]),
+            (true, Some(e1), Some(e4)) => {
+                Some([gpu.function(kernel.gemm_file(), &e1)?, gpu.function(kernel.gemm_file(), &e4)?])
+            }
             _ => None,
         };
         let one_group = match w {
@@ -607,8 +628,8 @@ impl DeviceQuantLinear {
             inp,
             kernel,
             col,
-            f1: gpu.function(file, &kernel.entry(1))?,
-            f8: gpu.function(file, &kernel.entry(8))?,
+            f1: gpu.function(kernel.file(1), &kernel.entry(1))?,
+            f8: gpu.function(kernel.file(8), &kernel.entry(8))?,
             bias: bias_f32(w).map(|b| gpu.upload(&b)).transpose()?,
             xs: if perm.is_some() { Some(gpu.zeros(xs_rows * inp)?) } else { None },
             perm,
@@ -927,7 +948,7 @@ mod tests {
     /// its batch bound.
     #[test]
     fn gemm_entries_cover_the_issue_s_schemes() {
-        for (k, _) in GemvKernel::all() {
+        for k in GemvKernel::all() {
             let has = matches!(
                 k,
                 GemvKernel::Hqq(4 | 8, _)

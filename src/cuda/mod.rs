@@ -62,12 +62,27 @@ pub enum PtxFile {
     Fp8,
     /// `ptx/intx.ptx`: int8 / int4 fused GEMVs.
     Intx,
+    /// `ptx/hqq_gemv.ptx`: HQQ fused GEMV, batch 1.
+    HqqGemv,
+    /// `ptx/hqq_gemv8.ptx`: HQQ fused GEMV, batches of up to 8 rows.
+    HqqGemv8,
+    /// `ptx/gptq_gemv.ptx`: GPTQ fused GEMV.
+    GptqGemv,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 6] =
-        [PtxFile::Hqq, PtxFile::Gptq, PtxFile::Gemv, PtxFile::Awq, PtxFile::Fp8, PtxFile::Intx];
+    pub const ALL: [PtxFile; 9] = [
+        PtxFile::Hqq,
+        PtxFile::Gptq,
+        PtxFile::Gemv,
+        PtxFile::Awq,
+        PtxFile::Fp8,
+        PtxFile::Intx,
+        PtxFile::HqqGemv,
+        PtxFile::HqqGemv8,
+        PtxFile::GptqGemv,
+    ];
 
     /// The PTX text.
     pub fn source(self) -> &'static str {
@@ -78,15 +93,22 @@ impl PtxFile {
             PtxFile::Awq => include_str!("../../ptx/awq.ptx"),
             PtxFile::Fp8 => include_str!("../../ptx/fp8.ptx"),
             PtxFile::Intx => include_str!("../../ptx/intx.ptx"),
+            PtxFile::HqqGemv => include_str!("../../ptx/hqq_gemv.ptx"),
+            PtxFile::HqqGemv8 => include_str!("../../ptx/hqq_gemv8.ptx"),
+            PtxFile::GptqGemv => include_str!("../../ptx/gptq_gemv.ptx"),
         }
     }
 
     /// The kernel entries this crate launches from the file, with their parameter counts.
     pub fn entries(self) -> Vec<(String, usize)> {
-        let gemvs = GemvKernel::all().into_iter().filter(|(_, f)| *f == self).flat_map(|(k, _)| {
-            let gemm =
-                [1, 4].into_iter().filter_map(move |mt| k.gemm_entry(mt).map(|e| (e, k.gemm_params())));
-            [(k.entry(1), k.params()), (k.entry(8), k.params())].into_iter().chain(gemm)
+        let gemvs = GemvKernel::all().into_iter().flat_map(|k| {
+            let gemv =
+                [1, 8].into_iter().filter(move |&m| k.file(m) == self).map(move |m| (k.entry(m), k.params()));
+            let gemm = [1, 4]
+                .into_iter()
+                .filter(move |_| k.gemm_file() == self)
+                .filter_map(move |mt| k.gemm_entry(mt).map(|e| (e, k.gemm_params())));
+            gemv.chain(gemm)
         });
         let named: Vec<(&'static str, usize)> = match self {
             PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
@@ -99,7 +121,7 @@ impl PtxFile {
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
-            PtxFile::Intx => Vec::new(),
+            PtxFile::Intx | PtxFile::HqqGemv | PtxFile::HqqGemv8 | PtxFile::GptqGemv => Vec::new(),
         };
         named.into_iter().map(|(n, p)| (n.to_owned(), p)).chain(gemvs).collect()
     }
