@@ -243,11 +243,18 @@ struct QkFp8Gemv {
                 acc[0][b] = acc[0][b] + (nan != 0u ? __int_as_float(0x7fc00000) : s * d);
             }
         } else {
+            // Column blocks narrower than a chunk: one division, then step to the next block
+            // where the chunk crosses into it.
             float w[CH];
+            int cb = (int)qk_div((unsigned)col, (unsigned)bc, lg_bc), next = (cb + 1) * bc;
 #pragma unroll
             for (int i = 0; i < CH; ++i) {
+                if (col + i >= next) {
+                    ++cb;
+                    next += bc;
+                }
                 const unsigned code = (v.v[i >> 2] >> (8 * (i & 3))) & 0xffu;
-                w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(code) * srow[(col + i) / bc];
+                w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(code) * srow[cb];
             }
             qk_dot_plain<CH, MAXB>(w, x + xc[0], in_dim, nb, acc[0]);
         }
@@ -311,7 +318,8 @@ struct QkFp8Gemm {
         }
         const int at[4] = {k, k + 1, k + 8, k + 9};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(c.row[at[i]]) * c.srow[at[i] / bc];
+        for (int i = 0; i < 4; ++i)
+            w[i] = qk_fp8_decode<MBITS, BIAS, E4M3>(c.row[at[i]]) * c.srow[qk_div((unsigned)at[i], (unsigned)bc, lg_bc)];
     }
 };
 
