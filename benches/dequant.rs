@@ -500,14 +500,15 @@ fn cuda_group(c: &mut Criterion) {
     g.finish();
 }
 
-/// `DeviceQuantLinear` (every scheme's fused GEMV; the tensor-core GEMM from 16 rows) on a
-/// 4096-output x 14336-input layer at batch 1, 8, 16, 64 and 256, next to cuBLAS's f16 GEMM of
-/// the dequantized weight and a device copy of the weight's bytes, in the same run.
+/// `DeviceQuantLinear` (every scheme's fused GEMV; the tensor-core GEMM from 16 rows, both
+/// families where the layer has both) on a 4096-output x 14336-input layer at batch 1, 8, 16, 64
+/// and 256, next to cuBLAS's f16 GEMM of the dequantized weight and a device copy of the
+/// weight's bytes, in the same run.
 /// `Throughput::Bytes` = the weight's stored bytes (codes + parameters); the copy counts its size
 /// twice (read + write).
 #[cfg(feature = "cuda")]
 fn cuda_linear_group(c: &mut Criterion) {
-    use quant_kernels::cuda::{Cublas, DeviceQuantLinear, Gpu};
+    use quant_kernels::cuda::{Cublas, DeviceQuantLinear, GemmKind, Gpu};
     use quant_kernels::{FloatVec, QuantWeight};
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
@@ -631,6 +632,7 @@ fn cuda_linear_group(c: &mut Criterion) {
     const BATCHES: [usize; 5] = [1, 8, 16, 64, 256];
     for (name, w) in &weights {
         let mut layer = DeviceQuantLinear::new(&gpu, w).unwrap();
+        eprintln!("{name}: GEMM {:?}", layer.gemm_kind());
         g.throughput(Throughput::Bytes(w.stored_bytes() as u64));
         for batch in BATCHES {
             let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
@@ -640,6 +642,23 @@ fn cuda_linear_group(c: &mut Criterion) {
                     timed(&gpu, iters, Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()))
                 })
             });
+        }
+        // The other GEMM family on the same layer, where it has both: the rounding kernel.
+        if layer.gemm_kind() == Some(GemmKind::GroupScaled) {
+            layer.set_gemm_kind(&gpu, GemmKind::Rounded).unwrap();
+            for batch in BATCHES.into_iter().filter(|&b| b >= quant_kernels::cuda::GEMM_MIN_BATCH) {
+                let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
+                let mut yd = gpu.zeros::<f32>(batch * out).unwrap();
+                g.bench_function(BenchmarkId::new(format!("{name}_rounded_batch{batch}"), "cuda"), |b| {
+                    b.iter_custom(|iters| {
+                        timed(
+                            &gpu,
+                            iters,
+                            Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()),
+                        )
+                    })
+                });
+            }
         }
     }
     match Cublas::new(&gpu) {

@@ -220,6 +220,73 @@ QK_AWQ_GEMM_ENTRY(__half, f16, 4)
 QK_AWQ_GEMM_ENTRY(__nv_bfloat16, bf16, 1)
 QK_AWQ_GEMM_ENTRY(__nv_bfloat16, bf16, 4)
 
+// ---- Group-scaled GEMM (gemm.cuh's qk_mma_gemm_grouped) for group sizes a power of two >= 32, N
+// a multiple of 64. Outputs are interleaved (subtile j's column i is output n0 + 8 i + j) so that
+// a lane's 8 subtiles are the 8 columns of one qweight word: per chunk it reads 8 words (rows k ..
+// k + 7), splits each into the column pairs (2p, 2p + 1) (qk_u4x8_f16 on AWQ's nibble order) and
+// pairs rows k + 2q, k + 2q + 1 of each column with a byte permutation.
+template <typename T>
+struct QkAwqGemmG {
+    static constexpr int NT = 8;
+    static constexpr bool ZERO = true;
+    static constexpr float UNIT = 1.0f;
+    const int* __restrict__ qweight;
+    const int* __restrict__ qzeros;
+    const T* __restrict__ scales;
+    int n_dim, lg;  // group size 2^lg
+    unsigned magic, one;
+
+    struct Col {
+        const int* p;  // qweight + n / 8: the same word column for a lane's 8 subtiles
+    };
+    static constexpr int out(int n0, int j, int i) { return n0 + 8 * i + j; }
+    static constexpr int slot(int s, int r, int h) { return 4 * s + 2 * r + h; }
+    __device__ __forceinline__ Col column(int n) const { return Col{qweight + n / 8}; }
+    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
+        const unsigned words = (unsigned)(n_dim / 8);
+        const int* p = col[0].p + (unsigned)k * words;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {  // rows k + 2q, k + 2q + 1: step q / 2, register q % 2
+            unsigned lo[4], hi[4];
+            qk_u4x8_f16((unsigned)p[(unsigned)(2 * q) * words], one, lo);
+            qk_u4x8_f16((unsigned)p[(unsigned)(2 * q + 1) * words], one, hi);
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                b[2 * c][q / 2][q % 2] = __byte_perm(lo[c], hi[c], 0x5410u);
+                b[2 * c + 1][q / 2][q % 2] = __byte_perm(lo[c], hi[c], 0x7632u);
+            }
+        }
+    }
+    __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
+    // Columns n, n + 8 (subtile j's columns 2t, 2t + 1): the same nibble of adjacent qzeros words.
+    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
+        const int* zp = qzeros + (unsigned)grp * (unsigned)(n_dim / 8) + (unsigned)(n / 8);
+        const T* sp = scales + (unsigned)grp * (unsigned)n_dim + (unsigned)n;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            z[c] = qk_u2f(((unsigned)zp[c] >> qk_awq_shift(n & 7)) & 15u, magic);
+            s[c] = qk_to_f32(sp[8 * c]);
+        }
+    }
+};
+
+// Entries: awq_gemmg_4b_{elem}_m{1,2}(the GEMM's parameters): tiles of 16 (m1) or 32 (m2) rows by
+// 64 outputs a warp.
+#define QK_AWQ_GEMMG_ENTRY(T, NAME, MT)                                                              \
+    extern "C" __global__ void awq_gemmg_4b_##NAME##_m##MT(const int* qweight, const int* qzeros, const T* scales, \
+                                                           const float* x, float* y, int m_dim, int k_dim, int n_dim, \
+                                                           int group_size) {                         \
+        const QkAwqGemmG<T> d{qweight, qzeros, scales, n_dim, __ffs(group_size) - 1, qk_magic_reg(group_size), \
+                              qk_f16_one(group_size)};                                               \
+        qk_mma_gemm_grouped<QkAwqGemmG<T>, MT>(d, x, y, m_dim, n_dim, k_dim);                        \
+    }
+QK_AWQ_GEMMG_ENTRY(float, f32, 1)
+QK_AWQ_GEMMG_ENTRY(float, f32, 2)
+QK_AWQ_GEMMG_ENTRY(__half, f16, 1)
+QK_AWQ_GEMMG_ENTRY(__half, f16, 2)
+QK_AWQ_GEMMG_ENTRY(__nv_bfloat16, bf16, 1)
+QK_AWQ_GEMMG_ENTRY(__nv_bfloat16, bf16, 2)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_AWQ_EMU(T, NAME)                                                                           \
     extern "C" void cpu_awq_dequant_4b_##NAME(const int* qweight, const int* qzeros, const T* scales, T* out, \
@@ -261,4 +328,18 @@ QK_AWQ_GEMM_EMU(__half, f16, 1)
 QK_AWQ_GEMM_EMU(__half, f16, 4)
 QK_AWQ_GEMM_EMU(__nv_bfloat16, bf16, 1)
 QK_AWQ_GEMM_EMU(__nv_bfloat16, bf16, 4)
+#define QK_AWQ_GEMMG_EMU(T, NAME, MT)                                                                \
+    extern "C" void cpu_awq_gemmg_4b_##NAME##_m##MT(const int* qweight, const int* qzeros, const T* scales, \
+                                                    const float* x, float* y, int m_dim, int k_dim, int n_dim, \
+                                                    int group_size, unsigned grid, unsigned block) { \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            awq_gemmg_4b_##NAME##_m##MT(qweight, qzeros, scales, x, y, m_dim, k_dim, n_dim, group_size); \
+        });                                                                                          \
+    }
+QK_AWQ_GEMMG_EMU(float, f32, 1)
+QK_AWQ_GEMMG_EMU(float, f32, 2)
+QK_AWQ_GEMMG_EMU(__half, f16, 1)
+QK_AWQ_GEMMG_EMU(__half, f16, 2)
+QK_AWQ_GEMMG_EMU(__nv_bfloat16, bf16, 1)
+QK_AWQ_GEMMG_EMU(__nv_bfloat16, bf16, 2)
 #endif

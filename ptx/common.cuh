@@ -80,8 +80,56 @@ __device__ __forceinline__ void qk_mma_16816(float* d, const unsigned* a, const 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
           "f"(c[3]));
 }
+// f16x2 a - b and a * b + c, each half rounded once (HSUB2 / HFMA2). The decoders below pass
+// values whose results are exact.
+__device__ __forceinline__ unsigned qk_h2_sub(unsigned a, unsigned b) {
+    const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+    return *reinterpret_cast<const unsigned*>(&r);
+}
+__device__ __forceinline__ unsigned qk_h2_fma(unsigned a, unsigned b, unsigned c) {
+    const __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
+                              *reinterpret_cast<const __half2*>(&c));
+    return *reinterpret_cast<const unsigned*>(&r);
+}
 #else
 inline void qk_mma_16816(float* d, const unsigned* a, const unsigned* b, const float* c) {
     qk_mma_16816_emu(d, a, b, c);
 }
+// The emulation works in double and rounds once to f16: exact wherever the GPU's result is.
+inline unsigned qk_h2_sub(unsigned a, unsigned b) {
+    return qk_f16x2((float)((double)qk_f16_lo(a) - qk_f16_lo(b)), (float)((double)qk_f16_hi(a) - qk_f16_hi(b)));
+}
+inline unsigned qk_h2_fma(unsigned a, unsigned b, unsigned c) {
+    return qk_f16x2((float)((double)qk_f16_lo(a) * qk_f16_lo(b) + qk_f16_lo(c)),
+                    (float)((double)qk_f16_hi(a) * qk_f16_hi(b) + qk_f16_hi(c)));
+}
 #endif
+
+// ---- Exact f16 integers from packed codes (the group-scaled GEMM's decoders). 0x6400 is 1024
+// in f16, whose ulp is 1: OR-ing a field f < 1024 into its low mantissa bits gives 1024 + f, so
+// one logic op and one exact f16 subtraction turn two fields into an f16x2 pair.
+
+// `one` is 0x64006400 held in a register (qk_f16_one) so that each mask-and-OR is one 3-input
+// logic op.
+
+// 0x64006400 (1024 in both halves) in a register: `nonneg` >= 0 as in qk_magic_reg.
+__device__ __forceinline__ unsigned qk_f16_one(int nonneg) { return 0x64006400u + ((unsigned)nonneg >> 31); }
+
+// The eight 4-bit fields of w (field i at bits 4i): out[p] = (field p, field p + 4), p < 4.
+// Odd fields are taken in place as 1024 + 16 f and scaled by 1/16 in the same FMA.
+__device__ __forceinline__ void qk_u4x8_f16(unsigned w, unsigned one, unsigned* out) {
+    const unsigned sixteenth = 0x2c002c00u, neg64 = 0xd400d400u;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const unsigned v = w >> (8 * h);
+        out[2 * h] = qk_h2_sub((v & 0x000f000fu) | one, one);
+        out[2 * h + 1] = qk_h2_fma((v & 0x00f000f0u) | one, sixteenth, neg64);
+    }
+}
+
+// The four bytes of w: out[0] = (byte 0, byte 2), out[1] = (byte 1, byte 3).
+__device__ __forceinline__ void qk_u8x4_f16(unsigned w, unsigned one, unsigned* out) {
+    out[0] = qk_h2_sub(__byte_perm(w, one, 0x5250u), one);
+    out[1] = qk_h2_sub(__byte_perm(w, one, 0x5351u), one);
+}
+

@@ -336,6 +336,59 @@ QK_FP8_GEMM(e4m3, 3, 7, true, 4)
 QK_FP8_GEMM(e5m2, 2, 15, false, 1)
 QK_FP8_GEMM(e5m2, 2, 15, false, 4)
 
+// ---- Group-scaled GEMM (gemm.cuh's qk_mma_gemm_grouped), for layers with no E4M3 NaN code
+// (checked by the launcher) whose column blocks are a power of two >= 32 or span K: the codes
+// enter the mma through their exact f16 view (codes 0, 1 and 2, 3 of each word as pairs) and
+// each block's scale is applied in f32 (E4M3's view is value / 256: UNIT = 256).
+template <int MBITS, int BIAS, bool E4M3>
+struct QkFp8GemmG {
+    static constexpr int NT = 4;
+    static constexpr bool ZERO = false;
+    static constexpr float UNIT = E4M3 ? 256.0f : 1.0f;
+    const unsigned char* __restrict__ codes_;
+    const float* __restrict__ scales;
+    int k_dim, br, scols, lg;  // a column block is 2^lg codes (lg = 31: one block spans K)
+
+    struct Col {
+        const unsigned char* p;  // output n's codes
+    };
+    static constexpr int out(int n0, int j, int i) { return n0 + 8 * j + i; }
+    static constexpr int slot(int s, int r, int h) { return 4 * s + 2 * r + h; }
+    __device__ __forceinline__ Col column(int n) const { return Col{codes_ + (long long)n * k_dim}; }
+    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
+        qk_codes_each(*this, col, k, b);
+    }
+    __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
+        const QkVec<unsigned, 2> w = *reinterpret_cast<const QkVec<unsigned, 2>*>(c.p + (unsigned)k);
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) b[s][r] = qk_fp8_f16x2<E4M3>(w.v[s], r == 1);
+    }
+    __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
+    // Columns n, n + 1 (the second in the next row block when n + 1 starts one).
+    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
+        const int b0 = n / br, b1 = n + 1 == (b0 + 1) * br ? b0 + 1 : b0;
+        s[0] = scales[(unsigned)b0 * (unsigned)scols + (unsigned)grp];
+        s[1] = scales[(unsigned)b1 * (unsigned)scols + (unsigned)grp];
+        z[0] = z[1] = 0.0f;
+    }
+};
+
+// Entries: fp8_gemmg_{e4m3,e5m2}_m{1,2}(the GEMM's parameters): tiles of 16 (m1) or 32 (m2) rows
+// by 32 outputs a warp.
+#define QK_FP8_GEMMG(FMT, MB, BI, E4, MT)                                                            \
+    extern "C" __global__ void fp8_gemmg_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
+                                                       float* y, int m_dim, int k_dim, int n_dim, int br, int bc) { \
+        const QkFp8GemmG<MB, BI, E4> d{codes, scales, k_dim, br, (k_dim + bc - 1) / bc,              \
+                                       bc >= k_dim ? 31 : __ffs(bc) - 1};                             \
+        qk_mma_gemm_grouped<QkFp8GemmG<MB, BI, E4>, MT>(d, x, y, m_dim, n_dim, k_dim);               \
+    }
+QK_FP8_GEMMG(e4m3, 3, 7, true, 1)
+QK_FP8_GEMMG(e4m3, 3, 7, true, 2)
+QK_FP8_GEMMG(e5m2, 2, 15, false, 1)
+QK_FP8_GEMMG(e5m2, 2, 15, false, 2)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_FP8_EMU(FMT, T, NAME)                                                                      \
     extern "C" void cpu_fp8_dequant_##FMT##_##NAME(const unsigned char* codes, const float* scales, T* out, int rows, \
@@ -367,4 +420,15 @@ QK_FP8_GEMM_EMU(e4m3, 1)
 QK_FP8_GEMM_EMU(e4m3, 4)
 QK_FP8_GEMM_EMU(e5m2, 1)
 QK_FP8_GEMM_EMU(e5m2, 4)
+#define QK_FP8_GEMMG_EMU(FMT, MT)                                                                     \
+    extern "C" void cpu_fp8_gemmg_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
+                                                float* y, int m_dim, int k_dim, int n_dim, int br, int bc, \
+                                                unsigned grid, unsigned block) {                     \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block),                                                  \
+                        [&] { fp8_gemmg_##FMT##_m##MT(codes, scales, x, y, m_dim, k_dim, n_dim, br, bc); }); \
+    }
+QK_FP8_GEMMG_EMU(e4m3, 1)
+QK_FP8_GEMMG_EMU(e4m3, 2)
+QK_FP8_GEMMG_EMU(e5m2, 1)
+QK_FP8_GEMMG_EMU(e5m2, 2)
 #endif

@@ -19,6 +19,14 @@
 #pragma once
 #include "common.cuh"
 
+// Dec::codes for decoders that read each subtile's output on its own: Dec::code(col, k, b[s][r]).
+template <class Dec>
+__device__ __forceinline__ void qk_codes_each(const Dec& d, const typename Dec::Col* col, int k,
+                                              unsigned (*b)[2][2]) {
+#pragma unroll
+    for (int j = 0; j < Dec::NT; ++j) d.code(col[j], k, b[j]);
+}
+
 template <class Dec, int MT, int NT>
 __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restrict__ x, float* __restrict__ y, int m_dim,
                                             int n_dim, int k_dim) {
@@ -84,5 +92,146 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
                         QkVec<float, 2>{{acc[i][j][2], acc[i][j][3]}};
             }
         }
+    }
+}
+
+// ---- The group-scaled GEMM, for layers whose every aligned 32 inputs share one group (a zero
+// point z and scale s per output; checked by the launcher): y[m, n] = sum over groups of s (sum_k
+// x^ q - z sum_k x^), x^ = x rounded to f16. The codes q enter mma.sync as exact f16 integers,
+// so no weight is rounded, and each group's s and z are applied in f32 when the group ends: per
+// weight, the decode is a logic op and an exact f16 subtraction per pair of codes. sum_k x^
+// comes from one more mma per step against a B of ones (Dec::ZERO; FP8 has no zero point).
+//
+// K is walked 32 inputs at a time, two mma steps. The order of inputs within a chunk is free
+// (the sum does not care), so lane t of a quad takes inputs k0 + 8t .. k0 + 8t + 7 of its
+// outputs: a decoder reads a lane's 8 codes of its NT outputs (Dec::codes, all subtiles at once)
+// with few loads and returns them as the B fragments of the two steps, b[j][s][r] = (code at
+// Dec::slot(s, r, 0), code at Dec::slot(s, r, 1)); the A fragments take x at the same slots. Dec::out(n0, j, i) maps
+// subtile j's column i to an output (a decoder may interleave outputs to share a load), and
+// Dec::NT subtiles of 8 make a tile's width; a tile is MT x 16 rows. K % 32 == 0 and N a
+// multiple of the tile's width (checked by the launcher): every lane's columns exist.
+//
+// Error bound, with u = 2^-11 and T = sum_k |x s| (|q| + |z|) (x^ in f16, q - z exact, f32 sums
+// over at most K + K/32 + 4 roundings): |y - y_exact| <= u sum_k |x w| + 2^-25 sum_k |w| +
+// 2 K 2^-24 (1 + 2u) T. The first term is x's rounding, the second x's f16 subnormals.
+template <class Dec, int MT>
+__device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
+                                                    int m_dim, int n_dim, int k_dim) {
+    constexpr int NT = Dec::NT;
+    const long long lin = qk_linear0();
+    const int lane = (int)(lin & 31), g = lane >> 2, t = lane & 3;
+    const int ntiles = n_dim / (8 * NT), mtiles = (m_dim + 16 * MT - 1) / (16 * MT);
+    const long long tiles = (long long)ntiles * mtiles;
+    const unsigned ones[2] = {0x3c003c00u, 0x3c003c00u};
+    for (long long w = lin >> 5; w < tiles; w += qk_linear_step() >> 5) {  // uniform in a warp
+        const int n0 = (int)(w % ntiles) * 8 * NT, m0 = (int)(w / ntiles) * 16 * MT;
+        // Rows past M read row M - 1 (their sums are not stored): no predicated loads.
+        const float* xr[MT][2];
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                xr[i][h] = x + (long long)min(m0 + 16 * i + g + 8 * h, m_dim - 1) * k_dim + 8 * t;
+        typename Dec::Col col[NT];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) col[j] = d.column(Dec::out(n0, j, g));
+        float acc[MT][NT][4], ga[MT][NT][4], xs[MT][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                xs[i][c] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) acc[i][j][c] = ga[i][j][c] = 0.0f;
+            }
+        // The group's sums into acc for the lane's outputs (Dec::params gives the scale and zero
+        // point of both of a subtile's columns 2t, 2t + 1), then zeroed. Two FMAs per output.
+        auto flush = [&](int grp) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                float s[2], z[2];
+                d.params(Dec::out(n0, j, 2 * t), grp, s, z);
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            float& a = ga[i][j][2 * h + c];
+                            const float v = Dec::ZERO ? __fmaf_rn(-z[c], xs[i][2 * h], a) : a;
+                            acc[i][j][2 * h + c] = __fmaf_rn(s[c], v * Dec::UNIT, acc[i][j][2 * h + c]);
+                            a = 0.0f;
+                        }
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) xs[i][c] = 0.0f;
+        };
+        // The next chunk's group is read one chunk ahead, so the branch never waits on memory.
+        int grp = d.group(0), gk = grp;
+#pragma unroll 1
+        for (int k0 = 0; k0 < k_dim; k0 += 32) {
+            if (gk != grp) {  // uniform
+                flush(grp);
+                grp = gk;
+            }
+            const int gn = d.group(min(k0 + 32, k_dim - 32));
+            unsigned a[MT][2][4];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                float v[2][8];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(xr[i][h] + k0);
+                    const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(xr[i][h] + k0 + 4);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        v[h][e] = lo.v[e];
+                        v[h][e + 4] = hi.v[e];
+                    }
+                }
+#pragma unroll
+                for (int s = 0; s < 2; ++s)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)  // a[0] row g, a[1] row g + 8; a[2], a[3] the k + 8 half
+                            a[i][s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
+            }
+            if (Dec::ZERO) {
+#pragma unroll
+                for (int s = 0; s < 2; ++s)
+#pragma unroll
+                    for (int i = 0; i < MT; ++i) qk_mma_16816(xs[i], a[i][s], ones, xs[i]);
+            }
+            unsigned b[NT][2][2];
+            d.codes(col, k0 + 8 * t, b);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int s = 0; s < 2; ++s)
+#pragma unroll
+                    for (int i = 0; i < MT; ++i) qk_mma_16816(ga[i][j], a[i][s], b[j][s], ga[i][j]);
+            gk = gn;
+        }
+        flush(grp);
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = m0 + 16 * i + g + 8 * h;
+                if (r >= m_dim) continue;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    float* yr = y + (long long)r * n_dim;
+                    if (Dec::out(n0, j, 1) == Dec::out(n0, j, 0) + 1)  // adjacent outputs: one store
+                        *reinterpret_cast<QkVec<float, 2>*>(yr + Dec::out(n0, j, 2 * t)) =
+                            QkVec<float, 2>{{acc[i][j][2 * h], acc[i][j][2 * h + 1]}};
+                    else
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) yr[Dec::out(n0, j, 2 * t + c)] = acc[i][j][2 * h + c];
+                }
+            }
     }
 }

@@ -50,6 +50,8 @@ def weights_per_pass(name):
         return 16
     if "_gemm_" in name:
         return 16
+    if "_gemmg_" in name:  # a 32-input chunk: 8 codes of each of NT outputs (NT = 8 for AWQ)
+        return 64 if name.startswith("awq") else 32
     return None
 
 
@@ -71,13 +73,16 @@ def parse(sass):
     return funcs
 
 
-def hot_loop(instrs):
-    """(instructions, math) along the hot path of the entry's hot loop, or None.
+def hot_loop(instrs, longest=False):
+    """(instructions, math) along the hot path of the entry's hot loop, or None; `longest`: the
+    path with the most instructions instead of the fewest (of those with the most math), e.g. the
+    group-scaled GEMM's k-step that also ends a group.
 
     Basic blocks split at branch targets and after branches; a loop is a backward branch and its
     target (the head). Along the loop's forward edges only (a DAG: nested loops are walked once),
-    the path from the head to the back-edge with the most FFMA/HMMA (then the most
-    instructions) is its hot path; of all loops, the one whose hot path has the most math."""
+    the path from the head to the back-edge with the most math (HMMA in a GEMM, else FFMA; then
+    the fewest instructions) is its hot path; of all loops, the one whose hot path has the most
+    math."""
     addrs = [a for a, _, _ in instrs]
     index = {a: i for i, a in enumerate(addrs)}
 
@@ -101,19 +106,17 @@ def hot_loop(instrs):
         for i in range(st, end):
             block_of[i] = bi
 
-    def cost(bi):  # (math, -instructions): the most math, then the shortest path
+    # Math: the tensor-core MMAs of a GEMM (its FFMAs apply group scales outside the k-step),
+    # else the FFMAs.
+    math_ops = ("HMMA",) if any(op.startswith("HMMA") for _, op, _ in instrs) else ("FFMA",)
+
+    def cost(bi, sign):  # (math, sign * instructions): the most math, then the fewest (sign -1)
         st, end = blocks[bi]
         ops = [instrs[i][1] for i in range(st, end)]
-        return sum(1 for o in ops if o.startswith(("FFMA", "HMMA"))), -len(ops)
+        return sum(1 for o in ops if o.startswith(math_ops)), sign * len(ops)
 
-    best = None
-    for i, (a, op, args) in enumerate(instrs):
-        t = target(args) if op.startswith("BRA") else None
-        if t is None or t > a or t not in index:
-            continue
-        head, tail = block_of[index[t]], block_of[i]
-        # Longest (math, count) path head -> tail over forward edges inside [head, tail].
-        dp = {head: cost(head)}
+    def path(head, tail, sign):  # the best (math, sign * count) path head -> tail, forward edges
+        dp = {head: cost(head, sign)}
         for bi in range(head, tail + 1):
             if bi not in dp:
                 continue
@@ -130,42 +133,57 @@ def hot_loop(instrs):
             for sb in succ:
                 if sb > tail:
                     continue
-                m, n = cost(sb)
+                m, n = cost(sb, sign)
                 cand = (dp[bi][0] + m, dp[bi][1] + n)
                 if sb not in dp or cand > dp[sb]:
                     dp[sb] = cand
-        if tail in dp and (best is None or dp[tail] > best):
-            best = dp[tail]
+        return dp.get(tail)
+
+    best, where = None, None
+    for i, (a, op, args) in enumerate(instrs):
+        t = target(args) if op.startswith("BRA") else None
+        if t is None or t > a or t not in index:
+            continue
+        head, tail = block_of[index[t]], block_of[i]
+        p = path(head, tail, -1)
+        if p is not None and (best is None or p > best):
+            best, where = p, (head, tail)
     if best is None:
         return None
+    if longest:
+        best = path(*where, 1)
     math, n = best
-    return -n, math
+    return abs(n), math
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("filters", nargs="*", default=["_gemv_", "_gemm_"])
+    ap.add_argument("filters", nargs="*", default=["_gemv_", "_gemm_", "_gemmg_"])
+    ap.add_argument("--ptx", action="append", help="PTX files to read (default: ptx/*.ptx)")
     args = ap.parse_args()
     ptxas = str(pkg_dir("nvidia.cuda_nvcc") / "bin" / "ptxas")
     cuobjdump = tool("cuobjdump", "CUOBJDUMP")
-    print(f"| entry | SASS in the hot loop | FFMA/HMMA | weights / pass | SASS / weight |")
-    print(f"|---|---:|---:|---:|---:|")
-    for ptx in sorted(HERE.glob("*.ptx")):
+    print("| entry | SASS in the hot loop | FFMA/HMMA | weights / pass | SASS / weight | k-step ending a group |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for ptx in sorted(pathlib.Path(p) for p in args.ptx) if args.ptx else sorted(HERE.glob("*.ptx")):
         with tempfile.TemporaryDirectory() as tmp:
             cubin = os.path.join(tmp, "k.cubin")
             subprocess.run([ptxas, f"-arch={args.arch}", str(ptx), "-o", cubin], check=True)
             env = dict(os.environ, PATH=f"{pathlib.Path(cuobjdump).parent}:{os.environ.get('PATH', '')}")
             sass = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True, text=True, env=env).stdout
         for name, instrs in sorted(parse(sass).items()):
-            if not any(f in name for f in args.filters) or not re.search(r"_(b1|b8|m1|m4)$", name):
+            if not any(f in name for f in args.filters) or not re.search(r"_(b1|b8|m1|m2|m4)$", name):
                 continue
             w = weights_per_pass(name)
             loop = hot_loop(instrs)
             if w is None or loop is None:
                 continue
             n, math = loop
-            print(f"| {name} | {n} | {math} | {w} | {n / w:.1f} |")
+            # The group-scaled GEMM applies scales and zero points when a group ends (every
+            # group / 32 k-steps): that k-step's longest path.
+            end = hot_loop(instrs, longest=True)[0] if "_gemmg_" in name else None
+            print(f"| {name} | {n} | {math} | {w} | {n / w:.1f} | {end if end is not None else '-'} |")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,37 @@ fn fp8_dequant_matches_the_cpu_reference() {
 /// 16 rows where the scheme has one) against the f64 product of the scheme's dequantization
 /// oracle, for batches of 1, 3, 8, 11 (two GEMV passes), 16, 40 and 70 rows, plus bias where the
 /// layer has one. The GEMV within 1e-5 of sum |w x|; the GEMM within gemm.cuh's f16 bound.
+/// Per weight, a bound on |s| (|q| + |z|) (scale, code, zero point): |w(q_max) - w(0)| + |w(0)|,
+/// from the dequantization with every code at its largest value and at zero; FP8 (no zero
+/// point) |w|.
+fn code_magnitudes(w: &quant_kernels::QuantWeight) -> Vec<f32> {
+    use quant_kernels::QuantWeight;
+    use quant_kernels::hqq::PackedWords;
+    let (out, inp) = w.shape();
+    let dequant = |w: &QuantWeight| {
+        let mut d = vec![0f32; out * inp];
+        w.dequantize_reference_into(&mut d).unwrap();
+        d
+    };
+    let filled = |all_ones: bool| {
+        let mut f = w.clone();
+        match &mut f {
+            QuantWeight::Hqq(h) => match &mut h.packed.words {
+                PackedWords::U8(v) => v.fill(if all_ones { 0xff } else { 0 }),
+                PackedWords::I32(v) => v.fill(if all_ones { -1 } else { 0 }),
+            },
+            QuantWeight::Gptq(l) => l.qweight.fill(if all_ones { -1 } else { 0 }),
+            QuantWeight::Awq(l) => l.qweight.fill(if all_ones { -1 } else { 0 }),
+            _ => return None,
+        }
+        Some(dequant(&f))
+    };
+    match (filled(true), filled(false)) {
+        (Some(hi), Some(lo)) => hi.iter().zip(&lo).map(|(a, b)| (a - b).abs() + b.abs()).collect(),
+        _ => dequant(w).iter().map(|v| v.abs()).collect(),
+    }
+}
+
 fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
     let (out, inp) = w.shape();
     let mut dense = vec![0f32; out * inp];
@@ -322,10 +353,30 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
         quant_kernels::QuantWeight::Fp8(l) => l.bias.as_ref().map(|b| b.to_f32()),
         _ => None,
     };
+    let mag = code_magnitudes(&w);
     let mut layer = cuda::DeviceQuantLinear::new(gpu, &w).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut rng = Rng(out as u64 * 13 + inp as u64);
     let gemm = layer.has_gemm();
-    for batch in [1usize, 3, 8, 11, 16, 40, 70] {
+    // Every batch on the layer's own GEMM family, then the GEMM batches on the rounding family
+    // where the layer runs the group-scaled one.
+    let mut runs: Vec<(usize, Option<cuda::GemmKind>)> =
+        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, layer.gemm_kind())).to_vec();
+    if layer.gemm_kind() == Some(cuda::GemmKind::GroupScaled) {
+        runs.extend([16, 40].map(|b| (b, Some(cuda::GemmKind::Rounded))));
+    } else if gemm {
+        // `new` takes the group-scaled family wherever the layer allows it.
+        assert!(
+            matches!(
+                layer.set_gemm_kind(gpu, cuda::GemmKind::GroupScaled),
+                Err(Error::Cuda(CudaError::NoKernel(_)))
+            ),
+            "{what}"
+        );
+    }
+    for (batch, kind) in runs {
+        if let Some(kind) = kind {
+            layer.set_gemm_kind(gpu, kind).unwrap();
+        }
         let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         let got = layer.forward_host(gpu, &x, batch).unwrap();
         let (mut want, mut scale) = (Vec::new(), Vec::new());
@@ -340,7 +391,22 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
                 );
             }
         }
-        if gemm && batch >= cuda::GEMM_MIN_BATCH {
+        if gemm && batch >= cuda::GEMM_MIN_BATCH && layer.gemm_kind() == Some(cuda::GemmKind::GroupScaled) {
+            // ptx/gemm.cuh's group-scaled bound: x's f16 rounding, its subnormals, and the f32
+            // group sums, bounded through |s| (|q| + |z|) <= mag.
+            let u = 2f64.powi(-11);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (b, o) = (i / out, i % out);
+                let xb = &x[b * inp..(b + 1) * inp];
+                let (row, mrow) = (&dense[o * inp..(o + 1) * inp], &mag[o * inp..(o + 1) * inp]);
+                let w1: f64 = row.iter().map(|v| v.abs() as f64).sum();
+                let t: f64 = mrow.iter().zip(xb).map(|(m, c)| *m as f64 * c.abs() as f64).sum();
+                let bound = u * scale[i]
+                    + 2f64.powi(-25) * w1
+                    + 2.0 * inp as f64 * 2f64.powi(-24) * (1.0 + 2.0 * u) * t;
+                assert!((*g as f64 - w).abs() <= bound, "{what} gemmg batch {batch} [{i}]: {g} vs {w}");
+            }
+        } else if gemm && batch >= cuda::GEMM_MIN_BATCH {
             let u = 2f64.powi(-11);
             let xmax = x.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
             for (i, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {

@@ -1,5 +1,5 @@
-//! The tensor-core GEMM of `../ptx/gemm.cuh` on the CPU: every `*_gemm_*_m{1,4}` entry through
-//! the shim's cooperative launch, `mma.sync` emulated per warp. `x` holds `m` rows of `k`
+//! The tensor-core GEMMs of `../ptx/gemm.cuh` on the CPU: every `*_gemm_*_m{1,4}` and group-scaled
+//! `*_gemmg_*_m{1,2}` entry through the shim's cooperative launch, `mma.sync` emulated per warp. `x` holds `m` rows of `k`
 //! values; the wrappers return `y` (`m` rows of `n`).
 
 use super::{Dev, EmuElem, HqqShape, dev_raw as raw, int as i};
@@ -54,65 +54,46 @@ pub type AwqEntry<R> = unsafe extern "C" fn(
 type Fp8Entry =
     unsafe extern "C" fn(*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32);
 
-unsafe extern "C" {
-    fn cpu_fp8_gemm_e4m3_m1(
-        c: *const u8,
-        s: *const f32,
-        x: *const f32,
-        y: *mut f32,
-        m: i32,
-        k: i32,
-        n: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_gemm_e4m3_m4(
-        c: *const u8,
-        s: *const f32,
-        x: *const f32,
-        y: *mut f32,
-        m: i32,
-        k: i32,
-        n: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_gemm_e5m2_m1(
-        c: *const u8,
-        s: *const f32,
-        x: *const f32,
-        y: *mut f32,
-        m: i32,
-        k: i32,
-        n: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
-    fn cpu_fp8_gemm_e5m2_m4(
-        c: *const u8,
-        s: *const f32,
-        x: *const f32,
-        y: *mut f32,
-        m: i32,
-        k: i32,
-        n: i32,
-        br: i32,
-        bc: i32,
-        g: u32,
-        b: u32,
-    );
+externs_gemm!(
+    "",
+    (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
+    [
+        (cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4, cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2) =
+            "cpu_fp8_gemm_e4m3",
+        "cpu_fp8_gemmg_e4m3",
+        (cpu_fp8_gemm_e5m2_m1, cpu_fp8_gemm_e5m2_m4, cpu_fp8_gemmg_e5m2_m1, cpu_fp8_gemmg_e5m2_m2) =
+            "cpu_fp8_gemm_e5m2",
+        "cpu_fp8_gemmg_e5m2"
+    ]
+);
+
+/// Which GEMM entry runs: `qk_mma_gemm` with 16- or 64-row tiles (weights rounded to f16), or the
+/// group-scaled `qk_mma_gemm_grouped` with 16- or 32-row tiles (its layers: K % 32 == 0, N a
+/// multiple of the tile width, every aligned 32 inputs in one group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// `_gemm_*_m1`.
+    M1,
+    /// `_gemm_*_m4`.
+    M4,
+    /// `_gemmg_*_m1`.
+    G1,
+    /// `_gemmg_*_m2`.
+    G2,
 }
 
-/// `m1` (16-row tiles) or `m4` (64-row tiles).
-fn mt_index(mt: usize) -> usize {
-    assert!(mt == 1 || mt == 4, "mt {mt}");
-    usize::from(mt == 4)
+impl Tile {
+    /// Every entry kind.
+    pub const ALL: [Tile; 4] = [Tile::M1, Tile::M4, Tile::G1, Tile::G2];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether this is a group-scaled entry.
+    pub fn grouped(self) -> bool {
+        matches!(self, Tile::G1 | Tile::G2)
+    }
 }
 
 fn check_mnk(x: &[f32], m: usize, k: usize, n: usize) {
@@ -133,7 +114,7 @@ pub fn hqq_gemm<T: EmuElem>(
     x: &[f32],
     m: usize,
     k: usize,
-    mt: usize,
+    mt: Tile,
     grid: u32,
     block: u32,
 ) -> Vec<f32> {
@@ -142,7 +123,19 @@ pub fn hqq_gemm<T: EmuElem>(
     check_mnk(x, m, k, n);
     assert!(words.is_multiple_of(16) && shape.cols.is_multiple_of(16) && packed.len() == words);
     assert_eq!((scales.len(), zeros.len()), (shape.groups, shape.groups));
-    let entry = T::HQQ_GEMM[usize::from(bits == 8)][mt_index(mt)];
+    if mt.grouped() {
+        assert!(
+            shape.axis == 1 && k.is_multiple_of(32) && n.is_multiple_of(32),
+            "axis {} K {k} N {n}",
+            shape.axis
+        );
+        assert!(
+            shape.cols.is_power_of_two() && shape.cols >= 32 && k.is_multiple_of(shape.cols),
+            "cols {}",
+            shape.cols
+        );
+    }
+    let entry = T::HQQ_GEMM[usize::from(bits == 8)][mt.index()];
     let (p, s, z, xd) = (Dev::from(packed), raw(scales), raw(zeros), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
     // SAFETY: reads packed bytes < words (a lane's four weights share a 16-aligned block of its
@@ -185,7 +178,7 @@ pub fn gptq_gemm<T: EmuElem>(
     n: usize,
     format: i32,
     one_group: bool,
-    mt: usize,
+    mt: Tile,
     grid: u32,
     block: u32,
 ) -> Vec<f32> {
@@ -197,7 +190,11 @@ pub fn gptq_gemm<T: EmuElem>(
     if one_group {
         assert!(g_idx.chunks(16).all(|c| c.iter().all(|&g| g == c[0])), "one_group");
     }
-    let entry = T::GPTQ_GEMM[usize::from(bits == 8)][mt_index(mt)];
+    if mt.grouped() {
+        assert!(k.is_multiple_of(32) && n.is_multiple_of(32), "K {k} N {n}");
+        assert!(g_idx.chunks(32).all(|c| c.iter().all(|&g| g == c[0])), "groups of 32");
+    }
+    let entry = T::GPTQ_GEMM[usize::from(bits == 8)][mt.index()];
     let (qw, qz, s, gi, xd) =
         (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(g_idx), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
@@ -237,14 +234,18 @@ pub fn awq_gemm<T: EmuElem>(
     k: usize,
     n: usize,
     group_size: usize,
-    mt: usize,
+    mt: Tile,
     grid: u32,
     block: u32,
 ) -> Vec<f32> {
     check_mnk(x, m, k, n);
     let groups = k / group_size;
     assert_eq!((qweight.len(), qzeros.len(), scales.len()), (k * n / 8, groups * n / 8, groups * n));
-    let entry = T::AWQ_GEMM[mt_index(mt)];
+    if mt.grouped() {
+        assert!(k.is_multiple_of(32) && n.is_multiple_of(64), "K {k} N {n}");
+        assert!(group_size.is_power_of_two() && group_size >= 32, "group {group_size}");
+    }
+    let entry = T::AWQ_GEMM[mt.index()];
     let (qw, qz, s, xd) = (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
     // SAFETY: reads qweight rows < k, qzeros/scales rows < groups, x within m*k; writes y
@@ -281,16 +282,22 @@ pub fn fp8_gemm(
     m: usize,
     k: usize,
     n: usize,
-    mt: usize,
+    mt: Tile,
     grid: u32,
     block: u32,
 ) -> Vec<f32> {
     check_mnk(x, m, k, n);
     let (br, bc) = block_shape;
     assert_eq!((codes.len(), scales.len()), (n * k, n.div_ceil(br) * k.div_ceil(bc)));
-    let entry: Fp8Entry =
-        [[cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4], [cpu_fp8_gemm_e5m2_m1, cpu_fp8_gemm_e5m2_m4]][format]
-            [mt_index(mt)];
+    if mt.grouped() {
+        assert!(k.is_multiple_of(32) && n.is_multiple_of(32), "K {k} N {n}");
+        assert!(bc >= k || (bc.is_power_of_two() && bc >= 32), "block columns {bc}");
+        assert!(format == 1 || codes.iter().all(|&c| c & 0x7f != 0x7f), "E4M3 NaN code");
+    }
+    let entry: Fp8Entry = [
+        [cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4, cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2],
+        [cpu_fp8_gemm_e5m2_m1, cpu_fp8_gemm_e5m2_m4, cpu_fp8_gemmg_e5m2_m1, cpu_fp8_gemmg_e5m2_m2],
+    ][format][mt.index()];
     let (c, s, xd) = (Dev::from(codes), Dev::from(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
     // SAFETY: reads codes < n*k, scales at (r/br)*ceil(k/bc) + c/bc, x within m*k; writes y

@@ -24,12 +24,12 @@ pub const GEMM_MIN_BATCH: usize = 16;
 /// Rows per GEMM launch of an act-order layer (its inputs are gathered into scratch first).
 const GEMM_CHUNK: usize = 64;
 
-/// Threads per block of the GEMM (4 warps, each a tile of up to 64 rows x 32 outputs).
+/// Threads per block of the GEMM (4 warps, each a tile).
 const GEMM_BLOCK: usize = 128;
 
-/// The GEMM launch for `m` rows: a warp per tile of (16 or 64) rows x 32 outputs.
-fn gemm_launch(m: usize, n: usize, mt: usize) -> LaunchConfig {
-    let tiles = n.div_ceil(32) * m.div_ceil(16 * mt);
+/// The GEMM launch for `m` rows: a warp per tile of `16 mt` rows x `cols` outputs.
+fn gemm_launch(m: usize, n: usize, mt: usize, cols: usize) -> LaunchConfig {
+    let tiles = n.div_ceil(cols) * m.div_ceil(16 * mt);
     let blocks = tiles.div_ceil(GEMM_BLOCK / 32).clamp(1, 1 << 20);
     LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
@@ -52,6 +52,34 @@ fn elem_name(t: FloatType) -> &'static str {
         FloatType::F32 => "f32",
         FloatType::F16 => "f16",
         FloatType::Bf16 => "bf16",
+    }
+}
+
+/// The two tensor-core GEMM families of `ptx/gemm.cuh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmKind {
+    /// `*_gemm_*_m{1,4}`: each weight decoded and rounded to f16 in registers (so the result
+    /// carries W's rounding); tiles of 16 or 64 rows by 32 outputs; any group layout.
+    Rounded,
+    /// `*_gemm`**`g`**`_*_m{1,2}`: the codes enter the tensor cores as exact f16 integers and each
+    /// group's scale and zero point apply in f32 when the group ends (no weight is rounded, and
+    /// the decode is about one instruction per weight); tiles of 16 or 32 rows by 32 outputs (64
+    /// for AWQ). For layers with `in % 32 == 0`, `out` a multiple of the tile width and groups
+    /// of whole aligned 32-input blocks: GPTQ (sorted), HQQ on axis 1 and AWQ with power-of-two
+    /// groups, FP8 with power-of-two column blocks (or one spanning the row) and no E4M3 NaN code.
+    GroupScaled,
+}
+
+impl GemmKind {
+    /// Both families.
+    pub const ALL: [GemmKind; 2] = [GemmKind::Rounded, GemmKind::GroupScaled];
+
+    /// The rows of the small and the large tile, in 16s (`_m1` and `_m4` or `_m2`).
+    pub fn tile_rows(self) -> [usize; 2] {
+        match self {
+            GemmKind::Rounded => [1, 4],
+            GemmKind::GroupScaled => [1, 2],
+        }
     }
 }
 
@@ -129,17 +157,29 @@ impl GemvKernel {
         }
     }
 
-    /// The tensor-core GEMM entry for tiles of `mt` x 16 rows (1 or 4), for the schemes that
-    /// have one: 4- and 8-bit HQQ and GPTQ, AWQ, FP8.
-    pub fn gemm_entry(self, mt: usize) -> Option<String> {
-        let m = if mt == 1 { "m1" } else { "m4" };
+    /// The tensor-core GEMM entry of a family for tiles of `mt` x 16 rows (one of
+    /// [`GemmKind::tile_rows`]), for the schemes that have one: 4- and 8-bit HQQ and GPTQ, AWQ,
+    /// FP8.
+    pub fn gemm_entry(self, kind: GemmKind, mt: usize) -> Option<String> {
+        let g = match kind {
+            GemmKind::Rounded => "",
+            GemmKind::GroupScaled => "g",
+        };
         match self {
-            GemvKernel::Hqq(b @ (4 | 8), t) => Some(format!("hqq_gemm_{b}b_{}_{m}", elem_name(t))),
-            GemvKernel::Gptq(b @ (4 | 8), t) => Some(format!("gptq_gemm_{b}b_{}_{m}", elem_name(t))),
-            GemvKernel::Awq(t) => Some(format!("awq_gemm_4b_{}_{m}", elem_name(t))),
-            GemvKernel::Fp8(Fp8Format::E4M3) => Some(format!("fp8_gemm_e4m3_{m}")),
-            GemvKernel::Fp8(Fp8Format::E5M2) => Some(format!("fp8_gemm_e5m2_{m}")),
+            GemvKernel::Hqq(b @ (4 | 8), t) => Some(format!("hqq_gemm{g}_{b}b_{}_m{mt}", elem_name(t))),
+            GemvKernel::Gptq(b @ (4 | 8), t) => Some(format!("gptq_gemm{g}_{b}b_{}_m{mt}", elem_name(t))),
+            GemvKernel::Awq(t) => Some(format!("awq_gemm{g}_4b_{}_m{mt}", elem_name(t))),
+            GemvKernel::Fp8(Fp8Format::E4M3) => Some(format!("fp8_gemm{g}_e4m3_m{mt}")),
+            GemvKernel::Fp8(Fp8Format::E5M2) => Some(format!("fp8_gemm{g}_e5m2_m{mt}")),
             _ => None,
+        }
+    }
+
+    /// Outputs per tile of a GEMM family's entries.
+    pub fn gemm_cols(self, kind: GemmKind) -> usize {
+        match (self, kind) {
+            (GemvKernel::Awq(_), GemmKind::GroupScaled) => 64,
+            _ => 32,
         }
     }
 
@@ -413,10 +453,34 @@ pub struct DeviceQuantLinear {
     counters: Option<CudaSlice<u32>>,
     add_bias: CudaFunction,
     gather: CudaFunction,
-    /// The tensor-core GEMM entries (16- and 64-row tiles), where the scheme and shape have one.
-    gemm: Option<[CudaFunction; 2]>,
+    /// The tensor-core GEMM, where the scheme and shape have one.
+    gemm: Option<Gemm>,
     /// GPTQ: every aligned 16 rows of the (sorted) g_idx share a group.
     one_group: i32,
+}
+
+/// A layer's tensor-core GEMM: its family and the entries of its small and large tiles.
+#[derive(Debug)]
+struct Gemm {
+    kind: GemmKind,
+    f: [CudaFunction; 2],
+    /// Whether the layer's shape and groups allow [`GemmKind::GroupScaled`].
+    grouped_ok: bool,
+}
+
+impl Gemm {
+    /// The family's entries for `kernel`, or `None` where the scheme has no GEMM.
+    fn load(gpu: &Gpu, kernel: GemvKernel, kind: GemmKind, grouped_ok: bool) -> Result<Option<Gemm>> {
+        let [m1, m2] = kind.tile_rows();
+        match (kernel.gemm_entry(kind, m1), kernel.gemm_entry(kind, m2)) {
+            (Some(e1), Some(e2)) => Ok(Some(Gemm {
+                kind,
+                f: [gpu.function(kernel.gemm_file(), &e1)?, gpu.function(kernel.gemm_file(), &e2)?],
+                grouped_ok,
+            })),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Rows `b0 .. b0 + nb` of the input (`inp` values a row): of `x`, or the gathered scratch rows
@@ -594,23 +658,38 @@ impl DeviceQuantLinear {
                 }
                 _ => true,
             };
-        let gemm = match (gemm_ok, kernel.gemm_entry(1), kernel.gemm_entry(4)) {
-            (true, Some(e1), Some(e4)) => {
-                Some([gpu.function(kernel.gemm_file(), &e1)?, gpu.function(kernel.gemm_file(), &e4)?])
-            }
-            _ => None,
-        };
-        let one_group = match w {
+        // Groups of every row of a GPTQ layer, in the (sorted) order the device holds.
+        let gptq_rows = match w {
             QuantWeight::Gptq(l) => {
-                let rows = crate::gptq::groups_of_rows(&l.layout, l.g_idx.as_deref())?;
-                let mut sorted = rows.clone();
+                let mut rows = crate::gptq::groups_of_rows(&l.layout, l.g_idx.as_deref())?;
                 if perm.is_some() {
-                    sorted.sort_unstable();
+                    rows.sort_unstable();
                 }
-                i32::from(sorted.chunks(16).all(|c| c.iter().all(|&g| g == c[0])))
+                rows
             }
-            _ => 0,
+            _ => Vec::new(),
         };
+        let blocks_of = |n: usize| gptq_rows.chunks(n).all(|c| c.iter().all(|&g| g == c[0]));
+        let one_group = i32::from(blocks_of(16));
+        let grouped = gemm_ok
+            && inp.is_multiple_of(32)
+            && out.is_multiple_of(kernel.gemm_cols(GemmKind::GroupScaled))
+            && match w {
+                QuantWeight::Hqq(h) => {
+                    let g = h.packed.cols;
+                    h.layout.axis() == Axis::One && g.is_power_of_two() && g >= 32 && inp.is_multiple_of(g)
+                }
+                QuantWeight::Gptq(_) => blocks_of(32),
+                QuantWeight::Awq(l) => l.layout.group_size().is_power_of_two() && l.layout.group_size() >= 32,
+                QuantWeight::Fp8(l) => {
+                    let bc = l.layout.block_size().1;
+                    let nan = l.format == Fp8Format::E4M3 && l.codes.iter().any(|&c| c & 0x7f == 0x7f);
+                    (bc >= inp || (bc.is_power_of_two() && bc >= 32)) && !nan
+                }
+                _ => false,
+            };
+        let kind = if grouped { GemmKind::GroupScaled } else { GemmKind::Rounded };
+        let gemm = if gemm_ok { Gemm::load(gpu, kernel, kind, grouped)? } else { None };
         let xs_rows = if gemm.is_some() { GEMM_CHUNK } else { GEMV_MAX_BATCH };
         let part_len = match (&weight, col) {
             (_, Some(c)) => GEMV_MAX_BATCH * c.slices * out,
@@ -707,6 +786,31 @@ impl DeviceQuantLinear {
         self.gemm.is_some()
     }
 
+    /// The GEMM family this layer runs from [`GEMM_MIN_BATCH`] rows (`None` without a GEMM):
+    /// [`GemmKind::GroupScaled`] wherever the layer's shape and groups allow it.
+    pub fn gemm_kind(&self) -> Option<GemmKind> {
+        self.gemm.as_ref().map(|g| g.kind)
+    }
+
+    /// Run batches from [`GEMM_MIN_BATCH`] rows on `kind`'s GEMM instead (to compare the two, or
+    /// to keep [`GemmKind::Rounded`]'s rounding). [`CudaError::NoKernel`] when the layer has no
+    /// GEMM, or `kind` is [`GemmKind::GroupScaled`] and its shape or groups do not allow it.
+    pub fn set_gemm_kind(&mut self, gpu: &Gpu, kind: GemmKind) -> Result<()> {
+        let Some(g) = &self.gemm else {
+            return Err(Error::Cuda(CudaError::NoKernel("a GEMM for this layer")));
+        };
+        if g.kind == kind {
+            return Ok(());
+        }
+        if kind == GemmKind::GroupScaled && !g.grouped_ok {
+            return Err(Error::Cuda(CudaError::NoKernel(
+                "a group-scaled GEMM for this layer's shape and groups",
+            )));
+        }
+        self.gemm = Gemm::load(gpu, self.kernel, kind, g.grouped_ok)?;
+        Ok(())
+    }
+
     /// Act-order layers: rows `b0 .. b0 + nb` of `x` in the sorted layer's input order, into the
     /// scratch rows `0 .. nb`.
     fn gather_rows(&mut self, gpu: &Gpu, x: &CudaSlice<f32>, b0: usize, nb: usize) -> Result<()> {
@@ -735,11 +839,12 @@ impl DeviceQuantLinear {
         nb: usize,
         y: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<()> {
-        let Some(fs) = &self.gemm else { return Ok(()) };
+        let Some(gemm) = &self.gemm else { return Ok(()) };
         let xin = input_rows(&self.xs, x, self.inp, b0, nb);
-        let mt = if nb <= 16 { 1 } else { 4 };
+        let big = nb > 16;
+        let mt = gemm.kind.tile_rows()[usize::from(big)];
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
-        let mut l = gpu.stream.launch_builder(&fs[usize::from(mt == 4)]);
+        let mut l = gpu.stream.launch_builder(&gemm.f[usize::from(big)]);
         match &self.weight {
             DevWeight::Hqq { words: DevWords::U8(w), scales, zeros, ints, .. } => {
                 l.arg(w);
@@ -771,15 +876,18 @@ impl DeviceQuantLinear {
             _ => return Err(Error::Cuda(CudaError::NoKernel("a tensor-core GEMM of this scheme"))),
         }
         // SAFETY: the arguments follow the GEMM entry's signature (GemvKernel::gemm_params, in
-        // the order of ptx/*.cu's gemm entry comments) for the element type it was chosen for.
-        // `new` validated the weight and took the GEMM only when K % 16 == 0 and N % 8 == 0
-        // (HQQ: packed columns and words multiples of 16, 4 or 8 bits, so a lane's four weights
-        // share a 16-aligned block of one plane). The kernel reads x[r*K + c] for r < nb, c < K
-        // (the view holds nb*K) as 2-float vectors at even offsets of 256-byte-aligned
-        // allocations, weights and parameters within the uploaded tensors (GPTQ groups from the
-        // validated g_idx; one_group was computed from it), and writes y[r*N + n] for r < nb,
-        // n < N: the view's nb*out values.
-        unsafe { l.launch(gemm_launch(nb, self.out, mt)) }?;
+        // the order of ptx/*.cu's gemm entry comments; both families share it) for the element
+        // type it was chosen for. `new` validated the weight and took the GEMM only when K % 16
+        // == 0 and N % 8 == 0 (HQQ: packed columns and words multiples of 16, 4 or 8 bits, so a
+        // lane's four weights share a 16-aligned block of one plane), and the group-scaled one
+        // only when K % 32 == 0, N is a multiple of its tile width and the groups are whole
+        // aligned 32-input blocks (HQQ axis 1 with a power-of-two group dividing K, so a lane's
+        // 8 codes are 8 aligned bytes of one plane). The kernels read x[r*K + c] for r < nb, c <
+        // K (the view holds nb*K) as 2- or 4-float vectors at offsets that are multiples of
+        // them in 256-byte-aligned allocations, weights and parameters within the uploaded
+        // tensors (GPTQ groups from the validated g_idx; one_group was computed from it), and
+        // write y[r*N + n] for r < nb, n < N: the view's nb*out values.
+        unsafe { l.launch(gemm_launch(nb, self.out, mt, self.kernel.gemm_cols(gemm.kind))) }?;
         Ok(())
     }
 
@@ -956,9 +1064,16 @@ mod tests {
                     | GemvKernel::Awq(_)
                     | GemvKernel::Fp8(_)
             );
-            assert_eq!(k.gemm_entry(1).is_some(), has, "{k:?}");
+            for kind in GemmKind::ALL {
+                for mt in kind.tile_rows() {
+                    assert_eq!(k.gemm_entry(kind, mt).is_some(), has, "{k:?}");
+                }
+            }
             assert!(k.entry(1).ends_with("_b1") && k.entry(8).ends_with("_b8"));
         }
-        assert_eq!(GemvKernel::Gptq(4, FloatType::F16).gemm_entry(4).unwrap(), "gptq_gemm_4b_f16_m4");
+        let g4 = GemvKernel::Gptq(4, FloatType::F16);
+        assert_eq!(g4.gemm_entry(GemmKind::Rounded, 4).unwrap(), "gptq_gemm_4b_f16_m4");
+        assert_eq!(g4.gemm_entry(GemmKind::GroupScaled, 2).unwrap(), "gptq_gemmg_4b_f16_m2");
+        assert_eq!(GemvKernel::Awq(FloatType::Bf16).gemm_cols(GemmKind::GroupScaled), 64);
     }
 }

@@ -45,7 +45,7 @@ mod linear;
 pub use blas::Cublas;
 pub use cudarc::driver::CudaSlice as DeviceBuffer;
 pub use cudarc::driver::DeviceRepr;
-pub use linear::{ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMV_MAX_BATCH, GemvKernel, RowPlan};
+pub use linear::{ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMV_MAX_BATCH, GemmKind, GemvKernel, RowPlan};
 
 /// The PTX files compiled from `ptx/*.cu` (NVRTC 12.4, `compute_80`), embedded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,10 +104,11 @@ impl PtxFile {
         let gemvs = GemvKernel::all().into_iter().flat_map(|k| {
             let gemv =
                 [1, 8].into_iter().filter(move |&m| k.file(m) == self).map(move |m| (k.entry(m), k.params()));
-            let gemm = [1, 4]
+            let gemm = GemmKind::ALL
                 .into_iter()
+                .flat_map(|kind| kind.tile_rows().map(move |mt| (kind, mt)))
                 .filter(move |_| k.gemm_file() == self)
-                .filter_map(move |mt| k.gemm_entry(mt).map(|e| (e, k.gemm_params())));
+                .filter_map(move |(kind, mt)| k.gemm_entry(kind, mt).map(|e| (e, k.gemm_params())));
             gemv.chain(gemm)
         });
         let named: Vec<(&'static str, usize)> = match self {

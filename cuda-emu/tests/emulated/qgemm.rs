@@ -1,8 +1,9 @@
-//! The tensor-core GEMM (ptx/gemm.cuh with each scheme's decoder; mma.sync emulated per warp)
+//! The tensor-core GEMMs (ptx/gemm.cuh with each scheme's decoder; mma.sync emulated per warp)
 //! against an f64 product of the crate's dequantization oracle, for 4- and 8-bit HQQ (both
 //! axes), GPTQ (plain and act-order) and AWQ, and FP8, over batch sizes that fill tiles partly
-//! and wholly, both tile heights and several launch shapes. The bound is derived from the f16
-//! rounding of x and W (see gemm.cuh), not tuned.
+//! and wholly, every tile height of both entry kinds (the generic `_gemm_` and the group-scaled
+//! `_gemmg_`, on the shapes it takes) and several launch shapes. The bounds are derived in
+//! gemm.cuh (the f16 rounding of x and W, or of x alone and the f32 group sums), not tuned.
 
 use half::{bf16, f16};
 use quant_kernels::awq::{self, AwqLayout};
@@ -11,29 +12,85 @@ use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
 use quant_kernels::{B4, B8, Elem, Packing};
-use quant_kernels_cuda_emu::qgemm;
+use quant_kernels_cuda_emu::qgemm::{self, Tile};
 use quant_kernels_cuda_emu::{EmuElem, HqqShape, SplitMix as Rng};
 
 const LAUNCHES: [(u32, u32); 3] = [(1, 32), (3, 64), (2, 128)];
-const BATCHES: [(usize, usize); 6] = [(1, 1), (16, 1), (17, 1), (5, 4), (64, 4), (70, 4)];
+/// Batch sizes per entry kind: a partial tile, one whole tile, one more row, several tiles.
+fn batches(tile: Tile) -> [usize; 3] {
+    match tile {
+        Tile::M1 | Tile::G1 => [1, 16, 17],
+        Tile::M4 => [5, 64, 70],
+        Tile::G2 => [5, 32, 40],
+    }
+}
 
-/// `w` is `[n, k]` (or `[k, n]` when `transposed`); `x` `m` rows of `k`.
-fn check(got: &[f32], w: &[f32], x: &[f32], n: usize, k: usize, transposed: bool, what: &str) {
+/// The weights as the check reads them: `w` is `[n, k]` (or `[k, n]` when `transposed`), and
+/// `mag` (same layout) bounds |s| (|q| + |z|) for each weight (its scale, code and zero point),
+/// what the group-scaled entries' f32 sums are bounded by.
+struct Oracle<'a> {
+    w: &'a [f32],
+    mag: &'a [f32],
+    n: usize,
+    k: usize,
+    transposed: bool,
+}
+
+/// |s| (|q| + |z|) <= |s| q_max + |s z| = |w(q_max) - w(0)| + |w(0)| for any code q <= q_max:
+/// the dequantization of every code at its largest value and at zero.
+fn magnitude(w_max: &[f32], w_zero: &[f32]) -> Vec<f32> {
+    w_max.iter().zip(w_zero).map(|(a, b)| (a - b).abs() + b.abs()).collect()
+}
+
+fn check(got: &[f32], o: &Oracle, x: &[f32], tile: Tile, what: &str) {
+    let (n, k) = (o.n, o.k);
     let u = 2f64.powi(-11);
     let xmax = x.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
     for (idx, g) in got.iter().enumerate() {
-        let (r, o) = (idx / n, idx % n);
-        let at = |i: usize| if transposed { w[i * n + o] } else { w[o * k + i] };
+        let (r, c) = (idx / n, idx % n);
+        let at = |v: &[f32], i: usize| (if o.transposed { v[i * n + c] } else { v[c * k + i] }) as f64;
         let xr = &x[r * k..(r + 1) * k];
-        let want: f64 = (0..k).map(|i| at(i) as f64 * xr[i] as f64).sum();
-        let scale: f64 = (0..k).map(|i| (at(i) as f64 * xr[i] as f64).abs()).sum();
-        let bound = (2.0 * u + u * u + k as f64 * 2f64.powi(-24)) * scale + k as f64 * 2f64.powi(-25) * xmax;
-        assert!((*g as f64 - want).abs() <= bound, "{what}[{r}, {o}]: {g} vs {want} (bound {bound})");
+        let want: f64 = (0..k).map(|i| at(o.w, i) * xr[i] as f64).sum();
+        let wx: f64 = (0..k).map(|i| (at(o.w, i) * xr[i] as f64).abs()).sum();
+        let bound = if tile.grouped() {
+            let w1: f64 = (0..k).map(|i| at(o.w, i).abs()).sum();
+            let t: f64 = (0..k).map(|i| at(o.mag, i) * (xr[i] as f64).abs()).sum();
+            u * wx + 2f64.powi(-25) * w1 + 2.0 * k as f64 * 2f64.powi(-24) * (1.0 + 2.0 * u) * t
+        } else {
+            (2.0 * u + u * u + k as f64 * 2f64.powi(-24)) * wx + k as f64 * 2f64.powi(-25) * xmax
+        };
+        assert!((*g as f64 - want).abs() <= bound, "{what}[{r}, {c}]: {g} vs {want} (bound {bound})");
     }
 }
 
 fn xs(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.f32_in(-1.0, 1.0)).collect()
+}
+
+/// Every entry kind (the group-scaled ones only where `grouped`), its batch sizes and the launch
+/// shapes: `run(tile, m, x, grid, block)` with `m` random rows of `k` inputs.
+fn each_run(rng: &mut Rng, k: usize, grouped: bool, mut run: impl FnMut(Tile, usize, &[f32], u32, u32)) {
+    for tile in Tile::ALL {
+        if tile.grouped() && !grouped {
+            continue;
+        }
+        for m in batches(tile) {
+            let x = xs(rng, m * k);
+            for (grid, block) in LAUNCHES {
+                run(tile, m, &x, grid, block);
+            }
+        }
+    }
+}
+
+/// Whether the group-scaled HQQ entries take this layer (what the launcher checks).
+fn hqq_grouped(n: usize, k: usize, g: usize, axis: Axis) -> bool {
+    axis == Axis::One
+        && n.is_multiple_of(32)
+        && k.is_multiple_of(32)
+        && g.is_power_of_two()
+        && g >= 32
+        && k.is_multiple_of(g)
 }
 
 fn hqq_case<P: Packing, T: Elem + EmuElem>(n: usize, k: usize, g: usize, axis: Axis) {
@@ -45,8 +102,17 @@ fn hqq_case<P: Packing, T: Elem + EmuElem>(n: usize, k: usize, g: usize, axis: A
         (0..pr * pc).map(|_| P::Word::from_bits(rng.next_u64() as u32 & 0xff)).collect();
     let s: Vec<T> = (0..layout.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(-0.1, 0.1))).collect();
     let z: Vec<T> = (0..layout.groups()).map(|_| <T as Elem>::from_f32(rng.f32_in(0.0, 15.0))).collect();
-    let mut w = vec![0f32; n * k];
-    hqq::dequantize_reference_into::<P, T, f32>(&words, &s, &z, &layout, &mut w).unwrap();
+    let dequant = |words: &[P::Word]| {
+        let mut w = vec![0f32; n * k];
+        hqq::dequantize_reference_into::<P, T, f32>(words, &s, &z, &layout, &mut w).unwrap();
+        w
+    };
+    let w = dequant(&words);
+    let mag = magnitude(
+        &dequant(&vec![P::Word::from_bits(0xff); words.len()]),
+        &dequant(&vec![P::Word::from_bits(0); words.len()]),
+    );
+    let o = Oracle { w: &w, mag: &mag, n, k, transposed: false };
     let shape = HqqShape {
         rows: cr,
         cols: pc,
@@ -55,75 +121,128 @@ fn hqq_case<P: Packing, T: Elem + EmuElem>(n: usize, k: usize, g: usize, axis: A
         groups: layout.groups(),
     };
     let bytes: Vec<u8> = words.iter().map(|w| w.bits() as u8).collect();
-    for (m, mt) in BATCHES {
-        let x = xs(&mut rng, m * k);
-        for (grid, block) in LAUNCHES {
-            let y = qgemm::hqq_gemm(P::BITS.get(), &bytes, &s, &z, shape, &x, m, k, mt, grid, block);
-            let what = format!(
-                "hqq {}b {n}x{k} g{g} {axis:?} {} m {m}/{mt} {grid}x{block}",
-                P::BITS.get(),
-                T::DTYPE
-            );
-            check(&y, &w, &x, n, k, false, &what);
-        }
-    }
+    each_run(&mut rng, k, hqq_grouped(n, k, g, axis), |tile, m, x, grid, block| {
+        let y = qgemm::hqq_gemm(P::BITS.get(), &bytes, &s, &z, shape, x, m, k, tile, grid, block);
+        let what = format!(
+            "hqq {}b {n}x{k} g{g} {axis:?} {} m {m} {tile:?} {grid}x{block}",
+            P::BITS.get(),
+            T::DTYPE
+        );
+        check(&y, &o, x, tile, &what);
+    });
 }
 
 #[test]
 fn hqq_gemm_4_and_8_bits_both_axes() {
-    for (n, k, g, axis) in [(40, 64, 64, Axis::One), (16, 128, 32, Axis::One), (40, 128, 16, Axis::Zero)] {
+    for (n, k, g, axis) in [
+        (40, 64, 64, Axis::One),
+        (16, 128, 32, Axis::One),
+        (40, 128, 16, Axis::Zero),
+        (32, 128, 32, Axis::One),
+        (64, 64, 64, Axis::One),
+    ] {
         hqq_case::<B4, f16>(n, k, g, axis);
         hqq_case::<B8, bf16>(n, k, g, axis);
         hqq_case::<B4, f32>(n, k, g, axis);
     }
 }
 
+/// A GPTQ layer's dequantization and the check's magnitudes for these codes.
+struct GptqCase {
+    layout: GptqLayout,
+    qweight: Vec<i32>,
+    qzeros: Vec<i32>,
+    scales: Vec<f16>,
+    g_idx: Vec<i32>,
+}
+
+impl GptqCase {
+    fn dequant(&self, qweight: &[i32], f: ZeroFormat) -> Vec<f32> {
+        let l = &self.layout;
+        let mut w = vec![0f32; l.k() * l.n()];
+        gptq::gptq_dequantize_reference_into(
+            qweight,
+            &self.scales,
+            &self.qzeros,
+            Some(&self.g_idx),
+            f,
+            l,
+            &mut w,
+        )
+        .unwrap();
+        w
+    }
+}
+
 #[test]
 fn gptq_gemm_4_and_8_bits() {
+    // g_idx: 0 the layout's default, 1 shuffled (act-order, unsorted), 2 sorted with unequal
+    // groups of whole 32-row blocks (what sorting an act-order layer can give).
     for bits in [4u8, 8] {
-        for (k, n, g, act) in [(64usize, 40usize, 16i64, false), (128, 32, 32, true), (96, 16, -1, false)] {
+        for (k, n, g, order) in [
+            (64usize, 40usize, 16i64, 0),
+            (128, 32, 32, 1),
+            (96, 16, -1, 0),
+            (128, 64, 32, 0),
+            (192, 32, 64, 2),
+        ] {
             let l = GptqLayout::new(k, n, bits, g).unwrap();
             let mut rng = Rng(k as u64 * 7 + n as u64 + bits as u64);
             let (qr, qc) = l.qweight_shape();
             let (zr, zc) = l.qzeros_shape();
-            let qweight: Vec<i32> = (0..qr * qc).map(|_| rng.next_u64() as i32).collect();
-            let qzeros: Vec<i32> = (0..zr * zc).map(|_| rng.next_u64() as i32).collect();
-            let s: Vec<f16> = (0..l.groups() * n).map(|_| f16::from_f32(rng.f32_in(-0.02, 0.02))).collect();
             let mut g_idx = l.default_g_idx();
-            if act {
-                for i in (1..k).rev() {
-                    g_idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-                }
-            }
-            let one_group = g_idx.chunks(16).all(|c| c.iter().all(|&v| v == c[0]));
-            for f in [ZeroFormat::V1, ZeroFormat::V2] {
-                let mut w = vec![0f32; k * n];
-                gptq::gptq_dequantize_reference_into(&qweight, &s, &qzeros, Some(&g_idx), f, &l, &mut w)
-                    .unwrap();
-                for (m, mt) in BATCHES {
-                    let x = xs(&mut rng, m * k);
-                    for (grid, block) in LAUNCHES {
-                        let y = qgemm::gptq_gemm(
-                            bits,
-                            &qweight,
-                            &qzeros,
-                            &s,
-                            &g_idx,
-                            &x,
-                            m,
-                            k,
-                            n,
-                            i32::from(f == ZeroFormat::V2),
-                            one_group,
-                            mt,
-                            grid,
-                            block,
-                        );
-                        let what =
-                            format!("gptq {bits}b K{k} N{n} g{g} act {act} {f:?} m {m}/{mt} {grid}x{block}");
-                        check(&y, &w, &x, n, k, true, &what);
+            match order {
+                1 => {
+                    for i in (1..k).rev() {
+                        g_idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
                     }
                 }
+                2 => {
+                    let sizes = [32usize, 96, 64];
+                    g_idx = sizes.iter().enumerate().flat_map(|(gi, &c)| vec![gi as i32; c]).collect();
+                }
+                _ => {}
+            }
+            let case = GptqCase {
+                qweight: (0..qr * qc).map(|_| rng.next_u64() as i32).collect(),
+                qzeros: (0..zr * zc).map(|_| rng.next_u64() as i32).collect(),
+                scales: (0..l.groups() * n).map(|_| f16::from_f32(rng.f32_in(-0.02, 0.02))).collect(),
+                g_idx,
+                layout: l,
+            };
+            let one_group = case.g_idx.chunks(16).all(|c| c.iter().all(|&v| v == c[0]));
+            let grouped = k.is_multiple_of(32)
+                && n.is_multiple_of(32)
+                && case.g_idx.chunks(32).all(|c| c.iter().all(|&v| v == c[0]));
+            for f in [ZeroFormat::V1, ZeroFormat::V2] {
+                let w = case.dequant(&case.qweight, f);
+                let mag = magnitude(
+                    &case.dequant(&vec![-1; case.qweight.len()], f),
+                    &case.dequant(&vec![0; case.qweight.len()], f),
+                );
+                let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
+                each_run(&mut rng, k, grouped, |tile, m, x, grid, block| {
+                    let y = qgemm::gptq_gemm(
+                        bits,
+                        &case.qweight,
+                        &case.qzeros,
+                        &case.scales,
+                        &case.g_idx,
+                        x,
+                        m,
+                        k,
+                        n,
+                        i32::from(f == ZeroFormat::V2),
+                        one_group,
+                        tile,
+                        grid,
+                        block,
+                    );
+                    let what = format!(
+                        "gptq {bits}b K{k} N{n} g{g} order {order} {f:?} m {m} {tile:?} {grid}x{block}"
+                    );
+                    check(&y, &o, x, tile, &what);
+                });
             }
         }
     }
@@ -131,7 +250,7 @@ fn gptq_gemm_4_and_8_bits() {
 
 #[test]
 fn awq_gemm_every_element_type() {
-    for (k, n, gs) in [(64usize, 40usize, 32usize), (48, 16, 12)] {
+    for (k, n, gs) in [(64usize, 40usize, 32usize), (48, 16, 12), (64, 64, 32), (128, 128, 64)] {
         let l = AwqLayout::new(k, n, gs).unwrap();
         let mut rng = Rng(k as u64 + n as u64);
         let qweight: Vec<i32> = (0..k * n / 8).map(|_| rng.next_u64() as i32).collect();
@@ -140,15 +259,19 @@ fn awq_gemm_every_element_type() {
         fn one<T: Elem + EmuElem>(qw: &[i32], qz: &[i32], sf: &[f32], l: &AwqLayout, rng: &mut Rng) {
             let (k, n, gs) = (l.k(), l.n(), l.group_size());
             let s: Vec<T> = sf.iter().map(|&v| <T as Elem>::from_f32(v)).collect();
-            let mut w = vec![0f32; k * n];
-            awq::awq_dequantize_reference_into(qw, &s, qz, l, &mut w).unwrap();
-            for (m, mt) in BATCHES {
-                let x = xs(rng, m * k);
-                for (grid, block) in LAUNCHES {
-                    let y = qgemm::awq_gemm(qw, qz, &s, &x, m, k, n, gs, mt, grid, block);
-                    check(&y, &w, &x, n, k, true, &format!("awq K{k} N{n} g{gs} {} m {m}/{mt}", T::DTYPE));
-                }
-            }
+            let dequant = |qw: &[i32]| {
+                let mut w = vec![0f32; k * n];
+                awq::awq_dequantize_reference_into(qw, &s, qz, l, &mut w).unwrap();
+                w
+            };
+            let w = dequant(qw);
+            let mag = magnitude(&dequant(&vec![-1; qw.len()]), &dequant(&vec![0; qw.len()]));
+            let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
+            let grouped = k.is_multiple_of(32) && n.is_multiple_of(64) && gs.is_power_of_two() && gs >= 32;
+            each_run(rng, k, grouped, |tile, m, x, grid, block| {
+                let y = qgemm::awq_gemm(qw, qz, &s, x, m, k, n, gs, tile, grid, block);
+                check(&y, &o, x, tile, &format!("awq K{k} N{n} g{gs} {} m {m} {tile:?}", T::DTYPE));
+            });
         }
         one::<f16>(&qweight, &qzeros, &sf, &l, &mut rng);
         one::<bf16>(&qweight, &qzeros, &sf, &l, &mut rng);
@@ -158,7 +281,9 @@ fn awq_gemm_every_element_type() {
 
 #[test]
 fn fp8_gemm_both_formats() {
-    for (n, k, br, bc) in [(40, 64, 16, 16), (16, 96, 3, 12), (24, 128, 24, 128)] {
+    for (n, k, br, bc) in
+        [(40, 64, 16, 16), (16, 96, 3, 12), (24, 128, 24, 128), (32, 64, 16, 32), (64, 96, 64, 96)]
+    {
         let l = Fp8Layout::block(n, k, br, bc).unwrap();
         let mut rng = Rng(n as u64 * 3 + k as u64);
         for (fi, f) in [Fp8Format::E4M3, Fp8Format::E5M2].into_iter().enumerate() {
@@ -173,13 +298,16 @@ fn fp8_gemm_both_formats() {
             let scales: Vec<f32> = (0..sr * sc).map(|_| rng.f32_in(1e-3, 2e-2)).collect();
             let mut w = vec![0f32; n * k];
             fp8::fp8_dequantize_reference_into(&codes, &scales, f, &l, &mut w).unwrap();
-            for (m, mt) in BATCHES {
-                let x = xs(&mut rng, m * k);
-                for (grid, block) in LAUNCHES {
-                    let y = qgemm::fp8_gemm(fi, &codes, &scales, (br, bc), &x, m, k, n, mt, grid, block);
-                    check(&y, &w, &x, n, k, false, &format!("fp8 {f:?} {n}x{k} {br}x{bc} m {m}/{mt}"));
-                }
-            }
+            // No zero point: |s| |q| is |w|.
+            let mag: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+            let o = Oracle { w: &w, mag: &mag, n, k, transposed: false };
+            let grouped = k.is_multiple_of(32)
+                && n.is_multiple_of(32)
+                && (bc >= k || (bc.is_power_of_two() && bc >= 32));
+            each_run(&mut rng, k, grouped, |tile, m, x, grid, block| {
+                let y = qgemm::fp8_gemm(fi, &codes, &scales, (br, bc), x, m, k, n, tile, grid, block);
+                check(&y, &o, x, tile, &format!("fp8 {f:?} {n}x{k} {br}x{bc} m {m} {tile:?}"));
+            });
         }
     }
 }
