@@ -199,6 +199,18 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     });
 }
 
+// Lane `src`'s value, to every lane of the warp (mask all ones).
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    if (mask != 0xffffffffu || width != 32) {
+        std::fprintf(stderr, "cuda_cpu_shim: __shfl_sync supports the full warp only\n");
+        std::abort();
+    }
+    return qk_warp_collective(v, [src](unsigned char (*in)[64], unsigned char (*out)[64]) {
+        for (unsigned l = 0; l < 32; ++l) std::memcpy(out[l], in[src & 31], sizeof(T));
+    });
+}
+
 inline void __syncthreads() {
     const unsigned gen = qk_coop.barrier_gen;
     if (++qk_coop.barrier_arrived == qk_coop.fibers.size()) {

@@ -275,10 +275,11 @@ struct QkAwqGemmG {
 #define QK_AWQ_GEMMG_ENTRY(T, NAME, MT)                                                              \
     extern "C" __global__ void awq_gemmg_4b_##NAME##_m##MT(const int* qweight, const int* qzeros, const T* scales, \
                                                            const float* x, float* y, int m_dim, int k_dim, int n_dim, \
-                                                           int group_size) {                         \
+                                                           int group_size, float* part, unsigned* counters, \
+                                                           int kslices) {                            \
         const QkAwqGemmG<T> d{qweight, qzeros, scales, n_dim, __ffs(group_size) - 1, qk_magic_reg(group_size), \
                               qk_f16_one(group_size)};                                               \
-        qk_mma_gemm_grouped<QkAwqGemmG<T>, MT>(d, x, y, m_dim, n_dim, k_dim);                        \
+        qk_mma_gemm_grouped<QkAwqGemmG<T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                        \
     }
 QK_AWQ_GEMMG_ENTRY(float, f32, 1)
 QK_AWQ_GEMMG_ENTRY(float, f32, 2)
@@ -331,9 +332,11 @@ QK_AWQ_GEMM_EMU(__nv_bfloat16, bf16, 4)
 #define QK_AWQ_GEMMG_EMU(T, NAME, MT)                                                                \
     extern "C" void cpu_awq_gemmg_4b_##NAME##_m##MT(const int* qweight, const int* qzeros, const T* scales, \
                                                     const float* x, float* y, int m_dim, int k_dim, int n_dim, \
-                                                    int group_size, unsigned grid, unsigned block) { \
+                                                    int group_size, float* part, unsigned* counters, int kslices, \
+                                                    unsigned grid, unsigned block) {                 \
         cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
-            awq_gemmg_4b_##NAME##_m##MT(qweight, qzeros, scales, x, y, m_dim, k_dim, n_dim, group_size); \
+            awq_gemmg_4b_##NAME##_m##MT(qweight, qzeros, scales, x, y, m_dim, k_dim, n_dim, group_size, part, counters, \
+                                        kslices);                                                    \
         });                                                                                          \
     }
 QK_AWQ_GEMMG_EMU(float, f32, 1)

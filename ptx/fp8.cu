@@ -379,10 +379,11 @@ struct QkFp8GemmG {
 // by 32 outputs a warp.
 #define QK_FP8_GEMMG(FMT, MB, BI, E4, MT)                                                            \
     extern "C" __global__ void fp8_gemmg_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
-                                                       float* y, int m_dim, int k_dim, int n_dim, int br, int bc) { \
+                                                       float* y, int m_dim, int k_dim, int n_dim, int br, int bc, \
+                                                       float* part, unsigned* counters, int kslices) {  \
         const QkFp8GemmG<MB, BI, E4> d{codes, scales, k_dim, br, (k_dim + bc - 1) / bc,              \
                                        bc >= k_dim ? 31 : __ffs(bc) - 1};                             \
-        qk_mma_gemm_grouped<QkFp8GemmG<MB, BI, E4>, MT>(d, x, y, m_dim, n_dim, k_dim);               \
+        qk_mma_gemm_grouped<QkFp8GemmG<MB, BI, E4>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);               \
     }
 QK_FP8_GEMMG(e4m3, 3, 7, true, 1)
 QK_FP8_GEMMG(e4m3, 3, 7, true, 2)
@@ -423,9 +424,11 @@ QK_FP8_GEMM_EMU(e5m2, 4)
 #define QK_FP8_GEMMG_EMU(FMT, MT)                                                                     \
     extern "C" void cpu_fp8_gemmg_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
                                                 float* y, int m_dim, int k_dim, int n_dim, int br, int bc, \
-                                                unsigned grid, unsigned block) {                     \
-        cpu_launch_coop(qk_dim(grid), qk_dim(block),                                                  \
-                        [&] { fp8_gemmg_##FMT##_m##MT(codes, scales, x, y, m_dim, k_dim, n_dim, br, bc); }); \
+                                                float* part, unsigned* counters, int kslices, unsigned grid, \
+                                                unsigned block) {                                    \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                            \
+            fp8_gemmg_##FMT##_m##MT(codes, scales, x, y, m_dim, k_dim, n_dim, br, bc, part, counters, kslices); \
+        });                                                                                           \
     }
 QK_FP8_GEMMG_EMU(e4m3, 1)
 QK_FP8_GEMMG_EMU(e4m3, 2)

@@ -111,27 +111,39 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // Dec::NT subtiles of 8 make a tile's width; a tile is MT x 16 rows. K % 32 == 0 and N a
 // multiple of the tile's width (checked by the launcher): every lane's columns exist.
 //
+// Split K (kslices > 1, for few tiles): a work item is a tile and a slice of the K / 32 chunks;
+// each slice writes its sums to part[slice][M][N], and the last slice of a tile to finish (an
+// atomic count per tile in counters, reset after) adds the slices in order into y: the result
+// does not depend on which finishes last. part holds kslices * M * N floats, counters one per
+// tile (zero before the launch).
+//
 // Error bound, with u = 2^-11 and T = sum_k |x s| (|q| + |z|) (x^ in f16, q - z exact, f32 sums
 // over at most K + K/32 + 4 roundings): |y - y_exact| <= u sum_k |x w| + 2^-25 sum_k |w| +
 // 2 K 2^-24 (1 + 2u) T. The first term is x's rounding, the second x's f16 subnormals.
 template <class Dec, int MT>
 __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
-                                                    int m_dim, int n_dim, int k_dim) {
+                                                    int m_dim, int n_dim, int k_dim, float* __restrict__ part,
+                                                    unsigned* __restrict__ counters, int kslices) {
     constexpr int NT = Dec::NT;
     const long long lin = qk_linear0();
     const int lane = (int)(lin & 31), g = lane >> 2, t = lane & 3;
     const int ntiles = n_dim / (8 * NT), mtiles = (m_dim + 16 * MT - 1) / (16 * MT);
-    const long long tiles = (long long)ntiles * mtiles;
+    const long long items = (long long)ntiles * mtiles * kslices;
+    const int chunks = k_dim / 32, per = (chunks + kslices - 1) / kslices;  // chunks per slice
     const unsigned ones[2] = {0x3c003c00u, 0x3c003c00u};
-    for (long long w = lin >> 5; w < tiles; w += qk_linear_step() >> 5) {  // uniform in a warp
-        const int n0 = (int)(w % ntiles) * 8 * NT, m0 = (int)(w / ntiles) * 16 * MT;
-        // Rows past M read row M - 1 (their sums are not stored): no predicated loads.
-        const float* xr[MT][2];
+    for (long long w = lin >> 5; w < items; w += qk_linear_step() >> 5) {  // uniform in a warp
+        const long long tile = w / kslices;
+        const int slice = (int)(w - tile * kslices);
+        const int n0 = (int)(tile % ntiles) * 8 * NT, m0 = (int)(tile / ntiles) * 16 * MT;
+        const int k_begin = min(slice * per, chunks) * 32, k_end = min((slice + 1) * per, chunks) * 32;
+        // Rows past M read row M - 1 (their sums are not stored): no predicated loads. Offsets in
+        // 32 bits (M K < 2^31, checked by the launcher): one wide multiply-add per row and chunk.
+        unsigned xo[MT][2];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
-                xr[i][h] = x + (long long)min(m0 + 16 * i + g + 8 * h, m_dim - 1) * k_dim + 8 * t;
+                xo[i][h] = (unsigned)min(m0 + 16 * i + g + 8 * h, m_dim - 1) * (unsigned)k_dim + 8u * (unsigned)t;
         typename Dec::Col col[NT];
 #pragma unroll
         for (int j = 0; j < NT; ++j) col[j] = d.column(Dec::out(n0, j, g));
@@ -169,22 +181,23 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                 for (int c = 0; c < 4; ++c) xs[i][c] = 0.0f;
         };
         // The next chunk's group is read one chunk ahead, so the branch never waits on memory.
-        int grp = d.group(0), gk = grp;
+        int grp = d.group(min(k_begin, k_dim - 32)), gk = grp;
 #pragma unroll 1
-        for (int k0 = 0; k0 < k_dim; k0 += 32) {
+        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
             if (gk != grp) {  // uniform
                 flush(grp);
                 grp = gk;
             }
-            const int gn = d.group(min(k0 + 32, k_dim - 32));
+            const int gn = d.group(min(k0 + 32, k_end - 32));
             unsigned a[MT][2][4];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 float v[2][8];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(xr[i][h] + k0);
-                    const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(xr[i][h] + k0 + 4);
+                    const float* xp = x + (xo[i][h] + (unsigned)k0);
+                    const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(xp);
+                    const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(xp + 4);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         v[h][e] = lo.v[e];
@@ -215,7 +228,10 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                     for (int i = 0; i < MT; ++i) qk_mma_16816(ga[i][j], a[i][s], b[j][s], ga[i][j]);
             gk = gn;
         }
-        flush(grp);
+        if (k_begin < k_end) flush(grp);
+        // One slice: y directly. Several: this slice's sums into part, and the tile's last slice
+        // to finish (counted per tile) adds them in slice order into y.
+        float* out = kslices == 1 ? y : part + (long long)slice * m_dim * n_dim;
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -224,7 +240,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                 if (r >= m_dim) continue;
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    float* yr = y + (long long)r * n_dim;
+                    float* yr = out + (long long)r * n_dim;
                     if (Dec::out(n0, j, 1) == Dec::out(n0, j, 0) + 1)  // adjacent outputs: one store
                         *reinterpret_cast<QkVec<float, 2>*>(yr + Dec::out(n0, j, 2 * t)) =
                             QkVec<float, 2>{{acc[i][j][2 * h], acc[i][j][2 * h + 1]}};
@@ -233,5 +249,21 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                         for (int c = 0; c < 2; ++c) yr[Dec::out(n0, j, 2 * t + c)] = acc[i][j][2 * h + c];
                 }
             }
+        if (kslices == 1) continue;  // uniform
+        __threadfence();  // this lane's sums reach the device before the warp's count below
+        unsigned ticket = 0u;
+        if (lane == 0) ticket = atomicAdd(&counters[tile], 1u);
+        ticket = __shfl_sync(0xffffffffu, ticket, 0);
+        if (ticket != (unsigned)kslices - 1u) continue;  // uniform
+        __threadfence();
+        const int rows = min(16 * MT, m_dim - m0);
+        for (int e = lane; e < rows * 8 * NT; e += 32) {
+            const int r = m0 + e / (8 * NT), n = n0 + e % (8 * NT);  // the tile's outputs, in any order
+            const float* p = part + (long long)r * n_dim + n;
+            float sum = 0.0f;
+            for (int sl = 0; sl < kslices; ++sl) sum = sum + __ldcg(p + (long long)sl * m_dim * n_dim);
+            y[(long long)r * n_dim + n] = sum;
+        }
+        if (lane == 0) counters[tile] = 0u;
     }
 }

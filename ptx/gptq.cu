@@ -232,7 +232,7 @@ struct QkGptqGemmG {
     __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
         // The word offset, common to every subtile, in 32 bits (qweight holds < 2^31 words): one
         // wide multiply-add per subtile makes the address.
-        const unsigned at = (unsigned)(k / (32 / BITS)) * (unsigned)n_dim;
+        const unsigned at = (unsigned)k / (32 / BITS) * (unsigned)n_dim;
         if (BITS == 4) {
             unsigned o[4];
             qk_u4x8_f16((unsigned)c.p[at], one, o);
@@ -261,10 +261,10 @@ struct QkGptqGemmG {
 #define QK_GPTQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                       \
     extern "C" __global__ void gptq_gemmg_##BITS##b_##NAME##_m##MT(                                  \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
-        int m_dim, int k_dim, int n_dim, int format, int one_group) {                                \
+        int m_dim, int k_dim, int n_dim, int format, int one_group, float* part, unsigned* counters, int kslices) { \
         const QkGptqGemmG<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format),   \
                                      qk_f16_one(format)}; \
-        qk_mma_gemm_grouped<QkGptqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim);                 \
+        qk_mma_gemm_grouped<QkGptqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                 \
     }
 #define QK_GPTQ_GEMMG_ALL(BITS)                                                                      \
     QK_GPTQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_GPTQ_GEMMG_ENTRY(BITS, float, f32, 2)                \
@@ -305,10 +305,11 @@ QK_GPTQ_GEMM_EMU_ALL(8)
 #define QK_GPTQ_GEMMG_EMU(BITS, T, NAME, MT)                                                         \
     extern "C" void cpu_gptq_gemmg_##BITS##b_##NAME##_m##MT(                                         \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
-        int m_dim, int k_dim, int n_dim, int format, int one_group, unsigned grid, unsigned block) {  \
+        int m_dim, int k_dim, int n_dim, int format, int one_group, float* part, unsigned* counters, int kslices, \
+        unsigned grid, unsigned block) {                                                             \
         cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
             gptq_gemmg_##BITS##b_##NAME##_m##MT(qweight, qzeros, scales, g_idx, x, y, m_dim, k_dim, n_dim, format, \
-                                                one_group);                                          \
+                                                one_group, part, counters, kslices);                 \
         });                                                                                          \
     }
 #define QK_GPTQ_GEMMG_EMU_ALL(BITS)                                                                  \

@@ -281,10 +281,10 @@ struct QkHqqGemmG {
 #define QK_HQQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                        \
     extern "C" __global__ void hqq_gemmg_##BITS##b_##NAME##_m##MT(                                   \
         const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
-        int k_dim, int n_dim, int cols, int prows, int axis) {                                       \
+        int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices) { \
         const QkHqqGemmG<BITS, T> d{packed, scales, zeros, k_dim, prows * cols, k_dim / cols, __ffs(cols) - 1, \
                                     qk_f16_one(cols)};                                               \
-        qk_mma_gemm_grouped<QkHqqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim);                  \
+        qk_mma_gemm_grouped<QkHqqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                  \
     }
 #define QK_HQQ_GEMMG_ALL(BITS)                                                                       \
     QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 2)                  \
@@ -327,9 +327,11 @@ QK_HQQ_GEMM_EMU_ALL(8)
 #define QK_HQQ_GEMMG_EMU(BITS, T, NAME, MT)                                                          \
     extern "C" void cpu_hqq_gemmg_##BITS##b_##NAME##_m##MT(                                          \
         const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
-        int k_dim, int n_dim, int cols, int prows, int axis, unsigned grid, unsigned block) {        \
+        int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices, \
+        unsigned grid, unsigned block) {                                                             \
         cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
-            hqq_gemmg_##BITS##b_##NAME##_m##MT(packed, scales, zeros, x, y, m_dim, k_dim, n_dim, cols, prows, axis); \
+            hqq_gemmg_##BITS##b_##NAME##_m##MT(packed, scales, zeros, x, y, m_dim, k_dim, n_dim, cols, prows, axis, \
+                                               part, counters, kslices);                             \
         });                                                                                          \
     }
 #define QK_HQQ_GEMMG_EMU_ALL(BITS)                                                                   \

@@ -165,12 +165,18 @@ pub trait EmuElem: Copy + Default {
     const GPTQ_QGEMV: [[qgemv::GptqEntry<Self::Raw>; 2]; 4];
     /// `awq_gemv_4b_{elem}_b{1,8}`.
     const AWQ_QGEMV: [qgemv::AwqEntry<Self::Raw>; 2];
-    /// `hqq_gemm_{4,8}b_{elem}_m{1,4}`, then `hqq_gemmg_{4,8}b_{elem}_m{1,2}` (by [`qgemm::Tile`]).
-    const HQQ_GEMM: [[qgemm::HqqEntry<Self::Raw>; 4]; 2];
-    /// `gptq_gemm_{4,8}b_{elem}_m{1,4}`, then `gptq_gemmg_{4,8}b_{elem}_m{1,2}`.
-    const GPTQ_GEMM: [[qgemm::GptqEntry<Self::Raw>; 4]; 2];
-    /// `awq_gemm_4b_{elem}_m{1,4}`, then `awq_gemmg_4b_{elem}_m{1,2}`.
-    const AWQ_GEMM: [qgemm::AwqEntry<Self::Raw>; 4];
+    /// `hqq_gemm_{4,8}b_{elem}_m{1,4}`.
+    const HQQ_GEMM: [[qgemm::HqqEntry<Self::Raw>; 2]; 2];
+    /// `hqq_gemmg_{4,8}b_{elem}_m{1,2}`.
+    const HQQ_GEMMG: [[qgemm::HqqGEntry<Self::Raw>; 2]; 2];
+    /// `gptq_gemm_{4,8}b_{elem}_m{1,4}`.
+    const GPTQ_GEMM: [[qgemm::GptqEntry<Self::Raw>; 2]; 2];
+    /// `gptq_gemmg_{4,8}b_{elem}_m{1,2}`.
+    const GPTQ_GEMMG: [[qgemm::GptqGEntry<Self::Raw>; 2]; 2];
+    /// `awq_gemm_4b_{elem}_m{1,4}`.
+    const AWQ_GEMM: [qgemm::AwqEntry<Self::Raw>; 2];
+    /// `awq_gemmg_4b_{elem}_m{1,2}`.
+    const AWQ_GEMMG: [qgemm::AwqGEntry<Self::Raw>; 2];
 }
 
 /// Declares C launchers that share one signature: `name = "link prefix"` becomes
@@ -206,12 +212,13 @@ macro_rules! externs2 {
     };
 }
 
-/// [`externs2!`] for the two GEMM families of a scheme, which share a signature: `(a, b, c, d) =
-/// "gemm prefix", "gemmg prefix"` declares `a`/`b` (`_m1`/`_m4`) and `c`/`d` (`_m1`/`_m2`).
+/// [`externs2!`] for the two GEMM families of a scheme: `(a, b, c, d) = "gemm prefix", "gemmg
+/// prefix"` declares `a`/`b` (`_m1`/`_m4`) with the arguments and the launch shape, and `c`/`d`
+/// (`_m1`/`_m2`) with the group-scaled family's split-K arguments (part, counters, slices) between.
 macro_rules! externs_gemm {
-    ($sfx:literal, $args:tt, [$(($a:ident, $b:ident, $c:ident, $d:ident) = $gemm:literal, $gemmg:literal),*]) => {
-        externs2!($sfx, $args, [$(($a, $b) = $gemm),*], "_m1", "_m4");
-        externs2!($sfx, $args, [$(($c, $d) = $gemmg),*], "_m1", "_m2");
+    ($sfx:literal, ($($arg:ty),*), [$(($a:ident, $b:ident, $c:ident, $d:ident) = $gemm:literal, $gemmg:literal),*]) => {
+        externs2!($sfx, ($($arg,)* u32, u32), [$(($a, $b) = $gemm),*], "_m1", "_m4");
+        externs2!($sfx, ($($arg,)* *mut f32, *mut u32, i32, u32, u32), [$(($c, $d) = $gemmg),*], "_m1", "_m2");
     };
 }
 
@@ -377,7 +384,7 @@ macro_rules! emu_elem {
             );
             externs_gemm!(
                 $sfx,
-                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, u32, u32),
+                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32),
                 [
                     (hqq_m4_1, hqq_m4_4, hqq_g4_1, hqq_g4_2) = "cpu_hqq_gemm_4b_",
                     "cpu_hqq_gemmg_4b_",
@@ -387,21 +394,7 @@ macro_rules! emu_elem {
             );
             externs_gemm!(
                 $sfx,
-                (
-                    *const i32,
-                    *const i32,
-                    *const R,
-                    *const i32,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    u32,
-                    u32
-                ),
+                (*const i32, *const i32, *const R, *const i32, *const f32, *mut f32, i32, i32, i32, i32, i32),
                 [
                     (gptq_m4_1, gptq_m4_4, gptq_g4_1, gptq_g4_2) = "cpu_gptq_gemm_4b_",
                     "cpu_gptq_gemmg_4b_",
@@ -411,7 +404,7 @@ macro_rules! emu_elem {
             );
             externs_gemm!(
                 $sfx,
-                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32, u32, u32),
+                (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32),
                 [(awq_m_1, awq_m_4, awq_g_1, awq_g_2) = "cpu_awq_gemm_4b_", "cpu_awq_gemmg_4b_"]
             );
             externs!(
@@ -450,15 +443,16 @@ macro_rules! emu_elem {
                 [$m::gptq_q8_1, $m::gptq_q8_8],
             ];
             const AWQ_QGEMV: [qgemv::AwqEntry<$raw>; 2] = [$m::awq_q_1, $m::awq_q_8];
-            const HQQ_GEMM: [[qgemm::HqqEntry<$raw>; 4]; 2] = [
-                [$m::hqq_m4_1, $m::hqq_m4_4, $m::hqq_g4_1, $m::hqq_g4_2],
-                [$m::hqq_m8_1, $m::hqq_m8_4, $m::hqq_g8_1, $m::hqq_g8_2],
-            ];
-            const GPTQ_GEMM: [[qgemm::GptqEntry<$raw>; 4]; 2] = [
-                [$m::gptq_m4_1, $m::gptq_m4_4, $m::gptq_g4_1, $m::gptq_g4_2],
-                [$m::gptq_m8_1, $m::gptq_m8_4, $m::gptq_g8_1, $m::gptq_g8_2],
-            ];
-            const AWQ_GEMM: [qgemm::AwqEntry<$raw>; 4] = [$m::awq_m_1, $m::awq_m_4, $m::awq_g_1, $m::awq_g_2];
+            const HQQ_GEMM: [[qgemm::HqqEntry<$raw>; 2]; 2] =
+                [[$m::hqq_m4_1, $m::hqq_m4_4], [$m::hqq_m8_1, $m::hqq_m8_4]];
+            const HQQ_GEMMG: [[qgemm::HqqGEntry<$raw>; 2]; 2] =
+                [[$m::hqq_g4_1, $m::hqq_g4_2], [$m::hqq_g8_1, $m::hqq_g8_2]];
+            const GPTQ_GEMM: [[qgemm::GptqEntry<$raw>; 2]; 2] =
+                [[$m::gptq_m4_1, $m::gptq_m4_4], [$m::gptq_m8_1, $m::gptq_m8_4]];
+            const GPTQ_GEMMG: [[qgemm::GptqGEntry<$raw>; 2]; 2] =
+                [[$m::gptq_g4_1, $m::gptq_g4_2], [$m::gptq_g8_1, $m::gptq_g8_2]];
+            const AWQ_GEMM: [qgemm::AwqEntry<$raw>; 2] = [$m::awq_m_1, $m::awq_m_4];
+            const AWQ_GEMMG: [qgemm::AwqGEntry<$raw>; 2] = [$m::awq_g_1, $m::awq_g_2];
         }
     };
 }

@@ -54,9 +54,81 @@ pub type AwqEntry<R> = unsafe extern "C" fn(
 type Fp8Entry =
     unsafe extern "C" fn(*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32);
 
+/// `hqq_gemmg_*`: the `hqq_gemm_*` arguments, then (part, counters, kslices).
+pub type HqqGEntry<R> = unsafe extern "C" fn(
+    *const u8,
+    *const R,
+    *const R,
+    *const f32,
+    *mut f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    *mut f32,
+    *mut u32,
+    i32,
+    u32,
+    u32,
+);
+/// `gptq_gemmg_*`: the `gptq_gemm_*` arguments, then (part, counters, kslices).
+pub type GptqGEntry<R> = unsafe extern "C" fn(
+    *const i32,
+    *const i32,
+    *const R,
+    *const i32,
+    *const f32,
+    *mut f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    *mut f32,
+    *mut u32,
+    i32,
+    u32,
+    u32,
+);
+/// `awq_gemmg_4b_*`: the `awq_gemm_4b_*` arguments, then (part, counters, kslices).
+pub type AwqGEntry<R> = unsafe extern "C" fn(
+    *const i32,
+    *const i32,
+    *const R,
+    *const f32,
+    *mut f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    *mut f32,
+    *mut u32,
+    i32,
+    u32,
+    u32,
+);
+type Fp8GEntry = unsafe extern "C" fn(
+    *const u8,
+    *const f32,
+    *const f32,
+    *mut f32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    *mut f32,
+    *mut u32,
+    i32,
+    u32,
+    u32,
+);
+
 externs_gemm!(
     "",
-    (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32),
+    (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32),
     [
         (cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4, cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2) =
             "cpu_fp8_gemm_e4m3",
@@ -86,8 +158,18 @@ impl Tile {
     /// Every entry kind.
     pub const ALL: [Tile; 4] = [Tile::M1, Tile::M4, Tile::G1, Tile::G2];
 
+    /// The entry's index within its family (`_m1` 0, `_m4`/`_m2` 1).
     fn index(self) -> usize {
-        self as usize
+        usize::from(matches!(self, Tile::M4 | Tile::G2))
+    }
+
+    /// Rows of a tile.
+    fn rows(self) -> usize {
+        match self {
+            Tile::M1 | Tile::G1 => 16,
+            Tile::G2 => 32,
+            Tile::M4 => 64,
+        }
     }
 
     /// Whether this is a group-scaled entry.
@@ -96,8 +178,59 @@ impl Tile {
     }
 }
 
+/// The group-scaled family's split-K scratch: `kslices` partial sums of the output and a zeroed
+/// counter per tile of `cols` outputs.
+struct Split {
+    part: Dev<f32>,
+    counters: Dev<u32>,
+    kslices: i32,
+}
+
+impl Split {
+    fn new(tile: Tile, m: usize, n: usize, cols: usize, kslices: usize) -> Split {
+        assert!(tile.grouped() || kslices == 1, "{tile:?} has no split K");
+        let tiles = m.div_ceil(tile.rows()) * n / cols;
+        Split {
+            part: Dev::zeroed((kslices * m * n).max(1)),
+            counters: Dev::zeroed(tiles.max(1)),
+            kslices: i(kslices),
+        }
+    }
+
+    /// Every tile's counter is back at zero (the last slice resets it for the next launch).
+    fn check_reset(self) {
+        assert!(self.counters.into_vec().iter().all(|&c| c == 0), "split-K counters not reset");
+    }
+}
+
 fn check_mnk(x: &[f32], m: usize, k: usize, n: usize) {
     assert!(k.is_multiple_of(16) && n.is_multiple_of(8) && x.len() == m * k, "M {m} K {k} N {n}");
+}
+
+/// One emulated launch: the entry (family and tile), the split of K (group-scaled entries; 1
+/// otherwise) and the grid and block sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    /// The entry.
+    pub tile: Tile,
+    /// Slices of K (`kslices`), each a work item of its own.
+    pub kslices: usize,
+    /// Blocks.
+    pub grid: u32,
+    /// Threads per block.
+    pub block: u32,
+}
+
+/// Calls the launch's entry: `generic(args.., grid, block)`, or `grouped(args.., part, counters,
+/// kslices, grid, block)` for a group-scaled tile.
+macro_rules! launch {
+    ($l:expr, $sp:expr, $generic:expr, $grouped:expr, ($($arg:expr),*)) => {
+        if $l.tile.grouped() {
+            $grouped($($arg,)* $sp.part.as_mut_ptr(), $sp.counters.as_mut_ptr(), $sp.kslices, $l.grid, $l.block)
+        } else {
+            $generic($($arg,)* $l.grid, $l.block)
+        }
+    };
 }
 
 /// The emulated 4/8-bit HQQ GEMM (`shape` the code matrix; `k` the weight's inputs).
@@ -114,50 +247,52 @@ pub fn hqq_gemm<T: EmuElem>(
     x: &[f32],
     m: usize,
     k: usize,
-    mt: Tile,
-    grid: u32,
-    block: u32,
+    l: Launch,
 ) -> Vec<f32> {
     let words = shape.prows * shape.cols;
     let n = shape.rows * shape.cols / k;
     check_mnk(x, m, k, n);
     assert!(words.is_multiple_of(16) && shape.cols.is_multiple_of(16) && packed.len() == words);
     assert_eq!((scales.len(), zeros.len()), (shape.groups, shape.groups));
-    if mt.grouped() {
+    if l.tile.grouped() {
         assert!(
             shape.axis == 1 && k.is_multiple_of(32) && n.is_multiple_of(32),
             "axis {} K {k} N {n}",
             shape.axis
         );
-        assert!(
-            shape.cols.is_power_of_two() && shape.cols >= 32 && k.is_multiple_of(shape.cols),
-            "cols {}",
-            shape.cols
-        );
+        let g = shape.cols;
+        assert!(g.is_power_of_two() && g >= 32 && k.is_multiple_of(g), "cols {g}");
     }
-    let entry = T::HQQ_GEMM[usize::from(bits == 8)][mt.index()];
+    let w = usize::from(bits == 8);
     let (p, s, z, xd) = (Dev::from(packed), raw(scales), raw(zeros), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
+    let mut sp = Split::new(l.tile, m, n, 32, l.kslices);
     // SAFETY: reads packed bytes < words (a lane's four weights share a 16-aligned block of its
-    // plane), params at code rows < rows (axis 1) or columns < cols (axis 0), x[r*k + c] for
-    // r < m, c < k; writes y[r*n + c] for r < m, c < n. Synchronous.
+    // plane; the group-scaled entry's 8 codes an 8-aligned block), params at code rows < rows
+    // (axis 1) or columns < cols (axis 0), x[r*k + c] for r < m, c < k; writes y[r*n + c] for
+    // r < m, c < n, part within kslices*m*n and a counter per tile. Synchronous.
     unsafe {
-        entry(
-            p.as_ptr(),
-            s.as_ptr(),
-            z.as_ptr(),
-            xd.as_ptr(),
-            y.as_mut_ptr(),
-            i(m),
-            i(k),
-            i(n),
-            i(shape.cols),
-            i(shape.prows),
-            shape.axis,
-            grid,
-            block,
+        launch!(
+            l,
+            sp,
+            T::HQQ_GEMM[w][l.tile.index()],
+            T::HQQ_GEMMG[w][l.tile.index()],
+            (
+                p.as_ptr(),
+                s.as_ptr(),
+                z.as_ptr(),
+                xd.as_ptr(),
+                y.as_mut_ptr(),
+                i(m),
+                i(k),
+                i(n),
+                i(shape.cols),
+                i(shape.prows),
+                shape.axis
+            )
         )
     };
+    sp.check_reset();
     y.into_vec()
 }
 
@@ -173,14 +308,10 @@ pub fn gptq_gemm<T: EmuElem>(
     scales: &[T],
     g_idx: &[i32],
     x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     format: i32,
     one_group: bool,
-    mt: Tile,
-    grid: u32,
-    block: u32,
+    l: Launch,
 ) -> Vec<f32> {
     check_mnk(x, m, k, n);
     let b = bits as usize;
@@ -190,33 +321,40 @@ pub fn gptq_gemm<T: EmuElem>(
     if one_group {
         assert!(g_idx.chunks(16).all(|c| c.iter().all(|&g| g == c[0])), "one_group");
     }
-    if mt.grouped() {
+    if l.tile.grouped() {
         assert!(k.is_multiple_of(32) && n.is_multiple_of(32), "K {k} N {n}");
         assert!(g_idx.chunks(32).all(|c| c.iter().all(|&g| g == c[0])), "groups of 32");
     }
-    let entry = T::GPTQ_GEMM[usize::from(bits == 8)][mt.index()];
+    let w = usize::from(bits == 8);
     let (qw, qz, s, gi, xd) =
         (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(g_idx), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
+    let mut sp = Split::new(l.tile, m, n, 32, l.kslices);
     // SAFETY: reads qweight word rows < k*bits/32 at columns < n, qzeros/scales rows < groups
-    // (g_idx checked), x within m*k; writes y within m*n. Synchronous.
+    // (g_idx checked), x within m*k; writes y within m*n, part within kslices*m*n and a
+    // counter per tile. Synchronous.
     unsafe {
-        entry(
-            qw.as_ptr(),
-            qz.as_ptr(),
-            s.as_ptr(),
-            gi.as_ptr(),
-            xd.as_ptr(),
-            y.as_mut_ptr(),
-            i(m),
-            i(k),
-            i(n),
-            format,
-            i32::from(one_group),
-            grid,
-            block,
+        launch!(
+            l,
+            sp,
+            T::GPTQ_GEMM[w][l.tile.index()],
+            T::GPTQ_GEMMG[w][l.tile.index()],
+            (
+                qw.as_ptr(),
+                qz.as_ptr(),
+                s.as_ptr(),
+                gi.as_ptr(),
+                xd.as_ptr(),
+                y.as_mut_ptr(),
+                i(m),
+                i(k),
+                i(n),
+                format,
+                i32::from(one_group)
+            )
         )
     };
+    sp.check_reset();
     y.into_vec()
 }
 
@@ -230,41 +368,42 @@ pub fn awq_gemm<T: EmuElem>(
     qzeros: &[i32],
     scales: &[T],
     x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     group_size: usize,
-    mt: Tile,
-    grid: u32,
-    block: u32,
+    l: Launch,
 ) -> Vec<f32> {
     check_mnk(x, m, k, n);
     let groups = k / group_size;
     assert_eq!((qweight.len(), qzeros.len(), scales.len()), (k * n / 8, groups * n / 8, groups * n));
-    if mt.grouped() {
+    if l.tile.grouped() {
         assert!(k.is_multiple_of(32) && n.is_multiple_of(64), "K {k} N {n}");
         assert!(group_size.is_power_of_two() && group_size >= 32, "group {group_size}");
     }
-    let entry = T::AWQ_GEMM[mt.index()];
     let (qw, qz, s, xd) = (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
+    let mut sp = Split::new(l.tile, m, n, 64, l.kslices);
     // SAFETY: reads qweight rows < k, qzeros/scales rows < groups, x within m*k; writes y
-    // within m*n. Synchronous.
+    // within m*n, part within kslices*m*n and a counter per tile. Synchronous.
     unsafe {
-        entry(
-            qw.as_ptr(),
-            qz.as_ptr(),
-            s.as_ptr(),
-            xd.as_ptr(),
-            y.as_mut_ptr(),
-            i(m),
-            i(k),
-            i(n),
-            i(group_size),
-            grid,
-            block,
+        launch!(
+            l,
+            sp,
+            T::AWQ_GEMM[l.tile.index()],
+            T::AWQ_GEMMG[l.tile.index()],
+            (
+                qw.as_ptr(),
+                qz.as_ptr(),
+                s.as_ptr(),
+                xd.as_ptr(),
+                y.as_mut_ptr(),
+                i(m),
+                i(k),
+                i(n),
+                i(group_size)
+            )
         )
     };
+    sp.check_reset();
     y.into_vec()
 }
 
@@ -279,43 +418,35 @@ pub fn fp8_gemm(
     scales: &[f32],
     block_shape: (usize, usize),
     x: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    mt: Tile,
-    grid: u32,
-    block: u32,
+    (m, k, n): (usize, usize, usize),
+    l: Launch,
 ) -> Vec<f32> {
     check_mnk(x, m, k, n);
     let (br, bc) = block_shape;
     assert_eq!((codes.len(), scales.len()), (n * k, n.div_ceil(br) * k.div_ceil(bc)));
-    if mt.grouped() {
+    if l.tile.grouped() {
         assert!(k.is_multiple_of(32) && n.is_multiple_of(32), "K {k} N {n}");
         assert!(bc >= k || (bc.is_power_of_two() && bc >= 32), "block columns {bc}");
         assert!(format == 1 || codes.iter().all(|&c| c & 0x7f != 0x7f), "E4M3 NaN code");
     }
-    let entry: Fp8Entry = [
-        [cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4, cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2],
-        [cpu_fp8_gemm_e5m2_m1, cpu_fp8_gemm_e5m2_m4, cpu_fp8_gemmg_e5m2_m1, cpu_fp8_gemmg_e5m2_m2],
-    ][format][mt.index()];
+    let generic: [[Fp8Entry; 2]; 2] =
+        [[cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4], [cpu_fp8_gemm_e5m2_m1, cpu_fp8_gemm_e5m2_m4]];
+    let grouped: [[Fp8GEntry; 2]; 2] =
+        [[cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2], [cpu_fp8_gemmg_e5m2_m1, cpu_fp8_gemmg_e5m2_m2]];
     let (c, s, xd) = (Dev::from(codes), Dev::from(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
+    let mut sp = Split::new(l.tile, m, n, 32, l.kslices);
     // SAFETY: reads codes < n*k, scales at (r/br)*ceil(k/bc) + c/bc, x within m*k; writes y
-    // within m*n. Synchronous.
+    // within m*n, part within kslices*m*n and a counter per tile. Synchronous.
     unsafe {
-        entry(
-            c.as_ptr(),
-            s.as_ptr(),
-            xd.as_ptr(),
-            y.as_mut_ptr(),
-            i(m),
-            i(k),
-            i(n),
-            i(br),
-            i(bc),
-            grid,
-            block,
+        launch!(
+            l,
+            sp,
+            generic[format][l.tile.index()],
+            grouped[format][l.tile.index()],
+            (c.as_ptr(), s.as_ptr(), xd.as_ptr(), y.as_mut_ptr(), i(m), i(k), i(n), i(br), i(bc))
         )
     };
+    sp.check_reset();
     y.into_vec()
 }

@@ -27,9 +27,26 @@ const GEMM_CHUNK: usize = 64;
 /// Threads per block of the GEMM (4 warps, each a tile).
 const GEMM_BLOCK: usize = 128;
 
-/// The GEMM launch for `m` rows: a warp per tile of `16 mt` rows x `cols` outputs.
-fn gemm_launch(m: usize, n: usize, mt: usize, cols: usize) -> LaunchConfig {
-    let tiles = n.div_ceil(cols) * m.div_ceil(16 * mt);
+/// Work items the group-scaled GEMM aims for (warps; split K makes them where tiles are few).
+const GEMM_SPLIT_ITEMS: usize = 2048;
+
+/// Partial sums a layer holds for the group-scaled GEMM's split K (4 MiB), so no slice count
+/// needs more.
+const GEMM_SPLIT_FLOATS: usize = 1 << 20;
+
+/// Slices of K for the group-scaled GEMM of `m` rows: enough work items for the GPU when tiles
+/// are few (at least 4 chunks of 32 inputs a slice), within the layer's partial sums.
+fn gemm_slices(tiles: usize, chunks: usize, m: usize, n: usize) -> usize {
+    if tiles >= GEMM_SPLIT_ITEMS {
+        return 1;
+    }
+    GEMM_SPLIT_ITEMS.div_ceil(tiles).min(chunks / 4).min(GEMM_SPLIT_FLOATS / (m * n).max(1)).max(1)
+}
+
+/// The GEMM launch for `m` rows: a warp per work item, a tile of `16 mt` rows x `cols` outputs
+/// (and one of `kslices` slices of K).
+fn gemm_launch(m: usize, n: usize, mt: usize, cols: usize, kslices: usize) -> LaunchConfig {
+    let tiles = n.div_ceil(cols) * m.div_ceil(16 * mt) * kslices;
     let blocks = tiles.div_ceil(GEMM_BLOCK / 32).clamp(1, 1 << 20);
     LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
@@ -183,12 +200,15 @@ impl GemvKernel {
         }
     }
 
-    /// The GEMM entry's parameter count.
-    pub fn gemm_params(self) -> usize {
-        match self {
-            GemvKernel::Hqq(..) | GemvKernel::Gptq(..) => 11,
-            _ => 9,
-        }
+    /// A GEMM family's entry parameter count (the group-scaled family adds its split-K
+    /// arguments: part, counters, slices).
+    pub fn gemm_params(self, kind: GemmKind) -> usize {
+        let split = if kind == GemmKind::GroupScaled { 3 } else { 0 };
+        split
+            + match self {
+                GemvKernel::Hqq(..) | GemvKernel::Gptq(..) => 11,
+                _ => 9,
+            }
     }
 
     /// The entry's parameter count.
@@ -466,17 +486,23 @@ struct Gemm {
     f: [CudaFunction; 2],
     /// Whether the layer's shape and groups allow [`GemmKind::GroupScaled`].
     grouped_ok: bool,
+    /// The group-scaled family's split K: partial sums and a zeroed counter per tile.
+    part: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
 }
 
 impl Gemm {
     /// The family's entries for `kernel`, or `None` where the scheme has no GEMM.
     fn load(gpu: &Gpu, kernel: GemvKernel, kind: GemmKind, grouped_ok: bool) -> Result<Option<Gemm>> {
         let [m1, m2] = kind.tile_rows();
+        let split = kind == GemmKind::GroupScaled;
         match (kernel.gemm_entry(kind, m1), kernel.gemm_entry(kind, m2)) {
             (Some(e1), Some(e2)) => Ok(Some(Gemm {
                 kind,
                 f: [gpu.function(kernel.gemm_file(), &e1)?, gpu.function(kernel.gemm_file(), &e2)?],
                 grouped_ok,
+                part: gpu.zeros(if split { GEMM_SPLIT_FLOATS } else { 1 })?,
+                counters: gpu.zeros(if split { GEMM_SPLIT_ITEMS } else { 1 })?,
             })),
             _ => Ok(None),
         }
@@ -754,8 +780,9 @@ impl DeviceQuantLinear {
         let out = self.out;
         let gemm = self.gemm.is_some() && batch >= GEMM_MIN_BATCH;
         let step = match (gemm, self.perm.is_some()) {
-            (true, true) => GEMM_CHUNK,
-            (true, false) => batch,
+            // The GEMMs index x in 32 bits: rows * K < 2^31 a launch.
+            (true, true) => GEMM_CHUNK.min(i32::MAX as usize / self.inp.max(1)),
+            (true, false) => batch.min(i32::MAX as usize / self.inp.max(1)),
             (false, _) => GEMV_MAX_BATCH,
         };
         for b0 in (0..batch).step_by(step.max(1)) {
@@ -839,10 +866,16 @@ impl DeviceQuantLinear {
         nb: usize,
         y: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<()> {
-        let Some(gemm) = &self.gemm else { return Ok(()) };
+        let Some(gemm) = &mut self.gemm else { return Ok(()) };
         let xin = input_rows(&self.xs, x, self.inp, b0, nb);
         let big = nb > 16;
         let mt = gemm.kind.tile_rows()[usize::from(big)];
+        let cols = self.kernel.gemm_cols(gemm.kind);
+        let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
+        let kslices = match gemm.kind {
+            GemmKind::GroupScaled => gemm_slices(tiles, self.inp / 32, nb, self.out),
+            GemmKind::Rounded => 1,
+        };
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
         let mut l = gpu.stream.launch_builder(&gemm.f[usize::from(big)]);
         match &self.weight {
@@ -875,6 +908,10 @@ impl DeviceQuantLinear {
             }
             _ => return Err(Error::Cuda(CudaError::NoKernel("a tensor-core GEMM of this scheme"))),
         }
+        let ks = kslices as i32;
+        if gemm.kind == GemmKind::GroupScaled {
+            l.arg(&mut gemm.part).arg(&mut gemm.counters).arg(&ks);
+        }
         // SAFETY: the arguments follow the GEMM entry's signature (GemvKernel::gemm_params, in
         // the order of ptx/*.cu's gemm entry comments; both families share it) for the element
         // type it was chosen for. `new` validated the weight and took the GEMM only when K % 16
@@ -886,8 +923,11 @@ impl DeviceQuantLinear {
         // K (the view holds nb*K) as 2- or 4-float vectors at offsets that are multiples of
         // them in 256-byte-aligned allocations, weights and parameters within the uploaded
         // tensors (GPTQ groups from the validated g_idx; one_group was computed from it), and
-        // write y[r*N + n] for r < nb, n < N: the view's nb*out values.
-        unsafe { l.launch(gemm_launch(nb, self.out, mt, self.kernel.gemm_cols(gemm.kind))) }?;
+        // write y[r*N + n] for r < nb, n < N: the view's nb*out values. Split K (group-scaled,
+        // kslices > 1 only when tiles < GEMM_SPLIT_ITEMS, the counters' length, and kslices *
+        // nb * N <= GEMM_SPLIT_FLOATS, part's length) writes part[(s*nb + r)*N + n] for s <
+        // kslices and counters[tile], which every launch leaves at zero.
+        unsafe { l.launch(gemm_launch(nb, self.out, mt, cols, kslices)) }?;
         Ok(())
     }
 
@@ -1050,6 +1090,22 @@ mod tests {
         let c = ColPlan::new(14336, 8, 4).unwrap();
         assert_eq!((c.slice_rows, c.slices), (128, 112));
         assert_eq!(ColPlan::new(96, 32, 4).unwrap().slice_rows, 32);
+    }
+
+    /// Split K makes about GEMM_SPLIT_ITEMS work items where tiles are few, with at least 4
+    /// chunks a slice and the partial sums within the layer's buffer.
+    #[test]
+    fn gemm_slices_fill_the_gpu_within_the_buffer() {
+        // Batch 16 on 4096 x 14336: 128 tiles of 32 outputs, 448 chunks.
+        assert_eq!(gemm_slices(128, 448, 16, 4096), 16);
+        assert_eq!(gemm_slices(GEMM_SPLIT_ITEMS, 448, 256, 4096), 1);
+        assert_eq!(gemm_slices(128, 8, 16, 4096), 2);
+        assert_eq!(gemm_slices(100, 448, 64, 1 << 16), 1);
+        assert_eq!(gemm_slices(1, 0, 1, 1), 1);
+        for (tiles, chunks, m, n) in [(3, 100, 5, 96), (500, 1000, 40, 7000)] {
+            let s = gemm_slices(tiles, chunks, m, n);
+            assert!(s * m * n <= GEMM_SPLIT_FLOATS && s <= chunks / 4 && tiles < GEMM_SPLIT_ITEMS);
+        }
     }
 
     /// The GEMM exists for 4/8-bit HQQ and GPTQ, AWQ and FP8 only, and every entry name carries

@@ -108,7 +108,7 @@ impl PtxFile {
                 .into_iter()
                 .flat_map(|kind| kind.tile_rows().map(move |mt| (kind, mt)))
                 .filter(move |_| k.gemm_file() == self)
-                .filter_map(move |(kind, mt)| k.gemm_entry(kind, mt).map(|e| (e, k.gemm_params())));
+                .filter_map(move |(kind, mt)| k.gemm_entry(kind, mt).map(|e| (e, k.gemm_params(kind))));
             gemv.chain(gemm)
         });
         let named: Vec<(&'static str, usize)> = match self {

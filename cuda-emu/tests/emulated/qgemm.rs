@@ -12,7 +12,7 @@ use quant_kernels::gptq::{self, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::pack::Word;
 use quant_kernels::{B4, B8, Elem, Packing};
-use quant_kernels_cuda_emu::qgemm::{self, Tile};
+use quant_kernels_cuda_emu::qgemm::{self, Launch, Tile};
 use quant_kernels_cuda_emu::{EmuElem, HqqShape, SplitMix as Rng};
 
 const LAUNCHES: [(u32, u32); 3] = [(1, 32), (3, 64), (2, 128)];
@@ -68,8 +68,9 @@ fn xs(rng: &mut Rng, n: usize) -> Vec<f32> {
 }
 
 /// Every entry kind (the group-scaled ones only where `grouped`), its batch sizes and the launch
-/// shapes: `run(tile, m, x, grid, block)` with `m` random rows of `k` inputs.
-fn each_run(rng: &mut Rng, k: usize, grouped: bool, mut run: impl FnMut(Tile, usize, &[f32], u32, u32)) {
+/// shapes, and for the group-scaled ones K in 3 slices and in more slices than chunks (empty ones
+/// included): `run(m, x, launch)` with `m` random rows of `k` inputs.
+fn each_run(rng: &mut Rng, k: usize, grouped: bool, mut run: impl FnMut(usize, &[f32], Launch)) {
     for tile in Tile::ALL {
         if tile.grouped() && !grouped {
             continue;
@@ -77,7 +78,12 @@ fn each_run(rng: &mut Rng, k: usize, grouped: bool, mut run: impl FnMut(Tile, us
         for m in batches(tile) {
             let x = xs(rng, m * k);
             for (grid, block) in LAUNCHES {
-                run(tile, m, &x, grid, block);
+                run(m, &x, Launch { tile, kslices: 1, grid, block });
+            }
+            if tile.grouped() {
+                for (kslices, (grid, block)) in [(3, LAUNCHES[1]), (k / 32 + 2, LAUNCHES[2])] {
+                    run(m, &x, Launch { tile, kslices, grid, block });
+                }
             }
         }
     }
@@ -121,14 +127,10 @@ fn hqq_case<P: Packing, T: Elem + EmuElem>(n: usize, k: usize, g: usize, axis: A
         groups: layout.groups(),
     };
     let bytes: Vec<u8> = words.iter().map(|w| w.bits() as u8).collect();
-    each_run(&mut rng, k, hqq_grouped(n, k, g, axis), |tile, m, x, grid, block| {
-        let y = qgemm::hqq_gemm(P::BITS.get(), &bytes, &s, &z, shape, x, m, k, tile, grid, block);
-        let what = format!(
-            "hqq {}b {n}x{k} g{g} {axis:?} {} m {m} {tile:?} {grid}x{block}",
-            P::BITS.get(),
-            T::DTYPE
-        );
-        check(&y, &o, x, tile, &what);
+    each_run(&mut rng, k, hqq_grouped(n, k, g, axis), |m, x, l| {
+        let y = qgemm::hqq_gemm(P::BITS.get(), &bytes, &s, &z, shape, x, m, k, l);
+        let what = format!("hqq {}b {n}x{k} g{g} {axis:?} {} m {m} {l:?}", P::BITS.get(), T::DTYPE);
+        check(&y, &o, x, l.tile, &what);
     });
 }
 
@@ -221,27 +223,23 @@ fn gptq_gemm_4_and_8_bits() {
                     &case.dequant(&vec![0; case.qweight.len()], f),
                 );
                 let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
-                each_run(&mut rng, k, grouped, |tile, m, x, grid, block| {
+                each_run(&mut rng, k, grouped, |m, x, l| {
+                    let v2 = i32::from(f == ZeroFormat::V2);
+                    let (qw, qz) = (&case.qweight, &case.qzeros);
                     let y = qgemm::gptq_gemm(
                         bits,
-                        &case.qweight,
-                        &case.qzeros,
+                        qw,
+                        qz,
                         &case.scales,
                         &case.g_idx,
                         x,
-                        m,
-                        k,
-                        n,
-                        i32::from(f == ZeroFormat::V2),
+                        (m, k, n),
+                        v2,
                         one_group,
-                        tile,
-                        grid,
-                        block,
+                        l,
                     );
-                    let what = format!(
-                        "gptq {bits}b K{k} N{n} g{g} order {order} {f:?} m {m} {tile:?} {grid}x{block}"
-                    );
-                    check(&y, &o, x, tile, &what);
+                    let what = format!("gptq {bits}b K{k} N{n} g{g} order {order} {f:?} m {m} {l:?}");
+                    check(&y, &o, x, l.tile, &what);
                 });
             }
         }
@@ -268,9 +266,9 @@ fn awq_gemm_every_element_type() {
             let mag = magnitude(&dequant(&vec![-1; qw.len()]), &dequant(&vec![0; qw.len()]));
             let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
             let grouped = k.is_multiple_of(32) && n.is_multiple_of(64) && gs.is_power_of_two() && gs >= 32;
-            each_run(rng, k, grouped, |tile, m, x, grid, block| {
-                let y = qgemm::awq_gemm(qw, qz, &s, x, m, k, n, gs, tile, grid, block);
-                check(&y, &o, x, tile, &format!("awq K{k} N{n} g{gs} {} m {m} {tile:?}", T::DTYPE));
+            each_run(rng, k, grouped, |m, x, l| {
+                let y = qgemm::awq_gemm(qw, qz, &s, x, (m, k, n), gs, l);
+                check(&y, &o, x, l.tile, &format!("awq K{k} N{n} g{gs} {} m {m} {l:?}", T::DTYPE));
             });
         }
         one::<f16>(&qweight, &qzeros, &sf, &l, &mut rng);
@@ -304,9 +302,9 @@ fn fp8_gemm_both_formats() {
             let grouped = k.is_multiple_of(32)
                 && n.is_multiple_of(32)
                 && (bc >= k || (bc.is_power_of_two() && bc >= 32));
-            each_run(&mut rng, k, grouped, |tile, m, x, grid, block| {
-                let y = qgemm::fp8_gemm(fi, &codes, &scales, (br, bc), x, m, k, n, tile, grid, block);
-                check(&y, &o, x, tile, &format!("fp8 {f:?} {n}x{k} {br}x{bc} m {m} {tile:?}"));
+            each_run(&mut rng, k, grouped, |m, x, l| {
+                let y = qgemm::fp8_gemm(fi, &codes, &scales, (br, bc), x, (m, k, n), l);
+                check(&y, &o, x, l.tile, &format!("fp8 {f:?} {n}x{k} {br}x{bc} m {m} {l:?}"));
             });
         }
     }
