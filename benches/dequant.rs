@@ -643,8 +643,24 @@ fn cuda_linear_group(c: &mut Criterion) {
                 })
             });
         }
-        // The other GEMM family on the same layer, where it has both: the rounding kernel.
+        // Batches 1 and 8 on the group-scaled GEMM instead of the GEMV, and the other GEMM
+        // family on the same layer (the rounding kernel), where the layer has them.
         if layer.gemm_kind() == Some(GemmKind::GroupScaled) {
+            layer.set_gemm_min_batch(1);
+            for batch in [1, 8] {
+                let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
+                let mut yd = gpu.zeros::<f32>(batch * out).unwrap();
+                g.bench_function(BenchmarkId::new(format!("{name}_gemm_batch{batch}"), "cuda"), |b| {
+                    b.iter_custom(|iters| {
+                        timed(
+                            &gpu,
+                            iters,
+                            Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()),
+                        )
+                    })
+                });
+            }
+            layer.set_gemm_min_batch(quant_kernels::cuda::GEMM_MIN_BATCH);
             layer.set_gemm_kind(&gpu, GemmKind::Rounded).unwrap();
             for batch in BATCHES.into_iter().filter(|&b| b >= quant_kernels::cuda::GEMM_MIN_BATCH) {
                 let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();

@@ -357,12 +357,14 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
     let mut layer = cuda::DeviceQuantLinear::new(gpu, &w).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut rng = Rng(out as u64 * 13 + inp as u64);
     let gemm = layer.has_gemm();
-    // Every batch on the layer's own GEMM family, then the GEMM batches on the rounding family
-    // where the layer runs the group-scaled one.
-    let mut runs: Vec<(usize, Option<cuda::GemmKind>)> =
-        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, layer.gemm_kind())).to_vec();
-    if layer.gemm_kind() == Some(cuda::GemmKind::GroupScaled) {
-        runs.extend([16, 40].map(|b| (b, Some(cuda::GemmKind::Rounded))));
+    // Every batch on the layer's own GEMM family; where that is the group-scaled one, batches 1
+    // and 5 on it too (set_gemm_min_batch), then GEMM batches on the rounding family.
+    let own = layer.gemm_kind();
+    let mut runs: Vec<(usize, Option<cuda::GemmKind>, usize)> =
+        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, own, cuda::GEMM_MIN_BATCH)).to_vec();
+    if own == Some(cuda::GemmKind::GroupScaled) {
+        runs.extend([1, 5].map(|b| (b, own, 1)));
+        runs.extend([16, 40].map(|b| (b, Some(cuda::GemmKind::Rounded), cuda::GEMM_MIN_BATCH)));
     } else if gemm {
         // `new` takes the group-scaled family wherever the layer allows it.
         assert!(
@@ -373,10 +375,12 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
             "{what}"
         );
     }
-    for (batch, kind) in runs {
+    for (batch, kind, from) in runs {
         if let Some(kind) = kind {
             layer.set_gemm_kind(gpu, kind).unwrap();
         }
+        layer.set_gemm_min_batch(from);
+        let on_gemm = gemm && batch >= from;
         let x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         let got = layer.forward_host(gpu, &x, batch).unwrap();
         let (mut want, mut scale) = (Vec::new(), Vec::new());
@@ -391,7 +395,7 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
                 );
             }
         }
-        if gemm && batch >= cuda::GEMM_MIN_BATCH && layer.gemm_kind() == Some(cuda::GemmKind::GroupScaled) {
+        if on_gemm && layer.gemm_kind() == Some(cuda::GemmKind::GroupScaled) {
             // ptx/gemm.cuh's group-scaled bound: x's f16 rounding, its subnormals, and the f32
             // group sums, bounded through |s| (|q| + |z|) <= mag.
             let u = 2f64.powi(-11);
@@ -406,7 +410,7 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
                     + 2.0 * inp as f64 * 2f64.powi(-24) * (1.0 + 2.0 * u) * t;
                 assert!((*g as f64 - w).abs() <= bound, "{what} gemmg batch {batch} [{i}]: {g} vs {w}");
             }
-        } else if gemm && batch >= cuda::GEMM_MIN_BATCH {
+        } else if on_gemm {
             let u = 2f64.powi(-11);
             let xmax = x.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
             for (i, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {

@@ -477,6 +477,8 @@ pub struct DeviceQuantLinear {
     gemm: Option<Gemm>,
     /// GPTQ: every aligned 16 rows of the (sorted) g_idx share a group.
     one_group: i32,
+    /// The smallest batch the GEMM takes ([`GEMM_MIN_BATCH`] unless set).
+    gemm_from: usize,
 }
 
 /// A layer's tensor-core GEMM: its family and the entries of its small and large tiles.
@@ -746,6 +748,7 @@ impl DeviceQuantLinear {
             gather: gpu.function(PtxFile::Gemv, super::GATHER)?,
             gemm,
             one_group,
+            gemm_from: GEMM_MIN_BATCH,
         })
     }
 
@@ -778,7 +781,7 @@ impl DeviceQuantLinear {
         expect("x", batch * self.inp, x.len())?;
         expect("y", batch * self.out, y.len())?;
         let out = self.out;
-        let gemm = self.gemm.is_some() && batch >= GEMM_MIN_BATCH;
+        let gemm = self.gemm.is_some() && batch >= self.gemm_from;
         let step = match (gemm, self.perm.is_some()) {
             // The GEMMs index x in 32 bits: rows * K < 2^31 a launch.
             (true, true) => GEMM_CHUNK.min(i32::MAX as usize / self.inp.max(1)),
@@ -819,7 +822,16 @@ impl DeviceQuantLinear {
         self.gemm.as_ref().map(|g| g.kind)
     }
 
-    /// Run batches from [`GEMM_MIN_BATCH`] rows on `kind`'s GEMM instead (to compare the two, or
+    /// Run batches of `rows` rows or more (at least 1) on the GEMM where the layer has one, and
+    /// smaller ones on the GEMV; [`GEMM_MIN_BATCH`] until set. The group-scaled GEMM costs the
+    /// same per weight for any batch up to 16 rows, so below 16 it trades the GEMV's work per row
+    /// for tensor-core work on rows that are not there: which wins is the GPU's to say (the
+    /// `linear_4096x14336_cuda` bench times both).
+    pub fn set_gemm_min_batch(&mut self, rows: usize) {
+        self.gemm_from = rows.max(1);
+    }
+
+    /// Run GEMM batches on `kind`'s GEMM instead (to compare the two, or
     /// to keep [`GemmKind::Rounded`]'s rounding). [`CudaError::NoKernel`] when the layer has no
     /// GEMM, or `kind` is [`GemmKind::GroupScaled`] and its shape or groups do not allow it.
     pub fn set_gemm_kind(&mut self, gpu: &Gpu, kind: GemmKind) -> Result<()> {
