@@ -7,12 +7,15 @@ loop, for sm_90 (ptxas from the pinned nvcc wheel, cuobjdump and nvdisasm from t
     .venv-cuda/bin/python ptx/sass_cost.py [--arch sm_90] [ENTRY_SUBSTRING ...]
 
 The hot loop: of the loops in the entry's SASS (a backward branch and its target), the one whose
-hot path (head to back-edge through the branches that lead to the most FFMA/HMMA, of those the
-shortest) has the most math; the cost is the instructions along that path: the column skeleton's fast path (a block of
-rows in one group), the row skeleton's chunk loop, the GEMM's k-step.
-The weights one pass of it covers per thread are given per entry below (a GEMM lane covers
-NT * 128 / 32 = 16 weights per k-step), so the cost is per weight and per pass over the weights,
-whatever the batch (a batch-8 entry does 8 multiply-adds per weight in that pass).
+hot path (head to back-edge through the branches that lead to the most math, HMMA in a GEMM and
+FFMA elsewhere, of those the shortest) has the most math; the cost is the instructions along
+that path: the column skeleton's fast path (a block of rows in one group), the row skeleton's
+chunk loop, the GEMM's k-step. For the group-scaled GEMM the last column is the same loop's
+longest path: the k-step that also ends a group (its scales and zero points applied).
+The weights one pass of it covers per thread are given per entry below (a rounded-GEMM lane
+covers NT * 128 / 32 = 16 weights per k-step, a group-scaled one 8 inputs of NT outputs, 32 or
+64 for AWQ), so the cost is per weight and per pass over the weights, whatever the batch (a
+batch-8 entry does 8 multiply-adds per weight in that pass).
 """
 import argparse, importlib.util, os, pathlib, re, subprocess, sys, tempfile
 
