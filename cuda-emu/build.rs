@@ -10,6 +10,9 @@ fn main() {
         "../ptx/hqq_gemv.cu",
         "../ptx/hqq_gemv8.cu",
         "../ptx/gptq_gemv.cu",
+        "../ptx/hqq_gemm.cu",
+        "../ptx/gptq_gemm.cu",
+        "../ptx/gptq_gemmg.cu",
     ];
     let mut b = cc::Build::new();
     b.cpp(true)

@@ -199,6 +199,19 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     });
 }
 
+// Whether `pred` holds on any lane of the warp (mask all ones).
+inline bool __any_sync(unsigned mask, bool pred) {
+    if (mask != 0xffffffffu) {
+        std::fprintf(stderr, "cuda_cpu_shim: __any_sync supports the full warp only\n");
+        std::abort();
+    }
+    return qk_warp_collective(pred, [](unsigned char (*in)[64], unsigned char (*out)[64]) {
+        bool any = false;
+        for (unsigned l = 0; l < 32; ++l) any = any || in[l][0] != 0;
+        for (unsigned l = 0; l < 32; ++l) out[l][0] = any;
+    });
+}
+
 // Lane `src`'s value, to every lane of the warp (mask all ones).
 template <typename T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {

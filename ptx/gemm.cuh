@@ -13,11 +13,64 @@
 // the mma is a warp instruction). K % 16 == 0 and N % 8 == 0 (checked by the launcher); rows
 // past M read zeros and are not written.
 //
+// x beyond f16's range is flagged by sum x (one more mma per step against ones): the tile is then
+// run again with each row's inputs of a step scaled by a power of two into range, as in the
+// group-scaled GEMM below.
+//
 // Error bound (f16 rounding of x and of W, f32 accumulation): |y - y_exact| <= (2u + u^2 +
-// K 2^-24) sum_k |x w| + K 2^-25 max|x| with u = 2^-11, the last term for weights in f16's
-// subnormal range. Not bit-exact with the GEMV or the CPU path.
+// K 2^-24) sum_k |x w| + K 2^-25 max|x| + 2^-39 max|x| sum_k |w| with u = 2^-11, the second term
+// for weights in f16's subnormal range, the last for x's after a scaled re-run. Not bit-exact
+// with the GEMV or the CPU path.
 #pragma once
 #include "common.cuh"
+
+// A compile-time flag for generic lambdas (no <type_traits> under NVRTC).
+template <bool B>
+struct QkBool {
+    static constexpr bool value = B;
+};
+
+// A row's values scaled by a power of two into f16's range for the scaled re-runs of the GEMMs:
+// `m` is the lane's largest |x| of the row, `v` its n two-float vectors (scaled in place); the
+// row's inputs of the step are spread over the lanes of a quad (lane % 4), so m is first taken
+// over them. Finite m >= 2^14 scales by 2^(14 - exponent of m), exact; infinities and NaN stay
+// as they are. Returns the factor that undoes it.
+__device__ __forceinline__ float qk_scale_row(float m, QkVec<float, 2>** v, int n) {
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    const int ex = (__float_as_int(m) >> 23) & 0xff;
+    const int e = m >= 16384.0f && ex < 255 ? 127 + 14 - ex : 0;
+    const float sc = __int_as_float((127 + e) << 23);
+    for (int q = 0; q < n; ++q) {
+        v[q]->v[0] *= sc;
+        v[q]->v[1] *= sc;
+    }
+    return __int_as_float((127 - e) << 23);
+}
+
+// d += A B (one mma.sync), or with SCALED d += (A B) back[row] (rows g, g + 8: d[0, 1], d[2, 3]).
+template <bool SCALED>
+__device__ __forceinline__ void qk_mma_scaled(float* d, const unsigned* a, const unsigned* b, const float* back) {
+    if constexpr (SCALED) {
+        float t4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        qk_mma_16816(t4, a, b, t4);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) d[c] = __fmaf_rn(t4[c], back[c >> 1], d[c]);
+    } else {
+        qk_mma_16816(d, a, b, d);
+    }
+}
+
+// Whether any lane of the warp holds a sum x that is not finite (x beyond f16's range).
+template <int MT>
+__device__ __forceinline__ bool qk_any_not_finite(const float (*xs)[4]) {
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) bad = bad || !(fabsf(xs[i][c]) <= 3.402823466e38f);
+    return __any_sync(0xffffffffu, bad);
+}
 
 // Dec::codes for decoders that read each subtile's output on its own: Dec::code(col, k, b[s][r]).
 template <class Dec>
@@ -46,10 +99,18 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
             for (int j = 0; j < NT; ++j)
 #pragma unroll
                 for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
-#pragma unroll 1
-        for (int k0 = 0; k0 < k_dim; k0 += 16) {
+        float xs[MT][4];  // sum x per row: only to flag x beyond f16's range
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) xs[i][c] = 0.0f;
+        // One k-step; SCALED as in qk_mma_gemm_grouped below (each row's 16 inputs scaled by a
+        // power of two into f16's range, the step's sums scaled back in f32).
+        auto step = [&](int k0, auto scaled) {
+            constexpr bool S = decltype(scaled)::value;
             const int k = k0 + 2 * t;
             unsigned a[MT][4];
+            float back[MT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r0 = m0 + 16 * i + g, r1 = r0 + 8;
@@ -62,11 +123,24 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
                     x10 = *reinterpret_cast<const QkVec<float, 2>*>(x + (long long)r1 * k_dim + k);
                     x11 = *reinterpret_cast<const QkVec<float, 2>*>(x + (long long)r1 * k_dim + k + 8);
                 }
+                if constexpr (S) {
+                    QkVec<float, 2>* rows[2][2] = {{&x00, &x01}, {&x10, &x11}};
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float m = 0.0f;
+#pragma unroll
+                        for (int q = 0; q < 4; ++q) m = fmaxf(m, fabsf(rows[h][q >> 1]->v[q & 1]));
+                        back[i][h] = qk_scale_row(m, rows[h], 2);
+                    }
+                }
                 a[i][0] = qk_f16x2(x00.v[0], x00.v[1]);
                 a[i][1] = qk_f16x2(x10.v[0], x10.v[1]);
                 a[i][2] = qk_f16x2(x01.v[0], x01.v[1]);
                 a[i][3] = qk_f16x2(x11.v[0], x11.v[1]);
             }
+            const unsigned ones[2] = {0x3c003c00u, 0x3c003c00u};
+#pragma unroll
+            for (int i = 0; i < MT; ++i) qk_mma_scaled<S>(xs[i], a[i], ones, back[i]);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
                 if (n0 + 8 * j >= n_dim) break;  // uniform: N % 8 == 0
@@ -74,8 +148,20 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
                 d.weights(col[j], k, wv);
                 const unsigned b[2] = {qk_f16x2(wv[0], wv[1]), qk_f16x2(wv[2], wv[3])};
 #pragma unroll
-                for (int i = 0; i < MT; ++i) qk_mma_16816(acc[i][j], a[i], b, acc[i][j]);
+                for (int i = 0; i < MT; ++i) qk_mma_scaled<S>(acc[i][j], a[i], b, back[i]);
             }
+        };
+#pragma unroll 1
+        for (int k0 = 0; k0 < k_dim; k0 += 16) step(k0, QkBool<false>{});
+        if (qk_any_not_finite<MT>(xs)) {  // x beyond f16's range: the tile again, scaled
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+#pragma unroll 1
+            for (int k0 = 0; k0 < k_dim; k0 += 16) step(k0, QkBool<true>{});
         }
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
@@ -100,7 +186,8 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // x^ q - z sum_k x^), x^ = x rounded to f16. The codes q enter mma.sync as exact f16 integers,
 // so no weight is rounded, and each group's s and z are applied in f32 when the group ends: per
 // weight, the decode is a logic op and an exact f16 subtraction per pair of codes. sum_k x^
-// comes from one more mma per step against a B of ones (Dec::ZERO; FP8 has no zero point).
+// comes from one more mma per step against a B of ones (applied where Dec::ZERO; FP8 has no zero
+// point, but its sum x still flags x beyond f16's range, below).
 //
 // K is walked 32 inputs at a time, two mma steps. The order of inputs within a chunk is free
 // (the sum does not care), so lane t of a quad takes inputs k0 + 8t .. k0 + 8t + 7 of its
@@ -117,9 +204,16 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // does not depend on which finishes last. part holds kslices * M * N floats, counters one per
 // tile (zero before the launch).
 //
+// x beyond f16's range (|x| > 65504 rounds to an infinity) makes some sum x of the group
+// infinite or NaN: the group is then run again with each row's 32 inputs of a k-step scaled by a
+// power of two into range (exact) and its sums scaled back in f32. So large activations cost a
+// second pass over their groups, not a wrong result; an infinite or NaN x still gives an
+// infinite or NaN y.
+//
 // Error bound, with u = 2^-11 and T = sum_k |x s| (|q| + |z|) (x^ in f16, q - z exact, f32 sums
 // over at most K + K/32 + 4 roundings): |y - y_exact| <= u sum_k |x w| + 2^-25 sum_k |w| +
-// 2 K 2^-24 (1 + 2u) T. The first term is x's rounding, the second x's f16 subnormals.
+// 2 K 2^-24 (1 + 2u) T + 2^-39 max |x| sum_k |w|. The first term is x's rounding, the second x's
+// f16 subnormals, the last those of a scaled re-run (a scale of at most max |x| 2^-14).
 template <class Dec, int MT>
 __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
                                                     int m_dim, int n_dim, int k_dim, float* __restrict__ part,
@@ -180,16 +274,14 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 #pragma unroll
                 for (int c = 0; c < 4; ++c) xs[i][c] = 0.0f;
         };
-        // The next chunk's group is read one chunk ahead, so the branch never waits on memory.
-        int grp = d.group(min(k_begin, k_dim - 32)), gk = grp;
-#pragma unroll 1
-        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
-            if (gk != grp) {  // uniform
-                flush(grp);
-                grp = gk;
-            }
-            const int gn = d.group(min(k0 + 32, k_end - 32));
+        // One k-step: the x rows to f16 A fragments, sum x (for every decoder: it also flags x
+        // beyond f16's range), the codes and the mma. SCALED, the rare re-run of a group in which
+        // some x rounded to an infinity: each row's 32 inputs are first scaled by a power of two
+        // into range (exact; 2^-e <= max |x| 2^-14), and the step's sums scaled back in f32.
+        auto step = [&](int k0, auto scaled) {
+            constexpr bool S = decltype(scaled)::value;
             unsigned a[MT][2][4];
+            float back[MT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 float v[2][8];
@@ -203,6 +295,18 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                         v[h][e] = lo.v[e];
                         v[h][e + 4] = hi.v[e];
                     }
+                    if constexpr (S) {
+                        float m = 0.0f;
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[h][e]));
+                        QkVec<float, 2> pairs[4];
+#pragma unroll
+                        for (int q = 0; q < 4; ++q) pairs[q] = QkVec<float, 2>{{v[h][2 * q], v[h][2 * q + 1]}};
+                        QkVec<float, 2>* pp[4] = {&pairs[0], &pairs[1], &pairs[2], &pairs[3]};
+                        back[i][h] = qk_scale_row(m, pp, 4);
+#pragma unroll
+                        for (int q = 0; q < 8; ++q) v[h][q] = pairs[q >> 1].v[q & 1];
+                    }
                 }
 #pragma unroll
                 for (int s = 0; s < 2; ++s)
@@ -212,23 +316,61 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                         for (int h = 0; h < 2; ++h)  // a[0] row g, a[1] row g + 8; a[2], a[3] the k + 8 half
                             a[i][s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
             }
-            if (Dec::ZERO) {
+            // d += A B over the two steps, or for SCALED d += (A B) 2^-e by row (rows g, g + 8:
+            // d[0, 1], d[2, 3]).
+            auto mma2 = [&](float* dst, int i, const unsigned (*bb)[2]) {
+                if constexpr (S) {
+                    float t4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int s = 0; s < 2; ++s)
+                    for (int s = 0; s < 2; ++s) qk_mma_16816(t4, a[i][s], bb[s], t4);
 #pragma unroll
-                    for (int i = 0; i < MT; ++i) qk_mma_16816(xs[i], a[i][s], ones, xs[i]);
-            }
+                    for (int c = 0; c < 4; ++c) dst[c] = __fmaf_rn(t4[c], back[i][c >> 1], dst[c]);
+                } else {
+#pragma unroll
+                    for (int s = 0; s < 2; ++s) qk_mma_16816(dst, a[i][s], bb[s], dst);
+                }
+            };
+            const unsigned ones2[2][2] = {{ones[0], ones[1]}, {ones[0], ones[1]}};
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma2(xs[i], i, ones2);
             unsigned b[NT][2][2];
             d.codes(col, k0 + 8 * t, b);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int s = 0; s < 2; ++s)
+                for (int i = 0; i < MT; ++i) mma2(ga[i][j], i, b[j]);
+        };
+        // A group ends: if x overflowed f16 anywhere in it (some sum x is not finite), its steps
+        // again, scaled; then its sums into acc.
+        auto settle = [&](int grp, int kb, int ke) {
+            if (qk_any_not_finite<MT>(xs)) {
 #pragma unroll
-                    for (int i = 0; i < MT; ++i) qk_mma_16816(ga[i][j], a[i][s], b[j][s], ga[i][j]);
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        xs[i][c] = 0.0f;
+#pragma unroll
+                        for (int j = 0; j < NT; ++j) ga[i][j][c] = 0.0f;
+                    }
+#pragma unroll 1
+                for (int k0 = kb; k0 < ke; k0 += 32) step(k0, QkBool<true>{});
+            }
+            flush(grp);
+        };
+        // The next chunk's group is read one chunk ahead, so the branch never waits on memory.
+        int grp = d.group(min(k_begin, k_dim - 32)), gk = grp, gstart = k_begin;
+#pragma unroll 1
+        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
+            if (gk != grp) {  // uniform
+                settle(grp, gstart, k0);
+                grp = gk;
+                gstart = k0;
+            }
+            const int gn = d.group(min(k0 + 32, k_end - 32));
+            step(k0, QkBool<false>{});
             gk = gn;
         }
-        if (k_begin < k_end) flush(grp);
+        if (k_begin < k_end) settle(grp, gstart, k_end);
         // One slice: y directly. Several: this slice's sums into part, and the tile's last slice
         // to finish (counted per tile) adds them in slice order into y.
         float* out = kslices == 1 ? y : part + (long long)slice * m_dim * n_dim;

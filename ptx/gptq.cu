@@ -19,7 +19,6 @@
 // reference's (q as f32 - z as f32), so a code costs a shift, a logic op, a subtraction and a
 // multiplication.
 #include "gemv.cuh"
-#include "gemm.cuh"
 #include "gptq.cuh"
 
 // Rows k0 .. k0+nrows (whole word blocks) of columns n .. n+VEC, a row at a time, decoding a
@@ -148,131 +147,6 @@ QK_GPTQ_ALL(3)
 QK_GPTQ_ALL(4)
 QK_GPTQ_ALL(8)
 
-// ---- Tensor-core GEMM (gemm.cuh) for 4- and 8-bit layers: a lane's weights of column n are rows
-// k, k + 1 (one word) and k + 8, k + 9 (the word 8 rows on). `one_group` (checked on the host:
-// every aligned 16-row block of g_idx holds one group) reads one group for the four; otherwise
-// each row reads its own.
-template <int BITS, typename T>
-struct QkGptqGemm {
-    static constexpr int ROWS = 32 / BITS;
-    const int* __restrict__ qweight;
-    const int* __restrict__ qzeros;
-    const T* __restrict__ scales;
-    const int* __restrict__ g_idx;
-    int n_dim, format, one_group;
-    unsigned magic;
-
-    // Output n only: the column's parameter pointers are cheaper to recompute than to hold for
-    // four subtiles (register pressure).
-    struct Col {
-        int n;
-    };
-    __device__ __forceinline__ Col column(int n) const { return Col{n}; }
-
-    __device__ __forceinline__ void weights(const Col& c, int k, float* w) const {
-        const int n = c.n;
-        const unsigned wa = (unsigned)qweight[(long long)(k / ROWS) * n_dim + n];
-        const unsigned wb = (unsigned)qweight[(long long)((k + 8) / ROWS) * n_dim + n];
-        const int sa = BITS * (k % ROWS), sb = BITS * ((k + 8) % ROWS);
-        const unsigned mask = (1u << BITS) - 1u;
-        const float q[4] = {qk_u2f((wa >> sa) & mask, magic), qk_u2f((wa >> (sa + BITS)) & mask, magic),
-                            qk_u2f((wb >> sb) & mask, magic), qk_u2f((wb >> (sb + BITS)) & mask, magic)};
-        const QkGptqCols<BITS, 1, T> cols(qzeros, scales, n_dim, n);
-        const int rows[4] = {k, k + 1, k + 8, k + 9};
-        float zm = 0.0f, s = 0.0f;
-        if (one_group) cols.load(g_idx[k], format, magic, &zm, &s);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            if (!one_group) cols.load(g_idx[rows[i]], format, magic, &zm, &s);
-            w[i] = (q[i] - (zm - 8388608.0f)) * s;
-        }
-    }
-};
-
-// Entries: gptq_gemm_{4,8}b_{elem}_m{1,4}(qweight, qzeros, scales, g_idx, x, y, M, K, N, format,
-// one_group): tiles of 16 (m1) or 64 (m4) rows by 32 outputs a warp.
-#define QK_GPTQ_GEMM_ENTRY(BITS, T, NAME, MT)                                                        \
-    extern "C" __global__ void gptq_gemm_##BITS##b_##NAME##_m##MT(                                   \
-        const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
-        int m_dim, int k_dim, int n_dim, int format, int one_group) {                                \
-        const QkGptqGemm<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format, one_group, qk_magic_reg(format)}; \
-        qk_mma_gemm<QkGptqGemm<BITS, T>, MT, 4>(d, x, y, m_dim, n_dim, k_dim);                       \
-    }
-#define QK_GPTQ_GEMM_ALL(BITS)                                                                       \
-    QK_GPTQ_GEMM_ENTRY(BITS, float, f32, 1) QK_GPTQ_GEMM_ENTRY(BITS, float, f32, 4)                  \
-    QK_GPTQ_GEMM_ENTRY(BITS, __half, f16, 1) QK_GPTQ_GEMM_ENTRY(BITS, __half, f16, 4)                \
-    QK_GPTQ_GEMM_ENTRY(BITS, __nv_bfloat16, bf16, 1) QK_GPTQ_GEMM_ENTRY(BITS, __nv_bfloat16, bf16, 4)
-QK_GPTQ_GEMM_ALL(4)
-QK_GPTQ_GEMM_ALL(8)
-
-// ---- Group-scaled GEMM (gemm.cuh's qk_mma_gemm_grouped) for 4- and 8-bit layers whose every
-// aligned 32 rows (sorted, for act-order) share a group: a lane's rows k .. k + 7 of column n are
-// one word at 4 bits (fields p, p + 4 as a pair) or two at 8 (bytes 0, 2 and 1, 3 of each).
-template <int BITS, typename T>
-struct QkGptqGemmG {
-    static constexpr int NT = 4;
-    static constexpr bool ZERO = true;
-    static constexpr float UNIT = 1.0f;
-    const int* __restrict__ qweight;
-    const int* __restrict__ qzeros;
-    const T* __restrict__ scales;
-    const int* __restrict__ g_idx;
-    int n_dim, format;
-    unsigned magic, one;
-
-    struct Col {
-        const int* p;  // qweight + n
-    };
-    static constexpr int out(int n0, int j, int i) { return n0 + 8 * j + i; }
-    static constexpr int slot(int s, int r, int h) { return BITS == 4 ? 2 * s + r + 4 * h : 4 * s + r + 2 * h; }
-    __device__ __forceinline__ Col column(int n) const { return Col{qweight + n}; }
-    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
-        qk_codes_each(*this, col, k, b);
-    }
-    __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
-        // The word offset, common to every subtile, in 32 bits (qweight holds < 2^31 words): one
-        // wide multiply-add per subtile makes the address.
-        const unsigned at = (unsigned)k / (32 / BITS) * (unsigned)n_dim;
-        if (BITS == 4) {
-            unsigned o[4];
-            qk_u4x8_f16((unsigned)c.p[at], one, o);
-            b[0][0] = o[0];
-            b[0][1] = o[1];
-            b[1][0] = o[2];
-            b[1][1] = o[3];
-        } else {
-            qk_u8x4_f16((unsigned)c.p[at], one, b[0]);
-            qk_u8x4_f16((unsigned)c.p[at + (unsigned)n_dim], one, b[1]);
-        }
-    }
-    __device__ __forceinline__ int group(int k0) const { return g_idx[k0]; }
-    // Columns n, n + 1 (n even): one qzeros word pair and one 2-scale vector.
-    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
-        const QkGptqCols<BITS, 2, T> cols(qzeros, scales, n_dim, n);
-        float zm[2];
-        cols.load(grp, format, magic, zm, s);
-        z[0] = zm[0] - 8388608.0f;
-        z[1] = zm[1] - 8388608.0f;
-    }
-};
-
-// Entries: gptq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; one_group unused): tiles of 16
-// (m1) or 32 (m2) rows by 32 outputs a warp.
-#define QK_GPTQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                       \
-    extern "C" __global__ void gptq_gemmg_##BITS##b_##NAME##_m##MT(                                  \
-        const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
-        int m_dim, int k_dim, int n_dim, int format, int one_group, float* part, unsigned* counters, int kslices) { \
-        const QkGptqGemmG<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format),   \
-                                     qk_f16_one(format)}; \
-        qk_mma_gemm_grouped<QkGptqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                 \
-    }
-#define QK_GPTQ_GEMMG_ALL(BITS)                                                                      \
-    QK_GPTQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_GPTQ_GEMMG_ENTRY(BITS, float, f32, 2)                \
-    QK_GPTQ_GEMMG_ENTRY(BITS, __half, f16, 1) QK_GPTQ_GEMMG_ENTRY(BITS, __half, f16, 2)              \
-    QK_GPTQ_GEMMG_ENTRY(BITS, __nv_bfloat16, bf16, 1) QK_GPTQ_GEMMG_ENTRY(BITS, __nv_bfloat16, bf16, 2)
-QK_GPTQ_GEMMG_ALL(4)
-QK_GPTQ_GEMMG_ALL(8)
-
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_GPTQ_EMU(BITS, T, NAME)                                                                   \
     extern "C" void cpu_gptq_dequant_##BITS##b_##NAME(const int* qweight, const int* qzeros, const T* scales, \
@@ -287,35 +161,4 @@ QK_GPTQ_EMU_ALL(2)
 QK_GPTQ_EMU_ALL(3)
 QK_GPTQ_EMU_ALL(4)
 QK_GPTQ_EMU_ALL(8)
-#define QK_GPTQ_GEMM_EMU(BITS, T, NAME, MT)                                                          \
-    extern "C" void cpu_gptq_gemm_##BITS##b_##NAME##_m##MT(                                          \
-        const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
-        int m_dim, int k_dim, int n_dim, int format, int one_group, unsigned grid, unsigned block) { \
-        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
-            gptq_gemm_##BITS##b_##NAME##_m##MT(qweight, qzeros, scales, g_idx, x, y, m_dim, k_dim, n_dim, format, \
-                                               one_group);                                           \
-        });                                                                                          \
-    }
-#define QK_GPTQ_GEMM_EMU_ALL(BITS)                                                                   \
-    QK_GPTQ_GEMM_EMU(BITS, float, f32, 1) QK_GPTQ_GEMM_EMU(BITS, float, f32, 4)                      \
-    QK_GPTQ_GEMM_EMU(BITS, __half, f16, 1) QK_GPTQ_GEMM_EMU(BITS, __half, f16, 4)                    \
-    QK_GPTQ_GEMM_EMU(BITS, __nv_bfloat16, bf16, 1) QK_GPTQ_GEMM_EMU(BITS, __nv_bfloat16, bf16, 4)
-QK_GPTQ_GEMM_EMU_ALL(4)
-QK_GPTQ_GEMM_EMU_ALL(8)
-#define QK_GPTQ_GEMMG_EMU(BITS, T, NAME, MT)                                                         \
-    extern "C" void cpu_gptq_gemmg_##BITS##b_##NAME##_m##MT(                                         \
-        const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
-        int m_dim, int k_dim, int n_dim, int format, int one_group, float* part, unsigned* counters, int kslices, \
-        unsigned grid, unsigned block) {                                                             \
-        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
-            gptq_gemmg_##BITS##b_##NAME##_m##MT(qweight, qzeros, scales, g_idx, x, y, m_dim, k_dim, n_dim, format, \
-                                                one_group, part, counters, kslices);                 \
-        });                                                                                          \
-    }
-#define QK_GPTQ_GEMMG_EMU_ALL(BITS)                                                                  \
-    QK_GPTQ_GEMMG_EMU(BITS, float, f32, 1) QK_GPTQ_GEMMG_EMU(BITS, float, f32, 2)                    \
-    QK_GPTQ_GEMMG_EMU(BITS, __half, f16, 1) QK_GPTQ_GEMMG_EMU(BITS, __half, f16, 2)                  \
-    QK_GPTQ_GEMMG_EMU(BITS, __nv_bfloat16, bf16, 1) QK_GPTQ_GEMMG_EMU(BITS, __nv_bfloat16, bf16, 2)
-QK_GPTQ_GEMMG_EMU_ALL(4)
-QK_GPTQ_GEMMG_EMU_ALL(8)
 #endif

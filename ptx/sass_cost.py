@@ -118,15 +118,25 @@ def hot_loop(instrs, longest=False):
         ops = [instrs[i][1] for i in range(st, end)]
         return sum(1 for o in ops if o.startswith(math_ops)), sign * len(ops)
 
+    loops = []
+    for i, (a, op, args) in enumerate(instrs):
+        t = target(args) if op.startswith("BRA") else None
+        if t is not None and t <= a and t in index:
+            loops.append((block_of[index[t]], block_of[i]))
+
     def path(head, tail, sign):  # the best (math, sign * count) path head -> tail, forward edges
+        # Loops nested in this one are left out: a rare path's loop (the group-scaled GEMM's
+        # scaled re-run of a group) is not the hot loop's work.
+        inner = {b for h, t in loops if head <= h and t <= tail and (h, t) != (head, tail) for b in range(h, t + 1)}
         dp = {head: cost(head, sign)}
         for bi in range(head, tail + 1):
-            if bi not in dp:
+            if bi not in dp or bi in inner:
                 continue
             st, end = blocks[bi]
             last_a, last_op, last_args = instrs[end - 1]
             succ = []
-            uncond = (last_op.startswith("BRA") and not re.match(r"@", last_args or "")) or last_op == "EXIT"
+            # BRA.DIV (taken only when the warp has diverged) falls through like a predicated branch.
+            uncond = (last_op == "BRA" and not re.match(r"@", last_args or "")) or last_op == "EXIT"
             if last_op.startswith("BRA"):
                 tt = target(last_args)
                 if tt is not None and tt > last_a and tt in index:
@@ -134,7 +144,7 @@ def hot_loop(instrs, longest=False):
             if not uncond or bi == tail:
                 succ.append(bi + 1)
             for sb in succ:
-                if sb > tail:
+                if sb > tail or sb in inner:
                     continue
                 m, n = cost(sb, sign)
                 cand = (dp[bi][0] + m, dp[bi][1] + n)
@@ -143,11 +153,7 @@ def hot_loop(instrs, longest=False):
         return dp.get(tail)
 
     best, where = None, None
-    for i, (a, op, args) in enumerate(instrs):
-        t = target(args) if op.startswith("BRA") else None
-        if t is None or t > a or t not in index:
-            continue
-        head, tail = block_of[index[t]], block_of[i]
+    for head, tail in loops:
         p = path(head, tail, -1)
         if p is not None and (best is None or p > best):
             best, where = p, (head, tail)

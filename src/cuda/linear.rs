@@ -149,11 +149,13 @@ impl GemvKernel {
         }
     }
 
-    /// The PTX file of the scheme's GEMM entries (its dequantization's file).
-    pub fn gemm_file(self) -> PtxFile {
+    /// The PTX file of a GEMM family's entries for the scheme (HQQ's and GPTQ's have modules of
+    /// their own, GPTQ's one per family; AWQ's and FP8's are in their dequantization's file).
+    pub fn gemm_file(self, kind: GemmKind) -> PtxFile {
         match self {
-            GemvKernel::Hqq(..) => PtxFile::Hqq,
-            GemvKernel::Gptq(..) => PtxFile::Gptq,
+            GemvKernel::Hqq(..) => PtxFile::HqqGemm,
+            GemvKernel::Gptq(..) if kind == GemmKind::GroupScaled => PtxFile::GptqGemmG,
+            GemvKernel::Gptq(..) => PtxFile::GptqGemm,
             GemvKernel::Awq(_) => PtxFile::Awq,
             GemvKernel::Fp8(_) => PtxFile::Fp8,
             GemvKernel::Int8 | GemvKernel::Int4 => PtxFile::Intx,
@@ -501,7 +503,7 @@ impl Gemm {
         match (kernel.gemm_entry(kind, m1), kernel.gemm_entry(kind, m2)) {
             (Some(e1), Some(e2)) => Ok(Some(Gemm {
                 kind,
-                f: [gpu.function(kernel.gemm_file(), &e1)?, gpu.function(kernel.gemm_file(), &e2)?],
+                f: [gpu.function(kernel.gemm_file(kind), &e1)?, gpu.function(kernel.gemm_file(kind), &e2)?],
                 grouped_ok,
                 part: gpu.zeros(if split { GEMM_SPLIT_FLOATS } else { 1 })?,
                 counters: gpu.zeros(if split { GEMM_SPLIT_ITEMS } else { 1 })?,

@@ -68,11 +68,17 @@ pub enum PtxFile {
     HqqGemv8,
     /// `ptx/gptq_gemv.ptx`: GPTQ fused GEMV.
     GptqGemv,
+    /// `ptx/hqq_gemm.ptx`: HQQ tensor-core GEMMs.
+    HqqGemm,
+    /// `ptx/gptq_gemm.ptx`: GPTQ's rounded tensor-core GEMM.
+    GptqGemm,
+    /// `ptx/gptq_gemmg.ptx`: GPTQ's group-scaled tensor-core GEMM.
+    GptqGemmG,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 9] = [
+    pub const ALL: [PtxFile; 12] = [
         PtxFile::Hqq,
         PtxFile::Gptq,
         PtxFile::Gemv,
@@ -82,6 +88,9 @@ impl PtxFile {
         PtxFile::HqqGemv,
         PtxFile::HqqGemv8,
         PtxFile::GptqGemv,
+        PtxFile::HqqGemm,
+        PtxFile::GptqGemm,
+        PtxFile::GptqGemmG,
     ];
 
     /// The PTX text.
@@ -96,6 +105,9 @@ impl PtxFile {
             PtxFile::HqqGemv => include_str!("../../ptx/hqq_gemv.ptx"),
             PtxFile::HqqGemv8 => include_str!("../../ptx/hqq_gemv8.ptx"),
             PtxFile::GptqGemv => include_str!("../../ptx/gptq_gemv.ptx"),
+            PtxFile::HqqGemm => include_str!("../../ptx/hqq_gemm.ptx"),
+            PtxFile::GptqGemm => include_str!("../../ptx/gptq_gemm.ptx"),
+            PtxFile::GptqGemmG => include_str!("../../ptx/gptq_gemmg.ptx"),
         }
     }
 
@@ -107,7 +119,7 @@ impl PtxFile {
             let gemm = GemmKind::ALL
                 .into_iter()
                 .flat_map(|kind| kind.tile_rows().map(move |mt| (kind, mt)))
-                .filter(move |_| k.gemm_file() == self)
+                .filter(move |&(kind, _)| k.gemm_file(kind) == self)
                 .filter_map(move |(kind, mt)| k.gemm_entry(kind, mt).map(|e| (e, k.gemm_params(kind))));
             gemv.chain(gemm)
         });
@@ -122,7 +134,13 @@ impl PtxFile {
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
-            PtxFile::Intx | PtxFile::HqqGemv | PtxFile::HqqGemv8 | PtxFile::GptqGemv => Vec::new(),
+            PtxFile::Intx
+            | PtxFile::HqqGemv
+            | PtxFile::HqqGemv8
+            | PtxFile::GptqGemv
+            | PtxFile::HqqGemm
+            | PtxFile::GptqGemm
+            | PtxFile::GptqGemmG => Vec::new(),
         };
         named.into_iter().map(|(n, p)| (n.to_owned(), p)).chain(gemvs).collect()
     }

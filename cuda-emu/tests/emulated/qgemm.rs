@@ -55,9 +55,16 @@ fn check(got: &[f32], o: &Oracle, x: &[f32], tile: Tile, what: &str) {
         let bound = if tile.grouped() {
             let w1: f64 = (0..k).map(|i| at(o.w, i).abs()).sum();
             let t: f64 = (0..k).map(|i| at(o.mag, i) * (xr[i] as f64).abs()).sum();
-            u * wx + 2f64.powi(-25) * w1 + 2.0 * k as f64 * 2f64.powi(-24) * (1.0 + 2.0 * u) * t
+            // The last term: x's f16 subnormals after a group's inputs were scaled into range.
+            u * wx
+                + 2f64.powi(-25) * w1
+                + 2.0 * k as f64 * 2f64.powi(-24) * (1.0 + 2.0 * u) * t
+                + 2f64.powi(-39) * xmax * w1
         } else {
-            (2.0 * u + u * u + k as f64 * 2f64.powi(-24)) * wx + k as f64 * 2f64.powi(-25) * xmax
+            let w1: f64 = (0..k).map(|i| at(o.w, i).abs()).sum();
+            (2.0 * u + u * u + k as f64 * 2f64.powi(-24)) * wx
+                + k as f64 * 2f64.powi(-25) * xmax
+                + 2f64.powi(-39) * xmax * w1
         };
         assert!((*g as f64 - want).abs() <= bound, "{what}[{r}, {c}]: {g} vs {want} (bound {bound})");
     }
@@ -306,6 +313,75 @@ fn fp8_gemm_both_formats() {
                 let y = qgemm::fp8_gemm(fi, &codes, &scales, (br, bc), x, (m, k, n), l);
                 check(&y, &o, x, l.tile, &format!("fp8 {f:?} {n}x{k} {br}x{bc} m {m} {l:?}"));
             });
+        }
+    }
+}
+
+/// Activations beyond f16's range (|x| up to 2^30 in some rows, in one group or several) take the
+/// GEMMs' scaled re-runs (of a group in the group-scaled family, of a tile in the rounded one) and
+/// stay within their bounds, with and without a zero point (GPTQ, FP8).
+#[test]
+fn group_scaled_gemm_takes_x_beyond_f16() {
+    let big = |rng: &mut Rng, m: usize, k: usize| {
+        let mut x = xs(rng, m * k);
+        for (i, v) in x.iter_mut().enumerate() {
+            let (r, c) = (i / k, i % k);
+            if r % 3 == 1 && (c % 7 == 0 || c < 40) {
+                *v *= [1e5, -3e6, 2f32.powi(30)][c % 3];
+            }
+        }
+        x
+    };
+    let (k, n) = (128usize, 32usize);
+    let mut rng = Rng(17);
+    let l = GptqLayout::new(k, n, 4, 32).unwrap();
+    let (qr, qc) = l.qweight_shape();
+    let (zr, zc) = l.qzeros_shape();
+    let case = GptqCase {
+        qweight: (0..qr * qc).map(|_| rng.next_u64() as i32).collect(),
+        qzeros: (0..zr * zc).map(|_| rng.next_u64() as i32).collect(),
+        scales: (0..l.groups() * n).map(|_| f16::from_f32(rng.f32_in(-0.02, 0.02))).collect(),
+        g_idx: l.default_g_idx(),
+        layout: l,
+    };
+    let w = case.dequant(&case.qweight, ZeroFormat::V2);
+    let mag = magnitude(
+        &case.dequant(&vec![-1; case.qweight.len()], ZeroFormat::V2),
+        &case.dequant(&vec![0; case.qweight.len()], ZeroFormat::V2),
+    );
+    let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
+    let fl = Fp8Layout::block(n, k, 32, 64).unwrap();
+    let codes: Vec<u8> = (0..n * k)
+        .map(|_| {
+            let c = rng.next_u64() as u8;
+            (c & 0x80) | (c & 0x7f).min(0x7e)
+        })
+        .collect();
+    let (sr, sc) = fl.scale_shape();
+    let fs: Vec<f32> = (0..sr * sc).map(|_| rng.f32_in(1e-3, 2e-2)).collect();
+    let mut fw = vec![0f32; n * k];
+    fp8::fp8_dequantize_reference_into(&codes, &fs, Fp8Format::E4M3, &fl, &mut fw).unwrap();
+    let fmag: Vec<f32> = fw.iter().map(|v| v.abs()).collect();
+    let fo = Oracle { w: &fw, mag: &fmag, n, k, transposed: false };
+    for (tile, m) in [(Tile::G1, 5), (Tile::G2, 32), (Tile::M1, 5), (Tile::M4, 70)] {
+        let x = big(&mut rng, m, k);
+        for kslices in if tile.grouped() { [1, 3] } else { [1, 1] } {
+            let l = Launch { tile, kslices, grid: 2, block: 64 };
+            let y = qgemm::gptq_gemm(
+                4,
+                &case.qweight,
+                &case.qzeros,
+                &case.scales,
+                &case.g_idx,
+                &x,
+                (m, k, n),
+                1,
+                true,
+                l,
+            );
+            check(&y, &o, &x, tile, &format!("gptq big x m {m} {l:?}"));
+            let y = qgemm::fp8_gemm(0, &codes, &fs, (32, 64), &x, (m, k, n), l);
+            check(&y, &fo, &x, tile, &format!("fp8 big x m {m} {l:?}"));
         }
     }
 }

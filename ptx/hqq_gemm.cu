@@ -1,0 +1,171 @@
+// HQQ's tensor-core GEMMs (gemm.cuh): the rounded family for 4- and 8-bit weights on both axes
+// and the group-scaled one on axis 1, in a module of their own so that each .ptx stays under
+// 2 MB (the driver JIT-compiles a whole module the first time one of its entries loads). The
+// packing is hqq.cu's.
+#include "gemv.cuh"
+#include "gemm.cuh"
+
+// ---- Tensor-core GEMM (gemm.cuh) for 4- and 8-bit HQQ, both axes: W[n, k] is flat weight
+// f = n K + k, in plane j = f / words at word t = f - j words. With words % 16 == 0 and cols % 16
+// == 0 (checked by the launcher) a lane's four weights (f, f + 1, f + 8, f + 9; f % 16 < 8) share
+// the plane and, on axis 1, the code row; axis 0 reads a zero and scale per column.
+template <int BITS, typename T>
+struct QkHqqGemm {
+    static constexpr int P = 8 / BITS;
+    const unsigned char* __restrict__ packed;
+    const T* __restrict__ scales;
+    const T* __restrict__ zeros;
+    int k_dim, cols, prows, axis, lg;
+    unsigned magic;
+
+    // Output n's first weight: plane j0, word t0 (a plane boundary inside the row moves on to
+    // the next plane; boundaries are multiples of 16, so a lane's four weights never straddle).
+    struct Col {
+        int j0, t0;
+    };
+    __device__ __forceinline__ Col column(int n) const {
+        const long long words = (long long)prows * cols;
+        const long long f = (long long)n * k_dim;
+        const int j = (int)(f / words);
+        return Col{j, (int)(f - j * words)};
+    }
+
+    __device__ __forceinline__ void weights(const Col& c, int k, float* w) const {
+        const int words = prows * cols;
+        int j = c.j0, t = c.t0 + k;
+        while (t >= words) {
+            t -= words;
+            ++j;
+        }
+        const int shift = BITS * (P - 1 - j);
+        const unsigned mask = (1u << BITS) - 1u;
+        const int at[4] = {t, t + 1, t + 8, t + 9};
+        if (axis == 1) {
+            const int row = j * prows + (int)qk_div((unsigned)t, (unsigned)cols, lg);
+            const float z = qk_to_f32(zeros[row]), s = qk_to_f32(scales[row]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) w[i] = (qk_u2f(((unsigned)packed[at[i]] >> shift) & mask, magic) - z) * s;
+        } else {
+            const int cc = t % cols;
+            const int ci[4] = {cc, cc + 1, cc + 8, cc + 9};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                w[i] = (qk_u2f(((unsigned)packed[at[i]] >> shift) & mask, magic) - qk_to_f32(zeros[ci[i]])) *
+                       qk_to_f32(scales[ci[i]]);
+        }
+    }
+};
+
+// Entries: hqq_gemm_{4,8}b_{elem}_m{1,4}(packed, scales, zeros, x, y, M, K, N, cols, prows, axis).
+#define QK_HQQ_GEMM_ENTRY(BITS, T, NAME, MT)                                                         \
+    extern "C" __global__ void hqq_gemm_##BITS##b_##NAME##_m##MT(                                    \
+        const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
+        int k_dim, int n_dim, int cols, int prows, int axis) {                                       \
+        const QkHqqGemm<BITS, T> d{packed, scales, zeros, k_dim, cols, prows, axis,                     \
+                                   (cols & (cols - 1)) == 0 ? __ffs(cols) - 1 : -1, qk_magic_reg(cols)}; \
+        qk_mma_gemm<QkHqqGemm<BITS, T>, MT, 4>(d, x, y, m_dim, n_dim, k_dim);                        \
+    }
+#define QK_HQQ_GEMM_ALL(BITS)                                                                        \
+    QK_HQQ_GEMM_ENTRY(BITS, float, f32, 1) QK_HQQ_GEMM_ENTRY(BITS, float, f32, 4)                    \
+    QK_HQQ_GEMM_ENTRY(BITS, __half, f16, 1) QK_HQQ_GEMM_ENTRY(BITS, __half, f16, 4)                  \
+    QK_HQQ_GEMM_ENTRY(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMM_ENTRY(BITS, __nv_bfloat16, bf16, 4)
+QK_HQQ_GEMM_ALL(4)
+QK_HQQ_GEMM_ALL(8)
+
+// ---- Group-scaled GEMM (gemm.cuh's qk_mma_gemm_grouped) for 4- and 8-bit HQQ on axis 1 with the
+// group (cols) a power of two >= 32 that divides K: output n's groups are code rows n K / cols +
+// k / cols. Its plane is fixed (N % 32 == 0 puts plane boundaries between outputs), so a lane's
+// 8 codes are 8 bytes of one plane, taken as bytes 0, 2 and 1, 3 of each word.
+template <int BITS, typename T>
+struct QkHqqGemmG {
+    static constexpr int NT = 4;
+    static constexpr bool ZERO = true;
+    static constexpr float UNIT = 1.0f;
+    const unsigned char* __restrict__ packed;
+    const T* __restrict__ scales;
+    const T* __restrict__ zeros;
+    int k_dim, words, gpr, lg;  // gpr: groups per output (K / cols); cols = 2^lg
+    unsigned one;
+
+    struct Col {
+        const unsigned char* p;  // output n's first code in its plane
+        int shift;               // the plane's bits in each byte
+    };
+    static constexpr int out(int n0, int j, int i) { return n0 + 8 * j + i; }
+    static constexpr int slot(int s, int r, int h) { return 4 * s + r + 2 * h; }
+    __device__ __forceinline__ Col column(int n) const {
+        const long long f = (long long)n * k_dim;
+        const int j = (int)(f / words);
+        return Col{packed + (f - (long long)j * words), BITS * (8 / BITS - 1 - j)};
+    }
+    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
+        qk_codes_each(*this, col, k, b);
+    }
+    __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
+        const QkVec<unsigned, 2> w = *reinterpret_cast<const QkVec<unsigned, 2>*>(c.p + (unsigned)k);
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+            qk_u8x4_f16(BITS == 8 ? w.v[s] : (w.v[s] >> c.shift) & 0x0f0f0f0fu, one, b[s]);
+    }
+    __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
+    // Columns n, n + 1.
+    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
+        const unsigned row = (unsigned)n * (unsigned)gpr + (unsigned)grp;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            s[c] = qk_to_f32(scales[row + c * gpr]);
+            z[c] = qk_to_f32(zeros[row + c * gpr]);
+        }
+    }
+};
+
+// Entries: hqq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; axis 1 only): tiles of 16 (m1)
+// or 32 (m2) rows by 32 outputs a warp.
+#define QK_HQQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                        \
+    extern "C" __global__ void hqq_gemmg_##BITS##b_##NAME##_m##MT(                                   \
+        const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
+        int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices) { \
+        const QkHqqGemmG<BITS, T> d{packed, scales, zeros, k_dim, prows * cols, k_dim / cols, __ffs(cols) - 1, \
+                                    qk_f16_one(cols)};                                               \
+        qk_mma_gemm_grouped<QkHqqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                  \
+    }
+#define QK_HQQ_GEMMG_ALL(BITS)                                                                       \
+    QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 2)                  \
+    QK_HQQ_GEMMG_ENTRY(BITS, __half, f16, 1) QK_HQQ_GEMMG_ENTRY(BITS, __half, f16, 2)                \
+    QK_HQQ_GEMMG_ENTRY(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMMG_ENTRY(BITS, __nv_bfloat16, bf16, 2)
+QK_HQQ_GEMMG_ALL(4)
+QK_HQQ_GEMMG_ALL(8)
+
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+// CPU emulation launchers (cuda-emu).
+#define QK_HQQ_GEMM_EMU(BITS, T, NAME, MT)                                                           \
+    extern "C" void cpu_hqq_gemm_##BITS##b_##NAME##_m##MT(                                           \
+        const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
+        int k_dim, int n_dim, int cols, int prows, int axis, unsigned grid, unsigned block) {        \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            hqq_gemm_##BITS##b_##NAME##_m##MT(packed, scales, zeros, x, y, m_dim, k_dim, n_dim, cols, prows, axis); \
+        });                                                                                          \
+    }
+#define QK_HQQ_GEMM_EMU_ALL(BITS)                                                                    \
+    QK_HQQ_GEMM_EMU(BITS, float, f32, 1) QK_HQQ_GEMM_EMU(BITS, float, f32, 4)                        \
+    QK_HQQ_GEMM_EMU(BITS, __half, f16, 1) QK_HQQ_GEMM_EMU(BITS, __half, f16, 4)                      \
+    QK_HQQ_GEMM_EMU(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMM_EMU(BITS, __nv_bfloat16, bf16, 4)
+QK_HQQ_GEMM_EMU_ALL(4)
+QK_HQQ_GEMM_EMU_ALL(8)
+#define QK_HQQ_GEMMG_EMU(BITS, T, NAME, MT)                                                          \
+    extern "C" void cpu_hqq_gemmg_##BITS##b_##NAME##_m##MT(                                          \
+        const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
+        int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices, \
+        unsigned grid, unsigned block) {                                                             \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
+            hqq_gemmg_##BITS##b_##NAME##_m##MT(packed, scales, zeros, x, y, m_dim, k_dim, n_dim, cols, prows, axis, \
+                                               part, counters, kslices);                             \
+        });                                                                                          \
+    }
+#define QK_HQQ_GEMMG_EMU_ALL(BITS)                                                                   \
+    QK_HQQ_GEMMG_EMU(BITS, float, f32, 1) QK_HQQ_GEMMG_EMU(BITS, float, f32, 2)                      \
+    QK_HQQ_GEMMG_EMU(BITS, __half, f16, 1) QK_HQQ_GEMMG_EMU(BITS, __half, f16, 2)                    \
+    QK_HQQ_GEMMG_EMU(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMMG_EMU(BITS, __nv_bfloat16, bf16, 2)
+QK_HQQ_GEMMG_EMU_ALL(4)
+QK_HQQ_GEMMG_EMU_ALL(8)
+#endif
