@@ -46,20 +46,13 @@ struct QkGptqGemmG {
         }
     }
     __device__ __forceinline__ int group(int k0) const { return g_idx[k0]; }
-    // Columns n, n + 1 (n even, so both fields lie in one qzeros word at 4 and 8 bits): one word
-    // and one 2-scale vector, indexed in 32 bits (the layer's qzeros and scales hold < 2^31
-    // elements). v1 zero points: GPTQModel's wrapping +1 per field, added to the whole word.
+    // Columns n, n + 1 (n even): one qzeros word pair and one 2-scale vector.
     __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
-        const unsigned bit = (unsigned)n * BITS, zcols = (unsigned)n_dim * BITS / 32u;
-        unsigned w = (unsigned)qzeros[(unsigned)grp * zcols + (bit >> 5)];
-        if (format == 0) w += BITS == 4 ? 0x11111111u : 0x01010101u;
-        w >>= bit & 31u;
-        const QkVec<T, 2> sv = *reinterpret_cast<const QkVec<T, 2>*>(scales + ((unsigned)grp * (unsigned)n_dim + n));
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-            z[c] = qk_u2f((w >> (c * BITS)) & ((1u << BITS) - 1u), magic);
-            s[c] = qk_to_f32(sv.v[c]);
-        }
+        const QkGptqCols<BITS, 2, T> cols(qzeros, scales, n_dim, n);
+        float zm[2];
+        cols.load(grp, format, magic, zm, s);
+        z[0] = zm[0] - 8388608.0f;
+        z[1] = zm[1] - 8388608.0f;
     }
 };
 
