@@ -4,126 +4,44 @@
 
 use super::{Dev, EmuElem, HqqShape, dev_raw as raw, int as i};
 
-/// `hqq_gemm_*`: (packed, scales, zeros, x, y, M, K, N, cols, prows, axis).
-pub type HqqEntry<R> = unsafe extern "C" fn(
-    *const u8,
-    *const R,
-    *const R,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    u32,
-    u32,
-);
-/// `gptq_gemm_*`: (qweight, qzeros, scales, g_idx, x, y, M, K, N, format, one_group).
-pub type GptqEntry<R> = unsafe extern "C" fn(
-    *const i32,
-    *const i32,
-    *const R,
-    *const i32,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    u32,
-    u32,
-);
-/// `awq_gemm_4b_*`: (qweight, qzeros, scales, x, y, M, K, N, group_size).
-pub type AwqEntry<R> = unsafe extern "C" fn(
-    *const i32,
-    *const i32,
-    *const R,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    u32,
-    u32,
-);
+/// A scheme's launcher types for both GEMM families: `$g` takes `$e`'s arguments, then the
+/// group-scaled family's split K (part, counters, kslices); both end with the grid and block.
+macro_rules! entry_types {
+    ($(#[$m:meta])* $v:vis $e:ident, $(#[$mg:meta])* $g:ident $(<$r:ident>)?, ($($arg:ty),*)) => {
+        $(#[$m])*
+        $v type $e$(<$r>)? = unsafe extern "C" fn($($arg,)* u32, u32);
+        $(#[$mg])*
+        $v type $g$(<$r>)? = unsafe extern "C" fn($($arg,)* *mut f32, *mut u32, i32, u32, u32);
+    };
+}
 
-type Fp8Entry =
-    unsafe extern "C" fn(*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, u32, u32);
-
-/// `hqq_gemmg_*`: the `hqq_gemm_*` arguments, then (part, counters, kslices).
-pub type HqqGEntry<R> = unsafe extern "C" fn(
-    *const u8,
-    *const R,
-    *const R,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    *mut f32,
-    *mut u32,
-    i32,
-    u32,
-    u32,
+entry_types!(
+    /// `hqq_gemm_*`: (packed, scales, zeros, x, y, M, K, N, cols, prows, axis).
+    pub HqqEntry,
+    /// `hqq_gemmg_*`: `hqq_gemm_*`'s arguments, then (part, counters, kslices).
+    HqqGEntry<R>,
+    (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32)
 );
-/// `gptq_gemmg_*`: the `gptq_gemm_*` arguments, then (part, counters, kslices).
-pub type GptqGEntry<R> = unsafe extern "C" fn(
-    *const i32,
-    *const i32,
-    *const R,
-    *const i32,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    *mut f32,
-    *mut u32,
-    i32,
-    u32,
-    u32,
+entry_types!(
+    /// `gptq_gemm_*`: (qweight, qzeros, scales, g_idx, x, y, M, K, N, format, one_group).
+    pub GptqEntry,
+    /// `gptq_gemmg_*`: `gptq_gemm_*`'s arguments, then (part, counters, kslices).
+    GptqGEntry<R>,
+    (*const i32, *const i32, *const R, *const i32, *const f32, *mut f32, i32, i32, i32, i32, i32)
 );
-/// `awq_gemmg_4b_*`: the `awq_gemm_4b_*` arguments, then (part, counters, kslices).
-pub type AwqGEntry<R> = unsafe extern "C" fn(
-    *const i32,
-    *const i32,
-    *const R,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    *mut f32,
-    *mut u32,
-    i32,
-    u32,
-    u32,
+entry_types!(
+    /// `awq_gemm_4b_*`: (qweight, qzeros, scales, x, y, M, K, N, group_size).
+    pub AwqEntry,
+    /// `awq_gemmg_4b_*`: `awq_gemm_4b_*`'s arguments, then (part, counters, kslices).
+    AwqGEntry<R>,
+    (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32)
 );
-type Fp8GEntry = unsafe extern "C" fn(
-    *const u8,
-    *const f32,
-    *const f32,
-    *mut f32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    *mut f32,
-    *mut u32,
-    i32,
-    u32,
-    u32,
+entry_types!(
+    /// `fp8_gemm_*`: (codes, scales, x, y, M, K, N, block rows, block cols).
+    Fp8Entry,
+    /// `fp8_gemmg_*`: `fp8_gemm_*`'s arguments, then (part, counters, kslices).
+    Fp8GEntry,
+    (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32)
 );
 
 externs_gemm!(
