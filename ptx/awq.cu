@@ -242,14 +242,19 @@ struct QkAwqGemmG {
     static constexpr int out(int n0, int j, int i) { return n0 + 8 * i + j; }
     static constexpr int slot(int s, int r, int h) { return 4 * s + 2 * r + h; }
     __device__ __forceinline__ Col column(int n) const { return Col{qweight + n / 8}; }
-    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
+    static constexpr int RAW = 8;  // rows k .. k + 7 of the lane's qweight column
+    __device__ __forceinline__ void fetch(const Col* col, int k, unsigned* raw) const {
         const unsigned words = (unsigned)(n_dim / 8);
         const int* p = col[0].p + (unsigned)k * words;
 #pragma unroll
+        for (int r = 0; r < 8; ++r) raw[r] = (unsigned)p[(unsigned)r * words];
+    }
+    __device__ __forceinline__ void decode(const Col*, const unsigned* raw, unsigned (*b)[2][2]) const {
+#pragma unroll
         for (int q = 0; q < 4; ++q) {  // rows k + 2q, k + 2q + 1: step q / 2, register q % 2
             unsigned lo[4], hi[4];
-            qk_u4x8_f16((unsigned)p[(unsigned)(2 * q) * words], one, lo);
-            qk_u4x8_f16((unsigned)p[(unsigned)(2 * q + 1) * words], one, hi);
+            qk_u4x8_f16(raw[2 * q], one, lo);
+            qk_u4x8_f16(raw[2 * q + 1], one, hi);
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 b[2 * c][q / 2][q % 2] = __byte_perm(lo[c], hi[c], 0x5410u);

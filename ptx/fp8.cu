@@ -355,15 +355,17 @@ struct QkFp8GemmG {
     static constexpr int out(int n0, int j, int i) { return n0 + 8 * j + i; }
     static constexpr int slot(int s, int r, int h) { return 4 * s + 2 * r + h; }
     __device__ __forceinline__ Col column(int n) const { return Col{codes_ + (long long)n * k_dim}; }
-    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
-        qk_codes_each(*this, col, k, b);
+    static constexpr int RAW = 2 * NT;  // 8 codes an output
+    __device__ __forceinline__ void fetch(const Col* col, int k, unsigned* raw) const {
+        qk_fetch_8bytes<NT>(col, k, raw);
     }
-    __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
-        const QkVec<unsigned, 2> w = *reinterpret_cast<const QkVec<unsigned, 2>*>(c.p + (unsigned)k);
+    __device__ __forceinline__ void decode(const Col*, const unsigned* raw, unsigned (*b)[2][2]) const {
 #pragma unroll
-        for (int s = 0; s < 2; ++s)
+        for (int j = 0; j < NT; ++j)
 #pragma unroll
-            for (int r = 0; r < 2; ++r) b[s][r] = qk_fp8_f16x2<E4M3>(w.v[s], r == 1);
+            for (int s = 0; s < 2; ++s)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) b[j][s][r] = qk_fp8_f16x2<E4M3>(raw[2 * j + s], r == 1);
     }
     __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
     // Columns n, n + 1 (the second in the next row block when n + 1 starts one).

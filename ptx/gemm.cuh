@@ -72,12 +72,16 @@ __device__ __forceinline__ bool qk_any_not_finite(const float (*xs)[4]) {
     return __any_sync(0xffffffffu, bad);
 }
 
-// Dec::codes for decoders that read each subtile's output on its own: Dec::code(col, k, b[s][r]).
-template <class Dec>
-__device__ __forceinline__ void qk_codes_each(const Dec& d, const typename Dec::Col* col, int k,
-                                              unsigned (*b)[2][2]) {
+// Dec::fetch for decoders whose lane reads 8 consecutive bytes of each subtile's output at
+// col[j].p + k: raw[2 j], raw[2 j + 1].
+template <int NT, class Col>
+__device__ __forceinline__ void qk_fetch_8bytes(const Col* col, int k, unsigned* raw) {
 #pragma unroll
-    for (int j = 0; j < Dec::NT; ++j) d.code(col[j], k, b[j]);
+    for (int j = 0; j < NT; ++j) {
+        const QkVec<unsigned, 2> w = *reinterpret_cast<const QkVec<unsigned, 2>*>(col[j].p + (unsigned)k);
+        raw[2 * j] = w.v[0];
+        raw[2 * j + 1] = w.v[1];
+    }
 }
 
 template <class Dec, int MT, int NT>
@@ -191,9 +195,10 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 //
 // K is walked 32 inputs at a time, two mma steps. The order of inputs within a chunk is free
 // (the sum does not care), so lane t of a quad takes inputs k0 + 8t .. k0 + 8t + 7 of its
-// outputs: a decoder reads a lane's 8 codes of its NT outputs (Dec::codes, all subtiles at once)
-// with few loads and returns them as the B fragments of the two steps, b[j][s][r] = (code at
-// Dec::slot(s, r, 0), code at Dec::slot(s, r, 1)); the A fragments take x at the same slots. Dec::out(n0, j, i) maps
+// outputs. A decoder loads a lane's 8 codes of its NT outputs with few loads (Dec::fetch, into
+// Dec::RAW words, one chunk ahead of their use) and turns them into the B fragments of the two
+// steps in registers (Dec::decode), b[j][s][r] = (code at Dec::slot(s, r, 0), code at
+// Dec::slot(s, r, 1)); the A fragments take x at the same slots. Dec::out(n0, j, i) maps
 // subtile j's column i to an output (a decoder may interleave outputs to share a load), and
 // Dec::NT subtiles of 8 make a tile's width; a tile is MT x 16 rows. K % 32 == 0 and N a
 // multiple of the tile's width (checked by the launcher): every lane's columns exist.
@@ -278,7 +283,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
         // beyond f16's range), the codes and the mma. SCALED, the rare re-run of a group in which
         // some x rounded to an infinity: each row's 32 inputs are first scaled by a power of two
         // into range (exact; 2^-e <= max |x| 2^-14), and the step's sums scaled back in f32.
-        auto step = [&](int k0, auto scaled) {
+        auto step = [&](int k0, const unsigned* raw, auto scaled) {
             constexpr bool S = decltype(scaled)::value;
             unsigned a[MT][2][4];
             float back[MT][2];
@@ -334,7 +339,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 #pragma unroll
             for (int i = 0; i < MT; ++i) mma2(xs[i], i, ones2);
             unsigned b[NT][2][2];
-            d.codes(col, k0 + 8 * t, b);
+            d.decode(col, raw, b);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -353,12 +358,21 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                         for (int j = 0; j < NT; ++j) ga[i][j][c] = 0.0f;
                     }
 #pragma unroll 1
-                for (int k0 = kb; k0 < ke; k0 += 32) step(k0, QkBool<true>{});
+                for (int k0 = kb; k0 < ke; k0 += 32) {
+                    unsigned r[Dec::RAW];
+                    d.fetch(col, k0 + 8 * t, r);
+                    step(k0, r, QkBool<true>{});
+                }
             }
             flush(grp);
         };
-        // The next chunk's group is read one chunk ahead, so the branch never waits on memory.
-        int grp = d.group(min(k_begin, k_dim - 32)), gk = grp, gstart = k_begin;
+        // The next chunk's group and codes are read one chunk ahead (the last chunk's again at the
+        // end: in bounds, unused), so the branch never waits on memory and each lane has two
+        // chunks' loads in flight.
+        const int k_first = min(k_begin, k_dim - 32);
+        int grp = d.group(k_first), gk = grp, gstart = k_begin;
+        unsigned raw[Dec::RAW];
+        d.fetch(col, k_first + 8 * t, raw);
 #pragma unroll 1
         for (int k0 = k_begin; k0 < k_end; k0 += 32) {
             if (gk != grp) {  // uniform
@@ -366,8 +380,13 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                 grp = gk;
                 gstart = k0;
             }
-            const int gn = d.group(min(k0 + 32, k_end - 32));
-            step(k0, QkBool<false>{});
+            const int kn = min(k0 + 32, k_end - 32);
+            const int gn = d.group(kn);
+            unsigned nxt[Dec::RAW];
+            d.fetch(col, kn + 8 * t, nxt);
+            step(k0, raw, QkBool<false>{});
+#pragma unroll
+            for (int e = 0; e < Dec::RAW; ++e) raw[e] = nxt[e];
             gk = gn;
         }
         if (k_begin < k_end) settle(grp, gstart, k_end);

@@ -26,23 +26,30 @@ struct QkGptqGemmG {
     static constexpr int out(int n0, int j, int i) { return n0 + 8 * j + i; }
     static constexpr int slot(int s, int r, int h) { return BITS == 4 ? 2 * s + r + 4 * h : 4 * s + r + 2 * h; }
     __device__ __forceinline__ Col column(int n) const { return Col{qweight + n}; }
-    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
-        qk_codes_each(*this, col, k, b);
-    }
-    __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
+    static constexpr int RAW = NT * BITS / 4;  // words a lane loads per chunk: 1 or 2 an output
+    __device__ __forceinline__ void fetch(const Col* col, int k, unsigned* raw) const {
         // The word offset, common to every subtile, in 32 bits (qweight holds < 2^31 words): one
         // wide multiply-add per subtile makes the address.
         const unsigned at = (unsigned)k / (32 / BITS) * (unsigned)n_dim;
-        if (BITS == 4) {
-            unsigned o[4];
-            qk_u4x8_f16((unsigned)c.p[at], one, o);
-            b[0][0] = o[0];
-            b[0][1] = o[1];
-            b[1][0] = o[2];
-            b[1][1] = o[3];
-        } else {
-            qk_u8x4_f16((unsigned)c.p[at], one, b[0]);
-            qk_u8x4_f16((unsigned)c.p[at + (unsigned)n_dim], one, b[1]);
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int w = 0; w < BITS / 4; ++w) raw[j * (BITS / 4) + w] = (unsigned)col[j].p[at + w * (unsigned)n_dim];
+    }
+    __device__ __forceinline__ void decode(const Col*, const unsigned* raw, unsigned (*b)[2][2]) const {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            if (BITS == 4) {
+                unsigned o[4];
+                qk_u4x8_f16(raw[j], one, o);
+                b[j][0][0] = o[0];
+                b[j][0][1] = o[1];
+                b[j][1][0] = o[2];
+                b[j][1][1] = o[3];
+            } else {
+                qk_u8x4_f16(raw[2 * j], one, b[j][0]);
+                qk_u8x4_f16(raw[2 * j + 1], one, b[j][1]);
+            }
         }
     }
     __device__ __forceinline__ int group(int k0) const { return g_idx[k0]; }

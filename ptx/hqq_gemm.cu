@@ -98,14 +98,16 @@ struct QkHqqGemmG {
         const int j = (int)(f / words);
         return Col{packed + (f - (long long)j * words), BITS * (8 / BITS - 1 - j)};
     }
-    __device__ __forceinline__ void codes(const Col* col, int k, unsigned (*b)[2][2]) const {
-        qk_codes_each(*this, col, k, b);
+    static constexpr int RAW = 2 * NT;  // 8 bytes an output
+    __device__ __forceinline__ void fetch(const Col* col, int k, unsigned* raw) const {
+        qk_fetch_8bytes<NT>(col, k, raw);
     }
-    __device__ __forceinline__ void code(const Col& c, int k, unsigned (*b)[2]) const {
-        const QkVec<unsigned, 2> w = *reinterpret_cast<const QkVec<unsigned, 2>*>(c.p + (unsigned)k);
+    __device__ __forceinline__ void decode(const Col* col, const unsigned* raw, unsigned (*b)[2][2]) const {
 #pragma unroll
-        for (int s = 0; s < 2; ++s)
-            qk_u8x4_f16(BITS == 8 ? w.v[s] : (w.v[s] >> c.shift) & 0x0f0f0f0fu, one, b[s]);
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int s = 0; s < 2; ++s)
+                qk_u8x4_f16(BITS == 8 ? raw[2 * j + s] : (raw[2 * j + s] >> col[j].shift) & 0x0f0f0f0fu, one, b[j][s]);
     }
     __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
     // Columns n, n + 1.
