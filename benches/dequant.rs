@@ -21,7 +21,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 /// Bytes each case cycles through: past the last-level cache (this VM's cache still serves a
-/// 75 MB rotation at 42 GB/s, and a 32 MiB output was partly cached).
+/// 75 MB rotation at 42 GB/s, and a 32 MiB output was partly cached), and over 4x a GPU's L2
+/// (H100 50 MB, H200 60 MB on the die).
 const ROTATION_BYTES: usize = 256 << 20;
 
 /// Sets of buffers (inputs and output) used one per iteration, in turn.
@@ -280,6 +281,16 @@ fn cuda_group(c: &mut Criterion) {
         Err(e) => return eprintln!("CUDA benches skipped: {e}"),
     };
     eprintln!("GPU: {}", gpu.name().unwrap_or_default());
+    // `iters` calls of `f` between two stream synchronizations.
+    fn timed(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
+        gpu.synchronize().unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        gpu.synchronize().unwrap();
+        start.elapsed()
+    }
     fn case<P: Packing, T: CudaElem>(
         g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
         gpu: &Gpu,
@@ -291,40 +302,39 @@ fn cuda_group(c: &mut Criterion) {
         let inp = input::<P>(4096, 4096, 64, axis);
         let s: Vec<T> = inp.scales.iter().map(|x| T::from_f32(x.to_f32())).collect();
         let z: Vec<T> = inp.zeros.iter().map(|x| T::from_f32(x.to_f32())).collect();
-        let (w, s, z) = (gpu.upload(&inp.words).unwrap(), gpu.upload(&s).unwrap(), gpu.upload(&z).unwrap());
         let n = inp.layout.numel();
-        let mut out = gpu.zeros::<T>(n).unwrap();
         let t = std::mem::size_of::<T>();
         let bytes = inp.words.len() * std::mem::size_of::<P::Word>() + 2 * inp.scales.len() * t + n * t;
+        let mut sets = Rotation::new(bytes, |_| {
+            (
+                gpu.upload(&inp.words).unwrap(),
+                gpu.upload(&s).unwrap(),
+                gpu.upload(&z).unwrap(),
+                gpu.zeros::<T>(n).unwrap(),
+            )
+        });
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
             b.iter_custom(|iters| {
-                gpu.synchronize().unwrap();
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    hqq_dequant_cuda::<P, T>(gpu, &w, &s, &z, &inp.layout, &mut out).unwrap();
-                }
-                gpu.synchronize().unwrap();
-                start.elapsed()
+                timed(gpu, iters, || {
+                    let (w, s, z, out) = sets.next();
+                    hqq_dequant_cuda::<P, T>(gpu, w, s, z, &inp.layout, out).unwrap();
+                })
             })
         });
     }
     let mut g = c.benchmark_group("dequant_4096x4096_cuda");
-    g.sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(1));
     for (elem, bytes) in [("f16", 2usize), ("f32", 4)] {
         let n = 4096 * 4096 * bytes;
-        let src = gpu.zeros::<u8>(n).unwrap();
-        let mut dst = gpu.zeros::<u8>(n).unwrap();
+        let mut pairs = Rotation::new(2 * n, |_| (gpu.zeros::<u8>(n).unwrap(), gpu.zeros::<u8>(n).unwrap()));
         g.throughput(Throughput::Bytes(2 * n as u64));
         g.bench_function(BenchmarkId::new(format!("memcpy_dtod_{elem}"), "cuda"), |b| {
             b.iter_custom(|iters| {
-                gpu.synchronize().unwrap();
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    gpu.stream().memcpy_dtod(&src, &mut dst).unwrap();
-                }
-                gpu.synchronize().unwrap();
-                start.elapsed()
+                timed(&gpu, iters, || {
+                    let (src, dst) = pairs.next();
+                    gpu.stream().memcpy_dtod(src, dst).unwrap();
+                })
             })
         });
     }
@@ -347,113 +357,48 @@ fn cuda_group(c: &mut Criterion) {
     let qz: Vec<i32> = (0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
     let sc: Vec<f16> = (0..l.groups() * l.n()).map(|i| f16::from_f32(1e-3 * (i % 31) as f32)).collect();
     let act = act_order(&l);
-    let (qw, qz, sc) = (gpu.upload(&qw).unwrap(), gpu.upload(&qz).unwrap(), gpu.upload(&sc).unwrap());
-    let mut out = gpu.zeros::<f16>(l.k() * l.n()).unwrap();
-    let bytes = 4 * (qw.len() + qz.len() + l.k()) + 2 * sc.len() + 2 * out.len();
+    let bytes = 4 * (qw.len() + qz.len() + l.k()) + 2 * sc.len() + 2 * l.k() * l.n();
+    let mut sets = Rotation::new(bytes, |_| {
+        (
+            gpu.upload(&qw).unwrap(),
+            gpu.upload(&qz).unwrap(),
+            gpu.upload(&sc).unwrap(),
+            gpu.zeros::<f16>(l.k() * l.n()).unwrap(),
+        )
+    });
     g.throughput(Throughput::Bytes(bytes as u64));
-    // Fused batch-1 GEMV (4-bit, f16 params): bytes = weights + params read (x and y negligible).
-    {
-        use quant_kernels::cuda::{
-            gptq_gemv_cuda, gptq_gemv_scratch_len, hqq_gemv_cuda, hqq_gemv_scratch_len,
-        };
-        for (rows, cols) in [(4096usize, 4096usize), (4096, 14336)] {
-            let inp = input::<B4>(rows, cols, 64, Axis::One);
-            let (w, s, z) = (
-                gpu.upload(&inp.words).unwrap(),
-                gpu.upload(&inp.scales).unwrap(),
-                gpu.upload(&inp.zeros).unwrap(),
-            );
-            let x = gpu.upload(&vec![0.5f32; cols]).unwrap();
-            let mut partial = gpu.zeros::<f32>(hqq_gemv_scratch_len(&inp.layout)).unwrap();
-            let mut y = gpu.zeros::<f32>(rows).unwrap();
-            g.throughput(Throughput::Bytes((inp.words.len() + 4 * inp.scales.len()) as u64));
-            g.bench_function(BenchmarkId::new(format!("hqq_gemv_4bit_g64_ax1_{rows}x{cols}"), "cuda"), |b| {
-                b.iter_custom(|iters| {
-                    gpu.synchronize().unwrap();
-                    let start = std::time::Instant::now();
-                    for _ in 0..iters {
-                        hqq_gemv_cuda(&gpu, &w, &s, &z, &inp.layout, &x, &mut partial, &mut y).unwrap();
-                    }
-                    gpu.synchronize().unwrap();
-                    start.elapsed()
+    for (name, g_idx) in [("gptq_4bit_g128_f16", None), ("gptq_4bit_g128_act_order_f16", Some(&act[..]))] {
+        let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
+        g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
+            b.iter_custom(|iters| {
+                timed(&gpu, iters, || {
+                    let (qw, qz, sc, out) = sets.next();
+                    gptq_dequantize_cuda(&gpu, qw, sc, qz, &gi, ZeroFormat::V1, &l, out).unwrap();
                 })
-            });
-            // GPTQ with K = cols inputs and N = rows outputs, group 128: plain, act-order
-            // (a pseudo-random g_idx, decoded per row) and the same layer sorted by group
-            // (gptq::sort) with its inputs gathered on the device before the plain GEMV.
-            let l = GptqLayout::new(cols, rows, 4, 128).unwrap();
-            let (qr, qc) = l.qweight_shape();
-            let (zr, zc) = l.qzeros_shape();
-            let words: Vec<i32> = (0..qr * qc).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
-            let qz = gpu
-                .upload(&(0..zr * zc).map(|i| (i as u32).wrapping_mul(40503) as i32).collect::<Vec<_>>())
-                .unwrap();
-            let sc = gpu.upload(&vec![f16::from_f32(0.01); l.groups() * l.n()]).unwrap();
-            let act = act_order(&l);
-            let (perm, _) = quant_kernels::gptq::sort::group_order(&act, &l).unwrap();
-            let sorted_words = quant_kernels::gptq::sort::permute_rows(&words, &perm, &l).unwrap();
-            let x = gpu.upload(&vec![0.5f32; cols]).unwrap();
-            let dperm = quant_kernels::cuda::DevicePerm::upload(&gpu, &perm).unwrap();
-            let mut xs = gpu.zeros::<f32>(cols).unwrap();
-            let mut partial = gpu.zeros::<f32>(gptq_gemv_scratch_len(&l)).unwrap();
-            let mut y = gpu.zeros::<f32>(rows).unwrap();
-            for (variant, g_idx, gather) in
-                [("", None, false), ("_act_order", Some(&act[..]), false), ("_act_order_sorted", None, true)]
-            {
-                let qw = gpu.upload(if gather { &sorted_words } else { &words }).unwrap();
-                let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
-                g.throughput(Throughput::Bytes((4 * (qw.len() + qz.len() + cols) + 2 * sc.len()) as u64));
-                let id = BenchmarkId::new(format!("gptq_gemv_4bit_g128{variant}_{rows}x{cols}"), "cuda");
-                g.bench_function(id, |b| {
-                    b.iter_custom(|iters| {
-                        gpu.synchronize().unwrap();
-                        let start = std::time::Instant::now();
-                        for _ in 0..iters {
-                            let xin = if gather {
-                                quant_kernels::cuda::permute_inputs_cuda(&gpu, &x, &dperm, &mut xs).unwrap();
-                                &xs
-                            } else {
-                                &x
-                            };
-                            gptq_gemv_cuda(
-                                &gpu,
-                                &qw,
-                                &qz,
-                                &sc,
-                                &gi,
-                                &l,
-                                ZeroFormat::V1,
-                                xin,
-                                &mut partial,
-                                &mut y,
-                            )
-                            .unwrap();
-                        }
-                        gpu.synchronize().unwrap();
-                        start.elapsed()
-                    })
-                });
-            }
-        }
+            })
+        });
     }
-    // FP8 E4M3 with 128x128 block scales -> bf16 (the usual load dtype) and f16.
+    // FP8 E4M3 with 128x128 block scales -> bf16 (the usual load dtype).
     {
         use quant_kernels::cuda::fp8_dequantize_cuda;
         use quant_kernels::fp8::{Fp8Format, Fp8Layout};
         let l = Fp8Layout::block(4096, 4096, 128, 128).unwrap();
-        let codes = gpu.upload(&(0..4096 * 4096).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
-        let sc = gpu.upload(&vec![0.01f32; 32 * 32]).unwrap();
-        let mut ob = gpu.zeros::<bf16>(4096 * 4096).unwrap();
-        g.throughput(Throughput::Bytes((codes.len() + 4 * sc.len() + 2 * ob.len()) as u64));
+        let codes: Vec<u8> = (0..4096 * 4096).map(|i| (i % 251) as u8).collect();
+        let bytes = codes.len() + 4 * 32 * 32 + 2 * codes.len();
+        let mut sets = Rotation::new(bytes, |_| {
+            (
+                gpu.upload(&codes).unwrap(),
+                gpu.upload(&vec![0.01f32; 32 * 32]).unwrap(),
+                gpu.zeros::<bf16>(codes.len()).unwrap(),
+            )
+        });
+        g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(BenchmarkId::new("fp8_e4m3_block128_bf16", "cuda"), |b| {
             b.iter_custom(|iters| {
-                gpu.synchronize().unwrap();
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    fp8_dequantize_cuda(&gpu, &codes, &sc, Fp8Format::E4M3, &l, &mut ob).unwrap();
-                }
-                gpu.synchronize().unwrap();
-                start.elapsed()
+                timed(&gpu, iters, || {
+                    let (codes, sc, out) = sets.next();
+                    fp8_dequantize_cuda(&gpu, codes, sc, Fp8Format::E4M3, &l, out).unwrap();
+                })
             })
         });
     }
@@ -462,38 +407,25 @@ fn cuda_group(c: &mut Criterion) {
         use quant_kernels::awq::AwqLayout;
         use quant_kernels::cuda::awq_dequantize_cuda;
         let l = AwqLayout::new(4096, 4096, 128).unwrap();
-        let aw = gpu
-            .upload(&(0..4096 * 512).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect::<Vec<_>>())
-            .unwrap();
-        let az = gpu
-            .upload(&(0..32 * 512).map(|i| (i as u32).wrapping_mul(40503) as i32).collect::<Vec<_>>())
-            .unwrap();
-        let asc = gpu.upload(&vec![f16::from_f32(0.01); 32 * 4096]).unwrap();
-        let mut aout = gpu.zeros::<f16>(4096 * 4096).unwrap();
-        g.throughput(Throughput::Bytes((4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * aout.len()) as u64));
+        let aw: Vec<i32> = (0..4096 * 512).map(|i| (i as u32).wrapping_mul(2654435761) as i32).collect();
+        let az: Vec<i32> = (0..32 * 512).map(|i| (i as u32).wrapping_mul(40503) as i32).collect();
+        let asc = vec![f16::from_f32(0.01); 32 * 4096];
+        let bytes = 4 * (aw.len() + az.len()) + 2 * asc.len() + 2 * 4096 * 4096;
+        let mut sets = Rotation::new(bytes, |_| {
+            (
+                gpu.upload(&aw).unwrap(),
+                gpu.upload(&az).unwrap(),
+                gpu.upload(&asc).unwrap(),
+                gpu.zeros::<f16>(4096 * 4096).unwrap(),
+            )
+        });
+        g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(BenchmarkId::new("awq_4bit_g128_f16", "cuda"), |b| {
             b.iter_custom(|iters| {
-                gpu.synchronize().unwrap();
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    awq_dequantize_cuda(&gpu, &aw, &asc, &az, &l, &mut aout).unwrap();
-                }
-                gpu.synchronize().unwrap();
-                start.elapsed()
-            })
-        });
-    }
-    for (name, g_idx) in [("gptq_4bit_g128_f16", None), ("gptq_4bit_g128_act_order_f16", Some(&act[..]))] {
-        let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
-        g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
-            b.iter_custom(|iters| {
-                gpu.synchronize().unwrap();
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    gptq_dequantize_cuda(&gpu, &qw, &sc, &qz, &gi, ZeroFormat::V1, &l, &mut out).unwrap();
-                }
-                gpu.synchronize().unwrap();
-                start.elapsed()
+                timed(&gpu, iters, || {
+                    let (aw, az, asc, out) = sets.next();
+                    awq_dequantize_cuda(&gpu, aw, asc, az, &l, out).unwrap();
+                })
             })
         });
     }
@@ -502,8 +434,9 @@ fn cuda_group(c: &mut Criterion) {
 
 /// `DeviceQuantLinear` (every scheme's fused GEMV; the tensor-core GEMM from 16 rows, both
 /// families where the layer has both) on a 4096-output x 14336-input layer at batch 1, 8, 16, 64
-/// and 256, next to cuBLAS's f16 GEMM of the dequantized weight and a device copy of the
-/// weight's bytes, in the same run.
+/// and 256 (the act-order layer at 1 and 16), next to cuBLAS's f16 GEMM of the dequantized
+/// weight and a device copy of the weight's bytes, in the same run. Each cycles through copies
+/// of its layer (weights, copy buffers) adding up to [`ROTATION_BYTES`].
 /// `Throughput::Bytes` = the weight's stored bytes (codes + parameters); the copy counts its size
 /// twice (read + write).
 #[cfg(feature = "cuda")]
@@ -556,8 +489,14 @@ fn cuda_linear_group(c: &mut Criterion) {
         };
         weights.push((
             if bits == 4 { "gptq_4bit_g128_f16" } else { "gptq_8bit_g128_f16" },
-            QuantWeight::Gptq(layer),
+            QuantWeight::Gptq(layer.clone()),
         ));
+        if bits == 4 {
+            // desc_act: a pseudo-random g_idx, as real checkpoints have (sorted by group at load,
+            // the inputs gathered per call).
+            let layer = GptqLayer { g_idx: Some(act_order(&l)), ..layer };
+            weights.push(("gptq_4bit_g128_act_order_f16", QuantWeight::Gptq(layer)));
+        }
     }
     {
         use quant_kernels::awq::{AwqLayer, AwqLayout};
@@ -608,7 +547,8 @@ fn cuda_linear_group(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("linear_4096x14336_cuda");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(1));
-    let timed = |gpu: &Gpu, iters: u64, mut f: Box<dyn FnMut() + '_>| {
+    // `iters` calls of `f` between two stream synchronizations.
+    fn timed(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
         gpu.synchronize().unwrap();
         let start = std::time::Instant::now();
         for _ in 0..iters {
@@ -616,82 +556,79 @@ fn cuda_linear_group(c: &mut Criterion) {
         }
         gpu.synchronize().unwrap();
         start.elapsed()
-    };
+    }
     {
         // The device copy of the 4-bit weight's bytes (out * in / 2).
         let n = out * inp / 2;
-        let src = gpu.zeros::<u8>(n).unwrap();
-        let mut dst = gpu.zeros::<u8>(n).unwrap();
+        let mut pairs = Rotation::new(2 * n, |_| (gpu.zeros::<u8>(n).unwrap(), gpu.zeros::<u8>(n).unwrap()));
         g.throughput(Throughput::Bytes(2 * n as u64));
         g.bench_function(BenchmarkId::new("memcpy_dtod_4bit_bytes", "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(&gpu, iters, Box::new(|| gpu.stream().memcpy_dtod(&src, &mut dst).unwrap()))
+                timed(&gpu, iters, || {
+                    let (src, dst) = pairs.next();
+                    gpu.stream().memcpy_dtod(src, dst).unwrap();
+                })
             })
         });
     }
     const BATCHES: [usize; 5] = [1, 8, 16, 64, 256];
+    // One bench of `batch` rows through the rotation's layers (x and y stay: a model's
+    // activations are fresh in L2, its weights are not).
+    fn bench_layers(
+        g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        gpu: &Gpu,
+        id: String,
+        layers: &mut Rotation<DeviceQuantLinear>,
+        batch: usize,
+    ) {
+        let l0 = &layers.sets[0];
+        let xd = gpu.upload(&vec![0.5f32; batch * l0.in_features()]).unwrap();
+        let mut yd = gpu.zeros::<f32>(batch * l0.out_features()).unwrap();
+        g.bench_function(BenchmarkId::new(id, "cuda"), |b| {
+            b.iter_custom(|iters| {
+                timed(gpu, iters, || layers.next().forward_into(gpu, &xd, batch, &mut yd).unwrap())
+            })
+        });
+    }
     for (name, w) in &weights {
-        let mut layer = DeviceQuantLinear::new(&gpu, w).unwrap();
-        eprintln!("{name}: GEMM {:?}", layer.gemm_kind());
+        // Enough copies of the layer that each call reads its weight from DRAM, not L2.
+        let mut layers = Rotation::new(w.stored_bytes(), |_| DeviceQuantLinear::new(&gpu, w).unwrap());
+        let kind = layers.sets[0].gemm_kind();
+        eprintln!("{name}: GEMM {kind:?}, {} copies", layers.sets.len());
         g.throughput(Throughput::Bytes(w.stored_bytes() as u64));
-        for batch in BATCHES {
-            let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
-            let mut yd = gpu.zeros::<f32>(batch * out).unwrap();
-            g.bench_function(BenchmarkId::new(format!("{name}_batch{batch}"), "cuda"), |b| {
-                b.iter_custom(|iters| {
-                    timed(&gpu, iters, Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()))
-                })
-            });
+        let act_order = name.contains("act_order");
+        for batch in BATCHES.into_iter().filter(|&b| !act_order || b == 1 || b == 16) {
+            bench_layers(&mut g, &gpu, format!("{name}_batch{batch}"), &mut layers, batch);
         }
         // Batches 1 and 8 on the group-scaled GEMM instead of the GEMV, and the other GEMM
         // family on the same layer (the rounding kernel), where the layer has them.
-        if layer.gemm_kind() == Some(GemmKind::GroupScaled) {
-            layer.set_gemm_min_batch(1);
+        if kind == Some(GemmKind::GroupScaled) && !act_order {
+            layers.sets.iter_mut().for_each(|l| l.set_gemm_min_batch(1));
             for batch in [1, 8] {
-                let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
-                let mut yd = gpu.zeros::<f32>(batch * out).unwrap();
-                g.bench_function(BenchmarkId::new(format!("{name}_gemm_batch{batch}"), "cuda"), |b| {
-                    b.iter_custom(|iters| {
-                        timed(
-                            &gpu,
-                            iters,
-                            Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()),
-                        )
-                    })
-                });
+                bench_layers(&mut g, &gpu, format!("{name}_gemm_batch{batch}"), &mut layers, batch);
             }
-            layer.set_gemm_min_batch(quant_kernels::cuda::GEMM_MIN_BATCH);
-            layer.set_gemm_kind(&gpu, GemmKind::Rounded).unwrap();
+            for l in layers.sets.iter_mut() {
+                l.set_gemm_min_batch(quant_kernels::cuda::GEMM_MIN_BATCH);
+                l.set_gemm_kind(&gpu, GemmKind::Rounded).unwrap();
+            }
             for batch in BATCHES.into_iter().filter(|&b| b >= quant_kernels::cuda::GEMM_MIN_BATCH) {
-                let xd = gpu.upload(&vec![0.5f32; batch * inp]).unwrap();
-                let mut yd = gpu.zeros::<f32>(batch * out).unwrap();
-                g.bench_function(BenchmarkId::new(format!("{name}_rounded_batch{batch}"), "cuda"), |b| {
-                    b.iter_custom(|iters| {
-                        timed(
-                            &gpu,
-                            iters,
-                            Box::new(|| layer.forward_into(&gpu, &xd, batch, &mut yd).unwrap()),
-                        )
-                    })
-                });
+                bench_layers(&mut g, &gpu, format!("{name}_rounded_batch{batch}"), &mut layers, batch);
             }
         }
     }
     match Cublas::new(&gpu) {
         Ok(blas) => {
             let wf: Vec<f16> = weights[0].1.dequantize(Parallelism::RAYON).unwrap();
-            let wd = gpu.upload(&wf).unwrap();
+            let mut wds = Rotation::new(2 * wf.len(), |_| gpu.upload(&wf).unwrap());
             g.throughput(Throughput::Bytes(2 * (out * inp) as u64));
             for batch in BATCHES {
                 let xd = gpu.upload(&vec![f16::from_f32(0.5); batch * inp]).unwrap();
                 let mut yd = gpu.zeros::<f16>(batch * out).unwrap();
                 g.bench_function(BenchmarkId::new(format!("cublas_f16_batch{batch}"), "cuda"), |b| {
                     b.iter_custom(|iters| {
-                        timed(
-                            &gpu,
-                            iters,
-                            Box::new(|| blas.gemm_f16(&wd, &xd, &mut yd, batch, out, inp).unwrap()),
-                        )
+                        timed(&gpu, iters, || {
+                            blas.gemm_f16(wds.next(), &xd, &mut yd, batch, out, inp).unwrap()
+                        })
                     })
                 });
             }
