@@ -263,14 +263,24 @@ struct QkAwqGemmG {
         }
     }
     __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
-    // Columns n, n + 8 (subtile j's columns 2t, 2t + 1): the same nibble of adjacent qzeros words.
-    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
-        const int* zp = qzeros + (unsigned)grp * (unsigned)(n_dim / 8) + (unsigned)(n / 8);
-        const T* sp = scales + (unsigned)grp * (unsigned)n_dim + (unsigned)n;
+    // The lane's parameter columns n0 + 16t + 8c + j (subtile j's columns 2t + c): two qzeros
+    // words (nibble j of each) and two runs of 8 consecutive scales, whatever j.
+    struct Par {
+        unsigned col;  // n0 + 16t
+    };
+    __device__ __forceinline__ Par par(int n0, int t) const { return Par{(unsigned)(n0 + 16 * t)}; }
+    __device__ __forceinline__ void params(const Par& p, int grp, float (*s)[2], float (*z)[2]) const {
+        const int* zp = qzeros + ((unsigned)grp * (unsigned)(n_dim / 8) + p.col / 8u);
+        const T* sp = scales + ((unsigned)grp * (unsigned)n_dim + p.col);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-            z[c] = qk_u2f(((unsigned)zp[c] >> qk_awq_shift(n & 7)) & 15u, magic);
-            s[c] = qk_to_f32(sp[8 * c]);
+            const unsigned zw = (unsigned)zp[c];
+            const QkVec<T, 8> sv = *reinterpret_cast<const QkVec<T, 8>*>(sp + 8 * c);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                z[j][c] = qk_u2f((zw >> qk_awq_shift(j)) & 15u, magic);
+                s[j][c] = qk_to_f32(sv.v[j]);
+            }
         }
     }
 };

@@ -368,12 +368,27 @@ struct QkFp8GemmG {
                 for (int r = 0; r < 2; ++r) b[j][s][r] = qk_fp8_f16x2<E4M3>(raw[2 * j + s], r == 1);
     }
     __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
-    // Columns n, n + 1 (the second in the next row block when n + 1 starts one).
-    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
-        const int b0 = n / br, b1 = n + 1 == (b0 + 1) * br ? b0 + 1 : b0;
-        s[0] = scales[(unsigned)b0 * (unsigned)scols + (unsigned)grp];
-        s[1] = scales[(unsigned)b1 * (unsigned)scols + (unsigned)grp];
-        z[0] = z[1] = 0.0f;
+    // The lane's parameter columns n0 + 8j + 2t + c: the scale rows of their row blocks, found
+    // once per tile (a division each), as offsets into the scales.
+    struct Par {
+        unsigned row[NT][2];  // row block * scols
+    };
+    __device__ __forceinline__ Par par(int n0, int t) const {
+        Par p;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) p.row[j][c] = (unsigned)((n0 + 8 * j + 2 * t + c) / br) * (unsigned)scols;
+        return p;
+    }
+    __device__ __forceinline__ void params(const Par& p, int grp, float (*s)[2], float (*z)[2]) const {
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                s[j][c] = scales[p.row[j][c] + (unsigned)grp];
+                z[j][c] = 0.0f;
+            }
     }
 };
 

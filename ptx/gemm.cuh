@@ -246,6 +246,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
         typename Dec::Col col[NT];
 #pragma unroll
         for (int j = 0; j < NT; ++j) col[j] = d.column(Dec::out(n0, j, g));
+        const typename Dec::Par par = d.par(n0, t);
         float acc[MT][NT][4], ga[MT][NT][4], xs[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -255,13 +256,14 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 #pragma unroll
                 for (int j = 0; j < NT; ++j) acc[i][j][c] = ga[i][j][c] = 0.0f;
             }
-        // The group's sums into acc for the lane's outputs (Dec::params gives the scale and zero
-        // point of both of a subtile's columns 2t, 2t + 1), then zeroed. Two FMAs per output.
+        // The group's sums into acc for the lane's outputs (Dec::params gives the scales and zero
+        // points of every subtile's columns 2t, 2t + 1 from the tile's cursor Dec::Par, made once
+        // per work item by Dec::par), then zeroed. Two FMAs per output.
         auto flush = [&](int grp) {
+            float s[NT][2], z[NT][2];
+            d.params(par, grp, s, z);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
-                float s[2], z[2];
-                d.params(Dec::out(n0, j, 2 * t), grp, s, z);
 #pragma unroll
                 for (int c = 0; c < 2; ++c)
 #pragma unroll
@@ -269,8 +271,8 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 #pragma unroll
                         for (int h = 0; h < 2; ++h) {
                             float& a = ga[i][j][2 * h + c];
-                            const float v = Dec::ZERO ? __fmaf_rn(-z[c], xs[i][2 * h], a) : a;
-                            acc[i][j][2 * h + c] = __fmaf_rn(s[c], v * Dec::UNIT, acc[i][j][2 * h + c]);
+                            const float v = Dec::ZERO ? __fmaf_rn(-z[j][c], xs[i][2 * h], a) : a;
+                            acc[i][j][2 * h + c] = __fmaf_rn(s[j][c], v * Dec::UNIT, acc[i][j][2 * h + c]);
                             a = 0.0f;
                         }
             }
@@ -374,13 +376,13 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
         unsigned raw[Dec::RAW];
         d.fetch(col, k_first + 8 * t, raw);
 #pragma unroll 1
-        for (int k0 = k_begin; k0 < k_end; k0 += 32) {
+        for (int k0 = k_begin, left = k_end - k_begin; left > 0; k0 += 32, left -= 32) {
             if (gk != grp) {  // uniform
                 settle(grp, gstart, k0);
                 grp = gk;
                 gstart = k0;
             }
-            const int kn = min(k0 + 32, k_end - 32);
+            const int kn = left > 32 ? k0 + 32 : k0;
             const int gn = d.group(kn);
             unsigned nxt[Dec::RAW];
             d.fetch(col, kn + 8 * t, nxt);

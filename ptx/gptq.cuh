@@ -42,10 +42,13 @@ struct QkGptqCols {
         shift = (int)(first & 31);
     }
 
-    // Group g's zero points (as 2^23 + z, see qk_magic) and scales.
-    __device__ __forceinline__ void load(int g, int format, unsigned magic, float* zm, float* s) const {
+    // Group g's zero points (as 2^23 + z, see qk_magic) and scales; with dw, ds those of the
+    // columns dw words of zero points and ds scales further on, at the same bit offset (constants
+    // in an unrolled loop: immediate offsets of the same addresses).
+    __device__ __forceinline__ void load(int g, int format, unsigned magic, float* zm, float* s, int dw = 0,
+                                         int ds = 0) const {
         // g >= 0: unsigned 32 x 32 -> 64-bit products (one instruction each).
-        const int* z = zp + (unsigned long long)(unsigned)g * (unsigned)zcols;
+        const int* z = zp + (unsigned long long)(unsigned)g * (unsigned)zcols + dw;
         unsigned lo = (unsigned)z[0];
         unsigned hi = shift + VEC * BITS > 32 ? (unsigned)z[1] : 0u;
         if (format == 0 && BITS != 3) {
@@ -56,7 +59,7 @@ struct QkGptqCols {
         }
         const unsigned long long v = (((unsigned long long)hi << 32) | lo) >> shift;
         const QkVec<T, VEC> sv =
-            *reinterpret_cast<const QkVec<T, VEC>*>(sp + (unsigned long long)(unsigned)g * (unsigned)n_dim);
+            *reinterpret_cast<const QkVec<T, VEC>*>(sp + (unsigned long long)(unsigned)g * (unsigned)n_dim + ds);
 #pragma unroll
         for (int c = 0; c < VEC; ++c) {
             unsigned zc = (unsigned)(v >> (c * BITS)) & ((1u << BITS) - 1u);

@@ -53,13 +53,18 @@ struct QkGptqGemmG {
         }
     }
     __device__ __forceinline__ int group(int k0) const { return g_idx[k0]; }
-    // Columns n, n + 1 (n even): one qzeros word pair and one 2-scale vector.
-    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
-        const QkGptqCols<BITS, 2, T> cols(qzeros, scales, n_dim, n);
-        float zm[2];
-        cols.load(grp, format, magic, zm, s);
-        z[0] = zm[0] - 8388608.0f;
-        z[1] = zm[1] - 8388608.0f;
+    // The lane's parameter columns n0 + 8j + 2t, + 1: subtile j's are 8 columns (BITS / 4 qzeros
+    // words, 8 scales) after subtile 0's, at the same bit offset, so one cursor serves all.
+    using Par = QkGptqCols<BITS, 2, T>;
+    __device__ __forceinline__ Par par(int n0, int t) const { return Par(qzeros, scales, n_dim, n0 + 2 * t); }
+    __device__ __forceinline__ void params(const Par& p, int grp, float (*s)[2], float (*z)[2]) const {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            float zm[2];
+            p.load(grp, format, magic, zm, s[j], j * BITS / 4, 8 * j);
+            z[j][0] = zm[0] - 8388608.0f;
+            z[j][1] = zm[1] - 8388608.0f;
+        }
     }
 };
 

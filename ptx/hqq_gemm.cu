@@ -110,14 +110,23 @@ struct QkHqqGemmG {
                 qk_u8x4_f16(BITS == 8 ? raw[2 * j + s] : (raw[2 * j + s] >> col[j].shift) & 0x0f0f0f0fu, one, b[j][s]);
     }
     __device__ __forceinline__ int group(int k0) const { return k0 >> lg; }
-    // Columns n, n + 1.
-    __device__ __forceinline__ void params(int n, int grp, float* s, float* z) const {
-        const unsigned row = (unsigned)n * (unsigned)gpr + (unsigned)grp;
+    // The lane's parameter columns n0 + 8j + 2t + c: their group rows (n0 + 2t) gpr + (8j + c)
+    // gpr + grp, from one cursor (the first row) and the step gpr.
+    struct Par {
+        unsigned row;  // (n0 + 2t) gpr
+    };
+    __device__ __forceinline__ Par par(int n0, int t) const { return Par{(unsigned)(n0 + 2 * t) * (unsigned)gpr}; }
+    __device__ __forceinline__ void params(const Par& p, int grp, float (*s)[2], float (*z)[2]) const {
+        const T* sp = scales + (p.row + (unsigned)grp);
+        const T* zp = zeros + (p.row + (unsigned)grp);
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-            s[c] = qk_to_f32(scales[row + c * gpr]);
-            z[c] = qk_to_f32(zeros[row + c * gpr]);
-        }
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const unsigned o = (unsigned)(8 * j + c) * (unsigned)gpr;
+                s[j][c] = qk_to_f32(sp[o]);
+                z[j][c] = qk_to_f32(zp[o]);
+            }
     }
 };
 
