@@ -230,9 +230,12 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
     const long long items = (long long)ntiles * mtiles * kslices;
     const int chunks = k_dim / 32, per = (chunks + kslices - 1) / kslices;  // chunks per slice
     const unsigned ones[2] = {0x3c003c00u, 0x3c003c00u};
+    const long long tiles = (long long)ntiles * mtiles;
     for (long long w = lin >> 5; w < items; w += qk_linear_step() >> 5) {  // uniform in a warp
-        const long long tile = w / kslices;
-        const int slice = (int)(w - tile * kslices);
+        // Slice-major: a block's warps take neighbouring tiles of one slice, so they read the
+        // same x rows and inputs (one L1 fill for the block) rather than a tile's slices.
+        const int slice = (int)(w / tiles);
+        const long long tile = w - slice * tiles;
         const int n0 = (int)(tile % ntiles) * 8 * NT, m0 = (int)(tile / ntiles) * 16 * MT;
         const int k_begin = min(slice * per, chunks) * 32, k_end = min((slice + 1) * per, chunks) * 32;
         // Rows past M read row M - 1 (their sums are not stored): no predicated loads. Offsets in
