@@ -340,9 +340,9 @@ QK_FP8_GEMM(e5m2, 2, 15, false, 4)
 // (checked by the launcher) whose column blocks are a power of two >= 32 or span K: the codes
 // enter the mma through their exact f16 view (codes 0, 1 and 2, 3 of each word as pairs) and
 // each block's scale is applied in f32 (E4M3's view is value / 256: UNIT = 256).
-template <int MBITS, int BIAS, bool E4M3>
+template <int MBITS, int BIAS, bool E4M3, int NT_>
 struct QkFp8GemmG {
-    static constexpr int NT = 4;
+    static constexpr int NT = NT_;
     static constexpr bool ZERO = false;
     static constexpr float UNIT = E4M3 ? 256.0f : 1.0f;
     const unsigned char* __restrict__ codes_;
@@ -392,15 +392,15 @@ struct QkFp8GemmG {
     }
 };
 
-// Entries: fp8_gemmg_{e4m3,e5m2}_m{1,2}(the GEMM's parameters): tiles of 16 (m1) or 32 (m2) rows
-// by 32 outputs a warp.
+// Entries: fp8_gemmg_{e4m3,e5m2}_m{1,2}(the GEMM's parameters): tiles of 16 x 64 (m1) or 32 x 32
+// (m2) rows x outputs a warp (qk_gemmg_nt).
 #define QK_FP8_GEMMG(FMT, MB, BI, E4, MT)                                                            \
     extern "C" __global__ void fp8_gemmg_##FMT##_m##MT(const unsigned char* codes, const float* scales, const float* x, \
                                                        float* y, int m_dim, int k_dim, int n_dim, int br, int bc, \
                                                        float* part, unsigned* counters, int kslices) {  \
-        const QkFp8GemmG<MB, BI, E4> d{codes, scales, k_dim, br, (k_dim + bc - 1) / bc,              \
+        const QkFp8GemmG<MB, BI, E4, qk_gemmg_nt(MT)> d{codes, scales, k_dim, br, (k_dim + bc - 1) / bc,              \
                                        bc >= k_dim ? 31 : __ffs(bc) - 1};                             \
-        qk_mma_gemm_grouped<QkFp8GemmG<MB, BI, E4>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);               \
+        qk_mma_gemm_grouped<QkFp8GemmG<MB, BI, E4, qk_gemmg_nt(MT)>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);               \
     }
 QK_FP8_GEMMG(e4m3, 3, 7, true, 1)
 QK_FP8_GEMMG(e4m3, 3, 7, true, 2)

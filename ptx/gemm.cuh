@@ -219,6 +219,12 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // over at most K + K/32 + 4 roundings): |y - y_exact| <= u sum_k |x w| + 2^-25 sum_k |w| +
 // 2 K 2^-24 (1 + 2u) T + 2^-39 max |x| sum_k |w|. The first term is x's rounding, the second x's
 // f16 subnormals, the last those of a scaled re-run (a scale of at most max |x| 2^-14).
+// Subtiles of 8 outputs a warp takes for tiles of MT x 16 rows, where the decoder may choose
+// (all but AWQ, whose word interleave fixes 8): 8 at 16 rows, so the x rows' loads and
+// conversion and the loop's bookkeeping serve twice the weights (about a fifth fewer
+// instructions per weight); 4 at 32 rows, where 8 would spill. The launcher mirrors it.
+constexpr int qk_gemmg_nt(int mt) { return mt == 1 ? 8 : 4; }
+
 template <class Dec, int MT>
 __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
                                                     int m_dim, int n_dim, int k_dim, float* __restrict__ part,

@@ -8,9 +8,9 @@
 // ---- Group-scaled GEMM (gemm.cuh's qk_mma_gemm_grouped) for 4- and 8-bit layers whose every
 // aligned 32 rows (sorted, for act-order) share a group: a lane's rows k .. k + 7 of column n are
 // one word at 4 bits (fields p, p + 4 as a pair) or two at 8 (bytes 0, 2 and 1, 3 of each).
-template <int BITS, typename T>
+template <int BITS, typename T, int NT_>
 struct QkGptqGemmG {
-    static constexpr int NT = 4;
+    static constexpr int NT = NT_;
     static constexpr bool ZERO = true;
     static constexpr float UNIT = 1.0f;
     const int* __restrict__ qweight;
@@ -68,15 +68,15 @@ struct QkGptqGemmG {
     }
 };
 
-// Entries: gptq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; one_group unused): tiles of 16
-// (m1) or 32 (m2) rows by 32 outputs a warp.
+// Entries: gptq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; one_group unused): tiles of
+// 16 x 64 (m1) or 32 x 32 (m2) rows x outputs a warp (qk_gemmg_nt).
 #define QK_GPTQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                       \
     extern "C" __global__ void gptq_gemmg_##BITS##b_##NAME##_m##MT(                                  \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
         int m_dim, int k_dim, int n_dim, int format, int one_group, float* part, unsigned* counters, int kslices) { \
-        const QkGptqGemmG<BITS, T> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format),   \
+        const QkGptqGemmG<BITS, T, qk_gemmg_nt(MT)> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format),   \
                                      qk_f16_one(format)}; \
-        qk_mma_gemm_grouped<QkGptqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                 \
+        qk_mma_gemm_grouped<QkGptqGemmG<BITS, T, qk_gemmg_nt(MT)>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                 \
     }
 #define QK_GPTQ_GEMMG_ALL(BITS)                                                                      \
     QK_GPTQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_GPTQ_GEMMG_ENTRY(BITS, float, f32, 2)                \

@@ -76,9 +76,9 @@ QK_HQQ_GEMM_ALL(8)
 // group (cols) a power of two >= 32 that divides K: output n's groups are code rows n K / cols +
 // k / cols. Its plane is fixed (N % 32 == 0 puts plane boundaries between outputs), so a lane's
 // 8 codes are 8 bytes of one plane, taken as bytes 0, 2 and 1, 3 of each word.
-template <int BITS, typename T>
+template <int BITS, typename T, int NT_>
 struct QkHqqGemmG {
-    static constexpr int NT = 4;
+    static constexpr int NT = NT_;
     static constexpr bool ZERO = true;
     static constexpr float UNIT = 1.0f;
     const unsigned char* __restrict__ packed;
@@ -130,15 +130,15 @@ struct QkHqqGemmG {
     }
 };
 
-// Entries: hqq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; axis 1 only): tiles of 16 (m1)
-// or 32 (m2) rows by 32 outputs a warp.
+// Entries: hqq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; axis 1 only): tiles of 16 x 64
+// (m1) or 32 x 32 (m2) rows x outputs a warp (qk_gemmg_nt).
 #define QK_HQQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                        \
     extern "C" __global__ void hqq_gemmg_##BITS##b_##NAME##_m##MT(                                   \
         const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
         int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices) { \
-        const QkHqqGemmG<BITS, T> d{packed, scales, zeros, k_dim, prows * cols, k_dim / cols, __ffs(cols) - 1, \
+        const QkHqqGemmG<BITS, T, qk_gemmg_nt(MT)> d{packed, scales, zeros, k_dim, prows * cols, k_dim / cols, __ffs(cols) - 1, \
                                     qk_f16_one(cols)};                                               \
-        qk_mma_gemm_grouped<QkHqqGemmG<BITS, T>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                  \
+        qk_mma_gemm_grouped<QkHqqGemmG<BITS, T, qk_gemmg_nt(MT)>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                  \
     }
 #define QK_HQQ_GEMMG_ALL(BITS)                                                                       \
     QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 2)                  \

@@ -13,8 +13,8 @@ that path: the column skeleton's fast path (a block of rows in one group), the r
 chunk loop, the GEMM's k-step. For the group-scaled GEMM the last column is the same loop's
 longest path: the k-step that also ends a group (its scales and zero points applied).
 The weights one pass of it covers per thread are given per entry below (a rounded-GEMM lane
-covers NT * 128 / 32 = 16 weights per k-step, a group-scaled one 8 inputs of NT outputs, 32 or
-64 for AWQ), so the cost is per weight and per pass over the weights, whatever the batch (a
+covers NT * 128 / 32 = 16 weights per k-step, a group-scaled one 8 inputs of NT outputs: 64 at
+16 rows, 32 at 32 rows, 64 for AWQ), so the cost is per weight and per pass over the weights, whatever the batch (a
 batch-8 entry does 8 multiply-adds per weight in that pass).
 """
 import argparse, importlib.util, os, pathlib, re, subprocess, sys, tempfile
@@ -53,8 +53,8 @@ def weights_per_pass(name):
         return 16
     if "_gemm_" in name:
         return 16
-    if "_gemmg_" in name:  # a 32-input chunk: 8 codes of each of NT outputs (NT = 8 for AWQ)
-        return 64 if name.startswith("awq") else 32
+    if "_gemmg_" in name:  # a 32-input chunk: 8 codes of each of NT outputs (qk_gemmg_nt; AWQ 8)
+        return 64 if name.startswith("awq") or name.endswith("_m1") else 32
     return None
 
 

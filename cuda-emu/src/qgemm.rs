@@ -59,7 +59,7 @@ externs_gemm!(
 
 /// Which GEMM entry runs: `qk_mma_gemm` with 16- or 64-row tiles (weights rounded to f16), or the
 /// group-scaled `qk_mma_gemm_grouped` with 16- or 32-row tiles (its layers: K % 32 == 0, N a
-/// multiple of the tile width, every aligned 32 inputs in one group).
+/// multiple of the tile width [`Tile::cols`], every aligned 32 inputs in one group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tile {
     /// `_gemm_*_m1`.
@@ -94,10 +94,20 @@ impl Tile {
     pub fn grouped(self) -> bool {
         matches!(self, Tile::G1 | Tile::G2)
     }
+
+    /// Outputs of a tile (`qk_gemmg_nt` in ptx/gemm.cuh): 64 for the group-scaled 16-row entry
+    /// and for every group-scaled AWQ entry, else 32. A group-scaled entry needs N a multiple.
+    pub fn cols(self, awq: bool) -> usize {
+        match self {
+            Tile::G1 => 64,
+            Tile::G2 if awq => 64,
+            _ => 32,
+        }
+    }
 }
 
 /// The group-scaled family's split-K scratch: `kslices` partial sums of the output and a zeroed
-/// counter per tile of `cols` outputs.
+/// counter per tile.
 struct Split {
     part: Dev<f32>,
     counters: Dev<u32>,
@@ -105,9 +115,9 @@ struct Split {
 }
 
 impl Split {
-    fn new(tile: Tile, m: usize, n: usize, cols: usize, kslices: usize) -> Split {
+    fn new(tile: Tile, m: usize, n: usize, awq: bool, kslices: usize) -> Split {
         assert!(tile.grouped() || kslices == 1, "{tile:?} has no split K");
-        let tiles = m.div_ceil(tile.rows()) * n / cols;
+        let tiles = m.div_ceil(tile.rows()) * n / tile.cols(awq);
         Split {
             part: Dev::zeroed((kslices * m * n).max(1)),
             counters: Dev::zeroed(tiles.max(1)),
@@ -174,7 +184,7 @@ pub fn hqq_gemm<T: EmuElem>(
     assert_eq!((scales.len(), zeros.len()), (shape.groups, shape.groups));
     if l.tile.grouped() {
         assert!(
-            shape.axis == 1 && k.is_multiple_of(32) && n.is_multiple_of(32),
+            shape.axis == 1 && k.is_multiple_of(32) && n.is_multiple_of(l.tile.cols(false)),
             "axis {} K {k} N {n}",
             shape.axis
         );
@@ -184,7 +194,7 @@ pub fn hqq_gemm<T: EmuElem>(
     let w = usize::from(bits == 8);
     let (p, s, z, xd) = (Dev::from(packed), raw(scales), raw(zeros), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
-    let mut sp = Split::new(l.tile, m, n, 32, l.kslices);
+    let mut sp = Split::new(l.tile, m, n, false, l.kslices);
     // SAFETY: reads packed bytes < words (a lane's four weights share a 16-aligned block of its
     // plane; the group-scaled entry's 8 codes an 8-aligned block), params at code rows < rows
     // (axis 1) or columns < cols (axis 0), x[r*k + c] for r < m, c < k; writes y[r*n + c] for
@@ -240,14 +250,14 @@ pub fn gptq_gemm<T: EmuElem>(
         assert!(g_idx.chunks(16).all(|c| c.iter().all(|&g| g == c[0])), "one_group");
     }
     if l.tile.grouped() {
-        assert!(k.is_multiple_of(32) && n.is_multiple_of(32), "K {k} N {n}");
+        assert!(k.is_multiple_of(32) && n.is_multiple_of(l.tile.cols(false)), "K {k} N {n}");
         assert!(g_idx.chunks(32).all(|c| c.iter().all(|&g| g == c[0])), "groups of 32");
     }
     let w = usize::from(bits == 8);
     let (qw, qz, s, gi, xd) =
         (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(g_idx), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
-    let mut sp = Split::new(l.tile, m, n, 32, l.kslices);
+    let mut sp = Split::new(l.tile, m, n, false, l.kslices);
     // SAFETY: reads qweight word rows < k*bits/32 at columns < n, qzeros/scales rows < groups
     // (g_idx checked), x within m*k; writes y within m*n, part within kslices*m*n and a
     // counter per tile. Synchronous.
@@ -299,7 +309,7 @@ pub fn awq_gemm<T: EmuElem>(
     }
     let (qw, qz, s, xd) = (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
-    let mut sp = Split::new(l.tile, m, n, 64, l.kslices);
+    let mut sp = Split::new(l.tile, m, n, true, l.kslices);
     // SAFETY: reads qweight rows < k, qzeros/scales rows < groups, x within m*k; writes y
     // within m*n, part within kslices*m*n and a counter per tile. Synchronous.
     unsafe {
@@ -343,7 +353,7 @@ pub fn fp8_gemm(
     let (br, bc) = block_shape;
     assert_eq!((codes.len(), scales.len()), (n * k, n.div_ceil(br) * k.div_ceil(bc)));
     if l.tile.grouped() {
-        assert!(k.is_multiple_of(32) && n.is_multiple_of(32), "K {k} N {n}");
+        assert!(k.is_multiple_of(32) && n.is_multiple_of(l.tile.cols(false)), "K {k} N {n}");
         assert!(bc >= k || (bc.is_power_of_two() && bc >= 32), "block columns {bc}");
         assert!(format == 1 || codes.iter().all(|&c| c & 0x7f != 0x7f), "E4M3 NaN code");
     }
@@ -353,7 +363,7 @@ pub fn fp8_gemm(
         [[cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2], [cpu_fp8_gemmg_e5m2_m1, cpu_fp8_gemmg_e5m2_m2]];
     let (c, s, xd) = (Dev::from(codes), Dev::from(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
-    let mut sp = Split::new(l.tile, m, n, 32, l.kslices);
+    let mut sp = Split::new(l.tile, m, n, false, l.kslices);
     // SAFETY: reads codes < n*k, scales at (r/br)*ceil(k/bc) + c/bc, x within m*k; writes y
     // within m*n, part within kslices*m*n and a counter per tile. Synchronous.
     unsafe {

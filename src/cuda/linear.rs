@@ -80,9 +80,9 @@ pub enum GemmKind {
     Rounded,
     /// `*_gemm`**`g`**`_*_m{1,2}`: the codes enter the tensor cores as exact f16 integers and each
     /// group's scale and zero point apply in f32 when the group ends (no weight is rounded, and
-    /// the decode is about one instruction per weight); tiles of 16 or 32 rows by 32 outputs (64
-    /// for AWQ). For layers with `in % 32 == 0`, `out` a multiple of the tile width and groups
-    /// of whole aligned 32-input blocks: GPTQ (sorted), HQQ on axis 1 and AWQ with power-of-two
+    /// the decode is about one instruction per weight); tiles of 16 rows by 64 outputs or 32 rows
+    /// by 32 (64 for AWQ). For layers with `in % 32 == 0`, `out % 64 == 0` and groups of whole
+    /// aligned 32-input blocks: GPTQ (sorted), HQQ on axis 1 and AWQ with power-of-two
     /// groups, FP8 with power-of-two column blocks (or one spanning the row) and no E4M3 NaN code.
     GroupScaled,
 }
@@ -194,10 +194,13 @@ impl GemvKernel {
         }
     }
 
-    /// Outputs per tile of a GEMM family's entries.
-    pub fn gemm_cols(self, kind: GemmKind) -> usize {
+    /// Outputs per tile of a GEMM family's entry for tiles of `mt` x 16 rows: 32, but 64 in the
+    /// group-scaled family's 16-row entries and in all of AWQ's (`qk_gemmg_nt` in
+    /// `ptx/gemm.cuh`). A layer takes a family only with `out` a multiple of both its entries'.
+    pub fn gemm_cols(self, kind: GemmKind, mt: usize) -> usize {
         match (self, kind) {
             (GemvKernel::Awq(_), GemmKind::GroupScaled) => 64,
+            (_, GemmKind::GroupScaled) if mt == 1 => 64,
             _ => 32,
         }
     }
@@ -703,7 +706,10 @@ impl DeviceQuantLinear {
         let one_group = i32::from(blocks_of(16));
         let grouped = gemm_ok
             && inp.is_multiple_of(32)
-            && out.is_multiple_of(kernel.gemm_cols(GemmKind::GroupScaled))
+            && GemmKind::GroupScaled
+                .tile_rows()
+                .iter()
+                .all(|&mt| out.is_multiple_of(kernel.gemm_cols(GemmKind::GroupScaled, mt)))
             && match w {
                 QuantWeight::Hqq(h) => {
                     let g = h.packed.cols;
@@ -884,7 +890,7 @@ impl DeviceQuantLinear {
         let xin = input_rows(&self.xs, x, self.inp, b0, nb);
         let big = nb > 16;
         let mt = gemm.kind.tile_rows()[usize::from(big)];
-        let cols = self.kernel.gemm_cols(gemm.kind);
+        let cols = self.kernel.gemm_cols(gemm.kind, mt);
         let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
         let kslices = match gemm.kind {
             GemmKind::GroupScaled => gemm_slices(tiles, self.inp / 32, nb, self.out),
@@ -1110,8 +1116,9 @@ mod tests {
     /// chunks a slice and the partial sums within the layer's buffer.
     #[test]
     fn gemm_slices_fill_the_gpu_within_the_buffer() {
-        // Batch 16 on 4096 x 14336: 128 tiles of 32 outputs, 448 chunks.
-        assert_eq!(gemm_slices(128, 448, 16, 4096), 16);
+        // Batch 16 on 4096 x 14336: 64 tiles of 64 outputs, 448 chunks; the partial sums cap it.
+        assert_eq!(gemm_slices(64, 448, 16, 4096), 16);
+        assert_eq!(gemm_slices(128, 448, 8, 4096), 16);
         assert_eq!(gemm_slices(GEMM_SPLIT_ITEMS, 448, 256, 4096), 1);
         assert_eq!(gemm_slices(128, 8, 16, 4096), 2);
         assert_eq!(gemm_slices(100, 448, 64, 1 << 16), 1);
@@ -1144,6 +1151,11 @@ mod tests {
         let g4 = GemvKernel::Gptq(4, FloatType::F16);
         assert_eq!(g4.gemm_entry(GemmKind::Rounded, 4).unwrap(), "gptq_gemm_4b_f16_m4");
         assert_eq!(g4.gemm_entry(GemmKind::GroupScaled, 2).unwrap(), "gptq_gemmg_4b_f16_m2");
-        assert_eq!(GemvKernel::Awq(FloatType::Bf16).gemm_cols(GemmKind::GroupScaled), 64);
+        for mt in GemmKind::GroupScaled.tile_rows() {
+            assert_eq!(GemvKernel::Awq(FloatType::Bf16).gemm_cols(GemmKind::GroupScaled, mt), 64);
+        }
+        assert_eq!(g4.gemm_cols(GemmKind::GroupScaled, 1), 64);
+        assert_eq!(g4.gemm_cols(GemmKind::GroupScaled, 2), 32);
+        assert_eq!(g4.gemm_cols(GemmKind::Rounded, 4), 32);
     }
 }

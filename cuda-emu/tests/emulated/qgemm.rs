@@ -74,12 +74,18 @@ fn xs(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.f32_in(-1.0, 1.0)).collect()
 }
 
-/// Every entry kind (the group-scaled ones only where `grouped`), its batch sizes and the launch
-/// shapes, and for the group-scaled ones K in 3 slices and in more slices than chunks (empty ones
-/// included): `run(m, x, launch)` with `m` random rows of `k` inputs.
-fn each_run(rng: &mut Rng, k: usize, grouped: bool, mut run: impl FnMut(usize, &[f32], Launch)) {
+/// Every entry kind (the group-scaled ones only where `grouped` and `n` is a multiple of their
+/// tile width), its batch sizes and the launch shapes, and for the group-scaled ones K in 3 slices
+/// and in more slices than chunks (empty ones included): `run(m, x, launch)` with `m` random rows
+/// of `k` inputs.
+fn each_run(
+    rng: &mut Rng,
+    (k, n): (usize, usize),
+    grouped: bool,
+    mut run: impl FnMut(usize, &[f32], Launch),
+) {
     for tile in Tile::ALL {
-        if tile.grouped() && !grouped {
+        if tile.grouped() && !(grouped && n.is_multiple_of(tile.cols(false))) {
             continue;
         }
         for m in batches(tile) {
@@ -96,14 +102,9 @@ fn each_run(rng: &mut Rng, k: usize, grouped: bool, mut run: impl FnMut(usize, &
     }
 }
 
-/// Whether the group-scaled HQQ entries take this layer (what the launcher checks).
-fn hqq_grouped(n: usize, k: usize, g: usize, axis: Axis) -> bool {
-    axis == Axis::One
-        && n.is_multiple_of(32)
-        && k.is_multiple_of(32)
-        && g.is_power_of_two()
-        && g >= 32
-        && k.is_multiple_of(g)
+/// Whether the group-scaled HQQ entries take this layer (what the launcher checks, but for N).
+fn hqq_grouped(k: usize, g: usize, axis: Axis) -> bool {
+    axis == Axis::One && k.is_multiple_of(32) && g.is_power_of_two() && g >= 32 && k.is_multiple_of(g)
 }
 
 fn hqq_case<P: Packing, T: Elem + EmuElem>(n: usize, k: usize, g: usize, axis: Axis) {
@@ -134,7 +135,7 @@ fn hqq_case<P: Packing, T: Elem + EmuElem>(n: usize, k: usize, g: usize, axis: A
         groups: layout.groups(),
     };
     let bytes: Vec<u8> = words.iter().map(|w| w.bits() as u8).collect();
-    each_run(&mut rng, k, hqq_grouped(n, k, g, axis), |m, x, l| {
+    each_run(&mut rng, (k, n), hqq_grouped(k, g, axis), |m, x, l| {
         let y = qgemm::hqq_gemm(P::BITS.get(), &bytes, &s, &z, shape, x, m, k, l);
         let what = format!("hqq {}b {n}x{k} g{g} {axis:?} {} m {m} {l:?}", P::BITS.get(), T::DTYPE);
         check(&y, &o, x, l.tile, &what);
@@ -147,7 +148,7 @@ fn hqq_gemm_4_and_8_bits_both_axes() {
         (40, 64, 64, Axis::One),
         (16, 128, 32, Axis::One),
         (40, 128, 16, Axis::Zero),
-        (32, 128, 32, Axis::One),
+        (64, 128, 32, Axis::One),
         (64, 64, 64, Axis::One),
     ] {
         hqq_case::<B4, f16>(n, k, g, axis);
@@ -190,10 +191,10 @@ fn gptq_gemm_4_and_8_bits() {
     for bits in [4u8, 8] {
         for (k, n, g, order) in [
             (64usize, 40usize, 16i64, 0),
-            (128, 32, 32, 1),
+            (128, 64, 32, 1),
             (96, 16, -1, 0),
             (128, 64, 32, 0),
-            (192, 32, 64, 2),
+            (192, 64, 64, 2),
         ] {
             let l = GptqLayout::new(k, n, bits, g).unwrap();
             let mut rng = Rng(k as u64 * 7 + n as u64 + bits as u64);
@@ -220,9 +221,7 @@ fn gptq_gemm_4_and_8_bits() {
                 layout: l,
             };
             let one_group = case.g_idx.chunks(16).all(|c| c.iter().all(|&v| v == c[0]));
-            let grouped = k.is_multiple_of(32)
-                && n.is_multiple_of(32)
-                && case.g_idx.chunks(32).all(|c| c.iter().all(|&v| v == c[0]));
+            let grouped = k.is_multiple_of(32) && case.g_idx.chunks(32).all(|c| c.iter().all(|&v| v == c[0]));
             for f in [ZeroFormat::V1, ZeroFormat::V2] {
                 let w = case.dequant(&case.qweight, f);
                 let mag = magnitude(
@@ -230,7 +229,7 @@ fn gptq_gemm_4_and_8_bits() {
                     &case.dequant(&vec![0; case.qweight.len()], f),
                 );
                 let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
-                each_run(&mut rng, k, grouped, |m, x, l| {
+                each_run(&mut rng, (k, n), grouped, |m, x, l| {
                     let v2 = i32::from(f == ZeroFormat::V2);
                     let (qw, qz) = (&case.qweight, &case.qzeros);
                     let y = qgemm::gptq_gemm(
@@ -272,8 +271,9 @@ fn awq_gemm_every_element_type() {
             let w = dequant(qw);
             let mag = magnitude(&dequant(&vec![-1; qw.len()]), &dequant(&vec![0; qw.len()]));
             let o = Oracle { w: &w, mag: &mag, n, k, transposed: true };
+            // AWQ's group-scaled tiles are 64 wide at any height.
             let grouped = k.is_multiple_of(32) && n.is_multiple_of(64) && gs.is_power_of_two() && gs >= 32;
-            each_run(rng, k, grouped, |m, x, l| {
+            each_run(rng, (k, n), grouped, |m, x, l| {
                 let y = qgemm::awq_gemm(qw, qz, &s, x, (m, k, n), gs, l);
                 check(&y, &o, x, l.tile, &format!("awq K{k} N{n} g{gs} {} m {m} {l:?}", T::DTYPE));
             });
@@ -287,7 +287,7 @@ fn awq_gemm_every_element_type() {
 #[test]
 fn fp8_gemm_both_formats() {
     for (n, k, br, bc) in
-        [(40, 64, 16, 16), (16, 96, 3, 12), (24, 128, 24, 128), (32, 64, 16, 32), (64, 96, 64, 96)]
+        [(40, 64, 16, 16), (16, 96, 3, 12), (24, 128, 24, 128), (64, 64, 16, 32), (64, 96, 64, 96)]
     {
         let l = Fp8Layout::block(n, k, br, bc).unwrap();
         let mut rng = Rng(n as u64 * 3 + k as u64);
@@ -306,10 +306,8 @@ fn fp8_gemm_both_formats() {
             // No zero point: |s| |q| is |w|.
             let mag: Vec<f32> = w.iter().map(|v| v.abs()).collect();
             let o = Oracle { w: &w, mag: &mag, n, k, transposed: false };
-            let grouped = k.is_multiple_of(32)
-                && n.is_multiple_of(32)
-                && (bc >= k || (bc.is_power_of_two() && bc >= 32));
-            each_run(&mut rng, k, grouped, |m, x, l| {
+            let grouped = k.is_multiple_of(32) && (bc >= k || (bc.is_power_of_two() && bc >= 32));
+            each_run(&mut rng, (k, n), grouped, |m, x, l| {
                 let y = qgemm::fp8_gemm(fi, &codes, &scales, (br, bc), x, (m, k, n), l);
                 check(&y, &o, x, l.tile, &format!("fp8 {f:?} {n}x{k} {br}x{bc} m {m} {l:?}"));
             });
@@ -332,7 +330,7 @@ fn group_scaled_gemm_takes_x_beyond_f16() {
         }
         x
     };
-    let (k, n) = (128usize, 32usize);
+    let (k, n) = (128usize, 64usize);
     let mut rng = Rng(17);
     let l = GptqLayout::new(k, n, 4, 32).unwrap();
     let (qr, qc) = l.qweight_shape();
