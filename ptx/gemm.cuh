@@ -294,7 +294,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
         // beyond f16's range), the codes and the mma. SCALED, the rare re-run of a group in which
         // some x rounded to an infinity: each row's 32 inputs are first scaled by a power of two
         // into range (exact; 2^-e <= max |x| 2^-14), and the step's sums scaled back in f32.
-        auto step = [&](int k0, const unsigned* raw, auto scaled) {
+        auto step = [&](int k0, const unsigned (*b)[2][2], auto scaled) {
             constexpr bool S = decltype(scaled)::value;
             unsigned a[MT][2][4];
             float back[MT][2];
@@ -349,8 +349,6 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
             const unsigned ones2[2][2] = {{ones[0], ones[1]}, {ones[0], ones[1]}};
 #pragma unroll
             for (int i = 0; i < MT; ++i) mma2(xs[i], i, ones2);
-            unsigned b[NT][2][2];
-            d.decode(col, raw, b);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -370,9 +368,10 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                     }
 #pragma unroll 1
                 for (int k0 = kb; k0 < ke; k0 += 32) {
-                    unsigned r[Dec::RAW];
+                    unsigned r[Dec::RAW], b[NT][2][2];
                     d.fetch(col, k0 + 8 * t, r);
-                    step(k0, r, QkBool<true>{});
+                    d.decode(col, r, b);
+                    step(k0, b, QkBool<true>{});
                 }
             }
             flush(grp);
@@ -393,11 +392,11 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
             }
             const int kn = left > 32 ? k0 + 32 : k0;
             const int gn = d.group(kn);
-            unsigned nxt[Dec::RAW];
-            d.fetch(col, kn + 8 * t, nxt);
-            step(k0, raw, QkBool<false>{});
-#pragma unroll
-            for (int e = 0; e < Dec::RAW; ++e) raw[e] = nxt[e];
+            // Decoded first, so the next chunk's loads can land in the same registers (no copies).
+            unsigned b[NT][2][2];
+            d.decode(col, raw, b);
+            d.fetch(col, kn + 8 * t, raw);
+            step(k0, b, QkBool<false>{});
             gk = gn;
         }
         if (k_begin < k_end) settle(grp, gstart, k_end);
