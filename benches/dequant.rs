@@ -273,6 +273,18 @@ fn reference(c: &mut Criterion) {
 /// GPU kernels (feature `cuda`): 4096x4096 dequantization with f16 (and f32) scales/zeros and
 /// output of the same type, next to a device-to-device copy of the output size; timed with a
 /// stream synchronization inside `iter_custom`. Skipped with a message when no GPU is present.
+/// `iters` calls of `f` between two synchronizations of `gpu`'s stream.
+#[cfg(feature = "cuda")]
+fn gpu_timed(gpu: &quant_kernels::cuda::Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
+    gpu.synchronize().unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    gpu.synchronize().unwrap();
+    start.elapsed()
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_group(c: &mut Criterion) {
     use quant_kernels::cuda::{CudaElem, Gpu, hqq_dequant_cuda};
@@ -281,16 +293,6 @@ fn cuda_group(c: &mut Criterion) {
         Err(e) => return eprintln!("CUDA benches skipped: {e}"),
     };
     eprintln!("GPU: {}", gpu.name().unwrap_or_default());
-    // `iters` calls of `f` between two stream synchronizations.
-    fn timed(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-        gpu.synchronize().unwrap();
-        let start = std::time::Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        gpu.synchronize().unwrap();
-        start.elapsed()
-    }
     fn case<P: Packing, T: CudaElem>(
         g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
         gpu: &Gpu,
@@ -316,7 +318,7 @@ fn cuda_group(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(gpu, iters, || {
+                gpu_timed(gpu, iters, || {
                     let (w, s, z, out) = sets.next();
                     hqq_dequant_cuda::<P, T>(gpu, w, s, z, &inp.layout, out).unwrap();
                 })
@@ -331,7 +333,7 @@ fn cuda_group(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(2 * n as u64));
         g.bench_function(BenchmarkId::new(format!("memcpy_dtod_{elem}"), "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(&gpu, iters, || {
+                gpu_timed(&gpu, iters, || {
                     let (src, dst) = pairs.next();
                     gpu.stream().memcpy_dtod(src, dst).unwrap();
                 })
@@ -371,7 +373,7 @@ fn cuda_group(c: &mut Criterion) {
         let gi = DeviceGIdx::upload(&gpu, g_idx, &l).unwrap();
         g.bench_function(BenchmarkId::new(name, "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(&gpu, iters, || {
+                gpu_timed(&gpu, iters, || {
                     let (qw, qz, sc, out) = sets.next();
                     gptq_dequantize_cuda(&gpu, qw, sc, qz, &gi, ZeroFormat::V1, &l, out).unwrap();
                 })
@@ -395,7 +397,7 @@ fn cuda_group(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(BenchmarkId::new("fp8_e4m3_block128_bf16", "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(&gpu, iters, || {
+                gpu_timed(&gpu, iters, || {
                     let (codes, sc, out) = sets.next();
                     fp8_dequantize_cuda(&gpu, codes, sc, Fp8Format::E4M3, &l, out).unwrap();
                 })
@@ -422,7 +424,7 @@ fn cuda_group(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(BenchmarkId::new("awq_4bit_g128_f16", "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(&gpu, iters, || {
+                gpu_timed(&gpu, iters, || {
                     let (aw, az, asc, out) = sets.next();
                     awq_dequantize_cuda(&gpu, aw, asc, az, &l, out).unwrap();
                 })
@@ -547,16 +549,6 @@ fn cuda_linear_group(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("linear_4096x14336_cuda");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(1));
-    // `iters` calls of `f` between two stream synchronizations.
-    fn timed(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-        gpu.synchronize().unwrap();
-        let start = std::time::Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        gpu.synchronize().unwrap();
-        start.elapsed()
-    }
     {
         // The device copy of the 4-bit weight's bytes (out * in / 2).
         let n = out * inp / 2;
@@ -564,7 +556,7 @@ fn cuda_linear_group(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(2 * n as u64));
         g.bench_function(BenchmarkId::new("memcpy_dtod_4bit_bytes", "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(&gpu, iters, || {
+                gpu_timed(&gpu, iters, || {
                     let (src, dst) = pairs.next();
                     gpu.stream().memcpy_dtod(src, dst).unwrap();
                 })
@@ -586,7 +578,7 @@ fn cuda_linear_group(c: &mut Criterion) {
         let mut yd = gpu.zeros::<f32>(batch * l0.out_features()).unwrap();
         g.bench_function(BenchmarkId::new(id, "cuda"), |b| {
             b.iter_custom(|iters| {
-                timed(gpu, iters, || layers.next().forward_into(gpu, &xd, batch, &mut yd).unwrap())
+                gpu_timed(gpu, iters, || layers.next().forward_into(gpu, &xd, batch, &mut yd).unwrap())
             })
         });
     }
@@ -626,7 +618,7 @@ fn cuda_linear_group(c: &mut Criterion) {
                 let mut yd = gpu.zeros::<f16>(batch * out).unwrap();
                 g.bench_function(BenchmarkId::new(format!("cublas_f16_batch{batch}"), "cuda"), |b| {
                     b.iter_custom(|iters| {
-                        timed(&gpu, iters, || {
+                        gpu_timed(&gpu, iters, || {
                             blas.gemm_f16(wds.next(), &xd, &mut yd, batch, out, inp).unwrap()
                         })
                     })
