@@ -3,7 +3,8 @@
 #
 #   scripts/gpu_check.sh build   # here: test + bench binaries with --features cuda -> gpu-bin/
 #   scripts/gpu_check.sh run     # there: GPU parity tests, then the CUDA benches (CUDA rows
-#                                # only, short criterion runs); logs under ${OUT:-gpu-out}/
+#                                # only, short criterion runs); logs and table.md (the
+#                                # BENCHMARKS.md tables, scripts/gpu_table.py) under ${OUT:-gpu-out}/
 #
 # gpu-bin/ is git-ignored; carry it to the GPU machine with the working tree.
 set -euo pipefail
@@ -36,6 +37,8 @@ run)
     # "cuda" selects the CUDA rows (and the device memcpy baseline) of benches/dequant.rs.
     # Short runs: a kernel call is 5-500 µs, so 1 s gives criterion thousands of iterations.
     gpu-bin/dequant --bench cuda --warm-up-time 0.5 --measurement-time 1 --noplot 2>&1 | tee "$out/bench.txt"
+    # The BENCHMARKS.md tables (ratios within this run), where the machine has python3.
+    python3 scripts/gpu_table.py "$out/bench.txt" 2>&1 | tee "$out/table.md" || true
     if [ "$parity" -ne 0 ]; then
         echo "GPU parity tests FAILED (exit $parity): see $out/parity.txt; do not report those kernels' times" >&2
         exit "$parity"
