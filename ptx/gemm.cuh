@@ -185,6 +185,12 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
     }
 }
 
+// Subtiles of 8 outputs a warp takes for tiles of MT x 16 rows, where the decoder may choose
+// (all but AWQ, whose word interleave fixes 8): 8 at 16 rows, so the x rows' loads and
+// conversion and the loop's bookkeeping serve twice the weights (about a fifth fewer
+// instructions per weight); 4 at 32 rows, where 8 would spill. The launcher mirrors it.
+constexpr int qk_gemmg_nt(int mt) { return mt == 1 ? 8 : 4; }
+
 // ---- The group-scaled GEMM, for layers whose every aligned 32 inputs share one group (a zero
 // point z and scale s per output; checked by the launcher): y[m, n] = sum over groups of s (sum_k
 // x^ q - z sum_k x^), x^ = x rounded to f16. The codes q enter mma.sync as exact f16 integers,
@@ -219,12 +225,6 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // over at most K + K/32 + 4 roundings): |y - y_exact| <= u sum_k |x w| + 2^-25 sum_k |w| +
 // 2 K 2^-24 (1 + 2u) T + 2^-39 max |x| sum_k |w|. The first term is x's rounding, the second x's
 // f16 subnormals, the last those of a scaled re-run (a scale of at most max |x| 2^-14).
-// Subtiles of 8 outputs a warp takes for tiles of MT x 16 rows, where the decoder may choose
-// (all but AWQ, whose word interleave fixes 8): 8 at 16 rows, so the x rows' loads and
-// conversion and the loop's bookkeeping serve twice the weights (about a fifth fewer
-// instructions per weight); 4 at 32 rows, where 8 would spill. The launcher mirrors it.
-constexpr int qk_gemmg_nt(int mt) { return mt == 1 ? 8 : 4; }
-
 template <class Dec, int MT>
 __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
                                                     int m_dim, int n_dim, int k_dim, float* __restrict__ part,
@@ -377,8 +377,8 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
             flush(grp);
         };
         // The next chunk's group and codes are read one chunk ahead (the last chunk's again at the
-        // end: in bounds, unused), so the branch never waits on memory and each lane has two
-        // chunks' loads in flight.
+        // end: in bounds, unused), so the branch never waits on memory and a chunk's codes are in
+        // flight while the one before it is multiplied.
         const int k_first = min(k_begin, k_dim - 32);
         int grp = d.group(k_first), gk = grp, gstart = k_begin;
         unsigned raw[Dec::RAW];
