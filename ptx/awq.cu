@@ -112,12 +112,18 @@ struct QkAwqGemv {
     const int* __restrict__ qzeros;
     const T* __restrict__ scales;
     int n_dim, group_size, lg;
-    unsigned magic;
+    unsigned magic, one;  // qk_magic_reg, qk_f16_one
 
     __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
         const unsigned w = (unsigned)qweight[(long long)k * (n_dim / 8) + n / 8];
+        // Fields p, p + 4 are columns 2p, 2p + 1 (AWQ's nibble order): exact f16 pairs, widened.
+        unsigned h[4];
+        qk_u4x8_f16(w, one, h);
 #pragma unroll
-        for (int c = 0; c < VC; ++c) q[0][c] = qk_u2f((w >> qk_awq_shift(c)) & 15u, magic);
+        for (int p = 0; p < 4; ++p) {
+            q[0][2 * p] = qk_f16_lo(h[p]);
+            q[0][2 * p + 1] = qk_f16_hi(h[p]);
+        }
     }
     __device__ __forceinline__ void row(int k, int n, float* q) const {
         float qb[1][VC];
@@ -145,7 +151,8 @@ __device__ __forceinline__ void awq_gemv(const int* qweight, const int* qzeros, 
                                          float* part, float* y, unsigned* counters, int k_dim, int n_dim,
                                          int group_size, int slice_rows, int nb) {
     const QkAwqGemv<T> d{qweight, qzeros, scales, n_dim, group_size,
-                         (group_size & (group_size - 1)) == 0 ? __ffs(group_size) - 1 : -1, qk_magic_reg(group_size)};
+                         (group_size & (group_size - 1)) == 0 ? __ffs(group_size) - 1 : -1, qk_magic_reg(group_size),
+                         qk_f16_one(group_size)};
     qk_col_gemv_fused<QkAwqGemv<T>, MAXB>(d, x, part, y, counters, k_dim, n_dim, slice_rows, nb);
 }
 

@@ -91,6 +91,9 @@ __device__ __forceinline__ unsigned qk_h2_fma(unsigned a, unsigned b, unsigned c
                               *reinterpret_cast<const __half2*>(&c));
     return *reinterpret_cast<const unsigned*>(&r);
 }
+// The low and high f16 of a register widened to f32 (exact).
+__device__ __forceinline__ float qk_f16_lo(unsigned a) { return __low2float(*reinterpret_cast<const __half2*>(&a)); }
+__device__ __forceinline__ float qk_f16_hi(unsigned a) { return __high2float(*reinterpret_cast<const __half2*>(&a)); }
 #else
 inline void qk_mma_16816(float* d, const unsigned* a, const unsigned* b, const float* c) {
     qk_mma_16816_emu(d, a, b, c);

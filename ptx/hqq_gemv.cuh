@@ -22,12 +22,31 @@ struct QkHqqGemv {
     const T* __restrict__ zeros;
     int rows, cols, prows, axis, lg;
     bool same_x;  // words % in == 0: plane j's flat offset j * words is whole rows
-    unsigned magic;
+    unsigned magic, one;  // qk_magic_reg, qk_f16_one
 
     // Plane j of word i of the chunk in registers r (first plane in the highest bits).
     __device__ __forceinline__ float code(const unsigned* r, int i, int j) const {
         const int shift = (sizeof(W) == 1 ? 8 * (i & 3) : 0) + BITS * (P - 1 - j);
         return qk_u2f((r[sizeof(W) == 1 ? i >> 2 : i] >> shift) & ((1u << BITS) - 1u), magic);
+    }
+
+    // Plane j of the chunk's CH words as exact floats. 4 and 8 bits (a byte a word): each register's
+    // four codes become two exact f16 pairs (qk_u8x4_f16), widened; other widths, code by code.
+    __device__ __forceinline__ void plane(const unsigned* r, int j, float* q) const {
+        if constexpr (sizeof(W) == 1 && (BITS == 4 || BITS == 8)) {
+#pragma unroll
+            for (int m = 0; m < NR; ++m) {
+                unsigned h[2];
+                qk_u8x4_f16(BITS == 8 ? r[m] : (r[m] >> (BITS * (P - 1 - j))) & 0x0f0f0f0fu, one, h);
+                q[4 * m] = qk_f16_lo(h[0]);      // byte 0
+                q[4 * m + 1] = qk_f16_lo(h[1]);  // byte 1
+                q[4 * m + 2] = qk_f16_hi(h[0]);  // byte 2
+                q[4 * m + 3] = qk_f16_hi(h[1]);  // byte 3
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < CH; ++i) q[i] = code(r, i, j);
+        }
     }
 
     template <int MAXB>
@@ -62,9 +81,10 @@ struct QkHqqGemv {
                 for (int i = 0; i < CH; ++i) sx = sx + xv[i];
 #pragma unroll
                 for (int j = 0; j < P; ++j) {
-                    float d = 0.0f;
+                    float q[CH], d = 0.0f;
+                    plane(r, j, q);
 #pragma unroll
-                    for (int i = 0; i < CH; ++i) d = __fmaf_rn(code(r, i, j), xv[i], d);
+                    for (int i = 0; i < CH; ++i) d = __fmaf_rn(q[i], xv[i], d);
                     acc[j][b] = acc[j][b] + s[j] * (d - z[j] * sx);
                 }
             }
@@ -75,8 +95,7 @@ struct QkHqqGemv {
                 const int row = j * prows + r0;
                 if (row >= rows) break;  // 3-bit padding
                 float q[CH];
-#pragma unroll
-                for (int i = 0; i < CH; ++i) q[i] = code(r, i, j);
+                plane(r, j, q);
                 qk_dot_group<CH, MAXB>(q, x + xc[j], in_dim, nb, qk_to_f32(zeros[row]), qk_to_f32(scales[row]), acc[j]);
             }
         } else {
@@ -91,8 +110,9 @@ struct QkHqqGemv {
             for (int j = 0; j < P; ++j) {
                 if (j * prows + p >= rows) break;  // 3-bit padding
                 float w[CH];
+                plane(r, j, w);
 #pragma unroll
-                for (int i = 0; i < CH; ++i) w[i] = (code(r, i, j) - z[i]) * s[i];
+                for (int i = 0; i < CH; ++i) w[i] = (w[i] - z[i]) * s[i];
                 qk_dot_plain<CH, MAXB>(w, x + xc[j], in_dim, nb, acc[j]);
             }
         }
@@ -113,7 +133,8 @@ __device__ __forceinline__ void hqq_gemv_chunks(const W* packed, const T* scales
               axis,
               (cols & (cols - 1)) == 0 ? __ffs(cols) - 1 : -1,
               (long long)prows * cols % in_dim == 0,
-              qk_magic_reg(rows)};
+              qk_magic_reg(rows),
+              qk_f16_one(rows)};
     qk_row_gemv<D, MAXB>(d, x, part, prows * cols, (long long)rows * cols, in_dim, seg, team, nb);
 }
 

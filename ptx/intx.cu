@@ -15,17 +15,26 @@ struct QkInt8Gemv {
     const unsigned char* __restrict__ codes;
     const float* __restrict__ scales;
     int cols, per_row;
-    unsigned magic;
+    unsigned one;  // qk_f16_one
 
     template <int MAXB>
     __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
                                         int nb, float (*acc)[MAXB]) const {
         const float s = scales[per_row ? t0 / cols : 0];
         const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+        // Bytes b ^ 0x80 = b + 128 as exact f16 (1024 + b + 128), less 1024 + 128 in the same
+        // exact HSUB2: the signed codes, widened.
         float q[CH];
 #pragma unroll
-        for (int i = 0; i < CH; ++i)
-            q[i] = qk_magic(((v.v[i >> 2] ^ 0x80808080u) >> (8 * (i & 3))) & 0xffu, magic) - 8388736.0f;
+        for (int m = 0; m < 2; ++m) {
+            const unsigned u = v.v[m] ^ 0x80808080u, off = one + 0x00800080u;  // 1152 in both halves
+            const unsigned h0 = qk_h2_sub(__byte_perm(u, one, 0x5250u), off);  // bytes 0, 2
+            const unsigned h1 = qk_h2_sub(__byte_perm(u, one, 0x5351u), off);  // bytes 1, 3
+            q[4 * m] = qk_f16_lo(h0);
+            q[4 * m + 1] = qk_f16_lo(h1);
+            q[4 * m + 2] = qk_f16_hi(h0);
+            q[4 * m + 3] = qk_f16_hi(h1);
+        }
         qk_dot_scale<CH, MAXB>(q, x + xc[0], in_dim, nb, s, acc[0]);
     }
 };
@@ -37,16 +46,25 @@ struct QkInt4Gemv {
     const float* __restrict__ scales;
     const unsigned char* __restrict__ zeros;
     int group, lg;
-    unsigned magic;
+    unsigned one;  // qk_f16_one
 
     template <int MAXB>
     __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
                                         int nb, float (*acc)[MAXB]) const {
         const int t = t0 + c;
         const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
+        // Nibble i of word m is code 8m + i: exact f16 pairs (fields p, p + 4), widened.
         float q[2 * CH];
 #pragma unroll
-        for (int i = 0; i < 2 * CH; ++i) q[i] = qk_u2f((v.v[i >> 3] >> (4 * (i & 7))) & 15u, magic);
+        for (int m = 0; m < 2; ++m) {
+            unsigned h[4];
+            qk_u4x8_f16(v.v[m], one, h);
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+                q[8 * m + p] = qk_f16_lo(h[p]);
+                q[8 * m + p + 4] = qk_f16_hi(h[p]);
+            }
+        }
         if (group % (2 * CH) == 0) {
             const unsigned g = qk_div(2u * (unsigned)t, (unsigned)group, lg);
             qk_dot_group<2 * CH, MAXB>(q, x + xc[0], in_dim, nb, (float)zeros[g], scales[g], acc[0]);
@@ -65,7 +83,7 @@ struct QkInt4Gemv {
 template <int MAXB>
 __device__ __forceinline__ void int8_gemv(const unsigned char* codes, const float* scales, const float* x,
                                           float* part, int rows, int cols, int per_row, int seg, int team, int nb) {
-    const QkInt8Gemv d{codes, scales, cols, per_row, qk_magic_reg(cols)};
+    const QkInt8Gemv d{codes, scales, cols, per_row, qk_f16_one(cols)};
     qk_row_gemv<QkInt8Gemv, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
 }
 
@@ -74,7 +92,7 @@ __device__ __forceinline__ void int4_gemv(const unsigned char* packed, const flo
                                           const unsigned char* zeros, const float* x, float* part, int rows, int cols,
                                           int group, int seg, int team, int nb) {
     const QkInt4Gemv d{packed, scales, zeros, group, (group & (group - 1)) == 0 ? __ffs(group) - 1 : -1,
-                       qk_magic_reg(cols)};
+                       qk_f16_one(cols)};
     qk_row_gemv<QkInt4Gemv, MAXB>(d, x, part, rows * cols / 2, (long long)rows * cols, cols, seg, team, nb);
 }
 
