@@ -7,7 +7,8 @@
 // ---- Fused GEMV (gemv.cuh's row skeleton): y[b] = W x[b], W the [out, in] weight whose flat
 // elements the code matrix holds (HQQ's flat order). A packed word's P codes are the same word
 // position t in each plane: flat weights j * words + t (planar). A chunk is CH words (BYTES = 8
-// or 16 bytes: two or four 32-bit registers); its codes become exact floats (qk_u2f). Axis 1 (a zero/scale per code row of
+// or 16 bytes: two or four 32-bit registers); its codes become exact floats (qk_u2f, or exact f16
+// pairs widened at 4 and 8 bits: plane()). Axis 1 (a zero/scale per code row of
 // `cols` words, one per chunk: the launcher requires cols % CH == 0) factors the group out of
 // the chunk's sum; axis 0
 // (a zero/scale per column, so per word) applies them per weight. Padding planes past the code
