@@ -103,10 +103,10 @@ QK_AWQ(__half, f16)
 QK_AWQ(__nv_bfloat16, bf16)
 
 // ---- Fused GEMV (gemv.cuh's column skeleton): a thread takes one word column (8 columns, in
-// AWQ's nibble order) and one row at a time; the group of row k is k / group_size.
+// AWQ's nibble order) and blocks of 4 rows (a word each); the group of row k is k / group_size.
 template <typename T>
 struct QkAwqGemv {
-    static constexpr int VC = 8, ROWS = 1;
+    static constexpr int VC = 8, ROWS = 4;
     static constexpr bool sorted = true;  // group k / group_size
     const int* __restrict__ qweight;
     const int* __restrict__ qzeros;
@@ -114,22 +114,21 @@ struct QkAwqGemv {
     int n_dim, group_size, lg;
     unsigned magic, one;  // qk_magic_reg, qk_f16_one
 
-    __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
+    // Row k's 8 codes: fields p, p + 4 are columns 2p, 2p + 1 (AWQ's nibble order), as exact
+    // f16 pairs, widened.
+    __device__ __forceinline__ void row(int k, int n, float* q) const {
         const unsigned w = (unsigned)qweight[(long long)k * (n_dim / 8) + n / 8];
-        // Fields p, p + 4 are columns 2p, 2p + 1 (AWQ's nibble order): exact f16 pairs, widened.
         unsigned h[4];
         qk_u4x8_f16(w, one, h);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-            q[0][2 * p] = qk_f16_lo(h[p]);
-            q[0][2 * p + 1] = qk_f16_hi(h[p]);
+            q[2 * p] = qk_f16_lo(h[p]);
+            q[2 * p + 1] = qk_f16_hi(h[p]);
         }
     }
-    __device__ __forceinline__ void row(int k, int n, float* q) const {
-        float qb[1][VC];
-        codes(k, n, qb);
+    __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
 #pragma unroll
-        for (int c = 0; c < VC; ++c) q[c] = qb[0][c];
+        for (int r = 0; r < ROWS; ++r) row(k + r, n, q[r]);
     }
     __device__ __forceinline__ int group(int k) const { return (int)qk_div((unsigned)k, (unsigned)group_size, lg); }
     __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {

@@ -45,8 +45,8 @@ def weights_per_pass(name):
     m = re.match(r"gptq_gemv_(\d)b_", name)
     if m:
         return {2: 64, 3: 128, 4: 32, 8: 16}[int(m.group(1))]
-    if name.startswith("awq_gemv"):
-        return 8
+    if name.startswith("awq_gemv"):  # a 4-row block of one word column
+        return 32
     if name.startswith(("fp8_gemv", "int8_gemv")):
         return 8
     if name.startswith("int4_gemv"):

@@ -466,7 +466,13 @@ pub fn awq_gemv<T: EmuElem>(
     maxb: usize,
     by: u32,
 ) -> Vec<f32> {
-    assert!(n.is_multiple_of(8) && k.is_multiple_of(group_size) && k.is_multiple_of(slice_rows));
+    // Slices of whole 4-row blocks (the decoder's block, as DeviceQuantLinear's ColPlan).
+    assert!(
+        n.is_multiple_of(8)
+            && k.is_multiple_of(group_size)
+            && k.is_multiple_of(slice_rows)
+            && slice_rows.is_multiple_of(4)
+    );
     let groups = k / group_size;
     assert_eq!(
         (qweight.len(), qzeros.len(), scales.len(), x.len()),

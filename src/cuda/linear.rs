@@ -551,8 +551,8 @@ fn words_i32(what: &'static str, words: usize) -> Result<i32> {
 
 impl DeviceQuantLinear {
     /// Validate `w`, upload it to `gpu` and load its entries. HQQ needs `cols % 8 == 0` packed
-    /// bytes (3-bit: `% 2` words) and segments of whole chunks, FP8 and int8 `in % 8 == 0`,
-    /// int4 `in % 16 == 0` ([`KernelError::NotMultiple`] otherwise); FP8 must be one expert;
+    /// bytes (3-bit: `% 2` words) and segments of whole chunks, AWQ `in % 4 == 0`, FP8 and int8
+    /// `in % 8 == 0`, int4 `in % 16 == 0` ([`KernelError::NotMultiple`] otherwise); FP8 must be one expert;
     /// dense weights have no kernel here ([`CudaError::NoKernel`]: use a dense GEMM).
     pub fn new(gpu: &Gpu, w: &QuantWeight) -> Result<Self> {
         w.validate()?;
@@ -630,7 +630,7 @@ impl DeviceQuantLinear {
                 (kernel, weight, Some(col), perm)
             }
             QuantWeight::Awq(l) => {
-                let col = ColPlan::new(inp, 1, 8)?;
+                let col = ColPlan::new(inp, 4, 8)?;
                 let scales = DevFloat::upload(gpu, &l.scales)?;
                 let kernel = GemvKernel::Awq(scales.dtype());
                 let weight = DevWeight::Awq {

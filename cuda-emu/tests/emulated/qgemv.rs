@@ -217,7 +217,7 @@ fn awq_case<T: Elem + EmuElem>(k: usize, n: usize, gs: usize) {
     awq::awq_dequantize_reference_into(&qweight, &s, &qzeros, &l, &mut w).unwrap();
     for (nb, maxb) in BATCHES {
         let x = xs(&mut rng, nb * k);
-        for sr in [1, 8, k] {
+        for sr in [4, 8, k] {
             if !k.is_multiple_of(sr) {
                 continue;
             }
@@ -239,8 +239,9 @@ fn awq_case<T: Elem + EmuElem>(k: usize, n: usize, gs: usize) {
 
 #[test]
 fn awq_gemv_every_element_type() {
-    // g = 12: groups change inside an 8-row slice (the row-at-a-time path).
-    for (k, n, gs) in [(64, 32, 32), (48, 16, 12), (128, 64, 128), (32, 512, 32)] {
+    // g = 12: groups change inside an 8-row slice, between 4-row blocks; g = 6: inside a 4-row
+    // block (the row-at-a-time path).
+    for (k, n, gs) in [(64, 32, 32), (48, 16, 12), (48, 16, 6), (128, 64, 128), (32, 512, 32)] {
         awq_case::<f16>(k, n, gs);
         awq_case::<bf16>(k, n, gs);
         awq_case::<f32>(k, n, gs);
