@@ -231,7 +231,7 @@ struct QkFp8Gemv {
         if (bc % CH == 0) {
             float q[CH];
             const unsigned nan = qk_fp8_view4<E4M3>(v.v[0], q) | qk_fp8_view4<E4M3>(v.v[1], q + 4);
-            const float s = srow[qk_div((unsigned)col, (unsigned)bc, lg_bc)];
+            const float s = srow[lg_bc >= 0 ? (unsigned)col >> lg_bc : qk_div_slow((unsigned)col, (unsigned)bc)];
             float part[MAXB];
 #pragma unroll
             for (int b = 0; b < MAXB; ++b) part[b] = 0.0f;

@@ -25,6 +25,13 @@ __device__ __forceinline__ float qk_team_sum(float v, int team) {
 
 // t / d for t >= 0, as a shift when d = 2^lg (lg >= 0).
 __device__ __forceinline__ unsigned qk_div(unsigned t, unsigned d, int lg) { return lg >= 0 ? t >> lg : t / d; }
+// t / d out of line, for a loop whose qk_div ptxas if-converts (both arms issued every iteration,
+// the division predicated off): a call on the rare arm keeps it a branch. FP8's GEMV needs it. (A
+// template, so that each translation unit of the CPU emulation may define it.)
+template <typename U>
+__device__ __noinline__ U qk_div_slow(U t, U d) {
+    return t / d;
+}
 
 // N floats of x as aligned vectors: the skeletons' chunk offsets are multiples of their chunk
 // (8 or 16 floats; 2 for 3-bit HQQ) from 256-byte-aligned rows whose length is a multiple of it.

@@ -250,11 +250,16 @@ fn awq_gemv_every_element_type() {
 
 #[test]
 fn fp8_gemv_both_formats() {
-    // (16, 64, 16, 16): block scales a chunk at a time; (8, 48, 3, 12): per-code scales;
-    // per-tensor (one block); a NaN code (E4M3 0x7f) makes its output NaN.
-    for (rows, cols, br, bc, nan) in
-        [(16, 64, 16, 16, false), (8, 48, 3, 12, false), (5, 128, 5, 128, false), (4, 64, 2, 32, true)]
-    {
+    // (16, 64, 16, 16): block scales a chunk at a time; (6, 96, 2, 24): the same with a block
+    // index by division; (8, 48, 3, 12): per-code scales; per-tensor (one block); a NaN code
+    // (E4M3 0x7f) makes its output NaN.
+    for (rows, cols, br, bc, nan) in [
+        (16, 64, 16, 16, false),
+        (6, 96, 2, 24, false),
+        (8, 48, 3, 12, false),
+        (5, 128, 5, 128, false),
+        (4, 64, 2, 32, true),
+    ] {
         let l = Fp8Layout::block(rows, cols, br, bc).unwrap();
         let mut rng = Rng(rows as u64 * 5 + cols as u64);
         for (fi, f) in [Fp8Format::E4M3, Fp8Format::E5M2].into_iter().enumerate() {
