@@ -130,9 +130,11 @@ __device__ __forceinline__ void qk_u4x8_f16(unsigned w, unsigned one, unsigned* 
     }
 }
 
-// The four bytes of w: out[0] = (byte 0, byte 2), out[1] = (byte 1, byte 3).
-__device__ __forceinline__ void qk_u8x4_f16(unsigned w, unsigned one, unsigned* out) {
-    out[0] = qk_h2_sub(__byte_perm(w, one, 0x5250u), one);
-    out[1] = qk_h2_sub(__byte_perm(w, one, 0x5351u), one);
+// The four bytes of w: out[0] = (byte 0, byte 2), out[1] = (byte 1, byte 3), each less `sub - 1024`
+// (sub: an f16x2 in [1024, 2048), 1024 by default: the bytes themselves).
+__device__ __forceinline__ void qk_u8x4_f16(unsigned w, unsigned one, unsigned* out, unsigned sub = 0u) {
+    const unsigned s = sub ? sub : one;
+    out[0] = qk_h2_sub(__byte_perm(w, one, 0x5250u), s);
+    out[1] = qk_h2_sub(__byte_perm(w, one, 0x5351u), s);
 }
 

@@ -27,13 +27,12 @@ struct QkInt8Gemv {
         float q[CH];
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
-            const unsigned u = v.v[m] ^ 0x80808080u, off = one + 0x00800080u;  // 1152 in both halves
-            const unsigned h0 = qk_h2_sub(__byte_perm(u, one, 0x5250u), off);  // bytes 0, 2
-            const unsigned h1 = qk_h2_sub(__byte_perm(u, one, 0x5351u), off);  // bytes 1, 3
-            q[4 * m] = qk_f16_lo(h0);
-            q[4 * m + 1] = qk_f16_lo(h1);
-            q[4 * m + 2] = qk_f16_hi(h0);
-            q[4 * m + 3] = qk_f16_hi(h1);
+            unsigned h[2];  // bytes 0, 2 and 1, 3, less 128 (1152 in both halves)
+            qk_u8x4_f16(v.v[m] ^ 0x80808080u, one, h, one + 0x00800080u);
+            q[4 * m] = qk_f16_lo(h[0]);
+            q[4 * m + 1] = qk_f16_lo(h[1]);
+            q[4 * m + 2] = qk_f16_hi(h[0]);
+            q[4 * m + 3] = qk_f16_hi(h[1]);
         }
         qk_dot_scale<CH, MAXB>(q, x + xc[0], in_dim, nb, s, acc[0]);
     }
