@@ -97,12 +97,15 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 #pragma unroll
         for (int j = 0; j < NT; ++j) col[j] = d.column(min(n0 + 8 * j + g, n_dim - 1));
         float acc[MT][NT][4];
+        auto clear = [&] {
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
+            for (int i = 0; i < MT; ++i)
 #pragma unroll
-            for (int j = 0; j < NT; ++j)
+                for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+                    for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+        };
+        clear();
         float xs[MT][4];  // sum x per row: only to flag x beyond f16's range
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -158,12 +161,7 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 #pragma unroll 1
         for (int k0 = 0; k0 < k_dim; k0 += 16) step(k0, QkBool<false>{});
         if (qk_any_not_finite<MT>(xs)) {  // x beyond f16's range: the tile again, scaled
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j)
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+            clear();
 #pragma unroll 1
             for (int k0 = 0; k0 < k_dim; k0 += 16) step(k0, QkBool<true>{});
         }
