@@ -13,6 +13,7 @@ fn main() {
         "../ptx/hqq_gemm.cu",
         "../ptx/gptq_gemm.cu",
         "../ptx/gptq_gemmg.cu",
+        "../ptx/gptq_gemmw.cu",
     ];
     let mut b = cc::Build::new();
     b.cpp(true)

@@ -124,6 +124,7 @@ struct QkCoop {
     std::vector<QkWarp> warps;
     std::vector<std::unique_ptr<char[]>> stacks;  // kept across launches
     unsigned current = 0, barrier_arrived = 0, barrier_gen = 0, live = 0;
+    int barrier_or = 0, barrier_result = 0;  // __syncthreads_or: this barrier's OR, the last one's
     unsigned long long progress = 0;  // completed collectives and exits: a pass without any is a deadlock
     void (*entry)(void*) = nullptr;
     void* arg = nullptr;
@@ -235,6 +236,23 @@ inline void __syncthreads() {
     }
 }
 
+// A barrier that also tells every thread whether `pred` held on any thread of the block.
+inline int __syncthreads_or(int pred) {
+    if (pred) qk_coop.barrier_or = 1;
+    const unsigned gen = qk_coop.barrier_gen;
+    if (++qk_coop.barrier_arrived == qk_coop.fibers.size()) {
+        qk_coop.barrier_result = qk_coop.barrier_or;
+        qk_coop.barrier_or = 0;
+        qk_coop.barrier_arrived = 0;
+        ++qk_coop.barrier_gen;
+        ++qk_coop.progress;
+    } else {
+        while (qk_coop.barrier_gen == gen) qk_yield();
+    }
+    // Read before this thread can arrive at the next barrier, whose last arrival overwrites it.
+    return qk_coop.barrier_result;
+}
+
 // Blocks run in turn; within a block, threads are fibers scheduled round robin. Block sizes must
 // be whole warps (as the GEMV/GEMM launchers use) so that every warp collective has 32 lanes.
 template <typename F>
@@ -259,6 +277,7 @@ inline void cpu_launch_coop(qk_dim3 grid, qk_dim3 block, F body) {
                 blockIdx = {bx, by, bz};
                 c.live = n;
                 c.barrier_arrived = 0;
+                c.barrier_or = 0;
                 for (unsigned i = 0; i < n; ++i) {
                     QkFiber& f = c.fibers[i];
                     f.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};

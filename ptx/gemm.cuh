@@ -189,6 +189,99 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // instructions per weight); 4 at 32 rows, where 8 would spill. The launcher mirrors it.
 constexpr int qk_gemmg_nt(int mt) { return mt == 1 ? 8 : 4; }
 
+// d += A B over a chunk's two mma steps (a[s], b[s]: step s's fragments), or with SCALED d +=
+// (A B) back[row] (rows g, g + 8: d[0, 1], d[2, 3]), the sums of a chunk whose rows were scaled
+// into f16's range.
+template <bool SCALED>
+__device__ __forceinline__ void qk_mma2(float* d, const unsigned (*a)[4], const unsigned (*b)[2], const float* back) {
+    if constexpr (SCALED) {
+        float t4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int s = 0; s < 2; ++s) qk_mma_16816(t4, a[s], b[s], t4);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) d[c] = __fmaf_rn(t4[c], back[c >> 1], d[c]);
+    } else {
+#pragma unroll
+        for (int s = 0; s < 2; ++s) qk_mma_16816(d, a[s], b[s], d);
+    }
+}
+
+// A group's sums ga into acc for the lane's outputs, then ga and the group's sum x (xs[i][2 h]:
+// row 16 i + g + 8 h) zeroed. Dec::params gives the scales and zero points of every subtile's
+// columns 2t, 2t + 1 from the tile's cursor Dec::Par (made once per work item by Dec::par). Two
+// FMAs per output.
+template <class Dec, int MT>
+__device__ __forceinline__ void qk_gemmg_flush(const Dec& d, const typename Dec::Par& par, int grp,
+                                               float (*ga)[Dec::NT][4], float (*xs)[4], float (*acc)[Dec::NT][4]) {
+    constexpr int NT = Dec::NT;
+    float s[NT][2], z[NT][2];
+    d.params(par, grp, s, z);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    float& a = ga[i][j][2 * h + c];
+                    const float v = Dec::ZERO ? __fmaf_rn(-z[j][c], xs[i][2 * h], a) : a;
+                    acc[i][j][2 * h + c] = __fmaf_rn(s[j][c], v * Dec::UNIT, acc[i][j][2 * h + c]);
+                    a = 0.0f;
+                }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) xs[i][c] = 0.0f;
+}
+
+// A work item's sums out (the warp's tile: rows m0 .., outputs from n0): with one slice, into y;
+// with several, into this slice's part[slice][M][N], and the tile's last slice to finish (an
+// atomic count per tile in counters, reset after) adds the slices in slice order into y.
+template <class Dec, int MT>
+__device__ __forceinline__ void qk_gemmg_store(const float (*acc)[Dec::NT][4], float* __restrict__ y,
+                                               float* __restrict__ part, unsigned* __restrict__ counters, int m0,
+                                               int n0, int m_dim, int n_dim, int kslices, int slice, long long tile,
+                                               int lane) {
+    constexpr int NT = Dec::NT;
+    const int g = lane >> 2, t = lane & 3;
+    float* out = kslices == 1 ? y : part + (long long)slice * m_dim * n_dim;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = m0 + 16 * i + g + 8 * h;
+            if (r >= m_dim) continue;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                float* yr = out + (long long)r * n_dim;
+                if (Dec::out(n0, j, 1) == Dec::out(n0, j, 0) + 1)  // adjacent outputs: one store
+                    *reinterpret_cast<QkVec<float, 2>*>(yr + Dec::out(n0, j, 2 * t)) =
+                        QkVec<float, 2>{{acc[i][j][2 * h], acc[i][j][2 * h + 1]}};
+                else
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) yr[Dec::out(n0, j, 2 * t + c)] = acc[i][j][2 * h + c];
+            }
+        }
+    if (kslices == 1) return;  // uniform
+    __threadfence();  // this lane's sums reach the device before the warp's count below
+    unsigned ticket = 0u;
+    if (lane == 0) ticket = atomicAdd(&counters[tile], 1u);
+    ticket = __shfl_sync(0xffffffffu, ticket, 0);
+    if (ticket != (unsigned)kslices - 1u) return;  // uniform
+    __threadfence();
+    const int rows = min(16 * MT, m_dim - m0);
+    for (int e = lane; e < rows * 8 * NT; e += 32) {
+        const int r = m0 + e / (8 * NT), n = n0 + e % (8 * NT);  // the tile's outputs, in any order
+        const float* p = part + (long long)r * n_dim + n;
+        float sum = 0.0f;
+        for (int sl = 0; sl < kslices; ++sl) sum = sum + __ldcg(p + (long long)sl * m_dim * n_dim);
+        y[(long long)r * n_dim + n] = sum;
+    }
+    if (lane == 0) counters[tile] = 0u;
+}
+
 // ---- The group-scaled GEMM, for layers whose every aligned 32 inputs share one group (a zero
 // point z and scale s per output; checked by the launcher): y[m, n] = sum over groups of s (sum_k
 // x^ q - z sum_k x^), x^ = x rounded to f16. The codes q enter mma.sync as exact f16 integers,
@@ -263,31 +356,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 #pragma unroll
                 for (int j = 0; j < NT; ++j) acc[i][j][c] = ga[i][j][c] = 0.0f;
             }
-        // The group's sums into acc for the lane's outputs (Dec::params gives the scales and zero
-        // points of every subtile's columns 2t, 2t + 1 from the tile's cursor Dec::Par, made once
-        // per work item by Dec::par), then zeroed. Two FMAs per output.
-        auto flush = [&](int grp) {
-            float s[NT][2], z[NT][2];
-            d.params(par, grp, s, z);
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-#pragma unroll
-                for (int c = 0; c < 2; ++c)
-#pragma unroll
-                    for (int i = 0; i < MT; ++i)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) {
-                            float& a = ga[i][j][2 * h + c];
-                            const float v = Dec::ZERO ? __fmaf_rn(-z[j][c], xs[i][2 * h], a) : a;
-                            acc[i][j][2 * h + c] = __fmaf_rn(s[j][c], v * Dec::UNIT, acc[i][j][2 * h + c]);
-                            a = 0.0f;
-                        }
-            }
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) xs[i][c] = 0.0f;
-        };
+        auto flush = [&](int grp) { qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc); };
         // One k-step: the x rows to f16 A fragments, sum x (for every decoder: it also flags x
         // beyond f16's range), the codes and the mma. SCALED, the rare re-run of a group in which
         // some x rounded to an infinity: each row's 32 inputs are first scaled by a power of two
@@ -330,27 +399,13 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                         for (int h = 0; h < 2; ++h)  // a[0] row g, a[1] row g + 8; a[2], a[3] the k + 8 half
                             a[i][s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
             }
-            // d += A B over the two steps, or for SCALED d += (A B) 2^-e by row (rows g, g + 8:
-            // d[0, 1], d[2, 3]).
-            auto mma2 = [&](float* dst, int i, const unsigned (*bb)[2]) {
-                if constexpr (S) {
-                    float t4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                    for (int s = 0; s < 2; ++s) qk_mma_16816(t4, a[i][s], bb[s], t4);
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) dst[c] = __fmaf_rn(t4[c], back[i][c >> 1], dst[c]);
-                } else {
-#pragma unroll
-                    for (int s = 0; s < 2; ++s) qk_mma_16816(dst, a[i][s], bb[s], dst);
-                }
-            };
             const unsigned ones2[2][2] = {{ones[0], ones[1]}, {ones[0], ones[1]}};
 #pragma unroll
-            for (int i = 0; i < MT; ++i) mma2(xs[i], i, ones2);
+            for (int i = 0; i < MT; ++i) qk_mma2<S>(xs[i], a[i], ones2, back[i]);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int i = 0; i < MT; ++i) mma2(ga[i][j], i, b[j]);
+                for (int i = 0; i < MT; ++i) qk_mma2<S>(ga[i][j], a[i], b[j], back[i]);
         };
         // A group ends: if x overflowed f16 anywhere in it (some sum x is not finite), its steps
         // again, scaled; then its sums into acc.
@@ -398,41 +453,246 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
             gk = gn;
         }
         if (k_begin < k_end) settle(grp, gstart, k_end);
-        // One slice: y directly. Several: this slice's sums into part, and the tile's last slice
-        // to finish (counted per tile) adds them in slice order into y.
-        float* out = kslices == 1 ? y : part + (long long)slice * m_dim * n_dim;
+        qk_gemmg_store<Dec, MT>(acc, y, part, counters, m0, n0, m_dim, n_dim, kslices, slice, tile, lane);
+    }
+}
+
+// ---- The wide group-scaled GEMM, for large batches: the group-scaled GEMM's arithmetic (exact
+// f16 codes, each group's scale and zero point applied in f32 at its end, the same error bound)
+// with x staged once per block instead of once per warp. A block of 4 warps (128 threads: the
+// launcher's; any whole number of warps works) takes 16 MT rows and 4 neighbouring tiles of NT x
+// 8 outputs (MT = 4 at NT = 4, 2 for AWQ's 8) over one slice of K. For each 32-input chunk the
+// block converts the rows' x to f16 once, in the A fragments' order, into shared memory (double
+// buffered: the next chunk is staged while this one is multiplied, one barrier a chunk), with
+// each row's sum of x^ for the zero points; the warps then read their fragments there (two
+// 16-byte loads per 16 rows) instead of loading and converting x each, and need no mma for sum x.
+// At 256 rows this cuts x's traffic from L2 by the block's width and the instructions per mma by
+// about half against the 32-row group-scaled entry.
+//
+// x beyond f16's range: a row whose largest |x| of the chunk would round to an infinity is
+// scaled by a power of two into range as it is staged (exact), and a chunk with such a row is
+// multiplied with its sums scaled back in f32 (the block agrees on it at the chunk's barrier).
+//
+// Layouts (K % 32 == 0, N % (8 NT) == 0, groups of whole aligned 32-input blocks, as the
+// group-scaled GEMM): a stage job J < 64 MT is row 16 i + 8 h + g of the block and inputs 8 t ..
+// 8 t + 7 of the chunk (i = J / 64, h = J / 32 % 2, g = J / 4 % 8, t = J % 4): lane (g, t)'s A
+// fragment halves, stored at a[J] so that a warp's loads and stores are 16 consecutive bytes a
+// lane.
+constexpr int qk_gemmw_mt(int nt) { return nt == 8 ? 2 : 4; }
+
+template <int MT>
+struct QkWideStage {
+    QkVec<unsigned, 4> a[64 * MT];    // [i][s][lane]: the lane's A fragment of row tile i, step s
+    QkVec<float, 4> sx[8][MT / 2];    // [g][2 i + h]: the row's sum of x^ (scaled back)
+    QkVec<float, 4> back[8][MT / 2];  // [g][2 i + h]: the factor that undoes the row's scaling
+};
+
+// Rows 16 i + g and 16 i + 8 + g of the block (v[0], v[1]), inputs 8 t .. 8 t + 7 of chunk k0:
+// the lane's part of row tile i (rows past M read row M - 1; M K < 2^31, checked by the
+// launcher).
+template <int MT>
+__device__ __forceinline__ void qk_wide_load(const float* __restrict__ x, int m0, int m_dim, int k_dim, int k0, int i,
+                                             int lane, float (*v)[8]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const unsigned r = (unsigned)min(m0 + 16 * i + 8 * h + (lane >> 2), m_dim - 1);
+        const float* xp = x + (r * (unsigned)k_dim + (unsigned)(k0 + 8 * (lane & 3)));
+        const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(xp);
+        const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(xp + 4);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            v[h][e] = lo.v[e];
+            v[h][e + 4] = hi.v[e];
+        }
+    }
+}
+
+// Row tile i's inputs v (qk_wide_load's; the whole warp) into the stage as f16 pairs, with each
+// row's sum of x^ (one mma a step against ones, as the group-scaled GEMM's). A sum that is not
+// finite flags x beyond f16's range: the warp then stages the tile again with each such row
+// scaled by a power of two into range (exact: 2^(14 - exponent of its largest |x|) brings that
+// into [2^14, 2^15); infinities and NaN stay), and the factor that undoes it. Returns whether a
+// row of the lane's was scaled.
+template <class Dec, int MT>
+__device__ __forceinline__ bool qk_wide_store(QkWideStage<MT>& st, int i, int lane, float (*v)[8]) {
+    const unsigned ones[2][2] = {{0x3c003c00u, 0x3c003c00u}, {0x3c003c00u, 0x3c003c00u}};
+    float back[2] = {1.0f, 1.0f}, sx[4];
+    bool over = false;
+    auto put = [&] {
+        unsigned a[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int s = 0; s < 2; ++s)
+#pragma unroll
+                for (int r = 0; r < 2; ++r)  // a[s][0] row g, a[s][1] row g + 8; a[s][2, 3] the k + 8 half
+                    a[s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+            st.a[(2 * i + s) * 32 + lane] = QkVec<unsigned, 4>{{a[s][0], a[s][1], a[s][2], a[s][3]}};
+#pragma unroll
+        for (int c = 0; c < 4; ++c) sx[c] = 0.0f;
+        qk_mma2<false>(sx, a, ones, back);
+    };
+    put();
+    if (__any_sync(0xffffffffu, !(fabsf(sx[0]) <= 3.402823466e38f) || !(fabsf(sx[2]) <= 3.402823466e38f))) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float m = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[h][e]));
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+            const int ex = (__float_as_int(m) >> 23) & 0xff;
+            if (m >= 65520.0f && ex < 255) {  // rounds to an infinity in f16
+                const float sc = __int_as_float((127 + 127 + 14 - ex) << 23);
+                back[h] = __int_as_float((ex - 14) << 23);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[h][e] *= sc;
+                over = true;
+            }
+        }
+        put();
+    }
+    if ((lane & 3) == 0) {
+        const int g = lane >> 2;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            st.sx[g][i >> 1].v[2 * (i & 1) + h] = sx[2 * h] * back[h];
+            st.back[g][i >> 1].v[2 * (i & 1) + h] = back[h];
+        }
+    }
+    return over;
+}
+
+template <class Dec>
+__device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
+                                                 int m_dim, int n_dim, int k_dim, float* __restrict__ part,
+                                                 unsigned* __restrict__ counters, int kslices) {
+    constexpr int NT = Dec::NT, MT = qk_gemmw_mt(NT), QI = (MT + 3) / 4;  // QI: row tiles a warp stages (of 4+)
+    __shared__ QkWideStage<MT> stage[2];
+    const int tid = (int)(threadIdx.y * blockDim.x + threadIdx.x), nthreads = (int)(blockDim.x * blockDim.y);
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3, warps = nthreads >> 5;
+    const int ntiles = n_dim / (8 * NT), nbn = (ntiles + warps - 1) / warps, mblocks = (m_dim + 16 * MT - 1) / (16 * MT);
+    const long long btiles = (long long)nbn * mblocks, items = btiles * kslices;
+    const int chunks = k_dim / 32, per = (chunks + kslices - 1) / kslices;  // chunks per slice
+    // Staging chunk k0 into st: warp w takes row tiles w, w + warps, ...: QI of them held in v
+    // (loaded first, so the loads are in flight while the warps multiply), any more (fewer than 4
+    // warps) loaded and stored at once. store returns whether a row of the lane's was scaled.
+    auto load = [&](int m0, int k0, float (*v)[2][8]) {
+#pragma unroll
+        for (int q = 0; q < QI; ++q)
+            if (warp + q * warps < MT) qk_wide_load<MT>(x, m0, m_dim, k_dim, k0, warp + q * warps, lane, v[q]);
+    };
+    auto store = [&](QkWideStage<MT>& st, int m0, int k0, float (*v)[2][8]) {
+        bool over = false;
+#pragma unroll
+        for (int q = 0; q < QI; ++q)  // uniform in a warp
+            if (warp + q * warps < MT) over = qk_wide_store<Dec, MT>(st, warp + q * warps, lane, v[q]) || over;
+        for (int i = warp + QI * warps; i < MT; i += warps) {
+            float w[2][8];
+            qk_wide_load<MT>(x, m0, m_dim, k_dim, k0, i, lane, w);
+            over = qk_wide_store<Dec, MT>(st, i, lane, w) || over;
+        }
+        return over;
+    };
+    for (long long bi = (long long)blockIdx.y * gridDim.x + blockIdx.x; bi < items;
+         bi += (long long)gridDim.x * gridDim.y) {  // uniform in a block
+        const int slice = (int)(bi / btiles);
+        const long long bt = bi - slice * btiles;
+        const int ntile = (int)(bt % nbn) * warps + warp, m0 = (int)(bt / nbn) * 16 * MT;
+        const bool active = ntile < ntiles;  // uniform in a warp: a warp past N only stages
+        const int n0 = (active ? ntile : 0) * 8 * NT;
+        const int k_begin = min(slice * per, chunks) * 32, k_end = min((slice + 1) * per, chunks) * 32;
+        typename Dec::Col col[NT];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) col[j] = d.column(Dec::out(n0, j, g));
+        const typename Dec::Par par = d.par(n0, t);
+        float acc[MT][NT][4], ga[MT][NT][4], xs[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = m0 + 16 * i + g + 8 * h;
-                if (r >= m_dim) continue;
+            for (int c = 0; c < 4; ++c) {
+                xs[i][c] = 0.0f;
 #pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    float* yr = out + (long long)r * n_dim;
-                    if (Dec::out(n0, j, 1) == Dec::out(n0, j, 0) + 1)  // adjacent outputs: one store
-                        *reinterpret_cast<QkVec<float, 2>*>(yr + Dec::out(n0, j, 2 * t)) =
-                            QkVec<float, 2>{{acc[i][j][2 * h], acc[i][j][2 * h + 1]}};
-                    else
+                for (int j = 0; j < NT; ++j) acc[i][j][c] = ga[i][j][c] = 0.0f;
+            }
+        // One chunk from its stage: the rows' sums of x^ into xs, the A fragments and the mma. A
+        // scaled chunk (some row's x scaled by 2^-e into f16's range) divides that row's group
+        // sums by 2^e before its mma and multiplies them back after: exact (powers of two), so
+        // the chunk's products add at their true scale with the one rounding of the mma.
+        auto chunk = [&](const QkWideStage<MT>& st, const unsigned (*b)[2][2], bool scaled) {
+            float back[MT][2];
+            auto rescale = [&](bool undo) {
 #pragma unroll
-                        for (int c = 0; c < 2; ++c) yr[Dec::out(n0, j, 2 * t + c)] = acc[i][j][2 * h + c];
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) {
+                            const float f = back[i][c >> 1];  // 2^e; its inverse by the exponent's bits
+                            ga[i][j][c] *= undo ? f : __int_as_float((254 << 23) - __float_as_int(f));
+                        }
+            };
+            if (scaled) {  // uniform
+#pragma unroll
+                for (int q = 0; q < MT / 2; ++q) {
+                    const QkVec<float, 4> bv = st.back[g][q];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) back[(4 * q + e) >> 1][e & 1] = bv.v[e];
+                }
+                rescale(false);
+            }
+#pragma unroll
+            for (int q = 0; q < MT / 2; ++q) {
+                const QkVec<float, 4> v = st.sx[g][q];
+                xs[2 * q][0] = xs[2 * q][0] + v.v[0];
+                xs[2 * q][2] = xs[2 * q][2] + v.v[1];
+                xs[2 * q + 1][0] = xs[2 * q + 1][0] + v.v[2];
+                xs[2 * q + 1][2] = xs[2 * q + 1][2] + v.v[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const QkVec<unsigned, 4> a0 = st.a[(2 * i) * 32 + lane], a1 = st.a[(2 * i + 1) * 32 + lane];
+                const unsigned a[2][4] = {{a0.v[0], a0.v[1], a0.v[2], a0.v[3]}, {a1.v[0], a1.v[1], a1.v[2], a1.v[3]}};
+#pragma unroll
+                for (int j = 0; j < NT; ++j) qk_mma2<false>(ga[i][j], a, b[j], back[i]);
+            }
+            if (scaled) rescale(true);
+        };
+        if (k_begin < k_end) {  // uniform in the block
+            float v[QI][2][8];
+            load(m0, k_begin, v);
+            int scaled = __syncthreads_or(store(stage[0], m0, k_begin, v));
+            int grp = d.group(k_begin), gk = grp, buf = 0;
+            unsigned raw[Dec::RAW];
+            d.fetch(col, k_begin + 8 * t, raw);
+#pragma unroll 1
+            for (int k0 = k_begin, left = k_end - k_begin; left > 0; k0 += 32, left -= 32) {
+                if (gk != grp) {  // uniform
+                    if (active) qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);
+                    grp = gk;
+                }
+                const bool next = left > 32;
+                const int kn = next ? k0 + 32 : k0;
+                if (next) load(m0, kn, v);
+                const int gn = d.group(kn);
+                if (active) {
+                    unsigned b[NT][2][2];
+                    d.decode(col, raw, b);
+                    d.fetch(col, kn + 8 * t, raw);
+                    chunk(stage[buf], b, scaled != 0);
+                }
+                gk = gn;
+                if (next) {  // uniform: the next stage, and every warp done with this one
+                    scaled = __syncthreads_or(store(stage[buf ^ 1], m0, kn, v));
+                    buf ^= 1;
                 }
             }
-        if (kslices == 1) continue;  // uniform
-        __threadfence();  // this lane's sums reach the device before the warp's count below
-        unsigned ticket = 0u;
-        if (lane == 0) ticket = atomicAdd(&counters[tile], 1u);
-        ticket = __shfl_sync(0xffffffffu, ticket, 0);
-        if (ticket != (unsigned)kslices - 1u) continue;  // uniform
-        __threadfence();
-        const int rows = min(16 * MT, m_dim - m0);
-        for (int e = lane; e < rows * 8 * NT; e += 32) {
-            const int r = m0 + e / (8 * NT), n = n0 + e % (8 * NT);  // the tile's outputs, in any order
-            const float* p = part + (long long)r * n_dim + n;
-            float sum = 0.0f;
-            for (int sl = 0; sl < kslices; ++sl) sum = sum + __ldcg(p + (long long)sl * m_dim * n_dim);
-            y[(long long)r * n_dim + n] = sum;
+            if (active) qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);
+            __syncthreads();  // the last stage read before the next item stages over it
         }
-        if (lane == 0) counters[tile] = 0u;
+        if (active) qk_gemmg_store<Dec, MT>(acc, y, part, counters, m0, n0, m_dim, n_dim, kslices, slice,
+                                            (long long)(m0 / (16 * MT)) * ntiles + ntile, lane);
     }
 }

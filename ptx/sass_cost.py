@@ -55,6 +55,8 @@ def weights_per_pass(name):
         return 16
     if "_gemmg_" in name:  # a 32-input chunk: 8 codes of each of NT outputs (qk_gemmg_nt; AWQ 8)
         return 64 if name.startswith("awq") or name.endswith("_m1") else 32
+    if "_gemmw_" in name:  # the wide GEMM's chunk: 8 codes of NT = 4 outputs (AWQ 8), for 64 rows (AWQ 32)
+        return 64 if name.startswith("awq") else 32
     return None
 
 
@@ -168,7 +170,7 @@ def hot_loop(instrs, longest=False):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("filters", nargs="*", default=["_gemv_", "_gemm_", "_gemmg_"])
+    ap.add_argument("filters", nargs="*", default=["_gemv_", "_gemm_", "_gemmg_", "_gemmw_"])
     ap.add_argument("--ptx", action="append", help="PTX files to read (default: ptx/*.ptx)")
     args = ap.parse_args()
     ptxas = str(pkg_dir("nvidia.cuda_nvcc") / "bin" / "ptxas")
@@ -182,7 +184,7 @@ def main():
             env = dict(os.environ, PATH=f"{pathlib.Path(cuobjdump).parent}:{os.environ.get('PATH', '')}")
             sass = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True, text=True, env=env).stdout
         for name, instrs in sorted(parse(sass).items()):
-            if not any(f in name for f in args.filters) or not re.search(r"_(b1|b8|m1|m2|m4)$", name):
+            if not any(f in name for f in args.filters) or not re.search(r"_(b1|b8|m1|m2|m4)$|_gemmw_", name):
                 continue
             w = weights_per_pass(name)
             loop = hot_loop(instrs)
@@ -191,7 +193,7 @@ def main():
             n, math = loop
             # The group-scaled GEMM applies scales and zero points when a group ends (every
             # group / 32 k-steps): that k-step's longest path.
-            end = hot_loop(instrs, longest=True)[0] if "_gemmg_" in name else None
+            end = hot_loop(instrs, longest=True)[0] if "_gemmg_" in name or "_gemmw_" in name else None
             print(f"| {name} | {n} | {math} | {w} | {n / w:.1f} | {end if end is not None else '-'} |")
 
 

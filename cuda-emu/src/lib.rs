@@ -173,6 +173,8 @@ pub trait EmuElem: Copy + Default {
     const GPTQ_GEMM: [[qgemm::GptqEntry<Self::Raw>; 2]; 2];
     /// `gptq_gemmg_{4,8}b_{elem}_m{1,2}`.
     const GPTQ_GEMMG: [[qgemm::GptqGEntry<Self::Raw>; 2]; 2];
+    /// `gptq_gemmw_{4,8}b_{elem}`.
+    const GPTQ_GEMMW: [qgemm::GptqGEntry<Self::Raw>; 2];
     /// `awq_gemm_4b_{elem}_m{1,4}`.
     const AWQ_GEMM: [qgemm::AwqEntry<Self::Raw>; 2];
     /// `awq_gemmg_4b_{elem}_m{1,2}`.
@@ -402,6 +404,28 @@ macro_rules! emu_elem {
                     "cpu_gptq_gemmg_8b_"
                 ]
             );
+            externs!(
+                $sfx,
+                (
+                    *const i32,
+                    *const i32,
+                    *const R,
+                    *const i32,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    *mut f32,
+                    *mut u32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [gptq_w4 = "cpu_gptq_gemmw_4b_", gptq_w8 = "cpu_gptq_gemmw_8b_"]
+            );
             externs_gemm!(
                 $sfx,
                 (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32),
@@ -451,6 +475,7 @@ macro_rules! emu_elem {
                 [[$m::gptq_m4_1, $m::gptq_m4_4], [$m::gptq_m8_1, $m::gptq_m8_4]];
             const GPTQ_GEMMG: [[qgemm::GptqGEntry<$raw>; 2]; 2] =
                 [[$m::gptq_g4_1, $m::gptq_g4_2], [$m::gptq_g8_1, $m::gptq_g8_2]];
+            const GPTQ_GEMMW: [qgemm::GptqGEntry<$raw>; 2] = [$m::gptq_w4, $m::gptq_w8];
             const AWQ_GEMM: [qgemm::AwqEntry<$raw>; 2] = [$m::awq_m_1, $m::awq_m_4];
             const AWQ_GEMMG: [qgemm::AwqGEntry<$raw>; 2] = [$m::awq_g_1, $m::awq_g_2];
         }

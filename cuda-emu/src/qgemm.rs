@@ -70,11 +70,16 @@ pub enum Tile {
     G1,
     /// `_gemmg_*_m2`.
     G2,
+    /// The wide group-scaled GEMM, `_gemmw_*` (GPTQ only so far): blocks of 64 rows by 4 tiles
+    /// of 32 outputs, x staged in shared memory.
+    W,
 }
 
 impl Tile {
-    /// Every entry kind.
+    /// Every entry kind every GEMM scheme has.
     pub const ALL: [Tile; 4] = [Tile::M1, Tile::M4, Tile::G1, Tile::G2];
+    /// [`Tile::ALL`] and the wide entry (GPTQ's).
+    pub const WITH_WIDE: [Tile; 5] = [Tile::M1, Tile::M4, Tile::G1, Tile::G2, Tile::W];
 
     /// The entry's index within its family (`_m1` 0, `_m4`/`_m2` 1).
     fn index(self) -> usize {
@@ -86,13 +91,13 @@ impl Tile {
         match self {
             Tile::M1 | Tile::G1 => 16,
             Tile::G2 => 32,
-            Tile::M4 => 64,
+            Tile::M4 | Tile::W => 64,
         }
     }
 
     /// Whether this is a group-scaled entry.
     pub fn grouped(self) -> bool {
-        matches!(self, Tile::G1 | Tile::G2)
+        matches!(self, Tile::G1 | Tile::G2 | Tile::W)
     }
 
     /// Outputs of a tile (`qk_gemmg_nt` in ptx/gemm.cuh): 64 for the group-scaled 16-row entry
@@ -179,6 +184,7 @@ pub fn hqq_gemm<T: EmuElem>(
 ) -> Vec<f32> {
     let words = shape.prows * shape.cols;
     let n = shape.rows * shape.cols / k;
+    assert!(l.tile != Tile::W, "no wide entry for this scheme");
     check_mnk(x, m, k, n);
     assert!(words.is_multiple_of(16) && shape.cols.is_multiple_of(16) && packed.len() == words);
     assert_eq!((scales.len(), zeros.len()), (shape.groups, shape.groups));
@@ -258,6 +264,7 @@ pub fn gptq_gemm<T: EmuElem>(
         (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(g_idx), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
     let mut sp = Split::new(l.tile, m, n, false, l.kslices);
+    let grouped_entry = if l.tile == Tile::W { T::GPTQ_GEMMW[w] } else { T::GPTQ_GEMMG[w][l.tile.index()] };
     // SAFETY: reads qweight word rows < k*bits/32 at columns < n, qzeros/scales rows < groups
     // (g_idx checked), x within m*k; writes y within m*n, part within kslices*m*n and a
     // counter per tile. Synchronous.
@@ -266,7 +273,7 @@ pub fn gptq_gemm<T: EmuElem>(
             l,
             sp,
             T::GPTQ_GEMM[w][l.tile.index()],
-            T::GPTQ_GEMMG[w][l.tile.index()],
+            grouped_entry,
             (
                 qw.as_ptr(),
                 qz.as_ptr(),
@@ -300,6 +307,7 @@ pub fn awq_gemm<T: EmuElem>(
     group_size: usize,
     l: Launch,
 ) -> Vec<f32> {
+    assert!(l.tile != Tile::W, "no wide entry for this scheme");
     check_mnk(x, m, k, n);
     let groups = k / group_size;
     assert_eq!((qweight.len(), qzeros.len(), scales.len()), (k * n / 8, groups * n / 8, groups * n));
@@ -349,6 +357,7 @@ pub fn fp8_gemm(
     (m, k, n): (usize, usize, usize),
     l: Launch,
 ) -> Vec<f32> {
+    assert!(l.tile != Tile::W, "no wide entry for this scheme");
     check_mnk(x, m, k, n);
     let (br, bc) = block_shape;
     assert_eq!((codes.len(), scales.len()), (n * k, n.div_ceil(br) * k.div_ceil(bc)));
