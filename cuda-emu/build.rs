@@ -14,6 +14,7 @@ fn main() {
         "../ptx/gptq_gemm.cu",
         "../ptx/gptq_gemmg.cu",
         "../ptx/gptq_gemmw.cu",
+        "../ptx/hqq_gemmw.cu",
     ];
     let mut b = cc::Build::new();
     b.cpp(true)
@@ -48,6 +49,7 @@ fn main() {
     println!("cargo:rerun-if-changed=../ptx/gemm.cuh");
     println!("cargo:rerun-if-changed=../ptx/hqq_gemv.cuh");
     println!("cargo:rerun-if-changed=../ptx/gptq.cuh");
+    println!("cargo:rerun-if-changed=../ptx/hqq_gemm.cuh");
     println!("cargo:rerun-if-changed=cuda_cpu_shim.h");
     b.compile("qk_cuda_emu");
 }

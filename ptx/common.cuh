@@ -119,22 +119,34 @@ inline unsigned qk_h2_fma(unsigned a, unsigned b, unsigned c) {
 __device__ __forceinline__ unsigned qk_f16_one(int nonneg) { return 0x64006400u + ((unsigned)nonneg >> 31); }
 
 // The eight 4-bit fields of w (field i at bits 4i): out[p] = (field p, field p + 4), p < 4.
-// Odd fields are taken in place as 1024 + 16 f and scaled by 1/16 in the same FMA.
-__device__ __forceinline__ void qk_u4x8_f16(unsigned w, unsigned one, unsigned* out) {
-    const unsigned sixteenth = 0x2c002c00u, neg64 = 0xd400d400u;
+// Odd fields are taken in place as 1024 + 16 f and scaled by 1/16 in the same FMA. With `zb` =
+// 1024 + z and `zo` = -(64 + z) (f16x2, z an integer < 1024: qk_f16_zero) each field less z,
+// exactly; the 3-argument form takes z = 0.
+__device__ __forceinline__ void qk_u4x8_f16(unsigned w, unsigned one, unsigned* out, unsigned zb, unsigned zo) {
+    const unsigned sixteenth = 0x2c002c00u;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const unsigned v = w >> (8 * h);
-        out[2 * h] = qk_h2_sub((v & 0x000f000fu) | one, one);
-        out[2 * h + 1] = qk_h2_fma((v & 0x00f000f0u) | one, sixteenth, neg64);
+        out[2 * h] = qk_h2_sub((v & 0x000f000fu) | one, zb);
+        out[2 * h + 1] = qk_h2_fma((v & 0x00f000f0u) | one, sixteenth, zo);
     }
+}
+__device__ __forceinline__ void qk_u4x8_f16(unsigned w, unsigned one, unsigned* out) {
+    qk_u4x8_f16(w, one, out, one, 0xd400d400u);
+}
+
+// An integer zero point z (0 <= z < 1024, an exact float) as the f16x2 pair 1024 + z, and as
+// -(64 + z) in *odd: qk_u4x8_f16's and qk_u8x4_f16's subtrahends for fields less z.
+__device__ __forceinline__ unsigned qk_f16_zero(float z, unsigned* odd) {
+    *odd = qk_f16x2(-(64.0f + z), -(64.0f + z));
+    return qk_f16x2(1024.0f + z, 1024.0f + z);
 }
 
 // The four bytes of w: out[0] = (byte 0, byte 2), out[1] = (byte 1, byte 3), each less `sub - 1024`
-// (sub: an f16x2 in [1024, 2048), 1024 by default: the bytes themselves).
-__device__ __forceinline__ void qk_u8x4_f16(unsigned w, unsigned one, unsigned* out, unsigned sub = 0u) {
-    const unsigned s = sub ? sub : one;
-    out[0] = qk_h2_sub(__byte_perm(w, one, 0x5250u), s);
-    out[1] = qk_h2_sub(__byte_perm(w, one, 0x5351u), s);
+// (sub: an f16x2 in [1024, 2048)); the 3-argument form takes 1024: the bytes themselves.
+__device__ __forceinline__ void qk_u8x4_f16(unsigned w, unsigned one, unsigned* out, unsigned sub) {
+    out[0] = qk_h2_sub(__byte_perm(w, one, 0x5250u), sub);
+    out[1] = qk_h2_sub(__byte_perm(w, one, 0x5351u), sub);
 }
+__device__ __forceinline__ void qk_u8x4_f16(unsigned w, unsigned one, unsigned* out) { qk_u8x4_f16(w, one, out, one); }
 

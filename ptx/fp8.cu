@@ -345,6 +345,7 @@ struct QkFp8GemmG {
     static constexpr int NT = NT_;
     static constexpr bool ZERO = false;
     static constexpr float UNIT = E4M3 ? 256.0f : 1.0f;
+    static constexpr bool FOLD = false;
     const unsigned char* __restrict__ codes_;
     const float* __restrict__ scales;
     int k_dim, br, scols, lg;  // a column block is 2^lg codes (lg = 31: one block spans K)
@@ -407,6 +408,19 @@ QK_FP8_GEMMG(e4m3, 3, 7, true, 2)
 QK_FP8_GEMMG(e5m2, 2, 15, false, 1)
 QK_FP8_GEMMG(e5m2, 2, 15, false, 2)
 
+// Entries: fp8_gemmw_{e4m3,e5m2}(the group-scaled GEMM's parameters): the wide GEMM
+// (qk_mma_gemm_wide), blocks of 64 rows x 4 tiles of 32 outputs.
+#define QK_FP8_GEMMW(FMT, MB, BI, E4)                                                                 \
+    extern "C" __global__ void fp8_gemmw_##FMT(const unsigned char* codes, const float* scales, const float* x, \
+                                               float* y, int m_dim, int k_dim, int n_dim, int br, int bc, float* part, \
+                                               unsigned* counters, int kslices) {                    \
+        const QkFp8GemmG<MB, BI, E4, 4> d{codes, scales, k_dim, br, (k_dim + bc - 1) / bc,           \
+                                          bc >= k_dim ? 31 : __ffs(bc) - 1};                         \
+        qk_mma_gemm_wide(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                     \
+    }
+QK_FP8_GEMMW(e4m3, 3, 7, true)
+QK_FP8_GEMMW(e5m2, 2, 15, false)
+
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_FP8_EMU(FMT, T, NAME)                                                                      \
     extern "C" void cpu_fp8_dequant_##FMT##_##NAME(const unsigned char* codes, const float* scales, T* out, int rows, \
@@ -451,4 +465,14 @@ QK_FP8_GEMMG_EMU(e4m3, 1)
 QK_FP8_GEMMG_EMU(e4m3, 2)
 QK_FP8_GEMMG_EMU(e5m2, 1)
 QK_FP8_GEMMG_EMU(e5m2, 2)
+#define QK_FP8_GEMMW_EMU(FMT)                                                                         \
+    extern "C" void cpu_fp8_gemmw_##FMT(const unsigned char* codes, const float* scales, const float* x, float* y, \
+                                        int m_dim, int k_dim, int n_dim, int br, int bc, float* part, unsigned* counters, \
+                                        int kslices, unsigned grid, unsigned block) {                \
+        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                            \
+            fp8_gemmw_##FMT(codes, scales, x, y, m_dim, k_dim, n_dim, br, bc, part, counters, kslices); \
+        });                                                                                           \
+    }
+QK_FP8_GEMMW_EMU(e4m3)
+QK_FP8_GEMMW_EMU(e5m2)
 #endif

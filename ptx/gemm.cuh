@@ -24,6 +24,15 @@
 #pragma once
 #include "common.cuh"
 
+// A rarely taken branch's condition (x beyond f16's range). `sass_cost.py --no-rare` compiles the
+// sources with QK_COST_NO_RARE, which drops those paths, so that its walk of the hot loop sees
+// the common path rather than the rare one with more mma.
+#ifdef QK_COST_NO_RARE
+#define QK_RARE(c) (false && (c))
+#else
+#define QK_RARE(c) (c)
+#endif
+
 // A compile-time flag for generic lambdas (no <type_traits> under NVRTC).
 template <bool B>
 struct QkBool {
@@ -458,26 +467,26 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 }
 
 // ---- The wide group-scaled GEMM, for large batches: the group-scaled GEMM's arithmetic (exact
-// f16 codes, each group's scale and zero point applied in f32 at its end, the same error bound)
-// with x staged once per block instead of once per warp. A block of 4 warps (128 threads: the
-// launcher's; any whole number of warps works) takes 16 MT rows and 4 neighbouring tiles of NT x
-// 8 outputs (MT = 4 at NT = 4, 2 for AWQ's 8) over one slice of K. For each 32-input chunk the
-// block converts the rows' x to f16 once, in the A fragments' order, into shared memory (double
-// buffered: the next chunk is staged while this one is multiplied, one barrier a chunk), with
-// each row's sum of x^ for the zero points; the warps then read their fragments there (two
-// 16-byte loads per 16 rows) instead of loading and converting x each, and need no mma for sum x.
-// At 256 rows this cuts x's traffic from L2 by the block's width and the instructions per mma by
-// about half against the 32-row group-scaled entry.
+// f16 codes, each group's scale applied in f32 at its end, the same error bound) with x staged
+// once per block instead of once per warp. A block of 4 warps (128 threads: the launcher's; any
+// whole number of warps works) takes 16 MT rows and 4 neighbouring tiles of NT x 8 outputs (MT =
+// 4 at NT = 4, 2 for AWQ's 8) over one slice of K. For each 32-input chunk the block converts
+// the rows' x to f16 once, in the A fragments' order, into shared memory (double buffered: the
+// next chunk is loaded while this one is multiplied and staged after it, one barrier a chunk),
+// with each row's sum of x^ where the decoder has zero points (Dec::ZERO); the warps read their
+// fragments there (two 16-byte loads per 16 rows) instead of loading and converting x each. A
+// decoder with integer zero points may fold them into the codes instead (Dec::FOLD: q - z is
+// still an exact f16), so a group's end is one FMA an output.
 //
-// x beyond f16's range: a row whose largest |x| of the chunk would round to an infinity is
-// scaled by a power of two into range as it is staged (exact), and a chunk with such a row is
-// multiplied with its sums scaled back in f32 (the block agrees on it at the chunk's barrier).
+// x beyond f16's range: a chunk whose sums of x^ are not finite somewhere (the block agrees at
+// its barrier) is staged again with each row whose largest |x| of the chunk would round to an
+// infinity scaled by a power of two into range (exact); its products are then summed on their
+// own and scaled back by row in f32.
 //
-// Layouts (K % 32 == 0, N % (8 NT) == 0, groups of whole aligned 32-input blocks, as the
-// group-scaled GEMM): a stage job J < 64 MT is row 16 i + 8 h + g of the block and inputs 8 t ..
-// 8 t + 7 of the chunk (i = J / 64, h = J / 32 % 2, g = J / 4 % 8, t = J % 4): lane (g, t)'s A
-// fragment halves, stored at a[J] so that a warp's loads and stores are 16 consecutive bytes a
-// lane.
+// Stage layout (K % 32 == 0, N % (8 NT) == 0, groups of whole aligned 32-input blocks, as the
+// group-scaled GEMM): warp w stages row tiles w, w + warps, ...; lane (g, t) of it converts rows
+// 16 i + g and 16 i + 8 + g, inputs 8 t .. 8 t + 7, and stores its A fragments of both mma steps
+// at a[(2 i + s) 32 + lane]: a warp's loads and stores are 16 consecutive bytes a lane.
 constexpr int qk_gemmw_mt(int nt) { return nt == 8 ? 2 : 4; }
 
 template <int MT>
@@ -508,34 +517,17 @@ __device__ __forceinline__ void qk_wide_load(const float* __restrict__ x, int m0
 }
 
 // Row tile i's inputs v (qk_wide_load's; the whole warp) into the stage as f16 pairs, with each
-// row's sum of x^ (one mma a step against ones, as the group-scaled GEMM's). A sum that is not
-// finite flags x beyond f16's range: the warp then stages the tile again with each such row
-// scaled by a power of two into range (exact: 2^(14 - exponent of its largest |x|) brings that
-// into [2^14, 2^15); infinities and NaN stay), and the factor that undoes it. Returns whether a
-// row of the lane's was scaled.
-template <class Dec, int MT>
+// row's sum of x^ where the decoder has zero points. Returns whether a sum of the lane's is not
+// finite (x beyond f16's range; the sums come from one mma a step against ones, as in the
+// group-scaled GEMM). SCALE, the block's rare second pass over such a chunk: each row whose
+// largest |x| of the chunk (over its quad) would round to an infinity is scaled by a power of two
+// into range first (exact: 2^(14 - exponent of that |x|) brings it into [2^14, 2^15);
+// infinities and NaN stay), the sums are added over the quad (no mma off the hot path), and each
+// row's factor that undoes it is stored too.
+template <class Dec, int MT, bool SCALE>
 __device__ __forceinline__ bool qk_wide_store(QkWideStage<MT>& st, int i, int lane, float (*v)[8]) {
-    const unsigned ones[2][2] = {{0x3c003c00u, 0x3c003c00u}, {0x3c003c00u, 0x3c003c00u}};
-    float back[2] = {1.0f, 1.0f}, sx[4];
-    bool over = false;
-    auto put = [&] {
-        unsigned a[2][4];
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int s = 0; s < 2; ++s)
-#pragma unroll
-                for (int r = 0; r < 2; ++r)  // a[s][0] row g, a[s][1] row g + 8; a[s][2, 3] the k + 8 half
-                    a[s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
-#pragma unroll
-        for (int s = 0; s < 2; ++s)
-            st.a[(2 * i + s) * 32 + lane] = QkVec<unsigned, 4>{{a[s][0], a[s][1], a[s][2], a[s][3]}};
-#pragma unroll
-        for (int c = 0; c < 4; ++c) sx[c] = 0.0f;
-        qk_mma2<false>(sx, a, ones, back);
-    };
-    put();
-    if (__any_sync(0xffffffffu, !(fabsf(sx[0]) <= 3.402823466e38f) || !(fabsf(sx[2]) <= 3.402823466e38f))) {
+    float back[2] = {1.0f, 1.0f}, sx[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (SCALE) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             float m = 0.0f;
@@ -549,21 +541,57 @@ __device__ __forceinline__ bool qk_wide_store(QkWideStage<MT>& st, int i, int la
                 back[h] = __int_as_float((ex - 14) << 23);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) v[h][e] *= sc;
-                over = true;
             }
         }
-        put();
+    }
+    unsigned a[2][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+            for (int r = 0; r < 2; ++r)  // a[s][0] row g, a[s][1] row g + 8; a[s][2, 3] the k + 8 half
+                a[s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
+#pragma unroll
+    for (int s = 0; s < 2; ++s) st.a[(2 * i + s) * 32 + lane] = QkVec<unsigned, 4>{{a[s][0], a[s][1], a[s][2], a[s][3]}};
+    if constexpr (SCALE) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+                sum = sum + qk_f16_lo(a[q >> 1][2 * (q & 1) + h]) + qk_f16_hi(a[q >> 1][2 * (q & 1) + h]);
+            sum = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
+            sx[2 * h] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
+        }
+    } else {
+        const unsigned ones[2][2] = {{0x3c003c00u, 0x3c003c00u}, {0x3c003c00u, 0x3c003c00u}};
+        qk_mma2<false>(sx, a, ones, back);
     }
     if ((lane & 3) == 0) {
         const int g = lane >> 2;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            st.sx[g][i >> 1].v[2 * (i & 1) + h] = sx[2 * h] * back[h];
-            st.back[g][i >> 1].v[2 * (i & 1) + h] = back[h];
+            if constexpr (Dec::ZERO) st.sx[g][i >> 1].v[2 * (i & 1) + h] = sx[2 * h] * back[h];
+            if constexpr (SCALE) st.back[g][i >> 1].v[2 * (i & 1) + h] = back[h];
         }
     }
-    return over;
+    return !(fabsf(sx[0]) <= 3.402823466e38f) || !(fabsf(sx[2]) <= 3.402823466e38f);
 }
+
+// A decoder's zero-point state for folding (Dec::FOLD: Dec::Fold, Dec::FoldPar), or empty.
+template <bool FOLD, class Dec>
+struct QkFoldOf {
+    struct Fold {};
+    struct FoldPar {};
+    __device__ __forceinline__ static FoldPar par(const Dec&, int, int) { return FoldPar{}; }
+};
+template <class Dec>
+struct QkFoldOf<true, Dec> {
+    using Fold = typename Dec::Fold;
+    using FoldPar = typename Dec::FoldPar;
+    __device__ __forceinline__ static FoldPar par(const Dec& d, int n0, int g) { return d.fold_par(n0, g); }
+};
 
 template <class Dec>
 __device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
@@ -578,23 +606,34 @@ __device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __re
     const int chunks = k_dim / 32, per = (chunks + kslices - 1) / kslices;  // chunks per slice
     // Staging chunk k0 into st: warp w takes row tiles w, w + warps, ...: QI of them held in v
     // (loaded first, so the loads are in flight while the warps multiply), any more (fewer than 4
-    // warps) loaded and stored at once. store returns whether a row of the lane's was scaled.
+    // warps) loaded and stored at once.
     auto load = [&](int m0, int k0, float (*v)[2][8]) {
 #pragma unroll
         for (int q = 0; q < QI; ++q)
             if (warp + q * warps < MT) qk_wide_load<MT>(x, m0, m_dim, k_dim, k0, warp + q * warps, lane, v[q]);
     };
-    auto store = [&](QkWideStage<MT>& st, int m0, int k0, float (*v)[2][8]) {
-        bool over = false;
+    auto store = [&](QkWideStage<MT>& st, int m0, int k0, float (*v)[2][8], auto scale) {
+        constexpr bool S = decltype(scale)::value;
+        bool bad = false;
 #pragma unroll
         for (int q = 0; q < QI; ++q)  // uniform in a warp
-            if (warp + q * warps < MT) over = qk_wide_store<Dec, MT>(st, warp + q * warps, lane, v[q]) || over;
+            if (warp + q * warps < MT) bad = qk_wide_store<Dec, MT, S>(st, warp + q * warps, lane, v[q]) || bad;
         for (int i = warp + QI * warps; i < MT; i += warps) {
             float w[2][8];
             qk_wide_load<MT>(x, m0, m_dim, k_dim, k0, i, lane, w);
-            over = qk_wide_store<Dec, MT>(st, i, lane, w) || over;
+            bad = qk_wide_store<Dec, MT, S>(st, i, lane, w) || bad;
         }
-        return over;
+        return bad;
+    };
+    // Stage chunk k0 into st, and again scaled where some x of it is beyond f16's range (the
+    // block agrees at the barrier). Returns whether it was.
+    auto stage_chunk = [&](QkWideStage<MT>& st, int m0, int k0, float (*v)[2][8]) {
+        const int over = __syncthreads_or(store(st, m0, k0, v, QkBool<false>{}));
+        if (QK_RARE(over)) {  // uniform
+            store(st, m0, k0, v, QkBool<true>{});
+            __syncthreads();
+        }
+        return over != 0;
     };
     for (long long bi = (long long)blockIdx.y * gridDim.x + blockIdx.x; bi < items;
          bi += (long long)gridDim.x * gridDim.y) {  // uniform in a block
@@ -608,6 +647,9 @@ __device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __re
 #pragma unroll
         for (int j = 0; j < NT; ++j) col[j] = d.column(Dec::out(n0, j, g));
         const typename Dec::Par par = d.par(n0, t);
+        // Folded zero points (Dec::FOLD): the lane's B columns' of the current group.
+        const typename QkFoldOf<Dec::FOLD, Dec>::FoldPar fp = QkFoldOf<Dec::FOLD, Dec>::par(d, n0, g);
+        typename QkFoldOf<Dec::FOLD, Dec>::Fold fz;
         float acc[MT][NT][4], ga[MT][NT][4], xs[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -618,33 +660,14 @@ __device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __re
                 for (int j = 0; j < NT; ++j) acc[i][j][c] = ga[i][j][c] = 0.0f;
             }
         // One chunk from its stage: the rows' sums of x^ into xs, the A fragments and the mma. A
-        // scaled chunk (some row's x scaled by 2^-e into f16's range) divides that row's group
-        // sums by 2^e before its mma and multiplies them back after: exact (powers of two), so
-        // the chunk's products add at their true scale with the one rounding of the mma.
-        auto chunk = [&](const QkWideStage<MT>& st, const unsigned (*b)[2][2], bool scaled) {
-            float back[MT][2];
-            auto rescale = [&](bool undo) {
-#pragma unroll
-                for (int i = 0; i < MT; ++i)
-#pragma unroll
-                    for (int j = 0; j < NT; ++j)
-#pragma unroll
-                        for (int c = 0; c < 4; ++c) {
-                            const float f = back[i][c >> 1];  // 2^e; its inverse by the exponent's bits
-                            ga[i][j][c] *= undo ? f : __int_as_float((254 << 23) - __float_as_int(f));
-                        }
-            };
-            if (scaled) {  // uniform
-#pragma unroll
-                for (int q = 0; q < MT / 2; ++q) {
-                    const QkVec<float, 4> bv = st.back[g][q];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) back[(4 * q + e) >> 1][e & 1] = bv.v[e];
-                }
-                rescale(false);
-            }
+        // scaled chunk (some row's x scaled by 2^-e into f16's range, rare) is summed on its own:
+        // the group's sums so far go into acc first, then the chunk's, multiplied back by row
+        // (exact: powers of two), go in too, and the group goes on from zero.
+        auto chunk = [&](const QkWideStage<MT>& st, const unsigned (*b)[2][2], bool scaled, int grp) {
+            if (QK_RARE(scaled)) qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);  // uniform
 #pragma unroll
             for (int q = 0; q < MT / 2; ++q) {
+                if constexpr (!Dec::ZERO) break;  // sum x: for the zero points only
                 const QkVec<float, 4> v = st.sx[g][q];
                 xs[2 * q][0] = xs[2 * q][0] + v.v[0];
                 xs[2 * q][2] = xs[2 * q][2] + v.v[1];
@@ -656,41 +679,60 @@ __device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __re
                 const QkVec<unsigned, 4> a0 = st.a[(2 * i) * 32 + lane], a1 = st.a[(2 * i + 1) * 32 + lane];
                 const unsigned a[2][4] = {{a0.v[0], a0.v[1], a0.v[2], a0.v[3]}, {a1.v[0], a1.v[1], a1.v[2], a1.v[3]}};
 #pragma unroll
-                for (int j = 0; j < NT; ++j) qk_mma2<false>(ga[i][j], a, b[j], back[i]);
+                for (int j = 0; j < NT; ++j) qk_mma2<false>(ga[i][j], a, b[j], nullptr);
             }
-            if (scaled) rescale(true);
+            if (QK_RARE(scaled)) {
+#pragma unroll
+                for (int q = 0; q < MT / 2; ++q) {
+                    const QkVec<float, 4> bv = st.back[g][q];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+#pragma unroll
+                        for (int j = 0; j < NT; ++j)
+#pragma unroll
+                            for (int c = 0; c < 2; ++c) ga[2 * q + (e >> 1)][j][2 * (e & 1) + c] *= bv.v[e];
+                }
+                qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);
+            }
         };
         if (k_begin < k_end) {  // uniform in the block
             float v[QI][2][8];
             load(m0, k_begin, v);
-            int scaled = __syncthreads_or(store(stage[0], m0, k_begin, v));
+            bool scaled = stage_chunk(stage[0], m0, k_begin, v);
             int grp = d.group(k_begin), gk = grp, buf = 0;
+            if constexpr (Dec::FOLD)
+                if (active) d.fold(fp, grp, fz);
             unsigned raw[Dec::RAW];
             d.fetch(col, k_begin + 8 * t, raw);
 #pragma unroll 1
             for (int k0 = k_begin, left = k_end - k_begin; left > 0; k0 += 32, left -= 32) {
                 if (gk != grp) {  // uniform
-                    if (active) qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);
+                    if (active) {
+                        qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);
+                        if constexpr (Dec::FOLD) d.fold(fp, gk, fz);
+                    }
                     grp = gk;
                 }
-                const bool next = left > 32;
-                const int kn = next ? k0 + 32 : k0;
-                if (next) load(m0, kn, v);
+                // The next chunk is loaded, staged and fetched; the last chunk stages itself again
+                // (in bounds, into the stage nobody reads), so the loop has no branch on it.
+                const int kn = left > 32 ? k0 + 32 : k0;
+                load(m0, kn, v);
                 const int gn = d.group(kn);
                 if (active) {
                     unsigned b[NT][2][2];
-                    d.decode(col, raw, b);
+                    if constexpr (Dec::FOLD)
+                        d.decode(col, raw, b, &fz);
+                    else
+                        d.decode(col, raw, b);
                     d.fetch(col, kn + 8 * t, raw);
-                    chunk(stage[buf], b, scaled != 0);
+                    chunk(stage[buf], b, scaled, grp);
                 }
                 gk = gn;
-                if (next) {  // uniform: the next stage, and every warp done with this one
-                    scaled = __syncthreads_or(store(stage[buf ^ 1], m0, kn, v));
-                    buf ^= 1;
-                }
+                // The next stage, and every warp done with this one.
+                scaled = stage_chunk(stage[buf ^ 1], m0, kn, v);
+                buf ^= 1;
             }
             if (active) qk_gemmg_flush<Dec, MT>(d, par, grp, ga, xs, acc);
-            __syncthreads();  // the last stage read before the next item stages over it
         }
         if (active) qk_gemmg_store<Dec, MT>(acc, y, part, counters, m0, n0, m_dim, n_dim, kslices, slice,
                                             (long long)(m0 / (16 * MT)) * ntiles + ntile, lane);

@@ -74,10 +74,16 @@ struct QkGptqCols {
 // ---- Group-scaled GEMM (gemm.cuh's qk_mma_gemm_grouped) for 4- and 8-bit layers whose every
 // aligned 32 rows (sorted, for act-order) share a group: a lane's rows k .. k + 7 of column n are
 // one word at 4 bits (fields p, p + 4 as a pair) or two at 8 (bytes 0, 2 and 1, 3 of each).
-template <int BITS, typename T, int NT_>
+//
+// FOLD (the wide GEMM's): each group's zero point is subtracted from the codes as they are
+// decoded (GPTQ's are integers, so q - z stays an exact f16), so the group's end applies the
+// scale alone and sum x is not needed: Dec::fold loads the lane's column's zero points of a group
+// (Dec::Fold) from a cursor made once per work item (Dec::fold_par).
+template <int BITS, typename T, int NT_, bool FOLD_ = false>
 struct QkGptqGemmG {
     static constexpr int NT = NT_;
-    static constexpr bool ZERO = true;
+    static constexpr bool FOLD = FOLD_;
+    static constexpr bool ZERO = !FOLD_;
     static constexpr float UNIT = 1.0f;
     const int* __restrict__ qweight;
     const int* __restrict__ qzeros;
@@ -102,20 +108,36 @@ struct QkGptqGemmG {
 #pragma unroll
             for (int w = 0; w < BITS / 4; ++w) raw[j * (BITS / 4) + w] = (unsigned)col[j].p[at + w * (unsigned)n_dim];
     }
-    __device__ __forceinline__ void decode(const Col*, const unsigned* raw, unsigned (*b)[2][2]) const {
+    // The zero points of subtile j's column n0 + 8 j + g as qk_f16_zero's pairs.
+    struct Fold {
+        unsigned zb[NT], zo[NT];
+    };
+    __device__ __forceinline__ void decode(const Col*, const unsigned* raw, unsigned (*b)[2][2],
+                                           const Fold* f = nullptr) const {
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
+            const unsigned zb = f ? f->zb[j] : one, zo = f ? f->zo[j] : 0xd400d400u;
             if (BITS == 4) {
                 unsigned o[4];
-                qk_u4x8_f16(raw[j], one, o);
+                qk_u4x8_f16(raw[j], one, o, zb, zo);
                 b[j][0][0] = o[0];
                 b[j][0][1] = o[1];
                 b[j][1][0] = o[2];
                 b[j][1][1] = o[3];
             } else {
-                qk_u8x4_f16(raw[2 * j], one, b[j][0]);
-                qk_u8x4_f16(raw[2 * j + 1], one, b[j][1]);
+                qk_u8x4_f16(raw[2 * j], one, b[j][0], zb);
+                qk_u8x4_f16(raw[2 * j + 1], one, b[j][1], zb);
             }
+        }
+    }
+    using FoldPar = QkGptqCols<BITS, 1, T>;
+    __device__ __forceinline__ FoldPar fold_par(int n0, int g) const { return FoldPar(qzeros, scales, n_dim, n0 + g); }
+    __device__ __forceinline__ void fold(const FoldPar& p, int grp, Fold& f) const {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            float zm[1], s[1];
+            p.load(grp, format, magic, zm, s, j * BITS / 4, 8 * j);
+            f.zb[j] = qk_f16_zero(zm[0] - 8388608.0f, &f.zo[j]);
         }
     }
     __device__ __forceinline__ int group(int k0) const { return g_idx[k0]; }

@@ -6,12 +6,13 @@
 #include "gptq.cuh"
 
 // Entries: gptq_gemmw_{4,8}b_{elem}(the group-scaled GEMM's parameters): the wide GEMM
-// (qk_mma_gemm_wide), blocks of 64 rows x 4 tiles of 32 outputs.
+// (qk_mma_gemm_wide), blocks of 64 rows x 4 tiles of 32 outputs, zero points folded into the
+// codes (QkGptqGemmG's FOLD).
 #define QK_GPTQ_GEMMW_ENTRY(BITS, T, NAME)                                                           \
     extern "C" __global__ void gptq_gemmw_##BITS##b_##NAME(                                          \
         const int* qweight, const int* qzeros, const T* scales, const int* g_idx, const float* x, float* y, \
         int m_dim, int k_dim, int n_dim, int format, int one_group, float* part, unsigned* counters, int kslices) { \
-        const QkGptqGemmG<BITS, T, 4> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format),  \
+        const QkGptqGemmG<BITS, T, 4, true> d{qweight, qzeros, scales, g_idx, n_dim, format, qk_magic_reg(format),  \
                                         qk_f16_one(format)};                                         \
         qk_mma_gemm_wide(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                     \
     }

@@ -167,11 +167,30 @@ def hot_loop(instrs, longest=False):
     return abs(n), math
 
 
+def no_rare_ptx(ptx, tmp):
+    """The PTX of ptx's source compiled with QK_COST_NO_RARE (gen_ptx.py's NVRTC and options)."""
+    import ctypes
+    import gen_ptx
+
+    nv = ctypes.CDLL(str(pkg_dir("nvidia.cuda_nvrtc") / "lib" / "libnvrtc.so.12"))
+    gen_ptx.OPTIONS = gen_ptx.OPTIONS + ["-DQK_COST_NO_RARE"] if "-DQK_COST_NO_RARE" not in gen_ptx.OPTIONS else gen_ptx.OPTIONS
+    out = pathlib.Path(tmp) / ptx.name
+    out.write_bytes(gen_ptx.compile_ptx(nv, ptx.with_suffix(".cu")))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("filters", nargs="*", default=["_gemv_", "_gemm_", "_gemmg_", "_gemmw_"])
     ap.add_argument("--ptx", action="append", help="PTX files to read (default: ptx/*.ptx)")
+    ap.add_argument(
+        "--no-rare",
+        action="store_true",
+        help="compile each PTX file's source with QK_COST_NO_RARE (gemm.cuh's QK_RARE branches, x beyond "
+        "f16, dropped) instead of reading the committed PTX: the wide GEMM's rare paths hold mma, so the walk "
+        "would take them for the hot path",
+    )
     args = ap.parse_args()
     ptxas = str(pkg_dir("nvidia.cuda_nvcc") / "bin" / "ptxas")
     cuobjdump = tool("cuobjdump", "CUOBJDUMP")
@@ -179,6 +198,8 @@ def main():
     print("|---|---:|---:|---:|---:|---:|")
     for ptx in sorted(pathlib.Path(p) for p in args.ptx) if args.ptx else sorted(HERE.glob("*.ptx")):
         with tempfile.TemporaryDirectory() as tmp:
+            if args.no_rare:
+                ptx = no_rare_ptx(ptx, tmp)
             cubin = os.path.join(tmp, "k.cubin")
             subprocess.run([ptxas, f"-arch={args.arch}", str(ptx), "-o", cubin], check=True)
             env = dict(os.environ, PATH=f"{pathlib.Path(cuobjdump).parent}:{os.environ.get('PATH', '')}")

@@ -175,6 +175,8 @@ pub trait EmuElem: Copy + Default {
     const GPTQ_GEMMG: [[qgemm::GptqGEntry<Self::Raw>; 2]; 2];
     /// `gptq_gemmw_{4,8}b_{elem}`.
     const GPTQ_GEMMW: [qgemm::GptqGEntry<Self::Raw>; 2];
+    /// `hqq_gemmw_{4,8}b_{elem}`.
+    const HQQ_GEMMW: [qgemm::HqqGEntry<Self::Raw>; 2];
     /// `awq_gemm_4b_{elem}_m{1,4}`.
     const AWQ_GEMM: [qgemm::AwqEntry<Self::Raw>; 2];
     /// `awq_gemmg_4b_{elem}_m{1,2}`.
@@ -426,6 +428,28 @@ macro_rules! emu_elem {
                 ),
                 [gptq_w4 = "cpu_gptq_gemmw_4b_", gptq_w8 = "cpu_gptq_gemmw_8b_"]
             );
+            externs!(
+                $sfx,
+                (
+                    *const u8,
+                    *const R,
+                    *const R,
+                    *const f32,
+                    *mut f32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    i32,
+                    *mut f32,
+                    *mut u32,
+                    i32,
+                    u32,
+                    u32
+                ),
+                [hqq_w4 = "cpu_hqq_gemmw_4b_", hqq_w8 = "cpu_hqq_gemmw_8b_"]
+            );
             externs_gemm!(
                 $sfx,
                 (*const i32, *const i32, *const R, *const f32, *mut f32, i32, i32, i32, i32),
@@ -476,6 +500,7 @@ macro_rules! emu_elem {
             const GPTQ_GEMMG: [[qgemm::GptqGEntry<$raw>; 2]; 2] =
                 [[$m::gptq_g4_1, $m::gptq_g4_2], [$m::gptq_g8_1, $m::gptq_g8_2]];
             const GPTQ_GEMMW: [qgemm::GptqGEntry<$raw>; 2] = [$m::gptq_w4, $m::gptq_w8];
+            const HQQ_GEMMW: [qgemm::HqqGEntry<$raw>; 2] = [$m::hqq_w4, $m::hqq_w8];
             const AWQ_GEMM: [qgemm::AwqEntry<$raw>; 2] = [$m::awq_m_1, $m::awq_m_4];
             const AWQ_GEMMG: [qgemm::AwqGEntry<$raw>; 2] = [$m::awq_g_1, $m::awq_g_2];
         }

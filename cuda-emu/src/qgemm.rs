@@ -44,6 +44,41 @@ entry_types!(
     (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32)
 );
 
+unsafe extern "C" {
+    fn cpu_fp8_gemmw_e4m3(
+        c: *const u8,
+        s: *const f32,
+        x: *const f32,
+        y: *mut f32,
+        m: i32,
+        k: i32,
+        n: i32,
+        br: i32,
+        bc: i32,
+        part: *mut f32,
+        counters: *mut u32,
+        kslices: i32,
+        grid: u32,
+        block: u32,
+    );
+    fn cpu_fp8_gemmw_e5m2(
+        c: *const u8,
+        s: *const f32,
+        x: *const f32,
+        y: *mut f32,
+        m: i32,
+        k: i32,
+        n: i32,
+        br: i32,
+        bc: i32,
+        part: *mut f32,
+        counters: *mut u32,
+        kslices: i32,
+        grid: u32,
+        block: u32,
+    );
+}
+
 externs_gemm!(
     "",
     (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32),
@@ -70,15 +105,15 @@ pub enum Tile {
     G1,
     /// `_gemmg_*_m2`.
     G2,
-    /// The wide group-scaled GEMM, `_gemmw_*` (GPTQ only so far): blocks of 64 rows by 4 tiles
-    /// of 32 outputs, x staged in shared memory.
+    /// The wide group-scaled GEMM, `_gemmw_*` (HQQ, GPTQ, FP8; AWQ has none): blocks of 64 rows
+    /// by 4 tiles of 32 outputs, x staged in shared memory.
     W,
 }
 
 impl Tile {
     /// Every entry kind every GEMM scheme has.
     pub const ALL: [Tile; 4] = [Tile::M1, Tile::M4, Tile::G1, Tile::G2];
-    /// [`Tile::ALL`] and the wide entry (GPTQ's).
+    /// [`Tile::ALL`] and the wide entry (all but AWQ).
     pub const WITH_WIDE: [Tile; 5] = [Tile::M1, Tile::M4, Tile::G1, Tile::G2, Tile::W];
 
     /// The entry's index within its family (`_m1` 0, `_m4`/`_m2` 1).
@@ -159,9 +194,9 @@ pub struct Launch {
 macro_rules! launch {
     ($l:expr, $sp:expr, $generic:expr, $grouped:expr, ($($arg:expr),*)) => {
         if $l.tile.grouped() {
-            $grouped($($arg,)* $sp.part.as_mut_ptr(), $sp.counters.as_mut_ptr(), $sp.kslices, $l.grid, $l.block)
+            ($grouped)($($arg,)* $sp.part.as_mut_ptr(), $sp.counters.as_mut_ptr(), $sp.kslices, $l.grid, $l.block)
         } else {
-            $generic($($arg,)* $l.grid, $l.block)
+            ($generic)($($arg,)* $l.grid, $l.block)
         }
     };
 }
@@ -184,7 +219,6 @@ pub fn hqq_gemm<T: EmuElem>(
 ) -> Vec<f32> {
     let words = shape.prows * shape.cols;
     let n = shape.rows * shape.cols / k;
-    assert!(l.tile != Tile::W, "no wide entry for this scheme");
     check_mnk(x, m, k, n);
     assert!(words.is_multiple_of(16) && shape.cols.is_multiple_of(16) && packed.len() == words);
     assert_eq!((scales.len(), zeros.len()), (shape.groups, shape.groups));
@@ -210,7 +244,7 @@ pub fn hqq_gemm<T: EmuElem>(
             l,
             sp,
             T::HQQ_GEMM[w][l.tile.index()],
-            T::HQQ_GEMMG[w][l.tile.index()],
+            if l.tile == Tile::W { T::HQQ_GEMMW[w] } else { T::HQQ_GEMMG[w][l.tile.index()] },
             (
                 p.as_ptr(),
                 s.as_ptr(),
@@ -264,7 +298,6 @@ pub fn gptq_gemm<T: EmuElem>(
         (Dev::from(qweight), Dev::from(qzeros), raw(scales), Dev::from(g_idx), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
     let mut sp = Split::new(l.tile, m, n, false, l.kslices);
-    let grouped_entry = if l.tile == Tile::W { T::GPTQ_GEMMW[w] } else { T::GPTQ_GEMMG[w][l.tile.index()] };
     // SAFETY: reads qweight word rows < k*bits/32 at columns < n, qzeros/scales rows < groups
     // (g_idx checked), x within m*k; writes y within m*n, part within kslices*m*n and a
     // counter per tile. Synchronous.
@@ -273,7 +306,7 @@ pub fn gptq_gemm<T: EmuElem>(
             l,
             sp,
             T::GPTQ_GEMM[w][l.tile.index()],
-            grouped_entry,
+            if l.tile == Tile::W { T::GPTQ_GEMMW[w] } else { T::GPTQ_GEMMG[w][l.tile.index()] },
             (
                 qw.as_ptr(),
                 qz.as_ptr(),
@@ -357,7 +390,6 @@ pub fn fp8_gemm(
     (m, k, n): (usize, usize, usize),
     l: Launch,
 ) -> Vec<f32> {
-    assert!(l.tile != Tile::W, "no wide entry for this scheme");
     check_mnk(x, m, k, n);
     let (br, bc) = block_shape;
     assert_eq!((codes.len(), scales.len()), (n * k, n.div_ceil(br) * k.div_ceil(bc)));
@@ -370,6 +402,7 @@ pub fn fp8_gemm(
         [[cpu_fp8_gemm_e4m3_m1, cpu_fp8_gemm_e4m3_m4], [cpu_fp8_gemm_e5m2_m1, cpu_fp8_gemm_e5m2_m4]];
     let grouped: [[Fp8GEntry; 2]; 2] =
         [[cpu_fp8_gemmg_e4m3_m1, cpu_fp8_gemmg_e4m3_m2], [cpu_fp8_gemmg_e5m2_m1, cpu_fp8_gemmg_e5m2_m2]];
+    let wide: [Fp8GEntry; 2] = [cpu_fp8_gemmw_e4m3, cpu_fp8_gemmw_e5m2];
     let (c, s, xd) = (Dev::from(codes), Dev::from(scales), Dev::from(x));
     let mut y = Dev::<f32>::zeroed(m * n);
     let mut sp = Split::new(l.tile, m, n, false, l.kslices);
@@ -380,7 +413,7 @@ pub fn fp8_gemm(
             l,
             sp,
             generic[format][l.tile.index()],
-            grouped[format][l.tile.index()],
+            if l.tile == Tile::W { wide[format] } else { grouped[format][l.tile.index()] },
             (c.as_ptr(), s.as_ptr(), xd.as_ptr(), y.as_mut_ptr(), i(m), i(k), i(n), i(br), i(bc))
         )
     };
