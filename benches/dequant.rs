@@ -435,8 +435,9 @@ fn cuda_group(c: &mut Criterion) {
 }
 
 /// `DeviceQuantLinear` (every scheme's fused GEMV; the tensor-core GEMM from 16 rows, both
-/// families where the layer has both) on a 4096-output x 14336-input layer at batch 1, 8, 16, 64
-/// and 256 (the act-order layer at 1 and 16), next to cuBLAS's f16 GEMM of the dequantized
+/// families where the layer has both, GPTQ's wide GEMM from 64 rows and its 32-row tiles there)
+/// on a 4096-output x 14336-input layer at batch 1, 8, 16, 64 and 256 (the act-order layer at 1
+/// and 16), next to cuBLAS's f16 GEMM of the dequantized
 /// weight and a device copy of the weight's bytes, in the same run. Each cycles through copies
 /// of its layer (weights, copy buffers) adding up to [`ROTATION_BYTES`].
 /// `Throughput::Bytes` = the weight's stored bytes (codes + parameters); the copy counts its size
@@ -592,8 +593,19 @@ fn cuda_linear_group(c: &mut Criterion) {
         for batch in BATCHES.into_iter().filter(|&b| !act_order || b == 1 || b == 16) {
             bench_layers(&mut g, &gpu, format!("{name}_batch{batch}"), &mut layers, batch);
         }
-        // Batches 1 and 8 on the group-scaled GEMM instead of the GEMV, and the other GEMM
+        // Batches 64 and 256 on the 32-row tiles instead of the wide GEMM, where the layer has
+        // it; batches 1 and 8 on the group-scaled GEMM instead of the GEMV, and the other GEMM
         // family on the same layer (the rounding kernel), where the layer has them.
+        if layers.sets[0].has_wide_gemm() && !act_order {
+            layers.sets.iter_mut().for_each(|l| l.set_gemm_wide_min_batch(usize::MAX));
+            for batch in [64, 256] {
+                bench_layers(&mut g, &gpu, format!("{name}_narrow_batch{batch}"), &mut layers, batch);
+            }
+            layers
+                .sets
+                .iter_mut()
+                .for_each(|l| l.set_gemm_wide_min_batch(quant_kernels::cuda::GEMM_WIDE_MIN_BATCH));
+        }
         if kind == Some(GemmKind::GroupScaled) && !act_order {
             layers.sets.iter_mut().for_each(|l| l.set_gemm_min_batch(1));
             for batch in [1, 8] {

@@ -312,8 +312,8 @@ fn fp8_dequant_matches_the_cpu_reference() {
 
 /// `DeviceQuantLinear` (the fused GEMV family, every scheme and width; the tensor-core GEMM from
 /// 16 rows where the scheme has one) against the f64 product of the scheme's dequantization
-/// oracle, for batches of 1, 3, 8, 11 (two GEMV passes), 16, 40 and 70 rows, plus bias where the
-/// layer has one. The GEMV within 1e-5 of sum |w x|; the GEMM within gemm.cuh's f16 bound.
+/// oracle, for batches of 1, 3, 8, 11 (two GEMV passes), 16, 40 and 70 rows (70 also off the wide
+/// GEMM where the layer has it), plus bias where the layer has one. The GEMV within 1e-5 of sum |w x|; the GEMM within gemm.cuh's f16 bound.
 /// Per weight, a bound on |s| (|q| + |z|) (scale, code, zero point): |w(q_max) - w(0)| + |w(0)|,
 /// from the dequantization with every code at its largest value and at zero; FP8 (no zero
 /// point) |w|.
@@ -362,17 +362,25 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
     // Every batch on the layer's own GEMM family; where that is the group-scaled one, batches 1
     // and 5 on it too (set_gemm_min_batch), then GEMM batches on the rounding family.
     let own = layer.gemm_kind();
-    // Runs (batch, family, GEMM from, x beyond f16's range in some rows).
-    let mut runs: Vec<(usize, Option<cuda::GemmKind>, usize, bool)> =
-        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, own, cuda::GEMM_MIN_BATCH, false)).to_vec();
+    // Runs (batch, family, GEMM from, x beyond f16's range in some rows, wide GEMM from).
+    let wide = cuda::GEMM_WIDE_MIN_BATCH;
+    let mut runs: Vec<(usize, Option<cuda::GemmKind>, usize, bool, usize)> =
+        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, own, cuda::GEMM_MIN_BATCH, false, wide)).to_vec();
     if gemm {
-        runs.push((40, own, cuda::GEMM_MIN_BATCH, true));
+        runs.push((40, own, cuda::GEMM_MIN_BATCH, true, wide));
+    }
+    if layer.has_wide_gemm() {
+        // Batch 70 on the wide GEMM with x beyond f16, and on the 32-row tiles.
+        runs.extend([
+            (70, own, cuda::GEMM_MIN_BATCH, true, wide),
+            (70, own, cuda::GEMM_MIN_BATCH, false, usize::MAX),
+        ]);
     }
     if own == Some(cuda::GemmKind::GroupScaled) {
-        runs.extend([1, 5].map(|b| (b, own, 1, false)));
+        runs.extend([1, 5].map(|b| (b, own, 1, false, wide)));
         runs.extend(
             [(16, false), (40, false), (40, true)]
-                .map(|(b, big)| (b, Some(cuda::GemmKind::Rounded), cuda::GEMM_MIN_BATCH, big)),
+                .map(|(b, big)| (b, Some(cuda::GemmKind::Rounded), cuda::GEMM_MIN_BATCH, big, wide)),
         );
     } else if gemm {
         // `new` takes the group-scaled family wherever the layer allows it.
@@ -384,11 +392,12 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
             "{what}"
         );
     }
-    for (batch, kind, from, big) in runs {
+    for (batch, kind, from, big, wide_from) in runs {
         if let Some(kind) = kind {
             layer.set_gemm_kind(gpu, kind).unwrap();
         }
         layer.set_gemm_min_batch(from);
+        layer.set_gemm_wide_min_batch(wide_from);
         let on_gemm = gemm && batch >= from;
         let mut x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         if big {

@@ -21,6 +21,14 @@ const ROW_BLOCK: usize = 256;
 /// GEMM); smaller ones run the GEMV in passes of up to 8 rows.
 pub const GEMM_MIN_BATCH: usize = 16;
 
+/// The smallest batch [`DeviceQuantLinear`] multiplies on the wide group-scaled GEMM
+/// (`*_gemmw_*`: a block of 4 warps shares 64 rows, x converted once per block) instead of the
+/// 32-row tiles, where the layer runs the group-scaled family and the scheme has one.
+pub const GEMM_WIDE_MIN_BATCH: usize = 64;
+
+/// Threads per block of the wide GEMM (4 warps sharing 64 rows).
+const GEMM_WIDE_BLOCK: usize = 128;
+
 /// Rows per GEMM launch of an act-order layer (its inputs are gathered into scratch first).
 const GEMM_CHUNK: usize = 64;
 
@@ -51,6 +59,18 @@ fn gemm_launch(m: usize, n: usize, mt: usize, cols: usize, kslices: usize) -> La
     LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (GEMM_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The wide GEMM's launch for `m` rows: a block per 64 rows, [`GEMM_WIDE_BLOCK`] / 32 tiles of
+/// `cols` outputs and slice of K.
+fn gemm_wide_launch(m: usize, n: usize, cols: usize, kslices: usize) -> LaunchConfig {
+    let warps = GEMM_WIDE_BLOCK / 32;
+    let items = n.div_ceil(cols).div_ceil(warps) * m.div_ceil(64) * kslices;
+    LaunchConfig {
+        grid_dim: (items.clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (GEMM_WIDE_BLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -191,6 +211,30 @@ impl GemvKernel {
             GemvKernel::Fp8(Fp8Format::E4M3) => Some(format!("fp8_gemm{g}_e4m3_m{mt}")),
             GemvKernel::Fp8(Fp8Format::E5M2) => Some(format!("fp8_gemm{g}_e5m2_m{mt}")),
             _ => None,
+        }
+    }
+
+    /// The wide group-scaled GEMM's entry (`{hqq,gptq}_gemmw_{4,8}b_{elem}`,
+    /// `fp8_gemmw_{e4m3,e5m2}`: blocks of 64 rows by 4 tiles of 32 outputs, the group-scaled
+    /// entries' parameters), for the schemes that have one: 4- and 8-bit HQQ and GPTQ, FP8 (AWQ's
+    /// 32-row tiles are already 64 outputs wide, which a wide block would not beat).
+    pub fn gemm_wide_entry(self) -> Option<String> {
+        match self {
+            GemvKernel::Hqq(b @ (4 | 8), t) => Some(format!("hqq_gemmw_{b}b_{}", elem_name(t))),
+            GemvKernel::Gptq(b @ (4 | 8), t) => Some(format!("gptq_gemmw_{b}b_{}", elem_name(t))),
+            GemvKernel::Fp8(Fp8Format::E4M3) => Some("fp8_gemmw_e4m3".to_owned()),
+            GemvKernel::Fp8(Fp8Format::E5M2) => Some("fp8_gemmw_e5m2".to_owned()),
+            _ => None,
+        }
+    }
+
+    /// The PTX file of [`gemm_wide_entry`](Self::gemm_wide_entry) (HQQ's and GPTQ's have modules
+    /// of their own, FP8's is its dequantization's file).
+    pub fn gemm_wide_file(self) -> PtxFile {
+        match self {
+            GemvKernel::Hqq(..) => PtxFile::HqqGemmW,
+            GemvKernel::Fp8(_) => PtxFile::Fp8,
+            _ => PtxFile::GptqGemmW,
         }
     }
 
@@ -484,6 +528,8 @@ pub struct DeviceQuantLinear {
     one_group: i32,
     /// The smallest batch the GEMM takes ([`GEMM_MIN_BATCH`] unless set).
     gemm_from: usize,
+    /// The smallest batch the wide group-scaled GEMM takes ([`GEMM_WIDE_MIN_BATCH`] unless set).
+    wide_from: usize,
 }
 
 /// A layer's tensor-core GEMM: its family and the entries of its small and large tiles.
@@ -496,6 +542,8 @@ struct Gemm {
     /// The group-scaled family's split K: partial sums and a zeroed counter per tile.
     part: CudaSlice<f32>,
     counters: CudaSlice<u32>,
+    /// The group-scaled family's wide entry, where the scheme has one.
+    wide: Option<CudaFunction>,
 }
 
 impl Gemm {
@@ -510,6 +558,10 @@ impl Gemm {
                 grouped_ok,
                 part: gpu.zeros(if split { GEMM_SPLIT_FLOATS } else { 1 })?,
                 counters: gpu.zeros(if split { GEMM_SPLIT_ITEMS } else { 1 })?,
+                wide: match kernel.gemm_wide_entry() {
+                    Some(e) if split => Some(gpu.function(kernel.gemm_wide_file(), &e)?),
+                    _ => None,
+                },
             })),
             _ => Ok(None),
         }
@@ -757,6 +809,7 @@ impl DeviceQuantLinear {
             gemm,
             one_group,
             gemm_from: GEMM_MIN_BATCH,
+            wide_from: GEMM_WIDE_MIN_BATCH,
         })
     }
 
@@ -839,6 +892,22 @@ impl DeviceQuantLinear {
         self.gemm_from = rows.max(1);
     }
 
+    /// Whether the layer has the wide group-scaled GEMM (4- and 8-bit HQQ and GPTQ, FP8, on the
+    /// group-scaled family), which runs batches of [`GEMM_WIDE_MIN_BATCH`] rows or more unless set
+    /// otherwise.
+    pub fn has_wide_gemm(&self) -> bool {
+        self.gemm.as_ref().is_some_and(|g| g.kind == GemmKind::GroupScaled && g.wide.is_some())
+    }
+
+    /// Run batches of `rows` rows or more (at least 1) on the wide group-scaled GEMM where the
+    /// layer has one ([`has_wide_gemm`](Self::has_wide_gemm)), smaller GEMM batches on the 16- and
+    /// 32-row tiles; `usize::MAX` keeps it off. [`GEMM_WIDE_MIN_BATCH`] until set: the wide GEMM
+    /// issues about 30% fewer instructions per tensor-core product (BENCHMARKS.md), and
+    /// the `linear_4096x14336_cuda` bench times both at 64 and 256 rows.
+    pub fn set_gemm_wide_min_batch(&mut self, rows: usize) {
+        self.wide_from = rows.max(1);
+    }
+
     /// Run GEMM batches on `kind`'s GEMM instead (to compare the two, or
     /// to keep [`GemmKind::Rounded`]'s rounding). [`CudaError::NoKernel`] when the layer has no
     /// GEMM, or `kind` is [`GemmKind::GroupScaled`] and its shape or groups do not allow it.
@@ -889,15 +958,20 @@ impl DeviceQuantLinear {
         let Some(gemm) = &mut self.gemm else { return Ok(()) };
         let xin = input_rows(&self.xs, x, self.inp, b0, nb);
         let big = nb > 16;
-        let mt = gemm.kind.tile_rows()[usize::from(big)];
-        let cols = self.kernel.gemm_cols(gemm.kind, mt);
+        let wide = match &gemm.wide {
+            Some(f) if gemm.kind == GemmKind::GroupScaled && nb >= self.wide_from => Some(f),
+            _ => None,
+        };
+        let mt = if wide.is_some() { 4 } else { gemm.kind.tile_rows()[usize::from(big)] };
+        // The wide GEMM's warp tiles: 64 rows by 32 outputs (its counters and part index them).
+        let cols = if wide.is_some() { 32 } else { self.kernel.gemm_cols(gemm.kind, mt) };
         let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
         let kslices = match gemm.kind {
             GemmKind::GroupScaled => gemm_slices(tiles, self.inp / 32, nb, self.out),
             GemmKind::Rounded => 1,
         };
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
-        let mut l = gpu.stream.launch_builder(&gemm.f[usize::from(big)]);
+        let mut l = gpu.stream.launch_builder(wide.unwrap_or(&gemm.f[usize::from(big)]));
         match &self.weight {
             DevWeight::Hqq { words: DevWords::U8(w), scales, zeros, ints, .. } => {
                 l.arg(w);
@@ -946,8 +1020,14 @@ impl DeviceQuantLinear {
         // write y[r*N + n] for r < nb, n < N: the view's nb*out values. Split K (group-scaled,
         // kslices > 1 only when tiles < GEMM_SPLIT_ITEMS, the counters' length, and kslices *
         // nb * N <= GEMM_SPLIT_FLOATS, part's length) writes part[(s*nb + r)*N + n] for s <
-        // kslices and counters[tile], which every launch leaves at zero.
-        unsafe { l.launch(gemm_launch(nb, self.out, mt, cols, kslices)) }?;
+        // kslices and counters[tile], which every launch leaves at zero. The wide entry takes
+        // the group-scaled one's arguments and layers (its warp tiles of 64 x 32 are the tiles
+        // counted above) and uses 9 KiB of static shared memory.
+        let cfg = match wide {
+            Some(_) => gemm_wide_launch(nb, self.out, cols, kslices),
+            None => gemm_launch(nb, self.out, mt, cols, kslices),
+        };
+        unsafe { l.launch(cfg) }?;
         Ok(())
     }
 
@@ -1157,5 +1237,22 @@ mod tests {
         assert_eq!(g4.gemm_cols(GemmKind::GroupScaled, 1), 64);
         assert_eq!(g4.gemm_cols(GemmKind::GroupScaled, 2), 32);
         assert_eq!(g4.gemm_cols(GemmKind::Rounded, 4), 32);
+        // The wide group-scaled GEMM: 4- and 8-bit HQQ and GPTQ, FP8.
+        for k in GemvKernel::all() {
+            let has =
+                matches!(k, GemvKernel::Hqq(4 | 8, _) | GemvKernel::Gptq(4 | 8, _) | GemvKernel::Fp8(_));
+            assert_eq!(k.gemm_wide_entry().is_some(), has, "{k:?}");
+        }
+        assert_eq!(g4.gemm_wide_entry().unwrap(), "gptq_gemmw_4b_f16");
+        assert_eq!(GemvKernel::Fp8(Fp8Format::E5M2).gemm_wide_file(), PtxFile::Fp8);
+    }
+
+    /// The wide launch covers every block of 64 rows and 4 tiles of 32 outputs, per slice.
+    #[test]
+    fn wide_launch_covers_the_blocks() {
+        let c = gemm_wide_launch(256, 14336, 32, 2);
+        assert_eq!((c.grid_dim.0, c.block_dim.0), (112 * 4 * 2, 128));
+        let c = gemm_wide_launch(70, 96, 32, 1);
+        assert_eq!(c.grid_dim.0, 2);
     }
 }

@@ -45,7 +45,10 @@ mod linear;
 pub use blas::Cublas;
 pub use cudarc::driver::CudaSlice as DeviceBuffer;
 pub use cudarc::driver::DeviceRepr;
-pub use linear::{ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMV_MAX_BATCH, GemmKind, GemvKernel, RowPlan};
+pub use linear::{
+    ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMM_WIDE_MIN_BATCH, GEMV_MAX_BATCH, GemmKind, GemvKernel,
+    RowPlan,
+};
 
 /// The PTX files compiled from `ptx/*.cu` (NVRTC 12.4, `compute_80`), embedded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,11 +77,15 @@ pub enum PtxFile {
     GptqGemm,
     /// `ptx/gptq_gemmg.ptx`: GPTQ's group-scaled tensor-core GEMM.
     GptqGemmG,
+    /// `ptx/gptq_gemmw.ptx`: GPTQ's wide group-scaled GEMM (large batches).
+    GptqGemmW,
+    /// `ptx/hqq_gemmw.ptx`: HQQ's wide group-scaled GEMM (large batches).
+    HqqGemmW,
 }
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 12] = [
+    pub const ALL: [PtxFile; 14] = [
         PtxFile::Hqq,
         PtxFile::Gptq,
         PtxFile::Gemv,
@@ -91,6 +98,8 @@ impl PtxFile {
         PtxFile::HqqGemm,
         PtxFile::GptqGemm,
         PtxFile::GptqGemmG,
+        PtxFile::GptqGemmW,
+        PtxFile::HqqGemmW,
     ];
 
     /// The PTX text.
@@ -108,6 +117,8 @@ impl PtxFile {
             PtxFile::HqqGemm => include_str!("../../ptx/hqq_gemm.ptx"),
             PtxFile::GptqGemm => include_str!("../../ptx/gptq_gemm.ptx"),
             PtxFile::GptqGemmG => include_str!("../../ptx/gptq_gemmg.ptx"),
+            PtxFile::GptqGemmW => include_str!("../../ptx/gptq_gemmw.ptx"),
+            PtxFile::HqqGemmW => include_str!("../../ptx/hqq_gemmw.ptx"),
         }
     }
 
@@ -121,7 +132,11 @@ impl PtxFile {
                 .flat_map(|kind| kind.tile_rows().map(move |mt| (kind, mt)))
                 .filter(move |&(kind, _)| k.gemm_file(kind) == self)
                 .filter_map(move |(kind, mt)| k.gemm_entry(kind, mt).map(|e| (e, k.gemm_params(kind))));
-            gemv.chain(gemm)
+            let wide = k
+                .gemm_wide_entry()
+                .filter(move |_| k.gemm_wide_file() == self)
+                .map(move |e| (e, k.gemm_params(GemmKind::GroupScaled)));
+            gemv.chain(gemm).chain(wide)
         });
         let named: Vec<(&'static str, usize)> = match self {
             PtxFile::Hqq => HQQ_DEQUANT.iter().flatten().map(|&name| (name, HQQ_DEQUANT_PARAMS)).collect(),
@@ -140,7 +155,9 @@ impl PtxFile {
             | PtxFile::GptqGemv
             | PtxFile::HqqGemm
             | PtxFile::GptqGemm
-            | PtxFile::GptqGemmG => Vec::new(),
+            | PtxFile::GptqGemmG
+            | PtxFile::GptqGemmW
+            | PtxFile::HqqGemmW => Vec::new(),
         };
         named.into_iter().map(|(n, p)| (n.to_owned(), p)).chain(gemvs).collect()
     }
