@@ -81,6 +81,17 @@ __device__ __forceinline__ bool qk_any_not_finite(const float (*xs)[4]) {
     return __any_sync(0xffffffffu, bad);
 }
 
+// 8 consecutive floats at p (32-byte aligned) as two 16-byte loads.
+__device__ __forceinline__ void qk_load_f32x8(const float* p, float* v) {
+    const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(p);
+    const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(p + 4);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        v[e] = lo.v[e];
+        v[e + 4] = hi.v[e];
+    }
+}
+
 // Dec::fetch for decoders whose lane reads 8 consecutive bytes of each subtile's output at
 // col[j].p + k: raw[2 j], raw[2 j + 1].
 template <int NT, class Col>
@@ -379,14 +390,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                 float v[2][8];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const float* xp = x + (xo[i][h] + (unsigned)k0);
-                    const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(xp);
-                    const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(xp + 4);
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        v[h][e] = lo.v[e];
-                        v[h][e + 4] = hi.v[e];
-                    }
+                    qk_load_f32x8(x + (xo[i][h] + (unsigned)k0), v[h]);
                     if constexpr (S) {
                         float m = 0.0f;
 #pragma unroll
@@ -505,14 +509,7 @@ __device__ __forceinline__ void qk_wide_load(const float* __restrict__ x, int m0
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const unsigned r = (unsigned)min(m0 + 16 * i + 8 * h + (lane >> 2), m_dim - 1);
-        const float* xp = x + (r * (unsigned)k_dim + (unsigned)(k0 + 8 * (lane & 3)));
-        const QkVec<float, 4> lo = *reinterpret_cast<const QkVec<float, 4>*>(xp);
-        const QkVec<float, 4> hi = *reinterpret_cast<const QkVec<float, 4>*>(xp + 4);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            v[h][e] = lo.v[e];
-            v[h][e + 4] = hi.v[e];
-        }
+        qk_load_f32x8(x + (r * (unsigned)k_dim + (unsigned)(k0 + 8 * (lane & 3))), v[h]);
     }
 }
 

@@ -226,6 +226,14 @@ macro_rules! externs_gemm {
     };
 }
 
+/// [`externs!`] for the wide group-scaled entries: the scheme's arguments, then the split-K ones
+/// (part, counters, slices) and the launch shape.
+macro_rules! externs_wide {
+    ($sfx:literal, ($($arg:ty),*), $names:tt) => {
+        externs!($sfx, ($($arg,)* *mut f32, *mut u32, i32, u32, u32), $names);
+    };
+}
+
 /// Declares the `cpu_*_{sfx}` launchers of one element type (`ptx/*.cu`, see the entry tables
 /// there for the parameters) and implements [`EmuElem`] for it with them.
 macro_rules! emu_elem {
@@ -406,48 +414,14 @@ macro_rules! emu_elem {
                     "cpu_gptq_gemmg_8b_"
                 ]
             );
-            externs!(
+            externs_wide!(
                 $sfx,
-                (
-                    *const i32,
-                    *const i32,
-                    *const R,
-                    *const i32,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    *mut f32,
-                    *mut u32,
-                    i32,
-                    u32,
-                    u32
-                ),
+                (*const i32, *const i32, *const R, *const i32, *const f32, *mut f32, i32, i32, i32, i32, i32),
                 [gptq_w4 = "cpu_gptq_gemmw_4b_", gptq_w8 = "cpu_gptq_gemmw_8b_"]
             );
-            externs!(
+            externs_wide!(
                 $sfx,
-                (
-                    *const u8,
-                    *const R,
-                    *const R,
-                    *const f32,
-                    *mut f32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    i32,
-                    *mut f32,
-                    *mut u32,
-                    i32,
-                    u32,
-                    u32
-                ),
+                (*const u8, *const R, *const R, *const f32, *mut f32, i32, i32, i32, i32, i32, i32),
                 [hqq_w4 = "cpu_hqq_gemmw_4b_", hqq_w8 = "cpu_hqq_gemmw_8b_"]
             );
             externs_gemm!(

@@ -44,40 +44,11 @@ entry_types!(
     (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32)
 );
 
-unsafe extern "C" {
-    fn cpu_fp8_gemmw_e4m3(
-        c: *const u8,
-        s: *const f32,
-        x: *const f32,
-        y: *mut f32,
-        m: i32,
-        k: i32,
-        n: i32,
-        br: i32,
-        bc: i32,
-        part: *mut f32,
-        counters: *mut u32,
-        kslices: i32,
-        grid: u32,
-        block: u32,
-    );
-    fn cpu_fp8_gemmw_e5m2(
-        c: *const u8,
-        s: *const f32,
-        x: *const f32,
-        y: *mut f32,
-        m: i32,
-        k: i32,
-        n: i32,
-        br: i32,
-        bc: i32,
-        part: *mut f32,
-        counters: *mut u32,
-        kslices: i32,
-        grid: u32,
-        block: u32,
-    );
-}
+externs_wide!(
+    "",
+    (*const u8, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32),
+    [cpu_fp8_gemmw_e4m3 = "cpu_fp8_gemmw_e4m3", cpu_fp8_gemmw_e5m2 = "cpu_fp8_gemmw_e5m2"]
+);
 
 externs_gemm!(
     "",
