@@ -225,6 +225,15 @@ inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     });
 }
 
+// A barrier for the warp (mask all ones): every lane arrives before any goes on.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) {
+        std::fprintf(stderr, "cuda_cpu_shim: __syncwarp supports the full warp only\n");
+        std::abort();
+    }
+    qk_warp_collective(0, [](unsigned char (*)[64], unsigned char (*)[64]) {});
+}
+
 inline void __syncthreads() {
     const unsigned gen = qk_coop.barrier_gen;
     if (++qk_coop.barrier_arrived == qk_coop.fibers.size()) {

@@ -286,6 +286,7 @@ __device__ __forceinline__ void qk_gemmg_store(const float (*acc)[Dec::NT][4], f
         }
     if (kslices == 1) return;  // uniform
     __threadfence();  // this lane's sums reach the device before the warp's count below
+    __syncwarp();     // ... every lane's, before lane 0 counts (lanes may have diverged above)
     unsigned ticket = 0u;
     if (lane == 0) ticket = atomicAdd(&counters[tile], 1u);
     ticket = __shfl_sync(0xffffffffu, ticket, 0);

@@ -1,7 +1,6 @@
 // GPTQ's wide group-scaled tensor-core GEMM (gemm.cuh's qk_mma_gemm_wide: x staged once per
-// block in shared memory) for 4- and 8-bit layers, in a module of its own. Not launched by the
-// crate yet: emulated in cargo test (cuda-emu) and costed by sass_cost.py until a GPU has timed
-// it against the 32-row group-scaled entry. Decoder: gptq.cuh.
+// block in shared memory, zero points folded into the codes) for 4- and 8-bit layers, in a
+// module of its own. Decoder: gptq.cuh.
 #include "gemm.cuh"
 #include "gptq.cuh"
 
