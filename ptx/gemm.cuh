@@ -57,6 +57,21 @@ __device__ __forceinline__ float qk_scale_row(float m, QkVec<float, 2>** v, int 
     return __int_as_float((127 - e) << 23);
 }
 
+// qk_scale_row for a lane's 8 inputs of a row (the row's 32 inputs of a chunk over the quad).
+__device__ __forceinline__ float qk_scale_row8(float* v) {
+    float m = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[e]));
+    QkVec<float, 2> pairs[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) pairs[q] = QkVec<float, 2>{{v[2 * q], v[2 * q + 1]}};
+    QkVec<float, 2>* pp[4] = {&pairs[0], &pairs[1], &pairs[2], &pairs[3]};
+    const float back = qk_scale_row(m, pp, 4);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) v[q] = pairs[q >> 1].v[q & 1];
+    return back;
+}
+
 // d += A B (one mma.sync), or with SCALED d += (A B) back[row] (rows g, g + 8: d[0, 1], d[2, 3]).
 template <bool SCALED>
 __device__ __forceinline__ void qk_mma_scaled(float* d, const unsigned* a, const unsigned* b, const float* back) {
@@ -392,18 +407,7 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     qk_load_f32x8(x + (xo[i][h] + (unsigned)k0), v[h]);
-                    if constexpr (S) {
-                        float m = 0.0f;
-#pragma unroll
-                        for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[h][e]));
-                        QkVec<float, 2> pairs[4];
-#pragma unroll
-                        for (int q = 0; q < 4; ++q) pairs[q] = QkVec<float, 2>{{v[h][2 * q], v[h][2 * q + 1]}};
-                        QkVec<float, 2>* pp[4] = {&pairs[0], &pairs[1], &pairs[2], &pairs[3]};
-                        back[i][h] = qk_scale_row(m, pp, 4);
-#pragma unroll
-                        for (int q = 0; q < 8; ++q) v[h][q] = pairs[q >> 1].v[q & 1];
-                    }
+                    if constexpr (S) back[i][h] = qk_scale_row8(v[h]);
                 }
 #pragma unroll
                 for (int s = 0; s < 2; ++s)
@@ -484,9 +488,9 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
 // still an exact f16), so a group's end is one FMA an output.
 //
 // x beyond f16's range: a chunk whose sums of x^ are not finite somewhere (the block agrees at
-// its barrier) is staged again with each row whose largest |x| of the chunk would round to an
-// infinity scaled by a power of two into range (exact); its products are then summed on their
-// own and scaled back by row in f32.
+// its barrier) is staged again with its rows scaled by powers of two into range (exact, as in the
+// group-scaled GEMM's re-run); its products are then summed on their own and scaled back by row
+// in f32.
 //
 // Stage layout (K % 32 == 0, N % (8 NT) == 0, groups of whole aligned 32-input blocks, as the
 // group-scaled GEMM): warp w stages row tiles w, w + warps, ...; lane (g, t) of it converts rows
@@ -517,30 +521,15 @@ __device__ __forceinline__ void qk_wide_load(const float* __restrict__ x, int m0
 // Row tile i's inputs v (qk_wide_load's; the whole warp) into the stage as f16 pairs, with each
 // row's sum of x^ where the decoder has zero points. Returns whether a sum of the lane's is not
 // finite (x beyond f16's range; the sums come from one mma a step against ones, as in the
-// group-scaled GEMM). SCALE, the block's rare second pass over such a chunk: each row whose
-// largest |x| of the chunk (over its quad) would round to an infinity is scaled by a power of two
-// into range first (exact: 2^(14 - exponent of that |x|) brings it into [2^14, 2^15);
-// infinities and NaN stay), the sums are added over the quad (no mma off the hot path), and each
-// row's factor that undoes it is stored too.
+// group-scaled GEMM). SCALE, the block's rare second pass over such a chunk: each row is scaled
+// into f16's range first (qk_scale_row8, as the group-scaled GEMM's re-run), the sums are added
+// over the quad (no mma off the hot path), and each row's factor that undoes it is stored too.
 template <class Dec, int MT, bool SCALE>
 __device__ __forceinline__ bool qk_wide_store(QkWideStage<MT>& st, int i, int lane, float (*v)[8]) {
     float back[2] = {1.0f, 1.0f}, sx[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if constexpr (SCALE) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float m = 0.0f;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(v[h][e]));
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-            const int ex = (__float_as_int(m) >> 23) & 0xff;
-            if (m >= 65520.0f && ex < 255) {  // rounds to an infinity in f16
-                const float sc = __int_as_float((127 + 127 + 14 - ex) << 23);
-                back[h] = __int_as_float((ex - 14) << 23);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[h][e] *= sc;
-            }
-        }
+        for (int h = 0; h < 2; ++h) back[h] = qk_scale_row8(v[h]);
     }
     unsigned a[2][4];
 #pragma unroll
