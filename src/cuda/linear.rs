@@ -29,6 +29,10 @@ pub const GEMM_WIDE_MIN_BATCH: usize = 64;
 /// Threads per block of the wide GEMM (4 warps sharing 64 rows).
 const GEMM_WIDE_BLOCK: usize = 128;
 
+/// The wide GEMM's warp tile: 4 x 16 rows (`qk_gemmw_mt` in `ptx/gemm.cuh`) by 32 outputs.
+const GEMM_WIDE_MT: usize = 4;
+const GEMM_WIDE_COLS: usize = 32;
+
 /// Rows per GEMM launch of an act-order layer (its inputs are gathered into scratch first).
 const GEMM_CHUNK: usize = 64;
 
@@ -63,11 +67,11 @@ fn gemm_launch(m: usize, n: usize, mt: usize, cols: usize, kslices: usize) -> La
     }
 }
 
-/// The wide GEMM's launch for `m` rows: a block per 64 rows, [`GEMM_WIDE_BLOCK`] / 32 tiles of
-/// `cols` outputs and slice of K.
-fn gemm_wide_launch(m: usize, n: usize, cols: usize, kslices: usize) -> LaunchConfig {
+/// The wide GEMM's launch for `m` rows: a block per 64 rows, [`GEMM_WIDE_BLOCK`] / 32 warp tiles
+/// and slice of K.
+fn gemm_wide_launch(m: usize, n: usize, kslices: usize) -> LaunchConfig {
     let warps = GEMM_WIDE_BLOCK / 32;
-    let items = n.div_ceil(cols).div_ceil(warps) * m.div_ceil(64) * kslices;
+    let items = n.div_ceil(GEMM_WIDE_COLS).div_ceil(warps) * m.div_ceil(16 * GEMM_WIDE_MT) * kslices;
     LaunchConfig {
         grid_dim: (items.clamp(1, 1 << 20) as u32, 1, 1),
         block_dim: (GEMM_WIDE_BLOCK as u32, 1, 1),
@@ -962,9 +966,9 @@ impl DeviceQuantLinear {
             Some(f) if gemm.kind == GemmKind::GroupScaled && nb >= self.wide_from => Some(f),
             _ => None,
         };
-        let mt = if wide.is_some() { 4 } else { gemm.kind.tile_rows()[usize::from(big)] };
+        let mt = if wide.is_some() { GEMM_WIDE_MT } else { gemm.kind.tile_rows()[usize::from(big)] };
         // The wide GEMM's warp tiles: 64 rows by 32 outputs (its counters and part index them).
-        let cols = if wide.is_some() { 32 } else { self.kernel.gemm_cols(gemm.kind, mt) };
+        let cols = if wide.is_some() { GEMM_WIDE_COLS } else { self.kernel.gemm_cols(gemm.kind, mt) };
         let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
         let kslices = match gemm.kind {
             GemmKind::GroupScaled => gemm_slices(tiles, self.inp / 32, nb, self.out),
@@ -1024,7 +1028,7 @@ impl DeviceQuantLinear {
         // the group-scaled one's arguments and layers (its warp tiles of 64 x 32 are the tiles
         // counted above) and uses 9 KiB of static shared memory.
         let cfg = match wide {
-            Some(_) => gemm_wide_launch(nb, self.out, cols, kslices),
+            Some(_) => gemm_wide_launch(nb, self.out, kslices),
             None => gemm_launch(nb, self.out, mt, cols, kslices),
         };
         unsafe { l.launch(cfg) }?;
@@ -1250,9 +1254,9 @@ mod tests {
     /// The wide launch covers every block of 64 rows and 4 tiles of 32 outputs, per slice.
     #[test]
     fn wide_launch_covers_the_blocks() {
-        let c = gemm_wide_launch(256, 14336, 32, 2);
+        let c = gemm_wide_launch(256, 14336, 2);
         assert_eq!((c.grid_dim.0, c.block_dim.0), (112 * 4 * 2, 128));
-        let c = gemm_wide_launch(70, 96, 32, 1);
+        let c = gemm_wide_launch(70, 96, 1);
         assert_eq!(c.grid_dim.0, 2);
     }
 }
