@@ -530,3 +530,48 @@ fn device_quant_linear_matches_the_f64_reference() {
         Error::Cuda(CudaError::NoKernel("dense weights"))
     );
 }
+
+/// Layers on one `Gpu` share its scratch (gathered act-order inputs, partial sums, split-K
+/// counters): interleaved forward calls, with the scratch grown by a later, larger layer between
+/// them, equal each layer's results on a `Gpu` of its own bit for bit (every path sums in a
+/// fixed order, so a result does not depend on what ran before it).
+#[test]
+fn layers_sharing_a_gpu_s_scratch_equal_layers_alone() {
+    use quant_kernels::QuantWeight;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(7);
+    let small = QuantWeight::Hqq(common::hqq_weight(64, 256, 64, Axis::One, 4, 1, &mut rng).unwrap());
+    // Act-order GPTQ: gathered inputs before its partial sums, column-skeleton counters, split K.
+    let act = common::gptq_layer_f32(GptqLayout::new(4096, 1024, 4, 128).unwrap(), true, &mut rng);
+    let hqq = QuantWeight::Hqq(common::hqq_weight(1024, 4096, 64, Axis::One, 4, 1, &mut rng).unwrap());
+    let weights = [small, QuantWeight::Gptq(act), hqq];
+    let batches = [1usize, 3, 16, 70, 8];
+    let xs: Vec<Vec<Vec<f32>>> = weights
+        .iter()
+        .map(|w| {
+            batches.iter().map(|&b| (0..b * w.shape().1).map(|_| rng.f32_in(-1.0, 1.0)).collect()).collect()
+        })
+        .collect();
+    // Each layer alone, on a Gpu of its own.
+    let alone: Vec<Vec<Vec<f32>>> = weights
+        .iter()
+        .zip(&xs)
+        .map(|(w, xw)| {
+            let own = Gpu::new(0).unwrap();
+            let mut l = cuda::DeviceQuantLinear::new(&own, w).unwrap();
+            batches.iter().zip(xw).map(|(&b, x)| l.forward_host(&own, x, b).unwrap()).collect()
+        })
+        .collect();
+    // The small layer first (a small scratch), a batch on it, then the larger layers.
+    let mut layers = vec![cuda::DeviceQuantLinear::new(&gpu, &weights[0]).unwrap()];
+    assert_eq!(layers[0].forward_host(&gpu, &xs[0][2], batches[2]).unwrap(), alone[0][2]);
+    for w in &weights[1..] {
+        layers.push(cuda::DeviceQuantLinear::new(&gpu, w).unwrap());
+    }
+    for (bi, &b) in batches.iter().enumerate() {
+        for (li, l) in layers.iter_mut().enumerate().rev() {
+            let got = l.forward_host(&gpu, &xs[li][bi], b).unwrap();
+            assert!(got == alone[li][bi], "layer {li} batch {b}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use crate::fp8::Fp8Format;
 use crate::gptq::ZeroFormat;
 use crate::hqq::{Axis, PackedWords};
 use crate::layer::QuantWeight;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Activation rows one GEMV launch multiplies (its `_b8` entry); larger batches run in chunks.
 pub const GEMV_MAX_BATCH: usize = 8;
@@ -42,9 +42,14 @@ const GEMM_BLOCK: usize = 128;
 /// Work items the group-scaled GEMM aims for (warps; split K makes them where tiles are few).
 const GEMM_SPLIT_ITEMS: usize = 2048;
 
-/// Partial sums a layer holds for the group-scaled GEMM's split K (4 MiB), so no slice count
-/// needs more.
+/// Partial sums one launch's split K may write (4 MiB of the [`Gpu`]'s shared scratch). Each is
+/// written and read back, so this bounds the traffic split K adds: at batch 16 on a 4-bit 4096
+/// x 14336 layer (16 slices) a quarter of the weight's bytes.
 const GEMM_SPLIT_FLOATS: usize = 1 << 20;
+
+/// Where a layer's partial sums start in the shared scratch, after its gathered inputs: a
+/// multiple of 64 values (256 bytes), so vector stores there stay aligned.
+const SCRATCH_ALIGN: usize = 64;
 
 /// Slices of K for the group-scaled GEMM of `m` rows: enough work items for the GPU when tiles
 /// are few (at least 4 chunks of 32 inputs a slice), within the layer's partial sums.
@@ -517,13 +522,16 @@ pub struct DeviceQuantLinear {
     f8: CudaFunction,
     bias: Option<CudaSlice<f32>>,
     perm: Option<super::DevicePerm>,
-    /// Gathered inputs (act-order), GEMV_MAX_BATCH rows.
-    xs: Option<CudaSlice<f32>>,
-    /// Partial sums for GEMV_MAX_BATCH rows (empty when each output has one).
-    part: CudaSlice<f32>,
+    /// Values of the shared scratch ([`Gpu`]'s) before the partial sums: the gathered inputs of
+    /// an act-order layer (GEMM_CHUNK rows with a GEMM, else GEMV_MAX_BATCH), rounded up to
+    /// SCRATCH_ALIGN; 0 without act-order.
+    part_at: usize,
+    /// The shared scratch this layer's launches use: f32 values (gathered inputs, then partial
+    /// sums: the GEMV's for GEMV_MAX_BATCH rows, the group-scaled GEMM's split K up to
+    /// GEMM_SPLIT_FLOATS) and u32 counters (the column skeleton's one per block column, split
+    /// K's GEMM_SPLIT_ITEMS).
+    scratch: (usize, usize),
     reduce_rows: CudaFunction,
-    /// Column skeleton: one zeroed counter per block column (its last block resets it).
-    counters: Option<CudaSlice<u32>>,
     add_bias: CudaFunction,
     gather: CudaFunction,
     /// The tensor-core GEMM, where the scheme and shape have one.
@@ -543,9 +551,6 @@ struct Gemm {
     f: [CudaFunction; 2],
     /// Whether the layer's shape and groups allow [`GemmKind::GroupScaled`].
     grouped_ok: bool,
-    /// The group-scaled family's split K: partial sums and a zeroed counter per tile.
-    part: CudaSlice<f32>,
-    counters: CudaSlice<u32>,
     /// The group-scaled family's wide entry, where the scheme has one.
     wide: Option<CudaFunction>,
 }
@@ -554,16 +559,15 @@ impl Gemm {
     /// The family's entries for `kernel`, or `None` where the scheme has no GEMM.
     fn load(gpu: &Gpu, kernel: GemvKernel, kind: GemmKind, grouped_ok: bool) -> Result<Option<Gemm>> {
         let [m1, m2] = kind.tile_rows();
-        let split = kind == GemmKind::GroupScaled;
         match (kernel.gemm_entry(kind, m1), kernel.gemm_entry(kind, m2)) {
             (Some(e1), Some(e2)) => Ok(Some(Gemm {
                 kind,
                 f: [gpu.function(kernel.gemm_file(kind), &e1)?, gpu.function(kernel.gemm_file(kind), &e2)?],
                 grouped_ok,
-                part: gpu.zeros(if split { GEMM_SPLIT_FLOATS } else { 1 })?,
-                counters: gpu.zeros(if split { GEMM_SPLIT_ITEMS } else { 1 })?,
                 wide: match kernel.gemm_wide_entry() {
-                    Some(e) if split => Some(gpu.function(kernel.gemm_wide_file(), &e)?),
+                    Some(e) if kind == GemmKind::GroupScaled => {
+                        Some(gpu.function(kernel.gemm_wide_file(), &e)?)
+                    }
                     _ => None,
                 },
             })),
@@ -575,16 +579,23 @@ impl Gemm {
 /// Rows `b0 .. b0 + nb` of the input (`inp` values a row): of `x`, or the gathered scratch rows
 /// `0 .. nb` of an act-order layer (`xs`).
 fn input_rows<'a>(
-    xs: &'a Option<CudaSlice<f32>>,
+    xs: Option<&'a CudaViewMut<'_, f32>>,
     x: &'a CudaSlice<f32>,
     inp: usize,
     b0: usize,
     nb: usize,
-) -> cudarc::driver::CudaView<'a, f32> {
+) -> CudaView<'a, f32> {
     match xs {
         Some(xs) => xs.slice(0..nb * inp),
         None => x.slice(b0 * inp..(b0 + nb) * inp),
     }
+}
+
+/// A forward call's share of the [`Gpu`]'s scratch: gathered inputs, partial sums, counters.
+struct Scratch<'a> {
+    xs: CudaViewMut<'a, f32>,
+    part: CudaViewMut<'a, f32>,
+    counters: &'a mut CudaSlice<u32>,
 }
 
 fn bias_f32(w: &QuantWeight) -> Option<Vec<f32>> {
@@ -783,6 +794,10 @@ impl DeviceQuantLinear {
         let kind = if grouped { GemmKind::GroupScaled } else { GemmKind::Rounded };
         let gemm = if gemm_ok { Gemm::load(gpu, kernel, kind, grouped)? } else { None };
         let xs_rows = if gemm.is_some() { GEMM_CHUNK } else { GEMV_MAX_BATCH };
+        let part_at = if perm.is_some() { (xs_rows * inp).next_multiple_of(SCRATCH_ALIGN) } else { 0 };
+        // A layer that may run the group-scaled GEMM (set_gemm_kind can switch to it) keeps room
+        // for its split K.
+        let split = gemm.as_ref().is_some_and(|g| g.grouped_ok);
         let part_len = match (&weight, col) {
             (_, Some(c)) => GEMV_MAX_BATCH * c.slices * out,
             (
@@ -794,6 +809,12 @@ impl DeviceQuantLinear {
             ) if plan.per > 1 => GEMV_MAX_BATCH * out * plan.per,
             _ => 0,
         };
+        let scratch = (
+            part_at + part_len.max(if split { GEMM_SPLIT_FLOATS } else { 0 }),
+            col.map_or(0, |c| c.block_columns(out)).max(if split { GEMM_SPLIT_ITEMS } else { 0 }),
+        );
+        // Reserved now, so forward calls allocate nothing.
+        drop(gpu.workspace(scratch.0, scratch.1)?);
         Ok(DeviceQuantLinear {
             out,
             inp,
@@ -802,12 +823,11 @@ impl DeviceQuantLinear {
             f1: gpu.function(kernel.file(1), &kernel.entry(1))?,
             f8: gpu.function(kernel.file(8), &kernel.entry(8))?,
             bias: bias_f32(w).map(|b| gpu.upload(&b)).transpose()?,
-            xs: if perm.is_some() { Some(gpu.zeros(xs_rows * inp)?) } else { None },
             perm,
-            part: gpu.zeros(part_len.max(1))?,
+            part_at,
+            scratch,
             weight,
             reduce_rows: gpu.function(PtxFile::Gemv, super::GEMV_REDUCE_ROWS)?,
-            counters: col.map(|c| gpu.zeros::<u32>(c.block_columns(out))).transpose()?,
             add_bias: gpu.function(PtxFile::Gemv, "add_bias_f32")?,
             gather: gpu.function(PtxFile::Gemv, super::GATHER)?,
             gemm,
@@ -835,7 +855,8 @@ impl DeviceQuantLinear {
     /// `y[b] = W x[b] (+ bias)` for `batch` rows: `x` holds `batch * in` values, `y` `batch *
     /// out`. Batches of [`GEMM_MIN_BATCH`] rows or more run the tensor-core GEMM where the layer
     /// has one ([`has_gemm`](Self::has_gemm)), else the GEMV in passes of up to 8 rows.
-    /// Asynchronous on `gpu`'s stream; no allocation.
+    /// Asynchronous on `gpu`'s stream. No allocation: the scratch is `gpu`'s, shared by its
+    /// layers and reserved by [`new`](Self::new) (a layer built on another [`Gpu`] grows it once).
     pub fn forward_into(
         &mut self,
         gpu: &Gpu,
@@ -853,14 +874,18 @@ impl DeviceQuantLinear {
             (true, false) => batch.min(i32::MAX as usize / self.inp.max(1)),
             (false, _) => GEMV_MAX_BATCH,
         };
+        let mut ws = gpu.workspace(self.scratch.0, self.scratch.1)?;
+        let ws = &mut *ws;
+        let (xs, part) = ws.floats.split_at_mut(self.part_at);
+        let mut sc = Scratch { xs, part, counters: &mut ws.counters };
         for b0 in (0..batch).step_by(step.max(1)) {
             let nb = step.min(batch - b0);
-            self.gather_rows(gpu, x, b0, nb)?;
+            self.gather_rows(gpu, x, b0, nb, &mut sc.xs)?;
             let mut yv = y.slice_mut(b0 * out..(b0 + nb) * out);
             if gemm {
-                self.launch_gemm(gpu, x, b0, nb, &mut yv)?;
+                self.launch_gemm(gpu, x, b0, nb, &mut yv, &mut sc)?;
             } else {
-                self.launch_chunk(gpu, x, b0, nb, &mut yv)?;
+                self.launch_chunk(gpu, x, b0, nb, &mut yv, &mut sc)?;
             }
             if let Some(bias) = &self.bias {
                 let (o, t) = (to_i32("out", out)?, to_i32("outputs", nb * out)?);
@@ -932,10 +957,17 @@ impl DeviceQuantLinear {
     }
 
     /// Act-order layers: rows `b0 .. b0 + nb` of `x` in the sorted layer's input order, into the
-    /// scratch rows `0 .. nb`.
-    fn gather_rows(&mut self, gpu: &Gpu, x: &CudaSlice<f32>, b0: usize, nb: usize) -> Result<()> {
+    /// scratch rows `0 .. nb` (`xs`).
+    fn gather_rows(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        b0: usize,
+        nb: usize,
+        xs: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
         let inp = self.inp;
-        let (Some(perm), Some(xs)) = (&self.perm, &mut self.xs) else { return Ok(()) };
+        let Some(perm) = &self.perm else { return Ok(()) };
         let k = to_i32("K", inp)?;
         for b in 0..nb {
             let src = x.slice((b0 + b) * inp..(b0 + b + 1) * inp);
@@ -943,8 +975,8 @@ impl DeviceQuantLinear {
             let mut l = gpu.stream.launch_builder(&self.gather);
             l.arg(&src).arg(&perm.buf).arg(&mut dst).arg(&k);
             // SAFETY: gather_f32(const float*, const int*, float*, int): the src and dst views
-            // hold K values (dst within the scratch: nb <= its rows), perm K indices checked to
-            // be a permutation of 0..K.
+            // hold K values (dst within the scratch's part_at values: nb <= its rows), perm K
+            // indices checked to be a permutation of 0..K.
             unsafe { l.launch(super::launch_1d(inp)) }?;
         }
         Ok(())
@@ -952,15 +984,16 @@ impl DeviceQuantLinear {
 
     /// The tensor-core GEMM over rows `b0 .. b0 + nb` (act-order: the gathered rows) into `y`.
     fn launch_gemm(
-        &mut self,
+        &self,
         gpu: &Gpu,
         x: &CudaSlice<f32>,
         b0: usize,
         nb: usize,
-        y: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        sc: &mut Scratch<'_>,
     ) -> Result<()> {
-        let Some(gemm) = &mut self.gemm else { return Ok(()) };
-        let xin = input_rows(&self.xs, x, self.inp, b0, nb);
+        let Some(gemm) = &self.gemm else { return Ok(()) };
+        let xin = input_rows(self.perm.as_ref().map(|_| &sc.xs), x, self.inp, b0, nb);
         let big = nb > 16;
         let wide = match &gemm.wide {
             Some(f) if gemm.kind == GemmKind::GroupScaled && nb >= self.wide_from => Some(f),
@@ -1008,7 +1041,7 @@ impl DeviceQuantLinear {
         }
         let ks = kslices as i32;
         if gemm.kind == GemmKind::GroupScaled {
-            l.arg(&mut gemm.part).arg(&mut gemm.counters).arg(&ks);
+            l.arg(&mut sc.part).arg(&mut *sc.counters).arg(&ks);
         }
         // SAFETY: the arguments follow the GEMM entry's signature (GemvKernel::gemm_params, in
         // the order of ptx/*.cu's gemm entry comments; both families share it) for the element
@@ -1019,12 +1052,15 @@ impl DeviceQuantLinear {
         // aligned 32-input blocks (HQQ axis 1 with a power-of-two group dividing K, so a lane's
         // 8 codes are 8 aligned bytes of one plane). The kernels read x[r*K + c] for r < nb, c <
         // K (the view holds nb*K) as 2- or 4-float vectors at offsets that are multiples of
-        // them in 256-byte-aligned allocations, weights and parameters within the uploaded
-        // tensors (GPTQ groups from the validated g_idx; one_group was computed from it), and
-        // write y[r*N + n] for r < nb, n < N: the view's nb*out values. Split K (group-scaled,
-        // kslices > 1 only when tiles < GEMM_SPLIT_ITEMS, the counters' length, and kslices *
-        // nb * N <= GEMM_SPLIT_FLOATS, part's length) writes part[(s*nb + r)*N + n] for s <
-        // kslices and counters[tile], which every launch leaves at zero. The wide entry takes
+        // them in 256-byte-aligned allocations (the gathered rows start the shared scratch),
+        // weights and parameters within the uploaded tensors (GPTQ groups from the validated
+        // g_idx; one_group was computed from it), and write y[r*N + n] for r < nb, n < N: the
+        // view's nb*out values. Split K (group-scaled, kslices > 1 only when tiles <
+        // GEMM_SPLIT_ITEMS and kslices * nb * N <= GEMM_SPLIT_FLOATS; a layer with the
+        // group-scaled GEMM reserves that many counters and partial sums after part_at, a
+        // multiple of 64 values, in `scratch`, which forward_into's workspace holds) writes
+        // part[(s*nb + r)*N + n] for s < kslices and counters[tile], which every launch leaves at
+        // zero (the scratch's other users, the column skeleton's counters, do too). The wide entry takes
         // the group-scaled one's arguments and layers (its warp tiles of 64 x 32 are the tiles
         // counted above) and uses 9 KiB of static shared memory.
         let cfg = match wide {
@@ -1038,14 +1074,15 @@ impl DeviceQuantLinear {
     /// One launch of the scheme's entry for rows `b0 .. b0 + nb` (`nb <= 8`; act-order: the
     /// gathered rows), then the ordered reduction when outputs have several partial sums.
     fn launch_chunk(
-        &mut self,
+        &self,
         gpu: &Gpu,
         x: &CudaSlice<f32>,
         b0: usize,
         nb: usize,
-        y: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        sc: &mut Scratch<'_>,
     ) -> Result<()> {
-        let xin = input_rows(&self.xs, x, self.inp, b0, nb);
+        let xin = input_rows(self.perm.as_ref().map(|_| &sc.xs), x, self.inp, b0, nb);
         let x = &xin;
         let f = if nb == 1 { &self.f1 } else { &self.f8 };
         let nbi = nb as i32;
@@ -1060,7 +1097,7 @@ impl DeviceQuantLinear {
         // The column skeleton adds its partial sums in the same launch (its last block per
         // column range); the row skeleton writes y when a segment is a whole row.
         let direct = row_plan.is_none_or(|p| p.per == 1);
-        let mut part = self.part.slice_mut(..);
+        let part = &mut sc.part;
         let mut l = gpu.stream.launch_builder(f);
         let (seg, team) = row_plan.map_or((0, 0), |p| (p.seg as i32, p.team as i32));
         let sr = self.col.map_or(0, |c| c.slice_rows as i32);
@@ -1070,7 +1107,7 @@ impl DeviceQuantLinear {
         };
         macro_rules! target {
             ($l:expr) => {
-                if direct { $l.arg(&mut *y) } else { $l.arg(&mut part) }
+                if direct { $l.arg(&mut *y) } else { $l.arg(&mut *part) }
             };
         }
         let cfg = match &self.weight {
@@ -1094,23 +1131,23 @@ impl DeviceQuantLinear {
                 plan.launch()
             }
             DevWeight::Gptq { qweight, qzeros, scales, g_idx, .. } => {
-                let (Some(c), Some(counters)) = (self.col, self.counters.as_mut()) else {
+                let Some(c) = self.col else {
                     return Err(Error::Cuda(CudaError::NoKernel("a column plan")));
                 };
                 l.arg(qweight).arg(qzeros);
                 push_float(&mut l, scales);
-                l.arg(g_idx).arg(x).arg(&mut part).arg(&mut *y).arg(counters);
+                l.arg(g_idx).arg(x).arg(&mut *part).arg(&mut *y).arg(&mut *sc.counters);
                 // Bit 1: g_idx never decreases (the layer was sorted by group at `new`).
                 l.arg(&in32).arg(&out32).arg(&sr).arg(&sorted_format).arg(&nbi);
                 c.launch(self.out)
             }
             DevWeight::Awq { qweight, qzeros, scales, group } => {
-                let (Some(c), Some(counters)) = (self.col, self.counters.as_mut()) else {
+                let Some(c) = self.col else {
                     return Err(Error::Cuda(CudaError::NoKernel("a column plan")));
                 };
                 l.arg(qweight).arg(qzeros);
                 push_float(&mut l, scales);
-                l.arg(x).arg(&mut part).arg(&mut *y).arg(counters);
+                l.arg(x).arg(&mut *part).arg(&mut *y).arg(&mut *sc.counters);
                 l.arg(&in32).arg(&out32).arg(group).arg(&sr).arg(&nbi);
                 c.launch(self.out)
             }
@@ -1140,13 +1177,15 @@ impl DeviceQuantLinear {
         // chunks inside one output row, slices of whole row blocks dividing K), and
         // forward_into checked x (nb*in values) and y (nb*out). The skeletons read packed words
         // below the uploaded lengths, parameters of groups < G, x[b*in + i] for i < in, b < nb,
-        // and write y[b*out + o] (direct) or part[b*per*out + ...] within GEMV_MAX_BATCH*per*out
-        // (its allocated length); the column skeleton's partials part[(b*slices + s)*out + n]
-        // within GEMV_MAX_BATCH*slices*out, y[b*out + n], and counters[blockIdx.x] for the
-        // block_columns(out) counters allocated, its grid covering the column vectors and
-        // slices exactly (ColPlan::launch). Vector loads sit at multiples of their width from
-        // 256-byte-aligned allocations (chunks at multiples of CH words; GPTQ's 4 columns at n %
-        // 4 == 0; x views start at row boundaries, read by scalar loads).
+        // and write y[b*out + o] (direct) or part[b*per*out + ...] within GEMV_MAX_BATCH*per*out;
+        // the column skeleton's partials part[(b*slices + s)*out + n] within
+        // GEMV_MAX_BATCH*slices*out, y[b*out + n], and counters[blockIdx.x] for block_columns(out)
+        // counters, its grid covering the column vectors and slices exactly (ColPlan::launch).
+        // `new` reserved those partial sums after part_at and those counters (zero between
+        // launches) in `scratch`, which forward_into's workspace holds. Vector loads sit at
+        // multiples of their width from 256-byte-aligned allocations (chunks at multiples of CH
+        // words; GPTQ's 4 columns at n % 4 == 0; x views start at row boundaries, read by scalar
+        // loads; part_at is a multiple of 64 values).
         unsafe { l.launch(cfg) }?;
         if direct {
             return Ok(());
@@ -1154,7 +1193,8 @@ impl DeviceQuantLinear {
         if let Some(p) = row_plan {
             let mut r = gpu.stream.launch_builder(&self.reduce_rows);
             let (outs, per) = ((nb * self.out) as i32, p.per as i32);
-            r.arg(&self.part).arg(&mut *y).arg(&outs).arg(&per);
+            let sums = part.as_view();
+            r.arg(&sums).arg(&mut *y).arg(&outs).arg(&per);
             // SAFETY: gemv_reduce_rows_f32(const float*, float*, int, int): part holds at least
             // nb*out*per sums, y's view nb*out; the kernel reads part[o*per + t], writes y[o].
             unsafe { r.launch(super::launch_1d(nb * self.out)) }?;

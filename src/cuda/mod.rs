@@ -37,7 +37,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
 };
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 mod blas;
 mod linear;
@@ -243,11 +243,24 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-/// A GPU: its context, a stream, and the PTX modules loaded so far (each at most once).
+/// A GPU: its context, a stream, the PTX modules loaded so far (each at most once) and the
+/// scratch its layers share.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: [OnceLock<Arc<CudaModule>>; PtxFile::ALL.len()],
+    workspace: Mutex<Workspace>,
+}
+
+/// Scratch shared by every [`DeviceQuantLinear`] on a [`Gpu`]: f32 values (gathered act-order
+/// inputs, partial sums) and u32 counters, which every launch leaves at zero. Launches on one
+/// stream run in order and a layer's values are dead once its forward call's launches are, so
+/// one scratch serves all layers, instead of one a layer (up to 19 MiB for a 4096 x 14336
+/// GPTQ layer).
+#[derive(Debug)]
+pub(crate) struct Workspace {
+    pub(crate) floats: CudaSlice<f32>,
+    pub(crate) counters: CudaSlice<u32>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -265,7 +278,24 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal)?;
         let stream = ctx.default_stream();
-        Ok(Self { ctx, stream, modules: Default::default() })
+        let workspace =
+            Mutex::new(Workspace { floats: stream.alloc_zeros(1)?, counters: stream.alloc_zeros(1)? });
+        Ok(Self { ctx, stream, modules: Default::default(), workspace })
+    }
+
+    /// The shared scratch, locked, with at least `floats` values and `counters` zeroed counters:
+    /// grown where short. A buffer it replaces is freed in stream order, after the launches
+    /// that use it; the new counters are zeroed in stream order too.
+    pub(crate) fn workspace(&self, floats: usize, counters: usize) -> Result<MutexGuard<'_, Workspace>> {
+        // A panic while it was held leaves nothing to repair: the buffers hold no host state.
+        let mut ws = self.workspace.lock().unwrap_or_else(PoisonError::into_inner);
+        if ws.floats.len() < floats {
+            ws.floats = self.zeros(floats)?;
+        }
+        if ws.counters.len() < counters {
+            ws.counters = self.zeros(counters)?;
+        }
+        Ok(ws)
     }
 
     /// The device's name as the driver reports it.
