@@ -418,12 +418,26 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
                             a[i][s][2 * r + h] = qk_f16x2(v[h][Dec::slot(s, r, 0)], v[h][Dec::slot(s, r, 1)]);
             }
             const unsigned ones2[2][2] = {{ones[0], ones[1]}, {ones[0], ones[1]}};
+            if constexpr (S) {
 #pragma unroll
-            for (int i = 0; i < MT; ++i) qk_mma2<S>(xs[i], a[i], ones2, back[i]);
+                for (int i = 0; i < MT; ++i) qk_mma2<S>(xs[i], a[i], ones2, back[i]);
 #pragma unroll
-            for (int j = 0; j < NT; ++j)
+                for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int i = 0; i < MT; ++i) qk_mma2<S>(ga[i][j], a[i], b[j], back[i]);
+                    for (int i = 0; i < MT; ++i) qk_mma2<S>(ga[i][j], a[i], b[j], back[i]);
+            } else {
+                // Step by step (each sum still takes step 0, then 1), so an mma's dependent one is
+                // not the next.
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+#pragma unroll
+                    for (int i = 0; i < MT; ++i) qk_mma_16816(xs[i], a[i][s], ones2[s], xs[i]);
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+#pragma unroll
+                        for (int i = 0; i < MT; ++i) qk_mma_16816(ga[i][j], a[i][s], b[j][s], ga[i][j]);
+                }
+            }
         };
         // A group ends: if x overflowed f16 anywhere in it (some sum x is not finite), its steps
         // again, scaled; then its sums into acc.
@@ -661,13 +675,16 @@ __device__ __forceinline__ void qk_mma_gemm_wide(const Dec& d, const float* __re
                 xs[2 * q + 1][0] = xs[2 * q + 1][0] + v.v[2];
                 xs[2 * q + 1][2] = xs[2 * q + 1][2] + v.v[3];
             }
+            // Step by step (each sum still takes step 0, then 1), so an mma's dependent one is MT NT
+            // mma later rather than next.
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                const QkVec<unsigned, 4> a0 = st.a[(2 * i) * 32 + lane], a1 = st.a[(2 * i + 1) * 32 + lane];
-                const unsigned a[2][4] = {{a0.v[0], a0.v[1], a0.v[2], a0.v[3]}, {a1.v[0], a1.v[1], a1.v[2], a1.v[3]}};
+            for (int s = 0; s < 2; ++s)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) qk_mma2<false>(ga[i][j], a, b[j], nullptr);
-            }
+                for (int i = 0; i < MT; ++i) {
+                    const QkVec<unsigned, 4> av = st.a[(2 * i + s) * 32 + lane];
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) qk_mma_16816(ga[i][j], av.v, b[j][s], ga[i][j]);
+                }
             if (QK_RARE(scaled)) {
 #pragma unroll
                 for (int q = 0; q < MT / 2; ++q) {
