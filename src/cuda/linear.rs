@@ -39,25 +39,40 @@ const GEMM_CHUNK: usize = 64;
 /// Threads per block of the GEMM (4 warps, each a tile).
 const GEMM_BLOCK: usize = 128;
 
-/// Work items the group-scaled GEMM aims for (warps; split K makes them where tiles are few).
+/// Tiles below which the group-scaled GEMM may split K (its counters: one per tile).
 const GEMM_SPLIT_ITEMS: usize = 2048;
 
-/// Partial sums one launch's split K may write (4 MiB of the [`Gpu`]'s shared scratch). Each is
-/// written and read back, so this bounds the traffic split K adds: at batch 16 on a 4-bit 4096
-/// x 14336 layer (16 slices) a quarter of the weight's bytes.
+/// Partial sums split K may write for up to 16 rows (4 MiB): there the GEMM is bound by the
+/// weight's bytes, and each partial sum is written and read back, so this bounds what split K
+/// adds (at batch 16 on a 4-bit 4096 x 14336 layer, 16 slices: a quarter of the weight's
+/// bytes). More rows may write `rows / 16` times as many, up to [`GEMM_SPLIT_MAX_FLOATS`]: their
+/// multiply-adds grow as fast.
 const GEMM_SPLIT_FLOATS: usize = 1 << 20;
+
+/// The most partial sums one launch's split K writes (16 MiB of the [`Gpu`]'s shared scratch).
+const GEMM_SPLIT_MAX_FLOATS: usize = 4 * GEMM_SPLIT_FLOATS;
 
 /// Where a layer's partial sums start in the shared scratch, after its gathered inputs: a
 /// multiple of 64 values (256 bytes), so vector stores there stay aligned.
 const SCRATCH_ALIGN: usize = 64;
 
-/// Slices of K for the group-scaled GEMM of `m` rows: enough work items for the GPU when tiles
-/// are few (at least 4 chunks of 32 inputs a slice), within the layer's partial sums.
-fn gemm_slices(tiles: usize, chunks: usize, m: usize, n: usize) -> usize {
-    if tiles >= GEMM_SPLIT_ITEMS {
+/// Slices of K for the group-scaled GEMM of `m` rows: where the `tiles` (warps) fill less than
+/// half of `wave` (the warps the GPU holds at once for the entry), as many slices as keep the
+/// work items within that one wave, with at least 4 chunks of 32 inputs a slice and the partial
+/// sums within [`GEMM_SPLIT_FLOATS`]' rule.
+fn gemm_slices(tiles: usize, chunks: usize, m: usize, n: usize, wave: usize) -> usize {
+    if tiles >= GEMM_SPLIT_ITEMS || 2 * tiles > wave {
         return 1;
     }
-    GEMM_SPLIT_ITEMS.div_ceil(tiles).min(chunks / 4).min(GEMM_SPLIT_FLOATS / (m * n).max(1)).max(1)
+    let floats = GEMM_SPLIT_FLOATS.saturating_mul(m.div_ceil(16).max(1)).min(GEMM_SPLIT_MAX_FLOATS);
+    (wave / tiles).min(chunks / 4).min(floats / (m * n).max(1)).max(1)
+}
+
+/// The warps of `f`'s launches in blocks of `block` threads that the GPU holds at once (its
+/// multiprocessors times the blocks each holds: registers, shared memory), at least one block.
+fn wave(gpu: &Gpu, f: &CudaFunction, block: usize) -> Result<usize> {
+    let blocks = f.occupancy_max_active_blocks_per_multiprocessor(block as u32, 0, None)? as usize;
+    Ok((gpu.multiprocessors()? * blocks).max(1) * (block / 32))
 }
 
 /// The GEMM launch for `m` rows: a warp per work item, a tile of `16 mt` rows x `cols` outputs
@@ -528,7 +543,7 @@ pub struct DeviceQuantLinear {
     part_at: usize,
     /// The shared scratch this layer's launches use: f32 values (gathered inputs, then partial
     /// sums: the GEMV's for GEMV_MAX_BATCH rows, the group-scaled GEMM's split K up to
-    /// GEMM_SPLIT_FLOATS) and u32 counters (the column skeleton's one per block column, split
+    /// GEMM_SPLIT_MAX_FLOATS) and u32 counters (the column skeleton's one per block column, split
     /// K's GEMM_SPLIT_ITEMS).
     scratch: (usize, usize),
     reduce_rows: CudaFunction,
@@ -553,26 +568,32 @@ struct Gemm {
     grouped_ok: bool,
     /// The group-scaled family's wide entry, where the scheme has one.
     wide: Option<CudaFunction>,
+    /// The group-scaled family's waves ([`wave`]) for `f` and `wide`, which its split K fills.
+    waves: [usize; 3],
 }
 
 impl Gemm {
     /// The family's entries for `kernel`, or `None` where the scheme has no GEMM.
     fn load(gpu: &Gpu, kernel: GemvKernel, kind: GemmKind, grouped_ok: bool) -> Result<Option<Gemm>> {
         let [m1, m2] = kind.tile_rows();
-        match (kernel.gemm_entry(kind, m1), kernel.gemm_entry(kind, m2)) {
-            (Some(e1), Some(e2)) => Ok(Some(Gemm {
-                kind,
-                f: [gpu.function(kernel.gemm_file(kind), &e1)?, gpu.function(kernel.gemm_file(kind), &e2)?],
-                grouped_ok,
-                wide: match kernel.gemm_wide_entry() {
-                    Some(e) if kind == GemmKind::GroupScaled => {
-                        Some(gpu.function(kernel.gemm_wide_file(), &e)?)
-                    }
-                    _ => None,
-                },
-            })),
-            _ => Ok(None),
+        let (Some(e1), Some(e2)) = (kernel.gemm_entry(kind, m1), kernel.gemm_entry(kind, m2)) else {
+            return Ok(None);
+        };
+        let grouped = kind == GemmKind::GroupScaled;
+        let f = [gpu.function(kernel.gemm_file(kind), &e1)?, gpu.function(kernel.gemm_file(kind), &e2)?];
+        let wide = match kernel.gemm_wide_entry() {
+            Some(e) if grouped => Some(gpu.function(kernel.gemm_wide_file(), &e)?),
+            _ => None,
+        };
+        let mut waves = [1; 3];
+        if grouped {
+            waves[0] = wave(gpu, &f[0], GEMM_BLOCK)?;
+            waves[1] = wave(gpu, &f[1], GEMM_BLOCK)?;
+            if let Some(w) = &wide {
+                waves[2] = wave(gpu, w, GEMM_WIDE_BLOCK)?;
+            }
         }
+        Ok(Some(Gemm { kind, f, grouped_ok, wide, waves }))
     }
 }
 
@@ -810,7 +831,7 @@ impl DeviceQuantLinear {
             _ => 0,
         };
         let scratch = (
-            part_at + part_len.max(if split { GEMM_SPLIT_FLOATS } else { 0 }),
+            part_at + part_len.max(if split { GEMM_SPLIT_MAX_FLOATS } else { 0 }),
             col.map_or(0, |c| c.block_columns(out)).max(if split { GEMM_SPLIT_ITEMS } else { 0 }),
         );
         // Reserved now, so forward calls allocate nothing.
@@ -1004,7 +1025,10 @@ impl DeviceQuantLinear {
         let cols = if wide.is_some() { GEMM_WIDE_COLS } else { self.kernel.gemm_cols(gemm.kind, mt) };
         let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
         let kslices = match gemm.kind {
-            GemmKind::GroupScaled => gemm_slices(tiles, self.inp / 32, nb, self.out),
+            GemmKind::GroupScaled => {
+                let wave = gemm.waves[if wide.is_some() { 2 } else { usize::from(big) }];
+                gemm_slices(tiles, self.inp / 32, nb, self.out, wave)
+            }
             GemmKind::Rounded => 1,
         };
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
@@ -1056,7 +1080,7 @@ impl DeviceQuantLinear {
         // weights and parameters within the uploaded tensors (GPTQ groups from the validated
         // g_idx; one_group was computed from it), and write y[r*N + n] for r < nb, n < N: the
         // view's nb*out values. Split K (group-scaled, kslices > 1 only when tiles <
-        // GEMM_SPLIT_ITEMS and kslices * nb * N <= GEMM_SPLIT_FLOATS; a layer with the
+        // GEMM_SPLIT_ITEMS and kslices * nb * N <= GEMM_SPLIT_MAX_FLOATS; a layer with the
         // group-scaled GEMM reserves that many counters and partial sums after part_at, a
         // multiple of 64 values, in `scratch`, which forward_into's workspace holds) writes
         // part[(s*nb + r)*N + n] for s < kslices and counters[tile], which every launch leaves at
@@ -1236,20 +1260,44 @@ mod tests {
         assert_eq!(ColPlan::new(96, 32, 4).unwrap().slice_rows, 32);
     }
 
-    /// Split K makes about GEMM_SPLIT_ITEMS work items where tiles are few, with at least 4
-    /// chunks a slice and the partial sums within the layer's buffer.
+    /// Split K fills one wave of the GPU where tiles fill less than half of it, with at least 4
+    /// chunks a slice and the partial sums within their cap (more for more rows).
     #[test]
-    fn gemm_slices_fill_the_gpu_within_the_buffer() {
-        // Batch 16 on 4096 x 14336: 64 tiles of 64 outputs, 448 chunks; the partial sums cap it.
-        assert_eq!(gemm_slices(64, 448, 16, 4096), 16);
-        assert_eq!(gemm_slices(128, 448, 8, 4096), 16);
-        assert_eq!(gemm_slices(GEMM_SPLIT_ITEMS, 448, 256, 4096), 1);
-        assert_eq!(gemm_slices(128, 8, 16, 4096), 2);
-        assert_eq!(gemm_slices(100, 448, 64, 1 << 16), 1);
-        assert_eq!(gemm_slices(1, 0, 1, 1), 1);
-        for (tiles, chunks, m, n) in [(3, 100, 5, 96), (500, 1000, 40, 7000)] {
-            let s = gemm_slices(tiles, chunks, m, n);
-            assert!(s * m * n <= GEMM_SPLIT_FLOATS && s <= chunks / 4 && tiles < GEMM_SPLIT_ITEMS);
+    fn gemm_slices_fill_one_wave_within_the_partial_sums() {
+        // Batch 16 on 4096 x 14336, 64 tiles of 16 x 64: the wave and the partial sums agree.
+        assert_eq!(gemm_slices(64, 448, 16, 4096, 1056), 16);
+        // Batch 8: the wave, not the partial sums (which would allow 32).
+        assert_eq!(gemm_slices(128, 448, 8, 4096, 2048), 16);
+        // The wide GEMM at 64 and 256 rows on 4096 outputs (tiles of 64 x 32; H100: 132
+        // multiprocessors of 2 blocks of 4 warps).
+        assert_eq!(gemm_slices(128, 448, 64, 4096, 1056), 8);
+        assert_eq!(gemm_slices(512, 448, 256, 4096, 1056), 2);
+        // Tiles past half a wave, or as many as the counters: no split.
+        assert_eq!(gemm_slices(600, 448, 256, 4096, 1056), 1);
+        assert_eq!(gemm_slices(GEMM_SPLIT_ITEMS, 448, 256, 4096, 1 << 20), 1);
+        // 64 rows may write 4 times the partial sums of 16.
+        assert_eq!(gemm_slices(32, 448, 64, 4096, 2048), 16);
+        assert_eq!(gemm_slices(32, 448, 16, 4096, 2048), 16);
+        assert_eq!(gemm_slices(32, 448, 8, 4096, 2048), 32);
+        assert_eq!(gemm_slices(128, 8, 16, 4096, 2048), 2);
+        assert_eq!(gemm_slices(100, 448, 64, 1 << 16, 2048), 1);
+        assert_eq!(gemm_slices(1, 0, 1, 1, 1), 1);
+        let mut r = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut next = |n: u64| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                (r % n) as usize + 1
+            };
+            let (tiles, chunks, m, n, wave) = (next(3000), next(2000), next(512), next(1 << 15), next(4000));
+            let s = gemm_slices(tiles, chunks, m, n, wave);
+            if s > 1 {
+                assert!(
+                    s * m * n <= GEMM_SPLIT_MAX_FLOATS && s * m * n <= GEMM_SPLIT_FLOATS * m.div_ceil(16)
+                );
+                assert!(s <= chunks / 4 && tiles < GEMM_SPLIT_ITEMS && tiles * s <= wave);
+            }
         }
     }
 

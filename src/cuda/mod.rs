@@ -303,6 +303,12 @@ impl Gpu {
         Ok(self.ctx.name()?)
     }
 
+    /// The device's streaming multiprocessors.
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let a = cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        Ok(self.ctx.attribute(a)?.max(1) as usize)
+    }
+
     /// The stream kernels are launched on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
