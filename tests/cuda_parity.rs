@@ -532,19 +532,21 @@ fn device_quant_linear_matches_the_f64_reference() {
 }
 
 /// Layers on one `Gpu` share its scratch (gathered act-order inputs, partial sums, split-K
-/// counters): interleaved forward calls, with the scratch grown by a later, larger layer between
-/// them, equal each layer's results on a `Gpu` of its own bit for bit (every path sums in a
-/// fixed order, so a result does not depend on what ran before it).
+/// counters): interleaved forward calls equal each layer's results on a `Gpu` of its own bit for
+/// bit (every path sums in a fixed order, so a result does not depend on what ran before it).
+/// The first layer (3-bit GPTQ: the GEMV's partial sums and counters, no GEMM) reserves little;
+/// the larger ones grow every buffer of the scratch while its first call, which uses them, may
+/// still be running (the old buffers are freed in stream order).
 #[test]
 fn layers_sharing_a_gpu_s_scratch_equal_layers_alone() {
     use quant_kernels::QuantWeight;
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(7);
-    let small = QuantWeight::Hqq(common::hqq_weight(64, 256, 64, Axis::One, 4, 1, &mut rng).unwrap());
+    let small = common::gptq_layer_f32(GptqLayout::new(512, 256, 3, 128).unwrap(), false, &mut rng);
     // Act-order GPTQ: gathered inputs before its partial sums, column-skeleton counters, split K.
     let act = common::gptq_layer_f32(GptqLayout::new(4096, 1024, 4, 128).unwrap(), true, &mut rng);
     let hqq = QuantWeight::Hqq(common::hqq_weight(1024, 4096, 64, Axis::One, 4, 1, &mut rng).unwrap());
-    let weights = [small, QuantWeight::Gptq(act), hqq];
+    let weights = [QuantWeight::Gptq(small), QuantWeight::Gptq(act), hqq];
     let batches = [1usize, 3, 16, 70, 8];
     let xs: Vec<Vec<Vec<f32>>> = weights
         .iter()
@@ -562,12 +564,16 @@ fn layers_sharing_a_gpu_s_scratch_equal_layers_alone() {
             batches.iter().zip(xw).map(|(&b, x)| l.forward_host(&own, x, b).unwrap()).collect()
         })
         .collect();
-    // The small layer first (a small scratch), a batch on it, then the larger layers.
+    // The small layer's call queued, not waited for; then the larger layers grow the scratch.
     let mut layers = vec![cuda::DeviceQuantLinear::new(&gpu, &weights[0]).unwrap()];
-    assert_eq!(layers[0].forward_host(&gpu, &xs[0][2], batches[2]).unwrap(), alone[0][2]);
+    assert!(!layers[0].has_gemm());
+    let (b, x0) = (batches[3], gpu.upload(&xs[0][3]).unwrap());
+    let mut y0 = gpu.zeros::<f32>(b * 256).unwrap();
+    layers[0].forward_into(&gpu, &x0, b, &mut y0).unwrap();
     for w in &weights[1..] {
         layers.push(cuda::DeviceQuantLinear::new(&gpu, w).unwrap());
     }
+    assert!(gpu.download(&y0).unwrap() == alone[0][3], "the queued call");
     for (bi, &b) in batches.iter().enumerate() {
         for (li, l) in layers.iter_mut().enumerate().rev() {
             let got = l.forward_host(&gpu, &xs[li][bi], b).unwrap();

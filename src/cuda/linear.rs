@@ -61,7 +61,7 @@ const SCRATCH_ALIGN: usize = 64;
 /// work items within that one wave, with at least 4 chunks of 32 inputs a slice and the partial
 /// sums within [`GEMM_SPLIT_FLOATS`]' rule.
 fn gemm_slices(tiles: usize, chunks: usize, m: usize, n: usize, wave: usize) -> usize {
-    if tiles >= GEMM_SPLIT_ITEMS || 2 * tiles > wave {
+    if tiles == 0 || tiles >= GEMM_SPLIT_ITEMS || 2 * tiles > wave {
         return 1;
     }
     let floats = GEMM_SPLIT_FLOATS.saturating_mul(m.div_ceil(16).max(1)).min(GEMM_SPLIT_MAX_FLOATS);
@@ -69,10 +69,23 @@ fn gemm_slices(tiles: usize, chunks: usize, m: usize, n: usize, wave: usize) -> 
 }
 
 /// The warps of `f`'s launches in blocks of `block` threads that the GPU holds at once (its
-/// multiprocessors times the blocks each holds: registers, shared memory), at least one block.
-fn wave(gpu: &Gpu, f: &CudaFunction, block: usize) -> Result<usize> {
-    let blocks = f.occupancy_max_active_blocks_per_multiprocessor(block as u32, 0, None)? as usize;
-    Ok((gpu.multiprocessors()? * blocks).max(1) * (block / 32))
+/// multiprocessors times the blocks each holds: registers, shared memory), at least one block;
+/// [`GEMM_SPLIT_ITEMS`] where the driver cannot say (a speed choice: no reason to fail).
+fn wave(gpu: &Gpu, f: &CudaFunction, block: usize) -> usize {
+    let blocks = f.occupancy_max_active_blocks_per_multiprocessor(block as u32, 0, None);
+    match (gpu.multiprocessors(), blocks) {
+        (Ok(sms), Ok(b)) => (sms * b as usize).max(1) * (block / 32),
+        _ => GEMM_SPLIT_ITEMS,
+    }
+}
+
+/// A launch's use of the shared scratch against what it holds: [`KernelError::TooLarge`] past
+/// it (never, with the reservations `new` makes; checked because the launch trusts it).
+fn scratch_fits(what: &'static str, need: usize, have: usize) -> Result<()> {
+    if need > have {
+        return Err(Error::Kernel(KernelError::TooLarge { what, value: need, max: have }));
+    }
+    Ok(())
 }
 
 /// The GEMM launch for `m` rows: a warp per work item, a tile of `16 mt` rows x `cols` outputs
@@ -498,15 +511,16 @@ enum DevWeight {
 /// the weights decoded in registers, never written out.
 ///
 /// Built once from a [`QuantWeight`] ([`DeviceQuantLinear::new`]: validated, uploaded, entries
-/// loaded, scratch allocated), then [`forward_into`](Self::forward_into) launches on device
+/// loaded, its share of the [`Gpu`]'s scratch reserved), then [`forward_into`](Self::forward_into) launches on device
 /// buffers with no allocation. Batches below [`GEMM_MIN_BATCH`] (and every batch of a layer
 /// without a GEMM) run the scheme's fused GEMV, up to 8 rows per pass over the weights; from
 /// [`GEMM_MIN_BATCH`] rows, the tensor-core GEMM where [`has_gemm`](Self::has_gemm).
 ///
 /// Every scheme's GEMV equals dequantize-then-multiply within f32 rounding (each group's zero
 /// and scale are factored out of its sum); the GEMM rounds weights and activations to f16 once
-/// and accumulates in f32 (the bound in `ptx/gemm.cuh`). Both are deterministic (a fixed
-/// summation order, no atomics). GPTQ act-order layers are sorted by group at construction and
+/// and accumulates in f32 (the bound in `ptx/gemm.cuh`). Both are deterministic on a given GPU
+/// and driver (a fixed summation order, no atomics; how many slices the group-scaled GEMM splits
+/// K into follows the GPU's multiprocessors and the entry's occupancy). GPTQ act-order layers are sorted by group at construction and
 /// their inputs gathered on the device per call, so their groups change only at group
 /// boundaries.
 ///
@@ -587,10 +601,10 @@ impl Gemm {
         };
         let mut waves = [1; 3];
         if grouped {
-            waves[0] = wave(gpu, &f[0], GEMM_BLOCK)?;
-            waves[1] = wave(gpu, &f[1], GEMM_BLOCK)?;
+            waves[0] = wave(gpu, &f[0], GEMM_BLOCK);
+            waves[1] = wave(gpu, &f[1], GEMM_BLOCK);
             if let Some(w) = &wide {
-                waves[2] = wave(gpu, w, GEMM_WIDE_BLOCK)?;
+                waves[2] = wave(gpu, w, GEMM_WIDE_BLOCK);
             }
         }
         Ok(Some(Gemm { kind, f, grouped_ok, wide, waves }))
@@ -1031,6 +1045,10 @@ impl DeviceQuantLinear {
             }
             GemmKind::Rounded => 1,
         };
+        if kslices > 1 {
+            scratch_fits("split-K partial sums", kslices * nb * self.out, sc.part.len())?;
+            scratch_fits("split-K counters", tiles, sc.counters.len())?;
+        }
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
         let mut l = gpu.stream.launch_builder(wide.unwrap_or(&gemm.f[usize::from(big)]));
         match &self.weight {
@@ -1121,6 +1139,16 @@ impl DeviceQuantLinear {
         // The column skeleton adds its partial sums in the same launch (its last block per
         // column range); the row skeleton writes y when a segment is a whole row.
         let direct = row_plan.is_none_or(|p| p.per == 1);
+        match (row_plan, self.col) {
+            (Some(p), _) if !direct => {
+                scratch_fits("GEMV partial sums", nb * self.out * p.per, sc.part.len())?
+            }
+            (_, Some(c)) => {
+                scratch_fits("GEMV partial sums", nb * c.slices * self.out, sc.part.len())?;
+                scratch_fits("GEMV counters", c.block_columns(self.out), sc.counters.len())?;
+            }
+            _ => {}
+        }
         let part = &mut sc.part;
         let mut l = gpu.stream.launch_builder(f);
         let (seg, team) = row_plan.map_or((0, 0), |p| (p.seg as i32, p.team as i32));

@@ -256,7 +256,9 @@ pub struct Gpu {
 /// inputs, partial sums) and u32 counters, which every launch leaves at zero. Launches on one
 /// stream run in order and a layer's values are dead once its forward call's launches are, so
 /// one scratch serves all layers, instead of one a layer (up to 19 MiB for a 4096 x 14336
-/// GPTQ layer).
+/// GPTQ layer). It grows to the largest need of the layers built on the `Gpu` (16 MiB and their
+/// gathered inputs where a layer has the group-scaled GEMM) and is kept until the `Gpu` is
+/// dropped.
 #[derive(Debug)]
 pub(crate) struct Workspace {
     pub(crate) floats: CudaSlice<f32>,
