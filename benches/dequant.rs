@@ -575,6 +575,14 @@ fn cuda_linear_group(c: &mut Criterion) {
         batch: usize,
     ) {
         let l0 = &layers.sets[0];
+        // The GEMM's geometry beside the times (scripts/gpu_table.py reads it).
+        if let Some(p) = l0.gemm_plan(batch) {
+            let (warps, (tr, tc)) = (p.tiles * p.kslices, p.tile);
+            eprintln!(
+                "  plan {id}: {} {tr}x{tc} tiles {} x {} slices = {warps} warps, wave {}",
+                p.entry, p.tiles, p.kslices, p.wave
+            );
+        }
         let xd = gpu.upload(&vec![0.5f32; batch * l0.in_features()]).unwrap();
         let mut yd = gpu.zeros::<f32>(batch * l0.out_features()).unwrap();
         g.bench_function(BenchmarkId::new(id, "cuda"), |b| {

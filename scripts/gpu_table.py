@@ -23,9 +23,14 @@ PEAKS = [("H200", 4800), ("H100 PCIe", 2000), ("H100 NVL", 3900), ("H100", 3350)
 
 
 def parse(path):
-    """{bench id: (mean µs, GB/s or None)} from criterion's printed output."""
-    rows, name = {}, None
+    """({bench id: (mean µs, GB/s or None)}, {linear bench id: its GEMM plan}) from criterion's
+    printed output and the bench's `  plan ID: ...` lines."""
+    rows, plans, name = {}, {}, None
     for line in open(path, encoding="utf-8"):
+        m = re.match(r"\s+plan (\S+): (\S+) (\d+x\d+) tiles (\d+) x (\d+) slices = (\d+) warps, wave (\d+)", line)
+        if m:
+            plans[m.group(1)] = f"{m.group(2)} {m.group(3)}, {m.group(6)} warps ({m.group(5)} slices) / wave {m.group(7)}"
+            continue
         if line.strip() and not line.startswith((" ", "Benchmarking", "Found", "Gnuplot")) and "/" in line:
             name = line.split()[0]
         m = re.search(r"time:\s+\[\S+ \S+ ([0-9.]+) (ns|µs|us|ms|s)\b", line)
@@ -34,7 +39,7 @@ def parse(path):
         m = re.search(r"thrpt:\s+\[\S+ \S+ ([0-9.]+) (\S+/s)", line)
         if m and name in rows and m.group(2) in RATES:
             rows[name] = (rows[name][0], float(m.group(1)) * RATES[m.group(2)])
-    return rows
+    return rows, plans
 
 
 def peak_of(gpu_file):
@@ -66,7 +71,7 @@ def dequant_table(rows, peak):
     return out
 
 
-def linear_table(rows, peak):
+def linear_table(rows, plans, peak):
     group = "linear_4096x14336_cuda/"
     copy = rows.get(f"{group}memcpy_dtod_4bit_bytes/cuda", (None, None))[1]
     blas = {}
@@ -75,8 +80,8 @@ def linear_table(rows, peak):
         if m:
             blas[int(m.group(1))] = us
     out = [
-        "| layer | path | batch | time (µs) | weight GB/s | % of peak | % of device copy | cuBLAS f16 time / ours |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| layer | path | batch | time (µs) | weight GB/s | % of peak | % of device copy | cuBLAS f16 time / ours | GEMM |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, (us, gbs) in rows.items():
         m = re.match(re.escape(group) + r"(.+?)_(gemm_|rounded_|narrow_)?batch(\d+)/cuda$", name)
@@ -84,8 +89,9 @@ def linear_table(rows, peak):
             continue
         layer, path, batch = m.group(1), (m.group(2) or "default_").rstrip("_"), int(m.group(3))
         ratio = f"{blas[batch] / us:.2f}" if batch in blas and layer != "cublas_f16" else "-"
+        plan = plans.get(name[len(group):].removesuffix("/cuda"), "-")
         out.append(
-            f"| {layer} | {path} | {batch} | {us:.3f} | {gbs or 0:.0f} | {pct(gbs, peak)} | {pct(gbs, copy)} | {ratio} |"
+            f"| {layer} | {path} | {batch} | {us:.3f} | {gbs or 0:.0f} | {pct(gbs, peak)} | {pct(gbs, copy)} | {ratio} | {plan} |"
         )
     return out
 
@@ -96,7 +102,7 @@ def main():
     ap.add_argument("--gpu", default=None, help="nvidia-smi's csv line (default: gpu.txt beside the log)")
     ap.add_argument("--peak-gbs", type=float, default=None)
     args = ap.parse_args()
-    rows = parse(args.bench)
+    rows, plans = parse(args.bench)
     if not rows:
         sys.exit(f"no criterion results in {args.bench}")
     gpu_file = args.gpu or os.path.join(os.path.dirname(args.bench), "gpu.txt")
@@ -105,7 +111,7 @@ def main():
     print(f"GPU: {gpu or 'unknown'}; peak {peak or '?'} GB/s\n")
     print("\n".join(dequant_table(rows, peak)))
     print()
-    print("\n".join(linear_table(rows, peak)))
+    print("\n".join(linear_table(rows, plans, peak)))
 
 
 if __name__ == "__main__":

@@ -399,6 +399,18 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
         layer.set_gemm_min_batch(from);
         layer.set_gemm_wide_min_batch(wide_from);
         let on_gemm = gemm && batch >= from;
+        // The plan names the entry the batch runs, and split K stays within one wave.
+        let plan = layer.gemm_plan(batch);
+        assert_eq!(plan.is_some(), on_gemm, "{what} batch {batch}");
+        if let Some(p) = &plan {
+            let grouped = layer.gemm_kind() == Some(cuda::GemmKind::GroupScaled);
+            let wide_run = grouped && layer.has_wide_gemm() && p.rows >= wide_from;
+            assert_eq!(p.entry.contains("_gemmw_"), wide_run, "{what} batch {batch}: {p:?}");
+            assert!(
+                p.kslices == 1 || (grouped && p.tiles * p.kslices <= p.wave),
+                "{what} batch {batch}: {p:?}"
+            );
+        }
         let mut x: Vec<f32> = (0..batch * inp).map(|_| rng.f32_in(-1.0, 1.0)).collect();
         if big {
             // The GEMMs' scaled re-runs: f16 would round these to infinities.

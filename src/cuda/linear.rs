@@ -626,6 +626,36 @@ fn input_rows<'a>(
     }
 }
 
+/// A GEMM launch: `f` 0 and 1 the family's entries of 16 `mt` rows (`Gemm::f`), 2 the wide one.
+#[derive(Clone, Copy, Debug)]
+struct LaunchPlan {
+    f: usize,
+    mt: usize,
+    cols: usize,
+    tiles: usize,
+    kslices: usize,
+    wave: usize,
+}
+
+/// How [`DeviceQuantLinear`] runs a batch on the tensor-core GEMM
+/// ([`gemm_plan`](DeviceQuantLinear::gemm_plan)): a warp per tile and slice of K.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    /// The PTX entry launched.
+    pub entry: String,
+    /// Rows a launch multiplies (act-order layers: up to 64).
+    pub rows: usize,
+    /// A warp's tile: rows, outputs.
+    pub tile: (usize, usize),
+    /// Tiles covering the launch's rows and outputs.
+    pub tiles: usize,
+    /// Slices K is split into (the group-scaled family, where tiles are few; else 1).
+    pub kslices: usize,
+    /// Warps the GPU holds at once for the entry, which split K fills (0 for the rounding
+    /// family, which does not split).
+    pub wave: usize,
+}
+
 /// A forward call's share of the [`Gpu`]'s scratch: gathered inputs, partial sums, counters.
 struct Scratch<'a> {
     xs: CudaViewMut<'a, f32>,
@@ -947,6 +977,49 @@ impl DeviceQuantLinear {
         self.gemm.as_ref().map(|g| g.kind)
     }
 
+    /// How a batch of `batch` rows runs on the tensor-core GEMM: the entry, its tiles and the
+    /// slices K is split into (the first launch's, for act-order layers, which run 64 rows a
+    /// launch). `None` where the batch runs on the GEMV.
+    pub fn gemm_plan(&self, batch: usize) -> Option<GemmPlan> {
+        let gemm = self.gemm.as_ref().filter(|_| batch >= self.gemm_from)?;
+        let rows = if self.perm.is_some() { batch.min(GEMM_CHUNK) } else { batch };
+        let p = self.launch_plan(rows)?;
+        let entry = match p.f {
+            2 => self.kernel.gemm_wide_entry(),
+            _ => self.kernel.gemm_entry(gemm.kind, p.mt),
+        }?;
+        Some(GemmPlan {
+            entry,
+            rows,
+            tile: (16 * p.mt, p.cols),
+            tiles: p.tiles,
+            kslices: p.kslices,
+            wave: p.wave,
+        })
+    }
+
+    /// The GEMM launch of `nb` rows: its entry, tile, tiles and split K.
+    fn launch_plan(&self, nb: usize) -> Option<LaunchPlan> {
+        let gemm = self.gemm.as_ref()?;
+        let big = nb > 16;
+        let f = match gemm.wide {
+            Some(_) if gemm.kind == GemmKind::GroupScaled && nb >= self.wide_from => 2,
+            _ => usize::from(big),
+        };
+        let mt = if f == 2 { GEMM_WIDE_MT } else { gemm.kind.tile_rows()[f] };
+        // The wide GEMM's warp tiles: 64 rows by 32 outputs (its counters and part index them).
+        let cols = if f == 2 { GEMM_WIDE_COLS } else { self.kernel.gemm_cols(gemm.kind, mt) };
+        let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
+        let (kslices, wave) = match gemm.kind {
+            GemmKind::GroupScaled => {
+                let wave = gemm.waves[f];
+                (gemm_slices(tiles, self.inp / 32, nb, self.out, wave), wave)
+            }
+            GemmKind::Rounded => (1, 0),
+        };
+        Some(LaunchPlan { f, mt, cols, tiles, kslices, wave })
+    }
+
     /// Run batches of `rows` rows or more (at least 1) on the GEMM where the layer has one, and
     /// smaller ones on the GEMV; [`GEMM_MIN_BATCH`] until set. The group-scaled GEMM costs the
     /// same per weight for any batch up to 16 rows, so below 16 it trades the GEMV's work per row
@@ -1027,30 +1100,16 @@ impl DeviceQuantLinear {
         y: &mut CudaViewMut<'_, f32>,
         sc: &mut Scratch<'_>,
     ) -> Result<()> {
-        let Some(gemm) = &self.gemm else { return Ok(()) };
+        let (Some(gemm), Some(plan)) = (&self.gemm, self.launch_plan(nb)) else { return Ok(()) };
         let xin = input_rows(self.perm.as_ref().map(|_| &sc.xs), x, self.inp, b0, nb);
-        let big = nb > 16;
-        let wide = match &gemm.wide {
-            Some(f) if gemm.kind == GemmKind::GroupScaled && nb >= self.wide_from => Some(f),
-            _ => None,
-        };
-        let mt = if wide.is_some() { GEMM_WIDE_MT } else { gemm.kind.tile_rows()[usize::from(big)] };
-        // The wide GEMM's warp tiles: 64 rows by 32 outputs (its counters and part index them).
-        let cols = if wide.is_some() { GEMM_WIDE_COLS } else { self.kernel.gemm_cols(gemm.kind, mt) };
-        let tiles = self.out.div_ceil(cols) * nb.div_ceil(16 * mt);
-        let kslices = match gemm.kind {
-            GemmKind::GroupScaled => {
-                let wave = gemm.waves[if wide.is_some() { 2 } else { usize::from(big) }];
-                gemm_slices(tiles, self.inp / 32, nb, self.out, wave)
-            }
-            GemmKind::Rounded => 1,
-        };
+        let LaunchPlan { f, mt, cols, tiles, kslices, .. } = plan;
+        let wide = if f == 2 { gemm.wide.as_ref() } else { None };
         if kslices > 1 {
             scratch_fits("split-K partial sums", kslices * nb * self.out, sc.part.len())?;
             scratch_fits("split-K counters", tiles, sc.counters.len())?;
         }
         let (m, k, n) = (to_i32("batch", nb)?, self.inp as i32, self.out as i32);
-        let mut l = gpu.stream.launch_builder(wide.unwrap_or(&gemm.f[usize::from(big)]));
+        let mut l = gpu.stream.launch_builder(wide.unwrap_or(&gemm.f[f.min(1)]));
         match &self.weight {
             DevWeight::Hqq { words: DevWords::U8(w), scales, zeros, ints, .. } => {
                 l.arg(w);

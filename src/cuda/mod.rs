@@ -46,8 +46,8 @@ pub use blas::Cublas;
 pub use cudarc::driver::CudaSlice as DeviceBuffer;
 pub use cudarc::driver::DeviceRepr;
 pub use linear::{
-    ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMM_WIDE_MIN_BATCH, GEMV_MAX_BATCH, GemmKind, GemvKernel,
-    RowPlan,
+    ColPlan, DeviceQuantLinear, GEMM_MIN_BATCH, GEMM_WIDE_MIN_BATCH, GEMV_MAX_BATCH, GemmKind, GemmPlan,
+    GemvKernel, RowPlan,
 };
 
 /// The PTX files compiled from `ptx/*.cu` (NVRTC 12.4, `compute_80`), embedded.
