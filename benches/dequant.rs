@@ -598,7 +598,8 @@ fn cuda_linear_group(c: &mut Criterion) {
         eprintln!("{name}: GEMM {kind:?}, {} copies", layers.sets.len());
         g.throughput(Throughput::Bytes(w.stored_bytes() as u64));
         let act_order = name.contains("act_order");
-        for batch in BATCHES.into_iter().filter(|&b| !act_order || b == 1 || b == 16) {
+        // Act-order: decode, a short prompt and a long one (256 rows: one gather, one GEMM).
+        for batch in BATCHES.into_iter().filter(|&b| !act_order || b == 1 || b == 16 || b == 256) {
             bench_layers(&mut g, &gpu, format!("{name}_batch{batch}"), &mut layers, batch);
         }
         // Batches 64 and 256 on the 32-row tiles instead of the wide GEMM, where the layer has

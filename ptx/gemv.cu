@@ -251,11 +251,13 @@ __device__ __forceinline__ void gemv_reduce_cols(const float* __restrict__ parti
     }
 }
 
-// out[i] = x[perm[i]] for i < k: the inputs of a GPTQ layer whose rows were sorted by group
-// (gptq::sort), gathered on the device; perm is a permutation of 0..k checked on the host.
+// out[r k + i] = x[r k + perm[i]] for r < rows, i < k (inputs on x, rows on y, both
+// grid-strided): the inputs of a GPTQ layer whose rows were sorted by group (gptq::sort),
+// gathered on the device; perm is a permutation of 0..k checked on the host, rows k < 2^31.
 __device__ __forceinline__ void gather_rows(const float* __restrict__ x, const int* __restrict__ perm,
-                                            float* __restrict__ out, int k) {
-    for (long long i = qk_linear0(); i < k; i += qk_linear_step()) out[i] = x[perm[i]];
+                                            float* __restrict__ out, int k, int rows) {
+    for (int r = qk_y0(); r < rows; r += qk_ystep())
+        for (int i = qk_x0(); i < k; i += qk_xstep()) out[r * k + i] = x[r * k + perm[i]];
 }
 
 #define QK_HQQ_GEMV(T, NAME)                                                                          \
@@ -287,7 +289,10 @@ extern "C" __global__ void add_bias_f32(float* y, const float* bias, int outs, i
     for (long long i = qk_linear0(); i < total; i += qk_linear_step()) y[i] = y[i] + bias[i % outs];
 }
 extern "C" __global__ void gather_f32(const float* x, const int* perm, float* out, int k) {
-    gather_rows(x, perm, out, k);
+    gather_rows(x, perm, out, k, 1);
+}
+extern "C" __global__ void gather_rows_f32(const float* x, const int* perm, float* out, int k, int rows) {
+    gather_rows(x, perm, out, k, rows);
 }
 
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
@@ -318,6 +323,10 @@ extern "C" void cpu_add_bias_f32(float* y, const float* bias, int outs, int tota
 }
 extern "C" void cpu_gather_f32(const float* x, const int* perm, float* out, int k, unsigned grid, unsigned block) {
     cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { gather_f32(x, perm, out, k); });
+}
+extern "C" void cpu_gather_rows_f32(const float* x, const int* perm, float* out, int k, int rows, unsigned grid,
+                                    unsigned block) {
+    cpu_launch_serial(qk_dim(grid), qk_dim(block), [&] { gather_rows_f32(x, perm, out, k, rows); });
 }
 extern "C" void cpu_gemv_reduce_cols_f32(const float* partial, float* y, int n_dim, int slices, unsigned grid,
                                          unsigned block) {

@@ -66,6 +66,15 @@ unsafe extern "C" {
     fn cpu_gemv_reduce_rows_f32(part: *const f32, y: *mut f32, outs: i32, per: i32, gr: u32, b: u32);
     fn cpu_gemv_reduce_cols_f32(part: *const f32, y: *mut f32, n: i32, slices: i32, gr: u32, b: u32);
     fn cpu_gather_f32(x: *const f32, perm: *const i32, out: *mut f32, k: i32, gr: u32, b: u32);
+    fn cpu_gather_rows_f32(
+        x: *const f32,
+        perm: *const i32,
+        out: *mut f32,
+        k: i32,
+        rows: i32,
+        gr: u32,
+        b: u32,
+    );
 }
 
 /// `(grid, block)` launch shapes for the emulated 2-D kernels (FP8, AWQ, GPTQ, HQQ): 1-D ones and 2-D ones
@@ -739,6 +748,28 @@ pub fn gather(x: &[f32], perm: &[i32], grid: u32, block: u32) -> Vec<f32> {
     // SAFETY: the kernel reads perm[i] and x[perm[i]] and writes out[i] for i < k; perm holds
     // each of 0..k once (checked), all three buffers have k elements.
     unsafe { cpu_gather_f32(xd.as_ptr(), pd.as_ptr(), out.as_mut_ptr(), k, grid, block) };
+    out.into_vec()
+}
+
+/// The emulated `gather_rows_f32`: `out[r K + i] = x[r K + perm[i]]` for every row of `x`
+/// (`rows` rows of `K = perm.len()` inputs).
+///
+/// # Panics
+/// When `perm` is not a permutation of `0..K` or `x` is not `rows` rows of it (a test helper).
+pub fn gather_rows(x: &[f32], perm: &[i32], rows: usize, grid: u32, block: u32) -> Vec<f32> {
+    let k = perm.len();
+    let mut seen = vec![false; k];
+    assert_eq!(x.len(), rows * k);
+    assert!(
+        perm.iter().all(|&p| p >= 0 && (p as usize) < k && !std::mem::replace(&mut seen[p as usize], true))
+    );
+    let (xd, pd) = (Dev::from(x), Dev::from(perm));
+    let mut out = Dev::<f32>::zeroed(x.len());
+    let (ki, ri) = (i32::try_from(k).expect("fits i32"), i32::try_from(rows).expect("fits i32"));
+    assert!(x.len() <= i32::MAX as usize);
+    // SAFETY: the kernel reads perm[i] and x[r*k + perm[i]] and writes out[r*k + i] for r <
+    // rows, i < k; perm holds each of 0..k once (checked), x and out rows*k < 2^31 elements.
+    unsafe { cpu_gather_rows_f32(xd.as_ptr(), pd.as_ptr(), out.as_mut_ptr(), ki, ri, grid, block) };
     out.into_vec()
 }
 

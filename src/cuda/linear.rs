@@ -33,8 +33,9 @@ const GEMM_WIDE_BLOCK: usize = 128;
 const GEMM_WIDE_MT: usize = 4;
 const GEMM_WIDE_COLS: usize = 32;
 
-/// Rows per GEMM launch of an act-order layer (its inputs are gathered into scratch first).
-const GEMM_CHUNK: usize = 64;
+/// Rows per GEMM launch of an act-order layer (its inputs are gathered into the shared scratch
+/// first: 256 rows of the layer's inputs, so a prefill reads the weight once per 256 rows).
+const GEMM_CHUNK: usize = 256;
 
 /// Threads per block of the GEMM (4 warps, each a tile).
 const GEMM_BLOCK: usize = 128;
@@ -643,7 +644,7 @@ struct LaunchPlan {
 pub struct GemmPlan {
     /// The PTX entry launched.
     pub entry: String,
-    /// Rows a launch multiplies (act-order layers: up to 64).
+    /// Rows a launch multiplies (act-order layers: up to 256).
     pub rows: usize,
     /// A warp's tile: rows, outputs.
     pub tile: (usize, usize),
@@ -894,7 +895,7 @@ impl DeviceQuantLinear {
             weight,
             reduce_rows: gpu.function(PtxFile::Gemv, super::GEMV_REDUCE_ROWS)?,
             add_bias: gpu.function(PtxFile::Gemv, "add_bias_f32")?,
-            gather: gpu.function(PtxFile::Gemv, super::GATHER)?,
+            gather: gpu.function(PtxFile::Gemv, super::GATHER_ROWS)?,
             gemm,
             one_group,
             gemm_from: GEMM_MIN_BATCH,
@@ -978,7 +979,7 @@ impl DeviceQuantLinear {
     }
 
     /// How a batch of `batch` rows runs on the tensor-core GEMM: the entry, its tiles and the
-    /// slices K is split into (the first launch's, for act-order layers, which run 64 rows a
+    /// slices K is split into (the first launch's, for act-order layers, which run 256 rows a
     /// launch). `None` where the batch runs on the GEMV.
     pub fn gemm_plan(&self, batch: usize) -> Option<GemmPlan> {
         let gemm = self.gemm.as_ref().filter(|_| batch >= self.gemm_from)?;
@@ -1076,17 +1077,18 @@ impl DeviceQuantLinear {
     ) -> Result<()> {
         let inp = self.inp;
         let Some(perm) = &self.perm else { return Ok(()) };
-        let k = to_i32("K", inp)?;
-        for b in 0..nb {
-            let src = x.slice((b0 + b) * inp..(b0 + b + 1) * inp);
-            let mut dst = xs.slice_mut(b * inp..(b + 1) * inp);
-            let mut l = gpu.stream.launch_builder(&self.gather);
-            l.arg(&src).arg(&perm.buf).arg(&mut dst).arg(&k);
-            // SAFETY: gather_f32(const float*, const int*, float*, int): the src and dst views
-            // hold K values (dst within the scratch's part_at values: nb <= its rows), perm K
-            // indices checked to be a permutation of 0..K.
-            unsafe { l.launch(super::launch_1d(inp)) }?;
-        }
+        let (k, rows) = (to_i32("K", inp)?, to_i32("rows", nb)?);
+        // The kernel indexes rows * K in 32 bits.
+        to_i32("gathered inputs", nb * inp)?;
+        let src = x.slice(b0 * inp..(b0 + nb) * inp);
+        let mut dst = xs.slice_mut(..nb * inp);
+        let mut l = gpu.stream.launch_builder(&self.gather);
+        l.arg(&src).arg(&perm.buf).arg(&mut dst).arg(&k).arg(&rows);
+        // SAFETY: gather_rows_f32(const float*, const int*, float*, int, int): the src and dst
+        // views hold nb*K values (dst within the scratch's part_at values: nb <= its rows; the
+        // slices check both), nb*K < 2^31 (checked above), perm K indices checked to be a
+        // permutation of 0..K; the kernel reads x[r*K + perm[i]], writes out[r*K + i], r < nb.
+        unsafe { l.launch(super::launch_2d(inp, nb)) }?;
         Ok(())
     }
 

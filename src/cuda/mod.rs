@@ -145,7 +145,8 @@ impl PtxFile {
                 .iter()
                 .map(|&n| (n, 9))
                 .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
-                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4), (GATHER, 4), ("add_bias_f32", 4)])
+                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4), (GATHER, 4), (GATHER_ROWS, 5)])
+                .chain([("add_bias_f32", 4)])
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
@@ -195,6 +196,8 @@ const GEMV_REDUCE_COLS: &str = "gemv_reduce_cols_f32";
 
 /// (x, perm, out, K): out[i] = x[perm[i]].
 const GATHER: &str = "gather_f32";
+/// (x, perm, out, K, rows): out[r*K + i] = x[r*K + perm[i]] for r < rows (inputs on x, rows on y).
+const GATHER_ROWS: &str = "gather_rows_f32";
 
 /// `awq_dequant_4b_{elem}`: (qweight, qzeros, scales, out, K, N, group_size).
 const AWQ_DEQUANT: [&str; 3] = ["awq_dequant_4b_f32", "awq_dequant_4b_f16", "awq_dequant_4b_bf16"];
@@ -255,8 +258,8 @@ pub struct Gpu {
 /// Scratch shared by every [`DeviceQuantLinear`] on a [`Gpu`]: f32 values (gathered act-order
 /// inputs, partial sums) and u32 counters, which every launch leaves at zero. Launches on one
 /// stream run in order and a layer's values are dead once its forward call's launches are, so
-/// one scratch serves all layers, instead of one a layer (up to 19 MiB for a 4096 x 14336
-/// GPTQ layer). It grows to the largest need of the layers built on the `Gpu` (16 MiB and their
+/// one scratch serves all layers, instead of one a layer (18 MiB for a 4-bit GPTQ layer of 4096
+/// x 14336). It grows to the largest need of the layers built on the `Gpu` (16 MiB and their
 /// gathered inputs where a layer has the group-scaled GEMM) and is kept until the `Gpu` is
 /// dropped.
 #[derive(Debug)]

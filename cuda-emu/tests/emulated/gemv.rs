@@ -6,7 +6,9 @@ use half::{bf16, f16};
 use quant_kernels::gptq::{self, GptqLayout, ZeroFormat, sort};
 use quant_kernels::hqq::{self, Axis, HqqLayout};
 use quant_kernels::{B4, Elem};
-use quant_kernels_cuda_emu::{EmuElem, LAUNCHES_2D, SplitMix as Rng, gather, gptq_gemv_4b, hqq_gemv_4b};
+use quant_kernels_cuda_emu::{
+    EmuElem, LAUNCHES_2D, SplitMix as Rng, gather, gather_rows, gptq_gemv_4b, hqq_gemv_4b,
+};
 
 fn close(got: &[f32], w: &[f32], x: &[f32], rows: usize, cols: usize, transposed: bool, what: &str) {
     for (o, g) in got.iter().enumerate() {
@@ -67,6 +69,14 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
             let xs = gather(&x, &perm, grid, block);
             let want: Vec<f32> = perm.iter().map(|&p| x[p as usize]).collect();
             assert_eq!(xs, want, "gather K{k} {grid}x{block}");
+            // Several rows in one launch (DeviceQuantLinear's act-order batches): each row
+            // gathered by the same permutation.
+            let rows = 3;
+            let xr: Vec<f32> = (0..rows * k).map(|i| i as f32 - 0.5).collect();
+            let got = gather_rows(&xr, &perm, rows, grid, block);
+            let want: Vec<f32> =
+                (0..rows).flat_map(|r| perm.iter().map(move |&p| (r * k) as f32 + p as f32 - 0.5)).collect();
+            assert_eq!(got, want, "gather_rows K{k} {grid}x{block}");
             let y = gptq_gemv_4b(&qs, &qzeros, &s, &sorted, &xs, k, n, k.min(128), fmt, grid, block);
             close(&y, &w, &x, n, k, true, &format!("sorted gptq K{k} N{n} g{g} {} {grid}x{block}", T::DTYPE));
         }
