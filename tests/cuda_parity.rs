@@ -313,7 +313,8 @@ fn fp8_dequant_matches_the_cpu_reference() {
 /// `DeviceQuantLinear` (the fused GEMV family, every scheme and width; the tensor-core GEMM from
 /// 16 rows where the scheme has one) against the f64 product of the scheme's dequantization
 /// oracle, for batches of 1, 3, 8, 11 (two GEMV passes), 16, 40 and 70 rows (70 also off the wide
-/// GEMM where the layer has it), plus bias where the layer has one. The GEMV within 1e-5 of sum |w x|; the GEMM within gemm.cuh's f16 bound.
+/// GEMM where the layer has it; 300 on small act-order GEMM layers: two launches), plus bias
+/// where the layer has one. The GEMV within 1e-5 of sum |w x|; the GEMM within gemm.cuh's f16 bound.
 /// Per weight, a bound on |s| (|q| + |z|) (scale, code, zero point): |w(q_max) - w(0)| + |w(0)|,
 /// from the dequantization with every code at its largest value and at zero; FP8 (no zero
 /// point) |w|.
@@ -368,6 +369,10 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
         [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, own, cuda::GEMM_MIN_BATCH, false, wide)).to_vec();
     if gemm {
         runs.push((40, own, cuda::GEMM_MIN_BATCH, true, wide));
+    }
+    if gemm && what.contains("act true") && inp <= 256 {
+        // Act-order GEMM launches take 256 rows: a second launch, its rows gathered from 256 on.
+        runs.push((300, own, cuda::GEMM_MIN_BATCH, false, wide));
     }
     if layer.has_wide_gemm() {
         // Batch 70 on the wide GEMM with x beyond f16, and on the 32-row tiles.

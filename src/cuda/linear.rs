@@ -936,7 +936,7 @@ impl DeviceQuantLinear {
         let gemm = self.gemm.is_some() && batch >= self.gemm_from;
         let step = match (gemm, self.perm.is_some()) {
             // The GEMMs index x in 32 bits: rows * K < 2^31 a launch.
-            (true, true) => GEMM_CHUNK.min(i32::MAX as usize / self.inp.max(1)),
+            (true, true) => GEMM_CHUNK.min(super::MAX_EXTENT / self.inp.max(1)),
             (true, false) => batch.min(i32::MAX as usize / self.inp.max(1)),
             (false, _) => GEMV_MAX_BATCH,
         };
@@ -983,7 +983,10 @@ impl DeviceQuantLinear {
     /// launch). `None` where the batch runs on the GEMV.
     pub fn gemm_plan(&self, batch: usize) -> Option<GemmPlan> {
         let gemm = self.gemm.as_ref().filter(|_| batch >= self.gemm_from)?;
-        let rows = if self.perm.is_some() { batch.min(GEMM_CHUNK) } else { batch };
+        let rows = match self.perm {
+            Some(_) => batch.min(GEMM_CHUNK.min(super::MAX_EXTENT / self.inp.max(1))),
+            None => batch.min(i32::MAX as usize / self.inp.max(1)),
+        };
         let p = self.launch_plan(rows)?;
         let entry = match p.f {
             2 => self.kernel.gemm_wide_entry(),

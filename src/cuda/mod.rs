@@ -145,8 +145,13 @@ impl PtxFile {
                 .iter()
                 .map(|&n| (n, 9))
                 .chain(GPTQ_GEMV.iter().map(|&n| (n, 10)))
-                .chain([(GEMV_REDUCE_ROWS, 4), (GEMV_REDUCE_COLS, 4), (GATHER, 4), (GATHER_ROWS, 5)])
-                .chain([("add_bias_f32", 4)])
+                .chain([
+                    (GEMV_REDUCE_ROWS, 4),
+                    (GEMV_REDUCE_COLS, 4),
+                    (GATHER, 4),
+                    (GATHER_ROWS, 5),
+                    ("add_bias_f32", 4),
+                ])
                 .collect(),
             PtxFile::Awq => AWQ_DEQUANT.iter().map(|&n| (n, 7)).collect(),
             PtxFile::Fp8 => FP8_DEQUANT.iter().flatten().map(|&n| (n, 7)).collect(),
@@ -259,9 +264,9 @@ pub struct Gpu {
 /// inputs, partial sums) and u32 counters, which every launch leaves at zero. Launches on one
 /// stream run in order and a layer's values are dead once its forward call's launches are, so
 /// one scratch serves all layers, instead of one a layer (18 MiB for a 4-bit GPTQ layer of 4096
-/// x 14336). It grows to the largest need of the layers built on the `Gpu` (16 MiB and their
-/// gathered inputs where a layer has the group-scaled GEMM) and is kept until the `Gpu` is
-/// dropped.
+/// x 14336). It grows to the largest need of the layers built on the `Gpu` (16 MiB where a
+/// layer has the group-scaled GEMM, plus an act-order layer's gathered inputs) and is kept until
+/// the `Gpu` is dropped.
 #[derive(Debug)]
 pub(crate) struct Workspace {
     pub(crate) floats: CudaSlice<f32>,

@@ -71,7 +71,7 @@ fn gptq_case<T: Elem + EmuElem>(k: usize, n: usize, g: i64, act: bool, f: ZeroFo
             assert_eq!(xs, want, "gather K{k} {grid}x{block}");
             // Several rows in one launch (DeviceQuantLinear's act-order batches): each row
             // gathered by the same permutation.
-            let rows = 3;
+            let rows = 7;
             let xr: Vec<f32> = (0..rows * k).map(|i| i as f32 - 0.5).collect();
             let got = gather_rows(&xr, &perm, rows, grid, block);
             let want: Vec<f32> =
