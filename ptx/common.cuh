@@ -27,6 +27,10 @@ template <> __device__ __forceinline__ __nv_bfloat16 qk_from_f32<__nv_bfloat16>(
     return __float2bfloat16_rn(x);
 }
 
+// M(args..., T, NAME) for each stored element type and its entry-name suffix: the entries a
+// module instantiates per element type, whatever their other parameters (which come first).
+#define QK_EACH_ELEM(M, ...) M(__VA_ARGS__, float, f32) M(__VA_ARGS__, __half, f16) M(__VA_ARGS__, __nv_bfloat16, bf16)
+
 // N consecutive elements moved as one aligned vector load/store.
 template <typename T, int N>
 struct alignas(sizeof(T) * N) QkVec {

@@ -141,11 +141,10 @@ __device__ __forceinline__ void gptq_dequant(const int* __restrict__ qweight, co
                                                              T* out, int k_dim, int n_dim, int format) { \
         gptq_dequant<BITS, T>(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format);            \
     }
-#define QK_GPTQ_ALL(BITS) QK_GPTQ(BITS, float, f32) QK_GPTQ(BITS, __half, f16) QK_GPTQ(BITS, __nv_bfloat16, bf16)
-QK_GPTQ_ALL(2)
-QK_GPTQ_ALL(3)
-QK_GPTQ_ALL(4)
-QK_GPTQ_ALL(8)
+QK_EACH_ELEM(QK_GPTQ, 2)
+QK_EACH_ELEM(QK_GPTQ, 3)
+QK_EACH_ELEM(QK_GPTQ, 4)
+QK_EACH_ELEM(QK_GPTQ, 8)
 
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define QK_GPTQ_EMU(BITS, T, NAME)                                                                   \
@@ -156,9 +155,8 @@ QK_GPTQ_ALL(8)
             gptq_dequant_##BITS##b_##NAME(qweight, qzeros, scales, g_idx, out, k_dim, n_dim, format); \
         });                                                                                          \
     }
-#define QK_GPTQ_EMU_ALL(BITS) QK_GPTQ_EMU(BITS, float, f32) QK_GPTQ_EMU(BITS, __half, f16) QK_GPTQ_EMU(BITS, __nv_bfloat16, bf16)
-QK_GPTQ_EMU_ALL(2)
-QK_GPTQ_EMU_ALL(3)
-QK_GPTQ_EMU_ALL(4)
-QK_GPTQ_EMU_ALL(8)
+QK_EACH_ELEM(QK_GPTQ_EMU, 2)
+QK_EACH_ELEM(QK_GPTQ_EMU, 3)
+QK_EACH_ELEM(QK_GPTQ_EMU, 4)
+QK_EACH_ELEM(QK_GPTQ_EMU, 8)
 #endif

@@ -15,11 +15,8 @@
                                         qk_f16_one(format)};                                         \
         qk_mma_gemm_wide(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                     \
     }
-#define QK_GPTQ_GEMMW_ALL(BITS)                                                                      \
-    QK_GPTQ_GEMMW_ENTRY(BITS, float, f32) QK_GPTQ_GEMMW_ENTRY(BITS, __half, f16)                     \
-    QK_GPTQ_GEMMW_ENTRY(BITS, __nv_bfloat16, bf16)
-QK_GPTQ_GEMMW_ALL(4)
-QK_GPTQ_GEMMW_ALL(8)
+QK_EACH_ELEM(QK_GPTQ_GEMMW_ENTRY, 4)
+QK_EACH_ELEM(QK_GPTQ_GEMMW_ENTRY, 8)
 
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 // CPU emulation launchers (cuda-emu).
@@ -33,9 +30,6 @@ QK_GPTQ_GEMMW_ALL(8)
                                         part, counters, kslices);                                    \
         });                                                                                          \
     }
-#define QK_GPTQ_GEMMW_EMU_ALL(BITS)                                                                  \
-    QK_GPTQ_GEMMW_EMU(BITS, float, f32) QK_GPTQ_GEMMW_EMU(BITS, __half, f16)                         \
-    QK_GPTQ_GEMMW_EMU(BITS, __nv_bfloat16, bf16)
-QK_GPTQ_GEMMW_EMU_ALL(4)
-QK_GPTQ_GEMMW_EMU_ALL(8)
+QK_EACH_ELEM(QK_GPTQ_GEMMW_EMU, 4)
+QK_EACH_ELEM(QK_GPTQ_GEMMW_EMU, 8)
 #endif

@@ -150,16 +150,12 @@ __device__ __forceinline__ void hqq_dequant(const W* __restrict__ packed, const 
                                                             int cols, int prows, int axis) {         \
         hqq_dequant<BITS, PER_WORD, W, T>(packed, scales, zeros, out, rows, cols, prows, axis);      \
     }
-#define QK_HQQ_DEQUANT_ALL_ELEMS(BITS, PER_WORD, W)                                                  \
-    QK_HQQ_DEQUANT(BITS, PER_WORD, W, float, f32)                                                    \
-    QK_HQQ_DEQUANT(BITS, PER_WORD, W, __half, f16)                                                   \
-    QK_HQQ_DEQUANT(BITS, PER_WORD, W, __nv_bfloat16, bf16)
 
-QK_HQQ_DEQUANT_ALL_ELEMS(8, 1, unsigned char)
-QK_HQQ_DEQUANT_ALL_ELEMS(4, 2, unsigned char)
-QK_HQQ_DEQUANT_ALL_ELEMS(3, 10, int)
-QK_HQQ_DEQUANT_ALL_ELEMS(2, 4, unsigned char)
-QK_HQQ_DEQUANT_ALL_ELEMS(1, 8, unsigned char)
+QK_EACH_ELEM(QK_HQQ_DEQUANT, 8, 1, unsigned char)
+QK_EACH_ELEM(QK_HQQ_DEQUANT, 4, 2, unsigned char)
+QK_EACH_ELEM(QK_HQQ_DEQUANT, 3, 10, int)
+QK_EACH_ELEM(QK_HQQ_DEQUANT, 2, 4, unsigned char)
+QK_EACH_ELEM(QK_HQQ_DEQUANT, 1, 8, unsigned char)
 
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 // CPU emulation launchers (cuda-emu): run an entry over a grid, one emulated thread at a time.
@@ -171,11 +167,9 @@ QK_HQQ_DEQUANT_ALL_ELEMS(1, 8, unsigned char)
             hqq_dequant_##BITS##b_##NAME(packed, scales, zeros, out, rows, cols, prows, axis);       \
         });                                                                                          \
     }
-#define QK_HQQ_EMU_ALL_ELEMS(BITS, W)                                                                \
-    QK_HQQ_EMU(BITS, W, float, f32) QK_HQQ_EMU(BITS, W, __half, f16) QK_HQQ_EMU(BITS, W, __nv_bfloat16, bf16)
-QK_HQQ_EMU_ALL_ELEMS(8, unsigned char)
-QK_HQQ_EMU_ALL_ELEMS(4, unsigned char)
-QK_HQQ_EMU_ALL_ELEMS(3, int)
-QK_HQQ_EMU_ALL_ELEMS(2, unsigned char)
-QK_HQQ_EMU_ALL_ELEMS(1, unsigned char)
+QK_EACH_ELEM(QK_HQQ_EMU, 8, unsigned char)
+QK_EACH_ELEM(QK_HQQ_EMU, 4, unsigned char)
+QK_EACH_ELEM(QK_HQQ_EMU, 3, int)
+QK_EACH_ELEM(QK_HQQ_EMU, 2, unsigned char)
+QK_EACH_ELEM(QK_HQQ_EMU, 1, unsigned char)
 #endif
