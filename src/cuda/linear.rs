@@ -934,12 +934,7 @@ impl DeviceQuantLinear {
         expect("y", batch * self.out, y.len())?;
         let out = self.out;
         let gemm = self.gemm.is_some() && batch >= self.gemm_from;
-        let step = match (gemm, self.perm.is_some()) {
-            // The GEMMs index x in 32 bits: rows * K < 2^31 a launch.
-            (true, true) => GEMM_CHUNK.min(super::MAX_EXTENT / self.inp.max(1)),
-            (true, false) => batch.min(i32::MAX as usize / self.inp.max(1)),
-            (false, _) => GEMV_MAX_BATCH,
-        };
+        let step = if gemm { self.gemm_rows(batch) } else { GEMV_MAX_BATCH };
         let mut ws = gpu.workspace(self.scratch.0, self.scratch.1)?;
         let ws = &mut *ws;
         let (xs, part) = ws.floats.split_at_mut(self.part_at);
@@ -983,10 +978,7 @@ impl DeviceQuantLinear {
     /// launch). `None` where the batch runs on the GEMV.
     pub fn gemm_plan(&self, batch: usize) -> Option<GemmPlan> {
         let gemm = self.gemm.as_ref().filter(|_| batch >= self.gemm_from)?;
-        let rows = match self.perm {
-            Some(_) => batch.min(GEMM_CHUNK.min(super::MAX_EXTENT / self.inp.max(1))),
-            None => batch.min(i32::MAX as usize / self.inp.max(1)),
-        };
+        let rows = batch.min(self.gemm_rows(batch));
         let p = self.launch_plan(rows)?;
         let entry = match p.f {
             2 => self.kernel.gemm_wide_entry(),
@@ -1000,6 +992,16 @@ impl DeviceQuantLinear {
             kslices: p.kslices,
             wave: p.wave,
         })
+    }
+
+    /// Rows per GEMM launch of a `batch`-row call. The GEMMs index x in 32 bits (rows * K <
+    /// 2^31 a launch); an act-order launch takes at most GEMM_CHUNK gathered rows, which the
+    /// gather indexes within the kernels' 2^30 extent.
+    fn gemm_rows(&self, batch: usize) -> usize {
+        match self.perm {
+            Some(_) => GEMM_CHUNK.min(super::MAX_EXTENT / self.inp.max(1)),
+            None => batch.min(i32::MAX as usize / self.inp.max(1)),
+        }
     }
 
     /// The GEMM launch of `nb` rows: its entry, tile, tiles and split K.
