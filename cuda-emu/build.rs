@@ -11,6 +11,7 @@ fn main() {
         "../ptx/hqq_gemv8.cu",
         "../ptx/gptq_gemv.cu",
         "../ptx/hqq_gemm.cu",
+        "../ptx/hqq_gemmg.cu",
         "../ptx/gptq_gemm.cu",
         "../ptx/gptq_gemmg.cu",
         "../ptx/gptq_gemmw.cu",

@@ -224,6 +224,13 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 // instructions per weight); 4 at 32 rows, where 8 would spill. The launcher mirrors it.
 constexpr int qk_gemmg_nt(int mt) { return mt == 1 ? 8 : 4; }
 
+// Chunks of codes the group-scaled GEMM keeps in flight a warp for tiles of MT x 16 rows. At 16
+// rows the GEMM is bound by the weight's bytes and its ~190 registers already allow only 2 blocks
+// of 4 warps a multiprocessor, which one chunk a warp (1 KiB at 4 bits) leaves short of the
+// bytes in flight that DRAM's latency asks for; a second chunk's registers cost no occupancy
+// there (any count up to 255 gives 2 blocks). At 32 rows one more chunk would cost a block.
+constexpr int qk_gemmg_depth(int mt) { return mt == 1 ? 2 : 1; }
+
 // d += A B over a chunk's two mma steps (a[s], b[s]: step s's fragments), or with SCALED d +=
 // (A B) back[row] (rows g, g + 8: d[0, 1], d[2, 3]), the sums of a chunk whose rows were scaled
 // into f16's range.
@@ -329,7 +336,7 @@ __device__ __forceinline__ void qk_gemmg_store(const float (*acc)[Dec::NT][4], f
 // K is walked 32 inputs at a time, two mma steps. The order of inputs within a chunk is free
 // (the sum does not care), so lane t of a quad takes inputs k0 + 8t .. k0 + 8t + 7 of its
 // outputs. A decoder loads a lane's 8 codes of its NT outputs with few loads (Dec::fetch, into
-// Dec::RAW words, one chunk ahead of their use) and turns them into the B fragments of the two
+// Dec::RAW words, qk_gemmg_depth(MT) chunks ahead of their use) and turns them into the B fragments of the two
 // steps in registers (Dec::decode), b[j][s][r] = (code at Dec::slot(s, r, 0), code at
 // Dec::slot(s, r, 1)); the A fragments take x at the same slots. Dec::out(n0, j, i) maps
 // subtile j's column i to an output (a decoder may interleave outputs to share a load), and
@@ -356,7 +363,7 @@ template <class Dec, int MT>
 __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* __restrict__ x, float* __restrict__ y,
                                                     int m_dim, int n_dim, int k_dim, float* __restrict__ part,
                                                     unsigned* __restrict__ counters, int kslices) {
-    constexpr int NT = Dec::NT;
+    constexpr int NT = Dec::NT, DEPTH = qk_gemmg_depth(MT);
     const long long lin = qk_linear0();
     const int lane = (int)(lin & 31), g = lane >> 2, t = lane & 3;
     const int ntiles = n_dim / (8 * NT), mtiles = (m_dim + 16 * MT - 1) / (16 * MT);
@@ -461,28 +468,39 @@ __device__ __forceinline__ void qk_mma_gemm_grouped(const Dec& d, const float* _
             }
             flush(grp);
         };
-        // The next chunk's group and codes are read one chunk ahead (the last chunk's again at the
-        // end: in bounds, unused), so the branch never waits on memory and a chunk's codes are in
-        // flight while the one before it is multiplied.
+        // The next chunk's group is read one chunk ahead and the codes DEPTH chunks ahead (past
+        // the slice's end, the current chunk's again: in bounds, unused), so the branch never
+        // waits on memory and DEPTH chunks' codes are in flight while one is multiplied.
         const int k_first = min(k_begin, k_dim - 32);
         int grp = d.group(k_first), gk = grp, gstart = k_begin;
-        unsigned raw[Dec::RAW];
-        d.fetch(col, k_first + 8 * t, raw);
-#pragma unroll 1
-        for (int k0 = k_begin, left = k_end - k_begin; left > 0; k0 += 32, left -= 32) {
+        unsigned raw[DEPTH][Dec::RAW];
+#pragma unroll
+        for (int p = 0; p < DEPTH; ++p)
+            d.fetch(col, (p > 0 && 32 * p < k_end - k_begin ? k_begin + 32 * p : k_first) + 8 * t, raw[p]);
+        // Chunk k0 with `left` inputs of the slice from it, its codes in r.
+        auto next = [&](int k0, int left, unsigned* r) {
             if (gk != grp) {  // uniform
                 settle(grp, gstart, k0);
                 grp = gk;
                 gstart = k0;
             }
-            const int kn = left > 32 ? k0 + 32 : k0;
+            const int kn = left > 32 ? k0 + 32 : k0, kf = left > 32 * DEPTH ? k0 + 32 * DEPTH : k0;
             const int gn = d.group(kn);
-            // Decoded first, so the next chunk's loads can land in the same registers (no copies).
+            // Decoded first, so the later chunk's loads can land in the same registers (no copies).
             unsigned b[NT][2][2];
-            d.decode(col, raw, b);
-            d.fetch(col, kn + 8 * t, raw);
+            d.decode(col, r, b);
+            d.fetch(col, kf + 8 * t, r);
             step(k0, b, QkBool<false>{});
             gk = gn;
+        };
+        // Unrolled DEPTH times, so each chunk's codes have registers of their own.
+#pragma unroll 1
+        for (int k0 = k_begin, left = k_end - k_begin; left > 0; k0 += 32 * DEPTH, left -= 32 * DEPTH) {
+#pragma unroll
+            for (int p = 0; p < DEPTH; ++p) {
+                if (p > 0 && left <= 32 * p) break;  // uniform
+                next(k0 + 32 * p, left - 32 * p, raw[p]);
+            }
         }
         if (k_begin < k_end) settle(grp, gstart, k_end);
         qk_gemmg_store<Dec, MT>(acc, y, part, counters, m0, n0, m_dim, n_dim, kslices, slice, tile, lane);

@@ -1,10 +1,9 @@
-// HQQ's tensor-core GEMMs (gemm.cuh): the rounded family for 4- and 8-bit weights on both axes
-// and the group-scaled one on axis 1 (its decoder: hqq_gemm.cuh; its wide form: hqq_gemmw.cu), in
-// a module of their own so that each .ptx stays under 2 MB (the driver JIT-compiles a whole
-// module the first time one of its entries loads). The packing is hqq.cu's.
+// HQQ's rounded tensor-core GEMM (gemm.cuh) for 4- and 8-bit weights on both axes, in a module
+// of its own so that each .ptx stays under 2 MB (the driver JIT-compiles a whole module the first
+// time one of its entries loads); the group-scaled family is hqq_gemmg.cu, its wide form
+// hqq_gemmw.cu. The packing is hqq.cu's.
 #include "gemv.cuh"
 #include "gemm.cuh"
-#include "hqq_gemm.cuh"
 
 // ---- Tensor-core GEMM (gemm.cuh) for 4- and 8-bit HQQ, both axes: W[n, k] is flat weight
 // f = n K + k, in plane j = f / words at word t = f - j words. With words % 16 == 0 and cols % 16
@@ -73,23 +72,6 @@ struct QkHqqGemm {
 QK_HQQ_GEMM_ALL(4)
 QK_HQQ_GEMM_ALL(8)
 
-// Entries: hqq_gemmg_{4,8}b_{elem}_m{1,2}(the GEMM's parameters; axis 1 only): tiles of 16 x 64
-// (m1) or 32 x 32 (m2) rows x outputs a warp (qk_gemmg_nt).
-#define QK_HQQ_GEMMG_ENTRY(BITS, T, NAME, MT)                                                        \
-    extern "C" __global__ void hqq_gemmg_##BITS##b_##NAME##_m##MT(                                   \
-        const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
-        int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices) { \
-        const QkHqqGemmG<BITS, T, qk_gemmg_nt(MT)> d{packed, scales, zeros, k_dim, prows * cols, k_dim / cols, __ffs(cols) - 1, \
-                                    qk_f16_one(cols)};                                               \
-        qk_mma_gemm_grouped<QkHqqGemmG<BITS, T, qk_gemmg_nt(MT)>, MT>(d, x, y, m_dim, n_dim, k_dim, part, counters, kslices);                  \
-    }
-#define QK_HQQ_GEMMG_ALL(BITS)                                                                       \
-    QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 1) QK_HQQ_GEMMG_ENTRY(BITS, float, f32, 2)                  \
-    QK_HQQ_GEMMG_ENTRY(BITS, __half, f16, 1) QK_HQQ_GEMMG_ENTRY(BITS, __half, f16, 2)                \
-    QK_HQQ_GEMMG_ENTRY(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMMG_ENTRY(BITS, __nv_bfloat16, bf16, 2)
-QK_HQQ_GEMMG_ALL(4)
-QK_HQQ_GEMMG_ALL(8)
-
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 // CPU emulation launchers (cuda-emu).
 #define QK_HQQ_GEMM_EMU(BITS, T, NAME, MT)                                                           \
@@ -106,20 +88,4 @@ QK_HQQ_GEMMG_ALL(8)
     QK_HQQ_GEMM_EMU(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMM_EMU(BITS, __nv_bfloat16, bf16, 4)
 QK_HQQ_GEMM_EMU_ALL(4)
 QK_HQQ_GEMM_EMU_ALL(8)
-#define QK_HQQ_GEMMG_EMU(BITS, T, NAME, MT)                                                          \
-    extern "C" void cpu_hqq_gemmg_##BITS##b_##NAME##_m##MT(                                          \
-        const unsigned char* packed, const T* scales, const T* zeros, const float* x, float* y, int m_dim, \
-        int k_dim, int n_dim, int cols, int prows, int axis, float* part, unsigned* counters, int kslices, \
-        unsigned grid, unsigned block) {                                                             \
-        cpu_launch_coop(qk_dim(grid), qk_dim(block), [&] {                                           \
-            hqq_gemmg_##BITS##b_##NAME##_m##MT(packed, scales, zeros, x, y, m_dim, k_dim, n_dim, cols, prows, axis, \
-                                               part, counters, kslices);                             \
-        });                                                                                          \
-    }
-#define QK_HQQ_GEMMG_EMU_ALL(BITS)                                                                   \
-    QK_HQQ_GEMMG_EMU(BITS, float, f32, 1) QK_HQQ_GEMMG_EMU(BITS, float, f32, 2)                      \
-    QK_HQQ_GEMMG_EMU(BITS, __half, f16, 1) QK_HQQ_GEMMG_EMU(BITS, __half, f16, 2)                    \
-    QK_HQQ_GEMMG_EMU(BITS, __nv_bfloat16, bf16, 1) QK_HQQ_GEMMG_EMU(BITS, __nv_bfloat16, bf16, 2)
-QK_HQQ_GEMMG_EMU_ALL(4)
-QK_HQQ_GEMMG_EMU_ALL(8)
 #endif

@@ -54,7 +54,8 @@ def weights_per_pass(name):
     if "_gemm_" in name:
         return 16
     if "_gemmg_" in name:  # a 32-input chunk: 8 codes of each of NT outputs (qk_gemmg_nt; AWQ 8)
-        return 64 if name.startswith("awq") or name.endswith("_m1") else 32
+        per = 64 if name.startswith("awq") or name.endswith("_m1") else 32
+        return 2 * per if name.endswith("_m1") else per  # m1's loop: qk_gemmg_depth = 2 chunks
     if "_gemmw_" in name:  # the wide GEMM's chunk: 8 codes of NT = 4 outputs (AWQ 8), for 64 rows (AWQ 32)
         return 64 if name.startswith("awq") else 32
     return None

@@ -208,9 +208,10 @@ impl GemvKernel {
     }
 
     /// The PTX file of a GEMM family's entries for the scheme (HQQ's and GPTQ's have modules of
-    /// their own, GPTQ's one per family; AWQ's and FP8's are in their dequantization's file).
+    /// their own, one per family; AWQ's and FP8's are in their dequantization's file).
     pub fn gemm_file(self, kind: GemmKind) -> PtxFile {
         match self {
+            GemvKernel::Hqq(..) if kind == GemmKind::GroupScaled => PtxFile::HqqGemmG,
             GemvKernel::Hqq(..) => PtxFile::HqqGemm,
             GemvKernel::Gptq(..) if kind == GemmKind::GroupScaled => PtxFile::GptqGemmG,
             GemvKernel::Gptq(..) => PtxFile::GptqGemm,

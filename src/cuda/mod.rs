@@ -71,8 +71,10 @@ pub enum PtxFile {
     HqqGemv8,
     /// `ptx/gptq_gemv.ptx`: GPTQ fused GEMV.
     GptqGemv,
-    /// `ptx/hqq_gemm.ptx`: HQQ tensor-core GEMMs.
+    /// `ptx/hqq_gemm.ptx`: HQQ's rounded tensor-core GEMM.
     HqqGemm,
+    /// `ptx/hqq_gemmg.ptx`: HQQ's group-scaled tensor-core GEMM.
+    HqqGemmG,
     /// `ptx/gptq_gemm.ptx`: GPTQ's rounded tensor-core GEMM.
     GptqGemm,
     /// `ptx/gptq_gemmg.ptx`: GPTQ's group-scaled tensor-core GEMM.
@@ -85,7 +87,7 @@ pub enum PtxFile {
 
 impl PtxFile {
     /// Every PTX file.
-    pub const ALL: [PtxFile; 14] = [
+    pub const ALL: [PtxFile; 15] = [
         PtxFile::Hqq,
         PtxFile::Gptq,
         PtxFile::Gemv,
@@ -96,6 +98,7 @@ impl PtxFile {
         PtxFile::HqqGemv8,
         PtxFile::GptqGemv,
         PtxFile::HqqGemm,
+        PtxFile::HqqGemmG,
         PtxFile::GptqGemm,
         PtxFile::GptqGemmG,
         PtxFile::GptqGemmW,
@@ -115,6 +118,7 @@ impl PtxFile {
             PtxFile::HqqGemv8 => include_str!("../../ptx/hqq_gemv8.ptx"),
             PtxFile::GptqGemv => include_str!("../../ptx/gptq_gemv.ptx"),
             PtxFile::HqqGemm => include_str!("../../ptx/hqq_gemm.ptx"),
+            PtxFile::HqqGemmG => include_str!("../../ptx/hqq_gemmg.ptx"),
             PtxFile::GptqGemm => include_str!("../../ptx/gptq_gemm.ptx"),
             PtxFile::GptqGemmG => include_str!("../../ptx/gptq_gemmg.ptx"),
             PtxFile::GptqGemmW => include_str!("../../ptx/gptq_gemmw.ptx"),
@@ -160,6 +164,7 @@ impl PtxFile {
             | PtxFile::HqqGemv8
             | PtxFile::GptqGemv
             | PtxFile::HqqGemm
+            | PtxFile::HqqGemmG
             | PtxFile::GptqGemm
             | PtxFile::GptqGemmG
             | PtxFile::GptqGemmW
