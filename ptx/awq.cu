@@ -114,10 +114,12 @@ struct QkAwqGemv {
     int n_dim, group_size, lg;
     unsigned magic, one;  // qk_magic_reg, qk_f16_one
 
-    // Row k's 8 codes: fields p, p + 4 are columns 2p, 2p + 1 (AWQ's nibble order), as exact
-    // f16 pairs, widened.
+    // Row k's 8 codes (codes_of its word w: fields p, p + 4 are columns 2p, 2p + 1, AWQ's nibble
+    // order), as exact f16 pairs, widened.
     __device__ __forceinline__ void row(int k, int n, float* q) const {
-        const unsigned w = (unsigned)qweight[(long long)k * (n_dim / 8) + n / 8];
+        codes_of((unsigned)qweight[(long long)k * (n_dim / 8) + n / 8], q);
+    }
+    __device__ __forceinline__ void codes_of(unsigned w, float* q) const {
         unsigned h[4];
         qk_u4x8_f16(w, one, h);
 #pragma unroll
@@ -126,9 +128,19 @@ struct QkAwqGemv {
             q[2 * p + 1] = qk_f16_hi(h[p]);
         }
     }
-    __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
+    // The block's ROWS words (rows k .., word column n / 8).
+    struct Raw {
+        unsigned w[ROWS];
+    };
+    __device__ __forceinline__ Raw fetch(int k, int n) const {
+        Raw raw;
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) row(k + r, n, q[r]);
+        for (int r = 0; r < ROWS; ++r) raw.w[r] = (unsigned)qweight[(long long)(k + r) * (n_dim / 8) + n / 8];
+        return raw;
+    }
+    __device__ __forceinline__ void decode(const Raw& raw, float (*q)[VC]) const {
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) codes_of(raw.w[r], q[r]);
     }
     __device__ __forceinline__ int group(int k) const { return (int)qk_div((unsigned)k, (unsigned)group_size, lg); }
     __device__ __forceinline__ void params(int g, int n, float* z, float* s) const {

@@ -222,12 +222,19 @@ struct QkFp8Gemv {
     const float* __restrict__ scales;
     int cols, br, bc, scols, lg_bc;
 
+    // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton); a chunk's scale row is the
+    // segment's, a few hundred bytes that stay in L1, so only the codes are loaded ahead.
+    static constexpr int AHEAD = 2;
+    using Raw = QkVec<unsigned, 2>;
+    __device__ __forceinline__ Raw fetch(int t0, int c) const {
+        return *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+    }
+
     template <int MAXB>
-    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
-                                        int nb, float (*acc)[MAXB]) const {
+    __device__ __forceinline__ void dot(const Raw& v, int t0, int c, const int* xc, const float* __restrict__ x,
+                                        int in_dim, int nb, float (*acc)[MAXB]) const {
         const int r = t0 / cols, col = t0 - r * cols + c;
         const float* srow = scales + (long long)(r / br) * scols;
-        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
         if (bc % CH == 0) {
             float q[CH];
             const unsigned nan = qk_fp8_view4<E4M3>(v.v[0], q) | qk_fp8_view4<E4M3>(v.v[1], q + 4);

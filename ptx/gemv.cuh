@@ -109,11 +109,15 @@ __device__ __forceinline__ void qk_dot_plain(const float* w, const float* __rest
 // (L = seg planar, P * seg interleaved); flat segment F covers weights [F L, F L + L). A team of
 // `team` lanes takes a segment: lane m adds chunks m, m + team, ... of Dec::CH words (adjacent
 // lanes, adjacent chunks: coalesced), calling
-//   d.dot<MAXB>(t0, c, xo, x, in, nb, acc)
+//   d.fetch(t0, c)                        the chunk's words, and any per-chunk parameters worth
+//                                         loading with them (a Dec::Raw), then
+//   d.dot<MAXB>(raw, t0, c, xo, x, in, nb, acc)
 // for the chunk at word t = t0 + c (t0: the segment's first word, so a decoder's per-segment
-// work is loop-invariant), where plane j's weights meet x[b * in + xo[j] + i] (planar) or word i's
-// code j meets x[b * in + xo[0] + i * P + j] (interleaved); it adds to acc[j][b] (acc[0][b]
-// interleaved). The team then sums each accumulator and its first lane writes
+// work is loop-invariant). At batch 1 a lane keeps Dec::AHEAD chunks in flight (fetched that many
+// chunks ahead of their dot): a segment is up to a row, a few dozen chunks a lane, so a chunk at
+// a time makes each lane a chain of DRAM round trips. In the dot, plane j's weights meet
+// x[b * in + xo[j] + i] (planar) or word i's code j meets x[b * in + xo[0] + i * P + j]
+// (interleaved); it adds to acc[j][b] (acc[0][b] interleaved). The team then sums each accumulator and its first lane writes
 // part[b * nflat + F] for the flat segments inside the weight (F < nflat = numel / L; planar
 // padding planes past numel are skipped). With seg = in that is y itself.
 // Launch: 1-D, blocks of whole warps; warps grid-stride over groups of 32 / team segments.
@@ -142,12 +146,39 @@ __device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restric
 #pragma unroll
             for (int j = 0; j < NJ; ++j)
                 xo[j] = (int)((Dec::PLANAR ? (long long)j * words + t0 : (long long)t0 * Dec::P) % in_dim);
-#pragma unroll 1
-            for (int c = member * Dec::CH; c < seg; c += team * Dec::CH) {
+            // Chunk c of the segment, its words (Dec::Raw) in raw.
+            auto chunk = [&](int c, const typename Dec::Raw& raw) {
                 int xc[NJ];
 #pragma unroll
                 for (int j = 0; j < NJ; ++j) xc[j] = xo[j] + (Dec::PLANAR ? c : c * Dec::P);
-                d.template dot<MAXB>(t0, c, xc, x, in_dim, nb, acc);
+                d.template dot<MAXB>(raw, t0, c, xc, x, in_dim, nb, acc);
+            };
+            const int first = member * Dec::CH, stride = team * Dec::CH;
+            constexpr int DEPTH = MAXB == 1 ? Dec::AHEAD : 0;
+            if constexpr (DEPTH > 0) {
+                // DEPTH chunks in flight a lane (past the lane's last, its current chunk again; a
+                // lane with none, chunk 0: in bounds, unused), the loop unrolled DEPTH times so
+                // each has registers of its own.
+                typename Dec::Raw raw[DEPTH];
+#pragma unroll
+                for (int p = 0; p < DEPTH; ++p) {
+                    const int cp = first + p * stride;
+                    raw[p] = d.fetch(t0, cp < seg ? cp : (first < seg ? first : 0));
+                }
+#pragma unroll 1
+                for (int c = first; c < seg; c += DEPTH * stride) {
+#pragma unroll
+                    for (int p = 0; p < DEPTH; ++p) {
+                        const int cp = c + p * stride, cn = cp + DEPTH * stride;
+                        if (p > 0 && cp >= seg) break;
+                        const typename Dec::Raw now = raw[p];
+                        raw[p] = d.fetch(t0, cn < seg ? cn : cp);
+                        chunk(cp, now);
+                    }
+                }
+            } else {
+#pragma unroll 1
+                for (int c = first; c < seg; c += stride) chunk(c, d.fetch(t0, c));
             }
         }
 #pragma unroll
@@ -171,8 +202,9 @@ __device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restric
 // ---- Column skeleton: W [K, N], y[n] = sum_k W[k, n] x[k]. A 2-D grid: x over vectors of
 // Dec::VC adjacent columns (adjacent lanes: adjacent columns, coalesced), y over slices of
 // `slice_rows` rows (a multiple of Dec::ROWS). The decoder gives
-//   d.codes(k, n, q)          q[r][c]: code of row k + r, column n + c, as an exact float, for a
-//                             block of ROWS rows (k a multiple of ROWS);
+//   d.fetch(k, n)             the packed words (a Dec::Raw) of a block of ROWS rows (k a multiple
+//                             of ROWS), columns n .. n + VC;
+//   d.decode(raw, q)          q[r][c]: their code of row k + r, column n + c, as an exact float;
 //   d.row(k, n, q)            q[c]: the codes of row k alone;
 //   d.group(k)                row k's group (rows in any order; sorted rows switch rarely);
 //   d.sorted                  groups never decrease with k (then a slice whose first and last
@@ -181,9 +213,19 @@ __device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restric
 // A thread sums q x and x within a run of rows of one group and folds s (sum q x - z sum x) into
 // its total when the group changes. A block of rows in the current group (the common case) runs
 // unrolled; one that changes group runs a row at a time. Both choices are uniform in a warp (its
-// lanes share the rows). It then writes part[(b * slices + slice) * N + n + c].
+// lanes share the rows). A slice of one group (sorted groups) fetches its blocks
+// qk_col_depth(MAXB) blocks ahead, so that many loads a thread are in flight: the slices are
+// short (at most 128 rows: 16 blocks at 4 bits), so one block at a time makes each thread a chain
+// of DRAM round trips. It then writes part[(b * slices + slice) * N + n + c].
 // One thread's work: columns n .. n + VC over slice `sl`, written to part[(b * slices + sl) * N
 // + n + c].
+// Blocks of rows the column skeleton keeps in flight in a slice of one group: 2 at batch 1 for
+// blocks of up to 8 rows (4 and 8 bits), which are bound by the weight's bytes; else 0 (each block
+// loaded as it is used): batches of up to 8 spend 8 multiply-adds per weight, and 2- and 3-bit
+// blocks (16 and 32 rows) are bound by their decode, where the registers of a second block in
+// flight would cost warps.
+constexpr int qk_col_depth(int maxb, int rows) { return maxb == 1 && rows <= 8 ? 2 : 0; }
+
 template <class Dec, int MAXB>
 __device__ __forceinline__ void qk_col_slice(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
                                              int k_dim, int n_dim, int slice_rows, int slices, int nb, int n, int sl) {
@@ -199,8 +241,54 @@ __device__ __forceinline__ void qk_col_slice(const Dec& d, const float* __restri
     int cur = d.group(k0);
     d.params(cur, n, z, s);
     const bool one = d.sorted && d.group(k0 + slice_rows - 1) == cur;  // uniform
+    // A block of rows kb .. kb + R in the current group, its codes in q.
+    auto block = [&](int kb, const float (*q)[VC]) {
+#pragma unroll
+        for (int b = 0; b < MAXB; ++b) {
+            if (b >= nb) break;
+            float xv[R];
+            if constexpr (R % 4 == 0) {
+                qk_load_xs<R>(x + (long long)b * k_dim + kb, xv);
+            } else {
+#pragma unroll
+                for (int r = 0; r < R; ++r) xv[r] = x[(long long)b * k_dim + kb + r];
+            }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                sx[b] = sx[b] + xv[r];
+#pragma unroll
+                for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xv[r], dq[c][b]);
+            }
+        }
+    };
+    const int k_end = k0 + slice_rows;
+    constexpr int DEPTH = qk_col_depth(MAXB, R);
+    const bool ahead = DEPTH > 0 && one;  // uniform
+    // Every block in one group: DEPTH blocks' words in flight (past the slice's end, the last
+    // block's again: in bounds, unused), the loop unrolled DEPTH times so each has registers of
+    // its own. Otherwise (or DEPTH 0) the loop below, a block at a time.
+    if constexpr (DEPTH > 0) {
+        if (ahead) {
+            typename Dec::Raw raw[DEPTH];
+#pragma unroll
+            for (int p = 0; p < DEPTH; ++p) raw[p] = d.fetch(min(k0 + p * R, k_end - R), n);
 #pragma unroll 1
-    for (int kb = k0; kb < k0 + slice_rows; kb += R) {
+            for (int kb = k0; kb < k_end; kb += DEPTH * R) {
+#pragma unroll
+                for (int p = 0; p < DEPTH; ++p) {
+                    const int k = kb + p * R;
+                    if (p > 0 && k >= k_end) break;  // uniform
+                    // Decoded first, so the later block's words can land in the same registers.
+                    float q[R][VC];
+                    d.decode(raw[p], q);
+                    raw[p] = d.fetch(min(k + DEPTH * R, k_end - R), n);
+                    block(k, q);
+                }
+            }
+        }
+    }
+#pragma unroll 1
+    for (int kb = k0; kb < (ahead ? k0 : k_end); kb += R) {
         bool same = true;
         if (!one) {
 #pragma unroll
@@ -208,24 +296,8 @@ __device__ __forceinline__ void qk_col_slice(const Dec& d, const float* __restri
         }
         if (same) {
             float q[R][VC];
-            d.codes(kb, n, q);
-#pragma unroll
-            for (int b = 0; b < MAXB; ++b) {
-                if (b >= nb) break;
-                float xv[R];
-                if constexpr (R % 4 == 0) {
-                    qk_load_xs<R>(x + (long long)b * k_dim + kb, xv);
-                } else {
-#pragma unroll
-                    for (int r = 0; r < R; ++r) xv[r] = x[(long long)b * k_dim + kb + r];
-                }
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    sx[b] = sx[b] + xv[r];
-#pragma unroll
-                    for (int c = 0; c < VC; ++c) dq[c][b] = __fmaf_rn(q[r][c], xv[r], dq[c][b]);
-                }
-            }
+            d.decode(d.fetch(kb, n), q);
+            block(kb, q);
             continue;
         }
 #pragma unroll 1

@@ -20,15 +20,23 @@ struct QkGptqGemv {
     bool sorted;
     unsigned magic, one;  // qk_magic_reg, qk_f16_one
 
-    __device__ __forceinline__ void codes(int k, int n, float (*q)[VC]) const {
+    // The block's WORDS word rows of the thread's VC columns.
+    struct Raw {
+        QkVec<int, VC> row[WORDS];
+    };
+    __device__ __forceinline__ Raw fetch(int k, int n) const {
         const int* wp = qweight + ((unsigned long long)((unsigned)k / ROWS * WORDS) * (unsigned)n_dim + (unsigned)n);
+        Raw raw;
+#pragma unroll
+        for (int i = 0; i < WORDS; ++i) raw.row[i] = *reinterpret_cast<const QkVec<int, VC>*>(wp + (long long)i * n_dim);
+        return raw;
+    }
+    __device__ __forceinline__ void decode(const Raw& raw, float (*q)[VC]) const {
         unsigned w[VC][WORDS + 1];
 #pragma unroll
-        for (int i = 0; i < WORDS; ++i) {
-            const QkVec<int, VC> row = *reinterpret_cast<const QkVec<int, VC>*>(wp + (long long)i * n_dim);
+        for (int i = 0; i < WORDS; ++i)
 #pragma unroll
-            for (int c = 0; c < VC; ++c) w[c][i] = (unsigned)row.v[c];
-        }
+            for (int c = 0; c < VC; ++c) w[c][i] = (unsigned)raw.row[i].v[c];
         if constexpr (BITS == 4 || BITS == 8) {
             // Pairs of codes as exact f16 integers (a logic op and an exact HSUB2/HFMA2 per pair),
             // widened to f32: cheaper than a field extraction and a magic subtraction per code.

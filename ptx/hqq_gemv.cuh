@@ -50,28 +50,45 @@ struct QkHqqGemv {
         }
     }
 
-    template <int MAXB>
-    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
-                                        int nb, float (*acc)[MAXB]) const {
+    // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton): 2 at 4 and 8 bits, bound by
+    // the weight's bytes; the 1-, 2- and 3-bit GEMVs are bound by their decode.
+    static constexpr int AHEAD = BITS >= 4 ? 2 : 0;
+
+    // A chunk's words and, on axis 1, its code row's zero points and scales per plane (3-bit
+    // padding planes: 0), loaded ahead of its dot with the words.
+    struct Raw {
+        QkVec<unsigned, NR> v;
+        float z[P], s[P];
+    };
+    __device__ __forceinline__ Raw fetch(int t0, int c) const {
         const int t = t0 + c;
-        const QkVec<unsigned, NR> v = *reinterpret_cast<const QkVec<unsigned, NR>*>(packed + t);
+        Raw raw{};
+        raw.v = *reinterpret_cast<const QkVec<unsigned, NR>*>(packed + t);
+        if (axis == 1) {
+            const int r0 = (int)qk_div((unsigned)t, (unsigned)cols, lg);
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                const int row = j * prows + r0;
+                const bool in = BITS != 3 || row < rows;  // 3-bit padding planes: never written
+                raw.z[j] = in ? qk_to_f32(zeros[row]) : 0.0f;
+                raw.s[j] = in ? qk_to_f32(scales[row]) : 0.0f;
+            }
+        }
+        return raw;
+    }
+
+    template <int MAXB>
+    __device__ __forceinline__ void dot(const Raw& raw, int t0, int c, const int* xc, const float* __restrict__ x,
+                                        int in_dim, int nb, float (*acc)[MAXB]) const {
+        const int t = t0 + c;
         unsigned r[NR];
 #pragma unroll
-        for (int i = 0; i < NR; ++i) r[i] = v.v[i];
+        for (int i = 0; i < NR; ++i) r[i] = raw.v.v[i];
         // cols % CH == 0 (the launcher's rule, or the 16-byte choice below): the chunk lies in
         // one packed row.
         if (axis == 1 && same_x) {
             // Every plane meets the same inputs (the planes are whole rows): x and its sum are
             // read once for all of them.
-            const int r0 = (int)qk_div((unsigned)t, (unsigned)cols, lg);
-            float z[P], s[P];
-#pragma unroll
-            for (int j = 0; j < P; ++j) {
-                const int row = j * prows + r0;
-                const bool in = BITS != 3 || row < rows;  // 3-bit padding planes: never written
-                z[j] = in ? qk_to_f32(zeros[row]) : 0.0f;
-                s[j] = in ? qk_to_f32(scales[row]) : 0.0f;
-            }
 #pragma unroll
             for (int b = 0; b < MAXB; ++b) {
                 if (b >= nb) break;
@@ -86,18 +103,17 @@ struct QkHqqGemv {
                     plane(r, j, q);
 #pragma unroll
                     for (int i = 0; i < CH; ++i) d = __fmaf_rn(q[i], xv[i], d);
-                    acc[j][b] = acc[j][b] + s[j] * (d - z[j] * sx);
+                    acc[j][b] = acc[j][b] + raw.s[j] * (d - raw.z[j] * sx);
                 }
             }
         } else if (axis == 1) {
             const int r0 = (int)qk_div((unsigned)t, (unsigned)cols, lg);
 #pragma unroll
             for (int j = 0; j < P; ++j) {
-                const int row = j * prows + r0;
-                if (row >= rows) break;  // 3-bit padding
+                if (j * prows + r0 >= rows) break;  // 3-bit padding
                 float q[CH];
                 plane(r, j, q);
-                qk_dot_group<CH, MAXB>(q, x + xc[j], in_dim, nb, qk_to_f32(zeros[row]), qk_to_f32(scales[row]), acc[j]);
+                qk_dot_group<CH, MAXB>(q, x + xc[j], in_dim, nb, raw.z[j], raw.s[j], acc[j]);
             }
         } else {
             const int p = t / cols, c0 = t - p * cols;

@@ -17,11 +17,18 @@ struct QkInt8Gemv {
     int cols, per_row;
     unsigned one;  // qk_f16_one
 
+    // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton): the codes (the scale is the
+    // segment's).
+    static constexpr int AHEAD = 2;
+    using Raw = QkVec<unsigned, 2>;
+    __device__ __forceinline__ Raw fetch(int t0, int c) const {
+        return *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+    }
+
     template <int MAXB>
-    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
-                                        int nb, float (*acc)[MAXB]) const {
+    __device__ __forceinline__ void dot(const Raw& v, int t0, int c, const int* xc, const float* __restrict__ x,
+                                        int in_dim, int nb, float (*acc)[MAXB]) const {
         const float s = scales[per_row ? t0 / cols : 0];
-        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
         // Bytes b ^ 0x80 = b + 128 as exact f16 (1024 + b + 128), less 1024 + 128 in the same
         // exact HSUB2: the signed codes, widened.
         float q[CH];
@@ -47,11 +54,31 @@ struct QkInt4Gemv {
     int group, lg;
     unsigned one;  // qk_f16_one
 
-    template <int MAXB>
-    __device__ __forceinline__ void dot(int t0, int c, const int* xc, const float* __restrict__ x, int in_dim,
-                                        int nb, float (*acc)[MAXB]) const {
+    // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton). A chunk in one group (group %
+    // 16 == 0) loads its zero point and scale ahead with its codes; a lane's chunks are a warp's
+    // width apart, so each is a new group.
+    static constexpr int AHEAD = 2;
+    struct Raw {
+        QkVec<unsigned, 2> v;
+        float z, s;
+    };
+    __device__ __forceinline__ Raw fetch(int t0, int c) const {
         const int t = t0 + c;
-        const QkVec<unsigned, 2> v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
+        Raw raw{};
+        raw.v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
+        if (group % (2 * CH) == 0) {
+            const unsigned g = qk_div(2u * (unsigned)t, (unsigned)group, lg);
+            raw.z = (float)zeros[g];
+            raw.s = scales[g];
+        }
+        return raw;
+    }
+
+    template <int MAXB>
+    __device__ __forceinline__ void dot(const Raw& raw, int t0, int c, const int* xc, const float* __restrict__ x,
+                                        int in_dim, int nb, float (*acc)[MAXB]) const {
+        const int t = t0 + c;
+        const QkVec<unsigned, 2>& v = raw.v;
         // Nibble i of word m is code 8m + i: exact f16 pairs (fields p, p + 4), widened.
         float q[2 * CH];
 #pragma unroll
@@ -65,8 +92,7 @@ struct QkInt4Gemv {
             }
         }
         if (group % (2 * CH) == 0) {
-            const unsigned g = qk_div(2u * (unsigned)t, (unsigned)group, lg);
-            qk_dot_group<2 * CH, MAXB>(q, x + xc[0], in_dim, nb, (float)zeros[g], scales[g], acc[0]);
+            qk_dot_group<2 * CH, MAXB>(q, x + xc[0], in_dim, nb, raw.z, raw.s, acc[0]);
         } else {
             float w[2 * CH];
 #pragma unroll

@@ -37,6 +37,15 @@ def tool(name, env):
 
 # Weights a thread covers per pass of the hot loop, by entry name.
 def weights_per_pass(name):
+    w = weights_per_chunk(name)
+    # Batch-1 GEMVs at 4 and 8 bits keep two chunks in flight (Dec::AHEAD, qk_col_depth): their
+    # loop is unrolled over both.
+    if w is not None and name.endswith("_b1") and re.match(r"(hqq|gptq)_gemv_[48]b_|awq_|fp8_|int8_|int4_", name):
+        return 2 * w
+    return w
+
+
+def weights_per_chunk(name):
     m = re.match(r"hqq_gemv_(\d)b_", name)
     if m:
         bits = int(m.group(1))
