@@ -210,14 +210,15 @@ QK_FP8_ALL(e4m3, 3, 7, true)
 QK_FP8_ALL(e5m2, 2, 15, false)
 
 // ---- Fused GEMV (gemv.cuh's row skeleton, one code a byte): segments are whole rows, so a
-// chunk's row and scale-row block are per segment; a chunk of 8 codes shares one scale when the
-// column blocks are multiples of 8, else each code takes its own. Codes decode through the f16
-// view (qk_fp8_f16x2: E4M3 reads as value / 256, folded into the chunk's scale as s * (256 d),
-// so no overflow case); a chunk holding an E4M3 NaN code adds NaN, as its product would.
-template <int MBITS, int BIAS, bool E4M3>
+// chunk's row and scale-row block are per segment; a chunk of CH (BYTES: 8, or 16 at batch 1
+// where the rows allow) codes shares one scale when the column blocks are multiples of CH, else
+// each code takes its own. Codes decode through the f16 view (qk_fp8_f16x2: E4M3 reads as
+// value / 256, folded into the chunk's scale as s * (256 d), so no overflow case); a chunk
+// holding an E4M3 NaN code adds NaN, as its product would.
+template <int MBITS, int BIAS, bool E4M3, int BYTES>
 struct QkFp8Gemv {
     static constexpr bool PLANAR = false;
-    static constexpr int P = 1, CH = 8;
+    static constexpr int P = 1, CH = BYTES, NR = BYTES / 4;
     const unsigned char* __restrict__ codes;
     const float* __restrict__ scales;
     int cols, br, bc, scols, lg_bc;
@@ -225,9 +226,9 @@ struct QkFp8Gemv {
     // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton); a chunk's scale row is the
     // segment's, a few hundred bytes that stay in L1, so only the codes are loaded ahead.
     static constexpr int AHEAD = 2;
-    using Raw = QkVec<unsigned, 2>;
+    using Raw = QkVec<unsigned, NR>;
     __device__ __forceinline__ Raw fetch(int t0, int c) const {
-        return *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+        return *reinterpret_cast<const Raw*>(codes + t0 + c);
     }
 
     template <int MAXB>
@@ -237,7 +238,9 @@ struct QkFp8Gemv {
         const float* srow = scales + (long long)(r / br) * scols;
         if (bc % CH == 0) {
             float q[CH];
-            const unsigned nan = qk_fp8_view4<E4M3>(v.v[0], q) | qk_fp8_view4<E4M3>(v.v[1], q + 4);
+            unsigned nan = 0u;
+#pragma unroll
+            for (int m = 0; m < NR; ++m) nan |= qk_fp8_view4<E4M3>(v.v[m], q + 4 * m);
             const float s = srow[lg_bc >= 0 ? (unsigned)col >> lg_bc : qk_div_slow((unsigned)col, (unsigned)bc)];
             float part[MAXB];
 #pragma unroll
@@ -268,12 +271,25 @@ struct QkFp8Gemv {
     }
 };
 
+template <int MBITS, int BIAS, bool E4M3, int MAXB, int BYTES>
+__device__ __forceinline__ void fp8_gemv_chunks(const unsigned char* codes, const float* scales, const float* x,
+                                                float* part, int rows, int cols, int br, int bc, int seg, int team,
+                                                int nb) {
+    using D = QkFp8Gemv<MBITS, BIAS, E4M3, BYTES>;
+    const D d{codes, scales, cols, br, bc, (cols + bc - 1) / bc, (bc & (bc - 1)) == 0 ? __ffs(bc) - 1 : -1};
+    qk_row_gemv<D, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
+}
+
+// Batch 1 takes 16-byte chunks where the segment allows (half the per-chunk work per weight: the
+// loop, the scale, the next chunk's fetch), as HQQ's does; batches of up to 8 keep 8 bytes.
 template <int MBITS, int BIAS, bool E4M3, int MAXB>
 __device__ __forceinline__ void fp8_gemv(const unsigned char* codes, const float* scales, const float* x, float* part,
                                          int rows, int cols, int br, int bc, int seg, int team, int nb) {
-    const QkFp8Gemv<MBITS, BIAS, E4M3> d{codes, scales, cols, br, bc, (cols + bc - 1) / bc,
-                                         (bc & (bc - 1)) == 0 ? __ffs(bc) - 1 : -1};
-    qk_row_gemv<QkFp8Gemv<MBITS, BIAS, E4M3>, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
+    if (MAXB == 1 && seg % 16 == 0)
+        fp8_gemv_chunks<MBITS, BIAS, E4M3, MAXB, 16>(codes, scales, x, part, rows, cols, br, bc, seg, team,
+                                                     nb);  // a team wider than the chunks: idle lanes add 0
+    else
+        fp8_gemv_chunks<MBITS, BIAS, E4M3, MAXB, 8>(codes, scales, x, part, rows, cols, br, bc, seg, team, nb);
 }
 
 // Entries: fp8_gemv_{e4m3,e5m2}_b{1,8}(codes, scales f32, x, part, rows, cols, block_rows,

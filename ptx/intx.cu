@@ -5,13 +5,17 @@
 // XOR 0x80808080 holds q + 128 per byte; OR-ed into 2^23's mantissa and less 2^23 + 128 that is
 // q exactly, with no integer-to-float conversion.
 // int4: two codes a byte (the first in the low nibble), an f32 scale and a u8 zero point per
-// `group` consecutive weights of a row; a chunk of 16 codes shares them when group % 16 == 0 and
-// factors them out of its sum, else each code takes its own.
+// `group` consecutive weights of a row; a chunk of 16 codes (32 in 16-byte chunks) shares them
+// when the group is a multiple of it and factors them out of its sum, else each code takes its
+// own.
 #include "gemv.cuh"
 
+// A chunk is BYTES bytes (8, or 16 at batch 1 where the segments allow: half the per-chunk
+// work per weight, as HQQ's).
+template <int BYTES>
 struct QkInt8Gemv {
     static constexpr bool PLANAR = false;
-    static constexpr int P = 1, CH = 8;
+    static constexpr int P = 1, CH = BYTES, NR = BYTES / 4;
     const unsigned char* __restrict__ codes;
     const float* __restrict__ scales;
     int cols, per_row;
@@ -20,9 +24,9 @@ struct QkInt8Gemv {
     // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton): the codes (the scale is the
     // segment's).
     static constexpr int AHEAD = 2;
-    using Raw = QkVec<unsigned, 2>;
+    using Raw = QkVec<unsigned, NR>;
     __device__ __forceinline__ Raw fetch(int t0, int c) const {
-        return *reinterpret_cast<const QkVec<unsigned, 2>*>(codes + t0 + c);
+        return *reinterpret_cast<const Raw*>(codes + t0 + c);
     }
 
     template <int MAXB>
@@ -33,7 +37,7 @@ struct QkInt8Gemv {
         // exact HSUB2: the signed codes, widened.
         float q[CH];
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < NR; ++m) {
             unsigned h[2];  // bytes 0, 2 and 1, 3, less 128 (1152 in both halves)
             qk_u8x4_f16(v.v[m] ^ 0x80808080u, one, h, one + 0x00800080u);
             q[4 * m] = qk_f16_lo(h[0]);
@@ -45,9 +49,10 @@ struct QkInt8Gemv {
     }
 };
 
+template <int BYTES>
 struct QkInt4Gemv {
     static constexpr bool PLANAR = false;
-    static constexpr int P = 2, CH = 8;
+    static constexpr int P = 2, CH = BYTES, NR = BYTES / 4;
     const unsigned char* __restrict__ packed;
     const float* __restrict__ scales;
     const unsigned char* __restrict__ zeros;
@@ -55,17 +60,17 @@ struct QkInt4Gemv {
     unsigned one;  // qk_f16_one
 
     // Chunks in flight a lane at batch 1 (gemv.cuh's row skeleton). A chunk in one group (group %
-    // 16 == 0) loads its zero point and scale ahead with its codes; a lane's chunks are a warp's
+    // 2 CH == 0) loads its zero point and scale ahead with its codes; a lane's chunks are a warp's
     // width apart, so each is a new group.
     static constexpr int AHEAD = 2;
     struct Raw {
-        QkVec<unsigned, 2> v;
+        QkVec<unsigned, NR> v;
         float z, s;
     };
     __device__ __forceinline__ Raw fetch(int t0, int c) const {
         const int t = t0 + c;
         Raw raw{};
-        raw.v = *reinterpret_cast<const QkVec<unsigned, 2>*>(packed + t);
+        raw.v = *reinterpret_cast<const QkVec<unsigned, NR>*>(packed + t);
         if (group % (2 * CH) == 0) {
             const unsigned g = qk_div(2u * (unsigned)t, (unsigned)group, lg);
             raw.z = (float)zeros[g];
@@ -78,11 +83,11 @@ struct QkInt4Gemv {
     __device__ __forceinline__ void dot(const Raw& raw, int t0, int c, const int* xc, const float* __restrict__ x,
                                         int in_dim, int nb, float (*acc)[MAXB]) const {
         const int t = t0 + c;
-        const QkVec<unsigned, 2>& v = raw.v;
+        const QkVec<unsigned, NR>& v = raw.v;
         // Nibble i of word m is code 8m + i: exact f16 pairs (fields p, p + 4), widened.
         float q[2 * CH];
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int m = 0; m < NR; ++m) {
             unsigned h[4];
             qk_u4x8_f16(v.v[m], one, h);
 #pragma unroll
@@ -105,20 +110,41 @@ struct QkInt4Gemv {
     }
 };
 
+// Batch 1 takes 16-byte chunks where the segment allows (and, for int4, where they keep whole
+// the groups that 8-byte ones do: not at groups of 16 mod 32), batches of up to 8 keep 8 bytes (a
+// team wider than the chunks: idle lanes add 0).
+template <int MAXB, int BYTES>
+__device__ __forceinline__ void int8_gemv_chunks(const unsigned char* codes, const float* scales, const float* x,
+                                                 float* part, int rows, int cols, int per_row, int seg, int team,
+                                                 int nb) {
+    const QkInt8Gemv<BYTES> d{codes, scales, cols, per_row, qk_f16_one(cols)};
+    qk_row_gemv<QkInt8Gemv<BYTES>, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
+}
 template <int MAXB>
 __device__ __forceinline__ void int8_gemv(const unsigned char* codes, const float* scales, const float* x,
                                           float* part, int rows, int cols, int per_row, int seg, int team, int nb) {
-    const QkInt8Gemv d{codes, scales, cols, per_row, qk_f16_one(cols)};
-    qk_row_gemv<QkInt8Gemv, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
+    if (MAXB == 1 && seg % 16 == 0)
+        int8_gemv_chunks<MAXB, 16>(codes, scales, x, part, rows, cols, per_row, seg, team, nb);
+    else
+        int8_gemv_chunks<MAXB, 8>(codes, scales, x, part, rows, cols, per_row, seg, team, nb);
 }
 
+template <int MAXB, int BYTES>
+__device__ __forceinline__ void int4_gemv_chunks(const unsigned char* packed, const float* scales,
+                                                 const unsigned char* zeros, const float* x, float* part, int rows,
+                                                 int cols, int group, int seg, int team, int nb) {
+    const QkInt4Gemv<BYTES> d{packed, scales, zeros, group, (group & (group - 1)) == 0 ? __ffs(group) - 1 : -1,
+                              qk_f16_one(cols)};
+    qk_row_gemv<QkInt4Gemv<BYTES>, MAXB>(d, x, part, rows * cols / 2, (long long)rows * cols, cols, seg, team, nb);
+}
 template <int MAXB>
 __device__ __forceinline__ void int4_gemv(const unsigned char* packed, const float* scales,
                                           const unsigned char* zeros, const float* x, float* part, int rows, int cols,
                                           int group, int seg, int team, int nb) {
-    const QkInt4Gemv d{packed, scales, zeros, group, (group & (group - 1)) == 0 ? __ffs(group) - 1 : -1,
-                       qk_f16_one(cols)};
-    qk_row_gemv<QkInt4Gemv, MAXB>(d, x, part, rows * cols / 2, (long long)rows * cols, cols, seg, team, nb);
+    if (MAXB == 1 && seg % 16 == 0 && (group % 32 == 0 || group % 16 != 0))
+        int4_gemv_chunks<MAXB, 16>(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb);
+    else
+        int4_gemv_chunks<MAXB, 8>(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb);
 }
 
 // Entries: int8_gemv_b{1,8}(codes, scales, x, part, rows, cols, per_row, seg, team, nb),

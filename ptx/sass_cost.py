@@ -56,10 +56,11 @@ def weights_per_chunk(name):
         return {2: 64, 3: 128, 4: 32, 8: 16}[int(m.group(1))]
     if name.startswith("awq_gemv"):  # a 4-row block of one word column
         return 32
+    # 8-byte chunks, 16-byte ones at batch 1 (where the segments allow; the hot loop is that one)
     if name.startswith(("fp8_gemv", "int8_gemv")):
-        return 8
+        return 16 if name.endswith("_b1") else 8
     if name.startswith("int4_gemv"):
-        return 16
+        return 32 if name.endswith("_b1") else 16
     if "_gemm_" in name:
         return 16
     if "_gemmg_" in name:  # a 32-input chunk: 8 codes of each of NT outputs (qk_gemmg_nt; AWQ 8)
