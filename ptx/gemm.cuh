@@ -225,10 +225,11 @@ __device__ __forceinline__ void qk_mma_gemm(const Dec& d, const float* __restric
 constexpr int qk_gemmg_nt(int mt) { return mt == 1 ? 8 : 4; }
 
 // Chunks of codes the group-scaled GEMM keeps in flight a warp for tiles of MT x 16 rows. At 16
-// rows the GEMM is bound by the weight's bytes and its ~190 registers already allow only 2 blocks
-// of 4 warps a multiprocessor, which one chunk a warp (1 KiB at 4 bits) leaves short of the
-// bytes in flight that DRAM's latency asks for; a second chunk's registers cost no occupancy
-// there (any count up to 255 gives 2 blocks). At 32 rows one more chunk would cost a block.
+// rows the GEMM is bound by the weight's bytes, and its registers (past 168 with one chunk but
+// AWQ's) already allow only 2 blocks of 4 warps a multiprocessor, which one chunk a warp (1 KiB
+// at 4 bits) leaves short of the bytes in flight that DRAM's latency asks for; a second chunk's
+// registers cost no occupancy there (any count up to 255 gives 2 blocks). At 32 rows one more
+// chunk would cost a block.
 constexpr int qk_gemmg_depth(int mt) { return mt == 1 ? 2 : 1; }
 
 // d += A B over a chunk's two mma steps (a[s], b[s]: step s's fragments), or with SCALED d +=
@@ -336,9 +337,9 @@ __device__ __forceinline__ void qk_gemmg_store(const float (*acc)[Dec::NT][4], f
 // K is walked 32 inputs at a time, two mma steps. The order of inputs within a chunk is free
 // (the sum does not care), so lane t of a quad takes inputs k0 + 8t .. k0 + 8t + 7 of its
 // outputs. A decoder loads a lane's 8 codes of its NT outputs with few loads (Dec::fetch, into
-// Dec::RAW words, qk_gemmg_depth(MT) chunks ahead of their use) and turns them into the B fragments of the two
-// steps in registers (Dec::decode), b[j][s][r] = (code at Dec::slot(s, r, 0), code at
-// Dec::slot(s, r, 1)); the A fragments take x at the same slots. Dec::out(n0, j, i) maps
+// Dec::RAW words, qk_gemmg_depth(MT) chunks ahead of their use) and turns them into the B
+// fragments of the two steps in registers (Dec::decode), b[j][s][r] = (code at Dec::slot(s, r,
+// 0), code at Dec::slot(s, r, 1)); the A fragments take x at the same slots. Dec::out(n0, j, i) maps
 // subtile j's column i to an output (a decoder may interleave outputs to share a load), and
 // Dec::NT subtiles of 8 make a tile's width; a tile is MT x 16 rows. K % 32 == 0 and N a
 // multiple of the tile's width (checked by the launcher): every lane's columns exist.

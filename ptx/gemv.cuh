@@ -117,9 +117,10 @@ __device__ __forceinline__ void qk_dot_plain(const float* w, const float* __rest
 // chunks ahead of their dot): a segment is up to a row, a few dozen chunks a lane, so a chunk at
 // a time makes each lane a chain of DRAM round trips. In the dot, plane j's weights meet
 // x[b * in + xo[j] + i] (planar) or word i's code j meets x[b * in + xo[0] + i * P + j]
-// (interleaved); it adds to acc[j][b] (acc[0][b] interleaved). The team then sums each accumulator and its first lane writes
-// part[b * nflat + F] for the flat segments inside the weight (F < nflat = numel / L; planar
-// padding planes past numel are skipped). With seg = in that is y itself.
+// (interleaved); it adds to acc[j][b] (acc[0][b] interleaved). The team then sums each
+// accumulator and its first lane writes part[b * nflat + F] for the flat segments inside the
+// weight (F < nflat = numel / L; planar padding planes past numel are skipped). With seg = in
+// that is y itself.
 // Launch: 1-D, blocks of whole warps; warps grid-stride over groups of 32 / team segments.
 template <class Dec, int MAXB>
 __device__ __forceinline__ void qk_row_gemv(const Dec& d, const float* __restrict__ x, float* __restrict__ part,
