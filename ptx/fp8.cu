@@ -280,16 +280,14 @@ __device__ __forceinline__ void fp8_gemv_chunks(const unsigned char* codes, cons
     qk_row_gemv<D, MAXB>(d, x, part, rows * cols, (long long)rows * cols, cols, seg, team, nb);
 }
 
-// Batch 1 takes 16-byte chunks where the segment allows (half the per-chunk work per weight: the
-// loop, the scale, the next chunk's fetch), as HQQ's does; batches of up to 8 keep 8 bytes.
+// 16-byte chunks at batch 1 where the segment allows (qk_row_chunk_bytes).
 template <int MBITS, int BIAS, bool E4M3, int MAXB>
 __device__ __forceinline__ void fp8_gemv(const unsigned char* codes, const float* scales, const float* x, float* part,
                                          int rows, int cols, int br, int bc, int seg, int team, int nb) {
-    if (MAXB == 1 && seg % 16 == 0)
-        fp8_gemv_chunks<MBITS, BIAS, E4M3, MAXB, 16>(codes, scales, x, part, rows, cols, br, bc, seg, team,
-                                                     nb);  // a team wider than the chunks: idle lanes add 0
-    else
-        fp8_gemv_chunks<MBITS, BIAS, E4M3, MAXB, 8>(codes, scales, x, part, rows, cols, br, bc, seg, team, nb);
+    qk_row_chunk_bytes<MAXB>(seg % 16 == 0, [&](auto bytes) {
+        fp8_gemv_chunks<MBITS, BIAS, E4M3, MAXB, decltype(bytes)::value>(codes, scales, x, part, rows, cols, br, bc,
+                                                                         seg, team, nb);
+    });
 }
 
 // Entries: fp8_gemv_{e4m3,e5m2}_b{1,8}(codes, scales f32, x, part, rows, cols, block_rows,

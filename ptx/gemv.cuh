@@ -99,6 +99,24 @@ __device__ __forceinline__ void qk_dot_plain(const float* w, const float* __rest
     }
 }
 
+// A compile-time int for generic lambdas (no <type_traits> under NVRTC).
+template <int N>
+struct QkInt {
+    enum : int { value = N };
+};
+
+// f(QkInt<16>{}) where a batch-1 row GEMV takes 16-byte chunks (`wide`: its segments and layout
+// allow them; half the per-chunk work per weight: the loop, parameters, the next chunk's fetch),
+// else f(QkInt<8>{}): batches of up to 8 spend 8 multiply-adds per weight and keep 8 bytes. A
+// team wider than the 16-byte chunks leaves lanes idle (they add 0).
+template <int MAXB, class F>
+__device__ __forceinline__ void qk_row_chunk_bytes(bool wide, F f) {
+    if (MAXB == 1 && wide)
+        f(QkInt<16>{});
+    else
+        f(QkInt<8>{});
+}
+
 // ---- Row skeleton. The decoder describes `words` packed words of Dec::P codes each:
 //   planar (Dec::PLANAR, HQQ): code j of word t is flat weight j * words + t;
 //   interleaved (int4's nibbles; P = 1 for one code a byte): code j of word t is flat weight

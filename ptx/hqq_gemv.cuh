@@ -155,20 +155,17 @@ __device__ __forceinline__ void hqq_gemv_chunks(const W* packed, const T* scales
     qk_row_gemv<D, MAXB>(d, x, part, prows * cols, (long long)rows * cols, in_dim, seg, team, nb);
 }
 
-// Batch 1 takes 16-byte chunks where the packed columns and the segment allow (halving the
-// per-chunk work per weight: group parameters, indices, the loop), else 8-byte ones (the
-// launcher's rule); batches of up to 8 spend 8 multiply-adds per weight and keep 8 bytes.
+// 16-byte chunks at batch 1 where the packed columns and the segment allow
+// (qk_row_chunk_bytes).
 template <int BITS, typename W, typename T, int MAXB>
 __device__ __forceinline__ void hqq_gemv(const W* packed, const T* scales, const T* zeros, const float* x,
                                          float* part, int rows, int cols, int prows, int axis, int in_dim, int seg,
                                          int team, int nb) {
     constexpr int WIDE = 16 / (int)sizeof(W);
-    if (MAXB == 1 && cols % WIDE == 0 && seg % WIDE == 0)
-        hqq_gemv_chunks<BITS, W, T, MAXB, 16>(packed, scales, zeros, x, part, rows, cols, prows, axis, in_dim, seg,
-                                              team, nb);  // a team wider than the chunks: idle lanes add 0
-    else
-        hqq_gemv_chunks<BITS, W, T, MAXB, 8>(packed, scales, zeros, x, part, rows, cols, prows, axis, in_dim, seg,
-                                             team, nb);
+    qk_row_chunk_bytes<MAXB>(cols % WIDE == 0 && seg % WIDE == 0, [&](auto bytes) {
+        hqq_gemv_chunks<BITS, W, T, MAXB, decltype(bytes)::value>(packed, scales, zeros, x, part, rows, cols, prows,
+                                                                  axis, in_dim, seg, team, nb);
+    });
 }
 
 // Entry points: hqq_gemv_{bits}b_{elem}_b{MAXB}(packed, scales, zeros, x, part, rows, cols,

@@ -110,9 +110,8 @@ struct QkInt4Gemv {
     }
 };
 
-// Batch 1 takes 16-byte chunks where the segment allows (and, for int4, where they keep whole
-// the groups that 8-byte ones do: not at groups of 16 mod 32), batches of up to 8 keep 8 bytes (a
-// team wider than the chunks: idle lanes add 0).
+// 16-byte chunks at batch 1 where the segment allows (qk_row_chunk_bytes) and, for int4, where
+// they keep whole the groups that 8-byte ones do (not at groups of 16 mod 32).
 template <int MAXB, int BYTES>
 __device__ __forceinline__ void int8_gemv_chunks(const unsigned char* codes, const float* scales, const float* x,
                                                  float* part, int rows, int cols, int per_row, int seg, int team,
@@ -123,10 +122,9 @@ __device__ __forceinline__ void int8_gemv_chunks(const unsigned char* codes, con
 template <int MAXB>
 __device__ __forceinline__ void int8_gemv(const unsigned char* codes, const float* scales, const float* x,
                                           float* part, int rows, int cols, int per_row, int seg, int team, int nb) {
-    if (MAXB == 1 && seg % 16 == 0)
-        int8_gemv_chunks<MAXB, 16>(codes, scales, x, part, rows, cols, per_row, seg, team, nb);
-    else
-        int8_gemv_chunks<MAXB, 8>(codes, scales, x, part, rows, cols, per_row, seg, team, nb);
+    qk_row_chunk_bytes<MAXB>(seg % 16 == 0, [&](auto bytes) {
+        int8_gemv_chunks<MAXB, decltype(bytes)::value>(codes, scales, x, part, rows, cols, per_row, seg, team, nb);
+    });
 }
 
 template <int MAXB, int BYTES>
@@ -141,10 +139,10 @@ template <int MAXB>
 __device__ __forceinline__ void int4_gemv(const unsigned char* packed, const float* scales,
                                           const unsigned char* zeros, const float* x, float* part, int rows, int cols,
                                           int group, int seg, int team, int nb) {
-    if (MAXB == 1 && seg % 16 == 0 && (group % 32 == 0 || group % 16 != 0))
-        int4_gemv_chunks<MAXB, 16>(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb);
-    else
-        int4_gemv_chunks<MAXB, 8>(packed, scales, zeros, x, part, rows, cols, group, seg, team, nb);
+    qk_row_chunk_bytes<MAXB>(seg % 16 == 0 && (group % 32 == 0 || group % 16 != 0), [&](auto bytes) {
+        int4_gemv_chunks<MAXB, decltype(bytes)::value>(packed, scales, zeros, x, part, rows, cols, group, seg, team,
+                                                       nb);
+    });
 }
 
 // Entries: int8_gemv_b{1,8}(codes, scales, x, part, rows, cols, per_row, seg, team, nb),
