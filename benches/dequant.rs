@@ -620,6 +620,14 @@ fn cuda_linear_group(c: &mut Criterion) {
             for batch in [1, 8] {
                 bench_layers(&mut g, &gpu, format!("{name}_gemm_batch{batch}"), &mut layers, batch);
             }
+            layers.sets.iter_mut().for_each(|l| l.set_gemm_min_batch(quant_kernels::cuda::GEMM_MIN_BATCH));
+            // Batch 16 with K split into fewer slices than the rule's (16 here): what split K's
+            // partial sums cost against the GPU it fills.
+            for slices in [4, 8] {
+                layers.sets.iter_mut().for_each(|l| l.set_gemm_max_slices(slices));
+                bench_layers(&mut g, &gpu, format!("{name}_slices{slices}_batch16"), &mut layers, 16);
+            }
+            layers.sets.iter_mut().for_each(|l| l.set_gemm_max_slices(usize::MAX));
             for l in layers.sets.iter_mut() {
                 l.set_gemm_min_batch(quant_kernels::cuda::GEMM_MIN_BATCH);
                 l.set_gemm_kind(&gpu, GemmKind::Rounded).unwrap();

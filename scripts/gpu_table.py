@@ -84,7 +84,7 @@ def linear_table(rows, plans, peak):
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, (us, gbs) in rows.items():
-        m = re.match(re.escape(group) + r"(.+?)_(gemm_|rounded_|narrow_)?batch(\d+)/cuda$", name)
+        m = re.match(re.escape(group) + r"(.+?)_(gemm_|rounded_|narrow_|slices\d+_)?batch(\d+)/cuda$", name)
         if not m:
             continue
         layer, path, batch = m.group(1), (m.group(2) or "default_").rstrip("_"), int(m.group(3))

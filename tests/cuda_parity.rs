@@ -363,29 +363,32 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
     // Every batch on the layer's own GEMM family; where that is the group-scaled one, batches 1
     // and 5 on it too (set_gemm_min_batch), then GEMM batches on the rounding family.
     let own = layer.gemm_kind();
-    // Runs (batch, family, GEMM from, x beyond f16's range in some rows, wide GEMM from).
-    let wide = cuda::GEMM_WIDE_MIN_BATCH;
-    let mut runs: Vec<(usize, Option<cuda::GemmKind>, usize, bool, usize)> =
-        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, own, cuda::GEMM_MIN_BATCH, false, wide)).to_vec();
+    // Runs (batch, family, GEMM from, x beyond f16's range in some rows, wide GEMM from, most
+    // slices of K).
+    let (wide, any) = (cuda::GEMM_WIDE_MIN_BATCH, usize::MAX);
+    let mut runs: Vec<(usize, Option<cuda::GemmKind>, usize, bool, usize, usize)> =
+        [1usize, 3, 8, 11, 16, 40, 70].map(|b| (b, own, cuda::GEMM_MIN_BATCH, false, wide, any)).to_vec();
     if gemm {
-        runs.push((40, own, cuda::GEMM_MIN_BATCH, true, wide));
+        runs.push((40, own, cuda::GEMM_MIN_BATCH, true, wide, any));
     }
     if gemm && what.contains("act true") && inp <= 256 {
         // Act-order GEMM launches take 256 rows: a second launch, its rows gathered from 256 on.
-        runs.push((300, own, cuda::GEMM_MIN_BATCH, false, wide));
+        runs.push((300, own, cuda::GEMM_MIN_BATCH, false, wide, any));
     }
     if layer.has_wide_gemm() {
         // Batch 70 on the wide GEMM with x beyond f16, and on the 32-row tiles.
         runs.extend([
-            (70, own, cuda::GEMM_MIN_BATCH, true, wide),
-            (70, own, cuda::GEMM_MIN_BATCH, false, usize::MAX),
+            (70, own, cuda::GEMM_MIN_BATCH, true, wide, any),
+            (70, own, cuda::GEMM_MIN_BATCH, false, usize::MAX, any),
         ]);
     }
     if own == Some(cuda::GemmKind::GroupScaled) {
-        runs.extend([1, 5].map(|b| (b, own, 1, false, wide)));
+        runs.extend([1, 5].map(|b| (b, own, 1, false, wide, any)));
+        // Split K capped (set_gemm_max_slices): one slice, and an odd count.
+        runs.extend([1, 3].map(|s| (16, own, cuda::GEMM_MIN_BATCH, false, wide, s)));
         runs.extend(
             [(16, false), (40, false), (40, true)]
-                .map(|(b, big)| (b, Some(cuda::GemmKind::Rounded), cuda::GEMM_MIN_BATCH, big, wide)),
+                .map(|(b, big)| (b, Some(cuda::GemmKind::Rounded), cuda::GEMM_MIN_BATCH, big, wide, any)),
         );
     } else if gemm {
         // `new` takes the group-scaled family wherever the layer allows it.
@@ -397,12 +400,13 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
             "{what}"
         );
     }
-    for (batch, kind, from, big, wide_from) in runs {
+    for (batch, kind, from, big, wide_from, slices) in runs {
         if let Some(kind) = kind {
             layer.set_gemm_kind(gpu, kind).unwrap();
         }
         layer.set_gemm_min_batch(from);
         layer.set_gemm_wide_min_batch(wide_from);
+        layer.set_gemm_max_slices(slices);
         let on_gemm = gemm && batch >= from;
         // The plan names the entry the batch runs, and split K stays within one wave.
         let plan = layer.gemm_plan(batch);
@@ -412,7 +416,7 @@ fn device_linear_case(gpu: &Gpu, w: quant_kernels::QuantWeight, what: &str) {
             let wide_run = grouped && layer.has_wide_gemm() && p.rows >= wide_from;
             assert_eq!(p.entry.contains("_gemmw_"), wide_run, "{what} batch {batch}: {p:?}");
             assert!(
-                p.kslices == 1 || (grouped && p.tiles * p.kslices <= p.wave),
+                p.kslices == 1 || (grouped && p.tiles * p.kslices <= p.wave && p.kslices <= slices),
                 "{what} batch {batch}: {p:?}"
             );
         }

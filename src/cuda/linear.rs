@@ -573,6 +573,8 @@ pub struct DeviceQuantLinear {
     gemm_from: usize,
     /// The smallest batch the wide group-scaled GEMM takes ([`GEMM_WIDE_MIN_BATCH`] unless set).
     wide_from: usize,
+    /// The most slices the group-scaled GEMM splits K into (`usize::MAX` unless set).
+    max_slices: usize,
 }
 
 /// A layer's tensor-core GEMM: its family and the entries of its small and large tiles.
@@ -901,6 +903,7 @@ impl DeviceQuantLinear {
             one_group,
             gemm_from: GEMM_MIN_BATCH,
             wide_from: GEMM_WIDE_MIN_BATCH,
+            max_slices: usize::MAX,
         })
     }
 
@@ -1020,7 +1023,7 @@ impl DeviceQuantLinear {
         let (kslices, wave) = match gemm.kind {
             GemmKind::GroupScaled => {
                 let wave = gemm.waves[f];
-                (gemm_slices(tiles, self.inp / 32, nb, self.out, wave), wave)
+                (gemm_slices(tiles, self.inp / 32, nb, self.out, wave).min(self.max_slices), wave)
             }
             GemmKind::Rounded => (1, 0),
         };
@@ -1050,6 +1053,14 @@ impl DeviceQuantLinear {
     /// the `linear_4096x14336_cuda` bench times both at 64 and 256 rows.
     pub fn set_gemm_wide_min_batch(&mut self, rows: usize) {
         self.wide_from = rows.max(1);
+    }
+
+    /// Split K into at most `slices` slices (at least 1) in the group-scaled GEMM; unlimited
+    /// until set, so the rule of [`gemm_plan`](Self::gemm_plan)'s `kslices` applies. Split K
+    /// fills a GPU that a few tiles would leave idle, at the cost of writing and reading back
+    /// partial sums: the `linear_4096x14336_cuda` bench times batch 16 with fewer slices.
+    pub fn set_gemm_max_slices(&mut self, slices: usize) {
+        self.max_slices = slices.max(1);
     }
 
     /// Run GEMM batches on `kind`'s GEMM instead (to compare the two, or
