@@ -98,6 +98,11 @@ __device__ __forceinline__ unsigned qk_h2_fma(unsigned a, unsigned b, unsigned c
 // The low and high f16 of a register widened to f32 (exact).
 __device__ __forceinline__ float qk_f16_lo(unsigned a) { return __low2float(*reinterpret_cast<const __half2*>(&a)); }
 __device__ __forceinline__ float qk_f16_hi(unsigned a) { return __high2float(*reinterpret_cast<const __half2*>(&a)); }
+// Drops the 128-byte line at p (128-byte aligned, global memory) from L2 without writing it back
+// (discard.global.L2, sm_80+): for data that is dead, which becomes indeterminate.
+__device__ __forceinline__ void qk_discard_l2(void* p) {
+    asm volatile("discard.global.L2 [%0], 128;" ::"l"(p) : "memory");
+}
 #else
 inline void qk_mma_16816(float* d, const unsigned* a, const unsigned* b, const float* c) {
     qk_mma_16816_emu(d, a, b, c);
@@ -109,6 +114,15 @@ inline unsigned qk_h2_sub(unsigned a, unsigned b) {
 inline unsigned qk_h2_fma(unsigned a, unsigned b, unsigned c) {
     return qk_f16x2((float)((double)qk_f16_lo(a) * qk_f16_lo(b) + qk_f16_lo(c)),
                     (float)((double)qk_f16_hi(a) * qk_f16_hi(b) + qk_f16_hi(c)));
+}
+// The line's data becomes NaNs (all ones), so a test reads a discarded line that was still live
+// as a wrong result; a misaligned line (the GPU's error) stops the test.
+inline void qk_discard_l2(void* p) {
+    if ((std::uintptr_t)p % 128 != 0) {
+        std::fprintf(stderr, "cuda_cpu_shim: discard.global.L2 of a misaligned line %p\n", p);
+        std::abort();
+    }
+    std::memset(p, 0xff, 128);
 }
 #endif
 

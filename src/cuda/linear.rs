@@ -54,7 +54,8 @@ const GEMM_SPLIT_FLOATS: usize = 1 << 20;
 const GEMM_SPLIT_MAX_FLOATS: usize = 4 * GEMM_SPLIT_FLOATS;
 
 /// Where a layer's partial sums start in the shared scratch, after its gathered inputs: a
-/// multiple of 64 values (256 bytes), so vector stores there stay aligned.
+/// multiple of 64 values (256 bytes), so vector stores there stay aligned and the kernels'
+/// `discard.global.L2` (split K, the column GEMV) finds their rows on whole 128-byte lines.
 const SCRATCH_ALIGN: usize = 64;
 
 /// Slices of K for the group-scaled GEMM of `m` rows: where the `tiles` (warps) fill less than
