@@ -21,8 +21,8 @@ use half::f16;
 use quant_kernels::gptq::{GptqLayer, GptqLayout, ZeroFormat};
 use quant_kernels::hqq::HqqWeight;
 use quant_kernels::hqq::{Axis, HqqLayout, Packed, PackedWords};
-use quant_kernels::matmul::Activations;
 use quant_kernels::matmul::q8::{self, IntWeight};
+use quant_kernels::matmul::{Activations, ReadOrder};
 use quant_kernels::{B4, Bits, FloatVec, Isa, Packing, Parallelism};
 use quant_kernels::{QuantLinear, QuantWeight};
 use rayon::prelude::*;
@@ -132,17 +132,23 @@ fn memcpy(g: &mut Group<'_>, bytes: usize) {
                 .for_each(|(d, s)| d.copy_from_slice(s))
         })
     });
-    // A pure read of the same bytes (`matmul::pure_read`: four streams per task, vector adds),
-    // threaded: the ceiling a batch-1 GEMV, which only reads, could reach. Throughput counts the bytes read once.
+    // A pure read of the same bytes (`matmul::pure_read_in`, vector adds), threaded, in both
+    // orders (four streams per task; front to back): the faster is the ceiling a batch-1 GEMV,
+    // which only reads, could reach. Throughput counts the bytes read once.
     let words: Vec<u64> = (0..bytes * n / 8).map(|i| i as u64).collect();
     let per = bytes / 8;
     g.throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function(BenchmarkId::new("read", "threaded"), |b| {
-        b.iter(|| {
-            i = (i + 1) % n;
-            black_box(quant_kernels::matmul::pure_read(&words[i * per..(i + 1) * per], Parallelism::RAYON))
-        })
-    });
+    for (order, label) in
+        [(ReadOrder::FourStreams, "threaded"), (ReadOrder::Sequential, "threaded_sequential")]
+    {
+        g.bench_function(BenchmarkId::new("read", label), |b| {
+            b.iter(|| {
+                i = (i + 1) % n;
+                let w = &words[i * per..(i + 1) * per];
+                black_box(quant_kernels::matmul::pure_read_in(w, order, Parallelism::RAYON))
+            })
+        });
+    }
     g.throughput(Throughput::Bytes(2 * bytes as u64));
 }
 

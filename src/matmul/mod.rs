@@ -551,10 +551,10 @@ impl QuantLinear {
 }
 
 /// The read-bandwidth baseline the benches compare a batch-1 multiply with: the wrapping sum
-/// of `words`, split over the pool as `par` allows, each task reading four streams (quarters
-/// of its chunk) with the widest vector loads and adds the CPU has: the fastest pure read
-/// measured on the crate's test machines (a plain one-stream `u64` fold reaches about 3/4 of
-/// it).
+/// of `words`, split over the pool as `par` allows, each task reading its chunk four streams at a
+/// time ([`ReadOrder::FourStreams`]) with the widest vector loads and adds the CPU has. Which
+/// order reads faster depends on the CPU: the benches and `qk bench` time both
+/// ([`pure_read_in`]) and take the faster as the bound.
 ///
 /// ```
 /// use quant_kernels::{matmul::pure_read, Parallelism};
@@ -562,34 +562,85 @@ impl QuantLinear {
 /// assert_eq!(pure_read(&words, Parallelism::RAYON), 500_500);
 /// ```
 pub fn pure_read(words: &[u64], par: Parallelism) -> u64 {
+    pure_read_in(words, ReadOrder::FourStreams, par)
+}
+
+/// How each task of [`pure_read_in`] walks its chunk of words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOrder {
+    /// Four streams, a quarter of the chunk each: the faster read on the Intel Xeons measured
+    /// (a plain one-stream `u64` fold reached about 3/4 of it there).
+    FourStreams,
+    /// Front to back, four neighbouring vectors of sums in turn: 3-4x the four-stream read on
+    /// an AMD EPYC (Zen 4, 2 threads), where 8 streams read at 9-10 GB/s and one a thread at 32.
+    Sequential,
+}
+
+impl ReadOrder {
+    /// Both orders, for a bench to time and keep the faster.
+    pub const ALL: [ReadOrder; 2] = [ReadOrder::FourStreams, ReadOrder::Sequential];
+}
+
+/// [`pure_read`] with each task reading in `order`: the same sum.
+///
+/// ```
+/// use quant_kernels::{matmul::{pure_read_in, ReadOrder}, Parallelism};
+/// let words: Vec<u64> = (1..=1000).collect();
+/// for order in ReadOrder::ALL {
+///     assert_eq!(pure_read_in(&words, order, Parallelism::RAYON), 500_500);
+/// }
+/// ```
+pub fn pure_read_in(words: &[u64], order: ReadOrder, par: Parallelism) -> u64 {
     let tasks = par.tasks(words.len() * 8);
     if tasks <= 1 {
-        return crate::lanes::dispatch(par, Read(words));
+        return crate::lanes::dispatch(par, Read(words, order));
     }
     use rayon::prelude::*;
     let chunk = words.len().div_ceil(tasks);
-    words.par_chunks(chunk).map(|c| crate::lanes::dispatch(par, Read(c))).reduce(|| 0, u64::wrapping_add)
+    words
+        .par_chunks(chunk)
+        .map(|c| crate::lanes::dispatch(par, Read(c, order)))
+        .reduce(|| 0, u64::wrapping_add)
 }
 
-/// One task of [`pure_read`].
-struct Read<'a>(&'a [u64]);
+/// One task of [`pure_read_in`].
+struct Read<'a>(&'a [u64], ReadOrder);
 
 impl crate::lanes::Kernel for Read<'_> {
     type Output = u64;
     #[inline(always)]
     fn run(self, _simd: crate::lanes::Simd) -> u64 {
+        // Four accumulators of W lanes either way: four streams a quarter of the words apart,
+        // or four neighbouring vectors of one stream.
         const W: usize = 8;
-        let q = self.0.len() / (4 * W) * W;
-        let s: [&[u64]; 4] = std::array::from_fn(|i| &self.0[i * q..(i + 1) * q]);
         let mut acc = [[0u64; W]; 4];
-        for i in (0..q).step_by(W) {
-            for (a, s) in acc.iter_mut().zip(&s) {
-                for (a, &v) in a.iter_mut().zip(&s[i..i + W]) {
-                    *a = a.wrapping_add(v);
-                }
+        let add = |a: &mut [u64; W], v: &[u64]| {
+            for (a, &v) in a.iter_mut().zip(v) {
+                *a = a.wrapping_add(v);
             }
-        }
-        let tail = self.0[4 * q..].iter().fold(0u64, |a, &v| a.wrapping_add(v));
+        };
+        let done = match self.1 {
+            ReadOrder::FourStreams => {
+                let q = self.0.len() / (4 * W) * W;
+                let s: [&[u64]; 4] = std::array::from_fn(|i| &self.0[i * q..(i + 1) * q]);
+                for i in (0..q).step_by(W) {
+                    for (a, s) in acc.iter_mut().zip(&s) {
+                        add(a, &s[i..i + W]);
+                    }
+                }
+                4 * q
+            }
+            ReadOrder::Sequential => {
+                let q = self.0.len() / (4 * W) * (4 * W);
+                for i in (0..q).step_by(4 * W) {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        add(a, &self.0[i + j * W..i + j * W + W]);
+                    }
+                }
+                q
+            }
+        };
+        let tail = self.0[done..].iter().fold(0u64, |a, &v| a.wrapping_add(v));
         acc.iter().flatten().fold(tail, |a, &v| a.wrapping_add(v))
     }
 }

@@ -151,3 +151,21 @@ fn matmul_meets_the_bound_under_every_cap() {
         }
     }
 }
+
+/// The read baseline sums every word once, whatever the order, cap and length (tails of each
+/// order's blocks, empty chunks of the pool).
+#[test]
+fn pure_read_sums_every_word_in_both_orders() {
+    use quant_kernels::matmul::{ReadOrder, pure_read, pure_read_in};
+    let mut rng = Rng(7);
+    for len in [0usize, 1, 7, 31, 32, 33, 127, 129, 1000, 4097, 70_001] {
+        let words: Vec<u64> = (0..len).map(|_| rng.next_u64()).collect();
+        let want = words.iter().fold(0u64, |a, &v| a.wrapping_add(v));
+        for par in pars() {
+            for order in ReadOrder::ALL {
+                assert_eq!(pure_read_in(&words, order, par), want, "{len} words, {order:?}, {par:?}");
+            }
+            assert_eq!(pure_read(&words, par), want, "{len} words, {par:?}");
+        }
+    }
+}

@@ -103,19 +103,26 @@ fn memcpy_time(bytes: usize, runs: usize) -> Duration {
     })
 }
 
-/// The fastest threaded read of `bytes` bytes ([`quant_kernels::matmul::pure_read`]), each call on
-/// the next of a rotation of copies: the bound a batch-1 GEMV of that many weight bytes cannot
-/// beat.
+/// The fastest threaded read of `bytes` bytes ([`quant_kernels::matmul::pure_read_in`], the faster
+/// of its orders on this CPU), each call on the next of a rotation of copies: the bound a batch-1
+/// GEMV of that many weight bytes cannot beat.
 fn read_time(bytes: usize, runs: usize) -> Duration {
+    use quant_kernels::matmul::{ReadOrder, pure_read_in};
     let words = bytes.div_ceil(8).max(1);
     let bufs: Vec<Vec<u64>> =
         (0..copies(8 * words)).map(|c| (0..words as u64).map(|i| i ^ c as u64).collect()).collect();
     let mut next = 0;
-    best(runs, || {
-        let buf = &bufs[next % bufs.len()];
-        next += 1;
-        black_box(quant_kernels::matmul::pure_read(buf, Parallelism::RAYON));
-    })
+    ReadOrder::ALL
+        .into_iter()
+        .map(|order| {
+            best(runs, || {
+                let buf = &bufs[next % bufs.len()];
+                next += 1;
+                black_box(pure_read_in(buf, order, Parallelism::RAYON));
+            })
+        })
+        .min()
+        .unwrap_or_default()
 }
 
 /// [`timed`] over a rotation: call `i` runs `f` on `sets[i % sets.len()]`.
