@@ -126,6 +126,23 @@ inline void qk_discard_l2(void* p) {
 }
 #endif
 
+// Drops the L2 lines of dead partial sums (qk_discard_l2), so they are never written back to
+// DRAM: `rows` rows of `width` floats from column n0 of a row-major [.., N] array `part`, row i
+// being row_of(i), shared out to the threads first, first + step, ... after the caller's barrier
+// (every read of them done). Only where those rows are whole 128-byte lines, which no other
+// work item's sums share: N, width and n0 multiples of 32 and part on a line; else nothing.
+template <class RowOf>
+__device__ __forceinline__ void qk_discard_rows(float* part, int n_dim, int n0, int width, int rows, RowOf row_of,
+                                                int first, int step) {
+    if (n_dim % 32 != 0 || width % 32 != 0 || n0 % 32 != 0 || (reinterpret_cast<unsigned long long>(part) & 127u) != 0u)
+        return;
+    const int lines = width / 32;
+    for (int e = first; e < rows * lines; e += step) {
+        const int i = e / lines;
+        qk_discard_l2(part + (long long)row_of(i) * n_dim + n0 + 32 * (e - i * lines));
+    }
+}
+
 // ---- Exact f16 integers from packed codes (the group-scaled GEMM's decoders). 0x6400 is 1024
 // in f16, whose ulp is 1: OR-ing a field f < 1024 into its low mantissa bits gives 1024 + f, so
 // one logic op and one exact f16 subtraction turn two fields into an f16x2 pair.

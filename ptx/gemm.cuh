@@ -323,22 +323,11 @@ __device__ __forceinline__ void qk_gemmg_store(const float (*acc)[Dec::NT][4], f
         for (int sl = 0; sl < kslices; ++sl) sum = sum + __ldcg(p + (long long)sl * m_dim * n_dim);
         y[(long long)r * n_dim + n] = sum;
     }
-    // The slices' sums are dead once added: their L2 lines are dropped, so they are not written
-    // back to DRAM later (a dirty line is written back when evicted: 4 MiB a batch-16 call on a
-    // 4-bit 4096 x 14336 layer). Only where the tile's rows are whole 128-byte lines that
-    // no other tile's sums share: tiles of 32 outputs or more, N a multiple of 32 (n0 is a
-    // multiple of the tile's width) and part on a line (the launcher's is 256-byte aligned).
-    if constexpr (8 * NT % 32 == 0) {
-        if (n_dim % 32 == 0 && (reinterpret_cast<unsigned long long>(part) & 127u) == 0u) {  // uniform
-            constexpr int LINES = 8 * NT / 32;  // a row's lines
-            __syncwarp();                       // every lane's reads above first
-            for (int e = lane; e < kslices * rows * LINES; e += 32) {
-                const int sl = e / (rows * LINES), i = e - sl * rows * LINES;
-                qk_discard_l2(part + (long long)sl * m_dim * n_dim + (long long)(m0 + i / LINES) * n_dim + n0 +
-                              32 * (i % LINES));
-            }
-        }
-    }
+    // The slices' sums are dead once added (a dirty line is written back when evicted: 4 MiB a
+    // batch-16 call on a 4-bit 4096 x 14336 layer): slice sl's rows m0 .. of part[sl][M][N].
+    __syncwarp();  // every lane's reads above first
+    qk_discard_rows(
+        part, n_dim, n0, 8 * NT, kslices * rows, [&](int i) { return (i / rows) * m_dim + m0 + i % rows; }, lane, 32);
     if (lane == 0) counters[tile] = 0u;
 }
 

@@ -387,18 +387,9 @@ __device__ __forceinline__ void qk_col_gemv_fused(const Dec& d, const float* __r
         for (int sl2 = 0; sl2 < slices; ++sl2) acc = acc + __ldcg(p + (long long)sl2 * n_dim);
         y[(long long)b * n_dim + n] = acc;
     }
-    // The slices' sums are dead once added: their L2 lines are dropped, so they are not written
-    // back to DRAM later (a dirty line is written back when evicted: 1.75 MiB a batch-1 call on a
-    // 4-bit 4096 x 14336 layer, 6% of its weight). Where the block's columns are whole 128-byte lines
-    // that no other block's share: N a multiple of 32 (n0 is a multiple of 32 VC) and part on a
-    // line (the launcher's is 256-byte aligned).
-    if (n_dim % 32 == 0 && (reinterpret_cast<unsigned long long>(part) & 127u) == 0u) {  // uniform
-        __syncthreads();  // every thread's reads above first
-        const int lines = cols / 32, all = nb * slices * lines;
-        for (int i = tid; i < all; i += (int)(blockDim.x * blockDim.y)) {
-            const int row = i / lines;  // b * slices + slice
-            qk_discard_l2(part + (long long)row * n_dim + n0 + 32 * (i - row * lines));
-        }
-    }
+    // The slices' sums are dead once added (a dirty line is written back when evicted: 1.75 MiB a
+    // batch-1 call on a 4-bit 4096 x 14336 layer, 6% of its weight): rows b * slices + slice.
+    __syncthreads();  // every thread's reads above first
+    qk_discard_rows(part, n_dim, n0, cols, nb * slices, [](int i) { return i; }, tid, (int)(blockDim.x * blockDim.y));
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
